@@ -1,0 +1,32 @@
+# lazypull: `make demo` runs the main job, `make test` the test suite. Both install what they need.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install-deps.sh
+	bash scripts/install-deps.sh
+	test -x $(PY) || /usr/bin/python3 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m lazypull.demo
+
+test: install lint
+	$(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check lazypull tests bench
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,3 @@
+from lazypull.cli.main import main
+
+main()

@@ -1,0 +1,17 @@
+"""Shared fixtures. Real parts (registry, FUSE, runc) are started by fixtures in tests/helpers/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+VECTORS = Path(__file__).resolve().parent.parent.parent / "shared" / "vectors"
+
+
+@pytest.fixture(scope="session")
+def vectors() -> Path:
+    """The Go-made test vectors in ../shared/vectors (see their README)."""
+    if not VECTORS.is_dir():
+        pytest.fail(f"test vectors not found at {VECTORS}")
+    return VECTORS
