@@ -1,0 +1,92 @@
+"""The read-only tree a FUSE session serves: the only thing the protocol code knows about a filesystem.
+
+The lazy layer (``lazypull.fs.layer``) implements :class:`Tree`; tests implement it over a dict.
+Inode 1 is the root. Methods may block (a read may wait for the network): the session calls them
+from worker threads, never from the thread reading ``/dev/fuse``.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from typing import NewType, Protocol
+
+InodeId = NewType("InodeId", int)
+ROOT_INODE = InodeId(1)
+
+
+class FuseError(Exception):
+    """The one exception a :class:`Tree` method may raise on purpose: the reply is ``-errno``."""
+
+    def __init__(self, err: int, message: str = "") -> None:
+        super().__init__(message or errno.errorcode.get(err, str(err)))
+        self.errno = err
+
+
+@dataclass(frozen=True)
+class Attr:
+    """What ``stat`` shows for an inode. ``mode`` includes the ``S_IF*`` file type bits."""
+
+    ino: int
+    mode: int
+    nlink: int = 1
+    uid: int = 0
+    gid: int = 0
+    rdev: int = 0
+    size: int = 0
+    mtime_ns: int = 0
+
+    @property
+    def blocks(self) -> int:
+        """512-byte blocks, as ``du`` expects."""
+        return (self.size + 511) // 512
+
+
+@dataclass(frozen=True)
+class StatFs:
+    """What ``statfs`` shows; a read-only layer reports its own size."""
+
+    blocks: int = 0
+    files: int = 0
+    bsize: int = 4096
+    namelen: int = 255
+
+
+class Tree(Protocol):
+    """A read-only, inode-numbered file tree."""
+
+    def lookup(self, parent: int, name: bytes) -> Attr | None:
+        """The child ``name`` of directory ``parent``; None for ENOENT."""
+        ...
+
+    def getattr(self, ino: int) -> Attr:
+        """Attributes of an inode the kernel knows (raise FuseError(ENOENT) otherwise)."""
+        ...
+
+    def readdir(self, ino: int) -> list[tuple[bytes, Attr]]:
+        """Children of a directory, without ``.`` and ``..``, in a stable order."""
+        ...
+
+    def readlink(self, ino: int) -> bytes:
+        """Target of a symlink."""
+        ...
+
+    def getxattr(self, ino: int, name: bytes) -> bytes | None:
+        """Value of one extended attribute; None for ENODATA."""
+        ...
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        """Names of the inode's extended attributes."""
+        ...
+
+    def read(self, ino: int, offset: int, size: int) -> bytes:
+        """File content ``[offset, offset+size)`` (short only at end of file). May block."""
+        ...
+
+    def backing_path(self, ino: int) -> str | None:
+        """A local file holding the complete content of ``ino``, for FUSE passthrough; None to serve reads."""
+        ...
+
+    def statfs(self) -> StatFs:
+        """Filesystem totals."""
+        ...
