@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean oracle
 
 install: $(STAMP)
 
@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml scripts/install-deps.sh
 demo: install
 	$(PY) -m lazypull.demo
 
-test: install lint
+test: install lint oracle
 	$(PY) -m pytest -q tests
+
+oracle: install
+	bash tests/oracle/build.sh
 
 lint: install
 	$(VENV)/bin/ruff check lazypull tests bench
