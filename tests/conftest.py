@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.helpers.registry"]
+
 VECTORS = Path(__file__).resolve().parent.parent.parent / "shared" / "vectors"
 
 

@@ -1,0 +1,1 @@
+"""lazypull test suite (a package so that tests.helpers is importable)."""

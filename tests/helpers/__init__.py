@@ -1,0 +1,1 @@
+"""Test helpers: real servers (docker-registry, token server) and small fault-injecting proxies."""

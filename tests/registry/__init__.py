@@ -1,0 +1,1 @@
+"""Tests of lazypull.registry against the real docker-registry."""
