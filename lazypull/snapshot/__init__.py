@@ -1,1 +1,9 @@
-"""lazypull.snapshot"""
+"""The mount server (``lazypull daemon``) and its client: keeps the lazy layer filesystems mounted.
+
+``MountClient(root)`` is the API the CLI and the runtime use (docs/architecture.md, "snapshot").
+"""
+
+from lazypull.snapshot.client import MountClient, daemon_pid
+from lazypull.snapshot.protocol import LayerMount, MountInfo
+
+__all__ = ["LayerMount", "MountClient", "MountInfo", "daemon_pid"]
