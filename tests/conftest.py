@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.helpers.registry"]
+pytest_plugins = ["tests.helpers.registry", "tests.helpers.oracle", "tests.helpers.containerd"]
 
 VECTORS = Path(__file__).resolve().parent.parent.parent / "shared" / "vectors"
 
