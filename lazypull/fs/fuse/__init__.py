@@ -1,0 +1,30 @@
+"""A FUSE server speaking the kernel protocol on ``/dev/fuse`` directly (no libfuse), serving a read-only
+:class:`Tree`: ``protocol`` (bytes), ``session`` (the loop), ``ops`` (requests -> Tree calls), ``mount``
+(mount(2)/umount2), ``passthrough`` (backing files for FUSE passthrough).
+"""
+
+from __future__ import annotations
+
+from lazypull.fs.fuse.mount import is_mounted as is_mounted
+from lazypull.fs.fuse.mount import unmount as unmount
+from lazypull.fs.fuse.session import DAY as DAY
+from lazypull.fs.fuse.session import FuseMount as FuseMount
+from lazypull.fs.fuse.tree import ROOT_INODE as ROOT_INODE
+from lazypull.fs.fuse.tree import Attr as Attr
+from lazypull.fs.fuse.tree import FuseError as FuseError
+from lazypull.fs.fuse.tree import InodeId as InodeId
+from lazypull.fs.fuse.tree import StatFs as StatFs
+from lazypull.fs.fuse.tree import Tree as Tree
+
+__all__ = [
+    "DAY",
+    "ROOT_INODE",
+    "Attr",
+    "FuseError",
+    "FuseMount",
+    "InodeId",
+    "StatFs",
+    "Tree",
+    "is_mounted",
+    "unmount",
+]

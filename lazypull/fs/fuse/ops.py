@@ -1,0 +1,319 @@
+"""The adapter from FUSE requests to :class:`~lazypull.fs.fuse.tree.Tree` calls.
+
+One method per opcode turns a decoded request into a reply payload or a ``FuseError``. This is the only
+module that picks errno values (besides a Tree raising ``FuseError``): writes are EROFS, unknown
+requests ENOSYS, and any other exception from the tree is logged with the op and inode and becomes EIO.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import itertools
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lazypull.fs.fuse import protocol
+from lazypull.fs.fuse.passthrough import BackingFiles
+from lazypull.fs.fuse.protocol import Op, Request
+from lazypull.fs.fuse.tree import Attr, FuseError, Tree
+
+log = logging.getLogger(__name__)
+
+#: The flags we ask for in INIT (those the kernel offers are kept).
+WANTED_FLAGS = (
+    protocol.ASYNC_READ
+    | protocol.PARALLEL_DIROPS
+    | protocol.DO_READDIRPLUS
+    | protocol.READDIRPLUS_AUTO
+    | protocol.MAX_PAGES
+    | protocol.CACHE_SYMLINKS
+    | protocol.INIT_EXT
+)
+#: Stack depth announced with passthrough: backing files on a plain fs, and room for one overlayfs above.
+MAX_STACK_DEPTH = 1
+
+Reply = tuple[int, bytes]  # (errno or 0, payload)
+
+
+@dataclass
+class _File:
+    ino: int
+    passthrough: bool
+
+
+@dataclass
+class _Dir:
+    ino: int
+    entries: list[tuple[bytes, int, int, Attr | None]] | None = None  # name, ino, mode, attr
+
+
+class Operations:
+    """Answers requests for one mount; thread-safe (called from the session's workers)."""
+
+    def __init__(
+        self,
+        tree: Tree,
+        *,
+        entry_timeout: float,
+        attr_timeout: float,
+        passthrough: bool,
+        dev_fd: int,
+        max_errors: int = 20,
+    ) -> None:
+        self.tree = tree
+        self.entry_timeout = entry_timeout
+        self.attr_timeout = attr_timeout
+        self.want_passthrough = passthrough
+        self.passthrough_active = False
+        self.backing = BackingFiles(dev_fd)
+        self.last_errors: collections.deque[str] = collections.deque(maxlen=max_errors)
+        self.minor = 0
+        self._fh = itertools.count(1)
+        self._files: dict[int, _File] = {}
+        self._dirs: dict[int, _Dir] = {}
+        self._cached_opens: collections.Counter[int] = collections.Counter()
+        self._open_lock = threading.Lock()  # guards _files, _dirs, _cached_opens and the open-mode choice
+        self._parents: dict[int, int] = {}
+        self._handlers: dict[int, Callable[[Request], Reply]] = {
+            Op.LOOKUP: self.lookup,
+            Op.GETATTR: self.getattr,
+            Op.READLINK: self.readlink,
+            Op.OPEN: self.open,
+            Op.READ: self.read,
+            Op.RELEASE: self.release,
+            Op.STATFS: self.statfs,
+            Op.GETXATTR: self.getxattr,
+            Op.LISTXATTR: self.listxattr,
+            Op.FLUSH: _ok,
+            Op.FSYNC: _ok,
+            Op.FSYNCDIR: _ok,
+            Op.OPENDIR: self.opendir,
+            Op.READDIR: self.readdir,
+            Op.READDIRPLUS: self.readdirplus,
+            Op.RELEASEDIR: self.releasedir,
+            Op.ACCESS: self.access,
+            Op.DESTROY: _ok,
+        }
+
+    # -- dispatch ---------------------------------------------------------------------------------
+
+    def handle(self, req: Request) -> Reply | None:
+        """The reply to ``req``; None for requests the kernel expects no answer to."""
+        if req.opcode in protocol.NO_REPLY:
+            return None  # FORGET/BATCH_FORGET: inodes are static; INTERRUPT: requests finish quickly anyway
+        if req.opcode in protocol.WRITE_OPS:
+            return errno.EROFS, b""
+        handler = self._handlers.get(req.opcode)
+        if handler is None:
+            return errno.ENOSYS, b""  # IOCTL, POLL, LSEEK, STATX, locks...: the kernel falls back
+        try:
+            return handler(req)
+        except FuseError as err:
+            return err.errno, b""
+        except Exception as err:
+            name = Op(req.opcode).name if req.opcode in Op._value2member_map_ else str(req.opcode)
+            message = f"{name} on inode {req.nodeid} failed: {type(err).__name__}: {err}"
+            log.exception("FUSE %s", message)
+            self.last_errors.append(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {message}")
+            return errno.EIO, b""
+
+    # -- INIT -------------------------------------------------------------------------------------
+
+    def init(self, req: Request) -> Reply:
+        """Negotiate the protocol version and features."""
+        offer = protocol.decode_init(req.body)
+        if offer.major > protocol.KERNEL_VERSION:
+            # The kernel re-sends INIT with our major version.
+            return 0, protocol.INIT_IN_OLD.pack(protocol.KERNEL_VERSION, protocol.MAX_MINOR, 0, 0)[:8]
+        if offer.major < protocol.KERNEL_VERSION or offer.minor < protocol.MIN_MINOR:
+            log.error("kernel FUSE protocol %d.%d is too old", offer.major, offer.minor)
+            return errno.EPROTO, b""
+        self.minor = min(offer.minor, protocol.MAX_MINOR)
+        flags = WANTED_FLAGS & offer.flags
+        depth = 0
+        if self.want_passthrough and offer.flags & protocol.PASSTHROUGH and self.minor >= 40:
+            flags |= protocol.PASSTHROUGH
+            depth = MAX_STACK_DEPTH
+            self.passthrough_active = True
+        out = protocol.InitOut(
+            minor=self.minor, max_readahead=offer.max_readahead, flags=flags, max_stack_depth=depth
+        )
+        return 0, protocol.encode_init(out)
+
+    # -- metadata ---------------------------------------------------------------------------------
+
+    def _note_parent(self, parent: int, attr: Attr) -> None:
+        if stat.S_ISDIR(attr.mode):
+            self._parents[attr.ino] = parent
+
+    def lookup(self, req: Request) -> Reply:
+        name = protocol.cstring(req.body)
+        attr = self.tree.lookup(req.nodeid, name)
+        if attr is not None:
+            self._note_parent(req.nodeid, attr)
+        # A missing name is answered as a cached negative entry (nodeid 0): layers never change.
+        return 0, protocol.encode_entry(attr, self.entry_timeout, self.attr_timeout)
+
+    def getattr(self, req: Request) -> Reply:
+        return 0, protocol.encode_attr_out(self.tree.getattr(req.nodeid), self.attr_timeout)
+
+    def readlink(self, req: Request) -> Reply:
+        return 0, self.tree.readlink(req.nodeid)
+
+    def statfs(self, req: Request) -> Reply:
+        return 0, protocol.encode_statfs(self.tree.statfs())
+
+    def access(self, req: Request) -> Reply:
+        mask = protocol.ACCESS_IN.unpack_from(req.body)[0]
+        if mask & os.W_OK:
+            return errno.EROFS, b""
+        self.tree.getattr(req.nodeid)
+        return 0, b""
+
+    def getxattr(self, req: Request) -> Reply:
+        size = protocol.GETXATTR_IN.unpack_from(req.body)[0]
+        name = protocol.cstring(req.body, protocol.GETXATTR_IN.size)
+        value = self.tree.getxattr(req.nodeid, name)
+        if value is None:
+            return errno.ENODATA, b""
+        return _sized(value, size)
+
+    def listxattr(self, req: Request) -> Reply:
+        size = protocol.GETXATTR_IN.unpack_from(req.body)[0]
+        names = self.tree.listxattr(req.nodeid)
+        return _sized(b"".join(n + b"\0" for n in names), size)
+
+    # -- files ------------------------------------------------------------------------------------
+
+    def open(self, req: Request) -> Reply:
+        flags = protocol.OPEN_IN.unpack_from(req.body)[0]
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            return errno.EROFS, b""
+        ino = req.nodeid
+        path = None
+        if self.passthrough_active and not self.backing.is_open(ino):
+            path = self.tree.backing_path(ino)
+        with self._open_lock:
+            backing_id = 0
+            # The kernel refuses to mix cached and passthrough opens of one inode: follow the current mode.
+            if (
+                self.passthrough_active
+                and self._cached_opens[ino] == 0
+                and (path or self.backing.is_open(ino))
+            ):
+                try:
+                    backing_id = self.backing.acquire(ino, path)
+                except OSError as err:
+                    log.warning(
+                        "passthrough for inode %d (%s) unavailable, serving reads: %s", ino, path, err
+                    )
+            fh = next(self._fh)
+            if backing_id:
+                self._files[fh] = _File(ino, True)
+                return 0, protocol.OPEN_OUT.pack(
+                    fh, protocol.FOPEN_PASSTHROUGH | protocol.FOPEN_NOFLUSH, backing_id
+                )
+            self._cached_opens[ino] += 1
+            self._files[fh] = _File(ino, False)
+        return 0, protocol.OPEN_OUT.pack(fh, protocol.FOPEN_KEEP_CACHE | protocol.FOPEN_NOFLUSH, 0)
+
+    def read(self, req: Request) -> Reply:
+        _, offset, size, *_ = protocol.READ_IN.unpack_from(req.body)
+        data = self.tree.read(req.nodeid, offset, size)
+        return 0, data[:size]
+
+    def release(self, req: Request) -> Reply:
+        fh = protocol.RELEASE_IN.unpack_from(req.body)[0]
+        with self._open_lock:
+            f = self._files.pop(fh, None)
+            if f is None:
+                return 0, b""
+            if not f.passthrough:
+                self._cached_opens[f.ino] -= 1
+                if self._cached_opens[f.ino] <= 0:
+                    del self._cached_opens[f.ino]
+        if f.passthrough:
+            self.backing.release(f.ino)
+        return 0, b""
+
+    def open_files(self) -> int:
+        """Open file handles (diagnostics and tests)."""
+        with self._open_lock:
+            return len(self._files)
+
+    # -- directories ------------------------------------------------------------------------------
+
+    def opendir(self, req: Request) -> Reply:
+        attr = self.tree.getattr(req.nodeid)
+        if not stat.S_ISDIR(attr.mode):
+            return errno.ENOTDIR, b""
+        fh = next(self._fh)
+        with self._open_lock:
+            self._dirs[fh] = _Dir(req.nodeid)
+        return 0, protocol.OPEN_OUT.pack(fh, protocol.FOPEN_CACHE_DIR | protocol.FOPEN_KEEP_CACHE, 0)
+
+    def releasedir(self, req: Request) -> Reply:
+        fh = protocol.RELEASE_IN.unpack_from(req.body)[0]
+        with self._open_lock:
+            self._dirs.pop(fh, None)
+        return 0, b""
+
+    def _entries(self, req: Request) -> tuple[list[tuple[bytes, int, int, Attr | None]], int, int]:
+        fh, offset, size, *_ = protocol.READ_IN.unpack_from(req.body)
+        with self._open_lock:
+            d = self._dirs.get(fh)
+        if d is None:
+            raise FuseError(errno.EBADF, f"unknown directory handle {fh}")
+        if d.entries is None:
+            children = self.tree.readdir(d.ino)
+            parent = self._parents.get(d.ino, d.ino)
+            entries: list[tuple[bytes, int, int, Attr | None]] = [
+                (b".", d.ino, stat.S_IFDIR, None),
+                (b"..", parent, stat.S_IFDIR, None),
+            ]
+            for name, attr in children:
+                self._note_parent(d.ino, attr)
+                entries.append((name, attr.ino, attr.mode, attr))
+            d.entries = entries
+        return d.entries, offset, size
+
+    def readdir(self, req: Request) -> Reply:
+        entries, offset, size = self._entries(req)
+        out = bytearray()
+        for index in range(offset, len(entries)):
+            name, ino, mode, _ = entries[index]
+            if len(out) + protocol.dirent_size(name, False) > size:
+                break
+            out += protocol.encode_dirent(ino, index + 1, name, mode)
+        return 0, bytes(out)
+
+    def readdirplus(self, req: Request) -> Reply:
+        entries, offset, size = self._entries(req)
+        out = bytearray()
+        for index in range(offset, len(entries)):
+            name, ino, mode, attr = entries[index]
+            if len(out) + protocol.dirent_size(name, True) > size:
+                break
+            out += protocol.encode_direntplus(
+                ino, index + 1, name, attr, mode, self.entry_timeout, self.attr_timeout
+            )
+        return 0, bytes(out)
+
+
+def _ok(req: Request) -> Reply:
+    return 0, b""
+
+
+def _sized(value: bytes, size: int) -> Reply:
+    """xattr size-probe semantics: size 0 asks for the length, a too-small buffer is ERANGE."""
+    if size == 0:
+        return 0, protocol.GETXATTR_OUT.pack(len(value), 0)
+    if len(value) > size:
+        return errno.ERANGE, b""
+    return 0, value

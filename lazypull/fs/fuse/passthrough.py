@@ -1,0 +1,92 @@
+"""FUSE passthrough (kernel 6.9+): reads of an opened file go straight to a local backing file.
+
+The server registers a backing file with ``FUSE_DEV_IOC_BACKING_OPEN`` on the ``/dev/fuse`` fd and
+answers OPEN with ``FOPEN_PASSTHROUGH`` and the returned backing id. The kernel binds one backing file
+to an inode while it is open, so every open of that inode (the kernel's own open during an overlayfs
+copy-up included) must carry the same id: ids are therefore per inode and reference-counted by the
+opens, and closed with ``FUSE_DEV_IOC_BACKING_CLOSE`` when the last open is released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import struct
+import threading
+from dataclasses import dataclass
+
+from lazypull.fs.fuse import protocol
+
+
+@dataclass
+class _Backing:
+    backing_id: int
+    opens: int
+
+
+class BackingFiles:
+    """Backing ids of the inodes currently open in passthrough mode, for one ``/dev/fuse`` fd."""
+
+    def __init__(self, dev_fd: int) -> None:
+        self._dev_fd = dev_fd
+        self._by_inode: dict[int, _Backing] = {}
+        self._by_inode_lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._by_inode_lock:
+            return len(self._by_inode)
+
+    def is_open(self, ino: int) -> bool:
+        """Whether ``ino`` has passthrough opens (then new opens must pass through as well)."""
+        with self._by_inode_lock:
+            return ino in self._by_inode
+
+    def acquire(self, ino: int, path: str | None) -> int:
+        """The backing id for one more open of ``ino``; registers ``path`` when the inode has none.
+
+        Raises OSError when the file cannot be opened or the kernel refuses it (no passthrough).
+        """
+        with self._by_inode_lock:
+            entry = self._by_inode.get(ino)
+            if entry is not None:
+                entry.opens += 1
+                return entry.backing_id
+            if path is None:
+                raise FileNotFoundError(f"inode {ino} has no backing file")
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                arg = bytearray(protocol.BACKING_MAP.pack(fd, 0, 0))
+                backing_id: int = fcntl.ioctl(self._dev_fd, protocol.FUSE_DEV_IOC_BACKING_OPEN, arg, True)
+            finally:
+                os.close(fd)  # the kernel holds its own reference to the file
+            if backing_id <= 0:
+                raise OSError(f"FUSE_DEV_IOC_BACKING_OPEN returned {backing_id} for {path}")
+            self._by_inode[ino] = _Backing(backing_id, 1)
+            return backing_id
+
+    def release(self, ino: int) -> None:
+        """One open of ``ino`` ended; the last one unregisters the backing file."""
+        with self._by_inode_lock:
+            entry = self._by_inode.get(ino)
+            if entry is None:
+                return
+            entry.opens -= 1
+            if entry.opens > 0:
+                return
+            del self._by_inode[ino]
+            self._close_id(entry.backing_id)
+
+    def close_all(self) -> None:
+        """Unregister everything (session end)."""
+        with self._by_inode_lock:
+            entries = list(self._by_inode.values())
+            self._by_inode.clear()
+            for entry in entries:
+                self._close_id(entry.backing_id)
+
+    def _close_id(self, backing_id: int) -> None:
+        arg = bytearray(struct.pack("=I", backing_id))
+        # OSError: the connection is already gone, and the kernel dropped every backing file with it.
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(self._dev_fd, protocol.FUSE_DEV_IOC_BACKING_CLOSE, arg, True)
