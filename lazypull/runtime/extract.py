@@ -1,0 +1,416 @@
+"""Safe extraction of a (non-lazy) layer tarball into an overlayfs lower directory.
+
+A layer blob is untrusted input. Every path is resolved one component at a time with
+``O_NOFOLLOW`` relative to directory file descriptors (openat-style), so no member name, symlink
+or hardlink can make us write outside the layer directory: names that are absolute or contain
+``..`` are refused, a parent component that is a symlink (even one extracted earlier from the same
+tar) is refused, and hardlink targets are resolved the same way inside the layer. Symlinks are
+created as they are (their targets are only text to us; we never follow them).
+
+Layer whiteouts become what overlayfs reads: ``.wh.NAME`` becomes a character device 0/0 named
+``NAME``, ``.wh..wh..opq`` sets ``trusted.overlay.opaque=y`` on its directory; other ``.wh..wh.``
+names (aufs metadata) are dropped. Ownership, mode (including setuid bits), mtimes, device numbers
+and xattrs are kept as root would keep them, except ``*.overlay.*`` xattrs, which a layer must not
+be able to forge.
+
+Extraction goes to a temporary sibling directory that is renamed into place at the end, so a
+half-extracted layer is never visible; if another process finished first, its result is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, BinaryIO, cast
+
+import zstandard
+from isal import igzip
+
+from lazypull.errors import ContainerError
+
+log = logging.getLogger(__name__)
+
+WHITEOUT_PREFIX = ".wh."
+WHITEOUT_META_PREFIX = ".wh..wh."
+WHITEOUT_OPAQUE = ".wh..wh..opq"
+OPAQUE_XATTR = "trusted.overlay.opaque"
+# Files eStargz adds at the layer root for the lazy reader; a full extraction leaves them out.
+ESTARGZ_METADATA = frozenset({"stargz.index.json", ".prefetch.landmark", ".no.prefetch.landmark"})
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_COPY_BUFFER = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class LayerExtractError(ContainerError):
+    """A layer tarball is malformed or hostile; the message names the layer and the member."""
+
+
+@dataclass(frozen=True)
+class ExtractStats:
+    """What one extraction did (for progress output and tests)."""
+
+    members: int
+    bytes_written: int
+    whiteouts: int
+    opaque_dirs: int
+
+
+def detect_compression(head: bytes) -> str:
+    """``"gzip"``, ``"zstd"`` or ``"none"`` from the first bytes of a blob."""
+    if head.startswith(_GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(_ZSTD_MAGIC):
+        return "zstd"
+    return "none"
+
+
+@contextlib.contextmanager
+def open_decompressed(path: Path) -> Iterator[IO[bytes]]:
+    """The uncompressed stream of a layer blob, whatever its compression (detected by magic)."""
+    with open(path, "rb") as raw:
+        kind = detect_compression(raw.read(4))
+        raw.seek(0)
+        if kind == "gzip":
+            # isal's igzip: fast, and reads multi-member gzip (eStargz blobs are many members).
+            with igzip.GzipFile(fileobj=raw, mode="rb") as stream:  # type: ignore[no-untyped-call]
+                yield cast(IO[bytes], stream)
+        elif kind == "zstd":
+            with zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as stream:
+                yield cast(IO[bytes], stream)
+        else:
+            yield raw
+
+
+def split_member_name(name: str) -> list[str]:
+    """The path components of a tar member name inside the layer; refuses escaping names.
+
+    ``./a//b/`` is ``["a", "b"]``; ``.`` and ``./`` are the layer root (``[]``).
+    """
+    if "\x00" in name:
+        raise ValueError("name contains a NUL byte")
+    if name.startswith("/"):
+        raise ValueError("absolute path")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ValueError("path contains '..'")
+    return parts
+
+
+class _Extractor:
+    """Extracts one tar stream below an open directory fd. Not thread-safe; one per layer."""
+
+    def __init__(self, root_fd: int, label: str, skip_estargz_metadata: bool) -> None:
+        self.root_fd = root_fd
+        self.label = label
+        self.skip_estargz_metadata = skip_estargz_metadata
+        self.dir_times: list[tuple[list[str], int]] = []
+        self.members = 0
+        self.bytes_written = 0
+        self.whiteouts = 0
+        self.opaque_dirs = 0
+
+    # -- path resolution -------------------------------------------------------------------------
+
+    def open_parent(self, parts: list[str], *, create: bool) -> int:
+        """An fd of the directory holding ``parts[-1]``, walking without following symlinks.
+
+        Missing parents are created (mode 0755, root-owned) when ``create`` is set, as tar does.
+        """
+        fd = os.dup(self.root_fd)
+        try:
+            for i, part in enumerate(parts[:-1]):
+                try:
+                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as err:
+                    if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                        where = "/".join(parts[: i + 1])
+                        raise LayerExtractError(
+                            f"{self.label}: {'/'.join(parts)!r}: parent {where!r} is a symlink or not a "
+                            "directory (refusing to write through it)") from err
+                    raise
+                os.close(fd)
+                fd = next_fd
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def clear(self, parent_fd: int, name: str, keep_dir: bool) -> bool:
+        """Remove what is at ``name`` so a new entry can take its place; True if a dir was kept."""
+        try:
+            st = os.lstat(name, dir_fd=parent_fd)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            if keep_dir:
+                return True
+            shutil.rmtree(name, dir_fd=parent_fd)
+        else:
+            os.unlink(name, dir_fd=parent_fd)
+        return False
+
+    # -- members ---------------------------------------------------------------------------------
+
+    def extract(self, tar: tarfile.TarFile) -> None:
+        for member in tar:
+            self.members += 1
+            try:
+                self.member(tar, member)
+            except LayerExtractError:
+                raise
+            except (OSError, ValueError, tarfile.TarError, EOFError) as err:
+                raise LayerExtractError(f"{self.label}: member {member.name!r}: {err}") from err
+        self.finish_dirs()
+
+    def member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        parts = split_member_name(member.name)
+        if not parts:
+            if not member.isdir():
+                raise ValueError("the layer root must be a directory")
+            self.apply_metadata(self.root_fd, None, member)
+            self.dir_times.append(([], int(member.mtime)))
+            return
+        base = parts[-1]
+        if self.skip_estargz_metadata and len(parts) == 1 and base in ESTARGZ_METADATA:
+            return
+        for part in parts[:-1]:
+            if part.startswith(WHITEOUT_META_PREFIX):
+                log.debug("%s: dropping aufs metadata %s", self.label, member.name)
+                return
+            if part.startswith(WHITEOUT_PREFIX):
+                raise ValueError(f"whiteout name {part!r} used as a directory")
+        if base.startswith(WHITEOUT_PREFIX):
+            self.whiteout(parts)
+            return
+        parent_fd = self.open_parent(parts, create=True)
+        try:
+            self.create(tar, member, parent_fd, base)
+        finally:
+            os.close(parent_fd)
+
+    def whiteout(self, parts: list[str]) -> None:
+        base = parts[-1]
+        parent_fd = self.open_parent(parts, create=True)
+        try:
+            if base == WHITEOUT_OPAQUE:
+                os.setxattr(parent_fd, OPAQUE_XATTR, b"y")
+                self.opaque_dirs += 1
+            elif base.startswith(WHITEOUT_META_PREFIX):
+                log.debug("%s: dropping aufs metadata %s", self.label, "/".join(parts))
+            else:
+                target = base[len(WHITEOUT_PREFIX):]
+                if target in ("", ".", ".."):
+                    raise ValueError(f"whiteout of {target!r}")
+                self.clear(parent_fd, target, keep_dir=False)
+                os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=parent_fd)
+                self.whiteouts += 1
+        finally:
+            os.close(parent_fd)
+
+    def create(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parent_fd: int, name: str) -> None:
+        kept_dir = self.clear(parent_fd, name, keep_dir=member.isdir())
+        if member.isdir():
+            if not kept_dir:
+                os.mkdir(name, 0o700, dir_fd=parent_fd)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+            try:
+                self.apply_metadata(fd, None, member)
+            finally:
+                os.close(fd)
+            self.dir_times.append((split_member_name(member.name), int(member.mtime)))
+            return
+        if member.isreg():
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=parent_fd)
+            try:
+                src = tar.extractfile(member)
+                if src is not None:
+                    self.copy(src, fd, member)
+                self.apply_metadata(fd, None, member)
+            finally:
+                os.close(fd)
+            return
+        if member.issym():
+            os.symlink(member.linkname, name, dir_fd=parent_fd)
+            self.apply_metadata(parent_fd, name, member)
+            return
+        if member.islnk():
+            self.hardlink(member, parent_fd, name)
+            return
+        if member.ischr() or member.isblk():
+            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+            os.mknod(name, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=parent_fd)
+        elif member.isfifo():
+            os.mkfifo(name, 0o600, dir_fd=parent_fd)
+        else:
+            raise ValueError(f"unsupported tar member type {member.type!r}")
+        self.apply_metadata(parent_fd, name, member)
+
+    def hardlink(self, member: tarfile.TarInfo, parent_fd: int, name: str) -> None:
+        try:
+            target = split_member_name(member.linkname)
+        except ValueError as err:
+            raise ValueError(f"hardlink target {member.linkname!r}: {err}") from err
+        if not target:
+            raise ValueError("hardlink to the layer root")
+        target_parent = self.open_parent(target, create=False)
+        try:
+            st = os.lstat(target[-1], dir_fd=target_parent)
+            if stat.S_ISDIR(st.st_mode):
+                raise ValueError(f"hardlink target {member.linkname!r} is a directory")
+            os.link(target[-1], name, src_dir_fd=target_parent, dst_dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError as err:
+            raise ValueError(f"hardlink target {member.linkname!r} is not in the layer (yet)") from err
+        finally:
+            os.close(target_parent)
+
+    def copy(self, src: IO[bytes], fd: int, member: tarfile.TarInfo) -> None:
+        remaining = member.size
+        while remaining > 0:
+            buf = src.read(min(_COPY_BUFFER, remaining))
+            if not buf:
+                raise EOFError(f"truncated: {remaining} bytes missing")
+            view = memoryview(buf)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            remaining -= len(buf)
+            self.bytes_written += len(buf)
+
+    def apply_metadata(self, fd: int, name: str | None, member: tarfile.TarInfo) -> None:
+        """Owner, mode, xattrs and mtime; on ``fd`` itself (name None) or on ``name`` below it."""
+        is_link = member.issym()
+        if name is None:
+            os.fchown(fd, member.uid, member.gid)
+        else:
+            os.chown(name, member.uid, member.gid, dir_fd=fd, follow_symlinks=False)
+        for key, value in member.pax_headers.items():
+            if not key.startswith("SCHILY.xattr."):
+                continue
+            xname = key[len("SCHILY.xattr."):]
+            if ".overlay." in xname:
+                log.warning("%s: %s: dropping xattr %s", self.label, member.name, xname)
+                continue
+            raw = value.encode("utf-8", "surrogateescape")
+            try:
+                if name is None:
+                    os.setxattr(fd, xname, raw)
+                else:  # the fd is a directory we resolved safely; the last component is not followed
+                    os.setxattr(f"/proc/self/fd/{fd}/{name}", xname, raw, follow_symlinks=False)
+            except OSError as err:
+                if err.errno not in (errno.ENOTSUP, errno.EPERM):
+                    raise
+                log.warning("%s: %s: cannot set xattr %s: %s", self.label, member.name, xname, err)
+        if not is_link:
+            # After chown, which clears setuid/setgid bits.
+            if name is None:
+                os.fchmod(fd, member.mode & 0o7777)
+            else:
+                os.chmod(name, member.mode & 0o7777, dir_fd=fd)
+        if not member.isdir():
+            ns = int(member.mtime) * 1_000_000_000
+            if name is None:
+                os.utime(fd, ns=(ns, ns))
+            else:
+                os.utime(name, ns=(ns, ns), dir_fd=fd, follow_symlinks=False)
+
+    def finish_dirs(self) -> None:
+        """Set directory mtimes last (creating children changed them), deepest first."""
+        for parts, mtime in sorted(self.dir_times, key=lambda item: -len(item[0])):
+            ns = mtime * 1_000_000_000
+            if not parts:
+                os.utime(self.root_fd, ns=(ns, ns))
+                continue
+            try:
+                parent_fd = self.open_parent(parts, create=False)
+            except (FileNotFoundError, LayerExtractError):
+                continue  # replaced or whited out by a later member
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    os.utime(parts[-1], ns=(ns, ns), dir_fd=parent_fd, follow_symlinks=False)
+            finally:
+                os.close(parent_fd)
+
+
+def extract_tar(stream: BinaryIO | IO[bytes], dest: Path, *, label: str = "layer",
+                skip_estargz_metadata: bool = False) -> ExtractStats:
+    """Extract an uncompressed tar stream into the existing empty directory ``dest``.
+
+    Writes in place (callers wanting atomicity use :func:`extract_layer`). Raises
+    :class:`LayerExtractError` naming the member for anything malformed or hostile.
+    """
+    root_fd = os.open(dest, _DIR_FLAGS)
+    try:
+        extractor = _Extractor(root_fd, label, skip_estargz_metadata)
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                extractor.extract(tar)
+        except LayerExtractError:
+            raise
+        except (tarfile.TarError, EOFError, OSError, zstandard.ZstdError) as err:
+            raise LayerExtractError(f"{label}: not a valid tar stream: {err}") from err
+        return ExtractStats(extractor.members, extractor.bytes_written, extractor.whiteouts,
+                            extractor.opaque_dirs)
+    finally:
+        os.close(root_fd)
+
+
+def extract_layer(blob: Path, dest: Path, *, label: str | None = None,
+                  skip_estargz_metadata: bool = False) -> ExtractStats | None:
+    """Extract the layer blob ``blob`` (gzip, zstd or plain tar) to ``dest`` atomically.
+
+    Returns ``None`` if ``dest`` already exists (extracted before, maybe by another process).
+    """
+    if dest.exists():
+        return None
+    label = label or f"layer {blob.name}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        with open_decompressed(blob) as stream:
+            stats = extract_tar(stream, tmp, label=label, skip_estargz_metadata=skip_estargz_metadata)
+        try:
+            os.rename(tmp, dest)
+        except OSError as err:
+            if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                log.debug("%s: extracted concurrently by someone else", label)
+                shutil.rmtree(tmp)
+                return None
+            raise
+        return stats
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def extract_layers(jobs: list[tuple[Path, Path, str]], *, skip_estargz_metadata: bool = False,
+                   parallelism: int | None = None) -> None:
+    """Extract several ``(blob, dest, label)`` layers in parallel (decompression drops the GIL)."""
+    pending = [job for job in jobs if not job[1].exists()]
+    if not pending:
+        return
+    workers = max(1, min(len(pending), parallelism or os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract") as pool:
+        futures = [pool.submit(extract_layer, blob, dest, label=label,
+                               skip_estargz_metadata=skip_estargz_metadata)
+                   for blob, dest, label in pending]
+        for future in futures:
+            future.result()

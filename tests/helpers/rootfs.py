@@ -1,0 +1,142 @@
+"""Small real root filesystems and layer tarballs for runtime tests.
+
+The only binary is Debian's static busybox (``apt-get download busybox-static`` + ``dpkg-deb -x``,
+cached under ``$LAZYPULL_TEST_CACHE`` or ``/var/cache/lazypull-tests``; the local apt archive is
+used when the download is not possible). Layer tars are built in memory from :class:`Entry` lists,
+so tests can write exactly the members (whiteouts, hostile names, links) they need.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CACHE_DIR = Path(os.environ.get("LAZYPULL_TEST_CACHE", "/var/cache/lazypull-tests"))
+APT_ARCHIVES = Path("/var/cache/apt/archives")
+
+PASSWD = (
+    "root:x:0:0:root:/root:/bin/sh\n"
+    "daemon:x:1:1:daemon:/usr/sbin:/bin/false\n"
+    "alice:x:1234:2345:Alice:/home/alice:/bin/sh\n"
+    "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+)
+GROUP = (
+    "root:x:0:\n"
+    "daemon:x:1:\n"
+    "staff:x:50:alice\n"
+    "users:x:2345:\n"
+    "nogroup:x:65534:\n"
+)
+APPLETS = ("sh", "echo", "cat", "ls", "id", "pwd", "env", "true", "false", "sleep", "stat", "mount",
+           "readlink", "hostname", "test")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tar member. ``type``: file, dir, symlink, hardlink, char, block, fifo."""
+
+    name: str
+    type: str = "file"
+    data: bytes = b""
+    linkname: str = ""
+    mode: int | None = None
+    uid: int = 0
+    gid: int = 0
+    mtime: int = 1_600_000_000
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    devmajor: int = 0
+    devminor: int = 0
+
+
+_TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
+          "hardlink": tarfile.LNKTYPE, "char": tarfile.CHRTYPE, "block": tarfile.BLKTYPE,
+          "fifo": tarfile.FIFOTYPE}
+
+
+def make_tar(entries: Iterable[Entry]) -> bytes:
+    """A PAX tar holding exactly ``entries`` in order (names are not normalised: hostile is fine)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for entry in entries:
+            info = tarfile.TarInfo(entry.name)
+            info.type = _TYPES[entry.type]
+            info.mode = entry.mode if entry.mode is not None else (0o755 if entry.type == "dir" else 0o644)
+            info.uid, info.gid, info.mtime = entry.uid, entry.gid, entry.mtime
+            info.linkname = entry.linkname
+            info.devmajor, info.devminor = entry.devmajor, entry.devminor
+            if entry.xattrs:
+                info.pax_headers = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape")
+                                    for k, v in entry.xattrs.items()}
+            if entry.type == "file":
+                info.size = len(entry.data)
+                tar.addfile(info, io.BytesIO(entry.data))
+            else:
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+def _locked_cache(name: str) -> tuple[Path, int]:
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    lock = os.open(CACHE_DIR / f".{name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return CACHE_DIR / name, lock
+
+
+def busybox_binary() -> Path:
+    """The static busybox from Debian's ``busybox-static`` package (downloaded once, cached)."""
+    target, lock = _locked_cache("busybox-static")
+    try:
+        binary = target / "bin" / "busybox"
+        if binary.is_file():
+            return binary
+        with tempfile.TemporaryDirectory(dir=CACHE_DIR) as tmp:
+            download = subprocess.run(["apt-get", "download", "busybox-static"], cwd=tmp,
+                                      capture_output=True, text=True)
+            debs = sorted(Path(tmp).glob("busybox-static_*.deb"))
+            if download.returncode != 0 or not debs:
+                debs = sorted(APT_ARCHIVES.glob("busybox-static_*.deb"))
+            if not debs:
+                raise RuntimeError("cannot get busybox-static: apt-get download said "
+                                   f"{download.stderr.strip()}")
+            extracted = Path(tmp) / "x"
+            subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(extracted)], check=True)
+            if target.exists():
+                shutil.rmtree(target)
+            os.rename(extracted, target)
+        return binary
+    finally:
+        os.close(lock)
+
+
+def busybox_entries(*, extra: Iterable[Entry] = ()) -> list[Entry]:
+    """The members of a one-binary busybox root filesystem with users, groups and applet links."""
+    entries = [
+        Entry("bin", "dir"), Entry("bin/busybox", data=busybox_binary().read_bytes(), mode=0o755),
+        *[Entry(f"bin/{applet}", "symlink", linkname="busybox") for applet in APPLETS],
+        Entry("etc", "dir"), Entry("etc/passwd", data=PASSWD.encode()),
+        Entry("etc/group", data=GROUP.encode()),
+        Entry("tmp", "dir", mode=0o1777), Entry("root", "dir", mode=0o700),
+        Entry("home", "dir"), Entry("home/alice", "dir", uid=1234, gid=2345),
+    ]
+    entries.extend(extra)
+    return entries
+
+
+def busybox_tar(*, extra: Iterable[Entry] = ()) -> bytes:
+    """One layer tar of the busybox root filesystem."""
+    return make_tar(busybox_entries(extra=extra))
+
+
+def busybox_rootfs(dest: Path) -> Path:
+    """Write the busybox root filesystem as a plain directory at ``dest``."""
+    with tarfile.open(fileobj=io.BytesIO(busybox_tar()), mode="r:") as tar:
+        tar.extractall(dest, filter="tar")
+    return dest

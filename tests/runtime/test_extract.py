@@ -1,0 +1,231 @@
+"""Safe layer extraction: metadata kept, whiteouts converted, hostile tars refused without effect."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lazypull.runtime.extract import (
+    OPAQUE_XATTR,
+    LayerExtractError,
+    detect_compression,
+    extract_layer,
+    extract_layers,
+    split_member_name,
+)
+from tests.helpers.rootfs import Entry, make_tar
+
+
+def write_blob(path: Path, entries: list[Entry], compression: str = "gzip") -> Path:
+    raw = make_tar(entries)
+    if compression == "gzip":
+        raw = gzip.compress(raw)
+    elif compression == "zstd":
+        raw = zstandard.ZstdCompressor().compress(raw)
+    path.write_bytes(raw)
+    return path
+
+
+def snapshot_tree(root: Path) -> dict[str, tuple[int, int, int, bytes | str | None]]:
+    """Everything below ``root`` (mode, uid, nlink, content or link target), for before/after checks."""
+    tree: dict[str, tuple[int, int, int, bytes | str | None]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            st_ = path.lstat()
+            content: bytes | str | None = None
+            if stat.S_ISREG(st_.st_mode):
+                content = path.read_bytes()
+            elif stat.S_ISLNK(st_.st_mode):
+                content = os.readlink(path)
+            tree[str(path.relative_to(root))] = (st_.st_mode, st_.st_uid, st_.st_nlink, content)
+    return tree
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_extract_keeps_metadata(tmp_path: Path, compression: str) -> None:
+    entries = [
+        Entry("./", "dir", mode=0o755),
+        Entry("./usr/", "dir", mode=0o755, mtime=1_500_000_000),
+        Entry("./usr/bin/", "dir", mode=0o750, uid=1, gid=2, mtime=1_500_000_001),
+        Entry("./usr/bin/tool", data=b"#!/bin/sh\n", mode=0o4755, uid=0, gid=0, mtime=1_234_567_890,
+              xattrs={"user.note": b"hello", "security.capability": b"\x01\x00\x00\x02\x00\x20\x00\x00"
+                      + b"\x00" * 12}),
+        Entry("./usr/bin/owned", data=b"x", mode=0o640, uid=1234, gid=5678),
+        Entry("./usr/bin/link", "symlink", linkname="/usr/bin/tool", uid=7, gid=8),
+        Entry("./usr/bin/hard", "hardlink", linkname="./usr/bin/tool"),
+        Entry("./dev/", "dir"),
+        Entry("./dev/null", "char", mode=0o666, devmajor=1, devminor=3),
+        Entry("./dev/loop9", "block", mode=0o660, devmajor=7, devminor=9),
+        Entry("./run/fifo", "fifo", mode=0o600),
+    ]
+    blob = write_blob(tmp_path / "blob", entries, compression)
+    dest = tmp_path / "snap" / "fs"
+    stats = extract_layer(blob, dest)
+    assert stats is not None and stats.members == len(entries)
+    tool = (dest / "usr/bin/tool").lstat()
+    assert stat.S_IMODE(tool.st_mode) == 0o4755 and tool.st_mtime == 1_234_567_890 and tool.st_nlink == 2
+    assert (dest / "usr/bin/tool").read_bytes() == b"#!/bin/sh\n"
+    assert os.getxattr(dest / "usr/bin/tool", "user.note") == b"hello"
+    assert os.getxattr(dest / "usr/bin/tool", "security.capability").startswith(b"\x01\x00\x00\x02")
+    owned = (dest / "usr/bin/owned").lstat()
+    assert (owned.st_uid, owned.st_gid, stat.S_IMODE(owned.st_mode)) == (1234, 5678, 0o640)
+    assert os.readlink(dest / "usr/bin/link") == "/usr/bin/tool"
+    assert (dest / "usr/bin/link").lstat().st_uid == 7
+    assert os.path.samefile(dest / "usr/bin/hard", dest / "usr/bin/tool")
+    bin_dir = (dest / "usr/bin").lstat()
+    assert (stat.S_IMODE(bin_dir.st_mode), bin_dir.st_uid, bin_dir.st_mtime) == (0o750, 1, 1_500_000_001)
+    assert (dest / "usr").lstat().st_mtime == 1_500_000_000
+    null = (dest / "dev/null").lstat()
+    assert stat.S_ISCHR(null.st_mode) and os.major(null.st_rdev) == 1 and os.minor(null.st_rdev) == 3
+    assert stat.S_ISBLK((dest / "dev/loop9").lstat().st_mode)
+    assert stat.S_ISFIFO((dest / "run/fifo").lstat().st_mode)
+    assert not [p for p in dest.parent.iterdir() if p.name != "fs"], "temporary directory left behind"
+    assert extract_layer(blob, dest) is None  # already there: nothing to do
+
+
+def test_whiteouts_become_overlay_form(tmp_path: Path) -> None:
+    entries = [
+        Entry("etc/", "dir"),
+        Entry("etc/.wh.removed"),
+        Entry("var/", "dir"),
+        Entry("var/.wh..wh..opq"),
+        Entry("var/kept", data=b"new"),
+        Entry("opt/.wh..wh..plnk/123", data=b"aufs"),
+        Entry("deep/dir/.wh..wh..opq"),
+    ]
+    dest = tmp_path / "fs"
+    stats = extract_layer(write_blob(tmp_path / "blob", entries), dest)
+    assert stats is not None and (stats.whiteouts, stats.opaque_dirs) == (1, 2)
+    removed = (dest / "etc/removed").lstat()
+    assert stat.S_ISCHR(removed.st_mode) and removed.st_rdev == 0
+    assert not (dest / "etc/.wh.removed").exists()
+    assert os.getxattr(dest / "var", OPAQUE_XATTR) == b"y"
+    assert os.getxattr(dest / "deep/dir", OPAQUE_XATTR) == b"y"
+    assert not (dest / "var/.wh..wh..opq").exists() and (dest / "var/kept").read_bytes() == b"new"
+    assert not (dest / "opt/.wh..wh..plnk").exists()
+
+
+def test_forged_overlay_xattrs_dropped(tmp_path: Path) -> None:
+    entries = [Entry("d/", "dir", xattrs={"trusted.overlay.redirect": b"/etc", "user.ok": b"1"})]
+    dest = tmp_path / "fs"
+    extract_layer(write_blob(tmp_path / "blob", entries), dest)
+    assert os.listxattr(dest / "d") == ["user.ok"]
+
+
+def test_estargz_metadata_skipped_on_request(tmp_path: Path) -> None:
+    entries = [Entry("a", data=b"1"), Entry(".prefetch.landmark", data=b"\xf0"), Entry("stargz.index.json")]
+    blob = write_blob(tmp_path / "blob", entries)
+    extract_layer(blob, tmp_path / "plain")
+    extract_layer(blob, tmp_path / "lazyless", skip_estargz_metadata=True)
+    assert sorted(os.listdir(tmp_path / "plain")) == [".prefetch.landmark", "a", "stargz.index.json"]
+    assert os.listdir(tmp_path / "lazyless") == ["a"]
+
+
+def test_parallel_extraction(tmp_path: Path) -> None:
+    jobs = []
+    for i in range(4):
+        blob = write_blob(tmp_path / f"b{i}", [Entry(f"f{i}", data=bytes([i]) * 1000)], "zstd")
+        jobs.append((blob, tmp_path / f"s{i}" / "fs", f"layer {i}"))
+    extract_layers(jobs, parallelism=2)
+    for i in range(4):
+        assert (tmp_path / f"s{i}" / "fs" / f"f{i}").read_bytes() == bytes([i]) * 1000
+
+
+def test_compression_detection() -> None:
+    assert detect_compression(b"\x1f\x8b\x08\x00") == "gzip"
+    assert detect_compression(b"\x28\xb5\x2f\xfd") == "zstd"
+    assert detect_compression(b"usr/") == "none"
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("./a//b/", ["a", "b"]), (".", []), ("./", []), ("a/./b", ["a", "b"]), ("..a/b..", ["..a", "b.."]),
+])
+def test_member_names(name: str, expected: list[str]) -> None:
+    assert split_member_name(name) == expected
+
+
+HOSTILE: dict[str, tuple[list[Entry], str]] = {
+    "dotdot": ([Entry("../victim", data=b"pwned")], "'..'"),
+    "dotdot-inside": ([Entry("a/../../victim", data=b"pwned")], "'..'"),
+    "absolute": ([Entry("/outside/victim", data=b"pwned")], "absolute"),
+    "symlink-parent": ([Entry("esc", "symlink", linkname="../outside"), Entry("esc/victim", data=b"pwned")],
+                       "symlink"),
+    "symlink-parent-absolute": ([Entry("esc", "symlink", linkname="/"), Entry("esc/tmp/pwned", data=b"x")],
+                                "symlink"),
+    "symlink-deep-parent": ([Entry("a/", "dir"), Entry("a/b", "symlink", linkname="../.."),
+                             Entry("a/b/outside/victim", data=b"pwned")], "symlink"),
+    "hardlink-dotdot": ([Entry("h", "hardlink", linkname="../outside/victim")], "'..'"),
+    "hardlink-absolute": ([Entry("h", "hardlink", linkname="/etc/passwd")], "absolute"),
+    "hardlink-via-symlink": ([Entry("esc", "symlink", linkname="../outside"),
+                              Entry("h", "hardlink", linkname="esc/victim")], "symlink"),
+    "hardlink-missing": ([Entry("h", "hardlink", linkname="nothere")], "not in the layer"),
+    "whiteout-dotdot": ([Entry("a/.wh...", data=b"")], "whiteout"),
+    "file-as-parent": ([Entry("f", data=b"1"), Entry("f/g", data=b"2")], "not a directory"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_tar_refused(tmp_path: Path, case: str) -> None:
+    entries, message = HOSTILE[case]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_bytes(b"original")
+    dest = tmp_path / "snap" / "fs"
+    dest.parent.mkdir()
+    blob = write_blob(tmp_path / "blob", entries)
+    before = snapshot_tree(tmp_path)
+    with pytest.raises(LayerExtractError) as info:
+        extract_layer(blob, dest, label="layer sha256:abc")
+    assert "layer sha256:abc" in str(info.value) and message in str(info.value)
+    assert not dest.exists() and list((tmp_path / "snap").iterdir()) == []
+    assert snapshot_tree(tmp_path) == before
+
+
+def test_truncated_and_garbage_blobs(tmp_path: Path) -> None:
+    raw = gzip.compress(make_tar([Entry("big", data=os.urandom(200_000))]))
+    (tmp_path / "trunc").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(LayerExtractError, match="trunc"):
+        extract_layer(tmp_path / "trunc", tmp_path / "a" / "fs")
+    (tmp_path / "garbage").write_bytes(b"\x28\xb5\x2f\xfd" + b"\xff" * 100)
+    with pytest.raises(LayerExtractError, match="garbage"):
+        extract_layer(tmp_path / "garbage", tmp_path / "b" / "fs")
+    assert not (tmp_path / "a" / "fs").exists() and not (tmp_path / "b" / "fs").exists()
+
+
+_NAMES = st.sampled_from(["a", "b", "a/b", "a/b/c", "..", "../x", "/abs", "/", ".", "a/..", "l", "l/x",
+                          "l/../y", "a/l", "a/l/z", ".wh.a", "a/.wh.b", "a/.wh..wh..opq", ".wh...",
+                          "outside/victim", "x" * 300])
+_TARGETS = st.sampled_from(["..", "../outside", "/", "a", "a/b", "l", "../outside/victim", "/etc/passwd",
+                            "nothere", "l/x", ""])
+_ENTRY = st.builds(
+    Entry, name=_NAMES, type=st.sampled_from(["file", "dir", "symlink", "hardlink", "fifo", "char"]),
+    data=st.binary(max_size=8), linkname=_TARGETS, mode=st.sampled_from([0o644, 0o755, 0o4755, 0o000]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=st.lists(_ENTRY, min_size=1, max_size=8))
+def test_random_hostile_tars_never_escape(tmp_path_factory: pytest.TempPathFactory,
+                                          entries: list[Entry]) -> None:
+    box = tmp_path_factory.mktemp("box")
+    outside = box / "outside"
+    outside.mkdir()
+    (outside / "victim").write_bytes(b"original")
+    blob = write_blob(box / "blob", entries, "none")
+    before = snapshot_tree(box)
+    dest = box / "snap" / "fs"
+    try:
+        extract_layer(blob, dest)
+    except LayerExtractError:
+        assert not dest.exists()
+    after = snapshot_tree(box)
+    outside_only = {k: v for k, v in after.items() if not k.startswith("snap")}
+    assert outside_only == before
+    assert set(os.listdir(box / "snap")) <= {"fs"}
