@@ -1,0 +1,270 @@
+"""A MemTree served through a real kernel FUSE mount: what programs see, errno values, concurrency, errors."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lazypull.errors import MountError
+from lazypull.fs.fuse import FuseMount, is_mounted, unmount
+from lazypull.fs.fuse.mount import mount_entry
+from tests.fs.memtree import MemTree
+
+ROOT = Path(__file__).resolve().parents[2]
+BIG = random.Random(7).randbytes(3 * 1024 * 1024 + 123)
+
+
+def _tree() -> MemTree:
+    t = MemTree()
+    t.add_file("etc/hostname", b"lazypull\n", mode=0o644, xattrs={b"user.note": b"hello", b"user.empty": b""})
+    t.add_file("bin/su", b"#!/bin/sh\n", mode=0o4755)
+    t.add_symlink("bin/sh", b"busybox")
+    t.add_node("dev/null", stat.S_IFCHR | 0o666, rdev=os.makedev(1, 3))
+    t.add_node("dev/sda", stat.S_IFBLK | 0o660, rdev=os.makedev(8, 0))
+    t.add_node("run/fifo", stat.S_IFIFO | 0o644)
+    t.add_file("big", BIG)
+    t.add_file("boom", b"never")
+    for i in range(8):
+        t.add_file(f"slow/{i}", bytes([i]) * 100)
+    t.add_file("slow/other", b"o")
+    for i in range(300):
+        t.add_file(f"many/entry-with-a-long-name-{i:04d}", b"")
+    return t
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MemTree, FuseMount, Path]]:
+    tree = _tree()
+    mnt = tmp_path_factory.mktemp("fuse") / "mnt"
+    mnt.mkdir()
+    with FuseMount(tree, mnt, fsname="lazypull-test", workers=(1, 16)) as m:
+        yield tree, m, mnt
+    assert not is_mounted(str(mnt))
+
+
+def test_mount_shows_in_mountinfo(served: tuple[MemTree, FuseMount, Path]) -> None:
+    _, _, mnt = served
+    assert mount_entry(str(mnt))[:2] == ("fuse.lazypull", "lazypull-test")  # type: ignore[index]
+    with open("/proc/self/mountinfo") as f:
+        line = next(ln for ln in f if f" {mnt} " in ln)
+    opts = line.split(" - ")[1].split()[2]
+    assert "ro" in opts.split(",") and "default_permissions" in opts and "allow_other" in opts
+    per_mount = line.split()[5].split(",")
+    assert "ro" in per_mount and "nosuid" not in per_mount and "nodev" not in per_mount
+
+
+def test_stat_readdir_readlink(served: tuple[MemTree, FuseMount, Path]) -> None:
+    tree, _, mnt = served
+    assert sorted(os.listdir(mnt)) == ["big", "bin", "boom", "dev", "etc", "many", "run", "slow"]
+    assert sorted(os.listdir(mnt / "bin")) == ["sh", "su"]
+    st = os.stat(mnt / "bin" / "su")
+    assert stat.S_IMODE(st.st_mode) == 0o4755 and stat.S_ISREG(st.st_mode) and st.st_size == 10
+    assert st.st_mtime_ns == tree.mtime_ns and st.st_ino == tree.ino("bin/su")
+    assert os.readlink(mnt / "bin" / "sh") == "busybox"
+    assert stat.S_ISLNK(os.lstat(mnt / "bin" / "sh").st_mode)
+    null = os.stat(mnt / "dev" / "null")
+    assert stat.S_ISCHR(null.st_mode) and (os.major(null.st_rdev), os.minor(null.st_rdev)) == (1, 3)
+    sda = os.stat(mnt / "dev" / "sda")
+    assert stat.S_ISBLK(sda.st_mode) and (os.major(sda.st_rdev), os.minor(sda.st_rdev)) == (8, 0)
+    assert stat.S_ISFIFO(os.stat(mnt / "run" / "fifo").st_mode)
+    assert stat.S_ISDIR(os.stat(mnt).st_mode)
+    with os.scandir(mnt / "many") as it:
+        names = sorted(e.name for e in it)
+    assert names == [f"entry-with-a-long-name-{i:04d}" for i in range(300)]
+    assert (mnt / "etc" / "hostname").read_bytes() == b"lazypull\n"
+
+
+def test_xattrs(served: tuple[MemTree, FuseMount, Path]) -> None:
+    _, _, mnt = served
+    path = mnt / "etc" / "hostname"
+    assert os.getxattr(path, "user.note") == b"hello"
+    assert os.getxattr(path, "user.empty") == b""
+    assert sorted(os.listxattr(path)) == ["user.empty", "user.note"]
+    with pytest.raises(OSError) as exc:
+        os.getxattr(path, "user.missing")
+    assert exc.value.errno == errno.ENODATA
+    assert os.listxattr(mnt / "bin") == []
+
+
+def test_statfs(served: tuple[MemTree, FuseMount, Path]) -> None:
+    tree, _, mnt = served
+    st = os.statvfs(mnt)
+    assert st.f_bsize == 4096 and st.f_files == len(tree.nodes) and st.f_bfree == 0
+    assert st.f_blocks == tree.statfs().blocks and st.f_namemax == 255
+    assert st.f_flag & os.ST_RDONLY
+
+
+@pytest.mark.parametrize(
+    ("action", "expected"),
+    [
+        pytest.param(lambda m: os.stat(m / "nope"), errno.ENOENT, id="stat-missing"),
+        pytest.param(lambda m: os.stat(m / "etc" / "nope" / "x"), errno.ENOENT, id="missing-parent"),
+        pytest.param(lambda m: os.listdir(m / "etc" / "hostname"), errno.ENOTDIR, id="listdir-file"),
+        pytest.param(lambda m: os.open(m / "etc" / "hostname", os.O_RDWR), errno.EROFS, id="open-rw"),
+        pytest.param(lambda m: os.open(m / "newfile", os.O_WRONLY | os.O_CREAT), errno.EROFS, id="create"),
+        pytest.param(lambda m: os.mkdir(m / "d"), errno.EROFS, id="mkdir"),
+        pytest.param(lambda m: os.unlink(m / "boom"), errno.EROFS, id="unlink"),
+        pytest.param(lambda m: os.rename(m / "boom", m / "b2"), errno.EROFS, id="rename"),
+        pytest.param(lambda m: os.chmod(m / "boom", 0o600), errno.EROFS, id="chmod"),
+        pytest.param(lambda m: os.setxattr(m / "boom", "user.x", b"1"), errno.EROFS, id="setxattr"),
+        pytest.param(lambda m: os.readlink(m / "boom"), errno.EINVAL, id="readlink-file"),
+    ],
+)
+def test_errno_values(served: tuple[MemTree, FuseMount, Path], action, expected: int) -> None:  # type: ignore[no-untyped-def]
+    _, _, mnt = served
+    with pytest.raises(OSError) as exc:
+        action(mnt)
+    assert exc.value.errno == expected
+
+
+def test_large_file_reads_at_odd_offsets(served: tuple[MemTree, FuseMount, Path]) -> None:
+    _, _, mnt = served
+    rng = random.Random(3)
+    fd = os.open(mnt / "big", os.O_RDONLY)
+    try:
+        for offset, size in [(0, 1), (1, 4095), (4095, 2), (65535, 200_001), (len(BIG) - 5, 100)] + [
+            (rng.randrange(len(BIG)), rng.randrange(1, 300_000)) for _ in range(20)
+        ]:
+            assert os.pread(fd, size, offset) == BIG[offset : offset + size], (offset, size)
+        assert os.pread(fd, 10, len(BIG)) == b""
+    finally:
+        os.close(fd)
+    assert (mnt / "big").read_bytes() == BIG
+
+
+def test_reads_overlap_and_do_not_block_metadata(served: tuple[MemTree, FuseMount, Path]) -> None:
+    tree, m, mnt = served
+    tree.read_delay = 0.4
+    try:
+        results: dict[int, bytes] = {}
+
+        def read(i: int) -> None:
+            results[i] = (mnt / "slow" / str(i)).read_bytes()
+
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(8)]
+        start = time.monotonic()
+        for t in threads:
+            t.start()
+        time.sleep(0.1)
+        meta_start = time.monotonic()
+        st = os.stat(mnt / "slow" / "other")  # a fresh LOOKUP while 8 READs sleep
+        meta_time = time.monotonic() - meta_start
+        for t in threads:
+            t.join()
+        total = time.monotonic() - start
+    finally:
+        tree.read_delay = 0
+    assert results == {i: bytes([i]) * 100 for i in range(8)}
+    assert st.st_size == 1
+    assert total < 8 * 0.4 / 2, f"8 reads of 0.4 s took {total:.2f} s: not served in parallel"
+    assert meta_time < 0.3, f"stat took {meta_time:.2f} s while reads were blocked"
+    assert m.peak_workers >= 8
+
+
+def test_tree_exception_gives_eio_and_mount_keeps_working(served: tuple[MemTree, FuseMount, Path]) -> None:
+    tree, m, mnt = served
+    tree.fail["read"] = KeyError("chunk 3 vanished")
+    try:
+        with pytest.raises(OSError) as exc:
+            (mnt / "boom").read_bytes()
+        assert exc.value.errno == errno.EIO
+    finally:
+        del tree.fail["read"]
+    assert any("READ on inode" in e and "chunk 3 vanished" in e for e in m.last_errors)
+    tree.fail["lookup"] = RuntimeError("metadata store broken")
+    try:
+        with pytest.raises(OSError) as exc:
+            os.stat(mnt / "etc" / "not-looked-up-yet")
+        assert exc.value.errno == errno.EIO
+    finally:
+        del tree.fail["lookup"]
+    assert "LOOKUP" in m.last_errors[-1]
+    assert (mnt / "boom").read_bytes() == b"never"  # the failed read was not cached; now it works
+    assert os.listdir(mnt / "etc") == ["hostname"]
+
+
+def test_tree_returning_too_much_is_cut(tmp_path: Path) -> None:
+    class Greedy(MemTree):
+        def read(self, ino: int, offset: int, size: int) -> bytes:
+            return b"z" * (size + 100)
+
+    tree = Greedy()
+    tree.add_file("f", b"z" * 10)
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    with FuseMount(tree, mnt):
+        assert (mnt / "f").read_bytes() == b"z" * 10
+
+
+def test_stop_leaves_nothing_mounted_even_with_open_files(tmp_path: Path) -> None:
+    tree = MemTree()
+    tree.add_file("f", b"data")
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    m = FuseMount(tree, mnt).start()
+    assert is_mounted(str(mnt))
+    fd = os.open(mnt / "f", os.O_RDONLY)
+    try:
+        m.stop(timeout=0.5)
+        assert not is_mounted(str(mnt))
+        assert m.workers == 0
+        with pytest.raises(OSError) as exc:
+            os.pread(fd, 4, 0)  # page not cached; the aborted connection answers
+        assert exc.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    finally:
+        os.close(fd)
+    assert os.listdir(mnt) == []
+
+
+def test_mount_errors(tmp_path: Path) -> None:
+    with pytest.raises(MountError, match="not a directory"):
+        FuseMount(MemTree(), tmp_path / "missing").start()
+    with pytest.raises(MountError, match="nothing is mounted"):
+        unmount(str(tmp_path))
+    with pytest.raises(MountError, match="invalid FUSE source name"):
+        FuseMount(MemTree(), tmp_path, fsname="a,b").start()
+    assert not is_mounted(str(tmp_path))
+
+
+SERVER = """
+import sys, time
+from lazypull.fs.fuse import FuseMount
+from tests.fs.memtree import MemTree
+t = MemTree()
+t.add_file("hello", b"hi")
+FuseMount(t, sys.argv[1]).start()
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_killed_server_gives_enotconn_and_unmount_cleans(tmp_path: Path) -> None:
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(mnt)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        assert (mnt / "hello").read_bytes() == b"hi"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with pytest.raises(OSError) as exc:
+        os.stat(mnt / "other")
+    assert exc.value.errno == errno.ENOTCONN
+    assert is_mounted(str(mnt))
+    unmount(str(mnt))
+    assert not is_mounted(str(mnt))
+    assert os.listdir(mnt) == []
