@@ -1,0 +1,124 @@
+"""FUSE passthrough through the real kernel (6.9+): reads bypass the server, backing ids are per inode."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lazypull.fs.fuse import FuseMount
+from tests.fs.memtree import MemTree
+
+DATA = random.Random(11).randbytes(2 * 1024 * 1024 + 17)
+
+
+def _wait(cond, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    """RELEASE reaches the server asynchronously after close()."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return bool(cond())
+
+
+@pytest.fixture(scope="module")
+def pt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MemTree, FuseMount, Path]]:
+    base = tmp_path_factory.mktemp("pt")
+    backing = base / "backing"
+    backing.mkdir()
+    tree = MemTree()
+    for name in ("a", "b", "c", "mm"):
+        (backing / name).write_bytes(DATA)
+        tree.add_file(name, DATA, backing=str(backing / name))
+    tree.add_file("served", DATA[:5000])
+    tree.add_file("vanished", b"from the tree", backing=str(backing / "does-not-exist"))
+    mnt = base / "mnt"
+    mnt.mkdir()
+    with FuseMount(tree, mnt) as m:
+        yield tree, m, mnt
+
+
+def test_kernel_accepts_passthrough(pt: tuple[MemTree, FuseMount, Path]) -> None:
+    assert pt[1].passthrough_active
+
+
+def test_passthrough_reads_do_not_reach_the_tree(pt: tuple[MemTree, FuseMount, Path]) -> None:
+    tree, m, mnt = pt
+    before = tree.calls["read"]
+    assert (mnt / "a").read_bytes() == DATA
+    fd = os.open(mnt / "a", os.O_RDONLY)
+    try:
+        for off in (0, 1, 4095, 1_000_001, len(DATA) - 3):
+            assert os.pread(fd, 70_000, off) == DATA[off : off + 70_000]
+    finally:
+        os.close(fd)
+    assert tree.calls["read"] == before
+    assert _wait(lambda: m.passthrough_files == 0)
+
+
+def test_mmap_of_passthrough_file(pt: tuple[MemTree, FuseMount, Path]) -> None:
+    tree, _, mnt = pt
+    before = tree.calls["read"]
+    with open(mnt / "mm", "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mp:
+        assert mp[123_456:200_000] == DATA[123_456:200_000]
+    assert tree.calls["read"] == before
+
+
+def test_one_backing_id_shared_by_opens_of_an_inode(pt: tuple[MemTree, FuseMount, Path]) -> None:
+    tree, m, mnt = pt
+    assert _wait(lambda: m.passthrough_files == 0)
+    f1 = open(mnt / "b", "rb")  # noqa: SIM115
+    f2 = open(mnt / "b", "rb")  # noqa: SIM115
+    f3 = open(mnt / "c", "rb")  # noqa: SIM115
+    try:
+        assert m.passthrough_files == 2  # b (two opens) and c
+        assert f1.read(1000) == DATA[:1000]
+        assert f2.read() == DATA
+        f1.close()
+        time.sleep(0.1)
+        assert m.passthrough_files == 2  # f2 still holds b's backing file
+        f2.seek(5)
+        assert f2.read(10) == DATA[5:15]
+        f2.close()
+        assert _wait(lambda: m.passthrough_files == 1)
+        assert f3.read() == DATA
+    finally:
+        for f in (f1, f2, f3):
+            f.close()
+    assert _wait(lambda: m.passthrough_files == 0)
+    assert tree.backing_path(tree.ino("b"))  # the tree still offers it: a new open registers again
+    assert (mnt / "b").read_bytes() == DATA
+
+
+def test_files_without_backing_are_served(pt: tuple[MemTree, FuseMount, Path]) -> None:
+    tree, _, mnt = pt
+    before = tree.calls["read"]
+    assert (mnt / "served").read_bytes() == DATA[:5000]
+    assert tree.calls["read"] > before
+
+
+def test_unusable_backing_file_falls_back_to_served_reads(pt: tuple[MemTree, FuseMount, Path]) -> None:
+    tree, m, mnt = pt
+    before = tree.calls["read"]
+    assert (mnt / "vanished").read_bytes() == b"from the tree"
+    assert tree.calls["read"] > before
+    assert m.last_errors == []  # a fallback, not an error
+
+
+def test_passthrough_off(tmp_path: Path) -> None:
+    backing = tmp_path / "f"
+    backing.write_bytes(b"backing")
+    tree = MemTree()
+    tree.add_file("f", b"tree!!!", backing=str(backing))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with FuseMount(tree, mnt, passthrough=False) as m:
+        assert not m.passthrough_active
+        assert (mnt / "f").read_bytes() == b"tree!!!"
+        assert tree.calls["backing_path"] == 0
