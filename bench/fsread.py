@@ -1,0 +1,249 @@
+"""Reads through a lazypull FUSE mount against the same files read directly from the host filesystem.
+
+Modes: ``host`` (the backing files themselves, e.g. on ext4), ``served`` (every read answered by the
+Python server) and ``passthrough`` (the kernel reads the backing file itself). For each mode, on a fresh
+mount (so the FUSE page cache is cold while the host file is cached):
+
+- first-read latency: ``open`` + first 4 KiB ``pread`` of files never touched through the mount;
+- first sequential read of a big file (cold FUSE cache), then cached sequential reads (1 MiB blocks);
+- cached random reads (4 KiB ``pread`` at random aligned offsets).
+
+The reading runs in a child process, as a container would, so it never shares the server's GIL.
+Run: ``.venv/bin/python -m bench.fsread [--size-mib 256] [--write-docs]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lazypull.fs.fuse import ROOT_INODE, Attr, FuseError, FuseMount, StatFs
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs" / "benchmarks.md"
+SECTION = "## Filesystem reads"
+SMALL_FILES = 300
+SMALL_SIZE = 16 * 1024
+
+
+class HostTree:
+    """A flat directory of host files as a Tree; ``passthrough`` decides whether backing paths are offered."""
+
+    def __init__(self, directory: Path, passthrough: bool) -> None:
+        self.passthrough = passthrough
+        self.paths: dict[int, str] = {}
+        self.names: dict[bytes, int] = {}
+        for i, entry in enumerate(sorted(os.scandir(directory), key=lambda e: e.name), start=2):
+            self.paths[i] = entry.path
+            self.names[os.fsencode(entry.name)] = i
+        self.fds = {ino: os.open(p, os.O_RDONLY | os.O_CLOEXEC) for ino, p in self.paths.items()}
+
+    def _attr(self, ino: int) -> Attr:
+        if ino == ROOT_INODE:
+            return Attr(ROOT_INODE, 0o40755, nlink=2)
+        st = os.stat(self.paths[ino])
+        return Attr(ino, st.st_mode, size=st.st_size, mtime_ns=st.st_mtime_ns)
+
+    def lookup(self, parent: int, name: bytes) -> Attr | None:
+        ino = self.names.get(name) if parent == ROOT_INODE else None
+        return None if ino is None else self._attr(ino)
+
+    def getattr(self, ino: int) -> Attr:
+        if ino != ROOT_INODE and ino not in self.paths:
+            raise FuseError(2)
+        return self._attr(ino)
+
+    def readdir(self, ino: int) -> list[tuple[bytes, Attr]]:
+        return [(name, self._attr(i)) for name, i in self.names.items()]
+
+    def readlink(self, ino: int) -> bytes:
+        raise FuseError(22)
+
+    def getxattr(self, ino: int, name: bytes) -> bytes | None:
+        return None
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        return []
+
+    def read(self, ino: int, offset: int, size: int) -> bytes:
+        return os.pread(self.fds[ino], size, offset)
+
+    def backing_path(self, ino: int) -> str | None:
+        return self.paths[ino] if self.passthrough else None
+
+    def statfs(self) -> StatFs:
+        return StatFs()
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+
+
+def measure(directory: str, big: str, rounds: int, random_reads: int) -> dict[str, float]:
+    """The child process: every figure for one directory (host or mount)."""
+    lat = []
+    for i in range(SMALL_FILES):
+        start = time.perf_counter()
+        fd = os.open(os.path.join(directory, f"small-{i:04d}"), os.O_RDONLY)
+        os.pread(fd, 4096, 0)
+        lat.append(time.perf_counter() - start)
+        os.close(fd)
+    path = os.path.join(directory, big)
+    size = os.path.getsize(path)
+
+    def sequential() -> float:
+        start = time.perf_counter()
+        with open(path, "rb", buffering=0) as f:
+            while f.read(1 << 20):
+                pass
+        return size / (time.perf_counter() - start) / (1 << 20)
+
+    first = sequential()
+    seq = [sequential() for _ in range(rounds)]
+    rng = random.Random(5)
+    offsets = [rng.randrange(size // 4096) * 4096 for _ in range(random_reads)]
+    fd = os.open(path, os.O_RDONLY)
+    rand = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for off in offsets:
+            os.pread(fd, 4096, off)
+        rand.append(random_reads / (time.perf_counter() - start))
+    os.close(fd)
+    lat.sort()
+    return {
+        "first_read_median_us": statistics.median(lat) * 1e6,
+        "first_read_p99_us": lat[int(len(lat) * 0.99)] * 1e6,
+        "first_seq_mib_s": first,
+        "cached_seq_mib_s": statistics.median(seq),
+        "cached_rand_4k_iops": statistics.median(rand),
+    }
+
+
+def _child(directory: Path, rounds: int, random_reads: int) -> dict[str, float]:
+    code = (
+        "import json, sys; from bench.fsread import measure; "
+        "print(json.dumps(measure(sys.argv[1], 'big', int(sys.argv[2]), int(sys.argv[3]))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(directory), str(rounds), str(random_reads)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    result: dict[str, float] = json.loads(out)
+    return result
+
+
+def run(size_mib: int, rounds: int, random_reads: int, workdir: Path) -> dict[str, object]:
+    data_dir = workdir / "data"
+    data_dir.mkdir()
+    rng = random.Random(1)
+    with open(data_dir / "big", "wb") as f:
+        for _ in range(size_mib):
+            f.write(rng.randbytes(1 << 20))
+    for i in range(SMALL_FILES):
+        (data_dir / f"small-{i:04d}").write_bytes(rng.randbytes(SMALL_SIZE))
+    for p in data_dir.iterdir():  # warm the host page cache: every mode reads cached host data
+        p.read_bytes()
+    results: dict[str, object] = {"host": _child(data_dir, rounds, random_reads)}
+    for mode in ("served", "passthrough"):
+        mnt = workdir / f"mnt-{mode}"
+        mnt.mkdir()
+        tree = HostTree(data_dir, passthrough=mode == "passthrough")
+        try:
+            with FuseMount(tree, mnt, passthrough=mode == "passthrough") as m:
+                if mode == "passthrough" and not m.passthrough_active:
+                    raise SystemExit("the kernel refused FUSE passthrough")
+                results[mode] = _child(mnt, rounds, random_reads)
+        finally:
+            tree.close()
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "kernel": os.uname().release,
+        "cpus": os.cpu_count(),
+        "host_fs": subprocess.run(
+            ["findmnt", "-n", "-o", "FSTYPE", "-T", str(data_dir)], capture_output=True, text=True
+        ).stdout.strip(),
+        "size_mib": size_mib,
+        "rounds": rounds,
+        "random_reads": random_reads,
+        "results": results,
+    }
+
+
+def markdown(report: dict[str, object], command: str) -> str:
+    res: dict[str, dict[str, float]] = report["results"]  # type: ignore[assignment]
+    host = res["host"]
+    rows = [
+        ("first read: open + 4 KiB (median, µs)", "first_read_median_us", "{:.0f}", False),
+        ("first read: open + 4 KiB (p99, µs)", "first_read_p99_us", "{:.0f}", False),
+        (f"first sequential read of {report['size_mib']} MiB (MiB/s)", "first_seq_mib_s", "{:.0f}", True),
+        ("cached sequential read, 1 MiB blocks (MiB/s)", "cached_seq_mib_s", "{:.0f}", True),
+        ("cached random 4 KiB reads (reads/s)", "cached_rand_4k_iops", "{:.0f}", True),
+    ]
+    lines = [
+        SECTION,
+        "",
+        f"Reads through a lazypull FUSE mount vs the same files on the host {report['host_fs']} "
+        f"(page-cached), kernel {report['kernel']}, {report['cpus']} CPUs shared with other work, "
+        f"{report['date']}. Medians of {report['rounds']} rounds; ratio = FUSE / host (higher is better "
+        "for throughput, lower for latency). *served*: the Python server answers every READ; "
+        "*passthrough*: FUSE passthrough to the backing file. Cached figures are taken after one full read "
+        "through the mount.",
+        "",
+        "| measure | host | served | ratio | passthrough | ratio |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, key, fmt, _higher in rows:
+        cells = [fmt.format(host[key])]
+        for mode in ("served", "passthrough"):
+            cells += [fmt.format(res[mode][key]), f"{res[mode][key] / host[key]:.2f}x"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", f"Reproduce: `{command}`", ""]
+    return "\n".join(lines)
+
+
+def write_docs(section: str) -> None:
+    """Replace (or append) only our section of docs/benchmarks.md."""
+    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
+    start = text.find(SECTION)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + section + ("" if end < 0 else text[end + 1 :])
+    DOCS.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--random-reads", type=int, default=50_000)
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--write-docs", action="store_true", help="update the section in docs/benchmarks.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="lazypull-fsread-", dir="/var/tmp") as tmp:
+        report = run(args.size_mib, args.rounds, args.random_reads, Path(tmp))
+    command = ".venv/bin/python -m bench.fsread " + " ".join(sys.argv[1:])
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    section = markdown(report, command.strip())
+    print(section)
+    if args.write_docs:
+        write_docs(section)
+
+
+if __name__ == "__main__":
+    main()
