@@ -1,0 +1,106 @@
+"""The lazy filesystem's knobs: one frozen dataclass, read from a TOML file.
+
+Looked up at ``<root>/config.toml``, else ``/etc/lazypull/config.toml``; a missing file means the defaults.
+Keys are the field names, at the top level or under a ``[fs]`` table::
+
+    prefetch = true
+    prefetch_timeout = 10.0
+    background_fetch = false
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lazypull.errors import MountError
+
+SYSTEM_CONFIG = Path("/etc/lazypull/config.toml")
+
+
+@dataclass(frozen=True)
+class FsConfig:
+    """Settings of the lazy layer filesystem. Each field's comment gives its default."""
+
+    prefetch: bool = True
+    """Fetch everything before ``.prefetch.landmark`` at mount, in one request. Default true."""
+    prefetch_timeout: float = 10.0
+    """How long a container start waits for the prefetch, in seconds. Default 10."""
+    background_fetch: bool = True
+    """After the prefetch, fetch the rest of each layer at low priority. Default true."""
+    background_concurrency: int = 2
+    """Background requests in flight at once, per layer. Default 2."""
+    background_batch: int = 1 << 20
+    """Compressed bytes per background request. Default 1 MiB."""
+    background_pause: float = 0.5
+    """Background fetching pauses while on-demand misses are served and this long after. Default 0.5 s."""
+    cache_dir: str = ""
+    """Chunk cache directory; empty means ``<root>/cache/chunks``. Default empty."""
+    read_deadline: float = 30.0
+    """A read that cannot get its data from the registry within this long fails with EIO. Default 30 s."""
+    retry_initial: float = 0.1
+    """First retry delay of a failed fetch, doubled each time up to ``retry_max``. Default 0.1 s."""
+    retry_max: float = 2.0
+    """Longest delay between retries. Default 2 s."""
+    merge_gap: int = 16 << 10
+    """Missing ranges closer than this many compressed bytes are fetched as one range. Default 16 KiB."""
+    fetch_workers: int = 8
+    """Fetches in flight at once per layer (on-demand misses of different regions). Default 8."""
+    passthrough: bool = True
+    """Offer assembled local files to the FUSE server for passthrough reads. Default true."""
+
+    def chunk_dir(self, root: Path) -> Path:
+        """Where verified chunks are kept."""
+        return Path(self.cache_dir) if self.cache_dir else root / "cache" / "chunks"
+
+    def replace(self, **changes: Any) -> FsConfig:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def load_config(root: Path | None = None, path: Path | None = None) -> FsConfig:
+    """Read the config file (``path``, else ``<root>/config.toml``, else the system one)."""
+    candidates = [path] if path else ([root / "config.toml"] if root else []) + [SYSTEM_CONFIG]
+    for candidate in candidates:
+        if candidate is not None and candidate.is_file():
+            return parse_config(candidate.read_bytes(), str(candidate))
+    return FsConfig()
+
+
+def parse_config(data: bytes, where: str = "config") -> FsConfig:
+    """Parse TOML text into an :class:`FsConfig`; unknown keys and wrong types are errors."""
+    try:
+        doc = tomllib.loads(data.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise MountError(f"{where}: not valid TOML: {err}") from err
+    table = doc.get("fs", doc)
+    if not isinstance(table, dict):
+        raise MountError(f"{where}: [fs] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(FsConfig)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key == "fs":
+            continue
+        if key not in fields:
+            raise MountError(f"{where}: unknown setting {key!r}")
+        default = getattr(FsConfig(), key)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            value = float(value)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise MountError(f"{where}: {key} must be a {type(default).__name__}, not {value!r}")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            raise MountError(f"{where}: {key} must not be negative")
+        values[key] = value
+    if values.get("background_concurrency", 1) < 1 or values.get("fetch_workers", 1) < 1:
+        raise MountError(f"{where}: concurrency settings must be at least 1")
+    return FsConfig(**values)

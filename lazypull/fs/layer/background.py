@@ -1,0 +1,146 @@
+"""Prefetch and background fetch of one layer.
+
+Prefetch: at mount, the blob range before ``.prefetch.landmark`` (the files the image author said are
+needed first) is fetched in one request, and every chunk in it decoded, verified and cached. Readers that
+need one of those chunks meanwhile wait for it rather than fetching it again. ``wait`` lets the container
+start wait for it, up to a timeout.
+
+Background fetch: then the rest of the layer, a batch of neighbouring units per request, a few at a time,
+pausing while on-demand misses are being served (and ``background_pause`` after), so it only uses idle time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from lazypull.fs.config import FsConfig
+from lazypull.fs.layer.fetch import ChunkFetcher, Unit
+from lazypull.fs.stats import LayerStats
+
+log = logging.getLogger(__name__)
+
+
+class Background:
+    """Runs the prefetch, then the background fetch, in its own threads."""
+
+    def __init__(self, fetcher: ChunkFetcher, stats: LayerStats, config: FsConfig,
+                 prefetch_range: tuple[int, int] | None,
+                 on_progress: Callable[[], None] | None = None) -> None:
+        self.fetcher = fetcher
+        self.stats = stats
+        self.config = config
+        self.prefetch_range = prefetch_range
+        self.on_progress = on_progress
+        self.prefetched = threading.Event()
+        self.finished = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"prefetch-{fetcher.digest[7:19]}",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.prefetched.set()
+
+    def wait_prefetch(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the prefetch; True when it is done (or there was none)."""
+        return self.prefetched.wait(timeout)
+
+    def _run(self) -> None:
+        try:
+            self._prefetch()
+        except Exception:
+            log.exception("layer %s: prefetch failed", self.fetcher.digest)
+            self.stats.set(prefetch_state="failed")
+        finally:
+            self.prefetched.set()
+        try:
+            if self.config.background_fetch and not self._stop.is_set():
+                self._background()
+            else:
+                self.stats.set(background_state="off")
+        except Exception:
+            log.exception("layer %s: background fetch failed", self.fetcher.digest)
+            self.stats.set(background_state="failed")
+        finally:
+            self.finished.set()
+
+    def _prefetch(self) -> None:
+        if not self.config.prefetch or self.prefetch_range is None:
+            self.stats.set(prefetch_state="none")
+            return
+        start, end = self.prefetch_range
+        chunks = [c for (off, stop), group in self.fetcher.units.items() if start <= off and stop <= end
+                  for c in group]
+        began = time.monotonic()
+        mine = self.fetcher.claim_for_background(chunks)
+        if not mine:
+            self.stats.set(prefetch_state="skipped", prefetch_seconds=0.0)
+            return
+        self.stats.set(prefetch_state="running")
+        before = self.stats.bytes_fetched
+        self.fetcher.run_group(mine, time.monotonic() + self.config.read_deadline, single_range=True)
+        missing = [c for c in mine if not self.fetcher.cache.has(c.digest, c.chunk_size)]
+        self.stats.set(prefetch_seconds=round(time.monotonic() - began, 6),
+                       prefetch_bytes=self.stats.bytes_fetched - before,
+                       prefetch_state="failed" if missing else "done")
+        if self.on_progress:
+            self.on_progress()
+
+    def _background(self) -> None:
+        units = sorted(self.fetcher.units.items())
+        total = sum(stop - off for (off, stop), _ in units)
+        self.stats.set(background_total=total, background_state="waiting")
+        batches: list[list[tuple[Unit, list[Any]]]] = []
+        batch: list[tuple[Unit, list[Any]]] = []
+        size = 0
+        done = 0
+        for unit, group in units:
+            if all(self.fetcher.cache.has(c.digest, c.chunk_size) for c in group):
+                done += unit[1] - unit[0]
+                continue
+            batch.append((unit, group))
+            size += unit[1] - unit[0]
+            if size >= self.config.background_batch:
+                batches.append(batch)
+                batch, size = [], 0
+        if batch:
+            batches.append(batch)
+        self.stats.set(background_done=done)
+        if not batches:
+            self.stats.set(background_state="done")
+            return
+        self.stats.set(background_state="running")
+        failed = 0
+        with ThreadPoolExecutor(self.config.background_concurrency,
+                                thread_name_prefix=f"bg-{self.fetcher.digest[7:19]}") as pool:
+            for ok in pool.map(self._one_batch, batches):
+                failed += 0 if ok else 1
+        if self.on_progress:
+            self.on_progress()
+        if self._stop.is_set():
+            self.stats.set(background_state="stopped")
+        else:
+            self.stats.set(background_state="failed" if failed else "done")
+
+    def _one_batch(self, batch: list[tuple[Unit, list[Any]]]) -> bool:
+        while not self.fetcher.remote.demand_quiet():
+            if self._stop.wait(0.05):
+                return False
+        if self._stop.is_set():
+            return False
+        chunks = [c for _, group in batch for c in group]
+        mine = self.fetcher.claim_for_background(chunks)
+        if mine:
+            self.fetcher.run_group(mine, time.monotonic() + self.config.read_deadline, single_range=False)
+        ok = all(self.fetcher.cache.has(c.digest, c.chunk_size) for c in chunks)
+        if ok:
+            self.stats.add(background_done=sum(stop - off for (off, stop), _ in batch))
+        return ok

@@ -1,0 +1,222 @@
+"""Getting verified chunks of one layer: from the chunk cache, else from the blob in as few requests as
+possible, each region fetched once however many readers want it at the same moment.
+
+A *unit* is the compressed range ``[chunk.offset, chunk.end)`` that decodes to one or more chunks (several
+with min-chunk-size). Missing units of one read are merged into ranges (neighbours closer than
+``merge_gap`` become one range) and all ranges go out in one (multi-range) request. Each chunk digest has
+at most one fetch in flight (a future others wait on: singleflight). Every chunk is checked against its
+chunkDigest before it is cached or served; a mismatch is fetched again once, then fails the read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from lazypull.format import FormatError, decode_chunk
+from lazypull.fs.cache import ChunkCache
+from lazypull.fs.config import FsConfig
+from lazypull.fs.remote import FetchError, RemoteBlob
+from lazypull.fs.stats import LayerStats
+
+log = logging.getLogger(__name__)
+
+Unit = tuple[int, int]
+
+
+class ChunkUnavailable(Exception):
+    """A chunk could not be had before the deadline, or never verified; the read becomes EIO."""
+
+
+def merge_ranges(units: Iterable[Unit], gap: int) -> list[Unit]:
+    """Sorted ``(start, end)`` ranges covering ``units``, neighbours within ``gap`` bytes joined."""
+    merged: list[list[int]] = []
+    for start, end in sorted(set(units)):
+        if merged and start <= merged[-1][1] + gap:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(s, e) for s, e in merged]
+
+
+class ChunkFetcher:
+    """Verified chunks of one layer; thread-safe. Blocking calls never hold the table lock."""
+
+    def __init__(self, digest: str, remote: RemoteBlob, cache: ChunkCache, stats: LayerStats,
+                 config: FsConfig, units: dict[Unit, list[Any]]) -> None:
+        self.digest = digest
+        self.remote = remote
+        self.cache = cache
+        self.stats = stats
+        self.config = config
+        self.units = units                       # unit -> chunks decoded from it (unique digests)
+        self._inflight: dict[str, Future[bytes]] = {}
+        self._inflight_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=config.fetch_workers,
+                                        thread_name_prefix=f"fetch-{digest[7:19]}")
+
+    def close(self) -> None:
+        self.remote.closed.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- reading --
+
+    def read_slice(self, chunk: Any, offset: int, length: int) -> bytes | None:
+        """Bytes ``[offset, offset+length)`` of a cached chunk, or None when it is not cached."""
+        path = self.cache.path(chunk.digest)
+        try:
+            with open(path, "rb") as fh:
+                if os.fstat(fh.fileno()).st_size != chunk.chunk_size:
+                    return None
+                return os.pread(fh.fileno(), length, offset)
+        except FileNotFoundError:
+            return None
+
+    def get(self, chunks: Sequence[Any], *, deadline: float) -> dict[str, bytes]:
+        """Fetch the given (uncached) chunks, waiting until ``deadline``; digest -> bytes."""
+        waits, mine = self._claim(chunks, with_siblings=True)
+        # Fetched by someone else between the caller's cache check and the claim: release from the cache.
+        done = [c for c in mine if self.cache.has(c.digest, c.chunk_size)]
+        if done:
+            self._resolve_from_cache(done)
+            mine = [c for c in mine if c not in done]
+        if mine:
+            self._pool.submit(self._run_group, mine, deadline, False)
+        return self._wait(waits, deadline)
+
+    def _claim(self, chunks: Sequence[Any], *, with_siblings: bool
+               ) -> tuple[dict[str, Future[bytes]], list[Any]]:
+        """Futures for the chunks' digests; the chunks this caller must fetch (not in flight yet)."""
+        waits: dict[str, Future[bytes]] = {}
+        mine: list[Any] = []
+        with self._inflight_lock:
+            for chunk in chunks:
+                if chunk.digest in waits:
+                    continue
+                fut = self._inflight.get(chunk.digest)
+                if fut is None:
+                    fut = Future()
+                    self._inflight[chunk.digest] = fut
+                    mine.append(chunk)
+                waits[chunk.digest] = fut
+            if with_siblings:   # other chunks decoded from the same compressed ranges come for free
+                for unit in {(c.offset, c.end) for c in mine}:
+                    for sib in self.units.get(unit, ()):
+                        if sib.digest in self._inflight or self.cache.has(sib.digest, sib.chunk_size):
+                            continue
+                        self._inflight[sib.digest] = Future()
+                        mine.append(sib)
+        return waits, mine
+
+    def _resolve_from_cache(self, chunks: Sequence[Any]) -> None:
+        with self._inflight_lock:
+            futures = [(c, self._inflight.pop(c.digest, None)) for c in chunks]
+        for chunk, fut in futures:
+            if fut is None:
+                continue
+            data = self.cache.get(chunk.digest, chunk.chunk_size)
+            if data is None:
+                fut.set_exception(ChunkUnavailable(f"chunk {chunk.digest} vanished from the cache"))
+            else:
+                fut.set_result(data)
+
+    def claim_for_background(self, chunks: Sequence[Any]) -> list[Any]:
+        """Claim the chunks nobody fetches yet and that are not cached (background/prefetch)."""
+        todo = [c for c in chunks if not self.cache.has(c.digest, c.chunk_size)]
+        return self._claim(todo, with_siblings=False)[1]
+
+    def _wait(self, waits: dict[str, Future[bytes]], deadline: float) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for digest, fut in waits.items():
+            try:
+                out[digest] = fut.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout as err:
+                raise ChunkUnavailable(f"chunk {digest} of layer {self.digest} not fetched within "
+                                       f"the read deadline") from err
+            except ChunkUnavailable:
+                raise
+            except Exception as err:
+                raise ChunkUnavailable(str(err)) from err
+        return out
+
+    # -- fetching a claimed group --
+
+    def run_group(self, chunks: Sequence[Any], deadline: float, *, single_range: bool) -> None:
+        """Fetch and verify claimed chunks in this thread (prefetch and background use it directly)."""
+        self._run_group(chunks, deadline, single_range)
+
+    def _run_group(self, chunks: Sequence[Any], deadline: float, single_range: bool) -> None:
+        results: dict[str, bytes] = {}
+        errors: dict[str, BaseException] = {}
+        try:
+            pending = list(chunks)
+            for attempt in range(2):
+                failed = self._fetch_and_decode(pending, deadline, single_range and attempt == 0, results)
+                if not failed:
+                    break
+                pending = [c for c, _ in failed]
+                if attempt == 1:
+                    for chunk, err in failed:
+                        log.error("layer %s: chunk %s of file %r failed verification twice: %s",
+                                  self.digest, chunk.digest, chunk.name, err)
+                        errors[chunk.digest] = ChunkUnavailable(
+                            f"layer {self.digest}, file {chunk.name!r}: chunk {chunk.digest} does not match "
+                            f"its digest: {err}")
+                else:
+                    log.warning("layer %s: %d chunk(s) failed verification (first: file %r); refetching",
+                                self.digest, len(failed), failed[0][0].name)
+        except FetchError as err:
+            log.error("layer %s: %s", self.digest, err)
+            for chunk in chunks:
+                errors.setdefault(chunk.digest, ChunkUnavailable(f"layer {self.digest}, file "
+                                                                 f"{chunk.name!r}: {err}"))
+        except BaseException as err:  # never leave waiters hanging
+            log.exception("layer %s: unexpected failure fetching chunks", self.digest)
+            for chunk in chunks:
+                errors.setdefault(chunk.digest, ChunkUnavailable(f"layer {self.digest}: {err!r}"))
+        finally:
+            with self._inflight_lock:
+                futures = {c.digest: self._inflight.pop(c.digest, None) for c in chunks}
+            for digest, fut in futures.items():
+                if fut is None or fut.done():
+                    continue
+                if digest in results:
+                    fut.set_result(results[digest])
+                else:
+                    fut.set_exception(errors.get(digest) or ChunkUnavailable(f"chunk {digest} not fetched"))
+
+    def _fetch_and_decode(self, chunks: Sequence[Any], deadline: float, single_range: bool,
+                          results: dict[str, bytes]) -> list[tuple[Any, FormatError]]:
+        units = {(c.offset, c.end) for c in chunks}
+        if single_range:
+            ranges = [(min(s for s, _ in units), max(e for _, e in units))]
+        else:
+            ranges = merge_ranges(units, self.config.merge_gap)
+        datas = self.remote.fetch([(s, e - s) for s, e in ranges], deadline)
+        failed: list[tuple[Any, FormatError]] = []
+        for chunk in chunks:
+            for (start, end), data in zip(ranges, datas, strict=True):
+                if start <= chunk.offset and chunk.end <= end:
+                    compressed = data[chunk.offset - start : chunk.end - start]
+                    break
+            else:  # cannot happen: every unit is inside a range
+                raise FetchError(f"no fetched range covers chunk {chunk.digest}")
+            try:
+                plain = decode_chunk(chunk, compressed)
+            except FormatError as err:
+                self.stats.add(verify_failures=1)
+                failed.append((chunk, err))
+                continue
+            try:
+                self.cache.put(chunk.digest, plain)
+            except OSError as err:
+                log.warning("chunk cache write of %s failed: %s", chunk.digest, err)
+            self.stats.add(chunks_fetched=1)
+            results[chunk.digest] = plain
+        return failed

@@ -1,0 +1,191 @@
+"""The inode table of one layer, built from its TOC: what ``stat``, ``lookup`` and ``readdir`` show.
+
+Overlayfs conventions are applied here, as stargz-snapshotter's FUSE layer does: a ``.wh.NAME`` entry
+becomes a character device 0/0 named NAME (unless a real NAME exists in the same directory), an opaque
+marker ``.wh..wh..opq`` is hidden and its directory reports ``trusted.overlay.opaque=y``, and the
+landmark files in the root are hidden. Hardlinks share their target's inode.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lazypull.errors import MountError
+from lazypull.fs.fuse.tree import ROOT_INODE, Attr
+
+WHITEOUT_PREFIX = b".wh."
+OPAQUE_MARKER = b".wh..wh..opq"
+LANDMARKS = (b".prefetch.landmark", b".no.prefetch.landmark")
+OPAQUE_XATTR = b"trusted.overlay.opaque"
+
+_TYPE_BITS = {
+    "dir": stat.S_IFDIR, "reg": stat.S_IFREG, "symlink": stat.S_IFLNK, "char": stat.S_IFCHR,
+    "block": stat.S_IFBLK, "fifo": stat.S_IFIFO,
+}
+
+
+@dataclass
+class Node:
+    """One inode: its attributes, and for directories the children by name."""
+
+    attr: Attr
+    path: str                        # first name it was found under (for messages)
+    entry: Any = None                # the TOCEntry holding its content (regular files)
+    link: bytes = b""
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    children: dict[bytes, int] | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.children is not None
+
+
+def normalise(name: str) -> str:
+    """TOC name -> path relative to the root, as readers normalise it (root is ``""``)."""
+    return posixpath.normpath("/" + name).lstrip("/") if name not in ("", ".", "./", "/") else ""
+
+
+def _mtime_ns(entry: Any) -> int:
+    modtime = getattr(entry, "modtime", None)
+    return int(modtime.timestamp()) * 1_000_000_000 if modtime is not None else 0
+
+
+def _attr_for(entry: Any, ino: int) -> Attr:
+    kind = entry.type
+    if kind not in _TYPE_BITS:
+        raise MountError(f"TOC entry {entry.name!r} has unsupported type {kind!r}")
+    rdev = 0
+    if kind in ("char", "block"):
+        rdev = os.makedev(entry.dev_major, entry.dev_minor)
+    size = entry.size if kind == "reg" else len(entry.link_name.encode()) if kind == "symlink" else 0
+    return Attr(ino=ino, mode=_TYPE_BITS[kind] | (entry.mode & 0o7777), nlink=1, uid=entry.uid,
+                gid=entry.gid, rdev=rdev, size=size, mtime_ns=_mtime_ns(entry))
+
+
+class InodeTable:
+    """Inodes numbered from 1 (the root) in TOC order."""
+
+    def __init__(self, entries: Iterable[Any]) -> None:
+        self.nodes: dict[int, Node] = {}
+        root_attr = Attr(ino=ROOT_INODE, mode=stat.S_IFDIR | 0o755, nlink=2)
+        self.nodes[ROOT_INODE] = Node(root_attr, "", children={})
+        by_name: dict[str, int] = {"": ROOT_INODE}
+        hardlinks: list[tuple[str, str]] = []
+        order: list[str] = []
+        next_ino = ROOT_INODE + 1
+        for entry in entries:
+            if entry.type == "chunk":
+                continue
+            name = normalise(entry.name)
+            if entry.type == "hardlink":
+                hardlinks.append((name, normalise(entry.link_name)))
+                continue
+            if name == "":
+                if entry.type == "dir":
+                    node = self.nodes[ROOT_INODE]
+                    node.attr = _attr_for(entry, ROOT_INODE)
+                    node.xattrs = {k.encode(): bytes(v) for k, v in (entry.xattrs or {}).items()}
+                continue
+            ino = by_name.get(name)
+            if ino is None:             # a later duplicate replaces the earlier entry in place
+                ino = next_ino
+                next_ino += 1
+                by_name[name] = ino
+                order.append(name)
+            node = Node(_attr_for(entry, ino), name, entry=entry if entry.type == "reg" else None,
+                        link=entry.link_name.encode() if entry.type == "symlink" else b"",
+                        xattrs={k.encode(): bytes(v) for k, v in (entry.xattrs or {}).items()},
+                        children={} if entry.type == "dir" else None)
+            old = self.nodes.get(ino)
+            if old is not None and old.children is not None and node.children is not None:
+                node.children = old.children
+            self.nodes[ino] = node
+        links: dict[int, int] = {}
+        for name, target in hardlinks:
+            seen = {name}
+            while target not in by_name:
+                nxt = dict(hardlinks).get(target)
+                if nxt is None or target in seen:
+                    raise MountError(f"hardlink {name!r} points to {target!r}, which is not in the layer")
+                seen.add(target)
+                target = nxt
+            ino = by_name[target]
+            if self.nodes[ino].is_dir:
+                raise MountError(f"hardlink {name!r} points to directory {target!r}")
+            if name not in by_name:
+                order.append(name)
+            by_name[name] = ino
+            links[ino] = links.get(ino, 1) + 1
+        for name in order:
+            ino = by_name[name]
+            parent_ino = self._ensure_dir(posixpath.dirname(name), by_name)
+            parent = self.nodes[parent_ino]
+            assert parent.children is not None
+            parent.children[posixpath.basename(name).encode("utf-8", "surrogateescape")] = ino
+        for ino, count in links.items():
+            node = self.nodes[ino]
+            node.attr = _replace(node.attr, nlink=count)
+        self._next_ino = max(self.nodes) + 1
+        self._apply_overlay_conventions()
+        for node in self.nodes.values():
+            if node.children is not None:
+                subdirs = sum(1 for c in node.children.values() if self.nodes[c].is_dir)
+                node.attr = _replace(node.attr, nlink=2 + subdirs)
+
+    def _ensure_dir(self, name: str, by_name: dict[str, int]) -> int:
+        """The inode of directory ``name``, creating implied parents (mode 0755) as readers do."""
+        ino = by_name.get(name)
+        if ino is not None:
+            if not self.nodes[ino].is_dir:
+                raise MountError(f"{name!r} is used as a directory but is not one")
+            return ino
+        parent = self._ensure_dir(posixpath.dirname(name), by_name)
+        ino = max(self.nodes) + 1
+        self.nodes[ino] = Node(Attr(ino=ino, mode=stat.S_IFDIR | 0o755, nlink=2), name, children={})
+        by_name[name] = ino
+        children = self.nodes[parent].children
+        assert children is not None
+        children[posixpath.basename(name).encode("utf-8", "surrogateescape")] = ino
+        return ino
+
+    def _apply_overlay_conventions(self) -> None:
+        root = self.nodes[ROOT_INODE]
+        assert root.children is not None
+        for landmark in LANDMARKS:
+            root.children.pop(landmark, None)
+        for node in list(self.nodes.values()):
+            if node.children is None:
+                continue
+            for name in sorted(n for n in node.children if n.startswith(WHITEOUT_PREFIX)):
+                source = self.nodes[node.children.pop(name)]
+                if name == OPAQUE_MARKER:
+                    node.xattrs[OPAQUE_XATTR] = b"y"
+                    continue
+                target = name[len(WHITEOUT_PREFIX):]
+                if not target or target in node.children:
+                    continue
+                ino = self._next_ino
+                self._next_ino += 1
+                attr = Attr(ino=ino, mode=stat.S_IFCHR, nlink=1, uid=source.attr.uid, gid=source.attr.gid,
+                            rdev=0, size=0, mtime_ns=source.attr.mtime_ns)
+                path = posixpath.join(node.path, target.decode("utf-8", "surrogateescape"))
+                self.nodes[ino] = Node(attr, path)
+                node.children[target] = ino
+
+    def get(self, ino: int) -> Node | None:
+        return self.nodes.get(ino)
+
+    def regular_files(self) -> Iterable[Node]:
+        """Every regular file with content, once per inode."""
+        return (n for n in self.nodes.values() if n.entry is not None)
+
+
+def _replace(attr: Attr, **changes: int) -> Attr:
+    from dataclasses import replace
+
+    return replace(attr, **changes)

@@ -1,0 +1,30 @@
+"""``open_layer_tree``: everything needed to serve one layer, from its descriptor and a blob source."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from lazypull.fs.cache import ChunkCache
+from lazypull.fs.config import FsConfig
+from lazypull.fs.layer.toc import ExternalToc, open_toc, record_path
+from lazypull.fs.layer.tree import LayerTree
+from lazypull.fs.remote import RangeSource, RecordingSource, RemoteBlob
+from lazypull.fs.stats import LayerStats
+
+
+def layer_dir(root: Path, digest: str) -> Path:
+    """``<root>/snapshots/<hex>``."""
+    return root / "snapshots" / digest.partition(":")[2]
+
+
+def open_layer_tree(digest: str, annotations: Mapping[str, str], source: RangeSource, *, root: Path,
+                    config: FsConfig, cache: ChunkCache | None = None,
+                    external_toc: ExternalToc | None = None) -> LayerTree:
+    """Fetch and verify the layer's TOC and build its tree; call ``start()`` on it to begin prefetch."""
+    stats = LayerStats(digest)
+    remote = RemoteBlob(source, stats, config)
+    ldir = layer_dir(root, digest)
+    ldir.mkdir(parents=True, exist_ok=True)
+    reader = open_toc(digest, annotations, RecordingSource(remote, record_path(ldir)), external_toc)
+    return LayerTree(digest, reader, remote, cache or ChunkCache(config.chunk_dir(root)), stats, config, ldir)

@@ -1,0 +1,263 @@
+"""``LayerTree``: the FUSE ``Tree`` of one eStargz / zstd:chunked layer, served lazily.
+
+Metadata comes from the TOC (``InodeTable``); file content from the chunk cache or, on a miss, from
+the blob through ``ChunkFetcher``. Files whose every chunk is cached are offered to the FUSE server as
+local backing files (passthrough), so their reads never reach Python again.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from lazypull.fs.cache import ChunkCache
+from lazypull.fs.config import FsConfig
+from lazypull.fs.fuse.tree import Attr, FuseError, StatFs
+from lazypull.fs.layer.background import Background
+from lazypull.fs.layer.fetch import ChunkFetcher, ChunkUnavailable, Unit
+from lazypull.fs.layer.inodes import InodeTable, Node
+from lazypull.fs.remote import RemoteBlob
+from lazypull.fs.stats import LayerStats
+
+log = logging.getLogger(__name__)
+
+ASSEMBLE_INLINE_MAX = 64 << 20   # complete files up to this size are assembled during open()
+
+
+class _FileChunks:
+    """A regular file's chunks in file order, with their start offsets for bisection."""
+
+    __slots__ = ("chunks", "starts")
+
+    def __init__(self, chunks: Sequence[Any]) -> None:
+        self.chunks = list(chunks)
+        self.starts = [c.chunk_offset for c in self.chunks]
+
+
+class LayerTree:
+    """Implements ``lazypull.fs.fuse.Tree`` for one layer. Thread-safe."""
+
+    def __init__(self, digest: str, reader: Any, remote: RemoteBlob, cache: ChunkCache, stats: LayerStats,
+                 config: FsConfig, layer_dir: Path) -> None:
+        self.digest = digest
+        self.reader = reader
+        self.remote = remote
+        self.cache = cache
+        self.stats = stats
+        self.config = config
+        self.files_dir = layer_dir / "files"
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        self.inodes = InodeTable(reader.entries())
+        self._files: dict[int, _FileChunks] = {}
+        units: dict[Unit, list[Any]] = {}
+        seen: set[str] = set()
+        total = 0
+        for node in self.inodes.regular_files():
+            if node.attr.size == 0:
+                continue
+            chunks = reader.chunks(node.entry)
+            covered = sum(c.chunk_size for c in chunks)
+            if covered != node.attr.size:
+                from lazypull.errors import MountError
+
+                raise MountError(f"layer {digest}: chunks of {node.path!r} cover {covered} bytes, "
+                                 f"file size is {node.attr.size}")
+            self._files[node.attr.ino] = _FileChunks(chunks)
+            total += node.attr.size
+            for chunk in chunks:
+                if chunk.digest not in seen:
+                    seen.add(chunk.digest)
+                    units.setdefault((chunk.offset, chunk.end), []).append(chunk)
+        self._total_size = total
+        self.fetcher = ChunkFetcher(digest, remote, cache, stats, config, units)
+        self.background = Background(self.fetcher, stats, config,
+                                     reader.prefetch_range() if config.prefetch else None)
+        self._assembling: set[int] = set()
+        self._assemble_lock = threading.Lock()
+        self._assembler = ThreadPoolExecutor(1, thread_name_prefix=f"assemble-{digest[7:19]}")
+
+    # -- lifecycle --
+
+    def start(self) -> LayerTree:
+        """Start prefetch and background fetch (returns at once)."""
+        self.background.start()
+        return self
+
+    def wait_prefetch(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the prefetch to finish."""
+        return self.background.wait_prefetch(timeout)
+
+    def close(self) -> None:
+        """Stop background work and pending fetches."""
+        self.background.stop()
+        self.fetcher.close()
+        self._assembler.shutdown(wait=False, cancel_futures=True)
+
+    # -- Tree --
+
+    def _node(self, ino: int) -> Node:
+        node = self.inodes.get(ino)
+        if node is None:
+            raise FuseError(errno.ENOENT, f"no inode {ino}")
+        return node
+
+    def lookup(self, parent: int, name: bytes) -> Attr | None:
+        node = self._node(parent)
+        if node.children is None:
+            raise FuseError(errno.ENOTDIR)
+        ino = node.children.get(name)
+        return None if ino is None else self.inodes.nodes[ino].attr
+
+    def getattr(self, ino: int) -> Attr:
+        return self._node(ino).attr
+
+    def readdir(self, ino: int) -> list[tuple[bytes, Attr]]:
+        node = self._node(ino)
+        if node.children is None:
+            raise FuseError(errno.ENOTDIR)
+        return [(name, self.inodes.nodes[child].attr) for name, child in sorted(node.children.items())]
+
+    def readlink(self, ino: int) -> bytes:
+        node = self._node(ino)
+        if not node.link:
+            raise FuseError(errno.EINVAL)
+        return node.link
+
+    def getxattr(self, ino: int, name: bytes) -> bytes | None:
+        return self._node(ino).xattrs.get(name)
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        return sorted(self._node(ino).xattrs)
+
+    def statfs(self) -> StatFs:
+        return StatFs(blocks=(self._total_size + 4095) // 4096, files=len(self.inodes.nodes))
+
+    def read(self, ino: int, offset: int, size: int) -> bytes:
+        node = self._node(ino)
+        if node.children is not None:
+            raise FuseError(errno.EISDIR)
+        file_size = node.attr.size if node.entry is not None else 0
+        end = min(file_size, offset + size)
+        if offset >= end:
+            return b""
+        fc = self._files[ino]
+        i = max(0, bisect.bisect_right(fc.starts, offset) - 1)
+        wanted: list[tuple[Any, int, int]] = []
+        while i < len(fc.chunks) and fc.chunks[i].chunk_offset < end:
+            chunk = fc.chunks[i]
+            lo = max(offset, chunk.chunk_offset) - chunk.chunk_offset
+            hi = min(end, chunk.chunk_offset + chunk.chunk_size) - chunk.chunk_offset
+            wanted.append((chunk, lo, hi))
+            i += 1
+        pieces: list[bytes | None] = []
+        missing: list[Any] = []
+        for chunk, lo, hi in wanted:
+            data = self.fetcher.read_slice(chunk, lo, hi - lo)
+            if data is None or len(data) != hi - lo:
+                missing.append(chunk)
+                pieces.append(None)
+            else:
+                pieces.append(data)
+        hits = len(wanted) - len(missing)
+        if hits:
+            self.stats.add(cache_hits=hits)
+        if missing:
+            self.stats.add(misses_waited=1)
+            self.remote.demand_begin()
+            try:
+                got = self.fetcher.get(missing, deadline=time.monotonic() + self.config.read_deadline)
+            except ChunkUnavailable as err:
+                self.stats.add(read_errors=1)
+                log.error("layer %s: read of %r [%d, %d) failed: %s",
+                          self.digest, node.path, offset, end, err)
+                raise FuseError(errno.EIO, str(err)) from err
+            finally:
+                self.remote.demand_end()
+            for k, (chunk, lo, hi) in enumerate(wanted):
+                if pieces[k] is None:
+                    pieces[k] = got[chunk.digest][lo:hi]
+            if fc.chunks and len(fc.chunks) > 1:
+                self._maybe_assemble_later(ino)
+        return b"".join(p for p in pieces if p is not None)
+
+    def backing_path(self, ino: int) -> str | None:
+        if not self.config.passthrough:
+            return None
+        node = self.inodes.get(ino)
+        fc = self._files.get(ino)
+        if node is None or fc is None:
+            return None
+        if len(fc.chunks) == 1:     # the cached chunk is the whole file
+            chunk = fc.chunks[0]
+            cached = self.cache.has(chunk.digest, chunk.chunk_size)
+            return str(self.cache.path(chunk.digest)) if cached else None
+        path = self.files_dir / str(ino)
+        if path.exists():
+            return str(path)
+        if not self._complete(fc):
+            return None
+        if node.attr.size <= ASSEMBLE_INLINE_MAX:
+            return str(path) if self._assemble(ino) else None
+        self._maybe_assemble_later(ino)
+        return None
+
+    # -- complete files --
+
+    def _complete(self, fc: _FileChunks) -> bool:
+        return all(self.cache.has(c.digest, c.chunk_size) for c in fc.chunks)
+
+    def _maybe_assemble_later(self, ino: int) -> None:
+        with self._assemble_lock:
+            if ino in self._assembling or (self.files_dir / str(ino)).exists():
+                return
+            self._assembling.add(ino)
+        try:
+            self._assembler.submit(self._assemble_if_complete, ino)
+        except RuntimeError:  # shutting down
+            with self._assemble_lock:
+                self._assembling.discard(ino)
+
+    def _assemble_if_complete(self, ino: int) -> None:
+        try:
+            if self._complete(self._files[ino]):
+                self._assemble(ino)
+        finally:
+            with self._assemble_lock:
+                self._assembling.discard(ino)
+
+    def _assemble(self, ino: int) -> bool:
+        """Concatenate the cached chunks into ``files/<ino>`` (atomically); False if one is missing."""
+        final = self.files_dir / str(ino)
+        fd, tmp = tempfile.mkstemp(dir=self.files_dir, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in self._files[ino].chunks:
+                    try:
+                        with open(self.cache.path(chunk.digest), "rb") as src:
+                            shutil.copyfileobj(src, out, 1 << 20)
+                    except FileNotFoundError:
+                        os.unlink(tmp)
+                        return False
+                size = out.tell()
+            if size != self.inodes.nodes[ino].attr.size:
+                os.unlink(tmp)
+                return False
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, final)
+            return True
+        except OSError as err:
+            log.warning("layer %s: assembling inode %d failed: %s", self.digest, ino, err)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return False

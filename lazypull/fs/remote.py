@@ -1,0 +1,256 @@
+"""Byte ranges of one layer blob, from the registry or a local file, with retries until a deadline.
+
+``RangeSource`` is the one I/O seam: ``read_ranges([(offset, length), ...])`` answers several disjoint
+ranges at once (one multi-range HTTP request for the registry). ``RemoteBlob`` adds what the lazy layer
+needs on top: retries with exponential backoff until a deadline (then :class:`FetchError`, never a hang),
+counters, and a record of on-demand activity that background fetching yields to.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from lazypull.errors import LazypullError, MountError
+from lazypull.fs.config import FsConfig
+from lazypull.fs.stats import LayerStats
+
+log = logging.getLogger(__name__)
+
+
+class FetchError(MountError):
+    """The blob's bytes could not be fetched before the deadline."""
+
+
+class RangeSource(Protocol):
+    """Random access to a compressed blob, several ranges per call."""
+
+    @property
+    def size(self) -> int: ...
+
+    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]: ...
+
+    def describe(self) -> str: ...
+
+
+class FileRangeSource:
+    """A blob in a local file (the content store, or a test)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._size = os.fstat(self._fd).st_size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        return [os.pread(self._fd, length, offset) for offset, length in ranges]
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class RegistryRangeSource:
+    """A blob in a registry, read with HTTP Range requests through ``lazypull.registry.RegistryClient``."""
+
+    def __init__(self, client: Any, ref: Any, digest: str, size: int) -> None:
+        self.client = client
+        self.ref = ref
+        self.digest = digest
+        self._size = size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        if len(ranges) == 1:
+            offset, length = ranges[0]
+            return [bytes(self.client.read_range(self.ref, self.digest, offset, length))]
+        return [bytes(b) for b in self.client.read_ranges(self.ref, self.digest, list(ranges))]
+
+    def describe(self) -> str:
+        return f"{self.ref}@{self.digest}"
+
+
+class RemoteBlob:
+    """Retrying, counted range reads of one blob; thread-safe, holds no lock while fetching."""
+
+    def __init__(self, source: RangeSource, stats: LayerStats, config: FsConfig) -> None:
+        self.source = source
+        self.stats = stats
+        self.config = config
+        self._demand_lock = threading.Lock()
+        self._demand_active = 0
+        self._demand_last = 0.0
+        self.closed = threading.Event()
+
+    @property
+    def size(self) -> int:
+        return self.source.size
+
+    # -- on-demand activity, which background fetching yields to --
+
+    def demand_begin(self) -> None:
+        with self._demand_lock:
+            self._demand_active += 1
+
+    def demand_end(self) -> None:
+        with self._demand_lock:
+            self._demand_active -= 1
+            self._demand_last = time.monotonic()
+
+    def demand_quiet(self) -> bool:
+        """True when no on-demand miss is being served and none was for ``background_pause`` s."""
+        with self._demand_lock:
+            return (self._demand_active == 0
+                    and time.monotonic() - self._demand_last >= self.config.background_pause)
+
+    # -- fetching --
+
+    def fetch(self, ranges: Sequence[tuple[int, int]], deadline: float) -> list[bytes]:
+        """Bytes of each range (clipped to the blob), retrying failures until ``deadline`` (monotonic)."""
+        clipped = [(off, max(0, min(length, self.size - off))) for off, length in ranges]
+        for off, length in clipped:
+            if off < 0 or off > self.size:
+                raise FetchError(f"range {off}+{length} outside blob {self.source.describe()} "
+                                 f"of {self.size} bytes")
+        delay = self.config.retry_initial
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                datas = self.source.read_ranges(clipped)
+                if len(datas) != len(clipped):
+                    raise FetchError(f"asked for {len(clipped)} ranges, got {len(datas)}")
+                for (off, length), data in zip(clipped, datas, strict=True):
+                    if len(data) != length:
+                        raise FetchError(f"range {off}+{length} of {self.source.describe()} "
+                                         f"returned {len(data)} bytes")
+                self.stats.add(requests=1, bytes_fetched=sum(len(d) for d in datas))
+                return datas
+            except (LazypullError, OSError, EOFError, ValueError) as err:
+                self.stats.add(requests=1)
+                now = time.monotonic()
+                if self.closed.is_set() or now + delay >= deadline:
+                    raise FetchError(f"fetching {len(clipped)} range(s) of {self.source.describe()} "
+                                     f"failed after {attempt} attempt(s): {err}") from err
+                self.stats.add(retries=1)
+                log.info("fetch of %s failed (%s); retrying in %.2fs", self.source.describe(), err, delay)
+                if self.closed.wait(delay):
+                    raise FetchError(f"layer {self.source.describe()} closed during fetch") from err
+                delay = min(delay * 2, self.config.retry_max)
+            except Exception as err:  # the HTTP library's own errors, if the client let one through
+                if type(err).__module__.split(".")[0] not in ("httpx", "httpcore", "h11", "ssl"):
+                    raise
+                self.stats.add(requests=1)
+                if self.closed.is_set() or time.monotonic() + delay >= deadline:
+                    raise FetchError(f"fetching {self.source.describe()} failed: {err}") from err
+                self.stats.add(retries=1)
+                if self.closed.wait(delay):
+                    raise FetchError(f"layer {self.source.describe()} closed during fetch") from err
+                delay = min(delay * 2, self.config.retry_max)
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """``BlobSource.read_at`` for the format reader (TOC and footer), with the read deadline."""
+        return self.fetch([(offset, length)], time.monotonic() + self.config.read_deadline)[0]
+
+
+class RecordingSource:
+    """A ``BlobSource`` over a :class:`RemoteBlob` that keeps what it read (footer, TOC) in a file.
+
+    The format reader reads the same few ranges every time it opens a layer, so after a restart they
+    are served from the file and mounting needs no request. The TOC is verified against its digest
+    either way.
+    """
+
+    def __init__(self, remote: RemoteBlob, record: Path | None) -> None:
+        self.remote = remote
+        self.record = record
+        self.pieces: list[tuple[int, bytes]] = []
+        self._saved: list[tuple[int, bytes]] = _load_record(record) if record else []
+
+    @property
+    def size(self) -> int:
+        return self.remote.size
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        length = max(0, min(length, self.size - offset))
+        for start, data in self._saved + self.pieces:
+            if start <= offset and offset + length <= start + len(data):
+                return data[offset - start : offset - start + length]
+        data = self.remote.read_at(offset, length)
+        self.pieces.append((offset, data))
+        return data
+
+    def tail(self, length: int) -> bytes | None:
+        """The last ``length`` bytes of the blob if they were read already."""
+        offset = self.size - length
+        for start, data in self._saved + self.pieces:
+            if start <= offset and start + len(data) >= self.size:
+                return data[offset - start :]
+        return None
+
+    def forget_saved(self) -> None:
+        """Stop trusting the record (it did not verify)."""
+        self._saved = []
+
+    def save(self, extra: dict[str, bytes] | None = None) -> None:
+        """Write what was read, plus named extras (an external TOC blob), to the record file."""
+        if self.record is None:
+            return
+        pieces = self._saved + self.pieces
+        out = bytearray()
+        for start, data in pieces:
+            out += start.to_bytes(8, "little") + len(data).to_bytes(8, "little") + data
+        for name, data in (extra or {}).items():
+            key = name.encode()
+            out += (1 << 63 | len(key)).to_bytes(8, "little") + len(data).to_bytes(8, "little") + key + data
+        tmp = self.record.with_suffix(".tmp")
+        tmp.write_bytes(bytes(out))
+        os.replace(tmp, self.record)
+
+    def extra(self, name: str) -> bytes | None:
+        """A named extra saved with the record."""
+        return _load_extras(self.record).get(name) if self.record else None
+
+
+def _parse_record(path: Path) -> tuple[list[tuple[int, bytes]], dict[str, bytes]]:
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        return [], {}
+    pieces: list[tuple[int, bytes]] = []
+    extras: dict[str, bytes] = {}
+    pos = 0
+    while pos + 16 <= len(blob):
+        head = int.from_bytes(blob[pos : pos + 8], "little")
+        length = int.from_bytes(blob[pos + 8 : pos + 16], "little")
+        pos += 16
+        if head >> 63:
+            key_len = head & ((1 << 63) - 1)
+            key = blob[pos : pos + key_len].decode(errors="replace")
+            pos += key_len
+            extras[key] = blob[pos : pos + length]
+        else:
+            pieces.append((head, blob[pos : pos + length]))
+        pos += length
+    return pieces, extras
+
+
+def _load_record(path: Path) -> list[tuple[int, bytes]]:
+    return _parse_record(path)[0]
+
+
+def _load_extras(path: Path) -> dict[str, bytes]:
+    return _parse_record(path)[1]

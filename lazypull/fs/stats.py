@@ -1,0 +1,46 @@
+"""Counters of one lazy layer: what was fetched, what was served from the cache, how long prefetch took."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class LayerStats:
+    """Thread-safe counters; ``snapshot()`` gives a plain dict for ``lazypull stats``."""
+
+    digest: str
+    bytes_fetched: int = 0          # compressed bytes received from the blob source
+    requests: int = 0               # range requests sent (a multi-range request counts once)
+    retries: int = 0                # failed requests retried
+    cache_hits: int = 0             # chunks served from the chunk cache
+    misses_waited: int = 0          # reads that waited on the network
+    chunks_fetched: int = 0         # chunks decoded and verified from fetched bytes
+    verify_failures: int = 0        # chunks whose digest did not match
+    read_errors: int = 0            # reads answered with EIO
+    prefetch_bytes: int = 0
+    prefetch_seconds: float | None = None   # None while running or when there is nothing to prefetch
+    prefetch_state: str = "none"    # none | running | done | failed | skipped
+    background_total: int = 0       # compressed bytes the background fetch has to cover
+    background_done: int = 0        # ... of which already cached or fetched
+    background_state: str = "off"   # off | waiting | running | done | failed
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **deltas: int) -> None:
+        """Increment counters atomically."""
+        with self._lock:
+            for name, delta in deltas.items():
+                setattr(self, name, getattr(self, name) + delta)
+
+    def set(self, **values: Any) -> None:
+        """Set fields atomically."""
+        with self._lock:
+            for name, value in values.items():
+                setattr(self, name, value)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-ready copy."""
+        with self._lock:
+            return {k: v for k, v in vars(self).items() if not k.startswith("_")}

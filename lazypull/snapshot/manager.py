@@ -1,0 +1,289 @@
+"""The mount server's state: which layer filesystems are mounted, and who holds them.
+
+A *hold* is (holder, image): a container or the image itself keeping the image's lazy layers mounted.
+A layer stays mounted while any hold names it. The holds are persisted in ``run/state.json`` so a new
+server (after a crash or an upgrade) mounts again what the old one had.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lazypull.errors import LazypullError, MountError
+from lazypull.fs.cache import ChunkCache
+from lazypull.fs.config import FsConfig
+from lazypull.fs.layer import LayerTree, is_lazy, open_layer_tree
+from lazypull.fs.layer.toc import fetch_external_toc
+from lazypull.fs.mount import mount_layer
+from lazypull.fs.remote import FileRangeSource, RangeSource, RegistryRangeSource
+from lazypull.snapshot.paths import RunPaths, digest_hex
+from lazypull.snapshot.protocol import LayerMount, MountInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MountedLayer:
+    """One served layer."""
+
+    digest: str
+    path: Path
+    tree: LayerTree
+    fuse: Any
+    source: RangeSource
+    mounted_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class Hold:
+    """A holder's claim on an image's lazy layers."""
+
+    holder: str
+    image: str
+    digests: list[str]
+    insecure: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"holder": self.holder, "image": self.image, "digests": self.digests,
+                "insecure": self.insecure}
+
+
+def _default_store(root: Path) -> Any:
+    from lazypull.image import Store
+
+    return Store(root)
+
+
+def _default_client(insecure: bool) -> Any:
+    from lazypull.registry import RegistryClient
+
+    return RegistryClient(insecure=insecure)
+
+
+class LayerManager:
+    """Mounts, holds and unmounts layers; thread-safe (no lock held across mounting or network I/O)."""
+
+    def __init__(self, root: Path, config: FsConfig, *,
+                 store_factory: Callable[[Path], Any] = _default_store,
+                 client_factory: Callable[[bool], Any] = _default_client) -> None:
+        self.root = root
+        self.paths = RunPaths(root)
+        self.config = config
+        self.cache = ChunkCache(config.chunk_dir(root))
+        self._store_factory = store_factory
+        self._client_factory = client_factory
+        self._clients: dict[bool, Any] = {}
+        self._layers: dict[str, MountedLayer] = {}
+        self._holds: dict[tuple[str, str], Hold] = {}
+        self._lock = threading.Lock()                    # guards _layers, _holds, _clients, _layer_locks
+        self._layer_locks: dict[str, threading.Lock] = {}
+        self._state_lock = threading.Lock()
+
+    # -- requests --
+
+    def mount_image(self, image: str, *, insecure: bool = False,
+                    holder: str | None = None) -> list[LayerMount]:
+        """Mount the image's lazy layers and record the hold; one LayerMount per layer, bottom first."""
+        store = self._store_factory(self.root)
+        resolved = store.resolve(image)
+        result: list[LayerMount] = []
+        digests: list[str] = []
+        for desc in resolved.layers:
+            annotations = dict(getattr(desc, "annotations", None) or {})
+            if not is_lazy(annotations):
+                result.append(LayerMount(desc.digest, False, None))
+                continue
+            layer = self._ensure_mounted(store, resolved, desc, annotations, insecure)
+            result.append(LayerMount(desc.digest, True, layer.path))
+            digests.append(desc.digest)
+        name = str(getattr(resolved, "name", image) or image)
+        hold = Hold(holder or name, name, digests, insecure)
+        with self._lock:
+            self._holds[(hold.holder, hold.image)] = hold
+        self._save_state()
+        return result
+
+    def release_image(self, image: str, *, holder: str | None = None) -> None:
+        """Drop a hold; unmount the layers nobody holds any more."""
+        with self._lock:
+            keys = [k for k, h in self._holds.items()
+                    if (h.image == image or k[1] == image or _same_image(h.image, image))
+                    and ((holder is None and h.holder == h.image) or h.holder == holder)]
+            if not keys and holder is not None:
+                keys = [k for k, h in self._holds.items() if h.holder == holder]
+            for key in keys:
+                del self._holds[key]
+        if not keys:
+            raise MountError(f"image {image!r} is not held" + (f" by {holder!r}" if holder else ""))
+        self._save_state()
+        self.unmount_unused()
+
+    def unmount_unused(self) -> list[str]:
+        """Unmount layers no hold names; their digests."""
+        with self._lock:
+            held = {d for h in self._holds.values() for d in h.digests}
+            unused = [d for d in self._layers if d not in held]
+        done = []
+        for digest in unused:
+            with self._layer_lock(digest):
+                with self._lock:
+                    if any(digest in h.digests for h in self._holds.values()):
+                        continue
+                    layer = self._layers.pop(digest, None)
+                if layer is not None:
+                    self._unmount(layer)
+                    done.append(digest)
+        return done
+
+    def wait_prefetch(self, digests: list[str], timeout: float) -> bool:
+        """Wait for the prefetch of these layers, ``timeout`` s in all."""
+        deadline = time.monotonic() + timeout
+        for digest in digests:
+            with self._lock:
+                layer = self._layers.get(digest)
+            if layer is not None and not layer.tree.wait_prefetch(max(0.0, deadline - time.monotonic())):
+                return False
+        return True
+
+    def list_mounts(self) -> list[MountInfo]:
+        with self._lock:
+            return [MountInfo(d, layer.path,
+                              sorted({h.holder for h in self._holds.values() if d in h.digests}),
+                              layer.tree.background.prefetched.is_set())
+                    for d, layer in sorted(self._layers.items())]
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            layers = dict(self._layers)
+        out: dict[str, Any] = {}
+        for digest, layer in layers.items():
+            data = layer.tree.stats.snapshot()
+            data["path"] = str(layer.path)
+            data["source"] = layer.source.describe()
+            data["passthrough_files"] = getattr(layer.fuse, "passthrough_files", 0)
+            out[digest] = data
+        return {"layers": out, "cache_dir": str(self.cache.dir)}
+
+    def close(self) -> None:
+        """Unmount everything (the holds stay in the state file for the next server)."""
+        with self._lock:
+            layers = list(self._layers.values())
+            self._layers.clear()
+        for layer in layers:
+            self._unmount(layer)
+
+    # -- restore after a restart --
+
+    def restore(self) -> None:
+        """Mount again what the state file says was held."""
+        try:
+            data = json.loads(self.paths.state.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as err:
+            log.error("ignoring unreadable state file %s: %s", self.paths.state, err)
+            return
+        for item in data.get("holds", []):
+            try:
+                self.mount_image(str(item["image"]), insecure=bool(item.get("insecure")),
+                                 holder=str(item["holder"]))
+                log.info("restored mounts of %s for %s", item["image"], item["holder"])
+            except (LazypullError, KeyError, OSError) as err:
+                log.error("could not restore mounts of %s for %s: %s",
+                          item.get("image"), item.get("holder"), err)
+                with self._lock:   # keep the hold so a later request can retry
+                    hold = Hold(str(item.get("holder")), str(item.get("image")),
+                                [str(d) for d in item.get("digests", [])], bool(item.get("insecure")))
+                    self._holds.setdefault((hold.holder, hold.image), hold)
+
+    # -- internals --
+
+    def _layer_lock(self, digest: str) -> threading.Lock:
+        with self._lock:
+            return self._layer_locks.setdefault(digest, threading.Lock())
+
+    def _client(self, insecure: bool) -> Any:
+        with self._lock:
+            client = self._clients.get(insecure)
+            if client is None:
+                client = self._clients[insecure] = self._client_factory(insecure)
+            return client
+
+    def _ensure_mounted(self, store: Any, resolved: Any, desc: Any, annotations: dict[str, str],
+                        insecure: bool) -> MountedLayer:
+        digest = desc.digest
+        digest_hex(digest)
+        with self._layer_lock(digest):
+            with self._lock:
+                layer = self._layers.get(digest)
+            if layer is not None:
+                return layer
+            source, external = self._source(store, resolved, desc, insecure)
+            tree = open_layer_tree(digest, annotations, source, root=self.root, config=self.config,
+                                   cache=self.cache, external_toc=external)
+            path = self.paths.mountpoint(digest)
+            try:
+                fuse = mount_layer(tree, path, fsname=f"lazypull-{digest_hex(digest)[:16]}",
+                                   passthrough=self.config.passthrough,
+                                   workers=(1, max(4, self.config.fetch_workers)))
+            except BaseException:
+                tree.close()
+                raise
+            tree.start()
+            layer = MountedLayer(digest, path, tree, fuse, source)
+            with self._lock:
+                self._layers[digest] = layer
+            log.info("mounted layer %s at %s from %s", digest, path, source.describe())
+            return layer
+
+    def _source(self, store: Any, resolved: Any, desc: Any, insecure: bool
+                ) -> tuple[RangeSource, Callable[[], bytes] | None]:
+        ref = getattr(resolved, "source", None)
+        client = self._client(insecure) if ref is not None else None
+        external = (lambda: fetch_external_toc(client, ref, desc.digest)) if client is not None else None
+        local = store.blob_path(desc.digest) if hasattr(store, "blob_path") else None
+        if local is not None and Path(local).is_file():
+            return FileRangeSource(Path(local)), external
+        if client is None:
+            raise MountError(f"layer {desc.digest} of {getattr(resolved, 'name', '?')} is neither in the "
+                             f"content store nor from a known registry")
+        return RegistryRangeSource(client, ref, desc.digest, int(desc.size)), external
+
+    def _unmount(self, layer: MountedLayer) -> None:
+        try:
+            layer.fuse.stop()
+        except Exception as err:  # keep going: the others must still be unmounted
+            log.error("unmounting %s failed: %s", layer.path, err)
+        layer.tree.close()
+        close = getattr(layer.source, "close", None)
+        if close is not None:
+            with contextlib.suppress(OSError):
+                close()
+        log.info("unmounted layer %s", layer.digest)
+
+    def _save_state(self) -> None:
+        with self._lock:
+            data = {"version": 1, "holds": [h.to_json() for h in self._holds.values()]}
+        with self._state_lock:
+            self.paths.run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.paths.state.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=1))
+            os.replace(tmp, self.paths.state)
+
+
+def _same_image(a: str, b: str) -> bool:
+    """``name`` and ``name:latest`` / ``docker.io/library/name`` refer to one image (loose match)."""
+    def norm(x: str) -> str:
+        x = x.removeprefix("docker.io/").removeprefix("library/")
+        return x if ":" in x.rsplit("/", 1)[-1] or "@" in x else x + ":latest"
+
+    return norm(a) == norm(b)

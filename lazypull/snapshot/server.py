@@ -1,0 +1,211 @@
+"""``lazypull daemon``: the mount server process. Serves the JSON-lines API on ``run/lazypull.sock``.
+
+On start it takes the pidfile lock (one server per root), detaches lazypull FUSE mounts a dead
+predecessor left under the root (they answer ENOTCONN), starts listening, then mounts again what
+``run/state.json`` lists. SIGTERM/SIGINT unmount everything and exit; the state file stays, so the
+next server restores the mounts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socketserver
+import threading
+from pathlib import Path
+from typing import Any
+
+from lazypull.errors import LazypullError, MountError
+from lazypull.fs.config import FsConfig, load_config
+from lazypull.fs.mount import clean_stale_mounts
+from lazypull.snapshot.manager import LayerManager
+from lazypull.snapshot.paths import RunPaths
+from lazypull.snapshot.protocol import MAX_LINE, decode, encode, error_reply
+
+log = logging.getLogger(__name__)
+
+RESTORE_WAIT = 120.0
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        while True:
+            try:
+                line = self.rfile.readline(MAX_LINE + 1)
+            except OSError:
+                return
+            if not line:
+                return
+            try:
+                reply = self.server.daemon.dispatch(decode(line))
+            except Exception as err:
+                if not isinstance(err, LazypullError):
+                    log.exception("request failed")
+                reply = error_reply(err)
+            try:
+                self.wfile.write(encode(reply))
+                self.wfile.flush()
+            except OSError:
+                return
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, path: str, daemon: MountDaemon) -> None:
+        self.daemon = daemon
+        super().__init__(path, _Handler)
+
+
+class MountDaemon:
+    """One running server: the pidfile lock, the manager and the socket."""
+
+    def __init__(self, root: Path, config: FsConfig | None = None, **manager_args: Any) -> None:
+        self.root = root
+        self.paths = RunPaths(root)
+        self.config = config or load_config(root)
+        self.manager = LayerManager(root, self.config, **manager_args)
+        self.restored = threading.Event()
+        self._server: _Server | None = None
+        self._pidfile: Any = None
+        self._unmount_on_exit = True
+
+    def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        args = request.get("args") or {}
+        if not isinstance(args, dict):
+            raise MountError("request args must be an object")
+        if op == "ping":
+            return {"ok": True, "result": {"pid": os.getpid(), "root": str(self.root),
+                                            "restored": self.restored.is_set()}}
+        if op == "shutdown":
+            self._unmount_on_exit = bool(args.get("unmount", True))
+            threading.Thread(target=self.stop, daemon=True).start()
+            return {"ok": True, "result": None}
+        self.restored.wait(RESTORE_WAIT)
+        m = self.manager
+        if op == "mount_image":
+            result: Any = [lm.to_json() for lm in m.mount_image(
+                _str(args, "image"), insecure=bool(args.get("insecure")), holder=_opt_str(args, "holder"))]
+        elif op == "release_image":
+            m.release_image(_str(args, "image"), holder=_opt_str(args, "holder"))
+            result = None
+        elif op == "wait_prefetch":
+            digests = args.get("digests")
+            if not isinstance(digests, list):
+                raise MountError("wait_prefetch: digests must be a list")
+            result = m.wait_prefetch([str(d) for d in digests], float(args.get("timeout", 0)))
+        elif op == "unmount_unused":
+            result = m.unmount_unused()
+        elif op == "list_mounts":
+            result = [mi.to_json() for mi in m.list_mounts()]
+        elif op == "stats":
+            result = m.stats()
+            result["pid"] = os.getpid()
+        else:
+            raise MountError(f"unknown request {op!r}")
+        return {"ok": True, "result": result}
+
+    def _lock_pidfile(self) -> None:
+        self.paths.run_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(self.paths.pidfile, "a+")  # noqa: SIM115 - held for the server's lifetime
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            fh.seek(0)
+            other = fh.read().strip()
+            fh.close()
+            raise MountError(f"another mount server (pid {other or '?'}) runs for {self.root}") from err
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._pidfile = fh
+
+    def start(self) -> None:
+        """Lock, clean up, listen and restore (in the background); returns once listening."""
+        self._lock_pidfile()
+        for point in clean_stale_mounts(self.root / "snapshots"):
+            log.warning("detached stale mount %s left by a previous server", point)
+        sock_path = self.paths.socket
+        with contextlib.suppress(FileNotFoundError):
+            sock_path.unlink()
+        old_umask = os.umask(0o077)
+        try:
+            self._server = _Server(str(sock_path), self)
+        finally:
+            os.umask(old_umask)
+        threading.Thread(target=self._restore, name="restore", daemon=True).start()
+        log.info("mount server %d listening on %s", os.getpid(), sock_path)
+
+    def _restore(self) -> None:
+        try:
+            self.manager.restore()
+        except Exception:
+            log.exception("restoring mounts failed")
+        finally:
+            self.restored.set()
+
+    def serve_forever(self) -> None:
+        assert self._server is not None
+        self._server.serve_forever(poll_interval=0.2)
+
+    def stop(self) -> None:
+        """Stop listening, unmount (unless asked not to), release the pidfile."""
+        if self._server is not None:
+            self._server.shutdown()
+
+    def cleanup(self) -> None:
+        if self._server is not None:
+            self._server.server_close()
+            with contextlib.suppress(FileNotFoundError):
+                self.paths.socket.unlink()
+        if self._unmount_on_exit:
+            self.manager.close()
+        if self._pidfile is not None:
+            with contextlib.suppress(OSError):
+                self.paths.pidfile.unlink()
+            self._pidfile.close()
+
+
+def run_daemon(root: Path, config: FsConfig | None = None) -> None:
+    """Run the server in the foreground until SIGTERM/SIGINT or a shutdown request."""
+    daemon = MountDaemon(root, config)
+    daemon.start()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: shutting down", signum)
+        threading.Thread(target=daemon.stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        daemon.serve_forever()
+    finally:
+        daemon.cleanup()
+        log.info("mount server %d stopped", os.getpid())
+
+
+def _str(args: dict[str, Any], key: str) -> str:
+    value = args.get(key)
+    if not isinstance(value, str) or not value:
+        raise MountError(f"request needs a non-empty string {key!r}")
+    return value
+
+
+def _opt_str(args: dict[str, Any], key: str) -> str | None:
+    value = args.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise MountError(f"{key!r} must be a non-empty string")
+    return value
+
+
+__all__ = ["MountDaemon", "run_daemon"]
