@@ -1,5 +1,24 @@
-"""eStargz and zstd:chunked layer blobs: read and write, with no I/O beyond file-like objects."""
+"""eStargz and zstd:chunked layer blobs: read and write, with no I/O beyond file-like objects.
 
-from lazypull.format.errors import FormatError
+Byte layouts are described in each module's docstring (footer, toc, compression, writer, zstdchunked)
+and in ``docs/format.md``. This package imports only the standard library, zstandard, zlib-ng and isal.
+"""
 
-__all__ = ["FormatError"]
+from lazypull.format.errors import DigestMismatchError, FormatError
+from lazypull.format.reader import Chunk, LayerReader, decode_chunk, open_layer
+from lazypull.format.source import BlobSource, BytesSource, FileSource
+from lazypull.format.toc import TOC, TOCEntry
+
+__all__ = [
+    "TOC",
+    "BlobSource",
+    "BytesSource",
+    "Chunk",
+    "DigestMismatchError",
+    "FileSource",
+    "FormatError",
+    "LayerReader",
+    "TOCEntry",
+    "decode_chunk",
+    "open_layer",
+]

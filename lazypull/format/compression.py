@@ -1,0 +1,260 @@
+"""Compressors (one gzip member / zstd frame at a time) and bounded decompressors.
+
+A blob is a concatenation of *members* (gzip, RFC 1952) or *frames* (zstd, RFC 8878); a new one starts
+at every chunk of file content. ``Compressor.member()`` makes one; ``MemberEncoder`` turns bytes into
+its compressed form, ``flush()`` makes everything so far decodable (so the compressed length is exact,
+needed by min-chunk-size), ``finish()`` ends it.
+
+gzip members are written with Go's header ``1f 8b 08 00 00 00 00 00 XFL ff`` (MTIME 0, OS 255, XFL 2 for
+level 9, 4 for level 1) over raw deflate from zlib-ng (levels 2-9), ISA-L (level 1) or zlib-ng level 0,
+then CRC32 and ISIZE, both little endian. zlib-ng, ISA-L and zstandard release the GIL while they work,
+so parts of a blob compress in parallel threads.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from typing import Protocol, cast
+
+import zstandard
+from isal import isal_zlib
+from zlib_ng import zlib_ng
+
+from lazypull.format.errors import FormatError
+
+_ZSTD_ERROR = cast(type[Exception], zstandard.ZstdError)
+_ISAL_ERROR = cast(type[Exception], isal_zlib.error)
+
+GZIP_DEFAULT_LEVEL = 9
+ZSTD_DEFAULT_LEVEL = 3
+
+
+class MemberEncoder(Protocol):
+    """Compresses one member/frame."""
+
+    def compress(self, data: bytes | memoryview) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+class Compressor(Protocol):
+    """Makes members/frames of one compression kind."""
+
+    name: str
+
+    def member(self) -> MemberEncoder: ...
+
+
+class Decompressor(Protocol):
+    """Decodes a byte range that starts at a member/frame boundary."""
+
+    name: str
+
+    def decompress(self, data: bytes, skip: int, length: int) -> bytes: ...
+
+
+class _Deflater(Protocol):
+    def compress(self, data: bytes | memoryview, /) -> bytes: ...
+
+    def flush(self, mode: int = ..., /) -> bytes: ...
+
+
+class _GzipMember:
+    def __init__(self, level: int, xfl: int) -> None:
+        self._obj: _Deflater
+        if level == 1:
+            self._obj = isal_zlib.compressobj(1, isal_zlib.DEFLATED, -15)
+        else:
+            self._obj = zlib_ng.compressobj(level, zlib_ng.DEFLATED, -15, 9)
+        self._header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + bytes([xfl]) + b"\xff"
+        self._crc = 0
+        self._size = 0
+
+    def _start(self) -> bytes:
+        header, self._header = self._header, b""
+        return header
+
+    def compress(self, data: bytes | memoryview) -> bytes:
+        self._crc = zlib_ng.crc32(data, self._crc)
+        self._size += len(data)
+        return self._start() + self._obj.compress(data)
+
+    def flush(self) -> bytes:
+        return self._start() + self._obj.flush(zlib_ng.Z_SYNC_FLUSH)
+
+    def finish(self) -> bytes:
+        tail = self._obj.flush(zlib_ng.Z_FINISH)
+        return self._start() + tail + struct.pack("<II", self._crc, self._size & 0xFFFFFFFF)
+
+
+class GzipCompressor:
+    """gzip members as Go's compress/gzip frames them."""
+
+    name = "gzip"
+
+    def __init__(self, level: int | None = None) -> None:
+        level = GZIP_DEFAULT_LEVEL if level is None else level
+        if not 0 <= level <= 9:
+            raise FormatError(f"gzip compression level {level} is not in 0..9")
+        self.level = level
+        self._xfl = 2 if level == 9 else 4 if level == 1 else 0
+
+    def member(self) -> MemberEncoder:
+        return _GzipMember(self.level, self._xfl)
+
+
+class _ZstdFrame:
+    def __init__(self, ctx: zstandard.ZstdCompressor) -> None:
+        self._obj = ctx.compressobj()
+
+    def compress(self, data: bytes | memoryview) -> bytes:
+        return self._obj.compress(data)
+
+    def flush(self) -> bytes:
+        return self._obj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+
+    def finish(self) -> bytes:
+        return self._obj.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
+
+
+class ZstdCompressor:
+    """zstd frames with content checksums (as the klauspost encoder writes them)."""
+
+    name = "zstd"
+
+    def __init__(self, level: int | None = None) -> None:
+        level = ZSTD_DEFAULT_LEVEL if level is None else level
+        if not 1 <= level <= 22:
+            raise FormatError(f"zstd compression level {level} is not in 1..22")
+        self.level = level
+        self._ctx = zstandard.ZstdCompressor(level=level, write_checksum=True)
+
+    def member(self) -> MemberEncoder:
+        return _ZstdFrame(self._ctx)
+
+    def compress_whole(self, data: bytes) -> bytes:
+        """One frame holding ``data`` (the TOC)."""
+        return self._ctx.compress(data)
+
+    def fork(self) -> ZstdCompressor:
+        """An independent compressor with the same settings (one per thread)."""
+        return ZstdCompressor(self.level)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# decompression
+
+
+def gunzip_member(data: bytes, limit: int, what: str) -> bytes:
+    """Decompress the single gzip member at the start of ``data``, refusing more than ``limit`` bytes."""
+    obj = isal_zlib.decompressobj(31)
+    try:
+        out = obj.decompress(data, limit + 1)
+    except _ISAL_ERROR as err:
+        raise FormatError(f"{what} is not a valid gzip member: {err}") from err
+    if len(out) > limit:
+        raise FormatError(f"{what} decompresses to more than {limit} bytes")
+    if not obj.eof:
+        raise FormatError(f"{what} is a truncated gzip member")
+    return out
+
+
+def gunzip_range(data: bytes, skip: int, length: int, what: str) -> bytes:
+    """Bytes ``[skip, skip+length)`` of the gzip members starting at ``data[0]``."""
+    need = skip + length
+    parts: list[bytes] = []
+    got = 0
+    rest = data
+    try:
+        while got < need and rest:
+            obj = isal_zlib.decompressobj(31)
+            out = obj.decompress(rest, need - got)
+            parts.append(out)
+            got += len(out)
+            if got >= need or not obj.eof:
+                break
+            rest = obj.unused_data
+    except _ISAL_ERROR as err:
+        raise FormatError(f"{what}: corrupt gzip data: {err}") from err
+    buf = b"".join(parts)
+    if len(buf) < need:
+        raise FormatError(f"{what}: compressed range ends after {len(buf)} of {need} bytes")
+    return buf[skip:need]
+
+
+def unzstd_range(data: bytes, skip: int, length: int, what: str) -> bytes:
+    """Bytes ``[skip, skip+length)`` of the zstd frames starting at ``data[0]``."""
+    need = skip + length
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
+        parts: list[bytes] = []
+        got = 0
+        while got < need:
+            out = reader.read(need - got)
+            if not out:
+                break
+            parts.append(out)
+            got += len(out)
+    except _ZSTD_ERROR as err:
+        raise FormatError(f"{what}: corrupt zstd data: {err}") from err
+    buf = b"".join(parts)
+    if len(buf) < need:
+        raise FormatError(f"{what}: compressed range ends after {len(buf)} of {need} bytes")
+    return buf[skip:need]
+
+
+def unzstd_bounded(data: bytes, limit: int, what: str) -> bytes:
+    """Decompress zstd ``data`` whole, refusing more than ``limit`` bytes of output."""
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
+        out = reader.read(limit + 1)
+        parts = [out]
+        got = len(out)
+        while out and got <= limit:
+            out = reader.read(limit + 1 - got)
+            parts.append(out)
+            got += len(out)
+    except _ZSTD_ERROR as err:
+        raise FormatError(f"{what} is not valid zstd: {err}") from err
+    if got > limit:
+        raise FormatError(f"{what} decompresses to more than {limit} bytes")
+    return b"".join(parts)
+
+
+class GzipDecompressor:
+    """Decodes gzip member ranges."""
+
+    name = "gzip"
+
+    def decompress(self, data: bytes, skip: int, length: int) -> bytes:
+        return gunzip_range(data, skip, length, "gzip chunk")
+
+
+class ZstdDecompressor:
+    """Decodes zstd frame ranges."""
+
+    name = "zstd"
+
+    def decompress(self, data: bytes, skip: int, length: int) -> bytes:
+        return unzstd_range(data, skip, length, "zstd chunk")
+
+
+def decompressor(name: str) -> Decompressor:
+    """The decompressor for ``"gzip"`` or ``"zstd"``."""
+    if name == "gzip":
+        return GzipDecompressor()
+    if name == "zstd":
+        return ZstdDecompressor()
+    raise FormatError(f"unknown compression {name!r}")
+
+
+def detect(head: bytes) -> str:
+    """``"gzip"``, ``"zstd"`` or ``"tar"`` from the first bytes of a stream."""
+    if head[:3] == b"\x1f\x8b\x08":
+        return "gzip"
+    if head[:4] == b"\x28\xb5\x2f\xfd":
+        return "zstd"
+    return "tar"

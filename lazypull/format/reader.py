@@ -1,0 +1,394 @@
+"""Open a layer blob lazily: footer + TOC from a few ranged reads, then chunks on demand.
+
+``open_layer`` reads the last 64 KiB (or from a TOC-offset hint to the end) once; when the TOC lies
+inside that tail no second read is made. The TOC is authenticated against the expected digest before it
+is parsed, and decompressed with a bounded output so a hostile blob cannot make us allocate more than
+``max_toc_size``. Each chunk is verified against its ``chunkDigest`` when it is decoded.
+
+Tree semantics follow stargz-snapshotter's reader (format.md 1.6, 4.2, 5): names normalised, missing
+parent directories created (mode 0755), ``chunk`` entries attached to the preceding ``reg``, user/group
+names filled from the last name seen for the id, hardlinks resolved (the target's ``num_link`` grows),
+later duplicates replace earlier ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from lazypull.format.compression import decompressor, gunzip_member, unzstd_bounded
+from lazypull.format.errors import DigestMismatchError, FormatError
+from lazypull.format.footer import MAX_FOOTER_SIZE, Footer, parse_footer
+from lazypull.format.landmarks import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from lazypull.format.names import base_name, clean_entry_name, parent_dir
+from lazypull.format.source import BlobSource
+from lazypull.format.toc import TOC, TOC_TAR_NAME, TOCEntry, is_digest, parse_toc
+
+DEFAULT_MAX_TOC_SIZE = 150 << 20
+TAIL_READ = 64 << 10
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One verifiable unit of file content and the compressed range that holds it."""
+
+    name: str
+    chunk_offset: int
+    """Position of this chunk in the file."""
+    chunk_size: int
+    digest: str
+    """sha256 of the chunk's uncompressed bytes."""
+    offset: int
+    """c-offset of the member/frame to start decompressing at."""
+    inner_offset: int
+    """Uncompressed bytes to skip after ``offset`` (min-chunk-size)."""
+    end: int
+    """c-offset where the compressed range needed for this chunk ends."""
+    compression: str
+
+
+def decode_chunk(chunk: Chunk, compressed: bytes) -> bytes:
+    """Decompress ``compressed`` (= blob bytes ``[chunk.offset, chunk.end)``) and verify the chunk."""
+    what = f"{chunk.name!r} chunk at {chunk.chunk_offset}"
+    data = decompressor(chunk.compression).decompress(compressed, chunk.inner_offset, chunk.chunk_size)
+    got = "sha256:" + hashlib.sha256(data).hexdigest()
+    if got != chunk.digest:
+        raise DigestMismatchError(f"{what}: content digest {got} does not match chunkDigest {chunk.digest}")
+    return data
+
+
+def _parse_toc_tar(data: bytes, what: str) -> bytes:
+    """The content of the first tar entry, which must be ``stargz.index.json``."""
+    if len(data) < 512:
+        raise FormatError(f"{what}: too short for a tar header")
+    hdr = data[:512]
+    stored = hdr[148:156].strip(b" \x00")
+    try:
+        chksum = int(stored, 8) if stored else -1
+        size_field = hdr[124:136].strip(b" \x00")
+        size = int(size_field, 8) if size_field else 0
+    except ValueError as err:
+        raise FormatError(f"{what}: malformed tar header") from err
+    expect = sum(hdr[:148]) + 8 * 32 + sum(hdr[156:])
+    if chksum != expect:
+        raise FormatError(f"{what}: tar header checksum mismatch")
+    name = hdr[:100].split(b"\x00", 1)[0]
+    if name != TOC_TAR_NAME.encode():
+        raise FormatError(f"{what}: first tar entry is {name!r}, not {TOC_TAR_NAME!r}")
+    if hdr[156:157] not in (b"0", b"\x00"):
+        raise FormatError(f"{what}: {TOC_TAR_NAME} is not a regular file")
+    if 512 + size > len(data):
+        raise FormatError(f"{what}: TOC entry is truncated ({size} bytes announced)")
+    return data[512 : 512 + size]
+
+
+class LayerReader:
+    """A verified TOC of one blob, with the file tree and the chunks of every file."""
+
+    def __init__(self, src: BlobSource, footer: Footer, toc: TOC, toc_json: bytes, compression: str,
+                 manifest_checksum: str | None, verified_by: str | None) -> None:
+        self.src = src
+        self.footer = footer
+        self.footer_kind = footer.kind
+        self.toc = toc
+        self.toc_json = toc_json
+        self.toc_digest = "sha256:" + hashlib.sha256(toc_json).hexdigest()
+        self.compression = compression
+        self.manifest_checksum = manifest_checksum
+        """zstd only: sha256 of the compressed TOC bytes (containers/storage's manifest-checksum)."""
+        self.verified_by = verified_by
+        """``"toc"`` (digest of the JSON), ``"manifest"`` (of the compressed TOC) or None (unchecked)."""
+        self.blob_size = src.size
+        self.payload_end = src.size - footer.size if footer.kind == "external" else footer.payload_end
+        self._map: dict[str, TOCEntry] = {}
+        self._children: dict[str, dict[str, TOCEntry]] = {}
+        self._groups: dict[int, list[tuple[TOCEntry, int]]] = {}
+        self._keep: list[TOCEntry] = []
+        self._chunk_cache: dict[int, list[Chunk]] = {}
+        self._build_tree()
+
+    # -- construction -------------------------------------------------------------------------------------
+
+    def _ends(self) -> list[int]:
+        entries = self.toc.entries
+        ends = [0] * len(entries)
+        last = self.payload_end
+        for i in range(len(entries) - 1, -1, -1):
+            e = entries[i]
+            if e.type in ("reg", "chunk"):
+                ends[i] = last
+            if e.offset != 0 and e.inner_offset == 0:
+                last = e.offset
+        return ends
+
+    def _build_tree(self) -> None:
+        ends = self._ends()
+        unames: dict[int, str] = {}
+        gnames: dict[int, str] = {}
+        last_reg: TOCEntry | None = None
+        ordered: list[TOCEntry] = []
+        for index, raw in enumerate(self.toc.entries):
+            if raw.type == "chunk":
+                if last_reg is None:
+                    raise FormatError(f"TOC entry {index}: chunk of {raw.name!r} follows no regular file")
+                self._groups[id(last_reg)].append((raw, ends[index]))
+                continue
+            e = dataclasses.replace(raw, name=clean_entry_name(raw.name), xattrs=dict(raw.xattrs))
+            if e.type == "hardlink":
+                e.link_name = clean_entry_name(e.link_name)
+            if e.user_name:
+                unames[e.uid] = e.user_name
+            else:
+                e.user_name = unames.get(e.uid, "")
+            if e.group_name:
+                gnames[e.gid] = e.group_name
+            else:
+                e.group_name = gnames.get(e.gid, "")
+            if e.type == "dir":
+                e.num_link += 1
+            if e.type == "reg":
+                last_reg = e
+                self._groups[id(e)] = [(e, ends[index])]
+            else:
+                last_reg = None
+            self._keep.append(e)
+            self._map[e.name] = e
+            ordered.append(e)
+        root = self._map.get("")
+        if root is None:
+            root = TOCEntry(name="", type="dir", mode=0o755, num_link=2)
+            self._map = {"": root, **self._map}
+        elif root.type != "dir":
+            raise FormatError("the TOC's root entry is not a directory")
+        else:
+            self._map = {"": root, **self._map}
+        self._children[""] = {}
+        for e in list(self._map.values()):
+            if e.name == "" or self._map.get(e.name) is not e:
+                continue
+            pdir = self._dir(parent_dir(e.name))
+            e.num_link += 1
+            child = e
+            if e.type == "hardlink":
+                child = self._resolve(e)
+                child.num_link += 1
+            if child.type == "dir":
+                pdir.num_link += 1
+            self._children[pdir.name][base_name(e.name)] = child
+
+    def _dir(self, name: str) -> TOCEntry:
+        e = self._map.get(name)
+        if e is None:
+            e = TOCEntry(name=name, type="dir", mode=0o755, num_link=2)
+            self._map[name] = e
+            self._children[name] = {}
+            pdir = self._dir(parent_dir(name))
+            pdir.num_link += 1
+            self._children[pdir.name][base_name(name)] = e
+            return e
+        if e.type != "dir":
+            raise FormatError(f"{name!r} is a parent directory in the TOC but has type {e.type!r}")
+        self._children.setdefault(name, {})
+        return e
+
+    def _resolve(self, e: TOCEntry) -> TOCEntry:
+        seen = 0
+        org = e
+        while org.type == "hardlink":
+            target = self._map.get(org.link_name)
+            if target is None:
+                raise FormatError(f"{e.name!r} is a hardlink but the linkname {org.link_name!r} isn't found")
+            org = target
+            seen += 1
+            if seen > len(self._map):
+                raise FormatError(f"hardlink {e.name!r} is part of a loop")
+        return org
+
+    # -- tree ---------------------------------------------------------------------------------------------
+
+    def entries(self) -> Iterator[TOCEntry]:
+        """Every entry once (last duplicate wins), root ``""`` first, implied directories included.
+
+        Hardlinks appear as themselves (``type == "hardlink"``, normalised ``link_name``); use
+        ``resolve`` or ``lookup`` for the target.
+        """
+        yield from self._map.values()
+
+    def resolve(self, entry: TOCEntry) -> TOCEntry:
+        """The entry a hardlink points to (itself for anything else)."""
+        return self._resolve(entry) if entry.type == "hardlink" else entry
+
+    def lookup(self, name: str) -> TOCEntry | None:
+        """The entry for ``name`` (any spelling), hardlinks resolved to their target, or None."""
+        e = self._map.get(clean_entry_name(name))
+        if e is None:
+            return None
+        return self.resolve(e)
+
+    def children(self, name: str) -> dict[str, TOCEntry]:
+        """Base name -> entry (hardlinks resolved) of a directory; empty for anything else."""
+        return dict(self._children.get(clean_entry_name(name), {}))
+
+    # -- content ------------------------------------------------------------------------------------------
+
+    def chunks(self, entry: TOCEntry) -> list[Chunk]:
+        """The chunks of a regular file in file order (hardlinks resolved)."""
+        entry = self.resolve(entry)
+        if entry.type != "reg" or entry.size == 0:
+            return []
+        cached = self._chunk_cache.get(id(entry))
+        if cached is not None:
+            return cached
+        group = self._groups.get(id(entry))
+        if group is None:
+            raise FormatError(f"{entry.name!r} is not an entry of this layer")
+        out: list[Chunk] = []
+        pos = 0
+        for ce, end in group:
+            coff = ce.chunk_offset
+            csize = ce.chunk_size or entry.size - coff
+            if entry.end_offset and ce is group[-1][0]:
+                end = entry.end_offset  # containers/storage: the last frame of the payload ends here
+            digest = ce.chunk_digest
+            if not digest and coff == 0 and csize == entry.size:
+                digest = entry.digest
+            if not is_digest(digest):
+                raise FormatError(f"{entry.name!r}: chunk at {coff} has no usable chunkDigest ({digest!r})")
+            if coff != pos or csize <= 0 or coff + csize > entry.size:
+                raise FormatError(f"{entry.name!r}: chunk at {coff} (size {csize}) does not continue the "
+                                  f"file at {pos} (file size {entry.size})")
+            if not 0 <= ce.offset < end <= self.blob_size:
+                raise FormatError(f"{entry.name!r}: chunk at {coff} has invalid compressed range "
+                                  f"[{ce.offset}, {end}) in a {self.blob_size}-byte blob")
+            out.append(Chunk(name=entry.name, chunk_offset=coff, chunk_size=csize, digest=digest,
+                             offset=ce.offset, inner_offset=ce.inner_offset, end=end,
+                             compression=self.compression))
+            pos = coff + csize
+        if pos != entry.size:
+            raise FormatError(f"{entry.name!r}: chunks cover {pos} of {entry.size} bytes")
+        self._chunk_cache[id(entry)] = out
+        return out
+
+    def read_chunk(self, chunk: Chunk) -> bytes:
+        """Fetch and verify one chunk."""
+        length = chunk.end - chunk.offset
+        data = self.src.read_at(chunk.offset, length)
+        if len(data) != length:
+            raise FormatError(f"blob is truncated: {chunk.name!r} chunk at {chunk.chunk_offset} needs bytes "
+                              f"[{chunk.offset}, {chunk.end}) of a {self.blob_size}-byte blob")
+        return decode_chunk(chunk, data)
+
+    def read_file(self, entry: TOCEntry) -> bytes:
+        """The whole content of a regular file, every chunk verified (for small files and tests)."""
+        entry = self.resolve(entry)
+        if entry.type != "reg":
+            raise FormatError(f"{entry.name!r} is a {entry.type}, not a regular file")
+        return b"".join(self.read_chunk(c) for c in self.chunks(entry))
+
+    def prefetch_range(self) -> tuple[int, int] | None:
+        """``[0, landmark offset)`` when the layer has ``.prefetch.landmark``; None otherwise."""
+        root = self._children[""]
+        if NO_PREFETCH_LANDMARK in root:
+            return None
+        landmark = root.get(PREFETCH_LANDMARK)
+        if landmark is None or landmark.type != "reg":
+            return None
+        return (0, landmark.offset)
+
+    def landmark(self) -> str | None:
+        """Which landmark file the layer carries, if any."""
+        root = self._children[""]
+        for name in (NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK):
+            if name in root:
+                return name
+        return None
+
+    def verify(self) -> None:
+        """Read and verify every chunk of every file; raises FormatError naming the first bad one."""
+        done: set[int] = set()
+        for e in self._map.values():
+            target = self.resolve(e)
+            if target.type != "reg" or id(target) in done:
+                continue
+            done.add(id(target))
+            for chunk in self.chunks(target):
+                self.read_chunk(chunk)
+
+
+def open_layer(src: BlobSource, *, toc_digest: str | None = None, external_toc: bytes | None = None,
+               toc_offset_hint: int | None = None, max_toc_size: int = DEFAULT_MAX_TOC_SIZE) -> LayerReader:
+    """Read the footer and TOC of a blob and check the TOC against ``toc_digest`` (if given).
+
+    ``toc_digest`` may be the digest of the TOC JSON (``containerd.io/snapshot/stargz/toc.digest``) or,
+    for zstd:chunked, of the compressed TOC (``...zstd-chunked.manifest-checksum``);
+    ``LayerReader.verified_by`` says which matched. ``external_toc`` is the TOC blob (a gzip member)
+    of a layer built with an external TOC.
+    """
+    if toc_digest is not None and not is_digest(toc_digest):
+        raise FormatError(f"expected TOC digest {toc_digest!r} is not a sha256 digest")
+    size = src.size
+    if size < 40:
+        raise FormatError(f"blob of {size} bytes is too small to be eStargz or zstd:chunked")
+    start = max(0, size - TAIL_READ)
+    if toc_offset_hint is not None:
+        if not 0 <= toc_offset_hint < size:
+            raise FormatError(f"TOC offset hint {toc_offset_hint} is outside the blob ({size} bytes)")
+        start = min(max(0, toc_offset_hint - 8), size - min(size, MAX_FOOTER_SIZE))
+    tail = src.read_at(start, size - start)
+    if len(tail) != size - start:
+        raise FormatError(f"blob is truncated: read {len(tail)} of {size - start} bytes at offset {start}")
+    footer = parse_footer(tail, size)
+
+    def fetch(offset: int, length: int) -> bytes:
+        if offset >= start:
+            return tail[offset - start : offset - start + length]
+        data = src.read_at(offset, length)
+        if len(data) != length:
+            raise FormatError(f"blob is truncated: TOC range [{offset}, {offset + length}) is short")
+        return data
+
+    manifest_checksum: str | None = None
+    max_compressed = max_toc_size + (max_toc_size >> 4) + 65536
+    if footer.kind in ("estargz", "legacy", "external"):
+        compression = "gzip"
+        if footer.kind == "external":
+            if external_toc is None:
+                raise FormatError("the blob's TOC is external (46-byte footer): pass the TOC blob")
+            toc_member = external_toc
+            what = "external TOC blob"
+        else:
+            if footer.toc_length > max_compressed:
+                raise FormatError(f"TOC member of {footer.toc_length} bytes exceeds the limit "
+                                  f"({max_toc_size})")
+            toc_member = fetch(footer.toc_offset, footer.toc_length)
+            what = f"TOC member at offset {footer.toc_offset}"
+        tar = gunzip_member(toc_member, max_toc_size + 4096, what)
+        toc_json = _parse_toc_tar(tar, what)
+        if len(toc_json) > max_toc_size:
+            raise FormatError(f"TOC of {len(toc_json)} bytes exceeds the limit ({max_toc_size})")
+    else:
+        compression = "zstd"
+        if footer.toc_uncompressed > max_toc_size or footer.toc_length > max_compressed:
+            raise FormatError(f"zstd:chunked TOC of {footer.toc_uncompressed} bytes "
+                              f"({footer.toc_length} compressed) exceeds the limit ({max_toc_size})")
+        compressed = fetch(footer.toc_offset, footer.toc_length)
+        manifest_checksum = "sha256:" + hashlib.sha256(compressed).hexdigest()
+        toc_json = unzstd_bounded(compressed, max_toc_size, f"zstd:chunked TOC at offset {footer.toc_offset}")
+        if len(toc_json) != footer.toc_uncompressed:
+            raise FormatError(f"zstd:chunked TOC is {len(toc_json)} bytes, footer says "
+                              f"{footer.toc_uncompressed}")
+    json_digest = "sha256:" + hashlib.sha256(toc_json).hexdigest()
+    verified_by: str | None = None
+    if toc_digest is not None:
+        if toc_digest == json_digest:
+            verified_by = "toc"
+        elif manifest_checksum is not None and toc_digest == manifest_checksum:
+            verified_by = "manifest"
+        else:
+            also = f" nor compressed TOC digest {manifest_checksum}" if manifest_checksum else ""
+            raise DigestMismatchError(f"invalid TOC: JSON digest {json_digest}{also} does not match "
+                                      f"expected {toc_digest}")
+    toc = parse_toc(toc_json)
+    return LayerReader(src, footer, toc, toc_json, compression, manifest_checksum, verified_by)

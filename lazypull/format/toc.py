@@ -1,0 +1,267 @@
+"""The TOC ("table of contents") model and its JSON forms.
+
+Two JSON schemas are read (format.md 1.6 and 3.2):
+
+* eStargz ``JTOC`` (also the zstd:chunked TOC of stargz-snapshotter): ``{"version": 1, "entries": [...]}``
+  with keys ``name type size modtime linkName mode uid gid userName groupName offset innerOffset devMajor
+  devMinor xattrs digest chunkOffset chunkSize chunkDigest`` in that order, all but name/type omitted when
+  zero. Written as Go's ``json.MarshalIndent(toc, "", "\\t")``: tab indentation, ``": "`` separators, no
+  trailing newline, ``& < >`` escaped as ``\\u0026 \\u003c \\u003e``, invalid UTF-8 as ``\\ufffd``,
+  xattr values base64 (std alphabet, padded), xattr keys sorted.
+* containers/storage ``minimal.TOC``: same idea plus ``endOffset``, ``chunkType`` (``"zeros"``),
+  ``accesstime``/``changetime`` and a top-level ``tarSplitDigest``; no user/group names, no innerOffset.
+
+Keys are matched case-insensitively and unknown keys are ignored, as Go's ``encoding/json`` does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from lazypull.format.errors import FormatError
+
+TOC_TAR_NAME = "stargz.index.json"
+ENTRY_TYPES = frozenset({"dir", "reg", "symlink", "hardlink", "char", "block", "fifo", "chunk"})
+
+
+@dataclass(slots=True)
+class TOCEntry:
+    """One TOC entry; field names mirror the JSON keys (format.md 1.6)."""
+
+    name: str
+    type: str
+    size: int = 0
+    modtime: datetime | None = None
+    link_name: str = ""
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    user_name: str = ""
+    group_name: str = ""
+    offset: int = 0
+    inner_offset: int = 0
+    dev_major: int = 0
+    dev_minor: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    digest: str = ""
+    chunk_offset: int = 0
+    chunk_size: int = 0
+    chunk_digest: str = ""
+    end_offset: int = 0
+    """containers/storage only: c-offset just after the last frame of a ``reg`` payload."""
+    chunk_type: str = ""
+    """containers/storage only: ``"zeros"`` for a hole."""
+    num_link: int = 0
+    """Computed by the reader: how many names (and, for dirs, subdirs) refer to this entry."""
+
+    @property
+    def is_data(self) -> bool:
+        """True for entries that own compressed payload (non-empty ``reg`` and ``chunk``)."""
+        return self.type == "chunk" or (self.type == "reg" and self.size > 0)
+
+
+@dataclass(slots=True)
+class TOC:
+    """A decoded TOC; ``entries`` are in stored order with names as stored (not normalised)."""
+
+    entries: list[TOCEntry]
+    version: int = 1
+    tar_split_digest: str = ""
+    schema: str = "estargz"
+    """``"estargz"`` (JTOC) or ``"cs"`` (containers/storage minimal.TOC)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# decoding
+
+_INT_KEYS = {
+    "size": "size", "mode": "mode", "uid": "uid", "gid": "gid", "offset": "offset",
+    "inneroffset": "inner_offset", "devmajor": "dev_major", "devminor": "dev_minor",
+    "chunkoffset": "chunk_offset", "chunksize": "chunk_size", "endoffset": "end_offset",
+}
+_STR_KEYS = {
+    "name": "name", "type": "type", "linkname": "link_name", "username": "user_name",
+    "groupname": "group_name", "digest": "digest", "chunkdigest": "chunk_digest", "chunktype": "chunk_type",
+}
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:([Zz])|([+-])(\d\d):(\d\d))\Z"
+)
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
+
+
+def parse_rfc3339(text: str) -> datetime | None:
+    """Go's ``time.Parse(time.RFC3339, s)``; None when it does not parse (readers ignore bad times)."""
+    m = _RFC3339.match(text)
+    if m is None:
+        return None
+    year, month, day, hour, minute, sec = (int(m.group(i)) for i in range(1, 7))
+    frac = m.group(7) or ""
+    micro = int((frac + "000000")[:6])
+    if m.group(8):
+        tz = UTC
+    else:
+        delta = timedelta(hours=int(m.group(10)), minutes=int(m.group(11)))
+        tz = timezone(-delta if m.group(9) == "-" else delta)
+    try:
+        return datetime(year, month, day, hour, minute, sec, micro, tzinfo=tz).astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+
+
+def is_digest(value: str) -> bool:
+    """A ``sha256:<64 lowercase hex>`` string."""
+    return _DIGEST.match(value) is not None
+
+
+def _entry_from_json(index: int, obj: Any) -> TOCEntry:
+    if not isinstance(obj, dict):
+        raise FormatError(f"TOC entry {index} is not a JSON object")
+    entry = TOCEntry(name="", type="")
+    seen_name = seen_type = False
+    for key, value in obj.items():
+        low = key.lower()
+        if low in _INT_KEYS:
+            if value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise FormatError(f"TOC entry {index}: {key!r} must be an integer, not {value!r}")
+            setattr(entry, _INT_KEYS[low], value)
+        elif low in _STR_KEYS:
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise FormatError(f"TOC entry {index}: {key!r} must be a string, not {value!r}")
+            setattr(entry, _STR_KEYS[low], value)
+            seen_name = seen_name or low == "name"
+            seen_type = seen_type or low == "type"
+        elif low == "modtime":
+            if isinstance(value, str):
+                entry.modtime = parse_rfc3339(value)
+            elif value is not None:
+                raise FormatError(f"TOC entry {index}: 'modtime' must be a string")
+        elif low == "xattrs":
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise FormatError(f"TOC entry {index}: 'xattrs' must be an object")
+            for xk, xv in value.items():
+                if not isinstance(xv, str):
+                    raise FormatError(f"TOC entry {index}: xattr {xk!r} must be a base64 string")
+                try:
+                    entry.xattrs[xk] = base64.b64decode(xv, validate=True)
+                except (binascii.Error, ValueError) as err:
+                    raise FormatError(f"TOC entry {index}: xattr {xk!r} is not valid base64") from err
+    if not seen_type or entry.type not in ENTRY_TYPES:
+        raise FormatError(f"TOC entry {index} ({entry.name!r}) has unknown type {entry.type!r}")
+    if not seen_name and entry.type != "chunk":
+        raise FormatError(f"TOC entry {index} has no name")
+    for attr in ("size", "offset", "inner_offset", "chunk_offset", "chunk_size", "end_offset"):
+        if getattr(entry, attr) < 0:
+            raise FormatError(f"TOC entry {index} ({entry.name!r}): negative {attr}")
+    return entry
+
+
+def parse_toc(data: bytes) -> TOC:
+    """Decode TOC JSON of either schema; raises FormatError on anything not decodable."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise FormatError(f"TOC is not valid JSON: {err}") from err
+    if not isinstance(obj, dict):
+        raise FormatError("TOC JSON is not an object")
+    fields = {k.lower(): v for k, v in obj.items()}
+    raw_entries = fields.get("entries")
+    if raw_entries is None:
+        raw_entries = []
+    if not isinstance(raw_entries, list):
+        raise FormatError("TOC 'entries' is not a list")
+    version = fields.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise FormatError(f"TOC 'version' is not an integer: {version!r}")
+    tar_split = fields.get("tarsplitdigest", "")
+    if not isinstance(tar_split, str):
+        raise FormatError("TOC 'tarSplitDigest' is not a string")
+    entries = [_entry_from_json(i, e) for i, e in enumerate(raw_entries)]
+    schema = "cs" if tar_split or any(e.end_offset or e.chunk_type for e in entries) else "estargz"
+    return TOC(entries=entries, version=version, tar_split_digest=tar_split, schema=schema)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# encoding (Go MarshalIndent)
+
+_ESCAPE = re.compile('[\x00-\x1f"\\\\<>&\u2028\u2029\ud800-\udfff]')
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    c = m.group(0)
+    if c in _ESCAPES:
+        return _ESCAPES[c]
+    if "\ud800" <= c <= "\udfff":
+        return "\\ufffd"
+    return f"\\u{ord(c):04x}"
+
+
+def go_json_string(value: str) -> str:
+    """A JSON string literal exactly as Go's encoding/json writes it (HTML-safe escaping)."""
+    return '"' + _ESCAPE.sub(_escape_char, value) + '"'
+
+
+def format_modtime(value: datetime) -> str:
+    """RFC 3339 in UTC, whole seconds (the caller has rounded)."""
+    t = value.astimezone(UTC)
+    return (f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}Z")
+
+
+def _entry_fields(e: TOCEntry) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = [("name", go_json_string(e.name)), ("type", go_json_string(e.type))]
+    if e.size:
+        out.append(("size", str(e.size)))
+    if e.modtime is not None:
+        out.append(("modtime", go_json_string(format_modtime(e.modtime))))
+    if e.link_name:
+        out.append(("linkName", go_json_string(e.link_name)))
+    for key, num in (("mode", e.mode), ("uid", e.uid), ("gid", e.gid)):
+        if num:
+            out.append((key, str(num)))
+    if e.user_name:
+        out.append(("userName", go_json_string(e.user_name)))
+    if e.group_name:
+        out.append(("groupName", go_json_string(e.group_name)))
+    for key, num in (("offset", e.offset), ("innerOffset", e.inner_offset),
+                     ("devMajor", e.dev_major), ("devMinor", e.dev_minor)):
+        if num:
+            out.append((key, str(num)))
+    if e.xattrs:
+        lines = [
+            f"\t\t\t\t{go_json_string(k)}: {go_json_string(base64.b64encode(e.xattrs[k]).decode())}"
+            for k in sorted(e.xattrs)
+        ]
+        out.append(("xattrs", "{\n" + ",\n".join(lines) + "\n\t\t\t}"))
+    if e.digest:
+        out.append(("digest", go_json_string(e.digest)))
+    if e.chunk_offset:
+        out.append(("chunkOffset", str(e.chunk_offset)))
+    if e.chunk_size:
+        out.append(("chunkSize", str(e.chunk_size)))
+    if e.chunk_digest:
+        out.append(("chunkDigest", go_json_string(e.chunk_digest)))
+    return out
+
+
+def encode_toc(entries: Sequence[TOCEntry] | Iterable[TOCEntry], version: int = 1) -> bytes:
+    """The JTOC JSON bytes Go's ``json.MarshalIndent(toc, "", "\\t")`` would produce."""
+    blocks = [
+        "\t\t{\n" + ",\n".join(f'\t\t\t"{k}": {v}' for k, v in _entry_fields(e)) + "\n\t\t}"
+        for e in entries
+    ]
+    body = "[\n" + ",\n".join(blocks) + "\n\t]" if blocks else "[]"
+    text = '{\n\t"version": ' + str(version) + ',\n\t"entries": ' + body + "\n}"
+    return text.encode("utf-8")
