@@ -1,0 +1,299 @@
+"""Registry authentication: credentials, challenges, and the bearer-token flow.
+
+The flow is a generator in the style of ``httpx.Auth.auth_flow``: it yields requests (the
+registry request, token requests) and receives their responses, so the protocol is kept apart
+from I/O and retries. Once a host's scheme is known (from a ``/v2/`` ping or a first 401), the
+credentials or a cached token are attached up front: the registry closes the connection on a
+PUT/PATCH needing auth without reading the body.
+
+Token requests follow containerd: with credentials, POST an OAuth2 form first
+(``grant_type=password``, or ``refresh_token`` for identity tokens) and fall back to GET with
+basic auth if the server answers 404/405/401 (docker's way); anonymous clients use GET.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httpx
+
+from lazypull.registry.errors import AuthError, parse_diagnostics
+
+CLIENT_ID = "lazypull"
+_TOKEN_MARGIN = 30.0            # refresh tokens this long before they expire...
+_MIN_TOKEN_LIFETIME = 60.0      # ... the default lifetime when the server does not say
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A username and password, or an identity (refresh) token when ``username == "<token>"``."""
+
+    username: str
+    password: str
+
+    @property
+    def identity_token(self) -> str | None:
+        return self.password if self.username == "<token>" else None
+
+    def basic_header(self) -> str:
+        raw = f"{self.username}:{self.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode()
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, password=***)"
+
+
+class CredentialSource(Protocol):
+    """Where the client finds credentials for a registry host (``host[:port]``)."""
+
+    def credentials(self, host: str) -> Credentials | None: ...
+
+
+class Anonymous:
+    """No credentials anywhere."""
+
+    def credentials(self, host: str) -> Credentials | None:
+        return None
+
+
+@dataclass(frozen=True)
+class StaticAuth:
+    """The same credentials for the given hosts (all hosts if ``hosts`` is empty)."""
+
+    username: str
+    password: str
+    hosts: tuple[str, ...] = ()
+
+    def credentials(self, host: str) -> Credentials | None:
+        if self.hosts and host not in self.hosts:
+            return None
+        return Credentials(self.username, self.password)
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """One parsed ``WWW-Authenticate`` challenge."""
+
+    scheme: str                      # "basic" or "bearer" (lowercased)
+    params: dict[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def realm(self) -> str | None:
+        return self.params.get("realm")
+
+    @property
+    def service(self) -> str | None:
+        return self.params.get("service")
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        return tuple(s for s in self.params.get("scope", "").split(" ") if s)
+
+
+_SCHEME = re.compile(r"[\s,]*([A-Za-z][A-Za-z0-9_-]*)(?=\s|,|$)")
+_PARAM = re.compile(r'\s*([A-Za-z0-9_.-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*)\s*,?')
+
+
+def parse_challenges(header: str) -> list[Challenge]:
+    """Parse a ``WWW-Authenticate`` header value (one or several challenges)."""
+    out: list[Challenge] = []
+    pos = 0
+    while True:
+        m = _SCHEME.match(header, pos)
+        if not m:
+            break
+        pos = m.end()
+        params: dict[str, str] = {}
+        while (pm := _PARAM.match(header, pos)) is not None:
+            value = pm.group(2)
+            if value.startswith('"'):
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            params[pm.group(1).lower()] = value
+            pos = pm.end()
+        out.append(Challenge(m.group(1).lower(), params))
+    return out
+
+
+@dataclass
+class _Token:
+    value: str
+    expires_at: float
+    refresh_token: str | None = None
+
+
+@dataclass
+class _HostState:
+    challenge: Challenge | None = None
+    tokens: dict[tuple[str, ...], _Token] = field(default_factory=dict)
+
+
+class Authenticator:
+    """Per-client auth state: each host's scheme, and bearer tokens cached per scope set.
+
+    Thread-safe. :meth:`flow` drives one registry request through auth.
+    """
+
+    def __init__(self, source: CredentialSource | None = None) -> None:
+        self.source: CredentialSource = source or Anonymous()
+        self._hosts: dict[str, _HostState] = {}
+        self._lock = threading.Lock()
+        self._fetch_lock = threading.Lock()
+
+    def _state(self, host: str) -> _HostState:
+        with self._lock:
+            return self._hosts.setdefault(host, _HostState())
+
+    def knows(self, host: str) -> bool:
+        """Whether the host's auth scheme is known (or known to need none)."""
+        with self._lock:
+            return host in self._hosts
+
+    def learn(self, host: str, response: httpx.Response | None) -> None:
+        """Record what a ``/v2/`` ping said: a 401 challenge, or (None / 200) no auth needed."""
+        state = self._state(host)
+        if response is not None and response.status_code == 401:
+            state.challenge = _pick_challenge(response)
+
+    def forget_tokens(self, host: str) -> None:
+        with self._lock:
+            state = self._hosts.get(host)
+            if state:
+                state.tokens.clear()
+
+    def flow(self, request: httpx.Request, host: str,
+             scopes: tuple[str, ...]) -> Generator[httpx.Request, httpx.Response, httpx.Response]:
+        """Send ``request`` with auth for ``scopes``; on 401 learn the challenge and retry once.
+
+        Yields the requests to send and receives their responses; returns the final response
+        for ``request`` (which may still be a 401/403 for the caller to turn into an error).
+        """
+        state = self._state(host)
+        if state.challenge is not None:
+            yield from self._authorize(request, host, state, scopes, force=False)
+        response = yield request
+        if response.status_code != 401:
+            return response
+        challenge = _pick_challenge(response)
+        if challenge is None:
+            return response
+        state.challenge = challenge
+        bearer = challenge.scheme == "bearer"
+        wanted = tuple(sorted(set(scopes) | set(challenge.scopes))) if bearer else scopes
+        if not bearer and self.source.credentials(host) is None:
+            return response
+        # Learn (fetch a token) now, so that a retry of a streamed body goes out authorized.
+        yield from self._authorize(request, host, state, wanted, force=bearer)
+        if not isinstance(request.stream, httpx.ByteStream):
+            return response         # a streamed body cannot be sent twice: the caller retries
+        response.close()
+        return (yield request)
+
+    def _authorize(self, request: httpx.Request, host: str, state: _HostState, scopes: tuple[str, ...],
+                   *, force: bool) -> Generator[httpx.Request, httpx.Response, None]:
+        challenge = state.challenge
+        if challenge is None:
+            return
+        creds = self.source.credentials(host)
+        if challenge.scheme == "basic":
+            if creds is not None:
+                request.headers["Authorization"] = creds.basic_header()
+            return
+        if challenge.scheme != "bearer":
+            raise AuthError(f"unsupported auth scheme {challenge.scheme!r} for {host}")
+        key = tuple(sorted(scopes))
+        now = time.monotonic()
+        with self._lock:
+            token = state.tokens.get(key)
+        if token is None or force or token.expires_at <= now:
+            token = yield from self._fetch_token(host, challenge, key, creds,
+                                                 token.refresh_token if token else None)
+            with self._lock:
+                state.tokens[key] = token
+        request.headers["Authorization"] = f"Bearer {token.value}"
+
+    def _fetch_token(self, host: str, challenge: Challenge, scopes: tuple[str, ...],
+                     creds: Credentials | None,
+                     refresh: str | None) -> Generator[httpx.Request, httpx.Response, _Token]:
+        realm = challenge.realm
+        if not realm:
+            raise AuthError(f"bearer challenge from {host} has no realm")
+        if not realm.startswith(("https://", "http://")):
+            raise AuthError(f"bearer realm {realm!r} from {host} is not an http(s) URL")
+        service = challenge.service
+        refresh = refresh or (creds.identity_token if creds else None)
+        if creds is not None or refresh:
+            form = {"client_id": CLIENT_ID, "access_type": "offline"}
+            if service:
+                form["service"] = service
+            if refresh:
+                form |= {"grant_type": "refresh_token", "refresh_token": refresh}
+            else:
+                assert creds is not None
+                form |= {"grant_type": "password", "username": creds.username, "password": creds.password}
+            body = urllib.parse.urlencode([*form.items(), *(("scope", sc) for sc in scopes)])
+            post = httpx.Request("POST", realm, content=body.encode(),
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+            response = yield post
+            response.read()
+            if response.status_code == 200:
+                return _parse_token(response, realm, refresh)
+            if response.status_code not in (401, 404, 405) or (refresh and creds is None):
+                raise _token_error(response, realm)
+        query: list[tuple[str, str | int | float | bool | None]] = [("service", service)] if service else []
+        query += [("scope", s) for s in scopes]
+        get = httpx.Request("GET", realm, params=httpx.QueryParams(query))
+        if creds is not None and creds.identity_token is None:
+            get.headers["Authorization"] = creds.basic_header()
+        response = yield get
+        response.read()
+        if response.status_code != 200:
+            raise _token_error(response, realm)
+        return _parse_token(response, realm, None)
+
+
+def _pick_challenge(response: httpx.Response) -> Challenge | None:
+    challenges: list[Challenge] = []
+    for value in response.headers.get_list("www-authenticate"):
+        challenges.extend(parse_challenges(value))
+    for scheme in ("bearer", "basic"):
+        for c in challenges:
+            if c.scheme == scheme:
+                return c
+    return None
+
+
+def _token_error(response: httpx.Response, realm: str) -> AuthError:
+    return AuthError("token request refused", status=response.status_code, method=response.request.method,
+                     url=realm, diagnostics=parse_diagnostics(response.content))
+
+
+def _parse_token(response: httpx.Response, realm: str, refresh: str | None) -> _Token:
+    try:
+        doc = json.loads(response.content)
+    except ValueError as err:
+        raise AuthError(f"token server answer is not JSON: {err}", url=realm) from err
+    if not isinstance(doc, dict):
+        raise AuthError("token server answer is not a JSON object", url=realm)
+    value = doc.get("token") or doc.get("access_token")
+    if not isinstance(value, str) or not value:
+        raise AuthError("token server answer has no token", url=realm)
+    expires_in = doc.get("expires_in")
+    lifetime = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 \
+        else _MIN_TOKEN_LIFETIME
+    margin = min(_TOKEN_MARGIN, lifetime / 4)
+    new_refresh = doc.get("refresh_token")
+    return _Token(value, time.monotonic() + lifetime - margin,
+                  new_refresh if isinstance(new_refresh, str) and new_refresh else refresh)
+
+
+def repository_scopes(repository: str, actions: Iterable[str]) -> tuple[str, ...]:
+    """``repository:NAME:pull,push`` for the token request."""
+    return (f"repository:{repository}:{','.join(actions)}",)

@@ -1,0 +1,605 @@
+"""The registry client: manifests, blobs, byte ranges and pushes over the distribution API.
+
+Every method takes the :class:`Reference` it works on (registry host and repository come from
+it) and is safe to call from several threads at once; connections are kept alive per host.
+Content is always checked against its digest: manifests fetched by digest, every blob download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import IO, BinaryIO
+
+import httpx
+
+from lazypull.registry._auth import Authenticator, CredentialSource, repository_scopes
+from lazypull.registry._manifest import (
+    ACCEPT_MANIFESTS,
+    MAX_MANIFEST_SIZE,
+    Descriptor,
+    ImageIndex,
+    ImageManifest,
+    Platform,
+    detect_media_type,
+    is_index,
+    parse_index,
+    parse_manifest,
+    select_platform,
+)
+from lazypull.registry._ranges import (
+    RangeResponseError,
+    parse_content_range,
+    parse_range_response,
+    unsatisfied_total,
+)
+from lazypull.registry._reference import Reference, parse_reference
+from lazypull.registry._transport import DEFAULT_CERTS_DIRS, RetryPolicy, Transport, translate_errors
+from lazypull.registry.errors import (
+    DigestMismatchError,
+    ManifestError,
+    NotFoundError,
+    RegistryConnectionError,
+    RegistryError,
+    TooLargeError,
+)
+
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())
+
+CHUNK_SIZE = 8 << 20               # upload chunk (PATCH) size; smaller blobs go in one PUT
+MAX_RANGES_PER_REQUEST = 64        # keeps the Range header well under server limits
+_DIGEST = re.compile(r"(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})\Z")
+_READ_SIZE = 1 << 20
+
+
+def _hasher(digest: str) -> hashlib._Hash:
+    if not _DIGEST.match(digest):
+        raise RegistryError(f"invalid digest {digest!r}")
+    return hashlib.new(digest.split(":", 1)[0])
+
+
+def compute_digest(data: bytes, algorithm: str = "sha256") -> str:
+    """``algorithm:hex`` of ``data``."""
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+def _as_ref(ref: Reference | str) -> Reference:
+    parsed = parse_reference(ref) if isinstance(ref, str) else ref
+    if parsed.transport != "docker":
+        raise RegistryError(f"{parsed} is not a registry reference")
+    return parsed
+
+
+class RegistryClient:
+    """A thread-safe, keep-alive client for OCI distribution registries.
+
+    ``insecure``: True (all hosts) or a list of hosts that may use plain HTTP or unverified TLS.
+    ``ca_files``: extra CA certificates (PEM). ``auth``: where credentials come from
+    (:class:`DockerConfigAuth`, :class:`StaticAuth`, default anonymous). ``retry``: the retry policy.
+    """
+
+    def __init__(self, insecure: bool | Sequence[str] = False, ca_files: Sequence[str | Path] = (),
+                 auth: CredentialSource | None = None, *, retry: RetryPolicy | None = None,
+                 certs_dirs: Sequence[str | Path] = DEFAULT_CERTS_DIRS, timeout: float = 60.0,
+                 chunk_size: int = CHUNK_SIZE) -> None:
+        self.transport = Transport(insecure=insecure, ca_files=ca_files, authenticator=Authenticator(auth),
+                                   retry=retry, certs_dirs=certs_dirs, timeout=timeout)
+        self.chunk_size = chunk_size
+
+    def close(self) -> None:
+        """Close all connections."""
+        self.transport.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _request(self, ref: Reference, method: str, path: str, *, push: bool = False,
+                 extra_scopes: tuple[str, ...] = (), **kwargs: object) -> httpx.Response:
+        actions = ("pull", "push") if push else ("pull",)
+        scopes = repository_scopes(ref.repository, actions) + extra_scopes
+        return self.transport.request(method, ref.api_host, path, scopes=scopes, **kwargs)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _repo_path(ref: Reference, kind: str, rest: str = "") -> str:
+        return f"/v2/{ref.repository}/{kind}/{rest}"
+
+    def ping(self, host: str) -> None:
+        """Check that ``host`` speaks the registry API (and learn its scheme and auth)."""
+        self.transport.base_url(host)
+
+    # -- manifests ----------------------------------------------------------------------------------
+    def get_manifest(self, ref: Reference | str) -> tuple[bytes, str, str]:
+        """The manifest or index ``ref`` names: raw bytes, media type, digest (checked)."""
+        ref = _as_ref(ref)
+        what = f"fetching manifest {ref}"
+        response = self._request(ref, "GET", self._repo_path(ref, "manifests", ref.identifier),
+                                 what=what, headers={"Accept": ACCEPT_MANIFESTS}, stream=True)
+        try:
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > MAX_MANIFEST_SIZE:
+                raise TooLargeError(f"{what}: manifest of {declared} bytes exceeds {MAX_MANIFEST_SIZE}",
+                                    url=response.request.url)
+            raw = b""
+            with translate_errors("GET", response.request.url):
+                for chunk in response.iter_bytes():
+                    raw += chunk
+                    if len(raw) > MAX_MANIFEST_SIZE:
+                        raise TooLargeError(f"{what}: manifest exceeds {MAX_MANIFEST_SIZE} bytes",
+                                            url=response.request.url)
+        finally:
+            response.close()
+        algorithm = (ref.digest or "sha256:").split(":", 1)[0]
+        actual = compute_digest(raw, algorithm)
+        expected = ref.digest or response.headers.get("Docker-Content-Digest")
+        if expected and expected.startswith(f"{algorithm}:") and expected != actual:
+            raise DigestMismatchError(what, expected=expected, actual=actual, url=response.request.url)
+        media_type = detect_media_type(raw, response.headers.get("Content-Type"))
+        return raw, media_type, actual
+
+    def head_manifest(self, ref: Reference | str) -> Descriptor:
+        """The descriptor (media type, digest, size) of what ``ref`` names, without its body."""
+        ref = _as_ref(ref)
+        response = self._request(ref, "HEAD", self._repo_path(ref, "manifests", ref.identifier),
+                                 what=f"checking manifest {ref}", headers={"Accept": ACCEPT_MANIFESTS})
+        digest = response.headers.get("Docker-Content-Digest") or ref.digest
+        size = response.headers.get("Content-Length")
+        if not digest or not size or not size.isdigit():
+            # Some registries omit the digest on HEAD; a GET tells for sure.
+            raw, media_type, digest = self.get_manifest(ref)
+            return Descriptor(media_type, digest, len(raw))
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        return Descriptor(media_type, digest, int(size))
+
+    def put_manifest(self, ref: Reference | str, raw: bytes, media_type: str) -> str:
+        """Upload a manifest under ``ref``'s tag (or digest); return its digest."""
+        ref = _as_ref(ref)
+        if len(raw) > MAX_MANIFEST_SIZE:
+            raise TooLargeError(f"manifest for {ref} of {len(raw)} bytes exceeds {MAX_MANIFEST_SIZE}")
+        digest = compute_digest(raw)
+        if ref.digest and ref.digest != digest:
+            raise DigestMismatchError(f"pushing manifest {ref}", expected=ref.digest, actual=digest)
+        target = ref.digest or ref.tag or "latest"
+        response = self._request(ref, "PUT", self._repo_path(ref, "manifests", target), push=True,
+                                 what=f"pushing manifest {ref}", ok=(200, 201, 202),
+                                 headers={"Content-Type": media_type}, content=raw)
+        answered = response.headers.get("Docker-Content-Digest")
+        if answered and answered != digest:
+            raise DigestMismatchError(f"registry stored manifest {ref} as", expected=digest, actual=answered,
+                                      url=response.request.url)
+        return digest
+
+    def get_index_or_manifest(self, ref: Reference | str) -> ImageIndex | ImageManifest:
+        """Parse what ``ref`` names: an index/manifest list or an image manifest."""
+        raw, media_type, _ = self.get_manifest(ref)
+        return parse_index(raw, media_type) if is_index(media_type) else parse_manifest(raw, media_type)
+
+    def resolve_image(self, ref: Reference | str, platform: Platform | str | None = None,
+                      ) -> tuple[bytes, str, str]:
+        """The image manifest for ``platform`` (default this machine), following an index.
+
+        Returns raw bytes, media type and digest of the platform's image manifest.
+        """
+        ref = _as_ref(ref)
+        raw, media_type, digest = self.get_manifest(ref)
+        if not is_index(media_type):
+            parse_manifest(raw, media_type)
+            return raw, media_type, digest
+        chosen = select_platform(parse_index(raw, media_type), platform)
+        raw, media_type, digest = self.get_manifest(ref.with_digest(chosen.digest))
+        if is_index(media_type):
+            raise ManifestError(f"{ref}: nested index {chosen.digest} is not supported")
+        parse_manifest(raw, media_type)
+        return raw, media_type, digest
+
+    def list_tags(self, ref: Reference | str) -> list[str]:
+        """All tags of ``ref``'s repository (following ``Link`` pagination)."""
+        ref = _as_ref(ref)
+        tags: list[str] = []
+        path = self._repo_path(ref, "tags", "list")
+        params: dict[str, str] | None = {"n": "1000"}
+        for _ in range(1000):
+            response = self._request(ref, "GET", path, params=params, what=f"listing tags of {ref.name}")
+            try:
+                doc = response.json()
+            except ValueError as err:
+                raise RegistryError(f"tag list of {ref.name} is not JSON", url=response.request.url) from err
+            tags.extend(t for t in (doc.get("tags") or []) if isinstance(t, str))
+            link = response.links.get("next", {}).get("url")
+            if not link:
+                break
+            path, params = str(response.request.url.join(link)), None
+        return tags
+
+    # -- blobs --------------------------------------------------------------------------------------
+    def blob_size(self, ref: Reference | str, digest: str) -> int:
+        """The blob's size (HEAD); NotFoundError if the repository does not have it."""
+        ref = _as_ref(ref)
+        response = self._request(ref, "HEAD", self._repo_path(ref, "blobs", digest),
+                                 what=f"checking blob {digest} in {ref.name}")
+        size = response.headers.get("Content-Length")
+        if size is None or not size.isdigit():
+            raise RegistryError(f"HEAD of blob {digest} in {ref.name} has no Content-Length",
+                                url=response.request.url)
+        return int(size)
+
+    def blob_exists(self, ref: Reference | str, digest: str) -> bool:
+        """Whether the repository has the blob."""
+        try:
+            self.blob_size(ref, digest)
+        except NotFoundError:
+            return False
+        return True
+
+    def get_blob(self, ref: Reference | str, digest: str, dest: BinaryIO | str | os.PathLike[str],
+                 *, size: int | None = None, progress: Callable[[int], None] | None = None) -> None:
+        """Download a blob into ``dest``, checking its digest; resumes broken transfers with Range.
+
+        ``dest`` is a path (written to a temp file beside it and renamed into place only when the
+        digest matches) or a writable binary file (rewound and truncated to where it started if
+        the download fails, when it is seekable). ``progress`` gets byte counts as they arrive.
+        """
+        ref = _as_ref(ref)
+        if isinstance(dest, str | os.PathLike):
+            path = Path(dest)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    self._download(ref, digest, out, size, progress)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            return
+        start: int | None = None
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            start = dest.tell() if dest.seekable() else None
+        try:
+            self._download(ref, digest, dest, size, progress)
+        except BaseException:
+            if start is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    dest.seek(start)
+                    dest.truncate()
+            raise
+
+    def _download(self, ref: Reference, digest: str, out: IO[bytes], size: int | None,
+                  progress: Callable[[int], None] | None) -> None:
+        hasher = _hasher(digest)
+        what = f"fetching blob {digest} from {ref.name}"
+        path = self._repo_path(ref, "blobs", digest)
+        policy = self.transport.retry
+        written = 0
+        failures = 0
+        while True:
+            headers = {"Range": f"bytes={written}-"} if written else None
+            response = self._request(ref, "GET", path, what=what, stream=True, headers=headers,
+                                     ok=(200, 206))
+            try:
+                if written and response.status_code == 200:
+                    # The server ignored Range: start over from this full answer.
+                    out.seek(-written, os.SEEK_CUR)
+                    out.truncate()
+                    hasher, written = _hasher(digest), 0
+                elif response.status_code == 206:
+                    try:
+                        got_start = parse_content_range(response.headers.get("Content-Range"))[0]
+                    except RangeResponseError as err:
+                        raise RegistryError(f"{what}: {err}", url=response.request.url) from err
+                    if got_start != written:
+                        raise RegistryError(f"{what}: asked to resume at {written}, got {got_start}",
+                                            url=response.request.url)
+                with translate_errors("GET", response.request.url):
+                    for chunk in response.iter_bytes(_READ_SIZE):
+                        if size is not None and written + len(chunk) > size:
+                            raise DigestMismatchError(f"{what}: more than the expected {size} bytes",
+                                                      expected=digest, actual="(longer content)",
+                                                      url=response.request.url)
+                        out.write(chunk)
+                        hasher.update(chunk)
+                        written += len(chunk)
+                        if progress:
+                            progress(len(chunk))
+                break
+            except RegistryConnectionError as err:
+                failures += 1
+                if failures >= policy.attempts:
+                    raise
+                log.debug("%s: resuming at %d after: %s", what, written, err)
+            finally:
+                response.close()
+        actual = f"{digest.split(':', 1)[0]}:{hasher.hexdigest()}"
+        if size is not None and written != size:
+            raise DigestMismatchError(f"{what}: got {written} bytes, expected {size}", expected=digest,
+                                      actual=actual)
+        if actual != digest:
+            raise DigestMismatchError(what, expected=digest, actual=actual)
+
+    def fetch_blob(self, ref: Reference | str, digest: str, *, max_size: int = 64 << 20) -> bytes:
+        """A small blob (config, external TOC) in memory, digest checked."""
+        ref = _as_ref(ref)
+        buf = io.BytesIO()
+        self.get_blob(ref, digest, buf, progress=_limit(max_size, digest))
+        return buf.getvalue()
+
+    # -- ranges -------------------------------------------------------------------------------------
+    def read_range(self, ref: Reference | str, digest: str, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset+length)`` of a blob (shorter only at the end of the blob)."""
+        return self.read_ranges(ref, digest, [(offset, length)])[0]
+
+    def read_ranges(self, ref: Reference | str, digest: str,
+                    ranges: Iterable[tuple[int, int]]) -> list[bytes]:
+        """Several byte ranges of a blob, in one multi-range request per 64 ranges when possible.
+
+        Falls back to one request per range if the server answers a multi-range request with
+        the whole body or an unusable answer. Results are in the order asked.
+        """
+        ref = _as_ref(ref)
+        wanted = [(int(o), int(n)) for o, n in ranges]
+        for off, n in wanted:
+            if off < 0 or n < 0:
+                raise ValueError(f"invalid range offset={off} length={n}")
+        results: list[bytes] = [b""] * len(wanted)
+        todo = [i for i, (_, n) in enumerate(wanted) if n > 0]
+        for start in range(0, len(todo), MAX_RANGES_PER_REQUEST):
+            batch = todo[start:start + MAX_RANGES_PER_REQUEST]
+            got = self._fetch_ranges(ref, digest, [wanted[i] for i in batch])
+            for i, data in zip(batch, got, strict=True):
+                results[i] = data
+        return results
+
+    def _fetch_ranges(self, ref: Reference, digest: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        what = f"reading ranges of blob {digest} from {ref.name}"
+        path = self._repo_path(ref, "blobs", digest)
+        # Merge overlapping/adjacent ranges: servers reject or collapse overlapping specs.
+        spans = _merge_spans(ranges)
+        header = "bytes=" + ",".join(f"{s}-{e - 1}" for s, e in spans)
+        policy = self.transport.retry
+        parts: dict[int, bytes]
+        total: int | None
+        for attempt in range(policy.attempts):
+            response = self._request(ref, "GET", path, what=what, stream=True, ok=(200, 206, 416),
+                                     headers={"Range": header})
+            try:
+                with translate_errors("GET", response.request.url):
+                    if response.status_code == 416:
+                        # Every range starts past the end; the answer says where the end is.
+                        total = unsatisfied_total(response.headers.get("Content-Range"))
+                        if total is None:
+                            raise RangeResponseError("416 answer without the blob size")
+                        parts = {}
+                    elif response.status_code == 200:
+                        # Whole body: keep only what is needed, stop once past the last range.
+                        needed = max(e for _, e in spans)
+                        body = bytearray()
+                        for chunk in response.iter_bytes(_READ_SIZE):
+                            body += chunk
+                            if len(body) >= needed:
+                                break
+                        parts = {0: bytes(body)}
+                        total = None
+                    else:
+                        parts, total = parse_range_response(
+                            response.headers.get("Content-Type", ""),
+                            response.headers.get("Content-Range"), response.iter_bytes(_READ_SIZE))
+                return [_slice(parts, off, n, total) for off, n in ranges]
+            except RangeResponseError as err:
+                if attempt + 1 >= policy.attempts:
+                    raise RegistryConnectionError(f"{what}: {err}", method="GET",
+                                                  url=response.request.url) from err
+            except RegistryConnectionError:
+                if attempt + 1 >= policy.attempts:
+                    raise
+            finally:
+                response.close()
+        raise AssertionError("unreachable")
+
+    def blob_source(self, ref: Reference | str, digest: str, size: int | None = None) -> RegistryBlobSource:
+        """Random access to a blob for ``lazypull.format.open_layer`` (size via HEAD if not given)."""
+        ref = _as_ref(ref)
+        if size is None:
+            size = self.blob_size(ref, digest)
+        return RegistryBlobSource(self, ref, digest, size)
+
+    # -- push ---------------------------------------------------------------------------------------
+    def mount_blob(self, ref: Reference | str, digest: str, source_repository: str) -> bool:
+        """Ask the registry to link a blob from another repository; False if it would not."""
+        ref = _as_ref(ref)
+        scope = repository_scopes(source_repository, ("pull",))
+        response = self._request(ref, "POST", self._repo_path(ref, "blobs", "uploads/"), push=True,
+                                 extra_scopes=scope, ok=(201, 202),
+                                 params={"mount": digest, "from": source_repository},
+                                 what=f"mounting blob {digest} from {source_repository} into {ref.name}")
+        if response.status_code == 201:
+            return True
+        self._cancel_upload(ref, response)
+        return False
+
+    def _cancel_upload(self, ref: Reference, response: httpx.Response) -> None:
+        location = response.headers.get("Location")
+        if not location:
+            return
+        with contextlib.suppress(RegistryError):
+            self._request(ref, "DELETE", str(response.request.url.join(location)), push=True,
+                          ok=(202, 204, 404), what="cancelling upload", retry=False)
+
+    def push_blob(self, ref: Reference | str, digest: str, size: int,
+                  opener: Callable[[], BinaryIO] | bytes, *, mount_from: Sequence[str] = ()) -> None:
+        """Upload a blob unless the repository has it; try cross-repository mounts first.
+
+        ``opener`` returns a fresh binary file positioned at the blob's start (called again for
+        every attempt), or is the blob's bytes. Uploads of more than ``chunk_size`` bytes use
+        PATCH chunks; the digest is checked while reading and the upload abandoned on mismatch.
+        """
+        ref = _as_ref(ref)
+        _hasher(digest)
+        if self.blob_exists(ref, digest):
+            return
+        for source in mount_from:
+            if source != ref.repository and self.mount_blob(ref, digest, source):
+                return
+        open_fn: Callable[[], BinaryIO]
+        if isinstance(opener, bytes | bytearray | memoryview):
+            data = bytes(opener)
+
+            def open_fn() -> BinaryIO:
+                return io.BytesIO(data)
+        else:
+            open_fn = opener
+        policy = self.transport.retry
+        for attempt in range(policy.attempts):
+            try:
+                with open_fn() as src:
+                    self._upload(ref, digest, size, src)
+                return
+            except RegistryError as err:
+                if not err.temporary or attempt + 1 >= policy.attempts:
+                    raise
+                log.debug("retrying upload of %s: %s", digest, err)
+
+    def _upload(self, ref: Reference, digest: str, size: int, src: BinaryIO) -> None:
+        what = f"pushing blob {digest} to {ref.name}"
+        start = self._request(ref, "POST", self._repo_path(ref, "blobs", "uploads/"), push=True,
+                              ok=(202,), what=what)
+        location = _location(start, what)
+        hasher = _hasher(digest)
+        offset = 0
+        done = False
+        try:
+            if size <= self.chunk_size:
+                data = _read_exact(src, size, what)
+                hasher.update(data)
+                _check(hasher, digest, what)
+                response = self._request(ref, "PUT", location, push=True, ok=(201,), what=what,
+                                         params={"digest": digest}, content=data, retry=False,
+                                         headers={"Content-Type": "application/octet-stream"})
+            else:
+                while offset < size:
+                    data = _read_exact(src, min(self.chunk_size, size - offset), what)
+                    hasher.update(data)
+                    patch = self._request(
+                        ref, "PATCH", location, push=True, ok=(202,), what=what, content=data,
+                        headers={"Content-Type": "application/octet-stream",
+                                 "Content-Range": f"{offset}-{offset + len(data) - 1}"},
+                        retry=False)
+                    location = _location(patch, what)
+                    offset += len(data)
+                _check(hasher, digest, what)
+                response = self._request(ref, "PUT", location, push=True, ok=(201,), what=what,
+                                         params={"digest": digest}, content=b"", retry=False)
+            done = True
+        finally:
+            if not done:
+                self._cancel_upload(ref, start)
+        stored = response.headers.get("Docker-Content-Digest")
+        if stored and stored != digest:
+            raise DigestMismatchError(f"{what}: registry stored it as", expected=digest, actual=stored)
+
+
+class RegistryBlobSource:
+    """A blob in a registry as random-access bytes (the ``lazypull.format.BlobSource`` protocol)."""
+
+    def __init__(self, client: RegistryClient, ref: Reference, digest: str, size: int) -> None:
+        self.client, self.ref, self.digest, self._size = client, ref, digest, size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset``, short only at the end of the blob."""
+        if offset < 0 or length < 0:
+            raise ValueError(f"invalid read offset={offset} length={length}")
+        length = min(length, max(0, self._size - offset))
+        if length == 0:
+            return b""
+        data = self.client.read_range(self.ref, self.digest, offset, length)
+        if len(data) != length:
+            raise RegistryError(f"blob {self.digest} in {self.ref.name}: got {len(data)} bytes at "
+                                f"offset {offset}, expected {length}")
+        return data
+
+    def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """Several ranges in one round trip (clipped to the blob like :meth:`read_at`)."""
+        clipped = [(o, min(n, max(0, self._size - o))) for o, n in ranges]
+        return self.client.read_ranges(self.ref, self.digest, clipped)
+
+    def __repr__(self) -> str:
+        return f"RegistryBlobSource({self.ref.name}@{self.digest}, size={self._size})"
+
+
+def _merge_spans(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    spans = sorted((o, o + n) for o, n in ranges if n > 0)
+    merged: list[tuple[int, int]] = []
+    for s, e in spans:
+        if merged and s <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+        else:
+            merged.append((s, e))
+    return merged
+
+
+def _slice(parts: dict[int, bytes], offset: int, length: int, total: int | None) -> bytes:
+    """Bytes [offset, offset+length) from the part covering them; short only at the blob's end.
+
+    ``total`` is the blob size from Content-Range, or None for a whole-body (200) answer, where a
+    body shorter than asked means the blob ends there.
+    """
+    end = offset + length if total is None else min(offset + length, total)
+    if end <= offset:
+        return b""
+    for start, data in parts.items():
+        if start <= offset < start + len(data) or (total is None and start <= offset):
+            if start + len(data) >= end:
+                return data[offset - start:end - start]
+            if total is None:
+                return data[offset - start:]
+    raise RangeResponseError(f"server answer does not cover bytes {offset}-{offset + length - 1}")
+
+
+def _location(response: httpx.Response, what: str) -> str:
+    location = response.headers.get("Location")
+    if not location:
+        raise RegistryError(f"{what}: upload response has no Location", url=response.request.url)
+    return str(response.request.url.join(location))
+
+
+def _read_exact(src: BinaryIO, n: int, what: str) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        chunk = src.read(n - got)
+        if not chunk:
+            raise RegistryError(f"{what}: source ended after {got} of {n} bytes")
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def _check(hasher: hashlib._Hash, digest: str, what: str) -> None:
+    actual = f"{digest.split(':', 1)[0]}:{hasher.hexdigest()}"
+    if actual != digest:
+        raise DigestMismatchError(f"{what}: local content", expected=digest, actual=actual)
+
+
+def _limit(max_size: int, digest: str) -> Callable[[int], None]:
+    total = 0
+
+    def count(n: int) -> None:
+        nonlocal total
+        total += n
+        if total > max_size:
+            raise TooLargeError(f"blob {digest} exceeds {max_size} bytes")
+    return count

@@ -1,0 +1,324 @@
+"""HTTP for the registry client: scheme and TLS per host, auth, retries, error translation.
+
+Layers, outermost first: :meth:`Transport.request` retries temporary failures (5xx, 429 with
+Retry-After, connection errors) with exponential backoff and jitter, bounded by an attempt count
+and a deadline; it drives :meth:`Authenticator.flow` for each attempt; every httpx exception is
+turned into a :class:`RegistryError` by :func:`translate_errors`, the only place that knows them.
+
+Each registry host is pinged once (``GET /v2/``) to learn its scheme and auth challenge. With
+``insecure``, HTTPS is tried without verification and plain HTTP is the fallback when TLS or the
+connection fails, as nerdctl does. CAs come from ``ca_files`` plus docker's and podman's
+per-host directories (``/etc/docker/certs.d/HOST/*.crt``, ``/etc/containers/certs.d/HOST/*.crt``,
+client certificates as ``*.cert`` + ``*.key``). Redirects of GET/HEAD are followed; httpx drops
+the Authorization header when a redirect leaves the registry's origin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from lazypull import __version__
+from lazypull.registry._auth import Authenticator
+from lazypull.registry.errors import (
+    ERROR_BODY_LIMIT,
+    AuthError,
+    NotFoundError,
+    RegistryConnectionError,
+    RegistryError,
+    TooLargeError,
+    parse_diagnostics,
+)
+
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())
+
+USER_AGENT = f"lazypull/{__version__}"
+DEFAULT_CERTS_DIRS = (Path("/etc/containers/certs.d"), Path("/etc/docker/certs.d"))
+_NOT_FOUND_CODES = frozenset({"BLOB_UNKNOWN", "MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UPLOAD_UNKNOWN"})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry temporary failures.
+
+    ``attempts``: total tries (default 5); ``base_delay``: first backoff in seconds (0.2),
+    doubled each time up to ``max_delay`` (5.0) with full jitter; ``deadline``: give up when the
+    next try would start later than this many seconds after the first (120.0).
+    """
+
+    attempts: int = 5
+    base_delay: float = 0.2
+    max_delay: float = 5.0
+    deadline: float = 120.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds to wait before try number ``attempt + 1`` (attempt counts from 0)."""
+        if retry_after is not None:
+            return float(min(max(retry_after, 0.0), self.max_delay * 4))
+        ceiling = min(self.max_delay, self.base_delay * float(2 ** attempt))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+@contextlib.contextmanager
+def translate_errors(method: str, url: object) -> Iterator[None]:
+    """Turn httpx exceptions raised inside into RegistryConnectionError / RegistryError."""
+    try:
+        yield
+    except httpx.TimeoutException as err:
+        raise RegistryConnectionError(f"timed out ({type(err).__name__})", method=method, url=url) from err
+    except httpx.ConnectError as err:
+        tls = _is_tls_error(err)
+        raise RegistryConnectionError(f"{'TLS' if tls else 'connection'} failed: {_short(err)}",
+                                      method=method, url=url, tls=tls, temporary=not tls) from err
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError) as err:
+        raise RegistryConnectionError(f"connection broken: {_short(err)}", method=method, url=url) from err
+    except httpx.TooManyRedirects as err:
+        raise RegistryError("too many redirects", method=method, url=url) from err
+    except httpx.HTTPError as err:
+        raise RegistryError(f"request failed: {_short(err)}", method=method, url=url) from err
+    except httpx.StreamError as err:
+        raise RegistryError(f"request body problem: {err}", method=method, url=url) from err
+
+
+def _short(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    return text[:300]
+
+
+def _is_tls_error(err: BaseException) -> bool:
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError | ssl.CertificateError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    text = str(err).lower()
+    return any(word in text for word in ("ssl", "certificate", "tls", "wrong version number"))
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def error_for_response(response: httpx.Response, what: str) -> RegistryError:
+    """The RegistryError for an unexpected response; reads at most 64 KiB of body and closes it."""
+    body = b""
+    with contextlib.suppress(httpx.HTTPError, httpx.StreamError):
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) >= ERROR_BODY_LIMIT:
+                break
+    response.close()
+    diags = parse_diagnostics(body[:ERROR_BODY_LIMIT])
+    status = response.status_code
+    codes = {d.code for d in diags}
+    cls: type[RegistryError] = RegistryError
+    if status == 404 or codes & _NOT_FOUND_CODES:
+        cls = NotFoundError
+    elif status in (401, 403) or codes & {"UNAUTHORIZED", "DENIED"}:
+        cls = AuthError
+    elif status == 413:
+        cls = TooLargeError
+    request = response.request
+    return cls(what, status=status, method=request.method, url=request.url, diagnostics=diags,
+               retry_after=_retry_after(response) if status in (429, 503) else None)
+
+
+class Transport:
+    """Connections, TLS, scheme and auth for every host the client talks to. Thread-safe."""
+
+    def __init__(self, *, insecure: bool | Sequence[str] = False, ca_files: Sequence[str | Path] = (),
+                 authenticator: Authenticator | None = None, retry: RetryPolicy | None = None,
+                 certs_dirs: Sequence[str | Path] = DEFAULT_CERTS_DIRS, timeout: float = 60.0,
+                 user_agent: str = USER_AGENT) -> None:
+        self.insecure = insecure
+        self.ca_files = tuple(Path(p) for p in ca_files)
+        self.certs_dirs = tuple(Path(p) for p in certs_dirs)
+        self.auth = authenticator or Authenticator()
+        self.retry = retry or RetryPolicy()
+        self.timeout = httpx.Timeout(timeout, connect=min(timeout, 15.0))
+        self.user_agent = user_agent
+        self._clients: dict[tuple[str, bool], httpx.Client] = {}
+        self._schemes: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._host_locks: dict[str, threading.Lock] = {}
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
+
+    def is_insecure(self, host: str) -> bool:
+        """Whether ``host`` may use plain HTTP or unverified TLS."""
+        if isinstance(self.insecure, bool):
+            return self.insecure
+        return host in self.insecure
+
+    # -- clients per (host, verify) ---------------------------------------------------------------
+    def _ssl_context(self, host: str) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        for ca in self.ca_files:
+            try:
+                ctx.load_verify_locations(cafile=str(ca))
+            except (OSError, ssl.SSLError) as err:
+                raise RegistryError(f"cannot load CA file {ca}: {err}") from err
+        for base in self.certs_dirs:
+            host_dir = base / host
+            if not host_dir.is_dir():
+                continue
+            for crt in sorted(host_dir.glob("*.crt")):
+                try:
+                    ctx.load_verify_locations(cafile=str(crt))
+                except (OSError, ssl.SSLError) as err:
+                    raise RegistryError(f"cannot load CA file {crt}: {err}") from err
+            for cert in sorted(host_dir.glob("*.cert")):
+                key = cert.with_suffix(".key")
+                if not key.exists():
+                    raise RegistryError(f"client certificate {cert} has no matching {key.name}")
+                try:
+                    ctx.load_cert_chain(str(cert), str(key))
+                except (OSError, ssl.SSLError) as err:
+                    raise RegistryError(f"cannot load client certificate {cert}: {err}") from err
+        return ctx
+
+    def client_for(self, host: str) -> httpx.Client:
+        """The keep-alive httpx client for requests to ``host`` (its TLS settings)."""
+        verify = not self.is_insecure(host)
+        key = (host, verify)
+        with self._lock:
+            client = self._clients.get(key)
+        if client is not None:
+            return client
+        ctx: ssl.SSLContext | bool = self._ssl_context(host) if verify else False
+        client = httpx.Client(verify=ctx, timeout=self.timeout, headers={"User-Agent": self.user_agent},
+                              limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+                              follow_redirects=False, trust_env=False)
+        with self._lock:
+            existing = self._clients.setdefault(key, client)
+        if existing is not client:
+            client.close()
+        return existing
+
+    # -- scheme + auth discovery ------------------------------------------------------------------
+    def base_url(self, host: str) -> str:
+        """``scheme://host`` for a registry, pinging it once to learn scheme and auth."""
+        with self._lock:
+            scheme = self._schemes.get(host)
+            lock = self._host_locks.setdefault(host, threading.Lock())
+        if scheme:
+            return f"{scheme}://{host}"
+        with lock:
+            with self._lock:
+                scheme = self._schemes.get(host)
+            if not scheme:
+                scheme = self._ping(host)
+                with self._lock:
+                    self._schemes[host] = scheme
+        return f"{scheme}://{host}"
+
+    def _ping(self, host: str) -> str:
+        schemes = ["https", "http"] if self.is_insecure(host) else ["https"]
+        last: RegistryError | None = None
+        for scheme in schemes:
+            url = f"{scheme}://{host}/v2/"
+            for attempt in range(self.retry.attempts):
+                try:
+                    with translate_errors("GET", url):
+                        response = self.client_for(host).get(url)
+                except RegistryConnectionError as err:
+                    last = err
+                    if err.tls or (scheme == "https" and len(schemes) > 1):
+                        break           # try the next scheme
+                    if attempt + 1 < self.retry.attempts:
+                        time.sleep(self.retry.delay(attempt, None))
+                    continue
+                if response.status_code in (200, 401):
+                    self.auth.learn(host, response)
+                    return scheme
+                failure = error_for_response(response, f"registry {host} answered its /v2/ check")
+                if not failure.temporary:
+                    raise failure
+                last = failure
+                if attempt + 1 < self.retry.attempts:
+                    time.sleep(self.retry.delay(attempt, failure.retry_after))
+        assert last is not None
+        raise last
+
+    # -- requests -----------------------------------------------------------------------------------
+    def request(self, method: str, host: str, path_or_url: str, *, scopes: tuple[str, ...],
+                ok: Sequence[int] = (200,), what: str, params: dict[str, str] | None = None,
+                headers: dict[str, str] | None = None, content: bytes | None = None,
+                stream: bool = False, retry: bool = True) -> httpx.Response:
+        """Send with auth and retries; return a response whose status is in ``ok``.
+
+        ``path_or_url`` is a path under the registry's base URL or an absolute URL (an upload
+        Location). With ``stream`` the caller must close the response. ``what`` names the
+        operation in errors.
+        """
+        deadline = time.monotonic() + self.retry.deadline
+        attempt = 0
+        while True:
+            try:
+                response = self._send_once(method, host, path_or_url, scopes, params, headers, content)
+                if response.status_code in ok:
+                    if not stream:
+                        with translate_errors(method, response.request.url):
+                            response.read()
+                    return response
+                if response.status_code == 401:
+                    self.auth.forget_tokens(host)
+                raise error_for_response(response, what)
+            except RegistryError as err:
+                attempt += 1
+                delay = self.retry.delay(attempt - 1, err.retry_after)
+                if not retry or not err.temporary or attempt >= self.retry.attempts \
+                        or time.monotonic() + delay > deadline:
+                    raise
+                log.debug("retrying %s after %.2fs: %s", what, delay, err)
+                time.sleep(delay)
+
+    def _send_once(self, method: str, host: str, path_or_url: str, scopes: tuple[str, ...],
+                   params: dict[str, str] | None, headers: dict[str, str] | None,
+                   content: bytes | None) -> httpx.Response:
+        if path_or_url.startswith(("http://", "https://")):
+            url = httpx.URL(path_or_url)
+            self.base_url(host)
+        else:
+            url = httpx.URL(self.base_url(host) + path_or_url)
+        if params:
+            url = url.copy_merge_params(params)
+        request = httpx.Request(method, url, headers=headers, content=content)
+        with translate_errors(method, url):
+            flow = self.auth.flow(request, host, scopes)
+            current = next(flow)
+            while True:
+                target_host = current.url.netloc.decode()
+                client = self.client_for(host if current is request else target_host)
+                follow = current.method in ("GET", "HEAD") and current is request
+                response = client.send(current, stream=True, follow_redirects=follow)
+                try:
+                    current = flow.send(response)
+                except StopIteration as stop:
+                    final: httpx.Response = stop.value
+                    return final
