@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -52,8 +53,8 @@ def push_image(client: RegistryClient, ref: str, image: TestImage) -> str:
 
 
 @pytest.fixture
-def fast_client() -> RegistryClient:
+def fast_client() -> Iterator[RegistryClient]:
     """An anonymous client with short retry delays, for the plain registry (insecure: plain HTTP)."""
     client = RegistryClient(insecure=True, retry=FAST_RETRY)
-    yield client  # type: ignore[misc]
+    yield client
     client.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -129,7 +130,7 @@ def test_missing_things_are_not_found(registry: RegistryServer, unique_repo: str
 
 
 def test_get_blob_to_path_is_atomic_and_checked(registry: RegistryServer, unique_repo: str,
-                                                fast_client: RegistryClient, tmp_path) -> None:
+                                                fast_client: RegistryClient, tmp_path: Path) -> None:
     ref = f"{registry.host}/{unique_repo}:v1"
     blob = os.urandom(5000)
     fast_client.push_blob(ref, sha256(blob), len(blob), blob)
