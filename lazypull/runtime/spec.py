@@ -1,0 +1,132 @@
+"""The OCI runtime spec (runc's ``config.json``) of a container, from the image config and run options.
+
+Mounts, masked and read-only paths follow runc's own default spec (``runc spec``); capabilities are
+Docker's default set. No seccomp profile or LSM is applied (runc without a profile).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lazypull.errors import ContainerError
+from lazypull.runtime.options import ContainerOptions, merge_env
+from lazypull.runtime.users import ProcessUser
+
+OCI_VERSION = "1.0.2-dev"
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_CAPABILITIES = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT",
+    "CAP_KILL", "CAP_AUDIT_WRITE",
+]
+MASKED_PATHS = [
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+    "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+]
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+
+def _default_mounts() -> list[dict[str, Any]]:
+    return [
+        {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+         "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+    ]
+
+
+def process_args(image_config: Mapping[str, Any], options: ContainerOptions) -> list[str]:
+    """Entrypoint + Cmd with Docker's override rules (``--entrypoint`` drops the image's Cmd)."""
+    if options.entrypoint is not None:
+        entrypoint = list(options.entrypoint)
+        command = list(options.command or ())
+    else:
+        entrypoint = list(image_config.get("Entrypoint") or [])
+        command = list(options.command) if options.command else list(image_config.get("Cmd") or [])
+    args = entrypoint + command
+    if not args or not args[0]:
+        raise ContainerError("no command specified: the image has no Entrypoint or Cmd and none was given")
+    return args
+
+
+def process_env(image_config: Mapping[str, Any], options: ContainerOptions, user: ProcessUser,
+                hostname: str) -> list[str]:
+    """Image Env, then our defaults where missing, then ``-e`` values."""
+    env = list(image_config.get("Env") or [])
+    keys = {item.partition("=")[0] for item in [*env, *options.env]}
+    defaults = []
+    if "PATH" not in keys:
+        defaults.append(DEFAULT_PATH)
+    defaults.append(f"HOSTNAME={hostname}")
+    if "HOME" not in keys:
+        defaults.append(f"HOME={user.home}")
+    if options.tty and "TERM" not in keys:
+        defaults.append("TERM=xterm")
+    return merge_env([*env, *defaults], options.env)
+
+
+def build_spec(*, image_config: Mapping[str, Any], options: ContainerOptions, user: ProcessUser,
+               hostname: str, host_files: Mapping[str, Path], console_size: tuple[int, int] | None = None,
+               ) -> dict[str, Any]:
+    """The runtime spec for a bundle whose root filesystem is the ``rootfs`` directory next to it.
+
+    ``host_files`` maps container paths (``/etc/hosts`` ...) to generated files bind-mounted there.
+    ``console_size`` is (rows, columns) of the terminal, with ``tty``.
+    """
+    cwd = options.workdir or image_config.get("WorkingDir") or "/"
+    if not cwd.startswith("/"):
+        raise ContainerError(f"working directory {cwd!r} is not an absolute path")
+    process: dict[str, Any] = {
+        "terminal": options.tty,
+        "user": {"uid": user.uid, "gid": user.gid},
+        "args": process_args(image_config, options),
+        "env": process_env(image_config, options, user, hostname),
+        "cwd": cwd,
+        "capabilities": {name: list(DEFAULT_CAPABILITIES) for name in ("bounding", "effective", "permitted")},
+        "noNewPrivileges": False,
+    }
+    if user.additional_gids:
+        process["user"]["additionalGids"] = list(user.additional_gids)
+    if options.tty and console_size is not None:
+        process["consoleSize"] = {"height": console_size[0], "width": console_size[1]}
+
+    mounts = _default_mounts()
+    for destination, source in host_files.items():
+        mounts.append({"destination": destination, "type": "bind", "source": str(source),
+                       "options": ["rbind", "rprivate"]})
+    for volume in options.volumes:
+        opts = ["rbind", "rprivate"] + (["ro"] if volume.readonly else [])
+        mounts.append({"destination": volume.destination, "type": "bind", "source": str(volume.source),
+                       "options": opts})
+
+    namespaces = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
+    if options.network == "none":
+        namespaces.append({"type": "network"})
+    elif options.network != "host":
+        raise ContainerError(f"unsupported network {options.network!r}: use host or none")
+
+    return {
+        "ociVersion": OCI_VERSION,
+        "process": process,
+        "root": {"path": "rootfs", "readonly": options.read_only},
+        "hostname": hostname,
+        "mounts": mounts,
+        "annotations": dict(options.labels),
+        "linux": {
+            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            "namespaces": namespaces,
+            "maskedPaths": list(MASKED_PATHS),
+            "readonlyPaths": list(READONLY_PATHS),
+        },
+    }
