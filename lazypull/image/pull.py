@@ -1,0 +1,188 @@
+"""Pulling an image from a registry into the store (full, verified) or just its metadata (lazy).
+
+Order of writes: config and layer blobs, then manifests, then the index, then the name in
+images.json. If anything fails, blobs this pull added that no named image references are deleted,
+so a failed pull leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO, cast
+
+from lazypull.image import mediatypes as mt
+from lazypull.image.blobs import BlobWriter
+from lazypull.image.errors import DigestMismatchError, ImageError, PlatformNotFoundError
+from lazypull.image.model import Image, ImageIndex, Root
+from lazypull.image.partial import BlobProvider, diff_id_of, parse_config
+from lazypull.image.platform import host_platform
+from lazypull.image.progress import NULL_PROGRESS, Progress
+from lazypull.image.store import ImageRecord, Store
+from lazypull.registry import Descriptor, Platform, Reference, RegistryClient, parse_reference
+
+log = logging.getLogger(__name__)
+
+
+class _Copier:
+    """Copies one root (index or manifest) from a provider into the store, remembering new blobs."""
+
+    def __init__(self, store: Store, provider: BlobProvider, *, platforms: Sequence[Platform] | None,
+                 fetch_layers: bool, verify_diff_ids: bool, progress: Progress, workers: int) -> None:
+        self.store = store
+        self.provider = provider
+        self.platforms = platforms
+        self.fetch_layers = fetch_layers
+        self.verify_diff_ids = verify_diff_ids
+        self.progress = progress
+        self.workers = workers
+        self.added: list[str] = []
+
+    def put_bytes(self, desc: Descriptor, data: bytes) -> None:
+        if not self.store.has_blob(desc.digest):
+            self.store.put_blob(data, desc.digest, desc.size)
+            self.added.append(desc.digest)
+
+    def copy_root(self, root: Root) -> None:
+        if isinstance(root, ImageIndex) and mt.is_index(root.media_type()):
+            self.copy_index(root)
+        else:
+            assert isinstance(root, Image)
+            self.copy_image(root)
+
+    def copy_index(self, index: ImageIndex, depth: int = 0) -> None:
+        if depth > 4:
+            raise ImageError(f"index {index.digest()}: indexes nested too deeply")
+        entries = index.manifests()
+        chosen = [d for d in entries if self._wanted(d)]
+        if not chosen:
+            wanted = ", ".join(str(p) for p in self.platforms or [])
+            have = ", ".join(str(d.platform) for d in entries if d.platform) or "none"
+            raise PlatformNotFoundError(f"index {index.digest()}: no manifest for platform {wanted} "
+                                        f"(available: {have})")
+        for desc in chosen:
+            if mt.is_index(desc.media_type):
+                self.copy_index(index.index(desc), depth + 1)
+            elif mt.is_manifest(desc.media_type):
+                self.copy_image(index.image(desc))
+            else:
+                log.info("skipping index entry %s of media type %s", desc.digest, desc.media_type)
+        self.put_bytes(index.descriptor(), index.raw_manifest())
+
+    def _wanted(self, desc: Descriptor) -> bool:
+        if not (mt.is_manifest(desc.media_type) or mt.is_index(desc.media_type)):
+            return False
+        if self.platforms is None or desc.platform is None:
+            return True
+        return any(p.matches(desc.platform) for p in self.platforms)
+
+    def copy_image(self, image: Image) -> None:
+        raw_manifest = image.raw_manifest()
+        config_desc = image.config_descriptor()
+        if config_desc.media_type not in mt.CONFIG_TYPES:
+            raise ImageError(f"manifest {image.digest()}: config media type {config_desc.media_type!r} "
+                             "is not an image config")
+        layers = image.layers()  # refuses unknown layer media types before any download
+        raw_config = image.raw_config()
+        config = parse_config(raw_config, config_desc)
+        self.put_bytes(config_desc, raw_config)
+        if self.fetch_layers:
+            diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+            if len(diff_ids) != len(layers):
+                raise ImageError(f"manifest {image.digest()}: {len(layers)} layers but config "
+                                 f"{config_desc.digest} lists {len(diff_ids)} diff_ids")
+            descs = [layer.descriptor() for layer in layers]
+            with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(descs) or 1)),
+                                    thread_name_prefix="pull") as pool:
+                futures = [pool.submit(self.copy_layer, d, diff_ids[i]) for i, d in enumerate(descs)]
+                errors = []
+                for future in futures:
+                    try:
+                        future.result()
+                    except BaseException as err:  # collect, so every worker finished before cleanup
+                        errors.append(err)
+                if errors:
+                    raise errors[0]
+        self.put_bytes(image.descriptor(), raw_manifest)
+
+    def copy_layer(self, desc: Descriptor, diff_id: str) -> None:
+        key = desc.digest
+        label = f"layer-{desc.digest}"
+        if self.store.has_blob(desc.digest):
+            self.progress.start(key, label, desc.size)
+            self.progress.finish(key, "exists")
+        else:
+            self.progress.start(key, label, desc.size)
+            try:
+                with self.store.ingest(desc.digest, desc.size) as writer:
+                    copy = getattr(self.provider, "copy_blob", None)
+                    if callable(copy):
+                        copy(desc, cast(BinaryIO, writer), lambda n: self.progress.advance(key, n))
+                    else:
+                        _copy_stream(self.provider.open_blob(desc), writer,
+                                     lambda n: self.progress.advance(key, n))
+                    writer.commit()
+                self.added.append(desc.digest)
+            except BaseException:
+                self.progress.finish(key, "failed")
+                raise
+            self.progress.finish(key, "done")
+        if self.verify_diff_ids:
+            actual, size = diff_id_of(self.store.open_blob(desc.digest),
+                                      mt.layer_compression(desc.media_type), f"layer {desc.digest}")
+            if actual != diff_id:
+                raise DigestMismatchError(f"layer {desc.digest}: uncompressed content has digest {actual}, "
+                                          f"config says diff_id {diff_id}")
+            self.store.record_uncompressed(desc.digest, actual, size)
+
+
+def _copy_stream(src: BinaryIO, dest: BlobWriter, advance: Callable[[int], None]) -> None:
+    with src:
+        while chunk := src.read(1 << 20):
+            dest.write(chunk)
+            advance(len(chunk))
+
+
+def copy_into_store(store: Store, root: Root, provider: BlobProvider, name: str, *, source: str | None,
+                    platforms: Sequence[Platform] | None, fetch_layers: bool = True,
+                    verify_diff_ids: bool = True, progress: Progress = NULL_PROGRESS,
+                    workers: int = 3) -> ImageRecord:
+    """Copy ``root`` (from any provider) into the store and name it; all or nothing."""
+    copier = _Copier(store, provider, platforms=platforms, fetch_layers=fetch_layers,
+                     verify_diff_ids=verify_diff_ids, progress=progress, workers=workers)
+    with store.lease():
+        try:
+            copier.copy_root(root)
+            target = root.descriptor()
+            return store.put_image(name, Descriptor(target.media_type, target.digest, target.size),
+                                   source=source)
+        except BaseException:
+            store.discard_unreferenced(copier.added)
+            raise
+
+
+def pull_image(store: Store, client: RegistryClient, ref: Reference | str, *,
+               platform: Platform | str | None = None, all_platforms: bool = False,
+               fetch_layers: bool = True, progress: Progress = NULL_PROGRESS, name: str | None = None,
+               workers: int = 3) -> ImageRecord:
+    """Pull ``ref`` into the store under its own name (or ``name``).
+
+    ``fetch_layers=False`` stores manifests and config only: the lazy path, where layers are served
+    by the mount server. Otherwise every layer is downloaded, its digest and DiffID verified.
+    """
+    from lazypull.image.platform import parse_platform
+    from lazypull.image.registry import remote_root
+
+    parsed = parse_reference(ref) if isinstance(ref, str) else ref
+    if parsed.transport != "docker":
+        raise ImageError(f"cannot pull {parsed}: not a registry reference")
+    if isinstance(platform, str):
+        platform = parse_platform(platform)
+    platforms = None if all_platforms else [platform or host_platform()]
+    root, provider = remote_root(client, parsed)
+    progress.start(str(parsed), str(parsed), None)
+    progress.finish(str(parsed), "resolved")
+    return copy_into_store(store, root, provider, name or str(parsed), source=str(parsed),
+                           platforms=platforms, fetch_layers=fetch_layers, progress=progress,
+                           workers=workers)
