@@ -13,13 +13,14 @@ import json
 import struct
 import tarfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import zstandard
 
-if TYPE_CHECKING:
-    from lazypull.format import LayerReader, TOCEntry
+from lazypull.format import FileSource, LayerReader, TOCEntry, open_layer
 
 ZSTD_SKIPPABLE = b"\x50\x2a\x4d\x18"
 ZSTD_FOOTER_MAGIC = b"GnUlInUx"
@@ -38,6 +39,13 @@ TREE_FIELDS = (
     "devMajor",
     "devMinor",
 )
+
+
+@contextmanager
+def opened(blob: Path, toc_digest: str | None = None) -> Iterator[LayerReader]:
+    """Our reader over a blob file, closing the file afterwards."""
+    with FileSource(blob) as src:
+        yield open_layer(src, toc_digest=toc_digest)
 
 
 def sha256(data: bytes) -> str:
@@ -92,6 +100,7 @@ def our_tree(reader: LayerReader) -> dict[str, dict[str, Any]]:
             "devMinor": target.dev_minor,
             "xattrs": dict(target.xattrs or {}),
             "numLink": target.num_link,
+            "chunks": 0,
         }
         if target is not entry:
             row["hardlinkOf"] = target.name
