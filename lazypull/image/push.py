@@ -1,0 +1,156 @@
+"""Pushing a stored image to a registry: blobs (skipping what the registry has), then manifests.
+
+An index is pushed with every child manifest present in the store; with a platform, only that
+platform's manifest is pushed under the tag. The ``NAME-esgztoc`` TOC image of an eStargz image
+converted with an external TOC (format.md 2.3) is pushed alongside when the store has it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO, cast
+
+from lazypull.image import mediatypes as mt
+from lazypull.image.errors import BlobNotFoundError, ImageError
+from lazypull.image.partial import ManifestImage, ManifestIndex
+from lazypull.image.progress import NULL_PROGRESS, Progress
+from lazypull.image.store import Store
+from lazypull.registry import Descriptor, Platform, Reference, RegistryClient, parse_reference
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What was pushed: the reference and digest of the root, and the TOC image if any."""
+
+    ref: Reference
+    digest: str
+    toc_image: PushResult | None = None
+
+
+class _Pusher:
+    def __init__(self, store: Store, client: RegistryClient, ref: Reference, progress: Progress,
+                 workers: int) -> None:
+        self.store = store
+        self.client = client
+        self.ref = ref
+        self.progress = progress
+        self.workers = workers
+
+    def push_blob(self, desc: Descriptor, label: str) -> None:
+        path = self.store.blob_path(desc.digest)
+        if path is None:
+            raise BlobNotFoundError(f"cannot push {self.ref}: {label} {desc.digest} is not in the store")
+        key = desc.digest
+        self.progress.start(key, f"{label}-{desc.digest}", desc.size)
+
+        def opener() -> BinaryIO:
+            return cast(BinaryIO, _CountingReader(open(path, "rb"), lambda n: self.progress.advance(key, n)))
+
+        try:
+            self.client.push_blob(self.ref, desc.digest, desc.size, opener)
+        except BaseException:
+            self.progress.finish(key, "failed")
+            raise
+        self.progress.finish(key, "done")
+
+    def push_image(self, image: ManifestImage) -> None:
+        config = image.config_descriptor()
+        blobs = [(config, "config"), *((d, "layer") for d in image.layer_descriptors())]
+        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(blobs))),
+                                thread_name_prefix="push") as pool:
+            futures = [pool.submit(self.push_blob, d, label) for d, label in blobs]
+            errors = []
+            for future in futures:
+                try:
+                    future.result()
+                except BaseException as err:
+                    errors.append(err)
+            if errors:
+                raise errors[0]
+        self.client.put_manifest(self.ref.with_digest(image.digest()), image.raw_manifest(),
+                                 image.media_type())
+
+
+class _CountingReader:
+    """A binary file that reports how much was read (for push progress)."""
+
+    def __init__(self, inner: BinaryIO, advance: Callable[[int], None]) -> None:
+        self._inner = inner
+        self._advance = advance
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._inner.read(size)
+        if data:
+            self._advance(len(data))
+        return data
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    def __enter__(self) -> _CountingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._inner.close()
+
+
+def push_image(store: Store, client: RegistryClient, name: str, *, dest: Reference | str | None = None,
+               platform: Platform | None = None, progress: Progress = NULL_PROGRESS, workers: int = 3,
+               with_toc_image: bool = True) -> PushResult:
+    """Push the stored image ``name`` to ``dest`` (default: the registry its name points at)."""
+    record = store.get_image(name)
+    ref = parse_reference(dest) if isinstance(dest, str) else (dest or parse_reference(record.name))
+    if ref.transport != "docker":
+        raise ImageError(f"cannot push to {ref}: not a registry reference")
+    if ref.digest and not ref.tag:
+        raise ImageError(f"cannot push to {ref}: give a tag, not a digest")
+    ref = Reference(ref.registry, ref.repository, ref.tag or "latest", None)
+    pusher = _Pusher(store, client, ref, progress, workers)
+    target = record.target
+    if mt.is_index(target.media_type):
+        index = ManifestIndex(store.provider, target)
+        entries = [d for d in index.manifests() if mt.is_manifest(d.media_type)]
+        if platform is not None:
+            chosen = [d for d in entries if d.platform is None or platform.matches(d.platform)]
+            local = [d for d in chosen if store.has_blob(d.digest)]
+            if not local:
+                raise BlobNotFoundError(f"cannot push {record.name}: no manifest for platform {platform} "
+                                        "in the store")
+            image = ManifestImage(store.provider, local[0])
+            pusher.push_image(image)
+            digest = client.put_manifest(ref, image.raw_manifest(), image.media_type())
+        else:
+            missing = [d for d in entries if not store.has_blob(d.digest)]
+            if missing:
+                plats = ", ".join(str(d.platform) for d in missing)
+                raise BlobNotFoundError(f"cannot push {record.name}: manifests for {plats} are not in the "
+                                        "store (pull with --all-platforms, or push one --platform)")
+            for entry in entries:
+                pusher.push_image(ManifestImage(store.provider, entry))
+            digest = client.put_manifest(ref, index.raw_manifest(), index.media_type())
+    else:
+        image = ManifestImage(store.provider, target)
+        pusher.push_image(image)
+        digest = client.put_manifest(ref, image.raw_manifest(), image.media_type())
+    store.update_source(record.name, str(ref))
+    toc_result = None
+    if with_toc_image and ref.tag and not record.name.endswith(mt.TOC_IMAGE_SUFFIX):
+        toc_name = _toc_image_name(record.name)
+        if toc_name is not None and store.find_image(toc_name) is not None:
+            toc_result = push_image(store, client, toc_name,
+                                    dest=ref.with_tag(ref.tag + mt.TOC_IMAGE_SUFFIX),
+                                    progress=progress, workers=workers, with_toc_image=False)
+    return PushResult(ref, digest, toc_result)
+
+
+def _toc_image_name(name: str) -> str | None:
+    """``reg/repo:tag`` -> ``reg/repo:tag-esgztoc`` (only tagged names have a TOC image)."""
+    ref = parse_reference(name)
+    if not ref.tag or ref.digest:
+        return None
+    return str(ref.with_tag(ref.tag + mt.TOC_IMAGE_SUFFIX))

@@ -1,0 +1,187 @@
+"""Push to and pull from Debian's real docker-registry; faults leave the store untouched."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lazypull.image import (
+    DigestMismatchError,
+    Layout,
+    Store,
+    UnsupportedMediaTypeError,
+    copy_into_store,
+    pull_image,
+)
+from lazypull.image.push import push_image
+from lazypull.registry import Platform, RegistryClient
+from tests.helpers.images import BuiltLayout, file, make_oci_layout, sample_layers, sha256
+from tests.helpers.registry import RegistryServer
+
+
+@pytest.fixture
+def client() -> Iterator[RegistryClient]:
+    with RegistryClient(insecure=True) as c:
+        yield c
+
+
+def _import(tmp_path: Path, store: Store, name: str, *, unique: bool = False, **kw: object) -> BuiltLayout:
+    layers = sample_layers()
+    if unique:  # registry blobs are shared across repositories: tests that damage one need their own
+        layers[2].append(file("data/unique", name))
+    built = make_oci_layout(tmp_path / "layout", layers, tag="v1", **kw)  # type: ignore[arg-type]
+    layout = Layout(built.path)
+    copy_into_store(store, layout.root("v1"), layout, name, source=None, platforms=None)
+    return built
+
+
+def _blob_count(store: Store) -> int:
+    return len(list(store.blobs_dir.iterdir())) if store.blobs_dir.is_dir() else 0
+
+
+def test_push_then_pull_into_empty_store(tmp_path: Path, registry: RegistryServer, unique_repo: str,
+                                         client: RegistryClient) -> None:
+    name = f"{registry.host}/{unique_repo}:v1"
+    src = Store(tmp_path / "src")
+    built = make_oci_layout(tmp_path / "layout", sample_layers(), tag="v1")
+    layout = Layout(built.path)
+    copy_into_store(src, layout.root("v1"), layout, name, source=None, platforms=None)
+    result = push_image(src, client, name)
+    assert result.digest == built.root_digest
+    assert src.get_image(name).source == name
+    # Pushing again uploads nothing new (HEAD finds every blob).
+    mark = registry.log_mark()
+    push_image(src, client, name)
+    assert not [e for e in registry.access_log(mark) if e.method in ("POST", "PATCH")]
+
+    dst = Store(tmp_path / "dst")
+    record = pull_image(dst, client, name)
+    assert record.target.digest == built.root_digest
+    resolved = dst.resolve(name)
+    assert [d.digest for d in resolved.layers] == built.image.layer_digests
+    assert resolved.source is not None and str(resolved.source) == name
+    for digest in built.image.layer_digests:
+        dst.verify_blob(digest)
+    assert [dst.uncompressed_info(d) for d in built.image.layer_digests] == [
+        (sha256(t), len(t)) for t in built.image.tars]
+
+
+def test_lazy_pull_fetches_metadata_only(tmp_path: Path, registry: RegistryServer, unique_repo: str,
+                                         client: RegistryClient) -> None:
+    name = f"{registry.host}/{unique_repo}:lazy"
+    src = Store(tmp_path / "src")
+    built = _import(tmp_path, src, name)
+    push_image(src, client, name)
+    dst = Store(tmp_path / "dst")
+    pull_image(dst, client, name, fetch_layers=False)
+    resolved = dst.resolve(name)
+    assert resolved.manifest_digest == built.image.manifest_digest
+    assert not any(dst.has_blob(d.digest) for d in resolved.layers)
+    assert _blob_count(dst) == 2  # manifest + config
+
+
+def test_multi_platform_pull_and_push(tmp_path: Path, registry: RegistryServer, unique_repo: str,
+                                      client: RegistryClient) -> None:
+    name = f"{registry.host}/{unique_repo}:multi"
+    src = Store(tmp_path / "src")
+    built = make_oci_layout(tmp_path / "layout", sample_layers()[:1], tag="m",
+                            platforms=["linux/amd64", "linux/arm64"])
+    layout = Layout(built.path)
+    copy_into_store(src, layout.root("m"), layout, name, source=None, platforms=None)
+    assert push_image(src, client, name).digest == built.root_digest
+    one = Store(tmp_path / "one")
+    pull_image(one, client, name, platform="linux/arm64")
+    assert one.resolve(name, Platform("linux", "arm64")).manifest_digest == built.images[1].manifest_digest
+    assert not one.has_blob(built.images[0].manifest_digest)
+    every = Store(tmp_path / "all")
+    pull_image(every, client, name, all_platforms=True)
+    assert every.has_blob(built.images[0].manifest_digest) and every.has_blob(built.images[1].manifest_digest)
+
+
+def test_pull_refuses_truncated_blob_and_leaves_nothing(tmp_path: Path, registry: RegistryServer,
+                                                        unique_repo: str, client: RegistryClient) -> None:
+    name = f"{registry.host}/{unique_repo}:bad"
+    src = Store(tmp_path / "src")
+    built = _import(tmp_path, src, name, unique=True)
+    push_image(src, client, name)
+    # Damage the registry's copy of the last layer (the registry serves files as stored).
+    victim = registry.blob_path(built.image.layer_digests[2])
+    victim.write_bytes(victim.read_bytes()[:-7])
+    dst = Store(tmp_path / "dst")
+    with pytest.raises(Exception, match=built.image.layer_digests[2][7:19]):
+        pull_image(dst, client, name)
+    assert dst.list_images() == []
+    assert _blob_count(dst) == 0
+    assert list(dst.ingest_dir.iterdir()) == []
+
+
+def test_pull_refuses_unknown_layer_media_type(tmp_path: Path, registry: RegistryServer, unique_repo: str,
+                                               client: RegistryClient) -> None:
+    name = f"{registry.host}/{unique_repo}:odd"
+    built = make_oci_layout(tmp_path / "layout", sample_layers()[:1], tag="v1")
+    manifest = dict(built.image.manifest)
+    manifest["layers"] = [dict(manifest["layers"][0], mediaType="application/x-unknown-layer")]
+    raw = json.dumps(manifest).encode()
+    for digest, blob in built.image.blobs.items():
+        if digest != built.image.manifest_digest:
+            client.push_blob(name, digest, len(blob), blob)
+    client.put_manifest(name, raw, manifest["mediaType"])
+    dst = Store(tmp_path / "dst")
+    with pytest.raises(UnsupportedMediaTypeError, match="application/x-unknown-layer"):
+        pull_image(dst, client, name)
+    assert dst.list_images() == [] and _blob_count(dst) == 0
+
+
+def test_pull_by_digest_checks_the_manifest(tmp_path: Path, registry: RegistryServer, unique_repo: str,
+                                            client: RegistryClient) -> None:
+    name = f"{registry.host}/{unique_repo}:d"
+    src = Store(tmp_path / "src")
+    built = _import(tmp_path, src, name)
+    push_image(src, client, name)
+    wrong = sha256(b"not the manifest")
+    dst = Store(tmp_path / "dst")
+    with pytest.raises(Exception, match="manifest"):
+        pull_image(dst, client, f"{registry.host}/{unique_repo}@{wrong}")
+    ok = pull_image(dst, client, f"{registry.host}/{unique_repo}@{built.root_digest}")
+    assert ok.target.digest == built.root_digest
+    assert len(dst.list_images()) == 1
+
+
+def test_skopeo_reads_what_we_push_and_we_read_skopeo_layouts(
+        tmp_path: Path, registry: RegistryServer, unique_repo: str, client: RegistryClient) -> None:
+    name = f"{registry.host}/{unique_repo}:sk"
+    src = Store(tmp_path / "src")
+    built = _import(tmp_path, src, name,
+                    layer_annotations=[{"org.example.note": "one"}, {}, {}])
+    push_image(src, client, name)
+    out = tmp_path / "skopeo-layout"
+    subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false", f"docker://{name}",
+                    f"oci:{out}:t"], check=True, capture_output=True, timeout=120)
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{name}"],
+                         check=True, capture_output=True, timeout=60).stdout
+    assert json.loads(raw)["layers"][0]["annotations"] == {"org.example.note": "one"}
+    layout = Layout(out)
+    root = layout.root("t")
+    assert root.digest() == built.root_digest
+    again = Store(tmp_path / "again")
+    copy_into_store(again, root, layout, "example.com/from-skopeo:t", source=None, platforms=None)
+    assert again.resolve("example.com/from-skopeo:t").diff_ids == built.image.diff_ids
+
+
+def test_corrupt_local_blob_is_not_pushed(tmp_path: Path, registry: RegistryServer, unique_repo: str,
+                                          client: RegistryClient) -> None:
+    name = f"{registry.host}/{unique_repo}:corrupt"
+    src = Store(tmp_path / "src")
+    built = _import(tmp_path, src, name, unique=True)
+    path = src.blob_path(built.image.layer_digests[2])
+    assert path is not None
+    path.write_bytes(b"garbage" + path.read_bytes()[7:])
+    with pytest.raises(Exception, match="local content: expected " + built.image.layer_digests[2]):
+        push_image(src, client, name)
+    assert not client.blob_exists(name, built.image.layer_digests[2])
+    with pytest.raises(DigestMismatchError):
+        src.verify_blob(built.image.layer_digests[2])
