@@ -64,9 +64,11 @@ def _default_store(root: Path) -> Any:
 
 
 def _default_client(insecure: bool) -> Any:
-    from lazypull.registry import RegistryClient
+    """A registry client for layer reads: few retries of its own (the layer retries until its deadline)."""
+    from lazypull.registry import DockerConfigAuth, RegistryClient, RetryPolicy
 
-    return RegistryClient(insecure=insecure)
+    return RegistryClient(insecure=insecure, auth=DockerConfigAuth(), timeout=20.0,
+                          retry=RetryPolicy(attempts=2, base_delay=0.05, max_delay=0.5, deadline=5.0))
 
 
 class LayerManager:
