@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from lazypull.fs.fuse import ROOT_INODE, Attr, FuseError, FuseMount, StatFs
@@ -87,60 +88,72 @@ class HostTree:
             os.close(fd)
 
 
-def measure(directory: str, big: str, rounds: int, random_reads: int) -> dict[str, float]:
-    """The child process: every figure for one directory (host or mount)."""
-    lat = []
+def measure(dirs: dict[str, str], rounds: int, random_reads: int) -> dict[str, dict[str, float]]:
+    """The child process: every figure for every directory, modes interleaved so noise hits all alike."""
+    lat: dict[str, list[float]] = {mode: [] for mode in dirs}
     for i in range(SMALL_FILES):
-        start = time.perf_counter()
-        fd = os.open(os.path.join(directory, f"small-{i:04d}"), os.O_RDONLY)
-        os.pread(fd, 4096, 0)
-        lat.append(time.perf_counter() - start)
-        os.close(fd)
-    path = os.path.join(directory, big)
-    size = os.path.getsize(path)
+        for mode, directory in dirs.items():
+            start = time.perf_counter()
+            fd = os.open(os.path.join(directory, f"small-{i:04d}"), os.O_RDONLY)
+            os.pread(fd, 4096, 0)
+            lat[mode].append(time.perf_counter() - start)
+            os.close(fd)
 
-    def sequential() -> float:
+    def sequential(path: str) -> float:
+        size = os.path.getsize(path)
         start = time.perf_counter()
         with open(path, "rb", buffering=0) as f:
             while f.read(1 << 20):
                 pass
         return size / (time.perf_counter() - start) / (1 << 20)
 
-    first = sequential()
-    seq = [sequential() for _ in range(rounds)]
-    rng = random.Random(5)
-    offsets = [rng.randrange(size // 4096) * 4096 for _ in range(random_reads)]
-    fd = os.open(path, os.O_RDONLY)
-    rand = []
-    for _ in range(rounds):
+    def random_4k(path: str) -> float:
+        size = os.path.getsize(path)
+        rng = random.Random(5)
+        offsets = [rng.randrange(size // 4096) * 4096 for _ in range(random_reads)]
+        fd = os.open(path, os.O_RDONLY)
         start = time.perf_counter()
         for off in offsets:
             os.pread(fd, 4096, off)
-        rand.append(random_reads / (time.perf_counter() - start))
-    os.close(fd)
-    lat.sort()
-    return {
-        "first_read_median_us": statistics.median(lat) * 1e6,
-        "first_read_p99_us": lat[int(len(lat) * 0.99)] * 1e6,
-        "first_seq_mib_s": first,
-        "cached_seq_mib_s": statistics.median(seq),
-        "cached_rand_4k_iops": statistics.median(rand),
-    }
+        elapsed = time.perf_counter() - start
+        os.close(fd)
+        return random_reads / elapsed
+
+    big = {mode: os.path.join(d, "big") for mode, d in dirs.items()}
+    first = {mode: sequential(path) for mode, path in big.items()}
+    seq: dict[str, list[float]] = {mode: [] for mode in dirs}
+    rand: dict[str, list[float]] = {mode: [] for mode in dirs}
+    for _ in range(rounds):
+        for mode, path in big.items():
+            seq[mode].append(sequential(path))
+            rand[mode].append(random_4k(path))
+    out = {}
+    for mode in dirs:
+        ls = sorted(lat[mode])
+        out[mode] = {
+            "first_read_median_us": statistics.median(ls) * 1e6,
+            "first_read_p99_us": ls[int(len(ls) * 0.99)] * 1e6,
+            "first_seq_mib_s": first[mode],
+            "cached_seq_mib_s": statistics.median(seq[mode]),
+            "cached_rand_4k_iops": statistics.median(rand[mode]),
+        }
+    return out
 
 
-def _child(directory: Path, rounds: int, random_reads: int) -> dict[str, float]:
+def _child(dirs: dict[str, Path], rounds: int, random_reads: int) -> dict[str, dict[str, float]]:
     code = (
         "import json, sys; from bench.fsread import measure; "
-        "print(json.dumps(measure(sys.argv[1], 'big', int(sys.argv[2]), int(sys.argv[3]))))"
+        "print(json.dumps(measure(json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))))"
     )
+    arg = json.dumps({mode: str(d) for mode, d in dirs.items()})
     out = subprocess.run(
-        [sys.executable, "-c", code, str(directory), str(rounds), str(random_reads)],
+        [sys.executable, "-c", code, arg, str(rounds), str(random_reads)],
         cwd=ROOT,
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    result: dict[str, float] = json.loads(out)
+    result: dict[str, dict[str, float]] = json.loads(out)
     return result
 
 
@@ -155,18 +168,18 @@ def run(size_mib: int, rounds: int, random_reads: int, workdir: Path) -> dict[st
         (data_dir / f"small-{i:04d}").write_bytes(rng.randbytes(SMALL_SIZE))
     for p in data_dir.iterdir():  # warm the host page cache: every mode reads cached host data
         p.read_bytes()
-    results: dict[str, object] = {"host": _child(data_dir, rounds, random_reads)}
-    for mode in ("served", "passthrough"):
-        mnt = workdir / f"mnt-{mode}"
-        mnt.mkdir()
-        tree = HostTree(data_dir, passthrough=mode == "passthrough")
-        try:
-            with FuseMount(tree, mnt, passthrough=mode == "passthrough") as m:
-                if mode == "passthrough" and not m.passthrough_active:
-                    raise SystemExit("the kernel refused FUSE passthrough")
-                results[mode] = _child(mnt, rounds, random_reads)
-        finally:
-            tree.close()
+    with ExitStack() as stack:
+        dirs = {"host": data_dir}
+        for mode in ("served", "passthrough"):
+            mnt = workdir / f"mnt-{mode}"
+            mnt.mkdir()
+            tree = HostTree(data_dir, passthrough=mode == "passthrough")
+            stack.callback(tree.close)
+            m = stack.enter_context(FuseMount(tree, mnt, passthrough=mode == "passthrough"))
+            if mode == "passthrough" and not m.passthrough_active:
+                raise SystemExit("the kernel refused FUSE passthrough")
+            dirs[mode] = mnt
+        results = _child(dirs, rounds, random_reads)
     return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "kernel": os.uname().release,

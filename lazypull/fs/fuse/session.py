@@ -1,9 +1,10 @@
 """The request loop on ``/dev/fuse`` and the :class:`FuseMount` that owns it.
 
-One reader thread per mount reads requests (the kernel hands out one message per ``read``) and passes
-them to a worker pool that grows when every worker is busy and shrinks when workers sit idle (the way
-pyfuse3 sizes its tasks), so a READ waiting for the network never holds up a LOOKUP or GETATTR. Each
-reply is a single ``writev`` of header and payload, as the kernel requires.
+A pool of threads per mount reads requests from the device (the kernel hands out one message per
+``read`` and wakes one waiting reader per request) and answers each itself, which saves a hand-off
+between threads on every request. The pool grows when every thread is busy and shrinks when enough
+wait (the way pyfuse3 sizes its tasks), so a READ waiting for the network never holds up a LOOKUP or
+GETATTR. Each reply is a single ``writev`` of header and payload, as the kernel requires.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import queue
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
 
@@ -29,33 +30,30 @@ log = logging.getLogger(__name__)
 DAY = 86400.0
 
 
-class WorkerPool:
-    """Threads running ``handler(request)``; between ``min_workers`` and ``max_workers`` of them."""
+class _Readers:
+    """The threads serving one ``/dev/fuse`` fd, each reading requests itself and answering them.
 
-    def __init__(
-        self,
-        handler: Callable[[Request], None],
-        min_workers: int,
-        max_workers: int,
-        idle_timeout: float = 10.0,
-        name: str = "",
-    ) -> None:
-        if not 0 <= min_workers <= max_workers or max_workers < 1:
-            raise ValueError(f"invalid worker counts ({min_workers}, {max_workers})")
-        self._handler = handler
-        self._min = min_workers
-        self._max = max_workers
-        self._idle_timeout = idle_timeout
-        self._name = name
-        self._queue: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
+    Sized the pyfuse3 way: a thread that takes a request while nobody else is waiting on the device
+    starts another (up to ``max_threads``), so a slow request never stalls the others; a thread that
+    finishes a request while more than ``min_threads`` others wait on the device exits.
+    """
+
+    def __init__(self, serve: Callable[[bytes], None], fd: int, min_threads: int, max_threads: int) -> None:
+        if max_threads < 1 or not 0 <= min_threads <= max_threads:
+            raise ValueError(f"invalid worker counts ({min_threads}, {max_threads})")
+        self._serve = serve
+        self._fd = fd
+        self._min = max(min_threads, 1)
+        self._max = max_threads
         self._threads: set[threading.Thread] = set()
-        self._idle = 0
-        self._pending = 0
-        self._stopping = False
-        self._lock = threading.Lock()  # guards _threads, _idle, _pending, _stopping
+        self._waiting = 0
+        self._lock = threading.Lock()  # guards _threads and _waiting
         self.peak = 0
+        self.fatal: OSError | None = None
+
+    def start(self) -> None:
         with self._lock:
-            for _ in range(min_workers):
+            for _ in range(self._min):
                 self._spawn()
 
     @property
@@ -63,53 +61,47 @@ class WorkerPool:
         with self._lock:
             return len(self._threads)
 
-    def submit(self, req: Request) -> None:
+    def threads(self) -> list[threading.Thread]:
         with self._lock:
-            self._pending += 1
-            if self._pending > self._idle and len(self._threads) < self._max:
-                self._spawn()
-        self._queue.put(req)
+            return list(self._threads)
 
     def _spawn(self) -> None:
-        t = threading.Thread(target=self._run, name=f"fuse-worker{self._name}", daemon=True)
+        t = threading.Thread(target=self._run, name="fuse-worker", daemon=True)
         self._threads.add(t)
         self.peak = max(self.peak, len(self._threads))
         t.start()
 
     def _run(self) -> None:
         me = threading.current_thread()
-        while True:
-            with self._lock:
-                self._idle += 1
-            try:
-                req = self._queue.get(timeout=self._idle_timeout)
-            except queue.Empty:
+        buf = bytearray(protocol.READ_BUFFER)
+        view = memoryview(buf)
+        try:
+            while True:
                 with self._lock:
-                    self._idle -= 1
-                    if len(self._threads) > self._min or self._stopping:
-                        self._threads.discard(me)
+                    self._waiting += 1
+                try:
+                    n = os.readv(self._fd, [buf])
+                except OSError as err:
+                    if err.errno in (errno.EINTR, errno.ENOENT, errno.EAGAIN):
+                        continue  # ENOENT: the request was interrupted before we read it
+                    if err.errno not in (errno.ENODEV, errno.ECONNABORTED, errno.EBADF):
+                        self.fatal = err
+                    return  # ENODEV: unmounted
+                finally:
+                    with self._lock:
+                        self._waiting -= 1
+                if n == 0:
+                    return
+                with self._lock:
+                    if self._waiting == 0 and len(self._threads) < self._max:
+                        self._spawn()
+                self._serve(bytes(view[:n]))
+                with self._lock:
+                    if self._waiting > self._min:
                         return
-                continue
+        finally:
             with self._lock:
-                self._idle -= 1
-                if req is not None:
-                    self._pending -= 1
-            if req is None:
-                with self._lock:
-                    self._threads.discard(me)
-                return
-            self._handler(req)
-
-    def stop(self, timeout: float) -> bool:
-        """Ask every worker to finish; True when all did within ``timeout``."""
-        with self._lock:
-            self._stopping = True
-            threads = list(self._threads)
-        for _ in threads:
-            self._queue.put(None)
-        for t in threads:
-            t.join(timeout)
-        return not any(t.is_alive() for t in threads)
+                self._threads.discard(me)
 
 
 class FuseMount:
@@ -142,8 +134,7 @@ class FuseMount:
         self._fd = -1
         self._device = ""
         self._ops: Operations | None = None
-        self._pool: WorkerPool | None = None
-        self._reader: threading.Thread | None = None
+        self._pool: _Readers | None = None
         self._initialized = threading.Event()
         self._mounted = False
         self._fd_lock = threading.Lock()  # guards _fd against replacement while a reply is written
@@ -152,7 +143,7 @@ class FuseMount:
 
     def start(self) -> FuseMount:
         """Mount and start serving; returns once the kernel finished INIT."""
-        if self._reader is not None:
+        if self._pool is not None:
             raise MountError(f"FUSE mount at {self.mountpoint} already started")
         if not os.path.isdir(self.mountpoint):
             raise MountError(f"mountpoint {self.mountpoint} is not a directory")
@@ -176,14 +167,15 @@ class FuseMount:
         self._mounted = True
         entry = _mount.mount_entry(self.mountpoint)
         self._device = entry[2] if entry else ""
-        self._pool = WorkerPool(self._run_one, *self._workers, name=f" {self.mountpoint}")
-        self._reader = threading.Thread(
-            target=self._read_loop, name=f"fuse-reader {self.mountpoint}", daemon=True
-        )
-        self._reader.start()
-        if not self._initialized.wait(self._init_timeout):
-            self.stop()
-            raise MountError(f"kernel sent no FUSE_INIT for {self.mountpoint} within {self._init_timeout}s")
+        self._pool = _Readers(self._serve, self._fd, *self._workers)
+        self._pool.start()
+        deadline = time.monotonic() + self._init_timeout
+        while not self._initialized.wait(0.05):
+            if time.monotonic() > deadline or self._pool.size == 0:
+                why = self._pool.fatal or f"no FUSE_INIT within {self._init_timeout}s"
+                self.stop()
+                raise MountError(f"FUSE session for {self.mountpoint} did not start: {why}")
+        self._raise_readahead()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -195,19 +187,16 @@ class FuseMount:
             except OSError as err:
                 if err.errno not in (errno.EINVAL, errno.ENOENT):
                     log.warning("unmount of %s: %s", self.mountpoint, err)
-        if self._reader is not None:
-            self._reader.join(timeout)
-            if self._reader.is_alive() and self._device and _mount.abort_connection(self._device):
-                self._reader.join(timeout)
-            if self._reader.is_alive():
-                log.error("FUSE reader of %s did not stop", self.mountpoint)
+        alive = self._join(timeout)
+        if alive and self._device and _mount.abort_connection(self._device):
+            alive = self._join(timeout)
+        if alive:
+            log.error("%d FUSE threads of %s did not stop", len(alive), self.mountpoint)
         if self._ops is not None:
             self._ops.backing.close_all()
-        workers_done = self._pool.stop(timeout) if self._pool is not None else True
-        reader_done = self._reader is None or not self._reader.is_alive()
         with self._fd_lock:
             if self._fd >= 0:
-                if workers_done and reader_done:
+                if not alive:
                     os.close(self._fd)
                 else:
                     # A thread is still inside the tree or the device: keep the fd number taken (by
@@ -216,6 +205,30 @@ class FuseMount:
                     os.dup2(null, self._fd)
                     os.close(null)
                 self._fd = -1
+
+    def _raise_readahead(self) -> None:
+        """Let the kernel read ahead up to one full READ (1 MiB) instead of its 128 KiB default.
+
+        INIT can only lower the mount's readahead; the bdi setting raises it, so sequential reads of
+        served files take 8 times fewer round trips.
+        """
+        if not self._device:
+            return
+        path = f"/sys/class/bdi/{self._device}/read_ahead_kb"
+        try:
+            with open(path, "w") as f:
+                f.write(str(protocol.MAX_WRITE // 1024))
+        except OSError as err:
+            log.debug("cannot raise readahead of %s (%s): %s", self.mountpoint, path, err)
+
+    def _join(self, timeout: float) -> list[threading.Thread]:
+        """Wait up to ``timeout`` for the threads to end; the ones still alive."""
+        if self._pool is None:
+            return []
+        deadline = time.monotonic() + timeout
+        for t in self._pool.threads():
+            t.join(max(deadline - time.monotonic(), 0))
+        return [t for t in self._pool.threads() if t.is_alive()]
 
     def __enter__(self) -> FuseMount:
         return self.start()
@@ -253,32 +266,18 @@ class FuseMount:
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def _read_loop(self) -> None:
-        assert self._ops is not None and self._pool is not None
-        while True:
-            try:
-                buf = os.read(self._fd, protocol.READ_BUFFER)
-            except OSError as err:
-                if err.errno in (errno.EINTR, errno.ENOENT, errno.EAGAIN):
-                    continue  # ENOENT: the request was interrupted before we read it
-                if err.errno not in (errno.ENODEV, errno.ECONNABORTED, errno.EBADF):
-                    log.error("reading /dev/fuse for %s: %s", self.mountpoint, err)
-                break  # ENODEV: unmounted
-            if not buf:
-                break
-            try:
-                req = protocol.parse_request(buf)
-            except protocol.ProtocolError as err:
-                log.error("%s: %s", self.mountpoint, err)
-                continue
-            if req.opcode == Op.INIT:
-                self._reply(req, self._ops.init(req))
-                self._initialized.set()
-            elif req.opcode in protocol.NO_REPLY or req.opcode == Op.DESTROY:
-                self._run_one(req)
-            else:
-                self._pool.submit(req)
-        self._initialized.set()
+    def _serve(self, buf: bytes) -> None:
+        assert self._ops is not None
+        try:
+            req = protocol.parse_request(buf)
+        except protocol.ProtocolError as err:
+            log.error("%s: %s", self.mountpoint, err)
+            return
+        if req.opcode == Op.INIT:
+            self._reply(req, self._ops.init(req))
+            self._initialized.set()
+        else:
+            self._run_one(req)
 
     def _run_one(self, req: Request) -> None:
         assert self._ops is not None
