@@ -15,6 +15,7 @@ from lazypull.registry._client import RegistryClient as RegistryClient
 from lazypull.registry._client import compute_digest as compute_digest
 from lazypull.registry._dockerconfig import DockerConfigAuth as DockerConfigAuth
 from lazypull.registry._dockerconfig import default_config_path as default_config_path
+from lazypull.registry._dockerconfig import normalize_server as normalize_server
 from lazypull.registry._manifest import ACCEPT_MANIFESTS as ACCEPT_MANIFESTS
 from lazypull.registry._manifest import DOCKER_CONFIG as DOCKER_CONFIG
 from lazypull.registry._manifest import DOCKER_MANIFEST as DOCKER_MANIFEST
@@ -86,6 +87,7 @@ __all__ = [
     "default_platform",
     "detect_media_type",
     "is_index",
+    "normalize_server",
     "parse_challenges",
     "parse_index",
     "parse_manifest",

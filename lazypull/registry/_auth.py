@@ -133,6 +133,7 @@ class _Token:
 class _HostState:
     challenge: Challenge | None = None
     tokens: dict[tuple[str, ...], _Token] = field(default_factory=dict)
+    refresh_token: str | None = None     # OAuth2 refresh token: identifies the user for any scope
 
 
 class Authenticator:
@@ -212,11 +213,15 @@ class Authenticator:
         now = time.monotonic()
         with self._lock:
             token = state.tokens.get(key)
+            if token is None and not force:
+                # A token for more (pull,push) serves a request for less (pull).
+                token = next((t for k, t in state.tokens.items()
+                              if t.expires_at > now and _covers(k, key)), None)
         if token is None or force or token.expires_at <= now:
-            token = yield from self._fetch_token(host, challenge, key, creds,
-                                                 token.refresh_token if token else None)
+            token = yield from self._fetch_token(host, challenge, key, creds, state.refresh_token)
             with self._lock:
                 state.tokens[key] = token
+                state.refresh_token = token.refresh_token or state.refresh_token
         request.headers["Authorization"] = f"Bearer {token.value}"
 
     def _fetch_token(self, host: str, challenge: Challenge, scopes: tuple[str, ...],
@@ -257,6 +262,21 @@ class Authenticator:
         if response.status_code != 200:
             raise _token_error(response, realm)
         return _parse_token(response, realm, None)
+
+
+def _parse_scope(scope: str) -> tuple[str, str, frozenset[str]]:
+    kind, _, rest = scope.partition(":")
+    name, _, actions = rest.rpartition(":")
+    return kind, name, frozenset(actions.split(","))
+
+
+def _covers(have: tuple[str, ...], want: tuple[str, ...]) -> bool:
+    """Whether a token asked for scopes ``have`` was asked for everything in ``want``."""
+    parsed = [_parse_scope(s) for s in have]
+    for kind, name, actions in map(_parse_scope, want):
+        if not any(k == kind and n == name and actions <= a for k, n, a in parsed):
+            return False
+    return True
 
 
 def _pick_challenge(response: httpx.Response) -> Challenge | None:

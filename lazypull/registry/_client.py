@@ -119,6 +119,17 @@ class RegistryClient:
         """Check that ``host`` speaks the registry API (and learn its scheme and auth)."""
         self.transport.base_url(host)
 
+    def check_login(self, host: str) -> None:
+        """Authenticate to ``host`` with the configured credentials (``lazypull login``).
+
+        Like docker: ``GET /v2/`` with basic auth, or with a token obtained without a scope.
+        Raises AuthError if the registry or its token server refuses the credentials.
+        """
+        api_host = parse_reference(f"{host}/x").api_host
+        self.transport.base_url(api_host)
+        self.transport.request("GET", api_host, "/v2/", scopes=(), what=f"logging in to {host}",
+                               retry=False)
+
     # -- manifests ----------------------------------------------------------------------------------
     def get_manifest(self, ref: Reference | str) -> tuple[bytes, str, str]:
         """The manifest or index ``ref`` names: raw bytes, media type, digest (checked)."""
@@ -223,10 +234,13 @@ class RegistryClient:
         return tags
 
     # -- blobs --------------------------------------------------------------------------------------
-    def blob_size(self, ref: Reference | str, digest: str) -> int:
-        """The blob's size (HEAD); NotFoundError if the repository does not have it."""
+    def blob_size(self, ref: Reference | str, digest: str, *, for_push: bool = False) -> int:
+        """The blob's size (HEAD); NotFoundError if the repository does not have it.
+
+        ``for_push`` asks for a push token right away (the check that starts a push).
+        """
         ref = _as_ref(ref)
-        response = self._request(ref, "HEAD", self._repo_path(ref, "blobs", digest),
+        response = self._request(ref, "HEAD", self._repo_path(ref, "blobs", digest), push=for_push,
                                  what=f"checking blob {digest} in {ref.name}")
         size = response.headers.get("Content-Length")
         if size is None or not size.isdigit():
@@ -234,10 +248,10 @@ class RegistryClient:
                                 url=response.request.url)
         return int(size)
 
-    def blob_exists(self, ref: Reference | str, digest: str) -> bool:
+    def blob_exists(self, ref: Reference | str, digest: str, *, for_push: bool = False) -> bool:
         """Whether the repository has the blob."""
         try:
-            self.blob_size(ref, digest)
+            self.blob_size(ref, digest, for_push=for_push)
         except NotFoundError:
             return False
         return True
@@ -446,7 +460,7 @@ class RegistryClient:
         """
         ref = _as_ref(ref)
         _hasher(digest)
-        if self.blob_exists(ref, digest):
+        if self.blob_exists(ref, digest, for_push=True):
             return
         for source in mount_from:
             if source != ref.repository and self.mount_blob(ref, digest, source):

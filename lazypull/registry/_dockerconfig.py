@@ -38,7 +38,8 @@ def auth_key(host: str) -> str:
     return DOCKER_HUB_AUTH_KEY if host in (DOCKER_HUB, "index.docker.io", "registry-1.docker.io") else host
 
 
-def _normalize_key(key: str) -> str:
+def normalize_server(key: str) -> str:
+    """A server as users and config files write it (``https://host/v1/``) -> ``host[:port]``."""
     key = key.strip()
     for prefix in ("https://", "http://"):
         if key.startswith(prefix):
@@ -48,7 +49,7 @@ def _normalize_key(key: str) -> str:
 
 
 def _host_of(host: str) -> str:
-    return _normalize_key(host)
+    return normalize_server(host)
 
 
 class DockerConfigAuth:
@@ -89,7 +90,7 @@ class DockerConfigAuth:
         helper = None
         if isinstance(helpers, dict):
             for key, name in helpers.items():
-                if _normalize_key(key) == host and isinstance(name, str):
+                if normalize_server(key) == host and isinstance(name, str):
                     helper = name
         if helper is None and isinstance(doc.get("credsStore"), str) and doc["credsStore"]:
             helper = doc["credsStore"]
@@ -109,7 +110,7 @@ class DockerConfigAuth:
         if not isinstance(auths, dict):
             raise CredentialsError(f"docker config {self.path}: 'auths' is not an object")
         for key, entry in auths.items():
-            if _normalize_key(key) != host or not isinstance(entry, dict):
+            if normalize_server(key) != host or not isinstance(entry, dict):
                 continue
             if isinstance(entry.get("identitytoken"), str) and entry["identitytoken"]:
                 return Credentials("<token>", entry["identitytoken"])
@@ -140,7 +141,7 @@ class DockerConfigAuth:
             auths[auth_key(host)] = {}
             where = f"credential helper docker-credential-{helper}"
         else:
-            for key in [k for k in auths if _normalize_key(k) == host]:
+            for key in [k for k in auths if normalize_server(k) == host]:
                 del auths[key]
             auths[auth_key(host)] = {
                 "auth": base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()}
@@ -162,7 +163,7 @@ class DockerConfigAuth:
             except CredentialsError:
                 pass
         auths = dict(doc.get("auths") or {})
-        for key in [k for k in auths if _normalize_key(k) == host]:
+        for key in [k for k in auths if normalize_server(k) == host]:
             del auths[key]
             found = True
         if found:
@@ -193,7 +194,7 @@ def _helper_for(doc: dict[str, Any], host: str) -> str | None:
     helpers = doc.get("credHelpers") or {}
     if isinstance(helpers, dict):
         for key, name in helpers.items():
-            if _normalize_key(key) == host and isinstance(name, str) and name:
+            if normalize_server(key) == host and isinstance(name, str) and name:
                 return name
     store = doc.get("credsStore")
     return store if isinstance(store, str) and store else None
