@@ -8,10 +8,13 @@ from lazypull.format.errors import DigestMismatchError, FormatError
 from lazypull.format.reader import Chunk, LayerReader, decode_chunk, open_layer
 from lazypull.format.source import BlobSource, BytesSource, FileSource
 from lazypull.format.toc import TOC, TOCEntry
+from lazypull.format.writer import BuildOptions, BuildResult, build
 
 __all__ = [
     "TOC",
     "BlobSource",
+    "BuildOptions",
+    "BuildResult",
     "BytesSource",
     "Chunk",
     "DigestMismatchError",
@@ -19,6 +22,7 @@ __all__ = [
     "FormatError",
     "LayerReader",
     "TOCEntry",
+    "build",
     "decode_chunk",
     "open_layer",
 ]
