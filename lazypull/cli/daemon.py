@@ -18,6 +18,8 @@ def daemon_command() -> None:
     opts = get_options()
     logging.basicConfig(level=logging.DEBUG if opts.debug else logging.INFO, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not opts.debug:   # one line per range request is too much for the log
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     opts.root.mkdir(parents=True, exist_ok=True)
     run_daemon(opts.root.resolve())
 

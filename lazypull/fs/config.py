@@ -76,14 +76,13 @@ def parse_config(data: bytes, where: str = "config") -> FsConfig:
         doc = tomllib.loads(data.decode())
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise MountError(f"{where}: not valid TOML: {err}") from err
-    table = doc.get("fs", doc)
-    if not isinstance(table, dict):
+    fs_table = doc.get("fs", {})
+    if not isinstance(fs_table, dict):
         raise MountError(f"{where}: [fs] must be a table")
+    table = {k: v for k, v in doc.items() if k != "fs"} | fs_table
     fields = {f.name: f for f in dataclasses.fields(FsConfig)}
     values: dict[str, Any] = {}
     for key, value in table.items():
-        if key == "fs":
-            continue
         if key not in fields:
             raise MountError(f"{where}: unknown setting {key!r}")
         default = getattr(FsConfig(), key)

@@ -78,7 +78,8 @@ class MountDaemon:
 
     def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
-        args = request.get("args") or {}
+        args = request.get("args")
+        args = {} if args is None else args
         if not isinstance(args, dict):
             raise MountError("request args must be an object")
         if op == "ping":
