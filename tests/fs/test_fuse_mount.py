@@ -170,6 +170,10 @@ def test_reads_overlap_and_do_not_block_metadata(served: tuple[MemTree, FuseMoun
     assert total < 8 * 0.4 / 2, f"8 reads of 0.4 s took {total:.2f} s: not served in parallel"
     assert meta_time < 0.3, f"stat took {meta_time:.2f} s while reads were blocked"
     assert m.peak_workers >= 8
+    for i in range(12):  # each request served while others wait lets one surplus thread go
+        with pytest.raises(FileNotFoundError):
+            os.stat(mnt / "slow" / f"missing-{i}")
+    assert m.workers <= 2
 
 
 def test_tree_exception_gives_eio_and_mount_keeps_working(served: tuple[MemTree, FuseMount, Path]) -> None:
@@ -268,3 +272,14 @@ def test_killed_server_gives_enotconn_and_unmount_cleans(tmp_path: Path) -> None
     unmount(str(mnt))
     assert not is_mounted(str(mnt))
     assert os.listdir(mnt) == []
+
+
+def test_mountpoint_with_space_and_fsname(tmp_path: Path) -> None:
+    mnt = tmp_path / "with space"
+    mnt.mkdir()
+    tree = MemTree()
+    tree.add_file("f", b"1")
+    with FuseMount(tree, mnt, fsname="sha256:abc"):
+        assert is_mounted(str(mnt)) and mount_entry(str(mnt))[1] == "sha256:abc"  # type: ignore[index]
+        assert (mnt / "f").read_bytes() == b"1"
+    assert not is_mounted(str(mnt))

@@ -10,6 +10,7 @@ import struct
 import pytest
 
 from lazypull.fs.fuse import protocol
+from lazypull.fs.fuse.mount import _unescape
 from lazypull.fs.fuse.ops import Operations
 from lazypull.fs.fuse.protocol import Op, Request
 from lazypull.fs.fuse.tree import Attr
@@ -92,6 +93,17 @@ def test_attr_encoding() -> None:
     assert rdev & 0xFF == 70000 & 0xFF
     assert (rdev >> 8) & 0xFFF == 259
     assert rdev >> 20 == 70000 >> 8
+
+
+def test_times_before_1970() -> None:
+    fields = protocol.ATTR.unpack(protocol.encode_attr(Attr(2, stat.S_IFREG, mtime_ns=-1_500_000_000)))
+    assert struct.unpack("=q", struct.pack("=Q", fields[4]))[0] == -2
+    assert fields[7] == 500_000_000
+
+
+def test_mountinfo_unescape() -> None:
+    assert _unescape("/tmp/a\\040b\\134c") == "/tmp/a b\\c"
+    assert _unescape("/plain\\") == "/plain\\"
 
 
 def test_negative_entry_and_timeouts() -> None:

@@ -222,8 +222,9 @@ def cstring(body: bytes, offset: int = 0) -> bytes:
 
 
 def _split_ns(ns: int) -> tuple[int, int]:
+    """Seconds (two's complement: times before 1970 are negative) and nanoseconds."""
     sec, nsec = divmod(ns, 1_000_000_000)
-    return max(sec, 0), nsec if sec >= 0 else 0
+    return sec & 0xFFFFFFFFFFFFFFFF, nsec
 
 
 def _split_timeout(seconds: float) -> tuple[int, int]:

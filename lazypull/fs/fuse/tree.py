@@ -25,7 +25,11 @@ class FuseError(Exception):
 
 @dataclass(frozen=True)
 class Attr:
-    """What ``stat`` shows for an inode. ``mode`` includes the ``S_IF*`` file type bits."""
+    """What ``stat`` shows for an inode. ``mode`` includes the ``S_IF*`` file type bits.
+
+    ``rdev`` is ``os.makedev(major, minor)`` for device nodes (an overlayfs whiteout is a character
+    device with rdev 0); ``mtime_ns`` may be negative (before 1970).
+    """
 
     ino: int
     mode: int
