@@ -4,7 +4,7 @@
 ``extract_layer`` turns a non-lazy layer blob into an overlay lower directory.
 """
 
-from lazypull.runtime.container import ContainerRecord, Containers
+from lazypull.runtime.container import ContainerRecord, Containers, new_container_id
 from lazypull.runtime.extract import ExtractStats, LayerExtractError, extract_layer, extract_layers
 from lazypull.runtime.options import ContainerOptions, Volume, parse_env, parse_volume
 from lazypull.runtime.runc import Runc, Stdio
@@ -22,6 +22,7 @@ __all__ = [
     "Volume",
     "extract_layer",
     "extract_layers",
+    "new_container_id",
     "parse_env",
     "parse_volume",
     "resolve_user",

@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 
 
+def new_container_id() -> str:
+    """A fresh random container id (64 hex digits, like Docker's)."""
+    return secrets.token_hex(32)
+
+
 @dataclass
 class ContainerRecord:
     """What ``state.json`` says about a container (what ``ps`` shows)."""
@@ -135,9 +140,9 @@ class Containers:
 
     def create(self, *, image: str, image_config: Mapping[str, Any], lowers_top_first: Sequence[Path],
                options: ContainerOptions, name: str | None = None, snapshotter: str = "overlayfs",
-               ) -> ContainerRecord:
+               container_id: str | None = None) -> ContainerRecord:
         """Mount the rootfs and write the bundle; the container is ready for :meth:`run`."""
-        container_id = secrets.token_hex(32)
+        container_id = container_id or new_container_id()
         with self._lock():
             taken = {r.name for r in self.records()}
             if name is not None:
@@ -149,7 +154,10 @@ class Containers:
                 base = re.sub(r"[^a-zA-Z0-9_.-]", "-", image.rsplit("/", 1)[-1].split("@")[0].split(":")[0])
                 name = f"{base or 'container'}-{container_id[:5]}"
             bundle = self.path(container_id)
-            bundle.mkdir(parents=True)
+            try:
+                bundle.mkdir(parents=True)
+            except FileExistsError as err:
+                raise ContainerError(f"container {container_id} already exists") from err
             record = ContainerRecord(
                 id=container_id, name=name, image=image, command=[],
                 created=dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),

@@ -401,16 +401,15 @@ def extract_layer(blob: Path, dest: Path, *, label: str | None = None,
         raise
 
 
-def extract_layers(jobs: list[tuple[Path, Path, str]], *, skip_estargz_metadata: bool = False,
-                   parallelism: int | None = None) -> None:
-    """Extract several ``(blob, dest, label)`` layers in parallel (decompression drops the GIL)."""
+def extract_layers(jobs: list[tuple[Path, Path, str, bool]], *, parallelism: int | None = None) -> None:
+    """Extract ``(blob, dest, label, skip_estargz_metadata)`` layers in parallel (decompression drops
+    the GIL)."""
     pending = [job for job in jobs if not job[1].exists()]
     if not pending:
         return
     workers = max(1, min(len(pending), parallelism or os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract") as pool:
-        futures = [pool.submit(extract_layer, blob, dest, label=label,
-                               skip_estargz_metadata=skip_estargz_metadata)
-                   for blob, dest, label in pending]
+        futures = [pool.submit(extract_layer, blob, dest, label=label, skip_estargz_metadata=skip)
+                   for blob, dest, label, skip in pending]
         for future in futures:
             future.result()

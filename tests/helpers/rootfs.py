@@ -18,6 +18,9 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
+
+from tests.helpers.images import TarEntrySpec, make_oci_layout
 
 CACHE_DIR = Path(os.environ.get("LAZYPULL_TEST_CACHE", "/var/cache/lazypull-tests"))
 APT_ARCHIVES = Path("/var/cache/apt/archives")
@@ -140,3 +143,37 @@ def busybox_rootfs(dest: Path) -> Path:
     with tarfile.open(fileobj=io.BytesIO(busybox_tar()), mode="r:") as tar:
         tar.extractall(dest, filter="tar")
     return dest
+
+
+def busybox_specs(*, extra: Iterable[Entry] = ()) -> list[TarEntrySpec]:
+    """The busybox rootfs as :mod:`tests.helpers.images` layer specs (for OCI layouts and pushes)."""
+    specs = []
+    for entry in busybox_entries(extra=extra):
+        if entry.type == "file":
+            specs.append(TarEntrySpec(entry.name, "file", entry.data, entry.mode, entry.uid, entry.gid))
+        elif entry.type == "dir":
+            specs.append(TarEntrySpec(entry.name, "dir", mode=entry.mode, uid=entry.uid, gid=entry.gid))
+        elif entry.type == "symlink":
+            specs.append(TarEntrySpec(entry.name, "symlink", link=entry.linkname))
+        else:
+            raise ValueError(f"busybox_specs: unsupported entry type {entry.type}")
+    return specs
+
+
+def push_image_layers(workdir: Path, name: str, layers: list[list[TarEntrySpec]], *,
+                      config: dict[str, Any] | None = None,
+                      compression: Literal["gzip", "zstd", "none"] = "gzip") -> str:
+    """Build an OCI image of ``layers`` and push it as ``name`` (``host:port/repo:tag``) over plain HTTP."""
+    from lazypull.image import Layout, Store, copy_into_store
+    from lazypull.image.push import push_image
+    from lazypull.registry import RegistryClient
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    built = make_oci_layout(Path(tempfile.mkdtemp(dir=workdir)), layers, tag="v1", config=config,
+                            compression=compression)
+    layout = Layout(built.path)
+    store = Store(Path(tempfile.mkdtemp(dir=workdir)))
+    copy_into_store(store, layout.root("v1"), layout, name, source=None, platforms=None)
+    with RegistryClient(insecure=True) as client:
+        push_image(store, client, name)
+    return name

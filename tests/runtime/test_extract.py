@@ -133,7 +133,7 @@ def test_parallel_extraction(tmp_path: Path) -> None:
     jobs = []
     for i in range(4):
         blob = write_blob(tmp_path / f"b{i}", [Entry(f"f{i}", data=bytes([i]) * 1000)], "zstd")
-        jobs.append((blob, tmp_path / f"s{i}" / "fs", f"layer {i}"))
+        jobs.append((blob, tmp_path / f"s{i}" / "fs", f"layer {i}", False))
     extract_layers(jobs, parallelism=2)
     for i in range(4):
         assert (tmp_path / f"s{i}" / "fs" / f"f{i}").read_bytes() == bytes([i]) * 1000

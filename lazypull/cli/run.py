@@ -1,0 +1,236 @@
+"""``lazypull run``, ``ps`` and ``rm``: containers with runc over the image's layers.
+
+With ``--snapshotter=stargz`` (the default) ``run`` pulls only the manifest and config and asks the
+mount server for the layers (lazy FUSE mounts for eStargz/zstd:chunked layers; others are fetched
+and extracted); with ``--snapshotter=overlayfs`` the whole image is pulled and extracted first.
+Networking is the host's (``--net=host``, the default: no bridge is set up) or none (``--net=none``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import shlex
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from lazypull.cli._options import GlobalOptions, get_options, global_options
+from lazypull.errors import ContainerError, LazypullError, MountError
+from lazypull.image import ResolvedImage, Store, normalize_name, pull_image
+from lazypull.registry import DockerConfigAuth, RegistryClient
+from lazypull.runtime import (
+    ContainerOptions,
+    ContainerRecord,
+    Containers,
+    Stdio,
+    new_container_id,
+    parse_env,
+    parse_volume,
+)
+from lazypull.runtime.layers import lower_dirs
+
+PULL_POLICIES = ("missing", "always", "never")
+
+
+class LineProgress:
+    """Pull progress as one stderr line per finished item (quiet unless stderr is a terminal)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._labels: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def start(self, key: str, label: str, total: int | None) -> None:
+        with self._lock:
+            self._labels[key] = label
+
+    def advance(self, key: str, nbytes: int) -> None:
+        pass
+
+    def finish(self, key: str, status: str = "done") -> None:
+        if self.enabled:
+            with self._lock:
+                label = self._labels.get(key, key)
+            click.echo(f"{label}: {status}", err=True)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            click.echo(text, err=True)
+
+
+def registry_client(opts: GlobalOptions) -> RegistryClient:
+    """A client with the global flags' TLS setting and docker's stored credentials."""
+    return RegistryClient(insecure=opts.insecure_registries, auth=DockerConfigAuth())
+
+
+def ensure_image(store: Store, image: str, *, opts: GlobalOptions, pull: str, platform: str | None,
+                 lazy: bool, progress: LineProgress) -> ResolvedImage:
+    """The image resolved from the store, pulled first as ``--pull`` says (metadata only if lazy)."""
+    name = normalize_name(image)
+    present = store.find_image(name) is not None
+    if pull == "always" or (pull == "missing" and not present):
+        with registry_client(opts) as client:
+            pull_image(store, client, image, platform=platform, fetch_layers=not lazy, progress=progress)
+    elif not present:
+        raise ContainerError(f"image {image} is not in the store and --pull=never was given")
+    return store.resolve(name, platform)
+
+
+def release_mounts(root: Path, record: ContainerRecord) -> None:
+    """Drop the container's hold on its image's lazy layers (unmounting those nobody else holds)."""
+    if record.snapshotter != "stargz":
+        return
+    from lazypull.snapshot import MountClient
+
+    with MountClient(root) as client, contextlib.suppress(MountError):
+        client.release_image(record.image, holder=record.id)
+
+
+def remove_container(root: Path, containers: Containers, record: ContainerRecord, *, force: bool) -> None:
+    """Remove the container's writable layer and bundle, then release its layer mounts."""
+    containers.remove(record, force=force)
+    release_mounts(root, record)
+
+
+@click.command("run", context_settings={"allow_interspersed_args": False})
+@click.option("--rm", "remove", is_flag=True,
+              help="Remove the container (and release its mounts) when it exits.")
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open and pass it to the container.")
+@click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal.")
+@click.option("--name", help="Name of the container (default: image name and a random suffix).")
+@click.option("-e", "--env", "env", multiple=True, metavar="KEY[=VALUE]", help="Set an environment variable.")
+@click.option("--env-file", multiple=True, type=click.Path(dir_okay=False), help="Read KEY=VALUE lines.")
+@click.option("-w", "--workdir", help="Working directory inside the container.")
+@click.option("--entrypoint", help="Override the image's entrypoint (drops the image's Cmd).")
+@click.option("--net", "--network", "network", type=click.Choice(["host", "none"]), default="host",
+              show_default=True, help="host: share the host's network (no bridge); none: loopback only.")
+@click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:DST[:ro]",
+              help="Bind-mount a host path.")
+@click.option("-u", "--user", help="User: name|uid[:group|gid] (names from the image's /etc/passwd).")
+@click.option("--hostname", help="Container host name.")
+@click.option("--read-only", is_flag=True, help="Mount the container's root filesystem read-only.")
+@click.option("--platform", help="Platform of the image, e.g. linux/amd64.")
+@click.option("--pull", type=click.Choice(PULL_POLICIES), default="missing", show_default=True,
+              help="When to pull the image.")
+@click.option("-q", "--quiet", is_flag=True, help="No pull progress on stderr.")
+@global_options
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def run(remove: bool, interactive: bool, tty: bool, name: str | None, env: Sequence[str],
+        env_file: Sequence[str], workdir: str | None, entrypoint: str | None, network: str,
+        volumes: Sequence[str], user: str | None, hostname: str | None, read_only: bool,
+        platform: str | None, pull: str, quiet: bool, image: str, command: Sequence[str]) -> None:
+    """Run COMMAND (default: the image's) in a new container of IMAGE; exits with its status."""
+    opts = get_options()
+    root = opts.root
+    lazy = opts.snapshotter == "stargz"
+    options = ContainerOptions(
+        command=tuple(command) or None, entrypoint=(entrypoint,) if entrypoint is not None else None,
+        env=parse_env(env, env_file), workdir=workdir, user=user, tty=tty, stdin=interactive,
+        network=network, hostname=hostname, volumes=tuple(parse_volume(v) for v in volumes),
+        read_only=read_only)
+    if tty and interactive and not sys.stdin.isatty():
+        raise ContainerError("the input device is not a TTY: drop -t, or run from a terminal")
+    progress = LineProgress(enabled=not quiet and sys.stderr.isatty())
+    store = Store(root)
+    resolved = ensure_image(store, image, opts=opts, pull=pull, platform=platform, lazy=lazy,
+                            progress=progress)
+
+    containers = Containers(root)
+    container_id = new_container_id()
+    mounts = None
+    if lazy:
+        from lazypull.snapshot import MountClient
+
+        with MountClient(root) as client:
+            mounts = client.mount_image(resolved.name, insecure=opts.insecure_registries, holder=container_id)
+    placeholder = ContainerRecord(id=container_id, name="", image=resolved.name, command=[], created="",
+                                  snapshotter=opts.snapshotter)
+    try:
+        lowers = lower_dirs(root, store, resolved, mounts, lambda: registry_client(opts),
+                            progress=progress.message)
+        record = containers.create(image=resolved.name, image_config=resolved.config.get("config") or {},
+                                   lowers_top_first=lowers, options=options, name=name,
+                                   snapshotter=opts.snapshotter, container_id=container_id)
+    except BaseException:
+        release_mounts(root, placeholder)
+        raise
+    stdio = Stdio(stdin=sys.stdin if interactive else None)
+    try:
+        code = containers.run(record, tty=tty, stdio=stdio)
+    finally:
+        if remove:
+            remove_container(root, containers, record, force=True)
+    sys.stdout.flush()
+    click.get_current_context().exit(code)
+
+
+def _age(created: str) -> str:
+    try:
+        then = dt.datetime.fromisoformat(created)
+    except ValueError:
+        return "?"
+    seconds = int((dt.datetime.now(dt.UTC) - then).total_seconds())
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} seconds ago"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("   ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows)
+
+
+@click.command("ps")
+@click.option("-a", "--all", "show_all", is_flag=True, help="Show all containers (default: running ones).")
+@click.option("-q", "--quiet", is_flag=True, help="Only container ids.")
+@click.option("--no-trunc", is_flag=True, help="Do not truncate ids and commands.")
+@global_options
+def ps(show_all: bool, quiet: bool, no_trunc: bool) -> None:
+    """List containers."""
+    containers = Containers(get_options().root)
+    states = containers.runc.list()
+    rows = [["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]]
+    for record in containers.records():
+        status = containers.status(record, states)
+        if not show_all and status not in ("running", "paused"):
+            continue
+        command = shlex.join(record.command)
+        if not no_trunc and len(command) > 20:
+            command = command[:19] + "…"
+        short_id = record.id if no_trunc else record.id[:12]
+        if quiet:
+            click.echo(short_id)
+            continue
+        rows.append([short_id, record.image, command, _age(record.created), status.capitalize(), record.name])
+    if not quiet:
+        click.echo(_table(rows))
+
+
+@click.command("rm")
+@click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
+@global_options
+@click.argument("containers_", metavar="NAME|ID...", nargs=-1, required=True)
+def rm(force: bool, containers_: Sequence[str]) -> None:
+    """Remove containers: their writable layer, bundle and layer mounts."""
+    root = get_options().root
+    containers = Containers(root)
+    failed: list[str] = []
+    for ref in containers_:
+        try:
+            record = containers.find(ref)
+            remove_container(root, containers, record, force=force)
+            click.echo(ref)
+        except LazypullError as err:
+            click.echo(f"lazypull: error: {err}", err=True)
+            failed.append(ref)
+    if failed:
+        click.get_current_context().exit(1)
+
+
+COMMANDS: list[click.Command] = [run, ps, rm]

@@ -1,0 +1,119 @@
+"""The lower directories of an image's rootfs: FUSE mountpoints for lazy layers, extracted dirs for others.
+
+Non-lazy layers (no TOC annotations, or every layer with ``--snapshotter=overlayfs``) must be in the
+content store; one that is not (an image pulled lazily, run with a full snapshotter) is downloaded
+from the image's source registry first. Each is extracted once into ``snapshots/<hex>/fs`` and
+shared by every container using it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO, Protocol, cast
+
+from lazypull.errors import ContainerError
+from lazypull.image import ResolvedImage, Store
+from lazypull.registry import Descriptor, RegistryClient
+from lazypull.runtime.extract import extract_layers
+from lazypull.runtime.overlay import is_mountpoint
+
+log = logging.getLogger(__name__)
+
+STARGZ_TOC_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
+
+
+class MountedLayer(Protocol):
+    """What the mount server says about one layer (``lazypull.snapshot.LayerMount``)."""
+
+    @property
+    def digest(self) -> str: ...
+    @property
+    def lazy(self) -> bool: ...
+    @property
+    def path(self) -> Path | None: ...
+
+
+def snapshot_dir(root: Path, digest: str) -> Path:
+    """``<root>/snapshots/<hex>/fs``, the extracted (or mounted) layer; the digest is checked first."""
+    algo, _, hexpart = digest.partition(":")
+    if algo != "sha256" or len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
+        raise ContainerError(f"not a sha256 layer digest: {digest!r}")
+    return root / "snapshots" / hexpart / "fs"
+
+
+def _ready(path: Path) -> bool:
+    """A layer dir is usable when mounted, or extracted (non-empty; the rename made it complete)."""
+    if not path.is_dir():
+        return False
+    if is_mountpoint(path) or any(os.scandir(path)):
+        return True
+    path.rmdir()  # an empty leftover mountpoint or an empty layer: (re-)extract, it is cheap
+    return False
+
+
+def _download(store: Store, image: ResolvedImage, desc: Descriptor, client: RegistryClient) -> None:
+    if image.source is None:
+        raise ContainerError(f"layer {desc.digest} of {image.name} is not in the store and the image has "
+                             "no source registry to fetch it from")
+    log.info("fetching layer %s of %s", desc.digest, image.name)
+    with store.ingest(desc.digest, desc.size) as writer:
+        client.get_blob(image.source, desc.digest, cast(BinaryIO, writer), size=desc.size)
+        writer.commit()
+
+
+def lower_dirs(root: Path, store: Store, image: ResolvedImage, mounts: Sequence[MountedLayer] | None,
+               client_factory: Callable[[], RegistryClient] | None = None, *,
+               progress: Callable[[str], None] | None = None) -> list[Path]:
+    """The overlay lower dirs of ``image``, top layer first.
+
+    ``mounts`` (bottom first, one per layer) come from the mount server; None means nothing is
+    lazy (``--snapshotter=overlayfs``). ``client_factory`` gives a registry client for layers that
+    must be downloaded first.
+    """
+    layers = list(image.layers)
+    if mounts is not None and len(mounts) != len(layers):
+        raise ContainerError(f"{image.name}: the mount server returned {len(mounts)} layers, "
+                             f"the image has {len(layers)}")
+    result: list[Path] = []
+    jobs: list[tuple[Path, Path, str, bool]] = []
+    client: RegistryClient | None = None
+    try:
+        for index, desc in enumerate(layers):
+            mount = mounts[index] if mounts is not None else None
+            if mount is not None and mount.digest != desc.digest:
+                raise ContainerError(f"{image.name}: layer {index} is {desc.digest} but the mount server "
+                                     f"mounted {mount.digest}")
+            if mount is not None and mount.lazy:
+                if mount.path is None or not mount.path.is_dir():
+                    raise ContainerError(f"lazy layer {desc.digest} has no mounted directory")
+                result.append(mount.path)
+                continue
+            dest = snapshot_dir(root, desc.digest)
+            result.append(dest)
+            if _ready(dest):
+                continue
+            if store.blob_path(desc.digest) is None:
+                if client is None:
+                    if client_factory is None:
+                        raise ContainerError(f"layer {desc.digest} of {image.name} is not in the store")
+                    client = client_factory()
+                if progress:
+                    progress(f"fetching layer {desc.digest[:19]} ({desc.size} bytes)")
+                _download(store, image, desc, client)
+            blob = store.blob_path(desc.digest)
+            assert blob is not None
+            # An eStargz blob extracted in full: leave out the TOC and landmarks, as the lazy view does.
+            estargz = bool((desc.annotations or {}).get(STARGZ_TOC_ANNOTATION))
+            jobs.append((blob, dest, f"layer {desc.digest}", estargz))
+    finally:
+        if client is not None:
+            client.close()
+    if jobs:
+        if progress:
+            progress(f"extracting {len(jobs)} layer(s)")
+        extract_layers(jobs)
+    result.reverse()
+    return result

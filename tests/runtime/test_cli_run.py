@@ -1,0 +1,110 @@
+"""``lazypull run/ps/rm`` end to end: a busybox image pushed to Debian's docker-registry, run by the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from lazypull.runtime.overlay import mountpoints
+from tests.helpers.registry import RegistryServer
+from tests.helpers.rootfs import Entry, busybox_specs, push_image_layers
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def busybox_image(registry: RegistryServer, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``host/lazypull-runtime/busybox:legacy``: one gzip layer plus a small second layer, user alice."""
+    name = f"{registry.host}/lazypull-runtime/busybox:legacy"
+    top = busybox_specs(extra=[Entry("srv/motd", data=b"from the image\n")])
+    config = {"config": {"Env": ["PATH=/bin", "GREETING=hello"], "Cmd": ["sh", "-c", "echo $GREETING; id -un"],
+                         "User": "alice", "WorkingDir": "/home/alice"}}
+    return push_image_layers(tmp_path_factory.mktemp("busybox-image"), name, [top], config=config)
+
+
+def lazypull(root: Path, *args: str, stdin: bytes | None = None,
+             timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    """The real command, as a user types it (a fresh process each time)."""
+    env = dict(os.environ, LAZYPULL_ROOT=str(root))
+    return subprocess.run([sys.executable, "-m", "lazypull", *args], input=stdin, capture_output=True,
+                          env=env, cwd=REPO_ROOT, timeout=timeout)
+
+
+def mounts_under(root: Path) -> list[str]:
+    return [m for m in mountpoints() if m.startswith(str(root))]
+
+
+def stop_daemon(root: Path) -> None:
+    from lazypull.snapshot import MountClient
+
+    MountClient(root, autostart=False).shutdown()
+
+
+@pytest.mark.parametrize("argv", [
+    ["--insecure-registry", "--snapshotter=overlayfs", "run", "--rm"],
+    ["run", "--snapshotter=overlayfs", "--insecure-registry", "--rm"],
+], ids=["global-flags-first", "global-flags-after"])
+def test_run_rm_full_pull(tmp_path: Path, busybox_image: str, argv: Sequence[str]) -> None:
+    result = lazypull(tmp_path, *argv, busybox_image, "/bin/busybox", "echo", "hi")
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == b"hi\n"
+    assert mounts_under(tmp_path) == []
+    assert [p.name for p in (tmp_path / "containers").iterdir() if p.name != ".lock"] == []
+
+
+def test_image_defaults_exit_status_and_flags(tmp_path: Path, busybox_image: str) -> None:
+    base = ["--snapshotter=overlayfs", "--insecure-registry", "run", "--rm"]
+    result = lazypull(tmp_path, *base, busybox_image)
+    assert (result.returncode, result.stdout) == (0, b"hello\nalice\n"), result.stderr.decode()
+    result = lazypull(tmp_path, *base, "-e", "GREETING=bye", "-u", "root", "-w", "/srv", busybox_image,
+                      "sh", "-c", "echo $GREETING; id -un; cat motd; exit 42")
+    assert (result.returncode, result.stdout) == (42, b"bye\nroot\nfrom the image\n")
+    result = lazypull(tmp_path, *base, "--entrypoint", "/bin/cat", busybox_image, "/srv/motd")
+    assert result.stdout == b"from the image\n"
+    result = lazypull(tmp_path, *base, "-i", busybox_image, "cat", stdin=b"piped\n")
+    assert result.stdout == b"piped\n"
+    result = lazypull(tmp_path, *base, "--net=none", busybox_image, "ls", "/sys/class/net")
+    assert result.stdout == b"lo\n"
+    assert mounts_under(tmp_path) == []
+
+
+def test_ps_and_rm(tmp_path: Path, busybox_image: str) -> None:
+    base = ["--snapshotter=overlayfs", "--insecure-registry"]
+    result = lazypull(tmp_path, *base, "run", "--name", "kept", "-u", "0", busybox_image,
+                      "sh", "-c", "echo x > /f; exit 3")
+    assert result.returncode == 3, result.stderr.decode()
+    assert lazypull(tmp_path, "ps").stdout.decode().splitlines()[1:] == []
+    listing = lazypull(tmp_path, "ps", "-a").stdout.decode().splitlines()
+    assert listing[0].split() == ["CONTAINER", "ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]
+    assert len(listing) == 2 and "Exited (3)" in listing[1] and listing[1].endswith("kept")
+    duplicate = lazypull(tmp_path, *base, "run", "--name", "kept", busybox_image, "true")
+    assert duplicate.returncode == 1 and b"already in use" in duplicate.stderr
+    assert mounts_under(tmp_path) == [], "a stopped container keeps no mounts"
+    (container_dir,) = [p for p in (tmp_path / "containers").iterdir() if p.name != ".lock"]
+    assert (container_dir / "upper" / "f").read_text() == "x\n"
+    assert lazypull(tmp_path, "rm", "kept").returncode == 0
+    assert not container_dir.exists()
+    missing = lazypull(tmp_path, "rm", "kept")
+    assert missing.returncode == 1 and b"no such container: kept" in missing.stderr
+
+
+def test_pull_never_and_bad_volume(tmp_path: Path, busybox_image: str) -> None:
+    result = lazypull(tmp_path, "run", "--pull=never", "--rm", busybox_image, "true")
+    assert result.returncode == 1 and b"--pull=never" in result.stderr
+    result = lazypull(tmp_path, "run", "-v", "relative:/x", "--rm", busybox_image, "true")
+    assert result.returncode == 1 and b"named volumes are not supported" in result.stderr
+
+
+def test_stargz_snapshotter_with_legacy_layers(tmp_path: Path, busybox_image: str) -> None:
+    """The default snapshotter on a non-eStargz image: metadata pulled, layers fetched and extracted."""
+    try:
+        result = lazypull(tmp_path, "--insecure-registry", "run", "--rm", busybox_image, "/bin/busybox", "echo", "hi")
+        assert (result.returncode, result.stdout) == (0, b"hi\n"), result.stderr.decode()
+        assert mounts_under(tmp_path) == []
+    finally:
+        stop_daemon(tmp_path)
