@@ -22,8 +22,8 @@ def busybox_image(registry: RegistryServer, tmp_path_factory: pytest.TempPathFac
     """``host/lazypull-runtime/busybox:legacy``: one gzip layer plus a small second layer, user alice."""
     name = f"{registry.host}/lazypull-runtime/busybox:legacy"
     top = busybox_specs(extra=[Entry("srv/motd", data=b"from the image\n")])
-    config = {"config": {"Env": ["PATH=/bin", "GREETING=hello"], "Cmd": ["sh", "-c", "echo $GREETING; id -un"],
-                         "User": "alice", "WorkingDir": "/home/alice"}}
+    config = {"config": {"Env": ["PATH=/bin", "GREETING=hello"], "User": "alice",
+                         "Cmd": ["sh", "-c", "echo $GREETING; id -un"], "WorkingDir": "/home/alice"}}
     return push_image_layers(tmp_path_factory.mktemp("busybox-image"), name, [top], config=config)
 
 
@@ -103,7 +103,8 @@ def test_pull_never_and_bad_volume(tmp_path: Path, busybox_image: str) -> None:
 def test_stargz_snapshotter_with_legacy_layers(tmp_path: Path, busybox_image: str) -> None:
     """The default snapshotter on a non-eStargz image: metadata pulled, layers fetched and extracted."""
     try:
-        result = lazypull(tmp_path, "--insecure-registry", "run", "--rm", busybox_image, "/bin/busybox", "echo", "hi")
+        result = lazypull(tmp_path, "--insecure-registry", "run", "--rm", busybox_image,
+                          "/bin/busybox", "echo", "hi")
         assert (result.returncode, result.stdout) == (0, b"hi\n"), result.stderr.decode()
         assert mounts_under(tmp_path) == []
     finally:
