@@ -122,3 +122,18 @@ def test_passthrough_off(tmp_path: Path) -> None:
         assert not m.passthrough_active
         assert (mnt / "f").read_bytes() == b"tree!!!"
         assert tree.calls["backing_path"] == 0
+
+
+def test_backing_file_on_a_stacked_fs_is_refused_and_served(tmp_path: Path) -> None:
+    # A backing file on another FUSE mount (stack depth 1) is too deep for max_stack_depth 1:
+    # the kernel refuses it (ELOOP) and the read is served instead.
+    inner = MemTree()
+    inner.add_file("f", b"inner")
+    outer = MemTree()
+    (tmp_path / "inner").mkdir()
+    (tmp_path / "outer").mkdir()
+    outer.add_file("f", b"outer", backing=str(tmp_path / "inner" / "f"))
+    with FuseMount(inner, tmp_path / "inner"), FuseMount(outer, tmp_path / "outer") as m:
+        assert m.passthrough_active
+        assert (tmp_path / "outer" / "f").read_bytes() == b"outer"
+        assert outer.calls["read"] == 1 and m.passthrough_files == 0

@@ -71,6 +71,7 @@ class Operations:
         self.attr_timeout = attr_timeout
         self.want_passthrough = passthrough
         self.passthrough_active = False
+        self._passthrough_warned = False
         self.backing = BackingFiles(dev_fd)
         self.last_errors: collections.deque[str] = collections.deque(maxlen=max_errors)
         self.minor = 0
@@ -210,8 +211,12 @@ class Operations:
                 try:
                     backing_id = self.backing.acquire(ino, path)
                 except OSError as err:
-                    log.warning(
-                        "passthrough for inode %d (%s) unavailable, serving reads: %s", ino, path, err
+                    # Usually the same for every file (EPERM without CAP_SYS_ADMIN, ELOOP when the
+                    # backing files sit on a stacked fs): say it once, then quietly serve the reads.
+                    level = logging.DEBUG if self._passthrough_warned else logging.WARNING
+                    self._passthrough_warned = True
+                    log.log(
+                        level, "passthrough of inode %d (%s) unavailable, serving reads: %s", ino, path, err
                     )
             fh = next(self._fh)
             if backing_id:
