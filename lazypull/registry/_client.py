@@ -57,7 +57,6 @@ log.addHandler(logging.NullHandler())
 CHUNK_SIZE = 8 << 20               # upload chunk (PATCH) size; smaller blobs go in one PUT
 MAX_RANGES_PER_REQUEST = 64        # keeps the Range header well under server limits
 _DIGEST = re.compile(r"(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})\Z")
-_READ_SIZE = 1 << 20
 
 
 def _hasher(digest: str) -> hashlib._Hash:
@@ -317,7 +316,7 @@ class RegistryClient:
                         raise RegistryError(f"{what}: asked to resume at {written}, got {got_start}",
                                             url=response.request.url)
                 with translate_errors("GET", response.request.url):
-                    for chunk in response.iter_bytes(_READ_SIZE):
+                    for chunk in response.iter_bytes():
                         if size is not None and written + len(chunk) > size:
                             raise DigestMismatchError(f"{what}: more than the expected {size} bytes",
                                                       expected=digest, actual="(longer content)",
@@ -399,7 +398,7 @@ class RegistryClient:
                         # Whole body: keep only what is needed, stop once past the last range.
                         needed = max(e for _, e in spans)
                         body = bytearray()
-                        for chunk in response.iter_bytes(_READ_SIZE):
+                        for chunk in response.iter_bytes():
                             body += chunk
                             if len(body) >= needed:
                                 break
@@ -408,7 +407,7 @@ class RegistryClient:
                     else:
                         parts, total = parse_range_response(
                             response.headers.get("Content-Type", ""),
-                            response.headers.get("Content-Range"), response.iter_bytes(_READ_SIZE))
+                            response.headers.get("Content-Range"), response.iter_bytes())
                 return [_slice(parts, off, n, total) for off, n in ranges]
             except RangeResponseError as err:
                 if attempt + 1 >= policy.attempts:

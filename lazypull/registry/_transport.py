@@ -65,7 +65,7 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait before try number ``attempt + 1`` (attempt counts from 0)."""
         if retry_after is not None:
-            return float(min(max(retry_after, 0.0), self.max_delay * 4))
+            return max(float(retry_after), 0.0)      # the server knows best; the deadline bounds it
         ceiling = min(self.max_delay, self.base_delay * float(2 ** attempt))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
@@ -211,7 +211,9 @@ class Transport:
         if client is not None:
             return client
         ctx: ssl.SSLContext | bool = self._ssl_context(host) if verify else False
-        client = httpx.Client(verify=ctx, timeout=self.timeout, headers={"User-Agent": self.user_agent},
+        # identity: byte offsets and digests are about the blob as stored, never a re-encoding
+        headers = {"User-Agent": self.user_agent, "Accept-Encoding": "identity"}
+        client = httpx.Client(verify=ctx, timeout=self.timeout, headers=headers,
                               limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
                               follow_redirects=False, trust_env=False)
         with self._lock:

@@ -4,7 +4,8 @@
 config file (JSON is valid YAML) and storage directory under a temporary directory, waits until it
 answers, and stops it. Its JSON request log (stderr) is parsed by :meth:`RegistryServer.access_log`.
 
-Fixtures (session-scoped; started on first use, stopped at the end of the session):
+Fixtures (session-scoped; started on first use, stopped at the end of the session; ``fault_proxy``
+is function-scoped, in front of ``registry``):
 
 ``registry``
     plain HTTP, no auth.
@@ -21,12 +22,13 @@ Facts about this server worth knowing when writing tests: a manifest GET without
 header answers 404 for OCI manifests; manifests are capped at 4 MiB; there is no referrers API;
 single-POST upload with ``?digest=`` is unsupported; a PUT/PATCH needing auth gets 401 and a closed
 connection; range GETs answer 206 (multipart/byteranges for several ranges); the server does not log
-request headers, so :class:`AccessLogEntry.range` is only known for entries seen through a
-:class:`RecordingProxy`.
+request headers: put a :class:`FaultProxy` in front (it records every request with its headers
+and can inject faults) to see Range headers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import http.server
@@ -69,7 +71,6 @@ class AccessLogEntry:
     path: str                    # path with query string, as sent
     status: int
     bytes: int                   # response body bytes written
-    range: str | None = None     # Range request header (only known through a RecordingProxy)
     error_code: str | None = None
     duration_ms: float | None = None
 
@@ -355,12 +356,21 @@ class _QuietHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients dropping connections (as the fault tests make them do) are not errors."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class BackgroundHTTPServer:
     """A ThreadingHTTPServer on 127.0.0.1:free port, served from a daemon thread."""
 
     def __init__(self, handler: type[http.server.BaseHTTPRequestHandler],
                  ssl_context: ssl.SSLContext | None = None) -> None:
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server = _Server(("127.0.0.1", 0), handler)
         self.server.daemon_threads = True
         if ssl_context is not None:
             self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
@@ -430,6 +440,148 @@ class StaticFileServer(BackgroundHTTPServer):
         super().__init__(_StaticHandler)
 
 
+@dataclass
+class Fault:
+    """One fault a :class:`FaultProxy` injects into matching requests, ``times`` times (-1: always).
+
+    ``kind``: ``"status"`` answers ``status`` with ``headers``/``body`` without asking the registry;
+    ``"truncate"`` forwards, sends the headers and ``after_bytes`` bytes of the body, then drops
+    the connection; ``"flip"`` forwards with the body byte at ``offset`` inverted; ``"no_range"``
+    forwards without the Range header (the server answers 200 with the whole body).
+    """
+
+    kind: str
+    method: str | None = None
+    path_contains: str = ""
+    times: int = 1
+    status: int = 500
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    after_bytes: int = 0
+    offset: int = 0
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.times != 0 and (self.method in (None, method)) and self.path_contains in path
+
+
+@dataclass(frozen=True)
+class ProxiedRequest:
+    """A request as the proxy saw it, with the fault applied (if any)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    status: int
+    fault: str | None
+
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+               "proxy-authorization", "proxy-authenticate", "content-length"}
+
+
+class _ProxyHandler(_QuietHandler):
+    def _handle(self) -> None:
+        import http.client
+
+        owner: FaultProxy = self.server.owner  # type: ignore[attr-defined]
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        fault = owner._take_fault(self.command, self.path)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+        if fault and fault.kind == "status":
+            owner._record(self.command, self.path, dict(self.headers.items()), fault.status, fault.kind)
+            self.send_response(fault.status)
+            for k, v in fault.headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(fault.body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(fault.body)
+            return
+        if fault and fault.kind == "no_range":
+            headers = {k: v for k, v in headers.items() if k.lower() != "range"}
+        conn = http.client.HTTPConnection("127.0.0.1", owner.upstream_port, timeout=30)
+        try:
+            if self.command in ("PUT", "POST", "PATCH"):
+                headers["Content-Length"] = str(len(body))
+            conn.request(self.command, self.path, body=body or None, headers=headers)
+            upstream = conn.getresponse()
+            data = upstream.read()
+            status = upstream.status
+            resp_headers = [(k, v) for k, v in upstream.getheaders() if k.lower() not in _HOP_BY_HOP]
+            declared = upstream.getheader("Content-Length")
+        finally:
+            conn.close()
+        owner._record(self.command, self.path, dict(self.headers.items()), status,
+                      fault.kind if fault else None)
+        if fault and fault.kind == "flip" and len(data) > fault.offset:
+            data = data[:fault.offset] + bytes([data[fault.offset] ^ 0xFF]) + data[fault.offset + 1:]
+        self.send_response(status)
+        for k, v in resp_headers:
+            self.send_header(k, v)
+        head_length = declared if self.command == "HEAD" and declared else None
+        self.send_header("Content-Length", head_length or str(len(data)))
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        if fault and fault.kind == "truncate":
+            self.wfile.write(data[:fault.after_bytes])
+            self.wfile.flush()
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.wfile.write(data)
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle
+
+
+class FaultProxy(BackgroundHTTPServer):
+    """An HTTP proxy in front of a plain-HTTP registry that records requests and injects faults.
+
+    Clients use ``proxy.host`` instead of the registry's; the ``Host`` header is forwarded
+    unchanged, so the registry's upload Locations point back at the proxy. ``requests`` records
+    every request with its headers (the registry's own log has no Range header).
+    """
+
+    def __init__(self, upstream: RegistryServer) -> None:
+        if upstream.tls:
+            raise ValueError("FaultProxy fronts plain-HTTP registries only")
+        self.upstream_port = upstream.port
+        self.faults: list[Fault] = []
+        self.requests: list[ProxiedRequest] = []
+        self._lock = threading.Lock()
+        super().__init__(_ProxyHandler)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def add(self, fault: Fault) -> Fault:
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def clear(self) -> None:
+        with self._lock:
+            self.faults.clear()
+            self.requests.clear()
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.matches(method, path):
+                    if fault.times > 0:
+                        fault.times -= 1
+                    return fault
+        return None
+
+    def _record(self, method: str, path: str, headers: dict[str, str], status: int,
+                fault: str | None) -> None:
+        with self._lock:
+            self.requests.append(ProxiedRequest(method, path, headers, status, fault))
+
+
 # -- fixtures -----------------------------------------------------------------------------------
 
 TEST_USER = "lazyuser"
@@ -496,6 +648,14 @@ def registry_redirect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Auth
     yield AuthRegistry(server, extras={"redirect_server": files})
     server.stop()
     files.stop()
+
+
+@pytest.fixture
+def fault_proxy(registry: RegistryServer) -> Iterator[FaultProxy]:
+    """A FaultProxy in front of the plain ``registry`` (fresh for each test: no leftover faults)."""
+    proxy = FaultProxy(registry).start()
+    yield proxy
+    proxy.stop()
 
 
 @pytest.fixture
