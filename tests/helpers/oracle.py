@@ -77,9 +77,14 @@ class Oracle:
         level: int | None = None,
         prioritized: Sequence[str] | None = None,
         zstdchunked: bool = False,
+        procs: int = 1,
     ) -> OracleBuild:
-        """Converts `tar` with Go `estargz.Build` (GOMAXPROCS=1, allow-prioritize-not-found)."""
-        args = ["build", str(tar), str(out), "--chunk-size", str(chunk_size)]
+        """Converts `tar` with Go `estargz.Build` (allow-prioritize-not-found).
+
+        `procs` is GOMAXPROCS during Build, which cuts the tar into that many parts written by separate
+        writers (the TOC's userName/groupName dedupe restarts per part); 1 makes the output reproducible.
+        """
+        args = ["build", str(tar), str(out), "--chunk-size", str(chunk_size), "--procs", str(procs)]
         if level is not None:
             args += ["--level", str(level)]
         if prioritized:

@@ -4,7 +4,7 @@
 // exit status 1. It is built in GOPATH mode by tests/oracle/build.sh.
 //
 //	oracle verify BLOB [--toc-digest D]
-//	oracle build TAR OUT [--chunk-size N] [--level N] [--prioritized a,b,c] [--zstdchunked]
+//	oracle build TAR OUT [--chunk-size N] [--level N] [--prioritized a,b,c] [--zstdchunked] [--procs N]
 package main
 
 import (
@@ -286,10 +286,15 @@ func cmdBuild(args []string) (interface{}, error) {
 	level := fs.Int("level", -100, "compression level (default: gzip 9, zstd 3)")
 	prioritized := fs.String("prioritized", "", "comma-separated prioritized files")
 	zstdChunked := fs.Bool("zstdchunked", false, "build zstd:chunked instead of eStargz")
+	procs := fs.Int("procs", 1, "GOMAXPROCS for Build: it cuts the tar into that many parts")
 	pos, err := splitArgs(fs, args, 2)
 	if err != nil {
 		return nil, err
 	}
+	if *procs < 1 {
+		return nil, fmt.Errorf("--procs %d: must be at least 1", *procs)
+	}
+	runtime.GOMAXPROCS(*procs)
 	in, err := os.Open(pos[0])
 	if err != nil {
 		return nil, err
