@@ -24,6 +24,64 @@ READ_SIZE = 256 * 1024
 MAX_BUFFERED = 64 << 20      # per direction; the reader pauses beyond this (back-pressure)
 
 
+@dataclass(frozen=True)
+class HttpRequest:
+    """A request line and its Range header, as seen in the client -> upstream stream."""
+
+    time: float              # time.monotonic() when its head was read
+    method: str
+    path: str
+    range: str | None
+
+
+class _HttpSniffer:
+    """Finds request heads in one connection's upstream bytes (skipping Content-Length bodies).
+
+    Gives up on a connection that sends a chunked body or garbage: it only serves the records.
+    """
+
+    MAX_HEAD = 64 << 10
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.skip = 0
+        self.dead = False
+
+    def feed(self, data: bytes) -> list[HttpRequest]:
+        if self.dead:
+            return []
+        out = []
+        if self.skip:
+            take = min(self.skip, len(data))
+            self.skip -= take
+            data = data[take:]
+        self.buf += data
+        while not self.skip and self.buf:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buf) > self.MAX_HEAD:
+                    self.dead = True
+                break
+            head, self.buf = self.buf[:end].decode("latin-1"), self.buf[end + 4:]
+            lines = head.split("\r\n")
+            parts = lines[0].split()
+            if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+                self.dead = True
+                break
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            if "chunked" in headers.get("transfer-encoding", "").lower():
+                self.dead = True
+            out.append(HttpRequest(time.monotonic(), parts[0], parts[1], headers.get("range")))
+            length = int(headers.get("content-length", "0") or 0)
+            take = min(length, len(self.buf))
+            self.buf = self.buf[take:]
+            self.skip = length - take
+        return out
+
+
 @dataclass
 class Counters:
     """Bytes and connections the proxy carried since the last reset."""
@@ -70,6 +128,7 @@ class DelayProxy:
         self.listen_host = listen_host
         self.port = listen_port
         self._counters = Counters()
+        self.requests: list[HttpRequest] = []    # every request head seen (append-only)
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -194,6 +253,7 @@ class DelayProxy:
             self._tasks.discard(task)
 
     async def _read(self, reader: asyncio.StreamReader, pipe: _Pipe, direction: str) -> None:
+        sniffer = _HttpSniffer() if direction == "up" else None
         try:
             while True:
                 await pipe.has_room.wait()
@@ -201,6 +261,8 @@ class DelayProxy:
                 if not data:
                     break
                 with self._lock:
+                    if sniffer is not None:
+                        self.requests.extend(sniffer.feed(data))
                     if direction == "up":
                         self._counters.bytes_up += len(data)
                     else:

@@ -1,0 +1,235 @@
+"""lazypull's lazy-start benchmark, HelloBench style: ``make bench`` (reduced) or the full matrix::
+
+    .venv/bin/python bench/run.py                       # python image, wan profile, 5 samples
+    .venv/bin/python bench/run.py --images python,gcc,postgres --profiles lan,wan,slow --samples 5
+
+For every (image, profile) it measures, in shuffled order and each sample cold: containerd 1.6 full
+pull (the yardstick), lazypull's own full pull (``--snapshotter=overlayfs``), and lazypull lazy
+starts of ``esgz-noopt``, ``esgz`` (prioritized files) and ``zstdchunked``. Raw results go to
+``bench/results/<UTC time>.json``; then :mod:`bench.summary` writes the "Lazy start" section of
+docs/benchmarks.md and docs/bench-lazy-start.png. Needs root (netns, tc, FUSE, runc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+if __package__ in (None, ""):      # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import prepare as prep_mod
+from bench import summary
+from bench.delayproxy import DelayProxy
+from bench.netshape import PROFILES, NetNamespace, Profile
+from bench.registry import BenchRegistry, summarize
+from bench.sample import Sample, measure
+from bench.systems import ContainerdSystem, LazypullSystem
+from bench.workloads import parse_names
+
+REPO = Path(__file__).resolve().parents[1]
+# (system key, variant tag): what each row of the results is.
+ROWS = [("containerd", "org"), ("lazypull-overlayfs", "org"), ("lazypull-lazy", "esgz-noopt"),
+        ("lazypull-lazy", "esgz"), ("lazypull-lazy", "zstdchunked")]
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)      # unwinds through every finally: rules, daemons, mounts
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with contextlib.suppress(OSError):
+        mem = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    return {"kernel": platform.release(), "cpus": os.cpu_count(), "cpu": cpu, "memory": mem,
+            "python": platform.python_version(), "commit": commit,
+            "loadavg_start": os.getloadavg()}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="lazypull lazy-start benchmark (HelloBench style)")
+    p.add_argument("--images", default="python", help="comma list of python,gcc,postgres")
+    p.add_argument("--profiles", default="wan", help=f"comma list of {','.join(PROFILES)}")
+    p.add_argument("--samples", type=int, default=5)
+    p.add_argument("--rows", default="all",
+                   help="comma list of system:variant (e.g. containerd:org,lazypull-lazy:esgz) or all")
+    p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("LAZYPULL_BENCH_CACHE",
+                                                                          "/var/tmp/lazypull-bench")))
+    p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md and the PNG")
+    p.add_argument("--seed", type=int, default=None, help="shuffle seed (default: random)")
+    args = p.parse_args(argv)
+    if args.samples < 1:
+        p.error("--samples must be at least 1")
+    try:
+        args.workloads = parse_names(args.images)
+    except ValueError as err:
+        p.error(str(err))
+    args.profile_list = []
+    for name in (n.strip() for n in args.profiles.split(",") if n.strip()):
+        if name not in PROFILES:
+            p.error(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}")
+        args.profile_list.append(PROFILES[name])
+    if args.rows == "all":
+        args.row_list = list(ROWS)
+    else:
+        args.row_list = []
+        for item in args.rows.split(","):
+            system, _, variant = item.strip().partition(":")
+            if (system, variant) not in ROWS:
+                p.error(f"unknown row {item!r}; choose from "
+                        f"{', '.join(f'{s}:{v}' for s, v in ROWS)}")
+            args.row_list.append((system, variant))
+    return args
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def run(args: argparse.Namespace) -> Path:
+    """The whole benchmark; returns the results file."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    out_path: Path = args.results_dir / f"lazy-start-{stamp}.json"
+    workdir = args.cache_dir / f"work-{os.getpid()}"
+    results: dict[str, Any] = {
+        "kind": "lazy-start", "date": stamp, "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "machine": machine(), "profiles": {p.name: vars(p) for p in args.profile_list},
+        "images": {}, "samples": [], "errors": [],
+    }
+
+    def save() -> None:
+        tmp = out_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=1, default=str))
+        tmp.replace(out_path)
+
+    rng = random.Random(args.seed)
+    variants = tuple(sorted({v for _, v in args.row_list}, key=prep_mod.VARIANTS.index))
+    with contextlib.ExitStack() as stack:
+        stack.callback(lambda: subprocess.run(["rm", "-rf", str(workdir)], check=False))
+        ns = NetNamespace()
+        stack.callback(ns.close)
+        ns.create()
+        registry = BenchRegistry(workdir, args.cache_dir / "registry", host=ns.ns_ip,
+                                 exec_prefix=ns.exec_prefix())
+        stack.callback(registry.stop)
+        registry.start()
+        proxy = DelayProxy(ns.ns_ip, registry.port)
+        stack.callback(proxy.stop)
+        proxy.start()
+        ref_host = f"127.0.0.1:{proxy.port}"
+        log(f"registry {registry.address} in netns {ns.name}; delay proxy {ref_host}")
+
+        prepared: dict[str, prep_mod.Prepared] = {}
+        for w in args.workloads:
+            log(f"preparing {w.name}")
+            prepared[w.name] = prep_mod.prepare(w, cache_dir=args.cache_dir, registry=registry, proxy=proxy,
+                                                ref_host=ref_host, workdir=workdir, variants=variants,
+                                                log=log)
+            results["images"][w.name] = vars(prepared[w.name])
+        save()
+
+        systems: dict[str, Any] = {}
+        if any(s == "containerd" for s, _ in args.row_list):
+            systems["containerd"] = ContainerdSystem(workdir / "containerd")
+            stack.callback(systems["containerd"].close)
+        for key, snap in (("lazypull-overlayfs", "overlayfs"), ("lazypull-lazy", "stargz")):
+            if any(s == key for s, _ in args.row_list):
+                systems[key] = LazypullSystem(workdir / f"root-{snap}", snap)
+                stack.callback(systems[key].close)
+
+        for profile in args.profile_list:
+            run_profile(args, profile, ns, proxy, registry, systems, ref_host, results, rng, save)
+        results["machine"]["loadavg_end"] = os.getloadavg()
+        results["qdisc_stats"] = ns.qdisc_stats()
+        save()
+    return out_path
+
+
+class _Counting:
+    """Zeroes the proxy counters and marks the access log when a sample starts; reads both when the
+    workload has finished."""
+
+    def __init__(self, proxy: DelayProxy, registry: BenchRegistry) -> None:
+        self.proxy, self.registry, self.mark = proxy, registry, 0
+
+    def before(self) -> None:
+        self.proxy.close_connections()
+        self.proxy.reset()
+        self.mark = self.registry.mark()
+
+    def after(self, sample: Sample) -> None:
+        c = self.proxy.counters()
+        sample.proxy = {"connections": c.connections, "bytes_down": c.bytes_down, "bytes_up": c.bytes_up}
+        sample.registry = summarize(self.registry.requests_since(self.mark))
+
+
+def run_profile(args: argparse.Namespace, profile: Profile, ns: NetNamespace, proxy: DelayProxy,
+                registry: BenchRegistry, systems: dict[str, Any], ref_host: str, results: dict[str, Any],
+                rng: random.Random, save: Any) -> None:
+    """Every sample of one network profile, each round in shuffled order."""
+    ns.shape(profile.rate_mbit)
+    proxy.set_rtt(profile.rtt)
+    try:
+        jobs = [(w, s, v) for w in args.workloads for s, v in args.row_list]
+        for index in range(args.samples):
+            order = jobs[:]
+            rng.shuffle(order)
+            for workload, system_key, variant in order:
+                sample = Sample(workload.name, variant, system_key, profile.name, index)
+                ref = f"{ref_host}/{workload.name}:{variant}"
+                counting = _Counting(proxy, registry)
+                t0 = time.monotonic()
+                measure(systems[system_key], ref, workload, sample, before=counting.before,
+                        after=counting.after)
+                results["samples"].append(sample.to_json())
+                status = "ok" if sample.ok else f"FAILED: {(sample.error or '')[:300]}"
+                log(f"{profile.name} #{index} {workload.name:8} {system_key:18} {variant:11} "
+                    f"pull {sample.pull:6.2f} create {sample.create:6.2f} run {sample.run:6.2f} "
+                    f"({sample.registry.get('bytes', 0) / 1e6:.1f} MB, "
+                    f"{sample.registry.get('requests', 0)} req) {status} [{time.monotonic() - t0:.0f}s]")
+                save()
+    finally:
+        ns.shape(None)
+        proxy.set_rtt(0.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/run.py needs root (network namespace, tc, FUSE mounts, runc)", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    out: Path = run(args)
+    log(f"results: {out}")
+    if not args.no_docs:
+        summary.write_docs(out, REPO / "docs" / "benchmarks.md", REPO / "docs" / "bench-lazy-start.png")
+        log("wrote docs/benchmarks.md (## Lazy start) and docs/bench-lazy-start.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""Tables and the chart from a lazy-start results file: the "## Lazy start" section of docs/benchmarks.md
+(only that section is rewritten) and a stacked pull/create/run bar chart like stargz-snapshotter's.
+
+    .venv/bin/python -m bench.summary bench/results/lazy-start-<time>.json
+
+Statistics: median and p95 (nearest rank: with 5 samples, the slowest) of successful samples.
+Hand-written analysis in bench/analysis.md is copied into the section as is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import ideal
+
+SECTION = "## Lazy start"
+ROW_LABELS = {("containerd", "org"): "containerd (full pull)",
+              ("lazypull-overlayfs", "org"): "lazypull full pull",
+              ("lazypull-lazy", "esgz-noopt"): "lazypull eStargz (no prefetch)",
+              ("lazypull-lazy", "esgz"): "lazypull eStargz (prioritized)",
+              ("lazypull-lazy", "zstdchunked"): "lazypull zstd:chunked (prioritized)"}
+SHORT_LABELS = {("containerd", "org"): "containerd", ("lazypull-overlayfs", "org"): "lp-full",
+                ("lazypull-lazy", "esgz-noopt"): "esgz-noopt", ("lazypull-lazy", "esgz"): "esgz",
+                ("lazypull-lazy", "zstdchunked"): "zstdchunked"}
+ANALYSIS = Path(__file__).with_name("analysis.md")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def aggregate(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (image, profile, system, variant): medians, p95, counts, bytes, T_ideal."""
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    for s in results["samples"]:
+        groups.setdefault((s["image"], s["profile"], s["system"], s["variant"]), []).append(s)
+    rows = []
+    for (image, profile, system, variant), samples in groups.items():
+        ok = [s for s in samples if s["ok"]]
+        row: dict[str, Any] = {"image": image, "profile": profile, "system": system, "variant": variant,
+                               "n": len(ok), "failed": len(samples) - len(ok),
+                               "errors": sorted({(s.get("error") or "")[:200]
+                                                 for s in samples if not s["ok"]})}
+        if ok:
+            for key in ("pull", "create", "run", "total"):
+                vals = [float(s[key]) for s in ok]
+                row[key] = statistics.median(vals)
+                row[f"{key}_p95"] = percentile(vals, 95)
+            row["bytes"] = statistics.median([s["registry"].get("bytes", 0) for s in ok])
+            row["requests"] = statistics.median([s["registry"].get("requests", 0) for s in ok])
+            row["proxy_bytes"] = statistics.median([s["proxy"].get("bytes_down", 0) for s in ok])
+        rows.append(row)
+    order = list(ROW_LABELS)
+    rows.sort(key=lambda r: (r["image"], r["profile"], order.index((r["system"], r["variant"]))
+                             if (r["system"], r["variant"]) in order else 99))
+    _add_ideal(results, rows)
+    return rows
+
+
+def _find(rows: list[dict[str, Any]], image: str, profile: str, system: str, variant: str) -> dict[str, Any]:
+    for r in rows:
+        if (r["image"], r["profile"], r["system"], r["variant"]) == (image, profile, system, variant):
+            return r
+    return {}
+
+
+def _add_ideal(results: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    for r in rows:
+        info = results["images"].get(r["image"], {}).get("variants", {}).get(r["variant"], {})
+        prof = results["profiles"].get(r["profile"])
+        if r["system"] != "lazypull-lazy" or "w_bytes" not in info or not prof:
+            continue
+        app = _find(rows, r["image"], r["profile"], "lazypull-overlayfs", "org") or \
+            _find(rows, r["image"], r["profile"], "containerd", "org")
+        if "run" not in app:
+            continue
+        bandwidth = None if prof["rate_mbit"] is None else prof["rate_mbit"] * 1e6 / 8
+        r["t_app"] = app["run"]
+        r["w_bytes"], r["toc_bytes"] = info["w_bytes"], info["toc_bytes"]
+        r["t_ideal"] = ideal.t_ideal(rtt=prof["rtt"], bandwidth=bandwidth, toc_bytes=info["toc_bytes"],
+                                     w=info["w_bytes"], t_app=app["run"])
+        if "total" in r:
+            r["vs_ideal"] = r["total"] / r["t_ideal"]
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def _mb(v: Any) -> str:
+    return "—" if v is None else f"{v / 1e6:.1f}"
+
+
+def tables(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """Markdown tables, one per (image, profile)."""
+    out = []
+    keys = sorted({(r["image"], r["profile"]) for r in rows},
+                  key=lambda k: (k[0], ["lan", "wan", "slow"].index(k[1]) if k[1] in ("lan", "wan", "slow")
+                                 else 9))
+    for image, profile in keys:
+        info = results["images"].get(image, {})
+        prof = results["profiles"][profile]
+        shaping = "unshaped" if prof["rate_mbit"] is None else f"{prof['rate_mbit']:g} Mbit/s"
+        out.append(f"#### {image}, `{profile}` ({shaping}, RTT {prof['rtt'] * 1000:g} ms); "
+                   f"image {info.get('compressed_size', 0) / 1e6:.0f} MB compressed (gzip)\n")
+        out.append("| system / variant | n | pull | create | run | total (median) | total p95 "
+                   "| vs containerd | MB served | requests | T_ideal | total / T_ideal |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        base = _find(rows, image, profile, "containerd", "org").get("total")
+        for r in (r for r in rows if (r["image"], r["profile"]) == (image, profile)):
+            label = ROW_LABELS.get((r["system"], r["variant"]), f"{r['system']} {r['variant']}")
+            speed = f"{base / r['total']:.1f}x" if base and r.get("total") else "—"
+            fail = f" ({r['failed']} failed)" if r["failed"] else ""
+            out.append(f"| {label} | {r['n']}{fail} | {_fmt(r.get('pull'))} | {_fmt(r.get('create'))} | "
+                       f"{_fmt(r.get('run'))} | {_fmt(r.get('total'))} | {_fmt(r.get('total_p95'))} | "
+                       f"{speed} | "
+                       f"{_mb(r.get('bytes'))} | {_fmt(r.get('requests'), 0)} | {_fmt(r.get('t_ideal'))} | "
+                       f"{_fmt(r.get('vs_ideal'), 1)} |")
+        out.append("")
+        errs = [(r, e) for r in rows if (r["image"], r["profile"]) == (image, profile) for e in r["errors"]]
+        for r, e in errs[:6]:
+            out.append(f"- failure ({ROW_LABELS.get((r['system'], r['variant']), r['system'])}): `{e}`")
+        if errs:
+            out.append("")
+    return "\n".join(out)
+
+
+def targets(rows: list[dict[str, Any]]) -> str:
+    """The issue's targets, checked against the medians."""
+    lines = ["| target | measured | met |", "|---|---|---|"]
+
+    def speedup(image: str, profile: str, variant: str) -> float | None:
+        base = _find(rows, image, profile, "containerd", "org").get("total")
+        lazy = _find(rows, image, profile, "lazypull-lazy", variant).get("total")
+        return base / lazy if base and lazy else None
+
+    for variant, goal in (("esgz-noopt", 15.0), ("esgz", 23.0)):
+        s = speedup("python", "wan", variant)
+        met = "—" if s is None else ("yes" if s >= goal else "no")
+        lines.append(f"| python, wan: {variant} >= {goal:g}x faster than containerd | "
+                     f"{'—' if s is None else f'{s:.1f}x'} | {met} |")
+    r = _find(rows, "python", "wan", "lazypull-lazy", "esgz")
+    v = r.get("vs_ideal")
+    lines.append(f"| python, wan: esgz within 1.5x of T_ideal | {'—' if v is None else f'{v:.2f}x'} | "
+                 f"{'—' if v is None else ('yes' if v <= 1.5 else 'no')} |")
+    for r in rows:
+        if r["system"] != "lazypull-lazy" or "total" not in r:
+            continue
+        fulls = (_find(rows, r["image"], r["profile"], "lazypull-overlayfs", "org"),
+                 _find(rows, r["image"], r["profile"], "containerd", "org"))
+        full = [x["total"] for x in fulls if "total" in x]
+        if full:
+            lines.append(f"| {r['image']}, {r['profile']}: {r['variant']} not slower than the full pulls "
+                         f"({min(full):.2f}s) | {r['total']:.2f}s | "
+                         f"{'yes' if r['total'] <= min(full) else 'no'} |")
+    return "\n".join(lines)
+
+
+def section(results: dict[str, Any], results_name: str) -> str:
+    """The whole "## Lazy start" section."""
+    rows = aggregate(results)
+    m = results["machine"]
+    imgs = results["images"]
+    lines = [
+        SECTION, "",
+        "HelloBench-style cold starts (stargz-snapshotter's `script/benchmark`): each sample wipes the "
+        "store, the chunk cache and every mount and restarts the mount server (or containerd), then times "
+        "**pull** (`lazypull pull` / `ctr image pull`), **create** (mount and prefetch wait; 0 where the "
+        "system has no separate create step and it is part of run) and **run** (until the workload exits, "
+        "or until the server prints its ready line). Samples of all rows are shuffled within each round.",
+        "",
+        f"- Command: `{results['command']}` (`make bench` runs the reduced default: python, wan, 5 samples).",
+        f"- Machine: {m.get('cpus')} CPUs ({m.get('cpu')}), {m.get('memory')} RAM, "
+        f"kernel {m.get('kernel')}, Python {m.get('python')}, lazypull commit `{m.get('commit')}`, "
+        f"load average at start {', '.join(f'{x:.1f}' for x in m.get('loadavg_start', []))} "
+        f"(shared machine). Date {results['date']}.",
+        f"- Raw results: `bench/results/{results_name}` (not committed).",
+        "- Network: the registry (Debian's docker-registry 2.8) runs in a private network namespace behind "
+        "a veth pair shaped with `tc tbf` (both directions, burst 256 kb); a delay proxy "
+        "(bench/delayproxy.py) on 127.0.0.1 adds RTT/2 to each direction of every chunk (and one RTT "
+        "per new connection). "
+        "`lan` = unshaped, no delay; `wan` = 100 Mbit/s, 20 ms; `slow` = 60 Mbit/s, 50 ms.",
+        "- Images: Debian bookworm (debootstrap minbase) base layer + application layer (what the "
+        "packages add): "
+        + "; ".join(f"{k}: {v.get('compressed_size', 0) / 1e6:.0f} MB gzip" for k, v in imgs.items()) + ".",
+        "- Variants: `org` legacy gzip; `esgz-noopt` eStargz with `.no.prefetch.landmark`; `esgz` and "
+        "`zstdchunked` with the files the workload read prioritized (from a traced on-demand lazy run: the "
+        "byte ranges the registry served mapped onto the TOC). Converted with `lazypull image convert`, "
+        "pushed with `lazypull push`.",
+        "- MB served / requests: what the registry's access log recorded between the start of the sample and "
+        "the moment the workload finished (background fetch still running afterwards is not counted).",
+        f"- T_ideal = k·RTT + (TOC + W)/B + T_app with k = {ideal.K_ROUND_TRIPS} (connect, manifest, config, "
+        "footer+TOC tail read, chunk stream), TOC = TOC+footer bytes of all layers, W = compressed bytes of "
+        "the chunks the traced run read (priced in each variant's own layout), B = the shaped rate (no "
+        "transfer term on `lan`), T_app = median run phase after lazypull's full pull (all data local).",
+        "",
+    ]
+    for name, v in imgs.items():
+        var = v.get("variants", {})
+        detail = ", ".join(f"{t}: {x['compressed_size'] / 1e6:.0f} MB"
+                           + (f" (TOC {x['toc_bytes'] / 1e3:.0f} kB, W {x['w_bytes'] / 1e6:.1f} MB)"
+                              if "w_bytes" in x else "") for t, x in var.items())
+        lines.append(f"- {name}: {detail}; {len(v.get('prioritized', []))} prioritized files "
+                     f"({v.get('prioritized_source', '')}).")
+    lines += ["", "![lazy start: pull/create/run per image and variant](bench-lazy-start.png)", "",
+              "### Results (seconds; median of n cold samples unless noted)", "", tables(results, rows),
+              "### Targets", "", targets(rows), ""]
+    if ANALYSIS.exists():
+        lines += [ANALYSIS.read_text().strip(), ""]
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, Any], png: Path) -> None:
+    """Stacked pull/create/run medians per image and row, one panel per profile."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    rows = aggregate(results)
+    profiles = [p for p in ("lan", "wan", "slow", *results["profiles"]) if p in results["profiles"]]
+    profiles = list(dict.fromkeys(profiles))
+    fig, axes = plt.subplots(1, len(profiles), figsize=(max(7.0, 5.5 * len(profiles)), 5.2), squeeze=False)
+    colors = {"pull": "#4c72b0", "create": "#dd8452", "run": "#55a868"}
+    for ax, profile in zip(axes[0], profiles, strict=True):
+        sel = [r for r in rows if r["profile"] == profile and "total" in r]
+        xs = list(range(len(sel)))
+        bottom = [0.0] * len(sel)
+        for phase in ("pull", "create", "run"):
+            vals = [r[phase] for r in sel]
+            ax.bar(xs, vals, bottom=bottom, color=colors[phase], label=phase, width=0.7)
+            bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+        for x, r in zip(xs, sel, strict=True):
+            if "t_ideal" in r:
+                ax.hlines(r["t_ideal"], x - 0.35, x + 0.35, colors="black", linestyles="dashed", linewidth=1)
+            ax.text(x, bottom[x], f"{r['total']:.1f}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([f"{r['image']}\n{SHORT_LABELS.get((r['system'], r['variant']), r['variant'])}"
+                            for r in sel], rotation=60, ha="right", fontsize=7)
+        prof = results["profiles"][profile]
+        rate = "unshaped" if prof["rate_mbit"] is None else f"{prof['rate_mbit']:g} Mbit/s"
+        ax.set_title(f"{profile}: {rate}, RTT {prof['rtt'] * 1000:g} ms", fontsize=9)
+        ax.set_ylabel("seconds (median)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles.append(Line2D([], [], color="black", linestyle="dashed", linewidth=1))
+    labels.append("T_ideal")
+    fig.legend(handles, labels, loc="upper right", fontsize=8)
+    fig.suptitle(f"lazypull lazy start, cold, median of {max((r['n'] for r in rows), default=0)} samples "
+                 f"({results['date']})", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.93, 0.95))
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def replace_section(doc: Path, text: str) -> None:
+    """Put ``text`` in place of the "## Lazy start" section (up to the next "## " heading)."""
+    old = doc.read_text() if doc.exists() else "# Benchmarks\n\n"
+    lines = old.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
+    if start is None:
+        new = old.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
+    else:
+        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
+        tail = "".join(lines[end:])
+        new = "".join(lines[:start]) + text.rstrip("\n") + "\n" + ("\n" + tail if tail else "")
+    tmp = doc.with_suffix(".tmp")
+    tmp.write_text(new)
+    tmp.replace(doc)
+
+
+def write_docs(results_file: Path, doc: Path, png: Path) -> None:
+    results = json.loads(results_file.read_text())
+    chart(results, png)
+    replace_section(doc, section(results, results_file.name))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("results", type=Path)
+    p.add_argument("--doc", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md")
+    p.add_argument("--png", type=Path,
+                   default=Path(__file__).resolve().parents[1] / "docs" / "bench-lazy-start.png")
+    args = p.parse_args()
+    write_docs(args.results, args.doc, args.png)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""The systems compared: lazypull (lazy ``stargz`` or full-pull ``overlayfs`` snapshotter) and containerd.
+
+Each turns one cold sample into commands for the pull / create / run phases (:mod:`bench.sample`)
+and knows how to get back to cold: the store root wiped, the mount server stopped, every mount
+below the root removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from bench.containerd import Containerd, unmount_below
+from bench.sample import Phase
+from bench.workloads import Workload
+
+LAZYPULL = [sys.executable, "-m", "lazypull"]
+
+
+@cache
+def lazypull_commands() -> frozenset[str]:
+    """Subcommands the installed lazypull offers (from ``lazypull --help``)."""
+    out = subprocess.run([*LAZYPULL, "--help"], capture_output=True, text=True)
+    names = set()
+    in_commands = False
+    for line in out.stdout.splitlines():
+        if line.strip().lower().startswith("commands:"):
+            in_commands = True
+            continue
+        if in_commands and line.startswith("  ") and line.strip():
+            names.add(line.split()[0])
+    return frozenset(names)
+
+
+def _help(*sub: str) -> str:
+    return subprocess.run([*LAZYPULL, *sub, "--help"], capture_output=True, text=True).stdout
+
+
+class LazypullSystem:
+    """``lazypull pull --snapshotter=S`` then ``lazypull run --rm`` (or create + start when offered)."""
+
+    def __init__(self, root: Path, snapshotter: str) -> None:
+        self.root = root
+        self.snapshotter = snapshotter
+        self.name = "lazypull-lazy" if snapshotter == "stargz" else f"lazypull-{snapshotter}"
+        commands = lazypull_commands()
+        self.has_create = {"create", "start"} <= commands
+        self.has_stats = "stats" in commands
+
+    def _base(self, *args: str) -> list[str]:
+        return [*LAZYPULL, "--root", str(self.root), "--insecure-registry", *args]
+
+    def reset_cold(self) -> None:
+        stop_lazypull(self.root)
+        self.root.mkdir(parents=True)
+
+    def pull(self, ref: str) -> Phase:
+        return Phase(self._base("pull", f"--snapshotter={self.snapshotter}", ref))
+
+    def create(self, ref: str, cid: str, workload: Workload) -> Phase | None:
+        if not self.has_create:
+            return None
+        return Phase(self._base("create", f"--snapshotter={self.snapshotter}", "--name", cid, ref,
+                                *workload.command))
+
+    def run(self, ref: str, cid: str, workload: Workload) -> Phase:
+        if self.has_create:
+            return Phase(self._base("start", "--attach", cid), until=workload.ready)
+        return Phase(self._base("run", "--rm", f"--snapshotter={self.snapshotter}", "--name", cid, ref,
+                                *workload.command), until=workload.ready)
+
+    def cleanup(self, cid: str) -> None:
+        if "rm" in lazypull_commands():
+            subprocess.run(self._base("rm", "-f", cid), capture_output=True, timeout=60)
+
+    def stats(self) -> dict[str, Any] | None:
+        if not self.has_stats:
+            return None
+        proc = subprocess.run(self._base("stats", "--json"), capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            return {"error": proc.stderr.strip()[-500:]}
+        try:
+            data = json.loads(proc.stdout)
+        except ValueError:
+            return {"error": f"not JSON: {proc.stdout[:200]!r}"}
+        return data if isinstance(data, dict) else {"value": data}
+
+    def close(self) -> None:
+        stop_lazypull(self.root)
+
+
+def stop_lazypull(root: Path) -> None:
+    """Stop the mount server of ``root`` (its pid file names it), unmount everything below ``root``
+    and remove the directory."""
+    if not root.exists():
+        return
+    with contextlib.suppress(Exception):
+        from lazypull.snapshot import MountClient
+
+        with MountClient(root, autostart=False, timeout=30) as mc:
+            mc.shutdown(unmount=True)
+    pidfile = root / "run" / "daemon.pid"
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(pidfile.read_text().split()[0])
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.1)
+            if not _alive(pid):
+                break
+    _kill_runc_containers(root)
+    unmount_below(root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            return False
+    return True
+
+
+def _kill_runc_containers(root: Path) -> None:
+    """Containers lazypull's runc state dirs under ``root`` still list (our own leftovers)."""
+    for state_dir in root.glob("**/runc-state"):
+        _runc_cleanup(state_dir)
+    for state_dir in (root / "runc", root / "run" / "runc"):
+        if state_dir.is_dir():
+            _runc_cleanup(state_dir)
+
+
+def _runc_cleanup(state_dir: Path) -> None:
+    out = subprocess.run(["runc", "--root", str(state_dir), "list", "-q"], capture_output=True, text=True)
+    for cid in out.stdout.split():
+        subprocess.run(["runc", "--root", str(state_dir), "delete", "-f", cid], capture_output=True)
+
+
+class ContainerdSystem:
+    """containerd 1.6 with overlayfs: ``ctr image pull``, ``ctr container create``, ``ctr task start``."""
+
+    name = "containerd"
+
+    def __init__(self, base: Path) -> None:
+        self.daemon = Containerd(base)
+
+    def reset_cold(self) -> None:
+        self.daemon.restart_cold()
+
+    def pull(self, ref: str) -> Phase:
+        return Phase(self.daemon.ctr("image", "pull", "--plain-http", "--snapshotter", "overlayfs", ref))
+
+    def create(self, ref: str, cid: str, workload: Workload) -> Phase | None:
+        return Phase(self.daemon.ctr("container", "create", "--snapshotter", "overlayfs", ref, cid,
+                                     *workload.command))
+
+    def run(self, ref: str, cid: str, workload: Workload) -> Phase:
+        return Phase(self.daemon.ctr("task", "start", cid), until=workload.ready)
+
+    def cleanup(self, cid: str) -> None:
+        self.daemon.remove_containers()
+
+    def stats(self) -> dict[str, Any] | None:
+        return None
+
+    def close(self) -> None:
+        self.daemon.stop()
+        shutil.rmtree(self.daemon.base, ignore_errors=True)
