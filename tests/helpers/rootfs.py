@@ -177,3 +177,64 @@ def push_image_layers(workdir: Path, name: str, layers: list[list[TarEntrySpec]]
     with RegistryClient(insecure=True) as client:
         push_image(store, client, name)
     return name
+
+
+def push_lazy_image(workdir: Path, name: str, layers: list[list[TarEntrySpec]], *,
+                    config: dict[str, Any] | None = None,
+                    compression: Literal["gzip", "zstd"] = "gzip") -> tuple[str, list[str]]:
+    """Build an eStargz (or zstd:chunked) image with lazypull's own writer and push it as ``name``.
+
+    Returns the name and the layer digests. The layers carry the TOC digest annotations that make
+    the mount server serve them lazily.
+    """
+    import hashlib
+    import json
+
+    from lazypull.format import BuildOptions, build
+    from lazypull.image import Layout, Store, copy_into_store
+    from lazypull.image.push import push_image
+    from lazypull.registry import RegistryClient
+    from tests.helpers.images import make_tar as make_spec_tar
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    layout_dir = Path(tempfile.mkdtemp(dir=workdir))
+    blobs = layout_dir / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return f"sha256:{digest}"
+
+    layer_descs, diff_ids = [], []
+    media = ("application/vnd.oci.image.layer.v1.tar+gzip" if compression == "gzip"
+             else "application/vnd.oci.image.layer.v1.tar+zstd")
+    for entries in layers:
+        out = io.BytesIO()
+        result = build(io.BytesIO(make_spec_tar(entries)), out, BuildOptions(compression=compression))
+        digest = put(out.getvalue())
+        assert digest == result.blob_digest
+        layer_descs.append({"mediaType": media, "digest": digest, "size": result.blob_size,
+                            "annotations": dict(result.annotations)})
+        diff_ids.append(result.diff_id)
+    cfg: dict[str, Any] = {"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
+                           "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    cfg.update(config or {})
+    raw_config = json.dumps(cfg).encode()
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": put(raw_config),
+                           "size": len(raw_config)},
+                "layers": layer_descs}
+    raw_manifest = json.dumps(manifest).encode()
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+             "manifests": [{"mediaType": manifest["mediaType"], "digest": put(raw_manifest),
+                            "size": len(raw_manifest),
+                            "annotations": {"org.opencontainers.image.ref.name": "v1"}}]}
+    (layout_dir / "index.json").write_text(json.dumps(index))
+    (layout_dir / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    layout = Layout(layout_dir)
+    store = Store(Path(tempfile.mkdtemp(dir=workdir)))
+    copy_into_store(store, layout.root("v1"), layout, name, source=None, platforms=None)
+    with RegistryClient(insecure=True) as client:
+        push_image(store, client, name)
+    return name, [d["digest"] for d in layer_descs]

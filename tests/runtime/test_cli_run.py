@@ -12,7 +12,7 @@ import pytest
 
 from lazypull.runtime.overlay import mountpoints
 from tests.helpers.registry import RegistryServer
-from tests.helpers.rootfs import Entry, busybox_specs, push_image_layers
+from tests.helpers.rootfs import Entry, busybox_specs, push_image_layers, push_lazy_image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,3 +109,41 @@ def test_stargz_snapshotter_with_legacy_layers(tmp_path: Path, busybox_image: st
         assert mounts_under(tmp_path) == []
     finally:
         stop_daemon(tmp_path)
+
+
+def lazypull_mount_lines(root: Path) -> list[str]:
+    """``mount | grep lazypull`` restricted to this test's store root (other tests may run alongside)."""
+    out = subprocess.run(["mount"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if "lazypull" in line and str(root) in line]
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"], ids=["estargz", "zstd-chunked"])
+def test_lazy_run_from_empty_store(tmp_path: Path, registry: RegistryServer, compression: str) -> None:
+    big = Entry("srv/big.bin", data=os.urandom(3 << 20))  # never read: must not be fetched
+    ref = f"{registry.host}/lazypull-runtime/lazy:{compression}"
+    name, digests = push_lazy_image(tmp_path / "build", ref, [busybox_specs(extra=[big])],
+                                    compression="zstd" if compression == "zstd" else "gzip")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "config.toml").write_text("background_fetch = false\n")  # so only what is read is fetched
+    mark = registry.log_mark()
+    try:
+        result = lazypull(root, "--snapshotter=stargz", "run", "--insecure-registry", "--rm", name,
+                          "/bin/busybox", "echo", "hi")
+        assert (result.returncode, result.stdout) == (0, b"hi\n"), result.stderr.decode()
+        assert lazypull_mount_lines(root) == []
+        assert mounts_under(root) == []
+        blob_hex = digests[0].removeprefix("sha256:")
+        assert not (root / "content" / "blobs" / "sha256" / blob_hex).exists(), "layer was downloaded whole"
+        fetched = sum(e.bytes for e in registry.access_log(mark)
+                      if blob_hex in e.path and e.method == "GET")
+        assert 0 < fetched < (3 << 20), f"fetched {fetched} bytes of the layer"
+
+        # Without --rm the container holds the lazy layer until `rm`.
+        result = lazypull(root, "--insecure-registry", "run", "--name", "held", name, "true")
+        assert result.returncode == 0, result.stderr.decode()
+        assert len(lazypull_mount_lines(root)) == 1
+        assert lazypull(root, "rm", "held").returncode == 0
+        assert lazypull_mount_lines(root) == []
+    finally:
+        stop_daemon(root)
