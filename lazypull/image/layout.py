@@ -17,7 +17,7 @@ from lazypull.image import mediatypes as mt
 from lazypull.image.blobs import BlobDir, BlobInfo, BlobWriter, fsync_dir
 from lazypull.image.errors import ImageError, ImageNotFoundError
 from lazypull.image.model import Root
-from lazypull.image.partial import open_root, parse_index, parse_json_object, verify_bytes
+from lazypull.image.partial import open_root, parse_index, parse_json_object, parse_manifest, verify_bytes
 from lazypull.registry import Descriptor, Reference, parse_reference
 
 LAYOUT_VERSION = "1.0.0"
@@ -63,6 +63,15 @@ class Layout:
     def ingest(self, expected_digest: str | None = None, expected_size: int | None = None) -> Any:
         """A temp blob file (context manager yielding a BlobWriter)."""
         return self.blobs.ingest(expected_digest, expected_size)
+
+    def discard_unreferenced(self, digests: list[str]) -> None:
+        """Delete these blobs unless an index.json entry reaches them (undo of a failed write)."""
+        live: set[str] = set()
+        for entry in self.index_entries() if (self.path / "index.json").exists() else []:
+            _reach(self, entry, live)
+        for digest in digests:
+            if digest not in live:
+                self.blobs.delete_blob(digest)
 
     # ---- index.json ----
 
@@ -143,6 +152,22 @@ class Layout:
             fsync_dir(self.path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _reach(layout: Layout, desc: Descriptor, live: set[str], depth: int = 0) -> None:
+    live.add(desc.digest)
+    if depth > 4 or not layout.has_blob(desc.digest):
+        return
+    try:
+        if mt.is_index(desc.media_type):
+            _, entries = parse_index(layout.blobs.read_blob(desc.digest), desc)
+            for entry in entries:
+                _reach(layout, entry, live, depth + 1)
+        elif mt.is_manifest(desc.media_type):
+            _, config, layers = parse_manifest(layout.blobs.read_blob(desc.digest), desc)
+            live.update(d.digest for d in [config, *layers])
+    except ImageError:
+        pass  # unreadable: keep only what is known
 
 
 def layout_root(ref: str | Reference) -> Root:

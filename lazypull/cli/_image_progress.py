@@ -1,0 +1,95 @@
+"""Progress of pulls, pushes and conversions: rich bars per item on a terminal, nothing otherwise."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+
+
+class RichProgress:
+    """Implements ``lazypull.image.Progress`` with one bar per layer (bytes, rate) on stderr."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description:<80}"),
+            TextColumn("{task.fields[status]:<8}"),
+            BarColumn(bar_width=30),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._tasks: dict[str, TaskID] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> RichProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._progress.stop()
+
+    def start(self, key: str, label: str, total: int | None) -> None:
+        with self._lock:
+            if key not in self._tasks:
+                self._tasks[key] = self._progress.add_task(label, total=total, status="waiting")
+            else:
+                self._progress.update(self._tasks[key], total=total)
+            self._progress.update(self._tasks[key], status="working")
+
+    def advance(self, key: str, nbytes: int) -> None:
+        with self._lock:
+            task = self._tasks.get(key)
+        if task is not None:
+            self._progress.advance(task, nbytes)
+
+    def finish(self, key: str, status: str = "done") -> None:
+        with self._lock:
+            task = self._tasks.get(key)
+        if task is not None:
+            total = next((t.total for t in self._progress.tasks if t.id == task), None)
+            self._progress.update(task, status=status, completed=total or 0)
+
+    def message(self, text: str) -> None:
+        self._progress.console.print(text)
+
+
+class QuietProgress:
+    """No output (stderr is not a terminal: keep output parseable)."""
+
+    def __enter__(self) -> QuietProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def start(self, key: str, label: str, total: int | None) -> None:
+        pass
+
+    def advance(self, key: str, nbytes: int) -> None:
+        pass
+
+    def finish(self, key: str, status: str = "done") -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+
+def make_progress() -> RichProgress | QuietProgress:
+    """Bars when stderr is a terminal, silence otherwise."""
+    return RichProgress() if sys.stderr.isatty() else QuietProgress()

@@ -1,0 +1,85 @@
+"""What ``lazypull images`` shows about a stored image (nerdctl's columns), computed from the store.
+
+SIZE counts the uncompressed size of the layers unpacked locally (``snapshots/<hex>/fs`` exists:
+extracted, or mounted lazily); BLOB SIZE counts the blobs of the image: index (if any), manifest,
+config and compressed layers, as listed (whether or not they are local).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from lazypull.image import mediatypes as mt
+from lazypull.image.errors import ImageError
+from lazypull.image.partial import ManifestIndex, parse_config, parse_manifest
+from lazypull.image.platform import config_platform, host_platform, platform_label
+from lazypull.image.store import ImageRecord, Store
+from lazypull.registry import Descriptor, Reference, parse_reference
+
+
+@dataclass(frozen=True)
+class ImageSummary:
+    """One row of ``lazypull images``."""
+
+    name: str
+    repository: str
+    tag: str
+    digest: str
+    created: dt.datetime
+    platform: str
+    size: int
+    blob_size: int
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """(REPOSITORY, TAG) as nerdctl shows them (Docker Hub names shortened, ``<none>`` without tag)."""
+    ref = parse_reference(name, default_tag=None)
+    repo = Reference(ref.registry, ref.repository).familiar()
+    return repo, ref.tag or "<none>"
+
+
+def _manifest_for(store: Store, target: Descriptor) -> tuple[Descriptor | None, int]:
+    """The manifest to describe (this machine's platform if local, else the first local one)."""
+    if mt.is_manifest(target.media_type):
+        return target, 0
+    index = ManifestIndex(store.provider, target)
+    entries = [d for d in index.manifests() if mt.is_manifest(d.media_type) and store.has_blob(d.digest)]
+    host = host_platform()
+    for d in entries:
+        if d.platform is not None and host.matches(d.platform):
+            return d, target.size
+    return (entries[0] if entries else None), target.size
+
+
+def layer_uncompressed_size(store: Store, desc: Descriptor) -> int:
+    """A layer's uncompressed size: the eStargz annotation, else what the store learnt on pull, else 0."""
+    value = desc.annotations.get(mt.UNCOMPRESSED_SIZE)
+    if value is not None and value.isdigit():
+        return int(value)
+    info = store.uncompressed_info(desc.digest)
+    return info[1] if info else 0
+
+
+def summarize(store: Store, record: ImageRecord) -> ImageSummary:
+    """The row for one named image."""
+    repository, tag = split_name(record.name)
+    platform = "unknown"
+    size = 0
+    blob_size = 0
+    try:
+        manifest_desc, index_size = _manifest_for(store, record.target)
+        blob_size += index_size
+        if manifest_desc is not None and store.has_blob(manifest_desc.digest):
+            _, config_desc, layers = parse_manifest(store.read_blob(manifest_desc.digest), manifest_desc)
+            blob_size += manifest_desc.size + config_desc.size + sum(d.size for d in layers)
+            if store.has_blob(config_desc.digest):
+                config = parse_config(store.read_blob(config_desc.digest), config_desc)
+                platform = platform_label(config_platform(config))
+            for d in layers:
+                if (store.root / "snapshots" / d.digest.removeprefix("sha256:") / "fs").is_dir():
+                    size += layer_uncompressed_size(store, d)
+    except ImageError:
+        pass  # a damaged entry still gets a row; `image inspect` shows the error
+    return ImageSummary(record.name, repository, tag, record.target.digest, record.created, platform, size,
+                        blob_size)
