@@ -64,7 +64,10 @@ def stats_command(as_json: bool) -> None:
                       str(data.get("requests", 0)), str(data.get("cache_hits", 0)),
                       str(data.get("misses_waited", 0)), str(data.get("read_errors", 0)), prefetch,
                       _background(data))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:     # piped: do not squeeze the table into 80 columns
+        console = Console(width=200)
+    console.print(table)
 
 
 COMMANDS = [stats_command]

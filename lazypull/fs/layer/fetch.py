@@ -60,6 +60,8 @@ class ChunkFetcher:
         self._inflight_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=config.fetch_workers,
                                         thread_name_prefix=f"fetch-{digest[7:19]}")
+        # Blob bytes already in memory (the tail read with the TOC): ranges inside them need no request.
+        self.preloaded: list[tuple[int, bytes]] = []
 
     def close(self) -> None:
         self.remote.closed.set()
@@ -157,7 +159,8 @@ class ChunkFetcher:
         try:
             pending = list(chunks)
             for attempt in range(2):
-                failed = self._fetch_and_decode(pending, deadline, single_range and attempt == 0, results)
+                failed = self._fetch_and_decode(pending, deadline, single_range and attempt == 0, results,
+                                                use_preloaded=attempt == 0)
                 if not failed:
                     break
                 pending = [c for c, _ in failed]
@@ -191,22 +194,41 @@ class ChunkFetcher:
                 else:
                     fut.set_exception(errors.get(digest) or ChunkUnavailable(f"chunk {digest} not fetched"))
 
+    def _preloaded(self, start: int, end: int) -> bytes | None:
+        for off, data in self.preloaded:
+            if off <= start and end <= off + len(data):
+                return data[start - off : end - off]
+        return None
+
     def _fetch_and_decode(self, chunks: Sequence[Any], deadline: float, single_range: bool,
-                          results: dict[str, bytes]) -> list[tuple[Any, FormatError]]:
+                          results: dict[str, bytes], *, use_preloaded: bool = True
+                          ) -> list[tuple[Any, FormatError]]:
         units = {(c.offset, c.end) for c in chunks}
-        if single_range:
-            ranges = [(min(s for s, _ in units), max(e for _, e in units))]
-        else:
-            ranges = merge_ranges(units, self.config.merge_gap)
-        datas = self.remote.fetch([(s, e - s) for s, e in ranges], deadline)
+        local: dict[Unit, bytes] = {}
+        if use_preloaded and self.preloaded:
+            for unit in units:
+                data = self._preloaded(*unit)
+                if data is not None:
+                    local[unit] = data
+        remote_units = units - set(local)
+        ranges: list[Unit] = []
+        datas: list[bytes] = []
+        if remote_units:
+            if single_range:
+                ranges = [(min(s for s, _ in remote_units), max(e for _, e in remote_units))]
+            else:
+                ranges = merge_ranges(remote_units, self.config.merge_gap)
+            datas = self.remote.fetch([(s, e - s) for s, e in ranges], deadline)
         failed: list[tuple[Any, FormatError]] = []
         for chunk in chunks:
-            for (start, end), data in zip(ranges, datas, strict=True):
-                if start <= chunk.offset and chunk.end <= end:
-                    compressed = data[chunk.offset - start : chunk.end - start]
-                    break
-            else:  # cannot happen: every unit is inside a range
-                raise FetchError(f"no fetched range covers chunk {chunk.digest}")
+            compressed = local.get((chunk.offset, chunk.end))
+            if compressed is None:
+                for (start, end), data in zip(ranges, datas, strict=True):
+                    if start <= chunk.offset and chunk.end <= end:
+                        compressed = data[chunk.offset - start : chunk.end - start]
+                        break
+                else:  # cannot happen: every unit is inside a range
+                    raise FetchError(f"no fetched range covers chunk {chunk.digest}")
             try:
                 plain = decode_chunk(chunk, compressed)
             except FormatError as err:

@@ -12,6 +12,8 @@ from lazypull.fs.layer.tree import LayerTree
 from lazypull.fs.remote import RangeSource, RecordingSource, RemoteBlob
 from lazypull.fs.stats import LayerStats
 
+PRELOAD_MAX = 4 << 20
+
 
 def layer_dir(root: Path, digest: str) -> Path:
     """``<root>/snapshots/<hex>``."""
@@ -26,5 +28,10 @@ def open_layer_tree(digest: str, annotations: Mapping[str, str], source: RangeSo
     remote = RemoteBlob(source, stats, config)
     ldir = layer_dir(root, digest)
     ldir.mkdir(parents=True, exist_ok=True)
-    reader = open_toc(digest, annotations, RecordingSource(remote, record_path(ldir)), external_toc)
-    return LayerTree(digest, reader, remote, cache or ChunkCache(config.chunk_dir(root)), stats, config, ldir)
+    src = RecordingSource(remote, record_path(ldir))
+    reader = open_toc(digest, annotations, src, external_toc)
+    tree = LayerTree(digest, reader, remote, cache or ChunkCache(config.chunk_dir(root)), stats, config, ldir)
+    # What was read to find the TOC (often the end of the blob, sometimes all of it) serves chunks too.
+    if sum(len(data) for _, data in src.pieces) <= PRELOAD_MAX:
+        tree.fetcher.preloaded = list(src.pieces)
+    return tree

@@ -1,0 +1,155 @@
+"""The lazy layer over real FUSE and Debian's docker-registry, reached through a fault-injecting proxy:
+files equal the tar, only needed ranges are fetched, overlayfs applies the whiteouts, corruption gives EIO,
+and a registry that stops and comes back costs EIO after the deadline, then works again."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from lazypull.fs import mount_layer
+from lazypull.fs.cache import ChunkCache
+from lazypull.fs.config import FsConfig
+from lazypull.fs.layer import LayerTree, open_layer_tree
+from lazypull.fs.remote import RegistryRangeSource
+from lazypull.registry import RegistryClient, RetryPolicy, parse_reference
+from tests.helpers.registry import RegistryServer
+from tests.snapshot.layerkit import FILES, Blob, FaultProxy, build_blob, push_blob
+
+CONFIG = FsConfig(prefetch=False, background_fetch=False, read_deadline=1.0, retry_initial=0.05,
+                  retry_max=0.2)
+
+
+@pytest.fixture(scope="module")
+def blob(tmp_path_factory: pytest.TempPathFactory) -> Blob:
+    return build_blob(tmp_path_factory.mktemp("blob"))
+
+
+@contextmanager
+def mounted(tmp: Path, blob: Blob, host: str, repo: str,
+            config: FsConfig = CONFIG) -> Iterator[tuple[LayerTree, Path, object]]:
+    client = RegistryClient(insecure=True, retry=RetryPolicy(attempts=1), timeout=5.0)
+    ref = parse_reference(f"{host}/{repo}:latest")
+    source = RegistryRangeSource(client, ref, blob.digest, blob.result.blob_size)
+    tree = open_layer_tree(blob.digest, blob.annotations, source, root=tmp, config=config,
+                           cache=ChunkCache(config.chunk_dir(tmp)))
+    tree.start()
+    fuse = mount_layer(tree, tmp / "mnt")
+    try:
+        yield tree, tmp / "mnt", fuse
+    finally:
+        fuse.stop()
+        tree.close()
+        client.close()
+
+
+def test_mount_serves_the_tar_fetching_only_what_is_read(blob: Blob, registry: RegistryServer,
+                                                          unique_repo: str, tmp_path: Path) -> None:
+    push_blob(registry.url, unique_repo, blob.path.read_bytes())
+    proxy = FaultProxy(registry.url)
+    try:
+        with mounted(tmp_path, blob, proxy.host, unique_repo) as (tree, mnt, fuse):
+            assert len(proxy.blob_gets) == 1, "footer and TOC in one ranged request"
+            line = [ln for ln in subprocess.run(["mount"], capture_output=True, text=True).stdout.splitlines()
+                    if str(mnt) in ln]
+            assert len(line) == 1 and "fuse.lazypull" in line[0]
+            assert (mnt / "etc/hello.txt").read_bytes() == b"hello\n"
+            assert len(proxy.blob_gets) == 2, "one range request for the file read"
+            assert proxy.blob_gets[1] and proxy.blob_gets[1].startswith("bytes=")
+            assert tree.stats.requests == 2
+            st = os.stat(mnt / "etc/setuid")
+            assert stat.S_IMODE(st.st_mode) == 0o4755
+            assert os.stat(mnt / "etc/hard").st_ino == os.stat(mnt / "etc/hello.txt").st_ino
+            assert os.stat(mnt / "etc/hello.txt").st_nlink == 2
+            assert os.readlink(mnt / "link") == "etc/hello.txt"
+            wh = os.stat(mnt / "etc/removed")
+            assert stat.S_ISCHR(wh.st_mode) and wh.st_rdev == 0
+            assert os.getxattr(mnt / "etc/cap", "user.foo") == b"bar"
+            assert os.getxattr(mnt / "opq", "trusted.overlay.opaque") == b"y"
+            assert os.stat(mnt / "dev/null0").st_rdev == os.makedev(1, 3)
+            assert sorted(os.listdir(mnt)) == ["bin", "dev", "etc", "link", "opq", "usr"]
+            for name, data in FILES.items():
+                assert (mnt / name).read_bytes() == data, name
+            fetched = tree.stats.bytes_fetched
+            assert fetched <= blob.result.blob_size + 4096
+            # Complete now: a new open goes through passthrough when the kernel offers it.
+            assert (mnt / "bin/huge").read_bytes() == FILES["bin/huge"]
+            if getattr(fuse, "passthrough_active", False):
+                assert tree.backing_path(os.stat(mnt / "bin/huge").st_ino) is not None
+    finally:
+        proxy.stop()
+
+
+def test_overlay_applies_whiteouts_and_opaque_dirs(blob: Blob, registry: RegistryServer, unique_repo: str,
+                                                   tmp_path: Path) -> None:
+    push_blob(registry.url, unique_repo, blob.path.read_bytes())
+    base = tmp_path / "base"
+    (base / "etc").mkdir(parents=True)
+    (base / "etc/removed").write_text("old")
+    (base / "etc/other").write_text("other")
+    (base / "opq").mkdir()
+    (base / "opq/old").write_text("old")
+    merged, upper, work = tmp_path / "merged", tmp_path / "upper", tmp_path / "work"
+    for d in (merged, upper, work):
+        d.mkdir()
+    with mounted(tmp_path / "layer", blob, registry.host, unique_repo) as (_tree, mnt, _fuse):
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                        f"lowerdir={mnt}:{base},upperdir={upper},workdir={work}", str(merged)], check=True)
+        try:
+            expected = ["cap", "empty", "hard", "hello.txt", "other", "setuid"]
+            assert sorted(os.listdir(merged / "etc")) == expected
+            assert os.listdir(merged / "opq") == ["keep"]
+            assert (merged / "bin/big").read_bytes() == FILES["bin/big"]
+            (merged / "etc/hello.txt").write_text("changed")      # copy-up from the lazy layer
+            assert (upper / "etc/hello.txt").read_text() == "changed"
+        finally:
+            subprocess.run(["umount", str(merged)], check=True)
+
+
+def test_corrupted_blob_gives_eio_and_is_logged(blob: Blob, registry: RegistryServer, unique_repo: str,
+                                                tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    push_blob(registry.url, unique_repo, blob.path.read_bytes())
+    proxy = FaultProxy(registry.url)
+    caplog.set_level(logging.ERROR)
+    try:
+        with mounted(tmp_path, blob, proxy.host, unique_repo) as (tree, mnt, _fuse):
+            proxy.corrupt_blobs = True
+            with pytest.raises(OSError) as err:
+                (mnt / "bin/huge").read_bytes()
+            assert err.value.errno == errno.EIO
+            assert tree.stats.verify_failures >= 2
+            assert blob.digest in caplog.text and "bin/huge" in caplog.text
+            proxy.corrupt_blobs = False
+            assert (mnt / "bin/huge").read_bytes() == FILES["bin/huge"]
+    finally:
+        proxy.stop()
+
+
+def test_registry_stopped_mid_run_then_back(blob: Blob, tmp_path: Path) -> None:
+    server = RegistryServer(tmp_path / "reg").start()
+    proxy = FaultProxy(server.url)
+    try:
+        push_blob(server.url, "lazy/stop", blob.path.read_bytes())
+        with mounted(tmp_path / "root", blob, proxy.host, "lazy/stop") as (tree, mnt, _fuse):
+            assert (mnt / "etc/hello.txt").read_bytes() == b"hello\n"
+            server.stop()
+            with pytest.raises(OSError) as err:
+                (mnt / "bin/big").read_bytes()
+            assert err.value.errno == errno.EIO
+            assert (mnt / "etc/hello.txt").read_bytes() == b"hello\n", "cached data still served"
+            server.start()
+            proxy.upstream = server.host
+            assert (mnt / "bin/big").read_bytes() == FILES["bin/big"]
+            assert tree.stats.read_errors >= 1
+    finally:
+        proxy.stop()
+        server.stop()
+

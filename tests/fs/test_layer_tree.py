@@ -1,0 +1,292 @@
+"""The lazy layer Tree without FUSE: metadata from the TOC, reads, fetch economy, cache, verification,
+deadlines, singleflight, prefetch and background fetch (blobs built by lazypull.format.build)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from lazypull.errors import MountError
+from lazypull.fs.config import FsConfig
+from lazypull.fs.fuse.tree import FuseError
+from lazypull.fs.remote import FileRangeSource
+from tests.snapshot.layerkit import FILES, Blob, FaultySource, build_blob, lookup_path, open_tree, read_all
+
+
+@pytest.fixture(scope="module")
+def blob(tmp_path_factory: pytest.TempPathFactory) -> Blob:
+    return build_blob(tmp_path_factory.mktemp("blob"))
+
+
+def _faulty(blob: Blob) -> FaultySource:
+    return FaultySource(FileRangeSource(blob.path))
+
+
+def test_metadata_follows_toc_and_overlay_conventions(blob: Blob, tmp_path: Path) -> None:
+    tree = open_tree(blob, tmp_path)
+    root_names = [n for n, _ in tree.readdir(1)]
+    assert b".no.prefetch.landmark" not in root_names and b".prefetch.landmark" not in root_names
+    assert sorted(root_names) == [b"bin", b"dev", b"etc", b"link", b"opq", b"usr"]
+    etc = lookup_path(tree, "etc")
+    etc_names = {n for n, _ in tree.readdir(etc)}
+    assert b".wh.removed" not in etc_names and b".wh.hello.txt" not in etc_names
+    wh = tree.lookup(etc, b"removed")
+    assert wh is not None and stat.S_ISCHR(wh.mode) and wh.rdev == 0
+    hello = tree.lookup(etc, b"hello.txt")
+    assert hello is not None and stat.S_ISREG(hello.mode), "a real file wins over its whiteout"
+    assert (hello.uid, hello.gid, hello.size, hello.nlink) == (1000, 1001, 6, 2)
+    assert hello.mtime_ns == 1609459200 * 10**9
+    hard = tree.lookup(etc, b"hard")
+    assert hard is not None and hard.ino == hello.ino
+    setuid = tree.getattr(lookup_path(tree, "etc/setuid"))
+    assert stat.S_IMODE(setuid.mode) == 0o4755
+    cap = lookup_path(tree, "etc/cap")
+    assert tree.getxattr(cap, b"user.foo") == b"bar"
+    assert set(tree.listxattr(cap)) == {b"user.foo", b"trusted.x"}
+    assert tree.getxattr(cap, b"user.none") is None
+    opq = lookup_path(tree, "opq")
+    assert tree.getxattr(opq, b"trusted.overlay.opaque") == b"y"
+    assert [n for n, _ in tree.readdir(opq)] == [b"keep"]
+    dev = tree.getattr(lookup_path(tree, "dev/null0"))
+    assert stat.S_ISCHR(dev.mode) and dev.rdev == (1 << 8 | 3)
+    assert stat.S_ISFIFO(tree.getattr(lookup_path(tree, "dev/fifo")).mode)
+    link = lookup_path(tree, "link")
+    assert stat.S_ISLNK(tree.getattr(link).mode) and tree.readlink(link) == b"etc/hello.txt"
+    assert tree.getattr(lookup_path(tree, "usr")).nlink == 3
+    assert tree.lookup(1, b"missing") is None
+    with pytest.raises(FuseError) as err:
+        tree.getattr(999999)
+    assert err.value.errno == errno.ENOENT
+    assert tree.statfs().files >= len(FILES)
+    tree.close()
+
+
+def test_reads_equal_the_tar(blob: Blob, tmp_path: Path) -> None:
+    tree = open_tree(blob, tmp_path)
+    for name, data in FILES.items():
+        ino = lookup_path(tree, name)
+        assert read_all(tree, ino, 7000) == data, name
+        for off, size in ((0, 1), (4095, 2), (len(data) // 2, 5000), (len(data), 10), (len(data) + 5, 1)):
+            assert tree.read(ino, off, size) == data[off : off + size], (name, off, size)
+    with pytest.raises(FuseError) as err:
+        tree.read(1, 0, 10)
+    assert err.value.errno == errno.EISDIR
+    tree.close()
+
+
+def test_only_needed_bytes_fetched_one_request_per_read(blob: Blob, tmp_path: Path) -> None:
+    src = _faulty(blob)
+    tree = open_tree(blob, tmp_path, source=src)
+    src.requests.clear()
+    before = tree.stats.bytes_fetched
+    ino = lookup_path(tree, "bin/huge")
+    chunks = tree._files[ino].chunks
+    assert len(chunks) > 30
+    # One FUSE-sized read spanning several chunks: one request, for exactly those chunks' range.
+    assert tree.read(ino, 0, 5 * 4096) == FILES["bin/huge"][: 5 * 4096]
+    assert len(src.requests) == 1
+    expected = chunks[4].end - chunks[0].offset
+    assert tree.stats.bytes_fetched - before == expected
+    # Read again: cache hits, no request.
+    assert tree.read(ino, 0, 5 * 4096) == FILES["bin/huge"][: 5 * 4096]
+    assert len(src.requests) == 1 and tree.stats.cache_hits >= 5
+    # Two disjoint missing regions in one read at once -> one request (multi-range when not adjacent).
+    tree.read(ino, 10 * 4096, 4096)
+    assert len(src.requests) == 2
+    tree.close()
+
+
+def test_corrupt_chunk_refetched_once_then_eio_logged(blob: Blob, tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    src = _faulty(blob)
+    tree = open_tree(blob, tmp_path, source=src)
+    ino = lookup_path(tree, "bin/big")
+    src.corrupt = 1                      # first answer damaged, the refetch is good
+    assert tree.read(ino, 0, 4096) == FILES["bin/big"][:4096]
+    assert tree.stats.verify_failures == 1
+    src.corrupt = 10                     # damaged every time
+    caplog.set_level(logging.ERROR)
+    with pytest.raises(FuseError) as err:
+        tree.read(ino, 8192, 100)
+    assert err.value.errno == errno.EIO
+    text = caplog.text
+    assert blob.digest in text and "bin/big" in text
+    assert not tree.cache.has(tree._files[ino].chunks[2].digest, tree._files[ino].chunks[2].chunk_size)
+    tree.close()
+
+
+def test_network_down_fails_with_eio_after_deadline_then_recovers(blob: Blob, tmp_path: Path) -> None:
+    src = _faulty(blob)
+    config = FsConfig(prefetch=False, background_fetch=False, read_deadline=0.6, retry_initial=0.05)
+    tree = open_tree(blob, tmp_path, config=config, source=src)
+    ino = lookup_path(tree, "bin/big")
+    src.down = True
+    began = time.monotonic()
+    with pytest.raises(FuseError) as err:
+        tree.read(ino, 0, 100)
+    took = time.monotonic() - began
+    assert err.value.errno == errno.EIO
+    assert 0.3 < took < 3.0, took
+    assert tree.stats.retries >= 1
+    src.down = False
+    assert tree.read(ino, 0, 100) == FILES["bin/big"][:100]
+    tree.close()
+
+
+def test_hung_source_cannot_hang_a_read(blob: Blob, tmp_path: Path) -> None:
+    src = _faulty(blob)
+    config = FsConfig(prefetch=False, background_fetch=False, read_deadline=0.5)
+    tree = open_tree(blob, tmp_path, config=config, source=src)
+    ino = lookup_path(tree, "usr/lib/one")
+    src.delay = 3.0
+    began = time.monotonic()
+    with pytest.raises(FuseError):
+        tree.read(ino, 0, 10)
+    assert time.monotonic() - began < 2.0
+    tree.close()
+
+
+def test_concurrent_misses_of_one_region_fetch_once(blob: Blob, tmp_path: Path) -> None:
+    src = _faulty(blob)
+    tree = open_tree(blob, tmp_path, source=src)
+    ino = lookup_path(tree, "bin/big")
+    src.requests.clear()
+    src.delay = 0.3
+    results: list[bytes] = []
+    threads = [threading.Thread(target=lambda: results.append(tree.read(ino, 0, 20000))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [FILES["bin/big"]] * 6
+    assert len(src.requests) == 1
+    tree.close()
+
+
+def test_misses_of_different_regions_in_flight_together(blob: Blob, tmp_path: Path) -> None:
+    src = _faulty(blob)
+    tree = open_tree(blob, tmp_path, source=src)
+    names = ["etc/hello.txt", "etc/setuid", "etc/cap", "bin/big"]
+    inos = [lookup_path(tree, n) for n in names]
+    src.delay = 0.4
+    began = time.monotonic()
+    threads = [threading.Thread(target=tree.read, args=(ino, 0, 100)) for ino in inos]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert time.monotonic() - began < 1.2, "misses were served one after the other"
+    tree.close()
+
+
+def test_cache_and_toc_reused_by_a_new_tree(blob: Blob, tmp_path: Path) -> None:
+    first = open_tree(blob, tmp_path)
+    for name in FILES:
+        read_all(first, lookup_path(first, name))
+    first.close()
+    src = _faulty(blob)
+    second = open_tree(blob, tmp_path, source=src)
+    assert src.requests == [], "the footer and TOC came from the record"
+    for name, data in FILES.items():
+        assert read_all(second, lookup_path(second, name)) == data
+    assert src.requests == [] and second.stats.bytes_fetched == 0
+    chunk_files = list((tmp_path / "cache" / "chunks").iterdir())
+    assert chunk_files and all(len(p.name) == 64 for p in chunk_files)
+    second.close()
+
+
+def test_backing_paths_of_complete_files(blob: Blob, tmp_path: Path) -> None:
+    tree = open_tree(blob, tmp_path)
+    big = lookup_path(tree, "bin/big")
+    small = lookup_path(tree, "etc/hello.txt")
+    assert tree.backing_path(big) is None and tree.backing_path(small) is None
+    read_all(tree, big)
+    read_all(tree, small)
+    big_path = tree.backing_path(big)
+    small_path = tree.backing_path(small)
+    assert big_path and Path(big_path).read_bytes() == FILES["bin/big"]
+    assert small_path and Path(small_path).read_bytes() == FILES["etc/hello.txt"]
+    assert tree.backing_path(lookup_path(tree, "etc")) is None
+    tree.close()
+
+
+def test_toc_digest_required_and_checked(blob: Blob, tmp_path: Path) -> None:
+    annotations = blob.annotations
+    del annotations["containerd.io/snapshot/stargz/toc.digest"]
+    with pytest.raises(MountError, match=r"toc\.digest"):
+        open_tree(blob, tmp_path, annotations=annotations)
+    annotations["containerd.io/snapshot/stargz/toc.digest"] = "sha256:" + "0" * 64
+    with pytest.raises(MountError, match=blob.digest):
+        open_tree(blob, tmp_path / "other", annotations=annotations)
+
+
+def test_prefetch_in_one_request_then_background_fetches_the_rest(tmp_path: Path) -> None:
+    blob = build_blob(tmp_path, prioritized_files=["etc/hello.txt", "usr/lib/one", "bin/big"])
+    src = _faulty(blob)
+    config = FsConfig(prefetch=True, background_fetch=False, read_deadline=5.0)
+    tree = open_tree(blob, tmp_path / "root", config=config, source=src)
+    src.requests.clear()
+    tree.start()
+    assert tree.wait_prefetch(10)
+    assert len(src.requests) == 1 and len(src.requests[0]) == 1
+    start, length = src.requests[0][0]
+    assert start + length <= blob.result.blob_size
+    assert tree.stats.prefetch_state == "done" and tree.stats.prefetch_seconds is not None
+    for name in ("etc/hello.txt", "usr/lib/one", "bin/big"):
+        assert read_all(tree, lookup_path(tree, name)) == FILES[name]
+    assert len(src.requests) == 1, "prefetched files needed no request"
+    tree.close()
+
+    config = FsConfig(prefetch=True, background_fetch=True, background_pause=0.0, read_deadline=5.0,
+                      background_batch=32 << 10)
+    src2 = _faulty(blob)
+    bg = open_tree(blob, tmp_path / "root", config=config, source=src2).start()
+    assert bg.background.finished.wait(20)
+    assert bg.stats.background_state == "done"
+    assert bg.stats.prefetch_state == "skipped", "the prefetched chunks were cached already"
+    requests = len(src2.requests)
+    assert 0 < requests < len(bg.fetcher.units)
+    for name, data in FILES.items():
+        assert read_all(bg, lookup_path(bg, name)) == data
+    assert len(src2.requests) == requests
+    bg.close()
+
+
+def test_zstd_chunked_layer(tmp_path: Path) -> None:
+    blob = build_blob(tmp_path, compression="zstd")
+    assert any("manifest-position" in k for k in blob.annotations)
+    tree = open_tree(blob, tmp_path / "root")
+    for name, data in FILES.items():
+        assert read_all(tree, lookup_path(tree, name)) == data
+    tree.close()
+
+
+def test_min_chunk_size_siblings_come_with_one_request(tmp_path: Path) -> None:
+    blob = build_blob(tmp_path, min_chunk_size=64 << 10)
+    src = _faulty(blob)
+    tree = open_tree(blob, tmp_path / "root", source=src)
+    src.requests.clear()
+    assert read_all(tree, lookup_path(tree, "usr/lib/one")) == FILES["usr/lib/one"]
+    assert read_all(tree, lookup_path(tree, "usr/lib/two")) == FILES["usr/lib/two"]
+    assert len(src.requests) == 1
+    tree.close()
+
+
+def test_tail_read_with_the_toc_serves_chunks_without_requests(tmp_path: Path) -> None:
+    blob = build_blob(tmp_path, tar=None)
+    src = _faulty(blob)
+    tree = open_tree(blob, tmp_path / "root", source=src, preload=True)
+    src.requests.clear()
+    last = lookup_path(tree, "usr/lib/two")       # stored last, inside the 64 KiB tail
+    assert read_all(tree, last) == FILES["usr/lib/two"]
+    assert src.requests == []
+    first = lookup_path(tree, "etc/hello.txt")
+    assert read_all(tree, first) == FILES["etc/hello.txt"]
+    assert len(src.requests) == 1
+    tree.close()

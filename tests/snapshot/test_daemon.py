@@ -1,0 +1,136 @@
+"""The mount server end to end: ``MountClient`` starts ``lazypull daemon``, which mounts the lazy layers of
+an image pulled (manifest and config only) from a real registry over real FUSE; supervision restarts a
+killed server, which restores the mounts and reuses the chunk cache."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lazypull.errors import MountError
+from lazypull.image import Store, pull_image
+from lazypull.registry import RegistryClient
+from lazypull.snapshot import MountClient, daemon_pid
+from tests.helpers.registry import RegistryServer
+from tests.snapshot.layerkit import FILES, build_blob, gzip_layer, push_image
+
+OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+def _lazypull_mounts(root: Path) -> list[str]:
+    out = subprocess.run(["mount"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if "lazypull" in line and str(root) in line]
+
+
+@pytest.fixture(scope="module")
+def image(registry: RegistryServer,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, str]]:
+    """(store root, image name, lazy layer digest): an image with a plain layer under an eStargz one."""
+    tmp = tmp_path_factory.mktemp("daemon")
+    blob = build_blob(tmp, prioritized_files=["etc/hello.txt"])
+    plain, plain_diff = gzip_layer({"base.txt": b"base\n"})
+    ref = f"{registry.host}/lazy/daemon:v1"
+    push_image(registry.url, "lazy/daemon", "v1", [
+        (plain, OCI_GZIP, {}, plain_diff),
+        (blob.path.read_bytes(), OCI_GZIP, blob.annotations, blob.result.diff_id),
+    ])
+    root = tmp / "root"
+    with RegistryClient(insecure=True) as client:
+        record = pull_image(Store(root), client, ref, fetch_layers=False)
+    (root / "config.toml").write_text("prefetch_timeout = 5.0\nbackground_fetch = false\n"
+                                      "read_deadline = 2.0\n")
+    yield root, record.name, blob.digest
+    MountClient(root, autostart=False).shutdown()
+    for line in _lazypull_mounts(root):
+        subprocess.run(["umount", "-l", line.split()[2]], check=False)
+
+
+def test_mount_image_serves_lazy_layers(image: tuple[Path, str, str]) -> None:
+    root, name, digest = image
+    mc = MountClient(root)
+    layers = mc.mount_image(name, insecure=True)
+    assert [layer.lazy for layer in layers] == [False, True]
+    assert layers[0].path is None
+    lazy = layers[1]
+    assert lazy.digest == digest and lazy.path == root / "snapshots" / digest[7:] / "fs"
+    assert mc.wait_prefetch([digest], 10)
+    assert (lazy.path / "etc/hello.txt").read_bytes() == b"hello\n"
+    assert (lazy.path / "bin/big").read_bytes() == FILES["bin/big"]
+    assert len(_lazypull_mounts(root)) == 1, "one mount per lazy layer"
+    # Mounting the same image again (another holder) shares the mount.
+    again = mc.mount_image(name, insecure=True, holder="container-1")
+    assert again[1].path == lazy.path and len(_lazypull_mounts(root)) == 1
+    infos = mc.list_mounts()
+    assert [i.digest for i in infos] == [digest]
+    assert set(infos[0].holders) == {name, "container-1"}
+    stats = mc.stats()["layers"][digest]
+    assert stats["prefetch_state"] in ("done", "skipped") and stats["requests"] >= 2
+    cli = subprocess.run([sys.executable, "-m", "lazypull", "--root", str(root), "stats", "--json"],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(cli.stdout)["layers"][digest]["bytes_fetched"] == stats["bytes_fetched"]
+    table = subprocess.run([sys.executable, "-m", "lazypull", "--root", str(root), "stats"],
+                           capture_output=True, text=True, check=True)
+    assert digest[7:19] in table.stdout
+    mc.close()
+
+
+def test_killed_daemon_is_restarted_and_mounts_restored_with_cache(image: tuple[Path, str, str]) -> None:
+    root, name, digest = image
+    mc = MountClient(root)
+    layers = mc.mount_image(name, insecure=True)
+    path = layers[1].path
+    assert path is not None
+    assert (path / "bin/big").read_bytes() == FILES["bin/big"]
+    pid = daemon_pid(root)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    with pytest.raises(OSError) as err:
+        (path / "etc/hello.txt").read_bytes()
+    assert err.value.errno == errno.ENOTCONN
+    infos = mc.list_mounts()              # restarts the server, which restores the mounts
+    assert daemon_pid(root) not in (None, pid)
+    assert [i.digest for i in infos] == [digest]
+    assert (path / "bin/big").read_bytes() == FILES["bin/big"]
+    assert (path / "etc/hello.txt").read_bytes() == b"hello\n"
+    stats = mc.stats()["layers"][digest]
+    assert stats["requests"] == 0 and stats["bytes_fetched"] == 0, "TOC and chunks came from the cache"
+    assert len(_lazypull_mounts(root)) == 1
+    mc.close()
+
+
+def test_release_unmounts_when_nobody_holds(image: tuple[Path, str, str]) -> None:
+    root, name, digest = image
+    mc = MountClient(root)
+    mc.mount_image(name, insecure=True)
+    mc.mount_image(name, insecure=True, holder="container-2")
+    holders = mc.list_mounts()[0].holders
+    assert name in holders and "container-2" in holders
+    for holder in holders:
+        if holder != "container-2":
+            mc.release_image(name, holder=holder)
+    assert len(_lazypull_mounts(root)) == 1, "container-2 still holds it"
+    assert [i.digest for i in mc.list_mounts()] == [digest]
+    mc.release_image(name, holder="container-2")
+    assert _lazypull_mounts(root) == []
+    assert mc.list_mounts() == []
+    with pytest.raises(MountError, match="not held"):
+        mc.release_image(name, holder="nobody")
+    with pytest.raises(Exception, match="nope"):
+        mc.mount_image("127.0.0.1:1/nope:v1")
+    assert mc.unmount_unused() == []
+    mc.close()
