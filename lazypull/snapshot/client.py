@@ -65,8 +65,11 @@ class MountClient:
         """Drop ``holder``'s hold on the image's layers; layers nobody holds are unmounted."""
         self._call("release_image", image=image_name, holder=holder)
 
-    def wait_prefetch(self, digests: Sequence[str], timeout: float) -> bool:
-        """Wait up to ``timeout`` s until the prefetch of these layers is done; False on timeout."""
+    def wait_prefetch(self, digests: Sequence[str], timeout: float | None = None) -> bool:
+        """Wait until the prefetch of these layers is done; False on timeout.
+
+        ``timeout`` None means the server's configured ``prefetch_timeout`` (10 s by default).
+        """
         return bool(self._call("wait_prefetch", digests=list(digests), timeout=timeout))
 
     def unmount_unused(self) -> list[str]:

@@ -101,7 +101,12 @@ class MountDaemon:
             digests = args.get("digests")
             if not isinstance(digests, list):
                 raise MountError("wait_prefetch: digests must be a list")
-            result = m.wait_prefetch([str(d) for d in digests], float(args.get("timeout", 0)))
+            timeout = args.get("timeout")
+            if timeout is None:
+                timeout = self.config.prefetch_timeout
+            if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
+                raise MountError(f"wait_prefetch: bad timeout {timeout!r}")
+            result = m.wait_prefetch([str(d) for d in digests], float(timeout))
         elif op == "unmount_unused":
             result = m.unmount_unused()
         elif op == "list_mounts":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from lazypull.errors import MountError
 from lazypull.fs import mount_layer
 from lazypull.fs.cache import ChunkCache
 from lazypull.fs.config import FsConfig
@@ -153,3 +154,48 @@ def test_registry_stopped_mid_run_then_back(blob: Blob, tmp_path: Path) -> None:
         proxy.stop()
         server.stop()
 
+
+
+def test_external_toc_from_the_esgztoc_image(tmp_path: Path, registry: RegistryServer,
+                                             unique_repo: str) -> None:
+    from lazypull.fs.layer.toc import fetch_external_toc
+    from tests.snapshot.layerkit import push_manifest
+
+    blob = build_blob(tmp_path, external_toc=True)
+    toc_blob = blob.result.toc_blob
+    assert toc_blob
+    push_blob(registry.url, unique_repo, blob.path.read_bytes())
+    empty = b"{}"
+    push_blob(registry.url, unique_repo, empty)
+    toc_digest = push_blob(registry.url, unique_repo, toc_blob)
+    push_manifest(registry.url, unique_repo, "v1-esgztoc", {
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+                   "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": toc_digest,
+                    "size": len(toc_blob),
+                    "annotations": {"containerd.io/snapshot/stargz/layer.digest": blob.digest}}]})
+    client = RegistryClient(insecure=True)
+    ref = parse_reference(f"{registry.host}/{unique_repo}:v1")
+    calls: list[int] = []
+
+    def external() -> bytes:
+        calls.append(1)
+        return fetch_external_toc(client, ref, blob.digest)
+
+    for attempt in range(2):     # the second open uses the TOC saved by the first
+        source = RegistryRangeSource(client, ref, blob.digest, blob.result.blob_size)
+        tree = open_layer_tree(blob.digest, blob.annotations, source, root=tmp_path / "root", config=CONFIG,
+                               external_toc=external)
+        ino = 1
+        for part in ("bin", "big"):
+            found = tree.lookup(ino, part.encode())
+            assert found is not None
+            ino = found.ino
+        assert tree.read(ino, 0, 1 << 20) == FILES["bin/big"]
+        tree.close()
+        assert len(calls) == 1, attempt
+    with pytest.raises(MountError, match="not found"):
+        fetch_external_toc(client, ref, "sha256:" + "1" * 64)
+    client.close()

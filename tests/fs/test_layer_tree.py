@@ -290,3 +290,21 @@ def test_tail_read_with_the_toc_serves_chunks_without_requests(tmp_path: Path) -
     assert read_all(tree, first) == FILES["etc/hello.txt"]
     assert len(src.requests) == 1
     tree.close()
+
+
+def test_background_fetch_yields_to_on_demand_reads(blob: Blob, tmp_path: Path) -> None:
+    src = _faulty(blob)
+    config = FsConfig(prefetch=False, background_fetch=True, background_pause=0.6, background_batch=8192,
+                      background_concurrency=2, read_deadline=5.0)
+    tree = open_tree(blob, tmp_path, config=config, source=src)
+    ino = lookup_path(tree, "bin/big")
+    src.requests.clear()
+    tree.read(ino, 0, 100)                       # an on-demand miss: background must wait 0.6 s after it
+    tree.start()
+    time.sleep(0.3)
+    assert len(src.requests) == 1 and tree.stats.background_state in ("waiting", "running")
+    assert tree.background.finished.wait(20)
+    assert tree.stats.background_state == "done"
+    assert tree.stats.background_done == tree.stats.background_total > 0
+    assert len(src.requests) > 2, "the rest came in several batches"
+    tree.close()

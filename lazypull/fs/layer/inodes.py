@@ -105,11 +105,13 @@ class InodeTable:
             if old is not None and old.children is not None and node.children is not None:
                 node.children = old.children
             self.nodes[ino] = node
+        self._next_ino = next_ino
         links: dict[int, int] = {}
+        link_targets = dict(hardlinks)
         for name, target in hardlinks:
             seen = {name}
             while target not in by_name:
-                nxt = dict(hardlinks).get(target)
+                nxt = link_targets.get(target)
                 if nxt is None or target in seen:
                     raise MountError(f"hardlink {name!r} points to {target!r}, which is not in the layer")
                 seen.add(target)
@@ -130,7 +132,6 @@ class InodeTable:
         for ino, count in links.items():
             node = self.nodes[ino]
             node.attr = _replace(node.attr, nlink=count)
-        self._next_ino = max(self.nodes) + 1
         self._apply_overlay_conventions()
         for node in self.nodes.values():
             if node.children is not None:
@@ -145,7 +146,8 @@ class InodeTable:
                 raise MountError(f"{name!r} is used as a directory but is not one")
             return ino
         parent = self._ensure_dir(posixpath.dirname(name), by_name)
-        ino = max(self.nodes) + 1
+        ino = self._next_ino
+        self._next_ino += 1
         self.nodes[ino] = Node(Attr(ino=ino, mode=stat.S_IFDIR | 0o755, nlink=2), name, children={})
         by_name[name] = ino
         children = self.nodes[parent].children
