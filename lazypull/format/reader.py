@@ -52,7 +52,10 @@ class Chunk:
 def decode_chunk(chunk: Chunk, compressed: bytes) -> bytes:
     """Decompress ``compressed`` (= blob bytes ``[chunk.offset, chunk.end)``) and verify the chunk."""
     what = f"{chunk.name!r} chunk at {chunk.chunk_offset}"
-    data = decompressor(chunk.compression).decompress(compressed, chunk.inner_offset, chunk.chunk_size)
+    try:
+        data = decompressor(chunk.compression).decompress(compressed, chunk.inner_offset, chunk.chunk_size)
+    except FormatError as err:
+        raise FormatError(f"{what} [{chunk.offset}, {chunk.end}): {err}") from err
     got = "sha256:" + hashlib.sha256(data).hexdigest()
     if got != chunk.digest:
         raise DigestMismatchError(f"{what}: content digest {got} does not match chunkDigest {chunk.digest}")
@@ -179,19 +182,27 @@ class LayerReader:
             self._children[pdir.name][base_name(e.name)] = child
 
     def _dir(self, name: str) -> TOCEntry:
-        e = self._map.get(name)
-        if e is None:
-            e = TOCEntry(name=name, type="dir", mode=0o755, num_link=2)
-            self._map[name] = e
-            self._children[name] = {}
-            pdir = self._dir(parent_dir(name))
-            pdir.num_link += 1
-            self._children[pdir.name][base_name(name)] = e
-            return e
-        if e.type != "dir":
-            raise FormatError(f"{name!r} is a parent directory in the TOC but has type {e.type!r}")
-        self._children.setdefault(name, {})
-        return e
+        """The directory ``name``, creating it and missing ancestors (iteratively: names can be deep)."""
+        missing: list[str] = []
+        cur = name
+        while True:
+            e = self._map.get(cur)
+            if e is not None:
+                if e.type != "dir":
+                    raise FormatError(f"{cur!r} is a parent directory in the TOC but has type {e.type!r}")
+                self._children.setdefault(cur, {})
+                break
+            missing.append(cur)
+            cur = parent_dir(cur)
+        parent = e
+        for d in reversed(missing):
+            created = TOCEntry(name=d, type="dir", mode=0o755, num_link=2)
+            self._map[d] = created
+            self._children[d] = {}
+            parent.num_link += 1
+            self._children[parent.name][base_name(d)] = created
+            parent = created
+        return parent
 
     def _resolve(self, e: TOCEntry) -> TOCEntry:
         seen = 0
