@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from lazypull.runtime.overlay import mountpoints
+from tests.helpers.containerd import Ctr, write_oci_archive
 from tests.helpers.registry import RegistryServer
-from tests.helpers.rootfs import Entry, busybox_specs, push_image_layers, push_lazy_image
+from tests.helpers.rootfs import Entry, busybox_specs, busybox_tar, push_image_layers, push_lazy_image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -145,5 +146,29 @@ def test_lazy_run_from_empty_store(tmp_path: Path, registry: RegistryServer, com
         assert len(lazypull_mount_lines(root)) == 1
         assert lazypull(root, "rm", "held").returncode == 0
         assert lazypull_mount_lines(root) == []
+    finally:
+        stop_daemon(root)
+
+
+@pytest.mark.parametrize("zstdchunked", [False, True], ids=["estargz", "zstd-chunked"])
+def test_lazy_run_of_ctr_remote_image(tmp_path: Path, registry: RegistryServer, containerd: Ctr,
+                                      zstdchunked: bool) -> None:
+    """An image converted by Debian's ctr-remote (stargz-snapshotter 0.12), pushed by ctr, runs lazily."""
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(busybox_tar())
+    kind = "zstdchunked" if zstdchunked else "estargz"
+    local = f"docker.io/lazypull-runtime/ctr-{kind}:org"
+    write_oci_archive([layer], tmp_path / "archive.tar", local)
+    containerd.import_archive(tmp_path / "archive.tar")
+    converted = local.replace(":org", ":converted")
+    containerd.convert(local, converted, zstdchunked=zstdchunked)
+    remote = f"{registry.host}/lazypull-runtime/ctr:{kind}"
+    containerd.run(["images", "push", "--plain-http", remote, converted])
+    root = tmp_path / "root"
+    try:
+        result = lazypull(root, "--insecure-registry", "run", "--rm", remote, "/bin/busybox", "echo", "hi")
+        assert (result.returncode, result.stdout) == (0, b"hi\n"), result.stderr.decode()
+        assert lazypull_mount_lines(root) == [] and mounts_under(root) == []
+        assert not list((root / "snapshots").glob("*/fs/bin")), "the layer was extracted, not mounted lazily"
     finally:
         stop_daemon(root)
