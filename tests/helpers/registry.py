@@ -71,6 +71,7 @@ class AccessLogEntry:
     path: str                    # path with query string, as sent
     status: int
     bytes: int                   # response body bytes written
+    range: str | None = None     # never in the registry's own log; FaultProxy.requests has headers
     error_code: str | None = None
     duration_ms: float | None = None
 
