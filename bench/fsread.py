@@ -145,6 +145,8 @@ def measure(dirs: dict[str, str], rounds: int, random_reads: int) -> dict[str, d
             "first_seq_mib_s": first[mode],
             "cached_seq_mib_s": statistics.median(seq[mode]),
             "cached_rand_4k_iops": statistics.median(rand[mode]),
+            "cached_seq_best_mib_s": max(seq[mode]),
+            "cached_rand_4k_best_iops": max(rand[mode]),
         }
     return out
 
@@ -243,12 +245,16 @@ def markdown(report: dict[str, object], command: str) -> str:
     goal = 0.9
     lines.append("")
     for mode in ("served", "passthrough"):
-        seq = res[mode]["cached_seq_mib_s"] / host["cached_seq_mib_s"]
-        rnd = res[mode]["cached_rand_4k_iops"] / host["cached_rand_4k_iops"]
+        r = res[mode]
+        seq = r["cached_seq_mib_s"] / host["cached_seq_mib_s"]
+        rnd = r["cached_rand_4k_iops"] / host["cached_rand_4k_iops"]
+        seq_best = r.get("cached_seq_best_mib_s", 0) / host.get("cached_seq_best_mib_s", 1)
+        rnd_best = r.get("cached_rand_4k_best_iops", 0) / host.get("cached_rand_4k_best_iops", 1)
         met = "meets" if min(seq, rnd) >= goal else "misses"
         lines += [
             f"- *{mode}* {met} the goal of cached reads at {goal}x the host fs or better "
-            f"(sequential {seq:.2f}x, random {rnd:.2f}x).",
+            f"(medians: sequential {seq:.2f}x, random {rnd:.2f}x; best rounds: {seq_best:.2f}x, "
+            f"{rnd_best:.2f}x).",
         ]
     lines += [
         "- Cached rounds never reach the server: the raw JSON's `server_reads` counts only the first "
