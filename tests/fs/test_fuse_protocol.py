@@ -217,6 +217,16 @@ def test_unexpected_exception_is_eio_and_remembered() -> None:
     assert "GETATTR on inode 1 failed: ZeroDivisionError: division by zero in tree" in ops.last_errors[-1]
 
 
+def test_impossible_attributes_from_the_tree_are_eio() -> None:
+    tree = MemTree()
+    ino = tree.add_file("f", b"")
+    tree.set_attr(ino, size=-1)
+    ops = _ops(tree)
+    assert ops.handle(_req(Op.GETATTR, bytes(16), ino)) == (errno.EIO, b"")
+    assert f"GETATTR on inode {ino} failed: error:" in ops.last_errors[-1]
+    assert protocol.op_name(Op.LOOKUP) == "LOOKUP" and protocol.op_name(1234) == "1234"
+
+
 def test_readdir_pages_by_offset() -> None:
     tree = MemTree()
     for i in range(50):

@@ -118,8 +118,9 @@ class Operations:
         except FuseError as err:
             return err.errno, b""
         except Exception as err:
-            name = Op(req.opcode).name if req.opcode in Op._value2member_map_ else str(req.opcode)
-            message = f"{name} on inode {req.nodeid} failed: {type(err).__name__}: {err}"
+            message = (
+                f"{protocol.op_name(req.opcode)} on inode {req.nodeid} failed: {type(err).__name__}: {err}"
+            )
             log.exception("FUSE %s", message)
             self.last_errors.append(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {message}")
             return errno.EIO, b""

@@ -85,6 +85,14 @@ class Op(IntEnum):
     STATX = 52
 
 
+def op_name(opcode: int) -> str:
+    """``LOOKUP`` for 1; the number itself for opcodes we do not know."""
+    try:
+        return Op(opcode).name
+    except ValueError:
+        return str(opcode)
+
+
 #: Requests the kernel sends without waiting for a reply.
 NO_REPLY = frozenset({Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT})
 

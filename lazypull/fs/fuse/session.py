@@ -273,11 +273,17 @@ class FuseMount:
         except protocol.ProtocolError as err:
             log.error("%s: %s", self.mountpoint, err)
             return
-        if req.opcode == Op.INIT:
-            self._reply(req, self._ops.init(req))
-            self._initialized.set()
-        else:
-            self._run_one(req)
+        try:
+            if req.opcode == Op.INIT:
+                self._reply(req, self._ops.init(req))
+                self._initialized.set()
+            else:
+                self._run_one(req)
+        except Exception:
+            # A bug here must not kill the thread nor leave the caller waiting forever.
+            log.exception("FUSE %s on %s failed", protocol.op_name(req.opcode), self.mountpoint)
+            if req.opcode not in protocol.NO_REPLY:
+                self._reply(req, (errno.EIO, b""))
 
     def _run_one(self, req: Request) -> None:
         assert self._ops is not None
@@ -297,4 +303,6 @@ class FuseMount:
         except OSError as exc:
             # ENOENT: the request was interrupted and is gone; ENODEV: the mount is gone.
             if exc.errno not in (errno.ENOENT, errno.ENODEV, errno.EBADF, errno.ECONNABORTED):
-                log.error("FUSE reply to %s on %s failed: %s", Op(req.opcode).name, self.mountpoint, exc)
+                log.error(
+                    "FUSE reply to %s on %s failed: %s", protocol.op_name(req.opcode), self.mountpoint, exc
+                )
