@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import stat
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -308,3 +309,29 @@ def test_background_fetch_yields_to_on_demand_reads(blob: Blob, tmp_path: Path) 
     assert tree.stats.background_done == tree.stats.background_total > 0
     assert len(src.requests) > 2, "the rest came in several batches"
     tree.close()
+
+
+def test_containers_storage_zstd_chunked_verified_by_manifest_checksum(vectors: Path,
+                                                                       tmp_path: Path) -> None:
+    import json
+
+    from lazypull.fs.layer import is_lazy
+    from tests.snapshot.layerkit import Blob
+
+    info = json.loads((vectors / "tiny.cs.build.json").read_text())
+    with tarfile.open(vectors / "tiny.tar") as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("a/hello.txt"))
+        fh = tar.extractfile(member)
+        assert fh is not None
+        want = fh.read()
+    annotations = dict(info["annotations"])
+    assert is_lazy(annotations)
+    blob = Blob(vectors / "tiny.cs.zstd", None, b"")
+    tree = open_tree(blob, tmp_path, annotations=annotations, digest=info["blobDigest"])
+    assert read_all(tree, lookup_path(tree, "a/hello.txt")) == want
+    tree.close()
+    bad = dict(annotations)
+    bad["io.github.containers.zstd-chunked.manifest-checksum"] = "sha256:" + "2" * 64
+    with pytest.raises(MountError, match="manifest-checksum"):
+        open_tree(blob, tmp_path / "bad", annotations=bad, digest=info["blobDigest"])
+    assert not is_lazy({"io.github.containers.zstd-chunked.manifest-checksum": "sha256:" + "2" * 64})

@@ -142,7 +142,8 @@ class FaultySource:
 
 
 def open_tree(blob: Blob, root: Path, config: FsConfig | None = None, source: RangeSource | None = None,
-              annotations: dict[str, str] | None = None, preload: bool = False) -> LayerTree:
+              annotations: dict[str, str] | None = None, preload: bool = False,
+              digest: str | None = None) -> LayerTree:
     """A LayerTree over a blob file (or ``source``) with its cache under ``root``.
 
     ``preload=False`` forgets the blob tail read with the TOC, so every chunk read goes to ``source``
@@ -150,8 +151,9 @@ def open_tree(blob: Blob, root: Path, config: FsConfig | None = None, source: Ra
     """
     config = config or FsConfig(prefetch=False, background_fetch=False, read_deadline=5.0)
     src = source or FileRangeSource(blob.path)
-    tree = open_layer_tree(blob.digest, annotations if annotations is not None else blob.annotations, src,
-                           root=root, config=config, cache=ChunkCache(config.chunk_dir(root)))
+    notes = annotations if annotations is not None else blob.annotations
+    tree = open_layer_tree(digest or blob.digest, notes, src, root=root, config=config,
+                           cache=ChunkCache(config.chunk_dir(root)))
     if not preload:
         tree.fetcher.preloaded = []
     return tree

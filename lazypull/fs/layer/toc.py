@@ -7,6 +7,7 @@ from the ``<tag>-esgztoc`` image on the same registry.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -24,15 +25,50 @@ TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
 LAYER_DIGEST = "containerd.io/snapshot/stargz/layer.digest"
 MANIFEST_POSITION = ("io.containers.zstd-chunked.manifest-position",
                      "io.github.containers.zstd-chunked.manifest-position")
+CHECKSUM_AND_POSITION = (
+    ("io.github.containers.zstd-chunked.manifest-checksum",
+     "io.github.containers.zstd-chunked.manifest-position"),
+    ("io.containers.zstd-chunked.manifest-checksum", "io.containers.zstd-chunked.manifest-position"),
+)
 EXTERNAL_MARK = b"STARGZEXTERNALTOC"
+TAIL_READ = 64 << 10
 TOC_IMAGE_SUFFIX = "-esgztoc"
 
 ExternalToc = Callable[[], bytes]
 
 
 def is_lazy(annotations: Mapping[str, str] | None) -> bool:
-    """Whether a layer can be mounted lazily: its TOC digest is known, so the TOC can be verified."""
-    return bool(annotations and annotations.get(TOC_DIGEST))
+    """Whether a layer can be mounted lazily: its TOC can be verified against an annotation
+    (``toc.digest``, or containers/storage's zstd:chunked ``manifest-checksum`` + ``manifest-position``)."""
+    if not annotations:
+        return False
+    return bool(annotations.get(TOC_DIGEST)) or _checksum(annotations) is not None
+
+
+def _checksum(annotations: Mapping[str, str]) -> tuple[str, int, int] | None:
+    """(checksum, TOC offset, compressed TOC length) of a containers/storage zstd:chunked layer."""
+    for key, pos_key in CHECKSUM_AND_POSITION:
+        checksum, position = annotations.get(key), annotations.get(pos_key)
+        if checksum and position:
+            parts = position.split(":")
+            try:
+                return checksum, int(parts[0]), int(parts[1])
+            except (IndexError, ValueError) as err:
+                raise MountError(f"malformed {pos_key} annotation {position!r}") from err
+    return None
+
+
+def _verify_manifest_checksum(digest: str, src: RecordingSource, checksum: str, offset: int,
+                              length: int) -> None:
+    """Check the compressed TOC against ``manifest-checksum``; the bytes stay recorded, so the reader
+    parses exactly what was checked."""
+    if offset < 0 or length <= 0 or offset + length > src.size:
+        raise MountError(f"layer {digest}: manifest-position {offset}:{length} outside the blob")
+    start = max(0, min(offset, src.size - TAIL_READ))
+    data = src.read_at(start, src.size - start)
+    got = "sha256:" + hashlib.sha256(data[offset - start : offset - start + length]).hexdigest()
+    if got != checksum:
+        raise MountError(f"layer {digest}: TOC checksum {got} does not match manifest-checksum {checksum}")
 
 
 def toc_offset_hint(annotations: Mapping[str, str]) -> int | None:
@@ -51,10 +87,19 @@ def open_toc(digest: str, annotations: Mapping[str, str], src: RecordingSource,
              external_toc: ExternalToc | None) -> Any:
     """The verified ``LayerReader`` of a layer; records what it read for the next mount."""
     toc_digest = annotations.get(TOC_DIGEST)
-    if not toc_digest:
-        raise MountError(f"layer {digest} has no {TOC_DIGEST} annotation: its TOC cannot be verified, "
-                         f"refusing to mount it lazily")
     hint = toc_offset_hint(annotations)
+    if not toc_digest:
+        cs = _checksum(annotations)
+        if cs is None:
+            raise MountError(f"layer {digest} has no {TOC_DIGEST} annotation: its TOC cannot be verified, "
+                             f"refusing to mount it lazily")
+        _verify_manifest_checksum(digest, src, *cs)
+        try:
+            reader = open_layer(src, toc_offset_hint=cs[1])
+        except FormatError as err:
+            raise MountError(f"layer {digest}: cannot open its TOC: {err}") from err
+        src.save()
+        return reader
     extras: dict[str, bytes] = {}
     saved_ext = src.extra("external_toc")
     try:
