@@ -146,7 +146,7 @@ class Authenticator:
         self.source: CredentialSource = source or Anonymous()
         self._hosts: dict[str, _HostState] = {}
         self._lock = threading.Lock()
-        self._fetch_lock = threading.Lock()
+        self._fetch_locks: dict[tuple[str, tuple[str, ...]], threading.Lock] = {}
 
     def _state(self, host: str) -> _HostState:
         with self._lock:
@@ -210,19 +210,32 @@ class Authenticator:
         if challenge.scheme != "bearer":
             raise AuthError(f"unsupported auth scheme {challenge.scheme!r} for {host}")
         key = tuple(sorted(scopes))
+        token = self._cached(state, key, force=force)
+        if token is None:
+            stale = state.tokens.get(key)
+            # One fetch per host and scope set at a time; the others wait and reuse its token.
+            with self._lock:
+                fetch_lock = self._fetch_locks.setdefault((host, key), threading.Lock())
+            with fetch_lock:
+                token = self._cached(state, key, force=False)
+                if token is None or (force and token is stale):
+                    token = yield from self._fetch_token(host, challenge, key, creds, state.refresh_token)
+                    with self._lock:
+                        state.tokens[key] = token
+                        state.refresh_token = token.refresh_token or state.refresh_token
+        request.headers["Authorization"] = f"Bearer {token.value}"
+
+    def _cached(self, state: _HostState, key: tuple[str, ...], *, force: bool) -> _Token | None:
+        """A cached unexpired token for ``key`` (or for a superset of it); None if forced."""
+        if force:
+            return None
         now = time.monotonic()
         with self._lock:
             token = state.tokens.get(key)
-            if token is None and not force:
-                # A token for more (pull,push) serves a request for less (pull).
-                token = next((t for k, t in state.tokens.items()
-                              if t.expires_at > now and _covers(k, key)), None)
-        if token is None or force or token.expires_at <= now:
-            token = yield from self._fetch_token(host, challenge, key, creds, state.refresh_token)
-            with self._lock:
-                state.tokens[key] = token
-                state.refresh_token = token.refresh_token or state.refresh_token
-        request.headers["Authorization"] = f"Bearer {token.value}"
+            if token is not None and token.expires_at > now:
+                return token
+            # A token for more (pull,push) serves a request for less (pull).
+            return next((t for k, t in state.tokens.items() if t.expires_at > now and _covers(k, key)), None)
 
     def _fetch_token(self, host: str, challenge: Challenge, scopes: tuple[str, ...],
                      creds: Credentials | None,

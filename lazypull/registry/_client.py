@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -405,9 +405,11 @@ class RegistryClient:
                         parts = {0: bytes(body)}
                         total = None
                     else:
+                        # The answer is what we asked for plus part headers; never more than that.
+                        limit = sum(e - s for s, e in spans) + 1024 * len(spans) + (64 << 10)
                         parts, total = parse_range_response(
                             response.headers.get("Content-Type", ""),
-                            response.headers.get("Content-Range"), response.iter_bytes())
+                            response.headers.get("Content-Range"), _bounded(response.iter_bytes(), limit))
                 return [_slice(parts, off, n, total) for off, n in ranges]
             except RangeResponseError as err:
                 if attempt + 1 >= policy.attempts:
@@ -581,6 +583,16 @@ def _slice(parts: dict[int, bytes], offset: int, length: int, total: int | None)
             if total is None:
                 return data[offset - start:]
     raise RangeResponseError(f"server answer does not cover bytes {offset}-{offset + length - 1}")
+
+
+def _bounded(chunks: Iterable[bytes], limit: int) -> Iterator[bytes]:
+    """Pass chunks through, failing once more than ``limit`` bytes arrived."""
+    seen = 0
+    for chunk in chunks:
+        seen += len(chunk)
+        if seen > limit:
+            raise RangeResponseError(f"range answer larger than the {limit} bytes asked for")
+        yield chunk
 
 
 def _location(response: httpx.Response, what: str) -> str:

@@ -18,6 +18,7 @@ from lazypull.registry import (
     RegistryError,
     RetryPolicy,
     StaticAuth,
+    TooLargeError,
 )
 from tests.helpers.registry import (
     TEST_PASSWORD,
@@ -229,3 +230,44 @@ def test_redirect_does_not_leak_authorization(auth_redirect_registry: AuthRegist
         assert out.getvalue() == blob
     served = reg.redirect_server.requests
     assert served and all("Authorization" not in headers for _, _, headers in served)
+
+
+# -- hostile or odd answers ---------------------------------------------------------------------------
+
+def test_oversized_manifest_is_refused(setup: Setup, fault_proxy: FaultProxy) -> None:
+    client, ref = setup
+    fault_proxy.add(Fault("status", method="GET", path_contains="/manifests/", status=200,
+                          headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+                          body=b"{" + b" " * (5 << 20) + b"}"))
+    with pytest.raises(TooLargeError, match="exceeds"):
+        client.get_manifest(ref)
+
+
+def test_oversized_range_answer_is_refused(setup: Setup, fault_proxy: FaultProxy) -> None:
+    client, ref = setup
+    fault_proxy.add(Fault("status", method="GET", path_contains="/blobs/", status=206, times=-1,
+                          headers={"Content-Type": "multipart/byteranges; boundary=x"},
+                          body=b"--x\r\n" + b"A" * (1 << 20)))
+    with pytest.raises(RegistryConnectionError, match="larger than"):
+        client.read_ranges(ref, BLOB_DIGEST, [(0, 10), (100, 10)])
+
+
+def test_not_a_registry(registry_redirect: AuthRegistry) -> None:
+    # The redirect fixture's static file server answers 404 to /v2/.
+    host = registry_redirect.redirect_server.url.removeprefix("http://")
+    with RegistryClient(insecure=True, retry=FAST_RETRY) as client, \
+            pytest.raises(NotFoundError, match=r"/v2/ check.*status 404"):
+        client.get_manifest(f"{host}/a/b:c")
+
+
+def test_concurrent_reads_share_one_client(registry: RegistryServer, unique_repo: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    ref = f"{registry.host}/{unique_repo}:v1"
+    with RegistryClient(insecure=True) as client:
+        client.push_blob(ref, BLOB_DIGEST, len(BLOB), BLOB)
+        src = client.blob_source(ref, BLOB_DIGEST, len(BLOB))
+        offsets = [(i * 7919) % len(BLOB) for i in range(64)]
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda o: src.read_at(o, 1000), offsets))
+    assert got == [BLOB[o:o + 1000] for o in offsets]
