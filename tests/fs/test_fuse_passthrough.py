@@ -137,3 +137,28 @@ def test_backing_file_on_a_stacked_fs_is_refused_and_served(tmp_path: Path) -> N
         assert m.passthrough_active
         assert (tmp_path / "outer" / "f").read_bytes() == b"outer"
         assert outer.calls["read"] == 1 and m.passthrough_files == 0
+
+
+def test_open_mode_follows_the_opens_already_there(tmp_path: Path) -> None:
+    # The kernel refuses to mix cached and passthrough opens of one inode (ETXTBSY): while one kind is
+    # open, new opens keep that kind even if the tree's answer about the backing file changed.
+    backing = tmp_path / "backing"
+    backing.write_bytes(b"same bytes")
+    tree = MemTree()
+    ino = tree.add_file("f", b"same bytes")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with FuseMount(tree, mnt) as m:
+        with open(mnt / "f", "rb") as cached:
+            tree.nodes[ino].backing = str(backing)  # the file became complete on disk
+            with open(mnt / "f", "rb") as second:
+                assert second.read() == b"same bytes" and m.passthrough_files == 0
+            assert cached.read() == b"same bytes"
+        assert _wait(lambda: m.open_files == 0)
+        with open(mnt / "f", "rb") as pt_open:
+            assert m.passthrough_files == 1
+            tree.nodes[ino].backing = None  # e.g. evicted: opens already there keep the backing id
+            with open(mnt / "f", "rb") as again:
+                assert again.read() == b"same bytes" and m.passthrough_files == 1
+            assert pt_open.read() == b"same bytes"
+        assert _wait(lambda: m.passthrough_files == 0)

@@ -260,6 +260,11 @@ class FuseMount:
         return self._pool.peak if self._pool is not None else 0
 
     @property
+    def open_files(self) -> int:
+        """Files the kernel has open on this mount (as far as RELEASE told us)."""
+        return self._ops.open_files() if self._ops is not None else 0
+
+    @property
     def passthrough_files(self) -> int:
         """Inodes currently registered as passthrough backing files."""
         return len(self._ops.backing) if self._ops is not None else 0
