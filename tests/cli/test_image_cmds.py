@@ -236,3 +236,36 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, layout: BuiltLayout) -> None
               "x:1", ok=False)
     assert rec.exit_code == 1 and 'has no "path" string' in rec.stderr
     assert Store(root).list_images() == []
+
+
+def test_lazy_pull_mounts_layers(tmp_path: Path, registry: RegistryServer, layout: BuiltLayout,
+                                 unique_repo: str) -> None:
+    """Default snapshotter (stargz): manifest and config only, then the mount server mounts the layers."""
+    import subprocess
+
+    from lazypull.snapshot import MountClient
+
+    name = f"{registry.host}/{unique_repo}:esgz"
+    src = tmp_path / "src"
+    run(src, "image", "convert", "--oci", "--estargz", layout.ref, name)
+    run(src, "push", "--insecure-registry", name)
+    root = tmp_path / "lazy"
+    root.mkdir()
+    (root / "config.toml").write_text("prefetch_timeout = 5.0\nbackground_fetch = false\n")
+    try:
+        digest = run(root, "pull", "--insecure-registry", name).stdout.strip()
+        store = Store(root)
+        resolved = store.resolve(name)
+        assert resolved.manifest_digest == digest
+        assert not any(store.has_blob(d.digest) for d in resolved.layers)
+        motd = root / "snapshots" / resolved.layers[1].digest[7:] / "fs" / "etc" / "motd"
+        assert motd.read_text() == "hello\n"
+        (row,) = parse_table(run(root, "images").stdout)
+        mounted = sum(int(d.annotations[mt.UNCOMPRESSED_SIZE]) for d in resolved.layers)
+        assert row["SIZE"] == human_size(mounted)
+    finally:
+        MountClient(root, autostart=False).shutdown()
+        mounts = subprocess.run(["mount"], capture_output=True, text=True, check=True).stdout
+        for line in mounts.splitlines():
+            if str(root) in line:
+                subprocess.run(["umount", "-l", line.split()[2]], check=False)
