@@ -143,6 +143,32 @@ def test_large_file_reads_at_odd_offsets(served: tuple[MemTree, FuseMount, Path]
     assert (mnt / "big").read_bytes() == BIG
 
 
+def test_concurrent_uncached_reads_get_their_own_bytes(served: tuple[MemTree, FuseMount, Path]) -> None:
+    tree, _, mnt = served
+    before = tree.calls["read"]
+    errors: list[str] = []
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        fd = os.open(mnt / "big", os.O_RDONLY)
+        try:
+            for _ in range(40):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # drop the page cache: READs go out
+                offset, size = rng.randrange(len(BIG)), rng.randrange(1, 400_000)
+                if os.pread(fd, size, offset) != BIG[offset : offset + size]:
+                    errors.append(f"seed {seed}: wrong bytes at {offset}+{size}")
+        finally:
+            os.close(fd)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert tree.calls["read"] - before >= 100  # the reads really reached the server
+
+
 def test_reads_overlap_and_do_not_block_metadata(served: tuple[MemTree, FuseMount, Path]) -> None:
     tree, m, mnt = served
     tree.read_delay = 0.4
