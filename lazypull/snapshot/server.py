@@ -182,6 +182,8 @@ class MountDaemon:
 
 def run_daemon(root: Path, config: FsConfig | None = None) -> None:
     """Run the server in the foreground until SIGTERM/SIGINT or a shutdown request."""
+    root = root.resolve()
+    os.chdir("/")              # do not keep the caller's working directory busy
     daemon = MountDaemon(root, config)
     daemon.start()
 

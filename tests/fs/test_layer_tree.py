@@ -335,3 +335,24 @@ def test_containers_storage_zstd_chunked_verified_by_manifest_checksum(vectors: 
     with pytest.raises(MountError, match="manifest-checksum"):
         open_tree(blob, tmp_path / "bad", annotations=bad, digest=info["blobDigest"])
     assert not is_lazy({"io.github.containers.zstd-chunked.manifest-checksum": "sha256:" + "2" * 64})
+
+
+def test_background_fetch_retries_after_the_registry_comes_back(blob: Blob, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("lazypull.fs.layer.background.BACKGROUND_RETRY_INITIAL", 0.2)
+    src = _faulty(blob)
+    config = FsConfig(prefetch=False, background_fetch=True, background_pause=0.0, read_deadline=0.3,
+                      retry_initial=0.05)
+    tree = open_tree(blob, tmp_path, config=config, source=src)
+    src.down = True
+    tree.start()
+    deadline = time.monotonic() + 10
+    while tree.stats.background_state != "waiting" or tree.stats.retries == 0:
+        assert time.monotonic() < deadline, tree.stats.snapshot()
+        time.sleep(0.05)
+    src.down = False
+    assert tree.background.finished.wait(15)
+    assert tree.stats.background_state == "done"
+    for name, data in FILES.items():
+        assert read_all(tree, lookup_path(tree, name)) == data
+    tree.close()

@@ -24,6 +24,10 @@ from lazypull.fs.stats import LayerStats
 
 log = logging.getLogger(__name__)
 
+BACKGROUND_PASSES = 12           # a layer whose fetch keeps failing is retried this often, then left
+BACKGROUND_RETRY_INITIAL = 2.0   # seconds before the first retry pass, doubled up to the maximum
+BACKGROUND_RETRY_MAX = 60.0
+
 
 class Background:
     """Runs the prefetch, then the background fetch, in its own threads."""
@@ -96,8 +100,38 @@ class Background:
 
     def _background(self) -> None:
         units = sorted(self.fetcher.units.items())
-        total = sum(stop - off for (off, stop), _ in units)
-        self.stats.set(background_total=total, background_state="waiting")
+        self.stats.set(background_total=sum(stop - off for (off, stop), _ in units),
+                       background_state="waiting")
+        delay = BACKGROUND_RETRY_INITIAL
+        for attempt in range(BACKGROUND_PASSES):
+            batches, done = self._batches(units)
+            self.stats.set(background_done=done)
+            if not batches:
+                self.stats.set(background_state="done")
+                return
+            self.stats.set(background_state="running" if attempt == 0 else "retrying")
+            with ThreadPoolExecutor(self.config.background_concurrency,
+                                    thread_name_prefix=f"bg-{self.fetcher.digest[7:19]}") as pool:
+                failed = sum(0 if ok else 1 for ok in pool.map(self._one_batch, batches))
+            if self.on_progress:
+                self.on_progress()
+            if self._stop.is_set():
+                self.stats.set(background_state="stopped")
+                return
+            if not failed:
+                self.stats.set(background_state="done", background_done=self.stats.background_total)
+                return
+            log.warning("layer %s: %d background batch(es) failed; retrying in %.0fs",
+                        self.fetcher.digest, failed, delay)
+            self.stats.set(background_state="waiting")
+            if self._stop.wait(delay):
+                self.stats.set(background_state="stopped")
+                return
+            delay = min(delay * 2, BACKGROUND_RETRY_MAX)
+        self.stats.set(background_state="failed")
+
+    def _batches(self, units: list[tuple[Unit, list[Any]]]) -> tuple[list[list[tuple[Unit, list[Any]]]], int]:
+        """Neighbouring uncached units in batches of ``background_batch`` bytes; bytes already cached."""
         batches: list[list[tuple[Unit, list[Any]]]] = []
         batch: list[tuple[Unit, list[Any]]] = []
         size = 0
@@ -113,22 +147,7 @@ class Background:
                 batch, size = [], 0
         if batch:
             batches.append(batch)
-        self.stats.set(background_done=done)
-        if not batches:
-            self.stats.set(background_state="done")
-            return
-        self.stats.set(background_state="running")
-        failed = 0
-        with ThreadPoolExecutor(self.config.background_concurrency,
-                                thread_name_prefix=f"bg-{self.fetcher.digest[7:19]}") as pool:
-            for ok in pool.map(self._one_batch, batches):
-                failed += 0 if ok else 1
-        if self.on_progress:
-            self.on_progress()
-        if self._stop.is_set():
-            self.stats.set(background_state="stopped")
-        else:
-            self.stats.set(background_state="failed" if failed else "done")
+        return batches, done
 
     def _one_batch(self, batch: list[tuple[Unit, list[Any]]]) -> bool:
         while not self.fetcher.remote.demand_quiet():
