@@ -74,6 +74,7 @@ class AccessLogEntry:
     range: str | None = None     # never in the registry's own log; FaultProxy.requests has headers
     error_code: str | None = None
     duration_ms: float | None = None
+    remote: str | None = None    # client address:port (one per TCP connection)
 
 
 @dataclass(frozen=True)
@@ -321,6 +322,7 @@ class RegistryServer:
                 bytes=int(rec.get("http.response.written", 0)),
                 error_code=rec.get("err.code"),
                 duration_ms=_go_duration_ms(duration) if duration else None,
+                remote=rec.get("http.request.remoteaddr"),
             ))
         return entries[since:]
 

@@ -263,3 +263,30 @@ def test_login_keeps_other_config_keys(registry_token: AuthRegistry, tmp_path: P
     with RegistryClient(insecure=True, auth=DockerConfigAuth()) as client:
         blob = b"pushed with saved credentials"
         client.push_blob(f"{reg.host}/t/login-keeps", sha256(blob), len(blob), io.BytesIO(blob).getvalue())
+
+
+def test_identity_token_in_config_uses_refresh_grant(registry_token: AuthRegistry, unique_repo: str,
+                                                     tmp_path: Path) -> None:
+    reg = registry_token
+    ts = reg.token_server
+    refresh = ts.issue(reg.username, (), None, with_refresh=True)["refresh_token"]
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"auths": {reg.host: {"auth": "", "identitytoken": refresh}}}))
+    seen = len(ts.requests)
+    with RegistryClient(insecure=True, auth=DockerConfigAuth(config)) as client:
+        push_image(client, f"{reg.host}/{unique_repo}:v1", make_image((10,)))
+    asked = ts.requests[seen:]
+    assert [(r.method, r.grant_type, r.username) for r in asked] == [("POST", "refresh_token", reg.username)]
+
+
+@pytest.mark.parametrize(("server", "host"), [
+    ("https://index.docker.io/v1/", "docker.io"),
+    ("docker.io", "docker.io"),
+    ("registry-1.docker.io", "docker.io"),
+    ("http://127.0.0.1:5000/v2/", "127.0.0.1:5000"),
+    ("ghcr.io", "ghcr.io"),
+])
+def test_server_names_normalise(server: str, host: str) -> None:
+    from lazypull.registry import normalize_server
+
+    assert normalize_server(server) == host

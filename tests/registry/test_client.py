@@ -176,3 +176,15 @@ def test_index_and_platform_selection(registry: RegistryServer, unique_repo: str
     assert fast_client.resolve_image(ref, "linux/amd64")[0] == amd.manifest
     with pytest.raises(Exception, match="linux/s390x"):
         fast_client.resolve_image(ref, "linux/s390x")
+
+
+def test_connections_are_kept_alive(registry: RegistryServer, unique_repo: str,
+                                    fast_client: RegistryClient) -> None:
+    ref = f"{registry.host}/{unique_repo}:v1"
+    blob = os.urandom(1000)
+    fast_client.push_blob(ref, sha256(blob), len(blob), blob)
+    mark = registry.log_mark()
+    for i in range(10):
+        assert fast_client.read_range(ref, sha256(blob), i, 1) == blob[i:i + 1]
+    log = registry.access_log(mark)
+    assert len(log) == 10 and len({e.remote for e in log}) == 1
