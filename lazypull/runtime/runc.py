@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import termios
+import time
 import tty
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from lazypull.errors import ContainerError
 log = logging.getLogger(__name__)
 
 RUNC_BINARY = "runc"
+STOP_GRACE = 5.0  # seconds between forwarding a stop signal and killing the container
 _PR_SET_CHILD_SUBREAPER = 36
 _FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -137,8 +139,23 @@ class Runc:
         cmd = [*self._base(log_file), "run", "--bundle", str(bundle), container_id]
         stdin: IO[Any] | int = stdio.stdin if stdio.stdin is not None else subprocess.DEVNULL
         proc = subprocess.Popen(cmd, stdin=stdin, stdout=stdio.stdout, stderr=stdio.stderr)
-        with _forwarding_signals(lambda sig: proc.send_signal(sig)):
-            code = proc.wait()
+        stop_requested: list[float] = []
+
+        def forward(sig: signal.Signals) -> None:
+            stop_requested.append(time.monotonic())
+            if sig != signal.SIGINT:  # Ctrl-C reaches runc itself through the terminal's process group
+                proc.send_signal(sig)
+
+        with _forwarding_signals(forward):
+            while True:
+                try:
+                    code = proc.wait(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    # A container's pid 1 ignores signals it has no handler for: after asking, insist.
+                    if stop_requested and time.monotonic() - stop_requested[0] > STOP_GRACE:
+                        self.kill(container_id, "KILL")
+                        stop_requested.clear()
         error = self._runc_error(log_file)
         if error is not None:
             raise ContainerError(f"runc could not run container {container_id}: {error}")
@@ -171,7 +188,8 @@ class Runc:
                 raise ContainerError(f"runc did not send the console of container {container_id}")
             pid = int(pid_file.read_text().strip())
         try:
-            with _forwarding_signals(lambda sig: self.kill(container_id, str(int(sig)), all_processes=False)):
+            with _forwarding_signals(lambda sig: self.kill(container_id, str(int(sig)),
+                                                           all_processes=sig == signal.SIGKILL)):
                 _copy_console(master, pid, stdio)
         finally:
             os.close(master)
@@ -198,7 +216,7 @@ def _receive_console(listener: socket.socket, proc: subprocess.Popen[bytes]) -> 
 
 @contextlib.contextmanager
 def _forwarding_signals(forward: Any) -> Iterator[None]:
-    """While the container runs: Ctrl-C reaches it through the terminal, other signals we forward."""
+    """While the container runs, signals to us go to ``forward`` (never interrupting our own cleanup)."""
     previous: dict[signal.Signals, Any] = {}
 
     def handler(signum: int, _frame: FrameType | None) -> None:
@@ -206,8 +224,7 @@ def _forwarding_signals(forward: Any) -> Iterator[None]:
             forward(signal.Signals(signum))
 
     try:
-        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for sig in _FORWARDED_SIGNALS:
+        for sig in (signal.SIGINT, *_FORWARDED_SIGNALS):
             previous[sig] = signal.signal(sig, handler)
     except ValueError:  # not the main thread: leave signals alone
         for sig, old in previous.items():

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -172,3 +174,31 @@ def test_lazy_run_of_ctr_remote_image(tmp_path: Path, registry: RegistryServer, 
         assert not list((root / "snapshots").glob("*/fs/bin")), "the layer was extracted, not mounted lazily"
     finally:
         stop_daemon(root)
+
+
+def test_sigterm_stops_the_container_and_cleans_up(tmp_path: Path, busybox_image: str) -> None:
+    """pid 1 ignores SIGTERM (no handler): run forwards it, then kills the container after a grace."""
+    env = dict(os.environ, LAZYPULL_ROOT=str(tmp_path))
+    argv = ["--snapshotter=overlayfs", "--insecure-registry", "run", "--rm", busybox_image, "sleep", "600"]
+    proc = subprocess.Popen([sys.executable, "-m", "lazypull", *argv], env=env, cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            states = subprocess.run(["runc", "--root", str(tmp_path / "runc"), "list", "-q"],
+                                    capture_output=True, text=True).stdout.split()
+            if states:
+                break
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            time.sleep(0.2)
+        else:
+            pytest.fail("the container never started")
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 128 + signal.SIGKILL
+    assert mounts_under(tmp_path) == []
+    assert [p.name for p in (tmp_path / "containers").iterdir() if p.name != ".lock"] == []
