@@ -86,6 +86,7 @@ class _Readers:
                         continue  # ENOENT: the request was interrupted before we read it
                     if err.errno not in (errno.ENODEV, errno.ECONNABORTED, errno.EBADF):
                         self.fatal = err
+                        log.error("reading /dev/fuse failed, FUSE thread stops: %s", err)
                     return  # ENODEV: unmounted
                 finally:
                     with self._lock:
@@ -137,7 +138,7 @@ class FuseMount:
         self._pool: _Readers | None = None
         self._initialized = threading.Event()
         self._mounted = False
-        self._fd_lock = threading.Lock()  # guards _fd against replacement while a reply is written
+        self._fd_lock = threading.Lock()  # guards _fd, which stop() closes or points at /dev/null
 
     # -- lifecycle --------------------------------------------------------------------------------
 
