@@ -48,10 +48,10 @@ class MemTree:
 
     def _parent(self, path: str) -> tuple[int, bytes]:
         parts = [p for p in path.strip("/").split("/") if p]
-        ino = ROOT_INODE
-        for part in parts[:-1]:
+        ino: int = ROOT_INODE
+        for i, part in enumerate(parts[:-1]):
             child = self.nodes[ino].children.get(part.encode())
-            ino = child if child is not None else self.add_dir("/".join(parts[: parts.index(part) + 1]))
+            ino = child if child is not None else self.add_dir("/".join(parts[: i + 1]))
         return ino, parts[-1].encode()
 
     def _add(self, path: str, mode: int, **kw: object) -> int:
@@ -86,7 +86,7 @@ class MemTree:
         return self._add(path, mode, rdev=rdev)
 
     def ino(self, path: str) -> int:
-        ino = ROOT_INODE
+        ino: int = ROOT_INODE
         for part in (p for p in path.strip("/").split("/") if p):
             ino = self.nodes[ino].children[part.encode()]
         return ino
