@@ -30,7 +30,7 @@ VARIABLE_ANNOTATIONS = {mt.TOC_DIGEST, mt.UNCOMPRESSED_SIZE, mt.ZSTD_MANIFEST_CH
 
 def _normalise(value: Any) -> Any:
     if isinstance(value, dict):
-        out = {}
+        out: dict[str, Any] = {}
         for k, v in value.items():
             if k in VARIABLE:
                 out[k] = "X"
