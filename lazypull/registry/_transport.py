@@ -279,6 +279,9 @@ class Transport:
         operation in errors.
         """
         deadline = time.monotonic() + self.retry.deadline
+        base = self.base_url(host)          # the ping has its own retries
+        if not path_or_url.startswith(("http://", "https://")):
+            path_or_url = base + path_or_url
         attempt = 0
         while True:
             try:
@@ -303,24 +306,30 @@ class Transport:
     def _send_once(self, method: str, host: str, path_or_url: str, scopes: tuple[str, ...],
                    params: dict[str, str] | None, headers: dict[str, str] | None,
                    content: bytes | None) -> httpx.Response:
-        if path_or_url.startswith(("http://", "https://")):
-            url = httpx.URL(path_or_url)
-            self.base_url(host)
-        else:
-            url = httpx.URL(self.base_url(host) + path_or_url)
+        url = httpx.URL(path_or_url)
         if params:
             url = url.copy_merge_params(params)
         request = httpx.Request(method, url, headers=headers, content=content)
-        with translate_errors(method, url):
-            flow = self.auth.flow(request, host, scopes)
-            current = next(flow)
-            while True:
-                target_host = current.url.netloc.decode()
-                client = self.client_for(host if current is request else target_host)
-                follow = current.method in ("GET", "HEAD") and current is request
-                response = client.send(current, stream=True, follow_redirects=follow)
-                try:
-                    current = flow.send(response)
-                except StopIteration as stop:
-                    final: httpx.Response = stop.value
-                    return final
+        responses: list[httpx.Response] = []
+        try:
+            with translate_errors(method, url):
+                flow = self.auth.flow(request, host, scopes)
+                current = next(flow)
+                while True:
+                    # Token requests go to the realm's host, with that host's TLS settings.
+                    client = self.client_for(host if current is request else current.url.netloc.decode())
+                    follow = current is request and current.method in ("GET", "HEAD")
+                    responses.append(client.send(current, stream=True, follow_redirects=follow))
+                    try:
+                        current = flow.send(responses[-1])
+                    except StopIteration as stop:
+                        final: httpx.Response = stop.value
+                        break
+        except BaseException:
+            for response in responses:
+                response.close()
+            raise
+        for response in responses:
+            if response is not final:
+                response.close()
+        return final
