@@ -13,8 +13,9 @@ import datetime as dt
 import shlex
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -34,6 +35,8 @@ from lazypull.runtime import (
 from lazypull.runtime.layers import lower_dirs
 
 PULL_POLICIES = ("missing", "always", "never")
+AUTO_REMOVE_LABEL = "lazypull.auto-remove"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class LineProgress:
@@ -96,35 +99,47 @@ def remove_container(root: Path, containers: Containers, record: ContainerRecord
     release_mounts(root, record)
 
 
-@click.command("run", context_settings={"allow_interspersed_args": False})
-@click.option("--rm", "remove", is_flag=True,
-              help="Remove the container (and release its mounts) when it exits.")
-@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open and pass it to the container.")
-@click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal.")
-@click.option("--name", help="Name of the container (default: image name and a random suffix).")
-@click.option("-e", "--env", "env", multiple=True, metavar="KEY[=VALUE]", help="Set an environment variable.")
-@click.option("--env-file", multiple=True, type=click.Path(dir_okay=False), help="Read KEY=VALUE lines.")
-@click.option("-w", "--workdir", help="Working directory inside the container.")
-@click.option("--entrypoint", help="Override the image's entrypoint (drops the image's Cmd).")
-@click.option("--net", "--network", "network", type=click.Choice(["host", "none"]), default="host",
-              show_default=True, help="host: share the host's network (no bridge); none: loopback only.")
-@click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:DST[:ro]",
-              help="Bind-mount a host path.")
-@click.option("-u", "--user", help="User: name|uid[:group|gid] (names from the image's /etc/passwd).")
-@click.option("--hostname", help="Container host name.")
-@click.option("--read-only", is_flag=True, help="Mount the container's root filesystem read-only.")
-@click.option("--platform", help="Platform of the image, e.g. linux/amd64.")
-@click.option("--pull", type=click.Choice(PULL_POLICIES), default="missing", show_default=True,
-              help="When to pull the image.")
-@click.option("-q", "--quiet", is_flag=True, help="No pull progress on stderr.")
-@global_options
-@click.argument("image")
-@click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def run(remove: bool, interactive: bool, tty: bool, name: str | None, env: Sequence[str],
-        env_file: Sequence[str], workdir: str | None, entrypoint: str | None, network: str,
-        volumes: Sequence[str], user: str | None, hostname: str | None, read_only: bool,
-        platform: str | None, pull: str, quiet: bool, image: str, command: Sequence[str]) -> None:
-    """Run COMMAND (default: the image's) in a new container of IMAGE; exits with its status."""
+_CONTAINER_OPTIONS = [
+    click.option("--rm", "remove", is_flag=True,
+                 help="Remove the container (and release its mounts) when it exits."),
+    click.option("-i", "--interactive", is_flag=True, help="Keep stdin open and pass it to the container."),
+    click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal."),
+    click.option("--name", help="Name of the container (default: image name and a random suffix)."),
+    click.option("-e", "--env", "env", multiple=True, metavar="KEY[=VALUE]",
+                 help="Set an environment variable."),
+    click.option("--env-file", multiple=True, type=click.Path(dir_okay=False), help="Read KEY=VALUE lines."),
+    click.option("-w", "--workdir", help="Working directory inside the container."),
+    click.option("--entrypoint", help="Override the image's entrypoint (drops the image's Cmd)."),
+    click.option("--net", "--network", "network", type=click.Choice(["host", "none"]), default="host",
+                 show_default=True, help="host: share the host's network (no bridge); none: loopback only."),
+    click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:DST[:ro]",
+                 help="Bind-mount a host path."),
+    click.option("-u", "--user", help="User: name|uid[:group|gid] (names from the image's /etc/passwd)."),
+    click.option("--hostname", help="Container host name."),
+    click.option("--read-only", is_flag=True, help="Mount the container's root filesystem read-only."),
+    click.option("--platform", help="Platform of the image, e.g. linux/amd64."),
+    click.option("--pull", type=click.Choice(PULL_POLICIES), default="missing", show_default=True,
+                 help="When to pull the image."),
+    click.option("-q", "--quiet", is_flag=True, help="No pull progress on stderr."),
+    global_options,
+    click.argument("image"),
+    click.argument("command", nargs=-1, type=click.UNPROCESSED),
+]
+
+
+def container_options(func: F) -> F:
+    """The flags ``run`` and ``create`` share (docker's), then IMAGE [COMMAND...]."""
+    for decorator in reversed(_CONTAINER_OPTIONS):
+        func = decorator(func)
+    return func
+
+
+def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | None, env: Sequence[str],
+                     env_file: Sequence[str], workdir: str | None, entrypoint: str | None, network: str,
+                     volumes: Sequence[str], user: str | None, hostname: str | None, read_only: bool,
+                     platform: str | None, pull: str, quiet: bool, image: str,
+                     command: Sequence[str]) -> ContainerRecord:
+    """Pull what is missing, mount or extract the layers, and create the container (rootfs mounted)."""
     opts = get_options()
     root = opts.root
     lazy = opts.snapshotter == "stargz"
@@ -132,15 +147,11 @@ def run(remove: bool, interactive: bool, tty: bool, name: str | None, env: Seque
         command=tuple(command) or None, entrypoint=(entrypoint,) if entrypoint is not None else None,
         env=parse_env(env, env_file), workdir=workdir, user=user, tty=tty, stdin=interactive,
         network=network, hostname=hostname, volumes=tuple(parse_volume(v) for v in volumes),
-        read_only=read_only)
-    if tty and interactive and not sys.stdin.isatty():
-        raise ContainerError("the input device is not a TTY: drop -t, or run from a terminal")
+        read_only=read_only, labels={AUTO_REMOVE_LABEL: "true"} if remove else {})
     progress = LineProgress(enabled=not quiet and sys.stderr.isatty())
     store = Store(root)
     resolved = ensure_image(store, image, opts=opts, pull=pull, platform=platform, lazy=lazy,
                             progress=progress)
-
-    containers = Containers(root)
     container_id = new_container_id()
     mounts = None
     if lazy:
@@ -153,20 +164,63 @@ def run(remove: bool, interactive: bool, tty: bool, name: str | None, env: Seque
     try:
         lowers = lower_dirs(root, store, resolved, mounts, lambda: registry_client(opts),
                             progress=progress.message)
-        record = containers.create(image=resolved.name, image_config=resolved.config.get("config") or {},
-                                   lowers_top_first=lowers, options=options, name=name,
-                                   snapshotter=opts.snapshotter, container_id=container_id)
+        return Containers(root).create(image=resolved.name, image_config=resolved.config.get("config") or {},
+                                       lowers_top_first=lowers, options=options, name=name,
+                                       snapshotter=opts.snapshotter, container_id=container_id)
     except BaseException:
         release_mounts(root, placeholder)
         raise
-    stdio = Stdio(stdin=sys.stdin if interactive else None)
+
+
+def start_container(record: ContainerRecord, *, interactive: bool) -> int:
+    """Run a created container in the foreground; removes it afterwards if it was made with ``--rm``."""
+    root = get_options().root
+    containers = Containers(root)
+    tty = record.tty
+    if tty and interactive and not sys.stdin.isatty():
+        raise ContainerError("the input device is not a TTY: drop -t, or run from a terminal")
     try:
-        code = containers.run(record, tty=tty, stdio=stdio)
+        return containers.run(record, tty=tty, stdio=Stdio(stdin=sys.stdin if interactive else None))
     finally:
-        if remove:
+        if record.labels.get(AUTO_REMOVE_LABEL) == "true":
             remove_container(root, containers, record, force=True)
-    sys.stdout.flush()
+        sys.stdout.flush()
+
+
+@click.command("run", context_settings={"allow_interspersed_args": False})
+@container_options
+def run(**params: Any) -> None:
+    """Run COMMAND (default: the image's) in a new container of IMAGE; exits with its status."""
+    if params["tty"] and params["interactive"] and not sys.stdin.isatty():
+        raise ContainerError("the input device is not a TTY: drop -t, or run from a terminal")
+    record = create_container(**params)
+    code = start_container(record, interactive=params["interactive"])
     click.get_current_context().exit(code)
+
+
+@click.command("create", context_settings={"allow_interspersed_args": False})
+@container_options
+def create(**params: Any) -> None:
+    """Create a container of IMAGE (pulled, mounted, ready to start) and print its id."""
+    click.echo(create_container(**params).id)
+
+
+@click.command("start")
+@click.option("-a", "--attach", is_flag=True, help="Attach stdout/stderr (containers always run attached).")
+@click.option("-i", "--interactive", is_flag=True, help="Pass stdin to the container.")
+@global_options
+@click.argument("container")
+def start(attach: bool, interactive: bool, container: str) -> None:
+    """Start a created container in the foreground; exits with its status.
+
+    lazypull has no daemon supervising containers, so a container always runs attached to this
+    command (``-a`` is accepted for docker compatibility).
+    """
+    del attach
+    record = Containers(get_options().root).find(container)
+    if record.status != "created":
+        raise ContainerError(f"container {record.name} is {record.status}: only created containers can start")
+    click.get_current_context().exit(start_container(record, interactive=interactive))
 
 
 def _age(created: str) -> str:
@@ -233,4 +287,4 @@ def rm(force: bool, containers_: Sequence[str]) -> None:
         click.get_current_context().exit(1)
 
 
-COMMANDS: list[click.Command] = [run, ps, rm]
+COMMANDS: list[click.Command] = [run, create, start, ps, rm]

@@ -53,6 +53,7 @@ class ContainerRecord:
     status: str = "created"           # created | running | exited
     exit_code: int | None = None
     snapshotter: str = "overlayfs"
+    tty: bool = False
     lowers: list[str] = field(default_factory=list)   # top first
     labels: dict[str, str] = field(default_factory=dict)
 
@@ -161,7 +162,7 @@ class Containers:
             record = ContainerRecord(
                 id=container_id, name=name, image=image, command=[],
                 created=dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
-                snapshotter=snapshotter, lowers=[str(p) for p in lowers_top_first],
+                snapshotter=snapshotter, tty=options.tty, lowers=[str(p) for p in lowers_top_first],
                 labels=dict(options.labels))
             self.save(record)
         try:

@@ -202,3 +202,18 @@ def test_sigterm_stops_the_container_and_cleans_up(tmp_path: Path, busybox_image
     assert code == 128 + signal.SIGKILL
     assert mounts_under(tmp_path) == []
     assert [p.name for p in (tmp_path / "containers").iterdir() if p.name != ".lock"] == []
+
+
+def test_create_then_start(tmp_path: Path, busybox_image: str) -> None:
+    base = ["--snapshotter=overlayfs", "--insecure-registry"]
+    created = lazypull(tmp_path, *base, "create", "--rm", "--name", "later", busybox_image,
+                       "sh", "-c", "echo started; exit 4")
+    assert created.returncode == 0, created.stderr.decode()
+    container_id = created.stdout.decode().strip()
+    assert len(container_id) == 64
+    listing = lazypull(tmp_path, "ps", "-a").stdout.decode().splitlines()
+    assert "Created" in listing[1] and listing[1].startswith(container_id[:12])
+    started = lazypull(tmp_path, "start", "--attach", "later")
+    assert (started.returncode, started.stdout) == (4, b"started\n"), started.stderr.decode()
+    assert mounts_under(tmp_path) == []
+    assert not (tmp_path / "containers" / container_id).exists(), "created with --rm: removed after start"
