@@ -221,6 +221,9 @@ class Containers:
 
     def _destroy(self, container_id: str) -> None:
         bundle = self.path(container_id)
-        unmount(bundle / "rootfs")
+        rootfs = bundle / "rootfs"
+        unmount(rootfs)
+        if is_mountpoint(rootfs):  # never delete through a mounted rootfs (it would reach the layers)
+            raise ContainerError(f"{rootfs} is still mounted; not removing container {container_id}")
         if bundle.exists():
             shutil.rmtree(bundle)

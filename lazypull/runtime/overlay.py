@@ -59,8 +59,14 @@ def _unescape(raw: bytes) -> str:
 
 
 def is_mountpoint(path: Path) -> bool:
-    """Whether ``path`` itself has something mounted on it."""
-    return str(path) in mountpoints()
+    """Whether ``path`` itself has something mounted on it (mount table, or a device change)."""
+    path = Path(os.path.abspath(path))
+    if str(path) in mountpoints() or str(path.resolve()) in mountpoints():
+        return True
+    try:
+        return os.lstat(path).st_dev != os.lstat(path.parent).st_dev
+    except OSError:
+        return False
 
 
 def mount_overlay(lowers_top_first: Sequence[Path], upper: Path, work: Path, target: Path,
