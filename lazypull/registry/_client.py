@@ -7,6 +7,7 @@ Content is always checked against its digest: manifests fetched by digest, every
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import io
@@ -14,6 +15,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -56,6 +58,7 @@ log.addHandler(logging.NullHandler())
 
 CHUNK_SIZE = 8 << 20               # upload chunk (PATCH) size; smaller blobs go in one PUT
 MAX_RANGES_PER_REQUEST = 64        # keeps the Range header well under server limits
+WHOLE_BODY_LIMIT = 1 << 20         # read a 200 answer to a multi-range request only this far
 _DIGEST = re.compile(r"(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})\Z")
 
 
@@ -92,6 +95,8 @@ class RegistryClient:
         self.transport = Transport(insecure=insecure, ca_files=ca_files, authenticator=Authenticator(auth),
                                    retry=retry, certs_dirs=certs_dirs, timeout=timeout)
         self.chunk_size = chunk_size
+        self._lock = threading.Lock()
+        self._single_range_hosts: set[str] = set()   # answer multi-range requests with 200
 
     def close(self) -> None:
         """Close all connections."""
@@ -375,14 +380,42 @@ class RegistryClient:
         return results
 
     def _fetch_ranges(self, ref: Reference, digest: str, ranges: list[tuple[int, int]]) -> list[bytes]:
-        what = f"reading ranges of blob {digest} from {ref.name}"
-        path = self._repo_path(ref, "blobs", digest)
         # Merge overlapping/adjacent ranges: servers reject or collapse overlapping specs.
         spans = _merge_spans(ranges)
+        if len(spans) > 1 and ref.api_host in self._single_range_hosts:
+            answers = []
+            for span in spans:
+                answer = self._fetch_spans(ref, digest, [span], allow_whole=True)
+                assert answer is not None
+                answers.append(answer)
+            starts = [start for start, _ in spans]
+            out = []
+            for off, n in ranges:
+                parts, total = answers[bisect.bisect_right(starts, off) - 1]
+                out.append(_slice(parts, off, n, total))
+            return out
+        got = self._fetch_spans(ref, digest, spans, allow_whole=len(spans) == 1
+                                or max(e for _, e in spans) <= WHOLE_BODY_LIMIT)
+        if got is None:
+            # A multi-range request answered with the whole (large) body: ask range by range.
+            log.debug("%s answers multi-range requests with 200; using single ranges", ref.api_host)
+            with self._lock:
+                self._single_range_hosts.add(ref.api_host)
+            return self._fetch_ranges(ref, digest, ranges)
+        parts, total = got
+        return [_slice(parts, off, n, total) for off, n in ranges]
+
+    def _fetch_spans(self, ref: Reference, digest: str, spans: list[tuple[int, int]], *,
+                     allow_whole: bool) -> tuple[dict[int, bytes], int | None] | None:
+        """The answer to one Range request for ``spans``: parts by offset and the blob size.
+
+        A 200 (whole body) answer is read up to the last span's end if ``allow_whole``; otherwise
+        it is abandoned and None returned.
+        """
+        what = f"reading ranges of blob {digest} from {ref.name}"
+        path = self._repo_path(ref, "blobs", digest)
         header = "bytes=" + ",".join(f"{s}-{e - 1}" for s, e in spans)
         policy = self.transport.retry
-        parts: dict[int, bytes]
-        total: int | None
         for attempt in range(policy.attempts):
             response = self._request(ref, "GET", path, what=what, stream=True, ok=(200, 206, 416),
                                      headers={"Range": header})
@@ -393,8 +426,10 @@ class RegistryClient:
                         total = unsatisfied_total(response.headers.get("Content-Range"))
                         if total is None:
                             raise RangeResponseError("416 answer without the blob size")
-                        parts = {}
-                    elif response.status_code == 200:
+                        return {}, total
+                    if response.status_code == 200:
+                        if not allow_whole:
+                            return None
                         # Whole body: keep only what is needed, stop once past the last range.
                         needed = max(e for _, e in spans)
                         body = bytearray()
@@ -402,15 +437,12 @@ class RegistryClient:
                             body += chunk
                             if len(body) >= needed:
                                 break
-                        parts = {0: bytes(body)}
-                        total = None
-                    else:
-                        # The answer is what we asked for plus part headers; never more than that.
-                        limit = sum(e - s for s, e in spans) + 1024 * len(spans) + (64 << 10)
-                        parts, total = parse_range_response(
-                            response.headers.get("Content-Type", ""),
-                            response.headers.get("Content-Range"), _bounded(response.iter_bytes(), limit))
-                return [_slice(parts, off, n, total) for off, n in ranges]
+                        return {0: bytes(body)}, None
+                    # The answer is what we asked for plus part headers; never more than that.
+                    limit = sum(e - s for s, e in spans) + 1024 * len(spans) + (64 << 10)
+                    return parse_range_response(
+                        response.headers.get("Content-Type", ""),
+                        response.headers.get("Content-Range"), _bounded(response.iter_bytes(), limit))
             except RangeResponseError as err:
                 if attempt + 1 >= policy.attempts:
                     raise RegistryConnectionError(f"{what}: {err}", method="GET",

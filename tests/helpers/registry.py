@@ -450,7 +450,8 @@ class Fault:
     ``kind``: ``"status"`` answers ``status`` with ``headers``/``body`` without asking the registry;
     ``"truncate"`` forwards, sends the headers and ``after_bytes`` bytes of the body, then drops
     the connection; ``"flip"`` forwards with the body byte at ``offset`` inverted; ``"no_range"``
-    forwards without the Range header (the server answers 200 with the whole body).
+    forwards without the Range header (the server answers 200 with the whole body);
+    ``"no_multirange"`` does that only for Range headers naming several ranges.
     """
 
     kind: str
@@ -501,7 +502,8 @@ class _ProxyHandler(_QuietHandler):
             if self.command != "HEAD":
                 self.wfile.write(fault.body)
             return
-        if fault and fault.kind == "no_range":
+        if fault and (fault.kind == "no_range"
+                      or (fault.kind == "no_multirange" and "," in self.headers.get("Range", ""))):
             headers = {k: v for k, v in headers.items() if k.lower() != "range"}
         conn = http.client.HTTPConnection("127.0.0.1", owner.upstream_port, timeout=30)
         try:

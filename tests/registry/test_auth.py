@@ -130,6 +130,22 @@ def test_token_auth_push_and_anonymous_pull(registry_token: AuthRegistry, unique
     assert ts.requests[-1].method == "GET" and ts.requests[-1].username is None
 
 
+def test_token_auth_chunked_push_and_cross_repository_mount(registry_token: AuthRegistry,
+                                                            unique_repo: str) -> None:
+    reg = registry_token
+    blob = os.urandom(10_000)
+    src, dst = f"{reg.host}/{unique_repo}-a:v1", f"{reg.host}/{unique_repo}-b:v1"
+    auth = StaticAuth(reg.username, reg.password)
+    with RegistryClient(insecure=True, auth=auth, chunk_size=4096) as client:
+        client.push_blob(src, sha256(blob), len(blob), blob)
+        mark = reg.server.log_mark()
+        client.push_blob(dst, sha256(blob), len(blob), b"unused", mount_from=[f"{unique_repo}-a"])
+        assert [(e.method, e.status) for e in reg.server.access_log(mark)] == [("HEAD", 404), ("POST", 201)]
+        assert client.read_range(dst, sha256(blob), 0, 100) == blob[:100]
+    scopes = reg.token_server.requests[-1].scopes
+    assert set(scopes) >= {f"repository:{unique_repo}-a:pull", f"repository:{unique_repo}-b:pull,push"}
+
+
 def test_token_post_falls_back_to_get(registry_token: AuthRegistry, unique_repo: str,
                                       token_server_settings: None) -> None:
     reg = registry_token

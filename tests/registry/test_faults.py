@@ -155,6 +155,22 @@ def test_ranges_when_server_ignores_range(setup: Setup, fault_proxy: FaultProxy)
     assert gets[0][0] == "bytes=100-149,1000-1009,150000-150099"
 
 
+def test_multi_range_ignored_falls_back_to_single_ranges(fault_proxy: FaultProxy, unique_repo: str) -> None:
+    ref = f"{fault_proxy.host}/{unique_repo}:v1"
+    big = os.urandom(3 << 20)
+    wanted = [(10, 10), (2 << 20, 100), ((3 << 20) - 5, 5)]
+    with RegistryClient(insecure=True, retry=FAST_RETRY) as client:
+        client.push_blob(ref, sha256(big), len(big), big)
+        fault_proxy.clear()
+        fault_proxy.add(Fault("no_multirange", method="GET", path_contains="/blobs/", times=-1))
+        assert client.read_ranges(ref, sha256(big), wanted) == [big[o:o + n] for o, n in wanted]
+        assert client.read_ranges(ref, sha256(big), wanted) == [big[o:o + n] for o, n in wanted]
+    gets = _blob_gets(fault_proxy)
+    # one abandoned multi-range answer, then single ranges only (the host is remembered)
+    assert [s for _, s, _ in gets] == [200] + [206] * 6
+    assert all("," not in (r or "") for r, _, _ in gets[1:])
+
+
 def test_truncated_range_answer_is_retried(setup: Setup, fault_proxy: FaultProxy) -> None:
     client, ref = setup
     fault_proxy.add(Fault("truncate", method="GET", path_contains="/blobs/", after_bytes=10))
@@ -192,6 +208,7 @@ def test_blob_redirect_is_followed(registry_redirect: AuthRegistry, unique_repo:
     blob = os.urandom(50_000)
     with RegistryClient(insecure=True, retry=FAST_RETRY) as client:
         client.push_blob(ref, sha256(blob), len(blob), blob)
+        assert client.blob_size(ref, sha256(blob)) == len(blob)
         seen = len(reg.redirect_server.requests)
         out = io.BytesIO()
         client.get_blob(ref, sha256(blob), out)
