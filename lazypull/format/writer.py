@@ -1,9 +1,11 @@
 """Build eStargz / zstd:chunked blobs from a tar (what ``nerdctl image convert --estargz`` does per layer).
 
 Lossy mode (Go ``estargz.Build``): the input (plain, gzip or zstd tar, detected by magic) is spooled to
-a temporary file, its entries ordered (prioritised files + landmark, see ``landmarks``), split into N
-parts by payload size, each part compressed in its own thread into members, and the parts concatenated
-with their TOC offsets re-based. Every header is re-encoded by Go's rules (``tarheader``). Member
+a temporary file and its entries ordered (prioritised files + landmark, see ``landmarks``). Every
+header is re-encoded by Go's rules (``tarheader``). Go splits the entries into GOMAXPROCS parts and
+compresses those in parallel, which makes the blob depend on the CPU count; here the members
+themselves are compressed in a thread pool (their boundaries are known in advance), so the blob is
+the same for any number of threads and equals Go's single-part output in structure. Member
 rules (format.md 1.2): a tar header never opens a member; every chunk (``chunk_size`` bytes of a
 file) starts one unless min-chunk-size keeps it in the current member (then ``innerOffset`` says where);
 payload padding and the following headers stay in the chunk's member; landmarks always start one;
@@ -26,8 +28,10 @@ import io
 import os
 import shutil
 import tempfile
+import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, BinaryIO, Literal
@@ -67,6 +71,7 @@ CS_MANIFEST_POSITION_ANNOTATION = "io.github.containers.zstd-chunked.manifest-po
 _TYPES = {"0": "reg", "1": "hardlink", "2": "symlink", "3": "char", "4": "block", "5": "dir", "6": "fifo"}
 _READ_BLOCK = 4 << 20
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EMPTY_DIGEST = "sha256:" + hashlib.sha256(b"").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -212,63 +217,133 @@ class _HashingWriter:
             self.n += len(data)
 
 
-Segment = bytes | tuple[int, int]
+class _Writer:
+    """Turns entries into members (Go ``Writer.appendTar``), building TOC entries and the DiffID.
 
+    Without min-chunk-size every member boundary is known before anything is compressed (a member
+    starts at every chunk), so members are compressed in a thread pool and written in order; their
+    offsets are filled in when written. The blob then does not depend on the number of threads.
+    With min-chunk-size the decision to start a member needs the exact compressed size so far, so
+    members are compressed inline (Go forces a single part in that case too).
+    """
 
-@dataclass
-class _PartResult:
-    toc: list[TOCEntry]
-    segments: list[Segment]
-    c_size: int
-    u_size: int
-    file: BinaryIO | None
-
-
-class _PartWriter:
-    """Compresses a sequence of entries into members, building TOC entries (Go ``Writer.appendTar``)."""
-
-    def __init__(self, compressor: Compressor, fd: int, base: int, sink: _HashingWriter | BinaryIO,
-                 chunk_size: int, min_chunk_size: int) -> None:
+    def __init__(self, compressor: Compressor, blob: _HashingWriter, tar: _Input, chunk_size: int,
+                 min_chunk_size: int, threads: int) -> None:
         self.compressor = compressor
-        self.fd, self.base = fd, base
-        self.sink = sink
+        self.blob = blob
+        self.tar = tar
         self.chunk_size = chunk_size
         self.min_chunk_size = min_chunk_size
-        self.c = 0
+        self.diff = hashlib.sha256()
         self.u = 0
+        self.toc: list[TOCEntry] = []
+        self.unames: dict[int, str] = {}
+        self.gnames: dict[int, str] = {}
+        # inline mode
         self.member: MemberEncoder | None = None
         self.member_c = 0
         self.member_u = 0
-        self.toc: list[TOCEntry] = []
-        self.segments: list[Segment] = []
-        self.unames: dict[int, str] = {}
-        self.gnames: dict[int, str] = {}
+        # pipelined mode
+        self.pool = (ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lazypull-gz")
+                     if min_chunk_size <= 0 else None)
+        self.job: list[bytes] | None = None
+        self.job_entries: list[TOCEntry] = []
+        self.job_bytes = 0
+        self.pending: deque[tuple[Future[bytes], list[TOCEntry], int]] = deque()
+        self.inflight = 0
+        self.max_inflight = max(32 << 20, 3 * chunk_size)
+        self.local = threading.local()
 
-    def _emit(self, data: bytes) -> None:
-        if data:
-            self.sink.write(data)
-            self.c += len(data)
+    # -- members ------------------------------------------------------------------------------------------
 
-    def _open(self) -> MemberEncoder:
-        if self.member is None:
-            self.member = self.compressor.member()
-            self.member_c, self.member_u = self.c, self.u
-        return self.member
-
-    def close_member(self) -> None:
-        if self.member is not None:
-            self._emit(self.member.finish())
-            self.member = None
-
-    def write(self, data: bytes | memoryview, segment: Segment) -> None:
-        if not len(data):
+    def write(self, data: bytes) -> None:
+        """Append uncompressed bytes to the current member (opened lazily)."""
+        if not data:
             return
-        self._emit(self._open().compress(data))
+        self.diff.update(data)
+        if self.pool is None:
+            if self.member is None:
+                self.member = self.compressor.member()
+                self.member_c, self.member_u = self.blob.n, self.u
+            self.blob.write(self.member.compress(data))
+        else:
+            if self.job is None:
+                self.job, self.job_entries, self.job_bytes = [], [], 0
+            self.job.append(data)
+            self.job_bytes += len(data)
         self.u += len(data)
-        self.segments.append(segment)
 
-    def _pread(self, offset: int, length: int) -> bytes:
-        data = os.pread(self.fd, length, self.base + offset)
+    def cut(self) -> None:
+        """End the current member."""
+        if self.pool is None:
+            if self.member is not None:
+                self.blob.write(self.member.finish())
+                self.member = None
+            return
+        if self.job is None:
+            return
+        future = self.pool.submit(self._compress, self.job)
+        self.pending.append((future, self.job_entries, self.job_bytes))
+        self.inflight += self.job_bytes
+        self.job = None
+        while self.pending and (self.inflight > self.max_inflight or self.pending[0][0].done()):
+            self._drain_one()
+
+    def _compress(self, parts: list[bytes]) -> bytes:
+        comp = getattr(self.local, "compressor", None)
+        if comp is None:
+            comp = self.compressor.fork() if isinstance(self.compressor, ZstdCompressor) else self.compressor
+            self.local.compressor = comp
+        member = comp.member()
+        out = [member.compress(p) for p in parts]
+        out.append(member.finish())
+        return b"".join(out)
+
+    def _drain_one(self) -> None:
+        future, entries, nbytes = self.pending.popleft()
+        data = future.result()
+        for e in entries:
+            e.offset = self.blob.n
+        self.blob.write(data)
+        self.inflight -= nbytes
+
+    def place(self, ent: TOCEntry, force: bool) -> None:
+        """Decide where the chunk about to be written starts (format.md 1.2 rule 3, 1.8)."""
+        if self.pool is None:
+            if self.min_chunk_size > 0 and self.member is not None and not force:
+                self.blob.write(self.member.flush())
+                if self.blob.n - self.member_c < self.min_chunk_size:
+                    ent.offset, ent.inner_offset = self.member_c, self.u - self.member_u
+                    return
+            self.cut()
+            self.member = self.compressor.member()
+            self.member_c, self.member_u = self.blob.n, self.u
+            ent.offset, ent.inner_offset = self.member_c, 0
+            return
+        self.cut()
+        self.job, self.job_entries, self.job_bytes = [], [ent], 0
+
+    def finish(self) -> None:
+        """Close the last member and write every pending one."""
+        try:
+            self.cut()
+            while self.pending:
+                self._drain_one()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the worker threads (also on errors)."""
+        if self.pool is not None:
+            for future, _, _ in self.pending:
+                future.cancel()
+            self.pool.shutdown(wait=True)
+            self.pool = None
+
+    # -- entries ------------------------------------------------------------------------------------------
+
+    def pread(self, offset: int, length: int) -> bytes:
+        data = os.pread(self.tar.fd, length, self.tar.base + offset)
         if len(data) != length:
             raise FormatError(f"input tar is truncated at offset {offset}")
         return data
@@ -278,16 +353,6 @@ class _PartWriter:
             return ""
         names[ident] = name
         return name
-
-    def _start_chunk(self, force: bool) -> tuple[int, int]:
-        """Close/flush per min-chunk-size; returns (member c-offset, inner offset) for the chunk."""
-        if self.min_chunk_size > 0 and self.member is not None and not force:
-            self._emit(self.member.flush())
-            if self.c - self.member_c < self.min_chunk_size:
-                return self.member_c, self.u - self.member_u
-        self.close_member()
-        self._open()
-        return self.member_c, 0
 
     def payload(self, item: _Item, name: str, ent: TOCEntry) -> None:
         """Write a regular file's payload chunk by chunk, appending its TOC entries."""
@@ -303,22 +368,19 @@ class _PartWriter:
                 csize = remain
             else:
                 ent.chunk_size = csize
-            ent.offset, ent.inner_offset = self._start_chunk(item.force_member)
+            self.place(ent, item.force_member)
             chunk_hash = hashlib.sha256()
             done = 0
             while done < csize:
                 n = min(_READ_BLOCK, csize - done)
                 if item.payload is not None:
                     data = item.payload[written + done : written + done + n]
-                    segment: Segment = data
                 else:
-                    at = item.data_offset + written + done
-                    data = self._pread(at, n)
-                    segment = (at, n)
+                    data = self.pread(item.data_offset + written + done, n)
                 chunk_hash.update(data)
                 if not single:
                     file_hash.update(data)
-                self.write(data, segment)
+                self.write(data)
                 done += n
             ent.chunk_digest = "sha256:" + chunk_hash.hexdigest()
             self.toc.append(ent)
@@ -327,8 +389,8 @@ class _PartWriter:
                 ent = TOCEntry(name=name, type="chunk", chunk_offset=written)
         first.digest = first.chunk_digest if single else "sha256:" + file_hash.hexdigest()
 
-    def add(self, item: _Item, raw_header: bytes | None = None) -> None:
-        """Append one entry (lossy: re-encoded header; lossless: ``raw_header`` given)."""
+    def add(self, item: _Item, *, raw: bool = False) -> None:
+        """Append one entry: lossy (Go re-encoded header + padding) or raw (caller copies the rest)."""
         h = item.header
         kind = _TYPES.get(h.typeflag)
         if kind is None:
@@ -339,9 +401,8 @@ class _PartWriter:
             group_name=self._name_if_changed(self.gnames, h.gid, h.gname),
             modtime=_modtime(h.mtime), xattrs=h.xattrs,
         )
-        if raw_header is None:
-            header = encode_go_header(h)
-            self.write(header, header)
+        if not raw:
+            self.write(encode_go_header(h))
         if kind in ("hardlink", "symlink"):
             ent.link_name = h.linkname
         elif kind in ("char", "block"):
@@ -351,32 +412,14 @@ class _PartWriter:
             self.payload(item, h.name, ent)
         else:
             if kind == "reg":
-                ent.digest = "sha256:" + hashlib.sha256(b"").hexdigest()
+                ent.digest = _EMPTY_DIGEST
             self.toc.append(ent)
-        if raw_header is None:
-            pad = -item.data_size % 512 if kind == "reg" else 0
-            if pad:
-                zeros = bytes(pad)
-                self.write(zeros, zeros)
+        if not raw and kind == "reg" and item.data_size % 512:
+            self.write(bytes(512 - item.data_size % 512))
 
 
 # ---------------------------------------------------------------------------------------------------------
 # build
-
-
-def _divide(items: list[_Item], parts: int) -> list[list[_Item]]:
-    """Go ``divideEntries``: cut after the entry whose cumulative size passes each 1/N mark."""
-    total = sum(i.header.size for i in items)
-    unit = total // parts
-    out: list[list[_Item]] = [[]]
-    next_end, offset = unit, 0
-    for item in items:
-        out[-1].append(item)
-        offset += item.header.size
-        if offset > next_end:
-            out.append([])
-            next_end += unit
-    return [p for p in out if p]
 
 
 def _landmark(name: str) -> _Item:
@@ -422,7 +465,7 @@ def build(src: BinaryIO, out: BinaryIO, options: BuildOptions | None = None) -> 
         scan = TarScan(tar.fd, tar.base, tar.size)
         members = list(scan)
         if options.keep_diff_id:
-            return _build_lossless(tar, members, compressor, out, chunk_size, options.min_chunk_size)
+            return _build_lossless(tar, members, compressor, out, chunk_size, options)
         return _build_lossy(tar, members, compressor, out, chunk_size, options)
 
 
@@ -445,74 +488,16 @@ def _build_lossy(tar: _Input, members: list[TarMember], compressor: Compressor, 
         ordered = [*first, _landmark(PREFETCH_LANDMARK), *rest]
     else:
         ordered = [_landmark(NO_PREFETCH_LANDMARK), *first, *rest]
-    nparts = 1 if options.min_chunk_size > 0 else max(1, options.parallelism or os.cpu_count() or 1)
-    parts = _divide(ordered, nparts)
     blob = _HashingWriter(out)
-
-    def run(index: int, part: list[_Item]) -> _PartResult:
-        comp = compressor.fork() if isinstance(compressor, ZstdCompressor) else compressor
-        file: BinaryIO | None = None
-        sink: _HashingWriter | BinaryIO
-        if index == 0:
-            sink = blob
-        else:
-            file = tempfile.TemporaryFile(prefix="lazypull-part-")  # noqa: SIM115 - closed below
-            sink = file
-        try:
-            w = _PartWriter(comp, tar.fd, tar.base, sink, chunk_size, options.min_chunk_size)
-            for item in part:
-                w.add(item)
-            w.close_member()
-        except BaseException:
-            if file is not None:
-                file.close()
-            raise
-        return _PartResult(w.toc, w.segments, w.c, w.u, file)
-
-    if len(parts) == 1:
-        results = [run(0, parts[0])]
-    else:
-        with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="lazypull-build") as pool:
-            futures = [pool.submit(run, i, p) for i, p in enumerate(parts)]
-        results = []
-        error: BaseException | None = None
-        for f in futures:
-            exc = f.exception()
-            if exc is None:
-                results.append(f.result())
-            elif error is None:
-                error = exc
-        if error is not None:
-            for r in results:
-                if r.file is not None:
-                    r.file.close()
-            raise error
-    entries: list[TOCEntry] = []
-    diff = hashlib.sha256()
-    usize = 0
-    for r in results:
-        base = 0 if r.file is None else blob.n  # part 0 went straight to the blob
-        if r.file is not None:
-            r.file.seek(0)
-            with r.file:
-                while block := r.file.read(_READ_BLOCK):
-                    blob.write(block)
-        for e in r.toc:
-            if e.type == "chunk" or (e.type == "reg" and e.size > 0):
-                e.offset += base
-            entries.append(e)
-        _hash_segments(diff, r.segments, tar)
-        usize += r.u_size
-    return _finish(compressor, blob, entries, diff, usize, missed, external=options.external_toc)
-
-
-def _hash_segments(diff: _Hash, segments: list[Segment], tar: _Input) -> None:
-    for seg in segments:
-        if isinstance(seg, tuple):
-            offset, length = seg
-            diff.update(os.pread(tar.fd, length, tar.base + offset))
-        else:
-            diff.update(seg)
+    threads = max(1, options.parallelism or os.cpu_count() or 1)
+    w = _Writer(compressor, blob, tar, chunk_size, options.min_chunk_size, threads)
+    try:
+        for item in ordered:
+            w.add(item)
+        w.finish()
+    finally:
+        w.close()
+    return _finish(compressor, blob, w.toc, w.diff, w.u, missed, external=options.external_toc)
 
 
 def _finish(compressor: Compressor, blob: _HashingWriter, entries: list[TOCEntry], diff: _Hash,
@@ -550,27 +535,30 @@ def _finish(compressor: Compressor, blob: _HashingWriter, entries: list[TOCEntry
 
 
 def _build_lossless(tar: _Input, members: list[TarMember], compressor: Compressor, out: BinaryIO,
-                    chunk_size: int, min_chunk_size: int) -> BuildResult:
+                    chunk_size: int, options: BuildOptions) -> BuildResult:
     blob = _HashingWriter(out)
-    w = _PartWriter(compressor, tar.fd, tar.base, blob, chunk_size, min_chunk_size)
-    cursor = 0
+    threads = max(1, options.parallelism or os.cpu_count() or 1)
+    w = _Writer(compressor, blob, tar, chunk_size, options.min_chunk_size, threads)
 
     def copy_raw(start: int, end: int) -> None:
         pos = start
         while pos < end:
             n = min(_READ_BLOCK, end - pos)
-            w.write(w._pread(pos, n), (pos, n))
+            w.write(w.pread(pos, n))
             pos += n
 
-    for m in members:
-        if clean_entry_name(m.header.name) == TOC_TAR_NAME:
-            raise FormatError(f"existing TOC entry {TOC_TAR_NAME!r} cannot be kept in a lossless conversion")
-        copy_raw(cursor, m.data_offset)
-        w.add(_Item(header=m.header, data_offset=m.data_offset, data_size=m.data_size), raw_header=b"")
-        # the payload of a non-empty regular file went through the chunker; anything else is raw
-        cursor = m.end if m.header.typeflag == "0" and m.header.size > 0 else m.data_offset
-    copy_raw(cursor, tar.size)
-    w.close_member()
-    diff = hashlib.sha256()
-    _hash_segments(diff, w.segments, tar)
-    return _finish(compressor, blob, w.toc, diff, w.u, [], external=True)
+    cursor = 0
+    try:
+        for m in members:
+            if clean_entry_name(m.header.name) == TOC_TAR_NAME:
+                raise FormatError(
+                    f"existing TOC entry {TOC_TAR_NAME!r} cannot be kept in a lossless conversion")
+            copy_raw(cursor, m.data_offset)
+            w.add(_Item(header=m.header, data_offset=m.data_offset, data_size=m.data_size), raw=True)
+            # the payload of a non-empty regular file went through the chunker; anything else is raw
+            cursor = m.end if m.header.typeflag == "0" and m.header.size > 0 else m.data_offset
+        copy_raw(cursor, tar.size)
+        w.finish()
+    finally:
+        w.close()
+    return _finish(compressor, blob, w.toc, w.diff, w.u, [], external=True)
