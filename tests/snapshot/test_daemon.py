@@ -113,6 +113,34 @@ def test_killed_daemon_is_restarted_and_mounts_restored_with_cache(image: tuple[
     mc.close()
 
 
+def test_concurrent_mounts_of_one_image_share_one_mount(image: tuple[Path, str, str]) -> None:
+    import threading
+
+    root, name, digest = image
+    results: list[object] = []
+
+    def mount(holder: str) -> None:
+        with MountClient(root) as mc:
+            try:
+                results.append(mc.mount_image(name, insecure=True, holder=holder)[1].path)
+            except Exception as err:  # reported below
+                results.append(err)
+
+    threads = [threading.Thread(target=mount, args=(f"parallel-{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(set(map(str, results))) == 1 and not isinstance(results[0], Exception), results
+    assert len(_lazypull_mounts(root)) == 1
+    with MountClient(root) as mc:
+        for i in range(4):
+            mc.release_image(name, holder=f"parallel-{i}")
+        infos = mc.list_mounts()
+        assert not [h for i in infos for h in i.holders if h.startswith("parallel-")]
+        assert [i.digest for i in infos] == ([digest] if _lazypull_mounts(root) else [])
+
+
 def test_release_unmounts_when_nobody_holds(image: tuple[Path, str, str]) -> None:
     root, name, digest = image
     mc = MountClient(root)
