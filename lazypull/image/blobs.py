@@ -167,9 +167,10 @@ class BlobDir:
         except FileNotFoundError as err:
             raise BlobNotFoundError(f"blob {digest} is not in {self.where}") from err
 
-    def read_blob(self, digest: str) -> bytes:
+    def read_blob(self, digest: str, limit: int | None = None) -> bytes:
+        """The blob's bytes; with ``limit``, at most ``limit + 1`` (so oversize content shows)."""
         with self.open_blob(digest) as f:
-            return f.read()
+            return f.read() if limit is None else f.read(limit + 1)
 
     @contextlib.contextmanager
     def ingest(self, expected_digest: str | None = None,

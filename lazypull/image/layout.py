@@ -17,7 +17,15 @@ from lazypull.image import mediatypes as mt
 from lazypull.image.blobs import BlobDir, BlobInfo, BlobWriter, fsync_dir
 from lazypull.image.errors import ImageError, ImageNotFoundError
 from lazypull.image.model import Root
-from lazypull.image.partial import open_root, parse_index, parse_json_object, parse_manifest, verify_bytes
+from lazypull.image.partial import (
+    MAX_MANIFEST_SIZE,
+    kind_of,
+    open_root,
+    parse_index,
+    parse_json_object,
+    parse_manifest,
+    verify_bytes,
+)
 from lazypull.registry import Descriptor, Reference, parse_reference
 
 LAYOUT_VERSION = "1.0.0"
@@ -43,7 +51,7 @@ class Layout:
     # ---- BlobProvider ----
 
     def read_blob(self, desc: Descriptor) -> bytes:
-        return verify_bytes(self.blobs.read_blob(desc.digest), desc, "blob")
+        return verify_bytes(self.blobs.read_blob(desc.digest, desc.size), desc, kind_of(desc))
 
     def open_blob(self, desc: Descriptor) -> BinaryIO:
         return self.blobs.open_blob(desc.digest)
@@ -84,11 +92,14 @@ class Layout:
         """The entries of index.json (empty for a new layout)."""
         index_path = self.path / "index.json"
         try:
-            raw = index_path.read_bytes()
+            with open(index_path, "rb") as f:
+                raw = f.read(MAX_MANIFEST_SIZE + 1)
         except FileNotFoundError:
             if self.path.is_dir() and (self.path / "oci-layout").is_file():
                 return []
             raise ImageNotFoundError(f"{self.path} is not an OCI image layout (no index.json)") from None
+        if len(raw) > MAX_MANIFEST_SIZE:
+            raise ImageError(f"{index_path} is larger than {MAX_MANIFEST_SIZE} bytes")
         doc = parse_json_object(raw, f"{index_path}")
         layout_file = self.path / "oci-layout"
         if layout_file.is_file():

@@ -38,6 +38,17 @@ class BlobProvider(Protocol):
         ...
 
 
+def kind_of(desc: Descriptor) -> str:
+    """What a descriptor points at, for messages: index, manifest, config or blob."""
+    if mt.is_index(desc.media_type):
+        return "index"
+    if mt.is_manifest(desc.media_type):
+        return "manifest"
+    if desc.media_type in mt.CONFIG_TYPES:
+        return "config"
+    return "layer" if mt.is_layer(desc.media_type) else "blob"
+
+
 def verify_bytes(data: bytes, desc: Descriptor, what: str) -> bytes:
     """Return ``data`` if it matches ``desc`` (size and digest), else raise DigestMismatchError."""
     if len(data) != desc.size:

@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from lazypull.image import mediatypes as mt
 from lazypull.image.model import Root
-from lazypull.image.partial import open_root, verify_bytes
+from lazypull.image.partial import kind_of, open_root, verify_bytes
 from lazypull.registry import Descriptor, Reference, RegistryClient, parse_reference
 
 
@@ -28,10 +28,10 @@ class RegistryProvider:
     def read_blob(self, desc: Descriptor) -> bytes:
         if mt.is_manifest(desc.media_type) or mt.is_index(desc.media_type):
             raw, _media_type, _digest = self.client.get_manifest(self.ref.with_digest(desc.digest))
-            return verify_bytes(raw, desc, "manifest")
+            return verify_bytes(raw, desc, kind_of(desc))
         buf = io.BytesIO()
         self.client.get_blob(self.ref, desc.digest, buf, size=desc.size)
-        return verify_bytes(buf.getvalue(), desc, "blob")
+        return verify_bytes(buf.getvalue(), desc, kind_of(desc))
 
     def open_blob(self, desc: Descriptor) -> BinaryIO:
         spool = tempfile.TemporaryFile()  # noqa: SIM115 - returned to the caller

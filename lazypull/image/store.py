@@ -42,6 +42,7 @@ from lazypull.image.model import Image, Root
 from lazypull.image.partial import (
     ManifestImage,
     ManifestIndex,
+    kind_of,
     open_root,
     parse_config,
     parse_index,
@@ -126,7 +127,7 @@ class StoreProvider:
         self._store = store
 
     def read_blob(self, desc: Descriptor) -> bytes:
-        return verify_bytes(self._store.read_blob(desc.digest), desc, "blob")
+        return verify_bytes(self._store.blobs.read_blob(desc.digest, desc.size), desc, kind_of(desc))
 
     def open_blob(self, desc: Descriptor) -> BinaryIO:
         return self._store.open_blob(desc.digest)

@@ -195,8 +195,8 @@ def test_record_in_prioritises_per_layer(tmp_path: Path, docker_layout: BuiltLay
 @pytest.mark.parametrize("text, message", [
     ("{", "entry 1 is not valid JSON"),
     ('{"path": 3}', 'no "path"'),
-    ('{"path": "a", "manifestDigest": "sha256:zz", "layerIndex": 0}', "manifestDigest"),
-    ('{"path": "a", "manifestDigest": "sha256:' + "0" * 64 + '", "layerIndex": -1}', "layerIndex"),
+    ('{"path": "a", "manifestDigest": 7, "layerIndex": 0}', "non-string manifestDigest"),
+    ('{"path": "a", "layerIndex": "0"}', "non-integer layerIndex"),
     ("[1]", "not a JSON object"),
 ])
 def test_bad_record_files(text: str, message: str) -> None:

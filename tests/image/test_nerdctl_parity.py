@@ -52,8 +52,10 @@ def _shape(raw: bytes) -> str:
 
 
 def _toc_entries(blob: bytes) -> list[tuple[Any, ...]]:
+    """TOC entries without offsets, and without userName/groupName: Go writes those only on the first
+    entry of each uid/gid *per writer*, and ``Build`` splits a layer among GOMAXPROCS writers."""
     reader = open_layer(BytesSource(blob))
-    return [(e.name, e.type, e.size, e.mode, e.uid, e.gid, e.user_name, e.group_name, e.link_name, e.digest,
+    return [(e.name, e.type, e.size, e.mode, e.uid, e.gid, e.link_name, e.digest,
              e.chunk_offset, e.chunk_size, e.chunk_digest, e.modtime, e.xattrs) for e in reader.toc.entries]
 
 
