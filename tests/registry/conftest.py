@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -34,9 +35,11 @@ class TestImage:
 
 def make_image(layer_sizes: tuple[int, ...] = (1000, 5000), arch: str = "amd64",
                annotations: dict[str, str] | None = None) -> TestImage:
-    layers = [os.urandom(n) for n in layer_sizes]
+    """Layers are gzip members of random bytes (what their media type says; tools sniff it)."""
+    raw = [os.urandom(n) for n in layer_sizes]
+    layers = [gzip.compress(b, mtime=0) for b in raw]
     config = json.dumps({"architecture": arch, "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": [sha256(b) for b in layers]}}).encode()
+                         "rootfs": {"type": "layers", "diff_ids": [sha256(b) for b in raw]}}).encode()
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
