@@ -2,10 +2,11 @@
 
 Lossy mode (Go ``estargz.Build``): the input (plain, gzip or zstd tar, detected by magic) is spooled to
 a temporary file and its entries ordered (prioritised files + landmark, see ``landmarks``). Every
-header is re-encoded by Go's rules (``tarheader``). Go splits the entries into GOMAXPROCS parts and
-compresses those in parallel, which makes the blob depend on the CPU count; here the members
-themselves are compressed in a thread pool (their boundaries are known in advance), so the blob is
-the same for any number of threads and equals Go's single-part output in structure. Member
+header is re-encoded by Go's rules (``tarheader``). Like Go with GOMAXPROCS=``parallelism``, the
+entries are split into that many parts by payload size (a part boundary ends a member and restarts
+the user/group name dedupe), so the TOC equals Go's for the same parallelism. The compression itself
+runs on members in a thread pool (their boundaries are known in advance), which balances the load
+better than one thread per part. Member
 rules (format.md 1.2): a tar header never opens a member; every chunk (``chunk_size`` bytes of a
 file) starts one unless min-chunk-size keeps it in the current member (then ``innerOffset`` says where);
 payload padding and the following headers stay in the chunk's member; landmarks always start one;
@@ -222,8 +223,7 @@ class _Writer:
 
     Without min-chunk-size every member boundary is known before anything is compressed (a member
     starts at every chunk), so members are compressed in a thread pool and written in order; their
-    offsets are filled in when written. The blob then does not depend on the number of threads.
-    With min-chunk-size the decision to start a member needs the exact compressed size so far, so
+    offsets are filled in when written. With min-chunk-size the decision to start a member needs the exact compressed size so far, so
     members are compressed inline (Go forces a single part in that case too).
     """
 
@@ -422,6 +422,21 @@ class _Writer:
 # build
 
 
+def _divide(items: list[_Item], parts: int) -> list[list[_Item]]:
+    """Go ``divideEntries``: cut after the entry whose cumulative size passes each 1/N mark."""
+    total = sum(i.header.size for i in items)
+    unit = total // parts
+    out: list[list[_Item]] = [[]]
+    next_end, offset = unit, 0
+    for item in items:
+        out[-1].append(item)
+        offset += item.header.size
+        if offset > next_end:
+            out.append([])
+            next_end += unit
+    return [p for p in out if p]
+
+
 def _landmark(name: str) -> _Item:
     return _Item(header=TarHeader(name=name, size=1), data_size=1, payload=LANDMARK_CONTENTS,
                  force_member=True)
@@ -491,9 +506,15 @@ def _build_lossy(tar: _Input, members: list[TarMember], compressor: Compressor, 
     blob = _HashingWriter(out)
     threads = max(1, options.parallelism or os.cpu_count() or 1)
     w = _Writer(compressor, blob, tar, chunk_size, options.min_chunk_size, threads)
+    parts = _divide(ordered, 1 if options.min_chunk_size > 0 else threads)
     try:
-        for item in ordered:
-            w.add(item)
+        for part in parts:
+            # Go writes each part with its own Writer: a member ends and the name dedupe restarts
+            w.cut()
+            w.unames.clear()
+            w.gnames.clear()
+            for item in part:
+                w.add(item)
         w.finish()
     finally:
         w.close()
