@@ -6,6 +6,9 @@ an image to a new image (:func:`convert_image`).
 """
 
 from lazypull.image.blobs import BlobInfo as BlobInfo
+from lazypull.image.convert import ConvertOptions as ConvertOptions
+from lazypull.image.convert import ConvertResult as ConvertResult
+from lazypull.image.convert import convert_image as convert_image
 from lazypull.image.errors import BlobNotFoundError as BlobNotFoundError
 from lazypull.image.errors import DigestMismatchError as DigestMismatchError
 from lazypull.image.errors import ImageNotFoundError as ImageNotFoundError
@@ -21,6 +24,8 @@ from lazypull.image.progress import NULL_PROGRESS as NULL_PROGRESS
 from lazypull.image.progress import Progress as Progress
 from lazypull.image.pull import copy_into_store as copy_into_store
 from lazypull.image.pull import pull_image as pull_image
+from lazypull.image.push import PushResult as PushResult
+from lazypull.image.push import push_image as push_image
 from lazypull.image.registry import remote_root as remote_root
 from lazypull.image.store import ImageRecord as ImageRecord
 from lazypull.image.store import ResolvedImage as ResolvedImage
@@ -31,6 +36,8 @@ __all__ = [
     "NULL_PROGRESS",
     "BlobInfo",
     "BlobNotFoundError",
+    "ConvertOptions",
+    "ConvertResult",
     "DigestMismatchError",
     "Image",
     "ImageIndex",
@@ -40,13 +47,16 @@ __all__ = [
     "Layout",
     "PlatformNotFoundError",
     "Progress",
+    "PushResult",
     "ResolvedImage",
     "Root",
     "Store",
     "UnsupportedMediaTypeError",
+    "convert_image",
     "copy_into_store",
     "layout_root",
     "normalize_name",
     "pull_image",
+    "push_image",
     "remote_root",
 ]

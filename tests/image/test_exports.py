@@ -1,0 +1,16 @@
+"""The public API of lazypull.image is what docs/architecture.md promises, and nothing is missing."""
+
+from __future__ import annotations
+
+import lazypull.image as image
+
+
+def test_contract_names_are_exported() -> None:
+    for name in ("Store", "ImageRecord", "ResolvedImage", "pull_image", "convert_image", "push_image",
+                 "Image", "ImageIndex", "Layer", "Layout", "ConvertOptions"):
+        assert name in image.__all__, name
+    for name in image.__all__:
+        assert getattr(image, name) is not None, name
+    public = {n for n in vars(image) if not n.startswith("_") and n not in {"annotations"}}
+    modules = {n for n in public if type(getattr(image, n)).__name__ == "module"}
+    assert public - modules == set(image.__all__)
