@@ -121,7 +121,7 @@ class RegistryClient:
 
     def ping(self, host: str) -> None:
         """Check that ``host`` speaks the registry API (and learn its scheme and auth)."""
-        self.transport.base_url(host)
+        self.transport.base_url(parse_reference(f"{host}/x").api_host)
 
     def check_login(self, host: str) -> None:
         """Authenticate to ``host`` with the configured credentials (``lazypull login``).
