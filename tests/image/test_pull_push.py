@@ -17,6 +17,7 @@ from lazypull.image import (
     copy_into_store,
     pull_image,
 )
+from lazypull.image.partial import ManifestImage
 from lazypull.image.push import push_image
 from lazypull.registry import Platform, RegistryClient
 from tests.helpers.images import BuiltLayout, file, make_oci_layout, sample_layers, sha256
@@ -185,3 +186,45 @@ def test_corrupt_local_blob_is_not_pushed(tmp_path: Path, registry: RegistryServ
     assert not client.blob_exists(name, built.image.layer_digests[2])
     with pytest.raises(DigestMismatchError):
         src.verify_blob(built.image.layer_digests[2])
+
+
+def test_skopeo_copies_converted_estargz_with_annotations(
+        tmp_path: Path, registry: RegistryServer, unique_repo: str, client: RegistryClient) -> None:
+    from lazypull.format import BytesSource, open_layer
+    from lazypull.image import ConvertOptions, convert_image
+    from lazypull.image import mediatypes as mt
+
+    name = f"{registry.host}/{unique_repo}:esgz"
+    built = make_oci_layout(tmp_path / "layout", sample_layers(), tag="v1", docker=True)
+    store = Store(tmp_path / "src")
+    with store.lease():
+        result = convert_image(Layout(built.path).root("v1"), store,
+                               ConvertOptions("estargz", oci=True, estargz_external_toc=True))
+        store.put_image(name, result.root)
+        assert result.toc_image is not None
+        store.put_image(name + "-esgztoc", result.toc_image)
+    pushed = push_image(store, client, name)
+    assert pushed.toc_image is not None and str(pushed.toc_image.ref) == name + "-esgztoc"
+    out = tmp_path / "skopeo"
+    for tag in ("esgz", "esgz-esgztoc"):
+        subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false",
+                        f"docker://{registry.host}/{unique_repo}:{tag}", f"oci:{out}:{tag}"],
+                       check=True, capture_output=True, timeout=120)
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{name}"],
+                         check=True, capture_output=True, timeout=60).stdout
+    assert raw == store.read_blob(result.root.digest)
+    layers = json.loads(raw)["layers"]
+    assert all(set(layer["annotations"]) == {mt.TOC_DIGEST, mt.UNCOMPRESSED_SIZE} for layer in layers)
+    # Our reader reads skopeo's layout: the eStargz layers open with the TOCs of the TOC image.
+    layout = Layout(out)
+    image = layout.root("esgz")
+    toc_image = layout.root("esgz-esgztoc")
+    assert isinstance(toc_image, ManifestImage) and isinstance(image, ManifestImage)
+    tocs = {layer.annotations()[mt.TOC_LAYER_DIGEST]: layer for layer in toc_image.layers()}
+    for layer in image.layers():
+        with layer.compressed() as f:
+            blob = f.read()
+        with tocs[layer.digest()].compressed() as f:
+            toc_blob = f.read()
+        open_layer(BytesSource(blob), external_toc=toc_blob,
+                   toc_digest=layer.annotations()[mt.TOC_DIGEST]).verify()
