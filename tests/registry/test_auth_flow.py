@@ -18,7 +18,9 @@ BEARER = 'Bearer realm="https://auth.example/token",service="reg"'
 Flow = Generator[httpx.Request, httpx.Response, httpx.Response]
 
 
-def _answer(request: httpx.Request, status: int, body: bytes = b"", **headers: str) -> httpx.Response:
+def _answer(request: httpx.Request, status: int, body: bytes = b"", challenge: str | None = None,
+            ) -> httpx.Response:
+    headers = {"WWW-Authenticate": challenge} if challenge else {}
     return httpx.Response(status, headers=headers, content=body, request=request)
 
 
@@ -39,7 +41,7 @@ def _finish(flow: Flow, response: httpx.Response) -> httpx.Response:
 def test_basic_challenge_then_credentials_up_front() -> None:
     auth = Authenticator(StaticAuth("u", "p"))
     flow, request = _start(auth)
-    retry = flow.send(_answer(request, 401, **{"WWW-Authenticate": 'Basic realm="r"'}))
+    retry = flow.send(_answer(request, 401, challenge='Basic realm="r"'))
     assert retry.headers["Authorization"] == "Basic dTpw"
     assert _finish(flow, _answer(retry, 200)).status_code == 200
     _, request2 = _start(auth)          # scheme known: sent with the first request
@@ -49,7 +51,7 @@ def test_basic_challenge_then_credentials_up_front() -> None:
 def test_bearer_post_then_get_fallback_and_cache() -> None:
     auth = Authenticator(StaticAuth("u", "p"))
     flow, request = _start(auth)
-    post = flow.send(_answer(request, 401, **{"WWW-Authenticate": BEARER}))
+    post = flow.send(_answer(request, 401, challenge=BEARER))
     assert post.method == "POST" and post.url == "https://auth.example/token"
     form = dict(pair.split("=", 1) for pair in post.content.decode().split("&"))
     assert form["grant_type"] == "password" and form["username"] == "u" and form["service"] == "reg"
@@ -65,7 +67,7 @@ def test_bearer_post_then_get_fallback_and_cache() -> None:
 
 def test_anonymous_bearer_uses_get_without_credentials() -> None:
     flow, request = _start(Authenticator())
-    get = flow.send(_answer(request, 401, **{"WWW-Authenticate": BEARER}))
+    get = flow.send(_answer(request, 401, challenge=BEARER))
     assert get.method == "GET" and "Authorization" not in get.headers
 
 
@@ -77,7 +79,7 @@ def test_anonymous_bearer_uses_get_without_credentials() -> None:
 ], ids=["html", "list", "no-token", "denied"])
 def test_bad_token_answers(status: int, body: bytes, message: str) -> None:
     flow, request = _start(Authenticator())
-    get = flow.send(_answer(request, 401, **{"WWW-Authenticate": BEARER}))
+    get = flow.send(_answer(request, 401, challenge=BEARER))
     with pytest.raises(AuthError, match=message):
         flow.send(_answer(get, status, body))
 
@@ -85,7 +87,7 @@ def test_bad_token_answers(status: int, body: bytes, message: str) -> None:
 def test_hostile_realm_is_refused() -> None:
     flow, request = _start(Authenticator())
     with pytest.raises(AuthError, match="not an http"):
-        flow.send(_answer(request, 401, **{"WWW-Authenticate": 'Bearer realm="file:///etc/passwd"'}))
+        flow.send(_answer(request, 401, challenge='Bearer realm="file:///etc/passwd"'))
 
 
 def test_401_without_challenge_is_returned() -> None:
