@@ -21,7 +21,7 @@ from rich.progress import (
 class RichProgress:
     """Implements ``lazypull.image.Progress`` with one bar per layer (bytes, rate) on stderr."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Console | None = None) -> None:
         self._progress = Progress(
             TextColumn("{task.description:<80}"),
             TextColumn("{task.fields[status]:<8}"),
@@ -29,7 +29,7 @@ class RichProgress:
             DownloadColumn(binary_units=True),
             TransferSpeedColumn(),
             TimeElapsedColumn(),
-            console=Console(stderr=True),
+            console=console or Console(stderr=True),
             transient=False,
         )
         self._tasks: dict[str, TaskID] = {}
