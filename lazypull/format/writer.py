@@ -223,8 +223,8 @@ class _Writer:
 
     Without min-chunk-size every member boundary is known before anything is compressed (a member
     starts at every chunk), so members are compressed in a thread pool and written in order; their
-    offsets are filled in when written. With min-chunk-size the decision to start a member needs the exact compressed size so far, so
-    members are compressed inline (Go forces a single part in that case too).
+    offsets are filled in when written. With min-chunk-size the decision to start a member needs the
+    exact compressed size so far, so members are compressed inline (Go uses a single part then too).
     """
 
     def __init__(self, compressor: Compressor, blob: _HashingWriter, tar: _Input, chunk_size: int,

@@ -217,3 +217,15 @@ def test_large_file_chunks_default_size() -> None:
     assert [c.chunk_size for c in chunks] == [8192] * (len(data) // 8192) + [len(data) % 8192]
     assert entry.digest == sha256(data)
     assert reader.read_file(entry) == data
+
+
+def test_build_is_deterministic_and_parts_follow_go(vectors: Path) -> None:
+    tar = (vectors / "small.tar").read_bytes()
+    a, blob_a = _build(tar, parallelism=2, chunk_size=4096)
+    b, blob_b = _build(tar, parallelism=2, chunk_size=4096)
+    assert blob_a == blob_b and a == b
+    _, blob_one = _build(tar, parallelism=1, chunk_size=4096)
+    # two parts: the name dedupe restarts in the second part (Go's Build does the same)
+    names_one = [e.user_name for e in open_layer(BytesSource(blob_one)).toc.entries if e.user_name]
+    names_two = [e.user_name for e in open_layer(BytesSource(blob_a)).toc.entries if e.user_name]
+    assert len(names_two) > len(names_one)
