@@ -309,8 +309,13 @@ class RegistryClient:
             try:
                 if written and response.status_code == 200:
                     # The server ignored Range: start over from this full answer.
-                    out.seek(-written, os.SEEK_CUR)
-                    out.truncate()
+                    try:
+                        out.seek(-written, os.SEEK_CUR)
+                        out.truncate()
+                    except (OSError, ValueError, AttributeError) as err:
+                        raise RegistryError(f"{what}: the server ignored Range when resuming at {written} "
+                                            "and the destination cannot be rewound",
+                                            url=response.request.url) from err
                     hasher, written = _hasher(digest), 0
                 elif response.status_code == 206:
                     try:

@@ -108,6 +108,33 @@ def test_dropped_connection_resumes_with_range(setup: Setup,
     assert gets[1][0] == "bytes=70000-" and gets[1][1] == 206
 
 
+def test_resume_ignored_by_server_starts_over(setup: Setup, fault_proxy: FaultProxy) -> None:
+    client, ref = setup
+    fault_proxy.add(Fault("truncate", method="GET", path_contains="/blobs/", after_bytes=50_000))
+    fault_proxy.add(Fault("no_range", method="GET", path_contains="/blobs/"))
+    out = io.BytesIO()
+    client.get_blob(ref, BLOB_DIGEST, out)
+    assert out.getvalue() == BLOB
+    assert [(s, f) for _, s, f in _blob_gets(fault_proxy)] == [(200, "truncate"), (200, "no_range")]
+
+
+def test_resume_ignored_into_unseekable_destination(setup: Setup, fault_proxy: FaultProxy) -> None:
+    client, ref = setup
+
+    class Sink:
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def write(self, chunk: bytes) -> int:
+            self.data += chunk
+            return len(chunk)
+
+    fault_proxy.add(Fault("truncate", method="GET", path_contains="/blobs/", after_bytes=50_000))
+    fault_proxy.add(Fault("no_range", method="GET", path_contains="/blobs/"))
+    with pytest.raises(RegistryError, match="cannot be rewound"):
+        client.get_blob(ref, BLOB_DIGEST, Sink())  # type: ignore[arg-type]
+
+
 def test_persistent_truncation_leaves_nothing(setup: Setup, fault_proxy: FaultProxy,
                                               tmp_path: Path) -> None:
     client, ref = setup
