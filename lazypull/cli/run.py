@@ -12,16 +12,16 @@ import contextlib
 import datetime as dt
 import shlex
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from lazypull.cli._image_progress import QuietProgress, make_progress
 from lazypull.cli._options import GlobalOptions, get_options, global_options
 from lazypull.errors import ContainerError, LazypullError, MountError
-from lazypull.image import ResolvedImage, Store, normalize_name, pull_image
+from lazypull.image import Progress, ResolvedImage, Store, normalize_name, pull_image
 from lazypull.registry import DockerConfigAuth, RegistryClient
 from lazypull.runtime import (
     ContainerOptions,
@@ -39,30 +39,8 @@ AUTO_REMOVE_LABEL = "lazypull.auto-remove"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class LineProgress:
-    """Pull progress as one stderr line per finished item (quiet unless stderr is a terminal)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._labels: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    def start(self, key: str, label: str, total: int | None) -> None:
-        with self._lock:
-            self._labels[key] = label
-
-    def advance(self, key: str, nbytes: int) -> None:
-        pass
-
-    def finish(self, key: str, status: str = "done") -> None:
-        if self.enabled:
-            with self._lock:
-                label = self._labels.get(key, key)
-            click.echo(f"{label}: {status}", err=True)
-
-    def message(self, text: str) -> None:
-        if self.enabled:
-            click.echo(text, err=True)
+def _note(text: str) -> None:
+    click.echo(text, err=True)
 
 
 def registry_client(opts: GlobalOptions) -> RegistryClient:
@@ -71,7 +49,7 @@ def registry_client(opts: GlobalOptions) -> RegistryClient:
 
 
 def ensure_image(store: Store, image: str, *, opts: GlobalOptions, pull: str, platform: str | None,
-                 lazy: bool, progress: LineProgress) -> ResolvedImage:
+                 lazy: bool, progress: Progress) -> ResolvedImage:
     """The image resolved from the store, pulled first as ``--pull`` says (metadata only if lazy)."""
     name = normalize_name(image)
     present = store.find_image(name) is not None
@@ -148,10 +126,10 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
         env=parse_env(env, env_file), workdir=workdir, user=user, tty=tty, stdin=interactive,
         network=network, hostname=hostname, volumes=tuple(parse_volume(v) for v in volumes),
         read_only=read_only, labels={AUTO_REMOVE_LABEL: "true"} if remove else {})
-    progress = LineProgress(enabled=not quiet and sys.stderr.isatty())
     store = Store(root)
-    resolved = ensure_image(store, image, opts=opts, pull=pull, platform=platform, lazy=lazy,
-                            progress=progress)
+    with QuietProgress() if quiet else make_progress() as progress:
+        resolved = ensure_image(store, image, opts=opts, pull=pull, platform=platform, lazy=lazy,
+                                progress=progress)
     container_id = new_container_id()
     mounts = None
     if lazy:
@@ -163,7 +141,7 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
                                   snapshotter=opts.snapshotter)
     try:
         lowers = lower_dirs(root, store, resolved, mounts, lambda: registry_client(opts),
-                            progress=progress.message)
+                            progress=None if quiet or not sys.stderr.isatty() else _note)
         return Containers(root).create(image=resolved.name, image_config=resolved.config.get("config") or {},
                                        lowers_top_first=lowers, options=options, name=name,
                                        snapshotter=opts.snapshotter, container_id=container_id)
