@@ -14,6 +14,7 @@ import pytest
 
 from lazypull.runtime.overlay import mountpoints
 from tests.helpers.containerd import Ctr, write_oci_archive
+from tests.helpers.images import TarEntrySpec
 from tests.helpers.registry import RegistryServer
 from tests.helpers.rootfs import Entry, busybox_specs, busybox_tar, push_image_layers, push_lazy_image
 
@@ -217,3 +218,27 @@ def test_create_then_start(tmp_path: Path, busybox_image: str) -> None:
     assert (started.returncode, started.stdout) == (4, b"started\n"), started.stderr.decode()
     assert mounts_under(tmp_path) == []
     assert not (tmp_path / "containers" / container_id).exists(), "created with --rm: removed after start"
+
+
+@pytest.mark.parametrize("snapshotter", ["stargz", "overlayfs"])
+def test_whiteouts_and_opaque_dirs_through_the_cli(tmp_path: Path, registry: RegistryServer,
+                                                   snapshotter: str) -> None:
+    """The same three-layer eStargz image shows the same merged tree lazily (FUSE lowers) and extracted."""
+    lower = [TarEntrySpec("etc/", "dir"), TarEntrySpec("etc/old", content=b"old"),
+             TarEntrySpec("etc/keep", content=b"keep"), TarEntrySpec("var/", "dir"),
+             TarEntrySpec("var/dir/", "dir"), TarEntrySpec("var/dir/a", content=b"a"),
+             TarEntrySpec("var/dir/sub/", "dir"), TarEntrySpec("var/dir/sub/b", content=b"b")]
+    upper = [TarEntrySpec("etc/", "dir"), TarEntrySpec("etc/old", "whiteout"), TarEntrySpec("var/", "dir"),
+             TarEntrySpec("var/dir/", "dir"), TarEntrySpec("var/dir", "opaque"),
+             TarEntrySpec("var/dir/c", content=b"c")]
+    name, _ = push_lazy_image(tmp_path / "build", f"{registry.host}/lazypull-runtime/whiteouts:{snapshotter}",
+                              [busybox_specs(), lower, upper])
+    root = tmp_path / "root"
+    script = "ls -a /var/dir; ls /etc | grep -e old -e keep; cat /var/dir/c"
+    try:
+        result = lazypull(root, f"--snapshotter={snapshotter}", "--insecure-registry", "run", "--rm", name,
+                          "sh", "-c", script)
+        assert result.returncode == 0, result.stderr.decode()
+        assert result.stdout.decode().split() == [".", "..", "c", "keep", "c"]
+    finally:
+        stop_daemon(root)
