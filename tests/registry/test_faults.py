@@ -217,6 +217,18 @@ def test_upload_retried_after_server_error(fault_proxy: FaultProxy, unique_repo:
     assert puts == [(500, "status"), (201, None)]
 
 
+def test_chunked_upload_restarts_after_failed_patch(fault_proxy: FaultProxy, unique_repo: str) -> None:
+    ref = f"{fault_proxy.host}/{unique_repo}:v1"
+    blob = os.urandom(20_000)
+    fault_proxy.add(Fault("status", method="PATCH", path_contains="/blobs/uploads/", status=502))
+    with RegistryClient(insecure=True, retry=FAST_RETRY, chunk_size=8192) as client:
+        client.push_blob(ref, sha256(blob), len(blob), blob)
+        assert client.read_range(ref, sha256(blob), 0, 20_000) == blob
+    calls = [(r.method, r.fault) for r in fault_proxy.requests if r.method != "GET"]
+    assert calls == [("HEAD", None), ("POST", None), ("PATCH", "status"), ("DELETE", None),
+                     ("POST", None), ("PATCH", None), ("PATCH", None), ("PATCH", None), ("PUT", None)]
+
+
 def test_connection_refused_is_clear() -> None:
     from tests.helpers.registry import free_port
 
