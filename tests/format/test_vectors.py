@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from lazypull.format import FileSource, open_layer
+from lazypull.format import BuildOptions, FileSource, build, open_layer
 from lazypull.format.landmarks import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from tests.format.tarcompare import assert_same_tree, decompressed, sha256
+from tests.format.test_roundtrip import Node, _tar
 
 ESGZ = [
     # blob, source tar, build json, toc json, external toc blob
@@ -128,3 +131,31 @@ def test_tree_semantics(vectors: Path) -> None:
     landmark = prio.lookup(PREFETCH_LANDMARK)
     assert landmark is not None and prio.prefetch_range() == (0, landmark.offset)
     assert r.prefetch_range() is None
+
+
+class CountingSource(FileSource):
+    """Counts the reads open_layer makes."""
+
+    reads: list[tuple[int, int]]
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        self.reads = [*getattr(self, "reads", []), (offset, length)]
+        return super().read_at(offset, length)
+
+
+def test_footer_and_toc_in_one_read_when_the_tail_holds_them(vectors: Path, tmp_path: Path) -> None:
+    src = CountingSource(vectors / "small.esgz")
+    open_layer(src)
+    assert len(src.reads) == 1
+    zsrc = CountingSource(vectors / "tiny.zstd")
+    open_layer(zsrc, toc_offset_hint=258)
+    assert len(zsrc.reads) == 1
+    # a TOC larger than the 64 KiB tail costs exactly one more read
+    nodes = [Node(name=f"dir{i // 100}/file-long-name-{i:05d}", kind="file", size=64) for i in range(3000)]
+    tar = _tar(nodes, 1, tarfile.PAX_FORMAT)
+    out = tmp_path / "big-toc.esgz"
+    with out.open("wb") as f:
+        build(io.BytesIO(tar), f, BuildOptions())
+    big = CountingSource(out)
+    reader = open_layer(big)
+    assert reader.footer.toc_length > 64 << 10 and len(big.reads) == 2
