@@ -278,8 +278,8 @@ def _pull(ref: str, platform: tuple[str, ...], all_platforms: bool, quiet: bool)
     lazy = opts.snapshotter == "stargz"
     parsed = parse_reference(ref)
     with _client(opts) as client, (make_progress() if not quiet else _quiet()) as progress:
-        record = pull_image(store, client, parsed, platform=plats[0] if plats and len(plats) == 1 else None,
-                            all_platforms=plats is None, fetch_layers=not lazy, progress=progress)
+        record = pull_image(store, client, parsed, platforms=plats, all_platforms=plats is None,
+                            fetch_layers=not lazy, progress=progress)
     platform_obj = plats[0] if plats else None
     if lazy:
         # Layers stay in the registry; the mount server mounts the lazy ones (and fetches the others).
@@ -370,16 +370,32 @@ def image_push_command(ref: str, platform: tuple[str, ...], all_platforms: bool,
 
 # ---- convert ------------------------------------------------------------------------------------------
 
-def _source_root(store: Store, src: str, opts: GlobalOptions) -> Root:
-    """SRC as an image: an ``oci:`` layout, a stored image, or else a registry image pulled first."""
+def _source_root(store: Store, src: str, opts: GlobalOptions, platforms: list[Platform] | None) -> Root:
+    """SRC as an image: an ``oci:`` layout, a stored image, or else a registry image pulled first.
+
+    A stored image pulled lazily (layers not local) is completed from its source registry first.
+    """
     if src.startswith("oci:"):
         layout, tag = Layout.from_reference(src)
         return layout.root(tag)
     record = store.find_image(src)
-    if record is None:
+    if record is None or (record.source and _missing_layers(store, record.name, platforms)):
+        ref = record.source if record is not None and record.source else src
         with _client(opts) as client, make_progress() as progress:
-            record = pull_image(store, client, src, all_platforms=True, progress=progress)
+            record = pull_image(store, client, ref, platforms=platforms, all_platforms=platforms is None,
+                                progress=progress, name=record.name if record is not None else None)
     return store.open(record.target)
+
+
+def _missing_layers(store: Store, name: str, platforms: list[Platform] | None) -> bool:
+    """True if a layer of the image (for these platforms) is not in the store."""
+    try:
+        for plat in platforms or [host_platform()]:
+            if not all(store.has_blob(d.digest) for d in store.resolve(name, plat).layers):
+                return True
+    except LazypullError:
+        return True
+    return False
 
 
 @click.command("convert")
@@ -444,7 +460,8 @@ def convert_command(estargz: bool, estargz_record_in: str | None, estargz_compre
     if dst.startswith("oci:"):
         layout, tag = Layout.from_reference(dst)
         with store.lease(), make_progress() as progress:
-            result = convert_image(_source_root(store, src, opts), layout, options, progress)
+            result = convert_image(_source_root(store, src, opts, options.platforms), layout, options,
+                                   progress)
         layout.add_entry(result.root, tag)
         if result.toc_image is not None:
             toc_tag = (tag or "latest") + mt.TOC_IMAGE_SUFFIX
@@ -455,7 +472,8 @@ def convert_command(estargz: bool, estargz_record_in: str | None, estargz_compre
     dst_name = normalize_name(dst)
     with store.lease():
         with make_progress() as progress:
-            result = convert_image(_source_root(store, src, opts), store, options, progress)
+            result = convert_image(_source_root(store, src, opts, options.platforms), store, options,
+                                   progress)
         try:
             store.put_image(dst_name, result.root)
             if result.toc_image is not None:

@@ -17,8 +17,9 @@ from lazypull.image.blobs import BlobWriter
 from lazypull.image.errors import DigestMismatchError, ImageError, PlatformNotFoundError
 from lazypull.image.model import Image, ImageIndex, Root
 from lazypull.image.partial import BlobProvider, diff_id_of, parse_config
-from lazypull.image.platform import host_platform
+from lazypull.image.platform import host_platform, parse_platform
 from lazypull.image.progress import NULL_PROGRESS, Progress
+from lazypull.image.registry import remote_root
 from lazypull.image.store import ImageRecord, Store
 from lazypull.registry import Descriptor, Platform, Reference, RegistryClient, parse_reference
 
@@ -165,24 +166,27 @@ def copy_into_store(store: Store, root: Root, provider: BlobProvider, name: str,
 def pull_image(store: Store, client: RegistryClient, ref: Reference | str, *,
                platform: Platform | str | None = None, all_platforms: bool = False,
                fetch_layers: bool = True, progress: Progress = NULL_PROGRESS, name: str | None = None,
-               workers: int = 3) -> ImageRecord:
+               workers: int = 3, platforms: Sequence[Platform] | None = None) -> ImageRecord:
     """Pull ``ref`` into the store under its own name (or ``name``).
 
     ``fetch_layers=False`` stores manifests and config only: the lazy path, where layers are served
     by the mount server. Otherwise every layer is downloaded, its digest and DiffID verified.
+    From an index: ``platform`` (default this machine's), several ``platforms``, or ``all_platforms``.
     """
-    from lazypull.image.platform import parse_platform
-    from lazypull.image.registry import remote_root
-
     parsed = parse_reference(ref) if isinstance(ref, str) else ref
     if parsed.transport != "docker":
         raise ImageError(f"cannot pull {parsed}: not a registry reference")
     if isinstance(platform, str):
         platform = parse_platform(platform)
-    platforms = None if all_platforms else [platform or host_platform()]
+    if all_platforms:
+        wanted: list[Platform] | None = None
+    elif platforms:
+        wanted = list(platforms)
+    else:
+        wanted = [platform or host_platform()]
     root, provider = remote_root(client, parsed)
     progress.start(str(parsed), str(parsed), None)
     progress.finish(str(parsed), "resolved")
     return copy_into_store(store, root, provider, name or str(parsed), source=str(parsed),
-                           platforms=platforms, fetch_layers=fetch_layers, progress=progress,
+                           platforms=wanted, fetch_layers=fetch_layers, progress=progress,
                            workers=workers)

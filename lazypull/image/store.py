@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from lazypull.errors import LazypullError
 from lazypull.image import mediatypes as mt
 from lazypull.image.blobs import BlobDir, BlobInfo, BlobWriter, fsync_dir
 from lazypull.image.digest import check_digest, hex_of, is_digest
@@ -49,7 +50,7 @@ from lazypull.image.partial import (
     parse_manifest,
     verify_bytes,
 )
-from lazypull.image.platform import config_platform, host_platform, platform_label
+from lazypull.image.platform import config_platform, host_platform, parse_platform, platform_label
 from lazypull.registry import Descriptor, Platform, Reference, parse_reference
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def normalize_name(name: str) -> str:
     """The canonical store name of a reference (``ubuntu`` -> ``docker.io/library/ubuntu:latest``)."""
     try:
         ref = parse_reference(name)
-    except Exception as err:  # ReferenceError_ (a LazypullError) or anything malformed
+    except LazypullError as err:  # ReferenceError_
         raise ImageError(f"invalid image name {name!r}: {err}") from err
     if ref.transport != "docker":
         raise ImageError(f"invalid image name {name!r}: a store name is a registry-style reference")
@@ -451,8 +452,6 @@ class Store:
     def resolve(self, name: str, platform: Platform | str | None = None) -> ResolvedImage:
         """Everything about one platform's image of ``name`` that mounting or running needs."""
         if isinstance(platform, str):
-            from lazypull.image.platform import parse_platform
-
             platform = parse_platform(platform)
         record = self.get_image(name)
         image = self._select(record.name, record.target, platform or host_platform())
@@ -462,7 +461,7 @@ class Store:
         if record.source:
             try:
                 source = parse_reference(record.source)
-            except Exception as err:
+            except LazypullError as err:
                 raise StoreError(f"{record.name}: recorded source {record.source!r} is invalid: "
                                  f"{err}") from err
         return ResolvedImage(

@@ -269,3 +269,20 @@ def test_lazy_pull_mounts_layers(tmp_path: Path, registry: RegistryServer, layou
         for line in mounts.splitlines():
             if str(root) in line:
                 subprocess.run(["umount", "-l", line.split()[2]], check=False)
+
+
+def test_convert_completes_a_lazily_pulled_source(tmp_path: Path, registry: RegistryServer,
+                                                  layout: BuiltLayout, unique_repo: str,
+                                                  client: RegistryClient) -> None:
+    from lazypull.image import pull_image
+
+    src = f"{registry.host}/{unique_repo}:org"
+    run(tmp_path / "a", "image", "convert", "--oci", layout.ref, src)
+    run(tmp_path / "a", "push", "--insecure-registry", src)
+    root = tmp_path / "b"
+    pull_image(Store(root), client, src, fetch_layers=False)  # what `pull --snapshotter=stargz` stores
+    assert not any(Store(root).has_blob(d) for d in layout.image.layer_digests)
+    run(root, "--insecure-registry", "image", "convert", "--estargz", "--oci", src, "example.com/c:1")
+    store = Store(root)
+    assert all(store.has_blob(d) for d in layout.image.layer_digests)
+    assert store.resolve("example.com/c:1").layers[0].annotations[mt.TOC_DIGEST]

@@ -12,6 +12,7 @@ import pytest
 from lazypull.image import (
     DigestMismatchError,
     Layout,
+    PlatformNotFoundError,
     Store,
     UnsupportedMediaTypeError,
     copy_into_store,
@@ -101,6 +102,11 @@ def test_multi_platform_pull_and_push(tmp_path: Path, registry: RegistryServer, 
     every = Store(tmp_path / "all")
     pull_image(every, client, name, all_platforms=True)
     assert every.has_blob(built.images[0].manifest_digest) and every.has_blob(built.images[1].manifest_digest)
+    two = Store(tmp_path / "two")
+    pull_image(two, client, name, platforms=[Platform("linux", "amd64"), Platform("linux", "arm64")])
+    assert two.has_blob(built.images[0].manifest_digest) and two.has_blob(built.images[1].manifest_digest)
+    with pytest.raises(PlatformNotFoundError, match="no manifest for platform linux/s390x"):
+        pull_image(Store(tmp_path / "none"), client, name, platform="linux/s390x")
 
 
 def test_pull_refuses_truncated_blob_and_leaves_nothing(tmp_path: Path, registry: RegistryServer,
