@@ -71,26 +71,30 @@ def get_manifest(registry: str, repo: str, tag: str) -> tuple[str, dict[str, Any
 
 
 def convert_and_push(setup_root: Path, direct: str, workload: Workload, tag: str,
-                     record: Path | None) -> None:
-    """``lazypull image convert`` org -> tag, then ``lazypull push`` (to the registry, directly)."""
+                     record: Path | None) -> str | None:
+    """``lazypull image convert`` org -> tag, then ``lazypull push`` (to the registry, directly).
+
+    Returns a note when the record could not be used (lazypull takes it with --estargz only)."""
     src, dst = f"{direct}/{workload.name}:org", f"{direct}/{workload.name}:{tag}"
-    flags = ["--oci"]
-    if tag.startswith("esgz"):
-        flags.append("--estargz")
-        if record is not None:
-            flags += ["--estargz-record-in", str(record)]
-    elif tag == "zstdchunked":
-        flags.append("--zstdchunked")
-        if record is not None:
-            flags += ["--zstdchunked-record-in", str(record)]
-    _lp(setup_root, "image", "convert", *flags, src, dst)
+    fmt = ["--estargz"] if tag.startswith("esgz") else ["--zstdchunked"]
+    rec = ["--estargz-record-in", str(record)] if record is not None else []
+    note = None
+    try:
+        _lp(setup_root, "image", "convert", "--oci", *fmt, *rec, src, dst)
+    except PrepareError as err:
+        if not rec or "needs --estargz" not in str(err):
+            raise
+        note = (f"{tag}: converted without prioritized files (`lazypull image convert` refused the "
+                f"record: {str(err).rsplit(':', 1)[-1].strip()})")
+        _lp(setup_root, "image", "convert", "--oci", *fmt, src, dst)
     _lp(setup_root, "push", dst)
+    return note
 
 
 def write_record(path: Path, files: list[str]) -> Path:
     """The prioritized-file list in the ``ctr-remote optimize --record-out`` form: JSON lines of
-    ``{"path": ...}``, which ``--estargz-record-in`` reads."""
-    path.write_text("".join(json.dumps({"path": "/" + f}) + "\n" for f in files))
+    ``{"path": "usr/bin/python3.11"}``, which ``--estargz-record-in`` reads."""
+    path.write_text("".join(json.dumps({"path": f}) + "\n" for f in files))
     return path
 
 
@@ -195,8 +199,10 @@ def prepare(workload: Workload, *, cache_dir: Path, registry: BenchRegistry, pro
                 if tag in variants and (not images.manifest_exists(direct, workload.name, tag)
                                         or tag not in state):
                     log(f"  converting {workload.name}:{tag} ({len(prep.prioritized)} prioritized files)")
-                    convert_and_push(setup_root, direct, workload, tag, record)
+                    state[f"{tag}-note"] = convert_and_push(setup_root, direct, workload, tag, record)
                     state[tag] = get_manifest(direct, workload.name, tag)[0]
+                if state.get(f"{tag}-note"):
+                    prep.notes.append(state[f"{tag}-note"])
         traced = {(str(a), int(b)) for a, b in prep.trace_chunks}
         for tag in variants:
             prep.variants[tag] = variant_info(direct, storage, workload, tag, traced)

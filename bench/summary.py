@@ -27,7 +27,7 @@ ROW_LABELS = {("containerd", "org"): "containerd (full pull)",
               ("lazypull-overlayfs", "org"): "lazypull full pull",
               ("lazypull-lazy", "esgz-noopt"): "lazypull eStargz (no prefetch)",
               ("lazypull-lazy", "esgz"): "lazypull eStargz (prioritized)",
-              ("lazypull-lazy", "zstdchunked"): "lazypull zstd:chunked (prioritized)"}
+              ("lazypull-lazy", "zstdchunked"): "lazypull zstd:chunked"}
 SHORT_LABELS = {("containerd", "org"): "containerd", ("lazypull-overlayfs", "org"): "lp-full",
                 ("lazypull-lazy", "esgz-noopt"): "esgz-noopt", ("lazypull-lazy", "esgz"): "esgz",
                 ("lazypull-lazy", "zstdchunked"): "zstdchunked"}
@@ -195,10 +195,10 @@ def section(results: dict[str, Any], results_name: str) -> str:
         "- Images: Debian bookworm (debootstrap minbase) base layer + application layer (what the "
         "packages add): "
         + "; ".join(f"{k}: {v.get('compressed_size', 0) / 1e6:.0f} MB gzip" for k, v in imgs.items()) + ".",
-        "- Variants: `org` legacy gzip; `esgz-noopt` eStargz with `.no.prefetch.landmark`; `esgz` and "
-        "`zstdchunked` with the files the workload read prioritized (from a traced on-demand lazy run: the "
-        "byte ranges the registry served mapped onto the TOC). Converted with `lazypull image convert`, "
-        "pushed with `lazypull push`.",
+        "- Variants: `org` legacy gzip; `esgz-noopt` eStargz with `.no.prefetch.landmark`; `esgz` with "
+        "the files the workload read prioritized (from a traced on-demand lazy run: the byte ranges the "
+        "registry served mapped onto the TOC; `zstdchunked` too when the converter accepts the list, see "
+        "the notes). Converted with `lazypull image convert`, pushed with `lazypull push`.",
         "- MB served / requests: what the registry's access log recorded between the start of the sample and "
         "the moment the workload finished (background fetch still running afterwards is not counted).",
         f"- T_ideal = k·RTT + (TOC + W)/B + T_app with k = {ideal.K_ROUND_TRIPS} (connect, manifest, config, "
@@ -214,6 +214,7 @@ def section(results: dict[str, Any], results_name: str) -> str:
                               if "w_bytes" in x else "") for t, x in var.items())
         lines.append(f"- {name}: {detail}; {len(v.get('prioritized', []))} prioritized files "
                      f"({v.get('prioritized_source', '')}).")
+        lines += [f"  - note: {n}" for n in v.get("notes", [])]
     lines += ["", "![lazy start: pull/create/run per image and variant](bench-lazy-start.png)", "",
               "### Results (seconds; median of n cold samples unless noted)", "", tables(results, rows),
               "### Targets", "", targets(rows), ""]

@@ -167,7 +167,8 @@ class ContainerdSystem:
         return Phase(self.daemon.ctr("image", "pull", "--plain-http", "--snapshotter", "overlayfs", ref))
 
     def create(self, ref: str, cid: str, workload: Workload) -> Phase | None:
-        return Phase(self.daemon.ctr("container", "create", "--snapshotter", "overlayfs", ref, cid,
+        # "--": the workload's own flags (python3 -c) must not be read as ctr's (-c is --config).
+        return Phase(self.daemon.ctr("container", "create", "--snapshotter", "overlayfs", ref, cid, "--",
                                      *workload.command))
 
     def run(self, ref: str, cid: str, workload: Workload) -> Phase:
