@@ -152,22 +152,11 @@ class Authenticator:
         with self._lock:
             return self._hosts.setdefault(host, _HostState())
 
-    def knows(self, host: str) -> bool:
-        """Whether the host's auth scheme is known (or known to need none)."""
-        with self._lock:
-            return host in self._hosts
-
     def learn(self, host: str, response: httpx.Response | None) -> None:
         """Record what a ``/v2/`` ping said: a 401 challenge, or (None / 200) no auth needed."""
         state = self._state(host)
         if response is not None and response.status_code == 401:
             state.challenge = _pick_challenge(response)
-
-    def forget_tokens(self, host: str) -> None:
-        with self._lock:
-            state = self._hosts.get(host)
-            if state:
-                state.tokens.clear()
 
     def flow(self, request: httpx.Request, host: str,
              scopes: tuple[str, ...]) -> Generator[httpx.Request, httpx.Response, httpx.Response]:

@@ -291,8 +291,6 @@ class Transport:
                         with translate_errors(method, response.request.url):
                             response.read()
                     return response
-                if response.status_code == 401:
-                    self.auth.forget_tokens(host)
                 raise error_for_response(response, what)
             except RegistryError as err:
                 attempt += 1
