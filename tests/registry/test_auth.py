@@ -306,3 +306,24 @@ def test_server_names_normalise(server: str, host: str) -> None:
     from lazypull.registry import normalize_server
 
     assert normalize_server(server) == host
+
+
+def test_docker_hub_credentials_match_its_api_host(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"auths": {"https://index.docker.io/v1/": _auth_entry("hubuser", "pw")}}))
+    auth = DockerConfigAuth(config)
+    for host in ("docker.io", "registry-1.docker.io", "index.docker.io"):
+        creds = auth.credentials(host)
+        assert creds is not None and creds.username == "hubuser"
+    assert auth.credentials("ghcr.io") is None
+
+
+def test_login_to_plain_http_needs_insecure(registry_token: AuthRegistry, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    reg = registry_token
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    result = CliRunner().invoke(cli, ["login", reg.host, "-u", reg.username, "--password-stdin"],
+                                input=reg.password)
+    assert result.exit_code == 1
+    assert "TLS failed" in result.output and reg.host in result.output
+    assert not (tmp_path / "config.json").exists()
