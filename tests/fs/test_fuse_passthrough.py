@@ -5,6 +5,7 @@ from __future__ import annotations
 import mmap
 import os
 import random
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,3 +163,21 @@ def test_open_mode_follows_the_opens_already_there(tmp_path: Path) -> None:
                 assert again.read() == b"same bytes" and m.passthrough_files == 1
             assert pt_open.read() == b"same bytes"
         assert _wait(lambda: m.passthrough_files == 0)
+
+
+@pytest.mark.parametrize("passthrough", [False, True], ids=["served", "passthrough"])
+def test_exec_a_binary_from_the_mount(tmp_path: Path, passthrough: bool) -> None:
+    # Containers exec their programs straight from layer mounts (mmap of the text pages).
+    busybox = Path("/bin/busybox")
+    tree = MemTree()
+    tree.add_file("bin/busybox", busybox.read_bytes(), mode=0o755, backing=str(busybox))
+    tree.add_symlink("bin/echo", b"busybox")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with FuseMount(tree, mnt, passthrough=passthrough) as m:
+        # Through /bin/sh: CPython's vfork keeps the GIL until the child's exec returns, and an exec
+        # from this process's own mount needs this process's FUSE threads (see FuseMount's docstring).
+        cmd = f"exec {mnt}/bin/echo 'hello from' {m.fsname}"
+        out = subprocess.run(["/bin/sh", "-c", cmd], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0 and out.stdout == "hello from lazypull\n"
+        assert (tree.calls["read"] == 0) == passthrough

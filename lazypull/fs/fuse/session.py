@@ -110,6 +110,11 @@ class FuseMount:
 
     ``passthrough``: hand reads of files whose ``Tree.backing_path`` is set to the kernel (6.9+);
     ``passthrough_active`` says whether the kernel agreed. ``workers``: (min, max) threads.
+
+    The serving process must not ``subprocess.run`` a program that lives on its own mount: CPython
+    starts children with vfork, which holds the GIL until the child's exec completes, and that exec
+    waits for this process's FUSE threads (deadlock). Start such programs through a host binary
+    (``/bin/sh -c 'exec ...'``) or from another process.
     """
 
     def __init__(
