@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import subprocess
 import tarfile
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lazypull.format import BuildOptions, FormatError, build
+from lazypull.format import BuildOptions, BytesSource, FileSource, FormatError, build, open_layer
 from tests.helpers.oracle import Oracle, OracleError
 
 GNU_FORMATS = ["gnu", "oldgnu", "posix", "ustar", "v7"]
@@ -81,6 +82,17 @@ def test_data_stream_equals_go(oracle: Oracle, tree: Path, tmp_path: Path, fmt: 
     go = _data_stream_go(oracle, tar, tmp_path)
     assert len(ours) > 1024
     assert go[: len(ours)] == ours
+    # and the TOC (embedded this time) equals Go's apart from member offsets
+    out = io.BytesIO()
+    with tar.open("rb") as f:
+        build(f, out, BuildOptions(parallelism=1))
+    ours_toc = json.loads(open_layer(BytesSource(out.getvalue())).toc_json)["entries"]
+    go_toc = json.loads(open_layer(FileSource(tmp_path / (tar.name + ".go.esgz"))).toc_json)["entries"]
+    assert [_no_offset(e) for e in ours_toc] == [_no_offset(e) for e in go_toc]
+
+
+def _no_offset(entry: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in entry.items() if k != "offset"}
 
 
 @pytest.mark.parametrize("kind", ["sparse-gnu", "sparse-posix", "global-header"])
