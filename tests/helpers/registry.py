@@ -17,6 +17,10 @@ is function-scoped, in front of ``registry``):
 ``registry_redirect``
     plain HTTP whose blob GETs answer 307 to a small static file server over the storage
     directory (``.redirect_server``), the way S3-backed registries send clients to blob storage.
+``fault_proxy``
+    a :class:`FaultProxy` in front of ``registry`` (use ``fault_proxy.host`` in references).
+``unique_repo``
+    a repository name derived from the test id (the session registries are shared).
 
 Facts about this server worth knowing when writing tests: a manifest GET without an OCI Accept
 header answers 404 for OCI manifests; manifests are capped at 4 MiB; there is no referrers API;
