@@ -8,6 +8,7 @@ server (after a crash or an upgrade) mounts again what the old one had.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -51,10 +52,14 @@ class Hold:
     image: str
     digests: list[str]
     insecure: bool = False
+    layer: dict[str, Any] | None = None   # a single registry layer (containerd snapshotter): ref, annotations
 
     def to_json(self) -> dict[str, Any]:
-        return {"holder": self.holder, "image": self.image, "digests": self.digests,
+        data = {"holder": self.holder, "image": self.image, "digests": self.digests,
                 "insecure": self.insecure}
+        if self.layer is not None:
+            data["layer"] = self.layer
+        return data
 
 
 def _default_store(root: Path) -> Any:
@@ -104,7 +109,8 @@ class LayerManager:
             if not is_lazy(annotations):
                 result.append(LayerMount(desc.digest, False, None))
                 continue
-            layer = self._ensure_mounted(store, resolved, desc, annotations, insecure)
+            layer = self._ensure_mounted(desc.digest, annotations,
+                                         functools.partial(self._source, store, resolved, desc, insecure))
             result.append(LayerMount(desc.digest, True, layer.path))
             digests.append(desc.digest)
         name = str(getattr(resolved, "name", image) or image)
@@ -113,6 +119,43 @@ class LayerManager:
             self._holds[(hold.holder, hold.image)] = hold
         self._save_state()
         return result
+
+    def mount_registry_layer(self, ref: str, digest: str, annotations: dict[str, str], *, holder: str,
+                             insecure: bool = False) -> Path:
+        """Mount one layer straight from a registry reference (containerd's remote snapshots); its path."""
+        from lazypull.registry import parse_reference
+
+        if not is_lazy(annotations):
+            raise MountError(f"layer {digest} of {ref} carries no TOC digest: not lazily mountable")
+        try:
+            parsed = parse_reference(ref)
+        except LazypullError as err:
+            raise MountError(f"invalid image reference {ref!r} for layer {digest}: {err}") from err
+        client = self._client(insecure)
+
+        def make_source() -> tuple[RangeSource, Callable[[], bytes] | None]:
+            size = int(client.blob_size(parsed, digest))
+            return (RegistryRangeSource(client, parsed, digest, size),
+                    lambda: fetch_external_toc(client, parsed, digest))
+
+        layer = self._ensure_mounted(digest, annotations, make_source)
+        hold = Hold(holder, f"layer:{ref}", [digest], insecure,
+                    {"ref": ref, "digest": digest, "annotations": dict(annotations)})
+        with self._lock:
+            self._holds[(hold.holder, hold.image)] = hold
+        self._save_state()
+        return layer.path
+
+    def release_holder(self, holder: str) -> bool:
+        """Drop every hold of ``holder``; unmount what nobody holds. False when it held nothing."""
+        with self._lock:
+            keys = [k for k in self._holds if k[0] == holder]
+            for key in keys:
+                del self._holds[key]
+        if keys:
+            self._save_state()
+            self.unmount_unused()
+        return bool(keys)
 
     def release_image(self, image: str, *, holder: str | None = None) -> None:
         """Drop a hold; unmount the layers nobody holds any more."""
@@ -196,6 +239,12 @@ class LayerManager:
             return
         for item in data.get("holds", []):
             try:
+                layer = item.get("layer")
+                if isinstance(layer, dict):
+                    self.mount_registry_layer(str(layer["ref"]), str(layer["digest"]),
+                                              {str(k): str(v) for k, v in layer["annotations"].items()},
+                                              holder=str(item["holder"]), insecure=bool(item.get("insecure")))
+                    continue
                 self.mount_image(str(item["image"]), insecure=bool(item.get("insecure")),
                                  holder=str(item["holder"]))
                 log.info("restored mounts of %s for %s", item["image"], item["holder"])
@@ -204,7 +253,8 @@ class LayerManager:
                           item.get("image"), item.get("holder"), err)
                 with self._lock:   # keep the hold so a later request can retry
                     hold = Hold(str(item.get("holder")), str(item.get("image")),
-                                [str(d) for d in item.get("digests", [])], bool(item.get("insecure")))
+                                [str(d) for d in item.get("digests", [])], bool(item.get("insecure")),
+                                item.get("layer") if isinstance(item.get("layer"), dict) else None)
                     self._holds.setdefault((hold.holder, hold.image), hold)
 
     # -- internals --
@@ -220,16 +270,16 @@ class LayerManager:
                 client = self._clients[insecure] = self._client_factory(insecure)
             return client
 
-    def _ensure_mounted(self, store: Any, resolved: Any, desc: Any, annotations: dict[str, str],
-                        insecure: bool) -> MountedLayer:
-        digest = desc.digest
+    def _ensure_mounted(self, digest: str, annotations: dict[str, str],
+                        make_source: Callable[[], tuple[RangeSource, Callable[[], bytes] | None]]
+                        ) -> MountedLayer:
         digest_hex(digest)
         with self._layer_lock(digest):
             with self._lock:
                 layer = self._layers.get(digest)
             if layer is not None:
                 return layer
-            source, external = self._source(store, resolved, desc, insecure)
+            source, external = make_source()
             tree = open_layer_tree(digest, annotations, source, root=self.root, config=self.config,
                                    cache=self.cache, external_toc=external)
             path = self.paths.mountpoint(digest)
