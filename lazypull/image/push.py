@@ -1,5 +1,8 @@
 """Pushing a stored image to a registry: blobs (skipping what the registry has), then manifests.
 
+Blobs not in the store (an image pulled lazily) come from the image's source registry: mounted
+across repositories on the same registry, else copied through a temp file.
+
 An index is pushed with every child manifest present in the store; with a platform, only that
 platform's manifest is pushed under the tag. The ``NAME-esgztoc`` TOC image of an eStargz image
 converted with an external TOC (format.md 2.3) is pushed alongside when the store has it.
@@ -8,6 +11,7 @@ converted with an external TOC (format.md 2.3) is pushed alongside when the stor
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,25 +38,39 @@ class PushResult:
 
 class _Pusher:
     def __init__(self, store: Store, client: RegistryClient, ref: Reference, progress: Progress,
-                 workers: int) -> None:
+                 workers: int, source: Reference | None) -> None:
         self.store = store
         self.client = client
         self.ref = ref
         self.progress = progress
         self.workers = workers
+        self.source = source
 
     def push_blob(self, desc: Descriptor, label: str) -> None:
         path = self.store.blob_path(desc.digest)
-        if path is None:
-            raise BlobNotFoundError(f"cannot push {self.ref}: {label} {desc.digest} is not in the store")
         key = desc.digest
+        mount_from: list[str] = []
+        if path is None:
+            # A lazily pulled image: its layers are still in the registry it came from.
+            if self.source is None:
+                raise BlobNotFoundError(f"cannot push {self.ref}: {label} {desc.digest} is not in the store "
+                                        "and the image has no source registry")
+            if self.source.registry == self.ref.registry:
+                mount_from = [self.source.repository]
         self.progress.start(key, f"{label}-{desc.digest}", desc.size)
 
         def opener() -> BinaryIO:
-            return cast(BinaryIO, _CountingReader(open(path, "rb"), lambda n: self.progress.advance(key, n)))
+            if path is not None:
+                src: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by the client
+            else:
+                assert self.source is not None
+                src = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the client
+                self.client.get_blob(self.source, desc.digest, src, size=desc.size)
+                src.seek(0)
+            return cast(BinaryIO, _CountingReader(src, lambda n: self.progress.advance(key, n)))
 
         try:
-            self.client.push_blob(self.ref, desc.digest, desc.size, opener)
+            self.client.push_blob(self.ref, desc.digest, desc.size, opener, mount_from=mount_from)
         except BaseException:
             self.progress.finish(key, "failed")
             raise
@@ -110,7 +128,8 @@ def push_image(store: Store, client: RegistryClient, name: str, *, dest: Referen
     if ref.digest and not ref.tag:
         raise ImageError(f"cannot push to {ref}: give a tag, not a digest")
     ref = Reference(ref.registry, ref.repository, ref.tag or "latest", None)
-    pusher = _Pusher(store, client, ref, progress, workers)
+    source = parse_reference(record.source) if record.source else None
+    pusher = _Pusher(store, client, ref, progress, workers, source)
     target = record.target
     if mt.is_index(target.media_type):
         index = ManifestIndex(store.provider, target)

@@ -234,3 +234,49 @@ def test_skopeo_copies_converted_estargz_with_annotations(
             toc_blob = f.read()
         open_layer(BytesSource(blob), external_toc=toc_blob,
                    toc_digest=layer.annotations()[mt.TOC_DIGEST]).verify()
+
+
+def test_push_of_a_lazily_pulled_image_mounts_or_copies_layers(
+        tmp_path: Path, registry: RegistryServer, unique_repo: str, client: RegistryClient) -> None:
+    name = f"{registry.host}/{unique_repo}:lazy"
+    src = Store(tmp_path / "src")
+    built = _import(tmp_path, src, name, unique=True)
+    push_image(src, client, name)
+    lazy = Store(tmp_path / "lazy")
+    pull_image(lazy, client, name, fetch_layers=False)
+    # Same registry, other repository: layers are mounted across repositories, not uploaded.
+    other = f"{registry.host}/{unique_repo}-copy:v1"
+    lazy.tag(name, other)
+    mark = registry.log_mark()
+    push_image(lazy, client, other)
+    log = registry.access_log(mark)
+    assert not [e for e in log if e.method == "PATCH"]
+    assert len([e for e in log if e.method == "POST" and "mount=" in e.path]) == 3
+    for digest in built.image.layer_digests:
+        assert client.blob_exists(other, digest)
+    # A blob missing everywhere is a clear error.
+    orphan = Store(tmp_path / "orphan")
+    copy_into_store(orphan, Layout(built.path).root("v1"), Layout(built.path), "example.com/o:1",
+                    source=None, platforms=None)
+    assert orphan.delete_blob(built.image.layer_digests[0])
+    with pytest.raises(Exception, match="not in the store and the image has no source registry"):
+        push_image(orphan, client, "example.com/o:1", dest=f"{registry.host}/{unique_repo}-orphan:v1")
+
+
+def test_push_of_a_lazily_pulled_image_to_another_registry_copies_layers(
+        tmp_path: Path, registry: RegistryServer, registry_redirect: RegistryServer, unique_repo: str,
+        client: RegistryClient) -> None:
+    name = f"{registry.host}/{unique_repo}:lazy"
+    src = Store(tmp_path / "src")
+    built = _import(tmp_path, src, name, unique=True)
+    push_image(src, client, name)
+    lazy = Store(tmp_path / "lazy")
+    pull_image(lazy, client, name, fetch_layers=False)
+    elsewhere = f"{registry_redirect.host}/{unique_repo}:copied"
+    result = push_image(lazy, client, name, dest=elsewhere)
+    assert result.digest == built.root_digest
+    again = Store(tmp_path / "again")
+    pull_image(again, client, elsewhere)
+    for digest in built.image.layer_digests:
+        again.verify_blob(digest)
+    assert not any(lazy.has_blob(d) for d in built.image.layer_digests)  # nothing was stored on the way
