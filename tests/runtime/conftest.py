@@ -1,0 +1,34 @@
+"""Runtime tests mount overlays and start mount servers: whatever a failing test leaves is cleaned here."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lazypull.runtime.overlay import mountpoints, unmount
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers(tmp_path: Path) -> Iterator[None]:
+    """After each test: stop mount servers and runc containers under ``tmp_path``, unmount the rest."""
+    yield
+    from lazypull.snapshot import MountClient
+
+    for sock in tmp_path.glob("**/run/lazypull.sock"):
+        with contextlib.suppress(Exception):
+            MountClient(sock.parent.parent, autostart=False).shutdown()
+    for state in tmp_path.glob("**/runc"):
+        if state.is_dir() and not state.is_symlink():
+            ids = subprocess.run(["runc", "--root", str(state), "list", "-q"], capture_output=True,
+                                 text=True).stdout.split()
+            for container_id in ids:
+                subprocess.run(["runc", "--root", str(state), "delete", "-f", container_id],
+                               capture_output=True)
+    leftovers = [m for m in mountpoints() if m.startswith(str(tmp_path) + "/")]
+    for point in sorted(leftovers, key=len, reverse=True):
+        with contextlib.suppress(Exception):
+            unmount(Path(point))
