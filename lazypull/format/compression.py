@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Iterator
 from typing import Protocol, cast
 
 import zstandard
@@ -162,48 +163,66 @@ def gunzip_member(data: bytes, limit: int, what: str) -> bytes:
     return out
 
 
-def gunzip_range(data: bytes, skip: int, length: int, what: str) -> bytes:
-    """Bytes ``[skip, skip+length)`` of the gzip members starting at ``data[0]``."""
+_STEP = 1 << 20
+
+
+def _gzip_pieces(data: bytes) -> Iterator[bytes]:
+    """Decompressed output of consecutive gzip members, at most 1 MiB at a time."""
+    rest = data
+    while rest:
+        obj = isal_zlib.decompressobj(31)
+        buf = rest
+        while True:
+            out = obj.decompress(buf, _STEP)
+            if out:
+                yield out
+            buf = obj.unconsumed_tail
+            if obj.eof or (not buf and not out):
+                break
+        if not obj.eof:
+            return
+        rest = obj.unused_data
+
+
+def _zstd_pieces(data: bytes) -> Iterator[bytes]:
+    """Decompressed output of consecutive zstd frames (skippable frames skipped), 1 MiB at a time."""
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
+    while out := reader.read(_STEP):
+        yield out
+
+
+def _slice(pieces: Iterator[bytes], skip: int, length: int, what: str) -> bytes:
+    """Bytes ``[skip, skip+length)`` of a stream of pieces; the skipped prefix is never kept."""
     need = skip + length
     parts: list[bytes] = []
-    got = 0
-    rest = data
+    pos = 0
+    for piece in pieces:
+        end = pos + len(piece)
+        if end > skip:
+            parts.append(piece[max(0, skip - pos) : need - pos])
+        pos = end
+        if pos >= need:
+            break
+    buf = b"".join(parts)
+    if len(buf) < length:
+        raise FormatError(f"{what}: compressed range ends after {min(pos, need)} of {need} bytes")
+    return buf
+
+
+def gunzip_range(data: bytes, skip: int, length: int, what: str) -> bytes:
+    """Bytes ``[skip, skip+length)`` of the gzip members starting at ``data[0]``."""
     try:
-        while got < need and rest:
-            obj = isal_zlib.decompressobj(31)
-            out = obj.decompress(rest, need - got)
-            parts.append(out)
-            got += len(out)
-            if got >= need or not obj.eof:
-                break
-            rest = obj.unused_data
+        return _slice(_gzip_pieces(data), skip, length, what)
     except _ISAL_ERROR as err:
         raise FormatError(f"{what}: corrupt gzip data: {err}") from err
-    buf = b"".join(parts)
-    if len(buf) < need:
-        raise FormatError(f"{what}: compressed range ends after {len(buf)} of {need} bytes")
-    return buf[skip:need]
 
 
 def unzstd_range(data: bytes, skip: int, length: int, what: str) -> bytes:
     """Bytes ``[skip, skip+length)`` of the zstd frames starting at ``data[0]``."""
-    need = skip + length
     try:
-        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
-        parts: list[bytes] = []
-        got = 0
-        while got < need:
-            out = reader.read(need - got)
-            if not out:
-                break
-            parts.append(out)
-            got += len(out)
+        return _slice(_zstd_pieces(data), skip, length, what)
     except _ZSTD_ERROR as err:
         raise FormatError(f"{what}: corrupt zstd data: {err}") from err
-    buf = b"".join(parts)
-    if len(buf) < need:
-        raise FormatError(f"{what}: compressed range ends after {len(buf)} of {need} bytes")
-    return buf[skip:need]
 
 
 def unzstd_bounded(data: bytes, limit: int, what: str) -> bytes:
