@@ -188,3 +188,14 @@ def test_connections_are_kept_alive(registry: RegistryServer, unique_repo: str,
         assert fast_client.read_range(ref, sha256(blob), i, 1) == blob[i:i + 1]
     log = registry.access_log(mark)
     assert len(log) == 10 and len({e.remote for e in log}) == 1
+
+
+def test_many_ranges_are_batched(registry: RegistryServer, unique_repo: str,
+                                 fast_client: RegistryClient) -> None:
+    ref = f"{registry.host}/{unique_repo}:v1"
+    blob = os.urandom(100_000)
+    fast_client.push_blob(ref, sha256(blob), len(blob), blob)
+    wanted = [(i * 997, 10) for i in range(100)]
+    mark = registry.log_mark()
+    assert fast_client.read_ranges(ref, sha256(blob), wanted) == [blob[o:o + n] for o, n in wanted]
+    assert [(e.method, e.status) for e in registry.access_log(mark)] == [("GET", 206), ("GET", 206)]
