@@ -161,9 +161,12 @@ def _desc_json(desc: Descriptor) -> dict[str, Any]:
 
 
 def _go_json(value: Any) -> bytes:
-    """Compact JSON as Go's encoder writes it (no spaces; <, >, & escaped)."""
+    """Compact JSON as Go's encoder writes it (no spaces; UTF-8; <, >, &, U+2028, U+2029 escaped)."""
     text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
+    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(char, escaped)
+    return text.encode()
 
 
 class _Converter:
