@@ -1,0 +1,79 @@
+"""containers/storage zstd:chunked (64-byte footer, endOffset, zero-hole chunks, manifest checksum)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+
+import pytest
+import zstandard
+
+from lazypull.format import BytesSource, DigestMismatchError, open_layer
+from lazypull.format.footer import CS_FOOTER_MAGIC, skippable_frame
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _cs_blob(*, zero_digest: bool) -> tuple[bytes, bytes, str]:
+    """A CS-style blob: one header frame, one frame per chunk of holes.bin (with a hole), a tail frame."""
+    zc = zstandard.ZstdCompressor(level=3, write_checksum=True)
+    chunks = [b"a" * 100, bytes(3000), b"b" * 100]
+    blob = zc.compress(b"H" * 512)
+    offsets = []
+    for c in chunks:
+        offsets.append(len(blob))
+        blob += zc.compress(c)
+    end = len(blob)
+    blob += zc.compress(bytes(1024))
+    content = b"".join(chunks)
+    entries: list[dict[str, object]] = [{
+        "type": "reg", "name": "holes.bin", "mode": 420, "size": len(content),
+        "modtime": "2021-01-01T00:00:00.5+01:00", "digest": _sha(content), "offset": offsets[0],
+        "endOffset": end, "chunkSize": 100, "chunkDigest": _sha(chunks[0]),
+    }]
+    pos = 100
+    for i, c in enumerate(chunks[1:], start=1):
+        e: dict[str, object] = {"type": "chunk", "name": "holes.bin", "offset": offsets[i],
+                                "chunkSize": len(c), "chunkOffset": pos}
+        if i == 1:
+            e["chunkType"] = "zeros"
+            if zero_digest:
+                e["chunkDigest"] = _sha(c)
+        else:
+            e["chunkDigest"] = _sha(c)
+        entries.append(e)
+        pos += len(c)
+    toc = json.dumps({"version": 1, "entries": entries, "tarSplitDigest": "sha256:" + "0" * 64},
+                     separators=(",", ":")).encode()
+    ctoc = zc.compress(toc)
+    toc_off = len(blob) + 8
+    blob += skippable_frame(ctoc)
+    footer = struct.pack("<QQQQQQQ", toc_off, len(ctoc), len(toc), 1, 0, 0, 0) + CS_FOOTER_MAGIC
+    blob += skippable_frame(footer)
+    return blob, content, _sha(ctoc)
+
+
+@pytest.mark.parametrize("zero_digest", [True, False])
+def test_cs_chunks_holes_and_end_offsets(zero_digest: bool) -> None:
+    blob, content, checksum = _cs_blob(zero_digest=zero_digest)
+    reader = open_layer(BytesSource(blob), toc_digest=checksum)
+    assert reader.footer_kind == "zstd-64" and reader.verified_by == "manifest"
+    assert reader.toc.schema == "cs"
+    entry = reader.lookup("holes.bin")
+    assert entry is not None and entry.modtime is not None
+    assert entry.modtime.isoformat() == "2020-12-31T23:00:00.500000+00:00"
+    chunks = reader.chunks(entry)
+    assert [(c.chunk_offset, c.chunk_size) for c in chunks] == [(0, 100), (100, 3000), (3100, 100)]
+    assert chunks[0].end == chunks[1].offset and chunks[1].end == chunks[2].offset
+    assert chunks[2].end == entry.end_offset
+    assert reader.read_file(entry) == content
+    reader.verify()
+
+
+def test_cs_wrong_checksum() -> None:
+    blob, _, _ = _cs_blob(zero_digest=True)
+    with pytest.raises(DigestMismatchError, match="compressed TOC digest"):
+        open_layer(BytesSource(blob), toc_digest="sha256:" + "2" * 64)
