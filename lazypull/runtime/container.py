@@ -203,7 +203,8 @@ class Containers:
         finally:
             record.status = "exited"
             record.exit_code = code
-            self.save(record)
+            with contextlib.suppress(FileNotFoundError):  # `rm -f` removed the container while it ran
+                self.save(record)
             with contextlib.suppress(ContainerError):
                 self.runc.delete(record.id, force=True)
             unmount(rootfs)

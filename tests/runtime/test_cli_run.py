@@ -242,3 +242,41 @@ def test_whiteouts_and_opaque_dirs_through_the_cli(tmp_path: Path, registry: Reg
         assert result.stdout.decode().split() == [".", "..", "c", "keep", "c"]
     finally:
         stop_daemon(root)
+
+
+def test_hostile_layer_from_a_registry_is_refused(tmp_path: Path, registry: RegistryServer) -> None:
+    """A pulled layer whose tar climbs out of its directory fails the run, naming the layer and member."""
+    bad = [*busybox_specs(), TarEntrySpec("../../../../escaped", content=b"pwned")]
+    name = push_image_layers(tmp_path / "build", f"{registry.host}/lazypull-runtime/hostile:v1", [bad])
+    root = tmp_path / "root"
+    result = lazypull(root, "--snapshotter=overlayfs", "--insecure-registry", "run", "--rm", name, "true")
+    assert result.returncode == 1
+    message = result.stderr.decode()
+    assert "layer sha256:" in message and "'../../../../escaped'" in message and "'..'" in message
+    assert not list(tmp_path.glob("**/escaped")) and not Path("/escaped").exists()
+    assert not (root / "snapshots").exists() or not list((root / "snapshots").glob("*/fs"))
+    assert mounts_under(root) == []
+    assert [p.name for p in (root / "containers").glob("*") if p.name != ".lock"] == []
+
+
+def test_rm_of_a_running_container(tmp_path: Path, busybox_image: str) -> None:
+    env = dict(os.environ, LAZYPULL_ROOT=str(tmp_path))
+    argv = ["--snapshotter=overlayfs", "--insecure-registry", "run", "--name", "busy", busybox_image,
+            "sleep", "600"]
+    proc = subprocess.Popen([sys.executable, "-m", "lazypull", *argv], env=env, cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while b"Running" not in lazypull(tmp_path, "ps").stdout:
+            assert time.monotonic() < deadline and proc.poll() is None, "the container never ran"
+            time.sleep(0.3)
+        refused = lazypull(tmp_path, "rm", "busy")
+        assert refused.returncode == 1 and b"is running" in refused.stderr
+        assert lazypull(tmp_path, "rm", "-f", "busy").returncode == 0
+        assert proc.wait(timeout=30) == 128 + signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert mounts_under(tmp_path) == []
+    assert [p.name for p in (tmp_path / "containers").iterdir() if p.name != ".lock"] == []
