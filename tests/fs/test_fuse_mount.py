@@ -224,6 +224,19 @@ def test_tree_exception_gives_eio_and_mount_keeps_working(served: tuple[MemTree,
     assert os.listdir(mnt / "etc") == ["hostname"]
 
 
+def test_reply_the_kernel_refuses_becomes_eio(tmp_path: Path) -> None:
+    tree = MemTree()
+    tree.add_symlink("long", b"x" * 5000)  # more than the page the kernel offers for a link target
+    tree.add_file("f", b"fine")
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    with FuseMount(tree, mnt):
+        with pytest.raises(OSError) as exc:
+            os.readlink(mnt / "long")
+        assert exc.value.errno == errno.EIO
+        assert (mnt / "f").read_bytes() == b"fine"
+
+
 def test_tree_returning_too_much_is_cut(tmp_path: Path) -> None:
     class Greedy(MemTree):
         def read(self, ino: int, offset: int, size: int) -> bytes:

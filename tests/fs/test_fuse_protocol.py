@@ -13,7 +13,7 @@ from lazypull.fs.fuse import protocol
 from lazypull.fs.fuse.mount import _unescape
 from lazypull.fs.fuse.ops import Operations
 from lazypull.fs.fuse.protocol import Op, Request
-from lazypull.fs.fuse.tree import Attr
+from lazypull.fs.fuse.tree import Attr, FuseError
 from tests.fs.memtree import MemTree
 
 
@@ -215,6 +215,15 @@ def test_unexpected_exception_is_eio_and_remembered() -> None:
     ops = _ops(tree)
     assert ops.handle(_req(Op.GETATTR, bytes(16), 1)) == (errno.EIO, b"")
     assert "GETATTR on inode 1 failed: ZeroDivisionError: division by zero in tree" in ops.last_errors[-1]
+
+
+@pytest.mark.parametrize("bad", [0, -2, 512, 100000], ids=["zero", "negative", "512", "huge"])
+def test_fuse_error_with_an_impossible_errno_is_eio(bad: int) -> None:
+    tree = MemTree()
+    tree.fail["getattr"] = FuseError(bad)
+    ops = _ops(tree)
+    assert ops.handle(_req(Op.GETATTR, bytes(16), 1)) == (errno.EIO, b"")
+    assert "GETATTR on inode 1 failed: FuseError" in ops.last_errors[-1]
 
 
 def test_impossible_attributes_from_the_tree_are_eio() -> None:

@@ -116,14 +116,19 @@ class Operations:
         try:
             return handler(req)
         except FuseError as err:
-            return err.errno, b""
+            if isinstance(err.errno, int) and 0 < err.errno < 512:
+                return err.errno, b""
+            # The kernel rejects a reply with any other error value and the caller would wait forever.
+            return self._failed(req, err)
         except Exception as err:
-            message = (
-                f"{protocol.op_name(req.opcode)} on inode {req.nodeid} failed: {type(err).__name__}: {err}"
-            )
-            log.exception("FUSE %s", message)
-            self.last_errors.append(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {message}")
-            return errno.EIO, b""
+            return self._failed(req, err)
+
+    def _failed(self, req: Request, err: Exception) -> Reply:
+        """Log an unexpected failure, remember it for diagnostics, answer EIO."""
+        message = f"{protocol.op_name(req.opcode)} on inode {req.nodeid} failed: {type(err).__name__}: {err}"
+        log.error("FUSE %s", message, exc_info=err)
+        self.last_errors.append(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {message}")
+        return errno.EIO, b""
 
     # -- INIT -------------------------------------------------------------------------------------
 

@@ -313,7 +313,14 @@ class FuseMount:
             os.writev(fd, [header] if err or not payload else [header, payload])
         except OSError as exc:
             # ENOENT: the request was interrupted and is gone; ENODEV: the mount is gone.
-            if exc.errno not in (errno.ENOENT, errno.ENODEV, errno.EBADF, errno.ECONNABORTED):
-                log.error(
-                    "FUSE reply to %s on %s failed: %s", protocol.op_name(req.opcode), self.mountpoint, exc
-                )
+            if exc.errno in (errno.ENOENT, errno.ENODEV, errno.EBADF, errno.ECONNABORTED):
+                return
+            log.error(
+                "FUSE reply to %s (%d bytes) on %s refused: %s",
+                protocol.op_name(req.opcode),
+                len(payload),
+                self.mountpoint,
+                exc,
+            )
+            if not err:  # e.g. more bytes than the kernel asked for: answer EIO so the caller is not stuck
+                self._reply(req, (errno.EIO, b""))
