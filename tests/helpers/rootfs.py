@@ -1,9 +1,10 @@
 """Small real root filesystems and layer tarballs for runtime tests.
 
 The only binary is Debian's static busybox (``apt-get download busybox-static`` + ``dpkg-deb -x``,
-cached under ``$LAZYPULL_TEST_CACHE`` or ``/var/cache/lazypull-tests``; the local apt archive is
-used when the download is not possible). Layer tars are built in memory from :class:`Entry` lists,
-so tests can write exactly the members (whiteouts, hostile names, links) they need.
+cached under ``$LAZYPULL_TEST_CACHE`` or ``/var/cache/lazypull-tests``; when the download is not
+possible, the local apt archive's .deb, else the installed package's ``/bin/busybox``). Layer tars
+are built in memory from :class:`Entry` lists, so tests can write exactly the members (whiteouts,
+hostile names, links) they need.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tests.helpers.images import TarEntrySpec, make_oci_layout
 
 CACHE_DIR = Path(os.environ.get("LAZYPULL_TEST_CACHE", "/var/cache/lazypull-tests"))
 APT_ARCHIVES = Path("/var/cache/apt/archives")
+INSTALLED_BUSYBOX = Path("/bin/busybox")
 
 PASSWD = (
     "root:x:0:0:root:/root:/bin/sh\n"
@@ -93,6 +95,12 @@ def _locked_cache(name: str) -> tuple[Path, int]:
     return CACHE_DIR / name, lock
 
 
+def _installed_static_busybox() -> bool:
+    """Whether /bin/busybox comes from the installed busybox-static package."""
+    owner = subprocess.run(["dpkg", "-S", str(INSTALLED_BUSYBOX)], capture_output=True, text=True)
+    return owner.returncode == 0 and owner.stdout.startswith("busybox-static:")
+
+
 def busybox_binary() -> Path:
     """The static busybox from Debian's ``busybox-static`` package (downloaded once, cached)."""
     target, lock = _locked_cache("busybox-static")
@@ -106,11 +114,15 @@ def busybox_binary() -> Path:
             debs = sorted(Path(tmp).glob("busybox-static_*.deb"))
             if download.returncode != 0 or not debs:
                 debs = sorted(APT_ARCHIVES.glob("busybox-static_*.deb"))
-            if not debs:
-                raise RuntimeError("cannot get busybox-static: apt-get download said "
-                                   f"{download.stderr.strip()}")
             extracted = Path(tmp) / "x"
-            subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(extracted)], check=True)
+            if debs:
+                subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(extracted)], check=True)
+            elif INSTALLED_BUSYBOX.is_file() and _installed_static_busybox():
+                (extracted / "bin").mkdir(parents=True)
+                shutil.copy2(INSTALLED_BUSYBOX, extracted / "bin" / "busybox")
+            else:
+                raise RuntimeError("cannot get busybox-static: apt-get download said "
+                                   f"{download.stderr.strip()}, and it is not installed")
             if target.exists():
                 shutil.rmtree(target)
             os.rename(extracted, target)
