@@ -237,6 +237,25 @@ def test_reply_the_kernel_refuses_becomes_eio(tmp_path: Path) -> None:
         assert (mnt / "f").read_bytes() == b"fine"
 
 
+def test_short_read_before_the_end_is_eio(tmp_path: Path) -> None:
+    class Short(MemTree):
+        def read(self, ino: int, offset: int, size: int) -> bytes:
+            return super().read(ino, offset, size)[:100]
+
+    tree = Short()
+    tree.add_file("f", b"y" * 10_000)
+    tree.add_file("small", b"z" * 50)
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    with FuseMount(tree, mnt) as m:
+        with pytest.raises(OSError) as exc:
+            (mnt / "f").read_bytes()
+        assert exc.value.errno == errno.EIO
+        assert "short read: 100 of" in m.last_errors[-1]
+        assert os.stat(mnt / "f").st_size == 10_000  # the kernel did not take it for the end of file
+        assert (mnt / "small").read_bytes() == b"z" * 50  # short only at the end: fine
+
+
 def test_tree_returning_too_much_is_cut(tmp_path: Path) -> None:
     class Greedy(MemTree):
         def read(self, ino: int, offset: int, size: int) -> bytes:

@@ -237,6 +237,13 @@ class Operations:
     def read(self, req: Request) -> Reply:
         _, offset, size, *_ = protocol.READ_IN.unpack_from(req.body)
         data = self.tree.read(req.nodeid, offset, size)
+        if len(data) < size:
+            # The kernel takes a short read as the end of the file and would shrink its idea of the size.
+            file_size = self.tree.getattr(req.nodeid).size
+            if offset + len(data) < min(file_size, offset + size):
+                raise ValueError(
+                    f"short read: {len(data)} of {size} bytes at offset {offset} of a {file_size}-byte file"
+                )
         return 0, data[:size]
 
     def release(self, req: Request) -> Reply:
