@@ -119,26 +119,20 @@ WRITE_OPS = frozenset(
 )
 
 
-# INIT flags (bits 32.. travel in flags2).
+# INIT flags we use or refuse (bits 32.. travel in flags2). Not asked for on purpose: AUTO_INVAL_DATA
+# (layers never change), WRITEBACK_CACHE (read-only; it also rules out passthrough), POSIX_LOCKS (the
+# kernel handles locks locally), EXPORT_SUPPORT (no NFS export).
 ASYNC_READ = 1 << 0
-POSIX_LOCKS = 1 << 1
-ATOMIC_O_TRUNC = 1 << 3
-EXPORT_SUPPORT = 1 << 4
-BIG_WRITES = 1 << 5
-AUTO_INVAL_DATA = 1 << 12
 DO_READDIRPLUS = 1 << 13
 READDIRPLUS_AUTO = 1 << 14
-ASYNC_DIO = 1 << 15
 WRITEBACK_CACHE = 1 << 16
 PARALLEL_DIROPS = 1 << 18
-ABORT_ERROR = 1 << 21
 MAX_PAGES = 1 << 22
 CACHE_SYMLINKS = 1 << 23
 INIT_EXT = 1 << 30
 PASSTHROUGH = 1 << 37
 
 # OPEN reply flags.
-FOPEN_DIRECT_IO = 1 << 0
 FOPEN_KEEP_CACHE = 1 << 1
 FOPEN_CACHE_DIR = 1 << 3
 FOPEN_NOFLUSH = 1 << 5
@@ -173,10 +167,6 @@ GETXATTR_IN = struct.Struct("=II")
 GETXATTR_OUT = struct.Struct("=II")
 KSTATFS = struct.Struct("=QQQQQIIII24x")
 DIRENT_HEAD = struct.Struct("=QQII")
-FORGET_IN = struct.Struct("=Q")
-BATCH_FORGET_IN = struct.Struct("=II")
-FORGET_ONE = struct.Struct("=QQ")
-INTERRUPT_IN = struct.Struct("=Q")
 ACCESS_IN = struct.Struct("=II")
 
 #: Largest payload of a READ (and of a WRITE we would get): the kernel's default page limit, 256 pages.
