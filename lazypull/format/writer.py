@@ -48,7 +48,7 @@ from lazypull.format.compression import (
     detect,
 )
 from lazypull.format.errors import FormatError
-from lazypull.format.footer import estargz_footer, external_toc_footer, skippable_frame, zstd_footer
+from lazypull.format.footer import estargz_footer, external_toc_footer
 from lazypull.format.landmarks import (
     LANDMARK_CONTENTS,
     NO_PREFETCH_LANDMARK,
@@ -58,6 +58,7 @@ from lazypull.format.landmarks import (
 from lazypull.format.names import clean_entry_name
 from lazypull.format.tarheader import NS, TarHeader, TarMember, TarScan, encode_go_header
 from lazypull.format.toc import TOC_TAR_NAME, TOCEntry, encode_toc
+from lazypull.format.zstdchunked import toc_trailer
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -65,10 +66,6 @@ if TYPE_CHECKING:
 DEFAULT_CHUNK_SIZE = 4 << 20
 TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
-ZSTD_MANIFEST_CHECKSUM_ANNOTATION = "io.containers.zstd-chunked.manifest-checksum"
-ZSTD_MANIFEST_POSITION_ANNOTATION = "io.containers.zstd-chunked.manifest-position"
-CS_MANIFEST_CHECKSUM_ANNOTATION = "io.github.containers.zstd-chunked.manifest-checksum"
-CS_MANIFEST_POSITION_ANNOTATION = "io.github.containers.zstd-chunked.manifest-position"
 _TYPES = {"0": "reg", "1": "hardlink", "2": "symlink", "3": "char", "4": "block", "5": "dir", "6": "fifo"}
 _READ_BLOCK = 4 << 20
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -529,12 +526,9 @@ def _finish(compressor: Compressor, blob: _HashingWriter, entries: list[TOCEntry
     toc_blob: bytes | None = None
     toc_offset = blob.n
     if isinstance(compressor, ZstdCompressor):
-        compressed = compressor.compress_whole(toc_json)
-        toc_offset = blob.n + 8
-        blob.write(skippable_frame(compressed))
-        blob.write(zstd_footer(toc_offset, len(compressed), len(toc_json)))
-        annotations[ZSTD_MANIFEST_CHECKSUM_ANNOTATION] = "sha256:" + hashlib.sha256(compressed).hexdigest()
-        annotations[ZSTD_MANIFEST_POSITION_ANNOTATION] = f"{toc_offset}:{len(compressed)}:{len(toc_json)}:1"
+        trailer, zstd_annotations, toc_offset = toc_trailer(compressor, toc_json, blob.n)
+        blob.write(trailer)
+        annotations.update(zstd_annotations)
     else:
         toc_tar = _toc_tar(toc_json)
         member = _one_member(compressor, toc_tar)

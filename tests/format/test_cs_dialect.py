@@ -77,3 +77,13 @@ def test_cs_wrong_checksum() -> None:
     blob, _, _ = _cs_blob(zero_digest=True)
     with pytest.raises(DigestMismatchError, match="compressed TOC digest"):
         open_layer(BytesSource(blob), toc_digest="sha256:" + "2" * 64)
+
+
+def test_manifest_position_parsing() -> None:
+    from lazypull.format import FormatError
+    from lazypull.format.zstdchunked import parse_manifest_position
+
+    assert parse_manifest_position("258:335:771:1") == (258, 335, 771, 1)
+    for bad in ("1:2:3", "a:b:c:d", "1:2:3:-1", ""):
+        with pytest.raises(FormatError):
+            parse_manifest_position(bad)
