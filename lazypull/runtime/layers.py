@@ -8,6 +8,7 @@ shared by every container using it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -50,8 +51,11 @@ def _ready(path: Path) -> bool:
         return False
     if is_mountpoint(path) or any(os.scandir(path)):
         return True
-    path.rmdir()  # an empty leftover mountpoint or an empty layer: (re-)extract, it is cheap
-    return False
+    # An empty leftover mountpoint or an empty layer: (re-)extract, it is cheap. Someone else may
+    # have just renamed a finished extraction into place: then it is ready after all.
+    with contextlib.suppress(OSError):
+        path.rmdir()
+    return path.is_dir() and any(os.scandir(path))
 
 
 def _download(store: Store, image: ResolvedImage, desc: Descriptor, client: RegistryClient) -> None:

@@ -72,8 +72,14 @@ class Runc:
             cmd += ["--log", str(log_file), "--log-format", "json"]
         return cmd
 
+    def _missing(self) -> str:
+        return f"{self.binary} is not installed (scripts/install-deps.sh installs it)"
+
     def _call(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([*self._base(), *args], capture_output=True, text=True)
+        try:
+            result = subprocess.run([*self._base(), *args], capture_output=True, text=True)
+        except FileNotFoundError as err:
+            raise ContainerError(self._missing()) from err
         if check and result.returncode != 0:
             raise ContainerError(f"runc {' '.join(args)} failed: "
                                  f"{result.stderr.strip() or result.returncode}")
@@ -129,11 +135,14 @@ class Runc:
         log_file = bundle / "runc.log"
         with contextlib.suppress(FileNotFoundError):
             log_file.unlink()
-        if tty_mode:
-            code = self._run_tty(container_id, bundle, log_file, stdio)
-        else:
-            code = self._run_plain(container_id, bundle, log_file, stdio)
-        return code
+        try:
+            if tty_mode:
+                return self._run_tty(container_id, bundle, log_file, stdio)
+            return self._run_plain(container_id, bundle, log_file, stdio)
+        except FileNotFoundError as err:
+            if err.filename == self.binary:
+                raise ContainerError(self._missing()) from err
+            raise
 
     def _run_plain(self, container_id: str, bundle: Path, log_file: Path, stdio: Stdio) -> int:
         cmd = [*self._base(log_file), "run", "--bundle", str(bundle), container_id]
