@@ -237,6 +237,19 @@ def test_reply_the_kernel_refuses_becomes_eio(tmp_path: Path) -> None:
         assert (mnt / "f").read_bytes() == b"fine"
 
 
+@pytest.mark.parametrize("negative_timeout", [None, 0.0], ids=["cached", "not-cached"])
+def test_missing_names_are_cached_unless_told(tmp_path: Path, negative_timeout: float | None) -> None:
+    tree = MemTree()
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    with FuseMount(tree, mnt, negative_timeout=negative_timeout):
+        for _ in range(3):
+            assert not (mnt / "later").exists()
+        assert tree.calls["lookup"] == (1 if negative_timeout is None else 3)
+        tree.add_file("later", b"appeared")
+        assert (mnt / "later").exists() == (negative_timeout == 0)
+
+
 def test_short_read_before_the_end_is_eio(tmp_path: Path) -> None:
     class Short(MemTree):
         def read(self, ino: int, offset: int, size: int) -> bytes:

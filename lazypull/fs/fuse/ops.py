@@ -63,11 +63,13 @@ class Operations:
         entry_timeout: float,
         attr_timeout: float,
         passthrough: bool,
+        negative_timeout: float | None = None,
         dev_fd: int,
         max_errors: int = 20,
     ) -> None:
         self.tree = tree
         self.entry_timeout = entry_timeout
+        self.negative_timeout = entry_timeout if negative_timeout is None else negative_timeout
         self.attr_timeout = attr_timeout
         self.want_passthrough = passthrough
         self.passthrough_active = False
@@ -165,7 +167,8 @@ class Operations:
         if attr is not None:
             self._note_parent(req.nodeid, attr)
         # A missing name is answered as a cached negative entry (nodeid 0): layers never change.
-        return 0, protocol.encode_entry(attr, self.entry_timeout, self.attr_timeout)
+        timeout = self.entry_timeout if attr is not None else self.negative_timeout
+        return 0, protocol.encode_entry(attr, timeout, self.attr_timeout)
 
     def getattr(self, req: Request) -> Reply:
         return 0, protocol.encode_attr_out(self.tree.getattr(req.nodeid), self.attr_timeout)

@@ -109,7 +109,9 @@ class FuseMount:
     """Serve ``tree`` read-only at ``mountpoint`` until :meth:`stop`.
 
     ``passthrough``: hand reads of files whose ``Tree.backing_path`` is set to the kernel (6.9+);
-    ``passthrough_active`` says whether the kernel agreed. ``workers``: (min, max) threads.
+    ``passthrough_active`` says whether the kernel agreed. ``workers``: (min, max) threads. Timeouts
+    (seconds) say how long the kernel caches names, attributes and missing names (``negative_timeout``,
+    default ``entry_timeout``: a Tree should raise rather than answer "missing" while it cannot know).
 
     The serving process must not ``subprocess.run`` a program that lives on its own mount: CPython
     starts children with vfork, which holds the GIL until the child's exec completes, and that exec
@@ -127,6 +129,7 @@ class FuseMount:
         workers: tuple[int, int] = (1, 8),
         entry_timeout: float = DAY,
         attr_timeout: float = DAY,
+        negative_timeout: float | None = None,
         init_timeout: float = 10.0,
     ) -> None:
         self.tree = tree
@@ -136,6 +139,7 @@ class FuseMount:
         self._workers = workers
         self._entry_timeout = entry_timeout
         self._attr_timeout = attr_timeout
+        self._negative_timeout = negative_timeout
         self._init_timeout = init_timeout
         self._fd = -1
         self._device = ""
@@ -161,6 +165,7 @@ class FuseMount:
             self.tree,
             entry_timeout=self._entry_timeout,
             attr_timeout=self._attr_timeout,
+            negative_timeout=self._negative_timeout,
             passthrough=self._want_passthrough,
             dev_fd=self._fd,
         )
