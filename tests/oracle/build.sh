@@ -18,7 +18,8 @@ gopath_pkg="$out/pkg/usr/share/gocode"
 if [[ ! -d "$gopath_pkg/src/github.com/containerd/stargz-snapshotter/estargz" ]]; then
   rm -rf "$out/pkg" "$out"/*.deb
   # apt-get download writes into the current directory; _apt cannot write there, which only warns.
-  (cd "$out" && apt-get download -q "$pkg" >&2)
+  # On a machine whose package lists were never fetched, refresh them once and retry.
+  (cd "$out" && { apt-get download -q "$pkg" || { apt-get update -qq && apt-get download -q "$pkg"; }; } >&2)
   dpkg-deb -x "$out"/${pkg}_*.deb "$out/pkg"
 fi
 # GOPATH mode wants the program inside a GOPATH src tree.
