@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import click
 
@@ -10,8 +11,11 @@ from lazypull.cli._options import get_options, global_options
 
 
 @click.command("daemon")
+@click.option("--containerd-socket", type=click.Path(dir_okay=False), default=None,
+              help="Also serve containerd's snapshots API here (proxy plugin `lazypull`), e.g. "
+                   "/run/containerd-lazypull-grpc/containerd-lazypull-grpc.sock.")
 @global_options
-def daemon_command() -> None:
+def daemon_command(containerd_socket: str | None) -> None:
     """Run the mount server that keeps lazy layers mounted (foreground)."""
     from lazypull.snapshot.server import run_daemon
 
@@ -21,7 +25,8 @@ def daemon_command() -> None:
     if not opts.debug:   # one line per range request is too much for the log
         logging.getLogger("httpx").setLevel(logging.WARNING)
     opts.root.mkdir(parents=True, exist_ok=True)
-    run_daemon(opts.root.resolve())
+    run_daemon(opts.root.resolve(), containerd_socket=Path(containerd_socket) if containerd_socket else None,
+               insecure_registries=opts.insecure_registries)
 
 
 COMMANDS = [daemon_command]

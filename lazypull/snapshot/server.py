@@ -66,8 +66,12 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 class MountDaemon:
     """One running server: the pidfile lock, the manager and the socket."""
 
-    def __init__(self, root: Path, config: FsConfig | None = None, **manager_args: Any) -> None:
+    def __init__(self, root: Path, config: FsConfig | None = None, *, containerd_socket: Path | None = None,
+                 insecure_registries: bool = False, **manager_args: Any) -> None:
         self.root = root
+        self.containerd_socket = containerd_socket
+        self.insecure_registries = insecure_registries
+        self._snapshot_service: Any = None
         self.paths = RunPaths(root)
         self.config = config or load_config(root)
         self.manager = LayerManager(root, self.config, **manager_args)
@@ -149,6 +153,13 @@ class MountDaemon:
             os.umask(old_umask)
         threading.Thread(target=self._restore, name="restore", daemon=True).start()
         log.info("mount server %d listening on %s", os.getpid(), sock_path)
+        if self.containerd_socket is not None:
+            from lazypull.snapshot.proxy.service import SnapshotService
+            from lazypull.snapshot.proxy.snapshotter import Snapshotter
+
+            snapshotter = Snapshotter(self.root, self.manager, insecure=self.insecure_registries)
+            self._snapshot_service = SnapshotService(snapshotter, self.containerd_socket)
+            self._snapshot_service.start()
 
     def _restore(self) -> None:
         try:
@@ -168,6 +179,8 @@ class MountDaemon:
             self._server.shutdown()
 
     def cleanup(self) -> None:
+        if self._snapshot_service is not None:
+            self._snapshot_service.stop()
         if self._server is not None:
             self._server.server_close()
             with contextlib.suppress(FileNotFoundError):
@@ -180,11 +193,16 @@ class MountDaemon:
             self._pidfile.close()
 
 
-def run_daemon(root: Path, config: FsConfig | None = None) -> None:
-    """Run the server in the foreground until SIGTERM/SIGINT or a shutdown request."""
+def run_daemon(root: Path, config: FsConfig | None = None, *, containerd_socket: Path | None = None,
+               insecure_registries: bool = False) -> None:
+    """Run the server in the foreground until SIGTERM/SIGINT or a shutdown request.
+
+    ``containerd_socket``: also serve containerd's snapshots API there (proxy plugin).
+    """
     root = root.resolve()
     os.chdir("/")              # do not keep the caller's working directory busy
-    daemon = MountDaemon(root, config)
+    daemon = MountDaemon(root, config, containerd_socket=containerd_socket,
+                         insecure_registries=insecure_registries)
     daemon.start()
 
     def on_signal(signum: int, _frame: object) -> None:
