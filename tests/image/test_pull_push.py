@@ -147,15 +147,26 @@ def test_pull_by_digest_checks_the_manifest(tmp_path: Path, registry: RegistrySe
                                             client: RegistryClient) -> None:
     name = f"{registry.host}/{unique_repo}:d"
     src = Store(tmp_path / "src")
-    built = _import(tmp_path, src, name)
+    built = _import(tmp_path, src, name, unique=True)
     push_image(src, client, name)
-    wrong = sha256(b"not the manifest")
     dst = Store(tmp_path / "dst")
-    with pytest.raises(Exception, match="manifest"):
-        pull_image(dst, client, f"{registry.host}/{unique_repo}@{wrong}")
+    with pytest.raises(Exception, match=r"manifest unknown|not found|404"):
+        pull_image(dst, client, f"{registry.host}/{unique_repo}@{sha256(b'not the manifest')}")
     ok = pull_image(dst, client, f"{registry.host}/{unique_repo}@{built.root_digest}")
     assert ok.target.digest == built.root_digest
     assert len(dst.list_images()) == 1
+    # The registry now serves other bytes under that digest (same length): refused, nothing stored.
+    stored = registry.blob_path(built.root_digest)
+    config_hex = built.image.config_digest[7:].encode()
+    flipped = (b"0" if config_hex[:1] != b"0" else b"1") + config_hex[1:]
+    stored.write_bytes(stored.read_bytes().replace(config_hex, flipped))
+    fresh = Store(tmp_path / "fresh")
+    with pytest.raises(Exception, match=f"expected {built.root_digest}, got sha256:"):
+        pull_image(fresh, client, f"{registry.host}/{unique_repo}@{built.root_digest}")
+    with pytest.raises(Exception, match=f"expected {built.root_digest}, got sha256:"):
+        pull_image(fresh, client, name)
+    assert fresh.list_images() == []
+    assert not fresh.blobs_dir.exists() or list(fresh.blobs_dir.iterdir()) == []
 
 
 def test_skopeo_reads_what_we_push_and_we_read_skopeo_layouts(
