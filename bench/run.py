@@ -145,9 +145,14 @@ def run(args: argparse.Namespace) -> Path:
         prepared: dict[str, prep_mod.Prepared] = {}
         for w in args.workloads:
             log(f"preparing {w.name}")
-            prepared[w.name] = prep_mod.prepare(w, cache_dir=args.cache_dir, registry=registry, proxy=proxy,
-                                                ref_host=ref_host, workdir=workdir, variants=variants,
-                                                log=log)
+            try:
+                prepared[w.name] = prep_mod.prepare(w, cache_dir=args.cache_dir, registry=registry,
+                                                    proxy=proxy, ref_host=ref_host, workdir=workdir,
+                                                    variants=variants, log=log)
+            except Exception as err:       # one image failing must not lose the others
+                log(f"  {w.name} skipped: {err}")
+                results["errors"].append(f"{w.name}: preparation failed: {err}")
+                continue
             results["images"][w.name] = vars(prepared[w.name])
         save()
 
@@ -193,24 +198,30 @@ def run_profile(args: argparse.Namespace, profile: Profile, ns: NetNamespace, pr
     ns.shape(profile.rate_mbit)
     proxy.set_rtt(profile.rtt)
     try:
-        jobs = [(w, s, v) for w in args.workloads for s, v in args.row_list]
-        for index in range(args.samples):
-            order = jobs[:]
-            rng.shuffle(order)
-            for workload, system_key, variant in order:
-                sample = Sample(workload.name, variant, system_key, profile.name, index)
-                ref = f"{ref_host}/{workload.name}:{variant}"
-                counting = _Counting(proxy, registry)
-                t0 = time.monotonic()
-                measure(systems[system_key], ref, workload, sample, before=counting.before,
-                        after=counting.after)
-                results["samples"].append(sample.to_json())
-                status = "ok" if sample.ok else f"FAILED: {(sample.error or '')[:300]}"
-                log(f"{profile.name} #{index} {workload.name:8} {system_key:18} {variant:11} "
-                    f"pull {sample.pull:6.2f} create {sample.create:6.2f} run {sample.run:6.2f} "
-                    f"({sample.registry.get('bytes', 0) / 1e6:.1f} MB, "
-                    f"{sample.registry.get('requests', 0)} req) {status} [{time.monotonic() - t0:.0f}s]")
-                save()
+        for workload in args.workloads:
+            if workload.name not in results["images"]:
+                continue            # its preparation failed (see results["errors"])
+            jobs = [(s, v) for s, v in args.row_list]
+            for index in range(args.samples):
+                order = jobs[:]
+                rng.shuffle(order)
+                for system_key, variant in order:
+                    sample = Sample(workload.name, variant, system_key, profile.name, index)
+                    ref = f"{ref_host}/{workload.name}:{variant}"
+                    for other in systems.values():      # nothing of an earlier sample still runs
+                        other.quiesce()
+                    counting = _Counting(proxy, registry)
+                    t0 = time.monotonic()
+                    measure(systems[system_key], ref, workload, sample, before=counting.before,
+                            after=counting.after)
+                    systems[system_key].quiesce()
+                    results["samples"].append(sample.to_json())
+                    status = "ok" if sample.ok else f"FAILED: {(sample.error or '')[:300]}"
+                    log(f"{profile.name} #{index} {workload.name:8} {system_key:18} {variant:11} "
+                        f"pull {sample.pull:6.2f} create {sample.create:6.2f} run {sample.run:6.2f} "
+                        f"({sample.registry.get('bytes', 0) / 1e6:.1f} MB, "
+                        f"{sample.registry.get('requests', 0)} req) {status} [{time.monotonic() - t0:.0f}s]")
+                    save()
     finally:
         ns.shape(None)
         proxy.set_rtt(0.0)
@@ -226,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = run(args)
     log(f"results: {out}")
     if not args.no_docs:
-        summary.write_docs(out, REPO / "docs" / "benchmarks.md", REPO / "docs" / "bench-lazy-start.png")
+        summary.write_docs([out], REPO / "docs" / "benchmarks.md", REPO / "docs" / "bench-lazy-start.png")
         log("wrote docs/benchmarks.md (## Lazy start) and docs/bench-lazy-start.png")
     return 0
 

@@ -1,7 +1,7 @@
 """Tables and the chart from a lazy-start results file: the "## Lazy start" section of docs/benchmarks.md
 (only that section is rewritten) and a stacked pull/create/run bar chart like stargz-snapshotter's.
 
-    .venv/bin/python -m bench.summary bench/results/lazy-start-<time>.json
+    .venv/bin/python -m bench.summary bench/results/lazy-start-<time>.json [more runs ...]
 
 Statistics: median and p95 (nearest rank: with 5 samples, the slowest) of successful samples.
 Hand-written analysis in bench/analysis.md is copied into the section as is.
@@ -186,7 +186,7 @@ def section(results: dict[str, Any], results_name: str) -> str:
         f"kernel {m.get('kernel')}, Python {m.get('python')}, lazypull commit `{m.get('commit')}`, "
         f"load average at start {', '.join(f'{x:.1f}' for x in m.get('loadavg_start', []))} "
         f"(shared machine). Date {results['date']}.",
-        f"- Raw results: `bench/results/{results_name}` (not committed).",
+        f"- Raw results: {results_name} in `bench/results/` (not committed).",
         "- Network: the registry (Debian's docker-registry 2.8) runs in a private network namespace behind "
         "a veth pair shaped with `tc tbf` (both directions, burst 256 kb); a delay proxy "
         "(bench/delayproxy.py) on 127.0.0.1 adds RTT/2 to each direction of every chunk (and one RTT "
@@ -215,6 +215,7 @@ def section(results: dict[str, Any], results_name: str) -> str:
         lines.append(f"- {name}: {detail}; {len(v.get('prioritized', []))} prioritized files "
                      f"({v.get('prioritized_source', '')}).")
         lines += [f"  - note: {n}" for n in v.get("notes", [])]
+    lines += [f"- error: {e}" for e in results.get("errors", [])]
     lines += ["", "![lazy start: pull/create/run per image and variant](bench-lazy-start.png)", "",
               "### Results (seconds; median of n cold samples unless noted)", "", tables(results, rows),
               "### Targets", "", targets(rows), ""]
@@ -283,15 +284,34 @@ def replace_section(doc: Path, text: str) -> None:
     tmp.replace(doc)
 
 
-def write_docs(results_file: Path, doc: Path, png: Path) -> None:
-    results = json.loads(results_file.read_text())
+def load_results(paths: list[Path]) -> dict[str, Any]:
+    """One results dict from several runs (samples added up; later runs win for image details)."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        data = json.loads(path.read_text())
+        if not merged:
+            merged = data
+            merged["command"] = [data["command"]]
+            continue
+        merged["samples"] += data["samples"]
+        merged["images"].update(data["images"])
+        merged["profiles"].update(data["profiles"])
+        merged["errors"] = merged.get("errors", []) + data.get("errors", [])
+        merged["command"].append(data["command"])
+        merged["date"] = max(merged["date"], data["date"])
+    merged["command"] = "`; `".join(merged["command"])
+    return merged
+
+
+def write_docs(results_files: list[Path], doc: Path, png: Path) -> None:
+    results = load_results(results_files)
     chart(results, png)
-    replace_section(doc, section(results, results_file.name))
+    replace_section(doc, section(results, ", ".join(p.name for p in results_files)))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("results", type=Path)
+    p.add_argument("results", type=Path, nargs="+", help="results files of one or more runs")
     p.add_argument("--doc", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md")
     p.add_argument("--png", type=Path,
                    default=Path(__file__).resolve().parents[1] / "docs" / "bench-lazy-start.png")

@@ -94,6 +94,11 @@ class LazypullSystem:
             return {"error": f"not JSON: {proc.stdout[:200]!r}"}
         return data if isinstance(data, dict) else {"value": data}
 
+    def quiesce(self) -> None:
+        """Stop everything this system left running (the mount server's background fetch would
+        otherwise compete with the next sample)."""
+        stop_lazypull(self.root)
+
     def close(self) -> None:
         stop_lazypull(self.root)
 
@@ -179,6 +184,10 @@ class ContainerdSystem:
 
     def stats(self) -> dict[str, Any] | None:
         return None
+
+    def quiesce(self) -> None:
+        """Stop the daemon (its pulls and containers) until the next sample restarts it."""
+        self.daemon.stop()
 
     def close(self) -> None:
         self.daemon.stop()
