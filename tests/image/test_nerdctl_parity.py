@@ -52,10 +52,11 @@ def _shape(raw: bytes) -> str:
 
 
 def _toc_entries(blob: bytes) -> list[tuple[Any, ...]]:
-    """TOC entries without offsets, and without userName/groupName: Go writes those only on the first
-    entry of each uid/gid *per writer*, and ``Build`` splits a layer among GOMAXPROCS writers."""
+    """TOC entries without offsets. userName/groupName are compared too: Go writes them only on the
+    first entry of each uid/gid per writer, and ``Build`` uses GOMAXPROCS writers, so ctr-remote runs
+    with GOMAXPROCS equal to our writer's thread count (2)."""
     reader = open_layer(BytesSource(blob))
-    return [(e.name, e.type, e.size, e.mode, e.uid, e.gid, e.link_name, e.digest,
+    return [(e.name, e.type, e.size, e.mode, e.uid, e.gid, e.user_name, e.group_name, e.link_name, e.digest,
              e.chunk_offset, e.chunk_size, e.chunk_digest, e.modtime, e.xattrs) for e in reader.toc.entries]
 
 
@@ -78,8 +79,9 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize("zstd", [False, True], ids=["estargz", "zstdchunked"])
 def test_same_shape_as_ctr_remote(containerd: Ctr, source: tuple[Path, Path], tmp_path: Path,
-                                  zstd: bool) -> None:
+                                  zstd: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     archive, layout_dir = source
+    monkeypatch.setenv("GOMAXPROCS", "2")  # ctr-remote's Build splits a layer among GOMAXPROCS writers
     if "example.com/parity/src:v1" not in containerd.image_names():
         containerd.import_archive(archive)
     dst = f"example.com/parity/dst:{'zstd' if zstd else 'esgz'}"
@@ -91,7 +93,8 @@ def test_same_shape_as_ctr_remote(containerd: Ctr, source: tuple[Path, Path], tm
     store = Store(tmp_path / "root")
     with store.lease():
         result = convert_image(Layout(layout_dir).root("v1"), store,
-                               ConvertOptions("zstdchunked" if zstd else "estargz", oci=True))
+                               ConvertOptions("zstdchunked" if zstd else "estargz", oci=True,
+                                              writer_threads=2))
     our_manifest = store.read_blob(result.root.digest)
     our_manifest_doc = json.loads(our_manifest)
     our_config = store.read_blob(our_manifest_doc["config"]["digest"])
