@@ -302,6 +302,42 @@ def test_stop_leaves_nothing_mounted_even_with_open_files(tmp_path: Path) -> Non
     assert os.listdir(mnt) == []
 
 
+def test_stop_while_a_read_is_stuck_in_the_tree(tmp_path: Path) -> None:
+    tree = MemTree()
+    tree.add_file("slow", b"s" * 10)
+    tree.read_delay = 1.5
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+
+    def fd_count() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    fds_before = fd_count()
+    m = FuseMount(tree, mnt).start()
+    outcome: list[object] = []
+
+    def reader() -> None:
+        try:
+            outcome.append((mnt / "slow").read_bytes())
+        except OSError as err:
+            outcome.append(err.errno)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    time.sleep(0.3)  # the READ is now sleeping inside the tree
+    start = time.monotonic()
+    m.stop(timeout=0.3)
+    assert time.monotonic() - start < 1.2
+    t.join(5)
+    assert outcome and outcome[0] in (errno.ENOTCONN, errno.ECONNABORTED)
+    assert not is_mounted(str(mnt))
+    deadline = time.monotonic() + 5
+    while m.workers and time.monotonic() < deadline:  # the stuck thread ends once the tree returns
+        time.sleep(0.05)
+    assert m.workers == 0
+    assert fd_count() == fds_before  # the fd kept for the stuck thread was closed by it
+
+
 def test_mount_errors(tmp_path: Path) -> None:
     with pytest.raises(MountError, match="not a directory"):
         FuseMount(MemTree(), tmp_path / "missing").start()

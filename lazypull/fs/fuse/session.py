@@ -50,6 +50,8 @@ class _Readers:
         self._lock = threading.Lock()  # guards _threads and _waiting
         self.peak = 0
         self.fatal: OSError | None = None
+        #: set by stop() when threads outlive it: the last one to end closes the fd
+        self.close_when_done = False
 
     def start(self) -> None:
         with self._lock:
@@ -64,6 +66,14 @@ class _Readers:
     def threads(self) -> list[threading.Thread]:
         with self._lock:
             return list(self._threads)
+
+    def close_fd_when_done(self) -> None:
+        """Close the fd now if no thread is left, else let the last thread close it."""
+        with self._lock:
+            if self._threads:
+                self.close_when_done = True
+            else:
+                os.close(self._fd)
 
     def _spawn(self) -> None:
         t = threading.Thread(target=self._run, name="fuse-worker", daemon=True)
@@ -103,6 +113,9 @@ class _Readers:
         finally:
             with self._lock:
                 self._threads.discard(me)
+                if not self._threads and self.close_when_done:
+                    os.close(self._fd)
+                    self.close_when_done = False
 
 
 class FuseMount:
@@ -215,6 +228,8 @@ class FuseMount:
                     null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
                     os.dup2(null, self._fd)
                     os.close(null)
+                    assert self._pool is not None
+                    self._pool.close_fd_when_done()
                 self._fd = -1
 
     def _raise_readahead(self) -> None:
