@@ -8,11 +8,13 @@ sizes in binary units with one decimal ("83.4 MiB"), times as "14 seconds ago"; 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -228,10 +230,21 @@ def _remove(names: tuple[str, ...], force: bool) -> None:
             failed.append(str(err))
             continue
         click.echo(f"Untagged: {record.name}@{record.target.digest}")
+        _release_mounts(get_options().root, record.name)
     for digest in store.prune():
         click.echo(f"Deleted: {digest}")
     if failed:
         raise ImageError("; ".join(failed))
+
+
+def _release_mounts(root: Path, name: str) -> None:
+    """Drop the hold ``pull`` took on a lazily pulled image's layer mounts (if a mount server runs)."""
+    from lazypull.snapshot import MountClient
+
+    if not (root / "run" / "lazypull.sock").exists():
+        return
+    with contextlib.suppress(LazypullError, OSError), MountClient(root, autostart=False) as mounts:
+        mounts.release_image(name)
 
 
 @click.command("rmi")

@@ -263,6 +263,15 @@ def test_lazy_pull_mounts_layers(tmp_path: Path, registry: RegistryServer, layou
         (row,) = parse_table(run(root, "images").stdout)
         mounted = sum(int(d.annotations[mt.UNCOMPRESSED_SIZE]) for d in resolved.layers)
         assert row["SIZE"] == human_size(mounted)
+
+        def fuse_mounts() -> list[str]:
+            out = subprocess.run(["mount"], capture_output=True, text=True, check=True).stdout
+            return [line for line in out.splitlines() if str(root) in line and "fuse" in line]
+
+        assert len(fuse_mounts()) == 3
+        # rmi drops the pull's hold: nobody else holds the layers, so they are unmounted.
+        run(root, "rmi", name)
+        assert fuse_mounts() == []
     finally:
         MountClient(root, autostart=False).shutdown()
         mounts = subprocess.run(["mount"], capture_output=True, text=True, check=True).stdout
