@@ -231,16 +231,6 @@ def _merge_pax(h: TarHeader, pax: dict[str, str]) -> None:
     h.pax_records = dict(pax)
 
 
-def iter_tar(fd: int, base: int, size: int) -> Iterator[TarMember]:
-    """Members of the tar at ``[base, base+size)`` of file ``fd``, as Go's reader sees them.
-
-    Extension headers are folded into the member they describe. Stops at the end-of-archive marker or
-    at the end of the data; ``StopIteration.value``-free: use ``TarScan`` to learn where it stopped.
-    """
-    scan = TarScan(fd, base, size)
-    yield from scan
-
-
 class TarScan:
     """Iterates members; afterwards ``end`` is where the archive's trailing bytes start."""
 

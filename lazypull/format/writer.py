@@ -146,14 +146,16 @@ def _open_input(src: BinaryIO) -> Iterator[_Input]:
     """A plain tar readable with pread: the caller's file itself, or a decompressed spool."""
     head = src.read(4)
     kind = detect(head)
+    direct: _Input | None = None
     if kind == "tar":
         with contextlib.suppress(OSError, AttributeError, io.UnsupportedOperation):
             if src.seekable():
                 fd = src.fileno()
                 base = src.tell() - len(head)
-                size = os.fstat(fd).st_size - base
-                yield _Input(fd, base, size)
-                return
+                direct = _Input(fd, base, os.fstat(fd).st_size - base)
+    if direct is not None:
+        yield direct
+        return
     stream: BinaryIO = io.BufferedReader(_Prefixed(head, src))
     with tempfile.TemporaryFile(prefix="lazypull-tar-") as spool:
         try:

@@ -229,3 +229,22 @@ def test_build_is_deterministic_and_parts_follow_go(vectors: Path) -> None:
     names_one = [e.user_name for e in open_layer(BytesSource(blob_one)).toc.entries if e.user_name]
     names_two = [e.user_name for e in open_layer(BytesSource(blob_a)).toc.entries if e.user_name]
     assert len(names_two) > len(names_one)
+
+
+def test_input_from_a_file_at_an_offset_and_from_a_pipe(vectors: Path, tmp_path: Path) -> None:
+    import os
+
+    tar = (vectors / "small.tar").read_bytes()
+    padded = tmp_path / "padded"
+    padded.write_bytes(b"junk" * 100 + tar)
+    with padded.open("rb") as f:
+        f.seek(400)
+        res = build(f, io.BytesIO(), BuildOptions(parallelism=1))
+    plain, _ = _build(tar, parallelism=1)
+    assert res.diff_id == plain.diff_id
+    r, w = os.pipe()
+    with os.fdopen(w, "wb") as wf:
+        wf.write(tar[:60000])  # fits the pipe buffer
+    with os.fdopen(r, "rb") as rf:
+        piped = build(rf, io.BytesIO(), BuildOptions(parallelism=1))
+    assert piped.diff_id == plain.diff_id
