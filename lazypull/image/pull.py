@@ -129,7 +129,8 @@ class _Copier:
                 self.progress.finish(key, "failed")
                 raise
             self.progress.finish(key, "done")
-        if self.verify_diff_ids:
+        known = self.store.uncompressed_info(desc.digest)
+        if self.verify_diff_ids and (known is None or known[0] != diff_id):
             actual, size = diff_id_of(self.store.open_blob(desc.digest),
                                       mt.layer_compression(desc.media_type), f"layer {desc.digest}")
             if actual != diff_id:
