@@ -8,7 +8,9 @@ config and compressed layers, as listed (whether or not they are local).
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from lazypull.image import mediatypes as mt
 from lazypull.image.errors import ImageError
@@ -52,13 +54,33 @@ def _manifest_for(store: Store, target: Descriptor) -> tuple[Descriptor | None, 
     return (entries[0] if entries else None), target.size
 
 
-def layer_uncompressed_size(store: Store, desc: Descriptor) -> int:
-    """A layer's uncompressed size: the eStargz annotation, else what the store learnt on pull, else 0."""
+def layer_uncompressed_size(store: Store, desc: Descriptor, unpacked: Path | None = None) -> int:
+    """A layer's uncompressed size: the eStargz annotation, else what the store learnt on pull, else
+    the sizes of the files in its unpacked directory."""
     value = desc.annotations.get(mt.UNCOMPRESSED_SIZE)
     if value is not None and value.isdigit():
         return int(value)
     info = store.uncompressed_info(desc.digest)
-    return info[1] if info else 0
+    if info:
+        return info[1]
+    return _tree_size(unpacked) if unpacked is not None else 0
+
+
+def _tree_size(top: Path) -> int:
+    """Sum of file sizes under ``top`` (not following symlinks)."""
+    total = 0
+    stack = [str(top)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    else:
+                        total += entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            continue
+    return total
 
 
 def summarize(store: Store, record: ImageRecord) -> ImageSummary:
@@ -77,8 +99,9 @@ def summarize(store: Store, record: ImageRecord) -> ImageSummary:
                 config = parse_config(store.read_blob(config_desc.digest), config_desc)
                 platform = platform_label(config_platform(config))
             for d in layers:
-                if (store.root / "snapshots" / d.digest.removeprefix("sha256:") / "fs").is_dir():
-                    size += layer_uncompressed_size(store, d)
+                unpacked = store.root / "snapshots" / d.digest.removeprefix("sha256:") / "fs"
+                if unpacked.is_dir():
+                    size += layer_uncompressed_size(store, d, unpacked)
     except ImageError:
         pass  # a damaged entry still gets a row; `image inspect` shows the error
     return ImageSummary(record.name, repository, tag, record.target.digest, record.created, platform, size,
