@@ -236,6 +236,15 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, layout: BuiltLayout) -> None
               "x:1", ok=False)
     assert rec.exit_code == 1 and 'has no "path" string' in rec.stderr
     assert Store(root).list_images() == []
+    unreachable = run(root, "--insecure-registry", "image", "convert", "--estargz", "--oci",
+                      "127.0.0.1:1/nothing/here:v1", "x:1", ok=False)
+    assert unreachable.exit_code == 1 and "127.0.0.1:1" in unreachable.stderr
+    assert unreachable.stderr.count("\n") == 1  # one line, no traceback
+    bad_name = run(root, "tag", "x:1", "Not/Valid:1", ok=False)
+    assert bad_name.exit_code == 1 and "not found" in bad_name.stderr
+    (root / "images.json").write_text("{broken")
+    broken = run(root, "images", ok=False)
+    assert broken.exit_code == 1 and "images.json is not valid JSON" in broken.stderr
 
 
 def test_lazy_pull_mounts_layers(tmp_path: Path, registry: RegistryServer, layout: BuiltLayout,
