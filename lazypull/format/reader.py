@@ -13,7 +13,6 @@ later duplicates replace earlier ones.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,6 +59,16 @@ def decode_chunk(chunk: Chunk, compressed: bytes) -> bytes:
     if got != chunk.digest:
         raise DigestMismatchError(f"{what}: content digest {got} does not match chunkDigest {chunk.digest}")
     return data
+
+
+def _normalised_copy(raw: TOCEntry) -> TOCEntry:
+    """A copy of a TOC entry with its name cleaned (``dataclasses.replace`` is several times slower)."""
+    return TOCEntry(
+        clean_entry_name(raw.name), raw.type, raw.size, raw.modtime, raw.link_name, raw.mode, raw.uid,
+        raw.gid, raw.user_name, raw.group_name, raw.offset, raw.inner_offset, raw.dev_major, raw.dev_minor,
+        dict(raw.xattrs), raw.digest, raw.chunk_offset, raw.chunk_size, raw.chunk_digest, raw.end_offset,
+        raw.chunk_type, raw.num_link,
+    )
 
 
 def _zeros_digest(size: int) -> str:
@@ -149,7 +158,7 @@ class LayerReader:
                     raise FormatError(f"TOC entry {index}: chunk of {raw.name!r} follows no regular file")
                 self._groups[id(last_reg)].append((raw, ends[index]))
                 continue
-            e = dataclasses.replace(raw, name=clean_entry_name(raw.name), xattrs=dict(raw.xattrs))
+            e = _normalised_copy(raw)
             if e.type == "hardlink":
                 e.link_name = clean_entry_name(e.link_name)
             if e.user_name:
