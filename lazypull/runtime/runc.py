@@ -269,7 +269,7 @@ def _copy_console(master: int, pid: int, stdio: Stdio) -> None:
     raw_saved = None
     if in_fd is not None and os.isatty(in_fd):
         raw_saved = termios.tcgetattr(in_fd)
-        tty.setraw(in_fd)
+        tty.setraw(in_fd, termios.TCSANOW)  # not TCSAFLUSH: keep what was typed ahead
     if os.isatty(out_fd):
         size = _terminal_size(out_fd)
         if size is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -280,3 +281,36 @@ def test_rm_of_a_running_container(tmp_path: Path, busybox_image: str) -> None:
             proc.wait()
     assert mounts_under(tmp_path) == []
     assert [p.name for p in (tmp_path / "containers").iterdir() if p.name != ".lock"] == []
+
+
+def test_interactive_tty(tmp_path: Path, busybox_image: str) -> None:
+    """``run -it`` from a terminal: keystrokes reach the shell, its output and status come back."""
+    import pty
+
+    master, slave = pty.openpty()
+    env = dict(os.environ, LAZYPULL_ROOT=str(tmp_path), TERM="xterm")
+    argv = ["--snapshotter=overlayfs", "--insecure-registry", "run", "-it", "--rm", "-u", "0",
+            busybox_image, "sh"]
+    proc = subprocess.Popen([sys.executable, "-m", "lazypull", *argv], env=env, cwd=REPO_ROOT,
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    output = b""
+    try:
+        os.write(master, b"test -t 0 && echo tty-$((6*7)); exit 3\n")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    output += os.read(master, 4096)
+                except OSError:
+                    break
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert code == 3, output.decode(errors="replace")
+    assert b"tty-42" in output
+    assert mounts_under(tmp_path) == []
