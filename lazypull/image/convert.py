@@ -381,6 +381,8 @@ class _Converter:
         new_entries: list[Descriptor] = []
         layers: list[ConvertedLayer] = []
         for entry in entries:
+            if mt.is_attestation(entry.annotations):
+                continue  # its subject is a manifest this conversion replaces
             if self.options.platforms is not None and entry.platform is not None \
                     and not any(p.matches(entry.platform) for p in self.options.platforms):
                 continue

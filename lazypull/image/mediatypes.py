@@ -57,6 +57,12 @@ REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_IMAGE_NAME = "io.containerd.image.name"
 
 TOC_IMAGE_SUFFIX = "-esgztoc"
+DOCKER_REFERENCE_TYPE = "vnd.docker.reference.type"    # buildx marks attestation manifests with it
+
+
+def is_attestation(annotations: dict[str, str] | None) -> bool:
+    """An index entry that is a buildx attestation (in-toto layers), not a runnable image."""
+    return (annotations or {}).get(DOCKER_REFERENCE_TYPE) == "attestation-manifest"
 
 
 def is_index(media_type: str) -> bool:

@@ -16,7 +16,7 @@ from lazypull.image import mediatypes as mt
 from lazypull.image.blobs import BlobWriter
 from lazypull.image.errors import DigestMismatchError, ImageError, PlatformNotFoundError
 from lazypull.image.model import Image, ImageIndex, Root
-from lazypull.image.partial import BlobProvider, diff_id_of, parse_config
+from lazypull.image.partial import MAX_CONFIG_SIZE, BlobProvider, diff_id_of, parse_config, parse_manifest
 from lazypull.image.platform import host_platform, parse_platform
 from lazypull.image.progress import NULL_PROGRESS, Progress
 from lazypull.image.registry import remote_root
@@ -62,6 +62,11 @@ class _Copier:
             have = ", ".join(str(d.platform) for d in entries if d.platform) or "none"
             raise PlatformNotFoundError(f"index {index.digest()}: no manifest for platform {wanted} "
                                         f"(available: {have})")
+        if self.platforms is None:
+            # Every platform: keep the index complete (pushable), attestations included as opaque blobs.
+            for desc in entries:
+                if mt.is_attestation(desc.annotations) and mt.is_manifest(desc.media_type):
+                    self.copy_opaque_manifest(desc)
         for desc in chosen:
             if mt.is_index(desc.media_type):
                 self.copy_index(index.index(desc), depth + 1)
@@ -73,6 +78,8 @@ class _Copier:
 
     def _wanted(self, desc: Descriptor) -> bool:
         if not (mt.is_manifest(desc.media_type) or mt.is_index(desc.media_type)):
+            return False
+        if mt.is_attestation(desc.annotations):
             return False
         if self.platforms is None or desc.platform is None:
             return True
@@ -106,6 +113,18 @@ class _Copier:
                 if errors:
                     raise errors[0]
         self.put_bytes(image.descriptor(), raw_manifest)
+
+    def copy_opaque_manifest(self, desc: Descriptor) -> None:
+        """A manifest whose blobs are not image layers (attestations): copied verbatim, verified."""
+        raw = self.provider.read_blob(desc)
+        _, config, blobs = parse_manifest(raw, desc)
+        for blob in [config, *blobs]:
+            if not self.store.has_blob(blob.digest):
+                if blob.size > MAX_CONFIG_SIZE:
+                    raise ImageError(f"attestation manifest {desc.digest}: blob {blob.digest} is too large "
+                                     f"({blob.size} bytes)")
+                self.put_bytes(blob, self.provider.read_blob(blob))
+        self.put_bytes(desc, raw)
 
     def copy_layer(self, desc: Descriptor, diff_id: str) -> None:
         key = desc.digest

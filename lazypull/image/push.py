@@ -19,7 +19,7 @@ from typing import BinaryIO, cast
 
 from lazypull.image import mediatypes as mt
 from lazypull.image.errors import BlobNotFoundError, ImageError
-from lazypull.image.partial import ManifestImage, ManifestIndex
+from lazypull.image.partial import ManifestImage, ManifestIndex, parse_manifest
 from lazypull.image.progress import NULL_PROGRESS, Progress
 from lazypull.image.store import Store
 from lazypull.registry import Descriptor, Platform, Reference, RegistryClient, parse_reference
@@ -94,6 +94,15 @@ class _Pusher:
                                  image.media_type())
 
 
+    def push_opaque(self, desc: Descriptor) -> None:
+        """An attestation manifest: its blobs as they are, then the manifest."""
+        raw = self.store.read_blob(desc.digest)
+        _, config, blobs = parse_manifest(raw, desc)
+        for blob in [config, *blobs]:
+            self.push_blob(blob, "blob")
+        self.client.put_manifest(self.ref.with_digest(desc.digest), raw, desc.media_type)
+
+
 class _CountingReader:
     """A binary file that reports how much was read (for push progress)."""
 
@@ -133,7 +142,10 @@ def push_image(store: Store, client: RegistryClient, name: str, *, dest: Referen
     target = record.target
     if mt.is_index(target.media_type):
         index = ManifestIndex(store.provider, target)
-        entries = [d for d in index.manifests() if mt.is_manifest(d.media_type)]
+        entries = [d for d in index.manifests()
+                   if mt.is_manifest(d.media_type) and not mt.is_attestation(d.annotations)]
+        attestations = [d for d in index.manifests()
+                        if mt.is_manifest(d.media_type) and mt.is_attestation(d.annotations)]
         if platform is not None:
             chosen = [d for d in entries if d.platform is None or platform.matches(d.platform)]
             local = [d for d in chosen if store.has_blob(d.digest)]
@@ -144,13 +156,15 @@ def push_image(store: Store, client: RegistryClient, name: str, *, dest: Referen
             pusher.push_image(image)
             digest = client.put_manifest(ref, image.raw_manifest(), image.media_type())
         else:
-            missing = [d for d in entries if not store.has_blob(d.digest)]
+            missing = [d for d in entries + attestations if not store.has_blob(d.digest)]
             if missing:
                 plats = ", ".join(str(d.platform) for d in missing)
                 raise BlobNotFoundError(f"cannot push {record.name}: manifests for {plats} are not in the "
                                         "store (pull with --all-platforms, or push one --platform)")
             for entry in entries:
                 pusher.push_image(ManifestImage(store.provider, entry))
+            for entry in attestations:
+                pusher.push_opaque(entry)
             digest = client.put_manifest(ref, index.raw_manifest(), index.media_type())
     else:
         image = ManifestImage(store.provider, target)
