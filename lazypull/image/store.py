@@ -230,6 +230,7 @@ class Store:
                     digest = "sha256:" + path.name
                     if is_digest(digest) and digest not in live:
                         path.unlink(missing_ok=True)
+                        (self.content_dir / "uncompressed" / path.name).unlink(missing_ok=True)
                         removed.append(digest)
                 return removed
         finally:

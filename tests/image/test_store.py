@@ -139,6 +139,7 @@ def test_images_json_names_and_resolve(tmp_path: Path) -> None:
     removed = store.prune()
     assert set(removed) == {img.manifest_digest, img.config_digest, *img.layer_digests}
     assert _blob_files(store) == set()
+    assert store.uncompressed_info(img.layer_digests[0]) is None
     with pytest.raises(ImageNotFoundError, match="not found"):
         store.get_image("example.com/other")
 
