@@ -154,13 +154,17 @@ def test_uncompress_and_gzip(tmp_path: Path, docker_layout: BuiltLayout) -> None
         docker_layout.image.tars
 
 
-def test_index_keeps_index_and_converts_shared_layers_once(tmp_path: Path) -> None:
-    built = make_oci_layout(tmp_path / "layout", sample_layers()[:2], tag="m",
+@pytest.mark.parametrize("docker", [False, True], ids=["oci-index", "docker-list"])
+def test_index_keeps_index_and_converts_shared_layers_once(tmp_path: Path, docker: bool) -> None:
+    built = make_oci_layout(tmp_path / "layout", sample_layers()[:2], tag="m", docker=docker,
                             platforms=["linux/amd64", "linux/arm64"])
     store = Store(tmp_path / "root")
     both = _convert(store, built, ConvertOptions("estargz", oci=True))
     index = _json(store, both.root.digest)
-    assert both.root.media_type == mt.OCI_INDEX
+    assert both.root.media_type == index["mediaType"] == mt.OCI_INDEX
+    assert {m["mediaType"] for m in index["manifests"]} == {mt.OCI_MANIFEST}
+    kept = _convert(store, built, ConvertOptions("estargz", oci=False))
+    assert kept.root.media_type == (mt.DOCKER_MANIFEST_LIST if docker else mt.OCI_INDEX)
     assert [m["platform"]["architecture"] for m in index["manifests"]] == ["amd64", "arm64"]
     layers = [[layer["digest"] for layer in _json(store, m["digest"])["layers"]] for m in index["manifests"]]
     assert layers[0] == layers[1]
