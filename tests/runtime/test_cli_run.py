@@ -150,6 +150,12 @@ def test_lazy_run_from_empty_store(tmp_path: Path, registry: RegistryServer, com
         assert len(lazypull_mount_lines(root)) == 1
         assert lazypull(root, "rm", "held").returncode == 0
         assert lazypull_mount_lines(root) == []
+
+        # A pulled image keeps its layers mounted while it is in the store: run --rm leaves them.
+        assert lazypull(root, "--insecure-registry", "pull", name).returncode == 0
+        result = lazypull(root, "--insecure-registry", "run", "--rm", name, "/bin/busybox", "echo", "again")
+        assert (result.returncode, result.stdout) == (0, b"again\n"), result.stderr.decode()
+        assert len(lazypull_mount_lines(root)) == 1
     finally:
         stop_daemon(root)
 
