@@ -225,6 +225,10 @@ def test_create_then_start(tmp_path: Path, busybox_image: str) -> None:
     assert (started.returncode, started.stdout) == (4, b"started\n"), started.stderr.decode()
     assert mounts_under(tmp_path) == []
     assert not (tmp_path / "containers" / container_id).exists(), "created with --rm: removed after start"
+    created = lazypull(tmp_path, *base, "create", "--name", "never-started", busybox_image, "true")
+    assert created.returncode == 0 and len(mounts_under(tmp_path)) == 1, "a created container's rootfs"
+    assert lazypull(tmp_path, "rm", "never-started").returncode == 0
+    assert mounts_under(tmp_path) == []
 
 
 @pytest.mark.parametrize("snapshotter", ["stargz", "overlayfs"])
