@@ -218,16 +218,30 @@ def inspect_command(platform: str | None, names: tuple[str, ...]) -> None:
 
 # ---- rmi / tag ----------------------------------------------------------------------------------------
 
+def _users(root: Path, name: str) -> list[str]:
+    """Ids of the containers created from the image ``name``."""
+    from lazypull.runtime import Containers
+
+    if not (root / "containers").is_dir():
+        return []
+    return [c.id for c in Containers(root).records() if c.image == name]
+
+
 def _remove(names: tuple[str, ...], force: bool) -> None:
-    store = _store(get_options())
+    opts = get_options()
+    store = _store(opts)
     failed = []
     for name in names:
         try:
-            record = store.remove(name)
+            found = store.get_image(name)
+            users = _users(opts.root, found.name)
+            if users and not force:
+                raise ImageError(f"image {found.name} is in use by container {users[0][:12]} "
+                                 "(remove the container, or use -f)")
+            record = store.remove(found.name)
         except ImageError as err:
-            if force:
-                continue
-            failed.append(str(err))
+            if not force:  # -f: names not in the store are not an error
+                failed.append(str(err))
             continue
         click.echo(f"Untagged: {record.name}@{record.target.digest}")
         _release_mounts(get_options().root, record.name)

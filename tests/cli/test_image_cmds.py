@@ -304,3 +304,19 @@ def test_convert_completes_a_lazily_pulled_source(tmp_path: Path, registry: Regi
     store = Store(root)
     assert all(store.has_blob(d) for d in layout.image.layer_digests)
     assert store.resolve("example.com/c:1").layers[0].annotations[mt.TOC_DIGEST]
+
+
+def test_rmi_refuses_an_image_a_container_uses(tmp_path: Path, layout: BuiltLayout) -> None:
+    from lazypull.runtime import ContainerRecord, Containers
+
+    root = tmp_path / "root"
+    run(root, "image", "convert", "--oci", layout.ref, "example.com/used:1")
+    containers = Containers(root)
+    containers.path("c0ffee" * 10 + "abcd").mkdir(parents=True)
+    containers.save(ContainerRecord(id="c0ffee" * 10 + "abcd", name="box", image="example.com/used:1",
+                                    command=["/bin/sh"], created="2026-01-01T00:00:00Z"))
+    refused = run(root, "rmi", "example.com/used:1", ok=False)
+    assert refused.exit_code == 1 and "in use by container c0ffeec0ffee" in refused.stderr
+    assert Store(root).find_image("example.com/used:1") is not None
+    assert run(root, "rmi", "-f", "example.com/used:1").stdout.startswith("Untagged: example.com/used:1@")
+    assert Store(root).list_images() == []
