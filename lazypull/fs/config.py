@@ -47,6 +47,9 @@ class FsConfig:
     """Longest delay between retries. Default 2 s."""
     merge_gap: int = 16 << 10
     """Missing ranges closer than this many compressed bytes are fetched as one range. Default 16 KiB."""
+    readahead: int = 4 << 20
+    """When a file is read sequentially, its following chunks up to this many bytes are fetched ahead
+    (0: off). Default 4 MiB."""
     fetch_workers: int = 8
     """Fetches in flight at once per layer (on-demand misses of different regions). Default 8."""
     passthrough: bool = True

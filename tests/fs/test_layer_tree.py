@@ -356,3 +356,29 @@ def test_background_fetch_retries_after_the_registry_comes_back(blob: Blob, tmp_
     for name, data in FILES.items():
         assert read_all(tree, lookup_path(tree, name)) == data
     tree.close()
+
+
+def test_sequential_reads_fetch_ahead(blob: Blob, tmp_path: Path) -> None:
+    src = _faulty(blob)
+    config = FsConfig(prefetch=False, background_fetch=False, readahead=5 * 4096)
+    tree = open_tree(blob, tmp_path, config=config, source=src)
+    ino = lookup_path(tree, "bin/huge")
+    chunks = tree._files[ino].chunks
+    tree.read(ino, 0, 4096)                        # a lone read: nothing ahead
+    time.sleep(0.2)
+    assert [tree.cache.has(c.digest, c.chunk_size) for c in chunks[:3]] == [True, False, False]
+    tree.read(ino, 4096, 4096)                     # sequential: the next 5 chunks come ahead
+    deadline = time.monotonic() + 5
+    while not all(tree.cache.has(c.digest, c.chunk_size) for c in chunks[2:7]):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert not tree.cache.has(chunks[7].digest, chunks[7].chunk_size)
+    before = len(src.requests)
+    assert tree.read(ino, 2 * 4096, 5 * 4096) == FILES["bin/huge"][2 * 4096 : 7 * 4096]
+    deadline = time.monotonic() + 5
+    while not tree.cache.has(chunks[7].digest, chunks[7].chunk_size):   # the next read-ahead
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.1)
+    assert len(src.requests) == before + 1, "the read itself was served from the cache"
+    tree.close()

@@ -92,6 +92,16 @@ class ChunkFetcher:
             self._pool.submit(self._run_group, mine, deadline, False)
         return self._wait(waits, deadline)
 
+    def fetch_async(self, chunks: Sequence[Any], *, deadline: float) -> int:
+        """Start fetching chunks nobody fetches yet (readahead); returns how many were claimed."""
+        mine = self.claim_for_background(chunks)
+        if mine:
+            try:
+                self._pool.submit(self._run_group, mine, deadline, False)
+            except RuntimeError:        # shutting down: release the claims
+                self._resolve_from_cache(mine)
+        return len(mine)
+
     def _claim(self, chunks: Sequence[Any], *, with_siblings: bool
                ) -> tuple[dict[str, Future[bytes]], list[Any]]:
         """Futures for the chunks' digests; the chunks this caller must fetch (not in flight yet)."""

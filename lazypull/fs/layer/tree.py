@@ -83,6 +83,9 @@ class LayerTree:
         self.fetcher = ChunkFetcher(digest, remote, cache, stats, config, units)
         self.background = Background(self.fetcher, stats, config,
                                      reader.prefetch_range() if config.prefetch else None)
+        self._readahead_lock = threading.Lock()
+        self._last_end: dict[int, int] = {}       # ino -> where the last read of it ended
+        self._readahead_next: dict[int, int] = {} # ino -> first chunk index not yet read ahead
         self._assembling: set[int] = set()
         self._assemble_lock = threading.Lock()
         self._assembler = ThreadPoolExecutor(1, thread_name_prefix=f"assemble-{digest[7:19]}")
@@ -187,9 +190,30 @@ class LayerTree:
             for k, (chunk, lo, hi) in enumerate(wanted):
                 if pieces[k] is None:
                     pieces[k] = got[chunk.digest][lo:hi]
-            if fc.chunks and len(fc.chunks) > 1:
+            if len(fc.chunks) > 1:
                 self._maybe_assemble_later(ino)
+        elif end == file_size and len(fc.chunks) > 1 and self.config.passthrough:
+            self._maybe_assemble_later(ino)     # read to the end: likely complete, ready it for passthrough
+        if self.config.readahead and len(fc.chunks) > 1:
+            self._read_ahead(ino, fc, i, offset, end)
         return b"".join(p for p in pieces if p is not None)
+
+    def _read_ahead(self, ino: int, fc: _FileChunks, next_index: int, offset: int, end: int) -> None:
+        """When a file is read sequentially, start fetching its next chunks before they are asked for."""
+        with self._readahead_lock:
+            sequential = self._last_end.get(ino) == offset
+            self._last_end[ino] = end
+            if not sequential:
+                return
+            start = max(next_index, self._readahead_next.get(ino, 0))
+            stop, size = start, 0
+            while stop < len(fc.chunks) and size < self.config.readahead:
+                size += fc.chunks[stop].chunk_size
+                stop += 1
+            if stop == start:
+                return
+            self._readahead_next[ino] = stop
+        self.fetcher.fetch_async(fc.chunks[start:stop], deadline=time.monotonic() + self.config.read_deadline)
 
     def backing_path(self, ino: int) -> str | None:
         if not self.config.passthrough:
