@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lazypull.errors import LazypullError, MountError
+from lazypull.errors import ImageError, LazypullError, MountError
 from lazypull.fs.cache import ChunkCache
 from lazypull.fs.config import FsConfig
 from lazypull.fs.layer import LayerTree, is_lazy, open_layer_tree
@@ -248,6 +248,8 @@ class LayerManager:
                 self.mount_image(str(item["image"]), insecure=bool(item.get("insecure")),
                                  holder=str(item["holder"]))
                 log.info("restored mounts of %s for %s", item["image"], item["holder"])
+            except ImageError as err:       # the image is gone (removed while no server ran): drop the hold
+                log.warning("dropping the hold of %s on %s: %s", item.get("holder"), item.get("image"), err)
             except (LazypullError, KeyError, OSError) as err:
                 log.error("could not restore mounts of %s for %s: %s",
                           item.get("image"), item.get("holder"), err)
@@ -256,6 +258,7 @@ class LayerManager:
                                 [str(d) for d in item.get("digests", [])], bool(item.get("insecure")),
                                 item.get("layer") if isinstance(item.get("layer"), dict) else None)
                     self._holds.setdefault((hold.holder, hold.image), hold)
+        self._save_state()
 
     # -- internals --
 

@@ -83,3 +83,17 @@ def test_one_server_per_root(daemon: MountDaemon) -> None:
 def test_no_server_and_no_autostart_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(MountError, match="did not answer"):
         MountClient(tmp_path, autostart=False).list_mounts()
+
+
+def test_restore_drops_holds_of_removed_images(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "state.json").write_text(json.dumps({"version": 1, "holds": [
+        {"holder": "c1", "image": "ghost", "digests": ["sha256:" + "a" * 64], "insecure": False}]}))
+    d = MountDaemon(tmp_path, FsConfig(), store_factory=lambda _root: _NoImages(),
+                    client_factory=lambda _insecure: None)
+    d.start()
+    try:
+        assert d.restored.wait(10)
+        assert json.loads((tmp_path / "run" / "state.json").read_text())["holds"] == []
+    finally:
+        d.cleanup()
