@@ -382,3 +382,23 @@ def test_sequential_reads_fetch_ahead(blob: Blob, tmp_path: Path) -> None:
     time.sleep(0.1)
     assert len(src.requests) == before + 1, "the read itself was served from the cache"
     tree.close()
+
+
+def test_zero_hole_chunks_need_no_request(tmp_path: Path) -> None:
+    import io
+
+    from lazypull.fs.layer.tree import _zero_digests
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("zeros")
+        info.size = 3 * 4096
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    blob = build_blob(tmp_path, buf.getvalue())
+    src = _faulty(blob)
+    tree = open_tree(blob, tmp_path / "root", source=src)
+    tree.fetcher.zero_digests = _zero_digests({4096})     # as for a containers/storage layer with holes
+    src.requests.clear()
+    assert read_all(tree, lookup_path(tree, "zeros")) == bytes(3 * 4096)
+    assert src.requests == []
+    tree.close()

@@ -62,6 +62,8 @@ class ChunkFetcher:
                                         thread_name_prefix=f"fetch-{digest[7:19]}")
         # Blob bytes already in memory (the tail read with the TOC): ranges inside them need no request.
         self.preloaded: list[tuple[int, bytes]] = []
+        # containers/storage zstd:chunked holes: chunks of zeros stored as no data at all.
+        self.zero_digests: set[str] = set()
 
     def close(self) -> None:
         self.remote.closed.set()
@@ -213,6 +215,14 @@ class ChunkFetcher:
     def _fetch_and_decode(self, chunks: Sequence[Any], deadline: float, single_range: bool,
                           results: dict[str, bytes], *, use_preloaded: bool = True
                           ) -> list[tuple[Any, FormatError]]:
+        zeros = [c for c in chunks if c.digest in self.zero_digests]
+        for chunk in zeros:
+            plain = bytes(chunk.chunk_size)
+            self.cache.put(chunk.digest, plain)
+            results[chunk.digest] = plain
+        chunks = [c for c in chunks if c.digest not in self.zero_digests]
+        if not chunks:
+            return []
         units = {(c.offset, c.end) for c in chunks}
         local: dict[Unit, bytes] = {}
         if use_preloaded and self.preloaded:

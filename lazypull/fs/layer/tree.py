@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import shutil
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from lazypull.errors import MountError
 from lazypull.fs.cache import ChunkCache
 from lazypull.fs.config import FsConfig
 from lazypull.fs.fuse.tree import Attr, FuseError, StatFs
@@ -33,6 +35,21 @@ from lazypull.fs.stats import LayerStats
 log = logging.getLogger(__name__)
 
 ASSEMBLE_INLINE_MAX = 64 << 20   # complete files up to this size are assembled during open()
+
+
+def _zero_digests(sizes: set[int]) -> set[str]:
+    """Digests of all-zero chunks of these sizes (containers/storage stores such chunks as holes)."""
+    out = set()
+    zero = bytes(1 << 20)
+    for size in sizes:
+        h = hashlib.sha256()
+        left = size
+        while left:
+            step = min(left, len(zero))
+            h.update(zero[:step])
+            left -= step
+        out.add("sha256:" + h.hexdigest())
+    return out
 
 
 class _FileChunks:
@@ -69,8 +86,6 @@ class LayerTree:
             chunks = reader.chunks(node.entry)
             covered = sum(c.chunk_size for c in chunks)
             if covered != node.attr.size:
-                from lazypull.errors import MountError
-
                 raise MountError(f"layer {digest}: chunks of {node.path!r} cover {covered} bytes, "
                                  f"file size is {node.attr.size}")
             self._files[node.attr.ino] = _FileChunks(chunks)
@@ -81,6 +96,9 @@ class LayerTree:
                     units.setdefault((chunk.offset, chunk.end), []).append(chunk)
         self._total_size = total
         self.fetcher = ChunkFetcher(digest, remote, cache, stats, config, units)
+        if getattr(reader, "footer_kind", "") == "zstd-64":   # containers/storage: may hold zero holes
+            self.fetcher.zero_digests = _zero_digests({c.chunk_size for fc in self._files.values()
+                                                       for c in fc.chunks}) & seen
         self.background = Background(self.fetcher, stats, config,
                                      reader.prefetch_range() if config.prefetch else None)
         self._readahead_lock = threading.Lock()
