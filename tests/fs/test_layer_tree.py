@@ -402,3 +402,10 @@ def test_zero_hole_chunks_need_no_request(tmp_path: Path) -> None:
     assert read_all(tree, lookup_path(tree, "zeros")) == bytes(3 * 4096)
     assert src.requests == []
     tree.close()
+
+
+@pytest.mark.parametrize("digest", ["sha256:../../etc", "md5:" + "0" * 64, "sha256:" + "A" * 64, "x"],
+                         ids=["traversal", "algorithm", "uppercase", "no-algorithm"])
+def test_bad_layer_digests_are_refused(blob: Blob, tmp_path: Path, digest: str) -> None:
+    with pytest.raises(MountError, match="not a sha256 layer digest"):
+        open_tree(blob, tmp_path, digest=digest)
