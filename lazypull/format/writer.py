@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import mmap
 import os
 import shutil
 import tempfile
@@ -68,6 +69,7 @@ TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
 _TYPES = {"0": "reg", "1": "hardlink", "2": "symlink", "3": "char", "4": "block", "5": "dir", "6": "fifo"}
 _READ_BLOCK = 4 << 20
+_BATCH = 1 << 20
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EMPTY_DIGEST = "sha256:" + hashlib.sha256(b"").hexdigest()
 
@@ -139,6 +141,32 @@ class _Input:
     fd: int
     base: int
     size: int
+    view: mmap.mmap | None = None
+    """The file mapped, when possible: slicing it does not release the GIL, so the compression
+    threads cannot stall the main thread on every read (a pread waits for the GIL after returning)."""
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset+length)`` of the tar."""
+        if self.view is not None:
+            data = self.view[self.base + offset : self.base + offset + length]
+        else:
+            data = os.pread(self.fd, length, self.base + offset)
+        if len(data) != length:
+            raise FormatError(f"input tar is truncated at offset {offset}")
+        return data
+
+
+@contextlib.contextmanager
+def _mapped(inp: _Input) -> Iterator[_Input]:
+    try:
+        view = mmap.mmap(inp.fd, 0, access=mmap.ACCESS_READ) if inp.size > 0 else None
+    except (OSError, ValueError):
+        view = None
+    try:
+        yield _Input(inp.fd, inp.base, inp.size, view)
+    finally:
+        if view is not None:
+            view.close()
 
 
 @contextlib.contextmanager
@@ -154,7 +182,8 @@ def _open_input(src: BinaryIO) -> Iterator[_Input]:
                 base = src.tell() - len(head)
                 direct = _Input(fd, base, os.fstat(fd).st_size - base)
     if direct is not None:
-        yield direct
+        with _mapped(direct) as mapped:
+            yield mapped
         return
     stream: BinaryIO = io.BufferedReader(_Prefixed(head, src))
     with tempfile.TemporaryFile(prefix="lazypull-tar-") as spool:
@@ -170,7 +199,8 @@ def _open_input(src: BinaryIO) -> Iterator[_Input]:
         except (OSError, EOFError, zstandard.ZstdError) as err:
             raise FormatError(f"cannot decompress the {kind} input layer: {err}") from err
         spool.flush()
-        yield _Input(spool.fileno(), 0, spool.tell())
+        with _mapped(_Input(spool.fileno(), 0, spool.tell())) as mapped:
+            yield mapped
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -248,7 +278,10 @@ class _Writer:
         self.job: list[bytes] | None = None
         self.job_entries: list[TOCEntry] = []
         self.job_bytes = 0
-        self.pending: deque[tuple[Future[bytes], list[TOCEntry], int]] = deque()
+        self.batch: list[bytes] = []
+        self.batch_entries: list[list[TOCEntry]] = []
+        self.batch_bytes = 0
+        self.pending: deque[tuple[Future[list[bytes]], list[list[TOCEntry]], int]] = deque()
         self.inflight = 0
         self.max_inflight = max(32 << 20, 3 * chunk_size)
         self.local = threading.local()
@@ -281,29 +314,43 @@ class _Writer:
             return
         if self.job is None:
             return
-        future = self.pool.submit(self._compress, self.job)
-        self.pending.append((future, self.job_entries, self.job_bytes))
-        self.inflight += self.job_bytes
+        self.batch.append(b"".join(self.job))
+        self.batch_entries.append(self.job_entries)
+        self.batch_bytes += self.job_bytes
         self.job = None
+        if self.batch_bytes >= _BATCH:
+            self._submit()
+
+    def _submit(self) -> None:
+        """Hand the batch of finished members to a worker (small members travel together, so
+        layers of many small files do not pay one thread hand-off per file)."""
+        if not self.batch:
+            return
+        assert self.pool is not None
+        future = self.pool.submit(self._compress, self.batch)
+        self.pending.append((future, self.batch_entries, self.batch_bytes))
+        self.inflight += self.batch_bytes
+        self.batch, self.batch_entries, self.batch_bytes = [], [], 0
         while self.pending and (self.inflight > self.max_inflight or self.pending[0][0].done()):
             self._drain_one()
 
-    def _compress(self, parts: list[bytes]) -> bytes:
+    def _compress(self, members: list[bytes]) -> list[bytes]:
         comp = getattr(self.local, "compressor", None)
         if comp is None:
             comp = self.compressor.fork() if isinstance(self.compressor, ZstdCompressor) else self.compressor
             self.local.compressor = comp
-        member = comp.member()
-        out = [member.compress(p) for p in parts]
-        out.append(member.finish())
-        return b"".join(out)
+        out = []
+        for data in members:
+            member = comp.member()
+            out.append(member.compress(data) + member.finish())
+        return out
 
     def _drain_one(self) -> None:
         future, entries, nbytes = self.pending.popleft()
-        data = future.result()
-        for e in entries:
-            e.offset = self.blob.n
-        self.blob.write(data)
+        for data, members_entries in zip(future.result(), entries, strict=True):
+            for e in members_entries:
+                e.offset = self.blob.n
+            self.blob.write(data)
         self.inflight -= nbytes
 
     def place(self, ent: TOCEntry, force: bool) -> None:
@@ -326,6 +373,8 @@ class _Writer:
         """Close the last member and write every pending one."""
         try:
             self.cut()
+            if self.pool is not None:
+                self._submit()
             while self.pending:
                 self._drain_one()
         finally:
@@ -342,10 +391,7 @@ class _Writer:
     # -- entries ------------------------------------------------------------------------------------------
 
     def pread(self, offset: int, length: int) -> bytes:
-        data = os.pread(self.tar.fd, length, self.tar.base + offset)
-        if len(data) != length:
-            raise FormatError(f"input tar is truncated at offset {offset}")
-        return data
+        return self.tar.read(offset, length)
 
     def _name_if_changed(self, names: dict[int, str], ident: int, name: str) -> str:
         if not name or names.get(ident) == name:
