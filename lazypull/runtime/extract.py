@@ -51,6 +51,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _COPY_BUFFER = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_CACHE_SIZE = 128
 
 
 class LayerExtractError(ContainerError):
@@ -120,6 +121,7 @@ class _Extractor:
         self.bytes_written = 0
         self.whiteouts = 0
         self.opaque_dirs = 0
+        self.dir_fds: dict[tuple[str, ...], int] = {}  # verified directories (walked with O_NOFOLLOW)
 
     # -- path resolution -------------------------------------------------------------------------
 
@@ -128,9 +130,14 @@ class _Extractor:
 
         Missing parents are created (mode 0755, root-owned) when ``create`` is set, as tar does.
         """
-        fd = os.dup(self.root_fd)
+        parents = parts[:-1]
+        start = len(parents)
+        while start > 0 and tuple(parents[:start]) not in self.dir_fds:
+            start -= 1
+        fd = os.dup(self.dir_fds[tuple(parents[:start])] if start else self.root_fd)
         try:
-            for i, part in enumerate(parts[:-1]):
+            for i in range(start, len(parents)):
+                part = parents[i]
                 try:
                     next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 except FileNotFoundError:
@@ -147,10 +154,23 @@ class _Extractor:
                     raise
                 os.close(fd)
                 fd = next_fd
+                self._remember(tuple(parents[: i + 1]), fd)
             return fd
         except BaseException:
             os.close(fd)
             raise
+
+    def _remember(self, key: tuple[str, ...], fd: int) -> None:
+        """Cache a verified directory fd: tar members come grouped by directory, walks repeat."""
+        if len(self.dir_fds) >= _DIR_CACHE_SIZE:
+            self.forget()
+        self.dir_fds[key] = os.dup(fd)
+
+    def forget(self) -> None:
+        """Drop the directory cache (after anything was removed, a cached path may be stale)."""
+        for fd in self.dir_fds.values():
+            os.close(fd)
+        self.dir_fds.clear()
 
     def clear(self, parent_fd: int, name: str, keep_dir: bool) -> bool:
         """Remove what is at ``name`` so a new entry can take its place; True if a dir was kept."""
@@ -161,6 +181,7 @@ class _Extractor:
         if stat.S_ISDIR(st.st_mode):
             if keep_dir:
                 return True
+            self.forget()
             shutil.rmtree(name, dir_fd=parent_fd)
         else:
             os.unlink(name, dir_fd=parent_fd)
@@ -366,6 +387,8 @@ def extract_tar(stream: BinaryIO | IO[bytes], dest: Path, *, label: str = "layer
             raise
         except (tarfile.TarError, EOFError, OSError, zstandard.ZstdError) as err:
             raise LayerExtractError(f"{label}: not a valid tar stream: {err}") from err
+        finally:
+            extractor.forget()
         return ExtractStats(extractor.members, extractor.bytes_written, extractor.whiteouts,
                             extractor.opaque_dirs)
     finally:
