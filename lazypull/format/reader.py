@@ -128,7 +128,7 @@ class LayerReader:
         self._map: dict[str, TOCEntry] = {}
         self._children: dict[str, dict[str, TOCEntry]] = {}
         self._groups: dict[int, list[tuple[TOCEntry, int]]] = {}
-        self._keep: list[TOCEntry] = []
+        self._keep: list[TOCEntry] = []  # every normalised entry stays alive: ids key _groups
         self._chunk_cache: dict[int, list[Chunk]] = {}
         self._build_tree()
 
@@ -151,7 +151,6 @@ class LayerReader:
         unames: dict[int, str] = {}
         gnames: dict[int, str] = {}
         last_reg: TOCEntry | None = None
-        ordered: list[TOCEntry] = []
         for index, raw in enumerate(self.toc.entries):
             if raw.type == "chunk":
                 if last_reg is None:
@@ -178,15 +177,10 @@ class LayerReader:
                 last_reg = None
             self._keep.append(e)
             self._map[e.name] = e
-            ordered.append(e)
-        root = self._map.get("")
-        if root is None:
-            root = TOCEntry(name="", type="dir", mode=0o755, num_link=2)
-            self._map = {"": root, **self._map}
-        elif root.type != "dir":
+        root = self._map.get("") or TOCEntry(name="", type="dir", mode=0o755, num_link=2)
+        if root.type != "dir":
             raise FormatError("the TOC's root entry is not a directory")
-        else:
-            self._map = {"": root, **self._map}
+        self._map = {"": root, **self._map}
         self._children[""] = {}
         for e in list(self._map.values()):
             if e.name == "" or self._map.get(e.name) is not e:
