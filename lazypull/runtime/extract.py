@@ -109,6 +109,21 @@ def split_member_name(name: str) -> list[str]:
     return parts
 
 
+def mtime_ns(member: tarfile.TarInfo) -> int:
+    """The member's mtime in nanoseconds, exact from a PAX ``mtime`` record (``1700000000.123456789``)."""
+    text = member.pax_headers.get("mtime")
+    if text:
+        whole, _, fraction = text.partition(".")
+        try:
+            negative = whole.startswith("-")
+            seconds = int(whole)
+            nanos = int((fraction + "000000000")[:9]) if fraction else 0
+            return seconds * 1_000_000_000 + (-nanos if negative else nanos)
+        except ValueError:
+            pass  # tarfile already refused or parsed it; fall back to its float
+    return int(member.mtime) * 1_000_000_000
+
+
 class _Extractor:
     """Extracts one tar stream below an open directory fd. Not thread-safe; one per layer."""
 
@@ -206,7 +221,7 @@ class _Extractor:
             if not member.isdir():
                 raise ValueError("the layer root must be a directory")
             self.apply_metadata(self.root_fd, None, member)
-            self.dir_times.append(([], int(member.mtime)))
+            self.dir_times.append(([], mtime_ns(member)))
             return
         base = parts[-1]
         if self.skip_estargz_metadata and len(parts) == 1 and base in ESTARGZ_METADATA:
@@ -255,7 +270,7 @@ class _Extractor:
                 self.apply_metadata(fd, None, member)
             finally:
                 os.close(fd)
-            self.dir_times.append((split_member_name(member.name), int(member.mtime)))
+            self.dir_times.append((split_member_name(member.name), mtime_ns(member)))
             return
         if member.isreg():
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -346,7 +361,7 @@ class _Extractor:
             else:
                 os.chmod(name, member.mode & 0o7777, dir_fd=fd)
         if not member.isdir():
-            ns = int(member.mtime) * 1_000_000_000
+            ns = mtime_ns(member)
             if name is None:
                 os.utime(fd, ns=(ns, ns))
             else:
@@ -354,8 +369,7 @@ class _Extractor:
 
     def finish_dirs(self) -> None:
         """Set directory mtimes last (creating children changed them), deepest first."""
-        for parts, mtime in sorted(self.dir_times, key=lambda item: -len(item[0])):
-            ns = mtime * 1_000_000_000
+        for parts, ns in sorted(self.dir_times, key=lambda item: -len(item[0])):
             if not parts:
                 os.utime(self.root_fd, ns=(ns, ns))
                 continue

@@ -55,7 +55,7 @@ class Entry:
     mode: int | None = None
     uid: int = 0
     gid: int = 0
-    mtime: int = 1_600_000_000
+    mtime: float = 1_600_000_000
     xattrs: dict[str, bytes] = field(default_factory=dict)
     devmajor: int = 0
     devminor: int = 0

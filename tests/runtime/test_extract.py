@@ -229,3 +229,13 @@ def test_random_hostile_tars_never_escape(tmp_path_factory: pytest.TempPathFacto
     outside_only = {k: v for k, v in after.items() if not k.startswith("snap")}
     assert outside_only == before
     assert set(os.listdir(box / "snap")) <= {"fs"}
+
+
+def test_subsecond_mtimes_kept(tmp_path: Path) -> None:
+    entries = [Entry("d/", "dir", mtime=1_500_000_000.5), Entry("d/f", data=b"x", mtime=1_600_000_000.25),
+               Entry("old", data=b"y", mtime=-1.5)]
+    dest = tmp_path / "fs"
+    extract_layer(write_blob(tmp_path / "blob", entries, "none"), dest)
+    assert (dest / "d" / "f").lstat().st_mtime_ns == 1_600_000_000_250_000_000
+    assert (dest / "d").lstat().st_mtime_ns == 1_500_000_000_500_000_000
+    assert (dest / "old").lstat().st_mtime_ns == -1_500_000_000
