@@ -168,9 +168,9 @@ class Converted:
         return [d["digest"] for d in self.manifest["layers"]]
 
 
-def convert_and_push(seed: SeedImage, name: str, *flags: str) -> Converted:
+def convert_and_push(seed: SeedImage, name: str, *flags: str, source: str | None = None) -> Converted:
     """``lazypull image convert FLAGS SRC NAME`` then ``lazypull push --insecure-registry NAME``."""
-    convert = ok(cli(seed.build_root, "image", "convert", *flags, seed.ref, name))
+    convert = ok(cli(seed.build_root, "image", "convert", *flags, source or seed.ref, name))
     digest = digest_out(convert)
     push = ok(cli(seed.build_root, "push", "--insecure-registry", name))
     pushed, _, manifest = manifest_from_registry(name)
@@ -474,20 +474,29 @@ def test_external_toc_lazy_pull_and_run(roots: Roots, seed_image: SeedImage, ext
 # -- "optional `--estargz-keep-diff-id` flag" -----------------------------------------------------------
 
 def test_keep_diff_id(roots: Roots, seed_image: SeedImage) -> None:
-    """`nerdctl image convert --oci --estargz --estargz-external-toc --estargz-keep-diff-id ...-ex-keepdiff`,
-    push both, and `crane blob ...@CONFIG | jq -r '.rootfs.diff_ids[]'` equal for both images; an
-    eStargz-agnostic gunzip restores the original tar."""
+    """`nerdctl image convert --oci --estargz --estargz-external-toc --estargz-keep-diff-id SRC
+    ...-ex-keepdiff`,
+    push both, `crane blob ...-ex-keepdiff@CONFIG | jq -r '.rootfs.diff_ids[]'` and the same for the
+    source with the same digest; an eStargz-agnostic gunzip restores the original tar.
+
+    The seed's source is an OCI image, so the config is not touched at all; ours is first made OCI
+    with a plain `image convert --oci` (layers unchanged)."""
+    oci = convert_and_push(seed_image, f"{seed_image.host}/ubuntu:22.04", "--oci")
+    assert [d["digest"] for d in oci.manifest["layers"]] == seed_image.layer_digests
+    assert {d["mediaType"] for d in oci.manifest["layers"]} == {OCI_GZIP_LAYER}
     name = f"{seed_image.host}/ubuntu:22.04-ex-keepdiff"
     converted = convert_and_push(seed_image, name, "--oci", "--estargz", "--estargz-external-toc",
-                                 "--estargz-keep-diff-id")
+                                 "--estargz-keep-diff-id", source=oci.name)
     assert re.search(rf"Extra image\(0\) {re.escape(name)}-esgztoc$", converted.convert.stderr, re.M)
     digest_out(ok(cli(seed_image.build_root, "push", "--insecure-registry", f"{name}-esgztoc")))
-    config = json.loads(blob_from_registry(name, converted.manifest["config"]["digest"]))
-    _, _, source_manifest = manifest_from_registry(seed_image.ref)
-    source_config = json.loads(blob_from_registry(seed_image.ref, source_manifest["config"]["digest"]))
+    # as in the seed, one config digest names the config in both repositories: nothing in it changed
+    config_digest = converted.manifest["config"]["digest"]
+    assert config_digest == oci.manifest["config"]["digest"]
+    config = json.loads(blob_from_registry(name, config_digest))
+    source_config = json.loads(blob_from_registry(oci.name, config_digest))
     assert config["rootfs"]["diff_ids"] == source_config["rootfs"]["diff_ids"] == seed_image.diff_ids
     assert inspect(seed_image.build_root, name)["RootFS"]["Layers"] == seed_image.diff_ids
-    assert converted.layer_digests != [d["digest"] for d in source_manifest["layers"]]
+    assert set(converted.layer_digests).isdisjoint(seed_image.layer_digests)
     for layer, tar in zip(converted.manifest["layers"], seed_image.tars, strict=True):
         assert TOC_DIGEST in layer["annotations"]
         assert gzip.decompress(blob_from_registry(name, layer["digest"])) == tar
