@@ -34,12 +34,14 @@ class Background:
 
     def __init__(self, fetcher: ChunkFetcher, stats: LayerStats, config: FsConfig,
                  prefetch_range: tuple[int, int] | None,
-                 on_progress: Callable[[], None] | None = None) -> None:
+                 on_progress: Callable[[], None] | None = None,
+                 index: Callable[[], object] | None = None) -> None:
         self.fetcher = fetcher
         self.stats = stats
         self.config = config
         self.prefetch_range = prefetch_range
         self.on_progress = on_progress
+        self.index = index
         self.prefetched = threading.Event()
         self.finished = threading.Event()
         self._stop = threading.Event()
@@ -59,6 +61,8 @@ class Background:
 
     def _run(self) -> None:
         try:
+            if self.index is not None:
+                self.index()
             self._prefetch()
         except Exception:
             log.exception("layer %s: prefetch failed", self.fetcher.digest)

@@ -10,6 +10,7 @@ chunkDigest before it is cached or served; a mismatch is fetched again once, the
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -63,7 +64,8 @@ class ChunkFetcher:
         # Blob bytes already in memory (the tail read with the TOC): ranges inside them need no request.
         self.preloaded: list[tuple[int, bytes]] = []
         # containers/storage zstd:chunked holes: chunks of zeros stored as no data at all.
-        self.zero_digests: set[str] = set()
+        self.zero_holes = False
+        self._zero_digest_by_size: dict[int, str] = {}
 
     def close(self) -> None:
         self.remote.closed.set()
@@ -206,6 +208,16 @@ class ChunkFetcher:
                 else:
                     fut.set_exception(errors.get(digest) or ChunkUnavailable(f"chunk {digest} not fetched"))
 
+    def _is_zero(self, chunk: Any) -> bool:
+        """Whether a chunk is all zeros (by its digest), for layers that store such chunks as holes."""
+        if not self.zero_holes:
+            return False
+        digest = self._zero_digest_by_size.get(chunk.chunk_size)
+        if digest is None:
+            digest = "sha256:" + hashlib.sha256(bytes(chunk.chunk_size)).hexdigest()
+            self._zero_digest_by_size[chunk.chunk_size] = digest
+        return bool(chunk.digest == digest)
+
     def _preloaded(self, start: int, end: int) -> bytes | None:
         for off, data in self.preloaded:
             if off <= start and end <= off + len(data):
@@ -215,12 +227,12 @@ class ChunkFetcher:
     def _fetch_and_decode(self, chunks: Sequence[Any], deadline: float, single_range: bool,
                           results: dict[str, bytes], *, use_preloaded: bool = True
                           ) -> list[tuple[Any, FormatError]]:
-        zeros = [c for c in chunks if c.digest in self.zero_digests]
+        zeros = [c for c in chunks if self._is_zero(c)]
         for chunk in zeros:
             plain = bytes(chunk.chunk_size)
             self.cache.put(chunk.digest, plain)
             results[chunk.digest] = plain
-        chunks = [c for c in chunks if c.digest not in self.zero_digests]
+        chunks = [c for c in chunks if c not in zeros]
         if not chunks:
             return []
         units = {(c.offset, c.end) for c in chunks}

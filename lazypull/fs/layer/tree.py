@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import shutil
@@ -22,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from lazypull.errors import MountError
+from lazypull.format import FormatError
 from lazypull.fs.cache import ChunkCache
 from lazypull.fs.config import FsConfig
 from lazypull.fs.fuse.tree import Attr, FuseError, StatFs
@@ -35,21 +34,6 @@ from lazypull.fs.stats import LayerStats
 log = logging.getLogger(__name__)
 
 ASSEMBLE_INLINE_MAX = 64 << 20   # complete files up to this size are assembled during open()
-
-
-def _zero_digests(sizes: set[int]) -> set[str]:
-    """Digests of all-zero chunks of these sizes (containers/storage stores such chunks as holes)."""
-    out = set()
-    zero = bytes(1 << 20)
-    for size in sizes:
-        h = hashlib.sha256()
-        left = size
-        while left:
-            step = min(left, len(zero))
-            h.update(zero[:step])
-            left -= step
-        out.add("sha256:" + h.hexdigest())
-    return out
 
 
 class _FileChunks:
@@ -76,37 +60,58 @@ class LayerTree:
         self.files_dir = layer_dir / "files"
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self.inodes = InodeTable(reader.entries())
+        # Chunk lists are built on first use (a big TOC would otherwise delay the mount by seconds);
+        # the background thread indexes every file before it prefetches.
         self._files: dict[int, _FileChunks] = {}
-        units: dict[Unit, list[Any]] = {}
-        seen: set[str] = set()
-        total = 0
-        for node in self.inodes.regular_files():
-            if node.attr.size == 0:
-                continue
-            chunks = reader.chunks(node.entry)
-            covered = sum(c.chunk_size for c in chunks)
-            if covered != node.attr.size:
-                raise MountError(f"layer {digest}: chunks of {node.path!r} cover {covered} bytes, "
-                                 f"file size is {node.attr.size}")
-            self._files[node.attr.ino] = _FileChunks(chunks)
-            total += node.attr.size
-            for chunk in chunks:
-                if chunk.digest not in seen:
-                    seen.add(chunk.digest)
-                    units.setdefault((chunk.offset, chunk.end), []).append(chunk)
-        self._total_size = total
-        self.fetcher = ChunkFetcher(digest, remote, cache, stats, config, units)
-        if getattr(reader, "footer_kind", "") == "zstd-64":   # containers/storage: may hold zero holes
-            self.fetcher.zero_digests = _zero_digests({c.chunk_size for fc in self._files.values()
-                                                       for c in fc.chunks}) & seen
+        self._total_size = sum(node.attr.size for node in self.inodes.regular_files())
+        self.fetcher = ChunkFetcher(digest, remote, cache, stats, config, {})
+        # containers/storage zstd:chunked stores all-zero chunks as holes (no data to fetch)
+        self.fetcher.zero_holes = getattr(reader, "footer_kind", "") == "zstd-64"
         self.background = Background(self.fetcher, stats, config,
-                                     reader.prefetch_range() if config.prefetch else None)
+                                     reader.prefetch_range() if config.prefetch else None, index=self.index)
         self._readahead_lock = threading.Lock()
         self._last_end: dict[int, int] = {}       # ino -> where the last read of it ended
         self._readahead_next: dict[int, int] = {} # ino -> first chunk index not yet read ahead
         self._assembling: set[int] = set()
         self._assemble_lock = threading.Lock()
         self._assembler = ThreadPoolExecutor(1, thread_name_prefix=f"assemble-{digest[7:19]}")
+
+    def _chunks_of(self, ino: int) -> _FileChunks | None:
+        """The chunks of a regular file with content (None for anything else)."""
+        fc = self._files.get(ino)
+        if fc is not None:
+            return fc
+        node = self.inodes.get(ino)
+        if node is None or node.entry is None or node.attr.size == 0:
+            return None
+        try:
+            chunks = self.reader.chunks(node.entry)
+        except FormatError as err:
+            log.error("layer %s: file %r: %s", self.digest, node.path, err)
+            raise FuseError(errno.EIO, str(err)) from err
+        covered = sum(c.chunk_size for c in chunks)
+        if covered != node.attr.size:
+            log.error("layer %s: chunks of %r cover %d bytes, file size is %d",
+                      self.digest, node.path, covered, node.attr.size)
+            raise FuseError(errno.EIO, f"chunks of {node.path!r} do not cover the file")
+        fc = self._files.setdefault(ino, _FileChunks(chunks))
+        return fc
+
+    def index(self) -> dict[Unit, list[Any]]:
+        """Chunks of every file by compressed range (each chunk digest once); also given to the fetcher."""
+        units: dict[Unit, list[Any]] = {}
+        seen: set[str] = set()
+        for node in list(self.inodes.regular_files()):
+            try:
+                fc = self._chunks_of(node.attr.ino)
+            except FuseError:
+                continue          # logged; reads of that file fail, the others are fetched
+            for chunk in fc.chunks if fc else ():
+                if chunk.digest not in seen:
+                    seen.add(chunk.digest)
+                    units.setdefault((chunk.offset, chunk.end), []).append(chunk)
+        self.fetcher.units = units
+        return units
 
     # -- lifecycle --
 
@@ -172,7 +177,9 @@ class LayerTree:
         end = min(file_size, offset + size)
         if offset >= end:
             return b""
-        fc = self._files[ino]
+        fc = self._chunks_of(ino)
+        if fc is None:
+            return b""
         i = max(0, bisect.bisect_right(fc.starts, offset) - 1)
         wanted: list[tuple[Any, int, int]] = []
         while i < len(fc.chunks) and fc.chunks[i].chunk_offset < end:
@@ -237,7 +244,10 @@ class LayerTree:
         if not self.config.passthrough:
             return None
         node = self.inodes.get(ino)
-        fc = self._files.get(ino)
+        try:
+            fc = self._chunks_of(ino)
+        except FuseError:
+            return None
         if node is None or fc is None:
             return None
         if len(fc.chunks) == 1:     # the cached chunk is the whole file
@@ -272,7 +282,8 @@ class LayerTree:
 
     def _assemble_if_complete(self, ino: int) -> None:
         try:
-            if self._complete(self._files[ino]):
+            fc = self._files.get(ino)
+            if fc is not None and self._complete(fc):
                 self._assemble(ino)
         finally:
             with self._assemble_lock:
