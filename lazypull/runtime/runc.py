@@ -28,7 +28,7 @@ import tempfile
 import termios
 import time
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -197,9 +197,19 @@ class Runc:
                 raise ContainerError(f"runc did not send the console of container {container_id}")
             pid = int(pid_file.read_text().strip())
         try:
-            with _forwarding_signals(lambda sig: self.kill(container_id, str(int(sig)),
-                                                           all_processes=sig == signal.SIGKILL)):
-                _copy_console(master, pid, stdio)
+            stop_requested: list[float] = []
+
+            def forward(sig: signal.Signals) -> None:
+                stop_requested.append(time.monotonic())
+                self.kill(container_id, str(int(sig)), all_processes=False)
+
+            def insist() -> None:
+                if stop_requested and time.monotonic() - stop_requested[0] > STOP_GRACE:
+                    self.kill(container_id, "KILL")
+                    stop_requested.clear()
+
+            with _forwarding_signals(forward):
+                _copy_console(master, pid, stdio, tick=insist)
         finally:
             os.close(master)
         status = _reap(pid)
@@ -262,8 +272,10 @@ def console_size() -> tuple[int, int] | None:
     return (rows, cols) if rows and cols else None
 
 
-def _copy_console(master: int, pid: int, stdio: Stdio) -> None:
-    """Copy stdin -> master and master -> stdout until the pty hangs up (the container exited)."""
+def _copy_console(master: int, pid: int, stdio: Stdio, tick: Callable[[], None] | None = None) -> None:
+    """Copy stdin -> master and master -> stdout until the pty hangs up (the container exited).
+
+    ``tick`` is called about twice a second (the caller's chance to escalate a stop)."""
     out_fd = stdio.stdout.fileno() if stdio.stdout is not None else sys.stdout.fileno()
     in_fd = stdio.stdin.fileno() if stdio.stdin is not None else None
     raw_saved = None
@@ -308,6 +320,8 @@ def _copy_console(master: int, pid: int, stdio: Stdio) -> None:
                     with contextlib.suppress(OSError):
                         os.write(master, b"\x04")
                     readers.remove(in_fd)
+            if tick is not None:
+                tick()
             if not ready and _exited(pid):
                 # drain what is left, then stop
                 with contextlib.suppress(OSError):

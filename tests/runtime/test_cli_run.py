@@ -184,10 +184,12 @@ def test_lazy_run_of_ctr_remote_image(tmp_path: Path, registry: RegistryServer, 
         stop_daemon(root)
 
 
-def test_sigterm_stops_the_container_and_cleans_up(tmp_path: Path, busybox_image: str) -> None:
+@pytest.mark.parametrize("tty", [False, True], ids=["plain", "tty"])
+def test_sigterm_stops_the_container_and_cleans_up(tmp_path: Path, busybox_image: str, tty: bool) -> None:
     """pid 1 ignores SIGTERM (no handler): run forwards it, then kills the container after a grace."""
     env = dict(os.environ, LAZYPULL_ROOT=str(tmp_path))
-    argv = ["--snapshotter=overlayfs", "--insecure-registry", "run", "--rm", busybox_image, "sleep", "600"]
+    argv = ["--snapshotter=overlayfs", "--insecure-registry", "run", "--rm", *(["-t"] if tty else []),
+            busybox_image, "sleep", "600"]
     proc = subprocess.Popen([sys.executable, "-m", "lazypull", *argv], env=env, cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
