@@ -27,6 +27,7 @@ from lazypull.snapshot.protocol import MAX_LINE, LayerMount, MountInfo, decode, 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 30.0
+START_GRACE = 10.0     # a server not holding its pidfile lock after this long has died
 
 # Run by an intermediate interpreter: start the daemon in its own session, then exit at once, so the
 # daemon is nobody's child but init's (no zombie left behind in a long-lived caller).
@@ -187,11 +188,14 @@ class MountClient:
                 cmd = [sys.executable, "-m", "lazypull", "daemon", "--root", str(self.paths.root)]
                 subprocess.run([sys.executable, "-c", _LAUNCHER, str(self.paths.logfile), *cmd],
                                check=True, stdin=subprocess.DEVNULL)
-            deadline = time.monotonic() + START_TIMEOUT
-            while time.monotonic() < deadline:
+            began = time.monotonic()
+            while time.monotonic() < began + START_TIMEOUT:
                 sock = self._try_connect()
                 if sock is not None:
                     return sock
+                if time.monotonic() > began + START_GRACE and not _daemon_alive(self.paths):
+                    raise MountError(f"the mount server exited during startup; see {self.paths.logfile}: "
+                                     f"{_log_tail(self.paths.logfile)}")
                 time.sleep(0.05)
         raise MountError(f"the mount server did not start within {START_TIMEOUT:.0f}s; "
                          f"see {self.paths.logfile}: {_log_tail(self.paths.logfile)}")
