@@ -45,7 +45,7 @@ def stats_command(as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps({"layers": {}, "running": False}))
             return
-        raise MountError(f"no mount server is running for {opts.root} ({err})") from err
+        raise MountError(f"no mount server is running for {opts.root}") from err
     finally:
         client.close()
     if as_json:
