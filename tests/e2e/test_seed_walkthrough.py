@@ -475,9 +475,8 @@ def test_external_toc_lazy_pull_and_run(roots: Roots, seed_image: SeedImage, ext
 
 def test_keep_diff_id(roots: Roots, seed_image: SeedImage) -> None:
     """`nerdctl image convert --oci --estargz --estargz-external-toc --estargz-keep-diff-id SRC
-    ...-ex-keepdiff`,
-    push both, `crane blob ...-ex-keepdiff@CONFIG | jq -r '.rootfs.diff_ids[]'` and the same for the
-    source with the same digest; an eStargz-agnostic gunzip restores the original tar.
+    ...-ex-keepdiff`, push both, `crane blob ...-ex-keepdiff@CONFIG | jq -r '.rootfs.diff_ids[]'` and
+    the same for the source with the same digest; an eStargz-agnostic gunzip restores the original tar.
 
     The seed's source is an OCI image, so the config is not touched at all; ours is first made OCI
     with a plain `image convert --oci` (layers unchanged)."""
