@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeVar
 
-from lazypull.format.names import clean_entry_name, go_split
+from lazypull.format.errors import FormatError
+from lazypull.format.names import clean_entry_name
 
 PREFETCH_LANDMARK = ".prefetch.landmark"
 NO_PREFETCH_LANDMARK = ".no.prefetch.landmark"
@@ -46,9 +47,21 @@ def prioritize(
         pool[key] = (flag, link, item)
     moved: dict[str, T] = {}
     missed: list[str] = []
+    active: set[str] = set()
+
+    def take(key: str) -> None:
+        """Move one entry (its hardlink target first) from the pool to the prioritised list."""
+        found = pool.get(key)
+        if found is not None and found[0] == "1":
+            move(found[1], implied_ok=False)
+        found = pool.pop(key, None)
+        if found is not None:
+            moved[key] = found[2]
 
     def move(name: str, *, implied_ok: bool) -> None:
         key = clean_entry_name(name)
+        if key in active:
+            return  # a hardlink loop (Go would recurse forever)
         if key == "":
             if "" in pool:
                 moved[""] = pool.pop("")[2]
@@ -57,18 +70,22 @@ def prioritize(
             if implied_ok:
                 return
             raise _NotFound(key)
-        parent, _ = go_split(key.rstrip("/"))
-        move(parent, implied_ok=True)
-        found = pool.get(key)
-        if found is not None and found[0] == "1":
-            move(found[1], implied_ok=False)
-        found = pool.pop(key, None)
-        if found is not None:
-            moved[key] = found[2]
+        active.add(key)
+        try:
+            if "" in pool:
+                moved[""] = pool.pop("")[2]
+            parts = key.split("/")
+            for i in range(1, len(parts)):  # ancestors top-down, iteratively: names can be deep
+                take("/".join(parts[:i]))
+            take(key)
+        finally:
+            active.discard(key)
 
     for name in prioritized:
         try:
             move(name, implied_ok=False)
         except _NotFound:
             missed.append(name)
+        except RecursionError as err:
+            raise FormatError(f"prioritized file {name!r}: hardlink chain too long") from err
     return list(moved.values()), [v[2] for v in pool.values()], missed
