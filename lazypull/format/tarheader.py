@@ -45,6 +45,7 @@ HEADER_ONLY_TYPES = frozenset("123456")  # link symlink char block dir fifo
 BASIC_KEYS = frozenset(
     {"path", "linkpath", "size", "uid", "gid", "uname", "gname", "mtime", "atime", "ctime"})
 XATTR_PREFIX = "SCHILY.xattr."
+MAX_SPECIAL_FILE_SIZE = 1 << 20  # Go's archive/tar limit for PAX and GNU long-name data
 NS = 1_000_000_000
 
 
@@ -278,6 +279,9 @@ class TarScan:
             fmt &= hfmt
             pos += BLOCK
             flag = h.typeflag
+            if flag in ("x", "g", "L", "K") and not 0 <= h.size <= MAX_SPECIAL_FILE_SIZE:
+                raise FormatError(f"tar extension header at offset {pos - BLOCK} is {h.size} bytes "
+                                  f"(limit {MAX_SPECIAL_FILE_SIZE})")
             if flag in ("x", "g"):
                 fmt &= FORMAT_PAX
                 data = self._read(pos, h.size) if h.size > 0 else b""

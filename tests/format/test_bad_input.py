@@ -250,3 +250,15 @@ def test_corrupt_compressed_input(vectors: Path) -> None:
     data = gzip.compress((vectors / "tiny.tar").read_bytes())
     with pytest.raises(FormatError, match="decompress"):
         build(io.BytesIO(data[:40]), io.BytesIO(), BuildOptions())
+
+
+def test_oversized_extension_header() -> None:
+    from lazypull.format.tarheader import _Block
+
+    blk = _Block()
+    blk.b[156] = ord("x")
+    blk.string(0, 100, b"PaxHeaders.0/x")
+    blk.octal(124, 12, 1 << 30)
+    tar = blk.finish(4) + bytes(2048)
+    with pytest.raises(FormatError, match="limit"):
+        build(io.BytesIO(tar), io.BytesIO())
