@@ -113,6 +113,31 @@ def test_killed_daemon_is_restarted_and_mounts_restored_with_cache(image: tuple[
     mc.close()
 
 
+def test_sigterm_unmounts_cleanly_and_the_next_server_restores(image: tuple[Path, str, str]) -> None:
+    root, name, digest = image
+    mc = MountClient(root)
+    path = mc.mount_image(name, insecure=True)[1].path
+    assert path is not None
+    pid = daemon_pid(root)
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(200):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the server did not exit on SIGTERM")
+    assert _lazypull_mounts(root) == [], "SIGTERM unmounts everything"
+    assert not (root / "run" / "lazypull.sock").exists() and daemon_pid(root) is None
+    held = json.loads((root / "run" / "state.json").read_text())["holds"]
+    assert any(h["image"] == name for h in held), "the holds stay for the next server"
+    assert [i.digest for i in mc.list_mounts()] == [digest]
+    assert (path / "etc/hello.txt").read_bytes() == b"hello\n"
+    mc.close()
+
+
 def test_concurrent_mounts_of_one_image_share_one_mount(image: tuple[Path, str, str]) -> None:
     import threading
 
