@@ -133,6 +133,31 @@ def tar_names(tar: bytes) -> set[str]:
         return {m.name.rstrip("/") for m in t.getmembers()}
 
 
+def assert_tree_is_tar(top: Path, tar: bytes) -> None:
+    """Every member of ``tar`` is under ``top`` (a layer's FUSE mount) with its type, mode, owner
+    and content; nothing else is there."""
+    names = set()
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        for member in t.getmembers():
+            name = member.name.rstrip("/")
+            names.add(name)
+            path = top / name
+            st = path.lstat()
+            assert (st.st_uid, st.st_gid) == (member.uid, member.gid), name
+            if member.issym():
+                assert path.is_symlink() and str(path.readlink()) == member.linkname, name
+                continue
+            assert st.st_mode & 0o7777 == member.mode, f"{name}: mode {st.st_mode:o} != {member.mode:o}"
+            if member.isdir():
+                assert path.is_dir(), name
+            else:
+                extracted = t.extractfile(member)
+                assert member.isreg() and extracted is not None, name
+                assert path.read_bytes() == extracted.read(), f"{name}: content differs"
+    found = {str(p.relative_to(top)) for p in top.rglob("*")}
+    assert found == names, f"extra {sorted(found - names)}, missing {sorted(names - found)}"
+
+
 def layer_mounts(root: Path) -> dict[str, str]:
     """``mount | grep lazypull`` for one root: layer digest -> the whole mount line (format checked)."""
     found = {}
@@ -408,6 +433,8 @@ def test_min_chunk_size_push_and_lazy_pull(roots: Roots, seed_image: SeedImage) 
     assert (root / "snapshots" / layers[1][7:] / "fs" / "srv" / "motd").read_bytes() == MOTD
     assert (root / "snapshots" / layers[2][7:] / "fs" / "data" / "big.bin").stat().st_size == BIG_SIZE
     assert blob_bytes_served(seed_image, mark, layers[2]) < BIG_SIZE // 4
+    for layer, tar in zip(layers, seed_image.tars, strict=True):
+        assert_tree_is_tar(root / "snapshots" / layer[7:] / "fs", tar)
     pulled = image_rows(ok(cli(root, "images")).stdout)[name]
     unpacked = human_size(sum(len(t) for t in seed_image.tars))
     assert (pulled["IMAGE ID"], pulled["SIZE"]) == (digest[7:19], unpacked)
@@ -469,6 +496,8 @@ def test_external_toc_lazy_pull_and_run(roots: Roots, seed_image: SeedImage, ext
     assert result.stdout == MOTD.decode() + "hi\n"
     assert blob_bytes_served(seed_image, mark, external_toc.layer_digests[2]) < BIG_SIZE // 4
     assert sorted(layer_mounts(root)) == sorted(external_toc.layer_digests), "the pull's mounts stay"
+    for layer, tar in zip(external_toc.layer_digests, seed_image.tars, strict=True):
+        assert_tree_is_tar(root / "snapshots" / layer[7:] / "fs", tar)
 
 
 # -- "optional `--estargz-keep-diff-id` flag" -----------------------------------------------------------
