@@ -120,7 +120,8 @@ def _with_go_offsets(ours: bytes, go: bytes) -> bytes:
     ("tiny.tar", "tiny.esgz.toc.json", {}),
     ("small.tar", "small.esgz.toc.json", {"chunk_size": 4096, "parallelism": 1}),
     ("many.tar", "many-min.esgz.toc.json", {"min_chunk_size": 1024}),
-], ids=["tiny", "small", "many-min"])
+    ("tiny.tar", "tiny.zstd.toc.json", {"compression": "zstd"}),
+], ids=["tiny", "small", "many-min", "tiny-zstd"])
 def test_toc_json_is_byte_identical_to_go_modulo_offsets(
     vectors: Path, tar: str, toc: str, opts: dict[str, object]
 ) -> None:
