@@ -91,7 +91,8 @@ class BuildOptions:
     keep_diff_id: bool = False
     """Lossless: the blob decompresses to the input tar. Requires ``external_toc``."""
     parallelism: int | None = None
-    """Parts compressed in parallel; default ``os.cpu_count()``; forced to 1 with min_chunk_size."""
+    """Like Go's GOMAXPROCS: the number of parts (each ends a member and restarts the user/group name
+    dedupe) and of compression threads; default ``os.cpu_count()``; one part with min_chunk_size."""
 
 
 @dataclass(frozen=True)
