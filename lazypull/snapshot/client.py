@@ -52,14 +52,17 @@ class MountClient:
 
     # -- the API (docs/architecture.md, "snapshot") --
 
-    def mount_image(self, image_name: str, *, insecure: bool = False,
-                    holder: str | None = None) -> list[LayerMount]:
+    def mount_image(self, image_name: str, *, insecure: bool = False, holder: str | None = None,
+                    wait_prefetch: bool | None = None) -> list[LayerMount]:
         """Mount every lazy layer of a stored image; one entry per layer, bottom first.
 
         ``holder`` names who keeps the mounts (a container id); default: the image name itself.
-        Each holder counts once per image however often it mounts it.
+        Each holder counts once per image however often it mounts it. ``wait_prefetch``: return only
+        once the layers' prefetch is done (or ``prefetch_timeout`` passed); default: when a holder (a
+        container about to start) is given, as stargz-snapshotter does when a container's rootfs is set up.
         """
-        result = self._call("mount_image", image=image_name, insecure=insecure, holder=holder)
+        result = self._call("mount_image", image=image_name, insecure=insecure, holder=holder,
+                            wait_prefetch=wait_prefetch)
         return [LayerMount.from_json(item) for item in result]
 
     def release_image(self, image_name: str, *, holder: str | None = None) -> None:

@@ -96,8 +96,12 @@ class MountDaemon:
         self.restored.wait(RESTORE_WAIT)
         m = self.manager
         if op == "mount_image":
-            result: Any = [lm.to_json() for lm in m.mount_image(
-                _str(args, "image"), insecure=bool(args.get("insecure")), holder=_opt_str(args, "holder"))]
+            holder = _opt_str(args, "holder")
+            layers = m.mount_image(_str(args, "image"), insecure=bool(args.get("insecure")), holder=holder)
+            wait = args.get("wait_prefetch")
+            if wait if wait is not None else holder is not None:
+                m.wait_prefetch([lm.digest for lm in layers if lm.lazy], self.config.prefetch_timeout)
+            result: Any = [lm.to_json() for lm in layers]
         elif op == "release_image":
             m.release_image(_str(args, "image"), holder=_opt_str(args, "holder"))
             result = None

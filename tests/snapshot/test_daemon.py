@@ -135,6 +135,10 @@ def test_sigterm_unmounts_cleanly_and_the_next_server_restores(image: tuple[Path
     assert any(h["image"] == name for h in held), "the holds stay for the next server"
     assert [i.digest for i in mc.list_mounts()] == [digest]
     assert (path / "etc/hello.txt").read_bytes() == b"hello\n"
+    # A container's mount returns once the prefetch is done (up to prefetch_timeout).
+    mc.mount_image(name, insecure=True, holder="after-restart")
+    assert mc.list_mounts()[0].prefetch_done
+    mc.release_image(name, holder="after-restart")
     mc.close()
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from lazypull.errors import MountError
+from lazypull.fs.config import FsConfig
 from lazypull.snapshot.proxy.snapshotter import (
     DIGEST_LABEL,
     REF_LABEL,
@@ -25,6 +26,12 @@ class _Manager:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.released: list[str] = []
+        self.waited: list[tuple[list[str], float]] = []
+        self.config = FsConfig(prefetch_timeout=7.0)
+
+    def wait_prefetch(self, digests: list[str], timeout: float) -> bool:
+        self.waited.append((digests, timeout))
+        return True
 
     def mount_registry_layer(self, ref: str, digest: str, annotations: dict[str, str], *, holder: str,
                              insecure: bool = False) -> Path:
@@ -100,6 +107,10 @@ def test_remote_snapshot_is_committed_under_the_target(tmp_path: Path) -> None:
     assert "extract-1" not in {i["name"] for i in sn.list_snapshots()}
     [bind] = sn.view("v", "sha256:chain1", {})
     assert bind["source"] == str(lower)
+    assert manager.waited == []
+    sn.prepare("container", "sha256:chain1", {})       # a container's rootfs: wait for the prefetch
+    assert manager.waited == [(["sha256:" + "a" * 64], 7.0)]
+    sn.remove("container")
     sn.remove("v")
     sn.remove("sha256:chain1")
     assert manager.released == ["containerd:sha256:chain1"]

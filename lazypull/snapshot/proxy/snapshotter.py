@@ -152,7 +152,22 @@ class Snapshotter:
         if target and labels.get(REF_LABEL) and labels.get(DIGEST_LABEL):
             self._try_remote(target, parent, labels)     # raises ALREADY_EXISTS on success
         with self._lock:
-            return self._mounts(self._create(KIND_ACTIVE, key, parent, labels))
+            mounts = self._mounts(self._create(KIND_ACTIVE, key, parent, labels))
+        self._wait_prefetch(parent)
+        return mounts
+
+    def _wait_prefetch(self, parent: str) -> None:
+        """A container's rootfs is being set up: let the remote layers below finish their prefetch first
+        (up to ``prefetch_timeout``), as stargz-snapshotter does."""
+        with self._lock:
+            digests = []
+            while parent and parent in self._snaps:
+                snap = self._snaps[parent]
+                if snap.lower and snap.labels.get(DIGEST_LABEL):
+                    digests.append(snap.labels[DIGEST_LABEL])
+                parent = snap.parent
+        if digests:
+            self.manager.wait_prefetch(digests, self.manager.config.prefetch_timeout)
 
     def _try_remote(self, target: str, parent: str, labels: dict[str, str]) -> None:
         with self._lock:
