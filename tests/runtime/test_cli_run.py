@@ -75,6 +75,13 @@ def test_image_defaults_exit_status_and_flags(tmp_path: Path, busybox_image: str
     assert result.stdout == b"piped\n"
     result = lazypull(tmp_path, *base, "--net=none", busybox_image, "ls", "/sys/class/net")
     assert result.stdout == b"lo\n"
+    (tmp_path / "env").write_text("# settings\nGREETING=from-file\nOTHER=x\n")
+    (tmp_path / "vol").mkdir()
+    (tmp_path / "vol" / "data").write_text("mounted\n")
+    result = lazypull(tmp_path, *base, "--env-file", str(tmp_path / "env"), "-e", "OTHER=y",
+                      "-v", f"{tmp_path / 'vol'}:/mnt/vol:ro", busybox_image,
+                      "sh", "-c", "echo $GREETING $OTHER; cat /mnt/vol/data")
+    assert result.stdout == b"from-file y\nmounted\n", result.stderr.decode()
     assert mounts_under(tmp_path) == []
 
 
