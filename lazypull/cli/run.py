@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import logging
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -34,8 +33,6 @@ from lazypull.runtime import (
     parse_volume,
 )
 from lazypull.runtime.layers import lower_dirs
-
-log = logging.getLogger(__name__)
 
 PULL_POLICIES = ("missing", "always", "never")
 AUTO_REMOVE_LABEL = "lazypull.auto-remove"
@@ -138,12 +135,9 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
     if lazy:
         from lazypull.snapshot import MountClient
 
+        # With a holder, mount_image also waits (bounded) for the layers' prefetch, like stargz-snapshotter.
         with MountClient(root) as client:
             mounts = client.mount_image(resolved.name, insecure=opts.insecure_registries, holder=container_id)
-            lazy_digests = [m.digest for m in mounts if m.lazy]
-            # Like stargz-snapshotter: start once the prioritised files are local (bounded wait).
-            if lazy_digests and not client.wait_prefetch(lazy_digests):
-                log.info("prefetch of %d layer(s) not done in time; starting anyway", len(lazy_digests))
     placeholder = ContainerRecord(id=container_id, name="", image=resolved.name, command=[], created="",
                                   snapshotter=opts.snapshotter)
     try:
