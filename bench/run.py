@@ -62,9 +62,15 @@ def machine() -> dict[str, Any]:
         mem = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
+    # What one `lazypull` command costs before doing anything (interpreter + imports): every phase pays it.
+    startup = []
+    for _ in range(3):
+        t0 = time.monotonic()
+        subprocess.run([sys.executable, "-m", "lazypull", "--version"], capture_output=True)
+        startup.append(time.monotonic() - t0)
     return {"kernel": platform.release(), "cpus": os.cpu_count(), "cpu": cpu, "memory": mem,
             "python": platform.python_version(), "commit": commit,
-            "loadavg_start": os.getloadavg()}
+            "loadavg_start": os.getloadavg(), "cli_startup_s": sorted(startup)[1]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md and the PNG")
     p.add_argument("--seed", type=int, default=None, help="shuffle seed (default: random)")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="build, push, convert and trace the images (cached for later runs), measure nothing")
     args = p.parse_args(argv)
     if args.samples < 1:
         p.error("--samples must be at least 1")
@@ -155,6 +163,8 @@ def run(args: argparse.Namespace) -> Path:
                 continue
             results["images"][w.name] = vars(prepared[w.name])
         save()
+        if args.prepare_only:
+            return out_path
 
         systems: dict[str, Any] = {}
         if any(s == "containerd" for s, _ in args.row_list):
@@ -236,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _on_signal)
     out: Path = run(args)
     log(f"results: {out}")
-    if not args.no_docs:
+    if not args.no_docs and not args.prepare_only:
         summary.write_docs([out], REPO / "docs" / "benchmarks.md", REPO / "docs" / "bench-lazy-start.png")
         log("wrote docs/benchmarks.md (## Lazy start) and docs/bench-lazy-start.png")
     return 0

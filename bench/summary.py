@@ -185,7 +185,9 @@ def section(results: dict[str, Any], results_name: str) -> str:
         f"- Machine: {m.get('cpus')} CPUs ({m.get('cpu')}), {m.get('memory')} RAM, "
         f"kernel {m.get('kernel')}, Python {m.get('python')}, lazypull commit `{m.get('commit')}`, "
         f"load average at start {', '.join(f'{x:.1f}' for x in m.get('loadavg_start', []))} "
-        f"(shared machine). Date {results['date']}.",
+        f"(shared machine). Date {results['date']}."
+        + (f" One `lazypull --version` took {m['cli_startup_s']:.2f} s at the start (every lazypull phase "
+           "pays this interpreter start-up)." if "cli_startup_s" in m else ""),
         f"- Raw results: {results_name} in `bench/results/` (not committed).",
         "- Network: the registry (Debian's docker-registry 2.8) runs in a private network namespace behind "
         "a veth pair shaped with `tc tbf` (both directions, burst 256 kb); a delay proxy "
