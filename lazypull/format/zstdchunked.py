@@ -19,6 +19,7 @@ readers accept both.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
 from lazypull.format.compression import ZstdCompressor
 from lazypull.format.errors import FormatError
@@ -53,3 +54,21 @@ def parse_manifest_position(value: str) -> tuple[int, int, int, int]:
     if len(numbers) != 4 or min(numbers) < 0:
         raise FormatError(f"manifest-position {value!r} is not four non-negative integers")
     return numbers[0], numbers[1], numbers[2], numbers[3]
+
+
+def toc_expectation(annotations: Mapping[str, str]) -> tuple[str | None, int | None]:
+    """(expected TOC digest, TOC-offset hint) from a layer's annotations, for ``open_layer``.
+
+    ``toc.digest`` wins; otherwise the ``manifest-checksum`` of either prefix. The hint is the first
+    number of ``manifest-position`` (either prefix), as the snapshotter uses it.
+    """
+    digest = annotations.get("containerd.io/snapshot/stargz/toc.digest")
+    if not digest:
+        digest = (annotations.get(CS_MANIFEST_CHECKSUM_ANNOTATION)
+                  or annotations.get(MANIFEST_CHECKSUM_ANNOTATION) or None)
+    hint = None
+    for key in (MANIFEST_POSITION_ANNOTATION, CS_MANIFEST_POSITION_ANNOTATION):
+        if annotations.get(key):
+            hint = parse_manifest_position(annotations[key])[0]
+            break
+    return digest, hint

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -87,3 +88,19 @@ def test_manifest_position_parsing() -> None:
     for bad in ("1:2:3", "a:b:c:d", "1:2:3:-1", ""):
         with pytest.raises(FormatError):
             parse_manifest_position(bad)
+
+
+def test_toc_expectation_from_either_annotation_prefix(vectors: Path) -> None:
+    from lazypull.format import FileSource
+    from lazypull.format.zstdchunked import toc_expectation
+
+    for build_json, blob in (("tiny.zstd.build.json", "tiny.zstd"), ("tiny.cs.build.json", "tiny.cs.zstd")):
+        meta = json.loads((vectors / build_json).read_text())
+        ann = dict(meta.get("annotations") or meta["metadata"])
+        if "tocDigest" in meta:
+            ann["containerd.io/snapshot/stargz/toc.digest"] = meta["tocDigest"]
+        digest, hint = toc_expectation(ann)
+        reader = open_layer(FileSource(vectors / blob), toc_digest=digest, toc_offset_hint=hint)
+        assert reader.verified_by == ("toc" if "tocDigest" in meta else "manifest")
+        assert hint == reader.footer.toc_offset
+    assert toc_expectation({}) == (None, None)
