@@ -199,3 +199,22 @@ def test_external_toc_from_the_esgztoc_image(tmp_path: Path, registry: RegistryS
     with pytest.raises(MountError, match="not found"):
         fetch_external_toc(client, ref, "sha256:" + "1" * 64)
     client.close()
+
+
+def test_disjoint_ranges_are_one_multi_range_request_to_the_registry(
+        blob: Blob, registry: RegistryServer, unique_repo: str, tmp_path: Path) -> None:
+    push_blob(registry.url, unique_repo, blob.path.read_bytes())
+    proxy = FaultProxy(registry.url)
+    config = FsConfig(prefetch=False, background_fetch=False, merge_gap=0, readahead=0)
+    try:
+        with mounted(tmp_path, blob, proxy.host, unique_repo, config) as (tree, mnt, _fuse):
+            tree.fetcher.preloaded = []
+            huge = os.stat(mnt / "bin/huge").st_ino
+            assert tree.read(huge, 4096, 4096) == FILES["bin/huge"][4096:8192]
+            before = len(proxy.blob_gets)
+            assert tree.read(huge, 0, 3 * 4096) == FILES["bin/huge"][: 3 * 4096]
+            assert len(proxy.blob_gets) == before + 1
+            header = proxy.blob_gets[-1]
+            assert header is not None and header.startswith("bytes=") and header.count(",") == 1
+    finally:
+        proxy.stop()

@@ -97,9 +97,23 @@ def test_only_needed_bytes_fetched_one_request_per_read(blob: Blob, tmp_path: Pa
     # Read again: cache hits, no request.
     assert tree.read(ino, 0, 5 * 4096) == FILES["bin/huge"][: 5 * 4096]
     assert len(src.requests) == 1 and tree.stats.cache_hits >= 5
-    # Two disjoint missing regions in one read at once -> one request (multi-range when not adjacent).
+    # A read elsewhere: one more request, for that chunk only.
     tree.read(ino, 10 * 4096, 4096)
-    assert len(src.requests) == 2
+    assert src.requests[-1] == [(chunks[10].offset, chunks[10].end - chunks[10].offset)]
+    tree.close()
+
+
+def test_disjoint_missing_ranges_go_in_one_multi_range_request(blob: Blob, tmp_path: Path) -> None:
+    src = _faulty(blob)
+    config = FsConfig(prefetch=False, background_fetch=False, merge_gap=0, readahead=0)
+    tree = open_tree(blob, tmp_path, config=config, source=src)
+    ino = lookup_path(tree, "bin/huge")
+    chunks = tree._chunks_of(ino).chunks
+    tree.read(ino, 4096, 4096)           # chunk 1 cached
+    src.requests.clear()
+    assert tree.read(ino, 0, 3 * 4096) == FILES["bin/huge"][: 3 * 4096]
+    assert src.requests == [[(chunks[0].offset, chunks[0].end - chunks[0].offset),
+                             (chunks[2].offset, chunks[2].end - chunks[2].offset)]]
     tree.close()
 
 
