@@ -19,6 +19,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -26,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ class Measurement:
     cpu_s: float
     output_bytes: int
     layers: int = 1
+    runs: int = 1  # > 1: wall_s and cpu_s are medians
 
     @property
     def mb_per_s(self) -> float:
@@ -124,6 +126,7 @@ def _ours_image(
     probe = subprocess.run([*cli, "image", "convert", "--help"], capture_output=True, text=True, cwd=REPO)
     if probe.returncode != 0:
         return None
+    work.mkdir(parents=True, exist_ok=True)
     archive, src, dst = work / "image-ours.tar", work / "layout-src", work / "layout-esgz"
     write_oci_archive(layers, archive, "bench.test/convert/image:src", compress=False)
     with tarfile.open(archive) as tar:  # our own archive: plain files with safe relative names
@@ -171,6 +174,7 @@ def run(
     with_zstd: bool,
     with_image: bool,
     log: Callable[[str], None],
+    repeat: int = 1,
 ) -> dict[str, Any]:
     """Builds (or reuses) the rootfs, runs every conversion, verifies every output; returns the results."""
     tar = build_rootfs(list(packages), cache_dir)
@@ -178,8 +182,7 @@ def run(
     oracle = Oracle(build_oracle())
     work = Path(tempfile.mkdtemp(prefix="convert-", dir=cache_dir))
     daemon = start_containerd()
-    layer_rows: list[Measurement] = []
-    image_rows: list[Measurement] = []
+    samples: dict[tuple[str, str, str, int], list[Measurement]] = {}
     notes: list[str] = []
     loads = [os.getloadavg()]
     try:
@@ -190,30 +193,28 @@ def run(
         archive.unlink()
         runs = [("gzip", lvl) for lvl in levels] + ([("zstd", 3)] if with_zstd else [])
         for compression, level in runs:
-            ours_out = work / f"ours-{compression}-{level}.blob"
-            log(f"lazypull {compression} level {level} ...")
-            m, toc = convert_ours(tar, ours_out, compression, level)
-            log(f"  {m.wall_s:.1f} s, {m.output_bytes} bytes")
-            _verify(oracle, ours_out, toc, f"lazypull {compression} level {level}")
-            ours_out.unlink()
-            layer_rows.append(m)
-            log(f"ctr-remote {compression} level {level} ...")
-            dst = f"bench.test/convert/layer:{compression}-{level}"
-            cm, blobs = convert_ctr(
-                ctr,
-                "bench.test/convert/layer:src",
-                dst,
-                compression,
-                level,
-                input_bytes,
-                work / dst.split(":")[1],
-            )
-            log(f"  {cm.wall_s:.1f} s, {cm.output_bytes} bytes")
-            for path, toc in blobs:
-                _verify(oracle, path, toc, f"ctr-remote {compression} level {level}")
-                path.unlink()
-            layer_rows.append(cm)
-            loads.append(os.getloadavg())
+            for rep in range(repeat):
+                tag = f"{compression} level {level} (run {rep + 1}/{repeat})"
+                ours_out = work / f"ours-{compression}-{level}.blob"
+                log(f"lazypull {tag} ...")
+                m, toc = convert_ours(tar, ours_out, compression, level)
+                log(f"  {m.wall_s:.1f} s, {m.cpu_s:.1f} CPU s, {m.output_bytes} bytes")
+                _verify(oracle, ours_out, toc, f"lazypull {tag}")
+                ours_out.unlink()
+                samples.setdefault(("layer", "lazypull", compression, level), []).append(m)
+                log(f"ctr-remote {tag} ...")
+                dst = f"bench.test/convert/layer:{compression}-{level}-{rep}"
+                cm, blobs = convert_ctr(
+                    ctr, "bench.test/convert/layer:src", dst, compression, level, input_bytes,
+                    work / dst.split(":")[1],
+                )  # fmt: skip
+                log(f"  {cm.wall_s:.1f} s, {cm.cpu_s:.1f} CPU s, {cm.output_bytes} bytes")
+                for path, toc in blobs:
+                    _verify(oracle, path, toc, f"ctr-remote {tag}")
+                    path.unlink()
+                ctr.run(["images", "rm", dst])
+                samples.setdefault(("layer", "ctr-remote", compression, level), []).append(cm)
+                loads.append(os.getloadavg())
         if with_image:
             layers = split_layers(tar, cache_dir / "layers", IMAGE_GROUPS)
             image_in = sum(p.stat().st_size for p in layers)
@@ -222,39 +223,64 @@ def run(
             write_oci_archive(layers, archive, "bench.test/convert/image:src", compress=False)
             ctr.import_archive(archive)
             archive.unlink()
-            log(f"image ({len(layers)} layers): ctr-remote level {level} ...")
-            cm, blobs = convert_ctr(
-                ctr, "bench.test/convert/image:src", "bench.test/convert/image:esgz", "gzip", level, image_in,
-                work / "image-ctr",
-            )  # fmt: skip
-            for path, toc in blobs:
-                _verify(oracle, path, toc, "ctr-remote image")
-            image_rows.append(cm)
-            log(f"image: lazypull image convert level {level} ...")
-            ours = _ours_image(layers, work, level)
-            if ours is None:
-                notes.append(
-                    "`lazypull image convert` was not available in this tree when the benchmark ran: "
-                    "image level measured for ctr-remote only."
+            for rep in range(repeat):
+                log(f"image ({len(layers)} layers): ctr-remote level {level} (run {rep + 1}/{repeat}) ...")
+                dst = f"bench.test/convert/image:esgz-{rep}"
+                cm, blobs = convert_ctr(
+                    ctr,
+                    "bench.test/convert/image:src",
+                    dst,
+                    "gzip",
+                    level,
+                    image_in,
+                    work / f"image-ctr-{rep}",
                 )
-            else:
+                log(f"  {cm.wall_s:.1f} s, {cm.cpu_s:.1f} CPU s, {cm.output_bytes} bytes")
+                for path, toc in blobs:
+                    _verify(oracle, path, toc, "ctr-remote image")
+                    path.unlink()
+                ctr.run(["images", "rm", dst])
+                samples.setdefault(("image", "ctr-remote", "gzip", level), []).append(cm)
+                log(f"image: lazypull image convert level {level} (run {rep + 1}/{repeat}) ...")
+                ours = _ours_image(layers, work / f"image-ours-{rep}", level)
+                if ours is None:
+                    notes.append(
+                        "`lazypull image convert` was not available in this tree when the benchmark ran: "
+                        "image level measured for ctr-remote only."
+                    )
+                    break
                 om, oblobs = ours
+                log(f"  {om.wall_s:.1f} s, {om.cpu_s:.1f} CPU s, {om.output_bytes} bytes")
                 for path, toc in oblobs:
                     _verify(oracle, path, toc, "lazypull image convert")
-                image_rows.append(om)
+                shutil.rmtree(work / f"image-ours-{rep}", ignore_errors=True)
+                samples.setdefault(("image", "lazypull", "gzip", level), []).append(om)
             loads.append(os.getloadavg())
     finally:
         daemon.stop()
         shutil.rmtree(work, ignore_errors=True)
+    rows = {kind: [_median(v) for k, v in samples.items() if k[0] == kind] for kind in ("layer", "image")}
     return {
         "tar": tar,
         "packages": list(packages),
         "input_bytes": input_bytes,
-        "layer": layer_rows,
-        "image": image_rows,
+        "repeat": repeat,
+        "layer": rows["layer"],
+        "image": rows["image"],
+        "samples": {" ".join(map(str, k)): [asdict(m) for m in v] for k, v in samples.items()},
         "notes": notes,
         "loads": loads,
     }
+
+
+def _median(ms: Sequence[Measurement]) -> Measurement:
+    """One row from repeated runs: median wall and CPU seconds (sizes are identical across runs)."""
+    return replace(
+        ms[0],
+        wall_s=statistics.median(m.wall_s for m in ms),
+        cpu_s=statistics.median(m.cpu_s for m in ms),
+        runs=len(ms),
+    )
 
 
 def _table(rows: Sequence[Measurement]) -> list[str]:
@@ -280,6 +306,12 @@ def _table(rows: Sequence[Measurement]) -> list[str]:
 def render(results: dict[str, Any], command: str) -> str:
     """The "## Conversion" section of docs/benchmarks.md."""
     loads = results["loads"]
+    runs_note = (
+        "Single run each, ours first then Go's at each level."
+        if results["repeat"] == 1
+        else f"{results['repeat']} runs each, interleaved (ours, Go, ours, Go, ...); wall and CPU "
+        "seconds are medians (all samples in bench/results/convert-*.json)."
+    )
     lines = [
         "## Conversion",
         "",
@@ -296,7 +328,7 @@ def render(results: dict[str, Any], command: str) -> str:
         "Every output was verified by the Go oracle (`tests/oracle`: TOC digest and every chunk) before "
         "counting. MB = 10^6 bytes; MB/s = input MB / wall seconds; CPU s = user+system of the converting "
         "process (ours: all threads; ctr-remote: the client process, which does the conversion). "
-        "Single run each, ours first then Go's at each level.",
+        f"{runs_note}",
         "",
         "### Layer level",
         "",
@@ -315,7 +347,17 @@ def render(results: dict[str, Any], command: str) -> str:
             "",
         ]
     if results["image"]:
-        lines += ["### Image level", "", *_table(results["image"]), ""]
+        lines += [
+            "### Image level",
+            "",
+            f"The same rootfs cut into {results['image'][0].layers} layers by `bench.rootfs.split_layers` "
+            "(the Python runtime, `/usr/share`, the rest), uncompressed. Ours: `lazypull image convert "
+            "--estargz --oci --estargz-compression-level N oci:SRC:src oci:DST:esgz` (a subprocess, OCI "
+            "layout to OCI layout); Go: `ctr-remote image convert` of the same image in containerd.",
+            "",
+            *_table(results["image"]),
+            "",
+        ]
     for note in results["notes"]:
         lines += [f"Note: {note}", ""]
     lines += [
@@ -356,6 +398,7 @@ def main() -> None:
     parser.add_argument("--levels", default="9,6,1", help="gzip levels, comma-separated")
     parser.add_argument("--zstd", action="store_true", help="also zstd:chunked at level 3")
     parser.add_argument("--image", action="store_true", help="also the multi-layer image level")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (medians are reported)")
     parser.add_argument("--doc", type=Path, help="write the results into this markdown file")
     args = parser.parse_args()
     packages = [p for p in args.packages.split(",") if p]
@@ -373,7 +416,7 @@ def main() -> None:
     raw.write_text(
         json.dumps(
             {**results, "tar": str(results["tar"]), "layer": [asdict(m) for m in results["layer"]],
-             "image": [asdict(m) for m in results["image"]]},
+             "image": [asdict(m) for m in results["image"]], "loads": results["loads"]},
             indent=1,
         )
     )  # fmt: skip
