@@ -16,20 +16,27 @@ from rich.progress import (
     TimeElapsedColumn,
     TransferSpeedColumn,
 )
+from rich.table import Column
 
 
 class RichProgress:
     """Implements ``lazypull.image.Progress`` with one bar per layer (bytes, rate) on stderr."""
 
     def __init__(self, console: Console | None = None) -> None:
+        console = console or Console(stderr=True)
+        # the name gets what the other columns (up to 85 cells, 60 with a short bar) leave, cut with
+        # an ellipsis, so status, bar and sizes stay whole and on one line on an 80-column terminal
+        wide = console.width >= 130
+        room = console.width - (85 if wide else 60)
+        name = Column(no_wrap=True, overflow="ellipsis", max_width=max(16, room))
         self._progress = Progress(
-            TextColumn("{task.description:<80}"),
+            TextColumn("{task.description}", table_column=name),
             TextColumn("{task.fields[status]:<8}"),
-            BarColumn(bar_width=30),
+            BarColumn(bar_width=30 if wide else 10),
             DownloadColumn(binary_units=True),
             TransferSpeedColumn(),
             TimeElapsedColumn(),
-            console=console or Console(stderr=True),
+            console=console,
             transient=False,
         )
         self._tasks: dict[str, TaskID] = {}
