@@ -322,6 +322,13 @@ def test_benchmark_commands_print_hi(roots: Roots, seed_image: SeedImage, esgz: 
     code, output = run_on_terminal(argv, b"", until=b"")
     assert code == 0, output
     assert output.endswith(b"hi\r\n"), output
+    # the pull's progress fits the 80-column terminal with whole status words
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode(errors="replace"))
+    lines = [line for chunk in screen.split("\n") for line in chunk.split("\r")]
+    assert max(len(line) for line in lines) <= 80, lines
+    assert any(re.match(r"\S+ resolved ", line) for line in lines), screen
+    if snapshotter == "overlayfs":
+        assert len({line for line in lines if re.match(r"layer-sha256:\S+ done ", line)}) == 3, screen
     served = blob_bytes_served(seed_image, mark, big_layer)
     if snapshotter == "overlayfs":
         assert served >= BIG_SIZE, f"a full pull fetches the whole layer ({served} bytes)"
