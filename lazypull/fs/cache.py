@@ -60,10 +60,13 @@ class ChunkCache:
             return None
 
     def put(self, digest: str, data: bytes) -> None:
-        """Store a verified chunk atomically (no-op when present)."""
+        """Store a verified chunk atomically (no-op when present and whole; a damaged copy is replaced)."""
         final = self.path(digest)
-        if final.exists():
-            return
+        try:
+            if final.stat().st_size == len(data):
+                return
+        except FileNotFoundError:
+            pass
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:

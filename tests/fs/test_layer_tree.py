@@ -423,3 +423,17 @@ def test_zero_hole_chunks_need_no_request(tmp_path: Path) -> None:
 def test_bad_layer_digests_are_refused(blob: Blob, tmp_path: Path, digest: str) -> None:
     with pytest.raises(MountError, match="not a sha256 layer digest"):
         open_tree(blob, tmp_path, digest=digest)
+
+
+def test_damaged_cache_file_is_refetched_and_replaced(blob: Blob, tmp_path: Path) -> None:
+    src = _faulty(blob)
+    tree = open_tree(blob, tmp_path, source=src)
+    ino = lookup_path(tree, "bin/big")
+    assert read_all(tree, ino) == FILES["bin/big"]
+    first = tree._chunks_of(ino).chunks[0]
+    path = tree.cache.path(first.digest)
+    path.write_bytes(path.read_bytes()[:100])         # as a crash in the middle of a write could leave it
+    src.requests.clear()
+    assert read_all(tree, ino) == FILES["bin/big"]
+    assert len(src.requests) == 1 and path.stat().st_size == first.chunk_size
+    tree.close()

@@ -93,8 +93,19 @@ class ChunkFetcher:
             self._resolve_from_cache(done)
             mine = [c for c in mine if c not in done]
         if mine:
-            self._pool.submit(self._run_group, mine, deadline, False)
+            try:
+                self._pool.submit(self._run_group, mine, deadline, False)
+            except RuntimeError as err:     # the layer is being closed
+                self._fail(mine, ChunkUnavailable(f"layer {self.digest} is being unmounted"))
+                raise ChunkUnavailable(f"layer {self.digest} is being unmounted") from err
         return self._wait(waits, deadline)
+
+    def _fail(self, chunks: Sequence[Any], err: Exception) -> None:
+        with self._inflight_lock:
+            futures = [self._inflight.pop(c.digest, None) for c in chunks]
+        for fut in futures:
+            if fut is not None and not fut.done():
+                fut.set_exception(err)
 
     def fetch_async(self, chunks: Sequence[Any], *, deadline: float) -> int:
         """Start fetching chunks nobody fetches yet (readahead); returns how many were claimed."""
@@ -103,7 +114,7 @@ class ChunkFetcher:
             try:
                 self._pool.submit(self._run_group, mine, deadline, False)
             except RuntimeError:        # shutting down: release the claims
-                self._resolve_from_cache(mine)
+                self._fail(mine, ChunkUnavailable(f"layer {self.digest} is being unmounted"))
         return len(mine)
 
     def _claim(self, chunks: Sequence[Any], *, with_siblings: bool
