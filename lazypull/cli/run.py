@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import shlex
+import shutil
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,6 +39,7 @@ from lazypull.runtime.layers import lower_dirs
 
 PULL_POLICIES = ("missing", "always", "never")
 AUTO_REMOVE_LABEL = "lazypull.auto-remove"
+LOG_NAME = "container.log"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -166,13 +170,44 @@ def start_container(record: ContainerRecord, *, interactive: bool) -> int:
         sys.stdout.flush()
 
 
+def start_detached(record: ContainerRecord, timeout: float = 60.0) -> None:
+    """Start the container in the background: a ``lazypull start --attach`` in its own session,
+    output to ``containers/<id>/container.log``, supervises it (exit status, ``--rm``)."""
+    opts = get_options()
+    containers = Containers(opts.root)
+    log_path = containers.path(record.id) / LOG_NAME
+    with open(log_path, "ab") as log_file:
+        cmd = [sys.executable, "-m", "lazypull", "--root", str(opts.root), "start", "--attach", record.id]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                                start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if containers.runc.list().get(record.id) is not None or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    if proc.poll() not in (None, 0) and containers.runc.list().get(record.id) is None:
+        # Either the container ran and exited already, or the supervisor failed: its error says which.
+        text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        errors = [line for line in text.splitlines() if line.startswith("lazypull: error:")]
+        if errors:
+            reason = errors[-1].removeprefix("lazypull: error:").strip()
+            raise ContainerError(f"container {record.name} did not start: {reason}")
+
+
 @click.command("run", context_settings={"allow_interspersed_args": False})
+@click.option("-d", "--detach", is_flag=True, help="Run in the background and print the container id.")
 @container_options
-def run(**params: Any) -> None:
+def run(detach: bool, **params: Any) -> None:
     """Run COMMAND (default: the image's) in a new container of IMAGE; exits with its status."""
     if params["tty"] and params["interactive"] and not sys.stdin.isatty():
         raise ContainerError("the input device is not a TTY: drop -t, or run from a terminal")
+    if detach and (params["tty"] or params["interactive"]):
+        raise ContainerError("-d cannot be combined with -t or -i (no terminal to attach later)")
     record = create_container(**params)
+    if detach:
+        start_detached(record)
+        click.echo(record.id)
+        return
     code = start_container(record, interactive=params["interactive"])
     click.get_current_context().exit(code)
 
@@ -185,21 +220,60 @@ def create(**params: Any) -> None:
 
 
 @click.command("start")
-@click.option("-a", "--attach", is_flag=True, help="Attach stdout/stderr (containers always run attached).")
-@click.option("-i", "--interactive", is_flag=True, help="Pass stdin to the container.")
+@click.option("-a", "--attach", is_flag=True,
+              help="Stay attached: output here, exit with the container's status.")
+@click.option("-i", "--interactive", is_flag=True, help="Pass stdin to the container (with -a).")
 @global_options
 @click.argument("container")
 def start(attach: bool, interactive: bool, container: str) -> None:
-    """Start a created container in the foreground; exits with its status.
-
-    lazypull has no daemon supervising containers, so a container always runs attached to this
-    command (``-a`` is accepted for docker compatibility).
-    """
-    del attach
+    """Start a created container: in the background (output in ``lazypull logs``), or attached with -a."""
     record = Containers(get_options().root).find(container)
     if record.status != "created":
         raise ContainerError(f"container {record.name} is {record.status}: only created containers can start")
+    if not attach:
+        if interactive or record.tty:
+            raise ContainerError("start without -a cannot pass stdin or a terminal: use start -a")
+        start_detached(record)
+        click.echo(record.name)
+        return
     click.get_current_context().exit(start_container(record, interactive=interactive))
+
+
+@click.command("logs")
+@global_options
+@click.argument("container")
+def logs(container: str) -> None:
+    """Print the output of a container started in the background (run -d, start)."""
+    containers = Containers(get_options().root)
+    path = containers.path(containers.find(container).id) / LOG_NAME
+    if path.exists():
+        with open(path, "rb") as f:
+            shutil.copyfileobj(f, sys.stdout.buffer)
+        sys.stdout.flush()
+
+
+@click.command("stop")
+@click.option("-t", "--time", "grace", type=float, default=10.0, show_default=True,
+              help="Seconds to wait after SIGTERM before SIGKILL.")
+@global_options
+@click.argument("containers_", metavar="NAME|ID...", nargs=-1, required=True)
+def stop(grace: float, containers_: Sequence[str]) -> None:
+    """Stop running containers: SIGTERM, then SIGKILL after the grace period."""
+    containers = Containers(get_options().root)
+    for ref in containers_:
+        record = containers.find(ref)
+        if containers.runc.list().get(record.id) not in ("running", "paused"):
+            click.echo(ref)
+            continue
+        containers.runc.kill(record.id, "TERM")
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and containers.runc.list().get(record.id) == "running":
+            time.sleep(0.1)
+        if containers.runc.list().get(record.id) in ("running", "paused"):
+            containers.runc.kill(record.id, "KILL")
+        while containers.runc.list().get(record.id) in ("running", "paused"):
+            time.sleep(0.1)
+        click.echo(ref)
 
 
 def _age(created: str) -> str:
@@ -266,4 +340,4 @@ def rm(force: bool, containers_: Sequence[str]) -> None:
         click.get_current_context().exit(1)
 
 
-COMMANDS: list[click.Command] = [run, create, start, ps, rm]
+COMMANDS: list[click.Command] = [run, create, start, stop, logs, ps, rm]

@@ -126,13 +126,14 @@ class Containers:
         raise ContainerError(f"no such container: {ref}")
 
     def status(self, record: ContainerRecord, runc_states: Mapping[str, str] | None = None) -> str:
-        """``running``, ``created``, ``exited (N)`` or ``unknown`` (runc forgot a running one)."""
+        """``running``, ``created``, ``exited (N)``, ``failed to start`` or ``unknown`` (runc forgot a
+        running one: its ``lazypull run`` was killed)."""
         states = self.runc.list() if runc_states is None else runc_states
         live = states.get(record.id)
         if live in ("running", "paused", "created"):
             return live
         if record.status == "exited":
-            return f"exited ({record.exit_code})"
+            return f"exited ({record.exit_code})" if record.exit_code is not None else "failed to start"
         if record.status == "created":
             return "created"
         return "unknown"

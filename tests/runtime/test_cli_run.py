@@ -333,3 +333,34 @@ def test_interactive_tty(tmp_path: Path, busybox_image: str) -> None:
     assert code == 3, output.decode(errors="replace")
     assert b"tty-42" in output
     assert mounts_under(tmp_path) == []
+
+
+def test_detached_run_logs_stop(tmp_path: Path, busybox_image: str) -> None:
+    base = ["--snapshotter=overlayfs", "--insecure-registry"]
+    started = lazypull(tmp_path, *base, "run", "-d", "--name", "bg", busybox_image,
+                       "sh", "-c", "echo started; exec sleep 600")
+    assert started.returncode == 0, started.stderr.decode()
+    assert len(started.stdout.decode().strip()) == 64
+    deadline = time.monotonic() + 30
+    while b"started" not in lazypull(tmp_path, "logs", "bg").stdout:
+        assert time.monotonic() < deadline, "no output in the log"
+        time.sleep(0.3)
+    assert "Running" in lazypull(tmp_path, "ps").stdout.decode()
+    assert lazypull(tmp_path, "stop", "-t", "1", "bg").returncode == 0
+    deadline = time.monotonic() + 30
+    while "Exited (137)" not in lazypull(tmp_path, "ps", "-a").stdout.decode():
+        assert time.monotonic() < deadline, "the supervisor did not record the exit"
+        time.sleep(0.3)
+    assert mounts_under(tmp_path) == []
+    assert lazypull(tmp_path, "rm", "bg").returncode == 0
+
+    # -d --rm: gone once it exited; a failing start is reported.
+    quick = lazypull(tmp_path, *base, "run", "-d", "--rm", busybox_image, "true")
+    assert quick.returncode == 0, quick.stderr.decode()
+    deadline = time.monotonic() + 30
+    while [p for p in (tmp_path / "containers").iterdir() if p.name != ".lock"]:
+        assert time.monotonic() < deadline, "run -d --rm left the container"
+        time.sleep(0.3)
+    broken = lazypull(tmp_path, *base, "run", "-d", busybox_image, "/no/such/binary")
+    assert broken.returncode == 1 and b"did not start" in broken.stderr
+    assert mounts_under(tmp_path) == []
