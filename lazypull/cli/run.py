@@ -271,7 +271,10 @@ def stop(grace: float, containers_: Sequence[str]) -> None:
             time.sleep(0.1)
         if containers.runc.list().get(record.id) in ("running", "paused"):
             containers.runc.kill(record.id, "KILL")
+        deadline = time.monotonic() + 30
         while containers.runc.list().get(record.id) in ("running", "paused"):
+            if time.monotonic() > deadline:
+                raise ContainerError(f"container {record.name} did not stop after SIGKILL")
             time.sleep(0.1)
         click.echo(ref)
 
