@@ -215,9 +215,7 @@ class LayerTree:
             for k, (chunk, lo, hi) in enumerate(wanted):
                 if pieces[k] is None:
                     pieces[k] = got[chunk.digest][lo:hi]
-            if len(fc.chunks) > 1:
-                self._maybe_assemble_later(ino)
-        elif end == file_size and len(fc.chunks) > 1 and self.config.passthrough:
+        if end == file_size and len(fc.chunks) > 1 and self.config.passthrough:
             self._maybe_assemble_later(ino)     # read to the end: likely complete, ready it for passthrough
         if self.config.readahead and len(fc.chunks) > 1:
             self._read_ahead(ino, fc, i, offset, end)
