@@ -403,8 +403,16 @@ def main() -> None:
     args = parser.parse_args()
     packages = [p for p in args.packages.split(",") if p]
     levels = [int(x) for x in args.levels.split(",") if x]
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     results = run(
-        args.cache_dir, packages, levels, args.zstd, args.image, lambda s: print(s, file=sys.stderr)
+        args.cache_dir,
+        packages,
+        levels,
+        args.zstd,
+        args.image,
+        lambda s: print(s, file=sys.stderr),
+        args.repeat,
     )
     if results["input_bytes"] < 150e6:
         print(f"warning: input is only {results['input_bytes'] / 1e6:.1f} MB (< 150 MB)", file=sys.stderr)

@@ -11,6 +11,7 @@ import pytest
 from tests.helpers.containerd import (
     TOC_DIGEST_ANNOTATION,
     UNCOMPRESSED_SIZE_ANNOTATION,
+    ContainerdError,
     ConvertedImage,
     Ctr,
     write_oci_archive,
@@ -91,3 +92,8 @@ def test_ctr_remote_chunking_matches_go_build(
         assert big is not None
         sizes = [c.chunk_size for c in reader.chunks(big)]
     assert sizes[:-1] == [4096] * (len(sizes) - 1) and sum(sizes) == big.size, sizes
+
+
+def test_ctr_remote_missing_image_is_a_clear_error(containerd: Ctr) -> None:
+    with pytest.raises(ContainerdError, match="no-such-image"):
+        containerd.convert("example.test/lazypull/no-such-image:1", "example.test/lazypull/x:1")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from lazypull.format import FormatError, LayerReader
-from tests.helpers.oracle import Oracle
+from tests.helpers.oracle import Oracle, OracleError
 from tests.interop import compare
 from tests.interop.tarcases import TarCase
 
@@ -130,3 +130,19 @@ def test_vectors_same_tree_as_go(name: str, oracle: Oracle, vectors: Path) -> No
     with compare.opened(blob, go["tocDigest"]) as reader:
         problems = compare.diff_trees(compare.go_tree(go["entries"]), compare.our_tree(reader))
     assert not problems, f"{name}: Go reader vs our reader:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("damage", ["truncated-footer", "not-a-blob"])
+def test_damaged_blob_refused_by_both(
+    damage: str, oracle: Oracle, tar_cases: dict[str, TarCase], tmp_path: Path
+) -> None:
+    """A blob without a usable footer: the Go reader and ours both refuse to open it."""
+    blob = tmp_path / "go.blob"
+    oracle.build(tar_cases["many"].path, blob)
+    data = blob.read_bytes()
+    bad = tmp_path / "bad.blob"
+    bad.write_bytes(data[:-10] if damage == "truncated-footer" else b"\x00" * 4096)
+    with pytest.raises(OracleError):
+        oracle.verify(bad)
+    with pytest.raises(FormatError), compare.opened(bad):
+        pass
