@@ -283,15 +283,20 @@ class LayerManager:
             if layer is not None:
                 return layer
             source, external = make_source()
-            tree = open_layer_tree(digest, annotations, source, root=self.root, config=self.config,
-                                   cache=self.cache, external_toc=external)
+            tree = None
             path = self.paths.mountpoint(digest)
             try:
+                tree = open_layer_tree(digest, annotations, source, root=self.root, config=self.config,
+                                       cache=self.cache, external_toc=external)
                 fuse = mount_layer(tree, path, fsname=f"lazypull-{digest_hex(digest)[:16]}",
                                    passthrough=self.config.passthrough,
                                    workers=(1, max(4, self.config.fetch_workers)))
             except BaseException:
-                tree.close()
+                if tree is not None:
+                    tree.close()
+                close = getattr(source, "close", None)
+                if close is not None:
+                    close()
                 raise
             tree.start()
             layer = MountedLayer(digest, path, tree, fuse, source)
