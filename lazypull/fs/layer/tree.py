@@ -25,6 +25,7 @@ from lazypull.format import FormatError
 from lazypull.fs.cache import ChunkCache
 from lazypull.fs.config import FsConfig
 from lazypull.fs.fuse.tree import Attr, FuseError, StatFs
+from lazypull.fs.layer.access import AccessRecorder
 from lazypull.fs.layer.background import Background
 from lazypull.fs.layer.fetch import ChunkFetcher, ChunkUnavailable, Unit
 from lazypull.fs.layer.inodes import InodeTable, Node
@@ -48,6 +49,8 @@ class _FileChunks:
 
 class LayerTree:
     """Implements ``lazypull.fs.fuse.Tree`` for one layer. Thread-safe."""
+
+    access: AccessRecorder | None = None   # set at mount when asked (``access.recorder_for``)
 
     def __init__(self, digest: str, reader: Any, remote: RemoteBlob, cache: ChunkCache, stats: LayerStats,
                  config: FsConfig, layer_dir: Path) -> None:
@@ -129,6 +132,8 @@ class LayerTree:
         self.background.stop()
         self.fetcher.close()
         self._assembler.shutdown(wait=False, cancel_futures=True)
+        if self.access is not None:
+            self.access.close()
 
     # -- Tree --
 
@@ -171,6 +176,8 @@ class LayerTree:
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
         node = self._node(ino)
+        if self.access is not None:
+            self.access.note(ino, node.path)
         if node.children is not None:
             raise FuseError(errno.EISDIR)
         file_size = node.attr.size if node.entry is not None else 0
@@ -239,6 +246,8 @@ class LayerTree:
         self.fetcher.fetch_async(fc.chunks[start:stop], deadline=time.monotonic() + self.config.read_deadline)
 
     def backing_path(self, ino: int) -> str | None:
+        if self.access is not None and (opened := self.inodes.get(ino)) is not None:
+            self.access.note(ino, opened.path)      # called at open: files never read are recorded too
         if not self.config.passthrough:
             return None
         node = self.inodes.get(ino)
