@@ -27,15 +27,15 @@ from lazypull.snapshot.protocol import MAX_LINE, LayerMount, MountInfo, decode, 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 30.0
-START_GRACE = 10.0     # a server not holding its pidfile lock after this long has died
 
 # Run by an intermediate interpreter: start the daemon in its own session, then exit at once, so the
 # daemon is nobody's child but init's (no zombie left behind in a long-lived caller).
 _LAUNCHER = """
 import subprocess, sys
 log = open(sys.argv[1], "ab")
-subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                 start_new_session=True, close_fds=True)
+proc = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                        start_new_session=True, close_fds=True)
+print(proc.pid)
 """
 
 
@@ -186,17 +186,19 @@ class MountClient:
             sock = self._try_connect()
             if sock is not None:
                 return sock
+            pid: int | None = None
             if not _daemon_alive(self.paths):
                 log.info("starting the mount server for %s", self.paths.root)
                 cmd = [sys.executable, "-m", "lazypull", "daemon", "--root", str(self.paths.root)]
-                subprocess.run([sys.executable, "-c", _LAUNCHER, str(self.paths.logfile), *cmd],
-                               check=True, stdin=subprocess.DEVNULL)
+                launched = subprocess.run([sys.executable, "-c", _LAUNCHER, str(self.paths.logfile), *cmd],
+                                          check=True, stdin=subprocess.DEVNULL, capture_output=True)
+                pid = int(launched.stdout.decode().strip() or 0) or None
             began = time.monotonic()
             while time.monotonic() < began + START_TIMEOUT:
                 sock = self._try_connect()
                 if sock is not None:
                     return sock
-                if time.monotonic() > began + START_GRACE and not _daemon_alive(self.paths):
+                if pid is not None and not _pid_alive(pid):
                     raise MountError(f"the mount server exited during startup; see {self.paths.logfile}: "
                                      f"{_log_tail(self.paths.logfile)}")
                 time.sleep(0.05)
@@ -215,6 +217,15 @@ def _daemon_alive(paths: RunPaths) -> bool:
             fcntl.flock(fh, fcntl.LOCK_UN)
             return False
     except FileNotFoundError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process runs (the daemon is init's child, so it is reaped as soon as it exits)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (FileNotFoundError, IndexError):
         return False
 
 
