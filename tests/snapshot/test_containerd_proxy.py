@@ -113,3 +113,21 @@ def test_rpull_makes_remote_snapshots_and_containers_see_the_files(
     ctr.run(["snapshots", "--snapshotter", "lazypull", "rm", "ctr-1"])
     info = ctr.run(["snapshots", "--snapshotter", "lazypull", "info", chain[0]]).decode()
     assert "containerd.io/snapshot/remote" in info
+
+
+def test_ctr_run_on_a_lazily_pulled_image(setup: tuple[Ctr, Path, Path], registry: RegistryServer,
+                                          unique_repo: str) -> None:
+    from tests.helpers.rootfs import busybox_specs, push_lazy_image
+
+    ctr, root, base = setup
+    name, digests = push_lazy_image(base / "img", f"{registry.host}/{unique_repo}:v1", [busybox_specs()])
+    ctr.run(["image", "rpull", "--plain-http", "--snapshotter", "lazypull", name], tool="ctr-remote",
+            timeout=120)
+    content = ctr.run(["content", "ls", "-q"]).decode().split()
+    assert not set(digests) & set(content), "the layer stayed in the registry"
+    out = ctr.run(["run", "--rm", "--snapshotter", "lazypull", name, "lazy-ctr-1",
+                   "/bin/busybox", "sh", "-c", "echo ran; /bin/busybox grep -c alice /etc/passwd"],
+                  timeout=120)
+    assert out.decode().split() == ["ran", "1"]
+    stats = MountClient(root, autostart=False).stats()["layers"]
+    assert set(digests) <= set(stats)
