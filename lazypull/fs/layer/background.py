@@ -112,6 +112,7 @@ class Background:
             self.stats.set(background_done=done)
             if not batches:
                 self.stats.set(background_state="done")
+                self.fetcher.preloaded = []
                 return
             self.stats.set(background_state="running" if attempt == 0 else "retrying")
             with ThreadPoolExecutor(self.config.background_concurrency,
@@ -124,6 +125,7 @@ class Background:
                 return
             if not failed:
                 self.stats.set(background_state="done", background_done=self.stats.background_total)
+                self.fetcher.preloaded = []     # everything is cached: the TOC tail bytes are not needed
                 return
             log.warning("layer %s: %d background batch(es) failed; retrying in %.0fs",
                         self.fetcher.digest, failed, delay)
