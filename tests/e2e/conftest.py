@@ -177,13 +177,14 @@ class SeedImage:
     """The image the walk-through starts from, and what is in it."""
 
     registry: RegistryServer
-    ref: str                      # HOST/e2e/foo:latest (Docker media types, gzip layers)
+    ref: str                      # HOST/e2e/foo:latest: Docker manifest list (amd64, arm64), gzip layers
     repo: str                     # HOST/e2e
     tars: list[bytes]             # the layers' uncompressed tars, bottom first
     diff_ids: list[str]
     layer_digests: list[str]
-    config_digest: str
-    manifest_digest: str
+    config_digest: str            # of the linux/amd64 image
+    manifest_digest: str          # of the linux/amd64 image
+    root_digest: str              # of the manifest list: the image's digest
     build_root: Path              # a store root that holds ``ref`` (pulled with overlayfs)
     big_file: bytes               # /data/big.bin, incompressible, never read by the tests' commands
 
@@ -203,7 +204,10 @@ def seed_layers(big: bytes) -> list[list[TarEntrySpec]]:
 
 @pytest.fixture(scope="package")
 def seed_image(registry: RegistryServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedImage]:
-    """``HOST/e2e/foo:latest`` pushed to the registry, and a store root where it was "built"."""
+    """``HOST/e2e/foo:latest`` pushed to the registry, and a store root where it was "built".
+
+    The tests assume this machine is linux/amd64 (the platform every command picks by default).
+    """
     from lazypull.image import Layout, Store, copy_into_store
     from lazypull.image.push import push_image
     from lazypull.registry import RegistryClient
@@ -211,8 +215,11 @@ def seed_image(registry: RegistryServer, tmp_path_factory: pytest.TempPathFactor
     work = tmp_path_factory.mktemp("e2e-seed")
     big = os.urandom(BIG_SIZE)
     ref = f"{registry.host}/e2e/foo:latest"
+    # like the seed's ghcr.io images: a list of platforms (the same layers, one config each)
     built = make_oci_layout(work / "layout", seed_layers(big), tag="v1", docker=True,
+                            platforms=["linux/amd64", "linux/arm64/v8"],
                             config={"config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]}})
+    assert built.image.platform == "linux/amd64"
     layout = Layout(built.path)
     staging = Store(Path(tempfile.mkdtemp(dir=work)))
     copy_into_store(staging, layout.root("v1"), layout, ref, source=None, platforms=None)
@@ -222,7 +229,7 @@ def seed_image(registry: RegistryServer, tmp_path_factory: pytest.TempPathFactor
     build_root = work / "build-root"
     build_root.mkdir()
     ok(cli(build_root, "--insecure-registry", "pull", "--snapshotter=overlayfs", ref))
-    yield SeedImage(registry, ref, f"{registry.host}/e2e", built.image.tars, built.image.diff_ids,
-                    built.image.layer_digests,
-                    built.image.config_digest, built.image.manifest_digest, build_root, big)
+    image = built.image
+    yield SeedImage(registry, ref, f"{registry.host}/e2e", image.tars, image.diff_ids, image.layer_digests,
+                    image.config_digest, image.manifest_digest, built.root_digest, build_root, big)
     clean_root(build_root)

@@ -44,6 +44,8 @@ from tests.e2e.conftest import (
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd"
 DOCKER_GZIP_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
@@ -95,24 +97,36 @@ def inspect(root: Path, name: str) -> dict[str, Any]:
     return obj
 
 
-def stored_manifest(root: Path, digest: str) -> dict[str, Any]:
-    """A manifest as the store at ``root`` keeps it."""
-    blob = root / "content" / "blobs" / "sha256" / digest.removeprefix("sha256:")
-    manifest = json.loads(blob.read_bytes())
+def stored_manifest(root: Path, name: str) -> tuple[dict[str, Any], int]:
+    """The manifest (this machine's platform) of a stored image, and BLOB SIZE as nerdctl counts it:
+    index (if any) + manifest + config + compressed layers."""
+    info = inspect(root, name)
+    raw = (root / "content" / "blobs" / "sha256" / info["Manifest"].removeprefix("sha256:")).read_bytes()
+    manifest = json.loads(raw)
     assert isinstance(manifest, dict)
-    return manifest
-
-
-def blob_total(manifest_size: int, manifest: dict[str, Any]) -> int:
-    """BLOB SIZE of a single-manifest image: manifest + config + compressed layers."""
-    return manifest_size + int(manifest["config"]["size"]) + sum(int(d["size"]) for d in manifest["layers"])
+    total = len(raw) + int(manifest["config"]["size"]) + sum(int(d["size"]) for d in manifest["layers"])
+    if info["Target"]["digest"] != info["Manifest"]:
+        total += int(info["Target"]["size"])
+    return manifest, total
 
 
 def manifest_from_registry(ref: str) -> tuple[str, str, dict[str, Any]]:
-    """(digest, media type, manifest) as the registry serves ``ref``."""
+    """The digest and media type of what ``ref`` names in the registry (an index or a manifest), and
+    the manifest of this machine's platform."""
     with RegistryClient(insecure=True) as client:
-        raw, media_type, digest = client.get_manifest(ref)
+        _, media_type, digest = client.get_manifest(ref)
+        raw, _, _ = client.resolve_image(ref)
     return digest, media_type, json.loads(raw)
+
+
+def index_from_registry(ref: str) -> dict[str, Any]:
+    """The index (manifest list) ``ref`` names."""
+    with RegistryClient(insecure=True) as client:
+        raw, media_type, _ = client.get_manifest(ref)
+    assert media_type in (OCI_INDEX, DOCKER_MANIFEST_LIST), media_type
+    index = json.loads(raw)
+    assert isinstance(index, dict)
+    return index
 
 
 def blob_from_registry(ref: str, digest: str) -> bytes:
@@ -349,10 +363,14 @@ def test_convert_estargz_oci_and_push(seed_image: SeedImage, esgz: Converted) ->
     assert esgz.convert.stderr == ""
     assert digest_out(esgz.push) == esgz.digest
     source = inspect(seed_image.build_root, seed_image.ref)
-    assert source["Target"]["mediaType"] == DOCKER_MANIFEST
+    assert source["Target"]["mediaType"] == DOCKER_MANIFEST_LIST
+    assert manifest_from_registry(seed_image.ref)[2]["mediaType"] == DOCKER_MANIFEST
     assert {layer["mediaType"] for layer in source["Layers"]} == {DOCKER_GZIP_LAYER}
     converted = inspect(seed_image.build_root, esgz.name)
-    assert converted["Target"]["mediaType"] == OCI_MANIFEST and converted["Id"] == esgz.digest
+    assert converted["Target"]["mediaType"] == OCI_INDEX and converted["Id"] == esgz.digest
+    # as nerdctl without --all-platforms: the index keeps this machine's platform only
+    (entry,) = index_from_registry(esgz.name)["manifests"]
+    assert (entry["mediaType"], entry["platform"]) == (OCI_MANIFEST, {"architecture": "amd64", "os": "linux"})
     # what the registry now serves is the OCI eStargz image
     assert esgz.manifest["mediaType"] == OCI_MANIFEST
     assert len(esgz.manifest["layers"]) == len(seed_image.tars)
@@ -380,7 +398,7 @@ def test_convert_without_oci_warns(seed_image: SeedImage, flag: str) -> None:
     converted = inspect(seed_image.build_root, name)
     assert converted["Id"] == digest_out(result)
     assert all(TOC_DIGEST in layer["annotations"] for layer in converted["Layers"])
-    assert converted["Target"]["mediaType"] == DOCKER_MANIFEST, "without --oci the manifest type stays"
+    assert converted["Target"]["mediaType"] == DOCKER_MANIFEST_LIST, "without --oci the Docker types stay"
     ok(cli(seed_image.build_root, "rmi", name))
 
 
@@ -396,20 +414,17 @@ def test_min_chunk_size_convert_and_image_ls(seed_image: SeedImage, esgz: Conver
     listing = ok(cli(seed_image.build_root, "image", "ls")).stdout
     assert ok(cli(seed_image.build_root, "images")).stdout == listing
     rows = image_rows(listing)
-    source_info = inspect(seed_image.build_root, seed_image.ref)
     source = rows[f"{seed_image.repo}/foo:latest"]
-    assert source["IMAGE ID"] == seed_image.manifest_digest.removeprefix("sha256:")[:12]
+    assert source["IMAGE ID"] == seed_image.root_digest.removeprefix("sha256:")[:12]
     assert source["PLATFORM"] == "linux/amd64"
     assert source["SIZE"] == human_size(sum(len(t) for t in seed_image.tars))      # unpacked
-    assert source["BLOB SIZE"] == human_size(blob_total(
-        source_info["Target"]["size"], stored_manifest(seed_image.build_root, seed_image.manifest_digest)))
+    assert source["BLOB SIZE"] == human_size(stored_manifest(seed_image.build_root, seed_image.ref)[1])
     chunked = rows[f"{seed_image.host}/ubuntu:22.04-chunk50000"]
     assert chunked["IMAGE ID"] == digest.removeprefix("sha256:")[:12]
     assert chunked["PLATFORM"] == "linux/amd64"
     assert chunked["SIZE"] == "0.0 B", "converted, never unpacked (as in the seed)"
-    info = inspect(seed_image.build_root, name)
-    manifest = stored_manifest(seed_image.build_root, digest)
-    assert chunked["BLOB SIZE"] == human_size(blob_total(info["Target"]["size"], manifest))
+    manifest, blob_size = stored_manifest(seed_image.build_root, name)
+    assert chunked["BLOB SIZE"] == human_size(blob_size)
     # small files share gzip streams; a normal eStargz has one stream per file
     store_blobs = seed_image.build_root / "content" / "blobs" / "sha256"
     chunks, streams = shared_streams((store_blobs / manifest["layers"][0]["digest"][7:]).read_bytes())
@@ -472,8 +487,7 @@ def test_external_toc_convert_images_push(seed_image: SeedImage, external_toc: C
         external_toc.digest[7:19], "linux/amd64", "0.0 B")
     toc_digest, _, toc_manifest = manifest_from_registry(f"{name}-esgztoc")
     assert (toc["IMAGE ID"], toc["PLATFORM"], toc["SIZE"]) == (toc_digest[7:19], "linux", "0.0 B")
-    main_size = blob_total(inspect(seed_image.build_root, name)["Target"]["size"], external_toc.manifest)
-    assert main["BLOB SIZE"] == human_size(main_size)
+    assert main["BLOB SIZE"] == human_size(stored_manifest(seed_image.build_root, name)[1])
     # the layers carry no TOC: alone they cannot be opened; their TOCs are in the TOC image
     for layer in external_toc.layer_digests:
         with pytest.raises(FormatError):
