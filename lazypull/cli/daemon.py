@@ -14,9 +14,12 @@ from lazypull.cli._options import get_options, global_options
 @click.option("--containerd-socket", type=click.Path(dir_okay=False), default=None,
               help="Also serve containerd's snapshots API here (proxy plugin `lazypull`), e.g. "
                    "/run/containerd-lazypull-grpc/containerd-lazypull-grpc.sock.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Filesystem settings (TOML); default <root>/config.toml, else /etc/lazypull/config.toml.")
 @global_options
-def daemon_command(containerd_socket: str | None) -> None:
+def daemon_command(containerd_socket: str | None, config_file: str | None) -> None:
     """Run the mount server that keeps lazy layers mounted (foreground)."""
+    from lazypull.fs.config import load_config
     from lazypull.snapshot.server import run_daemon
 
     opts = get_options()
@@ -25,7 +28,9 @@ def daemon_command(containerd_socket: str | None) -> None:
     if not opts.debug:   # one line per range request is too much for the log
         logging.getLogger("httpx").setLevel(logging.WARNING)
     opts.root.mkdir(parents=True, exist_ok=True)
-    run_daemon(opts.root.resolve(), containerd_socket=Path(containerd_socket) if containerd_socket else None,
+    config = load_config(opts.root, Path(config_file) if config_file else None)
+    socket = Path(containerd_socket) if containerd_socket else None
+    run_daemon(opts.root.resolve(), config, containerd_socket=socket,
                insecure_registries=opts.insecure_registries)
 
 

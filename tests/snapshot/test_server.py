@@ -103,3 +103,14 @@ def test_a_server_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> 
     (tmp_path / "config.toml").write_text("prefetch = [\n")
     with pytest.raises(MountError, match=r"exited during startup.*not valid TOML"):
         MountClient(tmp_path).ping()
+
+
+def test_daemon_takes_an_explicit_config_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("nonsense = 1\n")
+    proc = subprocess.run([sys.executable, "-m", "lazypull", "--root", str(tmp_path / "root"), "daemon",
+                           "--config", str(bad)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "unknown setting 'nonsense'" in proc.stderr
