@@ -68,6 +68,9 @@ def stats_command(as_json: bool) -> None:
     if not console.is_terminal:     # piped: do not squeeze the table into 80 columns
         console = Console(width=200)
     console.print(table)
+    for digest, data in sorted(stats.get("layers", {}).items()):
+        for line in data.get("last_errors") or []:
+            console.print(f"{digest.removeprefix('sha256:')[:12]}: {line}", markup=False, highlight=False)
 
 
 COMMANDS = [stats_command]

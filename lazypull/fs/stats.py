@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,14 @@ class LayerStats:
     background_total: int = 0       # compressed bytes the background fetch has to cover
     background_done: int = 0        # ... of which already cached or fetched
     background_state: str = "off"   # off | waiting | running | done | failed
+    last_errors: list[str] = field(default_factory=list)   # the latest read failures, newest last
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def error(self, message: str, keep: int = 10) -> None:
+        """Remember a read failure (with its time) for ``lazypull stats``."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with self._lock:
+            self.last_errors = [*self.last_errors[-(keep - 1):], f"{stamp} {message}"]
 
     def add(self, **deltas: int) -> None:
         """Increment counters atomically."""
@@ -43,4 +51,6 @@ class LayerStats:
     def snapshot(self) -> dict[str, Any]:
         """A JSON-ready copy."""
         with self._lock:
-            return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+            data = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+            data["last_errors"] = list(self.last_errors)
+            return data

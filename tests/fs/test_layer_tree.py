@@ -132,6 +132,7 @@ def test_corrupt_chunk_refetched_once_then_eio_logged(blob: Blob, tmp_path: Path
     assert err.value.errno == errno.EIO
     text = caplog.text
     assert blob.digest in text and "bin/big" in text
+    assert len(tree.stats.last_errors) == 1 and "bin/big" in tree.stats.snapshot()["last_errors"][0]
     third = tree._chunks_of(ino).chunks[2]
     assert not tree.cache.has(third.digest, third.chunk_size)
     tree.close()

@@ -214,6 +214,7 @@ class LayerTree:
                 got = self.fetcher.get(missing, deadline=time.monotonic() + self.config.read_deadline)
             except ChunkUnavailable as err:
                 self.stats.add(read_errors=1)
+                self.stats.error(f"read of {node.path!r} [{offset}, {end}): {err}")
                 log.error("layer %s: read of %r [%d, %d) failed: %s",
                           self.digest, node.path, offset, end, err)
                 raise FuseError(errno.EIO, str(err)) from err
