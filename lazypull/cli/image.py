@@ -308,16 +308,20 @@ def _pull(ref: str, platform: tuple[str, ...], all_platforms: bool, quiet: bool)
         record = pull_image(store, client, parsed, platforms=plats, all_platforms=plats is None,
                             fetch_layers=not lazy, progress=progress)
     platform_obj = plats[0] if plats else None
+    from lazypull.runtime.layers import lower_dirs
+
     if lazy:
-        # Layers stay in the registry; the mount server mounts the lazy ones (and fetches the others).
+        # Layers stay in the registry; the mount server mounts the lazy ones; the others are fetched
+        # and unpacked now, as stargz-snapshotter leaves them to containerd's normal unpack.
         from lazypull.snapshot import MountClient
 
         with MountClient(opts.root) as mounts:
-            mounts.mount_image(record.name, insecure=opts.insecure_registries)
+            layer_mounts = mounts.mount_image(record.name, insecure=opts.insecure_registries)
+        if not all(m.lazy for m in layer_mounts):
+            lower_dirs(opts.root, store, store.resolve(record.name, platform_obj), layer_mounts,
+                       lambda: _client(opts))
     else:
         # Unpack like nerdctl does on pull, so containers start from extracted layers.
-        from lazypull.runtime.layers import lower_dirs
-
         lower_dirs(opts.root, store, store.resolve(record.name, platform_obj), None)
     click.echo(record.target.digest)
 
