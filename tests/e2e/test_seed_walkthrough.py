@@ -355,6 +355,24 @@ def test_benchmark_commands_print_hi(roots: Roots, seed_image: SeedImage, esgz: 
     assert mounts_under(root) == []
 
 
+def test_stargz_pull_of_a_legacy_image_unpacks_it(roots: Roots, seed_image: SeedImage) -> None:
+    """`lazypull pull --snapshotter=stargz` of an image that is not eStargz: nothing can be served
+    lazily, so the layers are fetched and unpacked by the pull (as containerd unpacks them when
+    stargz-snapshotter declines), and a later run fetches nothing."""
+    root = roots.new("legacy-pull")
+    pull = ok(run_lazypull(root, "pull", "--snapshotter=stargz", "--insecure-registry", seed_image.ref))
+    assert digest_out(pull) == seed_image.root_digest
+    assert layer_mounts(root) == {}
+    for layer, tar in zip(seed_image.layer_digests, seed_image.tars, strict=True):
+        assert_tree_is_tar(root / "snapshots" / layer[7:] / "fs", tar)
+    row = image_rows(ok(cli(root, "images")).stdout)[f"{seed_image.repo}/foo:latest"]
+    assert row["SIZE"] == human_size(sum(len(t) for t in seed_image.tars))
+    mark = seed_image.registry.log_mark()
+    result = ok(run_lazypull(root, "run", "--rm", "--pull=never", seed_image.ref, "cat", "/srv/motd"))
+    assert result.stdout == MOTD.decode()
+    assert [e for e in seed_image.registry.access_log(mark) if "/blobs/" in e.path] == []
+
+
 # -- "Building stargz images using `nerdctl build`" ----------------------------------------------------
 
 def test_convert_estargz_oci_and_push(seed_image: SeedImage, esgz: Converted) -> None:
