@@ -1,0 +1,269 @@
+"""``lazypull image optimize``: convert an image with the files a run of it uses first (``ctr-remote
+image optimize``).
+
+The run: the temporary eStargz copy of SRC is mounted by the mount server with the layers' access
+recorders on (``lazypull.fs.layer.access``), a container is started over it with runc (network
+``none`` unless ``--net host``), and stopped when its command exits, when ``--wait-line`` appears in
+its output, or after ``--period`` seconds. Its output goes to our stderr; stdout gets DST's digest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import click
+
+from lazypull.cli._image_progress import make_progress
+from lazypull.cli._options import get_options, global_options
+from lazypull.cli.image import _familiar, _source_root, _toc_name, image_group, logrus
+from lazypull.errors import LazypullError, MountError
+from lazypull.fs.layer.access import is_recording, read_access_log, request_recording, withdraw_request
+from lazypull.image import Layout, Store, normalize_name
+from lazypull.image import mediatypes as mt
+from lazypull.image.convert import ConvertOptions, LayerFormat
+from lazypull.image.errors import ImageError
+from lazypull.image.optimize import RecordEntry, optimize_image
+from lazypull.image.platform import host_platform, parse_platform
+from lazypull.runtime import (
+    ContainerOptions,
+    ContainerRecord,
+    Containers,
+    Stdio,
+    new_container_id,
+    parse_env,
+    parse_volume,
+)
+from lazypull.runtime.layers import lower_dirs
+from lazypull.snapshot import MountClient
+from lazypull.snapshot.paths import RunPaths
+
+KILL_RETRY = 0.5     # seconds between kills of a container that outlived its period (it may be starting)
+
+
+def parse_json_list(text: str, flag: str) -> tuple[str, ...]:
+    """A JSON array of strings (``--args '["-c", "x"]'``); ``--entrypoint`` also takes a plain string."""
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        if flag == "--entrypoint":
+            return (text,)
+        raise click.BadParameter(f"not JSON: {err}", param_hint=flag) from err
+    if isinstance(value, str) and flag == "--entrypoint":
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise click.BadParameter("expected a JSON array of strings", param_hint=flag)
+    return tuple(value)
+
+
+class _Watch:
+    """Ends a running container after ``period`` s or once ``wait_line`` shows in its output, and
+    copies that output to our stderr."""
+
+    def __init__(self, containers: Containers, container_id: str, period: float, wait_line: str | None):
+        self.containers = containers
+        self.container_id = container_id
+        self.period = period
+        self.wait_line = wait_line.encode() if wait_line else None
+        self.stop = threading.Event()        # the container must end (period over, line seen)
+        self.exited = threading.Event()      # it has ended
+        self.reason = ""
+        read_fd, write_fd = os.pipe()
+        self.output = os.fdopen(write_fd, "wb")
+        self._reader = threading.Thread(target=self._copy, args=(read_fd,), daemon=True)
+        self._killer = threading.Thread(target=self._kill_when_due, daemon=True)
+
+    def __enter__(self) -> _Watch:
+        self._reader.start()
+        self._killer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.exited.set()
+        self.output.close()
+        self._reader.join(timeout=5)
+        self._killer.join(timeout=5)
+
+    def _copy(self, fd: int) -> None:
+        pending = b""
+        with os.fdopen(fd, "rb", buffering=0) as pipe:
+            while data := pipe.read(1 << 16):
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stderr.buffer.write(data)
+                    sys.stderr.buffer.flush()
+                if self.wait_line is not None and not self.stop.is_set():
+                    pending = (pending + data)[-(len(self.wait_line) + (1 << 16)):]
+                    if self.wait_line in pending:
+                        self.reason = "the awaited line appeared"
+                        self.stop.set()
+
+    def _kill_when_due(self) -> None:
+        if not self.stop.wait(self.period) and not self.exited.is_set():
+            self.reason = f"the period of {self.period:g}s is over"
+            self.stop.set()
+        while not self.exited.is_set():
+            self.containers.runc.kill(self.container_id, "KILL")
+            self.exited.wait(KILL_RETRY)
+
+
+def run_workload(root: Path, store: Store, image: str, digests: list[str], options: ContainerOptions, *,
+                 period: float, wait_line: str | None) -> dict[str, list[tuple[str, int]]]:
+    """Run ``image`` with its layers' access recorders on; the accesses per layer digest."""
+    paths = RunPaths(root)
+    layer_dirs = {digest: paths.layer_dir(digest) for digest in digests}
+    for layer_dir in layer_dirs.values():
+        request_recording(layer_dir)
+    containers = Containers(root)
+    container_id = new_container_id()
+    record: ContainerRecord | None = None
+    with MountClient(root) as client:
+        try:
+            mounts = client.mount_image(image, holder=container_id, wait_prefetch=False)
+            for layer_dir in layer_dirs.values():
+                withdraw_request(layer_dir)
+            stale = [m.digest for m in mounts if m.lazy and not is_recording(layer_dirs[m.digest])]
+            if stale:
+                held = {m.digest: m.holders for m in client.list_mounts()}
+                raise MountError("cannot record accesses: layer(s) " + ", ".join(
+                    f"{d} (held by {', '.join(h for h in held.get(d, []) if h != container_id) or '?'})"
+                    for d in stale) + " were mounted before recording started; release them first")
+            resolved = store.resolve(image)
+            lowers = lower_dirs(root, store, resolved, mounts)
+            record = containers.create(image=image, image_config=resolved.config.get("config") or {},
+                                       lowers_top_first=lowers, options=options,
+                                       name=f"optimize-{container_id[:12]}", snapshotter="stargz",
+                                       container_id=container_id)
+            with _Watch(containers, container_id, period, wait_line) as watch:
+                stdio = Stdio(stdout=watch.output, stderr=watch.output)
+                code = containers.run(record, tty=False, stdio=stdio)
+            if watch.reason:
+                logrus("INFO", f"stopped the workload: {watch.reason}")
+            elif code != 0:
+                logrus("WARN", f"the workload exited with status {code}; recording what it read anyway")
+            return {digest: [(a.path, a.time_ns) for a in read_access_log(layer_dir)]
+                    for digest, layer_dir in layer_dirs.items()}
+        finally:
+            for layer_dir in layer_dirs.values():
+                withdraw_request(layer_dir)
+            if record is not None:
+                with contextlib.suppress(LazypullError):
+                    containers.remove(record, force=True)
+            with contextlib.suppress(MountError):
+                client.release_image(image, holder=container_id)
+
+
+def _summary(entries: Sequence[RecordEntry], layers: int) -> str:
+    per_layer: Mapping[int, int] = {i: sum(1 for e in entries if e.layer_index == i) for i in range(layers)}
+    return ", ".join(f"layer {i}: {n}" for i, n in per_layer.items() if n) or "none"
+
+
+@click.command("optimize", context_settings={"allow_interspersed_args": True})
+@click.option("--period", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds to run the workload before stopping it.")
+@click.option("--wait-line", metavar="TEXT", help="Stop the workload once its output shows TEXT.")
+@click.option("--entrypoint", help="Entrypoint of the workload (JSON array or one path).")
+@click.option("--args", "args_", metavar="JSON", help="Arguments for the entrypoint (JSON array).")
+@click.option("-e", "--env", multiple=True, metavar="KEY=VALUE", help="Environment variable of the workload.")
+@click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:DST[:ro]",
+              help="Bind-mount a host path.")
+@click.option("--net", "network", type=click.Choice(["none", "host"]), default="none", show_default=True,
+              help="Network of the workload (none: loopback only).")
+@click.option("--record-out", type=click.Path(dir_okay=False),
+              help="Write the access record (ctr-remote's JSON lines) here.")
+@click.option("--zstdchunked", is_flag=True, help="Make zstd:chunked layers (default: eStargz).")
+@click.option("--estargz-compression-level", type=int, default=9, show_default=True,
+              help="eStargz gzip level (0-9).")
+@click.option("--estargz-chunk-size", type=int, default=0, help="eStargz chunk size (0: 4 MiB).")
+@click.option("--estargz-min-chunk-size", type=int, default=0,
+              help="Minimal bytes per gzip stream (0: one stream per chunk).")
+@click.option("--estargz-external-toc", is_flag=True,
+              help="Put the TOC in a separate DST-esgztoc image (experimental).")
+@click.option("--zstdchunked-compression-level", type=int, default=3, show_default=True,
+              help="zstd:chunked level.")
+@click.option("--zstdchunked-chunk-size", type=int, default=0, help="zstd:chunked chunk size (0: 4 MiB).")
+@click.option("--oci", is_flag=True, help="Convert Docker media types to OCI ones.")
+@click.option("--platform", help="Platform to run and convert (default: this machine's).")
+@click.argument("src")
+@click.argument("dst")
+@global_options
+def optimize_command(period: float, wait_line: str | None, entrypoint: str | None, args_: str | None,
+                     env: tuple[str, ...], volumes: tuple[str, ...], network: str, record_out: str | None,
+                     zstdchunked: bool, estargz_compression_level: int, estargz_chunk_size: int,
+                     estargz_min_chunk_size: int, estargz_external_toc: bool,
+                     zstdchunked_compression_level: int, zstdchunked_chunk_size: int, oci: bool,
+                     platform: str | None, src: str, dst: str) -> None:
+    """Run SRC, record the files it reads, and convert it to DST with those files first.
+
+    SRC is a stored image, an oci:DIR[:TAG] layout or a registry image (pulled first); DST a store
+    name or an oci:DIR[:TAG] layout. DST's layers are eStargz (or zstd:chunked) with the files the
+    run opened, in the order it opened them, before `.prefetch.landmark`: a lazy run fetches them
+    in one request at mount.
+    """
+    opts = get_options()
+    plat = parse_platform(platform) if platform else host_platform()
+    layer_format: LayerFormat = "zstdchunked" if zstdchunked else "estargz"
+    options = ConvertOptions(
+        layer_format=layer_format, oci=oci, estargz_level=estargz_compression_level,
+        estargz_chunk_size=estargz_chunk_size, estargz_min_chunk_size=estargz_min_chunk_size,
+        estargz_external_toc=estargz_external_toc, zstd_level=zstdchunked_compression_level,
+        zstd_chunk_size=zstdchunked_chunk_size, platforms=[plat])
+    options.check()
+    container = ContainerOptions(
+        entrypoint=parse_json_list(entrypoint, "--entrypoint") if entrypoint is not None else None,
+        command=parse_json_list(args_, "--args") if args_ is not None else None,
+        env=parse_env(env), volumes=tuple(parse_volume(v) for v in volumes), network=network)
+    if layer_format == "estargz" and not oci:
+        logrus("WARN", "option --estargz should be used in conjunction with --oci")
+    store = Store(opts.root)
+    layout, tag = Layout.from_reference(dst) if dst.startswith("oci:") else (None, None)
+    dst_name = None if layout is not None else normalize_name(dst)
+
+    def workload(image: str, digests: list[str]) -> dict[str, list[tuple[str, int]]]:
+        logrus("INFO", f"running the workload for up to {period:g}s")
+        return run_workload(opts.root, store, image, digests, container, period=period, wait_line=wait_line)
+
+    def write_record(entries: list[RecordEntry]) -> None:
+        layers = 1 + max((e.layer_index for e in entries), default=-1)
+        logrus("INFO", f"recorded {len(entries)} file(s) ({_summary(entries, layers)})")
+        if record_out:
+            try:
+                Path(record_out).write_text("".join(e.to_json() for e in entries))
+            except OSError as err:
+                raise ImageError(f"cannot write the record to {record_out}: {err.strerror}") from err
+
+    with store.lease():
+        src_root = _source_root(store, src, opts, [plat])
+        with make_progress() as progress:
+            result = optimize_image(store, src_root, layout if layout is not None else store, options, plat,
+                                    workload, progress, on_record=write_record)
+        converted = result.convert
+        if layout is not None:
+            layout.add_entry(converted.root, tag)
+            if converted.toc_image is not None:
+                toc_tag = (tag or "latest") + mt.TOC_IMAGE_SUFFIX
+                layout.add_entry(converted.toc_image, toc_tag)
+                logrus("INFO", f"Extra image(0) {dst.rsplit(':', 1)[0] if tag else dst}:{toc_tag}")
+        else:
+            assert dst_name is not None
+            try:
+                store.put_image(dst_name, converted.root)
+                if converted.toc_image is not None:
+                    toc_name = _toc_name(dst_name)
+                    store.put_image(toc_name, converted.toc_image)
+                    logrus("INFO", f"Extra image(0) {_familiar(toc_name)}")
+            except LazypullError:
+                store.discard_unreferenced(converted.added)
+                raise
+    click.echo(converted.root.digest)
+
+
+image_group.add_command(optimize_command)
+
+COMMANDS: list[click.Command] = []   # `optimize` lives in the `image` group (added above)
+
+__all__ = ["COMMANDS", "optimize_command", "parse_json_list", "run_workload"]

@@ -1,0 +1,175 @@
+"""Workload-based optimisation (``lazypull image optimize``): the image's files in the order a run uses them.
+
+What ``ctr-remote image optimize`` does, in three steps:
+
+1. SRC (one platform) is converted to a temporary plain eStargz image in the store, so that every
+   layer can be mounted lazily; eStargz at gzip level 1, since it only lives for the run;
+2. a *workload* (the caller: it needs the mount server and runc, which this package may not import)
+   runs that image for a while and reports, per temporary layer digest, the files the layer served
+   with their first-access time;
+3. the accesses become a ctr-remote record (JSON lines ``{"path", "manifestDigest", "layerIndex"}``,
+   in first-access order over all layers, naming SRC's manifest) and SRC is converted to DST with it
+   (``convert_image`` with ``ConvertOptions.record``): each layer has the files its run read first,
+   then ``.prefetch.landmark``, then the rest.
+
+The temporary image is removed (name and blobs) whatever happens. Hold ``store.lease()`` around
+:func:`optimize_image` and the naming of DST.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+from lazypull.image import mediatypes as mt
+from lazypull.image.convert import BlobSink, ConvertOptions, ConvertResult, convert_image
+from lazypull.image.errors import ImageError, PlatformNotFoundError
+from lazypull.image.model import Image, ImageIndex, Root
+from lazypull.image.progress import NULL_PROGRESS, Progress
+from lazypull.image.record import parse_record
+from lazypull.image.store import Store, normalize_name
+from lazypull.registry import Platform
+
+TEMPORARY_REPOSITORY = "localhost/lazypull-optimize"
+TEMPORARY_LEVEL = 1
+
+# (temporary image name, its layer digests bottom first) -> {layer digest: [(path, first access ns)]}
+Workload = Callable[[str, list[str]], Mapping[str, Sequence[tuple[str, int]]]]
+
+
+@dataclass(frozen=True)
+class RecordEntry:
+    """One line of a ctr-remote record: a file the workload used, and the layer that served it."""
+
+    path: str
+    manifest_digest: str
+    layer_index: int
+
+    def to_json(self) -> str:
+        """The line as ctr-remote writes it (Go's encoder: field order, compact, newline)."""
+        return json.dumps({"path": self.path, "manifestDigest": self.manifest_digest,
+                           "layerIndex": self.layer_index}, separators=(",", ":"), ensure_ascii=False) + "\n"
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    """DST's conversion, the record it was converted with, and SRC's manifest the record names."""
+
+    convert: ConvertResult
+    entries: list[RecordEntry]
+    manifest_digest: str
+
+    @property
+    def record_text(self) -> str:
+        """The record file (``--record-out``)."""
+        return "".join(e.to_json() for e in self.entries)
+
+
+@dataclass(frozen=True)
+class _OptimizeConvertOptions(ConvertOptions):
+    """``convert``'s options, also allowing a record with zstd:chunked (its writer prioritises files
+    the same way; ``image convert`` only takes ``--estargz-record-in`` with ``--estargz``)."""
+
+    def check(self) -> None:
+        plain = {f.name: getattr(self, f.name) for f in dataclasses.fields(ConvertOptions)}
+        if self.layer_format == "zstdchunked":
+            plain["record"] = None
+        ConvertOptions(**plain).check()
+        if self.record and self.layer_format not in ("estargz", "zstdchunked"):
+            raise ImageError("optimize needs --estargz or --zstdchunked layers")
+
+
+def select_image(root: Root, platform: Platform, depth: int = 0) -> Image:
+    """The image of ``root`` for ``platform`` (``root`` itself when it is a single manifest)."""
+    if not mt.is_index(root.media_type()):
+        return cast(Image, root)
+    if depth > 4:
+        raise ImageError(f"index {root.digest()}: indexes nested too deeply")
+    index = cast(ImageIndex, root)
+    for entry in index.manifests():
+        if mt.is_attestation(entry.annotations):
+            continue
+        if entry.platform is not None and not platform.matches(entry.platform):
+            continue
+        if mt.is_manifest(entry.media_type):
+            return index.image(entry)
+        if mt.is_index(entry.media_type):
+            try:
+                return select_image(index.index(entry), platform, depth + 1)
+            except PlatformNotFoundError:
+                continue
+    raise PlatformNotFoundError(f"index {root.digest()} has no image for platform {platform}")
+
+
+def build_record(manifest_digest: str, layer_digests: Sequence[str],
+                 accesses: Mapping[str, Sequence[tuple[str, int]]]) -> list[RecordEntry]:
+    """Record entries in first-access order over all layers, each path once.
+
+    A layer digest appearing at several indexes (identical layers) is one mount: its files are
+    given to the topmost of those indexes, the one overlayfs reads them from.
+    """
+    top_index = {digest: i for i, digest in enumerate(layer_digests)}
+    timed: list[tuple[int, int, int, str]] = []
+    for digest, files in accesses.items():
+        if digest not in top_index:
+            raise ImageError(f"accesses reported for layer {digest}, which the image does not have")
+        index = top_index[digest]
+        timed.extend((time_ns, index, n, path) for n, (path, time_ns) in enumerate(files))
+    timed.sort()
+    seen: set[str] = set()
+    entries: list[RecordEntry] = []
+    for _, index, _, path in timed:
+        if path not in seen:
+            seen.add(path)
+            entries.append(RecordEntry(path, manifest_digest, index))
+    return entries
+
+
+def temporary_name() -> str:
+    """A fresh store name for the temporary eStargz image."""
+    return normalize_name(f"{TEMPORARY_REPOSITORY}:{secrets.token_hex(8)}")
+
+
+def optimize_image(store: Store, src: Root, sink: BlobSink, options: ConvertOptions, platform: Platform,
+                   workload: Workload, progress: Progress = NULL_PROGRESS,
+                   on_record: Callable[[list[RecordEntry]], None] | None = None) -> OptimizeResult:
+    """Record ``workload`` on SRC's ``platform`` image, then convert SRC into ``sink`` with the record.
+
+    ``options`` says DST's layer format (eStargz or zstd:chunked) and the usual conversion flags;
+    its ``platforms`` is replaced by ``[platform]``. ``on_record`` sees the record before the final
+    conversion (``--record-out`` is written even if that fails). The caller names the result.
+    """
+    if options.layer_format not in ("estargz", "zstdchunked"):
+        raise ImageError("optimize converts to eStargz or zstd:chunked: give --estargz (default) "
+                         "or --zstdchunked")
+    final = _OptimizeConvertOptions(**{f.name: getattr(options, f.name)
+                                       for f in dataclasses.fields(ConvertOptions)})
+    final = dataclasses.replace(final, platforms=[platform], record=None)
+    final.check()               # refuse bad flags before the (long) run
+    image = select_image(src, platform)
+    temporary = ConvertOptions(layer_format="estargz", oci=True, estargz_level=TEMPORARY_LEVEL)
+    name = temporary_name()
+    converted = convert_image(image, store, temporary, progress)
+    try:
+        store.put_image(name, converted.root)
+        digests = [layer.desc.digest for layer in converted.layers]
+        accesses = workload(name, digests)
+    finally:
+        if store.find_image(name) is not None:
+            store.remove(name)
+        store.discard_unreferenced(list(converted.added))
+    entries = build_record(image.digest(), digests, accesses)
+    if on_record is not None:
+        on_record(entries)
+    text = "".join(e.to_json() for e in entries)
+    record = parse_record(text, "the recorded workload") if entries else None
+    result = convert_image(src, sink, dataclasses.replace(final, record=record), progress)
+    return OptimizeResult(result, entries, image.digest())
+
+
+__all__ = ["OptimizeResult", "RecordEntry", "Workload", "build_record", "optimize_image", "select_image",
+           "temporary_name"]

@@ -1,0 +1,265 @@
+"""``lazypull image optimize``: a real run (mount server, FUSE, runc) of a two-layer busybox image from
+Debian's docker-registry records the files it reads, and DST has them before ``.prefetch.landmark``,
+so a lazy mount of DST prefetches them in its first request."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lazypull.errors import MountError
+from lazypull.format import BytesSource, open_layer
+from lazypull.fs.layer.access import (
+    LOG_NAME,
+    AccessRecorder,
+    is_recording,
+    read_access_log,
+    recorder_for,
+    request_recording,
+    withdraw_request,
+)
+from lazypull.image import Store, pull_image
+from lazypull.image import mediatypes as mt
+from lazypull.image.errors import ImageError
+from lazypull.image.optimize import RecordEntry, build_record
+from lazypull.image.record import parse_record
+from lazypull.registry import RegistryClient
+from lazypull.runtime.overlay import mountpoints, unmount
+from tests.helpers.images import directory, file
+from tests.helpers.registry import RegistryServer
+from tests.helpers.rootfs import busybox_specs, push_image_layers
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONF = b"setting=1\n"
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers(tmp_path: Path) -> Iterator[None]:
+    """Stop the mount servers and containers a failing test may leave under ``tmp_path``."""
+    yield
+    from lazypull.snapshot import MountClient
+
+    for sock in tmp_path.glob("**/run/lazypull.sock"):
+        with contextlib.suppress(Exception):
+            MountClient(sock.parent.parent, autostart=False).shutdown()
+    for state in tmp_path.glob("**/runc"):
+        if state.is_dir():
+            ids = subprocess.run(["runc", "--root", str(state), "list", "-q"], capture_output=True,
+                                 text=True).stdout.split()
+            for container_id in ids:
+                subprocess.run(["runc", "--root", str(state), "delete", "-f", container_id],
+                               capture_output=True)
+    for point in sorted((m for m in mountpoints() if m.startswith(str(tmp_path) + "/")), key=len,
+                        reverse=True):
+        with contextlib.suppress(Exception):
+            unmount(Path(point))
+
+
+@pytest.fixture(scope="module")
+def app_image(registry: RegistryServer, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """busybox (layer 0) plus an app layer (layer 1) with a config file the workload reads and others
+    it does not."""
+    name = f"{registry.host}/lazypull-optimize/app:v1"
+    app = [directory("etc"), directory("etc/app"), file("etc/app/unused", b"u" * 5000),
+           file("etc/app/conf", CONF), directory("srv"), file("srv/data", os.urandom(300 << 10))]
+    # srv/data (incompressible, last) keeps the start of the layer out of the tail read with the TOC
+    config = {"config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]}}
+    return push_image_layers(tmp_path_factory.mktemp("optimize-image"), name, [busybox_specs(), app],
+                             config=config)
+
+
+def lazypull(root: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[bytes]:
+    env = dict(os.environ, LAZYPULL_ROOT=str(root))
+    return subprocess.run([sys.executable, "-m", "lazypull", *args], capture_output=True, env=env,
+                          cwd=REPO_ROOT, timeout=timeout)
+
+
+def read_record(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def toc_names(store: Store, desc_digest: str) -> list[str]:
+    reader = open_layer(BytesSource(store.read_blob(desc_digest)))
+    return [e.name for e in reader.toc.entries]
+
+
+# ---- the whole command ---------------------------------------------------------------------------
+
+
+def test_optimize_records_reads_and_prioritises_them(tmp_path: Path, app_image: str,
+                                                     registry: RegistryServer) -> None:
+    root = tmp_path / "root"
+    record_out = tmp_path / "record.json"
+    dst = f"{registry.host}/lazypull-optimize/app:opt"
+    result = lazypull(root, "--insecure-registry", "image", "optimize", "--oci", "--period", "60",
+                      "--entrypoint", '["/bin/busybox"]', "--args", '["cat", "/etc/app/conf"]',
+                      "--record-out", str(record_out), app_image, dst)
+    assert result.returncode == 0, result.stderr.decode()
+    assert CONF in result.stderr                       # the workload's output is shown
+    digest = result.stdout.decode().strip()
+    store = Store(root)
+    src = store.resolve(app_image)
+    # The record: ctr-remote's lines, naming SRC's manifest and the layer that served each file.
+    entries = read_record(record_out)
+    assert all(set(e) == {"path", "manifestDigest", "layerIndex"} for e in entries)
+    assert {e["manifestDigest"] for e in entries} == {src.manifest_digest}
+    where = {e["path"]: e["layerIndex"] for e in entries}
+    assert where["bin/busybox"] == 0
+    assert where["etc/app/conf"] == 1
+    assert where["etc/passwd"] == 0          # read by the runtime at create time (user and groups)
+    assert "etc/app/unused" not in where and "srv/data" not in where
+    assert [e["path"] for e in entries].index("bin/busybox") < [e["path"] for e in entries].index(
+        "etc/app/conf")                                # first-access order
+    # DST: OCI eStargz, each layer's recorded files before the landmark, the others after it.
+    assert store.get_image(dst).target.digest == digest
+    out = store.resolve(dst)
+    assert all(d.media_type == mt.OCI_LAYER_GZIP for d in out.layers)
+    names0, names1 = toc_names(store, out.layers[0].digest), toc_names(store, out.layers[1].digest)
+    assert names0.index("bin/busybox") < names0.index(".prefetch.landmark")
+    assert names1.index("etc/app/conf") < names1.index(".prefetch.landmark") < names1.index("etc/app/unused")
+    assert names1.index(".prefetch.landmark") < names1.index("srv/data")
+    # Nothing left: no temporary image, container or mount.
+    names = {r.name for r in store.list_images()}
+    assert names == {store.get_image(app_image).name, store.get_image(dst).name}
+    assert [p.name for p in (root / "containers").iterdir() if p.name != ".lock"] == []
+    assert [m for m in mountpoints() if m.startswith(str(root))] == []
+
+    # A lazy mount of DST (pushed) fetches the recorded files in its prefetch: reading them needs no
+    # further request, reading an unrecorded file does.
+    pushed = lazypull(root, "--insecure-registry", "push", dst)
+    assert pushed.returncode == 0, pushed.stderr.decode()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.toml").write_text("background_fetch = false\n")
+    lazy_store = Store(fresh)
+    with RegistryClient(insecure=True) as client:
+        pull_image(lazy_store, client, dst, fetch_layers=False)
+    from lazypull.snapshot import MountClient
+
+    with MountClient(fresh) as mc:
+        mounts = mc.mount_image(dst, insecure=True, holder="test")
+        app_layer = mounts[1]
+        assert app_layer.lazy and app_layer.path is not None
+        before = mc.stats()["layers"][app_layer.digest]
+        assert before["prefetch_state"] == "done" and before["prefetch_bytes"] > 0
+        assert (app_layer.path / "etc/app/conf").read_bytes() == CONF
+        after = mc.stats()["layers"][app_layer.digest]
+        assert after["requests"] == before["requests"] and after["misses_waited"] == 0
+        assert (app_layer.path / "etc/app/unused").read_bytes() == b"u" * 5000
+        assert mc.stats()["layers"][app_layer.digest]["requests"] > before["requests"]
+        mc.release_image(dst, holder="test")
+
+
+def test_wait_line_ends_the_run_and_zstdchunked(tmp_path: Path, app_image: str) -> None:
+    """The workload would sleep for 100 s: the awaited line ends it at once; DST is zstd:chunked."""
+    root = tmp_path / "root"
+    record_out = tmp_path / "record.json"
+    began = time.monotonic()
+    result = lazypull(root, "--insecure-registry", "image", "optimize", "--oci", "--zstdchunked",
+                      "--period", "100", "--wait-line", "READY", "-e", "WHAT=conf",
+                      "--args", '["sh", "-c", "cat /etc/app/$WHAT; echo READY; sleep 100"]',
+                      "--record-out", str(record_out), app_image, "optimized:zstd")
+    assert result.returncode == 0, result.stderr.decode()
+    assert time.monotonic() - began < 60
+    assert b"the awaited line appeared" in result.stderr
+    paths = [e["path"] for e in read_record(record_out)]
+    assert "etc/app/conf" in paths and "etc/app/unused" not in paths
+    store = Store(root)
+    out = store.resolve("optimized:zstd")
+    assert all(d.media_type == mt.OCI_LAYER_ZSTD for d in out.layers)
+    names = toc_names(store, out.layers[1].digest)
+    assert names.index("etc/app/conf") < names.index(".prefetch.landmark") < names.index("etc/app/unused")
+
+
+def test_period_stops_a_long_workload(tmp_path: Path, app_image: str) -> None:
+    root = tmp_path / "root"
+    began = time.monotonic()
+    result = lazypull(root, "--insecure-registry", "image", "optimize", "--period", "1.5",
+                      "--args", '["sh", "-c", "cat /etc/app/conf; sleep 100"]', app_image, "optimized:p")
+    assert result.returncode == 0, result.stderr.decode()
+    assert time.monotonic() - began < 60
+    assert b"the period of 1.5s is over" in result.stderr
+    assert [p.name for p in (root / "containers").iterdir() if p.name != ".lock"] == []
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--args", "not json"], b"not JSON"),
+    (["--args", '{"a": 1}'], b"expected a JSON array of strings"),
+    (["--estargz-compression-level", "12"], b"invalid --estargz-compression-level 12"),
+    (["-v", "relative:/x"], b"named volumes are not supported"),
+], ids=["args-not-json", "args-not-list", "bad-level", "bad-volume"])
+def test_bad_flags_are_refused_before_running(tmp_path: Path, args: list[str], message: bytes) -> None:
+    result = lazypull(tmp_path, "image", "optimize", *args, "oci:/nonexistent", "dst:x", timeout=60)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr.decode()
+    assert not (tmp_path / "run").exists()             # no mount server was started
+
+
+# ---- the parts -----------------------------------------------------------------------------------
+
+
+def test_build_record_orders_by_first_access_and_takes_the_top_copy_of_a_layer() -> None:
+    layers = ["sha256:" + "a" * 64, "sha256:" + "b" * 64, "sha256:" + "a" * 64]
+    accesses = {layers[0]: [("bin/sh", 5), ("etc/x", 30)], layers[1]: [("app/run", 10), ("bin/sh", 40)]}
+    entries = build_record("sha256:" + "m" * 64, layers, accesses)
+    assert [(e.path, e.layer_index) for e in entries] == [("bin/sh", 2), ("app/run", 1), ("etc/x", 2)]
+    text = "".join(e.to_json() for e in entries)
+    assert text.splitlines()[0] == ('{"path":"bin/sh","manifestDigest":"sha256:' + "m" * 64
+                                    + '","layerIndex":2}')
+    assert parse_record(text).files_for("sha256:" + "m" * 64, 2) == ["bin/sh", "etc/x"]
+    with pytest.raises(ImageError, match="which the image does not have"):
+        build_record("sha256:" + "m" * 64, layers, {"sha256:" + "c" * 64: [("x", 1)]})
+
+
+def test_record_entry_keeps_unicode_names() -> None:
+    line = RecordEntry("etc/caf\u00e9", "sha256:" + "0" * 64, 0).to_json()
+    assert json.loads(line)["path"] == "etc/caf\u00e9"
+
+
+def test_recorder_notes_each_inode_once_in_order_from_many_threads(tmp_path: Path) -> None:
+    request_recording(tmp_path)
+    recorder = recorder_for(tmp_path)
+    assert recorder is not None and is_recording(tmp_path)
+    withdraw_request(tmp_path)
+    assert recorder_for(tmp_path / "other") is None
+
+    def work() -> None:
+        for ino in range(200):
+            recorder.note(ino, f"f{ino}")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = read_access_log(tmp_path)
+    assert sorted(a.path for a in got) == sorted(f"f{i}" for i in range(200))
+    assert [a.time_ns for a in got] == sorted(a.time_ns for a in got)
+    recorder.close()
+    recorder.note(999, "late")                         # closed: ignored, no error
+    assert len(read_access_log(tmp_path)) == 200
+
+
+def test_access_log_cut_last_line_is_ignored_and_garbage_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / LOG_NAME).write_bytes(b'{"path":"a","time_ns":1}\n{"path":"b","ti')
+    assert [a.path for a in read_access_log(tmp_path)] == ["a"]
+    (tmp_path / LOG_NAME).write_bytes(b'{"path":"a","time_ns":1}\nnot json\n')
+    with pytest.raises(MountError, match="line 2 is malformed"):
+        read_access_log(tmp_path)
+    assert read_access_log(tmp_path / "missing") == []
+
+
+def test_recorder_stops_quietly_when_the_log_cannot_be_written(tmp_path: Path) -> None:
+    recorder = AccessRecorder(tmp_path / LOG_NAME)
+    os.close(recorder._fd)  # type: ignore[arg-type]   # the fd goes bad under it (as on EIO)
+    recorder.note(1, "x")                              # logged, not raised
+    assert recorder._fd is None
