@@ -43,6 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 # (system key, variant tag): what each row of the results is.
 ROWS = [("containerd", "org"), ("lazypull-overlayfs", "org"), ("lazypull-lazy", "esgz-noopt"),
         ("lazypull-lazy", "esgz"), ("lazypull-lazy", "zstdchunked")]
+# Ablation, only when asked for: the prioritized eStargz with the mount server's background fetch off.
+EXTRA_ROWS = [("lazypull-lazy-nobg", "esgz")]
 
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -79,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profiles", default="wan", help=f"comma list of {','.join(PROFILES)}")
     p.add_argument("--samples", type=int, default=5)
     p.add_argument("--rows", default="all",
-                   help="comma list of system:variant (e.g. containerd:org,lazypull-lazy:esgz) or all")
+                   help="comma list of system:variant (e.g. containerd:org,lazypull-lazy:esgz), 'all' "
+                        "(the five standard rows) or 'all+nobg' (plus lazypull-lazy-nobg:esgz)")
     p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("LAZYPULL_BENCH_CACHE",
                                                                           "/var/tmp/lazypull-bench")))
     p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
@@ -101,13 +104,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.profile_list.append(PROFILES[name])
     if args.rows == "all":
         args.row_list = list(ROWS)
+    elif args.rows == "all+nobg":
+        args.row_list = ROWS + EXTRA_ROWS
     else:
         args.row_list = []
         for item in args.rows.split(","):
             system, _, variant = item.strip().partition(":")
-            if (system, variant) not in ROWS:
+            if (system, variant) not in ROWS + EXTRA_ROWS:
                 p.error(f"unknown row {item!r}; choose from "
-                        f"{', '.join(f'{s}:{v}' for s, v in ROWS)}")
+                        f"{', '.join(f'{s}:{v}' for s, v in ROWS + EXTRA_ROWS)}")
             args.row_list.append((system, variant))
     return args
 
@@ -170,9 +175,10 @@ def run(args: argparse.Namespace) -> Path:
         if any(s == "containerd" for s, _ in args.row_list):
             systems["containerd"] = ContainerdSystem(workdir / "containerd")
             stack.callback(systems["containerd"].close)
-        for key, snap in (("lazypull-overlayfs", "overlayfs"), ("lazypull-lazy", "stargz")):
+        for key, snap, config in (("lazypull-overlayfs", "overlayfs", ""), ("lazypull-lazy", "stargz", ""),
+                                  ("lazypull-lazy-nobg", "stargz", "background_fetch = false\n")):
             if any(s == key for s, _ in args.row_list):
-                systems[key] = LazypullSystem(workdir / f"root-{snap}", snap)
+                systems[key] = LazypullSystem(workdir / f"root-{key}", snap, config=config, name=key)
                 stack.callback(systems[key].close)
 
         for profile in args.profile_list:

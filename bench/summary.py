@@ -27,10 +27,11 @@ ROW_LABELS = {("containerd", "org"): "containerd (full pull)",
               ("lazypull-overlayfs", "org"): "lazypull full pull",
               ("lazypull-lazy", "esgz-noopt"): "lazypull eStargz (no prefetch)",
               ("lazypull-lazy", "esgz"): "lazypull eStargz (prioritized)",
-              ("lazypull-lazy", "zstdchunked"): "lazypull zstd:chunked"}
+              ("lazypull-lazy", "zstdchunked"): "lazypull zstd:chunked",
+              ("lazypull-lazy-nobg", "esgz"): "lazypull eStargz (prioritized, background fetch off)"}
 SHORT_LABELS = {("containerd", "org"): "containerd", ("lazypull-overlayfs", "org"): "lp-full",
                 ("lazypull-lazy", "esgz-noopt"): "esgz-noopt", ("lazypull-lazy", "esgz"): "esgz",
-                ("lazypull-lazy", "zstdchunked"): "zstdchunked"}
+                ("lazypull-lazy", "zstdchunked"): "zstdchunked", ("lazypull-lazy-nobg", "esgz"): "esgz-nobg"}
 ANALYSIS = Path(__file__).with_name("analysis.md")
 
 
@@ -80,7 +81,7 @@ def _add_ideal(results: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     for r in rows:
         info = results["images"].get(r["image"], {}).get("variants", {}).get(r["variant"], {})
         prof = results["profiles"].get(r["profile"])
-        if r["system"] != "lazypull-lazy" or "w_bytes" not in info or not prof:
+        if not r["system"].startswith("lazypull-lazy") or "w_bytes" not in info or not prof:
             continue
         app = _find(rows, r["image"], r["profile"], "lazypull-overlayfs", "org") or \
             _find(rows, r["image"], r["profile"], "containerd", "org")

@@ -48,10 +48,11 @@ def _help(*sub: str) -> str:
 class LazypullSystem:
     """``lazypull pull --snapshotter=S`` then ``lazypull run --rm`` (or create + start when offered)."""
 
-    def __init__(self, root: Path, snapshotter: str) -> None:
+    def __init__(self, root: Path, snapshotter: str, *, config: str = "", name: str | None = None) -> None:
         self.root = root
         self.snapshotter = snapshotter
-        self.name = "lazypull-lazy" if snapshotter == "stargz" else f"lazypull-{snapshotter}"
+        self.config = config          # <root>/config.toml of the mount server ("" = defaults)
+        self.name = name or ("lazypull-lazy" if snapshotter == "stargz" else f"lazypull-{snapshotter}")
         commands = lazypull_commands()
         self.has_create = {"create", "start"} <= commands
         self.has_stats = "stats" in commands
@@ -64,6 +65,8 @@ class LazypullSystem:
         stargz-snapshotter's benchmark restarts its snapshotter before each sample)."""
         stop_lazypull(self.root)
         self.root.mkdir(parents=True)
+        if self.config:
+            (self.root / "config.toml").write_text(self.config)
         if self.snapshotter == "stargz":
             from lazypull.snapshot import MountClient
 
