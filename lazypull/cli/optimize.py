@@ -23,7 +23,6 @@ from lazypull.cli._image_progress import make_progress
 from lazypull.cli._options import get_options, global_options
 from lazypull.cli.image import _familiar, _source_root, _toc_name, image_group, logrus
 from lazypull.errors import LazypullError, MountError
-from lazypull.fs.layer.access import is_recording, read_access_log, request_recording, withdraw_request
 from lazypull.image import Layout, Store, normalize_name
 from lazypull.image import mediatypes as mt
 from lazypull.image.convert import ConvertOptions, LayerFormat
@@ -39,9 +38,6 @@ from lazypull.runtime import (
     parse_env,
     parse_volume,
 )
-from lazypull.runtime.layers import lower_dirs
-from lazypull.snapshot import MountClient
-from lazypull.snapshot.paths import RunPaths
 
 KILL_RETRY = 0.5     # seconds between kills of a container that outlived its period (it may be starting)
 
@@ -114,6 +110,11 @@ class _Watch:
 def run_workload(root: Path, store: Store, image: str, digests: list[str], options: ContainerOptions, *,
                  period: float, wait_line: str | None) -> dict[str, list[tuple[str, int]]]:
     """Run ``image`` with its layers' access recorders on; the accesses per layer digest."""
+    from lazypull.fs.layer.access import is_recording, read_access_log, request_recording, withdraw_request
+    from lazypull.runtime.layers import lower_dirs
+    from lazypull.snapshot import MountClient
+    from lazypull.snapshot.paths import RunPaths
+
     paths = RunPaths(root)
     layer_dirs = {digest: paths.layer_dir(digest) for digest in digests}
     for layer_dir in layer_dirs.values():
@@ -128,10 +129,13 @@ def run_workload(root: Path, store: Store, image: str, digests: list[str], optio
                 withdraw_request(layer_dir)
             stale = [m.digest for m in mounts if m.lazy and not is_recording(layer_dirs[m.digest])]
             if stale:
-                held = {m.digest: m.holders for m in client.list_mounts()}
-                raise MountError("cannot record accesses: layer(s) " + ", ".join(
-                    f"{d} (held by {', '.join(h for h in held.get(d, []) if h != container_id) or '?'})"
-                    for d in stale) + " were mounted before recording started; release them first")
+                names = {r.id: r.name for r in containers.records()}
+                holders = {m.digest: m.holders for m in client.list_mounts()}
+                who = sorted({names.get(h, h) for d in stale for h in holders.get(d, [])
+                              if h != container_id})
+                raise MountError(f"cannot record file accesses: layer(s) {', '.join(stale)} were mounted "
+                                 f"before recording started (held by {', '.join(who) or 'nobody'}); remove "
+                                 "those containers (lazypull rm -f NAME) or let them finish, then retry")
             resolved = store.resolve(image)
             lowers = lower_dirs(root, store, resolved, mounts)
             record = containers.create(image=image, image_config=resolved.config.get("config") or {},

@@ -157,6 +157,7 @@ def test_optimize_records_reads_and_prioritises_them(tmp_path: Path, app_image: 
         assert (app_layer.path / "etc/app/unused").read_bytes() == b"u" * 5000
         assert mc.stats()["layers"][app_layer.digest]["requests"] > before["requests"]
         mc.release_image(dst, holder="test")
+    assert list(fresh.glob("snapshots/*/access.jsonl")) == []   # recording is off unless asked for
 
 
 def test_wait_line_ends_the_run_and_zstdchunked(tmp_path: Path, app_image: str) -> None:
@@ -189,6 +190,32 @@ def test_period_stops_a_long_workload(tmp_path: Path, app_image: str) -> None:
     assert time.monotonic() - began < 60
     assert b"the period of 1.5s is over" in result.stderr
     assert [p.name for p in (root / "containers").iterdir() if p.name != ".lock"] == []
+
+
+def test_layers_mounted_before_recording_are_refused_and_released(tmp_path: Path, app_image: str) -> None:
+    """A layer someone else already has mounted cannot be recorded (its reads may be cached in the
+    kernel): the run is refused, naming the holder, and our own hold is dropped again."""
+    from lazypull.cli.optimize import run_workload
+    from lazypull.image import convert_image
+    from lazypull.image.convert import ConvertOptions
+    from lazypull.runtime import ContainerOptions
+    from lazypull.snapshot import MountClient
+
+    store = Store(tmp_path)
+    with store.lease():
+        with RegistryClient(insecure=True) as client:
+            record = pull_image(store, client, app_image)
+        converted = convert_image(store.open(record.target), store,
+                                  ConvertOptions(layer_format="estargz", oci=True, estargz_level=1))
+        store.put_image("mounted:before", converted.root)
+    digests = [d.digest for d in store.resolve("mounted:before").layers]
+    with MountClient(tmp_path) as mc:
+        mc.mount_image("mounted:before", holder="someone-else", wait_prefetch=False)
+        with pytest.raises(MountError, match="held by someone-else"):
+            run_workload(tmp_path, store, "mounted:before", digests, ContainerOptions(), period=5,
+                         wait_line=None)
+        assert {tuple(m.holders) for m in mc.list_mounts()} == {("someone-else",)}
+        assert not any((tmp_path / "snapshots" / d[7:] / "record-access").exists() for d in digests)
 
 
 @pytest.mark.parametrize(("args", "message"), [
