@@ -169,6 +169,14 @@ def targets(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _memory(text: str) -> str:
+    """``24683656 kB`` -> ``24.7 GB``."""
+    parts = text.split()
+    if len(parts) == 2 and parts[0].isdigit() and parts[1] == "kB":
+        return f"{int(parts[0]) / 1e6:.1f} GB"
+    return text
+
+
 def section(results: dict[str, Any], results_name: str) -> str:
     """The whole "## Lazy start" section."""
     rows = aggregate(results)
@@ -183,7 +191,7 @@ def section(results: dict[str, Any], results_name: str) -> str:
         "or until the server prints its ready line). Samples of all rows are shuffled within each round.",
         "",
         f"- Command: `{results['command']}` (`make bench` runs the reduced default: python, wan, 5 samples).",
-        f"- Machine: {m.get('cpus')} CPUs ({m.get('cpu')}), {m.get('memory')} RAM, "
+        f"- Machine: {m.get('cpus')} CPUs ({m.get('cpu')}), {_memory(m.get('memory', ''))} RAM, "
         f"kernel {m.get('kernel')}, Python {m.get('python')}, lazypull commit `{m.get('commit')}`, "
         f"load average at start {', '.join(f'{x:.1f}' for x in m.get('loadavg_start', []))} "
         f"(shared machine). Date {results['date']}."
@@ -234,10 +242,12 @@ def chart(results: dict[str, Any], png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     rows = aggregate(results)
-    profiles = [p for p in ("lan", "wan", "slow", *results["profiles"]) if p in results["profiles"]]
-    profiles = list(dict.fromkeys(profiles))
+    measured = {r["profile"] for r in rows if "total" in r}
+    profiles = [p for p in ("lan", "wan", "slow", *results["profiles"]) if p in measured]
+    profiles = list(dict.fromkeys(profiles)) or list(results["profiles"])[:1]
     fig, axes = plt.subplots(1, len(profiles), figsize=(max(7.0, 5.5 * len(profiles)), 5.2), squeeze=False)
     colors = {"pull": "#4c72b0", "create": "#dd8452", "run": "#55a868"}
     for ax, profile in zip(axes[0], profiles, strict=True):
@@ -259,12 +269,13 @@ def chart(results: dict[str, Any], png: Path) -> None:
         rate = "unshaped" if prof["rate_mbit"] is None else f"{prof['rate_mbit']:g} Mbit/s"
         ax.set_title(f"{profile}: {rate}, RTT {prof['rtt'] * 1000:g} ms", fontsize=9)
         ax.set_ylabel("seconds (median)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    handles.append(Line2D([], [], color="black", linestyle="dashed", linewidth=1))
-    labels.append("T_ideal")
-    fig.legend(handles, labels, loc="upper right", fontsize=8)
-    fig.suptitle(f"lazypull lazy start, cold, median of {max((r['n'] for r in rows), default=0)} samples "
-                 f"({results['date']})", fontsize=10)
+    handles: list[Any] = [Patch(color=c, label=phase) for phase, c in colors.items()]
+    handles.append(Line2D([], [], color="black", linestyle="dashed", linewidth=1, label="T_ideal"))
+    fig.legend(handles=handles, loc="upper right", fontsize=8)
+    ns = sorted({r["n"] for r in rows if r["n"]})
+    count = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}" if ns else "0"
+    fig.suptitle(f"lazypull lazy start: cold, median of {count} samples per bar ({results['date']})",
+                 fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.93, 0.95))
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
