@@ -9,7 +9,7 @@ from pathlib import Path
 from lazypull.errors import MountError
 from lazypull.fs.fuse import FuseMount, Tree
 from lazypull.fs.fuse import unmount as fuse_unmount
-from lazypull.fs.fuse.mount import FSTYPE
+from lazypull.fs.fuse.mount import FSTYPE, mountinfo
 
 log = logging.getLogger(__name__)
 
@@ -28,36 +28,11 @@ def unmount(mount: FuseMount) -> None:
     mount.stop()
 
 
-def _unescape(field: str) -> str:
-    out, i = [], 0
-    while i < len(field):
-        code = field[i + 1 : i + 4]
-        if field[i] == "\\" and len(code) == 3 and code.isdigit():
-            out.append(chr(int(code, 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def lazypull_mounts(under: Path | None = None) -> list[Path]:
     """Mountpoints of ``fuse.lazypull`` filesystems (under ``under`` if given), from mountinfo."""
-    found: list[Path] = []
     prefix = os.path.realpath(under) if under is not None else None
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
-        for line in fh:
-            fields = line.split()
-            try:
-                sep = fields.index("-", 6)
-            except ValueError:
-                continue
-            if fields[sep + 1] != FSTYPE:
-                continue
-            point = _unescape(fields[4])
-            if prefix is None or point == prefix or point.startswith(prefix + "/"):
-                found.append(Path(point))
-    return found
+    return [Path(point) for point, fstype, _, _ in mountinfo()
+            if fstype == FSTYPE and (prefix is None or point == prefix or point.startswith(prefix + "/"))]
 
 
 def _mounted_at(path: Path) -> bool:

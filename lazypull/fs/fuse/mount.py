@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+from collections.abc import Iterator
 
 from lazypull.errors import MountError
 
@@ -66,17 +67,27 @@ def _normalise(path: str) -> str:
     return os.path.join(os.path.realpath(parent), base) if base else parent
 
 
+def mountinfo() -> Iterator[tuple[str, str, str, str]]:
+    """(mountpoint, fstype, source, ``major:minor``) of every mount in ``/proc/self/mountinfo``, in order."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split()
+            try:
+                sep = fields.index("-", 6)
+            except ValueError:
+                continue
+            if len(fields) < sep + 3:
+                continue
+            yield _unescape(fields[4]), fields[sep + 1], _unescape(fields[sep + 2]), fields[2]
+
+
 def mount_entry(path: str) -> tuple[str, str, str] | None:
     """(fstype, source, ``major:minor``) of the topmost mount at ``path``, or None."""
     target = _normalise(path)
     found = None
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) < 10 or _unescape(fields[4]) != target:
-                continue
-            sep = fields.index("-", 6)
-            found = (fields[sep + 1], _unescape(fields[sep + 2]), fields[2])
+    for point, fstype, source, device in mountinfo():
+        if point == target:
+            found = (fstype, source, device)
     return found
 
 
