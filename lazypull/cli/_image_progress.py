@@ -18,6 +18,8 @@ from rich.progress import (
 )
 from rich.table import Column
 
+from lazypull.image.progress import NullProgress
+
 
 class RichProgress:
     """Implements ``lazypull.image.Progress`` with one bar per layer (bytes, rate) on stderr."""
@@ -75,25 +77,13 @@ class RichProgress:
         self._progress.console.print(text)
 
 
-class QuietProgress:
-    """No output (stderr is not a terminal: keep output parseable)."""
+class QuietProgress(NullProgress):
+    """No output (stderr is not a terminal: keep output parseable); a context manager like RichProgress."""
 
     def __enter__(self) -> QuietProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        pass
-
-    def start(self, key: str, label: str, total: int | None) -> None:
-        pass
-
-    def advance(self, key: str, nbytes: int) -> None:
-        pass
-
-    def finish(self, key: str, status: str = "done") -> None:
-        pass
-
-    def message(self, text: str) -> None:
         pass
 
 
