@@ -187,7 +187,10 @@ def _load(raw: bytes) -> dict[str, Any]:
 
 def detect_media_type(raw: bytes, declared: str | None = None) -> str:
     """The manifest's media type: its ``mediaType`` field, else ``declared``, else by shape."""
-    doc = _load(raw)
+    return _media_type_of(_load(raw), declared)
+
+
+def _media_type_of(doc: dict[str, Any], declared: str | None) -> str:
     field_type = doc.get("mediaType")
     if isinstance(field_type, str) and field_type:
         return field_type
@@ -205,43 +208,42 @@ def is_index(media_type: str) -> bool:
     return media_type.split(";")[0].strip() in INDEX_TYPES
 
 
-def parse_manifest(raw: bytes, media_type: str | None = None) -> ImageManifest:
-    """Validate an image manifest (OCI or Docker schema 2)."""
+def _load_v2(raw: bytes, media_type: str | None, accepted: tuple[str, ...], not_accepted: str,
+             list_key: str, what: str) -> tuple[str, dict[str, Any], list[Any], dict[str, str]]:
+    """Checks an image manifest and an index share: media type among ``accepted``, schemaVersion 2,
+    a ``list_key`` list and object annotations. Returns (media type, document, list, annotations)."""
     doc = _load(raw)
-    kind = detect_media_type(raw, media_type)
-    if kind not in MANIFEST_TYPES:
-        raise ManifestError(f"unsupported manifest media type {kind!r}")
+    kind = _media_type_of(doc, media_type)
+    if kind not in accepted:
+        raise ManifestError(f"{not_accepted} {kind!r}")
     if doc.get("schemaVersion") != 2:
         raise ManifestError(f"unsupported schemaVersion {doc.get('schemaVersion')!r}")
-    layers = doc.get("layers")
-    if not isinstance(layers, list):
-        raise ManifestError("manifest has no layers list")
+    items = doc.get(list_key)
+    if not isinstance(items, list):
+        raise ManifestError(f"{what} has no {list_key} list")
     annotations = doc.get("annotations") or {}
     if not isinstance(annotations, dict):
-        raise ManifestError("manifest annotations must be an object")
+        raise ManifestError(f"{what} annotations must be an object")
+    return kind, doc, items, {str(k): str(v) for k, v in annotations.items()}
+
+
+def parse_manifest(raw: bytes, media_type: str | None = None) -> ImageManifest:
+    """Validate an image manifest (OCI or Docker schema 2)."""
+    kind, doc, layers, annotations = _load_v2(raw, media_type, MANIFEST_TYPES,
+                                              "unsupported manifest media type", "layers", "manifest")
     subject = Descriptor.from_json(doc["subject"], "subject") if doc.get("subject") else None
     return ImageManifest(
         kind, Descriptor.from_json(doc.get("config"), "config"),
         tuple(Descriptor.from_json(layer, f"layer {i}") for i, layer in enumerate(layers)),
-        {str(k): str(v) for k, v in annotations.items()}, subject)
+        annotations, subject)
 
 
 def parse_index(raw: bytes, media_type: str | None = None) -> ImageIndex:
     """Validate an OCI index or Docker manifest list."""
-    doc = _load(raw)
-    kind = detect_media_type(raw, media_type)
-    if kind not in INDEX_TYPES:
-        raise ManifestError(f"not an index: media type {kind!r}")
-    if doc.get("schemaVersion") != 2:
-        raise ManifestError(f"unsupported schemaVersion {doc.get('schemaVersion')!r}")
-    entries = doc.get("manifests")
-    if not isinstance(entries, list):
-        raise ManifestError("index has no manifests list")
-    annotations = doc.get("annotations") or {}
-    if not isinstance(annotations, dict):
-        raise ManifestError("index annotations must be an object")
+    kind, _, entries, annotations = _load_v2(raw, media_type, INDEX_TYPES, "not an index: media type",
+                                             "manifests", "index")
     return ImageIndex(kind, tuple(Descriptor.from_json(m, f"index entry {i}") for i, m in enumerate(entries)),
-                      {str(k): str(v) for k, v in annotations.items()})
+                      annotations)
 
 
 def select_platform(index: ImageIndex, platform: Platform | str | None = None) -> Descriptor:
