@@ -34,7 +34,7 @@ from lazypull.image.optimize import RecordEntry, build_record
 from lazypull.image.record import parse_record
 from lazypull.registry import RegistryClient
 from lazypull.runtime.overlay import mountpoints, unmount
-from tests.helpers.images import directory, file
+from tests.helpers.images import directory, file, make_oci_layout
 from tests.helpers.registry import RegistryServer
 from tests.helpers.rootfs import busybox_specs, push_image_layers
 
@@ -190,6 +190,48 @@ def test_period_stops_a_long_workload(tmp_path: Path, app_image: str) -> None:
     assert time.monotonic() - began < 60
     assert b"the period of 1.5s is over" in result.stderr
     assert [p.name for p in (root / "containers").iterdir() if p.name != ".lock"] == []
+
+
+def test_oci_layout_index_in_and_out_and_the_record_replays_with_convert(tmp_path: Path) -> None:
+    """SRC an index in an OCI layout: this machine's image is run, the record names its manifest (not
+    the index), DST (a layout) is an index of that platform only, and ``image convert
+    --estargz-record-in`` with the written record makes the very same DST."""
+    from lazypull.image import ImageIndex, Layout
+
+    app = [directory("etc"), directory("etc/app"), file("etc/app/conf", CONF), file("etc/app/unused", b"x")]
+    built = make_oci_layout(tmp_path / "src", [busybox_specs(), app], tag="v1",
+                            platforms=["linux/amd64", "linux/arm64"], config={"config": {"Cmd": ["sh"]}})
+    root = tmp_path / "root"
+    record_out = tmp_path / "record.json"
+    result = lazypull(root, "image", "optimize", "--oci", "--platform", "linux/amd64",
+                      "--args", '["cat", "/etc/app/conf"]', "--record-out", str(record_out),
+                      f"oci:{built.path}:v1", f"oci:{tmp_path / 'dst'}:opt")
+    assert result.returncode == 0, result.stderr.decode()
+    amd64 = next(i for i in built.images if i.platform == "linux/amd64")
+    entries = read_record(record_out)
+    assert {e["manifestDigest"] for e in entries} == {amd64.manifest_digest}
+    assert ("etc/app/conf", 1) in {(e["path"], e["layerIndex"]) for e in entries}
+    dst = Layout(tmp_path / "dst").root("opt")
+    assert isinstance(dst, ImageIndex)
+    assert dst.digest() == result.stdout.decode().strip()
+    assert [str(e.platform) for e in dst.manifests()] == ["linux/amd64"]
+    replay = lazypull(root, "image", "convert", "--estargz", "--oci", "--platform", "linux/amd64",
+                      "--estargz-record-in", str(record_out), f"oci:{built.path}:v1",
+                      f"oci:{tmp_path / 'dst2'}:opt")
+    assert replay.returncode == 0, replay.stderr.decode()
+    assert replay.stdout.decode().strip() == dst.digest()
+
+
+def test_a_workload_that_cannot_start_fails_and_leaves_nothing(tmp_path: Path, app_image: str) -> None:
+    root = tmp_path / "root"
+    result = lazypull(root, "--insecure-registry", "image", "optimize", "--entrypoint", "/no/such/program",
+                      app_image, "never:made")
+    assert result.returncode == 1
+    assert b"lazypull: error:" in result.stderr and b"/no/such/program" in result.stderr, result.stderr
+    store = Store(root)
+    assert [r.name for r in store.list_images()] == [store.get_image(app_image).name]
+    assert [p.name for p in (root / "containers").iterdir() if p.name != ".lock"] == []
+    assert [m for m in mountpoints() if m.startswith(str(root))] == []
 
 
 def test_layers_mounted_before_recording_are_refused_and_released(tmp_path: Path, app_image: str) -> None:
