@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import zlib
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, ClassVar, Protocol
 
 import zstandard
 
@@ -174,16 +174,25 @@ class BlobLayer:
                             f"layer {self._desc.digest}")
 
 
-class ManifestImage:
-    """An image manifest read through a BlobProvider."""
+class _ManifestBlob:
+    """What an image manifest and an index share: the descriptor and the raw, verified document.
+
+    ``_KIND`` names the document in messages ("manifest" / "index"); ``_accepts`` is its media-type test.
+    """
+
+    _KIND: ClassVar[str]
+
+    @staticmethod
+    def _accepts(media_type: str) -> bool:
+        raise NotImplementedError
 
     def __init__(self, provider: BlobProvider, desc: Descriptor, raw: bytes | None = None) -> None:
-        if not mt.is_manifest(desc.media_type):
-            raise UnsupportedMediaTypeError(f"manifest {desc.digest}: unsupported media type "
+        if not self._accepts(desc.media_type):
+            raise UnsupportedMediaTypeError(f"{self._KIND} {desc.digest}: unsupported media type "
                                             f"{desc.media_type!r}")
         self._provider = provider
         self._desc = desc
-        self._raw = verify_bytes(raw, desc, "manifest") if raw is not None else None
+        self._raw = verify_bytes(raw, desc, self._KIND) if raw is not None else None
 
     def descriptor(self) -> Descriptor:
         return self._desc
@@ -197,17 +206,24 @@ class ManifestImage:
     def raw_manifest(self) -> bytes:
         if self._raw is None:
             if self._desc.size > MAX_MANIFEST_SIZE:
-                raise ImageError(f"manifest {self._desc.digest}: size {self._desc.size} exceeds "
+                raise ImageError(f"{self._KIND} {self._desc.digest}: size {self._desc.size} exceeds "
                                  f"{MAX_MANIFEST_SIZE}")
-            self._raw = verify_bytes(self._provider.read_blob(self._desc), self._desc, "manifest")
+            self._raw = verify_bytes(self._provider.read_blob(self._desc), self._desc, self._KIND)
         return self._raw
+
+    def manifest(self) -> dict[str, Any]:
+        return json.loads(self.raw_manifest())  # type: ignore[no-any-return]
+
+
+class ManifestImage(_ManifestBlob):
+    """An image manifest read through a BlobProvider."""
+
+    _KIND = "manifest"
+    _accepts = staticmethod(mt.is_manifest)
 
     @functools.cached_property
     def _parsed(self) -> tuple[dict[str, Any], Descriptor, list[Descriptor]]:
         return parse_manifest(self.raw_manifest(), self._desc)
-
-    def manifest(self) -> dict[str, Any]:
-        return json.loads(self.raw_manifest())  # type: ignore[no-any-return]
 
     def config_descriptor(self) -> Descriptor:
         return self._parsed[1]
@@ -250,40 +266,15 @@ class ManifestImage:
         return config_platform(self._config)
 
 
-class ManifestIndex:
+class ManifestIndex(_ManifestBlob):
     """An index / manifest list read through a BlobProvider."""
 
-    def __init__(self, provider: BlobProvider, desc: Descriptor, raw: bytes | None = None) -> None:
-        if not mt.is_index(desc.media_type):
-            raise UnsupportedMediaTypeError(f"index {desc.digest}: unsupported media type "
-                                            f"{desc.media_type!r}")
-        self._provider = provider
-        self._desc = desc
-        self._raw = verify_bytes(raw, desc, "index") if raw is not None else None
-
-    def descriptor(self) -> Descriptor:
-        return self._desc
-
-    def digest(self) -> str:
-        return self._desc.digest
-
-    def media_type(self) -> str:
-        return self._desc.media_type
-
-    def raw_manifest(self) -> bytes:
-        if self._raw is None:
-            if self._desc.size > MAX_MANIFEST_SIZE:
-                raise ImageError(f"index {self._desc.digest}: size {self._desc.size} exceeds "
-                                 f"{MAX_MANIFEST_SIZE}")
-            self._raw = verify_bytes(self._provider.read_blob(self._desc), self._desc, "index")
-        return self._raw
+    _KIND = "index"
+    _accepts = staticmethod(mt.is_index)
 
     @functools.cached_property
     def _parsed(self) -> tuple[dict[str, Any], list[Descriptor]]:
         return parse_index(self.raw_manifest(), self._desc)
-
-    def manifest(self) -> dict[str, Any]:
-        return json.loads(self.raw_manifest())  # type: ignore[no-any-return]
 
     def manifests(self) -> list[Descriptor]:
         return list(self._parsed[1])
