@@ -21,7 +21,6 @@ import logging
 import os
 import threading
 import zlib
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal, Protocol, cast
@@ -34,7 +33,7 @@ from lazypull.image.blobs import BlobInfo, BlobWriter
 from lazypull.image.digest import sha256_bytes
 from lazypull.image.errors import DigestMismatchError, ImageError, PlatformNotFoundError
 from lazypull.image.model import Image, ImageIndex, Layer, Root
-from lazypull.image.progress import NULL_PROGRESS, Progress
+from lazypull.image.progress import NULL_PROGRESS, Progress, counting_reader
 from lazypull.image.record import Record
 from lazypull.registry import Descriptor, Platform
 
@@ -116,40 +115,6 @@ class ConvertResult:
     toc_image: Descriptor | None = None
     layers: list[ConvertedLayer] = field(default_factory=list)
     added: list[str] = field(default_factory=list)
-
-
-class _CountingReader:
-    """Reports bytes read from the source blob (conversion progress) and passes reads through."""
-
-    def __init__(self, inner: BinaryIO, advance: Callable[[int], None]) -> None:
-        self._inner = inner
-        self._advance = advance
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._inner.read(size)
-        if data:
-            self._advance(len(data))
-        return data
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def __enter__(self) -> _CountingReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._inner.close()
 
 
 def _desc_json(desc: Descriptor) -> dict[str, Any]:
@@ -241,7 +206,7 @@ class _Converter:
 
     def _source(self, layer: Layer) -> BinaryIO:
         key = layer.digest()
-        return cast(BinaryIO, _CountingReader(layer.compressed(), lambda n: self.progress.advance(key, n)))
+        return counting_reader(layer.compressed(), self.progress, key)
 
     def _build(self, layer: Layer, files: list[str]) -> ConvertedLayer:
         from lazypull.format import BuildOptions, FormatError, build

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
 from lazypull.image import mediatypes as mt
 from lazypull.image.errors import BlobNotFoundError, ImageError
 from lazypull.image.partial import ManifestImage, ManifestIndex, parse_manifest
-from lazypull.image.progress import NULL_PROGRESS, Progress
+from lazypull.image.progress import NULL_PROGRESS, Progress, counting_reader
 from lazypull.image.store import Store
 from lazypull.registry import Descriptor, Platform, Reference, RegistryClient, parse_reference
 
@@ -67,7 +66,7 @@ class _Pusher:
                 src = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the client
                 self.client.get_blob(self.source, desc.digest, src, size=desc.size)
                 src.seek(0)
-            return cast(BinaryIO, _CountingReader(src, lambda n: self.progress.advance(key, n)))
+            return counting_reader(src, self.progress, key)
 
         try:
             self.client.push_blob(self.ref, desc.digest, desc.size, opener, mount_from=mount_from)
@@ -101,29 +100,6 @@ class _Pusher:
         for blob in [config, *blobs]:
             self.push_blob(blob, "blob")
         self.client.put_manifest(self.ref.with_digest(desc.digest), raw, desc.media_type)
-
-
-class _CountingReader:
-    """A binary file that reports how much was read (for push progress)."""
-
-    def __init__(self, inner: BinaryIO, advance: Callable[[int], None]) -> None:
-        self._inner = inner
-        self._advance = advance
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._inner.read(size)
-        if data:
-            self._advance(len(data))
-        return data
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._inner, name)
-
-    def __enter__(self) -> _CountingReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._inner.close()
 
 
 def push_image(store: Store, client: RegistryClient, name: str, *, dest: Reference | str | None = None,
