@@ -38,6 +38,27 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_atomic(path: Path, data: bytes, *, tmp: Path | None = None, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` all at once, so readers see the old file or the new one, never half.
+
+    Written to ``tmp`` (default ``.<name>.<random>.tmp`` beside it) and renamed over ``path``; with
+    ``durable`` the file and the rename are fsynced. The temp file never outlives a failure.
+    """
+    if tmp is None:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.rename(tmp, path)
+        if durable:
+            fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class BlobWriter:
     """A blob being written: hashes what is written; :meth:`commit` verifies and renames into place.
 

@@ -8,13 +8,11 @@ Writes are atomic per blob and for index.json (temp files under ``DIR/.lazypull-
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from lazypull.image import mediatypes as mt
-from lazypull.image.blobs import BlobDir, BlobInfo, BlobWriter, fsync_dir
+from lazypull.image.blobs import BlobDir, BlobInfo, BlobWriter, write_atomic
 from lazypull.image.errors import ImageError, ImageNotFoundError
 from lazypull.image.model import Root
 from lazypull.image.partial import (
@@ -153,16 +151,7 @@ class Layout:
             ingest.rmdir()
 
     def _write_file(self, name: str, data: bytes) -> None:
-        tmp = self.path / f".{name}.{secrets.token_hex(4)}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, self.path / name)
-            fsync_dir(self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(self.path / name, data)
 
 
 def _reach(layout: Layout, desc: Descriptor, live: set[str], depth: int = 0) -> None:

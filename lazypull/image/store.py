@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 
 from lazypull.errors import LazypullError
 from lazypull.image import mediatypes as mt
-from lazypull.image.blobs import BlobDir, BlobInfo, BlobWriter, fsync_dir
+from lazypull.image.blobs import BlobDir, BlobInfo, BlobWriter, write_atomic
 from lazypull.image.digest import check_digest, hex_of, is_digest
 from lazypull.image.errors import (
     BlobNotFoundError,
@@ -121,6 +121,25 @@ class ResolvedImage:
     diff_ids: list[str] = field(default_factory=list)
 
 
+@contextlib.contextmanager
+def _flocked(path: Path, operation: int) -> Iterator[bool]:
+    """Hold ``flock(operation)`` on ``path`` (created if missing) for the block.
+
+    Yields False instead of blocking when ``operation`` has LOCK_NB and the lock is taken.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, operation)
+        except BlockingIOError:
+            held = False
+        else:
+            held = True
+        yield held
+    finally:
+        os.close(fd)
+
+
 class StoreProvider:
     """The store as a BlobProvider for the generic Image/ImageIndex implementations."""
 
@@ -203,28 +222,19 @@ class Store:
     def lease(self) -> Iterator[None]:
         """Held while an operation writes blobs not yet named, so pruning leaves them alone."""
         self.content_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.content_dir / "gc.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+        with _flocked(self.content_dir / "gc.lock", fcntl.LOCK_SH):
             yield
-        finally:
-            os.close(fd)
 
     def prune(self) -> list[str]:
         """Delete blobs no named image reaches; skipped (returns []) while any lease is held."""
         if not self.blobs_dir.is_dir():
             return []
-        fd = os.open(self.content_dir / "gc.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        with _flocked(self.content_dir / "gc.lock", fcntl.LOCK_EX | fcntl.LOCK_NB) as held:
+            if not held:
                 log.info("prune skipped: an operation holds a lease")
                 return []
             with self._index_lock():
-                live: set[str] = set()
-                for record in self._read_index().values():
-                    self._mark(record.target, live)
+                live = self._live_blobs()
                 removed = []
                 for path in self.blobs_dir.iterdir():
                     digest = "sha256:" + path.name
@@ -233,8 +243,13 @@ class Store:
                         (self.content_dir / "uncompressed" / path.name).unlink(missing_ok=True)
                         removed.append(digest)
                 return removed
-        finally:
-            os.close(fd)
+
+    def _live_blobs(self) -> set[str]:
+        """Every blob some named image reaches (call with the index lock held)."""
+        live: set[str] = set()
+        for record in self._read_index().values():
+            self._mark(record.target, live)
+        return live
 
     def _mark(self, desc: Descriptor, live: set[str]) -> None:
         if desc.digest in live or not is_digest(desc.digest):
@@ -259,9 +274,7 @@ class Store:
         if not digests:
             return
         with self._index_lock():
-            live: set[str] = set()
-            for record in self._read_index().values():
-                self._mark(record.target, live)
+            live = self._live_blobs()
             for digest in digests:
                 if digest not in live:
                     self.delete_blob(digest)
@@ -279,12 +292,7 @@ class Store:
         check_digest(diff_id, "diff_id")
         path = self.content_dir / "uncompressed" / hex_of(digest)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            tmp.write_text(json.dumps({"diff_id": diff_id, "size": size}))
-            os.rename(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(path, json.dumps({"diff_id": diff_id, "size": size}).encode(), durable=False)
 
     def uncompressed_info(self, digest: str) -> tuple[str, int] | None:
         """(DiffID, uncompressed size) recorded for a layer blob, if known."""
@@ -299,12 +307,8 @@ class Store:
     @contextlib.contextmanager
     def _index_lock(self) -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / "images.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with _flocked(self.root / "images.lock", fcntl.LOCK_EX):
             yield
-        finally:
-            os.close(fd)
 
     def _read_index(self) -> dict[str, ImageRecord]:
         try:
@@ -325,16 +329,9 @@ class Store:
         doc = {"version": INDEX_VERSION,
                "images": {name: records[name].to_json() for name in sorted(records)}}
         data = json.dumps(doc, indent=2).encode() + b"\n"
-        tmp = self.root / f"images.json.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, self.index_path)
-            fsync_dir(self.root)
-        finally:
-            tmp.unlink(missing_ok=True)
+        # cleanup() removes leftovers by this name pattern
+        write_atomic(self.index_path, data,
+                     tmp=self.root / f"images.json.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
     def list_images(self) -> list[ImageRecord]:
         """All named images, sorted by name."""
