@@ -88,6 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md and the PNG")
     p.add_argument("--seed", type=int, default=None, help="shuffle seed (default: random)")
+    p.add_argument("--live-tree", action="store_true",
+                   help="run lazypull from the working tree as it changes (default: from a snapshot of HEAD, "
+                        "so edits made while the benchmark runs do not leak into it)")
     p.add_argument("--prepare-only", action="store_true",
                    help="build, push, convert and trace the images (cached for later runs), measure nothing")
     args = p.parse_args(argv)
@@ -243,11 +246,43 @@ def run_profile(args: argparse.Namespace, profile: Profile, ns: NetNamespace, pr
         proxy.set_rtt(0.0)
 
 
+def pin_lazypull(cache_dir: Path) -> str:
+    """Extract HEAD's lazypull package into the cache and put it first on the import path of this
+    process and of every child (CLI, mount server); returns the commit."""
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    src = cache_dir / "src" / commit[:12]
+    if not (src / "lazypull" / "__init__.py").exists():
+        tmp = src.with_name(src.name + ".tmp")
+        subprocess.run(["rm", "-rf", str(tmp)], check=True)
+        tmp.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", commit, "lazypull"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+        subprocess.run(["rm", "-rf", str(src)], check=True)
+        tmp.rename(src)
+    # The editable install's meta-path finder would still map `lazypull` to the working tree;
+    # a sitecustomize beside the snapshot drops it in every child interpreter.
+    (src / "sitecustomize.py").write_text(
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'Editable' not in getattr(f, '__name__', '')]\n")
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(src) + (os.pathsep + old if old else "")
+    sys.path.insert(0, str(src))
+    sys.meta_path[:] = [f for f in sys.meta_path if "Editable" not in getattr(f, "__name__", "")]
+    return commit
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if os.geteuid() != 0:
         print("bench/run.py needs root (network namespace, tc, FUSE mounts, runc)", file=sys.stderr)
         return 2
+    if not args.live_tree:
+        args.cache_dir = args.cache_dir.resolve()
+        args.results_dir = args.results_dir.resolve()
+        log(f"lazypull pinned at {pin_lazypull(args.cache_dir)[:12]} (HEAD)")
+        os.chdir(args.cache_dir)     # a child's sys.path[0] is its cwd: never the working tree
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     out: Path = run(args)
