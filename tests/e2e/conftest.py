@@ -130,10 +130,16 @@ def clean_root(root: Path) -> None:
     """Stop the root's mount server and runc containers and unmount whatever is left below it."""
     from lazypull.runtime.overlay import unmount
     from lazypull.snapshot import MountClient
+    from lazypull.snapshot.client import daemon_pid
 
     if (root / "run" / "lazypull.sock").exists():
+        pid = daemon_pid(root)
         with contextlib.suppress(Exception):
             MountClient(root, autostart=False).shutdown()
+        # shutdown only asks: the server unmounts its layers and exits on its own time
+        deadline = time.monotonic() + 10
+        while pid is not None and Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
     state = root / "runc"
     if state.is_dir():
         ids = subprocess.run(["runc", "--root", str(state), "list", "-q"], capture_output=True,
