@@ -305,25 +305,25 @@ class Operations:
         return d.entries, offset, size
 
     def readdir(self, req: Request) -> Reply:
-        entries, offset, size = self._entries(req)
-        out = bytearray()
-        for index in range(offset, len(entries)):
-            name, ino, mode, _ = entries[index]
-            if len(out) + protocol.dirent_size(name, False) > size:
-                break
-            out += protocol.encode_dirent(ino, index + 1, name, mode)
-        return 0, bytes(out)
+        return self._list(req, plus=False)
 
     def readdirplus(self, req: Request) -> Reply:
+        return self._list(req, plus=True)
+
+    def _list(self, req: Request, *, plus: bool) -> Reply:
+        """READDIR / READDIRPLUS: as many entries from the offset as fit in the kernel's buffer."""
         entries, offset, size = self._entries(req)
         out = bytearray()
         for index in range(offset, len(entries)):
             name, ino, mode, attr = entries[index]
-            if len(out) + protocol.dirent_size(name, True) > size:
+            if len(out) + protocol.dirent_size(name, plus) > size:
                 break
-            out += protocol.encode_direntplus(
-                ino, index + 1, name, attr, mode, self.entry_timeout, self.attr_timeout
-            )
+            if plus:
+                out += protocol.encode_direntplus(
+                    ino, index + 1, name, attr, mode, self.entry_timeout, self.attr_timeout
+                )
+            else:
+                out += protocol.encode_dirent(ino, index + 1, name, mode)
         return 0, bytes(out)
 
 
