@@ -3,7 +3,8 @@
 Each test names the section it covers. The seed's images live on ghcr.io and ``registry2:5000``;
 ours are built from busybox and pushed to Debian's docker-registry on ``127.0.0.1:PORT`` (plain
 HTTP, so commands that talk to it carry ``--insecure-registry``, as the seed's ``registry2:5000``
-commands do). ``HOST/e2e/foo:latest`` plays both ``example.com/foo`` and ``ghcr.io/.../ubuntu:22.04``.
+commands do). ``HOST/e2e/foo:latest`` plays both ``example.com/foo`` and ``ghcr.io/.../ubuntu:22.04``
+(like those, a list of platforms: linux/amd64 and linux/arm64).
 ``run`` and ``pull`` (terminals, FUSE, the mount server, runc) always run as their own process;
 the other commands may run in this process through click's runner.
 """
@@ -404,6 +405,18 @@ def test_convert_estargz_oci_and_push(seed_image: SeedImage, esgz: Converted) ->
     middle = open_layer(BytesSource(blob_from_registry(esgz.name, esgz.layer_digests[1])))
     entry = middle.lookup("srv/motd")
     assert entry is not None and middle.read_file(entry) == MOTD
+
+
+def test_convert_of_a_registry_image(roots: Roots, seed_image: SeedImage, esgz: Converted) -> None:
+    """`image convert --estargz --oci SRC DST` where SRC was never pulled here: it is fetched first
+    (global flags after the nested subcommand); the result is the same image as from a local SRC."""
+    root = roots.new("convert-remote")
+    result = ok(cli(root, "image", "convert", "--estargz", "--oci", "--insecure-registry", seed_image.ref,
+                    f"{seed_image.repo}/foo:estargz"))
+    assert digest_out(result) == esgz.digest
+    rows = image_rows(ok(cli(root, "images")).stdout)
+    assert sorted(rows) == [f"{seed_image.repo}/foo:estargz", f"{seed_image.repo}/foo:latest"]
+    assert rows[f"{seed_image.repo}/foo:latest"]["IMAGE ID"] == seed_image.root_digest[7:19]
 
 
 @pytest.mark.parametrize("flag", ["--estargz", "--zstdchunked"])
