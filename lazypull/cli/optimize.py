@@ -173,10 +173,15 @@ def _summary(entries: Sequence[RecordEntry], layers: int) -> str:
 @click.option("--entrypoint", help="Entrypoint of the workload (JSON array or one path).")
 @click.option("--args", "args_", metavar="JSON", help="Arguments for the entrypoint (JSON array).")
 @click.option("-e", "--env", multiple=True, metavar="KEY=VALUE", help="Environment variable of the workload.")
+@click.option("--env-file", multiple=True, type=click.Path(dir_okay=False), help="Read KEY=VALUE lines.")
+@click.option("-u", "--user", help="User of the workload: name|uid[:group|gid] (default: the image's).")
+@click.option("-w", "--cwd", "--workdir", "workdir", help="Working directory (default: the image's).")
 @click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:DST[:ro]",
               help="Bind-mount a host path.")
 @click.option("--net", "network", type=click.Choice(["none", "host"]), default="none", show_default=True,
               help="Network of the workload (none: loopback only).")
+@click.option("--net-host", is_flag=True, help="Same as --net host (ctr-remote's spelling).")
+@click.option("--no-optimize", is_flag=True, help="Convert without running anything (no prioritised files).")
 @click.option("--record-out", type=click.Path(dir_okay=False),
               help="Write the access record (ctr-remote's JSON lines) here.")
 @click.option("--zstdchunked", is_flag=True, help="Make zstd:chunked layers (default: eStargz).")
@@ -196,7 +201,9 @@ def _summary(entries: Sequence[RecordEntry], layers: int) -> str:
 @click.argument("dst")
 @global_options
 def optimize_command(period: float, wait_line: str | None, entrypoint: str | None, args_: str | None,
-                     env: tuple[str, ...], volumes: tuple[str, ...], network: str, record_out: str | None,
+                     env: tuple[str, ...], env_file: tuple[str, ...], user: str | None, workdir: str | None,
+                     volumes: tuple[str, ...], network: str, net_host: bool, no_optimize: bool,
+                     record_out: str | None,
                      zstdchunked: bool, estargz_compression_level: int, estargz_chunk_size: int,
                      estargz_min_chunk_size: int, estargz_external_toc: bool,
                      zstdchunked_compression_level: int, zstdchunked_chunk_size: int, oci: bool,
@@ -220,7 +227,8 @@ def optimize_command(period: float, wait_line: str | None, entrypoint: str | Non
     container = ContainerOptions(
         entrypoint=parse_json_list(entrypoint, "--entrypoint") if entrypoint is not None else None,
         command=parse_json_list(args_, "--args") if args_ is not None else None,
-        env=parse_env(env), volumes=tuple(parse_volume(v) for v in volumes), network=network)
+        env=parse_env(env, env_file), user=user, workdir=workdir,
+        volumes=tuple(parse_volume(v) for v in volumes), network="host" if net_host else network)
     if layer_format == "estargz" and not oci:
         logrus("WARN", "option --estargz should be used in conjunction with --oci")
     store = Store(opts.root)
@@ -244,7 +252,7 @@ def optimize_command(period: float, wait_line: str | None, entrypoint: str | Non
         src_root = _source_root(store, src, opts, [plat])
         with make_progress() as progress:
             result = optimize_image(store, src_root, layout if layout is not None else store, options, plat,
-                                    workload, progress, on_record=write_record)
+                                    None if no_optimize else workload, progress, on_record=write_record)
         converted = result.convert
         if layout is not None:
             layout.add_entry(converted.root, tag)

@@ -135,13 +135,14 @@ def temporary_name() -> str:
 
 
 def optimize_image(store: Store, src: Root, sink: BlobSink, options: ConvertOptions, platform: Platform,
-                   workload: Workload, progress: Progress = NULL_PROGRESS,
+                   workload: Workload | None, progress: Progress = NULL_PROGRESS,
                    on_record: Callable[[list[RecordEntry]], None] | None = None) -> OptimizeResult:
     """Record ``workload`` on SRC's ``platform`` image, then convert SRC into ``sink`` with the record.
 
     ``options`` says DST's layer format (eStargz or zstd:chunked) and the usual conversion flags;
     its ``platforms`` is replaced by ``[platform]``. ``on_record`` sees the record before the final
-    conversion (``--record-out`` is written even if that fails). The caller names the result.
+    conversion (``--record-out`` is written even if that fails). No ``workload``: nothing is run
+    and DST has no prioritised files (``--no-optimize``). The caller names the result.
     """
     if options.layer_format not in ("estargz", "zstdchunked"):
         raise ImageError("optimize converts to eStargz or zstd:chunked: give --estargz (default) "
@@ -151,6 +152,10 @@ def optimize_image(store: Store, src: Root, sink: BlobSink, options: ConvertOpti
     final = dataclasses.replace(final, platforms=[platform], record=None)
     final.check()               # refuse bad flags before the (long) run
     image = select_image(src, platform)
+    if workload is None:
+        if on_record is not None:
+            on_record([])
+        return OptimizeResult(convert_image(src, sink, final, progress), [], image.digest())
     temporary = ConvertOptions(layer_format="estargz", oci=True, estargz_level=TEMPORARY_LEVEL)
     name = temporary_name()
     converted = convert_image(image, store, temporary, progress)

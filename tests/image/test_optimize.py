@@ -181,15 +181,34 @@ def test_wait_line_ends_the_run_and_zstdchunked(tmp_path: Path, app_image: str) 
     assert names.index("etc/app/conf") < names.index(".prefetch.landmark") < names.index("etc/app/unused")
 
 
-def test_period_stops_a_long_workload(tmp_path: Path, app_image: str) -> None:
+def test_period_stops_a_long_workload_run_as_asked(tmp_path: Path, app_image: str) -> None:
+    """The period ends a workload that would sleep for 100 s; user, working dir, env file and host
+    network reach the container."""
     root = tmp_path / "root"
+    (tmp_path / "env").write_text("# from a file\nWHO=from-file\n")
     began = time.monotonic()
-    result = lazypull(root, "--insecure-registry", "image", "optimize", "--period", "1.5",
-                      "--args", '["sh", "-c", "cat /etc/app/conf; sleep 100"]', app_image, "optimized:p")
+    result = lazypull(root, "--insecure-registry", "image", "optimize", "--period", "1.5", "-u", "alice",
+                      "--cwd", "/tmp", "--env-file", str(tmp_path / "env"), "--net-host",
+                      "--args", '["sh", "-c", "id -un; pwd; echo $WHO; ls /sys/class/net | grep -vx lo | '
+                      'head -c1 | wc -c; cat /etc/app/conf; sleep 100"]', app_image, "optimized:p")
     assert result.returncode == 0, result.stderr.decode()
     assert time.monotonic() - began < 60
+    assert b"alice\n/tmp\nfrom-file\n1\n" + CONF in result.stderr
     assert b"the period of 1.5s is over" in result.stderr
     assert [p.name for p in (root / "containers").iterdir() if p.name != ".lock"] == []
+
+
+def test_no_optimize_converts_without_running(tmp_path: Path, app_image: str) -> None:
+    root = tmp_path / "root"
+    record_out = tmp_path / "record.json"
+    result = lazypull(root, "--insecure-registry", "image", "optimize", "--no-optimize", "--oci",
+                      "--record-out", str(record_out), app_image, "plain:esgz")
+    assert result.returncode == 0, result.stderr.decode()
+    assert record_out.read_text() == ""
+    assert not (root / "containers").exists() and not (root / "run").exists()
+    store = Store(root)
+    for layer in store.resolve("plain:esgz").layers:
+        assert toc_names(store, layer.digest)[0] == ".no.prefetch.landmark"
 
 
 def test_oci_layout_index_in_and_out_and_the_record_replays_with_convert(tmp_path: Path) -> None:
