@@ -145,12 +145,17 @@ def test_optimize_records_reads_and_prioritises_them(tmp_path: Path, app_image: 
         pull_image(lazy_store, client, dst, fetch_layers=False)
     from lazypull.snapshot import MountClient
 
+    mark = registry.log_mark()
     with MountClient(fresh) as mc:
         mounts = mc.mount_image(dst, insecure=True, holder="test")
         app_layer = mounts[1]
         assert app_layer.lazy and app_layer.path is not None
         before = mc.stats()["layers"][app_layer.digest]
         assert before["prefetch_state"] == "done" and before["prefetch_bytes"] > 0
+        gets = [e for e in registry.access_log(mark)
+                if e.method == "GET" and e.path.endswith(app_layer.digest)]
+        assert len(gets) == before["requests"]            # the TOC (from the end), then the prefetch
+        assert before["prefetch_bytes"] in [e.bytes for e in gets]   # the whole prefetch: one response
         assert (app_layer.path / "etc/app/conf").read_bytes() == CONF
         after = mc.stats()["layers"][app_layer.digest]
         assert after["requests"] == before["requests"] and after["misses_waited"] == 0
