@@ -36,7 +36,7 @@ def test_records_agree_with_ctr_remote(containerd: Ctr, tmp_path: Path) -> None:
         for path in sorted(built.path.rglob("*")):
             tar.add(path, arcname=str(path.relative_to(built.path)), recursive=False)
     containerd.import_archive(archive)
-    args = '["sh", "-c", "cat /etc/app/conf /etc/app/also"]'
+    args = '["sh", "-c", "exec 3</etc/app/also; cat /etc/app/conf"]'   # also: opened, never read
 
     theirs_out = tmp_path / "theirs.json"
     containerd.run(["image", "optimize", "--oci", "--period", "5", "--args", args, "--record-out",
