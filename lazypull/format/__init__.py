@@ -5,7 +5,7 @@ and in ``docs/format.md``. This package imports only the standard library, zstan
 """
 
 from lazypull.format.errors import DigestMismatchError, FormatError
-from lazypull.format.reader import Chunk, LayerReader, decode_chunk, open_layer
+from lazypull.format.reader import Chunk, LayerReader, decode_chunk, decode_chunks, open_layer
 from lazypull.format.source import BlobSource, BytesSource, FileSource
 from lazypull.format.toc import TOC, TOCEntry
 from lazypull.format.writer import BuildOptions, BuildResult, build
@@ -24,5 +24,6 @@ __all__ = [
     "TOCEntry",
     "build",
     "decode_chunk",
+    "decode_chunks",
     "open_layer",
 ]

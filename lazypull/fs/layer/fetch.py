@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from lazypull.format import FormatError, decode_chunk
+from lazypull.format import FormatError, decode_chunks
 from lazypull.fs.cache import ChunkCache
 from lazypull.fs.config import FsConfig
 from lazypull.fs.remote import FetchError, RemoteBlob
@@ -262,26 +262,29 @@ class ChunkFetcher:
             else:
                 ranges = merge_ranges(remote_units, self.config.merge_gap)
             datas = self.remote.fetch([(s, e - s) for s, e in ranges], deadline)
-        failed: list[tuple[Any, FormatError]] = []
+        by_unit: dict[Unit, list[Any]] = {}
         for chunk in chunks:
-            compressed = local.get((chunk.offset, chunk.end))
+            by_unit.setdefault((chunk.offset, chunk.end), []).append(chunk)
+        failed: list[tuple[Any, FormatError]] = []
+        for (offset, end), group in by_unit.items():
+            compressed = local.get((offset, end))
             if compressed is None:
-                for (start, end), data in zip(ranges, datas, strict=True):
-                    if start <= chunk.offset and chunk.end <= end:
-                        compressed = data[chunk.offset - start : chunk.end - start]
+                for (start, stop), data in zip(ranges, datas, strict=True):
+                    if start <= offset and end <= stop:
+                        compressed = data[offset - start : end - start]
                         break
                 else:  # cannot happen: every unit is inside a range
-                    raise FetchError(f"no fetched range covers chunk {chunk.digest}")
-            try:
-                plain = decode_chunk(chunk, compressed)
-            except FormatError as err:
-                self.stats.add(verify_failures=1)
-                failed.append((chunk, err))
-                continue
-            try:
-                self.cache.put(chunk.digest, plain)
-            except OSError as err:
-                log.warning("chunk cache write of %s failed: %s", chunk.digest, err)
-            self.stats.add(chunks_fetched=1)
-            results[chunk.digest] = plain
+                    raise FetchError(f"no fetched range covers chunk {group[0].digest}")
+            # chunks sharing a member (min-chunk-size) are decompressed together, once
+            for chunk, decoded in zip(group, decode_chunks(group, compressed), strict=True):
+                if isinstance(decoded, FormatError):
+                    self.stats.add(verify_failures=1)
+                    failed.append((chunk, decoded))
+                    continue
+                try:
+                    self.cache.put(chunk.digest, decoded)
+                except OSError as err:
+                    log.warning("chunk cache write of %s failed: %s", chunk.digest, err)
+                self.stats.add(chunks_fetched=1)
+                results[chunk.digest] = decoded
         return failed
