@@ -463,6 +463,10 @@ def test_min_chunk_size_convert_and_image_ls(seed_image: SeedImage, esgz: Conver
     chunks, streams = shared_streams(blob_from_registry(esgz.name, esgz.layer_digests[0]))
     assert streams == chunks
     assert manifest["layers"][0]["size"] < esgz.manifest["layers"][0]["size"]
+    # "`--estargz-min-chunk-size=0` produces normal eStargz"
+    zero = ok(cli(seed_image.build_root, "image", "convert", "--oci", "--estargz",
+                  "--estargz-min-chunk-size=0", seed_image.ref, f"{seed_image.repo}/foo:chunk0"))
+    assert digest_out(zero) == esgz.digest
 
 
 def test_min_chunk_size_push_and_lazy_pull(roots: Roots, seed_image: SeedImage) -> None:
