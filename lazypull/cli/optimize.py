@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -68,6 +69,7 @@ class _Watch:
         self.wait_line = wait_line.encode() if wait_line else None
         self.stop = threading.Event()        # the container must end (period over, line seen)
         self.exited = threading.Event()      # it has ended
+        self._wake = threading.Event()       # either of the above happened
         self.reason = ""
         read_fd, write_fd = os.pipe()
         self.output = os.fdopen(write_fd, "wb")
@@ -81,6 +83,7 @@ class _Watch:
 
     def __exit__(self, *exc: object) -> None:
         self.exited.set()
+        self._wake.set()
         self.output.close()
         self._reader.join(timeout=5)
         self._killer.join(timeout=5)
@@ -97,12 +100,18 @@ class _Watch:
                     if self.wait_line in pending:
                         self.reason = "the awaited line appeared"
                         self.stop.set()
+                        self._wake.set()
 
     def _kill_when_due(self) -> None:
-        if not self.stop.wait(self.period) and not self.exited.is_set():
-            self.reason = f"the period of {self.period:g}s is over"
-            self.stop.set()
+        deadline = time.monotonic() + self.period
         while not self.exited.is_set():
+            if not self.stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining > 0:
+                    self._wake.wait(remaining)
+                    continue
+                self.reason = f"the period of {self.period:g}s is over"
+                self.stop.set()
             self.containers.runc.kill(self.container_id, "KILL")
             self.exited.wait(KILL_RETRY)
 
