@@ -331,12 +331,7 @@ class _Converter:
         out["layers"] = [_desc_json(c.desc) for c in converted]
         if isinstance(manifest.get("subject"), dict):
             out["subject"] = manifest["subject"]
-        if isinstance(manifest.get("annotations"), dict):
-            out["annotations"] = dict(sorted(manifest["annotations"].items()))
-        written = self.put(_go_json(out))
-        old = image.descriptor()
-        return Descriptor(manifest_media, written.digest, written.size, dict(old.annotations), old.platform,
-                          old.urls), converted
+        return self._write_root(out, manifest, image.descriptor()), converted
 
     def index(self, index: ImageIndex, depth: int = 0) -> tuple[Descriptor, list[ConvertedLayer]]:
         if depth > 4:
@@ -366,12 +361,16 @@ class _Converter:
         media = mt.to_oci(index.media_type()) if self.options.oci else index.media_type()
         out: dict[str, Any] = {"schemaVersion": 2, "mediaType": media,
                                "manifests": [_desc_json(e) for e in new_entries]}
-        if isinstance(doc.get("annotations"), dict):
-            out["annotations"] = dict(sorted(doc["annotations"].items()))
+        return self._write_root(out, doc, index.descriptor()), layers
+
+    def _write_root(self, out: dict[str, Any], source_doc: dict[str, Any], old: Descriptor) -> Descriptor:
+        """Store a new manifest or index ``out`` (its mediaType set) with the source document's annotations
+        (keys sorted, as Go writes them); its descriptor keeps the old one's annotations, platform, urls."""
+        if isinstance(source_doc.get("annotations"), dict):
+            out["annotations"] = dict(sorted(source_doc["annotations"].items()))
         written = self.put(_go_json(out))
-        old = index.descriptor()
-        return Descriptor(media, written.digest, written.size, dict(old.annotations), old.platform,
-                          old.urls), layers
+        return Descriptor(out["mediaType"], written.digest, written.size, dict(old.annotations), old.platform,
+                          old.urls)
 
     def toc_image(self, layers: list[ConvertedLayer]) -> Descriptor | None:
         tocs = {c.toc_blob.digest: c.toc_blob for c in layers if c.toc_blob is not None}

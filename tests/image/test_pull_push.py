@@ -247,14 +247,21 @@ def test_skopeo_copies_converted_estargz_with_annotations(
                    toc_digest=layer.annotations()[mt.TOC_DIGEST]).verify()
 
 
-def test_push_of_a_lazily_pulled_image_mounts_or_copies_layers(
-        tmp_path: Path, registry: RegistryServer, unique_repo: str, client: RegistryClient) -> None:
-    name = f"{registry.host}/{unique_repo}:lazy"
+def _pushed_then_pulled_lazily(tmp_path: Path, client: RegistryClient,
+                               name: str) -> tuple[BuiltLayout, Store]:
+    """A fresh image pushed as ``name``, and a store that pulled it without its layers."""
     src = Store(tmp_path / "src")
     built = _import(tmp_path, src, name, unique=True)
     push_image(src, client, name)
     lazy = Store(tmp_path / "lazy")
     pull_image(lazy, client, name, fetch_layers=False)
+    return built, lazy
+
+
+def test_push_of_a_lazily_pulled_image_mounts_or_copies_layers(
+        tmp_path: Path, registry: RegistryServer, unique_repo: str, client: RegistryClient) -> None:
+    name = f"{registry.host}/{unique_repo}:lazy"
+    built, lazy = _pushed_then_pulled_lazily(tmp_path, client, name)
     # Same registry, other repository: layers are mounted across repositories, not uploaded.
     other = f"{registry.host}/{unique_repo}-copy:v1"
     lazy.tag(name, other)
@@ -278,11 +285,7 @@ def test_push_of_a_lazily_pulled_image_to_another_registry_copies_layers(
         tmp_path: Path, registry: RegistryServer, registry_redirect: RegistryServer, unique_repo: str,
         client: RegistryClient) -> None:
     name = f"{registry.host}/{unique_repo}:lazy"
-    src = Store(tmp_path / "src")
-    built = _import(tmp_path, src, name, unique=True)
-    push_image(src, client, name)
-    lazy = Store(tmp_path / "lazy")
-    pull_image(lazy, client, name, fetch_layers=False)
+    built, lazy = _pushed_then_pulled_lazily(tmp_path, client, name)
     elsewhere = f"{registry_redirect.host}/{unique_repo}:copied"
     result = push_image(lazy, client, name, dest=elsewhere)
     assert result.digest == built.root_digest
