@@ -139,24 +139,17 @@ class RemoteBlob:
                                          f"returned {len(data)} bytes")
                 self.stats.add(requests=1, bytes_fetched=sum(len(d) for d in datas))
                 return datas
-            except (LazypullError, OSError, EOFError, ValueError) as err:
+            except Exception as err:
+                # ours, the OS's, and the HTTP library's own errors if the client let one through
+                if not isinstance(err, (LazypullError, OSError, EOFError, ValueError)) and \
+                        type(err).__module__.split(".")[0] not in ("httpx", "httpcore", "h11", "ssl"):
+                    raise
                 self.stats.add(requests=1)
-                now = time.monotonic()
-                if self.closed.is_set() or now + delay >= deadline:
+                if self.closed.is_set() or time.monotonic() + delay >= deadline:
                     raise FetchError(f"fetching {len(clipped)} range(s) of {self.source.describe()} "
                                      f"failed after {attempt} attempt(s): {err}") from err
                 self.stats.add(retries=1)
                 log.info("fetch of %s failed (%s); retrying in %.2fs", self.source.describe(), err, delay)
-                if self.closed.wait(delay):
-                    raise FetchError(f"layer {self.source.describe()} closed during fetch") from err
-                delay = min(delay * 2, self.config.retry_max)
-            except Exception as err:  # the HTTP library's own errors, if the client let one through
-                if type(err).__module__.split(".")[0] not in ("httpx", "httpcore", "h11", "ssl"):
-                    raise
-                self.stats.add(requests=1)
-                if self.closed.is_set() or time.monotonic() + delay >= deadline:
-                    raise FetchError(f"fetching {self.source.describe()} failed: {err}") from err
-                self.stats.add(retries=1)
                 if self.closed.wait(delay):
                     raise FetchError(f"layer {self.source.describe()} closed during fetch") from err
                 delay = min(delay * 2, self.config.retry_max)
