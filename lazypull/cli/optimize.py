@@ -28,7 +28,13 @@ from lazypull.image import Layout, Store, normalize_name
 from lazypull.image import mediatypes as mt
 from lazypull.image.convert import ConvertOptions, LayerFormat
 from lazypull.image.errors import ImageError
-from lazypull.image.optimize import RecordEntry, optimize_image
+from lazypull.image.optimize import (
+    RecordEntry,
+    build_record,
+    convert_with_record,
+    final_options,
+    make_temporary,
+)
 from lazypull.image.platform import host_platform, parse_platform
 from lazypull.runtime import (
     ContainerOptions,
@@ -212,9 +218,8 @@ def _summary(entries: Sequence[RecordEntry], layers: int) -> str:
 def optimize_command(period: float, wait_line: str | None, entrypoint: str | None, args_: str | None,
                      env: tuple[str, ...], env_file: tuple[str, ...], user: str | None, workdir: str | None,
                      volumes: tuple[str, ...], network: str, net_host: bool, no_optimize: bool,
-                     record_out: str | None,
-                     zstdchunked: bool, estargz_compression_level: int, estargz_chunk_size: int,
-                     estargz_min_chunk_size: int, estargz_external_toc: bool,
+                     record_out: str | None, zstdchunked: bool, estargz_compression_level: int,
+                     estargz_chunk_size: int, estargz_min_chunk_size: int, estargz_external_toc: bool,
                      zstdchunked_compression_level: int, zstdchunked_chunk_size: int, oci: bool,
                      platform: str | None, src: str, dst: str) -> None:
     """Run SRC, record the files it reads, and convert it to DST with those files first.
@@ -232,7 +237,7 @@ def optimize_command(period: float, wait_line: str | None, entrypoint: str | Non
         estargz_chunk_size=estargz_chunk_size, estargz_min_chunk_size=estargz_min_chunk_size,
         estargz_external_toc=estargz_external_toc, zstd_level=zstdchunked_compression_level,
         zstd_chunk_size=zstdchunked_chunk_size, platforms=[plat])
-    options.check()
+    final_options(options, plat)         # bad conversion flags fail before anything runs
     container = ContainerOptions(
         entrypoint=parse_json_list(entrypoint, "--entrypoint") if entrypoint is not None else None,
         command=parse_json_list(args_, "--args") if args_ is not None else None,
@@ -243,10 +248,6 @@ def optimize_command(period: float, wait_line: str | None, entrypoint: str | Non
     store = Store(opts.root)
     layout, tag = Layout.from_reference(dst) if dst.startswith("oci:") else (None, None)
     dst_name = None if layout is not None else normalize_name(dst)
-
-    def workload(image: str, digests: list[str]) -> dict[str, list[tuple[str, int]]]:
-        logrus("INFO", f"running the workload for up to {period:g}s")
-        return run_workload(opts.root, store, image, digests, container, period=period, wait_line=wait_line)
 
     def write_record(entries: list[RecordEntry]) -> None:
         layers = 1 + max((e.layer_index for e in entries), default=-1)
@@ -259,10 +260,22 @@ def optimize_command(period: float, wait_line: str | None, entrypoint: str | Non
 
     with store.lease():
         src_root = _source_root(store, src, opts, [plat])
+        entries: list[RecordEntry] = []
+        if not no_optimize:
+            # The progress display is closed while the workload runs: its output goes to our stderr.
+            with make_progress() as progress:
+                temp = make_temporary(store, src_root, plat, progress)
+            try:
+                logrus("INFO", f"running the workload for up to {period:g}s")
+                accesses = run_workload(opts.root, store, temp.name, temp.layer_digests, container,
+                                        period=period, wait_line=wait_line)
+            finally:
+                temp.discard(store)
+            entries = build_record(temp.image.digest(), temp.layer_digests, accesses)
+        write_record(entries)
         with make_progress() as progress:
-            result = optimize_image(store, src_root, layout if layout is not None else store, options, plat,
-                                    None if no_optimize else workload, progress, on_record=write_record)
-        converted = result.convert
+            converted = convert_with_record(src_root, layout if layout is not None else store, options, plat,
+                                            entries, progress)
         if layout is not None:
             layout.add_entry(converted.root, tag)
             if converted.toc_image is not None:

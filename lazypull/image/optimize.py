@@ -134,47 +134,80 @@ def temporary_name() -> str:
     return normalize_name(f"{TEMPORARY_REPOSITORY}:{secrets.token_hex(8)}")
 
 
-def optimize_image(store: Store, src: Root, sink: BlobSink, options: ConvertOptions, platform: Platform,
-                   workload: Workload | None, progress: Progress = NULL_PROGRESS,
-                   on_record: Callable[[list[RecordEntry]], None] | None = None) -> OptimizeResult:
-    """Record ``workload`` on SRC's ``platform`` image, then convert SRC into ``sink`` with the record.
-
-    ``options`` says DST's layer format (eStargz or zstd:chunked) and the usual conversion flags;
-    its ``platforms`` is replaced by ``[platform]``. ``on_record`` sees the record before the final
-    conversion (``--record-out`` is written even if that fails). No ``workload``: nothing is run
-    and DST has no prioritised files (``--no-optimize``). The caller names the result.
-    """
+def final_options(options: ConvertOptions, platform: Platform) -> ConvertOptions:
+    """DST's conversion options, checked (call before the run, so bad flags fail at once)."""
     if options.layer_format not in ("estargz", "zstdchunked"):
         raise ImageError("optimize converts to eStargz or zstd:chunked: give --estargz (default) "
                          "or --zstdchunked")
     final = _OptimizeConvertOptions(**{f.name: getattr(options, f.name)
                                        for f in dataclasses.fields(ConvertOptions)})
     final = dataclasses.replace(final, platforms=[platform], record=None)
-    final.check()               # refuse bad flags before the (long) run
+    final.check()
+    return final
+
+
+@dataclass(frozen=True)
+class Temporary:
+    """The temporary eStargz copy of SRC's platform image, named in the store while it is run."""
+
+    name: str
+    image: Image                  # SRC's image for the platform (its digest is the record's manifest)
+    layer_digests: list[str]      # the copy's layers, bottom first (one per SRC layer)
+    added: list[str]              # blobs the copy added to the store
+
+    def discard(self, store: Store) -> None:
+        """Drop the name and the blobs only the copy used."""
+        if store.find_image(self.name) is not None:
+            store.remove(self.name)
+        store.discard_unreferenced(list(self.added))
+
+
+def make_temporary(store: Store, src: Root, platform: Platform,
+                   progress: Progress = NULL_PROGRESS) -> Temporary:
+    """Convert SRC's ``platform`` image to plain eStargz in the store and name it (lazily mountable)."""
     image = select_image(src, platform)
-    if workload is None:
-        if on_record is not None:
-            on_record([])
-        return OptimizeResult(convert_image(src, sink, final, progress), [], image.digest())
-    temporary = ConvertOptions(layer_format="estargz", oci=True, estargz_level=TEMPORARY_LEVEL)
-    name = temporary_name()
-    converted = convert_image(image, store, temporary, progress)
+    options = ConvertOptions(layer_format="estargz", oci=True, estargz_level=TEMPORARY_LEVEL)
+    converted = convert_image(image, store, options, progress)
+    temp = Temporary(temporary_name(), image, [layer.desc.digest for layer in converted.layers],
+                     list(converted.added))
     try:
-        store.put_image(name, converted.root)
-        digests = [layer.desc.digest for layer in converted.layers]
-        accesses = workload(name, digests)
-    finally:
-        if store.find_image(name) is not None:
-            store.remove(name)
-        store.discard_unreferenced(list(converted.added))
-    entries = build_record(image.digest(), digests, accesses)
-    if on_record is not None:
-        on_record(entries)
+        store.put_image(temp.name, converted.root)
+    except BaseException:
+        temp.discard(store)
+        raise
+    return temp
+
+
+def convert_with_record(src: Root, sink: BlobSink, options: ConvertOptions, platform: Platform,
+                        entries: Sequence[RecordEntry], progress: Progress = NULL_PROGRESS) -> ConvertResult:
+    """SRC converted into ``sink`` with the record's files first in each layer (none: no prefetch)."""
+    final = final_options(options, platform)
     text = "".join(e.to_json() for e in entries)
     record = parse_record(text, "the recorded workload") if entries else None
-    result = convert_image(src, sink, dataclasses.replace(final, record=record), progress)
+    return convert_image(src, sink, dataclasses.replace(final, record=record), progress)
+
+
+def optimize_image(store: Store, src: Root, sink: BlobSink, options: ConvertOptions, platform: Platform,
+                   workload: Workload | None, progress: Progress = NULL_PROGRESS) -> OptimizeResult:
+    """Record ``workload`` on SRC's ``platform`` image, then convert SRC into ``sink`` with the record.
+
+    ``options`` says DST's layer format (eStargz or zstd:chunked) and the usual conversion flags;
+    its ``platforms`` is replaced by ``[platform]``. No ``workload``: nothing is run and DST has no
+    prioritised files (``--no-optimize``). The caller names the result.
+    """
+    final_options(options, platform)
+    image = select_image(src, platform)
+    entries: list[RecordEntry] = []
+    if workload is not None:
+        temp = make_temporary(store, src, platform, progress)
+        try:
+            accesses = workload(temp.name, temp.layer_digests)
+        finally:
+            temp.discard(store)
+        entries = build_record(image.digest(), temp.layer_digests, accesses)
+    result = convert_with_record(src, sink, options, platform, entries, progress)
     return OptimizeResult(result, entries, image.digest())
 
 
-__all__ = ["OptimizeResult", "RecordEntry", "Workload", "build_record", "optimize_image", "select_image",
-           "temporary_name"]
+__all__ = ["OptimizeResult", "RecordEntry", "Temporary", "Workload", "build_record", "convert_with_record",
+           "final_options", "make_temporary", "optimize_image", "select_image", "temporary_name"]

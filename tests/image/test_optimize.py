@@ -313,6 +313,44 @@ def test_build_record_orders_by_first_access_and_takes_the_top_copy_of_a_layer()
         build_record("sha256:" + "m" * 64, layers, {"sha256:" + "c" * 64: [("x", 1)]})
 
 
+def test_optimize_image_with_a_given_workload(tmp_path: Path) -> None:
+    """The library path: the workload (the seam to the runtime) sees the temporary eStargz image while
+    it is named, the record it returns orders DST, and the temporary image is gone afterwards."""
+    from lazypull.image import Layout
+    from lazypull.image.convert import ConvertOptions
+    from lazypull.image.optimize import optimize_image
+    from lazypull.registry import Platform
+
+    app = [directory("etc"), file("etc/a", b"a"), file("etc/b", b"b"), file("etc/c", b"c")]
+    built = make_oci_layout(tmp_path / "src", [[file("base", b"0")], app], tag="v1")
+    store = Store(tmp_path / "root")
+    seen: list[str] = []
+
+    def workload(name: str, digests: list[str]) -> dict[str, list[tuple[str, int]]]:
+        resolved = store.resolve(name)
+        assert [d.digest for d in resolved.layers] == digests
+        assert all(d.annotations.get(mt.TOC_DIGEST) for d in resolved.layers)    # lazily mountable
+        seen.append(name)
+        return {digests[1]: [("etc/c", 20), ("etc/a", 10)]}
+
+    dst = Layout(tmp_path / "dst")
+    with store.lease():
+        result = optimize_image(store, Layout(built.path).root("v1"), dst,
+                                ConvertOptions(layer_format="estargz", oci=True), Platform("linux", "amd64"),
+                                workload)
+    assert [(e.path, e.layer_index) for e in result.entries] == [("etc/a", 1), ("etc/c", 1)]
+    assert result.manifest_digest == built.images[0].manifest_digest
+    assert seen and store.find_image(seen[0]) is None and store.list_images() == []
+    layer = result.convert.layers[1].desc
+    names = [e.name for e in open_layer(BytesSource((tmp_path / "dst" / "blobs" / "sha256" /
+                                                     layer.digest[7:]).read_bytes())).toc.entries]
+    assert names.index("etc/a") < names.index("etc/c") < names.index(".prefetch.landmark")
+    assert names.index(".prefetch.landmark") < names.index("etc/b")
+    with pytest.raises(ImageError, match="eStargz or zstd:chunked"):
+        optimize_image(store, Layout(built.path).root("v1"), dst, ConvertOptions(layer_format="gzip"),
+                       Platform("linux", "amd64"), workload)
+
+
 def test_record_entry_keeps_unicode_names() -> None:
     line = RecordEntry("etc/caf\u00e9", "sha256:" + "0" * 64, 0).to_json()
     assert json.loads(line)["path"] == "etc/caf\u00e9"
