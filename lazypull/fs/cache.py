@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
+from lazypull.errors import MountError
 
-def _hex(digest: str) -> str:
-    algo, _, hexpart = digest.partition(":")
-    if algo != "sha256" or len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
-        raise ValueError(f"not a sha256 chunk digest: {digest!r}")
-    return hexpart
+_SHA256 = re.compile(r"sha256:([0-9a-f]{64})")
+
+
+def digest_hex(digest: str, what: str = "digest") -> str:
+    """``sha256:<hex>`` -> ``<hex>``, refusing anything else: the hex names a file or a directory."""
+    m = _SHA256.fullmatch(digest)
+    if m is None:
+        raise MountError(f"not a sha256 {what}: {digest!r}")
+    return m.group(1)
 
 
 class ChunkCache:
@@ -29,7 +35,7 @@ class ChunkCache:
 
     def path(self, digest: str) -> Path:
         """Where a chunk is (or would be) stored."""
-        return self.dir / _hex(digest)
+        return self.dir / digest_hex(digest, "chunk digest")
 
     def has(self, digest: str, size: int) -> bool:
         """Whether the complete chunk is stored."""

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from lazypull.errors import ImageError, LazypullError, MountError
-from lazypull.fs.cache import ChunkCache
+from lazypull.fs.cache import ChunkCache, digest_hex
 from lazypull.fs.config import FsConfig
 from lazypull.fs.layer import LayerTree, is_lazy, open_layer_tree
 from lazypull.fs.layer.toc import fetch_external_toc
 from lazypull.fs.mount import mount_layer
 from lazypull.fs.remote import FileRangeSource, RangeSource, RegistryRangeSource
-from lazypull.snapshot.paths import RunPaths, digest_hex
+from lazypull.snapshot.paths import RunPaths
 from lazypull.snapshot.protocol import LayerMount, MountInfo
 
 log = logging.getLogger(__name__)

@@ -5,15 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-
-def digest_hex(digest: str) -> str:
-    """``sha256:<hex>`` -> ``<hex>``, refusing anything that could escape a directory."""
-    algo, _, hexpart = digest.partition(":")
-    if algo != "sha256" or len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
-        from lazypull.errors import MountError
-
-        raise MountError(f"not a sha256 digest: {digest!r}")
-    return hexpart
+from lazypull.fs.cache import digest_hex
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from lazypull.errors import MountError
-from lazypull.fs.cache import ChunkCache
+from lazypull.fs.cache import ChunkCache, digest_hex
 from lazypull.fs.config import FsConfig
 from lazypull.fs.layer.access import recorder_for
 from lazypull.fs.layer.toc import ExternalToc, open_toc, record_path
@@ -19,10 +18,7 @@ PRELOAD_MAX = 4 << 20
 
 def layer_dir(root: Path, digest: str) -> Path:
     """``<root>/snapshots/<hex>`` (the digest is checked: it names a directory)."""
-    algo, _, hexpart = digest.partition(":")
-    if algo != "sha256" or len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
-        raise MountError(f"not a sha256 layer digest: {digest!r}")
-    return root / "snapshots" / hexpart
+    return root / "snapshots" / digest_hex(digest, "layer digest")
 
 
 def open_layer_tree(digest: str, annotations: Mapping[str, str], source: RangeSource, *, root: Path,
