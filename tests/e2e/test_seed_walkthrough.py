@@ -547,7 +547,7 @@ def test_external_toc_lazy_pull_and_run(roots: Roots, seed_image: SeedImage, ext
     assert any(e.method == "GET" and e.status == 200 and toc_path.search(e.path)
                for e in seed_image.registry.access_log(mark)), "the TOC image's manifest was not fetched"
     for toc_layer in toc_manifest["layers"]:
-        assert blob_bytes_served(seed_image, mark, toc_layer["digest"]) == toc_layer["size"]
+        assert blob_bytes_served(seed_image, mark, toc_layer["digest"]) >= toc_layer["size"]
     assert blob_bytes_served(seed_image, mark, external_toc.layer_digests[2]) < BIG_SIZE // 4
     result = ok(run_lazypull(root, "run", "--rm", name, "cat", "/srv/motd", "/etc/hello"))
     assert result.stdout == MOTD.decode() + "hi\n"
