@@ -50,9 +50,15 @@ class RecordEntry:
     layer_index: int
 
     def to_json(self) -> str:
-        """The line as ctr-remote writes it (Go's encoder: field order, compact, newline)."""
-        return json.dumps({"path": self.path, "manifestDigest": self.manifest_digest,
-                           "layerIndex": self.layer_index}, separators=(",", ":"), ensure_ascii=False) + "\n"
+        """The line as ctr-remote writes it (Go's encoder: field order, compact, HTML characters
+        escaped, newline). A name that is not UTF-8 (surrogate-escaped bytes) keeps its bytes as
+        ``\\udcXX`` escapes, which lazypull's record reader turns back into the same name."""
+        text = json.dumps({"path": self.path, "manifestDigest": self.manifest_digest,
+                           "layerIndex": self.layer_index}, separators=(",", ":"), ensure_ascii=False)
+        for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                              ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+            text = text.replace(char, escaped)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8") + "\n"
 
 
 @dataclass(frozen=True)

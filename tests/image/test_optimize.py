@@ -351,9 +351,16 @@ def test_optimize_image_with_a_given_workload(tmp_path: Path) -> None:
                        Platform("linux", "amd64"), workload)
 
 
-def test_record_entry_keeps_unicode_names() -> None:
-    line = RecordEntry("etc/caf\u00e9", "sha256:" + "0" * 64, 0).to_json()
-    assert json.loads(line)["path"] == "etc/caf\u00e9"
+@pytest.mark.parametrize(("path", "line_part"), [
+    ("etc/caf\u00e9", '"etc/caf\u00e9"'),
+    ("a<b>&c", '"a\\u003cb\\u003e\\u0026c"'),
+    (b"bad\xff".decode("utf-8", "surrogateescape"), '"bad\\udcff"'),
+], ids=["unicode", "html-escaped", "not-utf8"])
+def test_record_entry_names_round_trip(path: str, line_part: str) -> None:
+    line = RecordEntry(path, "sha256:" + "0" * 64, 0).to_json()
+    assert line.startswith('{"path":' + line_part + ",")
+    line.encode("utf-8")                                    # writable as UTF-8
+    assert parse_record(line).files_for("sha256:" + "0" * 64, 0) == [path]
 
 
 def test_recorder_notes_each_inode_once_in_order_from_many_threads(tmp_path: Path) -> None:
@@ -394,3 +401,11 @@ def test_recorder_stops_quietly_when_the_log_cannot_be_written(tmp_path: Path) -
     os.close(recorder._fd)  # type: ignore[arg-type]   # the fd goes bad under it (as on EIO)
     recorder.note(1, "x")                              # logged, not raised
     assert recorder._fd is None
+
+
+def test_recorder_keeps_names_that_are_not_utf8(tmp_path: Path) -> None:
+    name = b"etc/\xff\xfe".decode("utf-8", "surrogateescape")
+    recorder = AccessRecorder(tmp_path / LOG_NAME)
+    recorder.note(7, name)
+    recorder.close()
+    assert [a.path for a in read_access_log(tmp_path)] == [name]
