@@ -57,10 +57,13 @@ class ChunkCache:
             return None
         return data
 
-    def read(self, digest: str, offset: int, length: int) -> bytes | None:
-        """Part of a stored chunk (None when absent)."""
+    def read(self, digest: str, size: int, offset: int, length: int) -> bytes | None:
+        """Bytes ``[offset, offset+length)`` of a stored chunk of ``size`` bytes; None when absent or
+        not whole (a chunk being replaced). Reads only the slice, not the chunk."""
         try:
             with open(self.path(digest), "rb") as fh:
+                if os.fstat(fh.fileno()).st_size != size:
+                    return None
                 return os.pread(fh.fileno(), length, offset)
         except FileNotFoundError:
             return None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -75,14 +74,7 @@ class ChunkFetcher:
 
     def read_slice(self, chunk: Any, offset: int, length: int) -> bytes | None:
         """Bytes ``[offset, offset+length)`` of a cached chunk, or None when it is not cached."""
-        path = self.cache.path(chunk.digest)
-        try:
-            with open(path, "rb") as fh:
-                if os.fstat(fh.fileno()).st_size != chunk.chunk_size:
-                    return None
-                return os.pread(fh.fileno(), length, offset)
-        except FileNotFoundError:
-            return None
+        return self.cache.read(chunk.digest, chunk.chunk_size, offset, length)
 
     def get(self, chunks: Sequence[Any], *, deadline: float) -> dict[str, bytes]:
         """Fetch the given (uncached) chunks, waiting until ``deadline``; digest -> bytes."""
