@@ -407,5 +407,6 @@ def test_recorder_keeps_names_that_are_not_utf8(tmp_path: Path) -> None:
     name = b"etc/\xff\xfe".decode("utf-8", "surrogateescape")
     recorder = AccessRecorder(tmp_path / LOG_NAME)
     recorder.note(7, name)
+    recorder.note(8, "odd\ud800")                         # not from surrogateescape: still no error
     recorder.close()
-    assert [a.path for a in read_access_log(tmp_path)] == [name]
+    assert [a.path for a in read_access_log(tmp_path)] == [name, "odd\ud800"]

@@ -62,7 +62,11 @@ class AccessRecorder:
             line = json.dumps({"path": path, "time_ns": time.monotonic_ns()}, ensure_ascii=False,
                               separators=(",", ":")) + "\n"
             try:
-                os.write(self._fd, line.encode("utf-8", "surrogateescape"))
+                data = line.encode("utf-8", "surrogateescape")     # names that are not UTF-8: their bytes
+            except UnicodeEncodeError:
+                data = line.encode("utf-8", "backslashreplace")    # other lone surrogates: JSON escapes
+            try:
+                os.write(self._fd, data)
             except OSError as err:   # a full disk must not fail the workload's reads
                 log.warning("access log %s: %s; recording stopped", self.path, err)
                 self._close_locked()
