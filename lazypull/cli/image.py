@@ -13,9 +13,9 @@ import datetime as dt
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -141,41 +141,14 @@ def _list(quiet: bool, no_trunc: bool, names: tuple[str, ...]) -> None:
     click.echo(tabulate(rows), nl=False)
 
 
-_ls_options = [
-    click.option("-q", "--quiet", is_flag=True, help="Only show image IDs."),
-    click.option("--no-trunc", is_flag=True, help="Show full image IDs."),
-    click.argument("names", nargs=-1),
-]
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _params(options: list[Callable[[Any], Any]]) -> Callable[[F], F]:
-    """A decorator adding a shared list of click parameters."""
-    def decorate(func: F) -> F:
-        for option in reversed(options):
-            func = option(func)
-        return func
-    return decorate
-
-
 @click.command("images")
-@_params(_ls_options)
+@click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
+@click.option("--no-trunc", is_flag=True, help="Show full image IDs.")
+@click.argument("names", nargs=-1)
 @global_options
 def images_command(quiet: bool, no_trunc: bool, names: tuple[str, ...]) -> None:
     """List images in the local store."""
     _list(quiet, no_trunc, names)
-
-
-
-@click.command("ls")
-@_params(_ls_options)
-@global_options
-def ls_command(quiet: bool, no_trunc: bool, names: tuple[str, ...]) -> None:
-    """List images in the local store."""
-    _list(quiet, no_trunc, names)
-
 
 
 # ---- inspect ------------------------------------------------------------------------------------------
@@ -270,15 +243,6 @@ def rmi_command(force: bool, names: tuple[str, ...]) -> None:
     _remove(names, force)
 
 
-@click.command("rm")
-@click.option("-f", "--force", is_flag=True, help="Ignore names that are not in the store.")
-@click.argument("names", nargs=-1, required=True)
-@global_options
-def image_rm_command(force: bool, names: tuple[str, ...]) -> None:
-    """Remove images (their blobs go when no image needs them)."""
-    _remove(names, force)
-
-
 @click.command("tag")
 @click.argument("source")
 @click.argument("target")
@@ -304,11 +268,14 @@ def _pull(ref: str, platform: tuple[str, ...], all_platforms: bool, quiet: bool)
     plats = _platforms(platform, all_platforms)
     lazy = opts.snapshotter == "stargz"
     parsed = parse_reference(ref)
+    from lazypull.runtime.layers import lower_dirs, streaming_unpacker
+
+    # A full pull of one platform extracts its layers while they download (what lower_dirs unpacks).
+    unpack = streaming_unpacker(opts.root) if not lazy and plats and len(plats) == 1 else None
     with _client(opts) as client, (make_progress() if not quiet else _quiet()) as progress:
         record = pull_image(store, client, parsed, platforms=plats, all_platforms=plats is None,
-                            fetch_layers=not lazy, progress=progress)
+                            fetch_layers=not lazy, progress=progress, unpack=unpack)
     platform_obj = plats[0] if plats else None
-    from lazypull.runtime.layers import lower_dirs
 
     if lazy:
         # Layers stay in the registry; the mount server mounts the lazy ones; the others are fetched
@@ -332,30 +299,15 @@ def _quiet() -> Any:
     return QuietProgress()
 
 
-_pull_options = [
-    click.option("--platform", multiple=True, help="Platform to pull (default: this machine's)."),
-    click.option("--all-platforms", is_flag=True, help="Pull every platform of an index."),
-    click.option("-q", "--quiet", is_flag=True, help="No progress output."),
-    click.argument("ref"),
-]
-
-
 @click.command("pull")
-@_params(_pull_options)
+@click.option("--platform", multiple=True, help="Platform to pull (default: this machine's).")
+@click.option("--all-platforms", is_flag=True, help="Pull every platform of an index.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.argument("ref")
 @global_options
 def pull_command(ref: str, platform: tuple[str, ...], all_platforms: bool, quiet: bool) -> None:
     """Pull an image (lazily with --snapshotter=stargz: metadata now, layers on demand)."""
     _pull(ref, platform, all_platforms, quiet)
-
-
-
-@click.command("pull")
-@_params(_pull_options)
-@global_options
-def image_pull_command(ref: str, platform: tuple[str, ...], all_platforms: bool, quiet: bool) -> None:
-    """Pull an image (lazily with --snapshotter=stargz: metadata now, layers on demand)."""
-    _pull(ref, platform, all_platforms, quiet)
-
 
 
 def _push(ref: str, platform: tuple[str, ...], all_platforms: bool, quiet: bool) -> None:
@@ -373,30 +325,15 @@ def _push(ref: str, platform: tuple[str, ...], all_platforms: bool, quiet: bool)
         logrus("INFO", f"pushed TOC image {_familiar(str(result.toc_image.ref))} ({result.toc_image.digest})")
 
 
-_push_options = [
-    click.option("--platform", multiple=True, help="Push only this platform's manifest of an index."),
-    click.option("--all-platforms", is_flag=True, help="Push every platform (the default for an index)."),
-    click.option("-q", "--quiet", is_flag=True, help="No progress output."),
-    click.argument("ref"),
-]
-
-
 @click.command("push")
-@_params(_push_options)
+@click.option("--platform", multiple=True, help="Push only this platform's manifest of an index.")
+@click.option("--all-platforms", is_flag=True, help="Push every platform (the default for an index).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.argument("ref")
 @global_options
 def push_command(ref: str, platform: tuple[str, ...], all_platforms: bool, quiet: bool) -> None:
     """Push an image from the store to its registry (and its -esgztoc TOC image, if any)."""
     _push(ref, platform, all_platforms, quiet)
-
-
-
-@click.command("push")
-@_params(_push_options)
-@global_options
-def image_push_command(ref: str, platform: tuple[str, ...], all_platforms: bool, quiet: bool) -> None:
-    """Push an image from the store to its registry (and its -esgztoc TOC image, if any)."""
-    _push(ref, platform, all_platforms, quiet)
-
 
 
 # ---- convert ------------------------------------------------------------------------------------------
@@ -533,9 +470,11 @@ def image_group() -> None:
     """Manage images: convert, ls, inspect, rm, tag, push, pull, prune."""
 
 
-for _command in (convert_command, ls_command, inspect_command, image_rm_command, tag_command,
-                 image_push_command, image_pull_command, prune_command):
+# `lazypull image X` and the top-level `pull`, `push`, `tag`, `images`, `rmi` are the same commands.
+for _command in (convert_command, inspect_command, tag_command, push_command, pull_command, prune_command):
     image_group.add_command(_command)
+image_group.add_command(images_command, name="ls")
+image_group.add_command(rmi_command, name="rm")
 
 COMMANDS: list[click.Command] = [image_group, images_command, pull_command, push_command, rmi_command,
                                  tag_command]
