@@ -193,6 +193,7 @@ def test_period_stops_a_long_workload_run_as_asked(tmp_path: Path, app_image: st
     (tmp_path / "env").write_text("# from a file\nWHO=from-file\n")
     began = time.monotonic()
     result = lazypull(root, "--insecure-registry", "image", "optimize", "--period", "1.5", "-u", "alice",
+                      "--oci", "--estargz-external-toc",
                       "--cwd", "/tmp", "--env-file", str(tmp_path / "env"), "--net-host",
                       "--args", '["sh", "-c", "id -un; pwd; echo $WHO; ls /sys/class/net | grep -vx lo | '
                       'head -c1 | wc -c; cat /etc/app/conf; sleep 100"]', app_image, "optimized:p")
@@ -201,6 +202,10 @@ def test_period_stops_a_long_workload_run_as_asked(tmp_path: Path, app_image: st
     assert b"alice\n/tmp\nfrom-file\n1\n" + CONF in result.stderr
     assert b"the period of 1.5s is over" in result.stderr
     assert [p.name for p in (root / "containers").iterdir() if p.name != ".lock"] == []
+    store = Store(root)
+    assert store.find_image("optimized:p-esgztoc") is not None      # the external TOC image
+    layer = store.resolve("optimized:p").layers[1]
+    assert layer.annotations.get(mt.TOC_DIGEST)
 
 
 def test_no_optimize_converts_without_running(tmp_path: Path, app_image: str) -> None:
