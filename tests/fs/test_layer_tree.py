@@ -10,12 +10,14 @@ import tarfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lazypull.errors import MountError
 from lazypull.fs.config import FsConfig
 from lazypull.fs.fuse.tree import FuseError
+from lazypull.fs.layer import LayerTree
 from lazypull.fs.remote import FileRangeSource
 from tests.snapshot.layerkit import FILES, Blob, FaultySource, build_blob, lookup_path, open_tree, read_all
 
@@ -23,6 +25,13 @@ from tests.snapshot.layerkit import FILES, Blob, FaultySource, build_blob, looku
 @pytest.fixture(scope="module")
 def blob(tmp_path_factory: pytest.TempPathFactory) -> Blob:
     return build_blob(tmp_path_factory.mktemp("blob"))
+
+
+def _chunks(tree: LayerTree, ino: int) -> list[Any]:
+    """The chunks of a regular file's inode."""
+    fc = tree._chunks_of(ino)
+    assert fc is not None
+    return list(fc.chunks)
 
 
 def _faulty(blob: Blob) -> FaultySource:
@@ -87,7 +96,7 @@ def test_only_needed_bytes_fetched_one_request_per_read(blob: Blob, tmp_path: Pa
     src.requests.clear()
     before = tree.stats.bytes_fetched
     ino = lookup_path(tree, "bin/huge")
-    chunks = tree._chunks_of(ino).chunks
+    chunks = _chunks(tree, ino)
     assert len(chunks) > 30
     # One FUSE-sized read spanning several chunks: one request, for exactly those chunks' range.
     assert tree.read(ino, 0, 5 * 4096) == FILES["bin/huge"][: 5 * 4096]
@@ -108,7 +117,7 @@ def test_disjoint_missing_ranges_go_in_one_multi_range_request(blob: Blob, tmp_p
     config = FsConfig(prefetch=False, background_fetch=False, merge_gap=0, readahead=0)
     tree = open_tree(blob, tmp_path, config=config, source=src)
     ino = lookup_path(tree, "bin/huge")
-    chunks = tree._chunks_of(ino).chunks
+    chunks = _chunks(tree, ino)
     tree.read(ino, 4096, 4096)           # chunk 1 cached
     src.requests.clear()
     assert tree.read(ino, 0, 3 * 4096) == FILES["bin/huge"][: 3 * 4096]
@@ -133,7 +142,7 @@ def test_corrupt_chunk_refetched_once_then_eio_logged(blob: Blob, tmp_path: Path
     text = caplog.text
     assert blob.digest in text and "bin/big" in text
     assert len(tree.stats.last_errors) == 1 and "bin/big" in tree.stats.snapshot()["last_errors"][0]
-    third = tree._chunks_of(ino).chunks[2]
+    third = _chunks(tree, ino)[2]
     assert not tree.cache.has(third.digest, third.chunk_size)
     tree.close()
 
@@ -380,7 +389,7 @@ def test_sequential_reads_fetch_ahead(blob: Blob, tmp_path: Path) -> None:
     config = FsConfig(prefetch=False, background_fetch=False, readahead=5 * 4096)
     tree = open_tree(blob, tmp_path, config=config, source=src)
     ino = lookup_path(tree, "bin/huge")
-    chunks = tree._chunks_of(ino).chunks
+    chunks = _chunks(tree, ino)
     tree.read(ino, 0, 4096)                        # a lone read: nothing ahead
     time.sleep(0.2)
     assert [tree.cache.has(c.digest, c.chunk_size) for c in chunks[:3]] == [True, False, False]
@@ -431,7 +440,7 @@ def test_damaged_cache_file_is_refetched_and_replaced(blob: Blob, tmp_path: Path
     tree = open_tree(blob, tmp_path, source=src)
     ino = lookup_path(tree, "bin/big")
     assert read_all(tree, ino) == FILES["bin/big"]
-    first = tree._chunks_of(ino).chunks[0]
+    first = _chunks(tree, ino)[0]
     path = tree.cache.path(first.digest)
     path.write_bytes(path.read_bytes()[:100])         # as a crash in the middle of a write could leave it
     src.requests.clear()

@@ -87,7 +87,7 @@ class Blob:
 
     @property
     def digest(self) -> str:
-        return self.result.blob_digest
+        return str(self.result.blob_digest)
 
     @property
     def annotations(self) -> dict[str, str]:

@@ -31,6 +31,18 @@ def _lazypull_mounts(root: Path) -> list[str]:
     return [line for line in out.splitlines() if "lazypull" in line and str(root) in line]
 
 
+def _gone(pid: int, seconds: float) -> bool:
+    """Wait up to ``seconds`` for process ``pid`` to exit; whether it did."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 @pytest.fixture(scope="module")
 def image(registry: RegistryServer,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, str]]:
@@ -93,12 +105,7 @@ def test_killed_daemon_is_restarted_and_mounts_restored_with_cache(image: tuple[
     pid = daemon_pid(root)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
+    assert _gone(pid, 5.0), "the server survived SIGKILL"
     with pytest.raises(OSError) as err:
         (path / "etc/hello.txt").read_bytes()
     assert err.value.errno == errno.ENOTCONN
@@ -121,14 +128,7 @@ def test_sigterm_unmounts_cleanly_and_the_next_server_restores(image: tuple[Path
     pid = daemon_pid(root)
     assert pid is not None
     os.kill(pid, signal.SIGTERM)
-    for _ in range(200):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail("the server did not exit on SIGTERM")
+    assert _gone(pid, 10.0), "the server did not exit on SIGTERM"
     assert _lazypull_mounts(root) == [], "SIGTERM unmounts everything"
     assert not (root / "run" / "lazypull.sock").exists() and daemon_pid(root) is None
     held = json.loads((root / "run" / "state.json").read_text())["holds"]
