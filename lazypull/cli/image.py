@@ -15,7 +15,6 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -272,7 +271,7 @@ def _pull(ref: str, platform: tuple[str, ...], all_platforms: bool, quiet: bool)
 
     # A full pull of one platform extracts its layers while they download (what lower_dirs unpacks).
     unpack = streaming_unpacker(opts.root) if not lazy and plats and len(plats) == 1 else None
-    with _client(opts) as client, (make_progress() if not quiet else _quiet()) as progress:
+    with _client(opts) as client, make_progress(quiet=quiet) as progress:
         record = pull_image(store, client, parsed, platforms=plats, all_platforms=plats is None,
                             fetch_layers=not lazy, progress=progress, unpack=unpack)
     platform_obj = plats[0] if plats else None
@@ -293,12 +292,6 @@ def _pull(ref: str, platform: tuple[str, ...], all_platforms: bool, quiet: bool)
     click.echo(record.target.digest)
 
 
-def _quiet() -> Any:
-    from lazypull.cli._image_progress import QuietProgress
-
-    return QuietProgress()
-
-
 @click.command("pull")
 @click.option("--platform", multiple=True, help="Platform to pull (default: this machine's).")
 @click.option("--all-platforms", is_flag=True, help="Pull every platform of an index.")
@@ -317,7 +310,7 @@ def _push(ref: str, platform: tuple[str, ...], all_platforms: bool, quiet: bool)
         raise click.UsageError("push takes one --platform (or --all-platforms)")
     if platform and all_platforms:
         raise click.UsageError("--platform and --all-platforms are mutually exclusive")
-    with _client(opts) as client, (make_progress() if not quiet else _quiet()) as progress:
+    with _client(opts) as client, make_progress(quiet=quiet) as progress:
         result = push_image(store, client, ref, platform=parse_platform(platform[0]) if platform else None,
                             progress=progress)
     click.echo(result.digest)

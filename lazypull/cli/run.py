@@ -35,7 +35,7 @@ from lazypull.runtime import (
     parse_env,
     parse_volume,
 )
-from lazypull.runtime.layers import lower_dirs
+from lazypull.runtime.layers import lower_dirs, streaming_unpacker
 
 PULL_POLICIES = ("missing", "always", "never")
 AUTO_REMOVE_LABEL = "lazypull.auto-remove"
@@ -59,7 +59,8 @@ def ensure_image(store: Store, image: str, *, opts: GlobalOptions, pull: str, pl
     present = store.find_image(name) is not None
     if pull == "always" or (pull == "missing" and not present):
         with registry_client(opts) as client:
-            pull_image(store, client, image, platform=platform, fetch_layers=not lazy, progress=progress)
+            pull_image(store, client, image, platform=platform, fetch_layers=not lazy, progress=progress,
+                       unpack=None if lazy else streaming_unpacker(opts.root))
     elif not present:
         raise ContainerError(f"image {image} is not in the store and --pull=never was given")
     return store.resolve(name, platform)

@@ -3,6 +3,12 @@
 Order of writes: config and layer blobs, then manifests, then the index, then the name in
 images.json. If anything fails, blobs this pull added that no named image references are deleted,
 so a failed pull leaves the store as it was.
+
+With an ``unpack`` hook (the runtime's streaming extraction), each downloaded layer is also fed,
+as it arrives, to an unpacker that decompresses, hashes (the DiffID) and extracts it into a
+temporary directory: download, DiffID check and extraction overlap, as in containerd, instead of
+three passes. The unpacker is committed (renamed into place) only after the blob digest and the
+DiffID both matched, and aborted (deleted) otherwise.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO, cast
+from typing import BinaryIO, Protocol, cast
 
 from lazypull.image import mediatypes as mt
 from lazypull.image.blobs import BlobWriter
@@ -26,12 +32,67 @@ from lazypull.registry import Descriptor, Platform, Reference, RegistryClient, p
 log = logging.getLogger(__name__)
 
 
+class LayerUnpack(Protocol):
+    """One layer being unpacked while it downloads (``lazypull.runtime.extract.StreamingExtraction``)."""
+
+    def feed(self, data: bytes) -> None: ...
+    def finish(self) -> tuple[str, int]: ...     # DiffID and size of the uncompressed stream fed
+    def commit(self) -> object: ...             # make the extraction visible (after verification)
+    def abort(self) -> None: ...                # delete it
+
+
+# desc -> an unpacker for that layer, or None (already unpacked, or not wanted)
+Unpacker = Callable[[Descriptor], LayerUnpack | None]
+
+
+class _Tee:
+    """The ingest writer, also feeding the unpacker the bytes written in order.
+
+    If the download rewinds (a server ignoring Range on resume), the unpacker cannot follow: it is
+    marked broken and the caller falls back to verifying and extracting from the stored blob.
+    """
+
+    def __init__(self, writer: BlobWriter, unpack: LayerUnpack) -> None:
+        self.writer = writer
+        self.unpack = unpack
+        self.fed = 0
+        self.broken = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if not self.broken and self.writer.tell() == self.fed:
+            self.unpack.feed(bytes(data))
+            self.fed += len(data)
+        else:
+            self.broken = True
+        return self.writer.write(data)
+
+    def tell(self) -> int:
+        return self.writer.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.writer.seek(offset, whence)
+
+    def truncate(self, size: int | None = None) -> int:
+        return self.writer.truncate(size)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+
 class _Copier:
     """Copies one root (index or manifest) from a provider into the store, remembering new blobs."""
 
     def __init__(self, store: Store, provider: BlobProvider, *, platforms: Sequence[Platform] | None,
-                 fetch_layers: bool, verify_diff_ids: bool, progress: Progress, workers: int) -> None:
+                 fetch_layers: bool, verify_diff_ids: bool, progress: Progress, workers: int,
+                 unpack: Unpacker | None = None) -> None:
         self.store = store
+        self.unpack = unpack
         self.provider = provider
         self.platforms = platforms
         self.fetch_layers = fetch_layers
@@ -134,19 +195,27 @@ class _Copier:
             self.progress.finish(key, "exists")
         else:
             self.progress.start(key, label, desc.size)
+            unpack = self.unpack(desc) if self.unpack is not None else None
             try:
                 with self.store.ingest(desc.digest, desc.size) as writer:
+                    dest = _Tee(writer, unpack) if unpack is not None else writer
                     copy = getattr(self.provider, "copy_blob", None)
                     if callable(copy):
-                        copy(desc, cast(BinaryIO, writer), lambda n: self.progress.advance(key, n))
+                        copy(desc, cast(BinaryIO, dest), lambda n: self.progress.advance(key, n))
                     else:
-                        _copy_stream(self.provider.open_blob(desc), writer,
+                        _copy_stream(self.provider.open_blob(desc), dest,
                                      lambda n: self.progress.advance(key, n))
                     writer.commit()
                 self.added.append(desc.digest)
+                if isinstance(dest, _Tee) and not dest.broken:
+                    self._commit_unpacked(desc, diff_id, dest.unpack)
+                    unpack = None
             except BaseException:
                 self.progress.finish(key, "failed")
                 raise
+            finally:
+                if unpack is not None:
+                    unpack.abort()
             self.progress.finish(key, "done")
         known = self.store.uncompressed_info(desc.digest)
         if self.verify_diff_ids and (known is None or known[0] != diff_id):
@@ -158,7 +227,17 @@ class _Copier:
             self.store.record_uncompressed(desc.digest, actual, size)
 
 
-def _copy_stream(src: BinaryIO, dest: BlobWriter, advance: Callable[[int], None]) -> None:
+    def _commit_unpacked(self, desc: Descriptor, diff_id: str, unpack: LayerUnpack) -> None:
+        """The blob digest matched: check the DiffID the unpacker computed, then make it visible."""
+        actual, size = unpack.finish()
+        if actual != diff_id:
+            raise DigestMismatchError(f"layer {desc.digest}: uncompressed content has digest {actual}, "
+                                      f"config says diff_id {diff_id}")
+        self.store.record_uncompressed(desc.digest, actual, size)
+        unpack.commit()
+
+
+def _copy_stream(src: BinaryIO, dest: BlobWriter | _Tee, advance: Callable[[int], None]) -> None:
     with src:
         while chunk := src.read(1 << 20):
             dest.write(chunk)
@@ -168,10 +247,13 @@ def _copy_stream(src: BinaryIO, dest: BlobWriter, advance: Callable[[int], None]
 def copy_into_store(store: Store, root: Root, provider: BlobProvider, name: str, *, source: str | None,
                     platforms: Sequence[Platform] | None, fetch_layers: bool = True,
                     verify_diff_ids: bool = True, progress: Progress = NULL_PROGRESS,
-                    workers: int = 3) -> ImageRecord:
-    """Copy ``root`` (from any provider) into the store and name it; all or nothing."""
+                    workers: int = 3, unpack: Unpacker | None = None) -> ImageRecord:
+    """Copy ``root`` (from any provider) into the store and name it; all or nothing.
+
+    ``unpack`` (with ``fetch_layers``): layers downloaded now are also unpacked while they arrive.
+    """
     copier = _Copier(store, provider, platforms=platforms, fetch_layers=fetch_layers,
-                     verify_diff_ids=verify_diff_ids, progress=progress, workers=workers)
+                     verify_diff_ids=verify_diff_ids, progress=progress, workers=workers, unpack=unpack)
     with store.lease():
         try:
             copier.copy_root(root)
@@ -186,12 +268,14 @@ def copy_into_store(store: Store, root: Root, provider: BlobProvider, name: str,
 def pull_image(store: Store, client: RegistryClient, ref: Reference | str, *,
                platform: Platform | str | None = None, all_platforms: bool = False,
                fetch_layers: bool = True, progress: Progress = NULL_PROGRESS, name: str | None = None,
-               workers: int = 3, platforms: Sequence[Platform] | None = None) -> ImageRecord:
+               workers: int = 3, platforms: Sequence[Platform] | None = None,
+               unpack: Unpacker | None = None) -> ImageRecord:
     """Pull ``ref`` into the store under its own name (or ``name``).
 
     ``fetch_layers=False`` stores manifests and config only: the lazy path, where layers are served
     by the mount server. Otherwise every layer is downloaded, its digest and DiffID verified.
     From an index: ``platform`` (default this machine's), several ``platforms``, or ``all_platforms``.
+    ``unpack``: see the module docstring (layers fetched now are extracted while they download).
     """
     parsed = parse_reference(ref) if isinstance(ref, str) else ref
     if parsed.transport != "docker":
@@ -209,4 +293,4 @@ def pull_image(store: Store, client: RegistryClient, ref: Reference | str, *,
     progress.finish(str(parsed), "resolved")
     return copy_into_store(store, root, provider, name or str(parsed), source=str(parsed),
                            platforms=wanted, fetch_layers=fetch_layers, progress=progress,
-                           workers=workers)
+                           workers=workers, unpack=unpack if fetch_layers else None)

@@ -21,17 +21,21 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import io
 import logging
 import os
+import queue
 import shutil
 import stat
 import tarfile
 import tempfile
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, BinaryIO, cast
+from typing import IO, Any, BinaryIO, cast
 
 import zstandard
 from isal import igzip
@@ -409,6 +413,27 @@ def extract_tar(stream: BinaryIO | IO[bytes], dest: Path, *, label: str = "layer
         os.close(root_fd)
 
 
+def _temp_dir(dest: Path) -> Path:
+    """A fresh hidden sibling of ``dest`` (same filesystem, so the final rename is atomic)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    os.chmod(tmp, 0o755)
+    return tmp
+
+
+def _rename_into_place(tmp: Path, dest: Path, label: str) -> bool:
+    """Rename the finished ``tmp`` to ``dest``; False (and ``tmp`` removed) if someone else was first."""
+    try:
+        os.rename(tmp, dest)
+    except OSError as err:
+        if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            log.debug("%s: extracted concurrently by someone else", label)
+            shutil.rmtree(tmp)
+            return False
+        raise
+    return True
+
+
 def extract_layer(blob: Path, dest: Path, *, label: str | None = None,
                   skip_estargz_metadata: bool = False) -> ExtractStats | None:
     """Extract the layer blob ``blob`` (gzip, zstd or plain tar) to ``dest`` atomically.
@@ -418,24 +443,174 @@ def extract_layer(blob: Path, dest: Path, *, label: str | None = None,
     if dest.exists():
         return None
     label = label or f"layer {blob.name}"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    tmp = _temp_dir(dest)
     try:
-        os.chmod(tmp, 0o755)
         with open_decompressed(blob) as stream:
             stats = extract_tar(stream, tmp, label=label, skip_estargz_metadata=skip_estargz_metadata)
-        try:
-            os.rename(tmp, dest)
-        except OSError as err:
-            if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                log.debug("%s: extracted concurrently by someone else", label)
-                shutil.rmtree(tmp)
-                return None
-            raise
-        return stats
+        return stats if _rename_into_place(tmp, dest, label) else None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class _Aborted(Exception):
+    """The download feeding a streaming extraction gave up."""
+
+
+class _QueueReader(io.RawIOBase):
+    """A read-only stream of the chunks put into a bounded queue (``None`` ends it)."""
+
+    def __init__(self, chunks: queue.Queue[bytes | None], aborted: threading.Event) -> None:
+        self._chunks = chunks
+        self._aborted = aborted
+        self._pending = memoryview(b"")
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            if self._eof:
+                return 0
+            if self._aborted.is_set():
+                raise _Aborted("the download was abandoned")
+            chunk = self._chunks.get()
+            if chunk is None:
+                self._eof = True
+                return 0
+            self._pending = memoryview(chunk)
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def drain(self) -> None:
+        """Consume (and drop) everything up to the end, so the feeding side never blocks."""
+        while not self._eof:
+            self._pending = memoryview(b"")
+            if self._chunks.get() is None:
+                self._eof = True
+
+
+class _HashingReader:
+    """Reads through ``stream``, hashing what passes (the layer's DiffID) and counting it."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self.hash.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        """Hash what tar did not read (the end-of-archive padding), to the end of the stream."""
+        while self.read(_COPY_BUFFER):
+            pass
+
+
+class StreamingExtraction:
+    """Extracts a layer while its compressed bytes are still arriving (download overlapped with unpacking).
+
+    The downloading thread calls :meth:`feed` with the blob's bytes in order; a worker thread
+    decompresses them, hashes the uncompressed stream (the DiffID) and extracts into a temporary
+    sibling of ``dest``. Nothing is visible at ``dest`` until the caller, having checked the blob
+    digest and the DiffID :meth:`finish` returns, calls :meth:`commit`; :meth:`abort` (on any
+    mismatch or failure) deletes the temporary directory.
+    """
+
+    def __init__(self, dest: Path, *, compression: str | None = None, label: str = "layer",
+                 skip_estargz_metadata: bool = False, max_queued: int = 64) -> None:
+        self.dest = dest
+        self.label = label
+        self.compression = compression
+        self.skip_estargz_metadata = skip_estargz_metadata
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(max_queued)
+        self._aborted = threading.Event()
+        self._ended = False
+        self._error: BaseException | None = None
+        self._result: tuple[str, int, ExtractStats] | None = None
+        self._tmp: Path | None = _temp_dir(dest)
+        self._thread = threading.Thread(target=self._work, name=f"unpack {label}", daemon=True)
+        self._thread.start()
+
+    def feed(self, data: bytes) -> None:
+        """The next bytes of the compressed blob (blocks while the extractor is far behind)."""
+        if self._ended:
+            raise ValueError(f"{self.label}: feed after the end of the blob")
+        if data:
+            self._chunks.put(bytes(data))
+
+    def finish(self) -> tuple[str, int]:
+        """Wait for the extraction of everything fed; the DiffID and size of the uncompressed tar.
+
+        Raises :class:`LayerExtractError` if the blob is not a valid (compressed) tar or is hostile.
+        """
+        self._end()
+        self._thread.join()
+        if self._error is not None:
+            err = self._error
+            if isinstance(err, LayerExtractError):
+                raise err
+            raise LayerExtractError(f"{self.label}: cannot decompress or extract: {err}") from err
+        assert self._result is not None
+        digest, size, _ = self._result
+        return digest, size
+
+    def commit(self) -> ExtractStats | None:
+        """Rename the verified extraction into place (None if someone else extracted it first)."""
+        self.finish()
+        assert self._result is not None and self._tmp is not None
+        tmp, self._tmp = self._tmp, None
+        return self._result[2] if _rename_into_place(tmp, self.dest, self.label) else None
+
+    def abort(self) -> None:
+        """Stop extracting and delete what was extracted (nothing appears at ``dest``)."""
+        self._aborted.set()
+        self._end()
+        self._thread.join()
+        tmp, self._tmp = self._tmp, None
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._chunks.put(None)
+
+    def _work(self) -> None:
+        reader = _QueueReader(self._chunks, self._aborted)
+        try:
+            assert self._tmp is not None
+            buffered = io.BufferedReader(reader, _COPY_BUFFER)
+            kind = self.compression or detect_compression(buffered.peek(4)[:4])
+            with contextlib.ExitStack() as stack:
+                stream: IO[bytes]
+                if kind == "gzip":
+                    gz = igzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[no-untyped-call]
+                    stream = stack.enter_context(cast(IO[bytes], gz))
+                elif kind == "zstd":
+                    stream = stack.enter_context(zstandard.ZstdDecompressor().stream_reader(
+                        buffered, read_across_frames=True, closefd=False))
+                elif kind == "none":
+                    stream = buffered
+                else:
+                    raise LayerExtractError(f"{self.label}: unknown compression {kind!r}")
+                hashing = _HashingReader(stream)
+                stats = extract_tar(hashing, self._tmp, label=self.label,  # type: ignore[arg-type]
+                                    skip_estargz_metadata=self.skip_estargz_metadata)
+                hashing.drain()
+                if buffered.read(1) or reader.read(1):
+                    raise LayerExtractError(f"{self.label}: data after the end of the compressed stream")
+            self._result = ("sha256:" + hashing.hash.hexdigest(), hashing.size, stats)
+        except BaseException as err:  # reported by finish(); the feeding thread must not block
+            self._error = err
+        finally:
+            reader.drain()
 
 
 def extract_layers(jobs: list[tuple[Path, Path, str, bool]], *, parallelism: int | None = None) -> None:

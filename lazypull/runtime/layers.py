@@ -18,7 +18,7 @@ from typing import BinaryIO, Protocol, cast
 from lazypull.errors import ContainerError
 from lazypull.image import ResolvedImage, Store
 from lazypull.registry import Descriptor, RegistryClient
-from lazypull.runtime.extract import extract_layers
+from lazypull.runtime.extract import StreamingExtraction, extract_layers
 from lazypull.runtime.overlay import is_mountpoint
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,18 @@ def _download(store: Store, image: ResolvedImage, desc: Descriptor, client: Regi
     with store.ingest(desc.digest, desc.size) as writer:
         client.get_blob(image.source, desc.digest, cast(BinaryIO, writer), size=desc.size)
         writer.commit()
+
+
+def streaming_unpacker(root: Path) -> Callable[[Descriptor], StreamingExtraction | None]:
+    """For ``pull_image(unpack=...)``: each layer downloaded is extracted into ``snapshots/<hex>/fs``
+    while it arrives (renamed into place once its digest and DiffID matched); None if already there."""
+    def unpack(desc: Descriptor) -> StreamingExtraction | None:
+        dest = snapshot_dir(root, desc.digest)
+        if _ready(dest):
+            return None
+        estargz = bool((desc.annotations or {}).get(STARGZ_TOC_ANNOTATION))
+        return StreamingExtraction(dest, label=f"layer {desc.digest}", skip_estargz_metadata=estargz)
+    return unpack
 
 
 def lower_dirs(root: Path, store: Store, image: ResolvedImage, mounts: Sequence[MountedLayer] | None,

@@ -294,3 +294,46 @@ def test_push_of_a_lazily_pulled_image_to_another_registry_copies_layers(
     for digest in built.image.layer_digests:
         again.verify_blob(digest)
     assert not any(lazy.has_blob(d) for d in built.image.layer_digests)  # nothing was stored on the way
+
+
+def test_pull_unpacks_layers_while_downloading(tmp_path: Path, registry: RegistryServer, unique_repo: str,
+                                               client: RegistryClient) -> None:
+    from lazypull.runtime.layers import snapshot_dir, streaming_unpacker
+
+    name = f"{registry.host}/{unique_repo}:unpack"
+    src = Store(tmp_path / "src")
+    built = _import(tmp_path, src, name)
+    push_image(src, client, name)
+    root = tmp_path / "dst"
+    dst = Store(root)
+    pull_image(dst, client, name, unpack=streaming_unpacker(root))
+    dirs = [snapshot_dir(root, d) for d in built.image.layer_digests]
+    assert (dirs[0] / "usr/bin/tool").read_bytes() == b"#!/bin/sh\necho hi\n"
+    assert (dirs[1] / "etc/motd").read_bytes() == b"hello\n"
+    assert (dirs[2] / "data/blob.bin").read_bytes() == bytes(range(256)) * 400
+    # The DiffIDs were checked on the way (no second decompression pass needed).
+    assert [dst.uncompressed_info(d) for d in built.image.layer_digests] == [
+        (sha256(t), len(t)) for t in built.image.tars]
+    assert [p.name for p in (root / "snapshots").glob("*/.*")] == []   # no temporary dirs left
+
+
+def test_pull_with_unpack_refuses_wrong_diff_id_and_extracts_nothing(
+        tmp_path: Path, registry: RegistryServer, unique_repo: str, client: RegistryClient) -> None:
+    from lazypull.runtime.layers import streaming_unpacker
+
+    name = f"{registry.host}/{unique_repo}:baddiff"
+    src = Store(tmp_path / "src")
+    wrong = "sha256:" + "0" * 64
+    layers = sample_layers()
+    layers[2].append(file("data/unique", name))
+    built = make_oci_layout(tmp_path / "layout", layers, tag="v1",
+                            config={"rootfs": {"type": "layers", "diff_ids": [wrong] * 3}})
+    layout = Layout(built.path)
+    copy_into_store(src, layout.root("v1"), layout, name, source=None, platforms=None, verify_diff_ids=False)
+    push_image(src, client, name)
+    root = tmp_path / "dst"
+    dst = Store(root)
+    with pytest.raises(DigestMismatchError, match="diff_id"):
+        pull_image(dst, client, name, unpack=streaming_unpacker(root))
+    assert dst.list_images() == [] and _blob_count(dst) == 0
+    assert [p for p in (root / "snapshots").rglob("*") if p.parent.parent == root / "snapshots"] == []

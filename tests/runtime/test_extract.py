@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from lazypull.runtime.extract import (
     OPAQUE_XATTR,
     LayerExtractError,
+    StreamingExtraction,
     detect_compression,
     extract_layer,
     extract_layers,
@@ -239,3 +241,70 @@ def test_subsecond_mtimes_kept(tmp_path: Path) -> None:
     assert (dest / "d" / "f").lstat().st_mtime_ns == 1_600_000_000_250_000_000
     assert (dest / "d").lstat().st_mtime_ns == 1_500_000_000_500_000_000
     assert (dest / "old").lstat().st_mtime_ns == -1_500_000_000
+
+
+def _stream(blob: Path, dest: Path, chunk: int = 4096, **kw: object) -> StreamingExtraction:
+    """Feed ``blob`` to a streaming extraction in small pieces, as a download would."""
+    job = StreamingExtraction(dest, **kw)  # type: ignore[arg-type]
+    data = blob.read_bytes()
+    for i in range(0, len(data), chunk):
+        job.feed(data[i:i + chunk])
+    return job
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_streaming_extraction_matches_extract_layer(tmp_path: Path, compression: str) -> None:
+    entries = [Entry("./", "dir", mode=0o755), Entry("usr/bin/tool", data=os.urandom(300_000), mode=0o4755),
+               Entry("usr/bin/link", "symlink", linkname="tool"), Entry("usr/.wh.gone"),
+               Entry("etc/.wh..wh..opq"), Entry("etc/hard", "hardlink", linkname="usr/bin/tool")]
+    blob = write_blob(tmp_path / "blob", entries, compression)
+    extract_layer(blob, tmp_path / "whole" / "fs")
+    job = _stream(blob, tmp_path / "streamed" / "fs", label="layer sha256:abc")
+    assert not (tmp_path / "streamed" / "fs").exists()  # nothing visible before commit
+    diff_id, size = job.finish()
+    tar = make_tar(entries)
+    assert (diff_id, size) == ("sha256:" + hashlib.sha256(tar).hexdigest(), len(tar))
+    stats = job.commit()
+    assert stats is not None and stats.members == len(entries)
+    assert snapshot_tree(tmp_path / "streamed" / "fs") == snapshot_tree(tmp_path / "whole" / "fs")
+    assert os.getxattr(tmp_path / "streamed" / "fs" / "etc", OPAQUE_XATTR) == b"y"
+
+
+def test_streaming_extraction_abort_leaves_nothing(tmp_path: Path) -> None:
+    blob = write_blob(tmp_path / "blob", [Entry(f"f{i}", data=os.urandom(50_000)) for i in range(40)])
+    dest = tmp_path / "snap" / "fs"
+    job = StreamingExtraction(dest, label="layer x", max_queued=2)
+    job.feed(blob.read_bytes()[:100_000])   # a download that breaks half-way
+    job.abort()
+    assert list((tmp_path / "snap").iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["symlink-parent", "dotdot", "hardlink-absolute"])
+def test_streaming_extraction_refuses_hostile_tar(tmp_path: Path, case: str) -> None:
+    entries, message = HOSTILE[case]
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "victim").write_bytes(b"original")
+    # Many bytes after the hostile member: the feeding side must not block once extraction failed.
+    blob = write_blob(tmp_path / "blob", [*entries, Entry("pad", data=os.urandom(400_000))])
+    dest = tmp_path / "snap" / "fs"
+    dest.parent.mkdir()
+    before = snapshot_tree(tmp_path)
+    job = _stream(blob, dest, label="layer sha256:abc", max_queued=2)
+    with pytest.raises(LayerExtractError) as info:
+        job.finish()
+    assert "layer sha256:abc" in str(info.value) and message in str(info.value)
+    job.abort()
+    assert list((tmp_path / "snap").iterdir()) == []
+    assert snapshot_tree(tmp_path) == before
+
+
+def test_streaming_extraction_refuses_garbage_and_trailing_data(tmp_path: Path) -> None:
+    raw = gzip.compress(make_tar([Entry("f", data=b"x")]))
+    for name, data in (("trunc", raw[: len(raw) // 2]), ("trailing", raw + b"junk" * 10),
+                       ("garbage", b"\x28\xb5\x2f\xfd" + b"\xff" * 100)):
+        (tmp_path / name).write_bytes(data)
+        job = _stream(tmp_path / name, tmp_path / f"s-{name}" / "fs", label=f"layer {name}")
+        with pytest.raises(LayerExtractError, match=f"layer {name}"):
+            job.finish()
+        job.abort()
+        assert list((tmp_path / f"s-{name}").iterdir()) == []
