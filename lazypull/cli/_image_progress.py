@@ -87,6 +87,6 @@ class QuietProgress(NullProgress):
         pass
 
 
-def make_progress() -> RichProgress | QuietProgress:
-    """Bars when stderr is a terminal, silence otherwise."""
-    return RichProgress() if sys.stderr.isatty() else QuietProgress()
+def make_progress(*, quiet: bool = False) -> RichProgress | QuietProgress:
+    """Bars when stderr is a terminal, silence otherwise (or when ``quiet``: the commands' ``-q``)."""
+    return RichProgress() if not quiet and sys.stderr.isatty() else QuietProgress()
