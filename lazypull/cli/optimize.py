@@ -33,6 +33,7 @@ from lazypull.image.optimize import (
     build_record,
     convert_with_record,
     final_options,
+    is_temporary,
     make_temporary,
 )
 from lazypull.image.platform import host_platform, parse_platform
@@ -47,6 +48,44 @@ from lazypull.runtime import (
 )
 
 KILL_RETRY = 0.5     # seconds between kills of a container that outlived its period (it may be starting)
+OWNER_LABEL = "lazypull.optimize.pid"   # on the temporary image and the container: the optimize process
+
+
+def _alive(pid_text: str | None) -> bool:
+    """Whether the process a label names still runs."""
+    try:
+        pid = int(pid_text or "")
+        if pid <= 0:
+            return False
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(root: Path, store: Store) -> list[str]:
+    """Remove what an earlier ``image optimize`` killed mid-run left (its container, with its hold on
+    the layer mounts, and its temporary image); the names removed. Live runs are left alone."""
+    from lazypull.cli.run import remove_container
+
+    removed: list[str] = []
+    containers = Containers(root)
+    for record in containers.records():
+        owner = record.labels.get(OWNER_LABEL)
+        if owner is not None and not _alive(owner):
+            with contextlib.suppress(LazypullError):
+                remove_container(root, containers, record, force=True)
+                removed.append(record.name)
+    for image in store.list_images():
+        if is_temporary(image.name) and not _alive(image.labels.get(OWNER_LABEL)):
+            blobs = sorted(store.referenced_blobs(image.target))
+            with contextlib.suppress(LazypullError):
+                store.remove(image.name)
+                store.discard_unreferenced(blobs)
+                removed.append(image.name)
+    return removed
 
 
 def parse_json_list(text: str, flag: str) -> tuple[str, ...]:
@@ -242,7 +281,8 @@ def optimize_command(period: float, wait_line: str | None, entrypoint: str | Non
         entrypoint=parse_json_list(entrypoint, "--entrypoint") if entrypoint is not None else None,
         command=parse_json_list(args_, "--args") if args_ is not None else None,
         env=parse_env(env, env_file), user=user, workdir=workdir,
-        volumes=tuple(parse_volume(v) for v in volumes), network="host" if net_host else network)
+        volumes=tuple(parse_volume(v) for v in volumes), network="host" if net_host else network,
+        labels={OWNER_LABEL: str(os.getpid())})
     if layer_format == "estargz" and not oci:
         logrus("WARN", "option --estargz should be used in conjunction with --oci")
     store = Store(opts.root)
@@ -263,8 +303,10 @@ def optimize_command(period: float, wait_line: str | None, entrypoint: str | Non
         entries: list[RecordEntry] = []
         if not no_optimize:
             # The progress display is closed while the workload runs: its output goes to our stderr.
+            for name in clean_leftovers(opts.root, store):
+                logrus("INFO", f"removed {name}, left by an interrupted optimize")
             with make_progress() as progress:
-                temp = make_temporary(store, src_root, plat, progress)
+                temp = make_temporary(store, src_root, plat, progress, labels={OWNER_LABEL: str(os.getpid())})
             try:
                 logrus("INFO", f"running the workload for up to {period:g}s")
                 accesses = run_workload(opts.root, store, temp.name, temp.layer_digests, container,
@@ -300,4 +342,4 @@ image_group.add_command(optimize_command)
 
 COMMANDS: list[click.Command] = []   # `optimize` lives in the `image` group (added above)
 
-__all__ = ["COMMANDS", "optimize_command", "parse_json_list", "run_workload"]
+__all__ = ["COMMANDS", "clean_leftovers", "optimize_command", "parse_json_list", "run_workload"]

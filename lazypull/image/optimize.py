@@ -135,6 +135,11 @@ def build_record(manifest_digest: str, layer_digests: Sequence[str],
     return entries
 
 
+def is_temporary(name: str) -> bool:
+    """Whether a store name is one of optimize's temporary images."""
+    return normalize_name(name).startswith(TEMPORARY_REPOSITORY + ":")
+
+
 def temporary_name() -> str:
     """A fresh store name for the temporary eStargz image."""
     return normalize_name(f"{TEMPORARY_REPOSITORY}:{secrets.token_hex(8)}")
@@ -168,16 +173,17 @@ class Temporary:
         store.discard_unreferenced(list(self.added))
 
 
-def make_temporary(store: Store, src: Root, platform: Platform,
-                   progress: Progress = NULL_PROGRESS) -> Temporary:
-    """Convert SRC's ``platform`` image to plain eStargz in the store and name it (lazily mountable)."""
+def make_temporary(store: Store, src: Root, platform: Platform, progress: Progress = NULL_PROGRESS, *,
+                   labels: Mapping[str, str] | None = None) -> Temporary:
+    """Convert SRC's ``platform`` image to plain eStargz in the store and name it (lazily mountable),
+    with ``labels`` on the name (who made it, so a later run can clean up after one that died)."""
     image = select_image(src, platform)
     options = ConvertOptions(layer_format="estargz", oci=True, estargz_level=TEMPORARY_LEVEL)
     converted = convert_image(image, store, options, progress)
     temp = Temporary(temporary_name(), image, [layer.desc.digest for layer in converted.layers],
                      list(converted.added))
     try:
-        store.put_image(temp.name, converted.root)
+        store.put_image(temp.name, converted.root, labels=dict(labels or {}))
     except BaseException:
         temp.discard(store)
         raise
@@ -216,4 +222,5 @@ def optimize_image(store: Store, src: Root, sink: BlobSink, options: ConvertOpti
 
 
 __all__ = ["OptimizeResult", "RecordEntry", "Temporary", "Workload", "build_record", "convert_with_record",
-           "final_options", "make_temporary", "optimize_image", "select_image", "temporary_name"]
+           "final_options", "is_temporary", "make_temporary", "optimize_image", "select_image",
+           "temporary_name"]

@@ -263,6 +263,41 @@ def test_a_workload_that_cannot_start_fails_and_leaves_nothing(tmp_path: Path, a
     assert [m for m in mountpoints() if m.startswith(str(root))] == []
 
 
+def test_the_next_run_cleans_up_after_a_killed_one(tmp_path: Path, app_image: str) -> None:
+    """An optimize killed (SIGKILL) during its run leaves its container (still running), the container's
+    hold on the layer mounts and the temporary image; the next optimize removes them and records."""
+    root = tmp_path / "root"
+    log = tmp_path / "first.log"
+    with open(log, "wb") as err:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "lazypull", "--insecure-registry", "image", "optimize", "--period", "100",
+             "--args", '["sh", "-c", "echo READY; sleep 100"]', app_image, "never:made"],
+            stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, LAZYPULL_ROOT=str(root)),
+            cwd=REPO_ROOT)
+    try:
+        deadline = time.monotonic() + 90
+        while b"READY" not in log.read_bytes():
+            assert first.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+    finally:
+        first.kill()
+        first.wait()
+    store = Store(root)
+    assert len(store.list_images()) == 2                      # SRC and the temporary image
+    second = lazypull(root, "--insecure-registry", "image", "optimize", "--period", "10",
+                      "--args", '["cat", "/etc/app/conf"]', "--record-out", str(tmp_path / "rec"),
+                      app_image, "made:now")
+    assert second.returncode == 0, second.stderr.decode()
+    assert second.stderr.count(b"left by an interrupted optimize") == 2   # container and image
+    assert "etc/app/conf" in {e["path"] for e in read_record(tmp_path / "rec")}
+    assert {r.name for r in store.list_images()} == {store.get_image(app_image).name,
+                                                      store.get_image("made:now").name}
+    assert [p.name for p in (root / "containers").iterdir() if p.name != ".lock"] == []
+    assert [m for m in mountpoints() if m.startswith(str(root))] == []
+    assert subprocess.run(["runc", "--root", str(root / "runc"), "list", "-q"], capture_output=True,
+                          text=True).stdout.split() == []
+
+
 def test_layers_mounted_before_recording_are_refused_and_released(tmp_path: Path, app_image: str) -> None:
     """A layer someone else already has mounted cannot be recorded (its reads may be cached in the
     kernel): the run is refused, naming the holder, and our own hold is dropped again."""
