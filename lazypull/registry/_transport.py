@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import ipaddress
 import logging
 import random
 import ssl
@@ -106,6 +107,16 @@ def _is_tls_error(err: BaseException) -> bool:
     return any(word in text for word in ("ssl", "certificate", "tls", "wrong version number"))
 
 
+def _certificate_refused(err: BaseException) -> bool:
+    """Whether a TLS failure is the peer's certificate being refused (not a plain-HTTP peer)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("Retry-After")
     if not value:
@@ -144,6 +155,21 @@ def error_for_response(response: httpx.Response, what: str) -> RegistryError:
                retry_after=_retry_after(response) if status in (429, 503) else None)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a registry host (``name[:port]``, ``[v6]:port``) is this machine's loopback."""
+    name = host
+    if name.startswith("["):
+        name = name[1:].split("]", 1)[0]
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 class Transport:
     """Connections, TLS, scheme and auth for every host the client talks to. Thread-safe."""
 
@@ -174,6 +200,14 @@ class Transport:
         if isinstance(self.insecure, bool):
             return self.insecure
         return host in self.insecure
+
+    def allows_plain_http(self, host: str) -> bool:
+        """Whether ``host`` may fall back to plain HTTP: insecure hosts, and loopback ones.
+
+        Docker, containerd (``docker.MatchLocalhost``) and nerdctl talk plain HTTP to a registry on
+        localhost, 127.0.0.0/8 or ::1 without any flag; TLS to such a host is still verified.
+        """
+        return self.is_insecure(host) or is_loopback(host)
 
     # -- clients per (host, verify) ---------------------------------------------------------------
     def _ssl_context(self, host: str) -> ssl.SSLContext:
@@ -240,7 +274,7 @@ class Transport:
         return f"{scheme}://{host}"
 
     def _ping(self, host: str) -> str:
-        schemes = ["https", "http"] if self.is_insecure(host) else ["https"]
+        schemes = ["https", "http"] if self.allows_plain_http(host) else ["https"]
         last: RegistryError | None = None
         for scheme in schemes:
             url = f"{scheme}://{host}/v2/"
@@ -250,6 +284,8 @@ class Transport:
                         response = self.client_for(host).get(url)
                 except RegistryConnectionError as err:
                     last = err
+                    if scheme == "https" and not self.is_insecure(host) and _certificate_refused(err):
+                        raise           # a loopback host serving TLS must still present a valid certificate
                     if err.tls or (scheme == "https" and len(schemes) > 1):
                         break           # try the next scheme
                     if attempt + 1 < self.retry.attempts:

@@ -318,12 +318,25 @@ def test_docker_hub_credentials_match_its_api_host(tmp_path: Path) -> None:
     assert auth.credentials("ghcr.io") is None
 
 
-def test_login_to_plain_http_needs_insecure(registry_token: AuthRegistry, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_login_to_plain_http_on_loopback_needs_no_flag(registry_token: AuthRegistry, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like Docker and nerdctl: a registry on 127.0.0.0/8 may use plain HTTP without --insecure-registry."""
     reg = registry_token
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
     result = CliRunner().invoke(cli, ["login", reg.host, "-u", reg.username, "--password-stdin"],
                                 input=reg.password)
-    assert result.exit_code == 1
-    assert "TLS failed" in result.output and reg.host in result.output
-    assert not (tmp_path / "config.json").exists()
+    assert result.exit_code == 0, result.output
+    assert reg.host in json.loads((tmp_path / "config.json").read_text())["auths"]
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1:5000", True), ("127.1.2.3", True), ("localhost:5000", True), ("[::1]:5000", True),
+    ("::1", True), ("10.0.0.1:5000", False), ("registry.example:5000", False), ("docker.io", False),
+    ("localhost.example", False),
+])
+def test_plain_http_fallback_only_for_loopback_or_insecure(host: str, loopback: bool) -> None:
+    from lazypull.registry._transport import Transport
+
+    assert Transport().allows_plain_http(host) is loopback
+    assert Transport(insecure=True).allows_plain_http(host) is True
+    assert Transport(insecure=[host]).allows_plain_http(host) is True
