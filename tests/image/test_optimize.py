@@ -169,16 +169,21 @@ def test_wait_line_ends_the_run_and_zstdchunked(tmp_path: Path, app_image: str) 
     """The workload would sleep for 100 s: the awaited line ends it at once; DST is zstd:chunked."""
     root = tmp_path / "root"
     record_out = tmp_path / "record.json"
+    (tmp_path / "vol").mkdir()
+    (tmp_path / "vol" / "x").write_bytes(b"from the host\n")
     began = time.monotonic()
     result = lazypull(root, "--insecure-registry", "image", "optimize", "--oci", "--zstdchunked",
                       "--period", "100", "--wait-line", "READY", "-e", "WHAT=conf",
-                      "--args", '["sh", "-c", "cat /etc/app/$WHAT; echo READY; sleep 100"]',
+                      "-v", f"{tmp_path / 'vol'}:/data:ro",
+                      "--args", '["sh", "-c", "cat /etc/app/$WHAT /data/x; echo READY; sleep 100"]',
                       "--record-out", str(record_out), app_image, "optimized:zstd")
     assert result.returncode == 0, result.stderr.decode()
     assert time.monotonic() - began < 60
+    assert CONF + b"from the host\nREADY\n" in result.stderr
     assert b"the awaited line appeared" in result.stderr
     paths = [e["path"] for e in read_record(record_out)]
     assert "etc/app/conf" in paths and "etc/app/unused" not in paths
+    assert not any(p.startswith("data") for p in paths)        # the volume is no layer
     store = Store(root)
     out = store.resolve("optimized:zstd")
     assert all(d.media_type == mt.OCI_LAYER_ZSTD for d in out.layers)
