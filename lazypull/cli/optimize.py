@@ -15,7 +15,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -215,9 +216,10 @@ def run_workload(root: Path, store: Store, image: str, digests: list[str], optio
                 client.release_image(image, holder=container_id)
 
 
-def _summary(entries: Sequence[RecordEntry], layers: int) -> str:
-    per_layer: Mapping[int, int] = {i: sum(1 for e in entries if e.layer_index == i) for i in range(layers)}
-    return ", ".join(f"layer {i}: {n}" for i, n in per_layer.items() if n) or "none"
+def _summary(entries: Sequence[RecordEntry]) -> str:
+    """``layer 0: 3, layer 1: 2`` (files recorded per layer)."""
+    counts = Counter(e.layer_index for e in entries)
+    return ", ".join(f"layer {i}: {counts[i]}" for i in sorted(counts)) or "none"
 
 
 @click.command("optimize", context_settings={"allow_interspersed_args": True})
@@ -290,8 +292,7 @@ def optimize_command(period: float, wait_line: str | None, entrypoint: str | Non
     dst_name = None if layout is not None else normalize_name(dst)
 
     def write_record(entries: list[RecordEntry]) -> None:
-        layers = 1 + max((e.layer_index for e in entries), default=-1)
-        logrus("INFO", f"recorded {len(entries)} file(s) ({_summary(entries, layers)})")
+        logrus("INFO", f"recorded {len(entries)} file(s) ({_summary(entries)})")
         if record_out:
             try:
                 Path(record_out).write_text("".join(e.to_json() for e in entries))
