@@ -4,24 +4,53 @@ from __future__ import annotations
 
 import importlib
 import logging
-import pkgutil
+import sys
 
 import click
 
-import lazypull.cli as cli_pkg
 from lazypull import __version__
 from lazypull.cli._options import get_options, global_options
 from lazypull.errors import LazypullError
-from lazypull.format import FormatError
+
+# Subcommand name -> the cli modules to import for it (in order). Only the invoked command's modules
+# are imported: importing all of them (httpx, rich, the format and runtime packages) cost ~0.4 s of
+# CPU on every start, three times per container start. tests/cli/test_main checks this against
+# the modules' COMMANDS.
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "create": ("run",), "daemon": ("daemon",), "image": ("image", "optimize"), "images": ("image",),
+    "layer": ("layer",), "login": ("login",), "logout": ("login",), "logs": ("run",), "ps": ("run",),
+    "pull": ("image",), "push": ("image",), "rm": ("run",), "rmi": ("image",), "run": ("run",),
+    "start": ("run",), "stats": ("stats",), "stop": ("run",), "tag": ("image",),
+}
+
+
+def _is_reported(err: Exception) -> bool:
+    """A LazypullError or a FormatError (whose module is loaded if one was raised)."""
+    if isinstance(err, LazypullError):
+        return True
+    fmt = sys.modules.get("lazypull.format")
+    return fmt is not None and isinstance(err, fmt.FormatError)
 
 
 class _Group(click.Group):
-    """Reports lazypull's own errors as one line on stderr and exit status 1."""
+    """Loads subcommand modules on demand; reports lazypull's own errors as one line on stderr and
+    exit status 1."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMAND_MODULES) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            for module in COMMAND_MODULES.get(cmd_name, ()):
+                _load_module(module)
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
-        except (LazypullError, FormatError) as err:
+        except Exception as err:
+            if not _is_reported(err):
+                raise
             if get_options(ctx).debug:
                 logging.getLogger("lazypull").exception("failed")
             click.echo(f"lazypull: error: {err}", err=True)
@@ -43,16 +72,12 @@ def cli() -> None:
     )
 
 
-def _load_commands() -> None:
-    for info in pkgutil.iter_modules(cli_pkg.__path__):
-        if info.name.startswith("_") or info.name == "main":
-            continue
-        module = importlib.import_module(f"{cli_pkg.__name__}.{info.name}")
-        for command in getattr(module, "COMMANDS", []):
+def _load_module(name: str) -> None:
+    """Import ``lazypull.cli.<name>`` and add its COMMANDS (once)."""
+    module = importlib.import_module(f"lazypull.cli.{name}")
+    for command in getattr(module, "COMMANDS", []):
+        if command.name not in cli.commands:
             cli.add_command(command)
-
-
-_load_commands()
 
 
 def main() -> None:
