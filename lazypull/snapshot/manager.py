@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lazypull.errors import ImageError, LazypullError, MountError
+from lazypull.format import FormatError
 from lazypull.fs.cache import ChunkCache, digest_hex
 from lazypull.fs.config import FsConfig
 from lazypull.fs.layer import LayerTree, is_lazy, open_layer_tree
@@ -109,8 +110,17 @@ class LayerManager:
             if not is_lazy(annotations):
                 result.append(LayerMount(desc.digest, False, None))
                 continue
-            layer = self._ensure_mounted(desc.digest, annotations,
-                                         functools.partial(self._source, store, resolved, desc, insecure))
+            try:
+                layer = self._ensure_mounted(desc.digest, annotations,
+                                             functools.partial(self._source, store, resolved, desc, insecure))
+            except (LazypullError, FormatError) as err:
+                # As stargz-snapshotter does: a layer that cannot be prepared as a remote snapshot
+                # (TOC image missing, TOC digest mismatch, registry refusing ranges ...) is downloaded
+                # and extracted whole instead, where the blob digest is checked as for any layer.
+                log.warning("layer %s of %s cannot be mounted lazily, falling back to a full "
+                            "download: %s", desc.digest, image, err)
+                result.append(LayerMount(desc.digest, False, None))
+                continue
             result.append(LayerMount(desc.digest, True, layer.path))
             digests.append(desc.digest)
         name = str(getattr(resolved, "name", image) or image)
