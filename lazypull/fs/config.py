@@ -37,6 +37,9 @@ class FsConfig:
     """Compressed bytes per background request. Default 1 MiB."""
     background_pause: float = 0.5
     """Background fetching pauses while on-demand misses are served and this long after. Default 0.5 s."""
+    background_quiet: float = 5.0
+    """Background fetching starts (and resumes) only after this long without a mount, prefetch or
+    on-demand miss of any layer in the server, as stargz-snapshotter's. Default 5 s."""
     cache_dir: str = ""
     """Chunk cache directory; empty means ``<root>/cache/chunks``. Default empty."""
     read_deadline: float = 30.0

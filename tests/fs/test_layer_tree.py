@@ -18,6 +18,7 @@ from lazypull.errors import MountError
 from lazypull.fs.config import FsConfig
 from lazypull.fs.fuse.tree import FuseError
 from lazypull.fs.layer import LayerTree
+from lazypull.fs.layer.activity import ACTIVITY
 from lazypull.fs.remote import FileRangeSource
 from tests.snapshot.layerkit import FILES, Blob, FaultySource, build_blob, lookup_path, open_tree, read_all
 
@@ -270,7 +271,7 @@ def test_prefetch_in_one_request_then_background_fetches_the_rest(tmp_path: Path
     tree.close()
 
     config = FsConfig(prefetch=True, background_fetch=True, background_pause=0.0, read_deadline=5.0,
-                      background_batch=32 << 10)
+                      background_batch=32 << 10, background_quiet=0.0)
     src2 = _faulty(blob)
     bg = open_tree(blob, tmp_path / "root", config=config, source=src2).start()
     assert bg.background.finished.wait(20)
@@ -322,7 +323,7 @@ def test_tail_read_with_the_toc_serves_chunks_without_requests(tmp_path: Path) -
 def test_background_fetch_yields_to_on_demand_reads(blob: Blob, tmp_path: Path) -> None:
     src = _faulty(blob)
     config = FsConfig(prefetch=False, background_fetch=True, background_pause=0.6, background_batch=8192,
-                      background_concurrency=2, read_deadline=5.0)
+                      background_concurrency=2, read_deadline=5.0, background_quiet=0.0)
     tree = open_tree(blob, tmp_path, config=config, source=src)
     ino = lookup_path(tree, "bin/big")
     src.requests.clear()
@@ -335,6 +336,35 @@ def test_background_fetch_yields_to_on_demand_reads(blob: Blob, tmp_path: Path) 
     assert tree.stats.background_done == tree.stats.background_total > 0
     assert len(src.requests) > 2, "the rest came in several batches"
     tree.close()
+
+
+def test_background_fetch_waits_for_quiet_after_mounts(blob: Blob, tmp_path: Path) -> None:
+    src = _faulty(blob)
+    config = FsConfig(prefetch=False, background_fetch=True, background_pause=0.0, background_quiet=0.8,
+                      read_deadline=5.0)
+    tree = open_tree(blob, tmp_path, config=config, source=src)   # opening the tree counts as activity
+    src.requests.clear()
+    began = time.monotonic()
+    tree.start()
+    with ACTIVITY.busy():                        # another layer's mount or prefetch in progress
+        time.sleep(0.5)
+        assert src.requests == [] and tree.stats.background_state == "waiting"
+    time.sleep(0.5)
+    assert src.requests == [], "background fetch began before the quiet period"
+    assert tree.background.finished.wait(20)
+    assert tree.stats.background_state == "done" and src.requests
+    assert time.monotonic() - began >= 1.3
+    tree.close()
+
+
+def test_background_fetch_stops_while_waiting_for_quiet(blob: Blob, tmp_path: Path) -> None:
+    config = FsConfig(prefetch=False, background_fetch=True, background_quiet=60.0, read_deadline=5.0)
+    tree = open_tree(blob, tmp_path, config=config).start()
+    time.sleep(0.2)
+    assert tree.stats.background_state == "waiting"
+    tree.close()
+    assert tree.background.finished.wait(5)
+    assert tree.stats.background_state == "stopped"
 
 
 def test_containers_storage_zstd_chunked_verified_by_manifest_checksum(vectors: Path,
@@ -368,6 +398,7 @@ def test_background_fetch_retries_after_the_registry_comes_back(blob: Blob, tmp_
     monkeypatch.setattr("lazypull.fs.layer.background.BACKGROUND_RETRY_INITIAL", 0.2)
     src = _faulty(blob)
     config = FsConfig(prefetch=False, background_fetch=True, background_pause=0.0, read_deadline=0.3,
+                      background_quiet=0.0,
                       retry_initial=0.05)
     tree = open_tree(blob, tmp_path, config=config, source=src)
     src.down = True

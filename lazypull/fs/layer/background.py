@@ -6,7 +6,9 @@ need one of those chunks meanwhile wait for it rather than fetching it again. ``
 start wait for it, up to a timeout.
 
 Background fetch: then the rest of the layer, a batch of neighbouring units per request, a few at a time,
-pausing while on-demand misses are being served (and ``background_pause`` after), so it only uses idle time.
+pausing while on-demand misses are being served (and ``background_pause`` after), so it only uses idle time;
+it starts and resumes only after ``background_quiet`` s without any mount, prefetch or miss in the server
+(``activity.ACTIVITY``), so it does not compete with a container's start.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from lazypull.fs.config import FsConfig
+from lazypull.fs.layer.activity import ACTIVITY
 from lazypull.fs.layer.fetch import ChunkFetcher, Unit
 from lazypull.fs.stats import LayerStats
 
@@ -94,7 +97,8 @@ class Background:
             return
         self.stats.set(prefetch_state="running")
         before = self.stats.bytes_fetched
-        self.fetcher.run_group(mine, time.monotonic() + self.config.read_deadline, single_range=True)
+        with ACTIVITY.busy():
+            self.fetcher.run_group(mine, time.monotonic() + self.config.read_deadline, single_range=True)
         missing = [c for c in mine if not self.fetcher.cache.has(c.digest, c.chunk_size)]
         self.stats.set(prefetch_seconds=round(time.monotonic() - began, 6),
                        prefetch_bytes=self.stats.bytes_fetched - before,
@@ -106,6 +110,9 @@ class Background:
         units = sorted(self.fetcher.units.items())
         self.stats.set(background_total=sum(stop - off for (off, stop), _ in units),
                        background_state="waiting")
+        if not ACTIVITY.wait_quiet(self.config.background_quiet, self._stop):
+            self.stats.set(background_state="stopped")
+            return
         delay = BACKGROUND_RETRY_INITIAL
         for attempt in range(BACKGROUND_PASSES):
             batches, done = self._batches(units)
@@ -159,6 +166,8 @@ class Background:
         while not self.fetcher.remote.demand_quiet():
             if self._stop.wait(0.05):
                 return False
+        if not ACTIVITY.wait_quiet(self.config.background_quiet, self._stop):
+            return False
         if self._stop.is_set():
             return False
         chunks = [c for _, group in batch for c in group]

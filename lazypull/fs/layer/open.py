@@ -8,6 +8,7 @@ from pathlib import Path
 from lazypull.fs.cache import ChunkCache, digest_hex
 from lazypull.fs.config import FsConfig
 from lazypull.fs.layer.access import recorder_for
+from lazypull.fs.layer.activity import ACTIVITY
 from lazypull.fs.layer.toc import ExternalToc, open_toc, record_path
 from lazypull.fs.layer.tree import LayerTree
 from lazypull.fs.remote import RangeSource, RecordingSource, RemoteBlob
@@ -30,8 +31,10 @@ def open_layer_tree(digest: str, annotations: Mapping[str, str], source: RangeSo
     ldir = layer_dir(root, digest)
     ldir.mkdir(parents=True, exist_ok=True)
     src = RecordingSource(remote, record_path(ldir))
-    reader = open_toc(digest, annotations, src, external_toc)
-    tree = LayerTree(digest, reader, remote, cache or ChunkCache(config.chunk_dir(root)), stats, config, ldir)
+    with ACTIVITY.busy():       # background fetch of the other layers waits for the mounts
+        reader = open_toc(digest, annotations, src, external_toc)
+        tree = LayerTree(digest, reader, remote, cache or ChunkCache(config.chunk_dir(root)), stats, config,
+                         ldir)
     tree.access = recorder_for(ldir)
     # What was read to find the TOC (often the end of the blob, sometimes all of it) serves chunks too.
     if sum(len(data) for _, data in src.pieces) <= PRELOAD_MAX:

@@ -26,6 +26,7 @@ from lazypull.fs.cache import ChunkCache
 from lazypull.fs.config import FsConfig
 from lazypull.fs.fuse.tree import Attr, FuseError, StatFs
 from lazypull.fs.layer.access import AccessRecorder
+from lazypull.fs.layer.activity import ACTIVITY
 from lazypull.fs.layer.background import Background
 from lazypull.fs.layer.fetch import ChunkFetcher, ChunkUnavailable, Unit
 from lazypull.fs.layer.inodes import InodeTable, Node
@@ -210,6 +211,7 @@ class LayerTree:
         if missing:
             self.stats.add(misses_waited=1)
             self.remote.demand_begin()
+            ACTIVITY.begin()
             try:
                 got = self.fetcher.get(missing, deadline=time.monotonic() + self.config.read_deadline)
             except ChunkUnavailable as err:
@@ -220,6 +222,7 @@ class LayerTree:
                 raise FuseError(errno.EIO, str(err)) from err
             finally:
                 self.remote.demand_end()
+                ACTIVITY.end()
             for k, (chunk, lo, hi) in enumerate(wanted):
                 if pieces[k] is None:
                     pieces[k] = got[chunk.digest][lo:hi]
