@@ -42,21 +42,25 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF = b"setting=1\n"
 
 
+ROOTS = (".", "root", "fresh")      # the store roots tests use under tmp_path
+
+
 @pytest.fixture(autouse=True)
 def _no_leftovers(tmp_path: Path) -> Iterator[None]:
-    """Stop the mount servers and containers a failing test may leave under ``tmp_path``."""
+    """Stop the mount servers and containers a failing test may leave under ``tmp_path`` (the known
+    roots only: walking the tree would enter the FUSE mounts)."""
     yield
     from lazypull.snapshot import MountClient
 
-    for sock in tmp_path.glob("**/run/lazypull.sock"):
-        with contextlib.suppress(Exception):
-            MountClient(sock.parent.parent, autostart=False).shutdown()
-    for state in tmp_path.glob("**/runc"):
-        if state.is_dir():
-            ids = subprocess.run(["runc", "--root", str(state), "list", "-q"], capture_output=True,
+    for root in (tmp_path / name for name in ROOTS):
+        if (root / "run" / "lazypull.sock").exists():
+            with contextlib.suppress(Exception):
+                MountClient(root, autostart=False).shutdown()
+        if (root / "runc").is_dir():
+            ids = subprocess.run(["runc", "--root", str(root / "runc"), "list", "-q"], capture_output=True,
                                  text=True).stdout.split()
             for container_id in ids:
-                subprocess.run(["runc", "--root", str(state), "delete", "-f", container_id],
+                subprocess.run(["runc", "--root", str(root / "runc"), "delete", "-f", container_id],
                                capture_output=True)
     for point in sorted((m for m in mountpoints() if m.startswith(str(tmp_path) + "/")), key=len,
                         reverse=True):
