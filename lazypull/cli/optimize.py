@@ -192,7 +192,9 @@ def run_workload(root: Path, store: Store, image: str, digests: list[str], optio
                                  f"before recording started (held by {', '.join(who) or 'nobody'}); remove "
                                  "those containers (lazypull rm -f NAME) or let them finish, then retry")
             resolved = store.resolve(image)
-            lowers = lower_dirs(root, store, resolved, mounts)
+            # A layer repeated in the image is one mount; overlayfs refuses a lower dir twice (ELOOP).
+            # Its topmost place is the one that counts (the lower copy is hidden by it entirely).
+            lowers = list(dict.fromkeys(lower_dirs(root, store, resolved, mounts)))
             record = containers.create(image=image, image_config=resolved.config.get("config") or {},
                                        lowers_top_first=lowers, options=options,
                                        name=f"optimize-{container_id[:12]}", snapshotter="stargz",

@@ -231,13 +231,14 @@ def test_no_optimize_converts_without_running(tmp_path: Path, app_image: str) ->
 
 
 def test_oci_layout_index_in_and_out_and_the_record_replays_with_convert(tmp_path: Path) -> None:
-    """SRC an index in an OCI layout: this machine's image is run, the record names its manifest (not
-    the index), DST (a layout) is an index of that platform only, and ``image convert
+    """SRC an index in an OCI layout, with a layer repeated: this machine's image is run, the record
+    names its manifest (not the index), DST (a layout) is an index of that platform only, and ``image convert
     --estargz-record-in`` with the written record makes the very same DST."""
     from lazypull.image import ImageIndex, Layout
 
     app = [directory("etc"), directory("etc/app"), file("etc/app/conf", CONF), file("etc/app/unused", b"x")]
-    built = make_oci_layout(tmp_path / "src", [busybox_specs(), app], tag="v1",
+    # The app layer twice (1 and 3): one mount, one overlay lower dir, files recorded for the top one.
+    built = make_oci_layout(tmp_path / "src", [busybox_specs(), app, [file("other", b"o")], app], tag="v1",
                             platforms=["linux/amd64", "linux/arm64"], config={"config": {"Cmd": ["sh"]}})
     root = tmp_path / "root"
     record_out = tmp_path / "record.json"
@@ -248,7 +249,8 @@ def test_oci_layout_index_in_and_out_and_the_record_replays_with_convert(tmp_pat
     amd64 = next(i for i in built.images if i.platform == "linux/amd64")
     entries = read_record(record_out)
     assert {e["manifestDigest"] for e in entries} == {amd64.manifest_digest}
-    assert ("etc/app/conf", 1) in {(e["path"], e["layerIndex"]) for e in entries}
+    assert ("etc/app/conf", 3) in {(e["path"], e["layerIndex"]) for e in entries}
+    assert not any(e["layerIndex"] in (1, 2) for e in entries)
     dst = Layout(tmp_path / "dst").root("opt")
     assert isinstance(dst, ImageIndex)
     assert dst.digest() == result.stdout.decode().strip()
