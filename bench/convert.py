@@ -261,6 +261,7 @@ def run(
         shutil.rmtree(work, ignore_errors=True)
     rows = {kind: [_median(v) for k, v in samples.items() if k[0] == kind] for kind in ("layer", "image")}
     return {
+        "measured": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "tar": tar,
         "packages": list(packages),
         "input_bytes": input_bytes,
@@ -303,6 +304,39 @@ def _table(rows: Sequence[Measurement]) -> list[str]:
     return out
 
 
+def _target_lines(rows: Sequence[Measurement], level_name: str) -> list[str]:
+    """The issue's target at gzip level 9: at least 4x Go's throughput, output at most 1 % larger. Wall
+    time on a shared machine depends on what else runs; CPU time much less, so both are judged."""
+    gzip9 = {r.converter: r for r in rows if r.compression == "gzip" and r.level == 9}
+    if set(gzip9) != {"lazypull", "ctr-remote"}:
+        return []
+    ours, go = gzip9["lazypull"], gzip9["ctr-remote"]
+    wall, cpu = ours.mb_per_s / go.mb_per_s, ours.mb_per_cpu_s / go.mb_per_cpu_s
+    size = (ours.output_bytes / go.output_bytes - 1) * 100
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    return [
+        f"Target at level 9, {level_name} level (at least 4x Go's throughput, output at most 1 % larger): "
+        f"throughput {wall:.2f}x by wall time ({verdict(wall >= 4)}), {cpu:.2f}x by CPU time "
+        f"({verdict(cpu >= 4)}); output {size:+.2f} % ({verdict(size <= 1)}).",
+        "",
+    ]
+
+
+def results_from_json(path: Path) -> dict[str, Any]:
+    """A saved run (bench/results/convert-*.json) back into the form `render` takes."""
+    raw = json.loads(path.read_text())
+    return {
+        **raw,
+        "tar": Path(raw["tar"]),
+        "layer": [Measurement(**m) for m in raw["layer"]],
+        "image": [Measurement(**m) for m in raw["image"]],
+        "loads": [tuple(x) for x in raw["loads"]],
+    }
+
+
 def render(results: dict[str, Any], command: str) -> str:
     """The "## Conversion" section of docs/benchmarks.md."""
     loads = results["loads"]
@@ -315,7 +349,8 @@ def render(results: dict[str, Any], command: str) -> str:
     lines = [
         "## Conversion",
         "",
-        f"Measured {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} on {platform.machine()}, "
+        f"Measured {results.get('measured') or dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} on "
+        f"{platform.machine()}, "
         f"{os.cpu_count()} CPUs shared with other users (1-minute load average "
         f"{min(x[0] for x in loads):.2f} to {max(x[0] for x in loads):.2f} during the run), Python "
         f"{platform.python_version()}, containerd/ctr-remote from Debian (ctr-remote 0.12, Go estargz 0.12, "
@@ -328,24 +363,16 @@ def render(results: dict[str, Any], command: str) -> str:
         "Every output was verified by the Go oracle (`tests/oracle`: TOC digest and every chunk) before "
         "counting. MB = 10^6 bytes; MB/s = input MB / wall seconds; CPU s = user+system of the converting "
         "process (ours: all threads; ctr-remote: the client process, which does the conversion). "
-        f"{runs_note}",
+        f"{runs_note} When the load average is several times the CPU count, each converter gets only a "
+        "share of the CPUs (CPU s / wall s) that varies from minute to minute; the CPU-time ratio is then "
+        "the steadier comparison, the wall-time ratio what a user would have seen.",
         "",
         "### Layer level",
         "",
         *_table(results["layer"]),
         "",
     ]
-    gzip9 = [r for r in results["layer"] if r.compression == "gzip" and r.level == 9]
-    if len(gzip9) == 2:
-        ours, go = gzip9
-        ok_speed = ours.mb_per_s >= 4 * go.mb_per_s
-        ok_size = ours.output_bytes <= go.output_bytes * 1.01
-        lines += [
-            f"Target at level 9 (at least 4x Go's throughput, output at most 1 % larger): throughput "
-            f"{ours.mb_per_s / go.mb_per_s:.2f}x ({'met' if ok_speed else 'NOT met'}), output "
-            f"{(ours.output_bytes / go.output_bytes - 1) * 100:+.2f} % ({'met' if ok_size else 'NOT met'}).",
-            "",
-        ]
+    lines += _target_lines(results["layer"], "layer")
     if results["image"]:
         lines += [
             "### Image level",
@@ -357,6 +384,7 @@ def render(results: dict[str, Any], command: str) -> str:
             "",
             *_table(results["image"]),
             "",
+            *_target_lines(results["image"], "image"),
         ]
     for note in results["notes"]:
         lines += [f"Note: {note}", ""]
@@ -399,12 +427,22 @@ def main() -> None:
     parser.add_argument("--zstd", action="store_true", help="also zstd:chunked at level 3")
     parser.add_argument("--image", action="store_true", help="also the multi-layer image level")
     parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (medians are reported)")
+    parser.add_argument(
+        "--render", type=Path, help="only re-render a saved run (bench/results/convert-*.json)"
+    )
     parser.add_argument("--doc", type=Path, help="write the results into this markdown file")
     args = parser.parse_args()
     packages = [p for p in args.packages.split(",") if p]
     levels = [int(x) for x in args.levels.split(",") if x]
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.render:
+        saved = results_from_json(args.render)
+        section = render(saved, saved.get("command") or "(command not recorded)")
+        print(section)
+        if args.doc:
+            update_doc(args.doc, section)
+        return
     results = run(
         args.cache_dir,
         packages,
@@ -424,7 +462,7 @@ def main() -> None:
     raw.write_text(
         json.dumps(
             {**results, "tar": str(results["tar"]), "layer": [asdict(m) for m in results["layer"]],
-             "image": [asdict(m) for m in results["image"]], "loads": results["loads"]},
+             "image": [asdict(m) for m in results["image"]], "loads": results["loads"], "command": command},
             indent=1,
         )
     )  # fmt: skip
