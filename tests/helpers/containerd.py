@@ -30,6 +30,10 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
 TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
 
@@ -244,12 +248,18 @@ def write_oci_archive(
     *,
     compress: bool = True,
     gzip_level: int = 1,
+    docker_types: bool = False,
 ) -> dict[str, Any]:
     """Writes a single-platform (linux/amd64) OCI image layout tar that `ctr images import` accepts.
 
     Each layer tar is gzipped (or stored plain with `compress=False`); returns the manifest. The image
     name goes into the index annotations (`io.containerd.image.name`, `org.opencontainers.image.ref.name`).
+    `docker_types` uses Docker schema 2 media types for manifest, config and layers (what `--oci` converts).
     """
+    manifest_type, config_type = (
+        (DOCKER_MANIFEST, DOCKER_CONFIG) if docker_types else (OCI_MANIFEST, OCI_CONFIG)
+    )
+    layer_types = (DOCKER_LAYER_GZIP, DOCKER_LAYER_TAR) if docker_types else (OCI_LAYER_GZIP, OCI_LAYER_TAR)
     blobs: list[tuple[str, Path | bytes]] = []
     descs = []
     diff_ids = []
@@ -276,7 +286,7 @@ def write_oci_archive(
             d = "sha256:" + comp.hexdigest()
             descs.append(
                 {
-                    "mediaType": OCI_LAYER_GZIP if compress else OCI_LAYER_TAR,
+                    "mediaType": layer_types[0] if compress else layer_types[1],
                     "digest": d,
                     "size": blob.stat().st_size,
                 }
@@ -295,8 +305,8 @@ def write_oci_archive(
         ).encode()
         manifest = {
             "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": _digest(config), "size": len(config)},
+            "mediaType": manifest_type,
+            "config": {"mediaType": config_type, "digest": _digest(config), "size": len(config)},
             "layers": descs,
         }
         mraw = json.dumps(manifest, sort_keys=True).encode()
@@ -306,7 +316,7 @@ def write_oci_archive(
             "mediaType": OCI_INDEX,
             "manifests": [
                 {
-                    "mediaType": OCI_MANIFEST,
+                    "mediaType": manifest_type,
                     "digest": _digest(mraw),
                     "size": len(mraw),
                     "platform": {"architecture": "amd64", "os": "linux"},

@@ -36,12 +36,22 @@ def _layout_image(layout: Path, tag: str) -> tuple[dict[str, Any], dict[str, Any
     return manifest, json.loads(blob(manifest["config"]["digest"]))
 
 
-@pytest.mark.parametrize("flags", [["--estargz"], ["--zstdchunked"]], ids=["estargz", "zstdchunked"])
+@pytest.mark.parametrize(
+    ("flags", "docker"),
+    [(["--estargz"], False), (["--zstdchunked"], False), (["--estargz"], True)],
+    ids=["estargz", "zstdchunked", "estargz-from-docker-types"],
+)
 def test_image_convert_means_what_ctr_remote_means(
-    flags: list[str], containerd: Ctr, oracle: Oracle, tar_cases: dict[str, TarCase], tmp_path: Path
+    flags: list[str],
+    docker: bool,
+    containerd: Ctr,
+    oracle: Oracle,
+    tar_cases: dict[str, TarCase],
+    tmp_path: Path,
 ) -> None:
     archive = tmp_path / "src.tar"
-    write_oci_archive([tar_cases["edge"].path, tar_cases["many"].path], archive, NAME)
+    name = NAME + ("-docker" if docker else "")
+    write_oci_archive([tar_cases["edge"].path, tar_cases["many"].path], archive, name, docker_types=docker)
     src = tmp_path / "src"
     with tarfile.open(archive) as tar:
         for m in tar.getmembers():
@@ -52,8 +62,8 @@ def test_image_convert_means_what_ctr_remote_means(
 
     # Reference: ctr-remote on containerd.
     containerd.import_archive(archive)
-    dst_name = f"example.test/lazypull/imageconv:{flags[0][2:]}"
-    containerd.convert(NAME, dst_name, zstdchunked=flags == ["--zstdchunked"])
+    dst_name = f"example.test/lazypull/imageconv:{flags[0][2:]}{'-docker' if docker else ''}"
+    containerd.convert(name, dst_name, zstdchunked=flags == ["--zstdchunked"])
     go = containerd.read_image(dst_name, tmp_path / "go")
 
     # Ours: OCI layout in, OCI layout out.
@@ -67,7 +77,7 @@ def test_image_convert_means_what_ctr_remote_means(
             "convert",
             *flags,
             "--oci",
-            f"oci:{src}:src",
+            f"oci:{src}:{name.rsplit(':', 1)[1]}",
             f"oci:{tmp_path}/out:x",
         ],
         capture_output=True,
@@ -79,7 +89,7 @@ def test_image_convert_means_what_ctr_remote_means(
     assert proc.returncode == 0, f"lazypull image convert {flags}: {proc.stderr}"
     manifest, config = _layout_image(tmp_path / "out", "x")
 
-    assert manifest["mediaType"] == go.manifest["mediaType"]
+    assert manifest["mediaType"] == go.manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
     assert manifest["config"]["mediaType"] == go.manifest["config"]["mediaType"]
     assert len(manifest["layers"]) == len(go.manifest["layers"]) == 2
     ours_cfg = {k: v for k, v in config.items() if k != "rootfs"}
