@@ -23,7 +23,7 @@ from lazypull.cli._options import GlobalOptions, get_options, global_options
 from lazypull.errors import LazypullError
 from lazypull.image import Layout, Store, normalize_name, pull_image
 from lazypull.image import mediatypes as mt
-from lazypull.image.convert import ConvertOptions, LayerFormat, convert_image
+from lazypull.image.convert import ConvertOptions, ConvertResult, LayerFormat, convert_image
 from lazypull.image.errors import ImageError
 from lazypull.image.model import Root
 from lazypull.image.platform import host_platform, parse_platform
@@ -423,11 +423,7 @@ def convert_command(estargz: bool, estargz_record_in: str | None, estargz_compre
         with store.lease(), make_progress() as progress:
             result = convert_image(_source_root(store, src, opts, options.platforms), layout, options,
                                    progress)
-        layout.add_entry(result.root, tag)
-        if result.toc_image is not None:
-            toc_tag = (tag or "latest") + mt.TOC_IMAGE_SUFFIX
-            layout.add_entry(result.toc_image, toc_tag)
-            logrus("INFO", f"Extra image(0) {dst.rsplit(':', 1)[0] if tag else dst}:{toc_tag}")
+        tag_in_layout(result, layout, tag, dst)
         click.echo(result.root.digest)
         return
     dst_name = normalize_name(dst)
@@ -435,16 +431,33 @@ def convert_command(estargz: bool, estargz_record_in: str | None, estargz_compre
         with make_progress() as progress:
             result = convert_image(_source_root(store, src, opts, options.platforms), store, options,
                                    progress)
-        try:
-            store.put_image(dst_name, result.root)
-            if result.toc_image is not None:
-                toc_name = _toc_name(dst_name)
-                store.put_image(toc_name, result.toc_image)
-                logrus("INFO", f"Extra image(0) {_familiar(toc_name)}")
-        except LazypullError:
-            store.discard_unreferenced(result.added)
-            raise
+        name_in_store(result, store, dst_name)
     click.echo(result.root.digest)
+
+
+def tag_in_layout(result: ConvertResult, layout: Layout, tag: str | None, dst: str) -> None:
+    """Tag a conversion's image (and its -esgztoc TOC image) in the OCI layout DST."""
+    layout.add_entry(result.root, tag)
+    if result.toc_image is not None:
+        toc_tag = (tag or "latest") + mt.TOC_IMAGE_SUFFIX
+        layout.add_entry(result.toc_image, toc_tag)
+        logrus("INFO", f"Extra image(0) {dst.rsplit(':', 1)[0] if tag else dst}:{toc_tag}")
+
+
+def name_in_store(result: ConvertResult, store: Store, name: str) -> None:
+    """Name a conversion's image (and its -esgztoc TOC image) in the store; call with the lease held.
+
+    If naming fails, the blobs the conversion added that nothing else uses are discarded.
+    """
+    try:
+        store.put_image(name, result.root)
+        if result.toc_image is not None:
+            toc_name = _toc_name(name)
+            store.put_image(toc_name, result.toc_image)
+            logrus("INFO", f"Extra image(0) {_familiar(toc_name)}")
+    except LazypullError:
+        store.discard_unreferenced(result.added)
+        raise
 
 
 def _toc_name(name: str) -> str:
@@ -472,4 +485,4 @@ image_group.add_command(rmi_command, name="rm")
 COMMANDS: list[click.Command] = [image_group, images_command, pull_command, push_command, rmi_command,
                                  tag_command]
 
-__all__ = ["COMMANDS", "human_duration", "human_size", "since", "tabulate"]
+__all__ = ["COMMANDS", "human_duration", "human_size", "name_in_store", "since", "tabulate", "tag_in_layout"]
