@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from lazypull.format import FormatError
 from lazypull.fs.cache import ChunkCache, digest_hex
 from lazypull.fs.config import FsConfig
 from lazypull.fs.layer import LayerTree, is_lazy, open_layer_tree
+from lazypull.fs.layer.activity import ACTIVITY
 from lazypull.fs.layer.toc import fetch_external_toc
 from lazypull.fs.mount import mount_layer
 from lazypull.fs.remote import FileRangeSource, RangeSource, RegistryRangeSource
@@ -31,6 +33,8 @@ from lazypull.snapshot.paths import RunPaths
 from lazypull.snapshot.protocol import LayerMount, MountInfo
 
 log = logging.getLogger(__name__)
+
+MOUNT_PARALLELISM = 8   # layers of one image mounted at once
 
 
 @dataclass
@@ -103,13 +107,12 @@ class LayerManager:
         """Mount the image's lazy layers and record the hold; one LayerMount per layer, bottom first."""
         store = self._store_factory(self.root)
         resolved = store.resolve(image)
-        result: list[LayerMount] = []
-        digests: list[str] = []
-        for desc in resolved.layers:
+        ACTIVITY.touch()        # a mount request: background fetch keeps quiet a while (stargz-snapshotter)
+
+        def one(desc: Any) -> LayerMount:
             annotations = dict(getattr(desc, "annotations", None) or {})
             if not is_lazy(annotations):
-                result.append(LayerMount(desc.digest, False, None))
-                continue
+                return LayerMount(desc.digest, False, None)
             try:
                 layer = self._ensure_mounted(desc.digest, annotations,
                                              functools.partial(self._source, store, resolved, desc, insecure))
@@ -119,10 +122,17 @@ class LayerManager:
                 # and extracted whole instead, where the blob digest is checked as for any layer.
                 log.warning("layer %s of %s cannot be mounted lazily, falling back to a full "
                             "download: %s", desc.digest, image, err)
-                result.append(LayerMount(desc.digest, False, None))
-                continue
-            result.append(LayerMount(desc.digest, True, layer.path))
-            digests.append(desc.digest)
+                return LayerMount(desc.digest, False, None)
+            return LayerMount(desc.digest, True, layer.path)
+
+        layers = list(resolved.layers)
+        if len(layers) > 1:
+            # The layers' footer/TOC round trips, TOC parsing and FUSE mounts overlap (in order: map).
+            with ThreadPoolExecutor(min(len(layers), MOUNT_PARALLELISM), thread_name_prefix="mount") as pool:
+                result = list(pool.map(one, layers))
+        else:
+            result = [one(desc) for desc in layers]
+        digests = [m.digest for m in result if m.lazy]
         name = str(getattr(resolved, "name", image) or image)
         hold = Hold(holder or name, name, digests, insecure)
         with self._lock:
