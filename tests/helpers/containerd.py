@@ -1,8 +1,8 @@
 """A private containerd 1.6 (Debian) for interoperability tests, and Debian's `ctr-remote` 0.12 converter.
 
-The daemon runs as root with its own config, root, state and socket under a temporary directory; no CRI,
-no tasks (nothing is run): only the content store, images and snapshot services that `ctr images import`
-and `ctr-remote image convert` need. `ContainerdDaemon` starts it; `Ctr` wraps the client commands.
+The daemon runs as root with its own config, root, state and socket under a temporary directory, without
+the CRI plugin and the unused snapshotters (overlayfs and native remain, as does the runc shim for
+`ctr-remote image optimize`). `ContainerdDaemon` starts it; `Ctr` wraps the client commands.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ class Ctr:
     """`ctr` and `ctr-remote` against one daemon's socket."""
 
     socket: Path
-    workdir: Path
+    workdir: Path  # scratch space for callers, removed with the fixture
 
     def run(self, args: Sequence[str], *, tool: str = "ctr", timeout: float = 900) -> bytes:
         cmd = [tool, "--address", str(self.socket), *args]
