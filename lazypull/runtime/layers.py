@@ -132,4 +132,6 @@ def lower_dirs(root: Path, store: Store, image: ResolvedImage, mounts: Sequence[
             progress(f"extracting {len(jobs)} layer(s)")
         extract_layers(jobs)
     result.reverse()
-    return result
+    # overlayfs refuses a lower dir given twice (ELOOP). An image may repeat a layer; keeping only its
+    # topmost place gives the same tree, since that copy already shadows everything the lower one could.
+    return list(dict.fromkeys(result))

@@ -185,3 +185,26 @@ def test_volumes(tmp_path: Path, busybox_layer: Path) -> None:
         parse_volume(f"{tmp_path}/nope:/x")
     with pytest.raises(ContainerError, match="named volumes"):
         parse_volume("myvol:/x")
+
+
+def test_repeated_layer_runs_with_its_topmost_copy(tmp_path: Path, busybox_layer: Path) -> None:
+    """An image repeating a layer (A, B, A) runs; overlayfs would refuse the same lower dir twice."""
+    from types import SimpleNamespace
+
+    from lazypull.image import Store
+    from lazypull.registry import Descriptor
+    from lazypull.runtime.layers import lower_dirs
+
+    a = layer(tmp_path, "a", [Entry("opt/x", data=b"from a"), Entry("opt/a", data=b"a")])
+    b = layer(tmp_path, "b", [Entry("opt/x", data=b"from b"), Entry("opt/.wh.a"), Entry("opt/b", data=b"b")])
+    digests = {p: "sha256:" + format(i, "064x") for i, p in enumerate((busybox_layer, a, b), 1)}
+    order = [busybox_layer, a, b, a]                       # bottom first
+    image = SimpleNamespace(name="test/repeat:1", source=None, layers=[
+        Descriptor(media_type="application/vnd.oci.image.layer.v1.tar+gzip", digest=digests[p], size=1)
+        for p in order])
+    mounts = [SimpleNamespace(digest=digests[p], lazy=True, path=p) for p in order]
+    lowers = lower_dirs(tmp_path / "root", Store(tmp_path / "root"), image, mounts)  # type: ignore[arg-type]
+    assert lowers == [a, b, busybox_layer]
+    options = ContainerOptions(command=("sh", "-c", "cat /opt/x; echo; ls /opt"))
+    code, out, _ = run(tmp_path, lowers, options)
+    assert (code, out.splitlines()) == (0, ["from a", "a", "b", "x"])
