@@ -17,15 +17,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from lazypull.cli._image_progress import QuietProgress, make_progress
 from lazypull.cli._options import GlobalOptions, get_options, global_options
 from lazypull.errors import ContainerError, LazypullError, MountError
-from lazypull.image import Progress, ResolvedImage, Store, normalize_name, pull_image
-from lazypull.registry import DockerConfigAuth, RegistryClient
 from lazypull.runtime import (
     ContainerOptions,
     ContainerRecord,
@@ -35,7 +32,14 @@ from lazypull.runtime import (
     parse_env,
     parse_volume,
 )
-from lazypull.runtime.layers import lower_dirs, streaming_unpacker
+
+if TYPE_CHECKING:
+    from lazypull.image import Progress, ResolvedImage, Store
+    from lazypull.registry import RegistryClient
+
+# The image, registry and progress modules (httpx, rich, the format package) are imported where they
+# are used: `start`, `ps`, `rm`, `stop` and `logs` need none of them, and every container start runs
+# `lazypull` two or three times.
 
 PULL_POLICIES = ("missing", "always", "never")
 AUTO_REMOVE_LABEL = "lazypull.auto-remove"
@@ -49,12 +53,17 @@ def _note(text: str) -> None:
 
 def registry_client(opts: GlobalOptions) -> RegistryClient:
     """A client with the global flags' TLS setting and docker's stored credentials."""
+    from lazypull.registry import DockerConfigAuth, RegistryClient
+
     return RegistryClient(insecure=opts.insecure_registries, auth=DockerConfigAuth())
 
 
 def ensure_image(store: Store, image: str, *, opts: GlobalOptions, pull: str, platform: str | None,
                  lazy: bool, progress: Progress) -> ResolvedImage:
     """The image resolved from the store, pulled first as ``--pull`` says (metadata only if lazy)."""
+    from lazypull.image import normalize_name, pull_image
+    from lazypull.runtime.layers import streaming_unpacker
+
     name = normalize_name(image)
     present = store.find_image(name) is not None
     if pull == "always" or (pull == "missing" and not present):
@@ -123,6 +132,10 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
                      platform: str | None, pull: str, quiet: bool, image: str,
                      command: Sequence[str]) -> ContainerRecord:
     """Pull what is missing, mount or extract the layers, and create the container (rootfs mounted)."""
+    from lazypull.cli._image_progress import QuietProgress, make_progress
+    from lazypull.image import Store
+    from lazypull.runtime.layers import lower_dirs
+
     opts = get_options()
     root = opts.root
     lazy = opts.snapshotter == "stargz"
