@@ -3,13 +3,14 @@ for hostile TOCs (hardlink loops, links to directories or nowhere, files used as
 
 from __future__ import annotations
 
+import posixpath
 import stat
 
 import pytest
 
 from lazypull.errors import MountError
 from lazypull.format import TOCEntry
-from lazypull.fs.layer.inodes import InodeTable
+from lazypull.fs.layer.inodes import InodeTable, normalise
 
 
 def _table(*entries: TOCEntry) -> InodeTable:
@@ -86,3 +87,10 @@ def test_hardlink_chains_share_the_inode() -> None:
 def test_hostile_tocs_are_refused(entries: list[TOCEntry], match: str) -> None:
     with pytest.raises(MountError, match=match):
         InodeTable(entries)
+
+
+@pytest.mark.parametrize("name", ["a/b", "a", ".hidden", "a/.hidden", "./a/b", "/a/b", "a/b/", "a//b",
+                                  "a/./b", "a/../b", "..", "../a", ".", "./", "/", "", "a/b/..", "é/ü"])
+def test_normalise_fast_path_agrees_with_normpath(name: str) -> None:
+    expected = posixpath.normpath("/" + name).lstrip("/") if name not in ("", ".", "./", "/") else ""
+    assert normalise(name) == expected

@@ -47,6 +47,8 @@ class Node:
 
 def normalise(name: str) -> str:
     """TOC name -> path relative to the root, as readers normalise it (root is ``""``)."""
+    if name and name[0] not in "./" and name[-1] != "/" and "//" not in name and "/." not in name:
+        return name     # already normal (what LayerReader.entries() yields): skip normpath
     return posixpath.normpath("/" + name).lstrip("/") if name not in ("", ".", "./", "/") else ""
 
 
@@ -97,9 +99,10 @@ class InodeTable:
                 next_ino += 1
                 by_name[name] = ino
                 order.append(name)
+            xattrs = entry.xattrs
             node = Node(_attr_for(entry, ino), name, entry=entry if entry.type == "reg" else None,
                         link=entry.link_name.encode() if entry.type == "symlink" else b"",
-                        xattrs={k.encode(): bytes(v) for k, v in (entry.xattrs or {}).items()},
+                        xattrs={k.encode(): bytes(v) for k, v in xattrs.items()} if xattrs else {},
                         children={} if entry.type == "dir" else None)
             old = self.nodes.get(ino)
             if old is not None and old.children is not None and node.children is not None:
@@ -123,12 +126,15 @@ class InodeTable:
                 order.append(name)
             by_name[name] = ino
             links[ino] = links.get(ino, 1) + 1
+        nodes = self.nodes
         for name in order:
-            ino = by_name[name]
-            parent_ino = self._ensure_dir(posixpath.dirname(name), by_name)
-            parent = self.nodes[parent_ino]
-            assert parent.children is not None
-            parent.children[posixpath.basename(name).encode("utf-8", "surrogateescape")] = ino
+            parent_name, _, base = name.rpartition("/")
+            parent_ino = by_name.get(parent_name)
+            children = nodes[parent_ino].children if parent_ino is not None else None
+            if children is None:        # implied or not a directory: the slow path creates or refuses
+                children = nodes[self._ensure_dir(parent_name, by_name)].children
+                assert children is not None
+            children[base.encode("utf-8", "surrogateescape")] = by_name[name]
         for ino, count in links.items():
             node = self.nodes[ino]
             node.attr = _replace(node.attr, nlink=count)
@@ -163,7 +169,7 @@ class InodeTable:
         for node in list(self.nodes.values()):
             if node.children is None:
                 continue
-            for name in sorted(n for n in node.children if n.startswith(WHITEOUT_PREFIX)):
+            for name in sorted(n for n in node.children if n[:4] == WHITEOUT_PREFIX):
                 source = self.nodes[node.children.pop(name)]
                 if name == OPAQUE_MARKER:
                     node.xattrs[OPAQUE_XATTR] = b"y"
@@ -187,7 +193,7 @@ class InodeTable:
         return (n for n in self.nodes.values() if n.entry is not None)
 
 
-def _replace(attr: Attr, **changes: int) -> Attr:
-    from dataclasses import replace
-
-    return replace(attr, **changes)
+def _replace(attr: Attr, *, nlink: int) -> Attr:
+    """``attr`` with another link count (direct construction: dataclasses.replace is much slower)."""
+    return Attr(ino=attr.ino, mode=attr.mode, nlink=nlink, uid=attr.uid, gid=attr.gid, rdev=attr.rdev,
+                size=attr.size, mtime_ns=attr.mtime_ns)
