@@ -114,8 +114,11 @@ def tables(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         info = results["images"].get(image, {})
         prof = results["profiles"][profile]
         shaping = "unshaped" if prof["rate_mbit"] is None else f"{prof['rate_mbit']:g} Mbit/s"
+        commits = sorted({str(s.get("commit", "?")) for s in results["samples"]
+                          if (s["image"], s["profile"]) == (image, profile)})
         out.append(f"#### {image}, `{profile}` ({shaping}, RTT {prof['rtt'] * 1000:g} ms); "
-                   f"image {info.get('compressed_size', 0) / 1e6:.0f} MB compressed (gzip)\n")
+                   f"image {info.get('compressed_size', 0) / 1e6:.0f} MB compressed (gzip); lazypull "
+                   f"{', '.join(f'`{c}`' for c in commits)}\n")
         out.append("| system / variant | n | pull | create | run | total (median) | total p95 "
                    "| vs containerd | MB served | requests | T_ideal | total / T_ideal |")
         out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -192,8 +195,9 @@ def section(results: dict[str, Any], results_name: str) -> str:
         "",
         f"- Command: `{results['command']}` (`make bench` runs the reduced default: python, wan, 5 samples).",
         f"- Machine: {m.get('cpus')} CPUs ({m.get('cpu')}), {_memory(m.get('memory', ''))} RAM, "
-        f"kernel {m.get('kernel')}, Python {m.get('python')}, lazypull commit `{m.get('commit')}`, "
-        f"load average at start {', '.join(f'{x:.1f}' for x in m.get('loadavg_start', []))} "
+        f"kernel {m.get('kernel')}, Python {m.get('python')} (the lazypull commit of each table is in its "
+        f"heading), load average at the start of a run up to "
+        f"{', '.join(f'{x:.1f}' for x in m.get('loadavg_start', []))} "
         f"(shared machine). Date {results['date']}."
         + (f" One `lazypull --version` took {m['cli_startup_s']:.2f} s at the start (every lazypull phase "
            "pays this interpreter start-up)." if "cli_startup_s" in m else ""),
@@ -299,21 +303,34 @@ def replace_section(doc: Path, text: str) -> None:
 
 
 def load_results(paths: list[Path]) -> dict[str, Any]:
-    """One results dict from several runs (samples added up; later runs win for image details)."""
+    """One results dict from several runs. A later run replaces an earlier one's samples of the same
+    (image, profile, system, variant), so re-measuring a row never mixes code versions."""
     merged: dict[str, Any] = {}
+    commands: list[str] = []
     for path in paths:
         data = json.loads(path.read_text())
+        commit = data.get("machine", {}).get("commit", "?")
+        for s in data["samples"]:
+            s.setdefault("commit", commit)
+        commands.append(data["command"])
         if not merged:
             merged = data
-            merged["command"] = [data["command"]]
             continue
+        keys = {(s["image"], s["profile"], s["system"], s["variant"]) for s in data["samples"]}
+        merged["samples"] = [s for s in merged["samples"]
+                             if (s["image"], s["profile"], s["system"], s["variant"]) not in keys]
         merged["samples"] += data["samples"]
         merged["images"].update(data["images"])
         merged["profiles"].update(data["profiles"])
         merged["errors"] = merged.get("errors", []) + data.get("errors", [])
-        merged["command"].append(data["command"])
         merged["date"] = max(merged["date"], data["date"])
-    merged["command"] = "`; `".join(merged["command"])
+        old_load = merged["machine"].get("loadavg_start", [0, 0, 0])
+        new_load = data["machine"].get("loadavg_start", [0, 0, 0])
+        merged["machine"]["loadavg_start"] = [max(a, b) for a, b in zip(old_load, new_load, strict=False)]
+        for key in ("cli_startup_s", "commit"):
+            if key in data["machine"]:
+                merged["machine"][key] = data["machine"][key]
+    merged["command"] = "`; `".join(commands)
     return merged
 
 
