@@ -357,6 +357,22 @@ def test_background_fetch_waits_for_quiet_after_mounts(blob: Blob, tmp_path: Pat
     tree.close()
 
 
+def test_only_the_prefetched_files_are_indexed_before_the_quiet_period(tmp_path: Path) -> None:
+    blob = build_blob(tmp_path, prioritized_files=["etc/hello.txt", "usr/lib/one"])
+    config = FsConfig(prefetch=True, background_fetch=True, background_quiet=0.6, background_pause=0.0,
+                      read_deadline=5.0)
+    tree = open_tree(blob, tmp_path / "root", config=config).start()
+    assert tree.wait_prefetch(10)
+    prefetch_end = tree.reader.prefetch_range()[1]
+    early = dict(tree.fetcher.units)
+    assert early and all(start < prefetch_end for start, _ in early)
+    assert tree.background.finished.wait(20)
+    assert tree.stats.background_state == "done"
+    assert set(early) < set(tree.fetcher.units), "the whole layer was indexed for the background fetch"
+    assert max(start for start, _ in tree.fetcher.units) >= prefetch_end
+    tree.close()
+
+
 def test_background_fetch_stops_while_waiting_for_quiet(blob: Blob, tmp_path: Path) -> None:
     config = FsConfig(prefetch=False, background_fetch=True, background_quiet=60.0, read_deadline=5.0)
     tree = open_tree(blob, tmp_path, config=config).start()

@@ -38,7 +38,7 @@ class Background:
     def __init__(self, fetcher: ChunkFetcher, stats: LayerStats, config: FsConfig,
                  prefetch_range: tuple[int, int] | None,
                  on_progress: Callable[[], None] | None = None,
-                 index: Callable[[], object] | None = None) -> None:
+                 index: Callable[[int | None], object] | None = None) -> None:
         self.fetcher = fetcher
         self.stats = stats
         self.config = config
@@ -64,8 +64,8 @@ class Background:
 
     def _run(self) -> None:
         try:
-            if self.index is not None:
-                self.index()
+            if self.index is not None:      # the prefetch's files now, the rest when it is quiet
+                self.index(self.prefetch_range[1] if self.config.prefetch and self.prefetch_range else 0)
             self._prefetch()
         except Exception:
             log.exception("layer %s: prefetch failed", self.fetcher.digest)
@@ -76,6 +76,8 @@ class Background:
             if self.config.background_fetch and not self._stop.is_set():
                 self._background()
             else:
+                if self.index is not None and not self._stop.is_set():
+                    self.index(None)        # siblings of on-demand reads (min-chunk-size members)
                 self.stats.set(background_state="off")
         except Exception:
             log.exception("layer %s: background fetch failed", self.fetcher.digest)
@@ -107,12 +109,14 @@ class Background:
             self.on_progress()
 
     def _background(self) -> None:
-        units = sorted(self.fetcher.units.items())
-        self.stats.set(background_total=sum(stop - off for (off, stop), _ in units),
-                       background_state="waiting")
+        self.stats.set(background_state="waiting")
         if not ACTIVITY.wait_quiet(self.config.background_quiet, self._stop):
             self.stats.set(background_state="stopped")
             return
+        if self.index is not None:
+            self.index(None)
+        units = sorted(self.fetcher.units.items())
+        self.stats.set(background_total=sum(stop - off for (off, stop), _ in units))
         delay = BACKGROUND_RETRY_INITIAL
         for attempt in range(BACKGROUND_PASSES):
             batches, done = self._batches(units)

@@ -101,11 +101,15 @@ class LayerTree:
         fc = self._files.setdefault(ino, _FileChunks(chunks))
         return fc
 
-    def index(self) -> dict[Unit, list[Any]]:
-        """Chunks of every file by compressed range (each chunk digest once); also given to the fetcher."""
+    def index(self, below: int | None = None) -> dict[Unit, list[Any]]:
+        """Chunks of every file by compressed range (each chunk digest once); also given to the fetcher.
+        ``below``: only files whose data starts before that blob offset (what the prefetch needs; the
+        whole index costs ~0.1 s of CPU per 5000 files)."""
         units: dict[Unit, list[Any]] = {}
         seen: set[str] = set()
         for node in list(self.inodes.regular_files()):
+            if below is not None and getattr(node.entry, "offset", 0) >= below:
+                continue
             try:
                 fc = self._chunks_of(node.attr.ino)
             except FuseError:
