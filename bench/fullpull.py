@@ -62,11 +62,16 @@ def _timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, s
     return seconds, proc.stdout
 
 
-def lazypull_sample(work: Path, ref: str) -> Sample:
-    """A full pull into an empty store, then ``run --rm``; the store is removed afterwards."""
+def lazypull_sample(work: Path, ref: str, tree: Path | None = None) -> Sample:
+    """A full pull into an empty store, then ``run --rm``; the store is removed afterwards.
+
+    ``tree``: run the lazypull of another source tree (e.g. an older commit, for before/after).
+    """
     root = work / "lazypull-root"
     shutil.rmtree(root, ignore_errors=True)
     env = dict(os.environ, LAZYPULL_ROOT=str(root))
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
     base = [sys.executable, "-m", "lazypull", "--snapshotter=overlayfs", "--insecure-registry"]
     subprocess.run(["sync"], check=True)
     try:
@@ -74,7 +79,7 @@ def lazypull_sample(work: Path, ref: str) -> Sample:
         run, out = _timed([*base, "run", "--rm", ref, *COMMAND], env)
         if out != "hi\n":
             raise RuntimeError(f"lazypull run printed {out!r}")
-        return Sample("lazypull", pull, run)
+        return Sample("lazypull" if tree is None else f"lazypull {tree.name}", pull, run)
     finally:
         unmount_below(root)
         shutil.rmtree(root, ignore_errors=True)
@@ -134,6 +139,8 @@ def render(samples: list[Sample], *, size: int, note: str, command: str) -> str:
         "|---|---:|---:|---:|---:|",
         _row("lazypull", ours),
         _row("containerd 1.6 (ctr)", theirs),
+        *[_row(f"{name} (before)", [s for s in samples if s.system == name])
+          for name in dict.fromkeys(s.system for s in samples) if name.startswith("lazypull ")],
         "",
         f"lazypull / containerd (median pull + run): {ratio:.2f}x. Machine: {os.cpu_count()} CPUs shared "
         f"with other work (load average at the end {load}), kernel {platform.release()}, Python "
@@ -166,11 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--doc", type=Path, help="write the '## Full pull' section into this file")
     parser.add_argument("--note", default="", help="extra sentence for the doc section")
     parser.add_argument("--json", type=Path, help="write the raw samples here")
+    parser.add_argument("--compare-tree", type=Path,
+                        help="also sample the lazypull of this source tree (e.g. `git archive` of an "
+                             "older commit), interleaved with the others")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("fullpull: run as root (containers, mounts)", file=sys.stderr)
         return 2
     systems = args.systems.split(",")
+    if args.compare_tree:
+        systems.append("tree")
     work = Path(tempfile.mkdtemp(prefix="lazypull-fullpull-", dir="/var/tmp"))
     samples: list[Sample] = []
     try:
@@ -179,12 +191,16 @@ def main(argv: list[str] | None = None) -> int:
             daemon = Containerd(work / "containerd") if "containerd" in systems else None
             try:
                 for i in range(args.samples):
-                    order = ["containerd", "lazypull"] if i % 2 == 0 else ["lazypull", "containerd"]
+                    order = [s for s in ("containerd", "lazypull", "tree") if s in systems]
+                    if i % 2:
+                        order.reverse()
                     for system in order:
                         if system not in systems:
                             continue
                         if system == "lazypull":
                             sample = lazypull_sample(work, ref)
+                        elif system == "tree":
+                            sample = lazypull_sample(work, ref, args.compare_tree.resolve())
                         else:
                             assert daemon is not None
                             sample = containerd_sample(daemon, ref, i)
@@ -199,12 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps([asdict(s) for s in samples], indent=1))
-    for system in systems:
-        mine = [s for s in samples if s.system == system]
-        if mine:
-            print(_row(system, mine))
-    if args.doc and len(systems) == 2:
+    for name in dict.fromkeys(s.system for s in samples):
+        print(_row(name, [s for s in samples if s.system == name]))
+    if args.doc and {"lazypull", "containerd"} <= set(systems):
         command = f".venv/bin/python -m bench.fullpull --samples {args.samples} --doc {args.doc}"
+        if args.compare_tree:
+            command += f" --compare-tree {args.compare_tree}"
         write_section(args.doc, render(samples, size=size, note=args.note, command=command))
     return 0
 
