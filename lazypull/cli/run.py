@@ -143,7 +143,7 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
         command=tuple(command) or None, entrypoint=(entrypoint,) if entrypoint is not None else None,
         env=parse_env(env, env_file), workdir=workdir, user=user, tty=tty, stdin=interactive,
         network=network, hostname=hostname, volumes=tuple(parse_volume(v) for v in volumes),
-        read_only=read_only, labels={AUTO_REMOVE_LABEL: "true"} if remove else {})
+        read_only=read_only, labels={AUTO_REMOVE_LABEL: "true"} if remove else {}, volatile=remove)
     store = Store(root)
     with QuietProgress() if quiet else make_progress() as progress:
         resolved = ensure_image(store, image, opts=opts, pull=pull, platform=platform, lazy=lazy,

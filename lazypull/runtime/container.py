@@ -56,6 +56,7 @@ class ContainerRecord:
     tty: bool = False
     lowers: list[str] = field(default_factory=list)   # top first
     labels: dict[str, str] = field(default_factory=dict)
+    volatile: bool = False            # overlay mounted "volatile" (ContainerOptions.volatile)
 
     def to_json(self) -> dict[str, Any]:
         """The ``state.json`` form."""
@@ -164,7 +165,7 @@ class Containers:
                 id=container_id, name=name, image=image, command=[],
                 created=dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
                 snapshotter=snapshotter, tty=options.tty, lowers=[str(p) for p in lowers_top_first],
-                labels=dict(options.labels))
+                labels=dict(options.labels), volatile=options.volatile)
             self.save(record)
         try:
             lowers = list(lowers_top_first)
@@ -172,7 +173,8 @@ class Containers:
                 (bundle / "empty").mkdir()
                 lowers = [bundle / "empty"]
             rootfs = bundle / "rootfs"
-            mount_overlay(lowers, bundle / "upper", bundle / "work", rootfs, bundle / "l")
+            mount_overlay(lowers, bundle / "upper", bundle / "work", rootfs, bundle / "l",
+                          volatile=options.volatile)
             user = resolve_user(rootfs, options.user if options.user is not None
                                 else str(image_config.get("User") or ""))
             hostname = options.hostname or (socket.gethostname() if options.network == "host"
@@ -194,7 +196,7 @@ class Containers:
         rootfs = bundle / "rootfs"
         if not is_mountpoint(rootfs):
             mount_overlay([Path(p) for p in record.lowers] or [bundle / "empty"], bundle / "upper",
-                          bundle / "work", rootfs, bundle / "l")
+                          bundle / "work", rootfs, bundle / "l", volatile=record.volatile)
         record.status = "running"
         self.save(record)
         code: int | None = None

@@ -35,6 +35,9 @@ class ContainerOptions:
     ``--net=host``: lazypull sets up no bridge), ``none`` gives a new one with loopback only.
     ``hostname``: default the container id's first 12 characters (``none``), the host's name (``host``).
     ``volumes``: bind mounts (default: none). ``read_only``: read-only rootfs (default: writable).
+    ``volatile``: the writable layer need not survive a host crash (``--rm``, as podman does): the
+    overlay is mounted ``volatile``, so its unmount does not sync the whole upper filesystem (which
+    holds the chunk cache's fresh writes too). Default false.
     """
 
     command: tuple[str, ...] | None = None
@@ -49,6 +52,7 @@ class ContainerOptions:
     volumes: tuple[Volume, ...] = ()
     read_only: bool = False
     labels: Mapping[str, str] = field(default_factory=dict)
+    volatile: bool = False
 
 
 def parse_volume(text: str) -> Volume:

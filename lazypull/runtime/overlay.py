@@ -17,6 +17,7 @@ import ctypes.util
 import errno
 import logging
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Sequence
@@ -70,8 +71,10 @@ def is_mountpoint(path: Path) -> bool:
 
 
 def mount_overlay(lowers_top_first: Sequence[Path], upper: Path, work: Path, target: Path,
-                  link_dir: Path) -> None:
-    """Mount overlayfs at ``target``; ``link_dir`` receives the numbered lower-dir symlinks."""
+                  link_dir: Path, *, volatile: bool = False) -> None:
+    """Mount overlayfs at ``target``; ``link_dir`` receives the numbered lower-dir symlinks.
+    ``volatile``: no syncs of the upper filesystem (fsync, syncfs, unmount); a writable layer that
+    need not survive a host crash."""
     if not lowers_top_first:
         raise ContainerError("an overlay needs at least one lower directory")
     if len(lowers_top_first) > MAX_LOWER_LAYERS:
@@ -92,7 +95,12 @@ def mount_overlay(lowers_top_first: Sequence[Path], upper: Path, work: Path, tar
         f"upperdir={os.path.relpath(upper, link_dir)}",
         f"workdir={os.path.relpath(work, link_dir)}",
         *OVERLAY_OPTIONS,
+        *(["volatile"] if volatile else []),
     ])
+    if volatile:
+        # The kernel refuses a second volatile mount of the same workdir while this marker of the
+        # first one exists (its upper may be inconsistent after a crash); we accept that risk.
+        shutil.rmtree(work / "work" / "incompat" / "volatile", ignore_errors=True)
     if len(options) >= _PAGE:
         raise ContainerError(f"overlay mount options too long ({len(options)} bytes) for {target}")
     # mount(8) in a child process: relative lowerdirs resolve against *its* cwd, not ours.

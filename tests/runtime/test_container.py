@@ -208,3 +208,36 @@ def test_repeated_layer_runs_with_its_topmost_copy(tmp_path: Path, busybox_layer
     options = ContainerOptions(command=("sh", "-c", "cat /opt/x; echo; ls /opt"))
     code, out, _ = run(tmp_path, lowers, options)
     assert (code, out.splitlines()) == (0, ["from a", "a", "b", "x"])
+
+
+def _mount_options(target: Path) -> str:
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split(" ")
+            if fields[4] == str(target):
+                return line.split(" - ", 1)[1].split()[2]
+    raise AssertionError(f"{target} is not mounted")
+
+
+def test_volatile_writable_layer_runs_twice(tmp_path: Path, busybox_layer: Path) -> None:
+    containers = Containers(tmp_path)
+    options = ContainerOptions(command=("sh", "-c", "echo again >> /written; cat /written"), volatile=True)
+    record = containers.create(image="test/busybox", image_config={}, lowers_top_first=[busybox_layer],
+                               options=options)
+    rootfs = tmp_path / "containers" / record.id / "rootfs"
+    assert {"volatile", "fsync=volatile"} & set(_mount_options(rootfs).split(","))   # newer kernels: fsync=
+    assert containers.find(record.id).volatile
+    with tempfile.TemporaryFile() as out:
+        assert containers.run(record, tty=False, stdio=Stdio(stdout=out)) == 0
+        # a second run mounts the same workdir again (the kernel's volatile marker is cleared first)
+        assert containers.run(containers.find(record.id), tty=False, stdio=Stdio(stdout=out)) == 0
+        out.seek(0)
+        assert out.read() == b"again\nagain\nagain\n"
+    containers.remove(containers.find(record.id))
+    assert_clean(tmp_path)
+    plain = containers.create(image="test/busybox", image_config={}, lowers_top_first=[busybox_layer],
+                              options=ContainerOptions(command=("true",)))
+    plain_options = _mount_options(tmp_path / "containers" / plain.id / "rootfs")
+    assert not {"volatile", "fsync=volatile"} & set(plain_options.split(","))
+    containers.remove(plain)
+    assert_clean(tmp_path)
