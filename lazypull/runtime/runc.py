@@ -171,8 +171,16 @@ class Runc:
         return 128 - code if code < 0 else code
 
     def _run_tty(self, container_id: str, bundle: Path, log_file: Path, stdio: Stdio) -> int:
+        """Run with a console, as the child subreaper only while the container runs: a long-lived
+        caller (the mount server, a test runner) must not inherit unrelated orphans afterwards."""
         if _libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
             raise ContainerError(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}")
+        try:
+            return self._run_tty_reaping(container_id, bundle, log_file, stdio)
+        finally:
+            _libc().prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+    def _run_tty_reaping(self, container_id: str, bundle: Path, log_file: Path, stdio: Stdio) -> int:
         with tempfile.TemporaryDirectory(prefix="lazypull-console-") as tmp:
             sock_path = os.path.join(tmp, "console.sock")
             pid_file = Path(tmp) / "init.pid"
