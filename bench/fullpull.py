@@ -79,7 +79,7 @@ def lazypull_sample(work: Path, ref: str, tree: Path | None = None) -> Sample:
         run, out = _timed([*base, "run", "--rm", ref, *COMMAND], env)
         if out != "hi\n":
             raise RuntimeError(f"lazypull run printed {out!r}")
-        return Sample("lazypull" if tree is None else f"lazypull {tree.name}", pull, run)
+        return Sample("lazypull" if tree is None else f"lazypull ({tree.name})", pull, run)
     finally:
         unmount_below(root)
         shutil.rmtree(root, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +22,8 @@ from lazypull.image import (
 from lazypull.image.partial import ManifestImage
 from lazypull.image.push import push_image
 from lazypull.registry import Platform, RegistryClient
-from tests.helpers.images import BuiltLayout, file, make_oci_layout, sample_layers, sha256
-from tests.helpers.registry import RegistryServer
+from tests.helpers.images import BuiltLayout, directory, file, make_oci_layout, sample_layers, sha256
+from tests.helpers.registry import Fault, FaultProxy, RegistryServer
 
 
 @pytest.fixture
@@ -337,3 +338,37 @@ def test_pull_with_unpack_refuses_wrong_diff_id_and_extracts_nothing(
         pull_image(dst, client, name, unpack=streaming_unpacker(root))
     assert dst.list_images() == [] and _blob_count(dst) == 0
     assert [p for p in (root / "snapshots").rglob("*") if p.parent.parent == root / "snapshots"] == []
+
+
+@pytest.mark.parametrize("ignore_range", [False, True])
+def test_pull_with_unpack_survives_broken_downloads(tmp_path: Path, registry: RegistryServer,
+                                                    fault_proxy: FaultProxy, unique_repo: str,
+                                                    client: RegistryClient, ignore_range: bool) -> None:
+    """A download resumed with Range keeps feeding the extraction; one that starts over (the server
+    ignored Range) cannot, so the pull verifies the stored blob and leaves extraction to lower_dirs."""
+    from lazypull.runtime.layers import lower_dirs, snapshot_dir, streaming_unpacker
+
+    layers = [[directory("data"), file("data/random", os.urandom(300_000)), file("data/tag", unique_repo)]]
+    built = make_oci_layout(tmp_path / "layout", layers, tag="v1")
+    layout = Layout(built.path)
+    src = Store(tmp_path / "src")
+    name = f"{fault_proxy.host}/{unique_repo}:v1"
+    copy_into_store(src, layout.root("v1"), layout, name, source=None, platforms=None)
+    push_image(src, client, name)
+    fault_proxy.clear()
+    layer_path = "/blobs/" + built.image.layer_digests[0]
+    fault_proxy.add(Fault("truncate", method="GET", path_contains=layer_path, after_bytes=100_000))
+    if ignore_range:
+        fault_proxy.add(Fault("no_range", method="GET", path_contains=layer_path))
+    root = tmp_path / "dst"
+    dst = Store(root)
+    pull_image(dst, client, name, unpack=streaming_unpacker(root))
+    gets = [r for r in fault_proxy.requests if layer_path in r.path]
+    assert [r.status for r in gets] == [200, 200 if ignore_range else 206]
+    layer_dir = snapshot_dir(root, built.image.layer_digests[0])
+    assert layer_dir.is_dir() is (not ignore_range)
+    assert dst.uncompressed_info(built.image.layer_digests[0]) == (sha256(built.image.tars[0]),
+                                                                   len(built.image.tars[0]))
+    lower_dirs(root, dst, dst.resolve(name), None)
+    assert (layer_dir / "data" / "tag").read_text() == unique_repo
+    assert [p.name for p in layer_dir.parent.iterdir()] == ["fs"]
