@@ -188,10 +188,13 @@ def section(results: dict[str, Any], results_name: str) -> str:
     lines = [
         SECTION, "",
         "HelloBench-style cold starts (stargz-snapshotter's `script/benchmark`): each sample wipes the "
-        "store, the chunk cache and every mount and restarts the mount server (or containerd), then times "
-        "**pull** (`lazypull pull` / `ctr image pull`), **create** (mount and prefetch wait; 0 where the "
-        "system has no separate create step and it is part of run) and **run** (until the workload exits, "
-        "or until the server prints its ready line). Samples of all rows are shuffled within each round.",
+        "store, the chunk cache and every mount and restarts the mount server (or containerd), untimed; "
+        "then it times **pull** (`lazypull pull` / `ctr image pull`; a lazy pull fetches manifest, "
+        "config and TOCs and mounts the layers, like `ctr-remote image rpull`), **create** (`lazypull "
+        "create` / `ctr container create`: the container's rootfs and, for lazy images, the wait for "
+        "the prefetch) and **run** (`lazypull start` / `ctr task start` until the workload exits, or "
+        "until the server prints its ready line). Within each round of an image the rows run in "
+        "shuffled order.",
         "",
         f"- Command: `{results['command']}` (`make bench` runs the reduced default: python, wan, 5 samples).",
         f"- Machine: {m.get('cpus')} CPUs ({m.get('cpu')}), {_memory(m.get('memory', ''))} RAM, "
