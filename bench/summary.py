@@ -197,6 +197,10 @@ def section(results: dict[str, Any], results_name: str) -> str:
         "shuffled order.",
         "",
         f"- Command: `{results['command']}` (`make bench` runs the reduced default: python, wan, 5 samples).",
+        "- Reproduce (root): `make bench`, or `.venv/bin/python bench/run.py --images python,gcc,postgres "
+        "--profiles lan,wan,slow --samples 5`; then `.venv/bin/python bench/summary.py bench/results/*.json` "
+        "renders this section. The first run builds the Debian rootfs tars, images and variants into "
+        "`/var/tmp/lazypull-bench` (about 5 minutes per image); later runs reuse them.",
         f"- Machine: {m.get('cpus')} CPUs ({m.get('cpu')}), {_memory(m.get('memory', ''))} RAM, "
         f"kernel {m.get('kernel')}, Python {m.get('python')} (the lazypull commit of each table is in its "
         f"heading), load average at the start of a run up to "
