@@ -139,7 +139,7 @@ def render(samples: list[Sample], *, size: int, note: str, command: str) -> str:
         "|---|---:|---:|---:|---:|",
         _row("lazypull", ours),
         _row("containerd 1.6 (ctr)", theirs),
-        *[_row(f"{name} (before)", [s for s in samples if s.system == name])
+        *[_row(name, [s for s in samples if s.system == name])
           for name in dict.fromkeys(s.system for s in samples) if name.startswith("lazypull ")],
         "",
         f"lazypull / containerd (median pull + run): {ratio:.2f}x. Machine: {os.cpu_count()} CPUs shared "
