@@ -198,8 +198,9 @@ def section(results: dict[str, Any], results_name: str) -> str:
         "",
         f"- Command: `{results['command']}` (`make bench` runs the reduced default: python, wan, 5 samples).",
         "- Reproduce (root): `make bench`, or `.venv/bin/python bench/run.py --images python,gcc,postgres "
-        "--profiles lan,wan,slow --samples 5`; then `.venv/bin/python bench/summary.py bench/results/*.json` "
-        "renders this section. The first run builds the Debian rootfs tars, images and variants into "
+        "--profiles lan,wan,slow --samples 5`; then "
+        "`.venv/bin/python bench/summary.py bench/results/lazy-start-*.json` renders this section. "
+        "The first run builds the Debian rootfs tars, images and variants into "
         "`/var/tmp/lazypull-bench` (about 5 minutes per image); later runs reuse them.",
         f"- Machine: {m.get('cpus')} CPUs ({m.get('cpu')}), {_memory(m.get('memory', ''))} RAM, "
         f"kernel {m.get('kernel')}, Python {m.get('python')} (the lazypull commit of each table is in its "
@@ -316,6 +317,8 @@ def load_results(paths: list[Path]) -> dict[str, Any]:
     commands: list[str] = []
     for path in paths:
         data = json.loads(path.read_text())
+        if data.get("kind") != "lazy-start":
+            continue                      # another benchmark's results in the same directory
         commit = data.get("machine", {}).get("commit", "?")
         for s in data["samples"]:
             s.setdefault("commit", commit)
@@ -337,6 +340,8 @@ def load_results(paths: list[Path]) -> dict[str, Any]:
         for key in ("cli_startup_s", "commit"):
             if key in data["machine"]:
                 merged["machine"][key] = data["machine"][key]
+    if not merged:
+        raise ValueError(f"no lazy-start results among {', '.join(str(p) for p in paths)}")
     merged["command"] = "`; `".join(commands)
     return merged
 
