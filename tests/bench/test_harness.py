@@ -302,3 +302,27 @@ def test_run_phase_until_line_and_failures() -> None:
         run_phase(Phase(["sh", "-c", "echo nope"], until="ready"))
     with pytest.raises(SampleError, match="timed out"):
         run_phase(Phase(["sleep", "30"]), timeout=0.5)
+
+
+def test_load_results_later_runs_replace_rows_and_other_kinds_are_skipped(tmp_path: Path) -> None:
+    def sample(system: str, total: float) -> dict[str, object]:
+        return {"image": "python", "profile": "wan", "system": system, "variant": "org", "index": 0,
+                "ok": True, "pull": total, "create": 0.0, "run": 0.0, "total": total,
+                "registry": {}, "proxy": {}}
+
+    def run(name: str, commit: str, samples: list[dict[str, object]]) -> Path:
+        path = tmp_path / name
+        path.write_text(json.dumps({"kind": "lazy-start", "date": name, "command": name, "samples": samples,
+                                    "machine": {"commit": commit}, "images": {}, "errors": [],
+                                    "profiles": {"wan": {"name": "wan", "rate_mbit": 100.0, "rtt": 0.02}}}))
+        return path
+
+    old = run("a", "c1", [sample("containerd", 30.0), sample("lazypull-overlayfs", 20.0)])
+    new = run("b", "c2", [sample("containerd", 25.0)])
+    other = tmp_path / "convert.json"
+    other.write_text(json.dumps({"kind": "convert"}))
+    merged = summary.load_results([old, other, new])
+    got = sorted((s["system"], s["total"], s["commit"]) for s in merged["samples"])
+    assert got == [("containerd", 25.0, "c2"), ("lazypull-overlayfs", 20.0, "c1")]
+    with pytest.raises(ValueError, match="no lazy-start results"):
+        summary.load_results([other])
