@@ -244,7 +244,9 @@ def _command_paths() -> Iterator[list[str]]:
     from lazypull.cli.main import cli as lazypull_cli
 
     def walk(group: click.Group, prefix: list[str]) -> Iterator[list[str]]:
-        for name, command in sorted(group.commands.items()):
+        ctx = click.Context(group)
+        for name in group.list_commands(ctx):          # the top level loads its commands on demand
+            command = group.get_command(ctx, name)
             yield [*prefix, name]
             if isinstance(command, click.Group):
                 yield from walk(command, [*prefix, name])
