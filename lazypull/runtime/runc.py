@@ -155,16 +155,15 @@ class Runc:
             if sig != signal.SIGINT:  # Ctrl-C reaches runc itself through the terminal's process group
                 proc.send_signal(sig)
 
-        with _forwarding_signals(forward):
+        with _forwarding_signals(forward), _exit_waiter(proc) as exited:
             while True:
-                try:
-                    code = proc.wait(timeout=0.2)
+                if exited(0.2):
+                    code = proc.wait()
                     break
-                except subprocess.TimeoutExpired:
-                    # A container's pid 1 ignores signals it has no handler for: after asking, insist.
-                    if stop_requested and time.monotonic() - stop_requested[0] > STOP_GRACE:
-                        self.kill(container_id, "KILL")
-                        stop_requested.clear()
+                # A container's pid 1 ignores signals it has no handler for: after asking, insist.
+                if stop_requested and time.monotonic() - stop_requested[0] > STOP_GRACE:
+                    self.kill(container_id, "KILL")
+                    stop_requested.clear()
         error = self._runc_error(log_file)
         if error is not None:
             raise ContainerError(f"runc could not run container {container_id}: {error}")
@@ -239,6 +238,30 @@ def _receive_console(listener: socket.socket, proc: subprocess.Popen[bytes]) -> 
             return fds[0] if fds else None
         if proc.poll() is not None:
             return None
+
+
+@contextlib.contextmanager
+def _exit_waiter(proc: subprocess.Popen[Any]) -> Iterator[Callable[[float], bool]]:
+    """``exited(timeout)``: whether ``proc`` has exited, waiting at most ``timeout`` s. Wakes as the
+    process exits (a pidfd), where ``Popen.wait(timeout)`` polls with sleeps of up to 50 ms."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):      # no pidfd (old kernel): Popen's polling wait
+        def polled(timeout: float) -> bool:
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return False
+            return True
+
+        yield polled
+        return
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    try:
+        yield lambda timeout: bool(poller.poll(timeout * 1000))
+    finally:
+        os.close(pidfd)
 
 
 @contextlib.contextmanager
