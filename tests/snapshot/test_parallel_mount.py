@@ -34,7 +34,7 @@ def test_layers_mount_in_parallel_and_come_back_bottom_first(
 
     spans: list[tuple[float, float]] = []
     lock = threading.Lock()
-    real = manager_mod.open_layer_tree
+    from lazypull.fs.layer import open_layer_tree as real
 
     def slow_open(*args: Any, **kwargs: Any) -> Any:
         began = time.monotonic()
