@@ -37,8 +37,10 @@ def _gone(pid: int, seconds: float) -> bool:
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
-            # an exited process that nobody reaped yet (a zombie) is gone too
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            # an exited process that nobody reaped yet (a zombie) is gone too, once its last thread
+            # is (the leader turns Z first; the others still hold the sockets and /dev/fuse)
+            if (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+                    and len(os.listdir(f"/proc/{pid}/task")) <= 1):
                 return True
         except (ProcessLookupError, FileNotFoundError):
             return True
@@ -111,7 +113,8 @@ def test_killed_daemon_is_restarted_and_mounts_restored_with_cache(image: tuple[
     assert _gone(pid, 5.0), "the server survived SIGKILL"
     with pytest.raises(OSError) as err:
         (path / "etc/hello.txt").read_bytes()
-    assert err.value.errno == errno.ENOTCONN
+    # the kernel ends a dead server's connection: ENOTCONN, or ECONNABORTED once it marked it aborted
+    assert err.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     infos = mc.list_mounts()              # restarts the server, which restores the mounts
     assert daemon_pid(root) not in (None, pid)
     assert [i.digest for i in infos] == [digest]
