@@ -376,6 +376,8 @@ def _missing_layers(store: Store, name: str, platforms: list[Platform] | None) -
 @click.option("--zstdchunked-compression-level", type=int, default=3, show_default=True,
               help="zstd:chunked level.")
 @click.option("--zstdchunked-chunk-size", type=int, default=0, help="zstd:chunked chunk size (0: 4 MiB).")
+@click.option("--zstdchunked-record-in", type=click.Path(dir_okay=False),
+              help="Prioritised files from `ctr-remote optimize --record-out` (experimental).")
 @click.option("--uncompress", is_flag=True, help="Decompress layers.")
 @click.option("--gzip", "gzip_", is_flag=True, help="(Re)compress layers with plain gzip.")
 @click.option("--oci", is_flag=True, help="Convert Docker media types to OCI ones.")
@@ -388,8 +390,9 @@ def _missing_layers(store: Store, name: str, platforms: list[Platform] | None) -
 def convert_command(estargz: bool, estargz_record_in: str | None, estargz_compression_level: int,
                     estargz_chunk_size: int, estargz_min_chunk_size: int, estargz_external_toc: bool,
                     estargz_keep_diff_id: bool, zstdchunked: bool, zstdchunked_compression_level: int,
-                    zstdchunked_chunk_size: int, uncompress: bool, gzip_: bool, oci: bool,
-                    platform: tuple[str, ...], all_platforms: bool, src: str, dst: str) -> None:
+                    zstdchunked_chunk_size: int, zstdchunked_record_in: str | None, uncompress: bool,
+                    gzip_: bool, oci: bool, platform: tuple[str, ...], all_platforms: bool, src: str,
+                    dst: str) -> None:
     """Convert SRC into a new image DST (eStargz, zstd:chunked, uncompressed; Docker -> OCI).
 
     SRC is a stored image, an oci:DIR[:TAG] layout, or a registry image (pulled first). DST is a
@@ -405,6 +408,12 @@ def convert_command(estargz: bool, estargz_record_in: str | None, estargz_compre
     layer_format: LayerFormat | None = chosen[0] if chosen else None  # type: ignore[assignment]
     if estargz_keep_diff_id and not estargz_external_toc:
         raise click.UsageError("option --estargz-keep-diff-id must be specified with --estargz-external-toc")
+    if zstdchunked_record_in and layer_format != "zstdchunked":
+        raise click.UsageError("option --zstdchunked-record-in must be used with --zstdchunked")
+    record_in = zstdchunked_record_in if layer_format == "zstdchunked" else estargz_record_in
+    if layer_format == "zstdchunked" and estargz_record_in:
+        raise click.UsageError("option --estargz-record-in must be used with --estargz; "
+                               "use --zstdchunked-record-in")
     if layer_format in ("estargz", "zstdchunked") and not oci:
         logrus("WARN", f"option --{layer_format} should be used in conjunction with --oci")
     options = ConvertOptions(
@@ -412,7 +421,7 @@ def convert_command(estargz: bool, estargz_record_in: str | None, estargz_compre
         estargz_level=estargz_compression_level, estargz_chunk_size=estargz_chunk_size,
         estargz_min_chunk_size=estargz_min_chunk_size, estargz_external_toc=estargz_external_toc,
         estargz_keep_diff_id=estargz_keep_diff_id,
-        record=read_record(estargz_record_in) if estargz_record_in else None,
+        record=read_record(record_in) if record_in else None,
         zstd_level=zstdchunked_compression_level, zstd_chunk_size=zstdchunked_chunk_size,
         platforms=_platforms(platform, all_platforms),
     )

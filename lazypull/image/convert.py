@@ -80,8 +80,8 @@ class ConvertOptions:
                 and self.layer_format != "estargz":
             raise ImageError("--estargz-external-toc, --estargz-keep-diff-id and --estargz-min-chunk-size "
                              "need --estargz")
-        if self.record and self.layer_format != "estargz":
-            raise ImageError("--estargz-record-in needs --estargz")
+        if self.record and self.layer_format not in ("estargz", "zstdchunked"):
+            raise ImageError("--estargz-record-in needs --estargz (--zstdchunked-record-in: --zstdchunked)")
         if self.record and self.estargz_keep_diff_id:
             raise ImageError("--estargz-record-in cannot be used with --estargz-keep-diff-id "
                              "(lossless conversion keeps the original file order)")

@@ -75,20 +75,6 @@ class OptimizeResult:
         return "".join(e.to_json() for e in self.entries)
 
 
-@dataclass(frozen=True)
-class _OptimizeConvertOptions(ConvertOptions):
-    """``convert``'s options, also allowing a record with zstd:chunked (its writer prioritises files
-    the same way; ``image convert`` only takes ``--estargz-record-in`` with ``--estargz``)."""
-
-    def check(self) -> None:
-        plain = {f.name: getattr(self, f.name) for f in dataclasses.fields(ConvertOptions)}
-        if self.layer_format == "zstdchunked":
-            plain["record"] = None
-        ConvertOptions(**plain).check()
-        if self.record and self.layer_format not in ("estargz", "zstdchunked"):
-            raise ImageError("optimize needs --estargz or --zstdchunked layers")
-
-
 def select_image(root: Root, platform: Platform, depth: int = 0) -> Image:
     """The image of ``root`` for ``platform`` (``root`` itself when it is a single manifest)."""
     if not mt.is_index(root.media_type()):
@@ -150,9 +136,7 @@ def final_options(options: ConvertOptions, platform: Platform) -> ConvertOptions
     if options.layer_format not in ("estargz", "zstdchunked"):
         raise ImageError("optimize converts to eStargz or zstd:chunked: give --estargz (default) "
                          "or --zstdchunked")
-    final = _OptimizeConvertOptions(**{f.name: getattr(options, f.name)
-                                       for f in dataclasses.fields(ConvertOptions)})
-    final = dataclasses.replace(final, platforms=[platform], record=None)
+    final = dataclasses.replace(options, platforms=[platform], record=None)
     final.check()
     return final
 

@@ -184,6 +184,30 @@ def test_zstdchunked_and_warning_without_oci(tmp_path: Path, layout: BuiltLayout
     assert re.search(warning, warned.stderr)
 
 
+def test_zstdchunked_record_in_prioritises_files(tmp_path: Path, layout: BuiltLayout) -> None:
+    """nerdctl's --zstdchunked-record-in: the recorded files come first, then .prefetch.landmark."""
+    from lazypull.format import FileSource, open_layer
+
+    root = tmp_path / "root"
+    record = tmp_path / "record.json"
+    record.write_text('{"path": "data/text.txt", "layerIndex": 2}\n')
+    misuse = run(root, "image", "convert", "--zstdchunked", "--oci", "--estargz-record-in", str(record),
+                 layout.ref, "x:1", ok=False)
+    assert misuse.exit_code == 2 and "--zstdchunked-record-in" in misuse.stderr
+    digest = run(root, "image", "convert", "--zstdchunked", "--oci", "--zstdchunked-record-in", str(record),
+                 layout.ref, "example.com/foo:zstd-opt").stdout.strip()
+    store = Store(root)
+    layers = json.loads(store.read_blob(digest))["layers"]
+    names = []
+    for desc in layers:
+        path = store.blob_path(desc["digest"])
+        assert path is not None
+        reader = open_layer(FileSource(path), toc_digest=desc["annotations"][mt.TOC_DIGEST])
+        names.append([e.name for e in reader.toc.entries if e.type != "chunk"])
+    assert names[2][:3] == ["data/", "data/text.txt", ".prefetch.landmark"]
+    assert names[0][0] == ".no.prefetch.landmark" and names[1][0] == ".no.prefetch.landmark"
+
+
 def test_convert_from_registry_source_and_into_layout(tmp_path: Path, registry: RegistryServer,
                                                       layout: BuiltLayout, unique_repo: str) -> None:
     root = tmp_path / "root"
