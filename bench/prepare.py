@@ -74,10 +74,11 @@ def convert_and_push(setup_root: Path, direct: str, workload: Workload, tag: str
                      record: Path | None) -> str | None:
     """``lazypull image convert`` org -> tag, then ``lazypull push`` (to the registry, directly).
 
-    Returns a note when the record could not be used (lazypull takes it with --estargz only)."""
+    Returns a note when the record could not be used."""
     src, dst = f"{direct}/{workload.name}:org", f"{direct}/{workload.name}:{tag}"
     fmt = ["--estargz"] if tag.startswith("esgz") else ["--zstdchunked"]
-    rec = ["--estargz-record-in", str(record)] if record is not None else []
+    flag = "--estargz-record-in" if tag.startswith("esgz") else "--zstdchunked-record-in"
+    rec = [flag, str(record)] if record is not None else []
     note = None
     try:
         _lp(setup_root, "image", "convert", "--oci", *fmt, *rec, src, dst)
