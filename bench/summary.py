@@ -260,7 +260,9 @@ def chart(results: dict[str, Any], png: Path) -> None:
     measured = {r["profile"] for r in rows if "total" in r}
     profiles = [p for p in ("lan", "wan", "slow", *results["profiles"]) if p in measured]
     profiles = list(dict.fromkeys(profiles)) or list(results["profiles"])[:1]
-    fig, axes = plt.subplots(1, len(profiles), figsize=(max(7.0, 5.5 * len(profiles)), 5.2), squeeze=False)
+    bars = [max(3, sum(1 for r in rows if r["profile"] == p and "total" in r)) for p in profiles]
+    fig, axes = plt.subplots(1, len(profiles), figsize=(max(7.0, 1.5 + 0.55 * sum(bars)), 5.4), squeeze=False,
+                             gridspec_kw={"width_ratios": bars})
     colors = {"pull": "#4c72b0", "create": "#dd8452", "run": "#55a868"}
     for ax, profile in zip(axes[0], profiles, strict=True):
         sel = [r for r in rows if r["profile"] == profile and "total" in r]
