@@ -34,6 +34,8 @@ def go_clean(path: str) -> str:
 
 def clean_entry_name(name: str) -> str:
     """The normalised name of a TOC/tar entry (root is ``""``)."""
+    if name[:2] == "./":
+        name = name[2:]     # "/./x" cleans as "/x" (tar files made with `tar -C dir .` spell names so)
     if (name and name[0] not in "./" and "//" not in name and "/." not in name) or name == "":
         return name.rstrip("/")  # fast path: nothing to clean but a trailing slash
     return go_clean("/" + name)[1:]

@@ -104,8 +104,8 @@ def _normalised_copy(raw: TOCEntry) -> TOCEntry:
     return TOCEntry(
         clean_entry_name(raw.name), raw.type, raw.size, raw.modtime, raw.link_name, raw.mode, raw.uid,
         raw.gid, raw.user_name, raw.group_name, raw.offset, raw.inner_offset, raw.dev_major, raw.dev_minor,
-        dict(raw.xattrs), raw.digest, raw.chunk_offset, raw.chunk_size, raw.chunk_digest, raw.end_offset,
-        raw.chunk_type, raw.num_link,
+        dict(raw.xattrs) if raw.xattrs else {}, raw.digest, raw.chunk_offset, raw.chunk_size,
+        raw.chunk_digest, raw.end_offset, raw.chunk_type, raw.num_link,
     )
 
 
@@ -188,42 +188,54 @@ class LayerReader:
         ends = self._ends()
         unames: dict[int, str] = {}
         gnames: dict[int, str] = {}
+        groups = self._groups
+        keep = self._keep
+        by_name = self._map
         last_reg: TOCEntry | None = None
         for index, raw in enumerate(self.toc.entries):
-            if raw.type == "chunk":
+            kind = raw.type
+            if kind == "chunk":
                 if last_reg is None:
                     raise FormatError(f"TOC entry {index}: chunk of {raw.name!r} follows no regular file")
-                self._groups[id(last_reg)].append((raw, ends[index]))
+                groups[id(last_reg)].append((raw, ends[index]))
                 continue
             e = _normalised_copy(raw)
-            if e.type == "hardlink":
+            if kind == "hardlink":
                 e.link_name = clean_entry_name(e.link_name)
             if e.user_name:
                 unames[e.uid] = e.user_name
-            else:
+            elif unames:
                 e.user_name = unames.get(e.uid, "")
             if e.group_name:
                 gnames[e.gid] = e.group_name
-            else:
+            elif gnames:
                 e.group_name = gnames.get(e.gid, "")
-            if e.type == "dir":
-                e.num_link += 1
-            if e.type == "reg":
+            if kind == "reg":
                 last_reg = e
-                self._groups[id(e)] = [(e, ends[index])]
+                groups[id(e)] = [(e, ends[index])]
             else:
                 last_reg = None
-            self._keep.append(e)
-            self._map[e.name] = e
-        root = self._map.get("") or TOCEntry(name="", type="dir", mode=0o755, num_link=2)
+                if kind == "dir":
+                    e.num_link += 1
+            keep.append(e)
+            by_name[e.name] = e
+        root = by_name.get("") or TOCEntry(name="", type="dir", mode=0o755, num_link=2)
         if root.type != "dir":
             raise FormatError("the TOC's root entry is not a directory")
-        self._map = {"": root, **self._map}
-        self._children[""] = {}
-        for e in list(self._map.values()):
-            if e.name == "" or self._map.get(e.name) is not e:
+        self._map = by_name = {"": root, **by_name}
+        children_of = self._children
+        children_of[""] = {}
+        for e in list(by_name.values()):
+            name = e.name
+            if name == "" or by_name.get(name) is not e:
                 continue
-            pdir = self._dir(parent_dir(e.name))
+            pname, _, base = name.rpartition("/")
+            pdir = by_name.get(pname)
+            if pdir is None or pdir.type != "dir":
+                pdir = self._dir(pname)     # creates missing ancestors, or refuses a non-directory
+            siblings = children_of.get(pname)
+            if siblings is None:
+                siblings = children_of[pname] = {}
             e.num_link += 1
             child = e
             if e.type == "hardlink":
@@ -231,7 +243,7 @@ class LayerReader:
                 child.num_link += 1
             if child.type == "dir":
                 pdir.num_link += 1
-            self._children[pdir.name][base_name(e.name)] = child
+            siblings[base] = child
 
     def _dir(self, name: str) -> TOCEntry:
         """The directory ``name``, creating it and missing ancestors (iteratively: names can be deep)."""

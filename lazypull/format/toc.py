@@ -81,15 +81,33 @@ class TOC:
 # ---------------------------------------------------------------------------------------------------------
 # decoding
 
-_INT_KEYS = {
+_INT_ATTRS = {
     "size": "size", "mode": "mode", "uid": "uid", "gid": "gid", "offset": "offset",
     "inneroffset": "inner_offset", "devmajor": "dev_major", "devminor": "dev_minor",
     "chunkoffset": "chunk_offset", "chunksize": "chunk_size", "endoffset": "end_offset",
 }
-_STR_KEYS = {
+_STR_ATTRS = {
     "name": "name", "type": "type", "linkname": "link_name", "username": "user_name",
     "groupname": "group_name", "digest": "digest", "chunkdigest": "chunk_digest", "chunktype": "chunk_type",
 }
+_INT, _STR, _MODTIME, _XATTRS = range(4)
+_KEYS: dict[str, tuple[str, int]] = {
+    **{low: (attr, _INT) for low, attr in _INT_ATTRS.items()},
+    **{low: (attr, _STR) for low, attr in _STR_ATTRS.items()},
+    "modtime": ("modtime", _MODTIME), "xattrs": ("xattrs", _XATTRS),
+}
+"""Lower-cased JSON key -> (TOCEntry attribute, kind of value)."""
+_INT_WRITTEN = {
+    "size": "size", "mode": "mode", "uid": "uid", "gid": "gid", "offset": "offset",
+    "innerOffset": "inner_offset", "devMajor": "dev_major", "devMinor": "dev_minor",
+    "chunkOffset": "chunk_offset", "chunkSize": "chunk_size", "endOffset": "end_offset",
+}
+_STR_WRITTEN = {
+    "name": "name", "type": "type", "linkName": "link_name", "userName": "user_name",
+    "groupName": "group_name", "digest": "digest", "chunkDigest": "chunk_digest", "chunkType": "chunk_type",
+}
+"""The keys as writers spell them (no ``lower()`` needed): the fast path of :func:`_entry_from_json`."""
+_NON_NEGATIVE = ("size", "offset", "inner_offset", "chunk_offset", "chunk_size", "end_offset")
 _RFC3339 = re.compile(
     r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:([Zz])|([+-])(\d\d):(\d\d))\Z"
 )
@@ -98,6 +116,17 @@ _DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
 
 def parse_rfc3339(text: str) -> datetime | None:
     """Go's ``time.Parse(time.RFC3339, s)``; None when it does not parse (readers ignore bad times)."""
+    if (len(text) == 20 and text[19] in "Zz" and text[10] in "Tt" and text[4] == "-" and text[7] == "-"
+            and text[13] == ":" and text[16] == ":"):
+        # What Go writes (whole seconds, UTC): fixed positions, no regex. ASCII digits only here: the
+        # regex's \d also takes other Unicode digits, which the general path below keeps accepting.
+        digits = text[:4] + text[5:7] + text[8:10] + text[11:13] + text[14:16] + text[17:19]
+        if digits.isascii() and digits.isdigit():
+            try:
+                return datetime(int(digits[:4]), int(digits[4:6]), int(digits[6:8]), int(digits[8:10]),
+                                int(digits[10:12]), int(digits[12:]), tzinfo=UTC)
+            except ValueError:
+                return None
     m = _RFC3339.match(text)
     if m is None:
         return None
@@ -120,52 +149,87 @@ def is_digest(value: str) -> bool:
     return _DIGEST.match(value) is not None
 
 
-def _entry_from_json(index: int, obj: Any) -> TOCEntry:
+def _decode_xattrs(index: int, value: object, into: dict[str, bytes]) -> None:
+    """Add the base64-decoded values of a JSON ``xattrs`` object to ``into``."""
+    if not isinstance(value, dict):
+        raise FormatError(f"TOC entry {index}: 'xattrs' must be an object")
+    for xk, xv in value.items():
+        if not isinstance(xv, str):
+            raise FormatError(f"TOC entry {index}: xattr {xk!r} must be a base64 string")
+        try:
+            into[xk] = base64.b64decode(xv, validate=True)
+        except (binascii.Error, ValueError) as err:
+            raise FormatError(f"TOC entry {index}: xattr {xk!r} is not valid base64") from err
+
+
+def _other_field(index: int, key: str, value: Any, fields: dict[str, Any],
+                 times: dict[str, datetime | None]) -> None:
+    """Apply one JSON key of an entry to ``fields`` (the general case of :func:`_entry_from_json`)."""
+    spec = _KEYS.get(key.lower())
+    if spec is None or value is None:
+        return          # unknown keys are ignored, as encoding/json does; null leaves the field as it is
+    attr, kind = spec
+    if kind == _INT:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise FormatError(f"TOC entry {index}: {key!r} must be an integer, not {value!r}")
+    elif kind == _STR:
+        if not isinstance(value, str):
+            raise FormatError(f"TOC entry {index}: {key!r} must be a string, not {value!r}")
+    elif kind == _MODTIME:
+        if not isinstance(value, str):
+            raise FormatError(f"TOC entry {index}: 'modtime' must be a string")
+        parsed = times.get(value, False)
+        if parsed is False:
+            parsed = times[value] = parse_rfc3339(value)
+        value = parsed
+    else:
+        _decode_xattrs(index, value, fields.setdefault("xattrs", {}))
+        return
+    fields[attr] = value
+
+
+def _entry_from_json(index: int, obj: Any, times: dict[str, datetime | None]) -> TOCEntry:
+    """One entry, validated; ``times`` caches parsed modtimes (a layer has few distinct ones).
+
+    Keys are applied in document order, so a later spelling of a key (``Size`` after ``size``) wins as in
+    Go; ``null`` leaves a field as it was; xattrs objects of several spellings are merged.
+    """
     if not isinstance(obj, dict):
         raise FormatError(f"TOC entry {index} is not a JSON object")
-    entry = TOCEntry(name="", type="")
-    seen_name = seen_type = False
+    fields: dict[str, Any] = {}
     for key, value in obj.items():
-        low = key.lower()
-        if low in _INT_KEYS:
-            if value is None:
+        # Fast paths for a key spelt as writers spell it with a value of the right type; anything else
+        # (other spellings, null, wrong types, xattrs, unknown keys) goes through _other_field.
+        cls = type(value)
+        if cls is str:
+            attr = _STR_WRITTEN.get(key)
+            if attr is not None:
+                fields[attr] = value
                 continue
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise FormatError(f"TOC entry {index}: {key!r} must be an integer, not {value!r}")
-            setattr(entry, _INT_KEYS[low], value)
-        elif low in _STR_KEYS:
-            if value is None:
+            if key == "modtime":
+                parsed = times.get(value, False)
+                if parsed is False:
+                    parsed = times[value] = parse_rfc3339(value)
+                fields["modtime"] = parsed
                 continue
-            if not isinstance(value, str):
-                raise FormatError(f"TOC entry {index}: {key!r} must be a string, not {value!r}")
-            setattr(entry, _STR_KEYS[low], value)
-            seen_name = seen_name or low == "name"
-            seen_type = seen_type or low == "type"
-        elif low == "modtime":
-            if isinstance(value, str):
-                entry.modtime = parse_rfc3339(value)
-            elif value is not None:
-                raise FormatError(f"TOC entry {index}: 'modtime' must be a string")
-        elif low == "xattrs":
-            if value is None:
+        elif cls is int:
+            attr = _INT_WRITTEN.get(key)
+            if attr is not None:
+                fields[attr] = value
                 continue
-            if not isinstance(value, dict):
-                raise FormatError(f"TOC entry {index}: 'xattrs' must be an object")
-            for xk, xv in value.items():
-                if not isinstance(xv, str):
-                    raise FormatError(f"TOC entry {index}: xattr {xk!r} must be a base64 string")
-                try:
-                    entry.xattrs[xk] = base64.b64decode(xv, validate=True)
-                except (binascii.Error, ValueError) as err:
-                    raise FormatError(f"TOC entry {index}: xattr {xk!r} is not valid base64") from err
-    if not seen_type or entry.type not in ENTRY_TYPES:
-        raise FormatError(f"TOC entry {index} ({entry.name!r}) has unknown type {entry.type!r}")
-    if not seen_name and entry.type != "chunk":
+        _other_field(index, key, value, fields, times)
+    name = fields.get("name")
+    kind_name = fields.get("type")
+    if kind_name not in ENTRY_TYPES:
+        raise FormatError(f"TOC entry {index} ({name or ''!r}) has unknown type {kind_name or ''!r}")
+    if name is None and kind_name != "chunk":
         raise FormatError(f"TOC entry {index} has no name")
-    for attr in ("size", "offset", "inner_offset", "chunk_offset", "chunk_size", "end_offset"):
-        if getattr(entry, attr) < 0:
-            raise FormatError(f"TOC entry {index} ({entry.name!r}): negative {attr}")
-    return entry
+    for attr in _NON_NEGATIVE:
+        if fields.get(attr, 0) < 0:
+            raise FormatError(f"TOC entry {index} ({name or ''!r}): negative {attr}")
+    if name is None:
+        fields["name"] = ""
+    return TOCEntry(**fields)
 
 
 def parse_toc(data: bytes) -> TOC:
@@ -188,7 +252,8 @@ def parse_toc(data: bytes) -> TOC:
     tar_split = fields.get("tarsplitdigest", "")
     if not isinstance(tar_split, str):
         raise FormatError("TOC 'tarSplitDigest' is not a string")
-    entries = [_entry_from_json(i, e) for i, e in enumerate(raw_entries)]
+    times: dict[str, datetime | None] = {}
+    entries = [_entry_from_json(i, e, times) for i, e in enumerate(raw_entries)]
     schema = "cs" if tar_split or any(e.end_offset or e.chunk_type for e in entries) else "estargz"
     return TOC(entries=entries, version=version, tar_split_digest=tar_split, schema=schema)
 
