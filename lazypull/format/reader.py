@@ -149,13 +149,15 @@ class LayerReader:
     """A verified TOC of one blob, with the file tree and the chunks of every file."""
 
     def __init__(self, src: BlobSource, footer: Footer, toc: TOC, toc_json: bytes, compression: str,
-                 manifest_checksum: str | None, verified_by: str | None) -> None:
+                 manifest_checksum: str | None, verified_by: str | None, *,
+                 toc_digest: str | None = None) -> None:
         self.src = src
         self.footer = footer
         self.footer_kind = footer.kind
         self.toc = toc
         self.toc_json = toc_json
-        self.toc_digest = "sha256:" + hashlib.sha256(toc_json).hexdigest()
+        self.toc_digest = toc_digest or "sha256:" + hashlib.sha256(toc_json).hexdigest()
+        """Digest of ``toc_json`` (``toc_digest`` is it, when the caller has computed it already)."""
         self.compression = compression
         self.manifest_checksum = manifest_checksum
         """zstd only: sha256 of the compressed TOC bytes (containers/storage's manifest-checksum)."""
@@ -468,4 +470,5 @@ def open_layer(src: BlobSource, *, toc_digest: str | None = None, external_toc: 
             raise DigestMismatchError(f"invalid TOC: JSON digest {json_digest}{also} does not match "
                                       f"expected {toc_digest}")
     toc = parse_toc(toc_json)
-    return LayerReader(src, footer, toc, toc_json, compression, manifest_checksum, verified_by)
+    return LayerReader(src, footer, toc, toc_json, compression, manifest_checksum, verified_by,
+                       toc_digest=json_digest)
