@@ -52,12 +52,21 @@ def normalise(name: str) -> str:
     return posixpath.normpath("/" + name).lstrip("/") if name not in ("", ".", "./", "/") else ""
 
 
-def _mtime_ns(entry: Any) -> int:
+def _mtime_ns(entry: Any, cache: dict[Any, int] | None = None) -> int:
+    """Whole seconds of ``entry.modtime`` in ns; ``cache`` maps modtimes already converted (a layer has
+    few distinct ones, and ``datetime.timestamp`` is the costly part)."""
     modtime = getattr(entry, "modtime", None)
-    return int(modtime.timestamp()) * 1_000_000_000 if modtime is not None else 0
+    if modtime is None:
+        return 0
+    if cache is None:
+        return int(modtime.timestamp()) * 1_000_000_000
+    ns = cache.get(modtime)
+    if ns is None:
+        ns = cache[modtime] = int(modtime.timestamp()) * 1_000_000_000
+    return ns
 
 
-def _attr_for(entry: Any, ino: int) -> Attr:
+def _attr_for(entry: Any, ino: int, mtimes: dict[Any, int] | None = None, nlink: int = 1) -> Attr:
     kind = entry.type
     if kind not in _TYPE_BITS:
         raise MountError(f"TOC entry {entry.name!r} has unsupported type {kind!r}")
@@ -65,8 +74,8 @@ def _attr_for(entry: Any, ino: int) -> Attr:
     if kind in ("char", "block"):
         rdev = os.makedev(entry.dev_major, entry.dev_minor)
     size = entry.size if kind == "reg" else len(entry.link_name.encode()) if kind == "symlink" else 0
-    return Attr(ino=ino, mode=_TYPE_BITS[kind] | (entry.mode & 0o7777), nlink=1, uid=entry.uid,
-                gid=entry.gid, rdev=rdev, size=size, mtime_ns=_mtime_ns(entry))
+    return Attr(ino=ino, mode=_TYPE_BITS[kind] | (entry.mode & 0o7777), nlink=nlink, uid=entry.uid,
+                gid=entry.gid, rdev=rdev, size=size, mtime_ns=_mtime_ns(entry, mtimes))
 
 
 class InodeTable:
@@ -80,34 +89,59 @@ class InodeTable:
         hardlinks: list[tuple[str, str]] = []
         order: list[str] = []
         next_ino = ROOT_INODE + 1
-        for entry in entries:
-            if entry.type == "chunk":
+        mtimes: dict[Any, int] = {}
+        nodes = self.nodes
+        type_bits = _TYPE_BITS
+        for entry in entries:           # hot loop (one pass per TOC entry): _attr_for inlined
+            kind = entry.type
+            if kind == "chunk":
                 continue
-            name = normalise(entry.name)
-            if entry.type == "hardlink":
+            name = entry.name
+            if not (name and name[0] not in "./" and name[-1] != "/" and "//" not in name
+                    and "/." not in name):
+                name = normalise(name)
+            if kind == "hardlink":
                 hardlinks.append((name, normalise(entry.link_name)))
                 continue
             if name == "":
-                if entry.type == "dir":
-                    node = self.nodes[ROOT_INODE]
-                    node.attr = _attr_for(entry, ROOT_INODE)
+                if kind == "dir":
+                    node = nodes[ROOT_INODE]
+                    node.attr = _attr_for(entry, ROOT_INODE, mtimes, nlink=2)
                     node.xattrs = {k.encode(): bytes(v) for k, v in (entry.xattrs or {}).items()}
                 continue
+            bits = type_bits.get(kind)
+            if bits is None:
+                raise MountError(f"TOC entry {entry.name!r} has unsupported type {kind!r}")
             ino = by_name.get(name)
             if ino is None:             # a later duplicate replaces the earlier entry in place
                 ino = next_ino
                 next_ino += 1
                 by_name[name] = ino
                 order.append(name)
+            modtime = entry.modtime
+            mtime_ns: int | None = mtimes.get(modtime) if modtime is not None else 0
+            if mtime_ns is None:        # a modtime not seen yet (a layer has few distinct ones)
+                mtime_ns = mtimes[modtime] = int(modtime.timestamp()) * 1_000_000_000
             xattrs = entry.xattrs
-            node = Node(_attr_for(entry, ino), name, entry=entry if entry.type == "reg" else None,
-                        link=entry.link_name.encode() if entry.type == "symlink" else b"",
-                        xattrs={k.encode(): bytes(v) for k, v in xattrs.items()} if xattrs else {},
-                        children={} if entry.type == "dir" else None)
-            old = self.nodes.get(ino)
-            if old is not None and old.children is not None and node.children is not None:
-                node.children = old.children
-            self.nodes[ino] = node
+            node_xattrs = {k.encode(): bytes(v) for k, v in xattrs.items()} if xattrs else {}
+            if kind == "reg":
+                node = Node(Attr(ino=ino, mode=bits | (entry.mode & 0o7777), nlink=1, uid=entry.uid,
+                                 gid=entry.gid, size=entry.size, mtime_ns=mtime_ns),
+                            name, entry, b"", node_xattrs)
+            elif kind == "dir":         # nlink 2 (+ subdirectories, counted below)
+                old = nodes.get(ino)
+                node = Node(Attr(ino=ino, mode=bits | (entry.mode & 0o7777), nlink=2, uid=entry.uid,
+                                 gid=entry.gid, mtime_ns=mtime_ns),
+                            name, None, b"", node_xattrs,
+                            old.children if old is not None and old.children is not None else {})
+            elif kind == "symlink":
+                link = entry.link_name.encode()
+                node = Node(Attr(ino=ino, mode=bits | (entry.mode & 0o7777), nlink=1, uid=entry.uid,
+                                 gid=entry.gid, size=len(link), mtime_ns=mtime_ns),
+                            name, None, link, node_xattrs)
+            else:
+                node = Node(_attr_for(entry, ino, mtimes), name, None, b"", node_xattrs)
+            nodes[ino] = node
         self._next_ino = next_ino
         links: dict[int, int] = {}
         link_targets = dict(hardlinks)
@@ -139,10 +173,11 @@ class InodeTable:
             node = self.nodes[ino]
             node.attr = _replace(node.attr, nlink=count)
         self._apply_overlay_conventions()
-        for node in self.nodes.values():
+        for node in nodes.values():
             if node.children is not None:
-                subdirs = sum(1 for c in node.children.values() if self.nodes[c].is_dir)
-                node.attr = _replace(node.attr, nlink=2 + subdirs)
+                nlink = 2 + sum(1 for c in node.children.values() if nodes[c].children is not None)
+                if node.attr.nlink != nlink:
+                    node.attr = _replace(node.attr, nlink=nlink)
 
     def _ensure_dir(self, name: str, by_name: dict[str, int]) -> int:
         """The inode of directory ``name``, creating implied parents (mode 0755) as readers do."""
