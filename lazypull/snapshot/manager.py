@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import json
 import logging
 import os
@@ -322,6 +323,9 @@ class LayerManager:
             layer = MountedLayer(digest, path, tree, fuse, source)
             with self._lock:
                 self._layers[digest] = layer
+            # The TOC objects live as long as the mount: keep the cyclic GC from rescanning them on every
+            # later mount (with 5 layers alive it made each next mount ~2x slower); _unmount unfreezes.
+            gc.freeze()
             log.info("mounted layer %s at %s from %s", digest, path, source.describe())
             return layer
 
@@ -348,6 +352,7 @@ class LayerManager:
         if close is not None:
             with contextlib.suppress(OSError):
                 close()
+        gc.unfreeze()   # the layer's objects may be in cycles: let the next full collection free them
         log.info("unmounted layer %s", layer.digest)
 
     def _save_state(self) -> None:
