@@ -23,10 +23,9 @@ import click
 
 from lazypull.cli._image_progress import make_progress
 from lazypull.cli._options import get_options, global_options
-from lazypull.cli.image import _familiar, _source_root, _toc_name, image_group, logrus
+from lazypull.cli.image import _source_root, image_group, logrus, name_in_store, tag_in_layout
 from lazypull.errors import LazypullError, MountError
 from lazypull.image import Layout, Store, normalize_name
-from lazypull.image import mediatypes as mt
 from lazypull.image.convert import ConvertOptions, LayerFormat
 from lazypull.image.errors import ImageError
 from lazypull.image.optimize import (
@@ -322,22 +321,10 @@ def optimize_command(period: float, wait_line: str | None, entrypoint: str | Non
             converted = convert_with_record(src_root, layout if layout is not None else store, options, plat,
                                             entries, progress)
         if layout is not None:
-            layout.add_entry(converted.root, tag)
-            if converted.toc_image is not None:
-                toc_tag = (tag or "latest") + mt.TOC_IMAGE_SUFFIX
-                layout.add_entry(converted.toc_image, toc_tag)
-                logrus("INFO", f"Extra image(0) {dst.rsplit(':', 1)[0] if tag else dst}:{toc_tag}")
+            tag_in_layout(converted, layout, tag, dst)
         else:
             assert dst_name is not None
-            try:
-                store.put_image(dst_name, converted.root)
-                if converted.toc_image is not None:
-                    toc_name = _toc_name(dst_name)
-                    store.put_image(toc_name, converted.toc_image)
-                    logrus("INFO", f"Extra image(0) {_familiar(toc_name)}")
-            except LazypullError:
-                store.discard_unreferenced(converted.added)
-                raise
+            name_in_store(converted, store, dst_name)
     click.echo(converted.root.digest)
 
 
