@@ -141,6 +141,8 @@ class _Extractor:
         self.whiteouts = 0
         self.opaque_dirs = 0
         self.dir_fds: dict[tuple[str, ...], int] = {}  # verified directories (walked with O_NOFOLLOW)
+        # paths this layer itself created: a whiteout only hides what lower layers hold (OCI image spec)
+        self.created: set[tuple[str, ...]] = set()
 
     # -- path resolution -------------------------------------------------------------------------
 
@@ -244,6 +246,7 @@ class _Extractor:
             self.create(tar, member, parent_fd, base)
         finally:
             os.close(parent_fd)
+        self.created.add(tuple(parts))
 
     def whiteout(self, parts: list[str]) -> None:
         base = parts[-1]
@@ -258,6 +261,12 @@ class _Extractor:
                 target = base[len(WHITEOUT_PREFIX):]
                 if target in ("", ".", ".."):
                     raise ValueError(f"whiteout of {target!r}")
+                if (*parts[:-1], target) in self.created:
+                    # "files present in the same layer as a whiteout file can only be hidden by
+                    # whiteout files in subsequent layers": keep it, as the lazy view does
+                    log.debug("%s: whiteout of %s, which this layer adds: ignored", self.label,
+                              "/".join((*parts[:-1], target)))
+                    return
                 self.clear(parent_fd, target, keep_dir=False)
                 os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=parent_fd)
                 self.whiteouts += 1

@@ -115,6 +115,29 @@ def test_whiteouts_become_overlay_form(tmp_path: Path) -> None:
     assert not (dest / "opt/.wh..wh..plnk").exists()
 
 
+def test_whiteout_never_hides_what_its_own_layer_adds(tmp_path: Path) -> None:
+    """OCI image spec: a whiteout applies to lower layers only, in whatever order the tar has them
+    (the lazy filesystem shows the same)."""
+    entries = [
+        Entry("etc/", "dir"),
+        Entry("etc/hello.txt", data=b"hello\n"),
+        Entry("etc/.wh.hello.txt"),              # after the file: ignored
+        Entry("etc/.wh.late"),                   # before the file: the file replaces it
+        Entry("etc/late", data=b"late\n"),
+        Entry("etc/sub/", "dir"),
+        Entry("etc/.wh.sub"),
+        Entry("etc/.wh.lower"),                  # nothing of that name here: a whiteout
+    ]
+    dest = tmp_path / "fs"
+    stats = extract_layer(write_blob(tmp_path / "blob", entries), dest)
+    assert (dest / "etc/hello.txt").read_bytes() == b"hello\n"
+    assert (dest / "etc/late").read_bytes() == b"late\n"
+    assert (dest / "etc/sub").is_dir()
+    lower = (dest / "etc/lower").lstat()
+    assert stat.S_ISCHR(lower.st_mode) and lower.st_rdev == 0
+    assert stats is not None
+
+
 def test_forged_overlay_xattrs_dropped(tmp_path: Path) -> None:
     entries = [Entry("d/", "dir", xattrs={"trusted.overlay.redirect": b"/etc", "user.ok": b"1"})]
     dest = tmp_path / "fs"
