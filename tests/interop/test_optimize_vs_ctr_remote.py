@@ -14,6 +14,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+from lazypull.snapshot import MountClient
 from tests.helpers.containerd import Ctr
 from tests.helpers.images import directory, file, make_oci_layout
 from tests.helpers.rootfs import busybox_specs
@@ -42,11 +43,14 @@ def test_records_agree_with_ctr_remote(containerd: Ctr, tmp_path: Path) -> None:
     containerd.run(["image", "optimize", "--oci", "--period", "5", "--args", args, "--record-out",
                     str(theirs_out), NAME, NAME.replace(":src", ":opt")], tool="ctr-remote", timeout=300)
     ours_out = tmp_path / "ours.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "lazypull", "image", "optimize", "--oci", "--period", "5", "--args", args,
-         "--record-out", str(ours_out), f"oci:{built.path}:src", f"oci:{tmp_path / 'out'}:opt"],
-        capture_output=True, env=dict(os.environ, LAZYPULL_ROOT=str(tmp_path / "root")), cwd=REPO,
-        timeout=300)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lazypull", "image", "optimize", "--oci", "--period", "5", "--args", args,
+             "--record-out", str(ours_out), f"oci:{built.path}:src", f"oci:{tmp_path / 'out'}:opt"],
+            capture_output=True, env=dict(os.environ, LAZYPULL_ROOT=str(tmp_path / "root")), cwd=REPO,
+            timeout=300)
+    finally:   # the mount server optimize started on demand must not outlive the test
+        MountClient(tmp_path / "root", autostart=False).shutdown()
     assert proc.returncode == 0, proc.stderr.decode()
 
     theirs = []      # ctr-remote 0.12 writes a path again at each open (later versions do not)
