@@ -31,25 +31,14 @@ class RootfsError(Exception):
 
 
 def apt_mirror(suite: str = DEFAULT_SUITE, sources_dir: Path = SOURCES_DIR) -> str:
-    """The URI apt uses for `suite` (deb822 `.sources` or one-line `.list` files)."""
-    for path in sorted(sources_dir.glob("*.sources")):
-        for stanza in re.split(r"\n\s*\n", path.read_text()):
-            fields: dict[str, str] = {}
-            for line in stanza.splitlines():
-                if line.startswith("#") or ":" not in line:
-                    continue
-                key, _, value = line.partition(":")
-                fields[key.strip().lower()] = value.strip()
-            if "deb" in fields.get("types", "").split() and suite in fields.get("suites", "").split():
-                if fields.get("enabled", "yes").lower() == "no":
-                    continue
-                return fields["uris"].split()[0]
-    for path in sorted(sources_dir.glob("*.list")):
-        for line in path.read_text().splitlines():
-            parts = re.sub(r"\[[^]]*\]", "", line).split()
-            if len(parts) >= 3 and parts[0] == "deb" and parts[2] == suite:
-                return parts[1]
-    raise RootfsError(f"no apt source for suite {suite!r} in {sources_dir}")
+    """The URI apt uses for `suite` (deb822 `.sources` or one-line `.list` files); the demo's lookup."""
+    from lazypull.demo import DemoError
+    from lazypull.demo import apt_mirror as demo_apt_mirror
+
+    try:
+        return demo_apt_mirror(suite, sources_dir)
+    except DemoError as err:
+        raise RootfsError(str(err)) from err
 
 
 def cache_key(packages: Sequence[str], suite: str) -> str:
