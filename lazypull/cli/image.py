@@ -20,6 +20,7 @@ import click
 
 from lazypull.cli._image_progress import make_progress
 from lazypull.cli._options import GlobalOptions, get_options, global_options
+from lazypull.cli.pull import pull_command
 from lazypull.errors import LazypullError
 from lazypull.image import Layout, Store, normalize_name, pull_image
 from lazypull.image import mediatypes as mt
@@ -261,48 +262,6 @@ def prune_command() -> None:
 
 # ---- pull / push --------------------------------------------------------------------------------------
 
-def _pull(ref: str, platform: tuple[str, ...], all_platforms: bool, quiet: bool) -> None:
-    opts = get_options()
-    store = _store(opts)
-    plats = _platforms(platform, all_platforms)
-    lazy = opts.snapshotter == "stargz"
-    parsed = parse_reference(ref)
-    from lazypull.runtime.layers import lower_dirs, streaming_unpacker
-
-    # A full pull of one platform extracts its layers while they download (what lower_dirs unpacks).
-    unpack = streaming_unpacker(opts.root) if not lazy and plats and len(plats) == 1 else None
-    with _client(opts) as client, make_progress(quiet=quiet) as progress:
-        record = pull_image(store, client, parsed, platforms=plats, all_platforms=plats is None,
-                            fetch_layers=not lazy, progress=progress, unpack=unpack)
-    platform_obj = plats[0] if plats else None
-
-    if lazy:
-        # Layers stay in the registry; the mount server mounts the lazy ones; the others are fetched
-        # and unpacked now, as stargz-snapshotter leaves them to containerd's normal unpack.
-        from lazypull.snapshot import MountClient
-
-        with MountClient(opts.root) as mounts:
-            layer_mounts = mounts.mount_image(record.name, insecure=opts.insecure_registries)
-        if not all(m.lazy for m in layer_mounts):
-            lower_dirs(opts.root, store, store.resolve(record.name, platform_obj), layer_mounts,
-                       lambda: _client(opts))
-    else:
-        # Unpack like nerdctl does on pull, so containers start from extracted layers.
-        lower_dirs(opts.root, store, store.resolve(record.name, platform_obj), None)
-    click.echo(record.target.digest)
-
-
-@click.command("pull")
-@click.option("--platform", multiple=True, help="Platform to pull (default: this machine's).")
-@click.option("--all-platforms", is_flag=True, help="Pull every platform of an index.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-@click.argument("ref")
-@global_options
-def pull_command(ref: str, platform: tuple[str, ...], all_platforms: bool, quiet: bool) -> None:
-    """Pull an image (lazily with --snapshotter=stargz: metadata now, layers on demand)."""
-    _pull(ref, platform, all_platforms, quiet)
-
-
 def _push(ref: str, platform: tuple[str, ...], all_platforms: bool, quiet: bool) -> None:
     opts = get_options()
     store = _store(opts)
@@ -491,7 +450,7 @@ for _command in (convert_command, inspect_command, tag_command, push_command, pu
 image_group.add_command(images_command, name="ls")
 image_group.add_command(rmi_command, name="rm")
 
-COMMANDS: list[click.Command] = [image_group, images_command, pull_command, push_command, rmi_command,
-                                 tag_command]
+# `pull` itself is lazypull.cli.pull's (a lazy pull imports none of this module's dependencies).
+COMMANDS: list[click.Command] = [image_group, images_command, push_command, rmi_command, tag_command]
 
 __all__ = ["COMMANDS", "human_duration", "human_size", "name_in_store", "since", "tabulate", "tag_in_layout"]

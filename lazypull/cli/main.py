@@ -19,7 +19,7 @@ from lazypull.errors import LazypullError
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "create": ("run",), "daemon": ("daemon",), "image": ("image", "optimize"), "images": ("image",),
     "layer": ("layer",), "login": ("login",), "logout": ("login",), "logs": ("run",), "ps": ("run",),
-    "pull": ("image",), "push": ("image",), "rm": ("run",), "rmi": ("image",), "run": ("run",),
+    "pull": ("pull",), "push": ("image",), "rm": ("run",), "rmi": ("image",), "run": ("run",),
     "start": ("run",), "stats": ("stats",), "stop": ("run",), "tag": ("image",),
 }
 

@@ -4,6 +4,6 @@
 """
 
 from lazypull.snapshot.client import MountClient, daemon_pid
-from lazypull.snapshot.protocol import LayerMount, MountInfo
+from lazypull.snapshot.protocol import LayerMount, MountInfo, PulledImage
 
-__all__ = ["LayerMount", "MountClient", "MountInfo", "daemon_pid"]
+__all__ = ["LayerMount", "MountClient", "MountInfo", "PulledImage", "daemon_pid"]

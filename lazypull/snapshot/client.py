@@ -22,7 +22,15 @@ from typing import Any
 
 from lazypull.errors import MountError
 from lazypull.snapshot.paths import RunPaths
-from lazypull.snapshot.protocol import MAX_LINE, LayerMount, MountInfo, decode, encode, raise_error
+from lazypull.snapshot.protocol import (
+    MAX_LINE,
+    LayerMount,
+    MountInfo,
+    PulledImage,
+    decode,
+    encode,
+    raise_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,16 @@ class MountClient:
         self._lock = threading.Lock()
 
     # -- the API (docs/architecture.md, "snapshot") --
+
+    def pull_image(self, ref: str, *, insecure: bool = False, platforms: Sequence[str] | None = None,
+                   all_platforms: bool = False) -> PulledImage:
+        """Pull ``ref`` lazily in the server (manifests and config into the store) and mount its lazy
+        layers, held by the image itself as :meth:`mount_image` does without a holder."""
+        result = self._call("pull_image", ref=ref, insecure=insecure,
+                            platforms=list(platforms) if platforms else None, all_platforms=all_platforms)
+        if not isinstance(result, dict):
+            raise MountError("mount server returned a malformed pull result")
+        return PulledImage.from_json(result)
 
     def mount_image(self, image_name: str, *, insecure: bool = False, holder: str | None = None,
                     wait_prefetch: bool | None = None) -> list[LayerMount]:

@@ -101,13 +101,36 @@ class LayerManager:
         self._layer_locks: dict[str, threading.Lock] = {}
         self._state_lock = threading.Lock()
 
+    def warm_up(self) -> None:
+        """Import and build now what the first pull and mount need (the image store and registry
+        modules, httpx, one registry client per TLS mode), so the first cold start does not pay for it."""
+        import lazypull.image.pull  # noqa: F401 - imported for its side effect: loaded once, here
+
+        self.store()
+        for insecure in (False, True):
+            self.registry_client(insecure)
+
+    def store(self) -> Any:
+        """The content store of the root (manifests, configs, images.json)."""
+        return self._store_factory(self.root)
+
+    def registry_client(self, insecure: bool) -> Any:
+        """The server's registry client for this TLS mode: kept for its lifetime, so its connections,
+        scheme and tokens serve every later pull and layer read."""
+        with self._lock:
+            client = self._clients.get(insecure)
+            if client is None:
+                client = self._clients[insecure] = self._client_factory(insecure)
+            return client
+
     # -- requests --
 
-    def mount_image(self, image: str, *, insecure: bool = False,
-                    holder: str | None = None) -> list[LayerMount]:
-        """Mount the image's lazy layers and record the hold; one LayerMount per layer, bottom first."""
-        store = self._store_factory(self.root)
-        resolved = store.resolve(image)
+    def mount_image(self, image: str, *, insecure: bool = False, holder: str | None = None,
+                    platform: str | None = None) -> list[LayerMount]:
+        """Mount the image's lazy layers (of ``platform``, default this machine's) and record the hold;
+        one LayerMount per layer, bottom first."""
+        store = self.store()
+        resolved = store.resolve(image, platform)
         ACTIVITY.touch()        # a mount request: background fetch keeps quiet a while (stargz-snapshotter)
 
         def one(desc: Any) -> LayerMount:
@@ -152,7 +175,7 @@ class LayerManager:
             parsed = parse_reference(ref)
         except LazypullError as err:
             raise MountError(f"invalid image reference {ref!r} for layer {digest}: {err}") from err
-        client = self._client(insecure)
+        client = self.registry_client(insecure)
 
         def make_source() -> tuple[RangeSource, Callable[[], bytes] | None]:
             size = int(client.blob_size(parsed, digest))
@@ -287,13 +310,6 @@ class LayerManager:
         with self._lock:
             return self._layer_locks.setdefault(digest, threading.Lock())
 
-    def _client(self, insecure: bool) -> Any:
-        with self._lock:
-            client = self._clients.get(insecure)
-            if client is None:
-                client = self._clients[insecure] = self._client_factory(insecure)
-            return client
-
     def _ensure_mounted(self, digest: str, annotations: dict[str, str],
                         make_source: Callable[[], tuple[RangeSource, Callable[[], bytes] | None]]
                         ) -> MountedLayer:
@@ -303,12 +319,14 @@ class LayerManager:
                 layer = self._layers.get(digest)
             if layer is not None:
                 return layer
+            began = time.monotonic()
             source, external = make_source()
             tree = None
             path = self.paths.mountpoint(digest)
             try:
                 tree = open_layer_tree(digest, annotations, source, root=self.root, config=self.config,
                                        cache=self.cache, external_toc=external)
+                opened = time.monotonic()
                 fuse = mount_layer(tree, path, fsname=f"lazypull-{digest_hex(digest)[:16]}",
                                    passthrough=self.config.passthrough,
                                    workers=(1, max(4, self.config.fetch_workers)))
@@ -326,13 +344,15 @@ class LayerManager:
             # The TOC objects live as long as the mount: keep the cyclic GC from rescanning them on every
             # later mount (with 5 layers alive it made each next mount ~2x slower); _unmount unfreezes.
             gc.freeze()
-            log.info("mounted layer %s at %s from %s", digest, path, source.describe())
+            now = time.monotonic()
+            log.info("mounted layer %s at %s from %s in %.3fs (TOC and tree %.3fs, FUSE mount %.3fs)",
+                     digest, path, source.describe(), now - began, opened - began, now - opened)
             return layer
 
     def _source(self, store: Any, resolved: Any, desc: Any, insecure: bool
                 ) -> tuple[RangeSource, Callable[[], bytes] | None]:
         ref = getattr(resolved, "source", None)
-        client = self._client(insecure) if ref is not None else None
+        client = self.registry_client(insecure) if ref is not None else None
         external = (lambda: fetch_external_toc(client, ref, desc.digest)) if client is not None else None
         local = store.blob_path(desc.digest) if hasattr(store, "blob_path") else None
         if local is not None and Path(local).is_file():

@@ -43,6 +43,24 @@ class LayerMount:
 
 
 @dataclass(frozen=True)
+class PulledImage:
+    """What a lazy pull in the server stored and mounted."""
+
+    name: str
+    digest: str                 # of the manifest (or index) pulled
+    layers: list[LayerMount]    # of this machine's platform, bottom first
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PulledImage:
+        """Parse the wire form."""
+        try:
+            return cls(name=str(data["name"]), digest=str(data["digest"]),
+                       layers=[LayerMount.from_json(item) for item in data["layers"]])
+        except (KeyError, TypeError) as err:
+            raise MountError(f"mount server returned a malformed pull result: {err}") from err
+
+
+@dataclass(frozen=True)
 class MountInfo:
     """One layer filesystem the server keeps mounted, and who holds it."""
 
@@ -82,8 +100,10 @@ def decode(line: bytes) -> dict[str, Any]:
 
 
 def error_reply(err: BaseException) -> dict[str, Any]:
-    """The reply for a failed request."""
-    name = type(err).__name__ if type(err).__name__ in _ERRORS else "MountError"
+    """The reply for a failed request: named by the nearest class the client knows (a registry's
+    ``NotFoundError`` becomes a ``LazypullError``); anything not lazypull's is a ``MountError``."""
+    known = [c.__name__ for c in type(err).__mro__ if _ERRORS.get(c.__name__) is c]
+    name = known[0] if known else "MountError"
     return {"ok": False, "error": {"type": name, "message": str(err) or repr(err)}}
 
 

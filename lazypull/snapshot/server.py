@@ -15,6 +15,7 @@ import os
 import signal
 import socketserver
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,13 +96,16 @@ class MountDaemon:
             return {"ok": True, "result": None}
         self.restored.wait(RESTORE_WAIT)
         m = self.manager
-        if op == "mount_image":
+        result: Any
+        if op == "pull_image":
+            result = self._pull_image(args)
+        elif op == "mount_image":
             holder = _opt_str(args, "holder")
             layers = m.mount_image(_str(args, "image"), insecure=bool(args.get("insecure")), holder=holder)
             wait = args.get("wait_prefetch")
             if wait if wait is not None else holder is not None:
                 m.wait_prefetch([lm.digest for lm in layers if lm.lazy], self.config.prefetch_timeout)
-            result: Any = [lm.to_json() for lm in layers]
+            result = [lm.to_json() for lm in layers]
         elif op == "release_image":
             m.release_image(_str(args, "image"), holder=_opt_str(args, "holder"))
             result = None
@@ -126,6 +130,33 @@ class MountDaemon:
             raise MountError(f"unknown request {op!r}")
         return {"ok": True, "result": result}
 
+    def _pull_image(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A lazy pull done here rather than in the CLI process: manifests and config into the store
+        with the server's warm registry client (its connection then serves the TOC reads), then the
+        image's layers mounted. Returns the stored name, the manifest digest and the layer mounts."""
+        from lazypull.image.platform import parse_platform
+        from lazypull.image.pull import pull_image
+
+        ref = _str(args, "ref")
+        insecure = bool(args.get("insecure"))
+        names = args.get("platforms")
+        if names is not None and (not isinstance(names, list)
+                                  or not all(isinstance(n, str) and n for n in names)):
+            raise MountError("pull_image: platforms must be a list of non-empty strings")
+        all_platforms = bool(args.get("all_platforms"))
+        platforms = [parse_platform(n) for n in names] if names else None
+        began = time.monotonic()
+        record = pull_image(self.manager.store(), self.manager.registry_client(insecure), ref,
+                            platforms=platforms, all_platforms=all_platforms, fetch_layers=False)
+        metadata = time.monotonic()
+        layers = self.manager.mount_image(record.name, insecure=insecure,
+                                          platform=names[0] if names else None)
+        now = time.monotonic()
+        log.info("pulled %s lazily in %.3fs (manifest and config %.3fs, %d layers mounted %.3fs)", ref,
+                 now - began, metadata - began, sum(lm.lazy for lm in layers), now - metadata)
+        return {"name": record.name, "digest": record.target.digest,
+                "layers": [lm.to_json() for lm in layers]}
+
     def _lock_pidfile(self) -> None:
         self.paths.run_dir.mkdir(parents=True, exist_ok=True)
         fh = open(self.paths.pidfile, "a+")  # noqa: SIM115 - held for the server's lifetime
@@ -143,8 +174,9 @@ class MountDaemon:
         self._pidfile = fh
 
     def start(self) -> None:
-        """Lock, clean up, listen and restore (in the background); returns once listening."""
+        """Lock, clean up, warm up, listen and restore (in the background); returns once listening."""
         self._lock_pidfile()
+        self.manager.warm_up()      # before listening: a client that got through does not wait for imports
         for point in clean_stale_mounts(self.root / "snapshots"):
             log.warning("detached stale mount %s left by a previous server", point)
         sock_path = self.paths.socket

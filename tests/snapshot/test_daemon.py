@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lazypull.errors import MountError
+from lazypull.errors import LazypullError, MountError
 from lazypull.image import Store, pull_image
 from lazypull.registry import RegistryClient
 from lazypull.snapshot import MountClient, daemon_pid
@@ -197,3 +197,37 @@ def test_release_unmounts_when_nobody_holds(image: tuple[Path, str, str]) -> Non
         mc.mount_image("127.0.0.1:1/nope:v1")
     assert mc.unmount_unused() == []
     mc.close()
+
+
+def test_pull_image_in_the_server_stores_metadata_and_mounts(image: tuple[Path, str, str],
+                                                             tmp_path: Path) -> None:
+    """``lazypull pull --snapshotter=stargz`` is one request: the server stores manifest and config with
+    its own registry client and mounts the lazy layers; a failed pull names the image and changes nothing."""
+    _, name, digest = image
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "config.toml").write_text("background_fetch = false\n")
+    with MountClient(root) as mc:
+        try:
+            pulled = mc.pull_image(name, insecure=True)
+            with RegistryClient(insecure=True) as client:
+                _, _, manifest_digest = client.resolve_image(name)
+            assert pulled.digest == manifest_digest
+            assert [m.lazy for m in pulled.layers] == [False, True]
+            lazy = pulled.layers[1]
+            assert lazy.digest == digest and lazy.path is not None
+            assert (lazy.path / "etc/hello.txt").read_bytes() == b"hello\n"
+            record = Store(root).find_image(pulled.name)
+            assert record is not None and record.target.digest == pulled.digest
+            assert not Store(root).has_blob(digest), "a lazy pull downloads no layer"
+            assert [i.holders for i in mc.list_mounts()] == [[pulled.name]]
+            missing = name.rsplit(":", 1)[0] + ":no-such-tag"
+            with pytest.raises(LazypullError, match="no-such-tag"):
+                mc.pull_image(missing, insecure=True)
+            assert Store(root).find_image(missing) is None
+            assert [i.digest for i in mc.list_mounts()] == [digest], "the server still serves the image"
+        finally:
+            pid = daemon_pid(root)
+            mc.shutdown()
+    assert pid is not None and _gone(pid, 10.0)
+    assert _lazypull_mounts(root) == []

@@ -19,7 +19,7 @@ from lazypull.snapshot.server import MountDaemon
 
 
 class _NoImages:
-    def resolve(self, name: str) -> Any:
+    def resolve(self, name: str, platform: Any = None) -> Any:
         raise ImageError(f"image {name!r} not found")
 
 

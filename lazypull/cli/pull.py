@@ -1,0 +1,91 @@
+"""``lazypull pull``: an image into the store, lazily (``--snapshotter=stargz``) or whole.
+
+A lazy pull is the mount server's work, as ``nerdctl pull`` is containerd's: this process sends one
+request and the server, with its registry connections already open, stores manifest and config and
+mounts the layers. So the command imports neither the registry client nor the image modules unless
+some layer cannot be mounted lazily and must be downloaded here. A full pull
+(``--snapshotter=overlayfs``) downloads and extracts every layer in this process, with progress bars.
+"""
+
+from __future__ import annotations
+
+import click
+
+from lazypull.cli._options import GlobalOptions, get_options, global_options
+
+
+def _check_platforms(platform: tuple[str, ...], all_platforms: bool) -> None:
+    if all_platforms and platform:
+        raise click.UsageError("--platform and --all-platforms are mutually exclusive")
+
+
+def _lazy_pull(opts: GlobalOptions, ref: str, platform: tuple[str, ...], all_platforms: bool) -> str:
+    from lazypull.snapshot.client import MountClient
+
+    with MountClient(opts.root) as mounts:
+        pulled = mounts.pull_image(ref, insecure=bool(opts.insecure_registries), platforms=platform,
+                                   all_platforms=all_platforms)
+    if not all(m.lazy for m in pulled.layers):
+        # Layers the server cannot serve (plain gzip, TOC missing) are fetched and unpacked now, as
+        # stargz-snapshotter leaves them to containerd's normal unpack.
+        from lazypull.image.platform import parse_platform
+        from lazypull.image.store import Store
+        from lazypull.registry import DockerConfigAuth, RegistryClient
+        from lazypull.runtime.layers import lower_dirs
+
+        store = Store(opts.root)
+        resolved = store.resolve(pulled.name, parse_platform(platform[0]) if platform else None)
+        lower_dirs(opts.root, store, resolved, pulled.layers,
+                   lambda: RegistryClient(insecure=opts.insecure_registries, auth=DockerConfigAuth()))
+    return pulled.digest
+
+
+def _full_pull(opts: GlobalOptions, ref: str, platform: tuple[str, ...], all_platforms: bool,
+               quiet: bool) -> str:
+    from lazypull.cli._image_progress import make_progress
+    from lazypull.image.platform import host_platform, parse_platform
+    from lazypull.image.pull import pull_image
+    from lazypull.image.store import Store
+    from lazypull.registry import DockerConfigAuth, RegistryClient, parse_reference
+    from lazypull.runtime.layers import lower_dirs, streaming_unpacker
+
+    store = Store(opts.root)
+    plats = None if all_platforms else ([parse_platform(p) for p in platform] if platform
+                                        else [host_platform()])
+    # One platform: its layers are extracted while they download (what lower_dirs then finds unpacked).
+    unpack = streaming_unpacker(opts.root) if plats and len(plats) == 1 else None
+    with RegistryClient(insecure=opts.insecure_registries, auth=DockerConfigAuth()) as client, \
+            make_progress(quiet=quiet) as progress:
+        record = pull_image(store, client, parse_reference(ref), platforms=plats,
+                            all_platforms=plats is None, fetch_layers=True, progress=progress,
+                            unpack=unpack)
+    # Unpack like nerdctl does on pull, so containers start from extracted layers.
+    lower_dirs(opts.root, store, store.resolve(record.name, plats[0] if plats else None), None)
+    return record.target.digest
+
+
+def pull(ref: str, platform: tuple[str, ...], all_platforms: bool, quiet: bool) -> None:
+    """Pull ``ref`` as the global ``--snapshotter`` says; prints the manifest digest."""
+    opts = get_options()
+    _check_platforms(platform, all_platforms)
+    if opts.snapshotter == "stargz":
+        digest = _lazy_pull(opts, ref, platform, all_platforms)
+    else:
+        digest = _full_pull(opts, ref, platform, all_platforms, quiet)
+    click.echo(digest)
+
+
+@click.command("pull")
+@click.option("--platform", multiple=True, help="Platform to pull (default: this machine's).")
+@click.option("--all-platforms", is_flag=True, help="Pull every platform of an index.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.argument("ref")
+@global_options
+def pull_command(ref: str, platform: tuple[str, ...], all_platforms: bool, quiet: bool) -> None:
+    """Pull an image (lazily with --snapshotter=stargz: metadata now, layers on demand)."""
+    pull(ref, platform, all_platforms, quiet)
+
+
+COMMANDS = [pull_command]
+
+__all__ = ["COMMANDS", "pull", "pull_command"]
