@@ -274,32 +274,68 @@ class Transport:
         return f"{scheme}://{host}"
 
     def _ping(self, host: str) -> str:
-        schemes = ["https", "http"] if self.allows_plain_http(host) else ["https"]
+        """The scheme of ``host``, from ``GET /v2/`` (whose 401 also tells the auth scheme).
+
+        Where plain HTTP is allowed, HTTPS is still preferred, as Docker does; but both are asked at
+        once: a plain registry's refusal of TLS costs a connection and a round trip that the plain
+        request need not wait for.
+        """
+        if not self.allows_plain_http(host):
+            response = self._probe(host, "https", fallback=False)
+            assert response is not None
+            self.auth.learn(host, response)
+            return "https"
+        plain: list[httpx.Response | BaseException] = []
+
+        def probe_plain() -> None:
+            try:
+                plain.append(self._probe(host, "http", fallback=False) or RegistryError(f"{host}: no answer"))
+            except BaseException as err:   # handed to the caller's thread
+                plain.append(err)
+
+        thread = threading.Thread(target=probe_plain, name=f"ping-{host}", daemon=True)
+        thread.start()
+        response = self._probe(host, "https", fallback=True)
+        scheme = "https"
+        if response is None:
+            thread.join()
+            outcome = plain[0]
+            if isinstance(outcome, BaseException):
+                raise outcome
+            response, scheme = outcome, "http"
+        self.auth.learn(host, response)
+        return scheme
+
+    def _probe(self, host: str, scheme: str, *, fallback: bool) -> httpx.Response | None:
+        """``GET scheme://host/v2/`` with retries: its 200 or 401 answer, or None when ``fallback`` and
+        ``scheme`` is HTTPS that ``host`` does not speak. Raises what must not fall back."""
+        url = f"{scheme}://{host}/v2/"
         last: RegistryError | None = None
-        for scheme in schemes:
-            url = f"{scheme}://{host}/v2/"
-            for attempt in range(self.retry.attempts):
-                try:
-                    with translate_errors("GET", url):
-                        response = self.client_for(host).get(url)
-                except RegistryConnectionError as err:
-                    last = err
-                    if scheme == "https" and not self.is_insecure(host) and _certificate_refused(err):
-                        raise           # a loopback host serving TLS must still present a valid certificate
-                    if err.tls or (scheme == "https" and len(schemes) > 1):
-                        break           # try the next scheme
-                    if attempt + 1 < self.retry.attempts:
-                        time.sleep(self.retry.delay(attempt, None))
-                    continue
-                if response.status_code in (200, 401):
-                    self.auth.learn(host, response)
-                    return scheme
-                failure = error_for_response(response, f"registry {host} answered its /v2/ check")
-                if not failure.temporary:
-                    raise failure
-                last = failure
+        for attempt in range(self.retry.attempts):
+            try:
+                with translate_errors("GET", url):
+                    response = self.client_for(host).get(url)
+            except RegistryConnectionError as err:
+                last = err
+                if scheme == "https" and not self.is_insecure(host) and _certificate_refused(err):
+                    raise           # a loopback host serving TLS must still present a valid certificate
+                if scheme == "https" and fallback:
+                    return None     # try plain HTTP
+                if err.tls:
+                    raise
                 if attempt + 1 < self.retry.attempts:
-                    time.sleep(self.retry.delay(attempt, failure.retry_after))
+                    time.sleep(self.retry.delay(attempt, None))
+                continue
+            if response.status_code in (200, 401):
+                return response
+            failure = error_for_response(response, f"registry {host} answered its /v2/ check")
+            if not failure.temporary:
+                raise failure
+            last = failure
+            if attempt + 1 < self.retry.attempts:
+                time.sleep(self.retry.delay(attempt, failure.retry_after))
+        if scheme == "https" and fallback:
+            return None
         assert last is not None
         raise last
 
