@@ -5,26 +5,33 @@ from __future__ import annotations
 import sys
 import threading
 from types import TracebackType
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Column
+from typing import TYPE_CHECKING
 
 from lazypull.image.progress import NullProgress
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
+
+# rich (~40 ms to import) is loaded only when bars are shown, i.e. on a terminal: `create` and `pull`
+# run from scripts and benchmarks print nothing and should not pay for it.
 
 
 class RichProgress:
     """Implements ``lazypull.image.Progress`` with one bar per layer (bytes, rate) on stderr."""
 
     def __init__(self, console: Console | None = None) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TransferSpeedColumn,
+        )
+        from rich.table import Column
+
         console = console or Console(stderr=True)
         # the name gets what the other columns (up to 85 cells, 60 with a short bar) leave, cut with
         # an ellipsis, so status, bar and sizes stay whole and on one line on an 80-column terminal

@@ -61,12 +61,14 @@ def registry_client(opts: GlobalOptions) -> RegistryClient:
 def ensure_image(store: Store, image: str, *, opts: GlobalOptions, pull: str, platform: str | None,
                  lazy: bool, progress: Progress) -> ResolvedImage:
     """The image resolved from the store, pulled first as ``--pull`` says (metadata only if lazy)."""
-    from lazypull.image import normalize_name, pull_image
-    from lazypull.runtime.layers import streaming_unpacker
+    from lazypull.image import normalize_name
 
     name = normalize_name(image)
     present = store.find_image(name) is not None
     if pull == "always" or (pull == "missing" and not present):
+        from lazypull.image import pull_image
+        from lazypull.runtime.layers import streaming_unpacker
+
         with registry_client(opts) as client:
             pull_image(store, client, image, platform=platform, fetch_layers=not lazy, progress=progress,
                        unpack=None if lazy else streaming_unpacker(opts.root))

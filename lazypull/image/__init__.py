@@ -5,32 +5,35 @@ Sources (each returns an ``Image`` or ``ImageIndex``): :func:`remote_root` (a re
 an image to a new image (:func:`convert_image`).
 """
 
-from lazypull.image.blobs import BlobInfo as BlobInfo
-from lazypull.image.convert import ConvertOptions as ConvertOptions
-from lazypull.image.convert import ConvertResult as ConvertResult
-from lazypull.image.convert import convert_image as convert_image
-from lazypull.image.errors import BlobNotFoundError as BlobNotFoundError
-from lazypull.image.errors import DigestMismatchError as DigestMismatchError
-from lazypull.image.errors import ImageNotFoundError as ImageNotFoundError
-from lazypull.image.errors import PlatformNotFoundError as PlatformNotFoundError
-from lazypull.image.errors import UnsupportedMediaTypeError as UnsupportedMediaTypeError
-from lazypull.image.layout import Layout as Layout
-from lazypull.image.layout import layout_root as layout_root
-from lazypull.image.model import Image as Image
-from lazypull.image.model import ImageIndex as ImageIndex
-from lazypull.image.model import Layer as Layer
-from lazypull.image.model import Root as Root
-from lazypull.image.progress import NULL_PROGRESS as NULL_PROGRESS
-from lazypull.image.progress import Progress as Progress
-from lazypull.image.pull import copy_into_store as copy_into_store
-from lazypull.image.pull import pull_image as pull_image
-from lazypull.image.push import PushResult as PushResult
-from lazypull.image.push import push_image as push_image
-from lazypull.image.registry import remote_root as remote_root
-from lazypull.image.store import ImageRecord as ImageRecord
-from lazypull.image.store import ResolvedImage as ResolvedImage
-from lazypull.image.store import Store as Store
-from lazypull.image.store import normalize_name as normalize_name
+import typing
+
+if typing.TYPE_CHECKING:
+    from lazypull.image.blobs import BlobInfo as BlobInfo
+    from lazypull.image.convert import ConvertOptions as ConvertOptions
+    from lazypull.image.convert import ConvertResult as ConvertResult
+    from lazypull.image.convert import convert_image as convert_image
+    from lazypull.image.errors import BlobNotFoundError as BlobNotFoundError
+    from lazypull.image.errors import DigestMismatchError as DigestMismatchError
+    from lazypull.image.errors import ImageNotFoundError as ImageNotFoundError
+    from lazypull.image.errors import PlatformNotFoundError as PlatformNotFoundError
+    from lazypull.image.errors import UnsupportedMediaTypeError as UnsupportedMediaTypeError
+    from lazypull.image.layout import Layout as Layout
+    from lazypull.image.layout import layout_root as layout_root
+    from lazypull.image.model import Image as Image
+    from lazypull.image.model import ImageIndex as ImageIndex
+    from lazypull.image.model import Layer as Layer
+    from lazypull.image.model import Root as Root
+    from lazypull.image.progress import NULL_PROGRESS as NULL_PROGRESS
+    from lazypull.image.progress import Progress as Progress
+    from lazypull.image.pull import copy_into_store as copy_into_store
+    from lazypull.image.pull import pull_image as pull_image
+    from lazypull.image.push import PushResult as PushResult
+    from lazypull.image.push import push_image as push_image
+    from lazypull.image.registry import remote_root as remote_root
+    from lazypull.image.store import ImageRecord as ImageRecord
+    from lazypull.image.store import ResolvedImage as ResolvedImage
+    from lazypull.image.store import Store as Store
+    from lazypull.image.store import normalize_name as normalize_name
 
 __all__ = [
     "NULL_PROGRESS",
@@ -60,3 +63,51 @@ __all__ = [
     "push_image",
     "remote_root",
 ]
+
+# Public name -> the submodule defining it, imported on first use: resolving an image in the store
+# (create, run) needs neither conversion (the format writer) nor pull/push (httpx).
+_SOURCES: dict[str, str] = {
+    "BlobInfo": ".blobs",
+    "BlobNotFoundError": ".errors",
+    "ConvertOptions": ".convert",
+    "ConvertResult": ".convert",
+    "DigestMismatchError": ".errors",
+    "Image": ".model",
+    "ImageIndex": ".model",
+    "ImageNotFoundError": ".errors",
+    "ImageRecord": ".store",
+    "Layer": ".model",
+    "Layout": ".layout",
+    "NULL_PROGRESS": ".progress",
+    "PlatformNotFoundError": ".errors",
+    "Progress": ".progress",
+    "PushResult": ".push",
+    "ResolvedImage": ".store",
+    "Root": ".model",
+    "Store": ".store",
+    "UnsupportedMediaTypeError": ".errors",
+    "convert_image": ".convert",
+    "copy_into_store": ".pull",
+    "layout_root": ".layout",
+    "normalize_name": ".store",
+    "pull_image": ".pull",
+    "push_image": ".push",
+    "remote_root": ".registry",
+}
+
+if not typing.TYPE_CHECKING:     # mypy sees the imports above, so a misspelt name stays an error
+
+    def __getattr__(name: str) -> object:
+        """Import the submodule defining ``name`` on first use (PEP 562) and keep the name here."""
+        source = _SOURCES.get(name)
+        if source is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        # __import__ rather than importlib.import_module: -X importtime then lists the submodule
+        value = getattr(__import__(__name__ + source, fromlist=[name]), name)
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> list[str]:
+    """The public API, loaded or not (PEP 562)."""
+    return list(__all__)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 from typing import BinaryIO, Literal, cast
 
-import zstandard
-from zlib_ng import gzip_ng
-
 from lazypull.image.errors import ImageError
+
+# zstandard and zlib_ng (whose gzip module loads argparse, bz2 and lzma) are imported by
+# `decompressed`: the store imports this module, and resolving an image decompresses nothing.
 
 
 class _Closing(io.RawIOBase):
@@ -51,6 +51,9 @@ def sniff(head: bytes) -> Literal["none", "gzip", "zstd"]:
 
 def decompressed(stream: BinaryIO, compression: Literal["none", "gzip", "zstd"], what: str) -> BinaryIO:
     """Wrap ``stream`` so reads return the uncompressed bytes; closing closes ``stream`` too."""
+    import zstandard
+    from zlib_ng import gzip_ng
+
     try:
         if compression == "gzip":
             gz = cast(BinaryIO, gzip_ng.GzipNGFile(fileobj=stream, mode="rb"))  # type: ignore[no-untyped-call]

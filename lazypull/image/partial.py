@@ -12,8 +12,6 @@ import json
 import zlib
 from typing import Any, BinaryIO, ClassVar, Protocol
 
-import zstandard
-
 from lazypull.image import mediatypes as mt
 from lazypull.image.compression import decompressed
 from lazypull.image.digest import check_digest, sha256_bytes
@@ -120,6 +118,8 @@ def parse_config(raw: bytes, desc: Descriptor) -> dict[str, Any]:
 def diff_id_of(stream: BinaryIO, compression: str, what: str) -> tuple[str, int]:
     """DiffID and uncompressed size of a compressed layer stream (the stream is closed)."""
     import hashlib
+
+    import zstandard
 
     h = hashlib.sha256()
     n = 0

@@ -4,11 +4,24 @@
 ``extract_layer`` turns a non-lazy layer blob into an overlay lower directory.
 """
 
-from lazypull.runtime.container import ContainerRecord, Containers, new_container_id
-from lazypull.runtime.extract import ExtractStats, LayerExtractError, extract_layer, extract_layers
-from lazypull.runtime.options import ContainerOptions, Volume, parse_env, parse_volume
-from lazypull.runtime.runc import Runc, Stdio
-from lazypull.runtime.users import ProcessUser, resolve_user
+import typing
+
+if typing.TYPE_CHECKING:
+    from lazypull.runtime.container import ContainerRecord as ContainerRecord
+    from lazypull.runtime.container import Containers as Containers
+    from lazypull.runtime.container import new_container_id as new_container_id
+    from lazypull.runtime.extract import ExtractStats as ExtractStats
+    from lazypull.runtime.extract import LayerExtractError as LayerExtractError
+    from lazypull.runtime.extract import extract_layer as extract_layer
+    from lazypull.runtime.extract import extract_layers as extract_layers
+    from lazypull.runtime.options import ContainerOptions as ContainerOptions
+    from lazypull.runtime.options import Volume as Volume
+    from lazypull.runtime.options import parse_env as parse_env
+    from lazypull.runtime.options import parse_volume as parse_volume
+    from lazypull.runtime.runc import Runc as Runc
+    from lazypull.runtime.runc import Stdio as Stdio
+    from lazypull.runtime.users import ProcessUser as ProcessUser
+    from lazypull.runtime.users import resolve_user as resolve_user
 
 __all__ = [
     "ContainerOptions",
@@ -27,3 +40,40 @@ __all__ = [
     "parse_volume",
     "resolve_user",
 ]
+
+# Public name -> the submodule defining it, imported on first use: start, ps and rm need the container
+# records and runc, not layer extraction (zstandard, isal, tarfile).
+_SOURCES: dict[str, str] = {
+    "ContainerOptions": ".options",
+    "ContainerRecord": ".container",
+    "Containers": ".container",
+    "ExtractStats": ".extract",
+    "LayerExtractError": ".extract",
+    "ProcessUser": ".users",
+    "Runc": ".runc",
+    "Stdio": ".runc",
+    "Volume": ".options",
+    "extract_layer": ".extract",
+    "extract_layers": ".extract",
+    "new_container_id": ".container",
+    "parse_env": ".options",
+    "parse_volume": ".options",
+    "resolve_user": ".users",
+}
+
+if not typing.TYPE_CHECKING:     # mypy sees the imports above, so a misspelt name stays an error
+
+    def __getattr__(name: str) -> object:
+        """Import the submodule defining ``name`` on first use (PEP 562) and keep the name here."""
+        source = _SOURCES.get(name)
+        if source is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        # __import__ rather than importlib.import_module: -X importtime then lists the submodule
+        value = getattr(__import__(__name__ + source, fromlist=[name]), name)
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> list[str]:
+    """The public API, loaded or not (PEP 562)."""
+    return list(__all__)

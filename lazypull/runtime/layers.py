@@ -13,13 +13,18 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO, Protocol, cast
+from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
 from lazypull.errors import ContainerError
-from lazypull.image import ResolvedImage, Store
-from lazypull.registry import Descriptor, RegistryClient
-from lazypull.runtime.extract import StreamingExtraction, extract_layers
 from lazypull.runtime.overlay import is_mountpoint
+
+if TYPE_CHECKING:
+    from lazypull.image import ResolvedImage, Store
+    from lazypull.registry import Descriptor, RegistryClient
+    from lazypull.runtime.extract import StreamingExtraction
+
+# The extractor (zstandard, isal, tarfile) is imported only when a layer must be extracted: a lazy
+# `create` whose layers are all FUSE mounts needs none of it.
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,8 @@ def streaming_unpacker(root: Path) -> Callable[[Descriptor], StreamingExtraction
         if _ready(dest):
             return None
         estargz = bool((desc.annotations or {}).get(STARGZ_TOC_ANNOTATION))
+        from lazypull.runtime.extract import StreamingExtraction
+
         return StreamingExtraction(dest, label=f"layer {desc.digest}", skip_estargz_metadata=estargz)
     return unpack
 
@@ -130,6 +137,8 @@ def lower_dirs(root: Path, store: Store, image: ResolvedImage, mounts: Sequence[
     if jobs:
         if progress:
             progress(f"extracting {len(jobs)} layer(s)")
+        from lazypull.runtime.extract import extract_layers
+
         extract_layers(jobs)
     result.reverse()
     # overlayfs refuses a lower dir given twice (ELOOP). An image may repeat a layer; keeping only its

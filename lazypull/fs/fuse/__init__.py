@@ -3,18 +3,19 @@
 (mount(2)/umount2), ``passthrough`` (backing files for FUSE passthrough).
 """
 
-from __future__ import annotations
+import typing
 
-from lazypull.fs.fuse.mount import is_mounted as is_mounted
-from lazypull.fs.fuse.mount import unmount as unmount
-from lazypull.fs.fuse.session import DAY as DAY
-from lazypull.fs.fuse.session import FuseMount as FuseMount
-from lazypull.fs.fuse.tree import ROOT_INODE as ROOT_INODE
-from lazypull.fs.fuse.tree import Attr as Attr
-from lazypull.fs.fuse.tree import FuseError as FuseError
-from lazypull.fs.fuse.tree import InodeId as InodeId
-from lazypull.fs.fuse.tree import StatFs as StatFs
-from lazypull.fs.fuse.tree import Tree as Tree
+if typing.TYPE_CHECKING:
+    from lazypull.fs.fuse.mount import is_mounted as is_mounted
+    from lazypull.fs.fuse.mount import unmount as unmount
+    from lazypull.fs.fuse.session import DAY as DAY
+    from lazypull.fs.fuse.session import FuseMount as FuseMount
+    from lazypull.fs.fuse.tree import ROOT_INODE as ROOT_INODE
+    from lazypull.fs.fuse.tree import Attr as Attr
+    from lazypull.fs.fuse.tree import FuseError as FuseError
+    from lazypull.fs.fuse.tree import InodeId as InodeId
+    from lazypull.fs.fuse.tree import StatFs as StatFs
+    from lazypull.fs.fuse.tree import Tree as Tree
 
 __all__ = [
     "DAY",
@@ -28,3 +29,35 @@ __all__ = [
     "is_mounted",
     "unmount",
 ]
+
+# Public name -> the submodule defining it, imported on first use: checking or undoing a mount
+# (fuse.mount) must not load the request loop and protocol tables (fuse.session).
+_SOURCES: dict[str, str] = {
+    "Attr": ".tree",
+    "DAY": ".session",
+    "FuseError": ".tree",
+    "FuseMount": ".session",
+    "InodeId": ".tree",
+    "ROOT_INODE": ".tree",
+    "StatFs": ".tree",
+    "Tree": ".tree",
+    "is_mounted": ".mount",
+    "unmount": ".mount",
+}
+
+if not typing.TYPE_CHECKING:     # mypy sees the imports above, so a misspelt name stays an error
+
+    def __getattr__(name: str) -> object:
+        """Import the submodule defining ``name`` on first use (PEP 562) and keep the name here."""
+        source = _SOURCES.get(name)
+        if source is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        # __import__ rather than importlib.import_module: -X importtime then lists the submodule
+        value = getattr(__import__(__name__ + source, fromlist=[name]), name)
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> list[str]:
+    """The public API, loaded or not (PEP 562)."""
+    return list(__all__)

@@ -1,0 +1,122 @@
+"""Every container start runs ``lazypull create`` and ``start --attach`` as fresh processes: they must
+import only what they use (no httpx, rich, format writer, conversion or FUSE server), or each pays
+0.1-0.3 s before doing anything.
+
+The commands run for real (registry, mount server, FUSE, runc) under a probe that reports, at exit,
+which of the heavy modules the process had imported.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.registry import RegistryServer
+from tests.helpers.rootfs import busybox_specs, push_lazy_image
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# What only pull, push, convert or the mount server need. Measured before these were kept out:
+# httpx ~90 ms (it loads rich for its own CLI), rich ~40 ms, format writer + conversion ~35 ms.
+HEAVY = (
+    "httpx", "rich", "lazypull.format.writer", "lazypull.image.convert", "lazypull.image.pull",
+    "lazypull.registry._client", "lazypull.fs.fuse.session", "lazypull.fs.layer", "lazypull.runtime.extract",
+)
+
+_PROBE = f"""
+import atexit, sys
+
+def _report() -> None:
+    loaded = sorted(m for m in {HEAVY!r} if m in sys.modules)
+    sys.stderr.write(f"\\nHEAVY-MODULES {{loaded}}\\n")
+    sys.stderr.flush()
+
+atexit.register(_report)
+from lazypull.cli.main import main
+sys.argv = ["lazypull", *sys.argv[1:]]
+main()
+"""
+
+
+def _run(root: Path, *args: str, probe: bool = True) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """``lazypull ARGS`` in a fresh process; with the probe, also the heavy modules it imported."""
+    env = dict(os.environ, LAZYPULL_ROOT=str(root))
+    argv = [sys.executable, "-c", _PROBE, *args] if probe else [sys.executable, "-m", "lazypull", *args]
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120)
+    if not probe:
+        return result, []
+    marker = [line for line in result.stderr.splitlines() if line.startswith("HEAVY-MODULES ")]
+    assert marker, f"the probe did not report (exit {result.returncode}): {result.stderr}"
+    return result, ast.literal_eval(marker[-1].removeprefix("HEAVY-MODULES "))
+
+
+def test_missing_image_fails_before_anything_heavy(tmp_path: Path) -> None:
+    """``create --pull=never`` of an absent image: the store lookup alone, and a clear error."""
+    result, heavy = _run(tmp_path, "create", "--pull=never", "example.com/absent:1", "true")
+    assert result.returncode == 1
+    assert "example.com/absent:1 is not in the store" in result.stderr
+    assert heavy == []
+
+
+def test_lazy_create_start_ps_rm_import_only_what_they_use(tmp_path: Path, registry: RegistryServer) -> None:
+    name, _ = push_lazy_image(tmp_path / "build", f"{registry.host}/lazypull-cli/import-cost:esgz",
+                              [busybox_specs()])
+    root = tmp_path / "root"
+    root.mkdir()
+    pulled, _ = _run(root, "--insecure-registry", "pull", "--snapshotter=stargz", name, probe=False)
+    assert pulled.returncode == 0, pulled.stderr
+    try:
+        created, heavy = _run(root, "--insecure-registry", "create", "--name", "cheap", name,
+                              "/bin/busybox", "echo", "hi")
+        assert created.returncode == 0, created.stderr
+        assert heavy == [], f"create imported {heavy}"
+        assert len(created.stdout.strip()) == 64
+
+        listed, heavy = _run(root, "ps", "-a")
+        assert listed.returncode == 0 and "cheap" in listed.stdout, listed.stderr
+        assert heavy == [], f"ps imported {heavy}"
+
+        started, heavy = _run(root, "start", "--attach", "cheap")
+        assert (started.returncode, started.stdout) == (0, "hi\n"), started.stderr
+        assert heavy == [], f"start imported {heavy}"
+
+        removed, heavy = _run(root, "rm", "cheap")
+        assert removed.returncode == 0, removed.stderr
+        assert heavy == [], f"rm imported {heavy}"
+    finally:
+        from lazypull.snapshot import MountClient
+
+        _run(root, "rm", "-f", "cheap", probe=False)
+        with contextlib.suppress(Exception):
+            MountClient(root, autostart=False).shutdown()
+
+
+@pytest.mark.parametrize("package", ["lazypull.image", "lazypull.registry", "lazypull.runtime",
+                                     "lazypull.format", "lazypull.fs", "lazypull.fs.fuse"])
+def test_lazy_packages_resolve_every_name_to_its_submodule(package: str) -> None:
+    """Importing a package loads none of its submodules; each public name then comes from the
+    submodule the package's table names (the same object), and unknown names still fail."""
+    code = (
+        "import importlib, sys\n"
+        f"pkg = importlib.import_module({package!r})\n"
+        f"loaded = sorted(m for m in sys.modules if m.startswith({package + '.'!r}))\n"
+        "assert loaded == [], loaded\n"
+        "for name in pkg.__all__:\n"
+        "    source = importlib.import_module(pkg._SOURCES[name], pkg.__name__)\n"
+        "    assert getattr(pkg, name) is getattr(source, name), name\n"
+        "assert set(pkg._SOURCES) == set(pkg.__all__) <= set(dir(pkg))\n"
+        "try:\n"
+        "    pkg.no_such_name\n"
+        "except AttributeError as err:\n"
+        f"    assert 'no_such_name' in str(err) and {package!r} in str(err)\n"
+        "else:\n"
+        "    raise AssertionError('no AttributeError')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
