@@ -99,16 +99,6 @@ def decode_chunks(chunks: Sequence[Chunk], compressed: bytes) -> list[bytes | Fo
     return results
 
 
-def _normalised_copy(raw: TOCEntry) -> TOCEntry:
-    """A copy of a TOC entry with its name cleaned (``dataclasses.replace`` is several times slower)."""
-    return TOCEntry(
-        clean_entry_name(raw.name), raw.type, raw.size, raw.modtime, raw.link_name, raw.mode, raw.uid,
-        raw.gid, raw.user_name, raw.group_name, raw.offset, raw.inner_offset, raw.dev_major, raw.dev_minor,
-        dict(raw.xattrs) if raw.xattrs else {}, raw.digest, raw.chunk_offset, raw.chunk_size,
-        raw.chunk_digest, raw.end_offset, raw.chunk_type, raw.num_link,
-    )
-
-
 def _zeros_digest(size: int) -> str:
     """sha256 of ``size`` zero bytes, hashed in 1 MiB steps."""
     h = hashlib.sha256()
@@ -151,10 +141,10 @@ class LayerReader:
     def __init__(self, src: BlobSource, footer: Footer, toc: TOC, toc_json: bytes, compression: str,
                  manifest_checksum: str | None, verified_by: str | None, *,
                  toc_digest: str | None = None) -> None:
+        """``toc``: freshly decoded from ``toc_json``; its entries become the reader's (names normalised)."""
         self.src = src
         self.footer = footer
         self.footer_kind = footer.kind
-        self.toc = toc
         self.toc_json = toc_json
         self.toc_digest = toc_digest or "sha256:" + hashlib.sha256(toc_json).hexdigest()
         """Digest of ``toc_json`` (``toc_digest`` is it, when the caller has computed it already)."""
@@ -165,17 +155,25 @@ class LayerReader:
         """``"toc"`` (digest of the JSON), ``"manifest"`` (of the compressed TOC) or None (unchecked)."""
         self.blob_size = src.size
         self.payload_end = src.size - footer.size if footer.kind == "external" else footer.payload_end
+        self._entries = toc.entries
+        """The decoded entries, in TOC order; the reader owns them (normalises names in place)."""
+        self.toc = TOC.lazy(toc_json, toc.version, toc.tar_split_digest, toc.schema)
+        """The TOC as stored: its entries are decoded afresh when asked for (cli, tests)."""
         self._map: dict[str, TOCEntry] = {}
         self._children: dict[str, dict[str, TOCEntry]] = {}
-        self._groups: dict[int, list[tuple[TOCEntry, int]]] = {}
-        self._keep: list[TOCEntry] = []  # every normalised entry stays alive: ids key _groups
+        self._first: dict[int, int] = {}     # id of a reg entry -> its index in _entries (chunks follow it)
+        self._ends_list: list[int] | None = None
         self._chunk_cache: dict[int, list[Chunk]] = {}
         self._build_tree()
 
     # -- construction -------------------------------------------------------------------------------------
 
     def _ends(self) -> list[int]:
-        entries = self.toc.entries
+        """For each ``reg``/``chunk`` entry, the c-offset where its compressed data ends (computed once)."""
+        ends = self._ends_list
+        if ends is not None:
+            return ends
+        entries = self._entries
         ends = [0] * len(entries)
         last = self.payload_end
         for i in range(len(entries) - 1, -1, -1):
@@ -184,26 +182,25 @@ class LayerReader:
                 ends[i] = last
             if e.offset != 0 and e.inner_offset == 0:
                 last = e.offset
+        self._ends_list = ends
         return ends
 
     def _build_tree(self) -> None:
-        ends = self._ends()
         unames: dict[int, str] = {}
         gnames: dict[int, str] = {}
-        groups = self._groups
-        keep = self._keep
-        by_name = self._map
-        last_reg: TOCEntry | None = None
-        for index, raw in enumerate(self.toc.entries):
-            kind = raw.type
+        first = self._first
+        by_name: dict[str, TOCEntry] = {}
+        after_reg = False
+        for index, e in enumerate(self._entries):
+            kind = e.type
             if kind == "chunk":
-                if last_reg is None:
-                    raise FormatError(f"TOC entry {index}: chunk of {raw.name!r} follows no regular file")
-                groups[id(last_reg)].append((raw, ends[index]))
+                if not after_reg:
+                    raise FormatError(f"TOC entry {index}: chunk of {e.name!r} follows no regular file")
                 continue
-            e = _normalised_copy(raw)
-            if kind == "hardlink":
-                e.link_name = clean_entry_name(e.link_name)
+            name = e.name
+            if not (name and name[0] not in "./" and name[-1] != "/" and "//" not in name
+                    and "/." not in name):
+                e.name = name = clean_entry_name(name)      # (the test is clean_entry_name's fast path)
             if e.user_name:
                 unames[e.uid] = e.user_name
             elif unames:
@@ -213,31 +210,37 @@ class LayerReader:
             elif gnames:
                 e.group_name = gnames.get(e.gid, "")
             if kind == "reg":
-                last_reg = e
-                groups[id(e)] = [(e, ends[index])]
+                after_reg = True
+                first[id(e)] = index
             else:
-                last_reg = None
+                after_reg = False
                 if kind == "dir":
-                    e.num_link += 1
-            keep.append(e)
-            by_name[e.name] = e
+                    e.num_link = 1
+                elif kind == "hardlink":
+                    e.link_name = clean_entry_name(e.link_name)
+            by_name[name] = e
         root = by_name.get("") or TOCEntry(name="", type="dir", mode=0o755, num_link=2)
         if root.type != "dir":
             raise FormatError("the TOC's root entry is not a directory")
         self._map = by_name = {"": root, **by_name}
         children_of = self._children
         children_of[""] = {}
+        last_parent: str | None = None
+        pdir = root
+        siblings: dict[str, TOCEntry] = {}
         for e in list(by_name.values()):
             name = e.name
-            if name == "" or by_name.get(name) is not e:
+            if name == "":
                 continue
             pname, _, base = name.rpartition("/")
-            pdir = by_name.get(pname)
-            if pdir is None or pdir.type != "dir":
-                pdir = self._dir(pname)     # creates missing ancestors, or refuses a non-directory
-            siblings = children_of.get(pname)
-            if siblings is None:
-                siblings = children_of[pname] = {}
+            if pname != last_parent:      # entries of one directory mostly come together
+                found = by_name.get(pname)
+                pdir = found if found is not None and found.type == "dir" else self._dir(pname)
+                got = children_of.get(pname)
+                if got is None:
+                    got = children_of[pname] = {}
+                siblings = got
+                last_parent = pname
             e.num_link += 1
             child = e
             if e.type == "hardlink":
@@ -318,9 +321,14 @@ class LayerReader:
         cached = self._chunk_cache.get(id(entry))
         if cached is not None:
             return cached
-        group = self._groups.get(id(entry))
-        if group is None:
+        index = self._first.get(id(entry))
+        if index is None or self._entries[index] is not entry:
             raise FormatError(f"{entry.name!r} is not an entry of this layer")
+        entries, ends = self._entries, self._ends()
+        stop = index + 1
+        while stop < len(entries) and entries[stop].type == "chunk":
+            stop += 1
+        group = [(entries[i], ends[i]) for i in range(index, stop)]
         out: list[Chunk] = []
         pos = 0
         for ce, end in group:

@@ -21,9 +21,10 @@ import binascii
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
 
 from lazypull.format.errors import FormatError
 
@@ -31,35 +32,51 @@ TOC_TAR_NAME = "stargz.index.json"
 ENTRY_TYPES = frozenset({"dir", "reg", "symlink", "hardlink", "char", "block", "fifo", "chunk"})
 
 
-@dataclass(slots=True)
-class TOCEntry:
-    """One TOC entry; field names mirror the JSON keys (format.md 1.6)."""
+_NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class TOCEntry(msgspec.Struct, rename="camel", forbid_unknown_fields=True, gc=False):
+    """One TOC entry; field names mirror the JSON keys (format.md 1.6).
+
+    A msgspec ``Struct``: :func:`parse_toc` decodes the JSON straight into entries in C (values type- and
+    range-checked there), falling back to the general rules for anything unusual. ``gc=False``: entries
+    hold only strings, numbers and the xattrs dict, never cycles, so the collector need not track them.
+    """
 
     name: str
     type: str
-    size: int = 0
-    modtime: datetime | None = None
+    size: _NonNegative = 0
+    if TYPE_CHECKING:
+        modtime: datetime | None = None
+    else:
+        # While decoding the RFC 3339 text (null refused), replaced by its datetime before anyone sees it.
+        modtime: str = None
     link_name: str = ""
     mode: int = 0
     uid: int = 0
     gid: int = 0
     user_name: str = ""
     group_name: str = ""
-    offset: int = 0
-    inner_offset: int = 0
+    offset: _NonNegative = 0
+    inner_offset: _NonNegative = 0
     dev_major: int = 0
     dev_minor: int = 0
-    xattrs: dict[str, bytes] = field(default_factory=dict)
+    if TYPE_CHECKING:
+        xattrs: dict[str, bytes] = msgspec.field(default_factory=dict)
+    else:
+        # While decoding the base64 text of the values, replaced by the bytes before anyone sees them.
+        xattrs: dict[str, str] = msgspec.field(default_factory=dict)
     digest: str = ""
-    chunk_offset: int = 0
-    chunk_size: int = 0
+    chunk_offset: _NonNegative = 0
+    chunk_size: _NonNegative = 0
     chunk_digest: str = ""
-    end_offset: int = 0
+    end_offset: _NonNegative = 0
     """containers/storage only: c-offset just after the last frame of a ``reg`` payload."""
     chunk_type: str = ""
     """containers/storage only: ``"zeros"`` for a hole."""
     num_link: int = 0
-    """Computed by the reader: how many names (and, for dirs, subdirs) refer to this entry."""
+    """Computed by the reader: how many names (and, for dirs, subdirs) refer to this entry. Not read from
+    the JSON (a ``numLink`` key sends the TOC down the general path, which ignores it)."""
 
     @property
     def is_data(self) -> bool:
@@ -67,15 +84,49 @@ class TOCEntry:
         return self.type == "chunk" or (self.type == "reg" and self.size > 0)
 
 
-@dataclass(slots=True)
 class TOC:
-    """A decoded TOC; ``entries`` are in stored order with names as stored (not normalised)."""
+    """A decoded TOC; ``entries`` are in stored order with names as stored (not normalised).
 
-    entries: list[TOCEntry]
-    version: int = 1
-    tar_split_digest: str = ""
-    schema: str = "estargz"
-    """``"estargz"`` (JTOC) or ``"cs"`` (containers/storage minimal.TOC)."""
+    ``TOC.lazy`` keeps only the JSON: the reader owns (and normalises) the entries it decoded, and a
+    caller that wants the TOC's own entries gets them decoded afresh on first use.
+    """
+
+    __slots__ = ("_entries", "_json", "schema", "tar_split_digest", "version")
+
+    def __init__(self, entries: list[TOCEntry], version: int = 1, tar_split_digest: str = "",
+                 schema: str = "estargz") -> None:
+        self._entries: list[TOCEntry] | None = entries
+        self._json = b""
+        self.version = version
+        self.tar_split_digest = tar_split_digest
+        self.schema = schema
+        """``"estargz"`` (JTOC) or ``"cs"`` (containers/storage minimal.TOC)."""
+
+    @classmethod
+    def lazy(cls, data: bytes, version: int, tar_split_digest: str, schema: str) -> TOC:
+        """A TOC of already validated JSON ``data`` whose entries are decoded when first asked for."""
+        toc = cls([], version, tar_split_digest, schema)
+        toc._entries = None
+        toc._json = data
+        return toc
+
+    @property
+    def entries(self) -> list[TOCEntry]:
+        if self._entries is None:
+            self._entries = parse_toc(self._json).entries
+        return self._entries
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TOC):
+            return NotImplemented
+        return ((self.entries, self.version, self.tar_split_digest, self.schema)
+                == (other.entries, other.version, other.tar_split_digest, other.schema))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"TOC(entries=<{len(self.entries)}>, version={self.version}, "
+                f"tar_split_digest={self.tar_split_digest!r}, schema={self.schema!r})")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -232,8 +283,67 @@ def _entry_from_json(index: int, obj: Any, times: dict[str, datetime | None]) ->
     return TOCEntry(**fields)
 
 
+class _WireTOC(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    """The top level of a TOC as writers spell it (the fast path of :func:`parse_toc`)."""
+
+    version: int = 0
+    entries: list[TOCEntry] = msgspec.field(default_factory=list)
+    tar_split_digest: str = ""
+
+
+_DECODER = msgspec.json.Decoder(_WireTOC)
+
+
 def parse_toc(data: bytes) -> TOC:
     """Decode TOC JSON of either schema; raises FormatError on anything not decodable."""
+    fast = _parse_fast(data)
+    return fast if fast is not None else _parse_general(data)
+
+
+def _parse_fast(data: bytes) -> TOC | None:
+    """The TOC, when every key is spelt as writers spell it (decoded and checked in C), else None.
+
+    None sends the TOC to :func:`_parse_general`, which decides (and names the error) as always: keys of
+    other spellings or unknown ones, nulls, wrong types, negative sizes, JSON that only Python's parser
+    takes (lone surrogates, NaN, a BOM), bad xattrs, an unknown type, a ``numLink`` key (decoded here
+    but ignored by the general rules) and an ``xattrs`` key given twice (merged by the general rules).
+    """
+    if b'"numLink"' in data:
+        return None
+    try:
+        wire = _DECODER.decode(data)
+    except (msgspec.MsgspecError, ValueError, RecursionError):
+        return None
+    entries = wire.entries
+    times: dict[str, datetime | None] = {}
+    types = ENTRY_TYPES
+    with_xattrs = 0
+    for e in entries:
+        if e.type not in types:
+            return None
+        text: Any = e.modtime
+        if text is not None:
+            parsed: Any = times.get(text, False)
+            if parsed is False:
+                parsed = times[text] = parse_rfc3339(text)
+            e.modtime = parsed
+        if e.xattrs:
+            with_xattrs += 1
+            values: dict[str, Any] = e.xattrs
+            try:
+                e.xattrs = {k: base64.b64decode(v, validate=True) for k, v in values.items()}
+            except (binascii.Error, ValueError):
+                return None
+    if with_xattrs != data.count(b'"xattrs"'):
+        return None     # "xattrs" given twice in an entry, as {}, or as some other string: Go's rules decide
+    schema = "cs" if wire.tar_split_digest or (
+        (b'"endOffset"' in data or b'"chunkType"' in data)
+        and any(e.end_offset or e.chunk_type for e in entries)) else "estargz"
+    return TOC(entries, wire.version, wire.tar_split_digest, schema)
+
+
+def _parse_general(data: bytes) -> TOC:
+    """Go's ``encoding/json`` rules written out: any key spelling, nulls, merged xattrs, clear errors."""
     try:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:

@@ -1,4 +1,5 @@
-"""lazypull.format depends on the stdlib and three compression libraries only (like ggcr's depcheck)."""
+"""lazypull.format depends on the stdlib, three compression libraries and msgspec (the TOC's JSON) only
+(like ggcr's depcheck)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import lazypull.format
 
-ALLOWED_THIRD_PARTY = {"zstandard", "zlib_ng", "isal"}
+ALLOWED_THIRD_PARTY = {"zstandard", "zlib_ng", "isal", "msgspec"}
 
 
 def _imports(path: Path) -> set[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import hashlib
 import io
@@ -10,6 +9,7 @@ import json
 import tarfile
 from pathlib import Path
 
+import msgspec
 import pytest
 import zstandard
 
@@ -112,7 +112,7 @@ def _with_go_offsets(ours: bytes, go: bytes) -> bytes:
     mine, theirs = parse_toc(ours).entries, parse_toc(go).entries
     assert len(mine) == len(theirs)
     pairs = zip(mine, theirs, strict=True)
-    fixed = [dataclasses.replace(m, offset=t.offset, inner_offset=t.inner_offset) for m, t in pairs]
+    fixed = [msgspec.structs.replace(m, offset=t.offset, inner_offset=t.inner_offset) for m, t in pairs]
     return encode_toc(fixed)
 
 
