@@ -327,6 +327,8 @@ class LayerManager:
                 tree = open_layer_tree(digest, annotations, source, root=self.root, config=self.config,
                                        cache=self.cache, external_toc=external)
                 opened = time.monotonic()
+                # The prefetch downloads while the FUSE mount is set up (it needs the TOC, not the mount).
+                tree.start()
                 fuse = mount_layer(tree, path, fsname=f"lazypull-{digest_hex(digest)[:16]}",
                                    passthrough=self.config.passthrough,
                                    workers=(1, max(4, self.config.fetch_workers)))
@@ -337,7 +339,6 @@ class LayerManager:
                 if close is not None:
                     close()
                 raise
-            tree.start()
             layer = MountedLayer(digest, path, tree, fuse, source)
             with self._lock:
                 self._layers[digest] = layer
