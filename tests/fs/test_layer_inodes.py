@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import posixpath
 import stat
+from datetime import UTC, datetime
 
 import pytest
 
 from lazypull.errors import MountError
 from lazypull.format import TOCEntry
+from lazypull.fs.fuse.tree import Attr
 from lazypull.fs.layer.inodes import InodeTable, normalise
 
 
@@ -94,3 +96,19 @@ def test_hostile_tocs_are_refused(entries: list[TOCEntry], match: str) -> None:
 def test_normalise_fast_path_agrees_with_normpath(name: str) -> None:
     expected = posixpath.normpath("/" + name).lstrip("/") if name not in ("", ".", "./", "/") else ""
     assert normalise(name) == expected
+
+
+def test_regular_files_attr_made_on_first_use_equals_the_toc() -> None:
+    table = _table(TOCEntry("d/", "dir"),
+                   TOCEntry("d/f", "reg", size=7, mode=0o640, uid=3, gid=4,
+                            modtime=datetime(2021, 2, 3, 4, 5, 6, tzinfo=UTC)),
+                   TOCEntry("d/x", "reg", size=2, xattrs={"user.k": b"v"}),
+                   TOCEntry("d/f", "reg", size=9),
+                   TOCEntry("h", "hardlink", link_name="d/x"))
+    f = table.nodes[_child(table, "d/f")]
+    assert f.attr == Attr(ino=f.attr.ino, mode=stat.S_IFREG, nlink=1, size=9), "the later duplicate wins"
+    x = table.nodes[_child(table, "d/x")]
+    assert x.xattrs == {b"user.k": b"v"} and x.attr.nlink == 2 and x.attr.size == 2
+    assert table.total_size() == sum(n.attr.size for n in table.regular_files()) == 11
+    g = _table(TOCEntry("g", "reg", size=1, modtime=datetime(2021, 2, 3, 4, 5, 6, 700000, tzinfo=UTC)))
+    assert g.nodes[_child(g, "g")].attr.mtime_ns == 1612325106 * 1_000_000_000

@@ -12,7 +12,6 @@ import os
 import posixpath
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from lazypull.errors import MountError
@@ -29,20 +28,58 @@ _TYPE_BITS = {
 }
 
 
-@dataclass
 class Node:
-    """One inode: its attributes, and for directories the children by name."""
+    """One inode: its attributes, and for directories the children by name.
 
-    attr: Attr
-    path: str                        # first name it was found under (for messages)
-    entry: Any = None                # the TOCEntry holding its content (regular files)
-    link: bytes = b""
-    xattrs: dict[bytes, bytes] = field(default_factory=dict)
-    children: dict[bytes, int] | None = None
+    A regular file's ``attr`` is built when first asked for (most of a layer's files are never looked
+    at, and ``Attr`` is costly to make); everything else is made with the table.
+    """
+
+    __slots__ = ("_attr", "_ino", "_nlink", "children", "entry", "link", "path", "xattrs")
+
+    def __init__(self, attr: Attr | None, path: str, entry: Any = None, link: bytes = b"",
+                 xattrs: dict[bytes, bytes] | None = None, children: dict[bytes, int] | None = None) -> None:
+        self._attr = attr
+        self.path = path                # first name it was found under (for messages)
+        self.entry = entry              # the TOCEntry holding its content (regular files)
+        self.link = link
+        self.xattrs: dict[bytes, bytes] = {} if xattrs is None else xattrs
+        self.children = children
+        self._ino = 0
+        self._nlink = 1
+
+    @classmethod
+    def _regular(cls, ino: int, path: str, entry: Any) -> Node:
+        """A regular file whose ``attr`` is made from ``entry`` on first use (no xattrs)."""
+        node = cls(None, path, entry)
+        node._ino = ino
+        return node
+
+    @property
+    def attr(self) -> Attr:
+        attr = self._attr
+        if attr is None:
+            e = self.entry
+            attr = self._attr = Attr(ino=self._ino, mode=stat.S_IFREG | (e.mode & 0o7777), nlink=self._nlink,
+                                     uid=e.uid, gid=e.gid, size=e.size, mtime_ns=_mtime_ns(e))
+        return attr
+
+    @attr.setter
+    def attr(self, value: Attr) -> None:
+        self._attr = value
+
+    def _set_nlink(self, nlink: int) -> None:
+        if self._attr is None:
+            self._nlink = nlink
+        else:
+            self._attr = _replace(self._attr, nlink=nlink)
 
     @property
     def is_dir(self) -> bool:
         return self.children is not None
+
+    def __repr__(self) -> str:
+        return f"Node(path={self.path!r}, attr={self.attr!r}, children={self.children!r})"
 
 
 def normalise(name: str) -> str:
@@ -87,11 +124,11 @@ class InodeTable:
         self.nodes[ROOT_INODE] = Node(root_attr, "", children={})
         by_name: dict[str, int] = {"": ROOT_INODE}
         hardlinks: list[tuple[str, str]] = []
-        order: list[str] = []
         next_ino = ROOT_INODE + 1
         mtimes: dict[Any, int] = {}
         nodes = self.nodes
         type_bits = _TYPE_BITS
+        regular = Node._regular
         for entry in entries:           # hot loop (one pass per TOC entry): _attr_for inlined
             kind = entry.type
             if kind == "chunk":
@@ -117,12 +154,14 @@ class InodeTable:
                 ino = next_ino
                 next_ino += 1
                 by_name[name] = ino
-                order.append(name)
+            xattrs = entry.xattrs
+            if kind == "reg" and not xattrs:
+                nodes[ino] = regular(ino, name, entry)     # the common case: attr made on first use
+                continue
             modtime = entry.modtime
             mtime_ns: int | None = mtimes.get(modtime) if modtime is not None else 0
             if mtime_ns is None:        # a modtime not seen yet (a layer has few distinct ones)
                 mtime_ns = mtimes[modtime] = int(modtime.timestamp()) * 1_000_000_000
-            xattrs = entry.xattrs
             node_xattrs = {k.encode(): bytes(v) for k, v in xattrs.items()} if xattrs else {}
             if kind == "reg":
                 node = Node(Attr(ino=ino, mode=bits | (entry.mode & 0o7777), nlink=1, uid=entry.uid,
@@ -156,22 +195,25 @@ class InodeTable:
             ino = by_name[target]
             if self.nodes[ino].is_dir:
                 raise MountError(f"hardlink {name!r} points to directory {target!r}")
-            if name not in by_name:
-                order.append(name)
             by_name[name] = ino
             links[ino] = links.get(ino, 1) + 1
-        nodes = self.nodes
-        for name in order:
+        last_parent: str | None = None
+        children: dict[bytes, int] | None = None
+        for name, ino in list(by_name.items()):     # names in TOC order (hardlinks after), root first
+            if not name:
+                continue
             parent_name, _, base = name.rpartition("/")
-            parent_ino = by_name.get(parent_name)
-            children = nodes[parent_ino].children if parent_ino is not None else None
-            if children is None:        # implied or not a directory: the slow path creates or refuses
-                children = nodes[self._ensure_dir(parent_name, by_name)].children
-                assert children is not None
-            children[base.encode("utf-8", "surrogateescape")] = by_name[name]
+            if parent_name != last_parent:          # a directory's entries mostly come together
+                parent_ino = by_name.get(parent_name)
+                children = nodes[parent_ino].children if parent_ino is not None else None
+                if children is None:    # implied or not a directory: the slow path creates or refuses
+                    children = nodes[self._ensure_dir(parent_name, by_name)].children
+                    assert children is not None
+                last_parent = parent_name
+            assert children is not None
+            children[base.encode("utf-8", "surrogateescape")] = ino
         for ino, count in links.items():
-            node = self.nodes[ino]
-            node.attr = _replace(node.attr, nlink=count)
+            self.nodes[ino]._set_nlink(count)
         self._apply_overlay_conventions()
         for node in nodes.values():
             if node.children is not None:
@@ -226,6 +268,10 @@ class InodeTable:
     def regular_files(self) -> Iterable[Node]:
         """Every regular file with content, once per inode."""
         return (n for n in self.nodes.values() if n.entry is not None)
+
+    def total_size(self) -> int:
+        """The sum of the sizes of the regular files (each inode once), without making their ``attr``."""
+        return sum(n.entry.size for n in self.nodes.values() if n.entry is not None)
 
 
 def _replace(attr: Attr, *, nlink: int) -> Attr:
