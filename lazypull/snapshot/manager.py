@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,6 +164,43 @@ class LayerManager:
         self._save_state()
         return result
 
+    def premount(self, ref: str, *, insecure: bool = False,
+                 platform: str | None = None) -> Callable[[], list[str]]:
+        """Start mounting the lazy layers of ``ref`` straight from its manifest, before the image is
+        stored, so that their TOC reads overlap the fetch of the config (the lazy pull's next step).
+
+        Resolves the manifest now (registry errors are raised); returns a function that waits for the
+        mounts and gives the digests mounted. A layer that fails here is left to :meth:`mount_image`,
+        which falls back to a full download as usual; layers held by nobody afterwards (the pull
+        failed) are for :meth:`unmount_unused` with ``only=`` these digests.
+        """
+        from lazypull.registry import parse_manifest, parse_reference
+
+        client = self.registry_client(insecure)
+        parsed = parse_reference(ref)
+        raw, media_type, _ = client.resolve_image(parsed, platform)
+        store = self.store()
+        wanted = [d for d in parse_manifest(raw, media_type).layers
+                  if is_lazy(d.annotations) and not _local_blob(store, d.digest)]
+        if not wanted:
+            return list
+
+        def one(desc: Any) -> str | None:
+            def make_source() -> tuple[RangeSource, Callable[[], bytes] | None]:
+                return (RegistryRangeSource(client, parsed, desc.digest, int(desc.size)),
+                        lambda: fetch_external_toc(client, parsed, desc.digest))
+            try:
+                self._ensure_mounted(desc.digest, dict(desc.annotations), make_source)
+            except (LazypullError, FormatError) as err:
+                log.debug("early mount of %s failed (the mount proper retries it): %s", desc.digest, err)
+                return None
+            return str(desc.digest)
+
+        pool = ThreadPoolExecutor(min(len(wanted), MOUNT_PARALLELISM), thread_name_prefix="premount")
+        futures = [pool.submit(one, desc) for desc in wanted]
+        pool.shutdown(wait=False)
+        return lambda: [d for d in (f.result() for f in futures) if d is not None]
+
     def mount_registry_layer(self, ref: str, digest: str, annotations: dict[str, str], *, holder: str,
                              insecure: bool = False) -> Path:
         """Mount one layer straight from a registry reference (containerd's remote snapshots); its path."""
@@ -216,11 +253,13 @@ class LayerManager:
         self._save_state()
         self.unmount_unused()
 
-    def unmount_unused(self) -> list[str]:
-        """Unmount layers no hold names; their digests."""
+    def unmount_unused(self, only: Iterable[str] | None = None) -> list[str]:
+        """Unmount layers no hold names (of ``only``, if given); their digests."""
         with self._lock:
             held = {d for h in self._holds.values() for d in h.digests}
             unused = [d for d in self._layers if d not in held]
+        if only is not None:
+            unused = [d for d in unused if d in set(only)]
         done = []
         for digest in unused:
             with self._layer_lock(digest):
@@ -355,9 +394,9 @@ class LayerManager:
         ref = getattr(resolved, "source", None)
         client = self.registry_client(insecure) if ref is not None else None
         external = (lambda: fetch_external_toc(client, ref, desc.digest)) if client is not None else None
-        local = store.blob_path(desc.digest) if hasattr(store, "blob_path") else None
-        if local is not None and Path(local).is_file():
-            return FileRangeSource(Path(local)), external
+        local = _local_blob(store, desc.digest)
+        if local is not None:
+            return FileRangeSource(local), external
         if client is None:
             raise MountError(f"layer {desc.digest} of {getattr(resolved, 'name', '?')} is neither in the "
                              f"content store nor from a known registry")
@@ -384,6 +423,12 @@ class LayerManager:
             tmp = self.paths.state.with_suffix(".tmp")
             tmp.write_text(json.dumps(data, indent=1))
             os.replace(tmp, self.paths.state)
+
+
+def _local_blob(store: Any, digest: str) -> Path | None:
+    """The layer blob's file in the content store, if it is there (a full pull left it)."""
+    local = store.blob_path(digest) if hasattr(store, "blob_path") else None
+    return Path(local) if local is not None and Path(local).is_file() else None
 
 
 def _same_image(a: str, b: str) -> bool:

@@ -18,9 +18,9 @@ import pytest
 
 from lazypull.errors import LazypullError, MountError
 from lazypull.image import Store, pull_image
-from lazypull.registry import RegistryClient
+from lazypull.registry import RegistryClient, parse_manifest
 from lazypull.snapshot import MountClient, daemon_pid
-from tests.helpers.registry import RegistryServer
+from tests.helpers.registry import Fault, FaultProxy, RegistryServer
 from tests.snapshot.layerkit import FILES, build_blob, gzip_layer, push_image
 
 OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -231,3 +231,34 @@ def test_pull_image_in_the_server_stores_metadata_and_mounts(image: tuple[Path, 
             mc.shutdown()
     assert pid is not None and _gone(pid, 10.0)
     assert _lazypull_mounts(root) == []
+
+
+def test_failed_pull_leaves_no_early_mounts(image: tuple[Path, str, str], fault_proxy: FaultProxy,
+                                            tmp_path: Path) -> None:
+    """The layers start mounting as soon as the manifest is read; a config that fails verification
+    afterwards fails the pull, and the layers mounted early are unmounted again."""
+    _, _, digest = image
+    ref = f"{fault_proxy.host}/lazy/daemon:v1"
+    with RegistryClient(insecure=True) as client:
+        raw, media_type, _ = client.resolve_image(ref)
+    config = parse_manifest(raw, media_type).config.digest
+    fault_proxy.add(Fault("flip", method="GET", path_contains=config, times=-1))
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "config.toml").write_text("background_fetch = false\n")
+    try:
+        with MountClient(root) as mc:
+            pid = daemon_pid(root)
+            with pytest.raises(LazypullError, match=config[7:19]):
+                mc.pull_image(ref, insecure=True)
+            assert mc.list_mounts() == []
+            assert _lazypull_mounts(root) == []
+            assert Store(root).find_image(ref) is None
+            fault_proxy.clear()
+            pulled = mc.pull_image(ref, insecure=True)          # the server still works
+            assert [m.digest for m in pulled.layers if m.lazy] == [digest]
+            pid = daemon_pid(root)
+            mc.shutdown()
+    finally:
+        fault_proxy.clear()
+    assert pid is not None and _gone(pid, 10.0)
