@@ -67,7 +67,7 @@ class LayerTree:
         # Chunk lists are built on first use (a big TOC would otherwise delay the mount by seconds);
         # the background thread indexes every file before it prefetches.
         self._files: dict[int, _FileChunks] = {}
-        self._total_size = sum(node.attr.size for node in self.inodes.regular_files())
+        self._total_size = self.inodes.total_size()   # without making every regular file's Attr
         self.fetcher = ChunkFetcher(digest, remote, cache, stats, config, {})
         # containers/storage zstd:chunked stores all-zero chunks as holes (no data to fetch)
         self.fetcher.zero_holes = getattr(reader, "footer_kind", "") == "zstd-64"
