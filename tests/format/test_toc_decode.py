@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from lazypull.format import FormatError
 from lazypull.format.names import clean_entry_name, go_clean
-from lazypull.format.toc import ENTRY_TYPES, TOCEntry, parse_rfc3339, parse_toc
+from lazypull.format.toc import ENTRY_TYPES, TOCEntry, _parse_fast, _parse_general, parse_rfc3339, parse_toc
 
 _INTS = {"size": "size", "mode": "mode", "uid": "uid", "gid": "gid", "offset": "offset",
          "inneroffset": "inner_offset", "devmajor": "dev_major", "devminor": "dev_minor",
@@ -147,3 +148,33 @@ def test_entries_with_one_modtime_string_share_the_value_but_not_with_others() -
 @given(name=st.text(alphabet="./ab", max_size=12))
 def test_clean_entry_name_is_go_path_clean(name: str) -> None:
     assert clean_entry_name(name) == go_clean("/" + name)[1:]
+
+
+@pytest.mark.parametrize(("entry", "expected"), [
+    ('"xattrs": {"a": "eQ=="}, "xattrs": {"b": "eg=="}', {"xattrs": {"b": b"z"}}),
+    ('"xattrs": {"a": "eQ=="}, "xattrs": {}', {"xattrs": {}}),
+    ('"xattrs": {"a": "eQ==", "a": "eg=="}', {"xattrs": {"a": b"z"}}),
+    ('"modtime": "2021-02-03T04:05:06Z", "modtime": null', {"modtime": None}),
+    ('"numLink": 3, "size": 1', {"size": 1, "num_link": 0}),
+    ('"numLink": 0, "size": 1', {"size": 1, "num_link": 0}),
+    ('"size": 1, "size": 2', {"size": 2}),
+    ('"endOffset": 9', {"end_offset": 9}),
+], ids=["xattrs-twice", "xattrs-then-empty", "xattr-twice", "modtime-then-null", "numlink-ignored",
+        "numlink-zero", "size-twice", "cs-key"])
+def test_repeated_and_ignored_keys(entry: str, expected: dict[str, object]) -> None:
+    """Raw JSON (json.dumps cannot repeat a key): a repeated key's last value wins (as Python's json module
+    has always decided here), ``numLink`` is ignored, whichever path decodes it."""
+    toc = parse_toc(('{"version": 1, "entries": [{"name": "a", "type": "reg", ' + entry + "}]}").encode())
+    got = toc.entries[0]
+    assert {k: getattr(got, k) for k in expected} == expected
+    assert toc.schema == ("cs" if "end_offset" in expected else "estargz")
+
+
+@pytest.mark.parametrize("name", ["tiny.esgz.toc.json", "small.esgz.toc.json", "small-prio.esgz.toc.json",
+                                  "many-min.esgz.toc.json", "tiny.zstd.toc.json", "tiny.cs.zstd.toc.json"])
+def test_go_made_tocs_take_the_fast_path_with_the_general_result(vectors: Path, name: str) -> None:
+    data = (vectors / name).read_bytes()
+    fast, general = _parse_fast(data), _parse_general(data)
+    assert fast is not None, "a TOC as Go writes it is decoded in C"
+    assert (fast.entries, fast.version, fast.schema) == (general.entries, general.version, general.schema)
+    assert fast.schema == ("cs" if ".cs." in name else "estargz")
