@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import shutil
 import socket
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,7 +37,7 @@ _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 
 def new_container_id() -> str:
     """A fresh random container id (64 hex digits, like Docker's)."""
-    return secrets.token_hex(32)
+    return os.urandom(32).hex()  # what secrets.token_hex does, without importing hmac and OpenSSL
 
 
 @dataclass

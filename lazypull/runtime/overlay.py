@@ -13,8 +13,8 @@ writing redirect xattrs that point into the layers.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
+import functools
 import logging
 import os
 import shutil
@@ -32,7 +32,13 @@ OVERLAY_OPTIONS = ("index=off", "metacopy=off", "redirect_dir=off")
 _MNT_DETACH = 2
 _PAGE = 4096
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """libc's functions, from the symbols this process already has: ``find_library("c")`` would run
+    ldconfig (~2 ms) in every ``lazypull`` process that imports this module."""
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def mountpoints() -> set[str]:
@@ -117,7 +123,7 @@ def unmount(target: Path, *, retries: int = 20) -> None:
     for attempt in range(retries):
         if not is_mountpoint(target):
             return
-        if _libc.umount2(os.fsencode(str(target)), 0) == 0:
+        if _libc().umount2(os.fsencode(str(target)), 0) == 0:
             continue
         err = ctypes.get_errno()
         if err == errno.EINVAL:  # not a mountpoint (any more)
@@ -125,6 +131,6 @@ def unmount(target: Path, *, retries: int = 20) -> None:
         if err != errno.EBUSY:
             raise ContainerError(f"unmounting {target} failed: {os.strerror(err)}")
         time.sleep(0.05 * (attempt + 1))
-    if is_mountpoint(target) and _libc.umount2(os.fsencode(str(target)), _MNT_DETACH) != 0:
+    if is_mountpoint(target) and _libc().umount2(os.fsencode(str(target)), _MNT_DETACH) != 0:
         err = ctypes.get_errno()
         raise ContainerError(f"unmounting {target} failed: {os.strerror(err)}")

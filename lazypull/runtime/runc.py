@@ -14,7 +14,6 @@ from __future__ import annotations
 import array
 import contextlib
 import ctypes
-import ctypes.util
 import fcntl
 import json
 import logging
@@ -224,7 +223,8 @@ class Runc:
 
 
 def _libc() -> Any:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    # the symbols this process already has, libc's among them (find_library("c") runs ldconfig)
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _receive_console(listener: socket.socket, proc: subprocess.Popen[bytes]) -> int | None:
