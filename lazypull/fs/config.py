@@ -53,6 +53,16 @@ class FsConfig:
     readahead: int = 4 << 20
     """When a file is read sequentially, its following chunks up to this many bytes are fetched ahead
     (0: off). Default 4 MiB."""
+    whole_file_max: int = 4 << 20
+    """A file whose chunks take at most this many compressed bytes is fetched whole at its first miss,
+    in the same request (0: only the chunks read). Default 4 MiB."""
+    fetch_elf_deps: bool = True
+    """When a program's first bytes had to be fetched, also fetch what the dynamic loader opens next (its
+    interpreter, ld.so.cache, the libraries it needs, found in the image's layers), all at once.
+    Default true."""
+    warm_connections: int = 6
+    """Keep-alive connections opened to the registry once a layer is mounted (and its prefetch done), so
+    the concurrent fetches of a starting container need no handshakes (0: none). Default 6."""
     fetch_workers: int = 8
     """Fetches in flight at once per layer (on-demand misses of different regions). Default 8."""
     passthrough: bool = True

@@ -82,6 +82,29 @@ class RegistryRangeSource:
     def describe(self) -> str:
         return f"{self.ref}@{self.digest}"
 
+    def warm(self, connections: int) -> None:
+        """Have ``connections`` keep-alive connections to the registry open (concurrent HEADs of the
+        blob, in the background), so a burst of concurrent misses does not wait a handshake each.
+        Once per client within ``WARM_INTERVAL`` s: the layers of an image share its connections."""
+        now = time.monotonic()
+        with _warm_lock:
+            if now - _warmed.get(id(self.client), -WARM_INTERVAL) < WARM_INTERVAL:
+                return
+            _warmed[id(self.client)] = now
+        for _ in range(connections):
+            threading.Thread(target=self._head, name="warm", daemon=True).start()
+
+    def _head(self) -> None:
+        try:
+            self.client.blob_size(self.ref, self.digest)
+        except Exception as err:     # only a head start: the reads report real failures
+            log.debug("warming a connection for %s failed: %s", self.describe(), err)
+
+
+WARM_INTERVAL = 2.0
+_warm_lock = threading.Lock()
+_warmed: dict[int, float] = {}
+
 
 class RemoteBlob:
     """Retrying, counted range reads of one blob; thread-safe, holds no lock while fetching."""
@@ -153,6 +176,12 @@ class RemoteBlob:
                 if self.closed.wait(delay):
                     raise FetchError(f"layer {self.source.describe()} closed during fetch") from err
                 delay = min(delay * 2, self.config.retry_max)
+
+    def warm(self, connections: int) -> None:
+        """Open connections ahead of concurrent fetches, when the source has any (registries)."""
+        warm = getattr(self.source, "warm", None)
+        if warm is not None and connections > 0:
+            warm(connections)
 
     def read_at(self, offset: int, length: int) -> bytes:
         """``BlobSource.read_at`` for the format reader (TOC and footer), with the read deadline."""

@@ -170,6 +170,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+#: Idle connections are kept this long (httpx's default is 5 s): a container started a while after its
+#: image was mounted still finds them open, and the lazy layers' range reads skip a handshake each.
+KEEPALIVE_EXPIRY = 30.0
+
+
 class Transport:
     """Connections, TLS, scheme and auth for every host the client talks to. Thread-safe."""
 
@@ -248,7 +253,8 @@ class Transport:
         # identity: byte offsets and digests are about the blob as stored, never a re-encoding
         headers = {"User-Agent": self.user_agent, "Accept-Encoding": "identity"}
         client = httpx.Client(verify=ctx, timeout=self.timeout, headers=headers,
-                              limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+                              limits=httpx.Limits(max_connections=64, max_keepalive_connections=32,
+                                                  keepalive_expiry=KEEPALIVE_EXPIRY),
                               follow_redirects=False, trust_env=False)
         with self._lock:
             existing = self._clients.setdefault(key, client)

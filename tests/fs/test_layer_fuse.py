@@ -205,7 +205,8 @@ def test_disjoint_ranges_are_one_multi_range_request_to_the_registry(
         blob: Blob, registry: RegistryServer, unique_repo: str, tmp_path: Path) -> None:
     push_blob(registry.url, unique_repo, blob.path.read_bytes())
     proxy = FaultProxy(registry.url)
-    config = FsConfig(prefetch=False, background_fetch=False, merge_gap=0, readahead=0)
+    config = FsConfig(prefetch=False, background_fetch=False, merge_gap=0, readahead=0, whole_file_max=0,
+                      warm_connections=0)
     try:
         with mounted(tmp_path, blob, proxy.host, unique_repo, config) as (tree, mnt, _fuse):
             tree.fetcher.preloaded = []

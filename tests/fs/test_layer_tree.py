@@ -39,6 +39,10 @@ def _faulty(blob: Blob) -> FaultySource:
     return FaultySource(FileRangeSource(blob.path))
 
 
+# Only the chunks a read covers are fetched (tests of per-chunk fetch economy and verification).
+CHUNKWISE = FsConfig(prefetch=False, background_fetch=False, read_deadline=5.0, whole_file_max=0)
+
+
 def test_metadata_follows_toc_and_overlay_conventions(blob: Blob, tmp_path: Path) -> None:
     tree = open_tree(blob, tmp_path)
     root_names = [n for n, _ in tree.readdir(1)]
@@ -93,7 +97,7 @@ def test_reads_equal_the_tar(blob: Blob, tmp_path: Path) -> None:
 
 def test_only_needed_bytes_fetched_one_request_per_read(blob: Blob, tmp_path: Path) -> None:
     src = _faulty(blob)
-    tree = open_tree(blob, tmp_path, source=src)
+    tree = open_tree(blob, tmp_path, config=CHUNKWISE, source=src)
     src.requests.clear()
     before = tree.stats.bytes_fetched
     ino = lookup_path(tree, "bin/huge")
@@ -115,7 +119,7 @@ def test_only_needed_bytes_fetched_one_request_per_read(blob: Blob, tmp_path: Pa
 
 def test_disjoint_missing_ranges_go_in_one_multi_range_request(blob: Blob, tmp_path: Path) -> None:
     src = _faulty(blob)
-    config = FsConfig(prefetch=False, background_fetch=False, merge_gap=0, readahead=0)
+    config = CHUNKWISE.replace(merge_gap=0, readahead=0)
     tree = open_tree(blob, tmp_path, config=config, source=src)
     ino = lookup_path(tree, "bin/huge")
     chunks = _chunks(tree, ino)
@@ -130,7 +134,7 @@ def test_disjoint_missing_ranges_go_in_one_multi_range_request(blob: Blob, tmp_p
 def test_corrupt_chunk_refetched_once_then_eio_logged(blob: Blob, tmp_path: Path,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     src = _faulty(blob)
-    tree = open_tree(blob, tmp_path, source=src)
+    tree = open_tree(blob, tmp_path, config=CHUNKWISE, source=src)
     ino = lookup_path(tree, "bin/big")
     src.corrupt = 1                      # first answer damaged, the refetch is good
     assert tree.read(ino, 0, 4096) == FILES["bin/big"][:4096]
@@ -433,7 +437,7 @@ def test_background_fetch_retries_after_the_registry_comes_back(blob: Blob, tmp_
 
 def test_sequential_reads_fetch_ahead(blob: Blob, tmp_path: Path) -> None:
     src = _faulty(blob)
-    config = FsConfig(prefetch=False, background_fetch=False, readahead=5 * 4096)
+    config = CHUNKWISE.replace(readahead=5 * 4096)
     tree = open_tree(blob, tmp_path, config=config, source=src)
     ino = lookup_path(tree, "bin/huge")
     chunks = _chunks(tree, ino)

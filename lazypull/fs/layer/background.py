@@ -72,6 +72,8 @@ class Background:
             self.stats.set(prefetch_state="failed")
         finally:
             self.prefetched.set()
+        if not self._stop.is_set():     # a container starts next: its misses should not wait handshakes
+            self.fetcher.remote.warm(self.config.warm_connections)
         try:
             if self.config.background_fetch and not self._stop.is_set():
                 self._background()

@@ -10,12 +10,13 @@ chunkDigest before it is cached or served; a mismatch is fetched again once, the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -76,9 +77,14 @@ class ChunkFetcher:
         """Bytes ``[offset, offset+length)`` of a cached chunk, or None when it is not cached."""
         return self.cache.read(chunk.digest, chunk.chunk_size, offset, length)
 
-    def get(self, chunks: Sequence[Any], *, deadline: float) -> dict[str, bytes]:
-        """Fetch the given (uncached) chunks, waiting until ``deadline``; digest -> bytes."""
+    def get(self, chunks: Sequence[Any], *, deadline: float, extra: Sequence[Any] = ()) -> dict[str, bytes]:
+        """Fetch the given (uncached) chunks, waiting until ``deadline``; digest -> bytes.
+
+        ``extra``: uncached chunks likely wanted soon (the rest of the file), fetched in the same request
+        when nobody fetches them yet but not waited for."""
         waits, mine = self._claim(chunks, with_siblings=True)
+        if extra:
+            mine += self._claim([c for c in extra if c.digest not in waits], with_siblings=True)[1]
         # Fetched by someone else between the caller's cache check and the claim: release from the cache.
         done = [c for c in mine if self.cache.has(c.digest, c.chunk_size)]
         if done:
@@ -97,7 +103,8 @@ class ChunkFetcher:
             futures = [self._inflight.pop(c.digest, None) for c in chunks]
         for fut in futures:
             if fut is not None and not fut.done():
-                fut.set_exception(err)
+                with contextlib.suppress(InvalidStateError):
+                    fut.set_exception(err)
 
     def fetch_async(self, chunks: Sequence[Any], *, deadline: float) -> int:
         """Start fetching chunks nobody fetches yet (readahead); returns how many were claimed."""
@@ -206,10 +213,20 @@ class ChunkFetcher:
             for digest, fut in futures.items():
                 if fut is None or fut.done():
                     continue
-                if digest in results:
-                    fut.set_result(results[digest])
-                else:
-                    fut.set_exception(errors.get(digest) or ChunkUnavailable(f"chunk {digest} not fetched"))
+                with contextlib.suppress(InvalidStateError):
+                    if digest in results:
+                        fut.set_result(results[digest])
+                    else:
+                        fut.set_exception(errors.get(digest)
+                                          or ChunkUnavailable(f"chunk {digest} not fetched"))
+
+    def _ready(self, digest: str, data: bytes) -> None:
+        """Hand a verified, cached chunk to its waiters now, not when the whole group is done."""
+        with self._inflight_lock:
+            fut = self._inflight.get(digest)
+        if fut is not None:
+            with contextlib.suppress(InvalidStateError):     # failed meanwhile (the layer is closing)
+                fut.set_result(data)
 
     def _is_zero(self, chunk: Any) -> bool:
         """Whether a chunk is all zeros (by its digest), for layers that store such chunks as holes."""
@@ -277,6 +294,7 @@ class ChunkFetcher:
                     self.cache.put(chunk.digest, decoded)
                 except OSError as err:
                     log.warning("chunk cache write of %s failed: %s", chunk.digest, err)
+                self._ready(chunk.digest, decoded)      # its readers go on while the rest is decoded
                 self.stats.add(chunks_fetched=1)
                 results[chunk.digest] = decoded
         return failed

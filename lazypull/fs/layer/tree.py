@@ -25,9 +25,11 @@ from lazypull.format import FormatError
 from lazypull.fs.cache import ChunkCache
 from lazypull.fs.config import FsConfig
 from lazypull.fs.fuse.tree import Attr, FuseError, StatFs
+from lazypull.fs.layer import hints
 from lazypull.fs.layer.access import AccessRecorder
 from lazypull.fs.layer.activity import ACTIVITY
 from lazypull.fs.layer.background import Background
+from lazypull.fs.layer.elf import MAGIC as ELF_MAGIC
 from lazypull.fs.layer.fetch import ChunkFetcher, ChunkUnavailable, Unit
 from lazypull.fs.layer.inodes import InodeTable, Node
 from lazypull.fs.remote import RemoteBlob
@@ -41,11 +43,13 @@ ASSEMBLE_INLINE_MAX = 64 << 20   # complete files up to this size are assembled 
 class _FileChunks:
     """A regular file's chunks in file order, with their start offsets for bisection."""
 
-    __slots__ = ("chunks", "starts")
+    __slots__ = ("chunks", "compressed", "starts")
 
     def __init__(self, chunks: Sequence[Any]) -> None:
         self.chunks = list(chunks)
         self.starts = [c.chunk_offset for c in self.chunks]
+        # compressed bytes of the whole file (each compressed range once)
+        self.compressed = sum(end - off for off, end in {(c.offset, c.end) for c in self.chunks})
 
 
 class LayerTree:
@@ -79,6 +83,13 @@ class LayerTree:
         self._assembling: set[int] = set()
         self._assemble_lock = threading.Lock()
         self._assembler = ThreadPoolExecutor(1, thread_name_prefix=f"assemble-{digest[7:19]}")
+        # files fetched ahead for the dynamic loader (``hints``), each once; the image's layers are a group
+        self._ahead: set[int] = set()
+        self._ahead_lock = threading.Lock()
+        self._ahead_pool = ThreadPoolExecutor(4, thread_name_prefix=f"ahead-{digest[7:19]}")
+        ref = getattr(remote.source, "ref", None)
+        self.group: str | None = str(ref) if ref is not None else None
+        hints.join(self.group, self)
 
     def _chunks_of(self, ino: int) -> _FileChunks | None:
         """The chunks of a regular file with content (None for anything else)."""
@@ -134,9 +145,11 @@ class LayerTree:
 
     def close(self) -> None:
         """Stop background work and pending fetches."""
+        hints.leave(self.group, self)
         self.background.stop()
         self.fetcher.close()
         self._assembler.shutdown(wait=False, cancel_futures=True)
+        self._ahead_pool.shutdown(wait=False, cancel_futures=True)
         if self.access is not None:
             self.access.close()
 
@@ -183,15 +196,62 @@ class LayerTree:
         node = self._node(ino)
         if self.access is not None:
             self.access.note(ino, node.path)
+        data, missed = self._read(node, offset, size)
+        if missed and offset == 0 and data[:4] == ELF_MAGIC and self.config.fetch_elf_deps:
+            self._ahead_once(ino, hints.follow, self, ino)   # a program starting: its libraries next
+        return data
+
+    def read_quiet(self, ino: int, offset: int, size: int) -> bytes:
+        """``read`` for the server's own guesses: not recorded as an access, nothing followed."""
+        return self._read(self._node(ino), offset, size)[0]
+
+    def fetch_ahead(self, ino: int) -> None:
+        """Fetch a file the workload is about to open (whole if small enough), then follow it if it is
+        an ELF file; at most once per file, in the background."""
+        self._ahead_once(ino, self._fetch_and_follow, ino)
+
+    def _ahead_once(self, ino: int, fn: Any, *args: Any) -> None:
+        with self._ahead_lock:
+            if ino in self._ahead:
+                return
+            self._ahead.add(ino)
+        with contextlib.suppress(RuntimeError):     # closing
+            self._ahead_pool.submit(fn, *args)
+
+    def _fetch_and_follow(self, ino: int) -> None:
+        try:
+            fc = self._chunks_of(ino)
+            if fc is None:
+                return
+            if fc.compressed <= self.config.whole_file_max:
+                todo = [c for c in fc.chunks if not self.cache.has(c.digest, c.chunk_size)]
+                if todo:
+                    self.remote.demand_begin()
+                    ACTIVITY.begin()
+                    try:
+                        self.fetcher.get(todo, deadline=time.monotonic() + self.config.read_deadline)
+                    finally:
+                        self.remote.demand_end()
+                        ACTIVITY.end()
+            if self.read_quiet(ino, 0, 4) == ELF_MAGIC:
+                hints.follow(self, ino, program=False)
+        except (FuseError, ChunkUnavailable) as err:
+            log.debug("layer %s: fetching inode %d ahead failed: %s", self.digest, ino, err)
+        except Exception:
+            log.exception("layer %s: fetching inode %d ahead failed", self.digest, ino)
+
+    def _read(self, node: Node, offset: int, size: int) -> tuple[bytes, bool]:
+        """Bytes ``[offset, offset+size)`` of a file, and whether any had to be fetched."""
+        ino = node.attr.ino
         if node.children is not None:
             raise FuseError(errno.EISDIR)
         file_size = node.attr.size if node.entry is not None else 0
         end = min(file_size, offset + size)
         if offset >= end:
-            return b""
+            return b"", False
         fc = self._chunks_of(ino)
         if fc is None:
-            return b""
+            return b"", False
         i = max(0, bisect.bisect_right(fc.starts, offset) - 1)
         wanted: list[tuple[Any, int, int]] = []
         while i < len(fc.chunks) and fc.chunks[i].chunk_offset < end:
@@ -217,7 +277,8 @@ class LayerTree:
             self.remote.demand_begin()
             ACTIVITY.begin()
             try:
-                got = self.fetcher.get(missing, deadline=time.monotonic() + self.config.read_deadline)
+                got = self.fetcher.get(missing, deadline=time.monotonic() + self.config.read_deadline,
+                                       extra=self._rest_of_file(fc, missing))
             except ChunkUnavailable as err:
                 self.stats.add(read_errors=1)
                 self.stats.error(f"read of {node.path!r} [{offset}, {end}): {err}")
@@ -234,7 +295,17 @@ class LayerTree:
             self._maybe_assemble_later(ino)     # read to the end: likely complete, ready it for passthrough
         if self.config.readahead and len(fc.chunks) > 1:
             self._read_ahead(ino, fc, i, offset, end)
-        return b"".join(p for p in pieces if p is not None)
+        return b"".join(p for p in pieces if p is not None), bool(missing)
+
+    def _rest_of_file(self, fc: _FileChunks, missing: Sequence[Any]) -> list[Any]:
+        """The file's other uncached chunks when the whole file is small enough to fetch at its first
+        miss (``whole_file_max``): a program reading a file mostly reads all of it, and one request for
+        all of it saves a round trip per later miss."""
+        if len(fc.chunks) <= len(missing) or fc.compressed > self.config.whole_file_max:
+            return []
+        wanted = {c.digest for c in missing}
+        return [c for c in fc.chunks
+                if c.digest not in wanted and not self.cache.has(c.digest, c.chunk_size)]
 
     def _read_ahead(self, ino: int, fc: _FileChunks, next_index: int, offset: int, end: int) -> None:
         """When a file is read sequentially, start fetching its next chunks before they are asked for."""

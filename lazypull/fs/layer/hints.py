@@ -1,0 +1,163 @@
+"""Fetching ahead what the dynamic loader is about to open, across the layers of one image.
+
+When a program is started from a lazy layer, its first read misses; right after it the loader opens
+its interpreter, ``/etc/ld.so.cache`` and each needed library in turn, every one of them another miss
+waiting a round trip (five or more for a typical program). Once the program's first bytes are here, its
+ELF headers say which files those are (``fs.layer.elf``), so they are looked up in the union of the
+image's layers (following symlinks, as the overlay mount will show them) and fetched whole at the
+same time, each followed in turn for its own libraries. A guess that turns out wrong costs bytes,
+never correctness: the chunks fetched are verified and cached like any others.
+
+Layers are grouped by the image reference their blobs come from (``RegistryRangeSource.ref``); a tree
+from anywhere else forms a group of its own. A group's trees are searched in the order they joined,
+the tree that asked first.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import threading
+from collections import deque
+from typing import Any
+
+from lazypull.fs.fuse.tree import ROOT_INODE
+from lazypull.fs.layer import elf
+
+log = logging.getLogger(__name__)
+
+MAX_SYMLINKS = 40
+LD_SO_CACHE = "/etc/ld.so.cache"
+
+_lock = threading.Lock()
+_groups: dict[str, list[Any]] = {}
+
+
+def join(key: str | None, tree: Any) -> None:
+    """Make ``tree`` (a ``LayerTree``) part of group ``key`` (None: a group of its own)."""
+    if key is None:
+        return
+    with _lock:
+        _groups.setdefault(key, []).append(tree)
+
+
+def leave(key: str | None, tree: Any) -> None:
+    if key is None:
+        return
+    with _lock:
+        members = _groups.get(key, [])
+        if tree in members:
+            members.remove(tree)
+        if not members:
+            _groups.pop(key, None)
+
+
+def members(key: str | None, tree: Any) -> list[Any]:
+    """The trees to search for a path needed by ``tree``'s files: ``tree`` first."""
+    with _lock:
+        others = [t for t in _groups.get(key, []) if t is not tree] if key is not None else []
+    return [tree, *others]
+
+
+def _child(tree: Any, ino: int, name: str) -> Any:
+    node = tree.inodes.get(ino)
+    if node is None or node.children is None:
+        return None
+    child = node.children.get(name.encode("utf-8", "surrogateescape"))
+    return None if child is None else tree.inodes.get(child)
+
+
+def _walk(tree: Any, parts: list[str]) -> Any:
+    """The node at ``parts`` in one tree, without following symlinks (None when missing)."""
+    node = tree.inodes.get(ROOT_INODE)
+    for part in parts:
+        if node is None:
+            return None
+        node = _child(tree, node.attr.ino, part)
+    return node
+
+
+def resolve(trees: list[Any], path: str) -> tuple[Any, Any] | None:
+    """(tree, node) of the regular file ``path`` names in the union of ``trees``, symlinks followed;
+    None when it is missing, not a regular file with content, or the symlinks loop."""
+    todo = deque(p for p in path.split("/"))
+    done: list[str] = []
+    hops = 0
+    while todo:
+        name = todo.popleft()
+        if name in ("", "."):
+            continue
+        if name == "..":
+            if done:
+                done.pop()
+            continue
+        found = None
+        for tree in trees:
+            node = _walk(tree, [*done, name])
+            if node is not None:
+                found = (tree, node)
+                break
+        if found is None:
+            return None
+        tree, node = found
+        if node.link:
+            hops += 1
+            if hops > MAX_SYMLINKS:
+                return None
+            target = node.link.decode("utf-8", "surrogateescape")
+            if target.startswith("/"):
+                done = []
+            todo.extendleft(reversed(target.split("/")))
+            continue
+        if todo:
+            if node.children is None:
+                return None
+            done.append(name)
+        elif node.entry is not None:
+            return found
+        else:
+            return None
+    return None
+
+
+def dependencies(trees: list[Any], path: str, info: elf.DynamicInfo, *, program: bool = True
+                 ) -> list[tuple[Any, Any]]:
+    """(tree, node) of the files the loader opens after ``path``: the libraries, and for a program being
+    started its interpreter and cache (a library's own ``PT_INTERP``, libc's, is not loaded again)."""
+    wanted: list[str] = []
+    if info.interpreter and program:
+        wanted.append(info.interpreter)
+        if posixpath.basename(info.interpreter).startswith("ld-linux"):
+            wanted.append(LD_SO_CACHE)          # glibc's loader reads it before looking in directories
+    found: list[tuple[Any, Any]] = []
+    for name in wanted:
+        hit = resolve(trees, name)
+        if hit is not None:
+            found.append(hit)
+    dirs = info.search_dirs("/" + posixpath.dirname(path))
+    for lib in info.needed:
+        if "/" in lib:
+            hit = resolve(trees, lib) if lib.startswith("/") else None
+        else:
+            hit = next((h for d in dirs if (h := resolve(trees, f"{d}/{lib}")) is not None), None)
+        if hit is not None:
+            found.append(hit)
+    return found
+
+
+def follow(tree: Any, ino: int, *, program: bool = True) -> None:
+    """Fetch ahead what the loader opens after the ELF file ``ino`` of ``tree`` (run in a worker):
+    ``program`` is being started, else it is a library being loaded."""
+    node = tree.inodes.get(ino)
+    if node is None:
+        return
+    try:
+        info = elf.parse(lambda offset, length: tree.read_quiet(ino, offset, length))
+    except elf.ElfError as err:
+        log.debug("layer %s: %s: %s; no libraries fetched ahead", tree.digest, node.path, err)
+        return
+    except Exception as err:       # a read failed (logged by the tree): the loader will find out itself
+        log.debug("layer %s: cannot read the ELF headers of %s: %s", tree.digest, node.path, err)
+        return
+    for dep_tree, dep in dependencies(members(tree.group, tree), node.path, info, program=program):
+        dep_tree.fetch_ahead(dep.attr.ino)

@@ -1,0 +1,297 @@
+"""Fetching ahead on the lazy read path: a small file whole at its first miss, what the dynamic loader opens
+after a program (ELF headers followed across the image's layers), warm registry connections, and the ELF
+parser those guesses rest on (hostile input included)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lazypull.fs.config import FsConfig
+from lazypull.fs.layer import LayerTree, elf, hints
+from lazypull.fs.layer.access import AccessRecorder
+from lazypull.fs.remote import FileRangeSource, RegistryRangeSource
+from tests.fs.elfkit import make_elf
+from tests.snapshot.layerkit import FILES, Blob, FaultySource, build_blob, lookup_path, open_tree
+
+LAZY = FsConfig(prefetch=False, background_fetch=False, read_deadline=5.0, warm_connections=0)
+
+
+@dataclass
+class ImageSource(FaultySource):
+    """A blob source that names the image it belongs to, as ``RegistryRangeSource`` does."""
+
+    ref: str = ""
+
+
+def _tar(files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o755
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+def _cached(tree: LayerTree, path: str) -> bool:
+    fc = tree._chunks_of(lookup_path(tree, path))
+    assert fc is not None
+    return all(tree.cache.has(c.digest, c.chunk_size) for c in fc.chunks)
+
+
+def _wait(predicate: Any, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+# -- a small file whole at its first miss --
+
+@pytest.fixture(scope="module")
+def blob(tmp_path_factory: pytest.TempPathFactory) -> Blob:
+    return build_blob(tmp_path_factory.mktemp("blob"))
+
+
+def test_first_miss_of_a_small_file_fetches_all_of_it_in_one_request(blob: Blob, tmp_path: Path) -> None:
+    src = FaultySource(FileRangeSource(blob.path))
+    tree = open_tree(blob, tmp_path, config=LAZY, source=src)
+    ino = lookup_path(tree, "bin/big")
+    fc = tree._chunks_of(ino)
+    assert fc is not None and len(fc.chunks) == 5
+    src.requests.clear()
+    assert tree.read(ino, 0, 4096) == FILES["bin/big"][:4096]
+    assert src.requests == [[(fc.chunks[0].offset, fc.chunks[-1].end - fc.chunks[0].offset)]]
+    _wait(lambda: _cached(tree, "bin/big"), "the whole file cached")
+    assert tree.read(ino, 4096, 20000) == FILES["bin/big"][4096:]
+    assert len(src.requests) == 1, "the rest of the file came with the first read"
+    tree.close()
+
+
+def test_a_file_bigger_than_whole_file_max_fetches_only_what_is_read(blob: Blob, tmp_path: Path) -> None:
+    src = FaultySource(FileRangeSource(blob.path))
+    ino_config = LAZY.replace(whole_file_max=10_000, readahead=0)
+    tree = open_tree(blob, tmp_path, config=ino_config, source=src)
+    ino = lookup_path(tree, "bin/huge")           # 150 KB of random bytes: > 10 000 compressed
+    fc = tree._chunks_of(ino)
+    assert fc is not None and fc.compressed > 10_000
+    src.requests.clear()
+    assert tree.read(ino, 0, 4096) == FILES["bin/huge"][:4096]
+    assert src.requests == [[(fc.chunks[0].offset, fc.chunks[0].end - fc.chunks[0].offset)]]
+    assert not tree.cache.has(fc.chunks[1].digest, fc.chunks[1].chunk_size)
+    tree.close()
+
+
+def test_a_read_does_not_wait_for_the_rest_of_its_file(blob: Blob, tmp_path: Path) -> None:
+    """The other chunks ride along in the same request; a chunk someone else is fetching is not waited."""
+    src = FaultySource(FileRangeSource(blob.path))
+    tree = open_tree(blob, tmp_path, config=LAZY, source=src)
+    ino = lookup_path(tree, "bin/big")
+    fc = tree._chunks_of(ino)
+    assert fc is not None
+    last = fc.chunks[-1]
+    hold = tree.fetcher._claim([last], with_siblings=False)[1]   # "in flight" elsewhere, never finishing
+    assert hold == [last]
+    started = time.monotonic()
+    assert tree.read(ino, 0, 4096) == FILES["bin/big"][:4096]
+    assert time.monotonic() - started < 2.0
+    tree.fetcher._fail(hold, RuntimeError("released by the test"))
+    tree.close()
+
+
+# -- the ELF parser --
+
+def test_parse_reads_interpreter_needed_and_runpath() -> None:
+    data = make_elf(interp="/lib64/ld-linux-x86-64.so.2", needed=["libm.so.6", "libc.so.6"],
+                    runpath="$ORIGIN/../lib:/opt/x")
+    info = elf.parse(lambda off, n: data[off : off + n])
+    assert info.interpreter == "/lib64/ld-linux-x86-64.so.2"
+    assert info.needed == ["libm.so.6", "libc.so.6"]
+    assert info.runpath == ["$ORIGIN/../lib", "/opt/x"]
+    assert info.search_dirs("/usr/bin")[:4] == ["/usr/lib", "/opt/x", "/lib/x86_64-linux-gnu",
+                                                "/usr/lib/x86_64-linux-gnu"]
+
+
+@pytest.mark.parametrize("wide,big_endian", [(False, False), (True, True), (False, True)],
+                         ids=["elf32-le", "elf64-be", "elf32-be"])
+def test_parse_handles_every_class_and_byte_order(wide: bool, big_endian: bool) -> None:
+    data = make_elf(interp="/lib/ld.so.1", needed=["libc.so.6"], rpath="/usr/lib/legacy", machine=20,
+                    wide=wide, big_endian=big_endian)
+    info = elf.parse(lambda off, n: data[off : off + n])
+    assert (info.interpreter, info.needed, info.runpath) == ("/lib/ld.so.1", ["libc.so.6"],
+                                                            ["/usr/lib/legacy"])
+    assert "/lib/powerpc-linux-gnu" in info.search_dirs("/bin")
+
+
+def test_parse_a_real_program_of_this_machine() -> None:
+    data = Path("/usr/bin/true").read_bytes()
+    info = elf.parse(lambda off, n: data[off : off + n])
+    assert info.interpreter is not None and info.interpreter.startswith("/")
+    assert "libc.so.6" in info.needed
+
+
+def _corrupt(data: bytes, offset: int, value: bytes) -> bytes:
+    return data[:offset] + value + data[offset + len(value):]
+
+
+GOOD = make_elf(interp="/lib/ld.so", needed=["liba.so"])
+
+
+@pytest.mark.parametrize("data,message", [
+    (b"#!/bin/sh\necho not elf\n" * 4, "not an ELF file"),
+    (GOOD[:40], "not an ELF file"),
+    (_corrupt(GOOD, 4, b"\x07"), "unknown ELF class"),
+    (_corrupt(GOOD, 56, b"\xff\xff"), "implausible program header table"),
+    (_corrupt(GOOD, 32, (1 << 40).to_bytes(8, "little")), "beyond the end of the file"),
+    (_corrupt(GOOD, 56, b"\x00\x00"), "no program headers"),
+], ids=["script", "truncated", "class", "phnum", "phoff", "no-phdrs"])
+def test_parse_refuses_hostile_headers(data: bytes, message: str) -> None:
+    with pytest.raises(elf.ElfError, match=message):
+        elf.parse(lambda off, n: data[off : off + n])
+
+
+def test_parse_refuses_strings_outside_their_table() -> None:
+    data = make_elf(needed=["liba.so"])
+    strsz = data.find((10).to_bytes(8, "little"))          # the DT_STRSZ entry: make the table 1 byte long
+    assert strsz > 0
+    broken = _corrupt(data, strsz + 8, (1).to_bytes(8, "little"))
+    with pytest.raises(elf.ElfError, match="beyond the string table"):
+        elf.parse(lambda off, n: broken[off : off + n])
+
+
+# -- the loader's files, across the image's layers --
+
+PROG = make_elf(interp="/lib64/ld-linux-test.so.2", needed=["libfoo.so.1", "libpriv.so"],
+                runpath="$ORIGIN/../lib/private", pad=9000)
+LIBFOO = make_elf(interp="/lib64/ld-linux-other.so.2", needed=["libbar.so"], pad=6000)   # as libc has one
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Blob, Blob, Blob]:
+    """(upper, lower, stranger): two layers of one image and a layer of another image with the same lib."""
+    tmp = tmp_path_factory.mktemp("image")
+    upper = build_blob(tmp, _tar({"usr/bin/prog": PROG, "usr/lib/private/libpriv.so": b"p" * 5000,
+                                  "etc/ld.so.cache": b"upper cache" * 100}), name="upper")
+    lower = build_blob(tmp, _tar({"usr/lib64/ld-linux-test.so.2": b"l" * 7000,
+                                  "usr/lib/x86_64-linux-gnu/libfoo.so.1.2": LIBFOO,
+                                  "usr/lib/x86_64-linux-gnu/libbar.so": b"b" * 12000,
+                                  "usr/lib/x86_64-linux-gnu/libunused.so": b"u" * 5000,
+                                  "usr/lib64/ld-linux-other.so.2": b"o" * 5000,
+                                  "etc/ld.so.cache": b"lower cache" * 100},
+                                 {"lib": "usr/lib", "lib64": "usr/lib64",
+                                  "usr/lib/x86_64-linux-gnu/libfoo.so.1": "libfoo.so.1.2"}), name="lower")
+    stranger = build_blob(tmp, _tar({"usr/lib/x86_64-linux-gnu/libbar.so": b"s" * 12000}), name="stranger")
+    return upper, lower, stranger
+
+
+def _layer(blob: Blob, root: Path, ref: str, config: FsConfig = LAZY) -> tuple[LayerTree, ImageSource]:
+    src = ImageSource(FileRangeSource(blob.path), ref=ref)
+    return open_tree(blob, root, config=config, source=src), src
+
+
+def test_a_program_read_brings_its_interpreter_and_libraries_from_every_layer(
+        image: tuple[Blob, Blob, Blob], tmp_path: Path) -> None:
+    upper_blob, lower_blob, stranger_blob = image
+    upper, _ = _layer(upper_blob, tmp_path, "registry.test/app:1")
+    lower, _ = _layer(lower_blob, tmp_path, "registry.test/app:1")
+    stranger, stranger_src = _layer(stranger_blob, tmp_path, "registry.test/other:1")
+    upper.access = AccessRecorder(tmp_path / "upper-access.jsonl")
+    lower.access = AccessRecorder(tmp_path / "lower-access.jsonl")
+    try:
+        stranger_src.requests.clear()
+        prog = lookup_path(upper, "usr/bin/prog")
+        assert upper.read(prog, 0, 4096) == PROG[:4096]
+        expected = [(lower, "usr/lib64/ld-linux-test.so.2"),                # PT_INTERP, through lib64 ->
+                    (upper, "etc/ld.so.cache"),                             # the image's (upper) one
+                    (lower, "usr/lib/x86_64-linux-gnu/libfoo.so.1.2"),      # lib -> usr/lib, libfoo.so.1 ->
+                    (upper, "usr/lib/private/libpriv.so"),                  # $ORIGIN/../lib/private
+                    (lower, "usr/lib/x86_64-linux-gnu/libbar.so")]          # libfoo's own DT_NEEDED
+        for tree, path in expected:
+            _wait(lambda tree=tree, path=path: _cached(tree, path), f"{path} fetched ahead")
+        time.sleep(0.2)
+        assert not _cached(lower, "usr/lib/x86_64-linux-gnu/libunused.so")
+        assert not _cached(lower, "usr/lib64/ld-linux-other.so.2"), "a library's interpreter is not loaded"
+        assert not _cached(lower, "etc/ld.so.cache"), "the upper layer's copy is the one the loader reads"
+        assert stranger_src.requests == [], "another image's layer is not searched"
+        recorded = [json.loads(line)["path"] for line in
+                    (tmp_path / "upper-access.jsonl").read_text().splitlines()]
+        assert recorded == ["usr/bin/prog"], "guesses are not recorded as the workload's accesses"
+        assert (tmp_path / "lower-access.jsonl").read_text() == ""
+    finally:
+        for tree in (upper, lower, stranger):
+            tree.close()
+    assert hints.members("registry.test/app:1", upper) == [upper], "closed trees leave their group"
+
+
+def test_following_can_be_switched_off(image: tuple[Blob, Blob, Blob], tmp_path: Path) -> None:
+    upper_blob, lower_blob, _ = image
+    off = LAZY.replace(fetch_elf_deps=False)
+    upper, _ = _layer(upper_blob, tmp_path, "registry.test/app:2", off)
+    lower, lower_src = _layer(lower_blob, tmp_path, "registry.test/app:2", off)
+    try:
+        lower_src.requests.clear()
+        prog = lookup_path(upper, "usr/bin/prog")
+        assert upper.read(prog, 0, 4096) == PROG[:4096]
+        time.sleep(0.3)
+        assert lower_src.requests == []
+    finally:
+        upper.close()
+        lower.close()
+
+
+def test_resolve_follows_symlinks_across_layers_and_stops_on_loops(
+        image: tuple[Blob, Blob, Blob], tmp_path: Path) -> None:
+    upper_blob, lower_blob, _ = image
+    loop_blob = build_blob(tmp_path, _tar({}, {"a": "b", "b": "/a"}), name="loop")
+    upper, _ = _layer(upper_blob, tmp_path, "")
+    lower, _ = _layer(lower_blob, tmp_path, "")
+    loop, _ = _layer(loop_blob, tmp_path, "")
+    try:
+        hit = hints.resolve([upper, lower], "/lib/x86_64-linux-gnu/../x86_64-linux-gnu/libfoo.so.1")
+        assert hit is not None and hit[0] is lower and hit[1].path == "usr/lib/x86_64-linux-gnu/libfoo.so.1.2"
+        assert hints.resolve([upper, lower], "/lib/x86_64-linux-gnu/missing.so") is None
+        assert hints.resolve([upper, lower], "/usr/lib") is None, "a directory is not a file to fetch"
+        assert hints.resolve([loop], "/a") is None
+        assert hints.resolve([loop], "/a/x") is None
+    finally:
+        for tree in (upper, lower, loop):
+            tree.close()
+
+
+# -- warm connections --
+
+class _CountingClient:
+    def __init__(self) -> None:
+        self.heads = 0
+        self.lock = threading.Lock()
+
+    def blob_size(self, ref: str, digest: str) -> int:
+        with self.lock:
+            self.heads += 1
+        return 1
+
+
+def test_warm_opens_connections_once_per_client_and_interval() -> None:
+    client = _CountingClient()
+    a = RegistryRangeSource(client, "registry.test/app:1", "sha256:" + "a" * 64, 10)
+    b = RegistryRangeSource(client, "registry.test/app:1", "sha256:" + "b" * 64, 10)
+    a.warm(3)
+    b.warm(3)                        # the same client: its connections are shared
+    _wait(lambda: client.heads >= 3, "three HEADs")
+    time.sleep(0.1)
+    assert client.heads == 3
