@@ -48,13 +48,6 @@ class Node:
         self._ino = 0
         self._nlink = 1
 
-    @classmethod
-    def _regular(cls, ino: int, path: str, entry: Any) -> Node:
-        """A regular file whose ``attr`` is made from ``entry`` on first use (no xattrs)."""
-        node = cls(None, path, entry)
-        node._ino = ino
-        return node
-
     @property
     def attr(self) -> Attr:
         attr = self._attr
@@ -80,6 +73,23 @@ class Node:
 
     def __repr__(self) -> str:
         return f"Node(path={self.path!r}, attr={self.attr!r}, children={self.children!r})"
+
+
+class _RegularNode(Node):
+    """A regular file without xattrs whose ``attr`` is made from ``entry`` on first use (the common
+    case: a constructor of its own, as the general one costs twice as much)."""
+
+    __slots__ = ()
+
+    def __init__(self, ino: int, path: str, entry: Any) -> None:     # sets every slot: no super()
+        self._attr = None
+        self._ino = ino
+        self._nlink = 1
+        self.path = path
+        self.entry = entry
+        self.link = b""
+        self.xattrs = {}
+        self.children = None
 
 
 def normalise(name: str) -> str:
@@ -128,7 +138,7 @@ class InodeTable:
         mtimes: dict[Any, int] = {}
         nodes = self.nodes
         type_bits = _TYPE_BITS
-        regular = Node._regular
+        regular = _RegularNode
         for entry in entries:           # hot loop (one pass per TOC entry): _attr_for inlined
             kind = entry.type
             if kind == "chunk":
@@ -137,6 +147,14 @@ class InodeTable:
             if not (name and name[0] not in "./" and name[-1] != "/" and "//" not in name
                     and "/." not in name):
                 name = normalise(name)
+            if kind == "reg" and name and not entry.xattrs:    # the common case: attr made on first use
+                ino = by_name.get(name)
+                if ino is None:         # a later duplicate replaces the earlier entry in place
+                    ino = next_ino
+                    next_ino += 1
+                    by_name[name] = ino
+                nodes[ino] = regular(ino, name, entry)
+                continue
             if kind == "hardlink":
                 hardlinks.append((name, normalise(entry.link_name)))
                 continue
@@ -155,9 +173,6 @@ class InodeTable:
                 next_ino += 1
                 by_name[name] = ino
             xattrs = entry.xattrs
-            if kind == "reg" and not xattrs:
-                nodes[ino] = regular(ino, name, entry)     # the common case: attr made on first use
-                continue
             modtime = entry.modtime
             mtime_ns: int | None = mtimes.get(modtime) if modtime is not None else 0
             if mtime_ns is None:        # a modtime not seen yet (a layer has few distinct ones)
