@@ -159,3 +159,21 @@ def test_footer_and_toc_in_one_read_when_the_tail_holds_them(vectors: Path, tmp_
     big = CountingSource(out)
     reader = open_layer(big)
     assert reader.footer.toc_length > 64 << 10 and len(big.reads) == 2
+
+
+def test_reader_normalises_its_own_entries_while_toc_entries_stay_as_stored(vectors: Path) -> None:
+    with open(vectors / "small.esgz", "rb") as f:
+        reader = open_layer(FileSource(f))
+        stored = json.loads((vectors / "small.esgz.toc.json").read_bytes())["entries"]
+        toc = reader.toc.entries
+        assert [e.name for e in toc] == [e["name"] for e in stored]
+        assert [e.user_name for e in toc] == [e.get("userName", "") for e in stored]
+        assert all(e.num_link == 0 for e in toc), "num_link is the reader's"
+        assert reader.toc.entries is toc, "decoded once"
+        etc = reader.lookup("etc/")
+        assert etc is not None and etc.name == "etc" and etc.num_link == 2
+        assert toc[1].name == "etc/" and toc[1] is not etc
+        assert {id(e) for e in reader.entries()}.isdisjoint(id(e) for e in toc)
+        hello = reader.lookup("etc/hello.txt")
+        assert hello is not None and hello.user_name == "root", "filled in from the last name seen for uid 0"
+        assert reader.read_file(hello) and len(reader.chunks(hello)) == 1
