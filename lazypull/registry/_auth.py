@@ -23,8 +23,7 @@ from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import httpx
-
+from lazypull.registry._httpx import httpx
 from lazypull.registry.errors import AuthError, parse_diagnostics
 
 CLIENT_ID = "lazypull"

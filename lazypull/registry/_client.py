@@ -20,9 +20,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, BinaryIO
 
-import httpx
-
 from lazypull.registry._auth import Authenticator, CredentialSource, repository_scopes
+from lazypull.registry._httpx import httpx
 from lazypull.registry._manifest import (
     ACCEPT_MANIFESTS,
     MAX_MANIFEST_SIZE,

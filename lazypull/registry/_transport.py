@@ -27,10 +27,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from lazypull import __version__
 from lazypull.registry._auth import Authenticator
+from lazypull.registry._httpx import httpx
 from lazypull.registry.errors import (
     ERROR_BODY_LIMIT,
     AuthError,

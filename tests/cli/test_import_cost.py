@@ -29,12 +29,19 @@ HEAVY = (
     "lazypull.registry._client", "lazypull.fs.fuse.session", "lazypull.fs.layer", "lazypull.runtime.extract",
 )
 
-_PROBE = f"""
+# What `pull` needs is httpx, but not httpx's own command line (rich, pygments) nor progress bars
+# when stderr is not a terminal.
+PULL_HEAVY = ("rich", "pygments", "lazypull.format.writer", "lazypull.image.convert",
+              "lazypull.fs.fuse.session")
+
+_PROBE = """
 import atexit, sys
 
+watched = sys.argv.pop(1).split(",")
+
 def _report() -> None:
-    loaded = sorted(m for m in {HEAVY!r} if m in sys.modules)
-    sys.stderr.write(f"\\nHEAVY-MODULES {{loaded}}\\n")
+    loaded = sorted(m for m in watched if m in sys.modules)
+    sys.stderr.write(f"\\nHEAVY-MODULES {loaded}\\n")
     sys.stderr.flush()
 
 atexit.register(_report)
@@ -44,10 +51,12 @@ main()
 """
 
 
-def _run(root: Path, *args: str, probe: bool = True) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-    """``lazypull ARGS`` in a fresh process; with the probe, also the heavy modules it imported."""
+def _run(root: Path, *args: str, probe: bool = True,
+         heavy: tuple[str, ...] = HEAVY) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """``lazypull ARGS`` in a fresh process; with the probe, also which of ``heavy`` it imported."""
     env = dict(os.environ, LAZYPULL_ROOT=str(root))
-    argv = [sys.executable, "-c", _PROBE, *args] if probe else [sys.executable, "-m", "lazypull", *args]
+    argv = ([sys.executable, "-c", _PROBE, ",".join(heavy), *args] if probe
+            else [sys.executable, "-m", "lazypull", *args])
     result = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120)
     if not probe:
         return result, []
@@ -69,8 +78,9 @@ def test_lazy_create_start_ps_rm_import_only_what_they_use(tmp_path: Path, regis
                               [busybox_specs()])
     root = tmp_path / "root"
     root.mkdir()
-    pulled, _ = _run(root, "--insecure-registry", "pull", "--snapshotter=stargz", name, probe=False)
+    pulled, heavy = _run(root, "--insecure-registry", "pull", "--snapshotter=stargz", name, heavy=PULL_HEAVY)
     assert pulled.returncode == 0, pulled.stderr
+    assert heavy == [], f"pull imported {heavy}"
     try:
         created, heavy = _run(root, "--insecure-registry", "create", "--name", "cheap", name,
                               "/bin/busybox", "echo", "hi")
@@ -118,5 +128,30 @@ def test_lazy_packages_resolve_every_name_to_its_submodule(package: str) -> None
         "else:\n"
         "    raise AssertionError('no AttributeError')\n"
     )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+
+
+def test_registry_client_loads_httpx_without_its_command_line() -> None:
+    """httpx's own CLI (rich, pygments) is replaced by a placeholder that says why it is missing;
+    a process that imported httpx itself first keeps the real one."""
+    code = (
+        "import sys\n"
+        "import lazypull.registry._client\n"
+        "import httpx\n"
+        "assert 'rich' not in sys.modules and 'pygments' not in sys.modules, sys.modules.keys()\n"
+        "assert httpx.Client is lazypull.registry._client.httpx.Client\n"
+        "try:\n"
+        "    httpx.main()\n"
+        "except SystemExit as err:\n"
+        "    assert 'lazypull.registry' in str(err), err\n"
+        "else:\n"
+        "    raise AssertionError('the placeholder main returned')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    code = ("import sys, httpx\nimport lazypull.registry._client\n"
+            "assert 'lazypull' not in (sys.modules['httpx._main'].__doc__ or ''), 'placeholder used'\n"
+            "assert 'rich' in sys.modules\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr
