@@ -56,6 +56,9 @@ class FsConfig:
     whole_file_max: int = 4 << 20
     """A file whose chunks take at most this many compressed bytes is fetched whole at its first miss,
     in the same request (0: only the chunks read). Default 4 MiB."""
+    neighbour_window: int = 8 << 10
+    """When a small file (up to 64 KiB compressed) misses, the small files stored within this many
+    compressed bytes of it come in the same request (0: off). Default 8 KiB."""
     fetch_elf_deps: bool = True
     """When a program's first bytes had to be fetched, also fetch what the dynamic loader opens next (its
     interpreter, ld.so.cache, the libraries it needs, found in the image's layers), all at once.

@@ -295,3 +295,110 @@ def test_warm_opens_connections_once_per_client_and_interval() -> None:
     _wait(lambda: client.heads >= 3, "three HEADs")
     time.sleep(0.1)
     assert client.heads == 3
+
+
+# -- small neighbours --
+
+def _neighbour_blob(tmp: Path) -> Blob:
+    files = {f"pkg/mod{i}.pyc": _random(1500, i) for i in range(8)}
+    files["pkg/zbig.bin"] = _random(80_000, 99)          # over SMALL_FILE compressed: never a neighbour
+    files["pkg/zzlast.pyc"] = _random(1500, 100)
+    return build_blob(tmp, _tar(files), name="neighbours", chunk_size=1 << 20)
+
+
+def _random(n: int, seed: int) -> bytes:
+    import random
+
+    return random.Random(seed).randbytes(n)
+
+
+def test_a_small_file_miss_brings_its_small_neighbours(tmp_path: Path) -> None:
+    blob = _neighbour_blob(tmp_path)
+    src = FaultySource(FileRangeSource(blob.path))
+    tree = open_tree(blob, tmp_path / "root", config=LAZY.replace(neighbour_window=4000), source=src)
+    tree.index(0)                                          # as the background thread does at mount
+    src.requests.clear()
+    ino = lookup_path(tree, "pkg/mod3.pyc")
+    assert tree.read(ino, 0, 4096) == _random(1500, 3)
+    assert len(src.requests) == 1
+    _wait(lambda: _cached(tree, "pkg/mod2.pyc") and _cached(tree, "pkg/mod4.pyc"), "neighbours cached")
+    assert not _cached(tree, "pkg/mod0.pyc") and not _cached(tree, "pkg/mod7.pyc"), "beyond the window"
+    assert tree.read(lookup_path(tree, "pkg/mod4.pyc"), 0, 4096) == _random(1500, 4)
+    assert len(src.requests) == 1, "the neighbour was read from the cache"
+    before = tree.stats.bytes_fetched
+    tree.read(lookup_path(tree, "pkg/zzlast.pyc"), 0, 4096)
+    assert not _cached(tree, "pkg/zbig.bin"), "a big file is nobody's neighbour"
+    assert tree.stats.bytes_fetched - before < 4000
+    tree.close()
+
+
+def test_no_neighbours_before_the_index_or_when_switched_off(tmp_path: Path) -> None:
+    blob = _neighbour_blob(tmp_path)
+    cases = ((LAZY.replace(neighbour_window=4000), False), (LAZY.replace(neighbour_window=0), True))
+    for config, index in cases:
+        tree = open_tree(blob, tmp_path / f"root-{index}", config=config)
+        if index:
+            tree.index(0)
+        tree.read(lookup_path(tree, "pkg/mod3.pyc"), 0, 4096)
+        time.sleep(0.1)
+        assert not _cached(tree, "pkg/mod2.pyc") and not _cached(tree, "pkg/mod4.pyc")
+        tree.close()
+
+
+# -- scripts and programs named before they run --
+
+SH = make_elf(interp="/lib64/ld-linux-test.so.2", needed=["libfoo.so.1"], pad=3000)
+
+
+@pytest.fixture(scope="module")
+def scripts(tmp_path_factory: pytest.TempPathFactory, image: tuple[Blob, Blob, Blob]) -> Blob:
+    tmp = tmp_path_factory.mktemp("scripts")
+    return build_blob(tmp, _tar({"usr/local/bin/entry.sh": b"#!/bin/sh -e\nexec prog\n",
+                                 "usr/local/bin/tool.py": b"#!/usr/bin/env -S python3 -u\nprint(1)\n",
+                                 "usr/bin/sh": SH, "usr/bin/env": b"e" * 3000,
+                                 "usr/bin/python3": b"python" * 1000},
+                                {"bin": "usr/bin"}), name="scripts")
+
+
+def test_script_programs_reads_the_interpreter_line() -> None:
+    assert hints.script_programs(b"#!/bin/sh -e\necho") == ["/bin/sh"]
+    assert hints.script_programs(b"#! /usr/bin/env -S A=1 python3 -u\n") == ["/usr/bin/env", "python3"]
+    assert hints.script_programs(b"#!sh\n") == [] and hints.script_programs(b"\x7fELF") == []
+    assert hints.script_programs(b"#!\n") == []
+
+
+def test_a_script_read_brings_its_interpreter(image: tuple[Blob, Blob, Blob], scripts: Blob,
+                                              tmp_path: Path) -> None:
+    _, lower_blob, _ = image
+    top, _ = _layer(scripts, tmp_path, "registry.test/app:3")
+    lower, _ = _layer(lower_blob, tmp_path, "registry.test/app:3")
+    try:
+        assert top.read(lookup_path(top, "usr/local/bin/entry.sh"), 0, 4096).startswith(b"#!/bin/sh")
+        _wait(lambda: _cached(top, "usr/bin/sh"), "the interpreter fetched ahead")
+        _wait(lambda: _cached(lower, "usr/lib/x86_64-linux-gnu/libfoo.so.1.2"), "and its library")
+        top.read(lookup_path(top, "usr/local/bin/tool.py"), 0, 4096)
+        _wait(lambda: _cached(top, "usr/bin/env") and _cached(top, "usr/bin/python3"), "env and python3")
+    finally:
+        top.close()
+        lower.close()
+
+
+def test_expect_program_fetches_a_command_before_it_runs(image: tuple[Blob, Blob, Blob],
+                                                         tmp_path: Path) -> None:
+    upper_blob, lower_blob, _ = image
+    upper, upper_src = _layer(upper_blob, tmp_path, "registry.test/app:4")
+    lower, _ = _layer(lower_blob, tmp_path, "registry.test/app:4")
+    try:
+        upper_src.requests.clear()
+        assert not hints.expect_program([upper, lower], "missing", "/usr/bin:/bin")
+        assert not hints.expect_program([upper, lower], "prog", "/opt/bin")
+        time.sleep(0.1)
+        assert upper_src.requests == []
+        assert hints.expect_program([upper, lower], "prog", "relative:/usr/bin")
+        _wait(lambda: _cached(upper, "usr/bin/prog"), "the program")
+        _wait(lambda: _cached(lower, "usr/lib/x86_64-linux-gnu/libbar.so"), "what it loads")
+        assert _cached(lower, "usr/lib64/ld-linux-test.so.2"), "its interpreter"
+        assert hints.expect_program([upper, lower], "/usr/bin/prog")
+    finally:
+        upper.close()
+        lower.close()

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 MAX_SYMLINKS = 40
 LD_SO_CACHE = "/etc/ld.so.cache"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HEAD = 256          # bytes of a file enough to tell an ELF file or a script and read its ``#!`` line
 
 _lock = threading.Lock()
 _groups: dict[str, list[Any]] = {}
@@ -145,13 +147,66 @@ def dependencies(trees: list[Any], path: str, info: elf.DynamicInfo, *, program:
     return found
 
 
+def script_programs(head: bytes) -> list[str]:
+    """What the kernel starts for a script beginning with ``head``: its ``#!`` interpreter, and for
+    ``#!/usr/bin/env NAME`` also NAME (a bare name, looked up in PATH)."""
+    if head[:2] != b"#!":
+        return []
+    words = head[2:].split(b"\n", 1)[0].split()
+    if not words or not words[0].startswith(b"/"):
+        return []
+    found = [words[0].decode("utf-8", "surrogateescape")]
+    if posixpath.basename(found[0]) == "env":
+        names = [w for w in words[1:] if not w.startswith(b"-") and b"=" not in w]
+        if names:
+            found.append(names[0].decode("utf-8", "surrogateescape"))
+    return found
+
+
+def find_program(trees: list[Any], name: str, path_env: str | None = None, cwd: str = "/"
+                 ) -> tuple[Any, Any] | None:
+    """(tree, node) of the program ``name`` as ``execvp`` finds it: a path, else through PATH."""
+    if "/" in name:
+        return resolve(trees, posixpath.join(cwd, name))
+    for directory in (path_env or DEFAULT_PATH).split(":"):
+        if directory.startswith("/"):
+            hit = resolve(trees, f"{directory}/{name}")
+            if hit is not None and hit[1].attr.mode & 0o111:
+                return hit
+    return None
+
+
+def expect_program(trees: list[Any], argv0: str, path_env: str | None = None, cwd: str = "/") -> bool:
+    """Start fetching a program about to be run over these layers (upper first), and then what it
+    loads, before the container asks: for a runtime that knows the command while the container is
+    still being set up. False when the program is not found in them (nothing is fetched)."""
+    hit = find_program(trees, argv0, path_env, cwd)
+    if hit is None:
+        return False
+    tree, node = hit
+    tree.fetch_ahead(node.attr.ino, program=True)
+    return True
+
+
 def follow(tree: Any, ino: int, *, program: bool = True) -> None:
-    """Fetch ahead what the loader opens after the ELF file ``ino`` of ``tree`` (run in a worker):
-    ``program`` is being started, else it is a library being loaded."""
+    """Fetch ahead what is opened after the file ``ino`` of ``tree`` (run in a worker): for an ELF file
+    what the loader opens, for a script its interpreter. ``program`` is being started, else it is a
+    library being loaded."""
     node = tree.inodes.get(ino)
     if node is None:
         return
     try:
+        head = tree.read_quiet(ino, 0, HEAD)
+        if head[:2] == b"#!":
+            if program:
+                trees = members(tree.group, tree)
+                for name in script_programs(head):
+                    hit = find_program(trees, name)
+                    if hit is not None:
+                        hit[0].fetch_ahead(hit[1].attr.ino, program=True)
+            return
+        if head[:4] != elf.MAGIC:
+            return
         info = elf.parse(lambda offset, length: tree.read_quiet(ino, offset, length))
     except elf.ElfError as err:
         log.debug("layer %s: %s: %s; no libraries fetched ahead", tree.digest, node.path, err)

@@ -38,6 +38,7 @@ from lazypull.fs.stats import LayerStats
 log = logging.getLogger(__name__)
 
 ASSEMBLE_INLINE_MAX = 64 << 20   # complete files up to this size are assembled during open()
+SMALL_FILE = 64 << 10            # compressed size up to which a file's neighbours come with it
 
 
 class _FileChunks:
@@ -71,6 +72,8 @@ class LayerTree:
         # Chunk lists are built on first use (a big TOC would otherwise delay the mount by seconds);
         # the background thread indexes every file before it prefetches.
         self._files: dict[int, _FileChunks] = {}
+        # regular files by blob offset (offsets, inodes), for fetching neighbours of small files
+        self._by_offset: tuple[list[int], list[int]] | None = None
         self._total_size = self.inodes.total_size()   # without making every regular file's Attr
         self.fetcher = ChunkFetcher(digest, remote, cache, stats, config, {})
         # containers/storage zstd:chunked stores all-zero chunks as holes (no data to fetch)
@@ -118,8 +121,11 @@ class LayerTree:
         whole index costs ~0.1 s of CPU per 5000 files)."""
         units: dict[Unit, list[Any]] = {}
         seen: set[str] = set()
+        located: list[tuple[int, int]] = []
         for node in list(self.inodes.regular_files()):
-            if below is not None and getattr(node.entry, "offset", 0) >= below:
+            offset = getattr(node.entry, "offset", 0)
+            located.append((offset, node.attr.ino))
+            if below is not None and offset >= below:
                 continue
             try:
                 fc = self._chunks_of(node.attr.ino)
@@ -130,7 +136,36 @@ class LayerTree:
                     seen.add(chunk.digest)
                     units.setdefault((chunk.offset, chunk.end), []).append(chunk)
         self.fetcher.units = units
+        if self._by_offset is None:
+            located.sort()
+            self._by_offset = ([off for off, _ in located], [ino for _, ino in located])
         return units
+
+    def _neighbours(self, fc: _FileChunks, missing: Sequence[Any]) -> list[Any]:
+        """Uncached chunks of the small files stored wholly within ``neighbour_window`` compressed bytes of
+        a small file's missing chunks: a directory's files are stored together and are often read one
+        after the other (a package's modules), each a round trip otherwise."""
+        window = self.config.neighbour_window
+        table = self._by_offset     # built by index() at mount; until then, no guesses
+        if not window or table is None or fc.compressed > SMALL_FILE:
+            return []
+        offsets, inos = table
+        lo = min(c.offset for c in missing) - window
+        hi = max(c.end for c in missing) + window
+        out: list[Any] = []
+        i = bisect.bisect_left(offsets, lo)
+        while i < len(offsets) and offsets[i] < hi:
+            ino = inos[i]
+            i += 1
+            try:
+                other = self._chunks_of(ino)
+            except FuseError:
+                continue
+            if other is None or other is fc or other.compressed > SMALL_FILE \
+                    or not all(lo <= c.offset and c.end <= hi for c in other.chunks):
+                continue          # only whole files: half a neighbour is no use to anyone
+            out += [c for c in other.chunks if not self.cache.has(c.digest, c.chunk_size)]
+        return out
 
     # -- lifecycle --
 
@@ -197,18 +232,19 @@ class LayerTree:
         if self.access is not None:
             self.access.note(ino, node.path)
         data, missed = self._read(node, offset, size)
-        if missed and offset == 0 and data[:4] == ELF_MAGIC and self.config.fetch_elf_deps:
-            self._ahead_once(ino, hints.follow, self, ino)   # a program starting: its libraries next
+        if missed and offset == 0 and self.config.fetch_elf_deps and (
+                data[:4] == ELF_MAGIC or (data[:2] == b"#!" and node.attr.mode & 0o111)):
+            self._ahead_once(ino, hints.follow, self, ino)   # a program starting: what it loads next
         return data
 
     def read_quiet(self, ino: int, offset: int, size: int) -> bytes:
         """``read`` for the server's own guesses: not recorded as an access, nothing followed."""
         return self._read(self._node(ino), offset, size)[0]
 
-    def fetch_ahead(self, ino: int) -> None:
-        """Fetch a file the workload is about to open (whole if small enough), then follow it if it is
-        an ELF file; at most once per file, in the background."""
-        self._ahead_once(ino, self._fetch_and_follow, ino)
+    def fetch_ahead(self, ino: int, *, program: bool = False) -> None:
+        """Fetch a file the workload is about to open (whole if small enough), then follow it (``hints``:
+        an ELF file's libraries, a program's interpreter); at most once per file, in the background."""
+        self._ahead_once(ino, self._fetch_and_follow, ino, program)
 
     def _ahead_once(self, ino: int, fn: Any, *args: Any) -> None:
         with self._ahead_lock:
@@ -218,7 +254,7 @@ class LayerTree:
         with contextlib.suppress(RuntimeError):     # closing
             self._ahead_pool.submit(fn, *args)
 
-    def _fetch_and_follow(self, ino: int) -> None:
+    def _fetch_and_follow(self, ino: int, program: bool) -> None:
         try:
             fc = self._chunks_of(ino)
             if fc is None:
@@ -233,8 +269,8 @@ class LayerTree:
                     finally:
                         self.remote.demand_end()
                         ACTIVITY.end()
-            if self.read_quiet(ino, 0, 4) == ELF_MAGIC:
-                hints.follow(self, ino, program=False)
+            if self.config.fetch_elf_deps:
+                hints.follow(self, ino, program=program)
         except (FuseError, ChunkUnavailable) as err:
             log.debug("layer %s: fetching inode %d ahead failed: %s", self.digest, ino, err)
         except Exception:
@@ -277,8 +313,9 @@ class LayerTree:
             self.remote.demand_begin()
             ACTIVITY.begin()
             try:
+                extra = self._rest_of_file(fc, missing) + self._neighbours(fc, missing)
                 got = self.fetcher.get(missing, deadline=time.monotonic() + self.config.read_deadline,
-                                       extra=self._rest_of_file(fc, missing))
+                                       extra=extra)
             except ChunkUnavailable as err:
                 self.stats.add(read_errors=1)
                 self.stats.error(f"read of {node.path!r} [{offset}, {end}): {err}")
