@@ -112,3 +112,17 @@ def test_regular_files_attr_made_on_first_use_equals_the_toc() -> None:
     assert table.total_size() == sum(n.attr.size for n in table.regular_files()) == 11
     g = _table(TOCEntry("g", "reg", size=1, modtime=datetime(2021, 2, 3, 4, 5, 6, 700000, tzinfo=UTC)))
     assert g.nodes[_child(g, "g")].attr.mtime_ns == 1612325106 * 1_000_000_000
+
+
+def test_directory_and_symlink_attrs_made_on_first_use() -> None:
+    when = datetime(2021, 2, 3, 4, 5, 6, tzinfo=UTC)
+    table = _table(TOCEntry("d/", "dir", mode=0o750, uid=2, modtime=when),
+                   TOCEntry("d/e/", "dir"), TOCEntry("d/f/g", "reg"),
+                   TOCEntry("d/l", "symlink", link_name="../é", mode=0o777, gid=6, modtime=when),
+                   TOCEntry("d/h", "hardlink", link_name="d/l"))
+    d, link = table.nodes[_child(table, "d")], table.nodes[_child(table, "d/l")]
+    assert d.attr == Attr(ino=d.attr.ino, mode=stat.S_IFDIR | 0o750, nlink=4, uid=2,
+                          mtime_ns=1612325106 * 1_000_000_000), "2 + e + the implied f"
+    assert link.link == "../é".encode() and _child(table, "d/h") == link.attr.ino
+    assert link.attr == Attr(ino=link.attr.ino, mode=stat.S_IFLNK | 0o777, nlink=2, gid=6,
+                             size=len(link.link), mtime_ns=1612325106 * 1_000_000_000)

@@ -31,11 +31,11 @@ _TYPE_BITS = {
 class Node:
     """One inode: its attributes, and for directories the children by name.
 
-    A regular file's ``attr`` is built when first asked for (most of a layer's files are never looked
-    at, and ``Attr`` is costly to make); everything else is made with the table.
+    The ``attr`` of a regular file, directory or symlink without xattrs is built from its TOC entry when
+    first asked for (most of a layer's inodes are never looked at, and ``Attr`` is costly to make).
     """
 
-    __slots__ = ("_attr", "_ino", "_nlink", "children", "entry", "link", "path", "xattrs")
+    __slots__ = ("_attr", "_ino", "_nlink", "_src", "children", "entry", "link", "path", "xattrs")
 
     def __init__(self, attr: Attr | None, path: str, entry: Any = None, link: bytes = b"",
                  xattrs: dict[bytes, bytes] | None = None, children: dict[bytes, int] | None = None) -> None:
@@ -47,14 +47,17 @@ class Node:
         self.children = children
         self._ino = 0
         self._nlink = 1
+        self._src: Any = None           # the TOC entry ``attr`` is made from, while it is not made
 
     @property
     def attr(self) -> Attr:
         attr = self._attr
         if attr is None:
-            e = self.entry
-            attr = self._attr = Attr(ino=self._ino, mode=stat.S_IFREG | (e.mode & 0o7777), nlink=self._nlink,
-                                     uid=e.uid, gid=e.gid, size=e.size, mtime_ns=_mtime_ns(e))
+            e = self._src
+            kind = e.type
+            attr = self._attr = Attr(ino=self._ino, mode=_TYPE_BITS[kind] | (e.mode & 0o7777),
+                                     nlink=self._nlink, uid=e.uid, gid=e.gid,
+                                     size=e.size if kind == "reg" else len(self.link), mtime_ns=_mtime_ns(e))
         return attr
 
     @attr.setter
@@ -64,7 +67,7 @@ class Node:
     def _set_nlink(self, nlink: int) -> None:
         if self._attr is None:
             self._nlink = nlink
-        else:
+        elif self._attr.nlink != nlink:
             self._attr = _replace(self._attr, nlink=nlink)
 
     @property
@@ -85,11 +88,30 @@ class _RegularNode(Node):
         self._attr = None
         self._ino = ino
         self._nlink = 1
+        self._src = entry
         self.path = path
         self.entry = entry
         self.link = b""
         self.xattrs = {}
         self.children = None
+
+
+class _LazyNode(Node):
+    """A directory or symlink without xattrs whose ``attr`` is made from ``src`` on first use."""
+
+    __slots__ = ()
+
+    def __init__(self, ino: int, path: str, src: Any, link: bytes, children: dict[bytes, int] | None,
+                 nlink: int) -> None:   # sets every slot: no super()
+        self._attr = None
+        self._ino = ino
+        self._nlink = nlink
+        self._src = src
+        self.path = path
+        self.entry = None
+        self.link = link
+        self.xattrs = {}
+        self.children = children
 
 
 def normalise(name: str) -> str:
@@ -173,6 +195,16 @@ class InodeTable:
                 next_ino += 1
                 by_name[name] = ino
             xattrs = entry.xattrs
+            if not xattrs:              # directories and symlinks: attr made on first use too
+                if kind == "dir":       # nlink 2 (+ subdirectories, counted below)
+                    old = nodes.get(ino)
+                    nodes[ino] = _LazyNode(ino, name, entry, b"",
+                                           old.children if old is not None and old.children is not None
+                                           else {}, 2)
+                    continue
+                if kind == "symlink":
+                    nodes[ino] = _LazyNode(ino, name, entry, entry.link_name.encode(), None, 1)
+                    continue
             modtime = entry.modtime
             mtime_ns: int | None = mtimes.get(modtime) if modtime is not None else 0
             if mtime_ns is None:        # a modtime not seen yet (a layer has few distinct ones)
@@ -232,9 +264,7 @@ class InodeTable:
         self._apply_overlay_conventions()
         for node in nodes.values():
             if node.children is not None:
-                nlink = 2 + sum(1 for c in node.children.values() if nodes[c].children is not None)
-                if node.attr.nlink != nlink:
-                    node.attr = _replace(node.attr, nlink=nlink)
+                node._set_nlink(2 + sum(1 for c in node.children.values() if nodes[c].children is not None))
 
     def _ensure_dir(self, name: str, by_name: dict[str, int]) -> int:
         """The inode of directory ``name``, creating implied parents (mode 0755) as readers do."""
