@@ -19,6 +19,7 @@ class LayerStats:
     cache_hits: int = 0             # chunks served from the chunk cache
     misses_waited: int = 0          # reads that waited on the network
     chunks_fetched: int = 0         # chunks decoded and verified from fetched bytes
+    fetched_ahead: int = 0          # files fetched before being read (a program's interpreter, libraries)
     verify_failures: int = 0        # chunks whose digest did not match
     read_errors: int = 0            # reads answered with EIO
     prefetch_bytes: int = 0

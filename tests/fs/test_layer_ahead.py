@@ -228,6 +228,8 @@ def test_a_program_read_brings_its_interpreter_and_libraries_from_every_layer(
         assert not _cached(lower, "usr/lib64/ld-linux-other.so.2"), "a library's interpreter is not loaded"
         assert not _cached(lower, "etc/ld.so.cache"), "the upper layer's copy is the one the loader reads"
         assert stranger_src.requests == [], "another image's layer is not searched"
+        assert (upper.stats.misses_waited, lower.stats.misses_waited) == (1, 0), "guesses are no misses"
+        assert (upper.stats.fetched_ahead, lower.stats.fetched_ahead) == (2, 3)
         recorded = [json.loads(line)["path"] for line in
                     (tmp_path / "upper-access.jsonl").read_text().splitlines()]
         assert recorded == ["usr/bin/prog"], "guesses are not recorded as the workload's accesses"

@@ -66,8 +66,10 @@ class DynamicInfo:
         return list(dict.fromkeys(dirs))
 
 
-def parse(read: Reader) -> DynamicInfo:
-    """Interpreter, needed libraries and run path of the ELF file behind ``read``."""
+def parse(read: Reader, early: Callable[[DynamicInfo], None] | None = None) -> DynamicInfo:
+    """Interpreter, needed libraries and run path of the ELF file behind ``read``. ``early`` is called
+    with what is known once the program headers are read (the interpreter), before the dynamic section
+    (often far into the file, not here yet) is read."""
     ident = read(0, 64)
     if len(ident) < 52 or ident[:4] != MAGIC:
         raise ElfError("not an ELF file")
@@ -110,6 +112,8 @@ def parse(read: Reader) -> DynamicInfo:
         elif p_type == PT_INTERP and 1 < p_filesz <= MAX_NAME:
             name = read(p_offset, p_filesz).split(b"\0", 1)[0]
             info.interpreter = _text(name) if name.startswith(b"/") else None
+    if early is not None:
+        early(info)
     if dynamic is None:
         return info                                 # static: nothing more is loaded
     dyn_off, dyn_size = dynamic

@@ -122,20 +122,21 @@ def resolve(trees: list[Any], path: str) -> tuple[Any, Any] | None:
     return None
 
 
+def loader_files(trees: list[Any], info: elf.DynamicInfo) -> list[tuple[Any, Any]]:
+    """(tree, node) of a starting program's interpreter and, for glibc's, the cache it reads first."""
+    if not info.interpreter:
+        return []
+    wanted = [info.interpreter]
+    if posixpath.basename(info.interpreter).startswith("ld-linux"):
+        wanted.append(LD_SO_CACHE)              # glibc's loader reads it before looking in directories
+    return [hit for name in wanted if (hit := resolve(trees, name)) is not None]
+
+
 def dependencies(trees: list[Any], path: str, info: elf.DynamicInfo, *, program: bool = True
                  ) -> list[tuple[Any, Any]]:
     """(tree, node) of the files the loader opens after ``path``: the libraries, and for a program being
     started its interpreter and cache (a library's own ``PT_INTERP``, libc's, is not loaded again)."""
-    wanted: list[str] = []
-    if info.interpreter and program:
-        wanted.append(info.interpreter)
-        if posixpath.basename(info.interpreter).startswith("ld-linux"):
-            wanted.append(LD_SO_CACHE)          # glibc's loader reads it before looking in directories
-    found: list[tuple[Any, Any]] = []
-    for name in wanted:
-        hit = resolve(trees, name)
-        if hit is not None:
-            found.append(hit)
+    found = loader_files(trees, info) if program else []
     dirs = info.search_dirs("/" + posixpath.dirname(path))
     for lib in info.needed:
         if "/" in lib:
@@ -207,12 +208,19 @@ def follow(tree: Any, ino: int, *, program: bool = True) -> None:
             return
         if head[:4] != elf.MAGIC:
             return
-        info = elf.parse(lambda offset, length: tree.read_quiet(ino, offset, length))
+        trees = members(tree.group, tree)
+
+        def interpreter_first(known: elf.DynamicInfo) -> None:   # the loader's first open: start it now
+            if program:
+                for dep_tree, dep in loader_files(trees, known):
+                    dep_tree.fetch_ahead(dep.attr.ino)
+
+        info = elf.parse(lambda offset, length: tree.read_quiet(ino, offset, length), interpreter_first)
     except elf.ElfError as err:
         log.debug("layer %s: %s: %s; no libraries fetched ahead", tree.digest, node.path, err)
         return
     except Exception as err:       # a read failed (logged by the tree): the loader will find out itself
         log.debug("layer %s: cannot read the ELF headers of %s: %s", tree.digest, node.path, err)
         return
-    for dep_tree, dep in dependencies(members(tree.group, tree), node.path, info, program=program):
+    for dep_tree, dep in dependencies(trees, node.path, info, program=False):
         dep_tree.fetch_ahead(dep.attr.ino)

@@ -239,7 +239,7 @@ class LayerTree:
 
     def read_quiet(self, ino: int, offset: int, size: int) -> bytes:
         """``read`` for the server's own guesses: not recorded as an access, nothing followed."""
-        return self._read(self._node(ino), offset, size)[0]
+        return self._read(self._node(ino), offset, size, quiet=True)[0]
 
     def fetch_ahead(self, ino: int, *, program: bool = False) -> None:
         """Fetch a file the workload is about to open (whole if small enough), then follow it (``hints``:
@@ -262,6 +262,7 @@ class LayerTree:
             if fc.compressed <= self.config.whole_file_max:
                 todo = [c for c in fc.chunks if not self.cache.has(c.digest, c.chunk_size)]
                 if todo:
+                    self.stats.add(fetched_ahead=1)
                     self.remote.demand_begin()
                     ACTIVITY.begin()
                     try:
@@ -276,8 +277,9 @@ class LayerTree:
         except Exception:
             log.exception("layer %s: fetching inode %d ahead failed", self.digest, ino)
 
-    def _read(self, node: Node, offset: int, size: int) -> tuple[bytes, bool]:
-        """Bytes ``[offset, offset+size)`` of a file, and whether any had to be fetched."""
+    def _read(self, node: Node, offset: int, size: int, *, quiet: bool = False) -> tuple[bytes, bool]:
+        """Bytes ``[offset, offset+size)`` of a file, and whether any had to be fetched. ``quiet``: the
+        server's own read, not counted as the workload's."""
         ino = node.attr.ino
         if node.children is not None:
             raise FuseError(errno.EISDIR)
@@ -306,10 +308,11 @@ class LayerTree:
             else:
                 pieces.append(data)
         hits = len(wanted) - len(missing)
-        if hits:
+        if hits and not quiet:
             self.stats.add(cache_hits=hits)
         if missing:
-            self.stats.add(misses_waited=1)
+            if not quiet:
+                self.stats.add(misses_waited=1)
             self.remote.demand_begin()
             ACTIVITY.begin()
             try:
