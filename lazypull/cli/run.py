@@ -155,20 +155,33 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
     if lazy:
         from lazypull.snapshot import MountClient
 
-        # With a holder, mount_image also waits (bounded) for the layers' prefetch, like stargz-snapshotter.
         with MountClient(root) as client:
-            mounts = client.mount_image(resolved.name, insecure=opts.insecure_registries, holder=container_id)
+            mounts = client.mount_image(resolved.name, insecure=opts.insecure_registries, holder=container_id,
+                                        wait_prefetch=False)
     placeholder = ContainerRecord(id=container_id, name="", image=resolved.name, command=[], created="",
                                   snapshotter=opts.snapshotter)
+    containers = Containers(root)
     try:
         lowers = lower_dirs(root, store, resolved, mounts, lambda: registry_client(opts),
                             progress=None if quiet or not sys.stderr.isatty() else _note)
-        return Containers(root).create(image=resolved.name, image_config=resolved.config.get("config") or {},
-                                       lowers_top_first=lowers, options=options, name=name,
-                                       snapshotter=opts.snapshotter, container_id=container_id)
+        record = containers.create(image=resolved.name, image_config=resolved.config.get("config") or {},
+                                   lowers_top_first=lowers, options=options, name=name,
+                                   snapshotter=opts.snapshotter, container_id=container_id)
     except BaseException:
         release_mounts(root, placeholder)
         raise
+    lazy_digests = [m.digest for m in mounts or () if m.lazy]
+    if lazy_digests:
+        # A created container's layers are prefetched (bounded by the server's prefetch_timeout), as
+        # stargz-snapshotter waits when it prepares a rootfs; waiting last lets the rootfs mount and
+        # the bundle be made while the prefetch still runs.
+        try:
+            with MountClient(root) as client:
+                client.wait_prefetch(lazy_digests)
+        except BaseException:
+            remove_container(root, containers, record, force=True)
+            raise
+    return record
 
 
 def start_container(record: ContainerRecord, *, interactive: bool) -> int:
