@@ -404,3 +404,21 @@ def test_expect_program_fetches_a_command_before_it_runs(image: tuple[Blob, Blob
     finally:
         upper.close()
         lower.close()
+
+
+def test_a_large_fetch_is_decoded_in_parallel_and_a_bad_unit_refetched(tmp_path: Path) -> None:
+    data = _random(600_000, 7)
+    blob = build_blob(tmp_path, _tar({"data.bin": data}), name="wide")   # 4 KiB chunks: ~150 units
+    src = FaultySource(FileRangeSource(blob.path))
+    tree = open_tree(blob, tmp_path / "root", config=LAZY, source=src)
+    ino = lookup_path(tree, "data.bin")
+    fc = tree._chunks_of(ino)
+    assert fc is not None and fc.compressed > 256 << 10 and len(fc.chunks) > 100
+    src.requests.clear()
+    src.corrupt = 1                  # one byte of the one response flipped: one unit fails, once
+    assert tree.read(ino, 0, 4096) == data[:4096]
+    _wait(lambda: _cached(tree, "data.bin"), "every chunk verified and cached")
+    assert tree.stats.verify_failures == 1 and tree.stats.chunks_fetched == len(fc.chunks)
+    assert len(src.requests) == 2, "the whole file, then the one bad unit again"
+    assert b"".join(tree.read(ino, off, 1 << 17) for off in range(0, len(data), 1 << 17)) == data
+    tree.close()

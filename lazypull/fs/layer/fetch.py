@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -29,6 +30,19 @@ from lazypull.fs.stats import LayerStats
 log = logging.getLogger(__name__)
 
 Unit = tuple[int, int]
+
+PARALLEL_DECODE_MIN = 256 << 10     # compressed bytes from which a fetch's units are decoded in parallel
+_decoder_pool: ThreadPoolExecutor | None = None
+_decoder_lock = threading.Lock()
+
+
+def _decoder() -> ThreadPoolExecutor:
+    """The process's decoding threads (shared by every layer: as many as CPUs, up to 4)."""
+    global _decoder_pool
+    with _decoder_lock:
+        if _decoder_pool is None:
+            _decoder_pool = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="decode")
+        return _decoder_pool
 
 
 class ChunkUnavailable(Exception):
@@ -274,7 +288,7 @@ class ChunkFetcher:
         by_unit: dict[Unit, list[Any]] = {}
         for chunk in chunks:
             by_unit.setdefault((chunk.offset, chunk.end), []).append(chunk)
-        failed: list[tuple[Any, FormatError]] = []
+        work: list[tuple[list[Any], bytes]] = []
         for (offset, end), group in by_unit.items():
             compressed = local.get((offset, end))
             if compressed is None:
@@ -284,17 +298,37 @@ class ChunkFetcher:
                         break
                 else:  # cannot happen: every unit is inside a range
                     raise FetchError(f"no fetched range covers chunk {group[0].digest}")
-            # chunks sharing a member (min-chunk-size) are decompressed together, once
-            for chunk, decoded in zip(group, decode_chunks(group, compressed), strict=True):
-                if isinstance(decoded, FormatError):
-                    self.stats.add(verify_failures=1)
-                    failed.append((chunk, decoded))
-                    continue
-                try:
-                    self.cache.put(chunk.digest, decoded)
-                except OSError as err:
-                    log.warning("chunk cache write of %s failed: %s", chunk.digest, err)
-                self._ready(chunk.digest, decoded)      # its readers go on while the rest is decoded
-                self.stats.add(chunks_fetched=1)
-                results[chunk.digest] = decoded
+            work.append((group, compressed))
+        failed: list[tuple[Any, FormatError]] = []
+        if len(work) > 1 and sum(len(c) for _, c in work) >= PARALLEL_DECODE_MIN:
+            # decompression and hashing release the GIL: the other units on the other CPUs, the first
+            # (what the read that asked is waiting for) here
+            pool = _decoder()
+            others = [pool.submit(self._store, group, compressed, results) for group, compressed in work[1:]]
+            failed += self._store(*work[0], results)
+            for fut in others:
+                failed += fut.result()
+        else:
+            for group, compressed in work:
+                failed += self._store(group, compressed, results)
+        return failed
+
+    def _store(self, group: list[Any], compressed: bytes, results: dict[str, bytes]
+               ) -> list[tuple[Any, FormatError]]:
+        """Decode and verify the chunks of one compressed unit, cache them and hand them to their waiters;
+        the chunks that failed verification."""
+        failed: list[tuple[Any, FormatError]] = []
+        # chunks sharing a member (min-chunk-size) are decompressed together, once
+        for chunk, decoded in zip(group, decode_chunks(group, compressed), strict=True):
+            if isinstance(decoded, FormatError):
+                self.stats.add(verify_failures=1)
+                failed.append((chunk, decoded))
+                continue
+            try:
+                self.cache.put(chunk.digest, decoded)
+            except OSError as err:
+                log.warning("chunk cache write of %s failed: %s", chunk.digest, err)
+            self._ready(chunk.digest, decoded)      # its readers go on while the rest is decoded
+            self.stats.add(chunks_fetched=1)
+            results[chunk.digest] = decoded
         return failed
