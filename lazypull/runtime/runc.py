@@ -122,6 +122,11 @@ class Runc:
 
     def delete(self, container_id: str, *, force: bool = False) -> None:
         """Forget the container (kills it first with ``force``); no error if runc does not know it."""
+        if not (self.state_root / container_id).exists():
+            # runc knows a container by its state directory <root>/<id>; a foreground `runc run`
+            # removes it when the container exits, so after every attached run this saves two runc
+            # processes (delete, then state), ~5 ms of `start --attach`.
+            return
         result = self._call("delete", *(["--force"] if force else []), container_id, check=False)
         if result.returncode != 0 and self.state(container_id) is not None:
             raise ContainerError(f"runc delete {container_id} failed: {result.stderr.strip()}")
