@@ -23,6 +23,42 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "start": ("run",), "stats": ("stats",), "stop": ("run",), "tag": ("image",),
 }
 
+# What `lazypull --help` lists for each command (its help's first sentence), so that listing them
+# imports none of their modules: that took ~0.3 s. tests/cli/test_import_cost checks these against
+# the commands' own help.
+COMMAND_SUMMARIES: dict[str, str] = {
+    "create": "Create a container of IMAGE (pulled, mounted, ready to start) and print its id.",
+    "daemon": "Run the mount server that keeps lazy layers mounted (foreground).",
+    "image": "Manage images: convert, ls, inspect, rm, tag, push, pull, prune.",
+    "images": "List images in the local store.",
+    "layer": "Inspect, verify and convert single eStargz / zstd:chunked layer blobs.",
+    "login": "Log in to a registry (default Docker Hub) and save the credentials.",
+    "logout": "Remove saved credentials for a registry (default Docker Hub).",
+    "logs": "Print the output of a container started in the background (run -d, start).",
+    "ps": "List containers.",
+    "pull": "Pull an image (lazily with --snapshotter=stargz: metadata now, layers on demand).",
+    "push": "Push an image from the store to its registry (and its -esgztoc TOC image, if any).",
+    "rm": "Remove containers: their writable layer, bundle and layer mounts.",
+    "rmi": "Remove images (their blobs go when no image needs them).",
+    "run": "Run COMMAND (default: the image's) in a new container of IMAGE; exits with its status.",
+    "start": ("Start a created container: in the background (output in ``lazypull logs``), "
+              "or attached with -a."),
+    "stats": "Per-layer counters of the lazy filesystems: bytes and requests fetched, cache hits, prefetch.",
+    "stop": "Stop running containers: SIGTERM, then SIGKILL after the grace period.",
+    "tag": "Give the image SOURCE another name TARGET.",
+}
+
+
+def short_help(summary: str, limit: int) -> str:
+    """``summary`` cut to ``limit`` characters the way click shortens a command's help."""
+    if len(summary) <= limit:
+        return summary
+    if limit < len("..."):
+        return "..."
+    import textwrap
+
+    return textwrap.shorten(summary, limit, placeholder="...", break_on_hyphens=False)
+
 
 def _is_reported(err: Exception) -> bool:
     """A LazypullError or a FormatError (whose module is loaded if one was raised)."""
@@ -44,6 +80,22 @@ class _Group(click.Group):
             for module in COMMAND_MODULES.get(cmd_name, ()):
                 _load_module(module)
         return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from COMMAND_SUMMARIES, importing no command module (unlike click's)."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            command = self.commands.get(name)
+            if command is None and name not in COMMAND_SUMMARIES:
+                command = self.get_command(ctx, name)
+            if command is not None and command.hidden:
+                continue
+            rows.append((name, command.get_short_help_str(limit) if command is not None
+                         else short_help(COMMAND_SUMMARIES[name], limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> object:
         try:

@@ -15,8 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
+from lazypull.cli.main import COMMAND_MODULES, COMMAND_SUMMARIES, cli, short_help
 from tests.helpers.registry import RegistryServer
 from tests.helpers.rootfs import busybox_specs, push_lazy_image
 
@@ -155,3 +157,44 @@ def test_registry_client_loads_httpx_without_its_command_line() -> None:
             "assert 'rich' in sys.modules\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr
+
+
+def test_help_lists_commands_without_importing_them() -> None:
+    """``lazypull --help`` lists every command from COMMAND_SUMMARIES, importing no command module,
+    and the list is what click itself prints once every command is loaded."""
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from lazypull.cli.main import cli\n"
+        "result = CliRunner().invoke(cli, ['--help'], terminal_width=80)\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(result.output, end='')\n"
+        "print('LOADED', sorted(m for m in sys.modules if m.startswith('lazypull.cli.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT,
+                         check=True).stdout
+    listing, _, loaded = out.rpartition("LOADED ")
+    assert ast.literal_eval(loaded.strip()) == ["lazypull.cli._options", "lazypull.cli.main"]
+    listed = [line.split()[0] for line in listing.split("Commands:")[1].splitlines() if line.strip()]
+    assert listed == sorted(COMMAND_MODULES)
+
+    for width in (60, 80, 120):
+        ours, clicks = click.HelpFormatter(width=width), click.HelpFormatter(width=width)
+        ctx = click.Context(cli, info_name="lazypull")
+        cli.format_commands(ctx, ours)
+        click.Group.format_commands(cli, ctx, clicks)       # loads every command module
+        assert ours.getvalue() == clicks.getvalue(), width
+        if width == 80:
+            assert ours.getvalue() in listing
+
+
+@pytest.mark.parametrize("name", sorted(COMMAND_SUMMARIES))
+def test_command_summaries_are_the_commands_own(name: str) -> None:
+    command = cli.get_command(click.Context(cli), name)
+    assert command is not None
+    for limit in (2, 5, 20, 33, 45, 60, 74, 200):
+        assert short_help(COMMAND_SUMMARIES[name], limit) == command.get_short_help_str(limit), (name, limit)
+
+
+def test_every_command_has_a_summary() -> None:
+    assert set(COMMAND_SUMMARIES) == set(COMMAND_MODULES)
