@@ -196,9 +196,12 @@ def test_reads_overlap_and_do_not_block_metadata(served: tuple[MemTree, FuseMoun
     assert total < 8 * 0.4 / 2, f"8 reads of 0.4 s took {total:.2f} s: not served in parallel"
     assert meta_time < 0.3, f"stat took {meta_time:.2f} s while reads were blocked"
     assert m.peak_workers >= 8
-    for i in range(12):  # each request served while others wait lets one surplus thread go
+    for i in range(40):  # each request served while others wait lets one surplus thread go
         with pytest.raises(FileNotFoundError):
             os.stat(mnt / "slow" / f"missing-{i}")
+        if i >= 11 and m.workers <= 2:
+            break   # (a thread still on its way back to the device is not counted as waiting: on a
+            # loaded machine a few requests more may be needed)
     assert m.workers <= 2
 
 

@@ -5,6 +5,7 @@ parser those guesses rest on (hostile input included)."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import tarfile
 import threading
@@ -16,11 +17,11 @@ from typing import Any
 import pytest
 
 from lazypull.fs.config import FsConfig
-from lazypull.fs.layer import LayerTree, elf, hints
+from lazypull.fs.layer import LayerTree, background, elf, hints
 from lazypull.fs.layer.access import AccessRecorder
 from lazypull.fs.remote import FileRangeSource, RegistryRangeSource
 from tests.fs.elfkit import make_elf
-from tests.snapshot.layerkit import FILES, Blob, FaultySource, build_blob, lookup_path, open_tree
+from tests.snapshot.layerkit import FILES, Blob, FaultySource, build_blob, lookup_path, open_tree, read_all
 
 LAZY = FsConfig(prefetch=False, background_fetch=False, read_deadline=5.0, warm_connections=0)
 
@@ -421,4 +422,39 @@ def test_a_large_fetch_is_decoded_in_parallel_and_a_bad_unit_refetched(tmp_path:
     assert tree.stats.verify_failures == 1 and tree.stats.chunks_fetched == len(fc.chunks)
     assert len(src.requests) == 2, "the whole file, then the one bad unit again"
     assert b"".join(tree.read(ino, off, 1 << 17) for off in range(0, len(data), 1 << 17)) == data
+    tree.close()
+
+
+# -- the prefetch in pieces --
+
+def test_pieces_cut_between_units_in_blob_order() -> None:
+    @dataclass
+    class C:
+        offset: int
+        end: int
+        digest: str
+
+    chunks = [C(300, 400, "d"), C(0, 100, "a"), C(100, 250, "b1"), C(100, 250, "b2"), C(250, 300, "c")]
+    got = [[c.digest for c in piece] for piece in background.pieces(chunks, 200)]
+    assert got == [["a"], ["b1", "b2", "c"], ["d"]]
+    assert [[c.digest for c in p] for p in background.pieces(chunks, 1000)] == [["a", "b1", "b2", "c", "d"]]
+    assert background.pieces([], 10) == []
+
+
+def test_prefetch_goes_in_pieces_each_readable_when_it_arrives(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(background, "PREFETCH_PIECE", 8 << 10)
+    blob = build_blob(tmp_path, prioritized_files=["etc/hello.txt", "usr/lib/one", "bin/big"])
+    src = FaultySource(FileRangeSource(blob.path))
+    tree = open_tree(blob, tmp_path / "root", config=LAZY.replace(prefetch=True), source=src)
+    src.requests.clear()
+    tree.start()
+    assert tree.wait_prefetch(10) and tree.stats.prefetch_state == "done"
+    spans = sorted(r[0] for r in src.requests)
+    assert len(spans) >= 3 and all(len(r) == 1 for r in src.requests), "one range per piece"
+    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(spans)), "pieces tile the range"
+    requests = len(src.requests)
+    for name in ("etc/hello.txt", "usr/lib/one", "bin/big"):
+        assert read_all(tree, lookup_path(tree, name)) == FILES[name]
+    assert len(src.requests) == requests, "prefetched files needed no request"
     tree.close()

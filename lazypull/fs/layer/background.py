@@ -30,6 +30,31 @@ log = logging.getLogger(__name__)
 BACKGROUND_PASSES = 12           # a layer whose fetch keeps failing is retried this often, then left
 BACKGROUND_RETRY_INITIAL = 2.0   # seconds before the first retry pass, doubled up to the maximum
 BACKGROUND_RETRY_MAX = 60.0
+# The prefetch range goes in pieces of this many compressed bytes, this many requests at a time (in blob
+# order, so in the order the files are needed): a piece is decoded, and its files readable, while the next
+# ones download, instead of everything after the last byte.
+PREFETCH_PIECE = 1 << 20
+PREFETCH_STREAMS = 2
+
+
+def pieces(chunks: list[Any], size: int) -> list[list[Any]]:
+    """``chunks`` in blob order, cut between compressed units into pieces of about ``size`` bytes."""
+    by_unit: dict[Unit, list[Any]] = {}
+    for chunk in chunks:
+        by_unit.setdefault((chunk.offset, chunk.end), []).append(chunk)
+    out: list[list[Any]] = []
+    piece: list[Any] = []
+    piece_start = 0
+    for (start, end), group in sorted(by_unit.items()):
+        if piece and end - piece_start > size:
+            out.append(piece)
+            piece = []
+        if not piece:
+            piece_start = start
+        piece += group
+    if piece:
+        out.append(piece)
+    return out
 
 
 class Background:
@@ -101,8 +126,11 @@ class Background:
             return
         self.stats.set(prefetch_state="running")
         before = self.stats.bytes_fetched
-        with ACTIVITY.busy():
-            self.fetcher.run_group(mine, time.monotonic() + self.config.read_deadline, single_range=True)
+        deadline = time.monotonic() + self.config.read_deadline
+        name = f"prefetch-{self.fetcher.digest[7:19]}"
+        with ACTIVITY.busy(), ThreadPoolExecutor(PREFETCH_STREAMS, thread_name_prefix=name) as pool:
+            for piece in pieces(mine, PREFETCH_PIECE):
+                pool.submit(self.fetcher.run_group, piece, deadline, single_range=True)
         missing = [c for c in mine if not self.fetcher.cache.has(c.digest, c.chunk_size)]
         self.stats.set(prefetch_seconds=round(time.monotonic() - began, 6),
                        prefetch_bytes=self.stats.bytes_fetched - before,
