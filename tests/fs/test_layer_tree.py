@@ -327,7 +327,7 @@ def test_tail_read_with_the_toc_serves_chunks_without_requests(tmp_path: Path) -
 def test_background_fetch_yields_to_on_demand_reads(blob: Blob, tmp_path: Path) -> None:
     src = _faulty(blob)
     config = FsConfig(prefetch=False, background_fetch=True, background_pause=0.6, background_batch=8192,
-                      background_concurrency=2, read_deadline=5.0, background_quiet=0.0)
+                      background_concurrency=2, read_deadline=5.0, background_quiet=0.0, whole_file_max=0)
     tree = open_tree(blob, tmp_path, config=config, source=src)
     ino = lookup_path(tree, "bin/big")
     src.requests.clear()

@@ -91,11 +91,13 @@ class ChunkFetcher:
         """Bytes ``[offset, offset+length)`` of a cached chunk, or None when it is not cached."""
         return self.cache.read(chunk.digest, chunk.chunk_size, offset, length)
 
-    def get(self, chunks: Sequence[Any], *, deadline: float, extra: Sequence[Any] = ()) -> dict[str, bytes]:
+    def get(self, chunks: Sequence[Any], *, deadline: float, extra: Sequence[Any] = (),
+            ahead: Sequence[Any] = ()) -> dict[str, bytes]:
         """Fetch the given (uncached) chunks, waiting until ``deadline``; digest -> bytes.
 
-        ``extra``: uncached chunks likely wanted soon (the rest of the file), fetched in the same request
-        when nobody fetches them yet but not waited for."""
+        Uncached chunks likely wanted soon are fetched too, when nobody fetches them yet, but not waited
+        for: ``extra`` in the same request (small neighbours), ``ahead`` in a request of their own beside
+        it (the rest of the file: the read does not wait for its bytes)."""
         waits, mine = self._claim(chunks, with_siblings=True)
         if extra:
             mine += self._claim([c for c in extra if c.digest not in waits], with_siblings=True)[1]
@@ -110,6 +112,8 @@ class ChunkFetcher:
             except RuntimeError as err:     # the layer is being closed
                 self._fail(mine, ChunkUnavailable(f"layer {self.digest} is being unmounted"))
                 raise ChunkUnavailable(f"layer {self.digest} is being unmounted") from err
+        if ahead:
+            self.fetch_async([c for c in ahead if c.digest not in waits], deadline=deadline)
         return self._wait(waits, deadline)
 
     def _fail(self, chunks: Sequence[Any], err: Exception) -> None:

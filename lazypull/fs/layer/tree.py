@@ -316,9 +316,9 @@ class LayerTree:
             self.remote.demand_begin()
             ACTIVITY.begin()
             try:
-                extra = self._rest_of_file(fc, missing) + self._neighbours(fc, missing)
                 got = self.fetcher.get(missing, deadline=time.monotonic() + self.config.read_deadline,
-                                       extra=extra)
+                                       extra=self._neighbours(fc, missing),
+                                       ahead=self._rest_of_file(fc, missing))
             except ChunkUnavailable as err:
                 self.stats.add(read_errors=1)
                 self.stats.error(f"read of {node.path!r} [{offset}, {end}): {err}")
@@ -339,8 +339,8 @@ class LayerTree:
 
     def _rest_of_file(self, fc: _FileChunks, missing: Sequence[Any]) -> list[Any]:
         """The file's other uncached chunks when the whole file is small enough to fetch at its first
-        miss (``whole_file_max``): a program reading a file mostly reads all of it, and one request for
-        all of it saves a round trip per later miss."""
+        miss (``whole_file_max``): a program reading a file mostly reads all of it, and fetching the rest
+        beside the chunks asked for saves a round trip per later miss."""
         if len(fc.chunks) <= len(missing) or fc.compressed > self.config.whole_file_max:
             return []
         wanted = {c.digest for c in missing}
