@@ -171,10 +171,9 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
         release_mounts(root, placeholder)
         raise
     lazy_digests = [m.digest for m in mounts or () if m.lazy]
-    if lazy_digests:
-        # A created container's layers are prefetched (bounded by the server's prefetch_timeout), as
-        # stargz-snapshotter waits when it prepares a rootfs; waiting last lets the rootfs mount and
-        # the bundle be made while the prefetch still runs.
+    if lazy_digests and _waits_for_prefetch(root):
+        # As stargz-snapshotter waits when it prepares a rootfs (bounded by the server's
+        # prefetch_timeout); waiting last lets the rootfs mount and the bundle be made meanwhile.
         try:
             with MountClient(root) as client:
                 client.wait_prefetch(lazy_digests)
@@ -182,6 +181,13 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
             remove_container(root, containers, record, force=True)
             raise
     return record
+
+
+def _waits_for_prefetch(root: Path) -> bool:
+    """The filesystem config's ``prefetch_wait`` (see lazypull.fs.config)."""
+    from lazypull.fs.config import load_config
+
+    return load_config(root).prefetch_wait
 
 
 def start_container(record: ContainerRecord, *, interactive: bool) -> int:

@@ -11,7 +11,6 @@ Keys are the field names, at the top level or under a ``[fs]`` table::
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,12 @@ class FsConfig:
     prefetch: bool = True
     """Fetch everything before ``.prefetch.landmark`` at mount, in one request. Default true."""
     prefetch_timeout: float = 10.0
-    """How long a container start waits for the prefetch, in seconds. Default 10."""
+    """How long a container start waits for the prefetch (with ``prefetch_wait``), in seconds. Default 10."""
+    prefetch_wait: bool = False
+    """``lazypull create`` / ``run`` wait for their layers' prefetch before the container starts, as
+    stargz-snapshotter does. Off by default: the container starts while the prefetch downloads, and a
+    read of a prefetched file waits only for the prefetch's data (one download, never a second
+    request), so starting the runtime overlaps the transfer. Default false."""
     background_fetch: bool = True
     """After the prefetch, fetch the rest of each layer at low priority. Default true."""
     background_concurrency: int = 2
@@ -91,6 +95,8 @@ def load_config(root: Path | None = None, path: Path | None = None) -> FsConfig:
 
 def parse_config(data: bytes, where: str = "config") -> FsConfig:
     """Parse TOML text into an :class:`FsConfig`; unknown keys and wrong types are errors."""
+    import tomllib  # here: `lazypull create` reads the config, usually absent (tomllib compiles regexes)
+
     try:
         doc = tomllib.loads(data.decode())
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:

@@ -455,7 +455,10 @@ class Fault:
     ``"truncate"`` forwards, sends the headers and ``after_bytes`` bytes of the body, then drops
     the connection; ``"flip"`` forwards with the body byte at ``offset`` inverted; ``"no_range"``
     forwards without the Range header (the server answers 200 with the whole body);
-    ``"no_multirange"`` does that only for Range headers naming several ranges.
+    ``"no_multirange"`` does that only for Range headers naming several ranges; ``"hold"`` forwards
+    once ``release`` is set (a request in flight as long as a test wants). ``range_pattern``: only
+    requests whose Range header matches this regular expression (e.g. a read from
+    the first 10 kB of a blob: ``r"^bytes=[0-9]{1,4}-"``).
     """
 
     kind: str
@@ -467,9 +470,12 @@ class Fault:
     body: bytes = b""
     after_bytes: int = 0
     offset: int = 0
+    range_pattern: str = ""
+    release: threading.Event | None = None
 
-    def matches(self, method: str, path: str) -> bool:
-        return self.times != 0 and (self.method in (None, method)) and self.path_contains in path
+    def matches(self, method: str, path: str, range_header: str = "") -> bool:
+        return (self.times != 0 and (self.method in (None, method)) and self.path_contains in path
+                and (not self.range_pattern or re.search(self.range_pattern, range_header) is not None))
 
 
 @dataclass(frozen=True)
@@ -494,7 +500,9 @@ class _ProxyHandler(_QuietHandler):
         owner: FaultProxy = self.server.owner  # type: ignore[attr-defined]
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        fault = owner._take_fault(self.command, self.path)
+        fault = owner._take_fault(self.command, self.path, self.headers.get("Range", ""))
+        if fault and fault.kind == "hold" and fault.release is not None:
+            fault.release.wait(120)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
         if fault and fault.kind == "status":
             owner._record(self.command, self.path, dict(self.headers.items()), fault.status, fault.kind)
@@ -576,10 +584,10 @@ class FaultProxy(BackgroundHTTPServer):
             self.faults.clear()
             self.requests.clear()
 
-    def _take_fault(self, method: str, path: str) -> Fault | None:
+    def _take_fault(self, method: str, path: str, range_header: str = "") -> Fault | None:
         with self._lock:
             for fault in self.faults:
-                if fault.matches(method, path):
+                if fault.matches(method, path, range_header):
                     if fault.times > 0:
                         fault.times -= 1
                     return fault

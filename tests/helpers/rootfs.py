@@ -193,7 +193,8 @@ def push_image_layers(workdir: Path, name: str, layers: list[list[TarEntrySpec]]
 
 def push_lazy_image(workdir: Path, name: str, layers: list[list[TarEntrySpec]], *,
                     config: dict[str, Any] | None = None,
-                    compression: Literal["gzip", "zstd"] = "gzip") -> tuple[str, list[str]]:
+                    compression: Literal["gzip", "zstd"] = "gzip",
+                    prioritized_files: list[str] | None = None) -> tuple[str, list[str]]:
     """Build an eStargz (or zstd:chunked) image with lazypull's own writer and push it as ``name``.
 
     Returns the name and the layer digests. The layers carry the TOC digest annotations that make
@@ -223,7 +224,8 @@ def push_lazy_image(workdir: Path, name: str, layers: list[list[TarEntrySpec]], 
              else "application/vnd.oci.image.layer.v1.tar+zstd")
     for entries in layers:
         out = io.BytesIO()
-        result = build(io.BytesIO(make_spec_tar(entries)), out, BuildOptions(compression=compression))
+        result = build(io.BytesIO(make_spec_tar(entries)), out,
+                       BuildOptions(compression=compression, prioritized_files=prioritized_files))
         digest = put(out.getvalue())
         assert digest == result.blob_digest
         layer_descs.append({"mediaType": media, "digest": digest, "size": result.blob_size,
