@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml scripts/install-deps.sh
 	touch $(STAMP)
 
 demo: install
+	# byte-compiled first, as for bench: each lazypull command of the demo is a fresh process
+	$(PY) -m compileall -q lazypull
 	$(PY) -m lazypull.demo
 
 test: install lint oracle

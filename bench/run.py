@@ -261,6 +261,9 @@ def pin_lazypull(cache_dir: Path) -> str:
         subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
         subprocess.run(["rm", "-rf", str(src)], check=True)
         tmp.rename(src)
+    # Byte-compiled (a no-op once done): with PYTHONDONTWRITEBYTECODE set, every CLI process would
+    # otherwise compile each lazypull module it imports, tens of ms per phase.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(src / "lazypull")], check=True)
     # The editable install's meta-path finder would still map `lazypull` to the working tree;
     # a sitecustomize beside the snapshot drops it in every child interpreter.
     (src / "sitecustomize.py").write_text(
