@@ -97,6 +97,10 @@ class RegistryClient:
         self._lock = threading.Lock()
         self._single_range_hosts: set[str] = set()   # answer multi-range requests with 200
 
+    def warm_up(self) -> None:
+        """Load now what the first request would (see ``Transport.warm_up``): for long-lived clients."""
+        self.transport.warm_up()
+
     def close(self) -> None:
         """Close all connections."""
         self.transport.close()

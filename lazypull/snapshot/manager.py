@@ -108,7 +108,9 @@ class LayerManager:
 
         self.store()
         for insecure in (False, True):
-            self.registry_client(insecure)
+            warm_up = getattr(self.registry_client(insecure), "warm_up", None)
+            if warm_up is not None:
+                warm_up()
 
     def store(self) -> Any:
         """The content store of the root (manifests, configs, images.json)."""

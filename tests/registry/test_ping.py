@@ -1,15 +1,19 @@
-"""Scheme discovery: where plain HTTP is allowed, the HTTPS and plain ``/v2/`` checks go out together."""
+"""Scheme discovery: where plain HTTP is allowed, the HTTPS and plain ``/v2/`` checks go out together;
+TLS contexts: the system CAs are loaded once."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from lazypull.registry import RegistryClient
 from lazypull.registry.errors import RegistryError
+from tests.helpers.registry import make_tls_files
 
 TLS_HANDSHAKE = 0x16
 
@@ -84,3 +88,19 @@ def test_plain_check_failure_is_reported_when_tls_is_refused() -> None:
     finally:
         server.close()
 
+
+
+def test_hosts_without_cas_of_their_own_share_one_system_context(tmp_path: Path) -> None:
+    """The system CA bundle is loaded once per client (~50 ms); a host with its own CAs gets its own."""
+    tls = make_tls_files(tmp_path / "tls")
+    certs_d = tmp_path / "certs.d"
+    (certs_d / "own.example:5000").mkdir(parents=True)
+    shutil.copy(tls.ca_file, certs_d / "own.example:5000" / "ca.crt")
+    with RegistryClient(certs_dirs=[certs_d]) as client:
+        transport = client.transport
+        client.warm_up()
+        shared = transport._ssl_context("a.example")
+        assert transport._ssl_context("b.example:443") is shared
+        own = transport._ssl_context("own.example:5000")
+        assert own is not shared
+        assert own.cert_store_stats()["x509_ca"] == shared.cert_store_stats()["x509_ca"] + 1
