@@ -269,13 +269,15 @@ def pull_image(store: Store, client: RegistryClient, ref: Reference | str, *,
                platform: Platform | str | None = None, all_platforms: bool = False,
                fetch_layers: bool = True, progress: Progress = NULL_PROGRESS, name: str | None = None,
                workers: int = 3, platforms: Sequence[Platform] | None = None,
-               unpack: Unpacker | None = None) -> ImageRecord:
+               unpack: Unpacker | None = None, manifest: tuple[bytes, str, str] | None = None
+               ) -> ImageRecord:
     """Pull ``ref`` into the store under its own name (or ``name``).
 
     ``fetch_layers=False`` stores manifests and config only: the lazy path, where layers are served
     by the mount server. Otherwise every layer is downloaded, its digest and DiffID verified.
     From an index: ``platform`` (default this machine's), several ``platforms``, or ``all_platforms``.
     ``unpack``: see the module docstring (layers fetched now are extracted while they download).
+    ``manifest``: ``ref``'s manifest or index as ``client.get_manifest(ref)`` returned it already.
     """
     parsed = parse_reference(ref) if isinstance(ref, str) else ref
     if parsed.transport != "docker":
@@ -288,7 +290,7 @@ def pull_image(store: Store, client: RegistryClient, ref: Reference | str, *,
         wanted = list(platforms)
     else:
         wanted = [platform or host_platform()]
-    root, provider = remote_root(client, parsed)
+    root, provider = remote_root(client, parsed, manifest)
     progress.start(str(parsed), str(parsed), None)
     progress.finish(str(parsed), "resolved")
     return copy_into_store(store, root, provider, name or str(parsed), source=str(parsed),

@@ -49,10 +49,15 @@ class RegistryProvider:
         self.client.get_blob(self.ref, desc.digest, dest, size=desc.size, progress=progress)
 
 
-def remote_root(client: RegistryClient, ref: Reference | str) -> tuple[Root, RegistryProvider]:
-    """The image or index ``ref`` names, read lazily from the registry."""
+def remote_root(client: RegistryClient, ref: Reference | str,
+                manifest: tuple[bytes, str, str] | None = None) -> tuple[Root, RegistryProvider]:
+    """The image or index ``ref`` names, read lazily from the registry.
+
+    ``manifest``: what ``client.get_manifest(ref)`` returned already (raw, media type, checked digest),
+    so that it is not asked for twice.
+    """
     parsed = parse_reference(ref) if isinstance(ref, str) else ref
-    raw, media_type, digest = client.get_manifest(parsed)
+    raw, media_type, digest = manifest if manifest is not None else client.get_manifest(parsed)
     desc = Descriptor(media_type, digest, len(raw))
     provider = RegistryProvider(client, parsed)
     return open_root(provider, desc, raw), provider

@@ -166,26 +166,34 @@ class LayerManager:
         self._save_state()
         return result
 
-    def premount(self, ref: str, *, insecure: bool = False,
-                 platform: str | None = None) -> Callable[[], list[str]]:
+    def premount(self, ref: str, *, insecure: bool = False, platform: str | None = None
+                 ) -> tuple[Callable[[], list[str]], tuple[bytes, str, str]]:
         """Start mounting the lazy layers of ``ref`` straight from its manifest, before the image is
         stored, so that their TOC reads overlap the fetch of the config (the lazy pull's next step).
 
-        Resolves the manifest now (registry errors are raised); returns a function that waits for the
-        mounts and gives the digests mounted. A layer that fails here is left to :meth:`mount_image`,
-        which falls back to a full download as usual; layers held by nobody afterwards (the pull
-        failed) are for :meth:`unmount_unused` with ``only=`` these digests.
+        Reads the manifest now (registry errors are raised); returns a function that waits for the
+        mounts and gives the digests mounted, and what ``get_manifest(ref)`` returned (for the pull,
+        which need not ask again). A layer that fails here is left to :meth:`mount_image`, which falls
+        back to a full download as usual; layers held by nobody afterwards (the pull failed) are for
+        :meth:`unmount_unused` with ``only=`` these digests.
         """
-        from lazypull.registry import parse_manifest, parse_reference
+        from lazypull.registry import is_index, parse_index, parse_manifest, parse_reference, select_platform
 
         client = self.registry_client(insecure)
         parsed = parse_reference(ref)
-        raw, media_type, _ = client.resolve_image(parsed, platform)
+        top = raw, media_type, _ = client.get_manifest(parsed)
+        if is_index(media_type):
+            chosen = select_platform(parse_index(raw, media_type), platform)
+            raw, media_type, _ = client.get_manifest(parsed.with_digest(chosen.digest))
+        try:
+            layers = parse_manifest(raw, media_type).layers
+        except LazypullError as err:        # a nested index, an artifact ...: the pull proper says so
+            log.debug("no early mounts for %s: %s", ref, err)
+            return list, top
         store = self.store()
-        wanted = [d for d in parse_manifest(raw, media_type).layers
-                  if is_lazy(d.annotations) and not _local_blob(store, d.digest)]
+        wanted = [d for d in layers if is_lazy(d.annotations) and not _local_blob(store, d.digest)]
         if not wanted:
-            return list
+            return list, top
 
         def one(desc: Any) -> str | None:
             def make_source() -> tuple[RangeSource, Callable[[], bytes] | None]:
@@ -201,7 +209,7 @@ class LayerManager:
         pool = ThreadPoolExecutor(min(len(wanted), MOUNT_PARALLELISM), thread_name_prefix="premount")
         futures = [pool.submit(one, desc) for desc in wanted]
         pool.shutdown(wait=False)
-        return lambda: [d for d in (f.result() for f in futures) if d is not None]
+        return (lambda: [d for d in (f.result() for f in futures) if d is not None]), top
 
     def mount_registry_layer(self, ref: str, digest: str, annotations: dict[str, str], *, holder: str,
                              insecure: bool = False) -> Path:

@@ -147,11 +147,13 @@ class MountDaemon:
         platforms = [parse_platform(n) for n in names] if names else None
         began = time.monotonic()
         # The layers' TOC reads start as soon as the manifest is known, beside the config's fetch.
-        premounted = self.manager.premount(ref, insecure=insecure, platform=names[0] if names else None)
+        premounted, manifest = self.manager.premount(ref, insecure=insecure,
+                                                     platform=names[0] if names else None)
         resolved = time.monotonic()
         try:
             record = pull_image(self.manager.store(), self.manager.registry_client(insecure), ref,
-                                platforms=platforms, all_platforms=all_platforms, fetch_layers=False)
+                                platforms=platforms, all_platforms=all_platforms, fetch_layers=False,
+                                manifest=manifest)
         except BaseException:
             self.manager.unmount_unused(only=premounted())
             raise

@@ -199,8 +199,8 @@ def test_release_unmounts_when_nobody_holds(image: tuple[Path, str, str]) -> Non
     mc.close()
 
 
-def test_pull_image_in_the_server_stores_metadata_and_mounts(image: tuple[Path, str, str],
-                                                             tmp_path: Path) -> None:
+def test_pull_image_in_the_server_stores_metadata_and_mounts(
+        image: tuple[Path, str, str], registry: RegistryServer, tmp_path: Path) -> None:
     """``lazypull pull --snapshotter=stargz`` is one request: the server stores manifest and config with
     its own registry client and mounts the lazy layers; a failed pull names the image and changes nothing."""
     _, name, digest = image
@@ -209,7 +209,11 @@ def test_pull_image_in_the_server_stores_metadata_and_mounts(image: tuple[Path, 
     (root / "config.toml").write_text("background_fetch = false\n")
     with MountClient(root) as mc:
         try:
+            mc.ping()
+            mark = registry.log_mark()
             pulled = mc.pull_image(name, insecure=True)
+            manifest_reads = [e for e in registry.access_log(mark) if "/manifests/" in e.path]
+            assert len(manifest_reads) == 1, "the layers' early mounts and the pull share one manifest read"
             with RegistryClient(insecure=True) as client:
                 _, _, manifest_digest = client.resolve_image(name)
             assert pulled.digest == manifest_digest
