@@ -461,3 +461,18 @@ def test_prefetch_goes_in_pieces_each_readable_when_it_arrives(
         assert read_all(tree, lookup_path(tree, name)) == FILES[name]
     assert len(src.requests) == requests, "prefetched files needed no request"
     tree.close()
+
+
+def test_resolve_gives_up_on_hostile_depth(tmp_path: Path) -> None:
+    deep = "/".join(["d"] * 300)
+    blob = build_blob(tmp_path, _tar({f"{deep}/f": b"x"}, {"long": "/" + "/".join(["."] * 5000) + "/long"}),
+                      name="deep")
+    tree, _ = _layer(blob, tmp_path, "")
+    try:
+        started = time.monotonic()
+        assert hints.resolve([tree], "/long") is None
+        assert hints.resolve([tree], f"/{deep}/f") is None, "deeper than any real library path"
+        assert hints.resolve([tree], "/" + "/".join(["d"] * 20)) is None, "a directory"
+        assert time.monotonic() - started < 1.0
+    finally:
+        tree.close()

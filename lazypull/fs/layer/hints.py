@@ -27,6 +27,7 @@ from lazypull.fs.layer import elf
 log = logging.getLogger(__name__)
 
 MAX_SYMLINKS = 40
+MAX_STEPS = 1024    # path components resolved per lookup (a hostile TOC's deep or long links stop here)
 LD_SO_CACHE = "/etc/ld.so.cache"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HEAD = 256          # bytes of a file enough to tell an ELF file or a script and read its ``#!`` line
@@ -84,8 +85,11 @@ def resolve(trees: list[Any], path: str) -> tuple[Any, Any] | None:
     None when it is missing, not a regular file with content, or the symlinks loop."""
     todo = deque(p for p in path.split("/"))
     done: list[str] = []
-    hops = 0
+    hops = steps = 0
     while todo:
+        steps += 1
+        if steps > MAX_STEPS:
+            return None
         name = todo.popleft()
         if name in ("", "."):
             continue
@@ -95,7 +99,7 @@ def resolve(trees: list[Any], path: str) -> tuple[Any, Any] | None:
             continue
         found = None
         for tree in trees:
-            node = _walk(tree, [*done, name])
+            node = _walk(tree, [*done, name]) if len(done) < MAX_STEPS // 8 else None
             if node is not None:
                 found = (tree, node)
                 break
