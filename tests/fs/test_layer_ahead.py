@@ -404,6 +404,8 @@ def test_expect_program_fetches_a_command_before_it_runs(image: tuple[Blob, Blob
         _wait(lambda: _cached(lower, "usr/lib/x86_64-linux-gnu/libbar.so"), "what it loads")
         assert _cached(lower, "usr/lib64/ld-linux-test.so.2"), "its interpreter"
         assert hints.expect_program([upper, lower], "/usr/bin/prog")
+        assert hints.trees_of("registry.test/app:4") == [upper, lower]
+        assert hints.trees_of("registry.test/none:1") == []
     finally:
         upper.close()
         lower.close()

@@ -62,6 +62,13 @@ def members(key: str | None, tree: Any) -> list[Any]:
     return [tree, *others]
 
 
+def trees_of(key: str) -> list[Any]:
+    """The mounted trees of group ``key`` (an image reference as its layers' sources name it), in the
+    order they joined: what a caller without its own list passes to :func:`expect_program`."""
+    with _lock:
+        return list(_groups.get(key, []))
+
+
 def _child(tree: Any, ino: int, name: str) -> Any:
     node = tree.inodes.get(ino)
     if node is None or node.children is None:
