@@ -74,23 +74,30 @@ class RegistryRangeSource:
         return self._size
 
     def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        if len(ranges) == 1:
-            offset, length = ranges[0]
-            return [bytes(self.client.read_range(self.ref, self.digest, offset, length))]
-        return [bytes(b) for b in self.client.read_ranges(self.ref, self.digest, list(ranges))]
+        try:
+            if len(ranges) == 1:
+                offset, length = ranges[0]
+                return [bytes(self.client.read_range(self.ref, self.digest, offset, length))]
+            return [bytes(b) for b in self.client.read_ranges(self.ref, self.digest, list(ranges))]
+        finally:
+            _used[id(self.client)] = time.monotonic()
 
     def describe(self) -> str:
         return f"{self.ref}@{self.digest}"
 
-    def warm(self, connections: int) -> None:
+    def warm(self, connections: int, *, if_idle: float | None = None) -> None:
         """Have ``connections`` keep-alive connections to the registry open (concurrent HEADs of the
         blob, in the background), so a burst of concurrent misses does not wait a handshake each.
-        Once per client within ``WARM_INTERVAL`` s: the layers of an image share its connections."""
+        Once per client within ``WARM_INTERVAL`` s: the layers of an image share its connections.
+        ``if_idle``: only when the client sent nothing for that long (its idle connections are gone)."""
         now = time.monotonic()
+        key = id(self.client)
         with _warm_lock:
-            if now - _warmed.get(id(self.client), -WARM_INTERVAL) < WARM_INTERVAL:
+            if if_idle is not None and now - _used.get(key, now) < if_idle:
                 return
-            _warmed[id(self.client)] = now
+            if now - _warmed.get(key, -WARM_INTERVAL) < WARM_INTERVAL:
+                return
+            _warmed[key] = _used[key] = now
         for _ in range(connections):
             threading.Thread(target=self._head, name="warm", daemon=True).start()
 
@@ -99,11 +106,16 @@ class RegistryRangeSource:
             self.client.blob_size(self.ref, self.digest)
         except Exception as err:     # only a head start: the reads report real failures
             log.debug("warming a connection for %s failed: %s", self.describe(), err)
+        _used[id(self.client)] = time.monotonic()
 
 
 WARM_INTERVAL = 2.0
+#: A client idle this long has likely lost its keep-alive connections (the registry client keeps them
+#: 30 s): the next miss warms new ones beside its own request.
+REWARM_IDLE = 25.0
 _warm_lock = threading.Lock()
-_warmed: dict[int, float] = {}
+_warmed: dict[int, float] = {}      # client id -> when it was last warmed
+_used: dict[int, float] = {}        # client id -> when it last sent a request for a lazy layer
 
 
 class RemoteBlob:
@@ -177,11 +189,11 @@ class RemoteBlob:
                     raise FetchError(f"layer {self.source.describe()} closed during fetch") from err
                 delay = min(delay * 2, self.config.retry_max)
 
-    def warm(self, connections: int) -> None:
+    def warm(self, connections: int, *, if_idle: float | None = None) -> None:
         """Open connections ahead of concurrent fetches, when the source has any (registries)."""
         warm = getattr(self.source, "warm", None)
         if warm is not None and connections > 0:
-            warm(connections)
+            warm(connections, if_idle=if_idle)
 
     def read_at(self, offset: int, length: int) -> bytes:
         """``BlobSource.read_at`` for the format reader (TOC and footer), with the read deadline."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
 import tarfile
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from lazypull.fs import remote
 from lazypull.fs.config import FsConfig
 from lazypull.fs.layer import LayerTree, background, elf, hints
 from lazypull.fs.layer.access import AccessRecorder
@@ -281,14 +283,28 @@ def test_resolve_follows_symlinks_across_layers_and_stops_on_loops(
 # -- warm connections --
 
 class _CountingClient:
-    def __init__(self) -> None:
+    """The parts of a RegistryClient a RegistryRangeSource uses, the blob in a file, HEADs counted."""
+
+    def __init__(self, blob: Path | None = None) -> None:
         self.heads = 0
         self.lock = threading.Lock()
+        self.blob = blob
 
     def blob_size(self, ref: str, digest: str) -> int:
         with self.lock:
             self.heads += 1
         return 1
+
+    def read_range(self, ref: str, digest: str, offset: int, length: int) -> bytes:
+        return self.read_ranges(ref, digest, [(offset, length)])[0]
+
+    def read_ranges(self, ref: str, digest: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        assert self.blob is not None
+        fd = os.open(self.blob, os.O_RDONLY)
+        try:
+            return [os.pread(fd, n, off) for off, n in ranges]
+        finally:
+            os.close(fd)
 
 
 def test_warm_opens_connections_once_per_client_and_interval() -> None:
@@ -300,6 +316,31 @@ def test_warm_opens_connections_once_per_client_and_interval() -> None:
     _wait(lambda: client.heads >= 3, "three HEADs")
     time.sleep(0.1)
     assert client.heads == 3
+    a.warm(3, if_idle=remote.REWARM_IDLE)          # a miss soon after: the connections are still open
+    time.sleep(0.1)
+    assert client.heads == 3
+    remote._used[id(client)] -= 60                 # a minute without requests: they are gone
+    remote._warmed[id(client)] -= 60
+    b.warm(3, if_idle=remote.REWARM_IDLE)
+    _wait(lambda: client.heads >= 6, "three more HEADs")
+
+
+def test_a_miss_after_a_long_pause_warms_connections(tmp_path: Path, blob: Blob) -> None:
+    client = _CountingClient(blob.path)
+    src = RegistryRangeSource(client, "registry.test/app:5", blob.digest, blob.result.blob_size)
+    tree = open_tree(blob, tmp_path, config=LAZY.replace(warm_connections=2), source=src)
+    try:
+        tree.read(lookup_path(tree, "etc/hello.txt"), 0, 100)
+        time.sleep(0.1)
+        assert client.heads == 0, "the TOC was just read: the connection is open"
+        remote._used[id(client)] -= 60             # a container started a minute after its pull
+        tree.read(lookup_path(tree, "usr/lib/one"), 0, 100)
+        _wait(lambda: client.heads == 2, "two connections warmed beside the miss")
+        tree.read(lookup_path(tree, "bin/big"), 0, 100)
+        time.sleep(0.1)
+        assert client.heads == 2, "not again while the connections are in use"
+    finally:
+        tree.close()
 
 
 # -- small neighbours --

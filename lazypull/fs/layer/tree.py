@@ -32,7 +32,7 @@ from lazypull.fs.layer.background import Background
 from lazypull.fs.layer.elf import MAGIC as ELF_MAGIC
 from lazypull.fs.layer.fetch import ChunkFetcher, ChunkUnavailable, Unit
 from lazypull.fs.layer.inodes import InodeTable, Node
-from lazypull.fs.remote import RemoteBlob
+from lazypull.fs.remote import REWARM_IDLE, RemoteBlob
 from lazypull.fs.stats import LayerStats
 
 log = logging.getLogger(__name__)
@@ -313,6 +313,9 @@ class LayerTree:
         if missing:
             if not quiet:
                 self.stats.add(misses_waited=1)
+                # after a long pause (a container started long after its pull) the burst that follows a
+                # first miss should not wait for new connections either
+                self.remote.warm(self.config.warm_connections, if_idle=REWARM_IDLE)
             self.remote.demand_begin()
             ACTIVITY.begin()
             try:
