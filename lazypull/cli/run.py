@@ -153,11 +153,14 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
     container_id = new_container_id()
     mounts = None
     if lazy:
+        from lazypull.runtime.spec import program_hint
         from lazypull.snapshot import MountClient
 
+        # The server starts fetching the command (and its libraries) while the container is set up.
+        program = program_hint(resolved.config.get("config") or {}, options)
         with MountClient(root) as client:
             mounts = client.mount_image(resolved.name, insecure=opts.insecure_registries, holder=container_id,
-                                        wait_prefetch=False)
+                                        wait_prefetch=False, program=program)
     placeholder = ContainerRecord(id=container_id, name="", image=resolved.name, command=[], created="",
                                   snapshotter=opts.snapshotter)
     containers = Containers(root)

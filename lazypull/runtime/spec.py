@@ -60,6 +60,18 @@ def process_args(image_config: Mapping[str, Any], options: ContainerOptions) -> 
     return args
 
 
+def program_hint(image_config: Mapping[str, Any], options: ContainerOptions) -> dict[str, str] | None:
+    """What the container will execute, where runc looks for it: ``argv0``, the process's ``PATH`` and
+    working directory (for fetching the program ahead); None when there is no command."""
+    try:
+        argv0 = process_args(image_config, options)[0]
+    except ContainerError:
+        return None
+    env = merge_env([DEFAULT_PATH, *(image_config.get("Env") or [])], options.env)
+    path = next(item.partition("=")[2] for item in env if item.startswith("PATH="))
+    return {"argv0": argv0, "path": path, "cwd": options.workdir or image_config.get("WorkingDir") or "/"}
+
+
 def process_env(image_config: Mapping[str, Any], options: ContainerOptions, user: ProcessUser,
                 hostname: str) -> list[str]:
     """Image Env, then our defaults where missing, then ``-e`` values."""

@@ -71,16 +71,19 @@ class MountClient:
         return PulledImage.from_json(result)
 
     def mount_image(self, image_name: str, *, insecure: bool = False, holder: str | None = None,
-                    wait_prefetch: bool | None = None) -> list[LayerMount]:
+                    wait_prefetch: bool | None = None, program: dict[str, str] | None = None
+                    ) -> list[LayerMount]:
         """Mount every lazy layer of a stored image; one entry per layer, bottom first.
 
         ``holder`` names who keeps the mounts (a container id); default: the image name itself.
         Each holder counts once per image however often it mounts it. ``wait_prefetch``: return only
         once the layers' prefetch is done (or ``prefetch_timeout`` passed); default: when a holder (a
         container about to start) is given, as stargz-snapshotter does when a container's rootfs is set up.
+        ``program`` (``argv0``, ``path``, ``cwd``): what the container will execute; the server starts
+        fetching it and its libraries now.
         """
         result = self._call("mount_image", image=image_name, insecure=insecure, holder=holder,
-                            wait_prefetch=wait_prefetch)
+                            wait_prefetch=wait_prefetch, program=program)
         return [LayerMount.from_json(item) for item in result]
 
     def release_image(self, image_name: str, *, holder: str | None = None) -> None:

@@ -25,7 +25,7 @@ from lazypull.errors import ImageError, LazypullError, MountError
 from lazypull.format import FormatError
 from lazypull.fs.cache import ChunkCache, digest_hex
 from lazypull.fs.config import FsConfig
-from lazypull.fs.layer import LayerTree, is_lazy, open_layer_tree
+from lazypull.fs.layer import LayerTree, hints, is_lazy, open_layer_tree
 from lazypull.fs.layer.activity import ACTIVITY
 from lazypull.fs.layer.toc import fetch_external_toc
 from lazypull.fs.mount import mount_layer
@@ -281,6 +281,20 @@ class LayerManager:
                     self._unmount(layer)
                     done.append(digest)
         return done
+
+    def expect_program(self, mounts: list[LayerMount], argv0: str, path_env: str | None, cwd: str) -> bool:
+        """Start fetching the program a container of these layers (bottom first) is about to run, and
+        the libraries it loads, while the container is still being set up. Only when every layer is
+        served here (a program found in a lazy layer could be shadowed by an extracted one above it);
+        False when nothing was started."""
+        if not mounts or not all(m.lazy for m in mounts):
+            return False
+        with self._lock:
+            layers = [self._layers.get(m.digest) for m in reversed(mounts)]
+        if any(layer is None for layer in layers):
+            return False
+        return hints.expect_program([layer.tree for layer in layers if layer is not None], argv0,
+                                    path_env, cwd)
 
     def wait_prefetch(self, digests: list[str], timeout: float) -> bool:
         """Wait for the prefetch of these layers, ``timeout`` s in all."""

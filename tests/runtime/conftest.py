@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +19,10 @@ def _no_leftovers(tmp_path: Path) -> Iterator[None]:
     yield
     from lazypull.snapshot import MountClient
 
-    for sock in tmp_path.glob("**/run/lazypull.sock"):
+    for sock in _find(tmp_path, "lazypull.sock", "run"):
         with contextlib.suppress(Exception):
             MountClient(sock.parent.parent, autostart=False).shutdown()
-    for state in tmp_path.glob("**/runc"):
+    for state in _find(tmp_path, "runc"):
         if state.is_dir() and not state.is_symlink():
             ids = subprocess.run(["runc", "--root", str(state), "list", "-q"], capture_output=True,
                                  text=True).stdout.split()
@@ -32,3 +33,14 @@ def _no_leftovers(tmp_path: Path) -> Iterator[None]:
     for point in sorted(leftovers, key=len, reverse=True):
         with contextlib.suppress(Exception):
             unmount(Path(point))
+
+
+def _find(top: Path, name: str, parent: str | None = None) -> list[Path]:
+    """Paths named ``name`` (in a directory named ``parent``) below ``top``, not looking into mounts
+    (a layer or rootfs being unmounted while we walk) nor failing on what vanishes meanwhile."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(top, onerror=lambda _err: None):
+        dirnames[:] = [d for d in dirnames if not os.path.ismount(os.path.join(dirpath, d))]
+        if name in dirnames + filenames and (parent is None or os.path.basename(dirpath) == parent):
+            found.append(Path(dirpath) / name)
+    return found
