@@ -64,6 +64,7 @@ class LazypullSystem:
         """Wipe the store, caches and mounts, then start a fresh mount server (untimed, as
         stargz-snapshotter's benchmark restarts its snapshotter before each sample)."""
         stop_lazypull(self.root)
+        os.sync()       # the previous sample's dirty pages (a full pull writes ~400 MB) are not this one's
         self.root.mkdir(parents=True)
         if self.config:
             (self.root / "config.toml").write_text(self.config)
@@ -177,6 +178,7 @@ class ContainerdSystem:
 
     def reset_cold(self) -> None:
         self.daemon.restart_cold()
+        os.sync()       # as for lazypull: no writeback left from an earlier sample
 
     def pull(self, ref: str) -> Phase:
         return Phase(self.daemon.ctr("image", "pull", "--plain-http", "--snapshotter", "overlayfs", ref))

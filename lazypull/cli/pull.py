@@ -48,6 +48,7 @@ def _full_pull(opts: GlobalOptions, ref: str, platform: tuple[str, ...], all_pla
     from lazypull.image.store import Store
     from lazypull.registry import DockerConfigAuth, RegistryClient, parse_reference
     from lazypull.runtime.layers import lower_dirs, streaming_unpacker
+    from lazypull.runtime.overlay import sync_filesystem
 
     store = Store(opts.root)
     plats = None if all_platforms else ([parse_platform(p) for p in platform] if platform
@@ -59,8 +60,9 @@ def _full_pull(opts: GlobalOptions, ref: str, platform: tuple[str, ...], all_pla
         record = pull_image(store, client, parse_reference(ref), platforms=plats,
                             all_platforms=plats is None, fetch_layers=True, progress=progress,
                             unpack=unpack)
-    # Unpack like nerdctl does on pull, so containers start from extracted layers.
+    # Unpack like nerdctl does on pull, so containers start from extracted layers, on the disk.
     lower_dirs(opts.root, store, store.resolve(record.name, plats[0] if plats else None), None)
+    sync_filesystem(opts.root)
     return record.target.digest
 
 

@@ -118,6 +118,21 @@ def mount_overlay(lowers_top_first: Sequence[Path], upper: Path, work: Path, tar
     log.debug("mounted overlay at %s over %d layers", target, len(lowers_top_first))
 
 
+def sync_filesystem(path: Path) -> None:
+    """syncfs(2) for the filesystem holding ``path``: what was written there is on the disk.
+
+    After a full pull's extraction, so that the image survives a crash as its blobs do; and so that
+    the first container does not pay for it, since unmounting an overlay syncs its upper filesystem.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _libc().syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise ContainerError(f"syncing the filesystem of {path} failed: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
 def unmount(target: Path, *, retries: int = 20) -> None:
     """Unmount ``target`` if mounted; busy mounts are retried, then detached lazily."""
     for attempt in range(retries):

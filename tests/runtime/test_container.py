@@ -12,7 +12,7 @@ import pytest
 
 from lazypull.errors import ContainerError
 from lazypull.runtime import ContainerOptions, Containers, Stdio, extract_layer, parse_volume
-from lazypull.runtime.overlay import mountpoints
+from lazypull.runtime.overlay import mountpoints, sync_filesystem
 from tests.helpers.rootfs import Entry, busybox_tar, make_tar
 
 
@@ -241,3 +241,11 @@ def test_volatile_writable_layer_runs_twice(tmp_path: Path, busybox_layer: Path)
     assert not {"volatile", "fsync=volatile"} & set(plain_options.split(","))
     containers.remove(plain)
     assert_clean(tmp_path)
+
+
+def test_sync_filesystem(tmp_path: Path) -> None:
+    """syncfs(2) through libc: a directory's filesystem syncs; a file is not a directory."""
+    (tmp_path / "written").write_bytes(b"x" * 4096)
+    sync_filesystem(tmp_path)
+    with pytest.raises(NotADirectoryError):
+        sync_filesystem(tmp_path / "written")
