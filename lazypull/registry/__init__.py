@@ -6,6 +6,8 @@ use. Errors are in :mod:`lazypull.registry.errors` (re-exported here).
 
 import typing
 
+from lazypull._lazy import lazy_attributes as _lazy_attributes
+
 if typing.TYPE_CHECKING:
     from lazypull.registry._auth import Anonymous as Anonymous
     from lazypull.registry._auth import Challenge as Challenge
@@ -149,18 +151,4 @@ _SOURCES: dict[str, str] = {
 }
 
 if not typing.TYPE_CHECKING:     # mypy sees the imports above, so a misspelt name stays an error
-
-    def __getattr__(name: str) -> object:
-        """Import the submodule defining ``name`` on first use (PEP 562) and keep the name here."""
-        source = _SOURCES.get(name)
-        if source is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        # __import__ rather than importlib.import_module: -X importtime then lists the submodule
-        value = getattr(__import__(__name__ + source, fromlist=[name]), name)
-        globals()[name] = value
-        return value
-
-
-def __dir__() -> list[str]:
-    """The public API, loaded or not (PEP 562)."""
-    return list(__all__)
+    __getattr__, __dir__ = _lazy_attributes(__name__, globals(), _SOURCES, __all__)
