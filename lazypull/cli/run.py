@@ -220,7 +220,9 @@ def start_detached(record: ContainerRecord, timeout: float = 60.0) -> None:
                                 start_new_session=True, close_fds=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if containers.runc.list().get(record.id) is not None or proc.poll() is not None:
+        # "created" is not started yet: a command that cannot be executed fails after it, and its
+        # supervisor then reports why.
+        if containers.runc.list().get(record.id) in ("running", "paused") or proc.poll() is not None:
             break
         time.sleep(0.05)
     if proc.poll() not in (None, 0) and containers.runc.list().get(record.id) is None:
