@@ -137,22 +137,6 @@ class TOC:
 # ---------------------------------------------------------------------------------------------------------
 # decoding
 
-_INT_ATTRS = {
-    "size": "size", "mode": "mode", "uid": "uid", "gid": "gid", "offset": "offset",
-    "inneroffset": "inner_offset", "devmajor": "dev_major", "devminor": "dev_minor",
-    "chunkoffset": "chunk_offset", "chunksize": "chunk_size", "endoffset": "end_offset",
-}
-_STR_ATTRS = {
-    "name": "name", "type": "type", "linkname": "link_name", "username": "user_name",
-    "groupname": "group_name", "digest": "digest", "chunkdigest": "chunk_digest", "chunktype": "chunk_type",
-}
-_INT, _STR, _MODTIME, _XATTRS = range(4)
-_KEYS: dict[str, tuple[str, int]] = {
-    **{low: (attr, _INT) for low, attr in _INT_ATTRS.items()},
-    **{low: (attr, _STR) for low, attr in _STR_ATTRS.items()},
-    "modtime": ("modtime", _MODTIME), "xattrs": ("xattrs", _XATTRS),
-}
-"""Lower-cased JSON key -> (TOCEntry attribute, kind of value)."""
 _INT_WRITTEN = {
     "size": "size", "mode": "mode", "uid": "uid", "gid": "gid", "offset": "offset",
     "innerOffset": "inner_offset", "devMajor": "dev_major", "devMinor": "dev_minor",
@@ -163,6 +147,13 @@ _STR_WRITTEN = {
     "groupName": "group_name", "digest": "digest", "chunkDigest": "chunk_digest", "chunkType": "chunk_type",
 }
 """The keys as writers spell them (no ``lower()`` needed): the fast path of :func:`_entry_from_json`."""
+_INT, _STR, _MODTIME, _XATTRS = range(4)
+_KEYS: dict[str, tuple[str, int]] = {
+    **{key.lower(): (attr, _INT) for key, attr in _INT_WRITTEN.items()},
+    **{key.lower(): (attr, _STR) for key, attr in _STR_WRITTEN.items()},
+    "modtime": ("modtime", _MODTIME), "xattrs": ("xattrs", _XATTRS),
+}
+"""Lower-cased JSON key -> (TOCEntry attribute, kind of value): Go matches keys case-insensitively."""
 _NON_NEGATIVE = ("size", "offset", "inner_offset", "chunk_offset", "chunk_size", "end_offset")
 _RFC3339 = re.compile(
     r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:([Zz])|([+-])(\d\d):(\d\d))\Z"
