@@ -101,13 +101,14 @@ class MountDaemon:
             result = self._pull_image(args)
         elif op == "mount_image":
             holder = _opt_str(args, "holder")
+            program = args.get("program")       # checked before anything is mounted
+            if program is not None and not isinstance(program, dict):
+                raise MountError("mount_image: program must be an object")
+            hint = (_str(program, "argv0"), _opt_str(program, "path"), _opt_str(program, "cwd") or "/") \
+                if program is not None else None
             layers = m.mount_image(_str(args, "image"), insecure=bool(args.get("insecure")), holder=holder)
-            program = args.get("program")
-            if program is not None:
-                if not isinstance(program, dict):
-                    raise MountError("mount_image: program must be an object")
-                m.expect_program(layers, _str(program, "argv0"), _opt_str(program, "path"),
-                                 _opt_str(program, "cwd") or "/")
+            if hint is not None:
+                m.expect_program(layers, *hint)
             wait = args.get("wait_prefetch")
             if wait if wait is not None else holder is not None:
                 m.wait_prefetch([lm.digest for lm in layers if lm.lazy], self.config.prefetch_timeout)

@@ -62,6 +62,22 @@ def test_bad_requests_get_error_replies(daemon: MountDaemon) -> None:
     assert replies[6]["result"]["root"] == str(daemon.root)
 
 
+def test_bad_pull_and_program_arguments_are_refused_before_any_work(daemon: MountDaemon) -> None:
+    replies = _raw(daemon.paths.socket,
+                   b"{\"op\": \"pull_image\", \"args\": {}}\n"
+                   b"{\"op\": \"pull_image\", \"args\": {\"ref\": \"r/x:1\", \"platforms\": \"linux\"}}\n"
+                   b"{\"op\": \"pull_image\", \"args\": {\"ref\": \"r/x:1\", \"platforms\": [\"\"]}}\n"
+                   b"{\"op\": \"mount_image\", \"args\": {\"image\": \"ghost\", \"program\": \"sh\"}}\n"
+                   b"{\"op\": \"mount_image\", \"args\": {\"image\": \"ghost\", \"program\": {}}}\n"
+                   b"{\"op\": \"ping\"}\n")
+    assert [r["ok"] for r in replies] == [False] * 5 + [True]
+    messages = [r["error"]["message"] for r in replies[:5]]
+    assert "'ref'" in messages[0]
+    assert "platforms must be a list" in messages[1] and "platforms must be a list" in messages[2]
+    assert "program must be an object" in messages[3]
+    assert "'argv0'" in messages[4], "the program is checked before the (missing) image is looked up"
+
+
 def test_client_gets_typed_errors_and_empty_state(daemon: MountDaemon) -> None:
     mc = MountClient(daemon.root, autostart=False)
     with pytest.raises(ImageError, match="'ghost' not found"):
