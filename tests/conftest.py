@@ -8,12 +8,12 @@ import pytest
 
 pytest_plugins = ["tests.helpers.registry", "tests.helpers.oracle", "tests.helpers.containerd"]
 
-VECTORS = Path(__file__).resolve().parent.parent.parent / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parent / "data" / "vectors"
 
 
 @pytest.fixture(scope="session")
 def vectors() -> Path:
-    """The Go-made test vectors in ../shared/vectors (see their README)."""
+    """The Go-made test vectors in tests/data/vectors (their README says how each was made)."""
     if not VECTORS.is_dir():
         pytest.fail(f"test vectors not found at {VECTORS}")
     return VECTORS

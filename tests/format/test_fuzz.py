@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from lazypull.format import BytesSource, FormatError, open_layer
 from lazypull.format.footer import estargz_footer
+from tests.conftest import VECTORS
 from tests.format.test_bad_input import _with_toc
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
 BLOBS = {name: (VECTORS / name).read_bytes()
          for name in ("tiny.esgz", "small.esgz", "many-min.esgz", "tiny.zstd", "tiny.cs.zstd")}
 

@@ -6,13 +6,16 @@ import io
 import json
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lazypull.format import BuildOptions, FileSource, build, open_layer
+from lazypull.format.footer import ESTARGZ_FOOTER_SIZE, legacy_footer
 from lazypull.format.landmarks import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from tests.format.tarcompare import assert_same_tree, decompressed, sha256
 from tests.format.test_roundtrip import Node, _tar
+from tests.helpers.oracle import Oracle
 
 ESGZ = [
     # blob, source tar, build json, toc json, external toc blob
@@ -177,3 +180,33 @@ def test_reader_normalises_its_own_entries_while_toc_entries_stay_as_stored(vect
         hello = reader.lookup("etc/hello.txt")
         assert hello is not None and hello.user_name == "root", "filled in from the last name seen for uid 0"
         assert reader.read_file(hello) and len(reader.chunks(hello)) == 1
+
+
+REBUILDABLE = [
+    # vector build json, source tar, oracle options (as tests/data/vectors/README.md gives them)
+    ("tiny.build.json", "tiny.tar", {}),
+    ("small.build.json", "small.tar", {"chunk_size": 4096}),
+    ("small-prio.build.json", "small.tar",
+     {"chunk_size": 4096, "prioritized": ["etc/hello.txt", "etc/hard", "/bin/big", "nonexistent"]}),
+    ("tiny.zstd.build.json", "tiny.tar", {"zstdchunked": True}),
+]
+
+
+@pytest.mark.parametrize(("build", "tar", "options"), REBUILDABLE, ids=[c[0] for c in REBUILDABLE])
+def test_oracle_rebuilds_the_012_vectors(
+    vectors: Path, oracle: Oracle, tmp_path: Path, build: str, tar: str, options: dict[str, Any]
+) -> None:
+    """The README's recipe for the estargz 0.12 vectors holds: the oracle makes the same TOC and DiffID."""
+    meta = json.loads((vectors / build).read_text())
+    made = oracle.build(vectors / tar, tmp_path / "out", **options)
+    assert (made.toc_digest, made.diff_id) == (meta["tocDigest"], meta["diffID"])
+    assert made.missed == (meta["missed"] or [])
+    assert meta["metadata"].items() <= made.annotations.items()
+
+
+def test_legacy_vector_is_tiny_with_the_legacy_footer(vectors: Path) -> None:
+    """tiny-legacy.stargz is made from tiny.esgz as the README says."""
+    tiny = (vectors / "tiny.esgz").read_bytes()
+    reader = open_layer(FileSource(vectors / "tiny.esgz"))
+    made = tiny[:-ESTARGZ_FOOTER_SIZE] + legacy_footer(reader.footer.toc_offset)
+    assert made == (vectors / "tiny-legacy.stargz").read_bytes()
