@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from lazypull.registry._httpx import httpx
-from lazypull.registry.errors import AuthError, parse_diagnostics
+from lazypull.registry.errors import AuthError, parse_diagnostics, redact_url
 
 CLIENT_ID = "lazypull"
 _TOKEN_MARGIN = 30.0            # refresh tokens this long before they expire...
@@ -152,10 +152,15 @@ class Authenticator:
             return self._hosts.setdefault(host, _HostState())
 
     def learn(self, host: str, response: httpx.Response | None) -> None:
-        """Record what a ``/v2/`` ping said: a 401 challenge, or (None / 200) no auth needed."""
+        """Record what a ``/v2/`` ping said: a 401 challenge, or (None / 200) no auth needed.
+
+        A challenge that cannot be followed (a bearer realm that is not an http(s) URL) is not kept:
+        the request that needs auth gets it again, and fails with a clear error then.
+        """
         state = self._state(host)
         if response is not None and response.status_code == 401:
-            state.challenge = _pick_challenge(response)
+            challenge = _pick_challenge(response)
+            state.challenge = challenge if challenge is not None and _unusable(challenge) is None else None
 
     def flow(self, request: httpx.Request, host: str,
              scopes: tuple[str, ...]) -> Generator[httpx.Request, httpx.Response, httpx.Response]:
@@ -166,24 +171,44 @@ class Authenticator:
         """
         state = self._state(host)
         if state.challenge is not None:
-            yield from self._authorize(request, host, state, scopes, force=False)
+            yield from self._authorize_or_forget(request, host, state, scopes, force=False)
         response = yield request
         if response.status_code != 401:
             return response
         challenge = _pick_challenge(response)
         if challenge is None:
             return response
+        problem = _unusable(challenge)
+        if problem is not None:
+            response.close()
+            raise AuthError(f"{host} answered 401 with an unusable challenge: {problem}",
+                            method=request.method, url=request.url)
         state.challenge = challenge
         bearer = challenge.scheme == "bearer"
         wanted = tuple(sorted(set(scopes) | set(challenge.scopes))) if bearer else scopes
         if not bearer and self.source.credentials(host) is None:
             return response
         # Learn (fetch a token) now, so that a retry of a streamed body goes out authorized.
-        yield from self._authorize(request, host, state, wanted, force=bearer)
+        yield from self._authorize_or_forget(request, host, state, wanted, force=bearer)
         if not isinstance(request.stream, httpx.ByteStream):
             return response         # a streamed body cannot be sent twice: the caller retries
         response.close()
         return (yield request)
+
+    def _authorize_or_forget(self, request: httpx.Request, host: str, state: _HostState,
+                             scopes: tuple[str, ...], *, force: bool,
+                             ) -> Generator[httpx.Request, httpx.Response, None]:
+        """:meth:`_authorize`; if that fails (token server refused, unreachable, odd answer), the host's
+        challenge is forgotten, so that the next request asks the registry afresh instead of repeating a
+        failure the registry may no longer ask for (one bad answer must not poison the host)."""
+        challenge = state.challenge
+        try:
+            yield from self._authorize(request, host, state, scopes, force=force)
+        except BaseException:
+            with self._lock:
+                if state.challenge is challenge:
+                    state.challenge = None
+            raise
 
     def _authorize(self, request: httpx.Request, host: str, state: _HostState, scopes: tuple[str, ...],
                    *, force: bool) -> Generator[httpx.Request, httpx.Response, None]:
@@ -228,11 +253,11 @@ class Authenticator:
     def _fetch_token(self, host: str, challenge: Challenge, scopes: tuple[str, ...],
                      creds: Credentials | None,
                      refresh: str | None) -> Generator[httpx.Request, httpx.Response, _Token]:
+        problem = _unusable(challenge)
+        if problem is not None:
+            raise AuthError(f"challenge from {host}: {problem}")
         realm = challenge.realm
-        if not realm:
-            raise AuthError(f"bearer challenge from {host} has no realm")
-        if not realm.startswith(("https://", "http://")):
-            raise AuthError(f"bearer realm {realm!r} from {host} is not an http(s) URL")
+        assert realm is not None
         service = challenge.service
         refresh = refresh or (creds.identity_token if creds else None)
         if creds is not None or refresh:
@@ -288,6 +313,24 @@ def _pick_challenge(response: httpx.Response) -> Challenge | None:
         for c in challenges:
             if c.scheme == scheme:
                 return c
+    return None
+
+
+def _unusable(challenge: Challenge) -> str | None:
+    """Why a challenge cannot be followed (None: it can): a bearer realm must be an http(s) URL."""
+    if challenge.scheme == "basic":
+        return None
+    if challenge.scheme != "bearer":
+        return f"unsupported auth scheme {challenge.scheme[:40]!r}"
+    realm = challenge.realm
+    if not realm:
+        return "bearer challenge has no realm"
+    try:
+        parts = urllib.parse.urlsplit(realm)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return f"bearer realm {redact_url(realm)[:200]!r} is not an http(s) URL"
     return None
 
 

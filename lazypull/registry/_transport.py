@@ -403,11 +403,13 @@ class Transport:
         request = httpx.Request(method, url, headers=headers, content=content)
         responses: list[httpx.Response] = []
         try:
+            flow = self.auth.flow(request, host, scopes)
             with translate_errors(method, url):
-                flow = self.auth.flow(request, host, scopes)
                 current = next(flow)
-                while True:
-                    # Token requests go to the realm's host, with that host's TLS settings.
+            while True:
+                # Token requests go to the realm's host, with that host's TLS settings; an error names
+                # the URL that failed (the realm's, for a token request).
+                with translate_errors(current.method, current.url):
                     client = self.client_for(host if current is request else current.url.netloc.decode())
                     follow = current is request and current.method in ("GET", "HEAD")
                     responses.append(client.send(current, stream=True, follow_redirects=follow))

@@ -1,0 +1,90 @@
+"""A hostile or broken registry: bad auth challenges, answers that trickle or stall.
+
+The registry is the real docker-registry behind the tests' own :class:`FaultProxy`, which plays the
+hostile part (a challenge naming ``file:///etc/shadow``, a body sent one byte at a time, a connection
+that stops answering). Each case must end in one clear error naming what was wrong, and must not
+change how the same client treats the registry once it behaves again.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from lazypull.registry import AuthError, RegistryClient, RegistryError, RetryPolicy
+from tests.helpers.registry import Fault, FaultProxy, free_port
+from tests.registry.conftest import make_image, push_image, sha256
+
+ONE_TRY = RetryPolicy(attempts=1, base_delay=0.01, max_delay=0.01, deadline=10.0)
+BLOB = os.urandom(50_000)
+BLOB_DIGEST = sha256(BLOB)
+
+Setup = tuple[RegistryClient, str]
+
+
+@pytest.fixture
+def setup(fault_proxy: FaultProxy, unique_repo: str) -> Iterator[Setup]:
+    """A client through the proxy (one try per request), and a tag whose repository holds an image."""
+    client = RegistryClient(insecure=True, retry=ONE_TRY)
+    ref = f"{fault_proxy.host}/{unique_repo}:v1"
+    push_image(client, ref, make_image((100,)))
+    client.push_blob(ref, BLOB_DIGEST, len(BLOB), BLOB)
+    fault_proxy.clear()
+    yield client, ref
+    client.close()
+
+
+def _challenge(realm: str) -> Fault:
+    return Fault("status", method="GET", path_contains="/manifests/", status=401, times=-1,
+                 headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="evil"'},
+                 body=b'{"errors":[{"code":"UNAUTHORIZED"}]}')
+
+
+# -- auth challenges (issue 9, finding 12) ------------------------------------------------------------
+
+@pytest.mark.parametrize("realm", ["file:///etc/shadow", "ftp://127.0.0.1/token", "http:///no-host",
+                                   "/relative/token"])
+def test_non_http_realm_is_a_clear_error_and_poisons_nothing(setup: Setup, fault_proxy: FaultProxy,
+                                                             realm: str) -> None:
+    client, ref = setup
+    fault = fault_proxy.add(_challenge(realm))
+    with pytest.raises(AuthError, match="not an http\\(s\\) URL") as info:
+        client.get_manifest(ref)
+    assert "\n" not in str(info.value) and "/manifests/" in str(info.value)
+    # nothing but the registry was asked: no token request went anywhere
+    assert {r.path.split("?")[0].rsplit("/", 1)[0] for r in fault_proxy.requests} == {
+        f"/v2/{ref.split('/', 1)[1].split(':')[0]}/manifests"}
+    fault.times = 0                  # the registry behaves again: the same client works at once
+    assert client.get_manifest(ref)[0]
+
+
+def test_failing_realm_is_not_cached(setup: Setup, fault_proxy: FaultProxy) -> None:
+    client, ref = setup
+    dead = f"http://127.0.0.1:{free_port()}/token"
+    fault = fault_proxy.add(_challenge(dead))
+    with pytest.raises(RegistryError, match=f"127.0.0.1:{dead.split(':')[2].split('/')[0]}/token"):
+        client.get_manifest(ref)
+    fault.times = 0
+    raw, _, _ = client.get_manifest(ref)           # asked without a token, as the registry now wants
+    assert raw
+    out = io.BytesIO()
+    client.get_blob(ref, BLOB_DIGEST, out)
+    assert out.getvalue() == BLOB
+    gets = [r for r in fault_proxy.requests if r.fault is None]
+    assert gets and all("Authorization" not in r.headers for r in gets)
+
+
+def test_bad_challenge_at_the_ping_is_not_kept(fault_proxy: FaultProxy, unique_repo: str) -> None:
+    ref = f"{fault_proxy.host}/{unique_repo}:v1"
+    with RegistryClient(insecure=True, retry=ONE_TRY) as client:
+        push_image(client, ref, make_image((100,)))
+    # a fresh client, whose first contact (the /v2/ ping) gets the hostile challenge
+    fault_proxy.clear()
+    fault_proxy.add(Fault("status", method="GET", path_contains="/v2/", status=401, times=1,
+                          headers={"WWW-Authenticate": 'Bearer realm="file:///etc/shadow"'}))
+    with RegistryClient(insecure=True, retry=ONE_TRY) as client:
+        assert client.get_manifest(ref)[0]
+    assert [r.fault for r in fault_proxy.requests][-2:] == ["status", None]
