@@ -61,11 +61,22 @@ def short_help(summary: str, limit: int) -> str:
 
 
 def _is_reported(err: Exception) -> bool:
-    """A LazypullError or a FormatError (whose module is loaded if one was raised)."""
-    if isinstance(err, LazypullError):
+    """A LazypullError, a FormatError (whose module is loaded if one was raised) or an OSError (a file
+    or directory the command could not use: an unwritable ``--root``, a full disk)."""
+    if isinstance(err, (LazypullError, OSError)):
         return True
     fmt = sys.modules.get("lazypull.format")
     return fmt is not None and isinstance(err, fmt.FormatError)
+
+
+def error_line(err: Exception) -> str:
+    """The one line reporting ``err``: an OSError as ``PATH: reason`` (its str() is ``[Errno N] ...``)."""
+    if isinstance(err, OSError) and err.strerror:
+        where = ": ".join(str(name) for name in (err.filename, err.filename2) if name is not None)
+        text = f"{where}: {err.strerror}" if where else err.strerror
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())  # one line, even if a message quotes a newline it was given
 
 
 class _Group(click.Group):
@@ -105,7 +116,7 @@ class _Group(click.Group):
                 raise
             if get_options(ctx).debug:
                 logging.getLogger("lazypull").exception("failed")
-            click.echo(f"lazypull: error: {err}", err=True)
+            click.echo(f"lazypull: error: {error_line(err)}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("lazypull: interrupted", err=True)

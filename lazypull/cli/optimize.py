@@ -194,7 +194,9 @@ def run_workload(root: Path, store: Store, image: str, digests: list[str], optio
             # A layer repeated in the image is one mount; overlayfs refuses a lower dir twice (ELOOP).
             # Its topmost place is the one that counts (the lower copy is hidden by it entirely).
             lowers = list(dict.fromkeys(lower_dirs(root, store, resolved, mounts)))
-            record = containers.create(image=image, image_config=resolved.config.get("config") or {},
+            from lazypull.image.runconfig import run_config
+
+            record = containers.create(image=image, image_config=run_config(resolved.config, image),
                                        lowers_top_first=lowers, options=options,
                                        name=f"optimize-{container_id[:12]}", snapshotter="stargz",
                                        container_id=container_id)

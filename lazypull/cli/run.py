@@ -151,13 +151,16 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
         resolved = ensure_image(store, image, opts=opts, pull=pull, platform=platform, lazy=lazy,
                                 progress=progress)
     container_id = new_container_id()
+    from lazypull.image.runconfig import run_config
+
+    image_config = run_config(resolved.config, resolved.name)  # checked before anything is mounted
     mounts = None
     if lazy:
         from lazypull.runtime.spec import program_hint
         from lazypull.snapshot import MountClient
 
         # The server starts fetching the command (and its libraries) while the container is set up.
-        program = program_hint(resolved.config.get("config") or {}, options)
+        program = program_hint(image_config, options)
         with MountClient(root) as client:
             mounts = client.mount_image(resolved.name, insecure=opts.insecure_registries, holder=container_id,
                                         wait_prefetch=False, program=program)
@@ -167,7 +170,7 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
     try:
         lowers = lower_dirs(root, store, resolved, mounts, lambda: registry_client(opts),
                             progress=None if quiet or not sys.stderr.isatty() else _note)
-        record = containers.create(image=resolved.name, image_config=resolved.config.get("config") or {},
+        record = containers.create(image=resolved.name, image_config=image_config,
                                    lowers_top_first=lowers, options=options, name=name,
                                    snapshotter=opts.snapshotter, container_id=container_id)
     except BaseException:

@@ -62,7 +62,7 @@ def parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
     """Decode a JSON object, naming ``what`` when it is not one."""
     try:
         value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: nested too deep
         raise ImageError(f"{what} is not valid JSON: {err}") from err
     if not isinstance(value, dict):
         raise ImageError(f"{what} is not a JSON object")
@@ -212,7 +212,7 @@ class _ManifestBlob:
         return self._raw
 
     def manifest(self) -> dict[str, Any]:
-        return json.loads(self.raw_manifest())  # type: ignore[no-any-return]
+        return parse_json_object(self.raw_manifest(), f"{self._KIND} {self._desc.digest}")
 
 
 class ManifestImage(_ManifestBlob):
@@ -247,7 +247,7 @@ class ManifestImage(_ManifestBlob):
         return parse_config(self._raw_config, self.config_descriptor())
 
     def config(self) -> dict[str, Any]:
-        return json.loads(self._raw_config)  # type: ignore[no-any-return]
+        return parse_json_object(self._raw_config, f"config {self.config_descriptor().digest}")
 
     def diff_ids(self) -> list[str]:
         """The config's rootfs.diff_ids (may be empty for non-image artifacts)."""

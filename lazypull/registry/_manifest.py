@@ -178,7 +178,7 @@ def _load(raw: bytes) -> dict[str, Any]:
         raise ManifestError(f"manifest of {len(raw)} bytes exceeds {MAX_MANIFEST_SIZE}")
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: nested too deep
         raise ManifestError(f"manifest is not JSON: {err}") from err
     if not isinstance(doc, dict):
         raise ManifestError("manifest is not a JSON object")

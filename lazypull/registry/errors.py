@@ -12,6 +12,7 @@
         ├── DigestMismatchError    content does not hash to the digest it was asked for
         ├── TooLargeError          a manifest or error body over the size limit
         └── RegistryConnectionError  connection refused/reset, TLS failure, timeout, truncated body
+            └── RegistryUnavailableError  the host is known to be down: not asked (circuit breaker)
 
 ``RegistryError.temporary`` says whether trying again may help; the retry loop relies on it.
 """
@@ -74,7 +75,7 @@ def parse_diagnostics(body: bytes) -> tuple[Diagnostic, ...]:
     """The spec error entries in an error body; empty if the body is not that JSON."""
     try:
         doc = json.loads(body[:ERROR_BODY_LIMIT])
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return ()
     if not isinstance(doc, dict):
         return ()
@@ -165,3 +166,13 @@ class RegistryConnectionError(RegistryError):
     @property
     def temporary(self) -> bool:
         return self._temporary
+
+
+class RegistryUnavailableError(RegistryConnectionError):
+    """The registry host failed every recent request and is not asked again until its next trial
+    request succeeds: fail fast instead of waiting out every deadline. Not temporary: retrying at once
+    cannot help."""
+
+    def __init__(self, message: str, *, host: str) -> None:
+        self.host = host
+        super().__init__(message, temporary=False)

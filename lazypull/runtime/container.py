@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lazypull.errors import ContainerError
+from lazypull.image.runconfig import RunConfig
 from lazypull.runtime.hostfiles import write_host_files
 from lazypull.runtime.options import ContainerOptions
 from lazypull.runtime.overlay import is_mountpoint, mount_overlay, unmount
@@ -32,6 +33,7 @@ from lazypull.runtime.users import resolve_user
 
 log = logging.getLogger(__name__)
 
+_NO_CONFIG = RunConfig()  # an image whose config sets none of User, Env, Entrypoint, Cmd, WorkingDir
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 
 
@@ -140,7 +142,7 @@ class Containers:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def create(self, *, image: str, image_config: Mapping[str, Any], lowers_top_first: Sequence[Path],
+    def create(self, *, image: str, image_config: RunConfig = _NO_CONFIG, lowers_top_first: Sequence[Path],
                options: ContainerOptions, name: str | None = None, snapshotter: str = "overlayfs",
                container_id: str | None = None) -> ContainerRecord:
         """Mount the rootfs and write the bundle; the container is ready for :meth:`run`."""
@@ -174,8 +176,7 @@ class Containers:
             rootfs = bundle / "rootfs"
             mount_overlay(lowers, bundle / "upper", bundle / "work", rootfs, bundle / "l",
                           volatile=options.volatile)
-            user = resolve_user(rootfs, options.user if options.user is not None
-                                else str(image_config.get("User") or ""))
+            user = resolve_user(rootfs, options.user if options.user is not None else image_config.user)
             hostname = options.hostname or (socket.gethostname() if options.network == "host"
                                              else container_id[:12])
             host_files = write_host_files(bundle / "etc", hostname=hostname, network=options.network)

@@ -113,19 +113,55 @@ def split_member_name(name: str) -> list[str]:
     return parts
 
 
+# What a timespec holds (os.utime's range); outside it, the epoch, as containerd's archive does.
+_MTIME_NS_RANGE = range(-(2**63), 2**63)
+# uid_t and gid_t are 32 bits, and (uid_t) -1 means "unchanged" to chown.
+_ID_RANGE = range(0, 2**32 - 1)
+# Device numbers the kernel can represent (dev_t as mknod takes it: 12-bit major, 20-bit minor).
+_DEV_MAJOR_RANGE = range(0, 1 << 12)
+_DEV_MINOR_RANGE = range(0, 1 << 20)
+
+
 def mtime_ns(member: tarfile.TarInfo) -> int:
-    """The member's mtime in nanoseconds, exact from a PAX ``mtime`` record (``1700000000.123456789``)."""
+    """The member's mtime in nanoseconds, exact from a PAX ``mtime`` record (``1700000000.123456789``).
+
+    One that no file can have (beyond 2**63 ns, not a number) is the epoch, as in containerd.
+    """
     text = member.pax_headers.get("mtime")
+    ns: int | None = None
     if text:
         whole, _, fraction = text.partition(".")
         try:
             negative = whole.startswith("-")
             seconds = int(whole)
             nanos = int((fraction + "000000000")[:9]) if fraction else 0
-            return seconds * 1_000_000_000 + (-nanos if negative else nanos)
+            ns = seconds * 1_000_000_000 + (-nanos if negative else nanos)
         except ValueError:
             pass  # tarfile already refused or parsed it; fall back to its float
-    return int(member.mtime) * 1_000_000_000
+    if ns is None:
+        try:
+            ns = int(member.mtime) * 1_000_000_000
+        except (ValueError, OverflowError):  # nan, inf
+            return 0
+    return ns if ns in _MTIME_NS_RANGE else 0
+
+
+def check_numbers(member: tarfile.TarInfo) -> None:
+    """Refuse owner ids and device numbers that no file can have (ValueError naming the field).
+
+    Passed on, chown would take -1 as "leave unchanged" and reject 2**40, and mknod would keep only
+    some bits of a device number.
+    """
+    for field in ("uid", "gid"):
+        value = getattr(member, field)
+        text = member.pax_headers.get(field)
+        # tarfile reads a PAX number it cannot parse (a 5000-digit uid) as 0, i.e. root
+        if value not in _ID_RANGE or (text is not None and not (text.isascii() and text.isdigit())):
+            shown = text if text is not None else str(value)
+            raise ValueError(f"{field} {shown[:40]!r} is out of range")
+    if (member.ischr() or member.isblk()) and (member.devmajor not in _DEV_MAJOR_RANGE
+                                               or member.devminor not in _DEV_MINOR_RANGE):
+        raise ValueError(f"device number {member.devmajor}:{member.devminor} is out of range")
 
 
 class _Extractor:
@@ -217,12 +253,13 @@ class _Extractor:
                 self.member(tar, member)
             except LayerExtractError:
                 raise
-            except (OSError, ValueError, tarfile.TarError, EOFError) as err:
+            except (OSError, ValueError, OverflowError, tarfile.TarError, EOFError) as err:
                 raise LayerExtractError(f"{self.label}: member {member.name!r}: {err}") from err
         self.finish_dirs()
 
     def member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         parts = split_member_name(member.name)
+        check_numbers(member)
         if not parts:
             if not member.isdir():
                 raise ValueError("the layer root must be a directory")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +12,12 @@ from pathlib import Path
 from lazypull.errors import ContainerError
 
 NETWORK_MODES = ("host", "none")
+# An --env-file is a few KEY=VALUE lines; a bound keeps `--env-file /dev/zero` from eating memory.
+MAX_ENV_FILE = 1 << 20
+# RFC 1123 labels (letters, digits, inner hyphens; 1-63 characters), dot-separated; at most 64 in all,
+# what the kernel's sethostname accepts (__NEW_UTS_LEN).
+_HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+MAX_HOSTNAME = 64
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,23 @@ class ContainerOptions:
     labels: Mapping[str, str] = field(default_factory=dict)
     volatile: bool = False
 
+    def __post_init__(self) -> None:
+        if self.hostname is not None:
+            check_hostname(self.hostname)
+
+
+def check_hostname(name: str) -> str:
+    """``name`` if it is a valid host name (RFC 1123, at most 64 characters), else ContainerError.
+
+    It is written into the container's /etc/hosts and /etc/hostname: a newline or a space there
+    would add lines or names of the caller's choosing.
+    """
+    if not name or len(name) > MAX_HOSTNAME or not all(
+            _HOSTNAME_LABEL.fullmatch(label) for label in name.split(".")):
+        raise ContainerError(f"invalid hostname {name!r}: use letters, digits, '-' and '.' (RFC 1123), "
+                             f"at most {MAX_HOSTNAME} characters")
+    return name
+
 
 def parse_volume(text: str) -> Volume:
     """``SRC:DST[:ro|rw]`` with an existing absolute (or relative to cwd) host path."""
@@ -89,17 +114,40 @@ def parse_env(values: Iterable[str], env_files: Iterable[str | Path] = (),
             result.append(f"{key}={host_env[key]}")
 
     for path in env_files:
-        try:
-            lines = Path(path).read_text().splitlines()
-        except OSError as err:
-            raise ContainerError(f"cannot read env file {path}: {err}") from err
-        for number, line in enumerate(lines, 1):
+        for number, line in enumerate(read_env_file(path).splitlines(), 1):
             line = line.strip()
             if line and not line.startswith("#"):
                 add(line, f"{path}:{number}")
     for item in values:
         add(item, "-e")
     return tuple(result)
+
+
+def read_env_file(path: str | Path) -> str:
+    """The text of an ``--env-file``: a regular file or a pipe (``<(...)``), UTF-8 without NUL bytes,
+    at most :data:`MAX_ENV_FILE` bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as err:
+        raise ContainerError(f"cannot read env file {path}: {err.strerror}") from err
+    with os.fdopen(fd, "rb") as f:
+        try:
+            mode = os.fstat(fd).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+                raise ContainerError(f"env file {path} is not a regular file")
+            os.set_blocking(fd, True)  # a pipe's writer may still be writing
+            data = f.read(MAX_ENV_FILE + 1)
+        except OSError as err:
+            raise ContainerError(f"cannot read env file {path}: {err.strerror}") from err
+    if len(data) > MAX_ENV_FILE:
+        raise ContainerError(f"env file {path} is larger than {MAX_ENV_FILE} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ContainerError(f"env file {path} is not UTF-8 text (byte {err.start})") from err
+    if "\x00" in text:
+        raise ContainerError(f"env file {path} contains a NUL byte (not a text file)")
+    return text
 
 
 def merge_env(base: Iterable[str], extra: Iterable[str]) -> list[str]:

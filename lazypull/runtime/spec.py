@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lazypull.errors import ContainerError
+from lazypull.image.runconfig import RunConfig
 from lazypull.runtime.options import ContainerOptions, merge_env
 from lazypull.runtime.users import ProcessUser
 
@@ -46,36 +47,36 @@ def _default_mounts() -> list[dict[str, Any]]:
     ]
 
 
-def process_args(image_config: Mapping[str, Any], options: ContainerOptions) -> list[str]:
+def process_args(image_config: RunConfig, options: ContainerOptions) -> list[str]:
     """Entrypoint + Cmd with Docker's override rules (``--entrypoint`` drops the image's Cmd)."""
     if options.entrypoint is not None:
         entrypoint = list(options.entrypoint)
         command = list(options.command or ())
     else:
-        entrypoint = list(image_config.get("Entrypoint") or [])
-        command = list(options.command) if options.command else list(image_config.get("Cmd") or [])
+        entrypoint = list(image_config.entrypoint)
+        command = list(options.command) if options.command else list(image_config.cmd)
     args = entrypoint + command
     if not args or not args[0]:
         raise ContainerError("no command specified: the image has no Entrypoint or Cmd and none was given")
     return args
 
 
-def program_hint(image_config: Mapping[str, Any], options: ContainerOptions) -> dict[str, str] | None:
+def program_hint(image_config: RunConfig, options: ContainerOptions) -> dict[str, str] | None:
     """What the container will execute, where runc looks for it: ``argv0``, the process's ``PATH`` and
     working directory (for fetching the program ahead); None when there is no command."""
     try:
         argv0 = process_args(image_config, options)[0]
     except ContainerError:
         return None
-    env = merge_env([DEFAULT_PATH, *(image_config.get("Env") or [])], options.env)
+    env = merge_env([DEFAULT_PATH, *image_config.env], options.env)
     path = next(item.partition("=")[2] for item in env if item.startswith("PATH="))
-    return {"argv0": argv0, "path": path, "cwd": options.workdir or image_config.get("WorkingDir") or "/"}
+    return {"argv0": argv0, "path": path, "cwd": options.workdir or image_config.working_dir or "/"}
 
 
-def process_env(image_config: Mapping[str, Any], options: ContainerOptions, user: ProcessUser,
+def process_env(image_config: RunConfig, options: ContainerOptions, user: ProcessUser,
                 hostname: str) -> list[str]:
     """Image Env, then our defaults where missing, then ``-e`` values."""
-    env = list(image_config.get("Env") or [])
+    env = list(image_config.env)
     keys = {item.partition("=")[0] for item in [*env, *options.env]}
     defaults = []
     if "PATH" not in keys:
@@ -88,7 +89,7 @@ def process_env(image_config: Mapping[str, Any], options: ContainerOptions, user
     return merge_env([*env, *defaults], options.env)
 
 
-def build_spec(*, image_config: Mapping[str, Any], options: ContainerOptions, user: ProcessUser,
+def build_spec(*, image_config: RunConfig, options: ContainerOptions, user: ProcessUser,
                hostname: str, host_files: Mapping[str, Path], console_size: tuple[int, int] | None = None,
                ) -> dict[str, Any]:
     """The runtime spec for a bundle whose root filesystem is the ``rootfs`` directory next to it.
@@ -96,7 +97,7 @@ def build_spec(*, image_config: Mapping[str, Any], options: ContainerOptions, us
     ``host_files`` maps container paths (``/etc/hosts`` ...) to generated files bind-mounted there.
     ``console_size`` is (rows, columns) of the terminal, with ``tty``.
     """
-    cwd = options.workdir or image_config.get("WorkingDir") or "/"
+    cwd = options.workdir or image_config.working_dir or "/"
     if not cwd.startswith("/"):
         raise ContainerError(f"working directory {cwd!r} is not an absolute path")
     process: dict[str, Any] = {

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from lazypull.errors import ContainerError
+from lazypull.image.runconfig import run_config
 from lazypull.runtime import ContainerOptions, Containers, Stdio, extract_layer, parse_volume
 from lazypull.runtime.overlay import mountpoints, sync_filesystem
 from tests.helpers.rootfs import Entry, busybox_tar, make_tar
@@ -37,8 +38,8 @@ def run(root: Path, lowers_top_first: Sequence[Path], options: ContainerOptions,
         config: dict[str, Any] | None = None, *, remove: bool = True) -> tuple[int, str, str]:
     """Create, run and (by default) remove a container; its exit status, stdout and stderr."""
     containers = Containers(root)
-    record = containers.create(image="test/busybox:latest", image_config=config or {},
-                               lowers_top_first=lowers_top_first, options=options)
+    record = containers.create(image="test/busybox:latest", lowers_top_first=lowers_top_first,
+                               options=options, image_config=run_config({"config": config}, "test"))
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
             code = containers.run(record, tty=options.tty, stdio=Stdio(stdout=out, stderr=err))
@@ -122,7 +123,7 @@ def test_multi_layer_whiteouts_and_opaque_dirs(tmp_path: Path, busybox_layer: Pa
 def test_writable_layer_and_rm(tmp_path: Path, busybox_layer: Path) -> None:
     containers = Containers(tmp_path)
     options = ContainerOptions(command=("sh", "-c", "echo data > /written; rm /bin/cat"))
-    record = containers.create(image="test/busybox", image_config={}, lowers_top_first=[busybox_layer],
+    record = containers.create(image="test/busybox", lowers_top_first=[busybox_layer],
                                options=options, name="keeper")
     assert containers.run(record, tty=False) == 0
     bundle = tmp_path / "containers" / record.id
@@ -133,7 +134,7 @@ def test_writable_layer_and_rm(tmp_path: Path, busybox_layer: Path) -> None:
     assert (found.id, containers.status(found)) == (record.id, "exited (0)")
     assert containers.find(record.id[:8]).name == "keeper"
     with pytest.raises(ContainerError, match="already in use"):
-        containers.create(image="x", image_config={}, lowers_top_first=[busybox_layer], options=options,
+        containers.create(image="x", lowers_top_first=[busybox_layer], options=options,
                           name="keeper")
     containers.remove(found)
     assert not bundle.exists()
@@ -151,7 +152,7 @@ def test_tty(tmp_path: Path, busybox_layer: Path) -> None:
 
 def test_stdin_passthrough(tmp_path: Path, busybox_layer: Path) -> None:
     containers = Containers(tmp_path)
-    record = containers.create(image="t", image_config={}, lowers_top_first=[busybox_layer],
+    record = containers.create(image="t", lowers_top_first=[busybox_layer],
                                options=ContainerOptions(stdin=True, command=("cat",)))
     with tempfile.TemporaryFile() as inp, tempfile.TemporaryFile() as out:
         inp.write(b"through stdin\n")
@@ -222,7 +223,7 @@ def _mount_options(target: Path) -> str:
 def test_volatile_writable_layer_runs_twice(tmp_path: Path, busybox_layer: Path) -> None:
     containers = Containers(tmp_path)
     options = ContainerOptions(command=("sh", "-c", "echo again >> /written; cat /written"), volatile=True)
-    record = containers.create(image="test/busybox", image_config={}, lowers_top_first=[busybox_layer],
+    record = containers.create(image="test/busybox", lowers_top_first=[busybox_layer],
                                options=options)
     rootfs = tmp_path / "containers" / record.id / "rootfs"
     assert {"volatile", "fsync=volatile"} & set(_mount_options(rootfs).split(","))   # newer kernels: fsync=
@@ -235,7 +236,7 @@ def test_volatile_writable_layer_runs_twice(tmp_path: Path, busybox_layer: Path)
         assert out.read() == b"again\nagain\nagain\n"
     containers.remove(containers.find(record.id))
     assert_clean(tmp_path)
-    plain = containers.create(image="test/busybox", image_config={}, lowers_top_first=[busybox_layer],
+    plain = containers.create(image="test/busybox", lowers_top_first=[busybox_layer],
                               options=ContainerOptions(command=("true",)))
     plain_options = _mount_options(tmp_path / "containers" / plain.id / "rootfs")
     assert not {"volatile", "fsync=volatile"} & set(plain_options.split(","))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from lazypull.image.runconfig import RunConfig, run_config
 from lazypull.runtime import ContainerOptions
 from lazypull.runtime.spec import DEFAULT_PATH, program_hint
 from tests.helpers.registry import RegistryServer
@@ -16,15 +17,16 @@ from tests.runtime.test_cli_run import lazypull, stop_daemon
 
 
 def test_program_hint_follows_the_runtime_rules() -> None:
-    image = {"Entrypoint": ["/docker-entrypoint.sh"], "Cmd": ["postgres"], "WorkingDir": "/data",
-             "Env": ["PATH=/opt/bin:/bin", "LANG=C"]}
+    image = run_config({"config": {"Entrypoint": ["/docker-entrypoint.sh"], "Cmd": ["postgres"],
+                                   "WorkingDir": "/data", "Env": ["PATH=/opt/bin:/bin", "LANG=C"]}}, "test")
     assert program_hint(image, ContainerOptions()) == {
         "argv0": "/docker-entrypoint.sh", "path": "/opt/bin:/bin", "cwd": "/data"}
     assert program_hint(image, ContainerOptions(entrypoint=("python3",), env=("PATH=/x",), workdir="/w")) \
         == {"argv0": "python3", "path": "/x", "cwd": "/w"}
-    assert program_hint({"Cmd": ["sh"]}, ContainerOptions()) == {
+    assert program_hint(RunConfig(cmd=("sh",)), ContainerOptions()) == {
         "argv0": "sh", "path": DEFAULT_PATH.partition("=")[2], "cwd": "/"}
-    assert program_hint({}, ContainerOptions()) is None, "no command: nothing to fetch (create fails later)"
+    assert program_hint(RunConfig(), ContainerOptions()) is None, \
+        "no command: nothing to fetch (create fails later)"
 
 
 def _fetched_ahead(root: Path) -> int:
