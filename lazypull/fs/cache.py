@@ -1,21 +1,50 @@
-"""The on-disk chunk cache: verified, uncompressed chunks named by their chunkDigest.
+"""The on-disk chunk cache: verified, uncompressed chunks, one namespace per layer blob.
 
-Shared by every layer and image (the same chunk in two layers is stored once) and kept across restarts.
-A file appears under its final name only complete (written to a temporary name, then renamed), so a
-crash leaves either nothing or the whole chunk; sizes are checked on reading as a second guard.
+Layout: ``<dir>/<layer blob hex>/<chunk digest hex>``. The read path of a layer sees only its own
+namespace (:class:`ChunkStore`, from :meth:`DirectoryCache.layer`): a chunk is there only if it was
+decoded from *that* blob and matched its chunkDigest. A hostile TOC claiming the chunkDigest of a file in
+another image therefore cannot be served that image's bytes, nor learn whether this node has seen them
+(issue 9). The blob digest fixes the blob's bytes, so every image whose registry serves the blob shares
+the namespace, as stargz-snapshotter's per-layer cache does.
+
+The cache is bounded (``FsConfig.cache_max_bytes``): past the bound, the least recently read chunks that
+no open file pins are deleted. A write that fails (disk full, I/O error) is logged with its path and
+skipped: the chunk is still served from memory, so reads go on while the disk is full.
+
+Files are written to a temporary name and renamed, without fsync (a sync per chunk would cost every
+miss): instead every chunk found on disk when the cache opens (written by an earlier server, maybe before
+a power loss) is hashed at its first use, and a chunk that does not match its digest is deleted and
+fetched again. Chunks written by this process were verified before they were written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
+import logging
 import os
 import re
+import shutil
 import tempfile
+import threading
+from collections import Counter, OrderedDict
 from pathlib import Path
+from typing import Protocol
 
 from lazypull.errors import MountError
 
+log = logging.getLogger(__name__)
+
 _SHA256 = re.compile(r"sha256:([0-9a-f]{64})")
+_HEX = re.compile(r"[0-9a-f]{64}")
+
+AUTO_FRACTION = 0.10            # default bound: this share of the cache's filesystem ...
+AUTO_CAP = 10 << 30             # ... but at most 10 GiB
+LOW_WATER = 0.9                 # eviction goes down to this share of the bound (not one chunk per write)
+BLOCK = 4096                    # chunks are counted in whole filesystem blocks, as they use the disk
+
+_Key = tuple[str, str]          # (layer hex, chunk hex)
 
 
 def digest_hex(digest: str, what: str = "digest") -> str:
@@ -26,63 +55,402 @@ def digest_hex(digest: str, what: str = "digest") -> str:
     return m.group(1)
 
 
-class ChunkCache:
-    """``<dir>/<sha256 hex>`` files; methods are safe to call from many threads and processes."""
+def default_max_bytes(directory: Path) -> int:
+    """The default bound: 10% of the filesystem holding the cache, at most 10 GiB.
 
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
+    A share of the filesystem, because the cache lives beside containerd's content, the containers'
+    upper directories and logs (kubelet starts evicting pods when less than 10-15% of the node's disk is
+    free); a cap, because a lazy image's working set is tens of MiB (docs/benchmarks.md), so 10 GiB holds
+    the working sets of a hundred images and more cache buys little.
+    """
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return AUTO_CAP
+    return max(BLOCK, min(AUTO_CAP, int(st.f_blocks * st.f_frsize * AUTO_FRACTION)))
 
-    def path(self, digest: str) -> Path:
-        """Where a chunk is (or would be) stored."""
-        return self.dir / digest_hex(digest, "chunk digest")
 
-    def has(self, digest: str, size: int) -> bool:
-        """Whether the complete chunk is stored."""
-        try:
-            return self.path(digest).stat().st_size == size
-        except FileNotFoundError:
-            return False
+def _blocks(size: int) -> int:
+    return max(BLOCK, (size + BLOCK - 1) // BLOCK * BLOCK)
+
+
+class ChunkStore(Protocol):
+    """The verified chunks of one layer: what the lazy read path may serve. Thread-safe."""
+
+    def contains(self, digest: str, size: int) -> bool:
+        """Whether the whole chunk is stored (not an access: LRU order is unchanged)."""
+        ...
 
     def get(self, digest: str, size: int) -> bytes | None:
-        """The chunk's bytes, or None when absent or damaged (wrong size: removed)."""
-        path = self.path(digest)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        if len(data) != size:
-            with contextlib.suppress(OSError):
-                path.unlink()
-            return None
-        return data
+        """The chunk's bytes, or None when absent or damaged (a damaged copy is deleted)."""
+        ...
 
     def read(self, digest: str, size: int, offset: int, length: int) -> bytes | None:
-        """Bytes ``[offset, offset+length)`` of a stored chunk of ``size`` bytes; None when absent or
-        not whole (a chunk being replaced). Reads only the slice, not the chunk."""
-        try:
-            with open(self.path(digest), "rb") as fh:
-                if os.fstat(fh.fileno()).st_size != size:
-                    return None
-                return os.pread(fh.fileno(), length, offset)
-        except FileNotFoundError:
-            return None
+        """Bytes ``[offset, offset+length)`` of a stored chunk of ``size`` bytes, or None."""
+        ...
 
-    def put(self, digest: str, data: bytes) -> None:
-        """Store a verified chunk atomically (no-op when present and whole; a damaged copy is replaced)."""
-        final = self.path(digest)
+    def put(self, digest: str, data: bytes) -> bool:
+        """Store verified bytes; False when they could not be written (logged; the caller has them)."""
+        ...
+
+    def pin(self, digest: str, size: int) -> str | None:
+        """Keep a stored, verified chunk from eviction and give its file (for passthrough or copying);
+        None when it is not stored. Each pin is undone by one :meth:`unpin`."""
+        ...
+
+    def unpin(self, digest: str) -> None:
+        ...
+
+    def release(self) -> None:
+        """Undo every pin still held through this store (the layer is closed)."""
+        ...
+
+    @property
+    def size(self) -> int:
+        """Bytes stored for this layer (in filesystem blocks)."""
+        ...
+
+
+class DirectoryCache:
+    """``<dir>/<layer hex>/<chunk hex>`` files with a size bound, LRU eviction, pins and verification.
+
+    One per mount server (its in-memory index is the server's); other processes using the same directory
+    are tolerated: a file deleted under it is noticed and dropped from the index at its next use."""
+
+    def __init__(self, directory: Path, max_bytes: int = 0) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.max_bytes = max_bytes or default_max_bytes(self.dir)
+        self._lock = threading.Lock()
+        self._lru: OrderedDict[_Key, int] = OrderedDict()   # oldest access first; value: bytes on disk
+        self._unverified: set[_Key] = set()                 # found on disk at start, not hashed yet
+        self._pins: Counter[_Key] = Counter()
+        self._total = 0
+        self.evicted = 0            # chunks deleted to stay under the bound
+        self.write_errors = 0       # chunks that could not be written (served from memory)
+        self.corrupt = 0            # chunks found damaged on disk and deleted
+        self._scan()
+
+    # -- the namespaces --
+
+    def layer(self, digest: str) -> LayerChunks:
+        """The chunk store of one layer blob (``sha256:<hex>``)."""
+        return LayerChunks(self, digest_hex(digest, "layer digest"))
+
+    def layer_dir(self, digest: str) -> Path:
+        return self.dir / digest_hex(digest, "layer digest")
+
+    def layers(self) -> list[str]:
+        """Digests of the layers with a namespace on disk."""
+        with contextlib.suppress(FileNotFoundError):
+            return sorted("sha256:" + e.name for e in os.scandir(self.dir)
+                          if _HEX.fullmatch(e.name) and e.is_dir(follow_symlinks=False))
+        return []
+
+    def drop_layer(self, digest: str) -> int:
+        """Delete a layer's namespace (its image is gone); bytes freed (pinned chunks are kept)."""
+        lhex = digest_hex(digest, "layer digest")
+        with self._lock:
+            keys = [k for k in self._lru if k[0] == lhex]
+            pinned = {k for k in keys if self._pins[k] > 0}
+            freed = 0
+            for key in keys:
+                if key not in pinned:
+                    freed += self._forget(key)
+        if pinned:
+            for key in keys:
+                if key not in pinned:
+                    with contextlib.suppress(OSError):
+                        os.unlink(self._path(key))
+            return freed
+        shutil.rmtree(self.dir / lhex, ignore_errors=True)
+        return freed
+
+    @property
+    def size(self) -> int:
+        """Bytes stored (in filesystem blocks)."""
+        return self._total
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"bytes": self._total, "max_bytes": self.max_bytes, "chunks": len(self._lru),
+                    "pinned": sum(1 for n in self._pins.values() if n > 0), "evicted": self.evicted,
+                    "write_errors": self.write_errors, "corrupt": self.corrupt}
+
+    # -- per chunk (LayerChunks calls these) --
+
+    def _path(self, key: _Key) -> Path:
+        return self.dir / key[0] / key[1]
+
+    def _contains(self, key: _Key, size: int) -> bool:
         try:
-            if final.stat().st_size == len(data):
-                return
+            ok = self._path(key).stat().st_size == size
         except FileNotFoundError:
-            pass
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
+            ok = False
+        if not ok:
+            with self._lock:
+                if key in self._lru and self._pins[key] == 0:
+                    self._forget(key)
+        return ok
+
+    def _open_verified(self, key: _Key, size: int) -> int | None:
+        """An open fd of the whole, verified chunk file (an access); None when absent or damaged."""
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._vanished(key)
+            return None
+        try:
+            if os.fstat(fd).st_size != size:
+                os.close(fd)
+                self._damaged(key, f"{size} bytes expected")
+                return None
+            with self._lock:
+                unverified = key in self._unverified
+            if unverified:
+                h = hashlib.sha256()
+                for off in range(0, size, 1 << 20):
+                    h.update(os.pread(fd, min(1 << 20, size - off), off))
+                if h.hexdigest() != key[1]:
+                    os.close(fd)
+                    self._damaged(key, "content does not match its digest")
+                    return None
+            with self._lock:
+                self._unverified.discard(key)
+                if key in self._lru:
+                    self._lru.move_to_end(key)
+                else:       # written by another process: count it from now on
+                    self._lru[key] = _blocks(size)
+                    self._total += _blocks(size)
+            return fd
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+
+    def _get(self, key: _Key, size: int) -> bytes | None:
+        fd = self._open_verified(key, size)
+        if fd is None:
+            return None
+        try:
+            return os.pread(fd, size, 0) if size else b""
+        finally:
+            os.close(fd)
+
+    def _read(self, key: _Key, size: int, offset: int, length: int) -> bytes | None:
+        fd = self._open_verified(key, size)
+        if fd is None:
+            return None
+        try:
+            return os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+
+    def _pin(self, key: _Key, size: int) -> str | None:
+        with self._lock:
+            self._pins[key] += 1        # before the check, so eviction cannot slip in between
+        fd = self._open_verified(key, size)
+        if fd is None:
+            self._unpin(key)
+            return None
+        os.close(fd)
+        return str(self._path(key))
+
+    def _unpin(self, key: _Key) -> None:
+        with self._lock:
+            self._pins[key] -= 1
+            if self._pins[key] <= 0:
+                del self._pins[key]
+
+    def _put(self, key: _Key, data: bytes) -> bool:
+        final = self._path(key)
+        with self._lock:
+            present = key in self._lru and key not in self._unverified
+        if present:
+            try:
+                if final.stat().st_size == len(data):
+                    return True
+            except FileNotFoundError:
+                pass
+        need = _blocks(len(data))
+        for attempt in range(2):
+            try:
+                self._write(final, data)
+                break
+            except OSError as err:
+                if err.errno in (errno.ENOSPC, errno.EDQUOT) and attempt == 0 and self._make_room(need):
+                    continue        # freed some of our own chunks: try once more
+                with self._lock:
+                    self.write_errors += 1
+                    first = self.write_errors == 1 or self.write_errors % 1000 == 0
+                # the chunk is served from memory all the same; say so once in a while, naming the path
+                log.log(logging.WARNING if first else logging.DEBUG,
+                        "chunk cache: cannot write %s (%s); serving the chunk without caching it "
+                        "(%d chunk(s) not cached so far)", final, err.strerror or err, self.write_errors)
+                return False
+        with self._lock:
+            self._unverified.discard(key)
+            old = self._lru.pop(key, None)
+            self._total += need - (old or 0)
+            self._lru[key] = need
+            over = self._total > self.max_bytes
+        if over:
+            self._evict(int(self.max_bytes * LOW_WATER))
+        return True
+
+    def _write(self, final: Path, data: bytes) -> None:
+        final.parent.mkdir(exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
-            os.chmod(tmp, 0o644)
             os.replace(tmp, final)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+    # -- bookkeeping --
+
+    def _forget(self, key: _Key) -> int:
+        """Drop a key from the index (lock held); its bytes."""
+        size = self._lru.pop(key, 0)
+        self._total -= size
+        self._unverified.discard(key)
+        return size
+
+    def _vanished(self, key: _Key) -> None:
+        with self._lock:
+            if self._pins[key] == 0:
+                self._forget(key)
+
+    def _damaged(self, key: _Key, why: str) -> None:
+        path = self._path(key)
+        log.warning("chunk cache: %s is damaged (%s); deleted, it will be fetched again", path, why)
+        with self._lock:
+            self.corrupt += 1
+            self._forget(key)
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+    def _make_room(self, need: int) -> bool:
+        """The disk is full: evict enough of our chunks for ``need`` bytes and a margin; False when there
+        was nothing to evict."""
+        target = max(0, min(self._total, self.max_bytes) - max(need, self.max_bytes // 10))
+        return self._evict(target) > 0
+
+    def _evict(self, target: int) -> int:
+        """Delete the least recently used unpinned chunks until at most ``target`` bytes are stored;
+        the number deleted."""
+        victims: list[_Key] = []
+        with self._lock:
+            for key in self._lru:
+                if self._total <= target:
+                    break
+                if self._pins[key] > 0:
+                    continue
+                victims.append(key)
+                self._total -= self._lru[key]
+            for key in victims:
+                del self._lru[key]
+                self._unverified.discard(key)
+            self.evicted += len(victims)
+        for key in victims:
+            with contextlib.suppress(OSError):
+                os.unlink(self._path(key))
+        if victims:
+            log.info("chunk cache: evicted %d chunk(s), %d bytes stored (bound %d)",
+                     len(victims), self._total, self.max_bytes)
+        return len(victims)
+
+    def _scan(self) -> None:
+        """Index what an earlier server left (unverified, oldest first by mtime); remove temporary files
+        and the flat ``<chunk hex>`` files of the old layout, which say nothing of their layer."""
+        found: list[tuple[float, _Key, int]] = []
+        legacy = 0
+        for top in os.scandir(self.dir):
+            if top.is_file(follow_symlinks=False):
+                if _HEX.fullmatch(top.name) or top.name.startswith(".tmp-"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(top.path)
+                    legacy += 1
+                continue
+            if not (_HEX.fullmatch(top.name) and top.is_dir(follow_symlinks=False)):
+                continue
+            for entry in os.scandir(top.path):
+                if entry.name.startswith(".tmp-"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+                    continue
+                if not _HEX.fullmatch(entry.name):
+                    continue
+                with contextlib.suppress(OSError):
+                    st = entry.stat(follow_symlinks=False)
+                    found.append((st.st_mtime, (top.name, entry.name), _blocks(st.st_size)))
+        if legacy:
+            log.info("chunk cache: removed %d file(s) of the old shared layout from %s", legacy, self.dir)
+        found.sort()
+        for _, key, size in found:
+            self._lru[key] = size
+            self._unverified.add(key)
+            self._total += size
+        if self._total > self.max_bytes:
+            self._evict(int(self.max_bytes * LOW_WATER))
+
+
+class LayerChunks:
+    """One layer's namespace of a :class:`DirectoryCache` (implements :class:`ChunkStore`)."""
+
+    def __init__(self, cache: DirectoryCache, layer_hex: str) -> None:
+        self.cache = cache
+        self.layer = layer_hex
+        self._pins: Counter[str] = Counter()
+        self._pins_lock = threading.Lock()
+
+    def _key(self, digest: str) -> _Key:
+        return (self.layer, digest_hex(digest, "chunk digest"))
+
+    def path(self, digest: str) -> Path:
+        """Where the chunk's file is (or would be); diagnostics and tests; the read path uses ``pin``."""
+        return self.cache._path(self._key(digest))
+
+    def contains(self, digest: str, size: int) -> bool:
+        return self.cache._contains(self._key(digest), size)
+
+    def get(self, digest: str, size: int) -> bytes | None:
+        return self.cache._get(self._key(digest), size)
+
+    def read(self, digest: str, size: int, offset: int, length: int) -> bytes | None:
+        return self.cache._read(self._key(digest), size, offset, length)
+
+    def put(self, digest: str, data: bytes) -> bool:
+        return self.cache._put(self._key(digest), data)
+
+    def pin(self, digest: str, size: int) -> str | None:
+        path = self.cache._pin(self._key(digest), size)
+        if path is not None:
+            with self._pins_lock:
+                self._pins[digest] += 1
+        return path
+
+    def unpin(self, digest: str) -> None:
+        with self._pins_lock:
+            if self._pins[digest] <= 0:
+                return
+            self._pins[digest] -= 1
+            if not self._pins[digest]:
+                del self._pins[digest]
+        self.cache._unpin(self._key(digest))
+
+    def release(self) -> None:
+        with self._pins_lock:
+            pins, self._pins = self._pins, Counter()
+        for digest, n in pins.items():
+            for _ in range(n):
+                self.cache._unpin(self._key(digest))
+
+    @property
+    def size(self) -> int:
+        with self.cache._lock:
+            return sum(n for (lhex, _), n in self.cache._lru.items() if lhex == self.layer)

@@ -46,6 +46,10 @@ class FsConfig:
     on-demand miss of any layer in the server, as stargz-snapshotter's. Default 5 s."""
     cache_dir: str = ""
     """Chunk cache directory; empty means ``<root>/cache/chunks``. Default empty."""
+    cache_max_bytes: int = 0
+    """Bound of the chunk cache in bytes: past it the least recently read chunks no open file pins are
+    deleted. 0: 10% of the cache's filesystem, at most 10 GiB (``lazypull.fs.cache.default_max_bytes``
+    says why). Default 0."""
     read_deadline: float = 30.0
     """A read that cannot get its data from the registry within this long fails with EIO. Default 30 s."""
     retry_initial: float = 0.1

@@ -24,10 +24,11 @@ from typing import Any
 
 from lazypull.errors import ImageError, LazypullError, MountError
 from lazypull.format import FormatError
-from lazypull.fs.cache import ChunkCache, digest_hex
+from lazypull.fs.cache import DirectoryCache, digest_hex
 from lazypull.fs.config import FsConfig
 from lazypull.fs.layer import LayerTree, hints, is_lazy, open_layer_tree
 from lazypull.fs.layer.activity import ACTIVITY
+from lazypull.fs.layer.open import prove_origin
 from lazypull.fs.layer.toc import fetch_external_toc
 from lazypull.fs.mount import mount_layer
 from lazypull.fs.remote import FileRangeSource, RangeSource, RegistryRangeSource
@@ -92,7 +93,7 @@ class LayerManager:
         self.root = root
         self.paths = RunPaths(root)
         self.config = config
-        self.cache = ChunkCache(config.chunk_dir(root))
+        self.cache = DirectoryCache(config.chunk_dir(root), config.cache_max_bytes)
         self._store_factory = store_factory
         self._client_factory = client_factory
         self._clients: dict[bool, Any] = {}
@@ -327,7 +328,7 @@ class LayerManager:
             data["source"] = layer.source.describe()
             data["passthrough_files"] = getattr(layer.fuse, "passthrough_files", 0)
             out[digest] = data
-        return {"layers": out, "cache_dir": str(self.cache.dir),
+        return {"layers": out, "cache_dir": str(self.cache.dir), "cache": self.cache.stats(),
                 "released_trees": {"released": self._released_count, "alive": len(self._released)}}
 
     def close(self) -> None:
@@ -386,6 +387,7 @@ class LayerManager:
             with self._lock:
                 layer = self._layers.get(digest)
             if layer is not None:
+                self._check_origin(digest, make_source)
                 return layer
             began = time.monotonic()
             source, external = make_source()
@@ -417,6 +419,19 @@ class LayerManager:
             log.info("mounted layer %s at %s from %s in %.3fs (TOC and tree %.3fs, FUSE mount %.3fs)",
                      digest, path, source.describe(), now - began, opened - began, now - opened)
             return layer
+
+    def _check_origin(self, digest: str,
+                      make_source: Callable[[], tuple[RangeSource, Callable[[], bytes] | None]]) -> None:
+        """A mounted layer is shared only with images whose source serves its blob too (``prove_origin``:
+        a hostile image naming another image's layer digest must not get its mount)."""
+        source, _ = make_source()
+        try:
+            prove_origin(digest, source, self.paths.layer_dir(digest))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                with contextlib.suppress(OSError):
+                    close()
 
     def _source(self, store: Any, resolved: Any, desc: Any, insecure: bool
                 ) -> tuple[RangeSource, Callable[[], bytes] | None]:

@@ -54,7 +54,7 @@ def _tar(files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
 def _cached(tree: LayerTree, path: str) -> bool:
     fc = tree._chunks_of(lookup_path(tree, path))
     assert fc is not None
-    return all(tree.cache.has(c.digest, c.chunk_size) for c in fc.chunks)
+    return all(tree.cache.contains(c.digest, c.chunk_size) for c in fc.chunks)
 
 
 def _wait(predicate: Any, what: str, timeout: float = 5.0) -> None:
@@ -98,7 +98,7 @@ def test_a_file_bigger_than_whole_file_max_fetches_only_what_is_read(blob: Blob,
     src.requests.clear()
     assert tree.read(ino, 0, 4096) == FILES["bin/huge"][:4096]
     assert src.requests == [[(fc.chunks[0].offset, fc.chunks[0].end - fc.chunks[0].offset)]]
-    assert not tree.cache.has(fc.chunks[1].digest, fc.chunks[1].chunk_size)
+    assert not tree.cache.contains(fc.chunks[1].digest, fc.chunks[1].chunk_size)
     tree.close()
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from lazypull.errors import MountError
 from lazypull.fs import mount_layer
-from lazypull.fs.cache import ChunkCache
+from lazypull.fs.cache import DirectoryCache
 from lazypull.fs.config import FsConfig
 from lazypull.fs.layer import LayerTree, open_layer_tree
 from lazypull.fs.remote import RegistryRangeSource
@@ -41,7 +41,7 @@ def mounted(tmp: Path, blob: Blob, host: str, repo: str,
     ref = parse_reference(f"{host}/{repo}:latest")
     source = RegistryRangeSource(client, ref, blob.digest, blob.result.blob_size)
     tree = open_layer_tree(blob.digest, blob.annotations, source, root=tmp, config=config,
-                           cache=ChunkCache(config.chunk_dir(tmp)))
+                           cache=DirectoryCache(config.chunk_dir(tmp)))
     tree.start()
     fuse = mount_layer(tree, tmp / "mnt")
     try:

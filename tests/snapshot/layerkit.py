@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from lazypull.fs.cache import ChunkCache
+from lazypull.fs.cache import DirectoryCache
 from lazypull.fs.config import FsConfig
 from lazypull.fs.layer import LayerTree, open_layer_tree
 from lazypull.fs.remote import FileRangeSource, RangeSource
@@ -153,7 +153,7 @@ def open_tree(blob: Blob, root: Path, config: FsConfig | None = None, source: Ra
     src = source or FileRangeSource(blob.path)
     notes = annotations if annotations is not None else blob.annotations
     tree = open_layer_tree(digest or blob.digest, notes, src, root=root, config=config,
-                           cache=ChunkCache(config.chunk_dir(root)))
+                           cache=DirectoryCache(config.chunk_dir(root)))
     if not preload:
         tree.fetcher.preloaded = []
     return tree

@@ -131,7 +131,7 @@ class Background:
         with ACTIVITY.busy(), ThreadPoolExecutor(PREFETCH_STREAMS, thread_name_prefix=name) as pool:
             for piece in pieces(mine, PREFETCH_PIECE):
                 pool.submit(self.fetcher.run_group, piece, deadline, single_range=True)
-        missing = [c for c in mine if not self.fetcher.cache.has(c.digest, c.chunk_size)]
+        missing = [c for c in mine if not self.fetcher.cache.contains(c.digest, c.chunk_size)]
         self.stats.set(prefetch_seconds=round(time.monotonic() - began, 6),
                        prefetch_bytes=self.stats.bytes_fetched - before,
                        prefetch_state="failed" if missing else "done")
@@ -184,7 +184,7 @@ class Background:
         size = 0
         done = 0
         for unit, group in units:
-            if all(self.fetcher.cache.has(c.digest, c.chunk_size) for c in group):
+            if all(self.fetcher.cache.contains(c.digest, c.chunk_size) for c in group):
                 done += unit[1] - unit[0]
                 continue
             batch.append((unit, group))
@@ -208,7 +208,7 @@ class Background:
         mine = self.fetcher.claim_for_background(chunks)
         if mine:
             self.fetcher.run_group(mine, time.monotonic() + self.config.read_deadline, single_range=False)
-        ok = all(self.fetcher.cache.has(c.digest, c.chunk_size) for c in chunks)
+        ok = all(self.fetcher.cache.contains(c.digest, c.chunk_size) for c in chunks)
         if ok:
             self.stats.add(background_done=sum(stop - off for (off, stop), _ in batch))
         return ok

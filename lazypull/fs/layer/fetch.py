@@ -22,7 +22,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from lazypull.format import FormatError, decode_chunks
-from lazypull.fs.cache import ChunkCache
+from lazypull.fs.cache import ChunkStore
 from lazypull.fs.config import FsConfig
 from lazypull.fs.remote import FetchError, RemoteBlob
 from lazypull.fs.stats import LayerStats
@@ -63,11 +63,11 @@ def merge_ranges(units: Iterable[Unit], gap: int) -> list[Unit]:
 class ChunkFetcher:
     """Verified chunks of one layer; thread-safe. Blocking calls never hold the table lock."""
 
-    def __init__(self, digest: str, remote: RemoteBlob, cache: ChunkCache, stats: LayerStats,
+    def __init__(self, digest: str, remote: RemoteBlob, cache: ChunkStore, stats: LayerStats,
                  config: FsConfig, units: dict[Unit, list[Any]]) -> None:
         self.digest = digest
         self.remote = remote
-        self.cache = cache
+        self.cache = cache                       # this layer's namespace: only bytes from its own blob
         self.stats = stats
         self.config = config
         self.units = units                       # unit -> chunks decoded from it (unique digests)
@@ -101,11 +101,10 @@ class ChunkFetcher:
         waits, mine = self._claim(chunks, with_siblings=True)
         if extra:
             mine += self._claim([c for c in extra if c.digest not in waits], with_siblings=True)[1]
-        # Fetched by someone else between the caller's cache check and the claim: release from the cache.
-        done = [c for c in mine if self.cache.has(c.digest, c.chunk_size)]
-        if done:
-            self._resolve_from_cache(done)
-            mine = [c for c in mine if c not in done]
+        # Fetched by someone else between the caller's cache check and the claim: release from the cache
+        # (what is evicted or damaged meanwhile stays claimed, to be fetched).
+        if mine:
+            mine = self._resolve_from_cache(mine)
         if mine:
             try:
                 self._pool.submit(self._run_group, mine, deadline, False)
@@ -152,27 +151,33 @@ class ChunkFetcher:
             if with_siblings:   # other chunks decoded from the same compressed ranges come for free
                 for unit in {(c.offset, c.end) for c in mine}:
                     for sib in self.units.get(unit, ()):
-                        if sib.digest in self._inflight or self.cache.has(sib.digest, sib.chunk_size):
+                        if sib.digest in self._inflight or self.cache.contains(sib.digest, sib.chunk_size):
                             continue
                         self._inflight[sib.digest] = Future()
                         mine.append(sib)
         return waits, mine
 
-    def _resolve_from_cache(self, chunks: Sequence[Any]) -> None:
-        with self._inflight_lock:
-            futures = [(c, self._inflight.pop(c.digest, None)) for c in chunks]
-        for chunk, fut in futures:
-            if fut is None:
-                continue
-            data = self.cache.get(chunk.digest, chunk.chunk_size)
+    def _resolve_from_cache(self, chunks: Sequence[Any]) -> list[Any]:
+        """Complete the claims of the chunks the cache has; the others (still claimed)."""
+        found: dict[str, bytes] = {}
+        rest: list[Any] = []
+        for chunk in chunks:
+            data = (self.cache.get(chunk.digest, chunk.chunk_size)
+                    if self.cache.contains(chunk.digest, chunk.chunk_size) else None)
             if data is None:
-                fut.set_exception(ChunkUnavailable(f"chunk {chunk.digest} vanished from the cache"))
+                rest.append(chunk)
             else:
-                fut.set_result(data)
+                found[chunk.digest] = data
+        with self._inflight_lock:
+            futures = [(d, self._inflight.pop(d, None)) for d in found]
+        for digest, fut in futures:
+            if fut is not None:
+                fut.set_result(found[digest])
+        return rest
 
     def claim_for_background(self, chunks: Sequence[Any]) -> list[Any]:
         """Claim the chunks nobody fetches yet and that are not cached (background/prefetch)."""
-        todo = [c for c in chunks if not self.cache.has(c.digest, c.chunk_size)]
+        todo = [c for c in chunks if not self.cache.contains(c.digest, c.chunk_size)]
         return self._claim(todo, with_siblings=False)[1]
 
     def _wait(self, waits: dict[str, Future[bytes]], deadline: float) -> dict[str, bytes]:
@@ -328,10 +333,7 @@ class ChunkFetcher:
                 self.stats.add(verify_failures=1)
                 failed.append((chunk, decoded))
                 continue
-            try:
-                self.cache.put(chunk.digest, decoded)
-            except OSError as err:
-                log.warning("chunk cache write of %s failed: %s", chunk.digest, err)
+            self.cache.put(chunk.digest, decoded)   # a failed write is logged; the bytes are served anyway
             self._ready(chunk.digest, decoded)      # its readers go on while the rest is decoded
             self.stats.add(chunks_fetched=1)
             results[chunk.digest] = decoded

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lazypull.format import FormatError
-from lazypull.fs.cache import ChunkCache
+from lazypull.fs.cache import ChunkStore
 from lazypull.fs.config import FsConfig
 from lazypull.fs.fuse.tree import Attr, FuseError, StatFs
 from lazypull.fs.layer import hints
@@ -58,7 +58,7 @@ class LayerTree:
 
     access: AccessRecorder | None = None   # set at mount when asked (``access.recorder_for``)
 
-    def __init__(self, digest: str, reader: Any, remote: RemoteBlob, cache: ChunkCache, stats: LayerStats,
+    def __init__(self, digest: str, reader: Any, remote: RemoteBlob, cache: ChunkStore, stats: LayerStats,
                  config: FsConfig, layer_dir: Path) -> None:
         self.digest = digest
         self.reader = reader
@@ -67,7 +67,11 @@ class LayerTree:
         self.stats = stats
         self.config = config
         self.files_dir = layer_dir / "files"
+        # Files assembled by an earlier server were never verified since (no fsync, maybe a power loss):
+        # they are assembled again from chunks, which the cache verifies at first use.
+        shutil.rmtree(self.files_dir, ignore_errors=True)
         self.files_dir.mkdir(parents=True, exist_ok=True)
+        self._backing: dict[str, str] = {}      # chunk digest -> its file, pinned while it backs a file
         self.inodes = InodeTable(reader.entries())
         # Chunk lists are built on first use (a big TOC would otherwise delay the mount by seconds);
         # the background thread indexes every file before it prefetches.
@@ -164,7 +168,7 @@ class LayerTree:
             if other is None or other is fc or other.compressed > SMALL_FILE \
                     or not all(lo <= c.offset and c.end <= hi for c in other.chunks):
                 continue          # only whole files: half a neighbour is no use to anyone
-            out += [c for c in other.chunks if not self.cache.has(c.digest, c.chunk_size)]
+            out += [c for c in other.chunks if not self.cache.contains(c.digest, c.chunk_size)]
         return out
 
     # -- lifecycle --
@@ -183,6 +187,7 @@ class LayerTree:
         hints.leave(self.group, self)
         self.background.stop()
         self.fetcher.close()
+        self.cache.release()
         self._assembler.shutdown(wait=False, cancel_futures=True)
         self._ahead_pool.shutdown(wait=False, cancel_futures=True)
         if self.access is not None:
@@ -260,7 +265,7 @@ class LayerTree:
             if fc is None:
                 return
             if fc.compressed <= self.config.whole_file_max:
-                todo = [c for c in fc.chunks if not self.cache.has(c.digest, c.chunk_size)]
+                todo = [c for c in fc.chunks if not self.cache.contains(c.digest, c.chunk_size)]
                 if todo:
                     self.stats.add(fetched_ahead=1)
                     self.remote.demand_begin()
@@ -348,7 +353,7 @@ class LayerTree:
             return []
         wanted = {c.digest for c in missing}
         return [c for c in fc.chunks
-                if c.digest not in wanted and not self.cache.has(c.digest, c.chunk_size)]
+                if c.digest not in wanted and not self.cache.contains(c.digest, c.chunk_size)]
 
     def _read_ahead(self, ino: int, fc: _FileChunks, next_index: int, offset: int, end: int) -> None:
         """When a file is read sequentially, start fetching its next chunks before they are asked for."""
@@ -381,8 +386,13 @@ class LayerTree:
             return None
         if len(fc.chunks) == 1:     # the cached chunk is the whole file
             chunk = fc.chunks[0]
-            cached = self.cache.has(chunk.digest, chunk.chunk_size)
-            return str(self.cache.path(chunk.digest)) if cached else None
+            with self._assemble_lock:
+                backing = self._backing.get(chunk.digest)
+                if backing is None:     # verified now if an earlier server wrote it; kept until unmount
+                    backing = self.cache.pin(chunk.digest, chunk.chunk_size)
+                    if backing is not None:
+                        self._backing[chunk.digest] = backing
+            return backing
         path = self.files_dir / str(ino)
         if path.exists():
             return str(path)
@@ -396,7 +406,7 @@ class LayerTree:
     # -- complete files --
 
     def _complete(self, fc: _FileChunks) -> bool:
-        return all(self.cache.has(c.digest, c.chunk_size) for c in fc.chunks)
+        return all(self.cache.contains(c.digest, c.chunk_size) for c in fc.chunks)
 
     def _maybe_assemble_later(self, ino: int) -> None:
         with self._assemble_lock:
@@ -425,12 +435,18 @@ class LayerTree:
         try:
             with os.fdopen(fd, "wb") as out:
                 for chunk in self._files[ino].chunks:
+                    src_path = self.cache.pin(chunk.digest, chunk.chunk_size)   # verified, not evicted
+                    if src_path is None:
+                        os.unlink(tmp)
+                        return False
                     try:
-                        with open(self.cache.path(chunk.digest), "rb") as src:
+                        with open(src_path, "rb") as src:
                             shutil.copyfileobj(src, out, 1 << 20)
                     except FileNotFoundError:
                         os.unlink(tmp)
                         return False
+                    finally:
+                        self.cache.unpin(chunk.digest)
                 size = out.tell()
             if size != self.inodes.nodes[ino].attr.size:
                 os.unlink(tmp)
