@@ -76,12 +76,18 @@ def _default_store(root: Path) -> Any:
     return Store(root)
 
 
-def _default_client(insecure: bool) -> Any:
-    """A registry client for layer reads: few retries of its own (the layer retries until its deadline)."""
+def layer_client(insecure: bool, auth: Any = None) -> Any:
+    """A registry client for layer reads: few retries of its own (the layer retries until its deadline).
+    ``auth``: a credential source (default: the node's docker config files)."""
     from lazypull.registry import DockerConfigAuth, RegistryClient, RetryPolicy
 
-    return RegistryClient(insecure=insecure, auth=DockerConfigAuth(), timeout=20.0,
+    return RegistryClient(insecure=insecure, auth=auth if auth is not None else DockerConfigAuth(),
+                          timeout=20.0,
                           retry=RetryPolicy(attempts=2, base_delay=0.05, max_delay=0.5, deadline=5.0))
+
+
+def _default_client(insecure: bool) -> Any:
+    return layer_client(insecure)
 
 
 class LayerManager:
@@ -217,8 +223,10 @@ class LayerManager:
         return (lambda: [d for d in (f.result() for f in futures) if d is not None]), top
 
     def mount_registry_layer(self, ref: str, digest: str, annotations: dict[str, str], *, holder: str,
-                             insecure: bool = False) -> Path:
-        """Mount one layer straight from a registry reference (containerd's remote snapshots); its path."""
+                             insecure: bool = False, client: Any = None) -> Path:
+        """Mount one layer straight from a registry reference (containerd's remote snapshots); its path.
+        ``client``: the registry client for its reads (one with the image's own credentials, from the CRI
+        keychain), else the server's."""
         from lazypull.registry import parse_reference
 
         if not is_lazy(annotations):
@@ -227,7 +235,8 @@ class LayerManager:
             parsed = parse_reference(ref)
         except LazypullError as err:
             raise MountError(f"invalid image reference {ref!r} for layer {digest}: {err}") from err
-        client = self.registry_client(insecure)
+        if client is None:
+            client = self.registry_client(insecure)
 
         def make_source() -> tuple[RangeSource, Callable[[], bytes] | None]:
             size = int(client.blob_size(parsed, digest))

@@ -68,11 +68,14 @@ class MountDaemon:
     """One running server: the pidfile lock, the manager and the socket."""
 
     def __init__(self, root: Path, config: FsConfig | None = None, *, containerd_socket: Path | None = None,
-                 insecure_registries: bool = False, **manager_args: Any) -> None:
+                 insecure_registries: bool = False, cri_image_service: tuple[Path, Path] | None = None,
+                 **manager_args: Any) -> None:
         self.root = root
         self.containerd_socket = containerd_socket
         self.insecure_registries = insecure_registries
+        self.cri_image_service = cri_image_service        # (our socket, containerd's CRI socket)
         self._snapshot_service: Any = None
+        self._cri_service: Any = None
         self.paths = RunPaths(root)
         self.config = config or load_config(root)
         self.manager = LayerManager(root, self.config, **manager_args)
@@ -210,9 +213,20 @@ class MountDaemon:
             from lazypull.snapshot.proxy.service import SnapshotService
             from lazypull.snapshot.proxy.snapshotter import Snapshotter
 
-            snapshotter = Snapshotter(self.root, self.manager, insecure=self.insecure_registries)
+            keychain = None
+            if self.cri_image_service is not None:
+                from lazypull.snapshot.cri.keychain import Keychain
+                from lazypull.snapshot.cri.service import ImageServiceProxy
+                from lazypull.snapshot.manager import layer_client
+
+                keychain = Keychain(layer_client)
+                self._cri_service = ImageServiceProxy(keychain, *self.cri_image_service)
+            snapshotter = Snapshotter(self.root, self.manager, insecure=self.insecure_registries,
+                                      keychain=keychain)
             self._snapshot_service = SnapshotService(snapshotter, self.containerd_socket)
             self._snapshot_service.start()
+            if self._cri_service is not None:
+                self._cri_service.start()
 
     def _restore(self) -> None:
         try:
@@ -232,6 +246,8 @@ class MountDaemon:
             self._server.shutdown()
 
     def cleanup(self) -> None:
+        if self._cri_service is not None:
+            self._cri_service.stop()
         if self._snapshot_service is not None:
             self._snapshot_service.stop()
         if self._server is not None:
@@ -247,15 +263,20 @@ class MountDaemon:
 
 
 def run_daemon(root: Path, config: FsConfig | None = None, *, containerd_socket: Path | None = None,
-               insecure_registries: bool = False) -> None:
+               insecure_registries: bool = False, cri_image_service: tuple[Path, Path] | None = None) -> None:
     """Run the server in the foreground until SIGTERM/SIGINT or a shutdown request.
 
     ``containerd_socket``: also serve containerd's snapshots API there (proxy plugin).
+    ``cri_image_service``: (socket, containerd's CRI socket): also serve the CRI image service there,
+    forwarding to containerd and keeping pull credentials for the snapshotter (needs containerd_socket).
     """
+    if cri_image_service is not None and containerd_socket is None:
+        raise MountError("the CRI image service serves the containerd snapshotter: "
+                         "it needs containerd_socket")
     root = root.resolve()
     os.chdir("/")              # do not keep the caller's working directory busy
     daemon = MountDaemon(root, config, containerd_socket=containerd_socket,
-                         insecure_registries=insecure_registries)
+                         insecure_registries=insecure_registries, cri_image_service=cri_image_service)
     daemon.start()
 
     def on_signal(signum: int, _frame: object) -> None:

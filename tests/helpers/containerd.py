@@ -358,3 +358,51 @@ def containerd() -> Iterator[Ctr]:
     finally:
         daemon.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclass
+class CriContainerd(ContainerdDaemon):
+    """containerd with its CRI plugin (``io.containerd.grpc.v1.cri``) on, images unpacked by the snapshot
+    proxy plugin ``snapshotter`` at ``snapshot_socket`` (with the snapshot annotations a lazy snapshotter
+    needs), pods host-network only (an empty CNI config dir), ``sandbox_image`` as the pause image, and
+    ``plain_http`` registries reached over HTTP. The CRI socket is :attr:`socket` (containerd's own)."""
+
+    snapshot_socket: Path = Path()
+    snapshotter: str = "lazypull"
+    sandbox_image: str = ""
+    plain_http: tuple[str, ...] = ()
+
+    def config_text(self) -> str:
+        disabled = ", ".join(json.dumps(p) for p in _DISABLED_PLUGINS if p != "io.containerd.grpc.v1.cri")
+        base = super().config_text()
+        start = base.index("disabled_plugins")
+        base = base[:start] + f"disabled_plugins = [{disabled}]" + base[base.index("\n", start):]
+        hosts = self.base / "certs.d"
+        for host in self.plain_http:
+            (hosts / host).mkdir(parents=True, exist_ok=True)
+            (hosts / host / "hosts.toml").write_text(
+                f'server = "http://{host}"\n[host."http://{host}"]\n  capabilities = ["pull", "resolve"]\n')
+        (self.base / "cni").mkdir(exist_ok=True)
+        cri = 'plugins."io.containerd.grpc.v1.cri"'
+        return base + (
+            "[proxy_plugins]\n"
+            f"  [proxy_plugins.{self.snapshotter}]\n"
+            '    type = "snapshot"\n'
+            f'    address = "{self.snapshot_socket}"\n'
+            f"[{cri}]\n"
+            f'  sandbox_image = "{self.sandbox_image}"\n'
+            "  restrict_oom_score_adj = true\n"      # runc cannot lower oom_score_adj on every machine
+            '  stream_server_address = "127.0.0.1"\n'
+            '  stream_server_port = "0"\n'
+            "  disable_apparmor = true\n"
+            f"[{cri}.containerd]\n"
+            f'  snapshotter = "{self.snapshotter}"\n'
+            "  disable_snapshot_annotations = false\n"
+            '  default_runtime_name = "runc"\n'
+            f"[{cri}.containerd.runtimes.runc]\n"
+            '  runtime_type = "io.containerd.runc.v2"\n'
+            f"[{cri}.cni]\n"
+            f'  conf_dir = "{self.base / "cni"}"\n'
+            f"[{cri}.registry]\n"
+            f'  config_path = "{hosts}"\n'
+        )

@@ -194,8 +194,9 @@ def push_image_layers(workdir: Path, name: str, layers: list[list[TarEntrySpec]]
 def push_lazy_image(workdir: Path, name: str, layers: list[list[TarEntrySpec]], *,
                     config: dict[str, Any] | None = None,
                     compression: Literal["gzip", "zstd"] = "gzip",
-                    prioritized_files: list[str] | None = None) -> tuple[str, list[str]]:
-    """Build an eStargz (or zstd:chunked) image with lazypull's own writer and push it as ``name``.
+                    prioritized_files: list[str] | None = None, auth: Any = None) -> tuple[str, list[str]]:
+    """Build an eStargz (or zstd:chunked) image with lazypull's own writer and push it as ``name``
+    (``auth``: the registry client's credential source).
 
     Returns the name and the layer digests. The layers carry the TOC digest annotations that make
     the mount server serve them lazily.
@@ -249,6 +250,6 @@ def push_lazy_image(workdir: Path, name: str, layers: list[list[TarEntrySpec]], 
     layout = Layout(layout_dir)
     store = Store(Path(tempfile.mkdtemp(dir=workdir)))
     copy_into_store(store, layout.root("v1"), layout, name, source=None, platforms=None)
-    with RegistryClient(insecure=True) as client:
+    with RegistryClient(insecure=True, auth=auth) as client:
         push_image(store, client, name)
-    return name, [d["digest"] for d in layer_descs]
+    return name, [str(d["digest"]) for d in layer_descs]

@@ -26,6 +26,7 @@ class _Manager:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.released: list[str] = []
+        self.mounted: list[tuple[str, str, Any]] = []
         self.waited: list[tuple[list[str], float]] = []
         self.config = FsConfig(prefetch_timeout=7.0)
 
@@ -34,7 +35,8 @@ class _Manager:
         return True
 
     def mount_registry_layer(self, ref: str, digest: str, annotations: dict[str, str], *, holder: str,
-                             insecure: bool = False) -> Path:
+                             insecure: bool = False, client: Any = None) -> Path:
+        self.mounted.append((ref, digest, client))
         if self.path is None:
             raise MountError("not lazy")
         return self.path

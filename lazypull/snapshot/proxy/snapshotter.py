@@ -3,10 +3,15 @@ mount server instead of downloaded and unpacked.
 
 Semantics follow containerd's overlay snapshotter and stargz-snapshotter's remote-snapshot protocol:
 ``Prepare`` with the label ``containerd.io/snapshot.ref`` (the chain id the layer would be committed as)
-and the ``containerd.io/snapshot/remote/stargz.{reference,digest}`` labels that ``ctr-remote rpull`` (or
-CRI with snapshot annotations) attaches mounts that layer lazily, commits it under the target name and
-answers *already exists*, so containerd skips downloading and applying it. Everything else is an ordinary
-overlay snapshotter: active snapshots get an upper and work dir, committed ones become lower dirs.
+and the layer's image reference and digest mounts that layer lazily, commits it under the target name and
+answers *already exists*, so containerd skips downloading and applying it. Reference and digest come from
+the ``containerd.io/snapshot/remote/stargz.{reference,digest}`` labels that ``ctr-remote rpull``'s handler
+attaches, or from the ``containerd.io/snapshot/cri.{image-ref,layer-digest}`` labels of containerd's CRI
+plugin (with ``disable_snapshot_annotations = false``, which also passes the layer's
+``containerd.io/snapshot/stargz/toc.digest`` annotation). With a
+:class:`~lazypull.snapshot.cri.keychain.Keychain`, the registry credentials a CRI ``PullImage`` carried
+for that image serve its lazy reads. Everything else is an ordinary overlay snapshotter: active snapshots
+get an upper and work dir, committed ones become lower dirs.
 
 State (snapshot names, kinds, parents, labels) is kept in ``<root>/containerd/snapshots.json``.
 """
@@ -21,16 +26,21 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lazypull.errors import LazypullError
 from lazypull.snapshot.manager import LayerManager
 from lazypull.snapshot.proxy.wire import KIND_ACTIVE, KIND_COMMITTED, KIND_VIEW
 
+if TYPE_CHECKING:
+    from lazypull.snapshot.cri.keychain import Keychain
+
 TARGET_LABEL = "containerd.io/snapshot.ref"
 REMOTE_LABEL = "containerd.io/snapshot/remote"
 REF_LABEL = "containerd.io/snapshot/remote/stargz.reference"
 DIGEST_LABEL = "containerd.io/snapshot/remote/stargz.digest"
+CRI_REF_LABEL = "containerd.io/snapshot/cri.image-ref"        # containerd's CRI plugin
+CRI_DIGEST_LABEL = "containerd.io/snapshot/cri.layer-digest"
 INSECURE_LABEL = "containerd.io/snapshot/remote/lazypull.insecure"
 HOLDER_PREFIX = "containerd:"
 
@@ -60,8 +70,10 @@ class Snapshot:
 class Snapshotter:
     """Thread-safe; one instance per mount server."""
 
-    def __init__(self, root: Path, manager: LayerManager, *, insecure: bool = False) -> None:
+    def __init__(self, root: Path, manager: LayerManager, *, insecure: bool = False,
+                 keychain: Keychain | None = None) -> None:
         self.dir = root / "containerd"
+        self.keychain = keychain
         self.dir.mkdir(parents=True, exist_ok=True)
         self.manager = manager
         self.insecure = insecure
@@ -149,8 +161,9 @@ class Snapshotter:
 
     def prepare(self, key: str, parent: str, labels: dict[str, str]) -> list[dict[str, Any]]:
         target = labels.get(TARGET_LABEL)
-        if target and labels.get(REF_LABEL) and labels.get(DIGEST_LABEL):
-            self._try_remote(target, parent, labels)     # raises ALREADY_EXISTS on success
+        remote = _remote_layer(labels)
+        if target and remote is not None:
+            self._try_remote(target, parent, labels, *remote)     # raises ALREADY_EXISTS on success
         with self._lock:
             mounts = self._mounts(self._create(KIND_ACTIVE, key, parent, labels))
         self._wait_prefetch(parent)
@@ -163,22 +176,24 @@ class Snapshotter:
             digests = []
             while parent and parent in self._snaps:
                 snap = self._snaps[parent]
-                if snap.lower and snap.labels.get(DIGEST_LABEL):
-                    digests.append(snap.labels[DIGEST_LABEL])
+                remote = _remote_layer(snap.labels)
+                if snap.lower and remote is not None:
+                    digests.append(remote[1])
                 parent = snap.parent
         if digests:
             self.manager.wait_prefetch(digests, self.manager.config.prefetch_timeout)
 
-    def _try_remote(self, target: str, parent: str, labels: dict[str, str]) -> None:
+    def _try_remote(self, target: str, parent: str, labels: dict[str, str], ref: str, digest: str) -> None:
         with self._lock:
             if target in self._snaps:
                 raise SnapshotError("ALREADY_EXISTS", f"target snapshot {target} already exists")
         annotations = {k: v for k, v in labels.items() if k.startswith("containerd.io/snapshot/")
                        or k.startswith("io.containers.") or k.startswith("io.github.containers.")}
         insecure = self.insecure or labels.get(INSECURE_LABEL) == "true"
+        client = self.keychain.client(ref, insecure) if self.keychain is not None else None
         try:
-            path = self.manager.mount_registry_layer(labels[REF_LABEL], labels[DIGEST_LABEL], annotations,
-                                                     holder=HOLDER_PREFIX + target, insecure=insecure)
+            path = self.manager.mount_registry_layer(ref, digest, annotations, holder=HOLDER_PREFIX + target,
+                                                     insecure=insecure, client=client)
         except LazypullError:
             return      # not lazily mountable: containerd downloads and applies it as usual
         with self._lock:
@@ -273,3 +288,13 @@ class Snapshotter:
     def _info(snap: Snapshot) -> dict[str, Any]:
         return {"name": snap.name, "parent": snap.parent, "kind": snap.kind, "labels": snap.labels,
                 "created": snap.created, "updated": snap.updated}
+
+
+def _remote_layer(labels: dict[str, str]) -> tuple[str, str] | None:
+    """(image reference, layer digest) a Prepare names for a remote snapshot: ctr-remote's labels, else
+    the CRI plugin's; None when neither pair is complete (an ordinary Prepare)."""
+    for ref_label, digest_label in ((REF_LABEL, DIGEST_LABEL), (CRI_REF_LABEL, CRI_DIGEST_LABEL)):
+        ref, digest = labels.get(ref_label), labels.get(digest_label)
+        if ref and digest:
+            return ref, digest
+    return None

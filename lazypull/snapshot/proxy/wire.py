@@ -76,7 +76,8 @@ def fields(data: bytes) -> Iterator[tuple[int, int, Any]]:
         yield number, wtype, value
 
 
-def _str(value: Any) -> str:
+def text(value: Any) -> str:
+    """A string field's value (UTF-8), or WireError."""
     if not isinstance(value, bytes):
         raise WireError("expected a string field")
     try:
@@ -104,13 +105,14 @@ def enc_map(number: int, mapping: dict[str, str]) -> bytes:
     return b"".join(enc_msg(number, enc_str(1, k) + enc_str(2, v)) for k, v in sorted(mapping.items()))
 
 
-def _map_entry(raw: bytes) -> tuple[str, str]:
+def map_entry(raw: bytes) -> tuple[str, str]:
+    """One ``map<string, string>`` entry: key=1, value=2."""
     key = value = ""
     for number, _, v in fields(raw):
         if number == 1:
-            key = _str(v)
+            key = text(v)
         elif number == 2:
-            value = _str(v)
+            value = text(v)
     return key, value
 
 
@@ -120,7 +122,7 @@ def decode_request(data: bytes) -> dict[str, Any]:
     out: dict[str, Any] = {"labels": {}, "strings": {}, "messages": {}, "repeated": []}
     for number, wtype, value in fields(data):
         if number == 4 and wtype == LEN:
-            k, v = _map_entry(value)
+            k, v = map_entry(value)
             out["labels"][k] = v
         elif wtype == LEN:
             out["messages"][number] = value
@@ -135,20 +137,20 @@ def decode_info(raw: bytes) -> dict[str, Any]:
     info: dict[str, Any] = {"name": "", "parent": "", "kind": 0, "labels": {}}
     for number, wtype, value in fields(raw):
         if number == 1:
-            info["name"] = _str(value)
+            info["name"] = text(value)
         elif number == 2:
-            info["parent"] = _str(value)
+            info["parent"] = text(value)
         elif number == 3 and wtype == VARINT:
             info["kind"] = value
         elif number == 6 and wtype == LEN:
-            k, v = _map_entry(value)
+            k, v = map_entry(value)
             info["labels"][k] = v
     return info
 
 
 def decode_field_mask(raw: bytes) -> list[str]:
     """google.protobuf.FieldMask: paths=1 (repeated string)."""
-    return [_str(v) for number, _, v in fields(raw) if number == 1]
+    return [text(v) for number, _, v in fields(raw) if number == 1]
 
 
 def enc_timestamp(number: int, seconds: float) -> bytes:
