@@ -10,6 +10,7 @@ hosts). ``forget`` drops them when the image is removed. Nothing here is written
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -20,11 +21,15 @@ from lazypull.errors import LazypullError
 from lazypull.registry import Credentials, CredentialSource, DockerConfigAuth, parse_reference
 
 MAX_IMAGES = 1024     # images with credentials kept at once (oldest forgotten first)
+_IMAGE_ID = re.compile(r"(sha256:)?[0-9a-f]{64}")
 
 
 def normalise(ref: str) -> str | None:
     """The reference as containerd's CRI plugin names it in its snapshot labels (``docker.io/library/x:tag``
-    for ``x``), or None when it does not parse (an image id, a hostile string)."""
+    for ``x``), or None for an image id (``sha256:<hex>``, which would parse as repository ``sha256``)
+    or what does not parse."""
+    if _IMAGE_ID.fullmatch(ref):
+        return None
     try:
         parsed = parse_reference(ref)
     except LazypullError:
