@@ -29,6 +29,7 @@ from lazypull.snapshot.protocol import MAX_LINE, decode, encode, error_reply
 log = logging.getLogger(__name__)
 
 RESTORE_WAIT = 120.0
+LOCK_WAIT = 2.0          # s a starting server retries the pidfile lock (probes hold it for a moment)
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -180,13 +181,22 @@ class MountDaemon:
     def _lock_pidfile(self) -> None:
         self.paths.run_dir.mkdir(parents=True, exist_ok=True)
         fh = open(self.paths.pidfile, "a+")  # noqa: SIM115 - held for the server's lifetime
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as err:
-            fh.seek(0)
-            other = fh.read().strip()
-            fh.close()
-            raise MountError(f"another mount server (pid {other or '?'}) runs for {self.root}") from err
+        # The lock is never released by hand: the kernel drops it when this process is gone, so no
+        # second server starts while a stopping one still has threads (issue 10 item 4). Tried for a
+        # moment: a probe (``daemon status``, a client deciding whether to start one) holds it shared.
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError as err:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                fh.seek(0)
+                other = fh.read().strip()
+                fh.close()
+                raise MountError(f"another mount server (pid {other or '?'}) runs for {self.root}") from err
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()}\n")
@@ -257,9 +267,10 @@ class MountDaemon:
         if self._unmount_on_exit:
             self.manager.close()
         if self._pidfile is not None:
+            # Emptied (no pid to find) but kept open and locked until the process ends: see _lock_pidfile.
             with contextlib.suppress(OSError):
-                self.paths.pidfile.unlink()
-            self._pidfile.close()
+                self._pidfile.truncate(0)
+                self._pidfile.flush()
 
 
 def run_daemon(root: Path, config: FsConfig | None = None, *, containerd_socket: Path | None = None,
@@ -279,17 +290,32 @@ def run_daemon(root: Path, config: FsConfig | None = None, *, containerd_socket:
                          insecure_registries=insecure_registries, cri_image_service=cri_image_service)
     daemon.start()
 
+    stopping: list[int] = []
+
     def on_signal(signum: int, _frame: object) -> None:
+        if stopping:                  # a second signal: the operator does not want to wait
+            log.warning("signal %d again: exiting now", signum)
+            os._exit(128 + signum)
+        stopping.append(signum)
         log.info("signal %d: shutting down", signum)
         threading.Thread(target=daemon.stop, daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    code = 1
     try:
         daemon.serve_forever()
+        code = 0
+    except Exception:
+        log.exception("mount server failed")
     finally:
         daemon.cleanup()
         log.info("mount server %d stopped", os.getpid())
+        # Unmounted and no longer listening: nothing left to wait for. Threads still in network I/O (a
+        # fetch retrying until its read deadline, pool threads the interpreter would join) must not
+        # keep a stopped server alive for 30 s and more, holding the lock (issue 10 item 4).
+        logging.shutdown()
+        os._exit(code)
 
 
 def _str(args: dict[str, Any], key: str) -> str:
