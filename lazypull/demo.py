@@ -37,6 +37,7 @@ from pathlib import Path
 
 from lazypull._devregistry import DevRegistry
 from lazypull.errors import LazypullError
+from lazypull.selfexec import lazypull_argv
 
 DEFAULT_CACHE = Path(os.environ.get("LAZYPULL_DEMO_CACHE", "/var/cache/lazypull-demo"))
 SOURCES_DIR = Path("/etc/apt/sources.list.d")
@@ -222,7 +223,7 @@ def timed_run(root: Path, snapshotter: str, ref: str, registry: DevRegistry) -> 
     mark = len(registry.served())
     env = dict(os.environ, LAZYPULL_ROOT=str(root))
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "lazypull", *argv[1:]], env=env, stdin=subprocess.DEVNULL,
+    proc = subprocess.run(lazypull_argv(*argv[1:]), env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True)
     seconds = time.monotonic() - start
     if proc.returncode != 0 or proc.stdout != "hi\n":

@@ -35,6 +35,7 @@ def daemon_command(containerd_socket: str | None, cri_image_service: str | None,
                    config_file: str | None) -> None:
     """Run the mount server that keeps lazy layers mounted (foreground)."""
     from lazypull.fs.config import load_config
+    from lazypull.image.rootdir import prepare_root
     from lazypull.snapshot.server import run_daemon
 
     opts = get_options()
@@ -42,7 +43,7 @@ def daemon_command(containerd_socket: str | None, cri_image_service: str | None,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not opts.debug:   # one line per range request is too much for the log
         logging.getLogger("httpx").setLevel(logging.WARNING)
-    opts.root.mkdir(parents=True, exist_ok=True)
+    prepare_root(opts.root)     # 0700 from the start (the server narrows an older store again)
     config = load_config(opts.root, Path(config_file) if config_file else None)
     socket = Path(containerd_socket) if containerd_socket else None
     if cri_image_service and socket is None:

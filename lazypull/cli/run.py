@@ -32,6 +32,7 @@ from lazypull.runtime import (
     parse_env,
     parse_volume,
 )
+from lazypull.selfexec import lazypull_argv
 
 if TYPE_CHECKING:
     from lazypull.image import Progress, ResolvedImage, Store
@@ -218,7 +219,7 @@ def start_detached(record: ContainerRecord, timeout: float = 60.0) -> None:
     containers = Containers(opts.root)
     log_path = containers.path(record.id) / LOG_NAME
     with open(log_path, "ab") as log_file:
-        cmd = [sys.executable, "-m", "lazypull", "--root", str(opts.root), "start", "--attach", record.id]
+        cmd = lazypull_argv("--root", str(opts.root), "start", "--attach", record.id)   # -I: not from cwd
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                                 start_new_session=True, close_fds=True)
     deadline = time.monotonic() + timeout

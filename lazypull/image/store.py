@@ -51,6 +51,7 @@ from lazypull.image.partial import (
     verify_bytes,
 )
 from lazypull.image.platform import config_platform, host_platform, parse_platform, platform_label
+from lazypull.image.rootdir import prepare_root
 from lazypull.registry import Descriptor, Platform, Reference, parse_reference
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def _flocked(path: Path, operation: int) -> Iterator[bool]:
 
     Yields False instead of blocking when ``operation`` has LOCK_NB and the lock is taken.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
             fcntl.flock(fd, operation)
@@ -157,7 +158,7 @@ class Store:
     """Content-addressed blobs plus named images under ``root``."""
 
     def __init__(self, root: Path | str) -> None:
-        self.root = Path(root)
+        self.root = prepare_root(root)      # 0700 from the start; an older, wider store is narrowed
         self.content_dir = self.root / "content"
         self.blobs_dir = self.content_dir / "blobs" / "sha256"
         self.ingest_dir = self.content_dir / "ingest"

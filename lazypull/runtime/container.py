@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lazypull.errors import ContainerError
+from lazypull.image.rootdir import prepare_root
 from lazypull.image.runconfig import RunConfig
 from lazypull.runtime.hostfiles import write_host_files
 from lazypull.runtime.options import ContainerOptions
@@ -74,7 +75,7 @@ class Containers:
     """The containers of one store root, with runc state in ``<root>/runc``."""
 
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+        self.root = prepare_root(root)      # 0700: bundles hold the containers' rootfs and layers
         self.directory = self.root / "containers"
         self.runc = Runc(self.root / "runc")
 

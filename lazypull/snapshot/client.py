@@ -13,7 +13,6 @@ import fcntl
 import logging
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from lazypull.errors import MountError
+from lazypull.image.rootdir import prepare_root
+from lazypull.selfexec import lazypull_argv, python_argv
 from lazypull.snapshot.paths import RunPaths
 from lazypull.snapshot.protocol import (
     MAX_LINE,
@@ -201,7 +202,7 @@ class MountClient:
 
     def _start_daemon(self) -> socket.socket:
         """Start the server unless another client just did; return a connection to it."""
-        self.paths.run_dir.mkdir(parents=True, exist_ok=True)
+        prepare_root(self.paths.root)
         with open(self.paths.start_lock, "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             sock = self._try_connect()
@@ -210,8 +211,8 @@ class MountClient:
             pid: int | None = None
             if not _daemon_alive(self.paths):
                 log.info("starting the mount server for %s", self.paths.root)
-                cmd = [sys.executable, "-m", "lazypull", "daemon", "--root", str(self.paths.root)]
-                launched = subprocess.run([sys.executable, "-c", _LAUNCHER, str(self.paths.logfile), *cmd],
+                cmd = lazypull_argv("daemon", "--root", str(self.paths.root))
+                launched = subprocess.run(python_argv("-c", _LAUNCHER, str(self.paths.logfile), *cmd),
                                           check=True, stdin=subprocess.DEVNULL, capture_output=True)
                 pid = int(launched.stdout.decode().strip() or 0) or None
             began = time.monotonic()

@@ -22,6 +22,7 @@ from typing import Any
 from lazypull.errors import LazypullError, MountError
 from lazypull.fs.config import FsConfig, load_config
 from lazypull.fs.mount import clean_stale_mounts
+from lazypull.image.rootdir import prepare_root, private_dir
 from lazypull.snapshot.manager import LayerManager
 from lazypull.snapshot.paths import RunPaths
 from lazypull.snapshot.protocol import MAX_LINE, decode, encode, error_reply
@@ -205,6 +206,8 @@ class MountDaemon:
 
     def start(self) -> None:
         """Lock, clean up, warm up, listen and restore (in the background); returns once listening."""
+        prepare_root(self.root)     # before the first mount: layers are served only under 0700 dirs
+        private_dir(self.config.chunk_dir(self.root))
         self._lock_pidfile()
         self.manager.warm_up()      # before listening: a client that got through does not wait for imports
         for point in clean_stale_mounts(self.root / "snapshots"):

@@ -1,8 +1,11 @@
 """mount(2), umount2(2) and ``/proc/self/mountinfo`` for FUSE mounts, through ctypes (no fusermount).
 
 We run as root, so the kernel mount is made directly: open ``/dev/fuse``, pass its fd in the mount
-options, and the fd becomes the session's channel. Mounts are ``ro`` but keep ``dev`` and ``suid``
-because image layers hold setuid binaries and device nodes.
+options, and the fd becomes the session's channel. Mounts are ``ro,nosuid,nodev``: a layer's setuid
+programs and device nodes must not work *on the layer mount* (a path to it that leaks out of the 0700
+store would otherwise give root away). Containers are not affected: overlayfs honours its own mount's
+flags, not its lower layers' (exec through the overlay of a setuid-root file still runs with euid 0,
+a device node there still opens, as under docker; tests/security/test_store_permissions.py checks both).
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from collections.abc import Iterator
 from lazypull.errors import MountError
 
 MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MOUNT_FLAGS = MS_RDONLY | MS_NOSUID | MS_NODEV
 MNT_DETACH = 2
 FSTYPE = "fuse.lazypull"
 
@@ -25,11 +31,11 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
 def mount_fuse(fd: int, mountpoint: str, fsname: str = "lazypull") -> None:
-    """Mount the FUSE channel ``fd`` read-only at ``mountpoint`` (fstype ``fuse.lazypull``)."""
+    """Mount the FUSE channel ``fd`` read-only, nosuid, nodev at ``mountpoint`` (fstype ``fuse.lazypull``)."""
     if "," in fsname or not fsname:
         raise MountError(f"invalid FUSE source name {fsname!r}")
     opts = f"fd={fd},rootmode=40000,user_id=0,group_id=0,default_permissions,allow_other"
-    rc = _libc.mount(fsname.encode(), os.fsencode(mountpoint), FSTYPE.encode(), MS_RDONLY, opts.encode())
+    rc = _libc.mount(fsname.encode(), os.fsencode(mountpoint), FSTYPE.encode(), MOUNT_FLAGS, opts.encode())
     if rc != 0:
         err = ctypes.get_errno()
         raise MountError(f"mount of {fsname} on {mountpoint} failed: {os.strerror(err)}") from OSError(
