@@ -209,14 +209,16 @@ class MountClient:
             if sock is not None:
                 return sock
             pid: int | None = None
-            if not _daemon_alive(self.paths):
-                log.info("starting the mount server for %s", self.paths.root)
-                cmd = lazypull_argv("daemon", "--root", str(self.paths.root))
-                launched = subprocess.run(python_argv("-c", _LAUNCHER, str(self.paths.logfile), *cmd),
-                                          check=True, stdin=subprocess.DEVNULL, capture_output=True)
-                pid = int(launched.stdout.decode().strip() or 0) or None
             began = time.monotonic()
             while time.monotonic() < began + START_TIMEOUT:
+                # A server holding the lock without a socket is starting, or stopping: wait for its
+                # socket, or for it to be gone (the lock is the process's) and start the next one then.
+                if pid is None and not _daemon_alive(self.paths):
+                    log.info("starting the mount server for %s", self.paths.root)
+                    cmd = lazypull_argv("daemon", "--root", str(self.paths.root))
+                    launched = subprocess.run(python_argv("-c", _LAUNCHER, str(self.paths.logfile), *cmd),
+                                              check=True, stdin=subprocess.DEVNULL, capture_output=True)
+                    pid = int(launched.stdout.decode().strip() or 0) or None
                 sock = self._try_connect()
                 if sock is not None:
                     return sock

@@ -38,6 +38,7 @@ from lazypull.snapshot.protocol import LayerMount, MountInfo
 log = logging.getLogger(__name__)
 
 MOUNT_PARALLELISM = 8   # layers of one image mounted at once
+CLOSE_TIMEOUT = 15.0    # s a stopping server waits for its layers' FUSE sessions to end
 
 
 @dataclass
@@ -345,8 +346,15 @@ class LayerManager:
         with self._lock:
             layers = list(self._layers.values())
             self._layers.clear()
-        for layer in layers:
-            self._unmount(layer)
+        # In parallel: a busy mount takes up to two FUSE stop timeouts (detach, then abort); a server
+        # stopping must not pay that once per layer. Bounded: what is still stuck is detached already.
+        threads = [threading.Thread(target=self._unmount, args=(layer,), kwargs={"stopping": True},
+                                    name="unmount", daemon=True) for layer in layers]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     # -- restore after a restart --
 
@@ -455,12 +463,18 @@ class LayerManager:
                              f"content store nor from a known registry")
         return RegistryRangeSource(client, ref, desc.digest, int(desc.size)), external
 
-    def _unmount(self, layer: MountedLayer) -> None:
+    def _unmount(self, layer: MountedLayer, *, stopping: bool = False) -> None:
+        """Stop serving the layer. ``stopping`` (the server exits): the tree is closed first, so that
+        reads waiting on the network fail now and their FUSE threads end, rather than after the read
+        deadline (a released layer's tree is closed after its mount: open files keep working until then)."""
+        if stopping:
+            layer.tree.close()
         try:
             layer.fuse.stop()
         except Exception as err:  # keep going: the others must still be unmounted
             log.error("unmounting %s failed: %s", layer.path, err)
-        layer.tree.close()
+        if not stopping:
+            layer.tree.close()
         with self._lock:
             self._released.add(layer.tree)
             self._released_count += 1
