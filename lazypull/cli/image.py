@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
@@ -218,10 +218,24 @@ def _remove(names: tuple[str, ...], force: bool) -> None:
             continue
         click.echo(f"Untagged: {record.name}@{record.target.digest}")
         _release_mounts(get_options().root, record.name)
-    for digest in store.prune():
+    for digest in store.prune(also=_free_layers(opts.root)):
         click.echo(f"Deleted: {digest}")
     if failed:
         raise ImageError("; ".join(failed))
+
+
+def _free_layers(root: Path) -> Callable[[set[str]], object]:
+    """For ``Store.prune``: free the per-layer state and cached chunks of the layers no image, container,
+    hold or mount uses any more (``snapshot.layerstate``)."""
+    def free(live: set[str]) -> object:
+        from lazypull.fs.config import load_config
+        from lazypull.runtime import Containers
+        from lazypull.snapshot.layerstate import layers_in_use, prune_layer_state
+
+        lowers = ([p for c in Containers(root).records() for p in c.lowers]
+                  if (root / "containers").is_dir() else [])
+        return prune_layer_state(root, live | layers_in_use(root, lowers), load_config(root))
+    return free
 
 
 def _release_mounts(root: Path, name: str) -> None:
@@ -255,8 +269,9 @@ def tag_command(source: str, target: str) -> None:
 @click.command("prune")
 @global_options
 def prune_command() -> None:
-    """Delete blobs no named image uses."""
-    for digest in _store(get_options()).prune():
+    """Delete blobs no named image uses, and the layer state and cached chunks no image uses."""
+    opts = get_options()
+    for digest in _store(opts).prune(also=_free_layers(opts.root)):
         click.echo(f"Deleted: {digest}")
 
 

@@ -23,7 +23,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -226,8 +226,10 @@ class Store:
         with _flocked(self.content_dir / "gc.lock", fcntl.LOCK_SH):
             yield
 
-    def prune(self) -> list[str]:
-        """Delete blobs no named image reaches; skipped (returns []) while any lease is held."""
+    def prune(self, also: Callable[[set[str]], object] | None = None) -> list[str]:
+        """Delete blobs no named image reaches; skipped (returns []) while any lease is held.
+        ``also(live)``: more to free while the same locks are held (the layer state and cached chunks of
+        layers outside ``live``, the blobs named images reach, present or not)."""
         if not self.blobs_dir.is_dir():
             return []
         with _flocked(self.content_dir / "gc.lock", fcntl.LOCK_EX | fcntl.LOCK_NB) as held:
@@ -243,7 +245,14 @@ class Store:
                         path.unlink(missing_ok=True)
                         (self.content_dir / "uncompressed" / path.name).unlink(missing_ok=True)
                         removed.append(digest)
+                if also is not None:
+                    also(live)
                 return removed
+
+    def live_blobs(self) -> set[str]:
+        """Every blob (manifest, config, layer) some named image reaches, present locally or not."""
+        with self._index_lock():
+            return self._live_blobs()
 
     def _live_blobs(self) -> set[str]:
         """Every blob some named image reaches (call with the index lock held)."""

@@ -32,6 +32,7 @@ from lazypull.fs.layer.open import prove_origin
 from lazypull.fs.layer.toc import fetch_external_toc
 from lazypull.fs.mount import mount_layer
 from lazypull.fs.remote import FileRangeSource, RangeSource, RegistryRangeSource
+from lazypull.snapshot.layerstate import prune_layer_state
 from lazypull.snapshot.paths import RunPaths
 from lazypull.snapshot.protocol import LayerMount, MountInfo
 
@@ -256,12 +257,25 @@ class LayerManager:
         """Drop every hold of ``holder``; unmount what nobody holds. False when it held nothing."""
         with self._lock:
             keys = [k for k in self._holds if k[0] == holder]
-            for key in keys:
-                del self._holds[key]
+            released = [self._holds.pop(key) for key in keys]
         if keys:
             self._save_state()
-            self.unmount_unused()
+            gone = self.unmount_unused()
+            # containerd removed a remote snapshot: its layer's state and chunks go unless an image uses it
+            remote = {d for h in released if h.layer is not None for d in h.digests} & set(gone)
+            if remote:
+                self.forget_layers(remote)
         return bool(keys)
+
+    def forget_layers(self, digests: Iterable[str]) -> list[str]:
+        """Free the per-layer state and cached chunks of these layers if no image, hold or mount uses
+        them (``snapshot.layerstate``); the digests freed."""
+        try:
+            keep = self.store().live_blobs()
+        except (LazypullError, OSError) as err:
+            log.warning("not freeing layer state: cannot read the image index: %s", err)
+            return []
+        return prune_layer_state(self.root, keep, self.config, self.cache, only=digests)
 
     def release_image(self, image: str, *, holder: str | None = None) -> None:
         """Drop a hold; unmount the layers nobody holds any more."""

@@ -153,7 +153,7 @@ def open_tree(blob: Blob, root: Path, config: FsConfig | None = None, source: Ra
     src = source or FileRangeSource(blob.path)
     notes = annotations if annotations is not None else blob.annotations
     tree = open_layer_tree(digest or blob.digest, notes, src, root=root, config=config,
-                           cache=DirectoryCache(config.chunk_dir(root)))
+                           cache=DirectoryCache(config.chunk_dir(root), config.cache_max_bytes))
     if not preload:
         tree.fetcher.preloaded = []
     return tree
