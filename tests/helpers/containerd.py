@@ -364,10 +364,11 @@ def containerd() -> Iterator[Ctr]:
 class CriContainerd(ContainerdDaemon):
     """containerd with its CRI plugin (``io.containerd.grpc.v1.cri``) on, images unpacked by the snapshot
     proxy plugin ``snapshotter`` at ``snapshot_socket`` (with the snapshot annotations a lazy snapshotter
-    needs), pods host-network only (an empty CNI config dir), ``sandbox_image`` as the pause image, and
-    ``plain_http`` registries reached over HTTP. The CRI socket is :attr:`socket` (containerd's own)."""
+    needs; None: containerd's own ``snapshotter``, e.g. overlayfs), pods host-network only (an empty CNI
+    config dir), ``sandbox_image`` as the pause image, and ``plain_http`` registries reached over HTTP.
+    The CRI socket is :attr:`socket` (containerd's own)."""
 
-    snapshot_socket: Path = Path()
+    snapshot_socket: Path | None = None
     snapshotter: str = "lazypull"
     sandbox_image: str = ""
     plain_http: tuple[str, ...] = ()
@@ -384,11 +385,12 @@ class CriContainerd(ContainerdDaemon):
                 f'server = "http://{host}"\n[host."http://{host}"]\n  capabilities = ["pull", "resolve"]\n')
         (self.base / "cni").mkdir(exist_ok=True)
         cri = 'plugins."io.containerd.grpc.v1.cri"'
+        if self.snapshot_socket is not None:
+            base += ("[proxy_plugins]\n"
+                     f"  [proxy_plugins.{self.snapshotter}]\n"
+                     '    type = "snapshot"\n'
+                     f'    address = "{self.snapshot_socket}"\n')
         return base + (
-            "[proxy_plugins]\n"
-            f"  [proxy_plugins.{self.snapshotter}]\n"
-            '    type = "snapshot"\n'
-            f'    address = "{self.snapshot_socket}"\n'
             f"[{cri}]\n"
             f'  sandbox_image = "{self.sandbox_image}"\n'
             "  restrict_oom_score_adj = true\n"      # runc cannot lower oom_score_adj on every machine
