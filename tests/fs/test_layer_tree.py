@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from lazypull.errors import MountError
+from lazypull.fs.cache import LayerChunks
 from lazypull.fs.config import FsConfig
 from lazypull.fs.fuse.tree import FuseError
 from lazypull.fs.layer import LayerTree
@@ -492,6 +493,7 @@ def test_damaged_cache_file_is_refetched_and_replaced(blob: Blob, tmp_path: Path
     ino = lookup_path(tree, "bin/big")
     assert read_all(tree, ino) == FILES["bin/big"]
     first = _chunks(tree, ino)[0]
+    assert isinstance(tree.cache, LayerChunks)
     path = tree.cache.path(first.digest)
     path.write_bytes(path.read_bytes()[:100])         # as a crash in the middle of a write could leave it
     src.requests.clear()
