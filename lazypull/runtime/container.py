@@ -215,7 +215,7 @@ class Containers:
 
     def remove(self, record: ContainerRecord, *, force: bool = False) -> None:
         """Delete the container: its runc state, rootfs mount, writable layer and bundle."""
-        live = self.runc.list().get(record.id)
+        live = self.runc.status(record.id)
         if live in ("running", "paused") and not force:
             raise ContainerError(f"container {record.name} is {live}: stop it first or use rm -f")
         if live is not None:

@@ -38,6 +38,7 @@ from lazypull.errors import ContainerError
 log = logging.getLogger(__name__)
 
 RUNC_BINARY = "runc"
+LIST_ATTEMPTS = 20  # a `runc list` racing container deletions is repeated (each one can only lose one race)
 STOP_GRACE = 5.0  # seconds between forwarding a stop signal and killing the container
 _PR_SET_CHILD_SUBREAPER = 36
 _FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -108,13 +109,27 @@ class Runc:
         state: dict[str, Any] = json.loads(result.stdout)
         return state
 
+    def status(self, container_id: str) -> str | None:
+        """The container's runc status (created, running, paused, stopped), None if runc does not know
+        it. Asks about this container only: a ``runc list`` fails when any other container of the
+        root is deleted while it reads their states."""
+        state = self.state(container_id)
+        return None if state is None else str(state.get("status"))
+
     def list(self) -> dict[str, str]:
         """container id -> status (created, running, paused, stopped) for everything runc knows."""
-        if not self.state_root.exists():
-            return {}
-        result = self._call("list", "--format", "json")
-        entries = json.loads(result.stdout or "null") or []
-        return {entry["id"]: entry["status"] for entry in entries}
+        for attempt in range(LIST_ATTEMPTS):
+            if not self.state_root.exists():
+                return {}
+            result = self._call("list", "--format", "json", check=False)
+            if result.returncode == 0:
+                entries = json.loads(result.stdout or "null") or []
+                return {entry["id"]: entry["status"] for entry in entries}
+            # runc lists the state directories, then reads each: one deleted meanwhile (another
+            # container exiting) fails the whole listing with ENOENT. Listing again sees it gone.
+            if "no such file or directory" not in result.stderr or attempt == LIST_ATTEMPTS - 1:
+                break
+        raise ContainerError(f"runc list --format json failed: {result.stderr.strip() or result.returncode}")
 
     def kill(self, container_id: str, sig: str = "KILL", *, all_processes: bool = True) -> None:
         """Send ``sig`` to the container (every process with ``all_processes``)."""

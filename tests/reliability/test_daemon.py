@@ -6,59 +6,15 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lazypull.fs.mount import lazypull_mounts
-from lazypull.image import Store, pull_image
-from lazypull.registry import RegistryClient
 from lazypull.snapshot import MountClient, daemon_pid
-from tests.helpers.images import TarEntrySpec, directory
-from tests.helpers.registry import Fault, FaultProxy, RegistryServer
-from tests.helpers.rootfs import busybox_specs, push_lazy_image
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-# enough files that a layer's TOC, inodes and chunk lists weigh something (the leak was ~13 MB each)
-MANY_FILES = [directory("data/"), *(TarEntrySpec(f"data/{i:04d}.txt", content=f"file {i}\n".encode() * 20)
-                                    for i in range(400))]
-
-
-def wait_until(predicate: Callable[[], bool], what: str, seconds: float = 60.0) -> None:
-    """Poll ``predicate()`` until true; fail naming ``what`` (a generous bound: CI is a busy machine)."""
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def gone(pid: int) -> bool:
-    """Whether process ``pid`` has exited (a zombie counts: its threads and files are gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state == "Z" and len(os.listdir(f"/proc/{pid}/task")) <= 1
-
-
-@pytest.fixture(scope="module")
-def lazy_image(registry: RegistryServer, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A two-layer eStargz image (busybox, then 400 small files) in the session's registry."""
-    work = tmp_path_factory.mktemp("reliability-image")
-    name, _ = push_lazy_image(work, f"{registry.host}/reliability/daemon:v1",
-                              [busybox_specs(), MANY_FILES])
-    return name
-
-
-def lazy_root(root: Path, image: str, config: str = "") -> Path:
-    """``root`` holding the image's metadata (a lazy pull), without background fetch."""
-    with RegistryClient(insecure=True) as client:
-        pull_image(Store(root), client, image, fetch_layers=False)
-    (root / "config.toml").write_text("background_fetch = false\nprefetch_timeout = 5.0\n" + config)
-    return root
+from tests.helpers.registry import Fault, FaultProxy
+from tests.reliability.kit import gone, lazy_root, wait_until
 
 
 @pytest.fixture
