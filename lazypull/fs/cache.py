@@ -344,17 +344,21 @@ class DirectoryCache:
         """Delete the least recently used unpinned chunks until at most ``target`` bytes are stored;
         the number deleted."""
         victims: list[_Key] = []
+        in_use: list[_Key] = []
         with self._lock:
             for key in self._lru:
                 if self._total <= target:
                     break
                 if self._pins[key] > 0:
+                    in_use.append(key)
                     continue
                 victims.append(key)
                 self._total -= self._lru[key]
             for key in victims:
                 del self._lru[key]
                 self._unverified.discard(key)
+            for key in in_use:      # pinned = in use: the next scan need not step over them again
+                self._lru.move_to_end(key)
             self.evicted += len(victims)
         for key in victims:
             with contextlib.suppress(OSError):
