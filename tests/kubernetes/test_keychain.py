@@ -68,6 +68,7 @@ def test_keychain_names_scopes_and_forgets() -> None:
     assert chain.get("docker.io/library/busybox:latest") == Credentials("u", "p")
     # CRI's label may name the image by digest where the kubelet pulled a tag: same repository
     assert chain.get("docker.io/library/busybox@sha256:" + "c" * 64) == Credentials("u", "p")
+    assert chain.get("docker.io/library/busybox@sha256:" + "c" * 64, exact=True) is None
     assert chain.get("docker.io/library/alpine:latest") is None
     assert chain.client("reg.example/none:1", False) is None
 

@@ -89,8 +89,14 @@ class Keychain:
         with self._lock:
             return key is not None and self._entries.pop(key, None) is not None
 
-    def get(self, ref: str) -> Credentials | None:
-        entry = self._entry(ref)
+    def get(self, ref: str, *, exact: bool = False) -> Credentials | None:
+        """The credentials for ``ref`` (``exact``: recorded under that very reference, not another of
+        its repository)."""
+        key = normalise(ref)
+        if key is None:
+            return None
+        with self._lock:
+            entry = self._entries.get(key) if exact else self._lookup(key)
         return entry.creds if entry is not None else None
 
     def refs(self) -> list[str]:
@@ -113,13 +119,6 @@ class Keychain:
                 client = entry.clients[insecure] = self._factory(
                     insecure, _ImageAuth(host, entry.creds, self._fallback))
             return client
-
-    def _entry(self, ref: str) -> _Entry | None:
-        key = normalise(ref)
-        if key is None:
-            return None
-        with self._lock:
-            return self._lookup(key)
 
     def _lookup(self, key: str) -> _Entry | None:
         """The entry for ``key``, else the newest for the same repository (a label naming the image by

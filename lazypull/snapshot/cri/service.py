@@ -57,7 +57,8 @@ class ImageServiceProxy:
         timeout = None
         if context is not None:
             metadata = tuple((m.key, m.value) for m in context.invocation_metadata()
-                             if not m.key.startswith(":") and m.key not in ("user-agent", "content-type"))
+                             if not m.key.startswith((":", "grpc-"))
+                             and m.key not in ("user-agent", "content-type", "te"))
             timeout = context.time_remaining()
         response: bytes = call(request, timeout=timeout, metadata=metadata)
         return response
@@ -88,7 +89,7 @@ class ImageServiceProxy:
         pull = messages.decode_pull_request(request)
         creds = pull.auth.credentials() if pull.auth is not None else None
         key = normalise(pull.image)
-        previous = self.keychain.get(pull.image) if key is not None else None
+        previous = self.keychain.get(pull.image, exact=True)
         recorded = creds is not None and key is not None and self.keychain.add(pull.image, creds)
         log.info("CRI PullImage %s (%s)", key or "(not a reference)",
                  "with credentials" if recorded else "node credentials")
