@@ -41,6 +41,7 @@ import zstandard
 from isal import igzip
 
 from lazypull.errors import ContainerError
+from lazypull.image.partials import clean_partials, partial_prefix
 
 log = logging.getLogger(__name__)
 
@@ -460,9 +461,11 @@ def extract_tar(stream: BinaryIO | IO[bytes], dest: Path, *, label: str = "layer
 
 
 def _temp_dir(dest: Path) -> Path:
-    """A fresh hidden sibling of ``dest`` (same filesystem, so the final rename is atomic)."""
+    """A fresh hidden sibling of ``dest`` (same filesystem, so the final rename is atomic), named with
+    our pid so that what a killed extraction left can be told from one in progress (and removed)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    clean_partials(dest.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=partial_prefix(dest), dir=dest.parent))
     os.chmod(tmp, 0o755)
     return tmp
 

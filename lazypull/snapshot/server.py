@@ -22,6 +22,7 @@ from typing import Any
 from lazypull.errors import LazypullError, MountError
 from lazypull.fs.config import FsConfig, load_config
 from lazypull.fs.mount import clean_stale_mounts
+from lazypull.image.partials import clean_all_partials
 from lazypull.image.rootdir import prepare_root, private_dir
 from lazypull.snapshot.manager import LayerManager
 from lazypull.snapshot.paths import RunPaths
@@ -212,6 +213,7 @@ class MountDaemon:
         self.manager.warm_up()      # before listening: a client that got through does not wait for imports
         for point in clean_stale_mounts(self.root / "snapshots"):
             log.warning("detached stale mount %s left by a previous server", point)
+        clean_all_partials(self.root)       # layers a killed full pull was extracting (issue 10 item 7)
         sock_path = self.paths.socket
         with contextlib.suppress(FileNotFoundError):
             sock_path.unlink()

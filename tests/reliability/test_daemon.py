@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from lazypull.fs.mount import lazypull_mounts
+from lazypull.registry import RegistryClient, parse_manifest
 from lazypull.snapshot import MountClient, daemon_pid
 from tests.helpers.registry import Fault, FaultProxy
-from tests.reliability.kit import gone, lazy_root, wait_until
+from tests.reliability.kit import REPO_ROOT, gone, lazy_root, wait_until
 
 
 @pytest.fixture
@@ -97,3 +100,60 @@ class _Gate(threading.Event):
     def wait(self, timeout: float | None = None) -> bool:
         self.waiting.set()
         return super().wait(timeout)
+
+
+def test_partial_extractions_of_killed_pulls_are_removed(lazy_image: str, fault_proxy: FaultProxy,
+                                                         tmp_path: Path) -> None:
+    """A full pull killed while it extracts a layer leaves ``snapshots/<hex>/.fs.partial-*`` (hundreds
+    of MB each, kept forever): the next pull of that layer and the next server start remove those of
+    dead processes, and leave one that a live process is writing."""
+    image = lazy_image.replace(lazy_image.split("/")[0], fault_proxy.host, 1)
+    root = tmp_path / "root"
+    env = dict(os.environ, LAZYPULL_ROOT=str(root))
+    gate = _Gate()
+    with RegistryClient(insecure=True) as client:
+        raw, media_type, _ = client.resolve_image(image)
+    for layer in parse_manifest(raw, media_type).layers:     # the layers' downloads never answer
+        fault_proxy.add(Fault("hold", method="GET", path_contains=layer.digest, times=-1, release=gate))
+    pull = subprocess.Popen([sys.executable, "-m", "lazypull", "--insecure-registry",
+                             "--snapshotter=overlayfs", "pull", image], env=env, cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: bool(list(root.glob("snapshots/*/.fs.partial-*"))) or pull.poll() is not None,
+                   "a partial extraction")
+    finally:
+        pull.kill()
+        pull.wait()
+        gate.set()
+    left = list(root.glob("snapshots/*/.fs.partial-*"))
+    assert left, "the killed pull was extracting a layer"
+    layer_dir = left[0].parent
+    sleeper = subprocess.Popen(["sleep", "600"])
+    try:
+        in_progress = layer_dir / f".fs.partial-{sleeper.pid}-inprogress"
+        in_progress.mkdir()
+        old_style = layer_dir / ".fs.partial-k1x2v9"              # named before pids were
+        old_style.mkdir()
+        with MountClient(root) as mc:
+            mc.ping()                                              # a server start cleans up
+            assert list(root.glob("snapshots/*/.fs.partial-*")) == [in_progress]
+            fault_proxy.clear()
+            # and a re-pull of the layer, with no server start in between
+            (layer_dir / f".fs.partial-{_dead_pid()}-again").mkdir()
+            again = subprocess.run([sys.executable, "-m", "lazypull", "--insecure-registry",
+                                    "--snapshotter=overlayfs", "pull", image], env=env, cwd=REPO_ROOT,
+                                   capture_output=True)
+            assert again.returncode == 0, again.stderr.decode()
+            assert list(root.glob("snapshots/*/.fs.partial-*")) == [in_progress]
+            assert (layer_dir / "fs").is_dir()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        MountClient(root, autostart=False).shutdown()
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (not reused within a test, pids are handed out in turn)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
