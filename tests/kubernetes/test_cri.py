@@ -14,9 +14,10 @@ import grpc
 import pytest
 
 from lazypull.registry import StaticAuth
+from lazypull.snapshot.proxy.wire import fields
 from tests.helpers.cri import Auth, CriClient
 from tests.helpers.images import TarEntrySpec
-from tests.helpers.registry import RegistryServer
+from tests.helpers.registry import AuthRegistry, RegistryServer
 from tests.helpers.rootfs import busybox_specs, push_lazy_image
 from tests.kubernetes.conftest import Node
 
@@ -96,10 +97,10 @@ def test_pod_starts_from_a_lazily_pulled_image(node: Node, registry: RegistrySer
 
 
 def test_private_image_is_lazy_with_the_pull_requests_credentials_only(
-        node: Node, private_registry: object, tmp_path: Path) -> None:
+        node: Node, private_registry: AuthRegistry, tmp_path: Path) -> None:
     reg = private_registry
-    host, user, password = reg.host, reg.username, reg.password      # type: ignore[attr-defined]
-    server: RegistryServer = reg.server                                # type: ignore[attr-defined]
+    host, user, password = reg.host, reg.username, reg.password
+    server: RegistryServer = reg.server
     name, [digest] = push_lazy_image(tmp_path, f"{host}/private/hi:1", [_specs()],
                                      auth=StaticAuth(user, password))
     blob_size = server.blob_path(digest).stat().st_size
@@ -134,5 +135,24 @@ def test_private_image_is_lazy_with_the_pull_requests_credentials_only(
         finally:
             direct.close()
         assert password not in node.daemon_log.read_text(), "credentials are never logged"
+    finally:
+        cri.close()
+
+
+def test_image_service_refuses_malformed_requests_and_is_root_only(node: Node) -> None:
+    assert node.image_socket.stat().st_mode & 0o777 == 0o600
+    cri = node.cri(through_lazypull=True)
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            cri.images("PullImage", b"\x0a\xff")                  # truncated field
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "truncated" in str(err.value)
+        secret = "c2VjcmV0LW5vLWNvbG9u"                               # base64 of a string without ':'
+        with pytest.raises(grpc.RpcError) as err:
+            cri.pull("127.0.0.1:1/x:1", Auth(auth=secret))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not base64 of user:password" in str(err.value) and secret not in str(err.value)
+        # other calls pass through: containerd's ImageFsInfo (image_filesystems=1)
+        assert [n for n, _, _ in fields(cri.images("ImageFsInfo", b""))][:1] == [1]
     finally:
         cri.close()
