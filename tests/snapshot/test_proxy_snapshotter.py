@@ -119,3 +119,31 @@ def test_remote_snapshot_is_committed_under_the_target(tmp_path: Path) -> None:
     # not lazily mountable: an ordinary active snapshot for containerd to unpack into
     plain = Snapshotter(tmp_path / "p", _Manager(None))  # type: ignore[arg-type]
     assert plain.prepare("extract-2", "", labels)[0]["type"] == "bind"
+
+
+def test_cri_labels_make_a_remote_snapshot_read_with_the_images_credentials(tmp_path: Path) -> None:
+    from lazypull.registry import Credentials
+    from lazypull.snapshot.cri.keychain import Keychain
+    from lazypull.snapshot.proxy.snapshotter import CRI_DIGEST_LABEL, CRI_REF_LABEL
+
+    lower = tmp_path / "lazy-layer"
+    lower.mkdir()
+    manager = _Manager(lower)
+    keychain = Keychain(lambda insecure, auth: ("client-for", auth.credentials("reg.example")))
+    keychain.add("reg.example/private/app:1", Credentials("u", "p"))
+    sn = Snapshotter(tmp_path, manager, keychain=keychain)  # type: ignore[arg-type]
+    digest = "sha256:" + "d" * 64
+    labels = {TARGET_LABEL: "sha256:chain1", CRI_REF_LABEL: "reg.example/private/app:1",
+              CRI_DIGEST_LABEL: digest, "containerd.io/snapshot/stargz/toc.digest": "sha256:" + "e" * 64}
+    assert _code(sn.prepare, "extract-1", "", labels) == "ALREADY_EXISTS"
+    assert manager.mounted == [("reg.example/private/app:1", digest, ("client-for", Credentials("u", "p")))]
+    sn.prepare("container", "sha256:chain1", {})
+    assert manager.waited == [([digest], 7.0)]
+    # an image pulled without credentials: the server's own client (None here)
+    other = {**labels, TARGET_LABEL: "sha256:chain2", CRI_REF_LABEL: "reg.example/public/app:1"}
+    assert _code(sn.prepare, "extract-2", "", other) == "ALREADY_EXISTS"
+    assert manager.mounted[-1][2] is None
+    # only one of the pair: an ordinary Prepare, containerd unpacks
+    half = {TARGET_LABEL: "sha256:chain3", CRI_REF_LABEL: "reg.example/private/app:1"}
+    assert sn.prepare("extract-3", "", half)[0]["type"] == "bind"
+    assert len(manager.mounted) == 2
