@@ -2,16 +2,23 @@
 
 A lazy pull is the mount server's work, as ``nerdctl pull`` is containerd's: this process sends one
 request and the server, with its registry connections already open, stores manifest and config and
-mounts the layers. So the command imports neither the registry client nor the image modules unless
-some layer cannot be mounted lazily and must be downloaded here. A full pull
+mounts the layers. So the command imports neither the registry client nor the pull modules unless
+some layer cannot be mounted lazily and must be downloaded here (only the store, to undo the pull's
+name and hold if that download fails). A full pull
 (``--snapshotter=overlayfs``) downloads and extracts every layer in this process, with progress bars.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from lazypull.cli._options import GlobalOptions, get_options, global_options
+
+if TYPE_CHECKING:
+    from lazypull.image.store import ImageRecord, Store
+    from lazypull.snapshot.client import MountClient
 
 
 def _check_platforms(platform: tuple[str, ...], all_platforms: bool) -> None:
@@ -20,24 +27,60 @@ def _check_platforms(platform: tuple[str, ...], all_platforms: bool) -> None:
 
 
 def _lazy_pull(opts: GlobalOptions, ref: str, platform: tuple[str, ...], all_platforms: bool) -> str:
+    from lazypull.image.store import Store
     from lazypull.snapshot.client import MountClient
 
+    store = Store(opts.root)
+    before = _find(store, ref)       # what the name meant before, put back if this pull fails
     with MountClient(opts.root) as mounts:
         pulled = mounts.pull_image(ref, insecure=bool(opts.insecure_registries), platforms=platform,
                                    all_platforms=all_platforms)
-    if not all(m.lazy for m in pulled.layers):
-        # Layers the server cannot serve (plain gzip, TOC missing) are fetched and unpacked now, as
-        # stargz-snapshotter leaves them to containerd's normal unpack.
-        from lazypull.image.platform import parse_platform
-        from lazypull.image.store import Store
-        from lazypull.registry import DockerConfigAuth, RegistryClient
-        from lazypull.runtime.layers import lower_dirs
+        if not all(m.lazy for m in pulled.layers):
+            # Layers the server cannot serve (plain gzip, TOC missing) are fetched and unpacked now, as
+            # stargz-snapshotter leaves them to containerd's normal unpack.
+            from lazypull.image.platform import parse_platform
+            from lazypull.registry import DockerConfigAuth, RegistryClient
+            from lazypull.runtime.layers import lower_dirs
 
-        store = Store(opts.root)
-        resolved = store.resolve(pulled.name, parse_platform(platform[0]) if platform else None)
-        lower_dirs(opts.root, store, resolved, pulled.layers,
-                   lambda: RegistryClient(insecure=opts.insecure_registries, auth=DockerConfigAuth()))
+            try:
+                resolved = store.resolve(pulled.name, parse_platform(platform[0]) if platform else None)
+                lower_dirs(opts.root, store, resolved, pulled.layers,
+                           lambda: RegistryClient(insecure=opts.insecure_registries, auth=DockerConfigAuth()))
+            except BaseException:
+                _undo_pull(store, mounts, pulled.name, before)
+                raise
     return pulled.digest
+
+
+def _find(store: Store, ref: str) -> ImageRecord | None:
+    from lazypull.errors import LazypullError
+
+    try:
+        return store.find_image(ref)
+    except LazypullError:       # not a valid name: the pull itself says so
+        return None
+
+
+def _undo_pull(store: Store, mounts: MountClient, name: str, before: ImageRecord | None) -> None:
+    """A pull that failed after the server named the image: no name (or the previous one again), no
+    hold (the next server would mount it again at every start), no blobs only it referenced."""
+    import contextlib
+
+    from lazypull.errors import LazypullError
+
+    with contextlib.suppress(LazypullError):
+        mounts.release_image(name)
+    with contextlib.suppress(LazypullError), store.lease():
+        record = store.find_image(name)
+        if record is None or (before is not None and record.target.digest == before.target.digest):
+            return
+        blobs = sorted(store.referenced_blobs(record.target))
+        if before is None:
+            store.remove(record.name)
+        else:
+            store.put_image(before.name, before.target, source=before.source, labels=before.labels,
+                            created=before.created)
+        store.discard_unreferenced(blobs)
 
 
 def _full_pull(opts: GlobalOptions, ref: str, platform: tuple[str, ...], all_platforms: bool,
