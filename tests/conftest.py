@@ -17,3 +17,10 @@ def vectors() -> Path:
     if not VECTORS.is_dir():
         pytest.fail(f"test vectors not found at {VECTORS}")
     return VECTORS
+
+
+def pytest_report_header() -> str:
+    """Which FUSE read path(s) this run tests (passthrough needs kernel 6.9+)."""
+    from tests.fs.fusepath import describe
+
+    return describe()

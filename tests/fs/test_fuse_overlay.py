@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from lazypull.fs.fuse import FuseMount, is_mounted, unmount
+from tests.fs.fusepath import ask_passthrough
 from tests.fs.memtree import MemTree
 
 
 @pytest.fixture
-def merged(tmp_path: Path) -> Iterator[tuple[Path, MemTree, MemTree, FuseMount]]:
+def merged(tmp_path: Path, fuse_path: str) -> Iterator[tuple[Path, MemTree, MemTree, FuseMount]]:
     bottom = MemTree()
     bottom.add_file("etc/config", b"bottom config\n")
     bottom.add_file("etc/removed", b"should be hidden\n")
@@ -38,7 +39,8 @@ def merged(tmp_path: Path) -> Iterator[tuple[Path, MemTree, MemTree, FuseMount]]
         d.mkdir()
     with ExitStack() as stack:
         stack.enter_context(FuseMount(bottom, dirs["lower0"]))
-        top_mount = stack.enter_context(FuseMount(top, dirs["lower1"]))
+        top_mount = stack.enter_context(
+            FuseMount(top, dirs["lower1"], passthrough=ask_passthrough(fuse_path)))
         opts = f"lowerdir={dirs['lower1']}:{dirs['lower0']},upperdir={dirs['upper']},workdir={dirs['work']}"
         subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(dirs["merged"])], check=True)
         stack.callback(lambda: unmount(str(dirs["merged"])) if is_mounted(str(dirs["merged"])) else None)
@@ -57,16 +59,18 @@ def test_merged_tree(merged: tuple[Path, MemTree, MemTree, FuseMount]) -> None:
     assert stat.S_IMODE(os.stat(root / "bin" / "tool").st_mode) == 0o4755
 
 
-def test_copy_up_of_passthrough_file(merged: tuple[Path, MemTree, MemTree, FuseMount]) -> None:
+def test_copy_up_of_passthrough_file(merged: tuple[Path, MemTree, MemTree, FuseMount],
+                                     fuse_path: str) -> None:
     root, _, top, top_mount = merged
-    assert top_mount.passthrough_active
+    assert top_mount.passthrough_active == (fuse_path == "passthrough")
     reads = top.calls["read"]
     with open(root / "etc" / "config", "r+b") as f:  # copy-up: overlayfs opens the FUSE file itself
         assert f.read() == b"top config (passthrough)\n"
         f.seek(0)
         f.write(b"TOP")
     assert (root / "etc" / "config").read_bytes() == b"TOP config (passthrough)\n"
-    assert top.calls["read"] == reads  # copy-up read through passthrough too
+    # passthrough: the copy-up reads through passthrough too; served: the tree serves it
+    assert (top.calls["read"] == reads) == (fuse_path == "passthrough")
     upper = root.parent / "upper" / "etc" / "config"
     assert upper.read_bytes() == b"TOP config (passthrough)\n"
     assert (root.parent / "lower1" / "etc" / "config").read_bytes() == b"top config (passthrough)\n"

@@ -1,11 +1,15 @@
-"""FUSE passthrough through the real kernel (6.9+): reads bypass the server, backing ids are per inode."""
+"""FUSE passthrough through the real kernel (6.9+): reads bypass the server, backing ids are per inode.
+
+Each test taking ``fuse_path`` runs on the paths this kernel offers (tests/fs/fusepath.py): on
+"served" (any kernel) the same files must read the same, every read reaching the tree.
+"""
 
 from __future__ import annotations
 
-import mmap
 import os
 import random
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,12 +17,13 @@ from pathlib import Path
 import pytest
 
 from lazypull.fs.fuse import FuseMount
+from tests.fs.fusepath import ask_passthrough
 from tests.fs.memtree import MemTree
 
 DATA = random.Random(11).randbytes(2 * 1024 * 1024 + 17)
 
 
-def _wait(cond, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+def _wait(cond, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
     """RELEASE reaches the server asynchronously after close()."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -29,7 +34,7 @@ def _wait(cond, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def pt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MemTree, FuseMount, Path]]:
+def pt(tmp_path_factory: pytest.TempPathFactory, fuse_path: str) -> Iterator[tuple[MemTree, FuseMount, Path]]:
     base = tmp_path_factory.mktemp("pt")
     backing = base / "backing"
     backing.mkdir()
@@ -41,15 +46,18 @@ def pt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MemTree, Fuse
     tree.add_file("vanished", b"from the tree", backing=str(backing / "does-not-exist"))
     mnt = base / "mnt"
     mnt.mkdir()
-    with FuseMount(tree, mnt) as m:
+    with FuseMount(tree, mnt, passthrough=ask_passthrough(fuse_path)) as m:
         yield tree, m, mnt
 
 
-def test_kernel_accepts_passthrough(pt: tuple[MemTree, FuseMount, Path]) -> None:
-    assert pt[1].passthrough_active
+Mounted = tuple[MemTree, FuseMount, Path]
 
 
-def test_passthrough_reads_do_not_reach_the_tree(pt: tuple[MemTree, FuseMount, Path]) -> None:
+def test_kernel_accepts_passthrough_or_mount_serves(pt: Mounted, fuse_path: str) -> None:
+    assert pt[1].passthrough_active == (fuse_path == "passthrough")
+
+
+def test_passthrough_reads_do_not_reach_the_tree(pt: tuple[MemTree, FuseMount, Path], fuse_path: str) -> None:
     tree, m, mnt = pt
     before = tree.calls["read"]
     assert (mnt / "a").read_bytes() == DATA
@@ -59,35 +67,41 @@ def test_passthrough_reads_do_not_reach_the_tree(pt: tuple[MemTree, FuseMount, P
             assert os.pread(fd, 70_000, off) == DATA[off : off + 70_000]
     finally:
         os.close(fd)
-    assert tree.calls["read"] == before
+    assert (tree.calls["read"] == before) == (fuse_path == "passthrough")
     assert _wait(lambda: m.passthrough_files == 0)
 
 
-def test_mmap_of_passthrough_file(pt: tuple[MemTree, FuseMount, Path]) -> None:
+def test_mmap_of_passthrough_file(pt: tuple[MemTree, FuseMount, Path], fuse_path: str) -> None:
     tree, _, mnt = pt
     before = tree.calls["read"]
-    with open(mnt / "mm", "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mp:
-        assert mp[123_456:200_000] == DATA[123_456:200_000]
-    assert tree.calls["read"] == before
+    # In another process: a page fault on a served file needs this process's FUSE threads, and a
+    # slice of an mmap faults while holding the GIL they need (deadlock, as with exec).
+    code = ("import mmap, sys; f = open(sys.argv[1], 'rb'); "
+            "mp = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ); "
+            "sys.stdout.buffer.write(mp[123_456:200_000])")
+    out = subprocess.run([sys.executable, "-c", code, str(mnt / "mm")], capture_output=True, timeout=60)
+    assert out.returncode == 0 and out.stdout == DATA[123_456:200_000]
+    assert (tree.calls["read"] == before) == (fuse_path == "passthrough")
 
 
-def test_one_backing_id_shared_by_opens_of_an_inode(pt: tuple[MemTree, FuseMount, Path]) -> None:
+def test_one_backing_id_shared_by_opens_of_an_inode(pt: Mounted, fuse_path: str) -> None:
     tree, m, mnt = pt
+    per_inode = 1 if fuse_path == "passthrough" else 0  # served: no backing file is ever registered
     assert _wait(lambda: m.passthrough_files == 0)
     f1 = open(mnt / "b", "rb")  # noqa: SIM115
     f2 = open(mnt / "b", "rb")  # noqa: SIM115
     f3 = open(mnt / "c", "rb")  # noqa: SIM115
     try:
-        assert m.passthrough_files == 2  # b (two opens) and c
+        assert m.passthrough_files == 2 * per_inode  # b (two opens) and c
         assert f1.read(1000) == DATA[:1000]
         assert f2.read() == DATA
         f1.close()
-        time.sleep(0.1)
-        assert m.passthrough_files == 2  # f2 still holds b's backing file
+        assert _wait(lambda: m.open_files == 2)  # f1's RELEASE arrived
+        assert m.passthrough_files == 2 * per_inode  # f2 still holds b's backing file
         f2.seek(5)
         assert f2.read(10) == DATA[5:15]
         f2.close()
-        assert _wait(lambda: m.passthrough_files == 1)
+        assert _wait(lambda: m.passthrough_files == per_inode)
         assert f3.read() == DATA
     finally:
         for f in (f1, f2, f3):
@@ -125,7 +139,7 @@ def test_passthrough_off(tmp_path: Path) -> None:
         assert tree.calls["backing_path"] == 0
 
 
-def test_backing_file_on_a_stacked_fs_is_refused_and_served(tmp_path: Path) -> None:
+def test_backing_file_on_a_stacked_fs_is_refused_and_served(tmp_path: Path, fuse_path: str) -> None:
     # A backing file on another FUSE mount (stack depth 1) is too deep for max_stack_depth 1:
     # the kernel refuses it (ELOOP) and the read is served instead.
     inner = MemTree()
@@ -134,13 +148,14 @@ def test_backing_file_on_a_stacked_fs_is_refused_and_served(tmp_path: Path) -> N
     (tmp_path / "inner").mkdir()
     (tmp_path / "outer").mkdir()
     outer.add_file("f", b"outer", backing=str(tmp_path / "inner" / "f"))
-    with FuseMount(inner, tmp_path / "inner"), FuseMount(outer, tmp_path / "outer") as m:
-        assert m.passthrough_active
+    with FuseMount(inner, tmp_path / "inner"), \
+            FuseMount(outer, tmp_path / "outer", passthrough=ask_passthrough(fuse_path)) as m:
+        assert m.passthrough_active == (fuse_path == "passthrough")
         assert (tmp_path / "outer" / "f").read_bytes() == b"outer"
         assert outer.calls["read"] == 1 and m.passthrough_files == 0
 
 
-def test_open_mode_follows_the_opens_already_there(tmp_path: Path) -> None:
+def test_open_mode_follows_the_opens_already_there(tmp_path: Path, fuse_path: str) -> None:
     # The kernel refuses to mix cached and passthrough opens of one inode (ETXTBSY): while one kind is
     # open, new opens keep that kind even if the tree's answer about the backing file changed.
     backing = tmp_path / "backing"
@@ -149,7 +164,8 @@ def test_open_mode_follows_the_opens_already_there(tmp_path: Path) -> None:
     ino = tree.add_file("f", b"same bytes")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    with FuseMount(tree, mnt) as m:
+    per_inode = 1 if fuse_path == "passthrough" else 0  # served: every open is a cached one
+    with FuseMount(tree, mnt, passthrough=ask_passthrough(fuse_path)) as m:
         with open(mnt / "f", "rb") as cached:
             tree.nodes[ino].backing = str(backing)  # the file became complete on disk
             with open(mnt / "f", "rb") as second:
@@ -157,16 +173,15 @@ def test_open_mode_follows_the_opens_already_there(tmp_path: Path) -> None:
             assert cached.read() == b"same bytes"
         assert _wait(lambda: m.open_files == 0)
         with open(mnt / "f", "rb") as pt_open:
-            assert m.passthrough_files == 1
+            assert m.passthrough_files == per_inode
             tree.nodes[ino].backing = None  # e.g. evicted: opens already there keep the backing id
             with open(mnt / "f", "rb") as again:
-                assert again.read() == b"same bytes" and m.passthrough_files == 1
+                assert again.read() == b"same bytes" and m.passthrough_files == per_inode
             assert pt_open.read() == b"same bytes"
         assert _wait(lambda: m.passthrough_files == 0)
 
 
-@pytest.mark.parametrize("passthrough", [False, True], ids=["served", "passthrough"])
-def test_exec_a_binary_from_the_mount(tmp_path: Path, passthrough: bool) -> None:
+def test_exec_a_binary_from_the_mount(tmp_path: Path, fuse_path: str) -> None:
     # Containers exec their programs straight from layer mounts (mmap of the text pages).
     busybox = Path("/bin/busybox")
     tree = MemTree()
@@ -174,10 +189,10 @@ def test_exec_a_binary_from_the_mount(tmp_path: Path, passthrough: bool) -> None
     tree.add_symlink("bin/echo", b"busybox")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    with FuseMount(tree, mnt, passthrough=passthrough) as m:
+    with FuseMount(tree, mnt, passthrough=ask_passthrough(fuse_path)) as m:
         # Through /bin/sh: CPython's vfork keeps the GIL until the child's exec returns, and an exec
         # from this process's own mount needs this process's FUSE threads (see FuseMount's docstring).
         cmd = f"exec {mnt}/bin/echo 'hello from' {m.fsname}"
         out = subprocess.run(["/bin/sh", "-c", cmd], capture_output=True, text=True, timeout=30)
         assert out.returncode == 0 and out.stdout == "hello from lazypull\n"
-        assert (tree.calls["read"] == 0) == passthrough
+        assert (tree.calls["read"] == 0) == (fuse_path == "passthrough") == m.passthrough_active

@@ -12,11 +12,34 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import struct
 import threading
 from dataclasses import dataclass
 
 from lazypull.fs.fuse import protocol
+
+#: The first kernel whose FUSE has passthrough (FUSE_PASSTHROUGH in INIT, protocol 7.40).
+FIRST_KERNEL = (6, 9)
+
+
+def kernel_version(release: str | None = None) -> tuple[int, int] | None:
+    """(major, minor) of ``release`` (default: the running kernel's, ``uname -r``), None if unreadable."""
+    match = re.match(r"(\d+)\.(\d+)", os.uname().release if release is None else release)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def unavailable_reason(release: str | None = None) -> str:
+    """Why a mount that asked for passthrough did not get it, for the one-line log a user sees.
+
+    The kernel's FUSE_INIT offer decides (a kernel built without CONFIG_FUSE_PASSTHROUGH offers none
+    even when new enough); the version only makes the message say what would change it.
+    """
+    release = os.uname().release if release is None else release
+    version = kernel_version(release)
+    if version is not None and version < FIRST_KERNEL:
+        return f"kernel {release} has no FUSE passthrough (it needs {FIRST_KERNEL[0]}.{FIRST_KERNEL[1]}+)"
+    return f"kernel {release} did not offer FUSE passthrough in FUSE_INIT (CONFIG_FUSE_PASSTHROUGH off?)"
 
 
 @dataclass

@@ -21,6 +21,7 @@ from lazypull.errors import MountError
 from lazypull.fs.fuse import mount as _mount
 from lazypull.fs.fuse import protocol
 from lazypull.fs.fuse.ops import Operations
+from lazypull.fs.fuse.passthrough import unavailable_reason
 from lazypull.fs.fuse.protocol import Op, Request
 from lazypull.fs.fuse.tree import Tree
 
@@ -118,13 +119,27 @@ class _Readers:
                     self.close_when_done = False
 
 
+_no_passthrough_noted = threading.Event()
+
+
+def _note_no_passthrough() -> None:
+    """Say once per process that reads are served (slower, still correct) because the kernel said no."""
+    if not _no_passthrough_noted.is_set():
+        _no_passthrough_noted.set()
+        log.info("%s: lazypull serves every read itself", unavailable_reason())
+
+
 class FuseMount:
     """Serve ``tree`` read-only at ``mountpoint`` until :meth:`stop`.
 
     ``passthrough``: hand reads of files whose ``Tree.backing_path`` is set to the kernel (6.9+);
-    ``passthrough_active`` says whether the kernel agreed. ``workers``: (min, max) threads. Timeouts
+    ``passthrough_active`` says whether the kernel agreed (its FUSE_INIT offer decides; without it
+    every read is served, logged once per process). ``workers``: (min, max) threads. Timeouts
     (seconds) say how long the kernel caches names, attributes and missing names (``negative_timeout``,
     default ``entry_timeout``: a Tree should raise rather than answer "missing" while it cannot know).
+    ``readonly=False`` mounts without MS_RDONLY so that create/rmdir reach the tree's
+    ``WriteObserver`` hook (still refused); ``cache_symlinks=False``: every walk through a symlink asks
+    the tree (its target may be mounted on demand).
 
     The serving process must not ``subprocess.run`` a program that lives on its own mount: CPython
     starts children with vfork, which holds the GIL until the child's exec completes, and that exec
@@ -144,6 +159,8 @@ class FuseMount:
         attr_timeout: float = DAY,
         negative_timeout: float | None = None,
         init_timeout: float = 10.0,
+        readonly: bool = True,
+        cache_symlinks: bool = True,
     ) -> None:
         self.tree = tree
         self.mountpoint = os.path.abspath(os.fspath(mountpoint))
@@ -154,6 +171,8 @@ class FuseMount:
         self._attr_timeout = attr_timeout
         self._negative_timeout = negative_timeout
         self._init_timeout = init_timeout
+        self._readonly = readonly
+        self._cache_symlinks = cache_symlinks
         self._fd = -1
         self._device = ""
         self._ops: Operations | None = None
@@ -181,9 +200,10 @@ class FuseMount:
             negative_timeout=self._negative_timeout,
             passthrough=self._want_passthrough,
             dev_fd=self._fd,
+            cache_symlinks=self._cache_symlinks,
         )
         try:
-            _mount.mount_fuse(self._fd, self.mountpoint, self.fsname)
+            _mount.mount_fuse(self._fd, self.mountpoint, self.fsname, readonly=self._readonly)
         except MountError:
             os.close(self._fd)
             self._fd = -1
@@ -200,6 +220,8 @@ class FuseMount:
                 self.stop()
                 raise MountError(f"FUSE session for {self.mountpoint} did not start: {why}")
         self._raise_readahead()
+        if self._want_passthrough and not self.passthrough_active:
+            _note_no_passthrough()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
