@@ -13,10 +13,14 @@ later duplicates replace earlier ones.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import msgspec
+
+from lazypull.format import entryrules
 from lazypull.format.compression import decompressor, gunzip_member, unzstd_bounded
 from lazypull.format.errors import DigestMismatchError, FormatError
 from lazypull.format.footer import MAX_FOOTER_SIZE, Footer, parse_footer
@@ -27,9 +31,20 @@ from lazypull.format.toc import TOC, TOC_TAR_NAME, TOCEntry, is_digest, parse_to
 
 DEFAULT_MAX_TOC_SIZE = 150 << 20
 TAIL_READ = 64 << 10
+MAX_CHUNK_SIZE = 64 << 20
+"""Largest chunk (uncompressed) a reader decodes. A chunk is decompressed and hashed whole in memory
+before it can be checked, so its declared size is what one decode may cost; writers cut chunks at 4 MiB
+by default (containers/storage smaller still), so 16 times that leaves room for a bigger
+``--estargz-chunk-size`` while a hostile TOC cannot make one read inflate gigabytes."""
+MAX_MEMBER_SKIP = 2 * MAX_CHUNK_SIZE
+"""Largest ``innerOffset`` (uncompressed bytes decoded and thrown away before a chunk starts: the small
+files packed in front of it in one member, each below the min-chunk-size)."""
+DEFAULT_MAX_ENTRIES = 1_000_000
+"""Most TOC entries a layer may have. Each costs about 1 KiB of the mount server's memory once its tree
+and inodes are built (docs/security.md), and large real layers hold a few hundred thousand files."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Chunk:
     """One verifiable unit of file content and the compressed range that holds it."""
 
@@ -99,8 +114,12 @@ def decode_chunks(chunks: Sequence[Chunk], compressed: bytes) -> list[bytes | Fo
     return results
 
 
-def _zeros_digest(size: int) -> str:
-    """sha256 of ``size`` zero bytes, hashed in 1 MiB steps."""
+@functools.lru_cache(maxsize=64)
+def zeros_digest(size: int) -> str:
+    """sha256 of ``size`` zero bytes (a containers/storage hole), for ``size`` up to MAX_CHUNK_SIZE
+    (callers check first); cached: the holes of a layer come in few sizes."""
+    if not 0 <= size <= MAX_CHUNK_SIZE:
+        raise FormatError(f"a hole of {size} bytes exceeds the chunk size limit ({MAX_CHUNK_SIZE})")
     h = hashlib.sha256()
     block = bytes(min(size, 1 << 20))
     while size > 0:
@@ -140,8 +159,17 @@ class LayerReader:
 
     def __init__(self, src: BlobSource, footer: Footer, toc: TOC, toc_json: bytes, compression: str,
                  manifest_checksum: str | None, verified_by: str | None, *,
-                 toc_digest: str | None = None) -> None:
-        """``toc``: freshly decoded from ``toc_json``; its entries become the reader's (names normalised)."""
+                 toc_digest: str | None = None, strict: bool = False, max_file_size: int | None = None
+                 ) -> None:
+        """``toc``: freshly decoded from ``toc_json``; its entries become the reader's (names normalised).
+
+        ``strict``: refuse what :mod:`lazypull.format.entryrules` refuses (names as stored, before they
+        are normalised) and leave out aufs metadata, as extraction does; without it, Go's reader rules
+        (hostile names folded into the layer). ``max_file_size``: the layer's declared uncompressed size,
+        which no file can exceed (strict only).
+        """
+        self.strict = strict
+        self.max_file_size = max_file_size
         self.src = src
         self.footer = footer
         self.footer_kind = footer.kind
@@ -191,6 +219,7 @@ class LayerReader:
         first = self._first
         by_name: dict[str, TOCEntry] = {}
         after_reg = False
+        strict = self.strict
         for index, e in enumerate(self._entries):
             kind = e.type
             if kind == "chunk":
@@ -200,7 +229,14 @@ class LayerReader:
             name = e.name
             if not (name and name[0] not in "./" and name[-1] != "/" and "//" not in name
                     and "/." not in name):
+                if strict and self._strict_check(index, e):
+                    continue                                # aufs metadata: not part of the tree
                 e.name = name = clean_entry_name(name)      # (the test is clean_entry_name's fast path)
+            elif strict and ("\x00" in name or len(name) > entryrules.NAME_MAX // 4):
+                self._strict_check(index, e)
+            if strict and (e.xattrs or (kind != "reg" and kind != "dir") or (
+                    kind == "reg" and self.max_file_size is not None and e.size > self.max_file_size)):
+                self._strict_check_other(index, e)
             if e.user_name:
                 unames[e.uid] = e.user_name
             elif unames:
@@ -212,6 +248,8 @@ class LayerReader:
             if kind == "reg":
                 after_reg = True
                 first[id(e)] = index
+                if e.chunk_digest == e.digest:
+                    e.chunk_digest = e.digest    # one string, not two equal ones (memory per entry)
             else:
                 after_reg = False
                 if kind == "dir":
@@ -249,6 +287,29 @@ class LayerReader:
             if child.type == "dir":
                 pdir.num_link += 1
             siblings[base] = child
+
+    def _strict_check(self, index: int, e: TOCEntry) -> bool:
+        """Refuse an unsafe name (UnsafeEntryError naming the entry); True for aufs metadata."""
+        try:
+            parts = entryrules.split_name(e.name)
+        except entryrules.UnsafeEntryError as err:
+            raise entryrules.UnsafeEntryError(f"TOC entry {index} ({e.name[:200]!r}): {err}") from err
+        return entryrules.is_dropped(parts)
+
+    def _strict_check_other(self, index: int, e: TOCEntry) -> None:
+        """Refuse unsafe link targets, device numbers, xattrs and sizes beyond the declared layer size."""
+        try:
+            if e.type in ("symlink", "hardlink"):
+                entryrules.check_link_target(e.link_name, hardlink=e.type == "hardlink")
+            elif e.type in ("char", "block"):
+                entryrules.check_device(e.dev_major, e.dev_minor)
+            elif e.type == "reg" and self.max_file_size is not None and e.size > self.max_file_size:
+                raise entryrules.UnsafeEntryError(f"size {e.size} exceeds the layer's declared uncompressed "
+                                                  f"size {self.max_file_size}")
+            for xname, value in e.xattrs.items():
+                entryrules.check_xattr(xname, value)
+        except entryrules.UnsafeEntryError as err:
+            raise entryrules.UnsafeEntryError(f"TOC entry {index} ({e.name[:200]!r}): {err}") from err
 
     def _dir(self, name: str) -> TOCEntry:
         """The directory ``name``, creating it and missing ancestors (iteratively: names can be deep)."""
@@ -336,11 +397,14 @@ class LayerReader:
             csize = ce.chunk_size or entry.size - coff
             if entry.end_offset and ce is group[-1][0]:
                 end = entry.end_offset  # containers/storage: the last frame of the payload ends here
+            if csize > MAX_CHUNK_SIZE or ce.inner_offset > MAX_MEMBER_SKIP:
+                raise FormatError(f"{entry.name!r}: chunk at {coff} of {csize} bytes (inner offset "
+                                  f"{ce.inner_offset}) exceeds the chunk size limit ({MAX_CHUNK_SIZE})")
             digest = ce.chunk_digest
             if not digest and coff == 0 and csize == entry.size:
                 digest = entry.digest
-            if not digest and ce.chunk_type == "zeros":
-                digest = _zeros_digest(csize)  # containers/storage hole: the content is known
+            if not digest and ce.chunk_type == "zeros" and csize > 0 and coff + csize <= entry.size:
+                digest = zeros_digest(csize)  # containers/storage hole: the content is known
             if not is_digest(digest):
                 raise FormatError(f"{entry.name!r}: chunk at {coff} has no usable chunkDigest ({digest!r})")
             if coff != pos or csize <= 0 or coff + csize > entry.size:
@@ -404,9 +468,41 @@ class LayerReader:
                 self.read_chunk(chunk)
 
 
+class _Skip(msgspec.Struct, gc=False):
+    """Any JSON object, its keys ignored: counting a TOC's entries costs a pointer each, not a decode."""
+
+
+_COUNTER = msgspec.json.Decoder(list[_Skip])
+
+
+def check_entry_count(toc_json: bytes, max_entries: int) -> None:
+    """Refuse a TOC of more than ``max_entries`` entries before decoding it (decoding costs memory).
+
+    Every entry is a JSON object, so the number of ``{`` bounds the number of entries from above: only
+    a TOC over the limit by that count is counted exactly (its ``entries`` array, any key spelling).
+    """
+    braces = toc_json.count(b"{")
+    if braces <= max_entries:
+        return
+    count = braces          # JSON msgspec cannot decode (only Python's parser takes it): the bound
+    try:
+        top = msgspec.json.decode(toc_json, type=dict[str, msgspec.Raw])
+        raw = [value for key, value in top.items() if key.lower() == "entries"]
+        count = len(_COUNTER.decode(raw[-1])) if raw else 0
+    except (msgspec.MsgspecError, ValueError, RecursionError):
+        pass
+    if count > max_entries:
+        raise FormatError(f"TOC has {count} entries, more than the limit of {max_entries} per layer")
+
+
 def open_layer(src: BlobSource, *, toc_digest: str | None = None, external_toc: bytes | None = None,
-               toc_offset_hint: int | None = None, max_toc_size: int = DEFAULT_MAX_TOC_SIZE) -> LayerReader:
+               toc_offset_hint: int | None = None, max_toc_size: int = DEFAULT_MAX_TOC_SIZE,
+               max_entries: int = DEFAULT_MAX_ENTRIES, strict: bool = False,
+               max_file_size: int | None = None) -> LayerReader:
     """Read the footer and TOC of a blob and check the TOC against ``toc_digest`` (if given).
+
+    ``max_entries`` bounds the memory the TOC's tree takes; ``strict`` and ``max_file_size`` are the
+    lazy mount's checks (see :class:`LayerReader`).
 
     ``toc_digest`` may be the digest of the TOC JSON (``containerd.io/snapshot/stargz/toc.digest``) or,
     for zstd:chunked, of the compressed TOC (``...zstd-chunked.manifest-checksum``);
@@ -477,6 +573,7 @@ def open_layer(src: BlobSource, *, toc_digest: str | None = None, external_toc: 
             also = f" nor compressed TOC digest {manifest_checksum}" if manifest_checksum else ""
             raise DigestMismatchError(f"invalid TOC: JSON digest {json_digest}{also} does not match "
                                       f"expected {toc_digest}")
+    check_entry_count(toc_json, max_entries)
     toc = parse_toc(toc_json)
     return LayerReader(src, footer, toc, toc_json, compression, manifest_checksum, verified_by,
-                       toc_digest=json_digest)
+                       toc_digest=json_digest, strict=strict, max_file_size=max_file_size)

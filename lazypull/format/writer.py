@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, BinaryIO, Literal
 import zstandard
 from isal import igzip
 
+from lazypull.format.annotations import TOC_DIGEST_ANNOTATION as TOC_DIGEST_ANNOTATION
+from lazypull.format.annotations import UNCOMPRESSED_SIZE_ANNOTATION as UNCOMPRESSED_SIZE_ANNOTATION
 from lazypull.format.compression import (
     Compressor,
     GzipCompressor,
@@ -65,8 +67,6 @@ if TYPE_CHECKING:
     from hashlib import _Hash
 
 DEFAULT_CHUNK_SIZE = 4 << 20
-TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
-UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
 _TYPES = {"0": "reg", "1": "hardlink", "2": "symlink", "3": "char", "4": "block", "5": "dir", "6": "fifo"}
 _READ_BLOCK = 4 << 20
 _BATCH = 1 << 20

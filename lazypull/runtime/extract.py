@@ -41,13 +41,11 @@ import zstandard
 from isal import igzip
 
 from lazypull.errors import ContainerError
+from lazypull.format import entryrules
 from lazypull.image.partials import clean_partials, partial_prefix
 
 log = logging.getLogger(__name__)
 
-WHITEOUT_PREFIX = ".wh."
-WHITEOUT_META_PREFIX = ".wh..wh."
-WHITEOUT_OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
 # Files eStargz adds at the layer root for the lazy reader; a full extraction leaves them out.
 ESTARGZ_METADATA = frozenset({"stargz.index.json", ".prefetch.landmark", ".no.prefetch.landmark"})
@@ -100,18 +98,15 @@ def open_decompressed(path: Path) -> Iterator[IO[bytes]]:
 
 
 def split_member_name(name: str) -> list[str]:
-    """The path components of a tar member name inside the layer; refuses escaping names.
+    """The path components of a tar member name inside the layer; refuses what
+    ``lazypull.format.entryrules`` refuses (the lazy reader's verdict is the same), as ValueError.
 
     ``./a//b/`` is ``["a", "b"]``; ``.`` and ``./`` are the layer root (``[]``).
     """
-    if "\x00" in name:
-        raise ValueError("name contains a NUL byte")
-    if name.startswith("/"):
-        raise ValueError("absolute path")
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise ValueError("path contains '..'")
-    return parts
+    try:
+        return entryrules.split_name(name)
+    except entryrules.UnsafeEntryError as err:
+        raise ValueError(str(err)) from err
 
 
 # What a timespec holds (os.utime's range); outside it, the epoch, as containerd's archive does.
@@ -270,13 +265,10 @@ class _Extractor:
         base = parts[-1]
         if self.skip_estargz_metadata and len(parts) == 1 and base in ESTARGZ_METADATA:
             return
-        for part in parts[:-1]:
-            if part.startswith(WHITEOUT_META_PREFIX):
-                log.debug("%s: dropping aufs metadata %s", self.label, member.name)
-                return
-            if part.startswith(WHITEOUT_PREFIX):
-                raise ValueError(f"whiteout name {part!r} used as a directory")
-        if base.startswith(WHITEOUT_PREFIX):
+        if entryrules.is_dropped(parts):
+            log.debug("%s: dropping aufs metadata %s", self.label, member.name)
+            return
+        if entryrules.whiteout_kind(base) is not None:
             self.whiteout(parts)
             return
         parent_fd = self.open_parent(parts, create=True)
@@ -290,15 +282,11 @@ class _Extractor:
         base = parts[-1]
         parent_fd = self.open_parent(parts, create=True)
         try:
-            if base == WHITEOUT_OPAQUE:
+            if entryrules.whiteout_kind(base) == "opaque":
                 os.setxattr(parent_fd, OPAQUE_XATTR, b"y")
                 self.opaque_dirs += 1
-            elif base.startswith(WHITEOUT_META_PREFIX):
-                log.debug("%s: dropping aufs metadata %s", self.label, "/".join(parts))
-            else:
-                target = base[len(WHITEOUT_PREFIX):]
-                if target in ("", ".", ".."):
-                    raise ValueError(f"whiteout of {target!r}")
+            else:       # a whiteout of a name (split_member_name refused those of nothing)
+                target = base[len(entryrules.WHITEOUT_PREFIX):]
                 if (*parts[:-1], target) in self.created:
                     # "files present in the same layer as a whiteout file can only be hidden by
                     # whiteout files in subsequent layers": keep it, as the lazy view does
@@ -335,6 +323,10 @@ class _Extractor:
                 os.close(fd)
             return
         if member.issym():
+            try:
+                entryrules.check_link_target(member.linkname, hardlink=False)
+            except entryrules.UnsafeEntryError as err:
+                raise ValueError(str(err)) from err
             os.symlink(member.linkname, name, dir_fd=parent_fd)
             self.apply_metadata(parent_fd, name, member)
             return
@@ -392,10 +384,14 @@ class _Extractor:
             if not key.startswith("SCHILY.xattr."):
                 continue
             xname = key[len("SCHILY.xattr."):]
-            if ".overlay." in xname:
+            raw = value.encode("utf-8", "surrogateescape")
+            try:
+                entryrules.check_xattr(xname, raw)
+            except entryrules.UnsafeEntryError as err:
+                raise ValueError(str(err)) from err
+            if entryrules.is_overlay_xattr(xname):      # the lazy view drops them by the same rule
                 log.warning("%s: %s: dropping xattr %s", self.label, member.name, xname)
                 continue
-            raw = value.encode("utf-8", "surrogateescape")
             try:
                 if name is None:
                     os.setxattr(fd, xname, raw)

@@ -508,7 +508,8 @@ def test_prefetch_goes_in_pieces_each_readable_when_it_arrives(
 
 def test_resolve_gives_up_on_hostile_depth(tmp_path: Path) -> None:
     deep = "/".join(["d"] * 300)
-    blob = build_blob(tmp_path, _tar({f"{deep}/f": b"x"}, {"long": "/" + "/".join(["."] * 5000) + "/long"}),
+    # a link target of 2000 components, within PATH_MAX (longer ones the layer's entry rules refuse)
+    blob = build_blob(tmp_path, _tar({f"{deep}/f": b"x"}, {"long": "/" + "/".join(["."] * 2000) + "/long"}),
                       name="deep")
     tree, _ = _layer(blob, tmp_path, "")
     try:

@@ -11,7 +11,6 @@ chunkDigest before it is cached or served; a mismatch is fetched again once, the
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import threading
@@ -22,6 +21,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from lazypull.format import FormatError, decode_chunks
+from lazypull.format.reader import zeros_digest
 from lazypull.fs.cache import ChunkStore
 from lazypull.fs.config import FsConfig
 from lazypull.fs.remote import FetchError, RemoteBlob
@@ -257,7 +257,7 @@ class ChunkFetcher:
             return False
         digest = self._zero_digest_by_size.get(chunk.chunk_size)
         if digest is None:
-            digest = "sha256:" + hashlib.sha256(bytes(chunk.chunk_size)).hexdigest()
+            digest = zeros_digest(chunk.chunk_size)     # (sizes capped by the reader's chunks())
             self._zero_digest_by_size[chunk.chunk_size] = digest
         return bool(chunk.digest == digest)
 

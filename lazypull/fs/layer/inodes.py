@@ -3,7 +3,9 @@
 Overlayfs conventions are applied here, as stargz-snapshotter's FUSE layer does: a ``.wh.NAME`` entry
 becomes a character device 0/0 named NAME (unless a real NAME exists in the same directory), an opaque
 marker ``.wh..wh..opq`` is hidden and its directory reports ``trusted.overlay.opaque=y``, and the
-landmark files in the root are hidden. Hardlinks share their target's inode.
+landmark files in the root are hidden. Hardlinks share their target's inode. What a layer may hold is
+``lazypull.format.entryrules``'s to say, as for extraction: overlayfs's own xattrs from the TOC are
+dropped (only the opaque marker sets one), and so is aufs metadata (``.wh..wh.*``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from lazypull.errors import MountError
+from lazypull.format import entryrules
 from lazypull.fs.fuse.tree import ROOT_INODE, Attr
 
 WHITEOUT_PREFIX = b".wh."
@@ -22,6 +25,7 @@ OPAQUE_MARKER = b".wh..wh..opq"
 LANDMARKS = (b".prefetch.landmark", b".no.prefetch.landmark")
 OPAQUE_XATTR = b"trusted.overlay.opaque"
 
+_NO_XATTRS: dict[bytes, bytes] = {}
 _TYPE_BITS = {
     "dir": stat.S_IFDIR, "reg": stat.S_IFREG, "symlink": stat.S_IFLNK, "char": stat.S_IFCHR,
     "block": stat.S_IFBLK, "fifo": stat.S_IFIFO,
@@ -92,7 +96,7 @@ class _RegularNode(Node):
         self.path = path
         self.entry = entry
         self.link = b""
-        self.xattrs = {}
+        self.xattrs = _NO_XATTRS    # shared (never changed for a regular file): 64 bytes an inode less
         self.children = None
 
 
@@ -184,7 +188,7 @@ class InodeTable:
                 if kind == "dir":
                     node = nodes[ROOT_INODE]
                     node.attr = _attr_for(entry, ROOT_INODE, mtimes, nlink=2)
-                    node.xattrs = {k.encode(): bytes(v) for k, v in (entry.xattrs or {}).items()}
+                    node.xattrs = _node_xattrs(entry.xattrs)
                 continue
             bits = type_bits.get(kind)
             if bits is None:
@@ -209,7 +213,7 @@ class InodeTable:
             mtime_ns: int | None = mtimes.get(modtime) if modtime is not None else 0
             if mtime_ns is None:        # a modtime not seen yet (a layer has few distinct ones)
                 mtime_ns = mtimes[modtime] = int(modtime.timestamp()) * 1_000_000_000
-            node_xattrs = {k.encode(): bytes(v) for k, v in xattrs.items()} if xattrs else {}
+            node_xattrs = _node_xattrs(xattrs)
             if kind == "reg":
                 node = Node(Attr(ino=ino, mode=bits | (entry.mode & 0o7777), nlink=1, uid=entry.uid,
                                  gid=entry.gid, size=entry.size, mtime_ns=mtime_ns),
@@ -293,11 +297,17 @@ class InodeTable:
                 continue
             for name in sorted(n for n in node.children if n[:4] == WHITEOUT_PREFIX):
                 source = self.nodes[node.children.pop(name)]
-                if name == OPAQUE_MARKER:
-                    node.xattrs[OPAQUE_XATTR] = b"y"
+                try:
+                    kind = entryrules.whiteout_kind(name.decode("utf-8", "surrogateescape"))
+                except entryrules.UnsafeEntryError as err:
+                    raise MountError(f"{source.path!r}: {err}") from err
+                if kind == "opaque":
+                    node.xattrs = {**node.xattrs, OPAQUE_XATTR: b"y"}   # (a node may share an empty dict)
                     continue
+                if kind == "meta":
+                    continue            # aufs metadata: not shown (a strict reader left it out already)
                 target = name[len(WHITEOUT_PREFIX):]
-                if not target or target in node.children:
+                if target in node.children:
                     continue
                 ino = self._next_ino
                 self._next_ino += 1
@@ -317,6 +327,14 @@ class InodeTable:
     def total_size(self) -> int:
         """The sum of the sizes of the regular files (each inode once), without making their ``attr``."""
         return sum(n.entry.size for n in self.nodes.values() if n.entry is not None)
+
+
+def _node_xattrs(xattrs: dict[str, bytes] | None) -> dict[bytes, bytes]:
+    """A TOC entry's xattrs as the inode shows them: overlayfs's own left out (entryrules)."""
+    if not xattrs:
+        return {}
+    return {k.encode("utf-8", "surrogateescape"): bytes(v) for k, v in xattrs.items()
+            if not entryrules.is_overlay_xattr(k)}
 
 
 def _replace(attr: Attr, *, nlink: int) -> Attr:

@@ -17,6 +17,7 @@ from typing import Any
 
 from lazypull.errors import MountError
 from lazypull.format import FormatError, open_layer
+from lazypull.format.annotations import UNCOMPRESSED_SIZE_ANNOTATION as UNCOMPRESSED_SIZE
 from lazypull.fs.remote import RecordingSource
 
 log = logging.getLogger(__name__)
@@ -83,10 +84,26 @@ def toc_offset_hint(annotations: Mapping[str, str]) -> int | None:
     return None
 
 
+def _declared_size(digest: str, annotations: Mapping[str, str]) -> int | None:
+    """The layer's declared uncompressed size, which no file in it can exceed (None: not declared)."""
+    declared = annotations.get(UNCOMPRESSED_SIZE)
+    if not declared:
+        return None
+    try:
+        size = int(declared, 10)
+    except ValueError:
+        size = -1
+    if size < 0:
+        raise MountError(f"layer {digest}: malformed {UNCOMPRESSED_SIZE} annotation {declared[:40]!r}")
+    return size
+
+
 def open_toc(digest: str, annotations: Mapping[str, str], src: RecordingSource,
              external_toc: ExternalToc | None) -> Any:
     """The verified ``LayerReader`` of a layer; records what it read for the next mount."""
     toc_digest = annotations.get(TOC_DIGEST)
+    # A mount applies the entry rules extraction applies (strict), and bounds file sizes by the layer's.
+    max_size = _declared_size(digest, annotations)
     hint = toc_offset_hint(annotations)
     if not toc_digest:
         cs = _checksum(annotations)
@@ -95,7 +112,7 @@ def open_toc(digest: str, annotations: Mapping[str, str], src: RecordingSource,
                              f"refusing to mount it lazily")
         _verify_manifest_checksum(digest, src, *cs)
         try:
-            reader = open_layer(src, toc_offset_hint=cs[1])
+            reader = open_layer(src, toc_offset_hint=cs[1], strict=True, max_file_size=max_size)
         except FormatError as err:
             raise MountError(f"layer {digest}: cannot open its TOC: {err}") from err
         src.save()
@@ -103,7 +120,8 @@ def open_toc(digest: str, annotations: Mapping[str, str], src: RecordingSource,
     extras: dict[str, bytes] = {}
     saved_ext = src.extra("external_toc")
     try:
-        reader = open_layer(src, toc_digest=toc_digest, external_toc=saved_ext, toc_offset_hint=hint)
+        reader = open_layer(src, toc_digest=toc_digest, external_toc=saved_ext, toc_offset_hint=hint,
+                            strict=True, max_file_size=max_size)
         if saved_ext is not None:
             extras["external_toc"] = saved_ext
     except FormatError as first:
@@ -115,10 +133,12 @@ def open_toc(digest: str, annotations: Mapping[str, str], src: RecordingSource,
                     raise MountError(f"layer {digest} keeps its TOC in a separate image, and no registry "
                                      f"reference is known to find it") from first
                 blob = external_toc()
-                reader = open_layer(src, toc_digest=toc_digest, external_toc=blob)
+                reader = open_layer(src, toc_digest=toc_digest, external_toc=blob, strict=True,
+                                    max_file_size=max_size)
                 extras["external_toc"] = blob
             else:
-                reader = open_layer(src, toc_digest=toc_digest, toc_offset_hint=hint)
+                reader = open_layer(src, toc_digest=toc_digest, toc_offset_hint=hint, strict=True,
+                                    max_file_size=max_size)
         except FormatError as err:
             raise MountError(f"layer {digest}: cannot open its TOC: {err}") from err
     try:
