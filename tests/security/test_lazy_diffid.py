@@ -1,0 +1,47 @@
+"""The lazy path checks DiffIDs where the image states them twice (issue 9, finding 11): a layer whose
+descriptor declares an uncompressed digest (``containerd.io/uncompressed``) other than the config's
+``rootfs.diff_ids`` entry is refused before anything of the image is mounted, naming the layer."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from lazypull.errors import ImageError
+from lazypull.fs.config import FsConfig
+from lazypull.image import Store, pull_image
+from lazypull.registry import RegistryClient
+from lazypull.snapshot.manager import LayerManager
+from tests.helpers.registry import RegistryServer
+from tests.snapshot.layerkit import build_blob, push_image
+
+OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+UNCOMPRESSED = "containerd.io/uncompressed"
+
+
+def test_diff_id_annotation_must_match_the_config(registry: RegistryServer, tmp_path: Path) -> None:
+    blob = build_blob(tmp_path)
+    wrong = "sha256:" + hashlib.sha256(b"another layer").hexdigest()
+    right = blob.result.diff_id
+    root = tmp_path / "root"
+    store = Store(root)
+    names = {}
+    for tag, declared in (("lying", wrong), ("honest", right)):
+        push_image(registry.url, "lazy/diffid", tag,
+                   [(blob.path.read_bytes(), OCI_GZIP, {**blob.annotations, UNCOMPRESSED: declared}, right)])
+        with RegistryClient(insecure=True) as client:
+            names[tag] = pull_image(store, client, f"{registry.host}/lazy/diffid:{tag}",
+                                    fetch_layers=False).name
+    manager = LayerManager(root, FsConfig(background_fetch=False, prefetch=False))
+    try:
+        with pytest.raises(ImageError) as err:
+            manager.mount_image(names["lying"], insecure=True, holder="c1")
+        text = str(err.value)
+        assert blob.digest in text and wrong in text and right in text and "\n" not in text
+        assert manager.list_mounts() == []
+        mounts = manager.mount_image(names["honest"], insecure=True, holder="c2")
+        assert [(m.digest, m.lazy) for m in mounts] == [(blob.digest, True)]
+    finally:
+        manager.close()
