@@ -10,6 +10,7 @@ server refuses anonymous pulls (``private_registry``). The mount server runs wit
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from lazypull.registry import RegistryClient
 from lazypull.snapshot import MountClient
 from tests.helpers.containerd import CriContainerd
 from tests.helpers.cri import CriClient
@@ -36,6 +38,7 @@ class Node:
     containerd: CriContainerd
     image_socket: Path           # lazypull's CRI image service
     daemon_log: Path
+    sandbox_layers: list[str]    # layer digests of the pause image (plain gzip: not lazy)
 
     def cri(self, *, through_lazypull: bool) -> CriClient:
         """A client whose image calls go to lazypull's image service, or straight to containerd."""
@@ -74,6 +77,9 @@ def node(registry: RegistryServer, private_registry: AuthRegistry) -> Iterator[N
     sandbox = f"{registry.host}/lazypull-test/pause:1"
     push_image_layers(base / "img", sandbox, [busybox_specs()],
                       config={"config": {"Entrypoint": ["/bin/sleep", "3600"]}})
+    with RegistryClient(insecure=True) as client:
+        raw, _, _ = client.resolve_image(sandbox)
+    sandbox_layers = [layer["digest"] for layer in json.loads(raw)["layers"]]
     snap_sock, image_sock = base / "sn.sock", base / "cri.sock"
     ctrd = CriContainerd(base / "ctrd", snapshot_socket=snap_sock, sandbox_image=sandbox,
                          plain_http=(registry.host, private_registry.host))
@@ -92,7 +98,7 @@ def node(registry: RegistryServer, private_registry: AuthRegistry) -> Iterator[N
             time.sleep(0.05)
         ctrd.base.mkdir(parents=True)
         ctrd.start()
-        yield Node(base, root, ctrd, image_sock, daemon_log)
+        yield Node(base, root, ctrd, image_sock, daemon_log, sandbox_layers)
     finally:
         if ctrd.proc is not None:          # a failed test's pods: their shims would outlive containerd
             with contextlib.suppress(Exception):
