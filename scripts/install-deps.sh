@@ -6,6 +6,7 @@ packages=(
   python3 python3-venv python3-dev gcc make git ca-certificates
   docker-registry apache2-utils openssl          # registry, htpasswd, test CA
   runc containerd stargz-snapshotter skopeo      # runtime and interoperability peers
+  podman buildah                                 # additional layer store clients (tests/podman)
   golang-go golang-github-klauspost-compress-dev golang-github-cespare-xxhash-dev
   golang-github-opencontainers-go-digest-dev golang-github-vbatts-tar-split-dev
   golang-golang-x-sync-dev                       # the Go oracle (GOPATH mode)

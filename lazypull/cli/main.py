@@ -20,7 +20,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "create": ("run",), "daemon": ("daemon",), "image": ("image", "optimize"), "images": ("image",),
     "layer": ("layer",), "login": ("login",), "logout": ("login",), "logs": ("run",), "ps": ("run",),
     "pull": ("pull",), "push": ("image",), "rm": ("run",), "rmi": ("image",), "run": ("run",),
-    "start": ("run",), "stats": ("stats",), "stop": ("run",), "tag": ("image",),
+    "start": ("run",), "stats": ("stats",), "stop": ("run",), "store": ("store",), "tag": ("image",),
 }
 
 # What `lazypull --help` lists for each command (its help's first sentence), so that listing them
@@ -45,6 +45,7 @@ COMMAND_SUMMARIES: dict[str, str] = {
               "or attached with -a."),
     "stats": "Per-layer counters of the lazy filesystems: bytes and requests fetched, cache hits, prefetch.",
     "stop": "Stop running containers: SIGTERM, then SIGKILL after the grace period.",
+    "store": "Serve lazy layers to podman and buildah as an additional layer store mounted at MOUNTPOINT.",
     "tag": "Give the image SOURCE another name TARGET.",
 }
 

@@ -113,6 +113,13 @@ class MountClient:
             raise MountError("mount server returned malformed stats")
         return result
 
+    def store_request(self, op: str, **args: Any) -> Any:
+        """An additional layer store request (``serve_store``, ``stop_store``, ``list_stores``:
+        ``lazypull.store.service.Stores``); its raw result."""
+        if op not in ("serve_store", "stop_store", "list_stores"):
+            raise MountError(f"not a store request: {op!r}")
+        return self._call(op, **args)
+
     def ping(self) -> dict[str, Any]:
         """The server's pid and root; starts it if needed."""
         result = self._call("ping")

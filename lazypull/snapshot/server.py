@@ -86,6 +86,7 @@ class MountDaemon:
         self._server: _Server | None = None
         self._pidfile: Any = None
         self._unmount_on_exit = True
+        self._stores: Any = None            # lazypull.store.service.Stores, made on first use
 
     def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -139,6 +140,8 @@ class MountDaemon:
         elif op == "stats":
             result = m.stats()
             result["pid"] = os.getpid()
+        elif op in ("serve_store", "stop_store", "list_stores"):
+            result = self._store_request(op, args)
         else:
             raise MountError(f"unknown request {op!r}")
         return {"ok": True, "result": result}
@@ -179,6 +182,24 @@ class MountDaemon:
                  sum(lm.lazy for lm in layers), now - metadata)
         return {"name": record.name, "digest": record.target.digest,
                 "layers": [lm.to_json() for lm in layers]}
+
+    def stores(self) -> Any:
+        """The additional layer stores served here (``lazypull store``, docs/podman.md)."""
+        from lazypull.store.service import Stores
+
+        if self._stores is None:
+            self._stores = Stores(self.manager)
+        return self._stores
+
+    def _store_request(self, op: str, args: dict[str, Any]) -> Any:
+        from lazypull.store.service import StoreSpec
+
+        if op == "serve_store":
+            return self.stores().serve(StoreSpec.from_json(args))
+        if op == "stop_store":
+            self.stores().stop(_str(args, "mountpoint"))
+            return None
+        return self.stores().list()
 
     def _lock_pidfile(self) -> None:
         self.paths.run_dir.mkdir(parents=True, exist_ok=True)
@@ -244,6 +265,10 @@ class MountDaemon:
                 self._cri_service.start()
 
     def _restore(self) -> None:
+        try:                # the additional layer stores first: podman commands wait on them
+            self.stores().restore()
+        except Exception:
+            log.exception("serving the additional layer stores again failed")
         try:
             self.manager.restore()
         except Exception:
@@ -269,6 +294,8 @@ class MountDaemon:
             self._server.server_close()
             with contextlib.suppress(FileNotFoundError):
                 self.paths.socket.unlink()
+        if self._stores is not None:        # always: a dead store mount fails every podman command
+            self._stores.close()
         if self._unmount_on_exit:
             self.manager.close()
         if self._pidfile is not None:

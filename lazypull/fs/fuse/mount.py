@@ -30,12 +30,17 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
-def mount_fuse(fd: int, mountpoint: str, fsname: str = "lazypull") -> None:
-    """Mount the FUSE channel ``fd`` read-only, nosuid, nodev at ``mountpoint`` (fstype ``fuse.lazypull``)."""
+def mount_fuse(fd: int, mountpoint: str, fsname: str = "lazypull", *, readonly: bool = True) -> None:
+    """Mount the FUSE channel ``fd`` read-only, nosuid, nodev at ``mountpoint`` (fstype ``fuse.lazypull``).
+
+    ``readonly=False`` lets create/rmdir requests reach the tree (which still refuses them: the
+    additional layer store, ``lazypull.store``, learns of them that way); a VFS-read-only mount answers
+    EROFS before asking the server."""
     if "," in fsname or not fsname:
         raise MountError(f"invalid FUSE source name {fsname!r}")
     opts = f"fd={fd},rootmode=40000,user_id=0,group_id=0,default_permissions,allow_other"
-    rc = _libc.mount(fsname.encode(), os.fsencode(mountpoint), FSTYPE.encode(), MOUNT_FLAGS, opts.encode())
+    flags = MOUNT_FLAGS if readonly else MOUNT_FLAGS & ~MS_RDONLY
+    rc = _libc.mount(fsname.encode(), os.fsencode(mountpoint), FSTYPE.encode(), flags, opts.encode())
     if rc != 0:
         err = ctypes.get_errno()
         raise MountError(f"mount of {fsname} on {mountpoint} failed: {os.strerror(err)}") from OSError(

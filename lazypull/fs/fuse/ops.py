@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from lazypull.fs.fuse import protocol
 from lazypull.fs.fuse.passthrough import BackingFiles
 from lazypull.fs.fuse.protocol import Op, Request
-from lazypull.fs.fuse.tree import Attr, FuseError, Tree
+from lazypull.fs.fuse.tree import Attr, FuseError, Tree, WriteObserver
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ WANTED_FLAGS = (
 MAX_STACK_DEPTH = 1
 
 Reply = tuple[int, bytes]  # (errno or 0, payload)
+#: Write requests naming an entry of the directory ``nodeid``: opcode -> bytes before the name.
+_NAMED_WRITES: dict[int, int] = {Op.CREATE: 16, Op.MKNOD: 16, Op.MKDIR: 8, Op.RMDIR: 0, Op.UNLINK: 0}
 
 
 @dataclass
@@ -66,8 +68,10 @@ class Operations:
         negative_timeout: float | None = None,
         dev_fd: int,
         max_errors: int = 20,
+        cache_symlinks: bool = True,
     ) -> None:
         self.tree = tree
+        self.cache_symlinks = cache_symlinks
         self.entry_timeout = entry_timeout
         self.negative_timeout = entry_timeout if negative_timeout is None else negative_timeout
         self.attr_timeout = attr_timeout
@@ -111,7 +115,7 @@ class Operations:
         if req.opcode in protocol.NO_REPLY:
             return None  # FORGET/BATCH_FORGET: inodes are static; INTERRUPT: requests finish quickly anyway
         if req.opcode in protocol.WRITE_OPS:
-            return errno.EROFS, b""
+            return self._refuse_write(req)
         handler = self._handlers.get(req.opcode)
         if handler is None:
             return errno.ENOSYS, b""  # IOCTL, POLL, LSEEK, STATX, locks...: the kernel falls back
@@ -124,6 +128,19 @@ class Operations:
             return self._failed(req, err)
         except Exception as err:
             return self._failed(req, err)
+
+    def _refuse_write(self, req: Request) -> Reply:
+        """Writes fail: EROFS, or the errno a ``WriteObserver`` tree picks for a create/rmdir (it counts
+        them: the additional layer store's ``use`` and release notifications)."""
+        observe = self.tree.refuse_write if isinstance(self.tree, WriteObserver) else None
+        skip = _NAMED_WRITES.get(req.opcode)
+        if observe is None or skip is None:
+            return errno.EROFS, b""
+        try:
+            err = observe(protocol.op_name(req.opcode), req.nodeid, protocol.cstring(req.body, skip))
+        except Exception as exc:
+            return self._failed(req, exc)
+        return (err if 0 < err < 512 else errno.EROFS), b""
 
     def _failed(self, req: Request, err: Exception) -> Reply:
         """Log an unexpected failure, remember it for diagnostics, answer EIO."""
@@ -145,6 +162,8 @@ class Operations:
             return errno.EPROTO, b""
         self.minor = min(offer.minor, protocol.MAX_MINOR)
         flags = WANTED_FLAGS & offer.flags
+        if not self.cache_symlinks:
+            flags &= ~protocol.CACHE_SYMLINKS
         depth = 0
         if self.want_passthrough and offer.flags & protocol.PASSTHROUGH and self.minor >= 40:
             flags |= protocol.PASSTHROUGH

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
-from typing import NewType, Protocol
+from typing import NewType, Protocol, runtime_checkable
 
 InodeId = NewType("InodeId", int)
 ROOT_INODE = InodeId(1)
@@ -93,4 +93,15 @@ class Tree(Protocol):
 
     def statfs(self) -> StatFs:
         """Filesystem totals."""
+        ...
+
+
+@runtime_checkable
+class WriteObserver(Protocol):
+    """A tree that learns of refused creates and removals (``op`` is ``CREATE``, ``MKNOD``, ``MKDIR``,
+    ``RMDIR`` or ``UNLINK``; ``name`` an entry of directory ``parent``) and picks the errno answered.
+    Served only by a mount made with ``readonly=False``; nothing is ever written."""
+
+    def refuse_write(self, op: str, parent: int, name: bytes) -> int:
+        """The errno to answer (e.g. ENOENT for "noted, no such file")."""
         ...

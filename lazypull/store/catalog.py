@@ -1,0 +1,143 @@
+"""What an image reference's layers are: its manifest (this machine's platform) and config, from its
+registry, kept a short while so that the lookups of one pull (one per layer, serialised by podman)
+cost one manifest and one config request."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lazypull.errors import LazypullError, MountError
+from lazypull.format.annotations import UNCOMPRESSED_SIZE_ANNOTATION
+from lazypull.fs.layer.toc import CHECKSUM_AND_POSITION, TOC_DIGEST, is_lazy
+from lazypull.store.names import COMPRESSION_GZIP, COMPRESSION_ZSTD, LayerInfo
+
+CACHE_SECONDS = 60.0        # a tag may move: its manifest is asked again after this
+MAX_IMAGES = 256            # images remembered at once (least recently used go first)
+MAX_CONFIG = 4 << 20        # bytes of an image config read
+
+
+@dataclass(frozen=True)
+class StoreLayer:
+    """One lazily mountable layer of an image, as the store presents it."""
+
+    ref: Any                           # lazypull.registry.Reference of the image
+    annotations: dict[str, str]
+    info: LayerInfo
+
+
+@dataclass(frozen=True)
+class ImageLayers:
+    """The lazily mountable layers of one image reference, by blob digest and by TOC digest."""
+
+    by_digest: dict[str, StoreLayer]
+    by_toc: dict[str, StoreLayer]
+    fetched: float
+
+    def find(self, name: str) -> tuple[StoreLayer, bool] | None:
+        """The layer a directory name means and whether it was named by its TOC digest."""
+        if name in self.by_digest:
+            return self.by_digest[name], False
+        if name in self.by_toc:
+            return self.by_toc[name], True
+        return None
+
+
+def toc_digest_of(annotations: dict[str, str]) -> str | None:
+    """The layer's TOC digest as newer containers/image names it: eStargz ``toc.digest``, zstd:chunked
+    ``manifest-checksum``."""
+    if annotations.get(TOC_DIGEST):
+        return annotations[TOC_DIGEST]
+    for key, _ in CHECKSUM_AND_POSITION:
+        if annotations.get(key):
+            return annotations[key]
+    return None
+
+
+def image_layers(client: Any, ref: Any) -> ImageLayers:
+    """Read the manifest and config of ``ref`` (a ``Reference``) and describe its lazy layers."""
+    from lazypull.registry import parse_manifest
+
+    raw, media_type, _ = client.resolve_image(ref)
+    manifest = parse_manifest(raw, media_type)
+    config_raw = client.fetch_blob(ref, manifest.config.digest, max_size=MAX_CONFIG)
+    try:
+        config = json.loads(config_raw)
+        diff_ids = config["rootfs"]["diff_ids"]
+        if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+            raise TypeError("rootfs.diff_ids is not a list of strings")
+    except (ValueError, KeyError, TypeError) as err:
+        raise MountError(f"image {ref}: config {manifest.config.digest} has no usable "
+                         f"rootfs.diff_ids: {err}") from err
+    if len(diff_ids) != len(manifest.layers):
+        raise MountError(f"image {ref}: {len(manifest.layers)} layers but {len(diff_ids)} diff_ids")
+    by_digest: dict[str, StoreLayer] = {}
+    by_toc: dict[str, StoreLayer] = {}
+    for desc, diff_id in zip(manifest.layers, diff_ids, strict=True):
+        annotations = dict(desc.annotations or {})
+        if not is_lazy(annotations):
+            continue            # not here: podman downloads it
+        toc = toc_digest_of(annotations)
+        try:
+            diff_size = int(annotations.get(UNCOMPRESSED_SIZE_ANNOTATION, "-1"))
+        except ValueError:
+            diff_size = -1
+        compression = COMPRESSION_ZSTD if "zstd" in desc.media_type else COMPRESSION_GZIP
+        layer = StoreLayer(ref, annotations,
+                           LayerInfo(desc.digest, int(desc.size), diff_id, diff_size, compression, toc))
+        by_digest[desc.digest] = layer
+        if toc:
+            by_toc[toc] = layer
+    return ImageLayers(by_digest, by_toc, time.monotonic())
+
+
+class Catalog:
+    """``image_layers`` per reference, cached ``CACHE_SECONDS``; concurrent asks share one fetch."""
+
+    def __init__(self, client_for: Callable[[], Any]) -> None:
+        self._client_for = client_for
+        self._lock = threading.Lock()
+        self._images: OrderedDict[str, ImageLayers] = OrderedDict()
+        self._busy: dict[str, threading.Lock] = {}
+
+    def layer(self, ref_text: str, name: str) -> tuple[StoreLayer, bool] | None:
+        """The layer ``name`` (blob or TOC digest) of image ``ref_text``; None if it has no such lazy
+        layer. A name missing from a cached manifest asks the registry again (the tag moved)."""
+        from lazypull.registry import parse_reference
+
+        try:
+            ref = parse_reference(ref_text)
+        except LazypullError as err:
+            raise MountError(f"store: {err}") from err
+        if ref.transport != "docker":
+            raise MountError(f"store: {ref_text!r} is not a registry reference")
+        key = str(ref)
+        with self._lock:
+            lock = self._busy.setdefault(key, threading.Lock())
+        with lock:
+            with self._lock:
+                cached = self._images.get(key)
+            found = None
+            if cached is not None:
+                found = cached.find(name)
+                age = time.monotonic() - cached.fetched
+                if (found is not None and age < CACHE_SECONDS) or (found is None and age < 1.0):
+                    return found        # (not there, asked this very second)
+            try:
+                fresh = image_layers(self._client_for(), ref)
+            except (LazypullError, OSError):
+                if found is not None:   # the registry is away: what it said before still holds
+                    return found
+                raise
+            with self._lock:
+                self._images[key] = fresh
+                self._images.move_to_end(key)
+                while len(self._images) > MAX_IMAGES:
+                    old, _ = self._images.popitem(last=False)
+                    self._busy.pop(old, None)
+            return fresh.find(name)
