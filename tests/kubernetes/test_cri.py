@@ -48,6 +48,9 @@ def _run_hi(cri: CriClient, node: Node, name: str, image: str) -> tuple[str, str
     cri.start_container(container)
     status = cri.wait_exit(container)
     assert status.exit_code == 0
+    deadline = time.monotonic() + 10        # the shim's log copier may finish after the exit is seen
+    while not (logs / "hi.log").read_text().endswith("\n") and time.monotonic() < deadline:
+        time.sleep(0.05)
     lines = (logs / "hi.log").read_text().splitlines()     # CRI log format: time stream tag message
     assert [line.split(" ", 3)[3] for line in lines] == ["hi"]
     return pod, container
