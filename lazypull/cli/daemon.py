@@ -83,6 +83,8 @@ from lazypull.cli._options import get_options, global_options
 def daemon_command(containerd_socket: str | None, cri_image_service: str | None, cri_containerd_socket: str,
                    config_file: str | None) -> None:
     """Run the mount server that keeps lazy layers mounted (foreground)."""
+    if cri_image_service and not containerd_socket:
+        raise click.UsageError("--cri-image-service needs --containerd-socket (the snapshotter it serves)")
     from lazypull.fs.config import load_config
     from lazypull.image.rootdir import prepare_root
     from lazypull.snapshot.server import run_daemon
@@ -95,8 +97,6 @@ def daemon_command(containerd_socket: str | None, cri_image_service: str | None,
     prepare_root(opts.root)     # 0700 from the start (the server narrows an older store again)
     config = load_config(opts.root, Path(config_file) if config_file else None)
     socket = Path(containerd_socket) if containerd_socket else None
-    if cri_image_service and socket is None:
-        raise click.UsageError("--cri-image-service needs --containerd-socket (the snapshotter it serves)")
     cri = (Path(cri_image_service), Path(cri_containerd_socket)) if cri_image_service else None
     run_daemon(opts.root.resolve(), config, containerd_socket=socket,
                insecure_registries=opts.insecure_registries, cri_image_service=cri)
