@@ -21,62 +21,6 @@ from lazypull.cli._options import get_options, global_options
 @click.option("--cri-containerd-socket", type=click.Path(dir_okay=False),
               default="/run/containerd/containerd.sock", show_default=True,
               help="containerd's CRI socket the image service forwards to.")
-@click.option("--cri-image-service", type=click.Path(dir_okay=False), default=None,
-              help="Also serve the CRI image service here (the kubelet's --image-service-endpoint), "
-                   "forwarding to containerd and keeping each pull's credentials for its lazy reads; "
-                   "needs --containerd-socket. E.g. /run/lazypull/cri.sock.")
-@click.option("--cri-containerd-socket", type=click.Path(dir_okay=False),
-              default="/run/containerd/containerd.sock", show_default=True,
-              help="containerd's CRI socket the image service forwards to.")
-@click.option("--cri-image-service", type=click.Path(dir_okay=False), default=None,
-              help="Also serve the CRI image service here (the kubelet's --image-service-endpoint), "
-                   "forwarding to containerd and keeping each pull's credentials for its lazy reads; "
-                   "needs --containerd-socket. E.g. /run/lazypull/cri.sock.")
-@click.option("--cri-containerd-socket", type=click.Path(dir_okay=False),
-              default="/run/containerd/containerd.sock", show_default=True,
-              help="containerd's CRI socket the image service forwards to.")
-@click.option("--cri-image-service", type=click.Path(dir_okay=False), default=None,
-              help="Also serve the CRI image service here (the kubelet's --image-service-endpoint), "
-                   "forwarding to containerd and keeping each pull's credentials for its lazy reads; "
-                   "needs --containerd-socket. E.g. /run/lazypull/cri.sock.")
-@click.option("--cri-containerd-socket", type=click.Path(dir_okay=False),
-              default="/run/containerd/containerd.sock", show_default=True,
-              help="containerd's CRI socket the image service forwards to.")
-@click.option("--cri-image-service", type=click.Path(dir_okay=False), default=None,
-              help="Also serve the CRI image service here (the kubelet's --image-service-endpoint), "
-                   "forwarding to containerd and keeping each pull's credentials for its lazy reads; "
-                   "needs --containerd-socket. E.g. /run/lazypull/cri.sock.")
-@click.option("--cri-containerd-socket", type=click.Path(dir_okay=False),
-              default="/run/containerd/containerd.sock", show_default=True,
-              help="containerd's CRI socket the image service forwards to.")
-@click.option("--cri-image-service", type=click.Path(dir_okay=False), default=None,
-              help="Also serve the CRI image service here (the kubelet's --image-service-endpoint), "
-                   "forwarding to containerd and keeping each pull's credentials for its lazy reads; "
-                   "needs --containerd-socket. E.g. /run/lazypull/cri.sock.")
-@click.option("--cri-containerd-socket", type=click.Path(dir_okay=False),
-              default="/run/containerd/containerd.sock", show_default=True,
-              help="containerd's CRI socket the image service forwards to.")
-@click.option("--cri-image-service", type=click.Path(dir_okay=False), default=None,
-              help="Also serve the CRI image service here (the kubelet's --image-service-endpoint), "
-                   "forwarding to containerd and keeping each pull's credentials for its lazy reads; "
-                   "needs --containerd-socket. E.g. /run/lazypull/cri.sock.")
-@click.option("--cri-containerd-socket", type=click.Path(dir_okay=False),
-              default="/run/containerd/containerd.sock", show_default=True,
-              help="containerd's CRI socket the image service forwards to.")
-@click.option("--cri-image-service", type=click.Path(dir_okay=False), default=None,
-              help="Also serve the CRI image service here (the kubelet's --image-service-endpoint), "
-                   "forwarding to containerd and keeping each pull's credentials for its lazy reads; "
-                   "needs --containerd-socket. E.g. /run/lazypull/cri.sock.")
-@click.option("--cri-containerd-socket", type=click.Path(dir_okay=False),
-              default="/run/containerd/containerd.sock", show_default=True,
-              help="containerd's CRI socket the image service forwards to.")
-@click.option("--cri-image-service", type=click.Path(dir_okay=False), default=None,
-              help="Also serve the CRI image service here (the kubelet's --image-service-endpoint), "
-                   "forwarding to containerd and keeping each pull's credentials for its lazy reads; "
-                   "needs --containerd-socket. E.g. /run/lazypull/cri.sock.")
-@click.option("--cri-containerd-socket", type=click.Path(dir_okay=False),
-              default="/run/containerd/containerd.sock", show_default=True,
-              help="containerd's CRI socket the image service forwards to.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Filesystem settings (TOML); default <root>/config.toml, else /etc/lazypull/config.toml.")
 @global_options
