@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from lazypull.cli._options import GlobalOptions, get_options, global_options
+from lazypull.cli._signals import deferred, exit_on_signals
 from lazypull.errors import ContainerError, LazypullError, MountError
 from lazypull.runtime import (
     ContainerOptions,
@@ -155,6 +156,8 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
     from lazypull.image.runconfig import run_config
 
     image_config = run_config(resolved.config, resolved.name)  # checked before anything is mounted
+    placeholder = ContainerRecord(id=container_id, name="", image=resolved.name, command=[], created="",
+                                  snapshotter=opts.snapshotter)
     mounts = None
     if lazy:
         from lazypull.runtime.spec import program_hint
@@ -162,11 +165,13 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
 
         # The server starts fetching the command (and its libraries) while the container is set up.
         program = program_hint(image_config, options)
-        with MountClient(root) as client:
-            mounts = client.mount_image(resolved.name, insecure=opts.insecure_registries, holder=container_id,
-                                        wait_prefetch=False, program=program)
-    placeholder = ContainerRecord(id=container_id, name="", image=resolved.name, command=[], created="",
-                                  snapshotter=opts.snapshotter)
+        try:
+            with MountClient(root) as client:
+                mounts = client.mount_image(resolved.name, insecure=opts.insecure_registries,
+                                            holder=container_id, wait_prefetch=False, program=program)
+        except BaseException:       # interrupted after the server recorded the hold: drop it
+            release_mounts(root, placeholder)
+            raise
     containers = Containers(root)
     try:
         lowers = lower_dirs(root, store, resolved, mounts, lambda: registry_client(opts),
@@ -208,7 +213,8 @@ def start_container(record: ContainerRecord, *, interactive: bool) -> int:
         return containers.run(record, tty=tty, stdio=Stdio(stdin=sys.stdin if interactive else None))
     finally:
         if record.labels.get(AUTO_REMOVE_LABEL) == "true":
-            remove_container(root, containers, record, force=True)
+            with deferred():        # a signal now must not cut the removal short
+                remove_container(root, containers, record, force=True)
         sys.stdout.flush()
 
 
@@ -247,12 +253,13 @@ def run(detach: bool, **params: Any) -> None:
         raise ContainerError("the input device is not a TTY: drop -t, or run from a terminal")
     if detach and (params["tty"] or params["interactive"]):
         raise ContainerError("-d cannot be combined with -t or -i (no terminal to attach later)")
-    record = create_container(**params)
-    if detach:
-        start_detached(record)
-        click.echo(record.id)
-        return
-    code = start_container(record, interactive=params["interactive"])
+    with exit_on_signals():
+        record = create_container(**params)
+        if detach:
+            start_detached(record)
+            click.echo(record.id)
+            return
+        code = start_container(record, interactive=params["interactive"])
     click.get_current_context().exit(code)
 
 
@@ -260,7 +267,8 @@ def run(detach: bool, **params: Any) -> None:
 @container_options
 def create(**params: Any) -> None:
     """Create a container of IMAGE (pulled, mounted, ready to start) and print its id."""
-    click.echo(create_container(**params).id)
+    with exit_on_signals():
+        click.echo(create_container(**params).id)
 
 
 @click.command("start")

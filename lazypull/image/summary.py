@@ -8,6 +8,7 @@ config and compressed layers, as listed (whether or not they are local).
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,15 @@ def _tree_size(top: Path) -> int:
     return total
 
 
+def _unpacked(path: Path) -> bool:
+    """Whether a layer is extracted or mounted lazily at ``path``. A lazy layer whose mount server died
+    answers ENOTCONN (the next server mounts it again): it counts, and never fails the listing."""
+    try:
+        return path.is_dir()
+    except OSError as err:
+        return err.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+
+
 def summarize(store: Store, record: ImageRecord) -> ImageSummary:
     """The row for one named image."""
     repository, tag = split_name(record.name)
@@ -100,7 +110,7 @@ def summarize(store: Store, record: ImageRecord) -> ImageSummary:
                 platform = platform_label(config_platform(config))
             for d in layers:
                 unpacked = store.root / "snapshots" / d.digest.removeprefix("sha256:") / "fs"
-                if unpacked.is_dir():
+                if _unpacked(unpacked):
                     size += layer_uncompressed_size(store, d, unpacked)
     except ImageError:
         pass  # a damaged entry still gets a row; `image inspect` shows the error

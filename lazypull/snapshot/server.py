@@ -45,8 +45,10 @@ class _Handler(socketserver.StreamRequestHandler):
                 return
             if not line:
                 return
+            request: dict[str, Any] | None = None
             try:
-                reply = self.server.daemon.dispatch(decode(line))
+                request = decode(line)
+                reply = self.server.daemon.dispatch(request)
             except Exception as err:
                 if not isinstance(err, LazypullError):
                     log.exception("request failed")
@@ -55,6 +57,8 @@ class _Handler(socketserver.StreamRequestHandler):
                 self.wfile.write(encode(reply))
                 self.wfile.flush()
             except OSError:
+                if request is not None and reply.get("ok"):
+                    self.server.daemon.abandoned(request)
                 return
 
 
@@ -145,6 +149,18 @@ class MountDaemon:
         else:
             raise MountError(f"unknown request {op!r}")
         return {"ok": True, "result": result}
+
+    def abandoned(self, request: dict[str, Any]) -> None:
+        """The client went away before the reply (a ``run`` killed while its layers were mounted): a
+        hold it took is dropped, as nobody knows of it (its own release may have come first)."""
+        args = request.get("args")
+        if request.get("op") != "mount_image" or not isinstance(args, dict):
+            return
+        holder, image = args.get("holder"), args.get("image")
+        if isinstance(holder, str) and isinstance(image, str):
+            with contextlib.suppress(LazypullError):
+                self.manager.release_image(image, holder=holder)
+                log.info("released the hold of %s on %s: its client left before the reply", holder, image)
 
     def _pull_image(self, args: dict[str, Any]) -> dict[str, Any]:
         """A lazy pull done here rather than in the CLI process: manifests and config into the store

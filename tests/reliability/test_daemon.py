@@ -157,3 +157,84 @@ def _dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+def test_commands_work_while_mounts_are_stale(lazy_image: str, tmp_path: Path) -> None:
+    """The server killed (-9) after a lazy pull: its FUSE mounts answer ENOTCONN. ``images`` and ``ps``
+    still work (``images`` failed on them), and the next server detaches them and mounts again."""
+    root = tmp_path / "root"
+    env = dict(os.environ, LAZYPULL_ROOT=str(root))
+
+    def lazypull(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "lazypull", *args], env=env, cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=300)
+
+    try:
+        assert lazypull("--insecure-registry", "pull", lazy_image).returncode == 0
+        pid = daemon_pid(root)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: gone(pid), "the killed server to be gone")
+        stale = lazypull_mounts(root)
+        assert len(stale) == 2
+        with pytest.raises(OSError):
+            os.listdir(stale[0])
+        listing = lazypull("images")
+        assert listing.returncode == 0, listing.stderr
+        assert lazy_image.split("/", 1)[1].split(":")[0] in listing.stdout
+        assert lazypull("ps", "-a").returncode == 0
+        with MountClient(root) as mc:
+            assert len(mc.list_mounts()) == 2, "the next server detached the dead mounts and mounted again"
+        assert sorted(lazypull_mounts(root)) == sorted(stale)
+        assert [p for p in stale if (p / "data/0007.txt").read_bytes() == b"file 7\n" * 20]
+    finally:
+        MountClient(root, autostart=False).shutdown()
+
+
+@pytest.mark.parametrize("phase", ["mounting", "running"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=["TERM", "HUP", "INT"])
+def test_killed_run_rm_cli_removes_its_container(lazy_image: str, fault_proxy: FaultProxy, tmp_path: Path,
+                                                 sig: signal.Signals, phase: str) -> None:
+    """Like docker's ``--rm``: a ``run --rm`` whose CLI is told to go (terminal closed, kill, Ctrl-C
+    sent to it alone) stops its container and removes it, with its rootfs mount and layer hold; also
+    while the server is still mounting its layers (SIGTERM/SIGHUP killed the CLI there, and the hold
+    the server recorded after the CLI was gone stayed for good)."""
+    image = lazy_image.replace(lazy_image.split("/")[0], fault_proxy.host, 1)
+    root = lazy_root(tmp_path / "root", image)
+    env = dict(os.environ, LAZYPULL_ROOT=str(root))
+    gate = _Gate()
+    if phase == "mounting":
+        with RegistryClient(insecure=True) as client:
+            raw, media_type, _ = client.resolve_image(image)
+        for layer in parse_manifest(raw, media_type).layers:     # the layers' TOC reads wait
+            fault_proxy.add(Fault("hold", method="GET", path_contains=layer.digest, times=-1, release=gate))
+    MountClient(root).ping()
+    proc = subprocess.Popen([sys.executable, "-m", "lazypull", "--insecure-registry", "run", "--rm",
+                             image, "sleep", "600"], env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        def running() -> bool:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            states = subprocess.run(["runc", "--root", str(root / "runc"), "list", "-q"],
+                                    capture_output=True, text=True).stdout.split()
+            return bool(states)
+
+        wait_until(gate.waiting.is_set if phase == "mounting" else running, f"the container {phase}")
+        proc.send_signal(sig)
+        proc.wait(timeout=120)
+        gate.set()
+    finally:
+        gate.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    try:
+        assert proc.returncode in (128 + sig, 128 + signal.SIGKILL), proc.stderr.read().decode() \
+            if proc.stderr else ""
+        assert [p.name for p in (root / "containers").iterdir() if not p.name.startswith(".")] == []
+        assert subprocess.run(["runc", "--root", str(root / "runc"), "list", "-q"], capture_output=True,
+                              text=True).stdout.split() == []
+        with MountClient(root, autostart=False) as mc:
+            wait_until(lambda: [m.holders for m in mc.list_mounts()] == [], "the container's hold to go")
+    finally:
+        MountClient(root, autostart=False).shutdown()
