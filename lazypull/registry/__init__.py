@@ -15,6 +15,7 @@ if typing.TYPE_CHECKING:
     from lazypull.registry._auth import CredentialSource as CredentialSource
     from lazypull.registry._auth import StaticAuth as StaticAuth
     from lazypull.registry._auth import parse_challenges as parse_challenges
+    from lazypull.registry._budget import NetLimits as NetLimits
     from lazypull.registry._client import RegistryBlobSource as RegistryBlobSource
     from lazypull.registry._client import RegistryClient as RegistryClient
     from lazypull.registry._client import compute_digest as compute_digest
@@ -52,6 +53,7 @@ if typing.TYPE_CHECKING:
     from lazypull.registry.errors import ReferenceError_ as ReferenceError_
     from lazypull.registry.errors import RegistryConnectionError as RegistryConnectionError
     from lazypull.registry.errors import RegistryError as RegistryError
+    from lazypull.registry.errors import RegistryUnavailableError as RegistryUnavailableError
     from lazypull.registry.errors import TooLargeError as TooLargeError
 
 __all__ = [
@@ -76,6 +78,7 @@ __all__ = [
     "ImageIndex",
     "ImageManifest",
     "ManifestError",
+    "NetLimits",
     "NotFoundError",
     "Platform",
     "Reference",
@@ -84,6 +87,7 @@ __all__ = [
     "RegistryClient",
     "RegistryConnectionError",
     "RegistryError",
+    "RegistryUnavailableError",
     "RetryPolicy",
     "StaticAuth",
     "TooLargeError",
@@ -132,8 +136,10 @@ _SOURCES: dict[str, str] = {
     "RegistryBlobSource": "._client",
     "RegistryClient": "._client",
     "RegistryConnectionError": ".errors",
+    "RegistryUnavailableError": ".errors",
     "RegistryError": ".errors",
     "RetryPolicy": "._transport",
+    "NetLimits": "._budget",
     "StaticAuth": "._auth",
     "TooLargeError": ".errors",
     "compute_digest": "._client",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 from lazypull.registry._auth import Authenticator, CredentialSource, repository_scopes
+from lazypull.registry._budget import NetLimits
 from lazypull.registry._httpx import httpx
 from lazypull.registry._manifest import (
     ACCEPT_MANIFESTS,
@@ -85,14 +86,16 @@ class RegistryClient:
     ``insecure``: True (all hosts) or a list of hosts that may use plain HTTP or unverified TLS.
     ``ca_files``: extra CA certificates (PEM). ``auth``: where credentials come from
     (:class:`DockerConfigAuth`, :class:`StaticAuth`, default anonymous). ``retry``: the retry policy.
+    ``limits``: every request's deadline and minimum rate, and when a host counts as down
+    (:class:`NetLimits`). ``timeout``: the longest wait for any one socket operation.
     """
 
     def __init__(self, insecure: bool | Sequence[str] = False, ca_files: Sequence[str | Path] = (),
                  auth: CredentialSource | None = None, *, retry: RetryPolicy | None = None,
                  certs_dirs: Sequence[str | Path] = DEFAULT_CERTS_DIRS, timeout: float = 60.0,
-                 chunk_size: int = CHUNK_SIZE) -> None:
+                 chunk_size: int = CHUNK_SIZE, limits: NetLimits | None = None) -> None:
         self.transport = Transport(insecure=insecure, ca_files=ca_files, authenticator=Authenticator(auth),
-                                   retry=retry, certs_dirs=certs_dirs, timeout=timeout)
+                                   retry=retry, certs_dirs=certs_dirs, timeout=timeout, limits=limits)
         self.chunk_size = chunk_size
         self._lock = threading.Lock()
         self._single_range_hosts: set[str] = set()   # answer multi-range requests with 200
@@ -308,7 +311,7 @@ class RegistryClient:
         while True:
             headers = {"Range": f"bytes={written}-"} if written else None
             response = self._request(ref, "GET", path, what=what, stream=True, headers=headers,
-                                     ok=(200, 206))
+                                     ok=(200, 206), expected=(size - written) if size else 0)
             try:
                 if written and response.status_code == 200:
                     # The server ignored Range: start over from this full answer.
@@ -362,16 +365,19 @@ class RegistryClient:
         return buf.getvalue()
 
     # -- ranges -------------------------------------------------------------------------------------
-    def read_range(self, ref: Reference | str, digest: str, offset: int, length: int) -> bytes:
+    def read_range(self, ref: Reference | str, digest: str, offset: int, length: int, *,
+                   deadline: float | None = None, retry: bool = True) -> bytes:
         """Bytes ``[offset, offset+length)`` of a blob (shorter only at the end of the blob)."""
-        return self.read_ranges(ref, digest, [(offset, length)])[0]
+        return self.read_ranges(ref, digest, [(offset, length)], deadline=deadline, retry=retry)[0]
 
-    def read_ranges(self, ref: Reference | str, digest: str,
-                    ranges: Iterable[tuple[int, int]]) -> list[bytes]:
+    def read_ranges(self, ref: Reference | str, digest: str, ranges: Iterable[tuple[int, int]], *,
+                    deadline: float | None = None, retry: bool = True) -> list[bytes]:
         """Several byte ranges of a blob, in one multi-range request per 64 ranges when possible.
 
         Falls back to one request per range if the server answers a multi-range request with
-        the whole body or an unusable answer. Results are in the order asked.
+        the whole body or an unusable answer. Results are in the order asked. ``deadline``
+        (monotonic): no request outlives it. ``retry=False``: each request is tried once, for a
+        caller that retries on its own (the lazy layers, until their read deadline).
         """
         ref = _as_ref(ref)
         wanted = [(int(o), int(n)) for o, n in ranges]
@@ -382,18 +388,20 @@ class RegistryClient:
         todo = [i for i, (_, n) in enumerate(wanted) if n > 0]
         for start in range(0, len(todo), MAX_RANGES_PER_REQUEST):
             batch = todo[start:start + MAX_RANGES_PER_REQUEST]
-            got = self._fetch_ranges(ref, digest, [wanted[i] for i in batch])
+            got = self._fetch_ranges(ref, digest, [wanted[i] for i in batch], deadline, retry)
             for i, data in zip(batch, got, strict=True):
                 results[i] = data
         return results
 
-    def _fetch_ranges(self, ref: Reference, digest: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+    def _fetch_ranges(self, ref: Reference, digest: str, ranges: list[tuple[int, int]],
+                      deadline: float | None, retry: bool) -> list[bytes]:
         # Merge overlapping/adjacent ranges: servers reject or collapse overlapping specs.
         spans = _merge_spans(ranges)
         if len(spans) > 1 and ref.api_host in self._single_range_hosts:
             answers = []
             for span in spans:
-                answer = self._fetch_spans(ref, digest, [span], allow_whole=True)
+                answer = self._fetch_spans(ref, digest, [span], allow_whole=True, deadline=deadline,
+                                           retry=retry)
                 assert answer is not None
                 answers.append(answer)
             starts = [start for start, _ in spans]
@@ -403,30 +411,36 @@ class RegistryClient:
                 out.append(_slice(parts, off, n, total))
             return out
         got = self._fetch_spans(ref, digest, spans, allow_whole=len(spans) == 1
-                                or max(e for _, e in spans) <= WHOLE_BODY_LIMIT)
+                                or max(e for _, e in spans) <= WHOLE_BODY_LIMIT, deadline=deadline,
+                                retry=retry)
         if got is None:
             # A multi-range request answered with the whole (large) body: ask range by range.
             log.debug("%s answers multi-range requests with 200; using single ranges", ref.api_host)
             with self._lock:
                 self._single_range_hosts.add(ref.api_host)
-            return self._fetch_ranges(ref, digest, ranges)
+            return self._fetch_ranges(ref, digest, ranges, deadline, retry)
         parts, total = got
         return [_slice(parts, off, n, total) for off, n in ranges]
 
     def _fetch_spans(self, ref: Reference, digest: str, spans: list[tuple[int, int]], *,
-                     allow_whole: bool) -> tuple[dict[int, bytes], int | None] | None:
+                     allow_whole: bool, deadline: float | None = None, retry: bool = True,
+                     ) -> tuple[dict[int, bytes], int | None] | None:
         """The answer to one Range request for ``spans``: parts by offset and the blob size.
 
         A 200 (whole body) answer is read up to the last span's end if ``allow_whole``; otherwise
-        it is abandoned and None returned.
+        it is abandoned and None returned. Broken answers are asked again (``retry``) like failed
+        requests.
         """
         what = f"reading ranges of blob {digest} from {ref.name}"
         path = self._repo_path(ref, "blobs", digest)
         header = "bytes=" + ",".join(f"{s}-{e - 1}" for s, e in spans)
+        asked = sum(e - s for s, e in spans) + 200 * len(spans)       # with part headers
+        expected = max(max(e for _, e in spans), asked) if allow_whole else asked
         policy = self.transport.retry
-        for attempt in range(policy.attempts):
+        for attempt in range(policy.attempts if retry else 1):
             response = self._request(ref, "GET", path, what=what, stream=True, ok=(200, 206, 416),
-                                     headers={"Range": header})
+                                     headers={"Range": header}, expected=expected, until=deadline,
+                                     retry=retry)
             try:
                 with translate_errors("GET", response.request.url):
                     if response.status_code == 416:
@@ -452,11 +466,11 @@ class RegistryClient:
                         response.headers.get("Content-Type", ""),
                         response.headers.get("Content-Range"), _bounded(response.iter_bytes(), limit))
             except RangeResponseError as err:
-                if attempt + 1 >= policy.attempts:
+                if not retry or attempt + 1 >= policy.attempts:
                     raise RegistryConnectionError(f"{what}: {err}", method="GET",
                                                   url=response.request.url) from err
             except RegistryConnectionError:
-                if attempt + 1 >= policy.attempts:
+                if not retry or attempt + 1 >= policy.attempts:
                     raise
             finally:
                 response.close()

@@ -2,8 +2,11 @@
 
 Layers, outermost first: :meth:`Transport.request` retries temporary failures (5xx, 429 with
 Retry-After, connection errors) with exponential backoff and jitter, bounded by an attempt count
-and a deadline; it drives :meth:`Authenticator.flow` for each attempt; every httpx exception is
-turned into a :class:`RegistryError` by :func:`translate_errors`, the only place that knows them.
+and a deadline (``retry=False``: one attempt, for callers that retry themselves); each attempt asks the
+host's circuit breaker first (:mod:`._breaker`: fail at once while the host is known down), runs under a
+:class:`Budget` (:mod:`._budget`: an overall deadline and a minimum rate for the whole exchange, body
+included) and drives :meth:`Authenticator.flow`; every httpx exception is turned into a
+:class:`RegistryError` by :func:`translate_errors`, the only place that knows them.
 
 Each registry host is pinged once (``GET /v2/``) to learn its scheme and auth challenge. With
 ``insecure``, HTTPS is tried without verification and plain HTTP is the fallback when TLS or the
@@ -29,6 +32,8 @@ from pathlib import Path
 
 from lazypull import __version__
 from lazypull.registry._auth import Authenticator
+from lazypull.registry._breaker import CircuitBreaker
+from lazypull.registry._budget import Budget, NetLimits, activate, guard_transport
 from lazypull.registry._httpx import httpx
 from lazypull.registry.errors import (
     ERROR_BODY_LIMIT,
@@ -76,7 +81,9 @@ def translate_errors(method: str, url: object) -> Iterator[None]:
     try:
         yield
     except httpx.TimeoutException as err:
-        raise RegistryConnectionError(f"timed out ({type(err).__name__})", method=method, url=url) from err
+        detail = _short(err)
+        reason = f"timed out ({type(err).__name__})" if "timed out" in detail.lower() else detail
+        raise RegistryConnectionError(reason, method=method, url=url) from err
     except httpx.ConnectError as err:
         tls = _is_tls_error(err)
         raise RegistryConnectionError(f"{'TLS' if tls else 'connection'} failed: {_short(err)}",
@@ -180,12 +187,14 @@ class Transport:
     def __init__(self, *, insecure: bool | Sequence[str] = False, ca_files: Sequence[str | Path] = (),
                  authenticator: Authenticator | None = None, retry: RetryPolicy | None = None,
                  certs_dirs: Sequence[str | Path] = DEFAULT_CERTS_DIRS, timeout: float = 60.0,
-                 user_agent: str = USER_AGENT) -> None:
+                 user_agent: str = USER_AGENT, limits: NetLimits | None = None) -> None:
         self.insecure = insecure
         self.ca_files = tuple(Path(p) for p in ca_files)
         self.certs_dirs = tuple(Path(p) for p in certs_dirs)
         self.auth = authenticator or Authenticator()
         self.retry = retry or RetryPolicy()
+        self.limits = limits or NetLimits()
+        self.breaker = CircuitBreaker(self.limits)
         self.timeout = httpx.Timeout(timeout, connect=min(timeout, 15.0))
         self.user_agent = user_agent
         self._clients: dict[tuple[str, bool], httpx.Client] = {}
@@ -267,9 +276,10 @@ class Transport:
         ctx: ssl.SSLContext | bool = self._ssl_context(host) if verify else False
         # identity: byte offsets and digests are about the blob as stored, never a re-encoding
         headers = {"User-Agent": self.user_agent, "Accept-Encoding": "identity"}
-        client = httpx.Client(verify=ctx, timeout=self.timeout, headers=headers,
-                              limits=httpx.Limits(max_connections=64, max_keepalive_connections=32,
-                                                  keepalive_expiry=KEEPALIVE_EXPIRY),
+        transport = guard_transport(httpx.HTTPTransport(
+            verify=ctx, trust_env=False, limits=httpx.Limits(max_connections=64, max_keepalive_connections=32,
+                                                             keepalive_expiry=KEEPALIVE_EXPIRY)))
+        client = httpx.Client(transport=transport, timeout=self.timeout, headers=headers,
                               follow_redirects=False, trust_env=False)
         with self._lock:
             existing = self._clients.setdefault(key, client)
@@ -278,8 +288,9 @@ class Transport:
         return existing
 
     # -- scheme + auth discovery ------------------------------------------------------------------
-    def base_url(self, host: str) -> str:
-        """``scheme://host`` for a registry, pinging it once to learn scheme and auth."""
+    def base_url(self, host: str, *, retry: bool = True) -> str:
+        """``scheme://host`` for a registry, pinging it once to learn scheme and auth (``retry``: the
+        ping retries temporary failures, else it is tried once)."""
         with self._lock:
             scheme = self._schemes.get(host)
             lock = self._host_locks.setdefault(host, threading.Lock())
@@ -289,12 +300,12 @@ class Transport:
             with self._lock:
                 scheme = self._schemes.get(host)
             if not scheme:
-                scheme = self._ping(host)
+                scheme = self._ping(host, retry)
                 with self._lock:
                     self._schemes[host] = scheme
         return f"{scheme}://{host}"
 
-    def _ping(self, host: str) -> str:
+    def _ping(self, host: str, retry: bool = True) -> str:
         """The scheme of ``host``, from ``GET /v2/`` (whose 401 also tells the auth scheme).
 
         Where plain HTTP is allowed, HTTPS is still preferred, as Docker does; but both are asked at
@@ -302,7 +313,7 @@ class Transport:
         request need not wait for.
         """
         if not self.allows_plain_http(host):
-            response = self._probe(host, "https", fallback=False)
+            response = self._probe(host, "https", fallback=False, retry=retry)
             assert response is not None
             self.auth.learn(host, response)
             return "https"
@@ -310,13 +321,14 @@ class Transport:
 
         def probe_plain() -> None:
             try:
-                plain.append(self._probe(host, "http", fallback=False) or RegistryError(f"{host}: no answer"))
+                plain.append(self._probe(host, "http", fallback=False, retry=retry)
+                             or RegistryError(f"{host}: no answer"))
             except BaseException as err:   # handed to the caller's thread
                 plain.append(err)
 
         thread = threading.Thread(target=probe_plain, name=f"ping-{host}", daemon=True)
         thread.start()
-        response = self._probe(host, "https", fallback=True)
+        response = self._probe(host, "https", fallback=True, retry=retry)
         scheme = "https"
         if response is None:
             thread.join()
@@ -327,15 +339,18 @@ class Transport:
         self.auth.learn(host, response)
         return scheme
 
-    def _probe(self, host: str, scheme: str, *, fallback: bool) -> httpx.Response | None:
+    def _probe(self, host: str, scheme: str, *, fallback: bool, retry: bool = True) -> httpx.Response | None:
         """``GET scheme://host/v2/`` with retries: its 200 or 401 answer, or None when ``fallback`` and
         ``scheme`` is HTTPS that ``host`` does not speak. Raises what must not fall back."""
         url = f"{scheme}://{host}/v2/"
         last: RegistryError | None = None
-        for attempt in range(self.retry.attempts):
+        attempts = self.retry.attempts if retry else 1
+        for attempt in range(attempts):
             try:
+                activate(Budget(self.limits))
                 with translate_errors("GET", url):
                     response = self.client_for(host).get(url)
+                    response.read()
             except RegistryConnectionError as err:
                 last = err
                 if scheme == "https" and not self.is_insecure(host) and _certificate_refused(err):
@@ -344,7 +359,7 @@ class Transport:
                     return None     # try plain HTTP
                 if err.tls:
                     raise
-                if attempt + 1 < self.retry.attempts:
+                if attempt + 1 < attempts:
                     time.sleep(self.retry.delay(attempt, None))
                 continue
             if response.status_code in (200, 401):
@@ -353,7 +368,7 @@ class Transport:
             if not failure.temporary:
                 raise failure
             last = failure
-            if attempt + 1 < self.retry.attempts:
+            if attempt + 1 < attempts:
                 time.sleep(self.retry.delay(attempt, failure.retry_after))
         if scheme == "https" and fallback:
             return None
@@ -364,27 +379,24 @@ class Transport:
     def request(self, method: str, host: str, path_or_url: str, *, scopes: tuple[str, ...],
                 ok: Sequence[int] = (200,), what: str, params: dict[str, str] | None = None,
                 headers: dict[str, str] | None = None, content: bytes | None = None,
-                stream: bool = False, retry: bool = True) -> httpx.Response:
+                stream: bool = False, retry: bool = True, expected: int = 0,
+                until: float | None = None) -> httpx.Response:
         """Send with auth and retries; return a response whose status is in ``ok``.
 
         ``path_or_url`` is a path under the registry's base URL or an absolute URL (an upload
-        Location). With ``stream`` the caller must close the response. ``what`` names the
-        operation in errors.
+        Location). With ``stream`` the caller must close the response, and read its body in this
+        thread (the body is bound by this request's budget). ``what`` names the operation in errors.
+        ``expected``: the bytes the answer should carry (its deadline grows by them at the minimum
+        rate); ``until``: a deadline (monotonic) of the caller's that no attempt outlives.
         """
         deadline = time.monotonic() + self.retry.deadline
-        base = self.base_url(host)          # the ping has its own retries
-        if not path_or_url.startswith(("http://", "https://")):
-            path_or_url = base + path_or_url
+        if until is not None:
+            deadline = min(deadline, until)
         attempt = 0
         while True:
             try:
-                response = self._send_once(method, host, path_or_url, scopes, params, headers, content)
-                if response.status_code in ok:
-                    if not stream:
-                        with translate_errors(method, response.request.url):
-                            response.read()
-                    return response
-                raise error_for_response(response, what)
+                return self._attempt(method, host, path_or_url, scopes, ok, what, params, headers, content,
+                                     stream, retry, expected, until)
             except RegistryError as err:
                 attempt += 1
                 delay = self.retry.delay(attempt - 1, err.retry_after)
@@ -394,6 +406,34 @@ class Transport:
                 log.debug("retrying %s after %.2fs: %s", what, delay, err)
                 time.sleep(delay)
 
+    def _attempt(self, method: str, host: str, path_or_url: str, scopes: tuple[str, ...], ok: Sequence[int],
+                 what: str, params: dict[str, str] | None, headers: dict[str, str] | None,
+                 content: bytes | None, stream: bool, retry: bool, expected: int,
+                 until: float | None) -> httpx.Response:
+        """One try: admitted by the host's breaker, under a budget of its own, its outcome reported back."""
+        trial = self.breaker.admit(host)
+        outcome: BaseException | None = None
+        try:
+            base = self.base_url(host, retry=retry)      # the ping has its own budget (and retries)
+            url = path_or_url if path_or_url.startswith(("http://", "https://")) else base + path_or_url
+            budget = Budget(self.limits, expected=expected + len(content or b""), until=until)
+            activate(budget)
+            response = self._send_once(method, host, url, scopes, params, headers, content)
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit():
+                budget.expect(int(declared))
+            if response.status_code in ok:
+                if not stream:
+                    with translate_errors(method, response.request.url):
+                        response.read()
+                return response
+            raise error_for_response(response, what)
+        except BaseException as err:
+            outcome = err
+            raise
+        finally:
+            self.breaker.record(host, outcome, trial=trial)
+
     def _send_once(self, method: str, host: str, path_or_url: str, scopes: tuple[str, ...],
                    params: dict[str, str] | None, headers: dict[str, str] | None,
                    content: bytes | None) -> httpx.Response:
@@ -402,8 +442,8 @@ class Transport:
             url = url.copy_merge_params(params)
         request = httpx.Request(method, url, headers=headers, content=content)
         responses: list[httpx.Response] = []
+        flow = self.auth.flow(request, host, scopes)
         try:
-            flow = self.auth.flow(request, host, scopes)
             with translate_errors(method, url):
                 current = next(flow)
             while True:
@@ -419,6 +459,9 @@ class Transport:
                         final: httpx.Response = stop.value
                         break
         except BaseException:
+            # End the flow where it stopped: it lets go of its token lock, and forgets a challenge whose
+            # token request failed (else the failure stays until the flow object is collected).
+            flow.close()
             for response in responses:
                 response.close()
             raise

@@ -459,6 +459,12 @@ class Fault:
     once ``release`` is set (a request in flight as long as a test wants). ``range_pattern``: only
     requests whose Range header matches this regular expression (e.g. a read from
     the first 10 kB of a blob: ``r"^bytes=[0-9]{1,4}-"``).
+
+    Hostile timing (the connection stays open until the client gives up or the proxy stops):
+    ``"trickle"`` forwards, sends the headers and ``after_bytes`` bytes of the body, then
+    ``chunk_size`` bytes every ``interval`` seconds; ``"stall"`` the same but no byte after the first ``after_bytes``;
+    ``"trickle_headers"`` sends the status line and headers one byte every ``interval`` seconds,
+    never finishing them; ``"drop"`` closes the connection without answering (a registry going down).
     """
 
     kind: str
@@ -472,6 +478,8 @@ class Fault:
     offset: int = 0
     range_pattern: str = ""
     release: threading.Event | None = None
+    interval: float = 0.0
+    chunk_size: int = 1
 
     def matches(self, method: str, path: str, range_header: str = "") -> bool:
         return (self.times != 0 and (self.method in (None, method)) and self.path_contains in path
@@ -503,6 +511,20 @@ class _ProxyHandler(_QuietHandler):
         fault = owner._take_fault(self.command, self.path, self.headers.get("Range", ""))
         if fault and fault.kind == "hold" and fault.release is not None:
             fault.release.wait(120)
+        if fault and fault.kind == "drop":
+            owner._record(self.command, self.path, dict(self.headers.items()), 0, fault.kind)
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if fault and fault.kind == "trickle_headers":
+            owner._record(self.command, self.path, dict(self.headers.items()), 0, fault.kind)
+            self.close_connection = True
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nX-Padding: " + b"x" * 4096
+            for byte in head:
+                if owner.stopping.wait(fault.interval) or not _send(self.wfile, bytes([byte])):
+                    return
+            return
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
         if fault and fault.kind == "status":
             owner._record(self.command, self.path, dict(self.headers.items()), fault.status, fault.kind)
@@ -548,9 +570,31 @@ class _ProxyHandler(_QuietHandler):
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
+        if fault and fault.kind in ("trickle", "stall"):
+            self.close_connection = True
+            if not _send(self.wfile, data[:fault.after_bytes]):
+                return
+            if fault.kind == "stall":
+                owner.stopping.wait(120)
+                return
+            for pos in range(fault.after_bytes, len(data), max(1, fault.chunk_size)):
+                piece = data[pos:pos + max(1, fault.chunk_size)]
+                if owner.stopping.wait(fault.interval) or not _send(self.wfile, piece):
+                    return
+            return
         self.wfile.write(data)
 
     do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle
+
+
+def _send(out: Any, data: bytes) -> bool:
+    """Write and flush; False once the client has gone."""
+    try:
+        out.write(data)
+        out.flush()
+    except OSError:
+        return False
+    return True
 
 
 class FaultProxy(BackgroundHTTPServer):
@@ -567,8 +611,13 @@ class FaultProxy(BackgroundHTTPServer):
         self.upstream_port = upstream.port
         self.faults: list[Fault] = []
         self.requests: list[ProxiedRequest] = []
+        self.stopping = threading.Event()      # ends the answers that trickle or stall
         self._lock = threading.Lock()
         super().__init__(_ProxyHandler)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        super().stop()
 
     @property
     def host(self) -> str:

@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from lazypull.registry import AuthError, RegistryClient, RegistryError, RetryPolicy
+from lazypull.registry import (
+    AuthError,
+    NetLimits,
+    RegistryClient,
+    RegistryConnectionError,
+    RegistryError,
+    RetryPolicy,
+)
 from tests.helpers.registry import Fault, FaultProxy, free_port
 from tests.registry.conftest import make_image, push_image, sha256
 
@@ -88,3 +97,81 @@ def test_bad_challenge_at_the_ping_is_not_kept(fault_proxy: FaultProxy, unique_r
     with RegistryClient(insecure=True, retry=ONE_TRY) as client:
         assert client.get_manifest(ref)[0]
     assert [r.fault for r in fault_proxy.requests][-2:] == ["status", None]
+
+
+# -- answers that trickle or stall (issue 9, finding 8) -----------------------------------------------
+
+#: small limits, so that each case ends within a second or two; the defaults are minutes
+LIMITS = NetLimits(deadline=2.0, min_rate=5000.0, rate_window=1.0)
+
+
+@pytest.fixture
+def slow_setup(fault_proxy: FaultProxy, unique_repo: str) -> Iterator[Setup]:
+    client = RegistryClient(insecure=True, retry=ONE_TRY, limits=LIMITS)
+    ref = f"{fault_proxy.host}/{unique_repo}:v1"
+    client.push_blob(ref, BLOB_DIGEST, len(BLOB), BLOB)
+    fault_proxy.clear()
+    yield client, ref
+    client.close()
+
+
+def _blob_gets(proxy: FaultProxy) -> list[str | None]:
+    return [r.fault for r in proxy.requests if r.method == "GET" and "/blobs/" in r.path]
+
+
+@pytest.mark.parametrize(("fault", "message"), [
+    (Fault("trickle", method="GET", path_contains="/blobs/", after_bytes=100, interval=0.05),
+     "slower than the minimum rate of 5000 bytes/s"),
+    (Fault("stall", method="GET", path_contains="/blobs/", after_bytes=100),
+     "slower than the minimum rate of 5000 bytes/s"),
+    (Fault("trickle_headers", method="GET", path_contains="/blobs/", interval=0.01),
+     "slower than the minimum rate of 5000 bytes/s"),
+    (Fault("trickle_headers", method="GET", path_contains="/blobs/", interval=30),
+     "no complete answer within this request's deadline of 2.0s"),
+], ids=["trickle", "stall", "trickled-headers", "no-answer"])
+def test_blob_download_that_crawls_ends_with_a_clear_error(
+        slow_setup: Setup, fault_proxy: FaultProxy, tmp_path: Path, fault: Fault, message: str) -> None:
+    client, ref = slow_setup
+    fault_proxy.add(fault)
+    with pytest.raises(RegistryConnectionError) as info:
+        client.get_blob(ref, BLOB_DIGEST, tmp_path / "blob")
+    text = str(info.value)
+    assert message in text and f"/blobs/{BLOB_DIGEST}" in text and "\n" not in text
+    assert _blob_gets(fault_proxy) == [fault.kind]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["trickle", "stall"])
+def test_range_read_that_crawls_ends_and_the_next_one_works(slow_setup: Setup, fault_proxy: FaultProxy,
+                                                            kind: str) -> None:
+    client, ref = slow_setup
+    fault_proxy.add(Fault(kind, method="GET", path_contains="/blobs/", after_bytes=10, interval=0.05))
+    with pytest.raises(RegistryConnectionError, match="minimum rate"):
+        client.read_ranges(ref, BLOB_DIGEST, [(0, 20_000), (30_000, 10_000)], retry=False)
+    assert client.read_range(ref, BLOB_DIGEST, 100, 50, retry=False) == BLOB[100:150]
+    assert _blob_gets(fault_proxy) == [kind, None]
+
+
+def test_caller_deadline_bounds_a_request(slow_setup: Setup, fault_proxy: FaultProxy) -> None:
+    client, ref = slow_setup
+    fault_proxy.add(Fault("stall", method="GET", path_contains="/blobs/", after_bytes=0))
+    with pytest.raises(RegistryConnectionError, match=r"deadline of 0\.3s"):
+        client.read_range(ref, BLOB_DIGEST, 0, 1000, retry=False, deadline=time.monotonic() + 0.3)
+
+
+def test_slow_answer_above_the_floor_finishes_past_the_base_deadline(fault_proxy: FaultProxy,
+                                                                    unique_repo: str, tmp_path: Path) -> None:
+    """The deadline grows with the size: 50 kB at ~40 kB/s take longer than the 0.3 s base deadline,
+    yet stay above the 5 kB/s floor; the same answer slowed to a trickle fails."""
+    limits = NetLimits(deadline=0.3, min_rate=5000.0, rate_window=1.0)
+    with RegistryClient(insecure=True, retry=ONE_TRY, limits=limits) as client:
+        ref = f"{fault_proxy.host}/{unique_repo}:v1"
+        client.push_blob(ref, BLOB_DIGEST, len(BLOB), BLOB)
+        fault_proxy.clear()
+        fault_proxy.add(Fault("trickle", method="GET", path_contains="/blobs/", interval=0.05,
+                              chunk_size=2000))
+        client.get_blob(ref, BLOB_DIGEST, tmp_path / "blob", size=len(BLOB))
+        assert (tmp_path / "blob").read_bytes() == BLOB
+        fault_proxy.add(Fault("trickle", method="GET", path_contains="/blobs/", interval=0.05, chunk_size=20))
+        with pytest.raises(RegistryConnectionError, match="minimum rate"):
+            client.get_blob(ref, BLOB_DIGEST, tmp_path / "again", size=len(BLOB))
