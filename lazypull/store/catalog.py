@@ -65,6 +65,8 @@ def image_layers(client: Any, ref: Any) -> ImageLayers:
 
     raw, media_type, _ = client.resolve_image(ref)
     manifest = parse_manifest(raw, media_type)
+    if not any(is_lazy(desc.annotations) for desc in manifest.layers):
+        return ImageLayers({}, {}, time.monotonic())       # podman downloads them all: no config needed
     config_raw = client.fetch_blob(ref, manifest.config.digest, max_size=MAX_CONFIG)
     try:
         config = json.loads(config_raw)
