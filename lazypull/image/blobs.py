@@ -244,8 +244,8 @@ class BlobDir:
         if not self.ingest_dir.is_dir():
             return 0
         for path in self.ingest_dir.iterdir():
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:    # a link or a FIFO someone put there is not a temp file of ours: never followed
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
             except OSError:
                 continue
             try:
