@@ -5,6 +5,7 @@ cost one manifest and one config request."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -12,10 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lazypull.errors import LazypullError, MountError
+from lazypull.errors import ImageError, LazypullError, MountError
 from lazypull.format.annotations import UNCOMPRESSED_SIZE_ANNOTATION
-from lazypull.fs.layer.toc import CHECKSUM_AND_POSITION, TOC_DIGEST, is_lazy
+from lazypull.fs.layer.toc import CHECKSUM_AND_POSITION, TOC_DIGEST, check_diff_id, is_lazy
 from lazypull.store.names import COMPRESSION_GZIP, COMPRESSION_ZSTD, LayerInfo
+
+log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 60.0        # a tag may move: its manifest is asked again after this
 MAX_IMAGES = 256            # images remembered at once (least recently used go first)
@@ -84,6 +87,13 @@ def image_layers(client: Any, ref: Any) -> ImageLayers:
         annotations = dict(desc.annotations or {})
         if not is_lazy(annotations):
             continue            # not here: podman downloads it
+        try:
+            check_diff_id(desc.digest, annotations, diff_id)
+        except ImageError as err:
+            # podman 4.3 trusts the store's diff-digest: an image contradicting itself is downloaded
+            # (and its DiffID checked) by podman instead
+            log.warning("store: not serving a layer of %s: %s", ref, err)
+            continue
         toc = toc_digest_of(annotations)
         try:
             diff_size = int(annotations.get(UNCOMPRESSED_SIZE_ANNOTATION, "-1"))
