@@ -92,7 +92,7 @@ def parse_json_list(text: str, flag: str) -> tuple[str, ...]:
     """A JSON array of strings (``--args '["-c", "x"]'``); ``--entrypoint`` also takes a plain string."""
     try:
         value = json.loads(text)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: nested too deep
         if flag == "--entrypoint":
             return (text,)
         raise click.BadParameter(f"not JSON: {err}", param_hint=flag) from err

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import threading
 import weakref
 from pathlib import Path
@@ -160,19 +161,16 @@ class Layout:
     def index_entries(self) -> list[Descriptor]:
         """The entries of index.json (empty for a new layout)."""
         index_path = self.path / "index.json"
-        try:
-            with open(index_path, "rb") as f:
-                raw = f.read(MAX_MANIFEST_SIZE + 1)
-        except FileNotFoundError:
+        raw = _read_small(index_path)
+        if raw is None:
             if self.path.is_dir() and (self.path / "oci-layout").is_file():
                 return []
             raise ImageNotFoundError(f"{self.path} is not an OCI image layout (no index.json)") from None
-        if len(raw) > MAX_MANIFEST_SIZE:
-            raise ImageError(f"{index_path} is larger than {MAX_MANIFEST_SIZE} bytes")
         doc = parse_json_object(raw, f"{index_path}")
         layout_file = self.path / "oci-layout"
-        if layout_file.is_file():
-            marker = parse_json_object(layout_file.read_bytes(), str(layout_file))
+        marker_raw = _read_small(layout_file)
+        if marker_raw is not None:
+            marker = parse_json_object(marker_raw, str(layout_file))
             if marker.get("imageLayoutVersion") != LAYOUT_VERSION:
                 raise ImageError(f"{layout_file}: unsupported imageLayoutVersion "
                                  f"{marker.get('imageLayoutVersion')!r}")
@@ -225,6 +223,27 @@ class Layout:
 
     def _write_file(self, name: str, data: bytes) -> None:
         write_atomic(self.path / name, data)
+
+
+def _read_small(path: Path) -> bytes | None:
+    """A layout's index.json or oci-layout: a regular file of at most MAX_MANIFEST_SIZE bytes (a FIFO
+    would block, /dev/zero never end), or None if missing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:
+        raise ImageError(f"cannot read {path}: {err.strerror}") from err
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageError(f"{path} is not a regular file")
+        try:
+            raw = f.read(MAX_MANIFEST_SIZE + 1)
+        except OSError as err:
+            raise ImageError(f"cannot read {path}: {err.strerror}") from err
+    if len(raw) > MAX_MANIFEST_SIZE:
+        raise ImageError(f"{path} is larger than {MAX_MANIFEST_SIZE} bytes")
+    return raw
 
 
 def _fd_path(fd: int) -> Path:

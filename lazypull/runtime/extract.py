@@ -152,7 +152,8 @@ def check_numbers(member: tarfile.TarInfo) -> None:
         value = getattr(member, field)
         text = member.pax_headers.get(field)
         # tarfile reads a PAX number it cannot parse (a 5000-digit uid) as 0, i.e. root
-        if value not in _ID_RANGE or (text is not None and not (text.isascii() and text.isdigit())):
+        if value not in _ID_RANGE or (text is not None and not (
+                text.isascii() and text.isdigit() and len(text) <= 10 and int(text) == value)):
             shown = text if text is not None else str(value)
             raise ValueError(f"{field} {shown[:40]!r} is out of range")
     if (member.ischr() or member.isblk()) and (member.devmajor not in _DEV_MAJOR_RANGE
