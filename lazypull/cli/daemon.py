@@ -1,7 +1,12 @@
-"""``lazypull daemon``: run the mount server in the foreground (for systemd, or started by the CLI)."""
+"""``lazypull daemon``: run the mount server in the foreground (for systemd, or started by the CLI);
+``lazypull daemon status`` and ``lazypull daemon stop`` for the one running for a store root.
+
+The systemd units and notes are in ``contrib/systemd/`` (see its README).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -10,7 +15,7 @@ import click
 from lazypull.cli._options import get_options, global_options
 
 
-@click.command("daemon")
+@click.group("daemon", invoke_without_command=True)
 @click.option("--containerd-socket", type=click.Path(dir_okay=False), default=None,
               help="Also serve containerd's snapshots API here (proxy plugin `lazypull`), e.g. "
                    "/run/containerd-lazypull-grpc/containerd-lazypull-grpc.sock.")
@@ -21,12 +26,20 @@ from lazypull.cli._options import get_options, global_options
 @click.option("--cri-containerd-socket", type=click.Path(dir_okay=False),
               default="/run/containerd/containerd.sock", show_default=True,
               help="containerd's CRI socket the image service forwards to.")
+@click.option("--metrics-address", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus metrics (fetched bytes, misses, wait latency, cache size, errors) "
+                   "at http://HOST:PORT/metrics, e.g. 127.0.0.1:9810.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Filesystem settings (TOML); default <root>/config.toml, else /etc/lazypull/config.toml.")
 @global_options
 def daemon_command(containerd_socket: str | None, cri_image_service: str | None, cri_containerd_socket: str,
-                   config_file: str | None) -> None:
-    """Run the mount server that keeps lazy layers mounted (foreground)."""
+                   metrics_address: str | None, config_file: str | None) -> None:
+    """Run the mount server that keeps lazy layers mounted (foreground).
+
+    With a subcommand: ``status`` or ``stop`` the server of the store root instead.
+    """
+    if click.get_current_context().invoked_subcommand is not None:
+        return
     if cri_image_service and not containerd_socket:
         raise click.UsageError("--cri-image-service needs --containerd-socket (the snapshotter it serves)")
     from lazypull.fs.config import load_config
@@ -43,7 +56,101 @@ def daemon_command(containerd_socket: str | None, cri_image_service: str | None,
     socket = Path(containerd_socket) if containerd_socket else None
     cri = (Path(cri_image_service), Path(cri_containerd_socket)) if cri_image_service else None
     run_daemon(opts.root.resolve(), config, containerd_socket=socket,
-               insecure_registries=opts.insecure_registries, cri_image_service=cri)
+               insecure_registries=opts.insecure_registries, cri_image_service=cri,
+               metrics_address=metrics_address)
+
+
+def _duration(seconds: float) -> str:
+    value = int(seconds)
+    parts = [(value // 86400, "d"), (value // 3600 % 24, "h"), (value // 60 % 60, "m"), (value % 60, "s")]
+    shown = [f"{n}{unit}" for n, unit in parts if n] or ["0s"]
+    return " ".join(shown[:2])
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+@daemon_command.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@global_options
+def status_command(as_json: bool) -> None:
+    """Show the store root's mount server: pid, uptime, mounted layers, cache size (exit 1: none runs)."""
+    from lazypull.errors import MountError
+    from lazypull.snapshot import MountClient
+
+    root = get_options().root
+    try:
+        with MountClient(root, autostart=False) as client:
+            status = client.status()
+            mounts = client.list_mounts()
+    except MountError:
+        if as_json:
+            click.echo(json.dumps({"running": False, "root": str(root)}))
+        else:
+            click.echo(f"no mount server is running for {root}")
+        click.get_current_context().exit(1)
+    if as_json:
+        status["running"] = True
+        status["mounts"] = [m.to_json() for m in mounts]
+        click.echo(json.dumps(status, indent=1))
+        return
+    totals = status.get("totals") or {}
+    holders = {h for m in mounts for h in m.holders}
+    rows = [
+        ("pid", str(status.get("pid"))),
+        ("root", str(status.get("root"))),
+        ("uptime", _duration(float(status.get("uptime") or 0))),
+        ("mounted layers", f"{len(mounts)} (held by {len(holders)} containers or images)"),
+        ("cache", f"{_size(int(status.get('cache_bytes') or 0))} in {status.get('cache_dir')}"),
+        ("fetched", f"{_size(int(totals.get('bytes_fetched') or 0))} in {totals.get('requests', 0)} "
+                    f"requests, {totals.get('read_errors', 0)} read errors"),
+        ("metrics", f"http://{status['metrics']}/metrics" if status.get("metrics") else "off"),
+    ]
+    for name, value in rows:
+        click.echo(f"{name + ':':<16}{value}")
+
+
+@daemon_command.command("stop")
+@click.option("--keep-mounts", is_flag=True,
+              help="Leave the layer mounts (they fail until the next server mounts them again).")
+@click.option("-t", "--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for the server to exit.")
+@global_options
+def stop_command(keep_mounts: bool, timeout: float) -> None:
+    """Stop the mount server of the store root (unmounting its layers) and wait until it is gone."""
+    import time
+
+    from lazypull.errors import MountError
+    from lazypull.snapshot import MountClient, daemon_pid
+
+    root = get_options().root
+    pid = daemon_pid(root)
+    if pid is None:
+        click.echo(f"no mount server is running for {root}")
+        return
+    with MountClient(root, autostart=False) as client:
+        client.shutdown(unmount=not keep_mounts)
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise MountError(f"the mount server (pid {pid}) of {root} did not exit within {timeout:.0f}s")
+        time.sleep(0.05)
+    click.echo(f"stopped the mount server (pid {pid}) of {root}")
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie whose threads are gone does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 COMMANDS = [daemon_command]

@@ -7,6 +7,40 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+# The counters of LayerStats that only grow (what the mount server sums into process totals).
+COUNTERS = ("bytes_fetched", "requests", "retries", "cache_hits", "misses_waited", "chunks_fetched",
+            "fetched_ahead", "verify_failures", "read_errors")
+
+
+class LatencyHistogram:
+    """Durations in fixed buckets (cumulative counts, as Prometheus histograms are); thread-safe."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self._counts = [0] * (len(bounds) + 1)     # the last one is +Inf
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float) -> None:
+        i = next((k for k, bound in enumerate(self.bounds) if seconds <= bound), len(self.bounds))
+        with self._lock:
+            self._counts[i] += 1
+            self._sum += seconds
+
+    def snapshot(self) -> tuple[list[tuple[float, int]], float, int]:
+        """([(upper bound, cumulative count)], sum, count); the last bound is +inf."""
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, running = [], 0
+        for bound, n in zip((*self.bounds, float("inf")), counts, strict=True):
+            running += n
+            cumulative.append((bound, running))
+        return cumulative, total, running
+
+
+# How long reads that missed the cache waited for the network, in this process (all layers).
+MISS_WAIT = LatencyHistogram((0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+
 
 @dataclass
 class LayerStats:

@@ -125,6 +125,14 @@ class MountClient:
         result = self._call("ping")
         return result if isinstance(result, dict) else {}
 
+    def status(self) -> dict[str, Any]:
+        """What ``lazypull daemon status`` shows: pid, root, uptime, metrics address, cache size and
+        the counters of :meth:`LayerManager.totals` (mounted layers, holds, bytes fetched ...)."""
+        result = self._call("status")
+        if not isinstance(result, dict):
+            raise MountError("mount server returned a malformed status")
+        return result
+
     def shutdown(self, *, unmount: bool = True) -> None:
         """Ask the server to exit (unmounting everything unless ``unmount`` is False)."""
         with contextlib.suppress(MountError, OSError):

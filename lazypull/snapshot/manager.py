@@ -32,6 +32,7 @@ from lazypull.fs.layer.open import prove_origin
 from lazypull.fs.layer.toc import check_diff_id, fetch_external_toc
 from lazypull.fs.mount import mount_layer
 from lazypull.fs.remote import FileRangeSource, RangeSource, RegistryRangeSource
+from lazypull.fs.stats import COUNTERS
 from lazypull.snapshot.layerstate import prune_layer_state
 from lazypull.snapshot.paths import RunPaths
 from lazypull.snapshot.protocol import LayerMount, MountInfo
@@ -113,6 +114,8 @@ class LayerManager:
         # Released trees, weakly: a node daemon must free what each container used (issue 10, item 1).
         self._released: weakref.WeakSet[LayerTree] = weakref.WeakSet()
         self._released_count = 0
+        self._retired = dict.fromkeys(COUNTERS, 0)     # counters of the layers already unmounted
+        self.started = time.time()
 
     def warm_up(self) -> None:
         """Import and build now what the first pull and mount need (the image store and registry
@@ -359,6 +362,30 @@ class LayerManager:
         return {"layers": out, "cache_dir": str(self.cache.dir), "cache": self.cache.stats(),
                 "released_trees": {"released": self._released_count, "alive": len(self._released)}}
 
+    def uptime(self) -> float:
+        """Seconds since this manager (the server) started."""
+        return max(0.0, time.time() - self.started)
+
+    def cache_bytes(self) -> int:
+        """Disk space the chunk cache takes (the cache's own count when it keeps one, else a walk)."""
+        size = getattr(self.cache, "size", None)
+        return size if isinstance(size, int) else _disk_usage(self.cache.dir)
+
+    def totals(self) -> dict[str, int]:
+        """The layers' counters summed over the server's life (unmounted layers included, so that they
+        only grow: what the metrics endpoint exports), with the number of layers and holds now."""
+        with self._lock:
+            trees = [layer.tree for layer in self._layers.values()]
+            out = dict(self._retired)
+            out["mounted_layers"] = len(trees)
+            out["holds"] = len(self._holds)
+            out["released_trees_alive"] = len(self._released)
+        for tree in trees:
+            data = tree.stats.snapshot()
+            for name in COUNTERS:
+                out[name] += int(data.get(name) or 0)
+        return out
+
     def close(self) -> None:
         """Unmount everything (the holds stay in the state file for the next server)."""
         with self._lock:
@@ -493,9 +520,12 @@ class LayerManager:
             log.error("unmounting %s failed: %s", layer.path, err)
         if not stopping:
             layer.tree.close()
+        data = layer.tree.stats.snapshot()
         with self._lock:
             self._released.add(layer.tree)
             self._released_count += 1
+            for name in COUNTERS:
+                self._retired[name] += int(data.get(name) or 0)
         close = getattr(layer.source, "close", None)
         if close is not None:
             with contextlib.suppress(OSError):
@@ -558,6 +588,24 @@ class _Collector:
 
 
 _COLLECTOR = _Collector()
+
+
+def _disk_usage(top: Path) -> int:
+    """Bytes of the files under ``top`` on disk (allocated blocks; vanishing files are skipped)."""
+    total = 0
+    stack = [str(top)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    with contextlib.suppress(OSError):
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        else:
+                            total += entry.stat(follow_symlinks=False).st_blocks * 512
+        except OSError:
+            continue
+    return total
 
 
 def _local_blob(store: Any, digest: str) -> Path | None:

@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import socketserver
 import threading
 import time
@@ -76,7 +77,7 @@ class MountDaemon:
 
     def __init__(self, root: Path, config: FsConfig | None = None, *, containerd_socket: Path | None = None,
                  insecure_registries: bool = False, cri_image_service: tuple[Path, Path] | None = None,
-                 **manager_args: Any) -> None:
+                 metrics_address: str | None = None, **manager_args: Any) -> None:
         self.root = root
         self.containerd_socket = containerd_socket
         self.insecure_registries = insecure_registries
@@ -90,6 +91,8 @@ class MountDaemon:
         self._server: _Server | None = None
         self._pidfile: Any = None
         self._unmount_on_exit = True
+        self.metrics_address = metrics_address      # HOST:PORT of the Prometheus endpoint, if any
+        self._metrics: Any = None
         self._stores: Any = None            # lazypull.store.service.Stores, made on first use
 
     def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -99,8 +102,16 @@ class MountDaemon:
         if not isinstance(args, dict):
             raise MountError("request args must be an object")
         if op == "ping":
-            return {"ok": True, "result": {"pid": os.getpid(), "root": str(self.root),
-                                            "restored": self.restored.is_set()}}
+            metrics = self._metrics
+            return {"ok": True, "result": {
+                "pid": os.getpid(), "root": str(self.root), "restored": self.restored.is_set(),
+                "uptime": self.manager.uptime(),
+                "metrics": f"{metrics.host}:{metrics.port}" if metrics is not None else None}}
+        if op == "status":       # lazypull daemon status: no waiting for the restore
+            status = dict(self.dispatch({"op": "ping"})["result"])
+            status.update(cache_bytes=self.manager.cache_bytes(), cache_dir=str(self.manager.cache.dir),
+                          totals=self.manager.totals())
+            return {"ok": True, "result": status}
         if op == "shutdown":
             self._unmount_on_exit = bool(args.get("unmount", True))
             threading.Thread(target=self.stop, daemon=True).start()
@@ -251,6 +262,11 @@ class MountDaemon:
         for point in clean_stale_mounts(self.root / "snapshots"):
             log.warning("detached stale mount %s left by a previous server", point)
         clean_all_partials(self.root)       # layers a killed full pull was extracting (issue 10 item 7)
+        if self.metrics_address is not None:     # before listening: a bad address fails the start
+            from lazypull.snapshot.metrics import MetricsServer
+
+            self._metrics = MetricsServer(self.manager, self.metrics_address).start()
+            log.info("metrics on http://%s:%d/metrics", self._metrics.host, self._metrics.port)
         sock_path = self.paths.socket
         with contextlib.suppress(FileNotFoundError):
             sock_path.unlink()
@@ -298,10 +314,13 @@ class MountDaemon:
 
     def stop(self) -> None:
         """Stop listening, unmount (unless asked not to), release the pidfile."""
+        notify_systemd("STOPPING=1")
         if self._server is not None:
             self._server.shutdown()
 
     def cleanup(self) -> None:
+        if self._metrics is not None:
+            self._metrics.stop()
         if self._cri_service is not None:
             self._cri_service.stop()
         if self._snapshot_service is not None:
@@ -322,12 +341,14 @@ class MountDaemon:
 
 
 def run_daemon(root: Path, config: FsConfig | None = None, *, containerd_socket: Path | None = None,
-               insecure_registries: bool = False, cri_image_service: tuple[Path, Path] | None = None) -> None:
+               insecure_registries: bool = False, cri_image_service: tuple[Path, Path] | None = None,
+               metrics_address: str | None = None) -> None:
     """Run the server in the foreground until SIGTERM/SIGINT or a shutdown request.
 
     ``containerd_socket``: also serve containerd's snapshots API there (proxy plugin).
     ``cri_image_service``: (socket, containerd's CRI socket): also serve the CRI image service there,
     forwarding to containerd and keeping pull credentials for the snapshotter (needs containerd_socket).
+    ``metrics_address``: HOST:PORT where Prometheus metrics are served (lazypull.snapshot.metrics).
     """
     if cri_image_service is not None and containerd_socket is None:
         raise MountError("the CRI image service serves the containerd snapshotter: "
@@ -335,8 +356,10 @@ def run_daemon(root: Path, config: FsConfig | None = None, *, containerd_socket:
     root = root.resolve()
     os.chdir("/")              # do not keep the caller's working directory busy
     daemon = MountDaemon(root, config, containerd_socket=containerd_socket,
-                         insecure_registries=insecure_registries, cri_image_service=cri_image_service)
+                         insecure_registries=insecure_registries, cri_image_service=cri_image_service,
+                         metrics_address=metrics_address)
     daemon.start()
+    notify_systemd(f"READY=1\nMAINPID={os.getpid()}")
 
     stopping: list[int] = []
 
@@ -364,6 +387,23 @@ def run_daemon(root: Path, config: FsConfig | None = None, *, containerd_socket:
         # keep a stopped server alive for 30 s and more, holding the lock (issue 10 item 4).
         logging.shutdown()
         os._exit(code)
+
+
+def notify_systemd(state: str) -> None:
+    """Tell systemd the server's state (a ``Type=notify`` unit: contrib/systemd/lazypull.service), when
+    it started us; the variable is then dropped, so that nothing we start speaks for us."""
+    address = os.environ.pop("NOTIFY_SOCKET", None) if state.startswith("READY") else \
+        _NOTIFY.get("address")
+    if not address:
+        return
+    _NOTIFY["address"] = address
+    target = "\0" + address[1:] if address.startswith("@") else address
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(target)
+        sock.sendall(state.encode())
+
+
+_NOTIFY: dict[str, str] = {}
 
 
 def _str(args: dict[str, Any], key: str) -> str:

@@ -33,7 +33,7 @@ from lazypull.fs.layer.elf import MAGIC as ELF_MAGIC
 from lazypull.fs.layer.fetch import ChunkFetcher, ChunkUnavailable, Unit
 from lazypull.fs.layer.inodes import InodeTable, Node
 from lazypull.fs.remote import REWARM_IDLE, RemoteBlob
-from lazypull.fs.stats import LayerStats
+from lazypull.fs.stats import MISS_WAIT, LayerStats
 
 log = logging.getLogger(__name__)
 
@@ -323,6 +323,7 @@ class LayerTree:
                 self.remote.warm(self.config.warm_connections, if_idle=REWARM_IDLE)
             self.remote.demand_begin()
             ACTIVITY.begin()
+            waited = time.monotonic()
             try:
                 got = self.fetcher.get(missing, deadline=time.monotonic() + self.config.read_deadline,
                                        extra=self._neighbours(fc, missing),
@@ -336,6 +337,8 @@ class LayerTree:
             finally:
                 self.remote.demand_end()
                 ACTIVITY.end()
+                if not quiet:
+                    MISS_WAIT.observe(time.monotonic() - waited)
             for k, (chunk, lo, hi) in enumerate(wanted):
                 if pieces[k] is None:
                     pieces[k] = got[chunk.digest][lo:hi]
