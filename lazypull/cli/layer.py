@@ -14,8 +14,11 @@ from typing import Any
 import click
 
 from lazypull.cli._options import global_options
+from lazypull.errors import LazypullError
 from lazypull.format import BuildOptions, BuildResult, FileSource, FormatError, LayerReader, build, open_layer
+from lazypull.format.reader import DEFAULT_MAX_TOC_SIZE
 from lazypull.format.record import parse_record
+from lazypull.smallfile import read_small
 
 
 @click.group("layer")
@@ -25,7 +28,11 @@ def layer() -> None:
 
 
 def _open(blob: str, toc_digest: str | None, toc_file: str | None) -> tuple[FileSource, LayerReader]:
-    external = Path(toc_file).read_bytes() if toc_file else None
+    external = None
+    if toc_file:
+        external = read_small(toc_file, DEFAULT_MAX_TOC_SIZE, "TOC file", LazypullError)
+        if external is None:
+            raise click.BadParameter(f"{toc_file}: no such file", param_hint="--toc")
     src = FileSource(blob)
     try:
         return src, open_layer(src, toc_digest=toc_digest, external_toc=external)

@@ -15,7 +15,6 @@ import contextlib
 import errno
 import json
 import os
-import stat
 import threading
 import weakref
 from pathlib import Path
@@ -35,6 +34,7 @@ from lazypull.image.partial import (
     verify_bytes,
 )
 from lazypull.registry import Descriptor, Reference, parse_reference
+from lazypull.smallfile import read_small
 
 LAYOUT_VERSION = "1.0.0"
 INGEST_DIR = ".lazypull-ingest"
@@ -226,24 +226,8 @@ class Layout:
 
 
 def _read_small(path: Path) -> bytes | None:
-    """A layout's index.json or oci-layout: a regular file of at most MAX_MANIFEST_SIZE bytes (a FIFO
-    would block, /dev/zero never end), or None if missing."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as err:
-        raise ImageError(f"cannot read {path}: {err.strerror}") from err
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ImageError(f"{path} is not a regular file")
-        try:
-            raw = f.read(MAX_MANIFEST_SIZE + 1)
-        except OSError as err:
-            raise ImageError(f"cannot read {path}: {err.strerror}") from err
-    if len(raw) > MAX_MANIFEST_SIZE:
-        raise ImageError(f"{path} is larger than {MAX_MANIFEST_SIZE} bytes")
-    return raw
+    """A layout's index.json or oci-layout (regular, at most MAX_MANIFEST_SIZE bytes), None if missing."""
+    return read_small(path, MAX_MANIFEST_SIZE, "", ImageError)
 
 
 def _fd_path(fd: int) -> Path:

@@ -113,9 +113,6 @@ def split_member_name(name: str) -> list[str]:
 _MTIME_NS_RANGE = range(-(2**63), 2**63)
 # uid_t and gid_t are 32 bits, and (uid_t) -1 means "unchanged" to chown.
 _ID_RANGE = range(0, 2**32 - 1)
-# Device numbers the kernel can represent (dev_t as mknod takes it: 12-bit major, 20-bit minor).
-_DEV_MAJOR_RANGE = range(0, 1 << 12)
-_DEV_MINOR_RANGE = range(0, 1 << 20)
 
 
 def mtime_ns(member: tarfile.TarInfo) -> int:
@@ -146,7 +143,7 @@ def check_numbers(member: tarfile.TarInfo) -> None:
     """Refuse owner ids and device numbers that no file can have (ValueError naming the field).
 
     Passed on, chown would take -1 as "leave unchanged" and reject 2**40, and mknod would keep only
-    some bits of a device number.
+    some bits of a device number (the range is ``entryrules``', as on the lazy path).
     """
     for field in ("uid", "gid"):
         value = getattr(member, field)
@@ -156,9 +153,11 @@ def check_numbers(member: tarfile.TarInfo) -> None:
                 text.isascii() and text.isdigit() and len(text) <= 10 and int(text) == value)):
             shown = text if text is not None else str(value)
             raise ValueError(f"{field} {shown[:40]!r} is out of range")
-    if (member.ischr() or member.isblk()) and (member.devmajor not in _DEV_MAJOR_RANGE
-                                               or member.devminor not in _DEV_MINOR_RANGE):
-        raise ValueError(f"device number {member.devmajor}:{member.devminor} is out of range")
+    if member.ischr() or member.isblk():
+        try:
+            entryrules.check_device(member.devmajor, member.devminor)
+        except entryrules.UnsafeEntryError as err:
+            raise ValueError(str(err)) from err
 
 
 class _Extractor:

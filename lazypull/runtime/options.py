@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lazypull.errors import ContainerError
+from lazypull.smallfile import read_small
 
 NETWORK_MODES = ("host", "none")
 # An --env-file is a few KEY=VALUE lines; a bound keeps `--env-file /dev/zero` from eating memory.
@@ -126,21 +126,9 @@ def parse_env(values: Iterable[str], env_files: Iterable[str | Path] = (),
 def read_env_file(path: str | Path) -> str:
     """The text of an ``--env-file``: a regular file or a pipe (``<(...)``), UTF-8 without NUL bytes,
     at most :data:`MAX_ENV_FILE` bytes."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as err:
-        raise ContainerError(f"cannot read env file {path}: {err.strerror}") from err
-    with os.fdopen(fd, "rb") as f:
-        try:
-            mode = os.fstat(fd).st_mode
-            if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
-                raise ContainerError(f"env file {path} is not a regular file")
-            os.set_blocking(fd, True)  # a pipe's writer may still be writing
-            data = f.read(MAX_ENV_FILE + 1)
-        except OSError as err:
-            raise ContainerError(f"cannot read env file {path}: {err.strerror}") from err
-    if len(data) > MAX_ENV_FILE:
-        raise ContainerError(f"env file {path} is larger than {MAX_ENV_FILE} bytes")
+    data = read_small(path, MAX_ENV_FILE, "env file", ContainerError, pipes=True)
+    if data is None:
+        raise ContainerError(f"cannot read env file {path}: No such file or directory")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -234,6 +234,8 @@ CASES: dict[str, Case] = {
                          files={"nul": b"A=1\x00\n"}),
     "env-file-huge": Case(None, (*RUN, "--env-file", "{tmp}/huge", IMAGE), ("is larger than 1048576 bytes",),
                           files={"huge": b"A=" + b"x" * (2 << 20) + b"\n"}),
+    "layer-toc-dev-zero": Case(None, ("layer", "inspect", "--toc", "/dev/zero", "{tmp}/blob"),
+                               ("TOC file /dev/zero is not a regular file",), files={"blob": b"x"}),
 }
 
 
@@ -328,3 +330,19 @@ def test_unwritable_root(tmp_path: Path, root: Path) -> None:
     layout = write_layout(tmp_path / "layout", [etc()])
     result = lazypull(root, "--root", "/sys/kernel", *CONVERT, f"oci:{layout}:v1", "localhost/converted:v1")
     assert_one_line_error(result, "/sys/kernel")
+
+
+def test_env_file_from_a_pipe(tmp_path: Path, root: Path) -> None:
+    """``--env-file <(...)`` (a pipe) is still read, as docker reads it."""
+    store_image(root, write_layout(tmp_path / "layout", [make_tar(busybox_entries())]))
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "wb") as writer:
+        writer.write(b"# from a pipe\nGREETING=piped\n")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "lazypull", "--root", str(root), "--snapshotter=overlayfs", *RUN,
+             "--env-file", f"/dev/fd/{read_end}", IMAGE, "sh", "-c", "echo $GREETING"],
+            capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, pass_fds=(read_end,))
+    finally:
+        os.close(read_end)
+    assert (result.returncode, result.stdout) == (0, "piped\n"), result.stderr
