@@ -9,6 +9,7 @@ store is served by a lazypull mount server of a private root, started by ``lazyp
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -58,9 +59,9 @@ class Engines:
         """containers-storage's graphroot."""
         return self.work / "engine" / "graph"
 
-    def podman(self, *args: str, check: bool = True,
-               timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        return self._run(_need("podman"), *args, check=check, timeout=timeout)
+    def podman(self, *args: str, check: bool = True, timeout: float = 180,
+               stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return self._run(_need("podman"), *args, check=check, timeout=timeout, stdin=stdin)
 
     def buildah(self, *args: str, check: bool = True,
                 timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -69,9 +70,10 @@ class Engines:
     def lazypull(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self._run(str(LAZYPULL), "--root", str(self.root), *args, check=check, timeout=120)
 
-    def _run(self, *argv: str, check: bool, timeout: float) -> subprocess.CompletedProcess[str]:
+    def _run(self, *argv: str, check: bool, timeout: float,
+             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout,
-                              cwd=self.work, stdin=subprocess.DEVNULL)
+                              cwd=self.work, input=stdin if stdin is not None else "")
         if check and proc.returncode != 0:
             pytest.fail(f"{' '.join(argv)} exited {proc.returncode}\nstdout: {proc.stdout}\n"
                         f"stderr: {proc.stderr[-4000:]}")
@@ -143,17 +145,17 @@ def plain_image(registry: RegistryServer, tmp_path_factory: pytest.TempPathFacto
     return LazyImage(name, [], {})
 
 
-@pytest.fixture
-def engines(tmp_path: Path, registry: RegistryServer) -> Iterator[Engines]:
-    """A lazypull store served at ``tmp_path/store`` and podman/buildah configured to use it."""
-    work = tmp_path
+@contextlib.contextmanager
+def open_engines(work: Path, registry_host: str, *store_args: str) -> Iterator[Engines]:
+    """A lazypull store served at ``work/store`` (``lazypull [STORE_ARGS] store``) and podman/buildah
+    configured to use it; everything removed and unmounted afterwards."""
     root = work / "lazypull"
-    root.mkdir()
+    root.mkdir(parents=True)
     (root / "config.toml").write_text("[fs]\nbackground_fetch = false\n")
     store = work / "store"
-    env = write_engine_config(work / "engine", registry.host, store)
+    env = write_engine_config(work / "engine", registry_host, store)
     eng = Engines(work, store, root, env)
-    out = eng.lazypull("store", "--grace", str(GRACE), str(store))
+    out = eng.lazypull(*store_args, "store", "--grace", str(GRACE), str(store))
     assert f'additionallayerstores = ["{store}:ref"]' in out.stdout
     try:
         yield eng
@@ -165,6 +167,13 @@ def engines(tmp_path: Path, registry: RegistryServer) -> Iterator[Engines]:
         from lazypull.snapshot import MountClient
 
         MountClient(root, autostart=False).shutdown()
+
+
+@pytest.fixture
+def engines(tmp_path: Path, registry: RegistryServer) -> Iterator[Engines]:
+    """A lazypull store served at ``tmp_path/store`` and podman/buildah configured to use it."""
+    with open_engines(tmp_path, registry.host) as eng:
+        yield eng
 
 
 def layer_bytes(log: list[AccessLogEntry], digests: list[str]) -> int:
