@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import shlex
 import shutil
 import subprocess
@@ -152,10 +153,10 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
     with QuietProgress() if quiet else make_progress() as progress:
         resolved = ensure_image(store, image, opts=opts, pull=pull, platform=platform, lazy=lazy,
                                 progress=progress)
-    container_id = new_container_id()
     from lazypull.image.runconfig import run_config
 
     image_config = run_config(resolved.config, resolved.name)  # checked before anything is mounted
+    container_id = new_container_id()
     placeholder = ContainerRecord(id=container_id, name="", image=resolved.name, command=[], created="",
                                   snapshotter=opts.snapshotter)
     mounts = None
@@ -237,11 +238,21 @@ def start_detached(record: ContainerRecord, timeout: float = 60.0) -> None:
         time.sleep(0.05)
     if proc.poll() not in (None, 0) and containers.runc.list().get(record.id) is None:
         # Either the container ran and exited already, or the supervisor failed: its error says which.
-        text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        text = _log_tail(log_path)
         errors = [line for line in text.splitlines() if line.startswith("lazypull: error:")]
         if errors:
             reason = errors[-1].removeprefix("lazypull: error:").strip()
             raise ContainerError(f"container {record.name} did not start: {reason}")
+
+
+def _log_tail(path: Path, size: int = 64 << 10) -> str:
+    """The last ``size`` bytes of a container log (the container may have written gigabytes)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - size))
+            return f.read(size).decode(errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 @click.command("run", context_settings={"allow_interspersed_args": False})

@@ -346,3 +346,18 @@ def test_env_file_from_a_pipe(tmp_path: Path, root: Path) -> None:
     finally:
         os.close(read_end)
     assert (result.returncode, result.stdout) == (0, "piped\n"), result.stderr
+
+
+def test_run_detached_reads_only_the_tail_of_a_huge_container_log(tmp_path: Path) -> None:
+    """``run -d`` looks for the supervisor's error at the end of the log the container also writes to:
+    8 GiB of output (sparse here) must not be read into memory."""
+    from lazypull.cli.run import _log_tail
+
+    log = tmp_path / "container.log"
+    with open(log, "wb") as f:
+        f.truncate(8 << 30)
+        f.seek(0, os.SEEK_END)
+        f.write(b"\nlazypull: error: the reason\n")
+    tail = _log_tail(log)
+    assert len(tail) <= 64 << 10 and tail.splitlines()[-1] == "lazypull: error: the reason"
+    assert _log_tail(tmp_path / "absent.log") == ""
