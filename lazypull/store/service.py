@@ -5,8 +5,9 @@ Layers a ``diff`` walk mounts are held (``LayerManager.mount_registry_layer``, h
 ``store:<mountpoint>:<ref dir>/<digest>``) while containers/storage uses them: it creates ``use`` once
 per lookup and per stored layer and removes the layer directory once per lookup ended and per layer
 deleted, so a layer podman keeps holds one count. A layer whose count falls to zero is released after
-``grace`` seconds, unless used again meanwhile. The stores served are listed in ``run/stores.json``;
-a new server serves them again (counts start afresh; the layers' holds are restored by the manager).
+``grace`` seconds, unless used again meanwhile. The stores served and their counts are kept in
+``run/stores.json``: a new server serves them again with the same counts (the layers' holds are
+restored by the manager), so a layer podman still uses is not released by a restart.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,14 +73,16 @@ class StoreSpec:
 class LayerStore:
     """One served store: the FUSE mount, the counts and the release timers (``StoreBackend``)."""
 
-    def __init__(self, manager: LayerManager, spec: StoreSpec) -> None:
+    def __init__(self, manager: LayerManager, spec: StoreSpec, *, counts: dict[str, int] | None = None,
+                 changed: Callable[[], None] = lambda: None) -> None:
         self.manager = manager
         self.spec = spec
+        self._changed = changed                 # the counts changed: persist them
         self.client = layer_client(spec.insecure, auth=ChainedAuth(spec.auth_files))
         self.catalog = Catalog(lambda: self.client)
         self.tree = StoreTree(self)
         self._lock = threading.Lock()
-        self._counts: dict[str, int] = {}
+        self._counts: dict[str, int] = dict(counts or {})
         self._held: set[str] = set()
         self._timers: dict[str, threading.Timer] = {}
         self._windows: dict[str, tuple[int, bytes]] = {}
@@ -98,6 +102,9 @@ class LayerStore:
         self._fuse = FuseMount(self.tree, point, fsname=FSNAME, passthrough=False, workers=(2, 16),
                                entry_timeout=TIMEOUT, attr_timeout=TIMEOUT, negative_timeout=TIMEOUT,
                                readonly=False, cache_symlinks=False).start()
+        for key, count in self.counts().items():
+            if count <= 0:                      # released before a restart: its grace starts again
+                self._schedule(key)
         log.info("serving the additional layer store at %s", point)
 
     def stop(self) -> None:
@@ -115,6 +122,15 @@ class LayerStore:
             with contextlib.suppress(Exception):
                 close()
 
+    def release_all(self) -> None:
+        """Drop every hold of this store (it is no longer served)."""
+        with self._lock:
+            keys = set(self._counts) | self._held
+            self._counts.clear()
+            self._held.clear()
+        for key in sorted(keys):
+            self.manager.release_holder(self._holder(key))
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
@@ -131,19 +147,15 @@ class LayerStore:
         digest = layer.info.digest
         holder = self._holder(key)
         path = self.manager.paths.mountpoint(digest)
-        mounts = {m.digest: m for m in self.manager.list_mounts()}
+        current = next((m for m in self.manager.list_mounts() if m.digest == digest), None)
         with self._lock:
             held = key in self._held
-        current = mounts.get(digest)
         if held and current is not None and holder in current.holders:
             return os.fsencode(path)
-        restored = current is not None and holder in current.holders     # a hold a new server restored
         self.manager.mount_registry_layer(str(layer.ref), digest, layer.annotations, holder=holder,
                                           insecure=self.spec.insecure, client=self.client)
         with self._lock:
             self._held.add(key)
-            if restored:
-                self._counts.setdefault(key, 1)    # podman kept it: it holds one use per stored layer
             idle = self._counts.get(key, 0) <= 0
         if idle:
             self._schedule(key)
@@ -153,11 +165,13 @@ class LayerStore:
         with self._lock:
             self._counts[key] = self._counts.get(key, 0) + 1
             count = self._counts[key]
+        self._changed()
         log.debug("store: %s used (%d)", key, count)
 
     def release(self, key: str) -> None:
         with self._lock:
             count = self._counts[key] = max(0, self._counts.get(key, 0) - 1)
+        self._changed()
         log.debug("store: %s released (%d)", key, count)
         if count == 0:
             self._schedule(key)
@@ -201,6 +215,7 @@ class LayerStore:
                 return
             self._held.discard(key)
             self._counts.pop(key, None)
+        self._changed()
         if self.manager.release_holder(self._holder(key)):
             log.info("store: released layer %s", key)
 
@@ -211,29 +226,34 @@ class Stores:
     def __init__(self, manager: LayerManager) -> None:
         self.manager = manager
         self.file = manager.paths.run_dir / STORES_FILE
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()           # guards _stores; never held while a store starts or stops
+        self._file_lock = threading.Lock()
+        self._closed = False                    # the server stops: the file stays as it is
         self._stores: dict[str, LayerStore] = {}
 
-    def serve(self, spec: StoreSpec) -> dict[str, Any]:
+    def serve(self, spec: StoreSpec, counts: dict[str, int] | None = None) -> dict[str, Any]:
         """Serve a store at ``spec.mountpoint`` (again, with new settings, if served already)."""
         with self._lock:
             old = self._stores.pop(spec.mountpoint, None)
-            if old is not None:
-                old.stop()
-            store = LayerStore(self.manager, spec)
-            store.start()
+        if old is not None:
+            old.stop()
+            counts = old.counts() if counts is None else counts
+        store = LayerStore(self.manager, spec, counts=counts, changed=self._save)
+        store.start()
+        with self._lock:
             self._stores[spec.mountpoint] = store
-            self._save()
+        self._save()
         return self._describe(store)
 
     def stop(self, mountpoint: str) -> None:
         point = os.path.normpath(mountpoint)
         with self._lock:
             store = self._stores.pop(point, None)
-            if store is None:
-                raise MountError(f"no store is served at {point}")
-            store.stop()
-            self._save()
+        if store is None:
+            raise MountError(f"no store is served at {point}")
+        store.stop()
+        store.release_all()
+        self._save()
 
     def list(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -250,13 +270,16 @@ class Stores:
             return
         for item in items if isinstance(items, list) else []:
             try:
-                self.serve(StoreSpec.from_json(item))
+                counts = item.get("counts") if isinstance(item, dict) else None
+                self.serve(StoreSpec.from_json(item), _counts(counts))
             except (MountError, OSError) as err:
                 log.error("could not serve the store %r again: %s", item, err)
 
     def close(self) -> None:
-        """Unmount every store (the file keeps them for the next server)."""
+        """Unmount every store (the file keeps them and their counts for the next server)."""
+        self._save()
         with self._lock:
+            self._closed = True
             stores = list(self._stores.values())
             self._stores.clear()
         for store in stores:
@@ -269,10 +292,22 @@ class Stores:
         return {**asdict(store.spec), "counts": store.counts()}
 
     def _save(self) -> None:
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.file.with_suffix(".tmp")
-        tmp.write_text(json.dumps([asdict(s.spec) for s in self._stores.values()], indent=1))
-        os.replace(tmp, self.file)
+        with self._lock:
+            if self._closed:
+                return
+            data = [self._describe(s) for s in self._stores.values()]
+        with self._file_lock:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=1))
+            os.replace(tmp, self.file)
+
+
+def _counts(data: Any) -> dict[str, int]:
+    """Counts as stored (junk ignored)."""
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): v for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool) and v >= 0}
 
 
 __all__ = ["DEFAULT_GRACE", "LayerStore", "StoreSpec", "Stores", "encode_ref"]

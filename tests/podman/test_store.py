@@ -17,7 +17,7 @@ from lazypull.store.names import encode_ref
 from tests.helpers.images import file
 from tests.helpers.registry import RegistryServer
 from tests.helpers.rootfs import busybox_specs, push_lazy_image
-from tests.podman.conftest import RUN_FLAGS, Engines, LazyImage
+from tests.podman.conftest import GRACE, RUN_FLAGS, Engines, LazyImage
 
 
 def _errno(call: object, *args: object) -> int:
@@ -111,8 +111,19 @@ def test_server_restart_serves_the_store_again(engines: Engines, lazy_image: Laz
     assert os.path.ismount(engines.store)
     out = engines.podman("run", "--rm", *RUN_FLAGS, lazy_image.ref, "cat", "/srv/motd")
     assert out.stdout == "hi from the store\n"
-    key = f"{encode_ref(lazy_image.ref)}/{lazy_image.layers[0]}"
-    assert engines.store_counts()[key] == 1      # the restored hold counts as podman's use
+    name = encode_ref(lazy_image.ref)
+    assert engines.store_counts() == {f"{name}/{d}": 1 for d in lazy_image.layers}   # kept across
+    time.sleep(GRACE * 3)
+    assert set(lazy_image.layers) <= engines.mounted_layers()     # podman still has them: not released
+
+
+def test_stopping_the_store_releases_its_layers(engines: Engines, lazy_image: LazyImage) -> None:
+    engines.podman("pull", lazy_image.ref)
+    assert set(lazy_image.layers) <= engines.mounted_layers()
+    engines.lazypull("store", "--stop", str(engines.store))
+    assert not os.path.ismount(engines.store)
+    assert not set(lazy_image.layers) & engines.mounted_layers()
+    assert engines.lazypull("store", "--stop", str(engines.store), check=False).returncode == 1
 
 
 def test_zstd_chunked_image(engines: Engines, registry: RegistryServer, tmp_path: Path) -> None:
