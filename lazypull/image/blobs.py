@@ -8,17 +8,19 @@ only once complete and verified. Writers flock their temp file while it is open,
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from lazypull.image.digest import check_digest, hex_of
-from lazypull.image.errors import BlobNotFoundError, DigestMismatchError
+from lazypull.image.errors import BlobNotFoundError, DigestMismatchError, StoreError
 
 
 @dataclass(frozen=True)
@@ -183,10 +185,22 @@ class BlobDir:
         return path.stat().st_size
 
     def open_blob(self, digest: str) -> BinaryIO:
+        """The blob's file, which must be a regular file, not a link (a layout written by someone else
+        may hold a FIFO, which would block, or a link to a host file, which would become a layer)."""
+        path = self.blob_file(digest)
         try:
-            return open(self.blob_file(digest), "rb")
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
         except FileNotFoundError as err:
             raise BlobNotFoundError(f"blob {digest} is not in {self.where}") from err
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise StoreError(f"blob {digest} in {self.where} is a symbolic link") from err
+            raise StoreError(f"cannot read blob {digest} in {self.where}: {err.strerror}") from err
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StoreError(f"blob {digest} in {self.where} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
 
     def read_blob(self, digest: str, limit: int | None = None) -> bytes:
         """The blob's bytes; with ``limit``, at most ``limit + 1`` (so oversize content shows)."""

@@ -361,3 +361,29 @@ def test_run_detached_reads_only_the_tail_of_a_huge_container_log(tmp_path: Path
     tail = _log_tail(log)
     assert len(tail) <= 64 << 10 and tail.splitlines()[-1] == "lazypull: error: the reason"
     assert _log_tail(tmp_path / "absent.log") == ""
+
+
+@pytest.mark.parametrize(("blob", "kind"), [("layer", "fifo"), ("layer", "host-file"),
+                                            ("config", "dev-zero")])
+def test_convert_of_a_layout_whose_blob_is_not_a_file(tmp_path: Path, root: Path, blob: str,
+                                                      kind: str) -> None:
+    """A layout someone else wrote: a FIFO blob hung the conversion, a link to a host file (say a
+    tar of /root) would have become a layer of the new image."""
+    layout = write_layout(tmp_path / "layout", [etc()])
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads((layout / "blobs" / "sha256" / index["manifests"][0]["digest"][7:]).read_bytes())
+    digest = (manifest["layers"][0] if blob == "layer" else manifest["config"])["digest"]
+    path = layout / "blobs" / "sha256" / digest[7:]
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "host-file":
+        host = tmp_path / "host-secret.tar"
+        host.write_bytes(etc())
+        path.symlink_to(host)
+    else:
+        path.symlink_to("/dev/zero")
+    result = lazypull(root, *CONVERT, "--estargz", f"oci:{layout}:v1", "localhost/converted:v1")
+    assert_one_line_error(result, f"blob {digest}", "is not a regular file" if kind == "fifo"
+                          else "is a symbolic link")
+    assert "converted" not in lazypull(root, "images").stdout
