@@ -400,7 +400,9 @@ def rm(force: bool, containers_: Sequence[str]) -> None:
             remove_container(root, containers, record, force=force)
             click.echo(ref)
         except LazypullError as err:
-            click.echo(f"lazypull: error: {err}", err=True)
+            from lazypull.cli.main import error_line
+
+            click.echo(f"lazypull: error: {error_line(err)}", err=True)
             failed.append(ref)
     if failed:
         click.get_current_context().exit(1)
