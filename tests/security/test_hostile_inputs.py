@@ -120,11 +120,15 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *expected: s
 
 
 def assert_nothing_left(root: Path) -> None:
-    """No container, no mount and no partial or refused layer extraction under ``root``."""
+    """No container, no mount, no hold in the mount server and no partial or refused layer
+    extraction under ``root``."""
     containers = root / "containers"
     if containers.is_dir():
         assert [p.name for p in containers.iterdir() if p.name != ".lock"] == []
     assert [m for m in mountpoints() if m.startswith(str(root) + "/")] == []
+    state = root / "run" / "state.json"
+    if state.exists():
+        assert json.loads(state.read_text()).get("holds") == []
     snapshots = root / "snapshots"
     if snapshots.is_dir():
         leftovers = [str(p.relative_to(root)) for p in snapshots.glob("*/*") if ".partial-" in p.name]
