@@ -391,3 +391,23 @@ def test_convert_of_a_layout_whose_blob_is_not_a_file(tmp_path: Path, root: Path
     assert_one_line_error(result, f"blob {digest}", "is not a regular file" if kind == "fifo"
                           else "is a symbolic link")
     assert "converted" not in lazypull(root, "images").stdout
+
+
+@pytest.mark.parametrize(("passwd", "config", "expected"), [
+    ("alice:x:" + "7" * 5000 + ":1::/:/bin/sh\n", {"User": "alice", "Cmd": ["/bin/true"]},
+     "invalid uid '7777"),
+    (PASSWD, {"Env": [1], "Cmd": ["/bin/true"]}, "$.config.Env[0]"),
+], ids=["passwd-over-fuse", "config-before-mount"])
+def test_lazy_image(tmp_path: Path, root: Path, registry: Any, passwd: str, config: dict[str, Any],
+                    expected: str) -> None:
+    """The same verdicts when the layers are lazy FUSE mounts (eStargz from a registry); a bad config
+    is refused before anything is mounted."""
+    from tests.helpers.images import TarEntrySpec, directory, file
+    from tests.helpers.rootfs import push_lazy_image
+
+    layer: list[TarEntrySpec] = [directory("etc"), file("etc/passwd", passwd), file("etc/group", GROUP)]
+    name, _ = push_lazy_image(tmp_path / "build", f"{registry.host}/hostile/lazy-{tmp_path.name}:v1", [layer],
+                              config={"config": config})
+    result = lazypull(root, "--insecure-registry", "--snapshotter=stargz", "run", "--rm", "-q", name)
+    assert_one_line_error(result, expected)
+    assert_nothing_left(root)
