@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import sys
 
 import click
@@ -61,6 +62,9 @@ def short_help(summary: str, limit: int) -> str:
     return textwrap.shorten(summary, limit, placeholder="...", break_on_hyphens=False)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def _is_reported(err: Exception) -> bool:
     """A LazypullError, a FormatError (whose module is loaded if one was raised) or an OSError (a file
     or directory the command could not use: an unwritable ``--root``, a full disk)."""
@@ -77,7 +81,9 @@ def error_line(err: Exception) -> str:
         text = f"{where}: {err.strerror}" if where else err.strerror
     else:
         text = str(err) or type(err).__name__
-    return " ".join(text.split())  # one line, even if a message quotes a newline it was given
+    # One line, even if a message quotes a newline it was given; other control characters (a
+    # terminal escape in an image's command, echoed by runc) are shown escaped, never sent raw.
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], " ".join(text.split()))
 
 
 class _Group(click.Group):

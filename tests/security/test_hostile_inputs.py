@@ -411,3 +411,15 @@ def test_lazy_image(tmp_path: Path, root: Path, registry: Any, passwd: str, conf
     result = lazypull(root, "--insecure-registry", "--snapshotter=stargz", "run", "--rm", "-q", name)
     assert_one_line_error(result, expected)
     assert_nothing_left(root)
+
+
+def test_error_line_never_carries_a_terminal_escape(root: Path, fault_proxy: Any) -> None:
+    """A registry's error message holding an escape sequence is shown escaped, on one line."""
+    from tests.helpers.registry import Fault
+
+    body = json.dumps({"errors": [{"code": "DENIED", "message": "\x1b]0;owned\x07\x1b[2J\nsecond line"}]})
+    fault_proxy.add(Fault("status", method="GET", path_contains="/manifests/", status=403, times=-1,
+                          body=body.encode()))
+    result = lazypull(root, "--insecure-registry", "pull", f"{fault_proxy.host}/hostile/escape:v1")
+    assert_one_line_error(result, "\\x1b]0;owned\\x07\\x1b[2J second line")
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
