@@ -82,7 +82,7 @@ def error_line(err: Exception) -> str:
     else:
         text = str(err) or type(err).__name__
     # One line, even if a message quotes a newline it was given; other control characters (a
-    # terminal escape in an image's command, echoed by runc) are shown escaped, never sent raw.
+    # terminal escape in a registry's error message) are shown escaped, never sent raw.
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], " ".join(text.split()))
 
 
