@@ -2,8 +2,14 @@
 
 ``RangeSource`` is the one I/O seam: ``read_ranges([(offset, length), ...])`` answers several disjoint
 ranges at once (one multi-range HTTP request for the registry). ``RemoteBlob`` adds what the lazy layer
-needs on top: retries with exponential backoff until a deadline (then :class:`FetchError`, never a hang),
+needs on top: the read path's only retry loop (exponential backoff until a deadline, then
+:class:`FetchError`, never a hang), for failed requests and for answers that do not verify alike,
 counters, and a record of on-demand activity that background fetching yields to.
+
+The registry source tries each request once (``retry=False``) within the caller's deadline; each request
+has its own deadline and minimum rate (``lazypull.registry.NetLimits``), so a stuck one is abandoned
+and the next try goes out on a new connection; a registry known to be down fails at once
+(``RegistryUnavailableError``), which is not retried.
 """
 
 from __future__ import annotations
@@ -12,9 +18,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from lazypull.errors import LazypullError, MountError
 from lazypull.fs.config import FsConfig
@@ -36,6 +42,17 @@ class RangeSource(Protocol):
     def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]: ...
 
     def describe(self) -> str: ...
+
+
+@runtime_checkable
+class DeadlineRangeSource(Protocol):
+    """A source whose requests can be bound by the caller's deadline (tried once each: no retries)."""
+
+    def read_ranges_until(self, ranges: Sequence[tuple[int, int]], deadline: float) -> list[bytes]: ...
+
+
+#: ``accept(ranges, answers)`` takes what verifies of an answer and returns the ranges to ask again
+Accept = Callable[[list[tuple[int, int]], list[bytes]], Sequence[tuple[int, int]]]
 
 
 class FileRangeSource:
@@ -79,6 +96,14 @@ class RegistryRangeSource:
                 offset, length = ranges[0]
                 return [bytes(self.client.read_range(self.ref, self.digest, offset, length))]
             return [bytes(b) for b in self.client.read_ranges(self.ref, self.digest, list(ranges))]
+        finally:
+            _used[id(self.client)] = time.monotonic()
+
+    def read_ranges_until(self, ranges: Sequence[tuple[int, int]], deadline: float) -> list[bytes]:
+        """One try (the caller retries), no request outliving ``deadline`` (monotonic)."""
+        try:
+            return [bytes(b) for b in self.client.read_ranges(self.ref, self.digest, list(ranges),
+                                                              deadline=deadline, retry=False)]
         finally:
             _used[id(self.client)] = time.monotonic()
 
@@ -155,8 +180,22 @@ class RemoteBlob:
 
     def fetch(self, ranges: Sequence[tuple[int, int]], deadline: float) -> list[bytes]:
         """Bytes of each range (clipped to the blob), retrying failures until ``deadline`` (monotonic)."""
-        clipped = [(off, max(0, min(length, self.size - off))) for off, length in ranges]
-        for off, length in clipped:
+        out: list[bytes] = []
+
+        def keep(asked: list[tuple[int, int]], datas: list[bytes]) -> list[tuple[int, int]]:
+            out[:] = datas
+            return []
+
+        self.fetch_verified(ranges, deadline, keep)
+        return out
+
+    def fetch_verified(self, ranges: Sequence[tuple[int, int]], deadline: float, accept: Accept) -> None:
+        """Fetch ``ranges`` (clipped to the blob) and hand each answer to ``accept``, which keeps what
+        verifies and returns the ranges to ask again; failed requests and answers that did not verify
+        are retried alike, with backoff, until ``deadline`` (monotonic). The read path's only retry loop.
+        """
+        pending = [(off, max(0, min(length, self.size - off))) for off, length in ranges]
+        for off, length in pending:
             if off < 0 or off > self.size:
                 raise FetchError(f"range {off}+{length} outside blob {self.source.describe()} "
                                  f"of {self.size} bytes")
@@ -164,30 +203,47 @@ class RemoteBlob:
         attempt = 0
         while True:
             attempt += 1
+            cause: BaseException | None = None
             try:
-                datas = self.source.read_ranges(clipped)
-                if len(datas) != len(clipped):
-                    raise FetchError(f"asked for {len(clipped)} ranges, got {len(datas)}")
-                for (off, length), data in zip(clipped, datas, strict=True):
-                    if len(data) != length:
-                        raise FetchError(f"range {off}+{length} of {self.source.describe()} "
-                                         f"returned {len(data)} bytes")
-                self.stats.add(requests=1, bytes_fetched=sum(len(d) for d in datas))
-                return datas
+                datas = self._read(pending, deadline)
             except Exception as err:
                 # ours, the OS's, and the HTTP library's own errors if the client let one through
                 if not isinstance(err, (LazypullError, OSError, EOFError, ValueError)) and \
                         type(err).__module__.split(".")[0] not in ("httpx", "httpcore", "h11", "ssl"):
                     raise
                 self.stats.add(requests=1)
-                if self.closed.is_set() or time.monotonic() + delay >= deadline:
-                    raise FetchError(f"fetching {len(clipped)} range(s) of {self.source.describe()} "
-                                     f"failed after {attempt} attempt(s): {err}") from err
-                self.stats.add(retries=1)
-                log.info("fetch of %s failed (%s); retrying in %.2fs", self.source.describe(), err, delay)
-                if self.closed.wait(delay):
-                    raise FetchError(f"layer {self.source.describe()} closed during fetch") from err
-                delay = min(delay * 2, self.config.retry_max)
+                if getattr(err, "temporary", True) is False:    # a registry known down, a 404: no retry
+                    raise FetchError(f"fetching {len(pending)} range(s) of {self.source.describe()} "
+                                     f"failed: {err}") from err
+                cause, problem = err, str(err)
+            else:
+                self.stats.add(requests=1, bytes_fetched=sum(len(d) for d in datas))
+                pending = list(accept(pending, datas))
+                if not pending:
+                    return
+                problem = f"{len(pending)} range(s) did not verify"
+            if self.closed.is_set() or time.monotonic() + delay >= deadline:
+                raise FetchError(f"fetching {len(pending)} range(s) of {self.source.describe()} "
+                                 f"failed after {attempt} attempt(s): {problem}") from cause
+            self.stats.add(retries=1)
+            log.info("fetch of %s failed (%s); retrying in %.2fs", self.source.describe(), problem, delay)
+            if self.closed.wait(delay):
+                raise FetchError(f"layer {self.source.describe()} closed during fetch") from cause
+            delay = min(delay * 2, self.config.retry_max)
+
+    def _read(self, ranges: list[tuple[int, int]], deadline: float) -> list[bytes]:
+        """One request for ``ranges``, its answer checked for shape (count and lengths)."""
+        if isinstance(self.source, DeadlineRangeSource):
+            datas = self.source.read_ranges_until(ranges, deadline)
+        else:
+            datas = self.source.read_ranges(ranges)
+        if len(datas) != len(ranges):
+            raise FetchError(f"asked for {len(ranges)} ranges, got {len(datas)}")
+        for (off, length), data in zip(ranges, datas, strict=True):
+            if len(data) != length:
+                raise FetchError(f"range {off}+{length} of {self.source.describe()} "
+                                 f"returned {len(data)} bytes")
+        return datas
 
     def warm(self, connections: int, *, if_idle: float | None = None) -> None:
         """Open connections ahead of concurrent fetches, when the source has any (registries)."""

@@ -62,14 +62,21 @@ class CircuitBreaker:
             if not state.probing and now >= state.next_probe:
                 state.probing = True
                 return True
-            since = now - state.first_failure
-            last = state.last_error
-        raise RegistryUnavailableError(f"registry {host} is unreachable (failing for {since:.1f}s; "
-                                       f"not asked again until a trial request succeeds): {last}", host=host)
+        raise self.unavailable(host)
 
-    def record(self, host: str, outcome: BaseException | None, *, trial: bool = False) -> None:
+    def unavailable(self, host: str) -> RegistryUnavailableError:
+        """The error for a request not sent (or failed) because ``host`` is down."""
+        with self._lock:
+            state = self._hosts.get(host) or _Host()
+            since = time.monotonic() - state.first_failure if state.failures else 0.0
+            last = state.last_error
+        return RegistryUnavailableError(f"registry {host} is down (failing for {since:.1f}s; one trial "
+                                        f"request every {self.limits.probe_interval}s): {last}", host=host)
+
+    def record(self, host: str, outcome: BaseException | None, *, trial: bool = False) -> bool:
         """The outcome of a request that :meth:`admit` let out: None for an answer, else the error.
-        A registry error that is not a down signal (a 404, a refused token) is an answer too."""
+        A registry error that is not a down signal (a 404, a refused token) is an answer too.
+        Returns whether the host is down now."""
         now = time.monotonic()
         with self._lock:
             state = self._hosts.setdefault(host, _Host())
@@ -89,14 +96,15 @@ class CircuitBreaker:
                     log.warning("registry %s is down (%d failures in %.1fs): failing its requests at once "
                                 "until a trial request succeeds", host, state.failures,
                                 now - state.first_failure)
-                return
+                return state.down
             if outcome is not None and not isinstance(outcome, RegistryError):
                 if trial:           # not an answer (a bug, an interrupt): the next trial may go soon
                     state.next_probe = now + self.limits.probe_interval
-                return
+                return state.down
             if state.down:
                 log.warning("registry %s is back", host)
             self._hosts.pop(host, None)
+            return False
 
     def is_down(self, host: str) -> bool:
         with self._lock:

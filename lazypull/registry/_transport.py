@@ -32,7 +32,7 @@ from pathlib import Path
 
 from lazypull import __version__
 from lazypull.registry._auth import Authenticator
-from lazypull.registry._breaker import CircuitBreaker
+from lazypull.registry._breaker import CircuitBreaker, is_down_signal
 from lazypull.registry._budget import Budget, NetLimits, activate, guard_transport
 from lazypull.registry._httpx import httpx
 from lazypull.registry.errors import (
@@ -410,29 +410,38 @@ class Transport:
                  what: str, params: dict[str, str] | None, headers: dict[str, str] | None,
                  content: bytes | None, stream: bool, retry: bool, expected: int,
                  until: float | None) -> httpx.Response:
-        """One try: admitted by the host's breaker, under a budget of its own, its outcome reported back."""
+        """One try, admitted by the host's breaker and reported back to it. A failure that leaves the
+        host down is raised as RegistryUnavailableError, so callers stop retrying at once."""
         trial = self.breaker.admit(host)
-        outcome: BaseException | None = None
         try:
-            base = self.base_url(host, retry=retry)      # the ping has its own budget (and retries)
-            url = path_or_url if path_or_url.startswith(("http://", "https://")) else base + path_or_url
-            budget = Budget(self.limits, expected=expected + len(content or b""), until=until)
-            activate(budget)
-            response = self._send_once(method, host, url, scopes, params, headers, content)
-            declared = response.headers.get("Content-Length", "")
-            if declared.isdigit():
-                budget.expect(int(declared))
-            if response.status_code in ok:
-                if not stream:
-                    with translate_errors(method, response.request.url):
-                        response.read()
-                return response
-            raise error_for_response(response, what)
+            response = self._exchange(method, host, path_or_url, scopes, ok, what, params, headers, content,
+                                      stream, retry, expected, until)
         except BaseException as err:
-            outcome = err
+            if self.breaker.record(host, err, trial=trial) and is_down_signal(err):
+                raise self.breaker.unavailable(host) from err
             raise
-        finally:
-            self.breaker.record(host, outcome, trial=trial)
+        self.breaker.record(host, None, trial=trial)
+        return response
+
+    def _exchange(self, method: str, host: str, path_or_url: str, scopes: tuple[str, ...], ok: Sequence[int],
+                  what: str, params: dict[str, str] | None, headers: dict[str, str] | None,
+                  content: bytes | None, stream: bool, retry: bool, expected: int,
+                  until: float | None) -> httpx.Response:
+        """Request and answer (its body too unless ``stream``) under a budget of their own."""
+        base = self.base_url(host, retry=retry)      # the ping has its own budget (and retries)
+        url = path_or_url if path_or_url.startswith(("http://", "https://")) else base + path_or_url
+        budget = Budget(self.limits, expected=expected + len(content or b""), until=until)
+        activate(budget)
+        response = self._send_once(method, host, url, scopes, params, headers, content)
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit():
+            budget.expect(int(declared))
+        if response.status_code in ok:
+            if not stream:
+                with translate_errors(method, response.request.url):
+                    response.read()
+            return response
+        raise error_for_response(response, what)
 
     def _send_once(self, method: str, host: str, path_or_url: str, scopes: tuple[str, ...],
                    params: dict[str, str] | None, headers: dict[str, str] | None,

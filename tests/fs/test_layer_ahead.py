@@ -298,7 +298,7 @@ class _CountingClient:
     def read_range(self, ref: str, digest: str, offset: int, length: int) -> bytes:
         return self.read_ranges(ref, digest, [(offset, length)])[0]
 
-    def read_ranges(self, ref: str, digest: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+    def read_ranges(self, ref: str, digest: str, ranges: list[tuple[int, int]], **_: object) -> list[bytes]:
         assert self.blob is not None
         fd = os.open(self.blob, os.O_RDONLY)
         try:

@@ -5,7 +5,8 @@ A *unit* is the compressed range ``[chunk.offset, chunk.end)`` that decodes to o
 with min-chunk-size). Missing units of one read are merged into ranges (neighbours closer than
 ``merge_gap`` become one range) and all ranges go out in one (multi-range) request. Each chunk digest has
 at most one fetch in flight (a future others wait on: singleflight). Every chunk is checked against its
-chunkDigest before it is cached or served; a mismatch is fetched again once, then fails the read.
+chunkDigest before it is cached or served; a mismatch is fetched again, like a failed request, until the
+read's deadline (the one retry loop is ``RemoteBlob.fetch_verified``).
 """
 
 from __future__ import annotations
@@ -203,29 +204,18 @@ class ChunkFetcher:
     def _run_group(self, chunks: Sequence[Any], deadline: float, single_range: bool) -> None:
         results: dict[str, bytes] = {}
         errors: dict[str, BaseException] = {}
+        unverified: dict[str, FormatError] = {}      # chunks whose latest bytes did not match their digest
         try:
-            pending = list(chunks)
-            for attempt in range(2):
-                failed = self._fetch_and_decode(pending, deadline, single_range and attempt == 0, results,
-                                                use_preloaded=attempt == 0)
-                if not failed:
-                    break
-                pending = [c for c, _ in failed]
-                if attempt == 1:
-                    for chunk, err in failed:
-                        log.error("layer %s: chunk %s of file %r failed verification twice: %s",
-                                  self.digest, chunk.digest, chunk.name, err)
-                        errors[chunk.digest] = ChunkUnavailable(
-                            f"layer {self.digest}, file {chunk.name!r}: chunk {chunk.digest} does not match "
-                            f"its digest: {err}")
-                else:
-                    log.warning("layer %s: %d chunk(s) failed verification (first: file %r); refetching",
-                                self.digest, len(failed), failed[0][0].name)
+            pending = self._decode_local(chunks, results, unverified)
+            if pending:
+                self._fetch_remote(pending, deadline, single_range, results, unverified)
         except FetchError as err:
             log.error("layer %s: %s", self.digest, err)
             for chunk in chunks:
+                bad = unverified.get(chunk.digest)
+                reason = f"chunk {chunk.digest} does not match its digest: {bad} ({err})" if bad else str(err)
                 errors.setdefault(chunk.digest, ChunkUnavailable(f"layer {self.digest}, file "
-                                                                 f"{chunk.name!r}: {err}"))
+                                                                 f"{chunk.name!r}: {reason}"))
         except BaseException as err:  # never leave waiters hanging
             log.exception("layer %s: unexpected failure fetching chunks", self.digest)
             for chunk in chunks:
@@ -267,47 +257,68 @@ class ChunkFetcher:
                 return data[start - off : end - off]
         return None
 
-    def _fetch_and_decode(self, chunks: Sequence[Any], deadline: float, single_range: bool,
-                          results: dict[str, bytes], *, use_preloaded: bool = True
-                          ) -> list[tuple[Any, FormatError]]:
-        zeros = [c for c in chunks if self._is_zero(c)]
-        for chunk in zeros:
-            plain = bytes(chunk.chunk_size)
-            self.cache.put(chunk.digest, plain)
-            results[chunk.digest] = plain
-        chunks = [c for c in chunks if c not in zeros]
-        if not chunks:
-            return []
-        units = {(c.offset, c.end) for c in chunks}
-        local: dict[Unit, bytes] = {}
-        if use_preloaded and self.preloaded:
-            for unit in units:
-                data = self._preloaded(*unit)
-                if data is not None:
-                    local[unit] = data
-        remote_units = units - set(local)
-        ranges: list[Unit] = []
-        datas: list[bytes] = []
-        if remote_units:
-            if single_range:
-                ranges = [(min(s for s, _ in remote_units), max(e for _, e in remote_units))]
+    def _decode_local(self, chunks: Sequence[Any], results: dict[str, bytes],
+                      unverified: dict[str, FormatError]) -> list[Any]:
+        """Serve what needs no request (zero holes, bytes read with the TOC); the chunks still to fetch."""
+        pending: list[Any] = []
+        local: dict[Unit, list[Any]] = {}
+        for chunk in chunks:
+            if self._is_zero(chunk):
+                plain = bytes(chunk.chunk_size)
+                self.cache.put(chunk.digest, plain)
+                results[chunk.digest] = plain
+            elif self.preloaded and self._preloaded(chunk.offset, chunk.end) is not None:
+                local.setdefault((chunk.offset, chunk.end), []).append(chunk)
             else:
-                ranges = merge_ranges(remote_units, self.config.merge_gap)
-            datas = self.remote.fetch([(s, e - s) for s, e in ranges], deadline)
+                pending.append(chunk)
+        work = [(group, self._preloaded(*unit) or b"") for unit, group in local.items()]
+        for chunk, err in self._decode(work, results):
+            unverified[chunk.digest] = err
+            pending.append(chunk)                   # the copy in memory was bad: ask the registry
+        return pending
+
+    def _fetch_remote(self, chunks: Sequence[Any], deadline: float, single_range: bool,
+                      results: dict[str, bytes], unverified: dict[str, FormatError]) -> None:
+        """Fetch and verify ``chunks``; what does not verify is asked again within the same deadline as
+        failed requests (``RemoteBlob.fetch_verified``: one retry loop for every fault)."""
         by_unit: dict[Unit, list[Any]] = {}
         for chunk in chunks:
             by_unit.setdefault((chunk.offset, chunk.end), []).append(chunk)
-        work: list[tuple[list[Any], bytes]] = []
-        for (offset, end), group in by_unit.items():
-            compressed = local.get((offset, end))
-            if compressed is None:
-                for (start, stop), data in zip(ranges, datas, strict=True):
-                    if start <= offset and end <= stop:
-                        compressed = data[offset - start : end - start]
+
+        def ranges_for(units: Iterable[Unit], single: bool) -> list[tuple[int, int]]:
+            spans = list(units)
+            merged = [(min(s for s, _ in spans), max(e for _, e in spans))] if single \
+                else merge_ranges(spans, self.config.merge_gap)
+            return [(s, e - s) for s, e in merged]
+
+        def accept(asked: list[tuple[int, int]], datas: list[bytes]) -> list[tuple[int, int]]:
+            work: list[tuple[list[Any], bytes]] = []
+            for (offset, end), group in by_unit.items():
+                for (start, length), data in zip(asked, datas, strict=True):
+                    if start <= offset and end <= start + length:
+                        work.append((group, data[offset - start : end - start]))
                         break
                 else:  # cannot happen: every unit is inside a range
                     raise FetchError(f"no fetched range covers chunk {group[0].digest}")
-            work.append((group, compressed))
+            failed = self._decode(work, results)
+            for group, _ in work:
+                for chunk in group:
+                    unverified.pop(chunk.digest, None)
+            by_unit.clear()
+            for chunk, err in failed:
+                unverified[chunk.digest] = err
+                by_unit.setdefault((chunk.offset, chunk.end), []).append(chunk)
+            if not failed:
+                return []
+            log.warning("layer %s: %d chunk(s) failed verification (first: file %r, %s); fetching again",
+                        self.digest, len(failed), failed[0][0].name, failed[0][1])
+            return ranges_for(by_unit, False)
+
+        self.remote.fetch_verified(ranges_for(by_unit, single_range), deadline, accept)
+
+    def _decode(self, work: list[tuple[list[Any], bytes]], results: dict[str, bytes]
+                ) -> list[tuple[Any, FormatError]]:
+        """Decode, verify and store each unit's chunks; the chunks that failed verification."""
         failed: list[tuple[Any, FormatError]] = []
         if len(work) > 1 and sum(len(c) for _, c in work) >= PARALLEL_DECODE_MIN:
             # decompression and hashing release the GIL: the other units on the other CPUs, the first
