@@ -75,7 +75,8 @@ def check_hostname(name: str) -> str:
     """
     if not name or len(name) > MAX_HOSTNAME or not all(
             _HOSTNAME_LABEL.fullmatch(label) for label in name.split(".")):
-        raise ContainerError(f"invalid hostname {name!r}: use letters, digits, '-' and '.' (RFC 1123), "
+        shown = repr(name) if len(name) <= 80 else repr(name[:80]) + "..."
+        raise ContainerError(f"invalid hostname {shown}: use letters, digits, '-' and '.' (RFC 1123), "
                              f"at most {MAX_HOSTNAME} characters")
     return name
 
