@@ -31,7 +31,11 @@ class Node:
 
 
 class MemTree:
-    """Inodes in a dict; thread-safe counters in ``calls``; ``read_delay`` seconds slept per read."""
+    """Inodes in a dict; thread-safe counters in ``calls``; ``read_delay`` seconds slept per read.
+
+    ``read_gate``: while set to an unset Event, reads wait for it (``reads_waiting`` counts them), so a
+    test can hold reads inside the tree and check what else proceeds, without timing anything.
+    """
 
     def __init__(self, mtime_ns: int = 1_700_000_000_123_456_789) -> None:
         self.mtime_ns = mtime_ns
@@ -41,6 +45,8 @@ class MemTree:
         self.calls: collections.Counter[str] = collections.Counter()
         self._calls_lock = threading.Lock()
         self.read_delay = 0.0
+        self.read_gate: threading.Event | None = None
+        self.reads_waiting = 0
         #: method name -> exception raised by that method (for error-path tests)
         self.fail: dict[str, BaseException] = {}
 
@@ -141,6 +147,15 @@ class MemTree:
         self._count("read")
         if self.read_delay:
             time.sleep(self.read_delay)
+        gate = self.read_gate
+        if gate is not None:
+            with self._calls_lock:
+                self.reads_waiting += 1
+            try:
+                gate.wait()
+            finally:
+                with self._calls_lock:
+                    self.reads_waiting -= 1
         return self._node(ino).data[offset : offset + size]
 
     def backing_path(self, ino: int) -> str | None:

@@ -21,6 +21,16 @@ from lazypull.fs.fuse import FuseMount, is_mounted, unmount
 from lazypull.fs.fuse.mount import mount_entry
 from tests.fs.memtree import MemTree
 
+
+def _until(cond, timeout: float = 60.0) -> bool:  # type: ignore[no-untyped-def]
+    """Poll ``cond`` (events that arrive asynchronously); the timeout only bounds a hang, never a speed."""
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
+
 ROOT = Path(__file__).resolve().parents[2]
 BIG = random.Random(7).randbytes(3 * 1024 * 1024 + 123)
 
@@ -172,38 +182,40 @@ def test_concurrent_uncached_reads_get_their_own_bytes(served: tuple[MemTree, Fu
 
 
 def test_reads_overlap_and_do_not_block_metadata(served: tuple[MemTree, FuseMount, Path]) -> None:
+    """Behaviour, not timing: all 8 READs are inside the tree at once, and a LOOKUP is answered while
+    they are all still held there; afterwards the pool shrinks back as requests come in."""
     tree, m, mnt = served
-    tree.read_delay = 0.4
+    gate = threading.Event()
+    tree.read_gate = gate
+    results: dict[int, bytes] = {}
+    stats: list[os.stat_result] = []
     try:
-        results: dict[int, bytes] = {}
 
         def read(i: int) -> None:
             results[i] = (mnt / "slow" / str(i)).read_bytes()
 
         threads = [threading.Thread(target=read, args=(i,)) for i in range(8)]
-        start = time.monotonic()
         for t in threads:
             t.start()
-        time.sleep(0.1)
-        meta_start = time.monotonic()
-        st = os.stat(mnt / "slow" / "other")  # a fresh LOOKUP while 8 READs sleep
-        meta_time = time.monotonic() - meta_start
-        for t in threads:
-            t.join()
-        total = time.monotonic() - start
+        assert _until(lambda: tree.reads_waiting == 8), f"only {tree.reads_waiting} of 8 READs overlap"
+        meta = threading.Thread(target=lambda: stats.append(os.stat(mnt / "slow" / "other")))
+        meta.start()  # a fresh LOOKUP while 8 READs are held in the tree
+        meta.join(60)
+        assert stats and not results, "the stat waited for the held reads"
     finally:
-        tree.read_delay = 0
+        gate.set()
+        tree.read_gate = None
+    for t in threads:
+        t.join(60)
     assert results == {i: bytes([i]) * 100 for i in range(8)}
-    assert st.st_size == 1
-    assert total < 8 * 0.4 / 2, f"8 reads of 0.4 s took {total:.2f} s: not served in parallel"
-    assert meta_time < 0.3, f"stat took {meta_time:.2f} s while reads were blocked"
-    assert m.peak_workers >= 8
-    for i in range(40):  # each request served while others wait lets one surplus thread go
+    assert stats[0].st_size == 1
+    assert m.peak_workers >= 9  # 8 held READs and the LOOKUP's thread
+    for i in range(400):  # each request served while others wait lets one surplus thread go
         with pytest.raises(FileNotFoundError):
             os.stat(mnt / "slow" / f"missing-{i}")
-        if i >= 11 and m.workers <= 2:
+        if m.workers <= 2:
             break   # (a thread still on its way back to the device is not counted as waiting: on a
-            # loaded machine a few requests more may be needed)
+            # loaded machine some requests more may be needed than the 7 surplus threads)
     assert m.workers <= 2
 
 
@@ -310,7 +322,8 @@ def test_stop_leaves_nothing_mounted_even_with_open_files(tmp_path: Path) -> Non
 def test_stop_while_a_read_is_stuck_in_the_tree(tmp_path: Path) -> None:
     tree = MemTree()
     tree.add_file("slow", b"s" * 10)
-    tree.read_delay = 1.5
+    gate = threading.Event()
+    tree.read_gate = gate  # the READ stays in the tree until the stop returned
     mnt = tmp_path / "m"
     mnt.mkdir()
 
@@ -329,17 +342,17 @@ def test_stop_while_a_read_is_stuck_in_the_tree(tmp_path: Path) -> None:
 
     t = threading.Thread(target=reader)
     t.start()
-    time.sleep(0.3)  # the READ is now sleeping inside the tree
-    start = time.monotonic()
-    m.stop(timeout=0.3)
-    assert time.monotonic() - start < 1.2
-    t.join(5)
+    assert _until(lambda: tree.reads_waiting == 1)  # the READ is now held inside the tree
+    stopper = threading.Thread(target=m.stop, kwargs={"timeout": 0.3})
+    stopper.start()
+    stopper.join(60)
+    assert not stopper.is_alive() and tree.reads_waiting == 1, "stop() waited for the stuck READ"
+    t.join(60)
     assert outcome and outcome[0] in (errno.ENOTCONN, errno.ECONNABORTED)
     assert not is_mounted(str(mnt))
-    deadline = time.monotonic() + 5
-    while m.workers and time.monotonic() < deadline:  # the stuck thread ends once the tree returns
-        time.sleep(0.05)
-    assert m.workers == 0
+    assert m.workers == 1  # the stuck thread is still inside the tree
+    gate.set()
+    assert _until(lambda: m.workers == 0)  # it ends once the tree returns
     assert fd_count() == fds_before  # the fd kept for the stuck thread was closed by it
 
 

