@@ -32,7 +32,7 @@ class NetLimits:
 
     ``deadline``: seconds any request may take (60), plus its expected size at ``min_rate``;
     ``min_rate``: bytes per second an answer must keep up, measured over ``rate_window`` seconds
-    (4 KiB/s over 15 s: a stall or a trickle ends within a window); ``down_failures`` failures in a
+    (4 KiB/s over 10 s: a stall or a trickle ends within a window); ``down_failures`` failures in a
     row (connection refused, reset, timed out, 5xx) spanning ``down_after`` seconds (3, 2 s) mark a host
     down: requests to it then fail at once, but for one trial request every ``probe_interval`` seconds
     (0.5), whose success marks it up again.
@@ -40,7 +40,7 @@ class NetLimits:
 
     deadline: float = 60.0
     min_rate: float = 4096.0
-    rate_window: float = 15.0
+    rate_window: float = 10.0
     down_failures: int = 3
     down_after: float = 2.0
     probe_interval: float = 0.5

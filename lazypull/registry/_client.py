@@ -345,7 +345,7 @@ class RegistryClient:
                 break
             except RegistryConnectionError as err:
                 failures += 1
-                if failures >= policy.attempts:
+                if failures >= policy.attempts or not err.temporary:
                     raise
                 log.debug("%s: resuming at %d after: %s", what, written, err)
             finally:
@@ -469,8 +469,8 @@ class RegistryClient:
                 if not retry or attempt + 1 >= policy.attempts:
                     raise RegistryConnectionError(f"{what}: {err}", method="GET",
                                                   url=response.request.url) from err
-            except RegistryConnectionError:
-                if not retry or attempt + 1 >= policy.attempts:
+            except RegistryConnectionError as err:
+                if not retry or not err.temporary or attempt + 1 >= policy.attempts:
                     raise
             finally:
                 response.close()
