@@ -18,6 +18,7 @@ from lazypull.errors import LazypullError
 # CPU on every start, three times per container start. tests/cli/test_main checks this against
 # the modules' COMMANDS.
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "build": ("build",),
     "create": ("run",), "daemon": ("daemon",), "image": ("image", "optimize"), "images": ("image",),
     "layer": ("layer",), "login": ("login",), "logout": ("login",), "logs": ("run",), "ps": ("run",),
     "pull": ("pull",), "push": ("image",), "rm": ("run",), "rmi": ("image",), "run": ("run",),
@@ -28,6 +29,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
 # imports none of their modules: that took ~0.3 s. tests/cli/test_import_cost checks these against
 # the commands' own help.
 COMMAND_SUMMARIES: dict[str, str] = {
+    "build": "Build an image from a Dockerfile; its FROM images are mounted lazily.",
     "create": "Create a container of IMAGE (pulled, mounted, ready to start) and print its id.",
     "daemon": "Run the mount server that keeps lazy layers mounted (foreground).",
     "image": "Manage images: convert, ls, inspect, rm, tag, push, pull, prune.",
