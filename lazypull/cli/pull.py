@@ -86,7 +86,7 @@ def _undo_pull(store: Store, mounts: MountClient, name: str, before: ImageRecord
 def _full_pull(opts: GlobalOptions, ref: str, platform: tuple[str, ...], all_platforms: bool,
                quiet: bool) -> str:
     from lazypull.cli._image_progress import make_progress
-    from lazypull.image.platform import host_platform, parse_platform
+    from lazypull.image.platform import parse_platform
     from lazypull.image.pull import pull_image
     from lazypull.image.store import Store
     from lazypull.registry import DockerConfigAuth, RegistryClient, parse_reference
@@ -94,14 +94,13 @@ def _full_pull(opts: GlobalOptions, ref: str, platform: tuple[str, ...], all_pla
     from lazypull.runtime.overlay import sync_filesystem
 
     store = Store(opts.root)
-    plats = None if all_platforms else ([parse_platform(p) for p in platform] if platform
-                                        else [host_platform()])
+    plats = [parse_platform(p) for p in platform]     # none: this machine's (a single manifest: any)
     # One platform: its layers are extracted while they download (what lower_dirs then finds unpacked).
-    unpack = streaming_unpacker(opts.root) if plats and len(plats) == 1 else None
+    unpack = streaming_unpacker(opts.root) if not all_platforms and len(plats) <= 1 else None
     with RegistryClient(insecure=opts.insecure_registries, auth=DockerConfigAuth()) as client, \
             make_progress(quiet=quiet) as progress:
-        record = pull_image(store, client, parse_reference(ref), platforms=plats,
-                            all_platforms=plats is None, fetch_layers=True, progress=progress,
+        record = pull_image(store, client, parse_reference(ref), platforms=plats or None,
+                            all_platforms=all_platforms, fetch_layers=True, progress=progress,
                             unpack=unpack)
     # Unpack like nerdctl does on pull, so containers start from extracted layers, on the disk.
     lower_dirs(opts.root, store, store.resolve(record.name, plats[0] if plats else None), None)

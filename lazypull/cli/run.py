@@ -77,7 +77,12 @@ def ensure_image(store: Store, image: str, *, opts: GlobalOptions, pull: str, pl
                        unpack=None if lazy else streaming_unpacker(opts.root))
     elif not present:
         raise ContainerError(f"image {image} is not in the store and --pull=never was given")
-    return store.resolve(name, platform)
+    resolved = store.resolve(name, platform)
+    if platform is not None:        # a single-manifest image is for one platform only (its config says)
+        from lazypull.image.platform import check_config_platform, parse_platform
+
+        check_config_platform(resolved.config, [parse_platform(platform)], resolved.manifest_digest)
+    return resolved
 
 
 def release_mounts(root: Path, record: ContainerRecord) -> None:

@@ -5,6 +5,7 @@ The ``Platform`` type itself is the registry package's (``os/arch[/variant]``, c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from lazypull.errors import ImageError
@@ -35,3 +36,19 @@ def config_platform(config: dict[str, Any]) -> Platform:
 def platform_label(platform: Platform) -> str:
     """``linux/amd64`` as ``nerdctl images`` prints it; ``linux`` when the architecture is unknown."""
     return "/".join(p for p in (platform.os, platform.architecture, platform.variant or "") if p)
+
+
+def check_config_platform(config: dict[str, Any], wanted: Sequence[Platform], manifest_digest: str) -> None:
+    """Refuse a single-manifest image whose config is for none of the ``wanted`` platforms, as
+    containerd does ("no match for platform in manifest"); an index already chose by its entries.
+
+    A config without an architecture cannot be judged and is accepted.
+    """
+    from lazypull.image.errors import PlatformNotFoundError
+
+    have = config_platform(config)
+    if not have.architecture or any(p.matches(have) for p in wanted):
+        return
+    names = ", ".join(platform_label(p) for p in wanted)
+    raise PlatformNotFoundError(f"no match for platform in manifest {manifest_digest}: the image is "
+                                f"{platform_label(have)}, not {names}")

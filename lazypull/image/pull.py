@@ -23,7 +23,7 @@ from lazypull.image.blobs import BlobWriter
 from lazypull.image.errors import DigestMismatchError, ImageError, PlatformNotFoundError
 from lazypull.image.model import Image, ImageIndex, Root
 from lazypull.image.partial import MAX_CONFIG_SIZE, BlobProvider, diff_id_of, parse_config, parse_manifest
-from lazypull.image.platform import host_platform, parse_platform
+from lazypull.image.platform import check_config_platform, host_platform, parse_platform
 from lazypull.image.progress import NULL_PROGRESS, Progress
 from lazypull.image.registry import remote_root
 from lazypull.image.store import ImageRecord, Store
@@ -90,8 +90,9 @@ class _Copier:
 
     def __init__(self, store: Store, provider: BlobProvider, *, platforms: Sequence[Platform] | None,
                  fetch_layers: bool, verify_diff_ids: bool, progress: Progress, workers: int,
-                 unpack: Unpacker | None = None) -> None:
+                 unpack: Unpacker | None = None, strict_platform: bool = False) -> None:
         self.store = store
+        self.strict_platform = strict_platform
         self.unpack = unpack
         self.provider = provider
         self.platforms = platforms
@@ -111,7 +112,7 @@ class _Copier:
             self.copy_index(root)
         else:
             assert isinstance(root, Image)
-            self.copy_image(root)
+            self.copy_image(root, top=True)
 
     def copy_index(self, index: ImageIndex, depth: int = 0) -> None:
         if depth > 4:
@@ -146,7 +147,8 @@ class _Copier:
             return True
         return any(p.matches(desc.platform) for p in self.platforms)
 
-    def copy_image(self, image: Image) -> None:
+    def copy_image(self, image: Image, *, top: bool = False) -> None:
+        """``top``: the reference named this manifest itself (no index chose it for its platform)."""
         raw_manifest = image.raw_manifest()
         config_desc = image.config_descriptor()
         if config_desc.media_type not in mt.CONFIG_TYPES:
@@ -155,6 +157,8 @@ class _Copier:
         layers = image.layers()  # refuses unknown layer media types before any download
         raw_config = image.raw_config()
         config = parse_config(raw_config, config_desc)
+        if top and self.strict_platform and self.platforms is not None:
+            check_config_platform(config, self.platforms, image.digest())
         self.put_bytes(config_desc, raw_config)
         if self.fetch_layers:
             diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
@@ -247,13 +251,16 @@ def _copy_stream(src: BinaryIO, dest: BlobWriter | _Tee, advance: Callable[[int]
 def copy_into_store(store: Store, root: Root, provider: BlobProvider, name: str, *, source: str | None,
                     platforms: Sequence[Platform] | None, fetch_layers: bool = True,
                     verify_diff_ids: bool = True, progress: Progress = NULL_PROGRESS,
-                    workers: int = 3, unpack: Unpacker | None = None) -> ImageRecord:
+                    workers: int = 3, unpack: Unpacker | None = None,
+                    strict_platform: bool = False) -> ImageRecord:
     """Copy ``root`` (from any provider) into the store and name it; all or nothing.
 
     ``unpack`` (with ``fetch_layers``): layers downloaded now are also unpacked while they arrive.
+    ``strict_platform``: a single manifest must be for one of ``platforms`` too (its config decides).
     """
     copier = _Copier(store, provider, platforms=platforms, fetch_layers=fetch_layers,
-                     verify_diff_ids=verify_diff_ids, progress=progress, workers=workers, unpack=unpack)
+                     verify_diff_ids=verify_diff_ids, progress=progress, workers=workers, unpack=unpack,
+                     strict_platform=strict_platform)
     with store.lease():
         try:
             copier.copy_root(root)
@@ -276,6 +283,8 @@ def pull_image(store: Store, client: RegistryClient, ref: Reference | str, *,
     ``fetch_layers=False`` stores manifests and config only: the lazy path, where layers are served
     by the mount server. Otherwise every layer is downloaded, its digest and DiffID verified.
     From an index: ``platform`` (default this machine's), several ``platforms``, or ``all_platforms``.
+    A single manifest is taken whatever its platform unless ``platform``/``platforms`` were given: then
+    its config must be for one of them (PlatformNotFoundError "no match for platform", as nerdctl).
     ``unpack``: see the module docstring (layers fetched now are extracted while they download).
     ``manifest``: ``ref``'s manifest or index as ``client.get_manifest(ref)`` returned it already.
     """
@@ -293,6 +302,8 @@ def pull_image(store: Store, client: RegistryClient, ref: Reference | str, *,
     root, provider = remote_root(client, parsed, manifest)
     progress.start(str(parsed), str(parsed), None)
     progress.finish(str(parsed), "resolved")
+    explicit = not all_platforms and (platform is not None or bool(platforms))
     return copy_into_store(store, root, provider, name or str(parsed), source=str(parsed),
                            platforms=wanted, fetch_layers=fetch_layers, progress=progress,
-                           workers=workers, unpack=unpack if fetch_layers else None)
+                           workers=workers, unpack=unpack if fetch_layers else None,
+                           strict_platform=explicit)
