@@ -24,7 +24,7 @@ from lazypull.registry import NetLimits, RegistryClient, RetryPolicy, parse_refe
 from tests.helpers.registry import Fault, FaultProxy
 from tests.snapshot.layerkit import FILES, Blob, FaultySource, build_blob, lookup_path, open_tree, push_blob
 
-LIMITS = NetLimits(deadline=1.0, min_rate=5000.0, rate_window=0.5, down_failures=3, down_after=0.2,
+LIMITS = NetLimits(deadline=5.0, min_rate=5000.0, rate_window=0.5, down_failures=3, down_after=0.2,
                    probe_interval=0.1)
 CONFIG = FsConfig(prefetch=False, background_fetch=False, read_deadline=20.0, whole_file_max=0,
                   neighbour_window=0, retry_initial=0.05, retry_max=0.2, warm_connections=0)
