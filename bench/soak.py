@@ -147,7 +147,7 @@ def sequential(root: Path, ref: str, count: int, files: int, every: int) -> dict
             if pid is None:
                 failures.append(f"#{i}: no mount server")
                 continue
-            time.sleep(0.5)        # the collector runs after the release
+            time.sleep(1.0)        # the collector runs once the releases settle
             sample = {"containers": i + 1, "rss_mb": round(rss_mb(pid), 1), "pid": pid,
                       "released_alive": released_alive(root), "elapsed_s": round(time.monotonic() - began, 1)}
             samples.append(sample)

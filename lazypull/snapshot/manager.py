@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 MOUNT_PARALLELISM = 8   # layers of one image mounted at once
 CLOSE_TIMEOUT = 15.0    # s a stopping server waits for its layers' FUSE sessions to end
+COLLECT_SETTLE = 0.2    # s without unmounts before released layers are collected ...
+COLLECT_MAX_DELAY = 2.0   # ... or this long after the first of a steady stream of them
 
 
 @dataclass
@@ -581,6 +583,12 @@ class _Collector:
         while True:
             self._wanted.wait()
             self._wanted.clear()
+            # Until the unmounts settle (at most COLLECT_MAX_DELAY): the request that released a layer
+            # still holds it (its frame's locals) until it returns, and a tree missed by a collection
+            # stayed until the next unmount.
+            first = time.monotonic()
+            while time.monotonic() - first < COLLECT_MAX_DELAY and self._wanted.wait(COLLECT_SETTLE):
+                self._wanted.clear()
             try:
                 self.collect_now()
             except Exception:       # a finalizer's error must not end the collector

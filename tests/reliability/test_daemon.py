@@ -219,9 +219,9 @@ def test_killed_run_rm_cli_removes_its_container(lazy_image: str, fault_proxy: F
     try:
         def running() -> bool:
             assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            states = subprocess.run(["runc", "--root", str(root / "runc"), "list", "-q"],
-                                    capture_output=True, text=True).stdout.split()
-            return bool(states)
+            listing = subprocess.run(["runc", "--root", str(root / "runc"), "list", "--format", "json"],
+                                     capture_output=True, text=True).stdout
+            return any(c["status"] == "running" for c in json.loads(listing or "null") or [])
 
         wait_until(gate.waiting.is_set if phase == "mounting" else running, f"the container {phase}")
         proc.send_signal(sig)
