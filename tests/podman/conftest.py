@@ -23,12 +23,11 @@ import pytest
 from tests.helpers.images import TarEntrySpec, file
 from tests.helpers.registry import AccessLogEntry, RegistryServer
 from tests.helpers.rootfs import busybox_specs, push_image_layers, push_lazy_image
+from tests.podman.engine import remove_engine_dirs, write_engine_config
 
 LAZYPULL = Path(sys.executable).parent / "lazypull"
 BIG_SIZE = 6 << 20          # an incompressible file nobody reads: what lazy pulling saves
 GRACE = 1.0                 # s a released layer stays mounted in these tests
-# The sandbox may lack CAP_SYS_RESOURCE: runc then cannot raise podman's default rlimits.
-RUN_FLAGS = ("--net=host", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")
 
 
 def _need(binary: str) -> str:
@@ -95,32 +94,6 @@ class Engines:
             return {m.digest for m in client.list_mounts()}
 
 
-def write_engine_config(work: Path, registry_host: str, store: Path | None) -> dict[str, str]:
-    """storage.conf, registries.conf and containers.conf under ``work``; the environment naming them."""
-    graph, run, tmp = work / "graph", work / "run", work / "tmp"
-    for d in (graph, run, tmp):
-        d.mkdir(parents=True, exist_ok=True)
-    options = f'additionallayerstores = ["{store}:ref"]\n' if store is not None else ""
-    (work / "storage.conf").write_text(
-        f'[storage]\ndriver = "overlay"\ngraphroot = "{graph}"\nrunroot = "{run}"\n'
-        f"[storage.options]\n{options}")
-    (work / "registries.conf").write_text(
-        'unqualified-search-registries = []\n'
-        f'[[registry]]\nlocation = "{registry_host}"\ninsecure = true\n')
-    (work / "containers.conf").write_text(
-        '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
-        f'events_logfile_path = "{work / "events.log"}"\ntmp_dir = "{tmp}"\n'
-        '[containers]\nnetns = "host"\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONTAINERS_", "REGISTRY_AUTH"))}
-    env.update(CONTAINERS_STORAGE_CONF=str(work / "storage.conf"),
-               CONTAINERS_REGISTRIES_CONF=str(work / "registries.conf"),
-               CONTAINERS_CONF=str(work / "containers.conf"), TMPDIR=str(tmp),
-               XDG_RUNTIME_DIR=str(work / "xdg"), HOME=str(work / "home"))
-    (work / "xdg").mkdir(exist_ok=True)
-    (work / "home").mkdir(exist_ok=True)
-    return env
-
-
 @pytest.fixture(scope="package")
 def lazy_image(registry: RegistryServer, tmp_path_factory: pytest.TempPathFactory) -> LazyImage:
     """busybox (eStargz), then a layer with /srv/motd and a big incompressible file nobody reads."""
@@ -163,6 +136,7 @@ def open_engines(work: Path, registry_host: str, *store_args: str) -> Iterator[E
         eng.podman("rm", "-a", "-f", check=False)
         eng.podman("rmi", "-a", "-f", check=False)
         subprocess.run(["umount", "-R", str(work / "engine" / "graph" / "overlay")], capture_output=True)
+        remove_engine_dirs(work / "engine")
         eng.lazypull("store", "--stop", str(store), check=False)
         from lazypull.snapshot import MountClient
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from tests.helpers.registry import RegistryServer
-from tests.podman.conftest import RUN_FLAGS, Engines, LazyImage, layer_bytes
+from tests.podman.conftest import Engines, LazyImage, layer_bytes
+from tests.podman.engine import RUN_FLAGS
 
 BUILDAH_RUN = ("--network", "host")
 

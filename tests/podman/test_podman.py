@@ -9,7 +9,8 @@ import time
 
 from lazypull.store.names import encode_ref
 from tests.helpers.registry import RegistryServer
-from tests.podman.conftest import GRACE, RUN_FLAGS, Engines, LazyImage, layer_bytes
+from tests.podman.conftest import GRACE, Engines, LazyImage, layer_bytes
+from tests.podman.engine import RUN_FLAGS
 
 
 def test_pull_and_run_fetch_a_small_fraction(engines: Engines, lazy_image: LazyImage,

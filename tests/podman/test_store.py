@@ -17,7 +17,8 @@ from lazypull.store.names import encode_ref
 from tests.helpers.images import file
 from tests.helpers.registry import RegistryServer
 from tests.helpers.rootfs import busybox_specs, push_lazy_image
-from tests.podman.conftest import GRACE, RUN_FLAGS, Engines, LazyImage
+from tests.podman.conftest import GRACE, Engines, LazyImage
+from tests.podman.engine import RUN_FLAGS
 
 
 def _errno(call: object, *args: object) -> int:

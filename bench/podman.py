@@ -1,0 +1,182 @@
+"""Cold ``podman run`` without and with lazypull's additional layer store (docs/podman.md), on a shaped
+link (:mod:`bench.netshape` bandwidth, :mod:`bench.delayproxy` round trips)::
+
+    .venv/bin/python -m bench.podman                        # python image, wan profile, 3 samples each
+    .venv/bin/python -m bench.podman --images python --profile wan --samples 5
+
+Rows: ``podman`` runs the legacy gzip image (``org``) with no store configured: podman downloads and
+unpacks every layer; ``podman-lazypull-store`` runs the eStargz image (``esgz``, prioritized) with
+``additionallayerstores`` naming a store served by ``lazypull store``: podman takes the layers from the
+store and the container reads them on demand. Timed: ``podman run --rm IMAGE CMD`` from a cold,
+private containers-storage (graphroot, runroot under a fresh directory, tests/podman/engine.py) and, for
+the lazy row, a fresh lazypull root (empty chunk cache) whose mount server and store were started
+before the clock; the workload's expected output is checked. Debian's podman 4.3 as root. lazypull is
+the working tree's (the store is new). Images are prepared (built, converted, pushed, cached) by
+:mod:`bench.prepare`, as for ``bench/run.py``. Results: ``bench/results/podman-<UTC time>.json`` and a
+table on stdout (median and slowest). Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench import prepare as prep_mod  # noqa: E402
+from bench.delayproxy import DelayProxy  # noqa: E402
+from bench.netshape import PROFILES, NetNamespace  # noqa: E402
+from bench.registry import BenchRegistry  # noqa: E402
+from bench.systems import LAZYPULL, stop_lazypull  # noqa: E402
+from bench.workloads import Workload, parse_names  # noqa: E402
+
+ROWS = (("podman", "org"), ("podman-lazypull-store", "esgz"))
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, file=sys.stderr, flush=True)
+
+
+def sample(base: Path, lazy: bool, ref: str, registry_host: str, workload: Workload, proxy: DelayProxy
+           ) -> dict[str, Any]:
+    """One cold ``podman run``: seconds, bytes the registry sent, layers linked to the store."""
+    from tests.podman.engine import RUN_FLAGS, remove_engine_dirs, write_engine_config
+
+    root, store = base / "lazypull", base / "store"
+    env = write_engine_config(base / "engine", registry_host, store if lazy else None)
+    env["PATH"] = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    try:
+        if lazy:
+            root.mkdir(parents=True)
+            subprocess.run([*LAZYPULL, "--root", str(root), "store", str(store)], env=env, check=True,
+                           capture_output=True)
+        os.sync()
+        proxy.close_connections()
+        proxy.reset()
+        keep = os.environ.get("BENCH_PODMAN_KEEP_LOGS")      # a directory for the servers' logs
+        argv = ["podman", *(["--log-level=debug"] if keep else []), "run", "--rm", *RUN_FLAGS, ref,
+                *workload.command]
+        t0 = time.perf_counter()
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900,
+                              stdin=subprocess.DEVNULL)
+        elapsed = time.perf_counter() - t0
+        if proc.returncode != 0 or workload.expect not in proc.stdout + proc.stderr:
+            raise RuntimeError(f"{ref}: podman run exited {proc.returncode}: {proc.stderr[-800:]!r}")
+        fetched = proxy.counters().bytes_down
+        if keep:
+            Path(keep, f"{base.name}-podman.log").write_text(proc.stderr)
+        linked = len(list((base / "engine" / "graph" / "overlay").glob("*/additionallayer")))
+        served = 0
+        if lazy:        # what the layer filesystems fetched (the rest of bytes_fetched: podman's own)
+            stats = subprocess.run([*LAZYPULL, "--root", str(root), "stats", "--json"], env=env,
+                                   capture_output=True, text=True, check=False).stdout
+            with contextlib.suppress(ValueError, KeyError, AttributeError):
+                served = sum(int(v["bytes_fetched"]) for v in json.loads(stats)["layers"].values())
+            if keep:
+                subprocess.run(["cp", str(root / "run" / "daemon.log"), f"{keep}/{base.name}.log"],
+                               check=False)
+        return {"total": elapsed, "bytes_fetched": fetched, "store_layers": linked,
+                "lazy_layer_bytes": served}
+    finally:
+        subprocess.run(["podman", "rmi", "-a", "-f"], env=env, capture_output=True, check=False)
+        subprocess.run(["umount", "-R", str(base / "engine" / "graph" / "overlay")], capture_output=True,
+                       check=False)
+        remove_engine_dirs(base / "engine")
+        if lazy:
+            subprocess.run([*LAZYPULL, "--root", str(root), "store", "--stop", str(store)], env=env,
+                           capture_output=True, check=False)
+            stop_lazypull(root)
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", default="python")
+    p.add_argument("--profile", default="wan", choices=list(PROFILES))
+    p.add_argument("--samples", type=int, default=3)
+    p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("LAZYPULL_BENCH_CACHE",
+                                                                          "/var/tmp/lazypull-bench")))
+    p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--seed", type=int, default=None)
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/podman.py needs root (network namespace, tc, FUSE, podman)", file=sys.stderr)
+        return 2
+    profile = PROFILES[args.profile]
+    workloads = parse_names(args.images)
+    args.cache_dir = args.cache_dir.resolve()
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out_path = args.results_dir.resolve() / f"podman-{stamp}.json"
+    results: dict[str, Any] = {"kind": "podman-run", "date": stamp,
+                               "command": " ".join(shlex.quote(a) for a in sys.argv),
+                               "profile": vars(profile), "samples": [], "errors": []}
+    workdir = args.cache_dir / f"podman-work-{os.getpid()}"
+    rng = random.Random(args.seed)
+    with contextlib.ExitStack() as stack:
+        stack.callback(lambda: subprocess.run(["rm", "-rf", str(workdir)], check=False))
+        ns = NetNamespace()
+        stack.callback(ns.close)
+        ns.create()
+        registry = BenchRegistry(workdir, args.cache_dir / "registry", host=ns.ns_ip,
+                                 exec_prefix=ns.exec_prefix())
+        stack.callback(registry.stop)
+        registry.start()
+        proxy = DelayProxy(ns.ns_ip, registry.port)
+        stack.callback(proxy.stop)
+        proxy.start()
+        ref_host = f"127.0.0.1:{proxy.port}"
+        for w in workloads:
+            log(f"preparing {w.name}")
+            prep_mod.prepare(w, cache_dir=args.cache_dir, registry=registry, proxy=proxy, ref_host=ref_host,
+                             workdir=workdir, variants=("org", "esgz"), log=log)
+        ns.shape(profile.rate_mbit)
+        proxy.set_rtt(profile.rtt)
+        order = [(w, system, variant) for w in workloads for system, variant in ROWS
+                 for _ in range(args.samples)]
+        rng.shuffle(order)
+        for i, (w, system, variant) in enumerate(order):
+            ref = f"{ref_host}/{w.name}:{variant}"
+            try:
+                res = sample(workdir / f"node-{i}", system != "podman", ref, ref_host, w, proxy)
+                results["samples"].append({"image": w.name, "system": system, "variant": variant, **res})
+                log(f"{w.name} {system}:{variant} total {res['total']:.2f}s, "
+                    f"{res['bytes_fetched'] / 1e6:.1f} MB, {res['store_layers']} layers from the store")
+            except Exception as err:
+                log(f"{w.name} {system}:{variant} failed: {err}")
+                results["errors"].append(f"{w.name} {system}:{variant}: {err}")
+            out_path.write_text(json.dumps(results, indent=1))
+    print(table(results))
+    log(f"results: {out_path}")
+    return 0
+
+
+def table(results: dict[str, Any]) -> str:
+    """Markdown rows: median (slowest) run time and MB fetched, per image and row."""
+    lines = ["| image | system | podman run s | MB fetched | layers from store | n |",
+             "|---|---|---|---|---|---|"]
+    keys = sorted({(s["image"], s["system"], s["variant"]) for s in results["samples"]})
+    for image, system, variant in keys:
+        rows = [s for s in results["samples"]
+                if (s["image"], s["system"], s["variant"]) == (image, system, variant)]
+        values = [r["total"] for r in rows]
+        mb = statistics.median(r["bytes_fetched"] for r in rows) / 1e6
+        lines.append(f"| {image} | {system}:{variant} | {statistics.median(values):.2f} ({max(values):.2f}) "
+                     f"| {mb:.1f} | {rows[0]['store_layers']} | {len(rows)} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
