@@ -166,12 +166,17 @@ class Runc:
     def _run_plain(self, container_id: str, bundle: Path, log_file: Path, stdio: Stdio) -> int:
         cmd = [*self._base(log_file), "run", "--bundle", str(bundle), container_id]
         stdin: IO[Any] | int = stdio.stdin if stdio.stdin is not None else subprocess.DEVNULL
-        proc = subprocess.Popen(cmd, stdin=stdin, stdout=stdio.stdout, stderr=stdio.stderr)
+        # runc gets a process group of its own, so a SIGINT reaches the container once, through us,
+        # whether it came from the terminal (Ctrl-C) or from kill: docker forwards it the same way.
+        # Not when the container reads our terminal: a background group reading it would be stopped.
+        own_group = not _is_terminal(stdin)
+        proc = subprocess.Popen(cmd, stdin=stdin, stdout=stdio.stdout, stderr=stdio.stderr,
+                                process_group=0 if own_group else None)
         stop_requested: list[float] = []
 
         def forward(sig: signal.Signals) -> None:
             stop_requested.append(time.monotonic())
-            if sig != signal.SIGINT:  # Ctrl-C reaches runc itself through the terminal's process group
+            if own_group or sig != signal.SIGINT:  # else Ctrl-C reaches runc through the terminal
                 proc.send_signal(sig)
 
         with _forwarding_signals(forward), _exit_waiter(proc) as exited:
@@ -240,6 +245,16 @@ class Runc:
             os.close(master)
         status = _reap(pid)
         return exit_code(status)
+
+
+def _is_terminal(stream: IO[Any] | int) -> bool:
+    """Whether the container's stdin would be a terminal."""
+    if isinstance(stream, int):
+        return stream >= 0 and os.isatty(stream)
+    try:
+        return os.isatty(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _libc() -> Any:
