@@ -283,14 +283,215 @@ def write_docs(section: str) -> None:
     DOCS.write_text(text)
 
 
+# -- whole-image reads and metadata walk (issue 14) ----------------------------------------------------
+
+IMAGE_SECTION = "## Whole-image reads and metadata walk (issue 14)"
+#: One mount server stand-in per (code tree, mode): mounts the layer blob lazily from a local file and
+#: serves it until its stdin closes. Only the mount API is used, so an older tree (``--compare-tree``)
+#: runs the same code.
+SERVE_CODE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from lazypull.fs.config import FsConfig
+from lazypull.fs.layer.open import open_layer_tree
+from lazypull.fs.mount import mount_layer
+from lazypull.fs.remote import FileRangeSource
+blob, digest, annotations, root, mnt, mode = sys.argv[2:8]
+passthrough = mode == "passthrough"
+config = FsConfig(prefetch=False, background_fetch=False, passthrough=passthrough)
+tree = open_layer_tree(digest, json.loads(annotations), FileRangeSource(Path(blob)), root=Path(root),
+                       config=config)
+tree.start()
+mount = mount_layer(tree, Path(mnt), passthrough=passthrough)
+print(json.dumps({"passthrough_active": mount.passthrough_active}), flush=True)
+sys.stdin.read()
+mount.stop()
+tree.close()
+"""
+#: What is timed: the shell commands a user would run over the mounted image.
+READ_ALL = "find {dir} -type f -print0 | xargs -0 cat > /dev/null"
+WALK = "find {dir} -ls > /dev/null"
+
+
+def _blob_for(tar: Path, cache_dir: Path) -> tuple[Path, str, dict[str, str]]:
+    """The tar as an eStargz blob (zstd:chunked is not needed: what is measured is the local read path),
+    built once and kept beside the tar."""
+    from lazypull.format import BuildOptions, build
+
+    blob = cache_dir / f"{tar.stem}.esgz"
+    meta = cache_dir / f"{tar.stem}.esgz.json"
+    if not (blob.exists() and meta.exists()):
+        with open(tar, "rb") as src, open(f"{blob}.tmp", "wb") as out:
+            result = build(src, out, BuildOptions(level=1))
+        os.replace(f"{blob}.tmp", blob)
+        meta.write_text(json.dumps({"digest": result.blob_digest, "annotations": result.annotations}))
+    info = json.loads(meta.read_text())
+    return blob, info["digest"], info["annotations"]
+
+
+def _drop_caches() -> None:
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def _timed(command: str, directory: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(["sh", "-c", command.format(dir=directory)], check=True)
+    return time.perf_counter() - start
+
+
+def run_image(
+    tar: Path, cache_dir: Path, trees: dict[str, Path], rounds: int, workdir: Path
+) -> dict[str, object]:
+    """Cold and warm whole-image reads and metadata walks: the extracted tree on the host fs vs lazy
+    mounts of the same layer, fully cached locally, served and with passthrough, for each code tree."""
+    load = os.getloadavg()[0]
+    blob, digest, annotations = _blob_for(tar, cache_dir)
+    host = workdir / "host"
+    host.mkdir()
+    subprocess.run(["tar", "-xf", str(tar), "-C", str(host)], check=True)
+    targets: dict[str, Path] = {"host": host}
+    active: dict[str, bool] = {}
+    with ExitStack() as stack:
+        for name, tree_dir in trees.items():
+            for mode in ("served", "passthrough"):
+                label = f"{name}/{mode}"
+                root = workdir / f"root-{name}-{mode}"
+                mnt = workdir / f"mnt-{name}-{mode}"
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", SERVE_CODE, str(tree_dir), str(blob), digest,
+                     json.dumps(annotations), str(root), str(mnt), mode],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=workdir,
+                )
+
+                def stop(proc: subprocess.Popen[str] = proc) -> None:
+                    assert proc.stdin is not None
+                    proc.stdin.close()
+                    proc.wait(60)
+
+                stack.callback(stop)
+                assert proc.stdout is not None
+                line = proc.stdout.readline()
+                if not line:
+                    raise SystemExit(f"the {label} server did not start")
+                active[label] = json.loads(line)["passthrough_active"]
+                # Fill the chunk cache (and, with passthrough, the assembled backing files): twice, so
+                # files assembled in the background after the first read are backing files by then.
+                for _ in range(2):
+                    _timed(READ_ALL, mnt)
+                    time.sleep(1)
+                targets[label] = mnt
+        samples: dict[str, dict[str, list[float]]] = {
+            t: {"read_cold": [], "read_warm": [], "walk_cold": [], "walk_warm": []} for t in targets
+        }
+        order = list(targets)
+        for r in range(rounds):
+            for label in order[r % len(order):] + order[: r % len(order)]:  # rotate who goes first
+                d = targets[label]
+                _drop_caches()
+                samples[label]["read_cold"].append(_timed(READ_ALL, d))
+                samples[label]["read_warm"].append(_timed(READ_ALL, d))
+                _drop_caches()
+                samples[label]["walk_cold"].append(_timed(WALK, d))
+                samples[label]["walk_warm"].append(_timed(WALK, d))
+            print(f"round {r + 1}/{rounds} done", file=sys.stderr)
+    files = sum(len(fs) for _, _, fs in os.walk(host))
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "kernel": os.uname().release,
+        "cpus": os.cpu_count(),
+        "load_average": load,
+        "tar": str(tar),
+        "image_mb": sum(e.stat(follow_symlinks=False).st_size for e in _walk_files(host)) / 1e6,
+        "files": files,
+        "rounds": rounds,
+        "passthrough_active": active,
+        "samples": samples,
+        "medians": {t: {k: statistics.median(v) for k, v in s.items()} for t, s in samples.items()},
+    }
+
+
+def _walk_files(top: Path) -> list[os.DirEntry[str]]:
+    out = []
+    stack = [str(top)]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+                elif e.is_file(follow_symlinks=False):
+                    out.append(e)
+    return out
+
+
+def image_markdown(report: dict[str, object], command: str) -> str:
+    medians: dict[str, dict[str, float]] = report["medians"]  # type: ignore[assignment]
+    active: dict[str, bool] = report["passthrough_active"]  # type: ignore[assignment]
+    host = medians["host"]
+    cols = [("read_cold", "read, cold"), ("read_warm", "read, warm"), ("walk_cold", "`find -ls`, cold"),
+            ("walk_warm", "`find -ls`, warm")]
+    lines = [
+        IMAGE_SECTION,
+        "",
+        f"`{READ_ALL.format(dir='DIR')}` and `{WALK.format(dir='DIR')}` over the python image's layer "
+        f"({report['image_mb']:.0f} MB in {report['files']} files, one eStargz layer) mounted lazily from a "
+        f"fully cached local chunk cache, vs the extracted tree on the host fs; cold = after "
+        f"`echo 3 > /proc/sys/vm/drop_caches`, warm = right after. Kernel {report['kernel']}, "
+        f"{report['cpus']} CPUs shared with other work (load average {report['load_average']:.1f}), "
+        f"{report['date']}. Seconds, medians of {report['rounds']} rounds (targets rotated each round); "
+        "ratio = lazypull / host.",
+        "",
+        "| target | passthrough | " + " | ".join(f"{c} (s) | ratio" for _, c in cols) + " |",
+        "|---|---|" + "---:|---:|" * len(cols),
+    ]
+    for label, m in medians.items():
+        pt = "—" if label == "host" else ("on" if active.get(label) else "off")
+        cells = []
+        for key, _ in cols:
+            cells += [f"{m[key]:.2f}", f"{m[key] / host[key]:.2f}x"]
+        lines.append(f"| {label} | {pt} | " + " | ".join(cells) + " |")
+    lines += ["", f"Reproduce: `{command}`", ""]
+    return "\n".join(lines)
+
+
+def image_main(args: argparse.Namespace) -> None:
+    from bench.rootfs import build_rootfs
+    from bench.workloads import WORKLOADS
+
+    tar = args.tar or build_rootfs(list(WORKLOADS["python"].packages), args.cache_dir)
+    trees = {"new": ROOT}
+    if args.compare_tree:
+        trees = {"old": args.compare_tree.resolve(), "new": ROOT}
+    with tempfile.TemporaryDirectory(prefix="lazypull-fsimage-", dir=args.workdir) as tmp:
+        report = run_image(Path(tar), args.cache_dir, trees, args.rounds, Path(tmp))
+    command = ".venv/bin/python -m bench.fsread " + " ".join(sys.argv[1:])
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    section = image_markdown(report, command.strip())
+    print(section)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--image", action="store_true",
+                        help="whole-image reads and metadata walks of the python image (issue 14)")
+    parser.add_argument("--tar", type=Path, help="with --image: the rootfs tar (default: the python image's)")
+    parser.add_argument("--cache-dir", type=Path, default=Path("/var/tmp/lazypull-bench"))
+    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
+    parser.add_argument("--compare-tree", type=Path,
+                        help="with --image: also serve from this lazypull tree (e.g. a git archive of an "
+                        "older commit), interleaved")
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--random-reads", type=int, default=50_000)
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--write-docs", action="store_true", help="update the section in docs/benchmarks.md")
     args = parser.parse_args()
+    if args.image:
+        image_main(args)
+        return
     with tempfile.TemporaryDirectory(prefix="lazypull-fsread-", dir="/var/tmp") as tmp:
         report = run(args.size_mib, args.rounds, args.random_reads, Path(tmp))
     command = ".venv/bin/python -m bench.fsread " + " ".join(sys.argv[1:])

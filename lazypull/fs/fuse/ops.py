@@ -35,6 +35,8 @@ WANTED_FLAGS = (
     | protocol.CACHE_SYMLINKS
     | protocol.INIT_EXT
 )
+#: Directories whose listing is kept between READDIRs when the kernel opens directories itself.
+LISTINGS_KEPT = 64
 #: Stack depth announced with passthrough: backing files on a plain fs, and room for one overlayfs above.
 MAX_STACK_DEPTH = 1
 
@@ -69,8 +71,18 @@ class Operations:
         dev_fd: int,
         max_errors: int = 20,
         cache_symlinks: bool = True,
+        no_open: bool = False,
     ) -> None:
         self.tree = tree
+        #: Ask the kernel to open files and directories itself (ENOSYS to the first OPEN/OPENDIR) when
+        #: reads are served: no OPEN, RELEASE or FLUSH round trip per open, and the page cache kept. Only
+        #: for read-only mounts (a write open would then reach no one who refuses it).
+        self.want_no_open = no_open
+        self.no_open = False
+        self.no_opendir = False
+        self._listings: collections.OrderedDict[int, list[tuple[bytes, int, int, Attr | None]]] = (
+            collections.OrderedDict()
+        )
         self.cache_symlinks = cache_symlinks
         self.entry_timeout = entry_timeout
         self.negative_timeout = entry_timeout if negative_timeout is None else negative_timeout
@@ -97,7 +109,7 @@ class Operations:
             Op.STATFS: self.statfs,
             Op.GETXATTR: self.getxattr,
             Op.LISTXATTR: self.listxattr,
-            Op.FLUSH: _ok,
+            Op.FLUSH: _no_flush,
             Op.FSYNC: _ok,
             Op.FSYNCDIR: _ok,
             Op.OPENDIR: self.opendir,
@@ -169,6 +181,10 @@ class Operations:
             flags |= protocol.PASSTHROUGH
             depth = MAX_STACK_DEPTH
             self.passthrough_active = True
+        if self.want_no_open:
+            # Passthrough needs an OPEN reply per open (it carries the backing id): files then keep OPEN.
+            self.no_open = not self.passthrough_active and bool(offer.flags & protocol.NO_OPEN_SUPPORT)
+            self.no_opendir = bool(offer.flags & protocol.NO_OPENDIR_SUPPORT)
         out = protocol.InitOut(
             minor=self.minor, max_readahead=offer.max_readahead, flags=flags, max_stack_depth=depth
         )
@@ -224,6 +240,8 @@ class Operations:
         flags = protocol.OPEN_IN.unpack_from(req.body)[0]
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             return errno.EROFS, b""
+        if self.no_open:
+            return errno.ENOSYS, b""  # from now on the kernel opens files itself (FOPEN_KEEP_CACHE)
         ino = req.nodeid
         path = None
         if self.passthrough_active and not self.backing.is_open(ino):
@@ -293,6 +311,8 @@ class Operations:
         attr = self.tree.getattr(req.nodeid)
         if not stat.S_ISDIR(attr.mode):
             return errno.ENOTDIR, b""
+        if self.no_opendir:
+            return errno.ENOSYS, b""  # from now on READDIR comes with fh 0 (FOPEN_CACHE_DIR by default)
         fh = next(self._fh)
         with self._open_lock:
             self._dirs[fh] = _Dir(req.nodeid)
@@ -308,20 +328,41 @@ class Operations:
         fh, offset, size, *_ = protocol.READ_IN.unpack_from(req.body)
         with self._open_lock:
             d = self._dirs.get(fh)
+        if d is None and fh == 0 and self.no_opendir:
+            return self._listing(req.nodeid), offset, size
         if d is None:
             raise FuseError(errno.EBADF, f"unknown directory handle {fh}")
         if d.entries is None:
-            children = self.tree.readdir(d.ino)
-            parent = self._parents.get(d.ino, d.ino)
-            entries: list[tuple[bytes, int, int, Attr | None]] = [
-                (b".", d.ino, stat.S_IFDIR, None),
-                (b"..", parent, stat.S_IFDIR, None),
-            ]
-            for name, attr in children:
-                self._note_parent(d.ino, attr)
-                entries.append((name, attr.ino, attr.mode, attr))
-            d.entries = entries
+            d.entries = self._fill(d)
         return d.entries, offset, size
+
+    def _fill(self, d: _Dir) -> list[tuple[bytes, int, int, Attr | None]]:
+        children = self.tree.readdir(d.ino)
+        parent = self._parents.get(d.ino, d.ino)
+        entries: list[tuple[bytes, int, int, Attr | None]] = [
+            (b".", d.ino, stat.S_IFDIR, None),
+            (b"..", parent, stat.S_IFDIR, None),
+        ]
+        for name, attr in children:
+            self._note_parent(d.ino, attr)
+            entries.append((name, attr.ino, attr.mode, attr))
+        return entries
+
+    def _listing(self, ino: int) -> list[tuple[bytes, int, int, Attr | None]]:
+        """A directory's entries without a handle (no OPENDIR): kept for the few directories listed last,
+        since one listing takes several READDIRs (offsets stay valid: a tree's listings never change)."""
+        with self._open_lock:
+            entries = self._listings.get(ino)
+            if entries is not None:
+                self._listings.move_to_end(ino)
+                return entries
+        d = _Dir(ino)
+        entries = self._fill(d)
+        with self._open_lock:
+            self._listings[ino] = entries
+            while len(self._listings) > LISTINGS_KEPT:
+                self._listings.popitem(last=False)
+        return entries
 
     def readdir(self, req: Request) -> Reply:
         return self._list(req, plus=False)
@@ -348,6 +389,11 @@ class Operations:
 
 def _ok(req: Request) -> Reply:
     return 0, b""
+
+
+def _no_flush(req: Request) -> Reply:
+    """ENOSYS: nothing is ever written, so the kernel may stop sending FLUSH at every close."""
+    return errno.ENOSYS, b""
 
 
 def _sized(value: bytes, size: int) -> Reply:

@@ -4,7 +4,9 @@ The server registers a backing file with ``FUSE_DEV_IOC_BACKING_OPEN`` on the ``
 answers OPEN with ``FOPEN_PASSTHROUGH`` and the returned backing id. The kernel binds one backing file
 to an inode while it is open, so every open of that inode (the kernel's own open during an overlayfs
 copy-up included) must carry the same id: ids are therefore per inode and reference-counted by the
-opens, and closed with ``FUSE_DEV_IOC_BACKING_CLOSE`` when the last open is released.
+opens. A layer never changes, so an id outlives its inode's last open (up to ``IDLE_KEPT`` idle ids
+per mount, least recently opened closed first with ``FUSE_DEV_IOC_BACKING_CLOSE``): opening the file
+again costs one OPEN reply instead of opening and registering the backing file again.
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ import os
 import re
 import struct
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from lazypull.fs.fuse import protocol
 
 #: The first kernel whose FUSE has passthrough (FUSE_PASSTHROUGH in INIT, protocol 7.40).
 FIRST_KERNEL = (6, 9)
+#: Backing ids kept registered per mount while no open uses them (each holds a kernel file reference
+#: on the backing file, ~1-2 KiB of kernel memory with its inode; no file descriptor).
+IDLE_KEPT = 16384
 
 
 def kernel_version(release: str | None = None) -> tuple[int, int] | None:
@@ -49,11 +55,14 @@ class _Backing:
 
 
 class BackingFiles:
-    """Backing ids of the inodes currently open in passthrough mode, for one ``/dev/fuse`` fd."""
+    """Backing ids of the inodes open in passthrough mode (or opened so lately that their id is kept),
+    for one ``/dev/fuse`` fd."""
 
-    def __init__(self, dev_fd: int) -> None:
+    def __init__(self, dev_fd: int, idle_kept: int = IDLE_KEPT) -> None:
         self._dev_fd = dev_fd
         self._by_inode: dict[int, _Backing] = {}
+        self._idle: OrderedDict[int, None] = OrderedDict()  # inodes whose id no open uses, oldest first
+        self._idle_kept = idle_kept
         self._by_inode_lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -61,7 +70,7 @@ class BackingFiles:
             return len(self._by_inode)
 
     def is_open(self, ino: int) -> bool:
-        """Whether ``ino`` has passthrough opens (then new opens must pass through as well)."""
+        """Whether ``ino`` has a backing id (open or kept): new opens pass through with it."""
         with self._by_inode_lock:
             return ino in self._by_inode
 
@@ -74,6 +83,7 @@ class BackingFiles:
             entry = self._by_inode.get(ino)
             if entry is not None:
                 entry.opens += 1
+                self._idle.pop(ino, None)
                 return entry.backing_id
             if path is None:
                 raise FileNotFoundError(f"inode {ino} has no backing file")
@@ -89,7 +99,8 @@ class BackingFiles:
             return backing_id
 
     def release(self, ino: int) -> None:
-        """One open of ``ino`` ended; the last one unregisters the backing file."""
+        """One open of ``ino`` ended; after the last one the id is kept idle, and the oldest idle id past
+        ``idle_kept`` is unregistered (never one in use: the kernel binds it to its inode while open)."""
         with self._by_inode_lock:
             entry = self._by_inode.get(ino)
             if entry is None:
@@ -97,14 +108,22 @@ class BackingFiles:
             entry.opens -= 1
             if entry.opens > 0:
                 return
-            del self._by_inode[ino]
-            self._close_id(entry.backing_id)
+            self._idle[ino] = None
+            while len(self._idle) > self._idle_kept:
+                old, _ = self._idle.popitem(last=False)
+                self._close_id(self._by_inode.pop(old).backing_id)
+
+    def in_use(self) -> int:
+        """Inodes with passthrough opens now (diagnostics and tests)."""
+        with self._by_inode_lock:
+            return len(self._by_inode) - len(self._idle)
 
     def close_all(self) -> None:
         """Unregister everything (session end)."""
         with self._by_inode_lock:
             entries = list(self._by_inode.values())
             self._by_inode.clear()
+            self._idle.clear()
             for entry in entries:
                 self._close_id(entry.backing_id)
 

@@ -126,9 +126,13 @@ ASYNC_READ = 1 << 0
 DO_READDIRPLUS = 1 << 13
 READDIRPLUS_AUTO = 1 << 14
 WRITEBACK_CACHE = 1 << 16
+#: Offered by the kernel: it takes ENOSYS to OPEN (OPENDIR) as "never ask again" and opens every file
+#: (directory) itself, keeping its page cache, with no RELEASE either.
+NO_OPEN_SUPPORT = 1 << 17
 PARALLEL_DIROPS = 1 << 18
 MAX_PAGES = 1 << 22
 CACHE_SYMLINKS = 1 << 23
+NO_OPENDIR_SUPPORT = 1 << 24
 INIT_EXT = 1 << 30
 PASSTHROUGH = 1 << 37
 

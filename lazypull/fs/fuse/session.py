@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: Layers never change, so the kernel may cache names and attributes for a long time.
 DAY = 86400.0
+#: Requests that must pass after a thread was started before a surplus one may end (see _Readers).
+SHRINK_AFTER = 64
 
 
 class _Readers:
@@ -36,7 +38,9 @@ class _Readers:
 
     Sized the pyfuse3 way: a thread that takes a request while nobody else is waiting on the device
     starts another (up to ``max_threads``), so a slow request never stalls the others; a thread that
-    finishes a request while more than ``min_threads`` others wait on the device exits.
+    finishes a request while more than ``min_threads`` others wait on the device exits, unless a thread
+    was started within the last ``SHRINK_AFTER`` requests: alternating requests (an OPEN and the
+    previous file's RELEASE) would otherwise start and end a thread for every other request.
     """
 
     def __init__(self, serve: Callable[[bytes], None], fd: int, min_threads: int, max_threads: int) -> None:
@@ -48,8 +52,10 @@ class _Readers:
         self._max = max_threads
         self._threads: set[threading.Thread] = set()
         self._waiting = 0
-        self._lock = threading.Lock()  # guards _threads and _waiting
+        self._since_spawn = 0  # requests taken since a thread was last started
+        self._lock = threading.Lock()  # guards _threads, _waiting and _since_spawn
         self.peak = 0
+        self.started = 0
         self.fatal: OSError | None = None
         #: set by stop() when threads outlive it: the last one to end closes the fd
         self.close_when_done = False
@@ -77,6 +83,8 @@ class _Readers:
                 os.close(self._fd)
 
     def _spawn(self) -> None:
+        self._since_spawn = 0
+        self.started += 1
         t = threading.Thread(target=self._run, name="fuse-worker", daemon=True)
         self._threads.add(t)
         self.peak = max(self.peak, len(self._threads))
@@ -105,11 +113,12 @@ class _Readers:
                 if n == 0:
                     return
                 with self._lock:
+                    self._since_spawn += 1
                     if self._waiting == 0 and len(self._threads) < self._max:
                         self._spawn()
                 self._serve(bytes(view[:n]))
                 with self._lock:
-                    if self._waiting > self._min:
+                    if self._waiting > self._min and self._since_spawn >= SHRINK_AFTER:
                         return
         finally:
             with self._lock:
@@ -201,6 +210,7 @@ class FuseMount:
             passthrough=self._want_passthrough,
             dev_fd=self._fd,
             cache_symlinks=self._cache_symlinks,
+            no_open=self._readonly,
         )
         try:
             _mount.mount_fuse(self._fd, self.mountpoint, self.fsname, readonly=self._readonly)
@@ -314,8 +324,18 @@ class FuseMount:
 
     @property
     def passthrough_files(self) -> int:
-        """Inodes currently registered as passthrough backing files."""
+        """Inodes open now in passthrough mode."""
+        return self._ops.backing.in_use() if self._ops is not None else 0
+
+    @property
+    def passthrough_registered(self) -> int:
+        """Inodes with a registered backing file: open now, or kept from an earlier open."""
         return len(self._ops.backing) if self._ops is not None else 0
+
+    @property
+    def threads_started(self) -> int:
+        """Worker threads started since the mount (diagnostics and tests)."""
+        return self._pool.started if self._pool is not None else 0
 
     # -- the loop ---------------------------------------------------------------------------------
 
