@@ -288,9 +288,9 @@ class Transport:
         return existing
 
     # -- scheme + auth discovery ------------------------------------------------------------------
-    def base_url(self, host: str, *, retry: bool = True) -> str:
+    def base_url(self, host: str, *, retry: bool = True, until: float | None = None) -> str:
         """``scheme://host`` for a registry, pinging it once to learn scheme and auth (``retry``: the
-        ping retries temporary failures, else it is tried once)."""
+        ping retries temporary failures, else it is tried once; ``until``: a deadline it keeps)."""
         with self._lock:
             scheme = self._schemes.get(host)
             lock = self._host_locks.setdefault(host, threading.Lock())
@@ -300,12 +300,12 @@ class Transport:
             with self._lock:
                 scheme = self._schemes.get(host)
             if not scheme:
-                scheme = self._ping(host, retry)
+                scheme = self._ping(host, retry, until)
                 with self._lock:
                     self._schemes[host] = scheme
         return f"{scheme}://{host}"
 
-    def _ping(self, host: str, retry: bool = True) -> str:
+    def _ping(self, host: str, retry: bool = True, until: float | None = None) -> str:
         """The scheme of ``host``, from ``GET /v2/`` (whose 401 also tells the auth scheme).
 
         Where plain HTTP is allowed, HTTPS is still preferred, as Docker does; but both are asked at
@@ -313,7 +313,7 @@ class Transport:
         request need not wait for.
         """
         if not self.allows_plain_http(host):
-            response = self._probe(host, "https", fallback=False, retry=retry)
+            response = self._probe(host, "https", fallback=False, retry=retry, until=until)
             assert response is not None
             self.auth.learn(host, response)
             return "https"
@@ -321,14 +321,14 @@ class Transport:
 
         def probe_plain() -> None:
             try:
-                plain.append(self._probe(host, "http", fallback=False, retry=retry)
+                plain.append(self._probe(host, "http", fallback=False, retry=retry, until=until)
                              or RegistryError(f"{host}: no answer"))
             except BaseException as err:   # handed to the caller's thread
                 plain.append(err)
 
         thread = threading.Thread(target=probe_plain, name=f"ping-{host}", daemon=True)
         thread.start()
-        response = self._probe(host, "https", fallback=True, retry=retry)
+        response = self._probe(host, "https", fallback=True, retry=retry, until=until)
         scheme = "https"
         if response is None:
             thread.join()
@@ -339,7 +339,8 @@ class Transport:
         self.auth.learn(host, response)
         return scheme
 
-    def _probe(self, host: str, scheme: str, *, fallback: bool, retry: bool = True) -> httpx.Response | None:
+    def _probe(self, host: str, scheme: str, *, fallback: bool, retry: bool = True,
+               until: float | None = None) -> httpx.Response | None:
         """``GET scheme://host/v2/`` with retries: its 200 or 401 answer, or None when ``fallback`` and
         ``scheme`` is HTTPS that ``host`` does not speak. Raises what must not fall back."""
         url = f"{scheme}://{host}/v2/"
@@ -347,7 +348,7 @@ class Transport:
         attempts = self.retry.attempts if retry else 1
         for attempt in range(attempts):
             try:
-                activate(Budget(self.limits))
+                activate(Budget(self.limits, until=until))
                 with translate_errors("GET", url):
                     response = self.client_for(host).get(url)
                     response.read()
@@ -428,7 +429,7 @@ class Transport:
                   content: bytes | None, stream: bool, retry: bool, expected: int,
                   until: float | None) -> httpx.Response:
         """Request and answer (its body too unless ``stream``) under a budget of their own."""
-        base = self.base_url(host, retry=retry)      # the ping has its own budget (and retries)
+        base = self.base_url(host, retry=retry, until=until)    # the ping has its own budget
         url = path_or_url if path_or_url.startswith(("http://", "https://")) else base + path_or_url
         budget = Budget(self.limits, expected=expected + len(content or b""), until=until)
         activate(budget)

@@ -175,3 +175,12 @@ def test_slow_answer_above_the_floor_finishes_past_the_base_deadline(fault_proxy
         fault_proxy.add(Fault("trickle", method="GET", path_contains="/blobs/", interval=0.05, chunk_size=20))
         with pytest.raises(RegistryConnectionError, match="minimum rate"):
             client.get_blob(ref, BLOB_DIGEST, tmp_path / "again", size=len(BLOB))
+
+
+def test_first_contact_ping_that_crawls_ends_with_a_clear_error(fault_proxy: FaultProxy) -> None:
+    """The /v2/ ping that learns a host's scheme and auth has the same limits as every request."""
+    fault_proxy.add(Fault("trickle_headers", method="GET", path_contains="/v2/", times=-1, interval=0.01))
+    with RegistryClient(insecure=True, retry=ONE_TRY, limits=LIMITS) as client, \
+            pytest.raises(RegistryConnectionError, match="minimum rate") as info:
+        client.get_manifest(f"{fault_proxy.host}/some/repo:v1")
+    assert f"GET http://{fault_proxy.host}/v2/" in str(info.value)
