@@ -10,10 +10,13 @@ the tree. Metadata instructions change the config and add an empty-layer history
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import copy
 import datetime as dt
+import gzip
 import json
+import lzma
 import os
 import re
 import shutil
@@ -24,7 +27,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol, cast
 
 from lazypull.build.cache import BuildCache, CachedStep, step_key
 from lazypull.build.context import SourceRoot
@@ -138,6 +141,19 @@ def _duration(text: str, what: str) -> int:
     if pos != len(text) or not text:
         raise BuildError(f"{what}: invalid duration {text!r}")
     return total
+
+
+def _decompressed(path: Path) -> IO[bytes]:
+    """The tar stream of a local archive ADD unpacks (gzip, bzip2, xz or plain)."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head.startswith(b"\x1f\x8b"):
+        return cast(IO[bytes], gzip.open(path, "rb"))
+    if head.startswith(b"BZh"):
+        return cast(IO[bytes], bz2.open(path, "rb"))
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return cast(IO[bytes], lzma.open(path, "rb"))
+    return open(path, "rb")
 
 
 def _is_archive(path: Path) -> bool:
@@ -638,13 +654,14 @@ class Builder:
                                   0 if attrs.gid is None and from_ref is None else attrs.gid, attrs.mode)
                 copier = TreeCopier(merged, owned, skip=src_root.excluded)
                 for item in items:
-                    self._copy_item(merged, copier, item.path, item.name, item.is_dir, dest_abs, add, owned)
+                    self._copy_item(merged, copier, item.path, item.name, item.is_dir, dest_abs, add, attrs)
                 self._commit_upper(stage, upper, key, created_by)
             self._discard_step()
         self.progress.done()
 
     def _copy_item(self, merged: Path, copier: TreeCopier, src: Path, name: str, is_dir: bool, dest: str,
                    add: bool, attrs: CopyAttrs) -> None:
+        """``attrs``: what --chown/--chmod say (an unpacked archive keeps its own owners otherwise)."""
         uid = attrs.uid or 0
         gid = attrs.gid or 0
         if is_dir:
@@ -655,11 +672,13 @@ class Builder:
             real = make_dirs(merged, dest, uid=uid, gid=gid)
             unpacked = Path(tempfile.mkdtemp(dir=self.workdir, prefix="add-"))
             try:
-                with tarfile.open(src, "r:*") as tar:
-                    tar.extractall(unpacked, filter="tar", numeric_owner=True)
+                from lazypull.runtime.extract import extract_tar
+
+                with _decompressed(src) as stream:     # the runtime's hardened extractor: no escapes
+                    extract_tar(stream, unpacked, label=f"ADD {name}")
                 keep = TreeCopier(merged, CopyAttrs(attrs.uid, attrs.gid, None))
                 keep.copy_children(unpacked, real)
-            except (tarfile.TarError, OSError) as err:
+            except (OSError, EOFError, lzma.LZMAError) as err:
                 raise BuildError(f"ADD {name}: cannot unpack the archive: {err}") from err
             finally:
                 shutil.rmtree(unpacked, ignore_errors=True)

@@ -1,0 +1,83 @@
+"""Bad input: each a one-line error naming the Dockerfile line or the path; nothing half-made left."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lazypull.image import Store
+from lazypull.runtime.overlay import mountpoints
+from tests.build.conftest import lazypull
+
+
+def _build(tmp_path: Path, dockerfile: str, *extra: str, files: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    ctx = tmp_path / "ctx"
+    ctx.mkdir(exist_ok=True)
+    (ctx / "Dockerfile").write_text(dockerfile)
+    for name, text in (files or {}).items():
+        (ctx / name).parent.mkdir(parents=True, exist_ok=True)
+        (ctx / name).write_text(text)
+    root = tmp_path / "root"
+    result = lazypull(root, "--insecure-registry", "build", "-t", "localhost/bad:1", *extra, str(ctx))
+    return root, ctx, result
+
+
+def _nothing_left(root: Path) -> None:
+    assert Store(root).find_image("localhost/bad:1") is None
+    assert [m for m in mountpoints() if m.startswith(str(root))] == []
+    for directory in (root / "containers", root / "build"):     # no container, no build work dir
+        assert [p.name for p in directory.glob("*") if p.name != ".lock"] == []
+
+
+def test_unknown_instruction_names_file_and_line(tmp_path: Path, busybox_base: str) -> None:
+    root, ctx, result = _build(tmp_path, f"FROM {busybox_base}\n# fine\nRUN true \\\n  && true\nFOOBAR x\n")
+    assert result.returncode == 1
+    expected = f"lazypull: error: {ctx}/Dockerfile:5: unknown instruction: FOOBAR"
+    assert result.stderr.decode().strip() == expected
+    _nothing_left(root)
+
+
+def test_failing_run_shows_output_and_exit_code(tmp_path: Path, busybox_base: str) -> None:
+    root, ctx, result = _build(tmp_path, f"FROM {busybox_base}\nRUN echo ok > /a\n"
+                                         "RUN echo about to fail; exit 3\nRUN echo never\n")
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    assert "about to fail" in err
+    assert "exit code 3" in err
+    assert f"{ctx}/Dockerfile:3: RUN echo about to fail; exit 3: exit code 3" in err
+    assert "never" not in err.replace("RUN echo never", "")
+    _nothing_left(root)
+    # quiet: the failing step's output is still shown
+    quiet = lazypull(root, "--insecure-registry", "build", "-q", str(ctx))
+    assert quiet.returncode == 1 and b"about to fail" in quiet.stderr
+
+
+@pytest.mark.parametrize(("dockerfile", "setup", "message"), [
+    ("COPY ../secret /x\n", None, "../secret: the path leaves the build context"),
+    ("COPY link /x\n", ("link", "/etc/passwd"), "symlink link -> /etc/passwd leaves the build context"),
+    ("COPY sub/up/passwd /x\n", ("sub/up", "../.."), "a symlink on the way leaves the build context"),
+    ("COPY missing /x\n", None, "missing: not found in the build context"),
+    ("COPY a.txt b.txt /dest\n", None, "the destination must be a directory and end with a /"),
+    ("ADD https://example.com/x /x\n", None, "ADD of a URL (https://example.com/x) is not supported"),
+    ("COPY --frm=x a.txt /x\n", None, "unknown flag --frm"),
+    ("FROM scratch\nSHELL /bin/bash\n", None, "SHELL must be given in JSON form"),
+], ids=["dotdot", "abs-symlink", "rel-symlink", "missing", "multi-dest", "add-url", "bad-flag", "shell"])
+def test_bad_sources_and_instructions(tmp_path: Path, busybox_base: str, dockerfile: str,
+                                      setup: tuple[str, str] | None, message: str) -> None:
+    (tmp_path / "secret").write_text("outside\n")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    if setup is not None:
+        link = ctx / setup[0]
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(setup[1], link)
+    root, ctx, result = _build(tmp_path, f"FROM {busybox_base}\n{dockerfile}",
+                               files={"a.txt": "a", "b.txt": "b"})
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"lazypull: error: {ctx}/Dockerfile:"), err
+    assert message in line, err
+    _nothing_left(root)

@@ -1,0 +1,57 @@
+"""A build FROM an eStargz image fetches only what its RUN reads; --estargz output is Go-readable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lazypull.image import Store
+from lazypull.image import mediatypes as mt
+from lazypull.runtime.overlay import mountpoints
+from tests.build.conftest import lazypull
+from tests.helpers.oracle import Oracle
+from tests.helpers.registry import RegistryServer
+
+
+def test_lazy_base_fetches_what_run_reads_and_estargz_output(
+        tmp_path: Path, registry: RegistryServer, lazy_base: tuple[str, list[str]], oracle: Oracle) -> None:
+    base, digests = lazy_base
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "config.toml").write_text("background_fetch = false\n")   # only what is read is fetched
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {base}\nRUN head -c 100 /data/blob3 > /out && echo read\n"
+                                    'CMD ["cat", "/out"]\n')
+    mark = registry.log_mark()
+    result = lazypull(root, "--insecure-registry", "build", "--estargz", "-t", "localhost/built:esgz",
+                      str(ctx))
+    assert result.returncode == 0, result.stderr.decode()
+    assert "read" in result.stderr.decode()                     # the RUN's output, in the progress
+    store = Store(root)
+    big = digests[1]
+    big_size = next(d.size for d in store.resolve("localhost/built:esgz").layers if d.digest == big)
+    fetched = sum(e.bytes for e in registry.access_log(mark) if big.removeprefix("sha256:") in e.path
+                  and e.method == "GET")
+    assert 0 < fetched < big_size // 4, f"fetched {fetched} of {big_size} bytes"
+    assert store.blob_path(big) is None                          # never downloaded whole
+    assert [m for m in mountpoints() if m.startswith(str(root))] == []   # holds released
+
+    image = store.resolve("localhost/built:esgz")
+    assert image.layers[:2] == [d for d in image.layers[:2] if d.digest in digests]
+    new = image.layers[-1]
+    assert new.media_type == mt.OCI_LAYER_GZIP and mt.TOC_DIGEST in new.annotations
+    blob = store.blob_path(new.digest)
+    assert blob is not None
+    tree = oracle.tree(blob, new.annotations[mt.TOC_DIGEST])
+    assert tree["out"]["size"] == 100
+
+    # pushed next to its base (which it mounts from) and run lazily from a fresh store
+    dest = f"{registry.host}/lazypull-build/built:esgz"
+    tagged = lazypull(root, "tag", "localhost/built:esgz", dest)
+    assert tagged.returncode == 0, tagged.stderr.decode()
+    pushed = lazypull(root, "--insecure-registry", "push", dest)
+    assert pushed.returncode == 0, pushed.stderr.decode()
+    fresh = tmp_path / "fresh"
+    ran = lazypull(fresh, "--insecure-registry", "run", "--rm", dest)
+    assert ran.returncode == 0, ran.stderr.decode()
+    assert len(ran.stdout) == 100
