@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -224,30 +225,96 @@ def start_container(record: ContainerRecord, *, interactive: bool) -> int:
         sys.stdout.flush()
 
 
+#: What a detached start's supervisor writes on its notify pipe once the container has run.
+_STARTED = b"started\n"
+
+
 def start_detached(record: ContainerRecord, timeout: float = 60.0) -> None:
     """Start the container in the background: a ``lazypull start --attach`` in its own session,
-    output to ``containers/<id>/container.log``, supervises it (exit status, ``--rm``)."""
+    output to ``containers/<id>/container.log``, supervises it (exit status, ``--rm``).
+
+    Returns once the supervisor says on a pipe that the container runs (or ran); anything else (an
+    error it reports there, its death before saying anything, no word within ``timeout``) raises, so
+    ``run -d`` never prints an id for a container that did not start.
+    """
     opts = get_options()
     containers = Containers(opts.root)
     log_path = containers.path(record.id) / LOG_NAME
-    with open(log_path, "ab") as log_file:
-        cmd = lazypull_argv("--root", str(opts.root), "start", "--attach", record.id)   # -I: not from cwd
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                                start_new_session=True, close_fds=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        # "created" is not started yet: a command that cannot be executed fails after it, and its
-        # supervisor then reports why.
-        if containers.runc.list().get(record.id) in ("running", "paused") or proc.poll() is not None:
+    read_end, write_end = os.pipe()
+    try:
+        with open(log_path, "ab") as log_file:
+            cmd = lazypull_argv("--root", str(opts.root), "start", "--attach", "--notify-fd", str(write_end),
+                                record.id)   # -I: not from cwd
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                                    start_new_session=True, close_fds=True, pass_fds=(write_end,))
+        os.close(write_end)
+        write_end = -1
+        word = _read_notice(read_end, time.monotonic() + timeout)
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+    if word == _STARTED:
+        return
+    if word:
+        reason = word.decode(errors="replace").strip().removeprefix("error:").strip()
+    elif proc.poll() is None:
+        reason = f"no word from its supervisor within {timeout:.0f} s (see lazypull logs {record.name})"
+    else:
+        tail = [line for line in _log_tail(log_path).splitlines() if line.strip()]
+        reason = (f"its supervisor exited with status {proc.returncode}"
+                  + (f": {tail[-1].strip()}" if tail else ""))
+    raise ContainerError(f"container {record.name} did not start: {reason}")
+
+
+def _read_notice(fd: int, deadline: float) -> bytes:
+    """What the supervisor wrote before closing its end (b"" if it died first), up to ``deadline``."""
+    import select
+
+    data = b""
+    while (left := deadline - time.monotonic()) > 0 and len(data) < 4096:
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
             break
-        time.sleep(0.05)
-    if proc.poll() not in (None, 0) and containers.runc.list().get(record.id) is None:
-        # Either the container ran and exited already, or the supervisor failed: its error says which.
-        text = _log_tail(log_path)
-        errors = [line for line in text.splitlines() if line.startswith("lazypull: error:")]
-        if errors:
-            reason = errors[-1].removeprefix("lazypull: error:").strip()
-            raise ContainerError(f"container {record.name} did not start: {reason}")
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+        if data.endswith(b"\n"):
+            break
+    return data
+
+
+class _Notice:
+    """The supervisor's side of the pipe: says once that the container runs, or why it could not."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+
+    def send(self, text: bytes) -> None:
+        with self._lock:
+            if self._fd is None:
+                return
+            with contextlib.suppress(OSError):    # the parent gave up waiting: nobody to tell
+                os.write(self._fd, text)
+            os.close(self._fd)
+            self._fd = None
+
+    @property
+    def sent(self) -> bool:
+        return self._fd is None
+
+    def watch(self, containers: Containers, container_id: str) -> None:
+        """Says "started" once runc reports the container running (it may run for days)."""
+        def poll() -> None:
+            while not self.sent:
+                if containers.runc.list().get(container_id) in ("running", "paused"):
+                    self.send(_STARTED)
+                    return
+                time.sleep(0.05)
+
+        threading.Thread(target=poll, name="notice", daemon=True).start()
 
 
 def _log_tail(path: Path, size: int = 64 << 10) -> str:
@@ -291,10 +358,15 @@ def create(**params: Any) -> None:
 @click.option("-a", "--attach", is_flag=True,
               help="Stay attached: output here, exit with the container's status.")
 @click.option("-i", "--interactive", is_flag=True, help="Pass stdin to the container (with -a).")
+@click.option("--notify-fd", type=int, default=None, hidden=True,
+              help="(run -d's supervisor) say on this fd whether the container started.")
 @global_options
 @click.argument("container")
-def start(attach: bool, interactive: bool, container: str) -> None:
+def start(attach: bool, interactive: bool, notify_fd: int | None, container: str) -> None:
     """Start a created container: in the background (output in ``lazypull logs``), or attached with -a."""
+    if notify_fd is not None:
+        _supervise(container, notify_fd)
+        return
     record = Containers(get_options().root).find(container)
     if record.status != "created":
         raise ContainerError(f"container {record.name} is {record.status}: only created containers can start")
@@ -305,6 +377,28 @@ def start(attach: bool, interactive: bool, container: str) -> None:
         click.echo(record.name)
         return
     click.get_current_context().exit(start_container(record, interactive=interactive))
+
+
+def _supervise(container: str, notify_fd: int) -> None:
+    """``start --attach --notify-fd``: run the container, telling ``start_detached`` when it runs or why
+    it could not (any error before it ran, in whatever layer, is such a reason)."""
+    from lazypull.cli.main import error_line
+
+    notice = _Notice(notify_fd)
+    try:
+        containers = Containers(get_options().root)
+        record = containers.find(container)
+        if record.status != "created":
+            raise ContainerError(f"container {record.name} is {record.status}: only created containers "
+                                 "can start")
+        notice.watch(containers, record.id)
+        code = start_container(record, interactive=False)
+    except BaseException as err:
+        why = error_line(err) if isinstance(err, Exception) else type(err).__name__
+        notice.send(f"error: {why}\n".encode())
+        raise
+    notice.send(_STARTED)        # it ran (and already exited: a short command)
+    click.get_current_context().exit(code)
 
 
 @click.command("logs")
