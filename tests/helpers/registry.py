@@ -462,9 +462,10 @@ class Fault:
 
     Hostile timing (the connection stays open until the client gives up or the proxy stops):
     ``"trickle"`` forwards, sends the headers and ``after_bytes`` bytes of the body, then
-    ``chunk_size`` bytes every ``interval`` seconds; ``"stall"`` the same but no byte after the first ``after_bytes``;
-    ``"trickle_headers"`` sends the status line and headers one byte every ``interval`` seconds,
-    never finishing them; ``"drop"`` closes the connection without answering (a registry going down).
+    ``chunk_size`` bytes every ``interval`` seconds; ``"stall"`` the same but no byte after the first
+    ``after_bytes``; ``"trickle_headers"`` sends the status line and headers one byte every
+    ``interval`` seconds, never finishing them; ``"drop"`` closes the connection without answering
+    (a registry going down).
     """
 
     kind: str
