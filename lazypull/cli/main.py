@@ -19,10 +19,12 @@ from lazypull.errors import LazypullError
 # the modules' COMMANDS.
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "build": ("build",),
-    "create": ("run",), "daemon": ("daemon",), "image": ("image", "optimize"), "images": ("image",),
+    "create": ("run",), "daemon": ("daemon",), "exec": ("run",), "fs": ("stats",),
+    "image": ("image", "optimize"), "images": ("image",),
     "layer": ("layer",), "login": ("login",), "logout": ("login",), "logs": ("run",), "ps": ("run",),
     "pull": ("pull",), "push": ("image",), "rm": ("run",), "rmi": ("image",), "run": ("run",),
-    "start": ("run",), "stats": ("stats",), "stop": ("run",), "store": ("store",), "tag": ("image",),
+    "start": ("run",), "stats": ("container_stats",), "stop": ("run",), "store": ("store",),
+    "tag": ("image",),
 }
 
 # What `lazypull --help` lists for each command (its help's first sentence), so that listing them
@@ -32,6 +34,8 @@ COMMAND_SUMMARIES: dict[str, str] = {
     "build": "Build an image from a Dockerfile; its FROM images are mounted lazily.",
     "create": "Create a container of IMAGE (pulled, mounted, ready to start) and print its id.",
     "daemon": "Run the mount server that keeps lazy layers mounted (foreground).",
+    "exec": "Run COMMAND in a running container; exits with its status.",
+    "fs": "The lazy filesystems: fs stats shows per-layer fetch counters.",
     "image": "Manage images: convert, ls, inspect, rm, tag, push, pull, prune.",
     "images": "List images in the local store.",
     "layer": "Inspect, verify and convert single eStargz / zstd:chunked layer blobs.",
@@ -46,7 +50,7 @@ COMMAND_SUMMARIES: dict[str, str] = {
     "run": "Run COMMAND (default: the image's) in a new container of IMAGE; exits with its status.",
     "start": ("Start a created container: in the background (output in ``lazypull logs``), "
               "or attached with -a."),
-    "stats": "Per-layer counters of the lazy filesystems: bytes and requests fetched, cache hits, prefetch.",
+    "stats": "Show CPU, memory and process counts of running containers (from their cgroups).",
     "stop": "Stop running containers: SIGTERM, then SIGKILL after the grace period.",
     "store": "Serve lazy layers to podman and buildah as an additional layer store mounted at MOUNTPOINT.",
     "tag": "Give the image SOURCE another name TARGET.",

@@ -402,16 +402,90 @@ def _supervise(container: str, notify_fd: int) -> None:
 
 
 @click.command("logs")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the container exits.")
+@click.option("-n", "--tail", default="all", show_default=True,
+              help="Only the last N lines of the output so far.")
 @global_options
 @click.argument("container")
-def logs(container: str) -> None:
+def logs(follow: bool, tail: str, container: str) -> None:
     """Print the output of a container started in the background (run -d, start)."""
+    if tail != "all" and not tail.isdigit():
+        raise click.BadParameter(f"{tail!r} is not a number of lines or 'all'", param_hint="--tail")
     containers = Containers(get_options().root)
-    path = containers.path(containers.find(container).id) / LOG_NAME
-    if path.exists():
-        with open(path, "rb") as f:
-            shutil.copyfileobj(f, sys.stdout.buffer)
-        sys.stdout.flush()
+    record = containers.find(container)
+    path = containers.path(record.id) / LOG_NAME
+    out = sys.stdout.buffer
+    with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+        if tail == "all":
+            shutil.copyfileobj(f, out)
+        else:
+            out.write(_last_lines(f, int(tail)))
+        out.flush()
+        while follow:
+            chunk = f.read(1 << 16)
+            if chunk:
+                out.write(chunk)
+                out.flush()
+                continue
+            if containers.runc.status(record.id) not in ("running", "paused", "created"):
+                out.write(f.read())     # what it wrote while we looked
+                break
+            time.sleep(0.1)
+        out.flush()
+
+
+def _last_lines(f: Any, count: int, block: int = 1 << 16) -> bytes:
+    """The last ``count`` lines of the open file ``f`` (read backwards: logs may be huge); leaves ``f``
+    at its end."""
+    end = f.seek(0, os.SEEK_END)
+    if count == 0:
+        return b""
+    data = b""
+    pos = end
+    while pos > 0 and data.count(b"\n") <= count:
+        step = min(block, pos)
+        pos -= step
+        f.seek(pos)
+        data = f.read(step) + data
+    f.seek(end)
+    lines = data.splitlines(keepends=True)
+    return b"".join(lines[-count:])
+
+
+@click.command("exec", context_settings={"allow_interspersed_args": False})
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (pass it to the process).")
+@click.option("-t", "--tty", is_flag=True, help="Allocate a terminal for the process.")
+@click.option("-d", "--detach", is_flag=True, help="Run the process in the background.")
+@click.option("-e", "--env", multiple=True, help="Set an environment variable (KEY=VALUE).")
+@click.option("-w", "--workdir", default=None, help="Working directory inside the container.")
+@click.option("-u", "--user", default=None, help="User (name|uid[:group|gid]) to run as.")
+@global_options
+@click.argument("container")
+@click.argument("command", nargs=-1, required=True)
+def exec_command(interactive: bool, tty: bool, detach: bool, env: Sequence[str], workdir: str | None,
+                 user: str | None, container: str, command: Sequence[str]) -> None:
+    """Run COMMAND in a running container; exits with its status."""
+    from lazypull.runtime.runc import exec_process
+    from lazypull.runtime.users import resolve_user
+
+    if tty and not sys.stdin.isatty():
+        raise ContainerError("the input device is not a TTY: drop -t, or run from a terminal")
+    if detach and (tty or interactive):
+        raise ContainerError("exec -d cannot be combined with -t or -i")
+    containers = Containers(get_options().root)
+    record = containers.find(container)
+    if containers.runc.status(record.id) not in ("running", "paused"):
+        raise ContainerError(f"container {record.name} is not running")
+    for line in env:
+        if "=" not in line or line.startswith("="):
+            raise ContainerError(f"invalid environment variable {line!r}: expected KEY=VALUE")
+    who = None
+    if user is not None:
+        found = resolve_user(containers.path(record.id) / "rootfs", user)
+        who = (found.uid, found.gid)
+    code = exec_process(containers.runc, record.id, command, tty=tty, stdin=interactive, detach=detach,
+                        env=env, cwd=workdir, user=who)
+    click.get_current_context().exit(code)
 
 
 @click.command("stop")
@@ -507,4 +581,4 @@ def rm(force: bool, containers_: Sequence[str]) -> None:
         click.get_current_context().exit(1)
 
 
-COMMANDS: list[click.Command] = [run, create, start, stop, logs, ps, rm]
+COMMANDS: list[click.Command] = [run, create, start, stop, logs, ps, rm, exec_command]

@@ -1,4 +1,7 @@
-"""``lazypull stats``: what the mount server fetched, served from cache and prefetched, per layer."""
+"""``lazypull fs stats``: what the mount server fetched, served from cache and prefetched, per layer.
+
+(``lazypull stats`` is the containers' CPU and memory, as nerdctl's; ``stats --json`` still prints
+these counters for scripts written before the move.)"""
 
 from __future__ import annotations
 
@@ -27,11 +30,21 @@ def _background(data: dict[str, Any]) -> str:
     return f"{state} {100 * done // total}%" if total else state
 
 
-@click.command("stats")
+@click.group("fs")
+def fs_group() -> None:
+    """The lazy filesystems: fs stats shows per-layer fetch counters."""
+
+
+@fs_group.command("stats")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw counters as JSON.")
 @global_options
 def stats_command(as_json: bool) -> None:
     """Per-layer counters of the lazy filesystems: bytes and requests fetched, cache hits, prefetch."""
+    layer_stats(as_json)
+
+
+def layer_stats(as_json: bool) -> None:
+    """Print the mount server's per-layer counters (table, or JSON)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -73,4 +86,4 @@ def stats_command(as_json: bool) -> None:
             console.print(f"{digest.removeprefix('sha256:')[:12]}: {line}", markup=False, highlight=False)
 
 
-COMMANDS = [stats_command]
+COMMANDS = [fs_group]

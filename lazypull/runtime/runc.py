@@ -27,7 +27,7 @@ import tempfile
 import termios
 import time
 import tty
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -245,6 +245,33 @@ class Runc:
             os.close(master)
         status = _reap(pid)
         return exit_code(status)
+
+
+def exec_process(runc: Runc, container_id: str, argv: Sequence[str], *, tty: bool, stdin: bool,
+                 detach: bool, env: Sequence[str] = (), cwd: str | None = None,
+                 user: tuple[int, int] | None = None) -> int:
+    """``runc exec`` of ``argv`` in a running container (``lazypull exec``); returns its exit status.
+
+    Attached, runc itself proxies our terminal (``tty``) or our streams and forwards signals to the
+    process; ``detach`` returns once it started. ``env`` is ``KEY=VALUE`` lines, ``user`` (uid, gid).
+    """
+    cmd = [*runc._base(), "exec"]
+    if tty:
+        cmd.append("--tty")
+    if detach:
+        cmd.append("--detach")
+    for line in env:
+        cmd += ["--env", line]
+    if cwd:
+        cmd += ["--cwd", cwd]
+    if user is not None:
+        cmd += ["--user", f"{user[0]}:{user[1]}"]
+    cmd += [container_id, *argv]
+    try:
+        proc = subprocess.run(cmd, stdin=None if stdin or tty else subprocess.DEVNULL)
+    except FileNotFoundError as err:
+        raise ContainerError(runc._missing()) from err
+    return 128 - proc.returncode if proc.returncode < 0 else proc.returncode
 
 
 def _is_terminal(stream: IO[Any] | int) -> bool:
