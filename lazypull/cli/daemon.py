@@ -17,8 +17,9 @@ from lazypull.cli._options import get_options, global_options
 
 @click.group("daemon", invoke_without_command=True)
 @click.option("--containerd-socket", type=click.Path(dir_okay=False), default=None,
-              help="Also serve containerd's snapshots API here (proxy plugin `lazypull`), e.g. "
-                   "/run/containerd-lazypull-grpc/containerd-lazypull-grpc.sock.")
+              help="Also serve containerd's snapshots API here: a [proxy_plugins.stargz] entry of "
+                   "type \"snapshot\" in containerd's config.toml (any plugin name works; use it as "
+                   "--snapshotter), e.g. /run/containerd-stargz-grpc/containerd-stargz-grpc.sock.")
 @click.option("--cri-image-service", type=click.Path(dir_okay=False), default=None,
               help="Also serve the CRI image service here (the kubelet's --image-service-endpoint), "
                    "forwarding to containerd and keeping each pull's credentials for its lazy reads; "
