@@ -92,13 +92,13 @@ class LayerStore:
 
     def start(self) -> None:
         point = Path(self.spec.mountpoint)
-        point.mkdir(parents=True, exist_ok=True)
-        entry = mount_entry(str(point))
+        entry = mount_entry(str(point))     # from mountinfo: a dead mount answers ENOTCONN to a stat
         if entry is not None:
             if entry[1] != FSNAME:
                 raise MountError(f"{point} is already a mountpoint ({entry[0]} {entry[1]})")
             fuse_unmount(str(point))        # a store of a server that died (ENOTCONN for podman)
             log.warning("detached the stale store mount at %s", point)
+        point.mkdir(parents=True, exist_ok=True)
         self._fuse = FuseMount(self.tree, point, fsname=FSNAME, passthrough=False, workers=(2, 16),
                                entry_timeout=TIMEOUT, attr_timeout=TIMEOUT, negative_timeout=TIMEOUT,
                                readonly=False, cache_symlinks=False).start()

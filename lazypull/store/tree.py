@@ -15,6 +15,7 @@ import logging
 import stat
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 DIR_MODE = stat.S_IFDIR | 0o755
 FILE_MODE = stat.S_IFREG | 0o444
 LINK_MODE = stat.S_IFLNK | 0o777
-MAX_REFS = 4096             # reference directories remembered (a lookup of junk names must stay bounded)
+MAX_REFS = 4096             # reference directories remembered; the least recently looked up go first
 
 
 class StoreBackend(Protocol):
@@ -78,7 +79,7 @@ class StoreTree:
         self.backend = backend
         self._lock = threading.Lock()
         self._next = 2
-        self._refs: dict[bytes, _RefDir] = {}
+        self._refs: OrderedDict[bytes, _RefDir] = OrderedDict()
         self._by_ino: dict[int, _RefDir | _LayerDir] = {}
         self._mtime_ns = time.time_ns()
 
@@ -128,6 +129,8 @@ class StoreTree:
     def _lookup_ref(self, name: bytes) -> Attr | None:
         with self._lock:
             found = self._refs.get(name)
+            if found is not None:
+                self._refs.move_to_end(name)
         if found is not None:
             return self._dir_attr(found.ino)
         try:
@@ -138,8 +141,13 @@ class StoreTree:
         with self._lock:
             found = self._refs.get(name)
             if found is None:
-                if len(self._refs) >= MAX_REFS:
-                    raise FuseError(errno.ENOSPC, "too many image references in the store")
+                while len(self._refs) >= MAX_REFS:
+                    # Forgotten: the kernel's inodes of it answer ENOENT, a new lookup (1 s later, or
+                    # a path walked afresh) makes it again. Counts and mounts live in the service.
+                    _, old = self._refs.popitem(last=False)
+                    self._by_ino.pop(old.ino, None)
+                    for layer in old.layers.values():
+                        self._by_ino.pop(layer.ino, None)
                 found = _RefDir(self._alloc(1), name, ref)
                 self._refs[name] = found
                 self._by_ino[found.ino] = found

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -108,7 +109,7 @@ def test_server_restart_serves_the_store_again(engines: Engines, lazy_image: Laz
     assert not os.path.ismount(engines.store)    # no dead mount left to fail every podman command
     assert engines.podman("images", "-q").stdout.strip()
     with MountClient(engines.root) as client:    # a new server serves the stores listed again
-        client.ping()
+        assert [s["mountpoint"] for s in client.store_request("list_stores")] == [str(engines.store)]
     assert os.path.ismount(engines.store)
     out = engines.podman("run", "--rm", *RUN_FLAGS, lazy_image.ref, "cat", "/srv/motd")
     assert out.stdout == "hi from the store\n"
@@ -135,3 +136,21 @@ def test_zstd_chunked_image(engines: Engines, registry: RegistryServer, tmp_path
     info = json.loads((engines.store / encode_ref(name) / digests[1] / "info").read_bytes())
     assert info["compression"] == 4
     assert len(list((engines.env_graph / "overlay").glob("*/additionallayer"))) == 2
+
+
+def test_a_killed_server_leaves_a_mount_the_next_one_replaces(engines: Engines,
+                                                              lazy_image: LazyImage) -> None:
+    engines.podman("pull", lazy_image.ref)
+    pid = daemon_pid(engines.root)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # the dead store mount fails every podman command (containers/storage stats the store at start)
+    dead = engines.podman("images", check=False)
+    assert dead.returncode != 0 and "not connected" in dead.stderr
+    with MountClient(engines.root) as client:     # the next server detaches it and serves the store
+        assert [s["mountpoint"] for s in client.store_request("list_stores")] == [str(engines.store)]
+    out = engines.podman("run", "--rm", *RUN_FLAGS, lazy_image.ref, "cat", "/srv/motd")
+    assert out.stdout == "hi from the store\n"
