@@ -26,7 +26,11 @@ def _check_platforms(platform: tuple[str, ...], all_platforms: bool) -> None:
         raise click.UsageError("--platform and --all-platforms are mutually exclusive")
 
 
-def _lazy_pull(opts: GlobalOptions, ref: str, platform: tuple[str, ...], all_platforms: bool) -> str:
+def _lazy_pull(opts: GlobalOptions, ref: str, platform: tuple[str, ...], all_platforms: bool,
+               quiet: bool = False) -> str:
+    import sys
+
+    from lazypull.cli._lazy_notes import announce_fallbacks, fetched_lines
     from lazypull.image.store import Store
     from lazypull.snapshot.client import MountClient
 
@@ -35,6 +39,14 @@ def _lazy_pull(opts: GlobalOptions, ref: str, platform: tuple[str, ...], all_pla
     with MountClient(opts.root) as mounts:
         pulled = mounts.pull_image(ref, insecure=bool(opts.insecure_registries), platforms=platform,
                                    all_platforms=all_platforms)
+
+        def say(text: str) -> None:
+            if not quiet:
+                click.echo(text, err=True)
+
+        if not quiet and not sys.stderr.isatty() and not all_platforms:    # nerdctl's lines
+            for line in fetched_lines(store, store.resolve(pulled.name, platform[0] if platform else None)):
+                say(line)
         if not all(m.lazy for m in pulled.layers):
             # Layers the server cannot serve (plain gzip, TOC missing) are fetched and unpacked now, as
             # stargz-snapshotter leaves them to containerd's normal unpack.
@@ -44,8 +56,10 @@ def _lazy_pull(opts: GlobalOptions, ref: str, platform: tuple[str, ...], all_pla
 
             try:
                 resolved = store.resolve(pulled.name, parse_platform(platform[0]) if platform else None)
+                announce_fallbacks(resolved, pulled.layers, say)
                 lower_dirs(opts.root, store, resolved, pulled.layers,
-                           lambda: RegistryClient(insecure=opts.insecure_registries, auth=DockerConfigAuth()))
+                           lambda: RegistryClient(insecure=opts.insecure_registries, auth=DockerConfigAuth()),
+                           progress=say)
             except BaseException:
                 _undo_pull(store, mounts, pulled.name, before)
                 raise
@@ -113,7 +127,7 @@ def pull(ref: str, platform: tuple[str, ...], all_platforms: bool, quiet: bool) 
     opts = get_options()
     _check_platforms(platform, all_platforms)
     if opts.snapshotter == "stargz":
-        digest = _lazy_pull(opts, ref, platform, all_platforms)
+        digest = _lazy_pull(opts, ref, platform, all_platforms, quiet)
     else:
         digest = _full_pull(opts, ref, platform, all_platforms, quiet)
     click.echo(digest)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from lazypull.cli._options import GlobalOptions, get_options, global_options
-from lazypull.cli._signals import deferred, exit_on_signals
+from lazypull.cli._signals import exit_on_signals
 from lazypull.errors import ContainerError, LazypullError, MountError
 from lazypull.runtime import (
     ContainerOptions,
@@ -35,6 +35,7 @@ from lazypull.runtime import (
     parse_env,
     parse_volume,
 )
+from lazypull.runtime.runc import signals_held
 from lazypull.selfexec import lazypull_argv
 
 if TYPE_CHECKING:
@@ -180,9 +181,16 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
             release_mounts(root, placeholder)
             raise
     containers = Containers(root)
+    if not quiet and lazy:
+        from lazypull.cli._lazy_notes import announce_fallbacks, fetched_lines
+
+        if not sys.stderr.isatty():
+            for line in fetched_lines(store, resolved):
+                _note(line)
+        announce_fallbacks(resolved, mounts, _note)
     try:
         lowers = lower_dirs(root, store, resolved, mounts, lambda: registry_client(opts),
-                            progress=None if quiet or not sys.stderr.isatty() else _note)
+                            progress=None if quiet else _note)
         record = containers.create(image=resolved.name, image_config=image_config,
                                    lowers_top_first=lowers, options=options, name=name,
                                    snapshotter=opts.snapshotter, container_id=container_id)
@@ -220,7 +228,7 @@ def start_container(record: ContainerRecord, *, interactive: bool) -> int:
         return containers.run(record, tty=tty, stdio=Stdio(stdin=sys.stdin if interactive else None))
     finally:
         if record.labels.get(AUTO_REMOVE_LABEL) == "true":
-            with deferred():        # a signal now must not cut the removal short
+            with signals_held():    # a signal now must not cut the removal short
                 remove_container(root, containers, record, force=True)
         sys.stdout.flush()
 
