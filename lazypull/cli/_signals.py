@@ -4,8 +4,8 @@ Their default action kills the process at once, leaving what it had set up: the 
 mount server, the container's rootfs mount, a ``--rm`` container (issue 10 item 10). Raised as
 ``SystemExit(128 + N)``, they unwind through the ``except``/``finally`` blocks that undo those, as
 docker's ``--rm`` removes the container when the client goes. While a container runs, the runtime
-forwards these signals to it instead (``lazypull.runtime.runc``); :func:`deferred` holds them while a
-removal must finish.
+forwards these signals to it instead, and holds them while its clean-up must finish
+(``lazypull.runtime.runc``: ``signals_held``).
 """
 
 from __future__ import annotations
@@ -44,14 +44,3 @@ def exit_on_signals() -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-@contextlib.contextmanager
-def deferred() -> Iterator[None]:
-    """Within: SIGTERM, SIGHUP and SIGINT wait (blocked) until the block is done, then arrive."""
-    blocked = {*_SIGNALS, signal.SIGINT}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)

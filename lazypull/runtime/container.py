@@ -28,7 +28,7 @@ from lazypull.image.runconfig import RunConfig
 from lazypull.runtime.hostfiles import write_host_files
 from lazypull.runtime.options import ContainerOptions
 from lazypull.runtime.overlay import is_mountpoint, mount_overlay, unmount
-from lazypull.runtime.runc import Runc, Stdio, console_size
+from lazypull.runtime.runc import Runc, Stdio, console_size, signals_held
 from lazypull.runtime.spec import build_spec, process_args
 from lazypull.runtime.users import resolve_user
 
@@ -205,13 +205,14 @@ class Containers:
             code = self.runc.run(record.id, bundle, tty_mode=tty, stdio=stdio or Stdio())
             return code
         finally:
-            record.status = "exited"
-            record.exit_code = code
-            with contextlib.suppress(FileNotFoundError):  # `rm -f` removed the container while it ran
-                self.save(record)
-            with contextlib.suppress(ContainerError):
-                self.runc.delete(record.id, force=True)
-            unmount(rootfs)
+            with signals_held():    # a second TERM/HUP/INT must not leave the rootfs mounted
+                record.status = "exited"
+                record.exit_code = code
+                with contextlib.suppress(FileNotFoundError):  # `rm -f` removed the container while it ran
+                    self.save(record)
+                with contextlib.suppress(ContainerError):
+                    self.runc.delete(record.id, force=True)
+                unmount(rootfs)
 
     def remove(self, record: ContainerRecord, *, force: bool = False) -> None:
         """Delete the container: its runc state, rootfs mount, writable layer and bundle."""

@@ -349,6 +349,17 @@ def _forwarding_signals(forward: Any) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGTERM, SIGHUP and SIGINT wait (blocked) until the block is done, then arrive: a clean-up
+    they would cut short (a container's rootfs unmount, a ``--rm`` removal) finishes first."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP, signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _terminal_size(fd: int) -> bytes | None:
     try:
         return fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
