@@ -2,7 +2,8 @@
 
 A step's key is sha256 over its parent's key, the instruction after expansion, what the step runs
 with (environment, user, working directory, shell) and the digest of what it copies; the chain
-starts at the base image's manifest digest. Hits are only taken when the layer blob is still in the
+starts at the base image's manifest digest and the layer format asked for (a gzip layer is no hit for
+an ``--estargz`` build). Hits are only taken when the layer blob is still in the
 store. Kept in ``<root>/build-cache.json`` (0600 under the 0700 root, written atomically).
 """
 

@@ -308,7 +308,7 @@ class Builder:
             platform = default_platform()
             stage.config = {"architecture": platform.architecture, "os": platform.os, "config": {},
                             "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
-            stage.key = step_key("", {"from": "scratch"})
+            stage.key = step_key("", {"from": "scratch", "format": self.options.layer_format})
         else:
             try:
                 base = self._image(ref, ins.flags.get("platform") or self.options.platform)
@@ -318,7 +318,7 @@ class Builder:
             stage.layers, stage.diff_ids = list(base.layers), list(base.diff_ids)
             stage.lowers = list(reversed(base.lowers_top_first))
             stage.history = list(stage.config.get("history") or [])
-            stage.key = step_key("", {"from": base.key})
+            stage.key = step_key("", {"from": base.key, "format": self.options.layer_format})
             stage.source = base.source
             shell = stage.run_config.get("Shell")
             if isinstance(shell, list) and shell and all(isinstance(s, str) for s in shell):
@@ -742,7 +742,7 @@ class Builder:
         created_by = f"RUN {shown} # buildkit"
         self.progress.start(self._title(stage, self._next_number(stage, ins), ins.text))
         key = step_key(stage.key, {"op": "RUN", "argv": argv, "env": env_list, "user": user,
-                                   "workdir": workdir, "format": self.options.layer_format})
+                                   "workdir": workdir})
         if self._cached(stage, key, created_by):
             return
         lowers = self._lowers(stage)

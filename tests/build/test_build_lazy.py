@@ -45,6 +45,19 @@ def test_lazy_base_fetches_what_run_reads_and_estargz_output(
     tree = oracle.tree(blob, new.annotations[mt.TOC_DIGEST])
     assert tree["out"]["size"] == 100
 
+    # runs from this store (the new layer from the local blob, the base layers lazily)
+    local = lazypull(root, "--insecure-registry", "run", "--rm", "localhost/built:esgz")
+    assert local.returncode == 0, local.stderr.decode()
+    assert len(local.stdout) == 100
+
+    # the same build with gzip layers does not take the eStargz steps from the cache
+    gz = lazypull(root, "--insecure-registry", "build", "-t", "localhost/built:gz", str(ctx))
+    assert gz.returncode == 0 and b"CACHED" not in gz.stderr, gz.stderr.decode()
+    assert mt.TOC_DIGEST not in Store(root).resolve("localhost/built:gz").layers[-1].annotations
+    again = lazypull(root, "--insecure-registry", "build", "--estargz", "-t", "localhost/built:esgz",
+                     str(ctx))
+    assert again.returncode == 0 and again.stderr.count(b"CACHED") == 1, again.stderr.decode()
+
     # pushed next to its base (which it mounts from) and run lazily from a fresh store
     dest = f"{registry.host}/lazypull-build/built:esgz"
     tagged = lazypull(root, "tag", "localhost/built:esgz", dest)
@@ -55,3 +68,21 @@ def test_lazy_base_fetches_what_run_reads_and_estargz_output(
     ran = lazypull(fresh, "--insecure-registry", "run", "--rm", dest)
     assert ran.returncode == 0, ran.stderr.decode()
     assert len(ran.stdout) == 100
+
+
+def test_zstdchunked_output(tmp_path: Path, busybox_base: str, oracle: Oracle) -> None:
+    root = tmp_path / "root"
+    result = lazypull(root, "--insecure-registry", "build", "--zstdchunked", "-t", "localhost/built:zstd",
+                      "-",
+                      stdin=f"FROM {busybox_base}\nRUN echo zstd > /z\n".encode())
+    assert result.returncode == 0, result.stderr.decode()
+    store = Store(root)
+    image = store.resolve("localhost/built:zstd")
+    new = image.layers[-1]
+    assert new.media_type == mt.OCI_LAYER_ZSTD
+    assert image.layers[0].media_type == mt.OCI_LAYER_GZIP        # the base layer is kept as it is
+    blob = store.blob_path(new.digest)
+    assert blob is not None
+    assert oracle.tree(blob)["z"]["size"] == 5
+    ran = lazypull(root, "run", "--rm", "localhost/built:zstd", "cat", "/z")
+    assert ran.stdout == b"zstd\n", ran.stderr.decode()
