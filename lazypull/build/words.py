@@ -65,7 +65,13 @@ class _Lexer:
                 word.append(self._double_quoted())
                 continue
             if ch == "$":
-                word.append(self._dollar())
+                # Unquoted, an expansion is split at blanks (Docker splits after substituting).
+                pieces = self._dollar().split()
+                for n, piece in enumerate(pieces):
+                    if n:
+                        result.append("".join(word))
+                        word, quoted = [], False
+                    word.append(piece)
                 continue
             word.append(self.take())
         if word or quoted:
