@@ -81,3 +81,31 @@ def test_bad_sources_and_instructions(tmp_path: Path, busybox_base: str, dockerf
     assert line.startswith(f"lazypull: error: {ctx}/Dockerfile:"), err
     assert message in line, err
     _nothing_left(root)
+
+
+def test_terminated_build_leaves_nothing(tmp_path: Path, lazy_base: tuple[str, list[str]]) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.build.conftest import REPO_ROOT
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {lazy_base[0]}\nRUN echo started; sleep 60\n")
+    root = tmp_path / "root"
+    env = dict(os.environ, LAZYPULL_ROOT=str(root), PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "lazypull", "--insecure-registry", "build", "-t",
+                             "localhost/bad:1", str(ctx)], stderr=subprocess.PIPE, env=env, cwd=REPO_ROOT)
+    assert proc.stderr is not None
+    seen = b""
+    deadline = time.monotonic() + 120
+    while b"started" not in seen and time.monotonic() < deadline:
+        seen += proc.stderr.readline()
+    assert b"started" in seen
+    assert [m for m in mountpoints() if m.startswith(str(root))] != []     # the base, lazily mounted
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=60)
+    assert proc.returncode != 0, (seen + rest).decode()
+    _nothing_left(root)
