@@ -27,14 +27,14 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol, cast
+from typing import IO, Any, BinaryIO, Protocol, cast
 
 from lazypull.build.cache import BuildCache, CachedStep, step_key
 from lazypull.build.context import SourceRoot
 from lazypull.build.diff import write_diff
 from lazypull.build.dockerfile import Dockerfile, Instruction, parse_dockerfile, parse_json_form
 from lazypull.build.errors import BuildError, RunError
-from lazypull.build.fsops import CopyAttrs, TreeCopier, make_dirs, scoped_path
+from lazypull.build.fsops import CopyAttrs, TreeCopier, make_dirs, open_source_file, scoped_path
 from lazypull.build.layer import BuiltLayer, LayerFormat, store_layer
 from lazypull.build.progress import Progress
 from lazypull.build.words import expand_word, expand_words, key_values, split_raw
@@ -143,34 +143,32 @@ def _duration(text: str, what: str) -> int:
     return total
 
 
-def _decompressed(path: Path) -> IO[bytes]:
+def _decompressed(raw: BinaryIO) -> IO[bytes]:
     """The tar stream of a local archive ADD unpacks (gzip, bzip2, xz or plain)."""
-    with open(path, "rb") as f:
-        head = f.read(6)
+    head = raw.read(6)
+    raw.seek(0)
     if head.startswith(b"\x1f\x8b"):
-        return cast(IO[bytes], gzip.open(path, "rb"))
+        return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
     if head.startswith(b"BZh"):
-        return cast(IO[bytes], bz2.open(path, "rb"))
+        return cast(IO[bytes], bz2.BZ2File(raw, "rb"))
     if head.startswith(b"\xfd7zXZ\x00"):
-        return cast(IO[bytes], lzma.open(path, "rb"))
-    return open(path, "rb")
+        return cast(IO[bytes], lzma.LZMAFile(raw, "rb"))
+    return raw
 
 
-def _is_archive(path: Path) -> bool:
+def _is_archive(anchor: Path, path: Path) -> bool:
     """Whether ADD unpacks this local file: a tar, plain or gzip/bzip2/xz compressed."""
     try:
-        with open(path, "rb") as f:
+        with open_source_file(anchor, path) as f:
             head = f.read(512)
-    except OSError:
-        return False
-    if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")):
-        try:
-            with tarfile.open(path, "r:*") as tar:
+            if not head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")):
+                return len(head) >= 262 and head[257:262] == b"ustar"
+            f.seek(0)
+            with _decompressed(f) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
                 tar.next()
             return True
-        except (tarfile.TarError, OSError, EOFError):
-            return False
-    return len(head) >= 262 and head[257:262] == b"ustar"
+    except (tarfile.TarError, OSError, EOFError, lzma.LZMAError, BuildError):
+        return False
 
 
 class Builder:
@@ -652,15 +650,16 @@ class Builder:
                 attrs = self._copy_attrs(merged, ins)
                 owned = CopyAttrs(0 if attrs.uid is None and from_ref is None else attrs.uid,
                                   0 if attrs.gid is None and from_ref is None else attrs.gid, attrs.mode)
-                copier = TreeCopier(merged, owned, skip=src_root.excluded)
+                copier = TreeCopier(merged, owned, source=src_root.root, skip=src_root.excluded)
                 for item in items:
-                    self._copy_item(merged, copier, item.path, item.name, item.is_dir, dest_abs, add, attrs)
+                    self._copy_item(merged, copier, item.path, item.name, item.is_dir, dest_abs, add, attrs,
+                                    src_root.root)
                 self._commit_upper(stage, upper, key, created_by)
             self._discard_step()
         self.progress.done()
 
     def _copy_item(self, merged: Path, copier: TreeCopier, src: Path, name: str, is_dir: bool, dest: str,
-                   add: bool, attrs: CopyAttrs) -> None:
+                   add: bool, attrs: CopyAttrs, anchor: Path) -> None:
         """``attrs``: what --chown/--chmod say (an unpacked archive keeps its own owners otherwise)."""
         uid = attrs.uid or 0
         gid = attrs.gid or 0
@@ -668,15 +667,15 @@ class Builder:
             real = make_dirs(merged, dest, uid=uid, gid=gid)
             copier.copy_children(src, real)
             return
-        if add and _is_archive(src):
+        if add and _is_archive(anchor, src):
             real = make_dirs(merged, dest, uid=uid, gid=gid)
             unpacked = Path(tempfile.mkdtemp(dir=self.workdir, prefix="add-"))
             try:
                 from lazypull.runtime.extract import extract_tar
 
-                with _decompressed(src) as stream:     # the runtime's hardened extractor: no escapes
-                    extract_tar(stream, unpacked, label=f"ADD {name}")
-                keep = TreeCopier(merged, CopyAttrs(attrs.uid, attrs.gid, None))
+                with _decompressed(open_source_file(anchor, src)) as stream:   # the runtime's hardened
+                    extract_tar(stream, unpacked, label=f"ADD {name}")          # extractor: no escapes
+                keep = TreeCopier(merged, CopyAttrs(attrs.uid, attrs.gid, None), source=unpacked)
                 keep.copy_children(unpacked, real)
             except (OSError, EOFError, lzma.LZMAError) as err:
                 raise BuildError(f"ADD {name}: cannot unpack the archive: {err}") from err

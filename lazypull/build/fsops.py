@@ -15,6 +15,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from lazypull.build.errors import BuildError
 
@@ -84,7 +85,7 @@ class CopyAttrs:
     mode: int | None = None
 
 
-def _copy_xattrs(src: Path, dest: Path) -> None:
+def _copy_xattrs(src: str, dest: Path) -> None:
     try:
         names = os.listxattr(src, follow_symlinks=False)
     except OSError:
@@ -98,6 +99,38 @@ def _copy_xattrs(src: Path, dest: Path) -> None:
             raise BuildError(f"cannot set extended attribute {name} on {dest.name}: {err.strerror}") from err
 
 
+def open_dir_beneath(anchor: Path, path: Path) -> int:
+    """A descriptor of the directory ``path`` below ``anchor``, opened one component at a time without
+    following links: whoever can write in a build context cannot swap a directory on the way for a
+    link to the host's files between our checks and our reads."""
+    fd = os.open(anchor, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in path.relative_to(anchor).parts:
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except OSError as err:
+        os.close(fd)
+        raise BuildError(f"{path}: changed while being read ({err.strerror})") from err
+    return fd
+
+
+def open_source_file(anchor: Path, path: Path) -> BinaryIO:
+    """The regular file ``path`` below ``anchor``, opened as :func:`open_dir_beneath` opens directories."""
+    parent = open_dir_beneath(anchor, path.parent)
+    try:
+        fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
+    except OSError as err:
+        raise BuildError(f"{path}: cannot be read ({err.strerror})") from err
+    finally:
+        os.close(parent)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BuildError(f"{path} is not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
 def _remove(path: Path) -> None:
     st = os.lstat(path)
     if stat.S_ISDIR(st.st_mode):
@@ -109,13 +142,15 @@ def _remove(path: Path) -> None:
 class TreeCopier:
     """Copies source entries into a root filesystem; remembers inodes to keep hardlinks."""
 
-    def __init__(self, root: Path, attrs: CopyAttrs, *, skip: Callable[[Path], bool] | None = None) -> None:
+    def __init__(self, root: Path, attrs: CopyAttrs, *, source: Path,
+                 skip: Callable[[Path], bool] | None = None) -> None:
         self.root = root
+        self.source = source            # sources are read below it (see open_dir_beneath)
         self.attrs = attrs
         self.skip = skip
         self.links: dict[tuple[int, int], Path] = {}
 
-    def _finish(self, src_st: os.stat_result, dest: Path, src: Path) -> None:
+    def _finish(self, src_st: os.stat_result, dest: Path, src: str) -> None:
         uid = src_st.st_uid if self.attrs.uid is None else self.attrs.uid
         gid = src_st.st_gid if self.attrs.gid is None else self.attrs.gid
         os.chown(dest, uid, gid, follow_symlinks=False)
@@ -129,7 +164,16 @@ class TreeCopier:
 
     def copy(self, src: Path, dest: Path) -> None:
         """Copy ``src`` (not following it if a link) to the real path ``dest`` whose parent exists."""
-        st = os.lstat(src)
+        parent = open_dir_beneath(self.source, src.parent)
+        try:
+            self._copy_at(parent, src, dest)
+        finally:
+            os.close(parent)
+
+    def _copy_at(self, parent: int, src: Path, dest: Path) -> None:
+        name = src.name
+        ref = f"/proc/self/fd/{parent}/{name}"          # the entry itself, for its xattrs (not followed)
+        st = os.lstat(name, dir_fd=parent)
         mode = st.st_mode
         existing: os.stat_result | None
         try:
@@ -148,19 +192,18 @@ class TreeCopier:
                 os.mkdir(dest, 0o700)
             self.copy_children(src, dest)
             if existing is None:            # a directory of the image keeps its own owner and mode
-                self._finish(st, dest, src)
+                self._finish(st, dest, ref)
             return
         if existing is not None:
             _remove(dest)
         key = (st.st_dev, st.st_ino)
-        if st.st_nlink > 1 and not stat.S_ISDIR(mode) and key in self.links:
+        if st.st_nlink > 1 and key in self.links:
             os.link(self.links[key], dest, follow_symlinks=False)
             return
         if stat.S_ISREG(mode):
-            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-            src_fd = os.open(src, flags)
+            src_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
             try:
-                if not stat.S_ISREG(os.fstat(src_fd).st_mode):
+                if os.fstat(src_fd).st_ino != st.st_ino:
                     raise BuildError(f"{src} changed while being copied")
                 flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
                 dest_fd = os.open(dest, flags, 0o600)
@@ -174,7 +217,7 @@ class TreeCopier:
             finally:
                 os.close(src_fd)
         elif stat.S_ISLNK(mode):
-            os.symlink(os.readlink(src), dest)
+            os.symlink(os.readlink(name, dir_fd=parent), dest)
         elif stat.S_ISFIFO(mode):
             os.mkfifo(dest, 0o600)
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
@@ -183,12 +226,16 @@ class TreeCopier:
             return                                  # sockets are not copied (as Docker)
         if st.st_nlink > 1:
             self.links[key] = dest
-        self._finish(st, dest, src)
+        self._finish(st, dest, ref)
 
     def copy_children(self, src: Path, dest: Path) -> None:
         """Copy what is in the directory ``src`` into the existing directory ``dest``."""
-        with os.scandir(src) as entries:
-            names = sorted(entry.name for entry in entries)
+        fd = open_dir_beneath(self.source, src)
+        try:
+            with os.scandir(fd) as entries:
+                names = sorted(entry.name for entry in entries)
+        finally:
+            os.close(fd)
         for name in names:
             child = src / name
             if self.skip is not None and self.skip(child):
