@@ -1,0 +1,180 @@
+"""Cold ``lazypull build`` with a lazy base, with a fully pulled base, and ``buildah bud``, on a shaped link::
+
+    .venv/bin/python -m bench.build                        # python image, wan profile, 3 samples each
+    .venv/bin/python -m bench.build --images python --profile wan --samples 2
+
+The Dockerfile is ``FROM <image>`` then ``RUN <the workload's command> > /out``: a build step that
+reads what the workload's start reads. Rows: ``lazypull-lazy`` builds FROM the eStargz image
+(``esgz``) with the stargz snapshotter (the base is mounted through the mount server and fetched on
+demand; the server is started before the clock, as bench/run.py does); ``lazypull-full`` builds FROM
+the gzip image (``org``) with ``--snapshotter=overlayfs`` (the base is downloaded and extracted first);
+``buildah`` runs Debian's ``buildah bud`` FROM ``org`` with a fresh private containers-storage
+(tests/podman/engine.py). Each sample starts cold (fresh store, empty cache). Timed: the build command
+until it exits; bytes: what the registry sent through the delay proxy. Images are prepared by
+:mod:`bench.prepare`. Results: ``bench/results/build-<UTC time>.json`` and a table on stdout. Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench import prepare as prep_mod  # noqa: E402
+from bench.delayproxy import DelayProxy  # noqa: E402
+from bench.netshape import PROFILES, NetNamespace  # noqa: E402
+from bench.registry import BenchRegistry  # noqa: E402
+from bench.systems import LAZYPULL, stop_lazypull  # noqa: E402
+from bench.workloads import Workload, parse_names  # noqa: E402
+
+ROWS = (("lazypull-lazy", "esgz"), ("lazypull-full", "org"), ("buildah", "org"))
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, file=sys.stderr, flush=True)
+
+
+def _context(base: Path, ref: str, workload: Workload) -> Path:
+    context = base / "context"
+    context.mkdir(parents=True)
+    (context / "Dockerfile").write_text(f"FROM {ref}\nRUN {shlex.join(workload.command)} > /out\n")
+    return context
+
+
+def sample(base: Path, system: str, ref: str, registry_host: str, workload: Workload,
+           proxy: DelayProxy) -> dict[str, Any]:
+    """One cold build: seconds and bytes the registry sent."""
+    from tests.podman.engine import remove_engine_dirs, write_engine_config
+
+    context = _context(base, ref, workload)
+    root = base / "lazypull"
+    env = dict(os.environ)
+    try:
+        if system == "buildah":
+            env = write_engine_config(base / "engine", registry_host, None)
+            env["PATH"] = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            argv = ["buildah", "bud", "--tls-verify=false", "--network", "host", "--ulimit",
+                    "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "-t", "localhost/bench:1",
+                    str(context)]
+        else:
+            root.mkdir(parents=True)
+            snapshotter = "stargz" if system == "lazypull-lazy" else "overlayfs"
+            if snapshotter == "stargz":
+                from lazypull.snapshot import MountClient
+
+                with MountClient(root) as mc:
+                    mc.ping()
+            argv = [*LAZYPULL, "--root", str(root), "--insecure-registry", f"--snapshotter={snapshotter}",
+                    "build", "-t", "localhost/bench:1", str(context)]
+        os.sync()
+        proxy.close_connections()
+        proxy.reset()
+        t0 = time.perf_counter()
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1800,
+                              stdin=subprocess.DEVNULL)
+        elapsed = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"{system}: exited {proc.returncode}: {proc.stderr[-800:]!r}")
+        return {"total": elapsed, "bytes_fetched": proxy.counters().bytes_down}
+    finally:
+        if system == "buildah":
+            subprocess.run(["buildah", "rmi", "-a", "-f"], env=env, capture_output=True, check=False)
+            subprocess.run(["umount", "-R", str(base / "engine" / "graph" / "overlay")], capture_output=True,
+                           check=False)
+            remove_engine_dirs(base / "engine")
+        else:
+            stop_lazypull(root)
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", default="python")
+    p.add_argument("--profile", default="wan", choices=list(PROFILES))
+    p.add_argument("--samples", type=int, default=3)
+    p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("LAZYPULL_BENCH_CACHE",
+                                                                          "/var/tmp/lazypull-bench")))
+    p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--seed", type=int, default=None)
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/build.py needs root (network namespace, tc, FUSE, runc, buildah)", file=sys.stderr)
+        return 2
+    profile = PROFILES[args.profile]
+    workloads = parse_names(args.images)
+    args.cache_dir = args.cache_dir.resolve()
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out_path = args.results_dir.resolve() / f"build-{stamp}.json"
+    results: dict[str, Any] = {"kind": "build", "date": stamp,
+                               "command": " ".join(shlex.quote(a) for a in sys.argv),
+                               "profile": vars(profile), "samples": [], "errors": []}
+    workdir = args.cache_dir / f"build-work-{os.getpid()}"
+    rng = random.Random(args.seed)
+    with contextlib.ExitStack() as stack:
+        stack.callback(lambda: subprocess.run(["rm", "-rf", str(workdir)], check=False))
+        ns = NetNamespace()
+        stack.callback(ns.close)
+        ns.create()
+        registry = BenchRegistry(workdir, args.cache_dir / "registry", host=ns.ns_ip,
+                                 exec_prefix=ns.exec_prefix())
+        stack.callback(registry.stop)
+        registry.start()
+        proxy = DelayProxy(ns.ns_ip, registry.port)
+        stack.callback(proxy.stop)
+        proxy.start()
+        ref_host = f"127.0.0.1:{proxy.port}"
+        for w in workloads:
+            log(f"preparing {w.name}")
+            prep_mod.prepare(w, cache_dir=args.cache_dir, registry=registry, proxy=proxy, ref_host=ref_host,
+                             workdir=workdir, variants=("org", "esgz"), log=log)
+        ns.shape(profile.rate_mbit)
+        proxy.set_rtt(profile.rtt)
+        order = [(w, system, variant) for w in workloads for system, variant in ROWS
+                 for _ in range(args.samples)]
+        rng.shuffle(order)
+        for i, (w, system, variant) in enumerate(order):
+            ref = f"{ref_host}/{w.name}:{variant}"
+            try:
+                res = sample(workdir / f"node-{i}", system, ref, ref_host, w, proxy)
+                results["samples"].append({"image": w.name, "system": system, "variant": variant, **res})
+                log(f"{w.name} {system}:{variant} total {res['total']:.2f}s, "
+                    f"{res['bytes_fetched'] / 1e6:.1f} MB")
+            except Exception as err:
+                log(f"{w.name} {system}:{variant} failed: {err}")
+                results["errors"].append(f"{w.name} {system}:{variant}: {err}")
+            out_path.write_text(json.dumps(results, indent=1))
+    print(table(results))
+    log(f"results: {out_path}")
+    return 0
+
+
+def table(results: dict[str, Any]) -> str:
+    """Markdown rows: median (slowest) build time and MB fetched, per image and row."""
+    lines = ["| image | system | build s | MB fetched | n |", "|---|---|---|---|---|"]
+    keys = sorted({(s["image"], s["system"], s["variant"]) for s in results["samples"]})
+    for image, system, variant in keys:
+        rows = [s for s in results["samples"]
+                if (s["image"], s["system"], s["variant"]) == (image, system, variant)]
+        values = [r["total"] for r in rows]
+        mb = statistics.median(r["bytes_fetched"] for r in rows) / 1e6
+        lines.append(f"| {image} | {system}:{variant} | {statistics.median(values):.2f} ({max(values):.2f}) "
+                     f"| {mb:.1f} | {len(rows)} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
