@@ -129,16 +129,38 @@ def _list(quiet: bool, no_trunc: bool, names: tuple[str, ...]) -> None:
     if names:
         wanted = {normalize_name(n) for n in names}
         records = [r for r in records if r.name in wanted]
-    summaries: list[ImageSummary] = [summarize(store, r) for r in records]
     if quiet:
-        for s in summaries:
-            click.echo(s.digest if no_trunc else s.digest.removeprefix("sha256:")[:12])
+        for r in records:
+            click.echo(r.target.digest if no_trunc else r.target.digest.removeprefix("sha256:")[:12])
         return
-    rows = [["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "PLATFORM", "SIZE", "BLOB SIZE"]]
+    cached = _chunk_cache_usage(store.root)
+    summaries: list[ImageSummary] = [summarize(store, r, cached) for r in records]
+    # nerdctl's columns, then LOCAL: what the layers hold here (SIZE counts a lazy layer whole)
+    rows = [["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "PLATFORM", "SIZE", "BLOB SIZE", "LOCAL"]]
     for s in summaries:
         rows.append([s.repository, s.tag, s.digest if no_trunc else s.digest.removeprefix("sha256:")[:12],
-                     since(s.created), s.platform, human_size(s.size), human_size(s.blob_size)])
+                     since(s.created), s.platform, human_size(s.size), human_size(s.blob_size),
+                     human_size(s.local_size)])
     click.echo(tabulate(rows), nl=False)
+
+
+def _chunk_cache_usage(root: Path) -> Callable[[str], int]:
+    """Bytes a layer (by digest) holds in the mount server's chunk cache (where config.toml puts it)."""
+    from lazypull.fs.cache import stored_bytes
+    from lazypull.fs.config import FsConfig, load_config
+
+    try:
+        config = load_config(root)
+    except LazypullError:
+        config = FsConfig()     # a broken config.toml: the mount server's own error says so
+    directory = config.chunk_dir(root)
+
+    def usage(digest: str) -> int:
+        try:
+            return stored_bytes(directory, digest)
+        except LazypullError:           # not a sha256 digest: nothing of it can be cached
+            return 0
+    return usage
 
 
 @click.command("images")

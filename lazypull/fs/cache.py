@@ -70,6 +70,18 @@ def default_max_bytes(directory: Path) -> int:
     return max(BLOCK, min(AUTO_CAP, int(st.f_blocks * st.f_frsize * AUTO_FRACTION)))
 
 
+def stored_bytes(directory: Path, digest: str) -> int:
+    """Bytes of a layer's chunks on disk in the cache ``directory``, without opening the cache (for
+    ``lazypull images``: what a lazy layer holds locally). Temporary files are not counted."""
+    total = 0
+    with contextlib.suppress(OSError), os.scandir(directory / digest_hex(digest, "layer digest")) as it:
+        for entry in it:
+            if _HEX.fullmatch(entry.name):
+                with contextlib.suppress(OSError):
+                    total += entry.stat(follow_symlinks=False).st_size
+    return total
+
+
 def _blocks(size: int) -> int:
     return max(BLOCK, (size + BLOCK - 1) // BLOCK * BLOCK)
 

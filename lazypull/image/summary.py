@@ -2,7 +2,10 @@
 
 SIZE counts the uncompressed size of the layers unpacked locally (``snapshots/<hex>/fs`` exists:
 extracted, or mounted lazily); BLOB SIZE counts the blobs of the image: index (if any), manifest,
-config and compressed layers, as listed (whether or not they are local).
+config and compressed layers, as listed (whether or not they are local). LOCAL counts what the layers
+hold on this machine: an extracted layer its uncompressed size, a lazy one the verified chunks in its
+chunk cache namespace (what it has fetched so far; what nerdctl's SIZE shows for a stargz image). Files
+a lazy layer assembled from those chunks (``snapshots/<hex>/files``) are copies and not counted again.
 """
 
 from __future__ import annotations
@@ -10,8 +13,11 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import os
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from lazypull.image import mediatypes as mt
 from lazypull.image.errors import ImageError
@@ -33,6 +39,7 @@ class ImageSummary:
     platform: str
     size: int
     blob_size: int
+    local_size: int
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -84,21 +91,32 @@ def _tree_size(top: Path) -> int:
     return total
 
 
-def _unpacked(path: Path) -> bool:
-    """Whether a layer is extracted or mounted lazily at ``path``. A lazy layer whose mount server died
-    answers ENOTCONN (the next server mounts it again): it counts, and never fails the listing."""
+LayerState = Literal["mounted", "extracted", "absent"]
+
+
+def layer_state(path: Path) -> LayerState:
+    """Whether a layer is mounted lazily at ``path``, extracted there, or neither. A lazy layer whose
+    mount server died answers ENOTCONN (the next server mounts it again): it counts as mounted, and never
+    fails the listing."""
     try:
-        return path.is_dir()
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            return "absent"
+        parent = os.lstat(path.parent)
     except OSError as err:
-        return err.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+        return "mounted" if err.errno in (errno.ENOTCONN, errno.ECONNABORTED) else "absent"
+    return "mounted" if st.st_dev != parent.st_dev else "extracted"
 
 
-def summarize(store: Store, record: ImageRecord) -> ImageSummary:
-    """The row for one named image."""
+def summarize(store: Store, record: ImageRecord,
+              cached: Callable[[str], int] | None = None) -> ImageSummary:
+    """The row for one named image. ``cached``: bytes a layer (by digest) holds in the chunk cache (the
+    CLI's, which knows where the cache is; None: no cache)."""
     repository, tag = split_name(record.name)
     platform = "unknown"
     size = 0
     blob_size = 0
+    local_size = 0
     try:
         manifest_desc, index_size = _manifest_for(store, record.target)
         blob_size += index_size
@@ -110,9 +128,14 @@ def summarize(store: Store, record: ImageRecord) -> ImageSummary:
                 platform = platform_label(config_platform(config))
             for d in layers:
                 unpacked = store.root / "snapshots" / d.digest.removeprefix("sha256:") / "fs"
-                if _unpacked(unpacked):
-                    size += layer_uncompressed_size(store, d, unpacked)
+                state = layer_state(unpacked)
+                full = layer_uncompressed_size(store, d, unpacked) if state != "absent" else 0
+                size += full
+                if state == "extracted":
+                    local_size += full
+                elif cached is not None:
+                    local_size += cached(d.digest)
     except ImageError:
         pass  # a damaged entry still gets a row; `image inspect` shows the error
     return ImageSummary(record.name, repository, tag, record.target.digest, record.created, platform, size,
-                        blob_size)
+                        blob_size, local_size)

@@ -24,7 +24,7 @@ from lazypull.registry import RegistryClient
 from tests.helpers.images import BuiltLayout, file, make_oci_layout, sample_layers, sha256
 from tests.helpers.registry import RegistryServer
 
-HEADER = ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "PLATFORM", "SIZE", "BLOB SIZE"]
+HEADER = ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "PLATFORM", "SIZE", "BLOB SIZE", "LOCAL"]
 
 
 def run(root: Path, *args: str, ok: bool = True) -> Result:
@@ -94,7 +94,7 @@ def test_seed_flow_min_chunk_size(tmp_path: Path, registry: RegistryServer, layo
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest)
     table = run(root, "images").stdout
     assert table.split("\n")[0].split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "PLATFORM", "SIZE",
-                                            "BLOB", "SIZE"]
+                                            "BLOB", "SIZE", "LOCAL"]
     (row,) = parse_table(table)
     store = Store(root)
     manifest = json.loads(store.read_blob(digest))
@@ -102,7 +102,7 @@ def test_seed_flow_min_chunk_size(tmp_path: Path, registry: RegistryServer, layo
         layer["size"] for layer in manifest["layers"])
     assert row == {"REPOSITORY": f"{registry.host}/{unique_repo}", "TAG": "22.04-chunk50000",
                    "IMAGE ID": digest[7:19], "CREATED": row["CREATED"], "PLATFORM": "linux/amd64",
-                   "SIZE": "0.0 B", "BLOB SIZE": human_size(blob_size)}
+                   "SIZE": "0.0 B", "BLOB SIZE": human_size(blob_size), "LOCAL": "0.0 B"}
     assert re.fullmatch(r"(Less than a second|1 second|\d+ seconds) ago", row["CREATED"])
     assert run(root, "images", "-q").stdout == digest[7:19] + "\n"
 
@@ -125,7 +125,7 @@ def test_seed_flow_min_chunk_size(tmp_path: Path, registry: RegistryServer, layo
     assert motd.read_text() == "hello\n"
     (row,) = parse_table(run(other, "images").stdout)
     unpacked = sum(int(d.annotations[mt.UNCOMPRESSED_SIZE]) for d in resolved.layers)
-    assert row["SIZE"] == human_size(unpacked) != "0.0 B"
+    assert row["SIZE"] == row["LOCAL"] == human_size(unpacked) != "0.0 B"
     assert row["BLOB SIZE"] == human_size(blob_size)
 
 

@@ -52,7 +52,7 @@ OCI_ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd"
 DOCKER_GZIP_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
 LAZY_CONFIG = "background_fetch = false\n"     # only what is read is fetched: laziness shows in the log
-IMAGES_HEADER = ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "PLATFORM", "SIZE", "BLOB SIZE"]
+IMAGES_HEADER = ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "PLATFORM", "SIZE", "BLOB SIZE", "LOCAL"]
 CREATED = re.compile(r"(Less than a second|\d+ seconds?|About a minute|\d+ minutes) ago")  # go-units
 DIGEST_LINE = re.compile(r"sha256:[0-9a-f]{64}")
 

@@ -53,3 +53,27 @@ def test_split_name() -> None:
     toc_name = "registry2:5000/ubuntu:22.04-ex-esgztoc"
     assert split_name(toc_name) == ("registry2:5000/ubuntu", "22.04-ex-esgztoc")
     assert split_name("127.0.0.1:5000/a@sha256:" + "a" * 64) == ("127.0.0.1:5000/a", "<none>")
+
+
+def test_local_size(tmp_path: Path) -> None:
+    """LOCAL: an extracted layer counts whole, any other layer what the chunk cache holds of it."""
+    built = make_oci_layout(tmp_path / "l", sample_layers(), tag="v1")
+    layout = Layout(built.path)
+    store = Store(tmp_path / "root")
+    copy_into_store(store, layout.root("v1"), layout, "example.com/s:1", source=None, platforms=None,
+                    verify_diff_ids=False)
+    record = store.get_image("example.com/s:1")
+    asked: list[str] = []
+
+    def cached(digest: str) -> int:
+        asked.append(digest)
+        return 100
+
+    summary = summarize(store, record, cached)
+    assert summary.size == 0 and summary.local_size == 100 * len(built.image.layer_digests)
+    store.record_uncompressed(built.image.layer_digests[2], built.image.diff_ids[2], 4096)
+    (tmp_path / "root/snapshots" / built.image.layer_digests[2][7:] / "fs").mkdir(parents=True)
+    asked.clear()
+    summary = summarize(store, record, cached)
+    assert summary.size == 4096 and summary.local_size == 4096 + 100 * (len(built.image.layer_digests) - 1)
+    assert built.image.layer_digests[2] not in asked and len(asked) == len(built.image.layer_digests) - 1
