@@ -117,6 +117,18 @@ class Catalog:
         self._images: OrderedDict[str, ImageLayers] = OrderedDict()
         self._busy: dict[str, threading.Lock] = {}
 
+    def cached(self, ref_text: str) -> list[StoreLayer]:
+        """The lazy layers of an image already read (by blob digest, manifest order); [] if not read."""
+        from lazypull.registry import parse_reference
+
+        try:
+            key = str(parse_reference(ref_text))
+        except LazypullError:
+            return []
+        with self._lock:
+            image = self._images.get(key)
+        return list(image.by_digest.values()) if image is not None else []
+
     def layer(self, ref_text: str, name: str) -> tuple[StoreLayer, bool] | None:
         """The layer ``name`` (blob or TOC digest) of image ``ref_text``; None if it has no such lazy
         layer. A name missing from a cached manifest asks the registry again (the tag moved)."""

@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from lazypull.fs.fuse.mount import mount_entry
 from lazypull.fs.fuse.mount import unmount as fuse_unmount
 from lazypull.fs.remote import RegistryRangeSource, RemoteBlob
 from lazypull.fs.stats import LayerStats
-from lazypull.snapshot.manager import LayerManager, layer_client
+from lazypull.snapshot.manager import MOUNT_PARALLELISM, LayerManager, layer_client
 from lazypull.store.auth import ChainedAuth
 from lazypull.store.catalog import Catalog, StoreLayer
 from lazypull.store.names import encode_ref
@@ -42,6 +43,7 @@ DEFAULT_GRACE = 60.0          # s a released layer stays mounted (a pull's looku
 TIMEOUT = 1.0                 # s the kernel caches the store's names (as stargz-store)
 BLOB_WINDOW = 4 << 20         # bytes fetched per blob read (podman save reads the blob in order)
 STORES_FILE = "stores.json"
+PREMOUNT_EVERY = 60.0         # s between early mounts of one image's layers
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class LayerStore:
         self._held: set[str] = set()
         self._timers: dict[str, threading.Timer] = {}
         self._windows: dict[str, tuple[int, bytes]] = {}
+        self._premounted: dict[str, float] = {}    # image ref -> when its layers were mounted early
         self._fuse: FuseMount | None = None
 
     # -- lifecycle --
@@ -138,7 +141,37 @@ class LayerStore:
     # -- StoreBackend --
 
     def find_layer(self, ref: str, name: str) -> tuple[StoreLayer, bool] | None:
-        return self.catalog.layer(ref, name)
+        hit = self.catalog.layer(ref, name)
+        if hit is not None:
+            self._premount_image(ref)
+        return hit
+
+    def _premount_image(self, ref: str) -> None:
+        """Mount every lazy layer of the image in the background at its first lookup: podman looks
+        its layers up one at a time (under one lock), each lookup's stat of ``diff`` mounts the layer,
+        so their TOC reads overlap instead of adding up. A mount podman does not use is released
+        after the grace period, as any."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._premounted.get(ref, -PREMOUNT_EVERY) < PREMOUNT_EVERY:
+                return
+            self._premounted[ref] = now
+            for old in [r for r, t in self._premounted.items() if now - t >= PREMOUNT_EVERY]:
+                del self._premounted[old]
+        layers = self.catalog.cached(ref)
+        if len(layers) < 2:
+            return
+        name = encode_ref(ref)
+        pool = ThreadPoolExecutor(min(len(layers), MOUNT_PARALLELISM), thread_name_prefix="store-premount")
+        for layer in layers:
+            pool.submit(self._premount, f"{name}/{layer.info.digest}", layer)
+        pool.shutdown(wait=False)
+
+    def _premount(self, key: str, layer: StoreLayer) -> None:
+        try:
+            self.diff_target(key, layer)
+        except Exception as err:        # the lookup's own stat of diff reports it
+            log.debug("store: early mount of %s failed: %s", key, err)
 
     def _holder(self, key: str) -> str:
         return f"store:{self.spec.mountpoint}:{key}"

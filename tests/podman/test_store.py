@@ -154,3 +154,17 @@ def test_a_killed_server_leaves_a_mount_the_next_one_replaces(engines: Engines,
         assert [s["mountpoint"] for s in client.store_request("list_stores")] == [str(engines.store)]
     out = engines.podman("run", "--rm", *RUN_FLAGS, lazy_image.ref, "cat", "/srv/motd")
     assert out.stdout == "hi from the store\n"
+
+
+def test_a_lookup_mounts_the_images_layers_early_and_unused_ones_go(engines: Engines,
+                                                                    lazy_image: LazyImage) -> None:
+    name = encode_ref(lazy_image.ref)
+    os.stat(engines.store / name / lazy_image.layers[1])       # a lookup, no walk through diff
+    deadline = time.monotonic() + 60
+    while not set(lazy_image.layers) <= engines.mounted_layers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert set(lazy_image.layers) <= engines.mounted_layers()   # both, in the background
+    assert engines.store_counts() == {}                          # nobody used them:
+    while set(lazy_image.layers) & engines.mounted_layers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not set(lazy_image.layers) & engines.mounted_layers()     # released after the grace period
