@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from lazypull.errors import LazypullError
+from lazypull.format import FormatError
 from lazypull.fs.fuse.tree import ROOT_INODE, Attr, FuseError, StatFs
 from lazypull.store.catalog import StoreLayer
 from lazypull.store.names import BLOB, DIFF, INFO, USE, StoreNameError, decode_ref, parse_digest_name
@@ -215,7 +216,7 @@ class StoreTree:
             raise FuseError(errno.EINVAL)
         try:
             return self.backend.diff_target(node.key, node.layer)
-        except (LazypullError, OSError) as err:
+        except (LazypullError, FormatError, OSError) as err:    # "not here": podman downloads it
             log.error("store: cannot mount layer %s: %s", node.key, err)
             raise FuseError(errno.EIO, str(err)) from err
 

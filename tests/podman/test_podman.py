@@ -7,6 +7,7 @@ import json
 import tarfile
 import time
 
+from lazypull.format.annotations import TOC_DIGEST_ANNOTATION
 from lazypull.store.names import encode_ref
 from tests.helpers.registry import RegistryServer
 from tests.podman.conftest import GRACE, Engines, LazyImage, layer_bytes
@@ -84,3 +85,24 @@ def test_rmi_releases_the_layers(engines: Engines, lazy_image: LazyImage) -> Non
     # pulled again, it is served again
     engines.podman("pull", lazy_image.ref)
     assert engines.store_counts() == held
+
+
+def test_a_layer_whose_toc_does_not_verify_is_downloaded_by_podman(engines: Engines, lazy_image: LazyImage,
+                                                                   registry: RegistryServer) -> None:
+    from lazypull.registry import RegistryClient
+
+    bad = lazy_image.ref.rsplit(":", 1)[0] + ":badtoc"
+    with RegistryClient(insecure=True) as client:
+        raw, media_type, _ = client.get_manifest(lazy_image.ref)
+        manifest = json.loads(raw)
+        manifest["layers"][1]["annotations"][TOC_DIGEST_ANNOTATION] = "sha256:" + "1" * 64
+        client.put_manifest(bad, json.dumps(manifest).encode(), media_type)
+    mark = registry.log_mark()
+    engines.podman("pull", bad)
+    whole = [e for e in registry.access_log(mark) if e.method == "GET" and e.status == 200
+             and lazy_image.layers[1] in e.path]
+    assert len(whole) == 1                      # podman downloaded the layer the store refused
+    linked = [p.read_text() for p in (engines.env_graph / "overlay").glob("*/additionallayer")]
+    assert [s.rsplit("/", 1)[-1] for s in linked] == [lazy_image.layers[0]]
+    out = engines.podman("run", "--rm", *RUN_FLAGS, bad, "cat", "/srv/motd")
+    assert out.stdout == "hi from the store\n"
