@@ -258,7 +258,6 @@ class MountDaemon:
         prepare_root(self.root)     # before the first mount: layers are served only under 0700 dirs
         private_dir(self.config.chunk_dir(self.root))
         self._lock_pidfile()
-        self.manager.warm_up()      # before listening: a client that got through does not wait for imports
         for point in clean_stale_mounts(self.root / "snapshots"):
             log.warning("detached stale mount %s left by a previous server", point)
         clean_all_partials(self.root)       # layers a killed full pull was extracting (issue 10 item 7)
@@ -275,6 +274,9 @@ class MountDaemon:
             self._server = _Server(str(sock_path), self)
         finally:
             os.umask(old_umask)
+        # After listening (issue 14: a first request is answered ~0.1 s sooner); a request that needs
+        # what it imports meanwhile waits on the same import locks, never imports twice.
+        threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
         threading.Thread(target=self._restore, name="restore", daemon=True).start()
         log.info("mount server %d listening on %s", os.getpid(), sock_path)
         if self.containerd_socket is not None:
@@ -295,6 +297,12 @@ class MountDaemon:
             self._snapshot_service.start()
             if self._cri_service is not None:
                 self._cri_service.start()
+
+    def _warm_up(self) -> None:
+        try:
+            self.manager.warm_up()
+        except Exception:       # only a head start: the first pull imports and connects itself
+            log.exception("warming up failed")
 
     def _restore(self) -> None:
         try:                # the additional layer stores first: podman commands wait on them
