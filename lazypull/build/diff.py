@@ -37,17 +37,23 @@ def _xattrs(path: Path) -> dict[str, bytes]:
 
 
 def _walk(top: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
-    """(relative name, path, lstat) of everything below ``top``, sorted, parents before children."""
-    with os.scandir(top) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for entry in entries:
-        path = Path(entry.path)
-        st = os.lstat(path)
-        name = entry.name
-        yield name, path, st
-        if stat.S_ISDIR(st.st_mode):
-            for child_name, child, child_st in _walk(path):
-                yield f"{name}/{child_name}", child, child_st
+    """(relative name, path, lstat) of everything below ``top``, sorted, parents before children.
+
+    Iterative: a step can leave a directory tree deeper than Python's recursion limit."""
+    stack: list[tuple[str, Path]] = [("", top)]
+    while stack:
+        prefix, directory = stack.pop()
+        with os.scandir(directory) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        subdirs = []
+        for entry in entries:
+            path = Path(entry.path)
+            st = os.lstat(path)
+            name = f"{prefix}{entry.name}"
+            yield name, path, st
+            if stat.S_ISDIR(st.st_mode):
+                subdirs.append((name + "/", path))
+        stack.extend(reversed(subdirs))
 
 
 def _info(name: str, st: os.stat_result) -> tarfile.TarInfo:

@@ -19,7 +19,6 @@ import json
 import lzma
 import os
 import re
-import shutil
 import tarfile
 import tempfile
 import threading
@@ -34,7 +33,14 @@ from lazypull.build.context import SourceRoot
 from lazypull.build.diff import write_diff
 from lazypull.build.dockerfile import Dockerfile, Instruction, parse_dockerfile, parse_json_form
 from lazypull.build.errors import BuildError, RunError
-from lazypull.build.fsops import CopyAttrs, TreeCopier, make_dirs, open_source_file, scoped_path
+from lazypull.build.fsops import (
+    CopyAttrs,
+    TreeCopier,
+    make_dirs,
+    open_source_file,
+    remove_tree,
+    scoped_path,
+)
 from lazypull.build.layer import BuiltLayer, LayerFormat, store_layer
 from lazypull.build.progress import Progress
 from lazypull.build.words import expand_word, expand_words, key_values, split_raw
@@ -42,6 +48,7 @@ from lazypull.errors import LazypullError
 from lazypull.image import Store
 from lazypull.image import mediatypes as mt
 from lazypull.registry import Descriptor
+from lazypull.runtime.overlay import is_mountpoint
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -50,6 +57,7 @@ BUILD_LABEL = "lazypull.build"
 MOUNT_STUBS = ("proc", "dev", "sys", "etc/resolv.conf", "etc/hosts", "etc/hostname")
 FILE_STEPS = frozenset({"RUN", "COPY", "ADD", "WORKDIR"})
 _OUTPUT_TAIL = 200            # lines of a failing RUN's output repeated in quiet mode
+_MAX_LINE = 64 << 10          # bytes of one output line held in memory
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _DURATION_NS = {"ns": 1, "us": 1000, "µs": 1000, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
 
@@ -573,7 +581,8 @@ class Builder:
 
     def _discard_step(self) -> None:
         step = self.workdir / f"step-{self._step}"
-        shutil.rmtree(step, ignore_errors=True)
+        if not is_mountpoint(step / "merged"):
+            remove_tree(step)
 
     def _workdir_of(self, stage: _Stage) -> str:
         return str(stage.run_config.get("WorkingDir") or "/")
@@ -680,7 +689,7 @@ class Builder:
             except (OSError, EOFError, lzma.LZMAError) as err:
                 raise BuildError(f"ADD {name}: cannot unpack the archive: {err}") from err
             finally:
-                shutil.rmtree(unpacked, ignore_errors=True)
+                remove_tree(unpacked)
             return
         into_dir = dest.endswith("/")
         if not into_dir:
@@ -772,12 +781,15 @@ class Builder:
                 raise RunError(f"{self.df.where}:{ins.line}: RUN {ins.args}: exit code {code}", code)
             self._commit_upper(stage, bundle / "upper", key, created_by, skip=stubs)
         finally:
+            with contextlib.suppress(OSError):
+                if not is_mountpoint(bundle / "rootfs"):
+                    remove_tree(bundle / "upper")       # iteratively: it may be deeper than rmtree goes
             self.containers.remove(record, force=True)
         self.progress.done()
 
     def _pump(self, fd: int, tail: deque[str]) -> None:
         with os.fdopen(fd, "rb") as stream:
-            for raw in stream:
+            while raw := stream.readline(_MAX_LINE):      # a step printing no newline is cut in pieces
                 line = raw.decode("utf-8", "replace").rstrip("\n")
                 tail.append(line)
                 self.progress.output(line)
@@ -821,7 +833,10 @@ def unused_build_args(builder: Builder) -> list[str]:
 def build_image(builder: Builder, names: Sequence[str]) -> BuildResult:
     """Run the build and store the image under each name (none: only its digest is printed)."""
     with builder.store.lease():
-        stage = builder.build()
+        try:
+            stage = builder.build()
+        except RecursionError as err:       # a source tree deeper than the copier's recursion
+            raise BuildError("a directory tree being copied is nested too deeply") from err
         _raw_config, raw_manifest = builder.image_documents(stage)
         manifest = builder.store.put_blob(raw_manifest)
         desc = Descriptor(mt.OCI_MANIFEST, manifest.digest, manifest.size)

@@ -10,7 +10,6 @@ times and extended attributes (not overlayfs' own) kept; owners as given.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,12 +130,32 @@ def open_source_file(anchor: Path, path: Path) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
+def remove_tree(top: Path) -> None:
+    """Delete ``top`` and everything below it without following links, iteratively (shutil.rmtree
+    recurses, and a build step can leave a tree deeper than Python's recursion limit)."""
+    try:
+        if not stat.S_ISDIR(os.lstat(top).st_mode):
+            os.unlink(top)
+            return
+    except FileNotFoundError:
+        return
+    stack = [(top, False)]
+    while stack:
+        directory, emptied = stack.pop()
+        if emptied:
+            os.rmdir(directory)
+            continue
+        stack.append((directory, True))
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((Path(entry.path), False))
+                else:
+                    os.unlink(entry.path)
+
+
 def _remove(path: Path) -> None:
-    st = os.lstat(path)
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
+    remove_tree(path)
 
 
 class TreeCopier:

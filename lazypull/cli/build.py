@@ -8,7 +8,6 @@ their mounts under its own id and releases them when it ends, however it ends.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,13 +74,16 @@ class _Bases:
 
 def _cleanup(workdir: Path) -> None:
     """Unmount what a build left mounted under its work directory, then delete it."""
+    from lazypull.build.fsops import remove_tree
     from lazypull.runtime.overlay import mountpoints, unmount
 
     points = [m for m in mountpoints() if m.startswith(str(workdir) + "/")]
     for point in sorted(points, key=len, reverse=True):
         with contextlib.suppress(Exception):
             unmount(Path(point))
-    shutil.rmtree(workdir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        if not any(m.startswith(str(workdir) + "/") for m in mountpoints()):
+            remove_tree(workdir)
 
 
 @click.command("build")

@@ -109,3 +109,28 @@ def test_terminated_build_leaves_nothing(tmp_path: Path, lazy_base: tuple[str, l
     _, rest = proc.communicate(timeout=60)
     assert proc.returncode != 0, (seen + rest).decode()
     _nothing_left(root)
+
+
+def test_deep_tree_and_endless_line_from_run(tmp_path: Path, busybox_base: str) -> None:
+    """A step leaving a tree deeper than Python's recursion limit, printing a line with no end."""
+    root, _ctx, result = _build(tmp_path, f"FROM {busybox_base}\n"
+                               "RUN i=0; while [ $i -lt 1200 ]; do mkdir d; cd d; i=$((i+1)); done; "
+                               "echo -n start; i=0; while [ $i -lt 2000 ]; do echo -n 0123456789abcdef"
+                               "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef; "
+                               "i=$((i+1)); done\n"
+                               "RUN test -d /d/d/d/d\n")
+    try:
+        assert result.returncode == 0, result.stderr.decode()[-2000:]
+        assert max(len(line) for line in result.stderr.splitlines()) < 70 << 10
+        image = Store(root).resolve("localhost/bad:1")
+        blob = Store(root).blob_path(image.layers[1].digest)
+        assert blob is not None
+        import tarfile
+
+        with tarfile.open(blob, "r:*") as tar:
+            depth = max(m.name.count("/") for m in tar.getmembers())
+        assert depth == 1199
+    finally:    # os.walk (the clean-up fixture) and pytest's rm_rf recurse: take the deep trees away
+        from lazypull.build.fsops import remove_tree
+
+        remove_tree(root / "snapshots")
