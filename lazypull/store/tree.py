@@ -27,6 +27,7 @@ from lazypull.store.names import BLOB, DIFF, INFO, USE, StoreNameError, decode_r
 
 log = logging.getLogger(__name__)
 
+ROOT_MODE = stat.S_IFDIR | 0o700    # only root (podman, buildah) may look up, read blobs, use, release
 DIR_MODE = stat.S_IFDIR | 0o755
 FILE_MODE = stat.S_IFREG | 0o444
 LINK_MODE = stat.S_IFLNK | 0o777
@@ -92,7 +93,7 @@ class StoreTree:
         return ino
 
     def _dir_attr(self, ino: int) -> Attr:
-        return Attr(ino, DIR_MODE, nlink=2, mtime_ns=self._mtime_ns)
+        return Attr(ino, ROOT_MODE if ino == ROOT_INODE else DIR_MODE, nlink=2, mtime_ns=self._mtime_ns)
 
     def _child_attr(self, layer: _LayerDir, name: bytes) -> Attr | None:
         if name == DIFF:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -168,3 +171,23 @@ def test_a_lookup_mounts_the_images_layers_early_and_unused_ones_go(engines: Eng
     while set(lazy_image.layers) & engines.mounted_layers() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not set(lazy_image.layers) & engines.mounted_layers()     # released after the grace period
+
+
+def test_other_users_cannot_use_the_store(engines: Engines, lazy_image: LazyImage) -> None:
+    """A local user must not read a private image's blob, nor make the store fetch with root's
+    credentials or count uses (a store at a path every user can reach)."""
+    base = Path(tempfile.mkdtemp(prefix="lpp-store-", dir="/run"))
+    try:
+        base.chmod(0o755)
+        store = base / "store"
+        engines.lazypull("store", str(store))
+        layer_dir = store / encode_ref(lazy_image.ref) / lazy_image.layers[1]
+        assert (layer_dir / "info").is_file()                       # root: yes
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c"]
+        for probe in (f"cat '{layer_dir}/blob' > /dev/null", f"ls '{store}'", f": > '{layer_dir}/use'"):
+            out = subprocess.run([*nobody, probe], capture_output=True, text=True, cwd="/")
+            assert out.returncode != 0 and "Permission denied" in out.stderr, (probe, out)
+        assert engines.lazypull("store", "--list").stdout.count(layer_dir.parent.name + "/") == 0  # no use
+    finally:
+        engines.lazypull("store", "--stop", str(base / "store"), check=False)
+        shutil.rmtree(base, ignore_errors=True)
