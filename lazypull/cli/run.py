@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -217,15 +217,21 @@ def _waits_for_prefetch(root: Path) -> bool:
     return load_config(root).prefetch_wait
 
 
-def start_container(record: ContainerRecord, *, interactive: bool) -> int:
-    """Run a created container in the foreground; removes it afterwards if it was made with ``--rm``."""
+def start_container(record: ContainerRecord, *, interactive: bool, stdin: IO[Any] | None = None) -> int:
+    """Run a created container in the foreground; removes it afterwards if it was made with ``--rm``.
+    ``interactive``: the container reads ``stdin`` (default: ours).
+
+    With a terminal (``record.tty``) this process keeps the console: it holds the pty master runc sends
+    on its console socket and copies it to our stdout, which for a detached container (``run -dit``) is
+    the container log, so ``logs`` shows the output and the terminal stays open while it runs."""
     root = get_options().root
     containers = Containers(root)
     tty = record.tty
-    if tty and interactive and not sys.stdin.isatty():
+    source = stdin if stdin is not None else sys.stdin
+    if tty and interactive and not source.isatty():
         raise ContainerError("the input device is not a TTY: drop -t, or run from a terminal")
     try:
-        return containers.run(record, tty=tty, stdio=Stdio(stdin=sys.stdin if interactive else None))
+        return containers.run(record, tty=tty, stdio=Stdio(stdin=source if interactive else None))
     finally:
         if record.labels.get(AUTO_REMOVE_LABEL) == "true":
             with signals_held():    # a signal now must not cut the removal short
@@ -237,9 +243,11 @@ def start_container(record: ContainerRecord, *, interactive: bool) -> int:
 _STARTED = b"started\n"
 
 
-def start_detached(record: ContainerRecord, timeout: float = 60.0) -> None:
+def start_detached(record: ContainerRecord, timeout: float = 60.0, *, keep_stdin: bool = False) -> None:
     """Start the container in the background: a ``lazypull start --attach`` in its own session,
-    output to ``containers/<id>/container.log``, supervises it (exit status, ``--rm``).
+    output to ``containers/<id>/container.log``, supervises it (exit status, ``--rm``; with ``-t`` it
+    keeps the console, see :func:`start_container`). ``keep_stdin`` (``run -di``): the container's stdin
+    stays open (a pipe nobody writes to, as docker keeps it for a later attach), not /dev/null.
 
     Returns once the supervisor says on a pipe that the container runs (or ran); anything else (an
     error it reports there, its death before saying anything, no word within ``timeout``) raises, so
@@ -252,7 +260,7 @@ def start_detached(record: ContainerRecord, timeout: float = 60.0) -> None:
     try:
         with open(log_path, "ab") as log_file:
             cmd = lazypull_argv("--root", str(opts.root), "start", "--attach", "--notify-fd", str(write_end),
-                                record.id)   # -I: not from cwd
+                                *(["--keep-stdin"] if keep_stdin else []), record.id)   # -I: not from cwd
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                                     start_new_session=True, close_fds=True, pass_fds=(write_end,))
         os.close(write_end)
@@ -340,14 +348,12 @@ def _log_tail(path: Path, size: int = 64 << 10) -> str:
 @container_options
 def run(detach: bool, **params: Any) -> None:
     """Run COMMAND (default: the image's) in a new container of IMAGE; exits with its status."""
-    if params["tty"] and params["interactive"] and not sys.stdin.isatty():
+    if params["tty"] and params["interactive"] and not detach and not sys.stdin.isatty():
         raise ContainerError("the input device is not a TTY: drop -t, or run from a terminal")
-    if detach and (params["tty"] or params["interactive"]):
-        raise ContainerError("-d cannot be combined with -t or -i (no terminal to attach later)")
     with exit_on_signals():
         record = create_container(**params)
-        if detach:
-            start_detached(record)
+        if detach:      # -dit: the supervisor keeps the console (there is no attach: use logs, exec)
+            start_detached(record, keep_stdin=params["interactive"])
             click.echo(record.id)
             return
         code = start_container(record, interactive=params["interactive"])
@@ -368,26 +374,28 @@ def create(**params: Any) -> None:
 @click.option("-i", "--interactive", is_flag=True, help="Pass stdin to the container (with -a).")
 @click.option("--notify-fd", type=int, default=None, hidden=True,
               help="(run -d's supervisor) say on this fd whether the container started.")
+@click.option("--keep-stdin", is_flag=True, hidden=True,
+              help="(run -di's supervisor) the container's stdin stays open instead of /dev/null.")
 @global_options
 @click.argument("container")
-def start(attach: bool, interactive: bool, notify_fd: int | None, container: str) -> None:
+def start(attach: bool, interactive: bool, notify_fd: int | None, keep_stdin: bool, container: str) -> None:
     """Start a created container: in the background (output in ``lazypull logs``), or attached with -a."""
     if notify_fd is not None:
-        _supervise(container, notify_fd)
+        _supervise(container, notify_fd, keep_stdin)
         return
     record = Containers(get_options().root).find(container)
     if record.status != "created":
         raise ContainerError(f"container {record.name} is {record.status}: only created containers can start")
     if not attach:
-        if interactive or record.tty:
-            raise ContainerError("start without -a cannot pass stdin or a terminal: use start -a")
+        if interactive:
+            raise ContainerError("start without -a cannot pass stdin: use start -a")
         start_detached(record)
         click.echo(record.name)
         return
     click.get_current_context().exit(start_container(record, interactive=interactive))
 
 
-def _supervise(container: str, notify_fd: int) -> None:
+def _supervise(container: str, notify_fd: int, keep_stdin: bool) -> None:
     """``start --attach --notify-fd``: run the container, telling ``start_detached`` when it runs or why
     it could not (any error before it ran, in whatever layer, is such a reason)."""
     from lazypull.cli.main import error_line
@@ -400,7 +408,15 @@ def _supervise(container: str, notify_fd: int) -> None:
             raise ContainerError(f"container {record.name} is {record.status}: only created containers "
                                  "can start")
         notice.watch(containers, record.id)
-        code = start_container(record, interactive=False)
+        if keep_stdin and not record.tty:   # (a terminal stays open by itself: we hold its master)
+            read_end, write_end = os.pipe()
+            with open(read_end, "rb", buffering=0) as stdin:
+                try:
+                    code = start_container(record, interactive=True, stdin=stdin)
+                finally:
+                    os.close(write_end)
+        else:
+            code = start_container(record, interactive=False)
     except BaseException as err:
         why = error_line(err) if isinstance(err, Exception) else type(err).__name__
         notice.send(f"error: {why}\n".encode())
