@@ -25,12 +25,13 @@ from lazypull.fs.fuse.tree import Attr, FuseError, Tree, WriteObserver
 
 log = logging.getLogger(__name__)
 
-#: The flags we ask for in INIT (those the kernel offers are kept).
+#: The flags we ask for in INIT (those the kernel offers are kept). READDIRPLUS always, not
+#: READDIRPLUS_AUTO: "auto" sends attributes with a directory's first page of entries only, and each
+#: entry past it costs a LOOKUP when stat'ed (a tree's attributes are in memory: plus is cheap).
 WANTED_FLAGS = (
     protocol.ASYNC_READ
     | protocol.PARALLEL_DIROPS
     | protocol.DO_READDIRPLUS
-    | protocol.READDIRPLUS_AUTO
     | protocol.MAX_PAGES
     | protocol.CACHE_SYMLINKS
     | protocol.INIT_EXT
