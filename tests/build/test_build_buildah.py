@@ -8,11 +8,13 @@ and extended attributes (times are not compared: each builder stamps its own).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import stat
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +44,22 @@ VOLUME /data
 STOPSIGNAL SIGINT
 ENTRYPOINT ["/bin/sh"]
 CMD ["-c", "true"]
+"""
+MULTI_STAGE = """\
+FROM {base} AS builder
+WORKDIR /src
+ADD pkg.tar.gz /src/
+COPY *.txt ./texts/
+RUN mkdir -p /out/bin && cp -a /src/pkg /out/ && echo built > /out/bin/artifact && chmod 0750 /out/bin
+
+FROM {base}
+ENV DEST=/opt/app
+COPY --from=builder /out/ $DEST/
+COPY --from=builder /src/texts/one.txt /etc/one.txt
+WORKDIR rel
+WORKDIR sub
+RUN pwd > here
+CMD echo shell form
 """
 CONFIG_FIELDS = ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "Labels", "ExposedPorts", "Volumes",
                  "StopSignal")
@@ -90,8 +108,9 @@ def _buildah(env: dict[str, str], *args: str) -> str:
     return proc.stdout
 
 
-def test_same_tree_and_config_as_buildah(tmp_path: Path, busybox_base: str,
-                                         buildah_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, MULTI_STAGE], ids=["instructions", "multi-stage"])
+def test_same_tree_and_config_as_buildah(tmp_path: Path, busybox_base: str, buildah_env: dict[str, str],
+                                         dockerfile: str) -> None:
     ctx = tmp_path / "ctx"
     (ctx / "files" / "sub").mkdir(parents=True)
     (ctx / "files" / "top.txt").write_text("top\n")
@@ -100,7 +119,12 @@ def test_same_tree_and_config_as_buildah(tmp_path: Path, busybox_base: str,
     os.symlink("top.txt", ctx / "files" / "alias")
     (ctx / "one.txt").write_text("one\n")
     (ctx / "two.txt").write_text("two\n")
-    (ctx / "Dockerfile").write_text(DOCKERFILE.format(base=busybox_base))
+    (ctx / "Dockerfile").write_text(dockerfile.format(base=busybox_base))
+    with tarfile.open(ctx / "pkg.tar.gz", "w:gz") as tar:
+        for name, data in (("pkg/lib/a.so", b"elf"), ("pkg/README", b"readme\n")):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.uid, info.gid, info.mtime = len(data), 0o640, 7, 8, 1_600_000_000
+            tar.addfile(info, io.BytesIO(data))
 
     root = tmp_path / "root"
     built = lazypull(root, "--insecure-registry", "build", "-q", "-t", "localhost/cmp:1", str(ctx))
@@ -115,7 +139,7 @@ def test_same_tree_and_config_as_buildah(tmp_path: Path, busybox_base: str,
     ours_config = image.config
     theirs_config["config"]["Labels"].pop("io.buildah.version")      # buildah signs its images so
     for key in CONFIG_FIELDS:
-        assert ours_config["config"].get(key) == theirs_config["config"].get(key), key
+        assert (ours_config["config"].get(key) or None) == (theirs_config["config"].get(key) or None), key
 
     container = _buildah(buildah_env, "from", "localhost/cmp:1").strip()
     theirs = Path(_buildah(buildah_env, "mount", container).strip())
@@ -131,5 +155,9 @@ def test_same_tree_and_config_as_buildah(tmp_path: Path, busybox_base: str,
     different = {name: (ours_tree[name], theirs_tree[name]) for name in ours_tree
                  if ours_tree[name] != theirs_tree[name]}
     assert different == {}
-    assert ours_tree["app/hard"] == ours_tree["app/run.txt"]
-    assert ours_tree["app/owned.txt"][1:4] == (0o640, 1234, 2345)
+    if dockerfile is DOCKERFILE:
+        assert ours_tree["app/hard"] == ours_tree["app/run.txt"]
+        assert ours_tree["app/owned.txt"][1:4] == (0o640, 1234, 2345)
+    else:
+        assert ours_tree["opt/app/pkg/README"][1:4] == (0o640, 7, 8)     # ADD keeps the tar's owners
+        assert "rel/sub/here" in ours_tree
