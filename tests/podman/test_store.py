@@ -191,3 +191,19 @@ def test_other_users_cannot_use_the_store(engines: Engines, lazy_image: LazyImag
     finally:
         engines.lazypull("store", "--stop", str(base / "store"), check=False)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_unusable_mountpoints_are_refused_with_one_line(engines: Engines, tmp_path: Path) -> None:
+    colon = engines.lazypull("store", str(tmp_path / "a:b"), check=False)
+    assert colon.returncode == 1 and "contains ':'" in colon.stderr and len(colon.stderr.splitlines()) == 1
+    busy = tmp_path / "tmpfs"
+    busy.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(busy)], check=True)
+    try:
+        taken = engines.lazypull("store", str(busy), check=False)
+        assert taken.returncode == 1 and f"{busy} is already a mountpoint" in taken.stderr
+        assert len(taken.stderr.splitlines()) == 1
+    finally:
+        subprocess.run(["umount", str(busy)], check=True)
+    assert engines.lazypull("store", "--stop", str(tmp_path / "never"), check=False).stderr.startswith(
+        "lazypull: error: no store is served at")
