@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import click
@@ -32,9 +33,12 @@ from lazypull.cli._options import get_options, global_options
                    "at http://HOST:PORT/metrics, e.g. 127.0.0.1:9810.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Filesystem settings (TOML); default <root>/config.toml, else /etc/lazypull/config.toml.")
+@click.option("--store", "stores", multiple=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="Also serve an additional layer store for podman and buildah at DIR (as `lazypull "
+                   "store DIR`; repeatable; docs/podman.md).")
 @global_options
 def daemon_command(containerd_socket: str | None, cri_image_service: str | None, cri_containerd_socket: str,
-                   metrics_address: str | None, config_file: str | None) -> None:
+                   metrics_address: str | None, config_file: str | None, stores: tuple[str, ...]) -> None:
     """Run the mount server that keeps lazy layers mounted (foreground).
 
     With a subcommand: ``status`` or ``stop`` the server of the store root instead.
@@ -56,9 +60,16 @@ def daemon_command(containerd_socket: str | None, cri_image_service: str | None,
     config = load_config(opts.root, Path(config_file) if config_file else None)
     socket = Path(containerd_socket) if containerd_socket else None
     cri = (Path(cri_image_service), Path(cri_containerd_socket)) if cri_image_service else None
+    store_requests = []
+    if stores:
+        from lazypull.store.auth import auth_files
+
+        files = [str(f) for f in auth_files()]
+        store_requests = [{"mountpoint": os.path.abspath(d), "insecure": opts.insecure_registries,
+                           "auth_files": files} for d in stores]
     run_daemon(opts.root.resolve(), config, containerd_socket=socket,
                insecure_registries=opts.insecure_registries, cri_image_service=cri,
-               metrics_address=metrics_address)
+               metrics_address=metrics_address, stores=store_requests)
 
 
 def _duration(seconds: float) -> str:

@@ -17,6 +17,7 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,10 @@ class MountDaemon:
 
     def __init__(self, root: Path, config: FsConfig | None = None, *, containerd_socket: Path | None = None,
                  insecure_registries: bool = False, cri_image_service: tuple[Path, Path] | None = None,
-                 metrics_address: str | None = None, **manager_args: Any) -> None:
+                 metrics_address: str | None = None, stores: Sequence[dict[str, Any]] = (),
+                 **manager_args: Any) -> None:
         self.root = root
+        self.store_requests = list(stores)      # additional layer stores to serve (``daemon --store``)
         self.containerd_socket = containerd_socket
         self.insecure_registries = insecure_registries
         self.cri_image_service = cri_image_service        # (our socket, containerd's CRI socket)
@@ -307,8 +310,10 @@ class MountDaemon:
     def _restore(self) -> None:
         try:                # the additional layer stores first: podman commands wait on them
             self.stores().restore()
+            for request in self.store_requests:
+                self.stores().ensure(request)
         except Exception:
-            log.exception("serving the additional layer stores again failed")
+            log.exception("serving the additional layer stores failed")
         try:
             self.manager.restore()
         except Exception:
@@ -350,13 +355,14 @@ class MountDaemon:
 
 def run_daemon(root: Path, config: FsConfig | None = None, *, containerd_socket: Path | None = None,
                insecure_registries: bool = False, cri_image_service: tuple[Path, Path] | None = None,
-               metrics_address: str | None = None) -> None:
+               metrics_address: str | None = None, stores: Sequence[dict[str, Any]] = ()) -> None:
     """Run the server in the foreground until SIGTERM/SIGINT or a shutdown request.
 
     ``containerd_socket``: also serve containerd's snapshots API there (proxy plugin).
     ``cri_image_service``: (socket, containerd's CRI socket): also serve the CRI image service there,
     forwarding to containerd and keeping pull credentials for the snapshotter (needs containerd_socket).
     ``metrics_address``: HOST:PORT where Prometheus metrics are served (lazypull.snapshot.metrics).
+    ``stores``: additional layer stores to serve (``StoreSpec`` wire forms; docs/podman.md).
     """
     if cri_image_service is not None and containerd_socket is None:
         raise MountError("the CRI image service serves the containerd snapshotter: "
@@ -365,7 +371,7 @@ def run_daemon(root: Path, config: FsConfig | None = None, *, containerd_socket:
     os.chdir("/")              # do not keep the caller's working directory busy
     daemon = MountDaemon(root, config, containerd_socket=containerd_socket,
                          insecure_registries=insecure_registries, cri_image_service=cri_image_service,
-                         metrics_address=metrics_address)
+                         metrics_address=metrics_address, stores=stores)
     daemon.start()
     notify_systemd(f"READY=1\nMAINPID={os.getpid()}")
 

@@ -278,6 +278,15 @@ class Stores:
         self._save()
         return self._describe(store)
 
+    def ensure(self, request: Any) -> dict[str, Any]:
+        """Serve the store ``request`` (wire form) unless it is served already with these settings."""
+        spec = StoreSpec.from_json(request)
+        with self._lock:
+            current = self._stores.get(spec.mountpoint)
+        if current is not None and current.spec == spec:
+            return self._describe(current)
+        return self.serve(spec)
+
     def stop(self, mountpoint: str) -> None:
         point = os.path.normpath(mountpoint)
         with self._lock:

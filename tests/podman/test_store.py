@@ -21,8 +21,8 @@ from lazypull.store.names import encode_ref
 from tests.helpers.images import file
 from tests.helpers.registry import RegistryServer
 from tests.helpers.rootfs import busybox_specs, push_lazy_image
-from tests.podman.conftest import GRACE, Engines, LazyImage
-from tests.podman.engine import RUN_FLAGS
+from tests.podman.conftest import GRACE, LAZYPULL, Engines, LazyImage
+from tests.podman.engine import RUN_FLAGS, remove_engine_dirs, write_engine_config
 
 
 def _errno(call: object, *args: object) -> int:
@@ -207,3 +207,28 @@ def test_unusable_mountpoints_are_refused_with_one_line(engines: Engines, tmp_pa
         subprocess.run(["umount", str(busy)], check=True)
     assert engines.lazypull("store", "--stop", str(tmp_path / "never"), check=False).stderr.startswith(
         "lazypull: error: no store is served at")
+
+
+def test_daemon_store_option_serves_it_for_the_servers_life(tmp_path: Path, registry: RegistryServer,
+                                                           lazy_image: LazyImage) -> None:
+    """``lazypull daemon --store DIR`` (a systemd unit's way): served while the server runs."""
+    root, store = tmp_path / "root", tmp_path / "store"
+    env = write_engine_config(tmp_path / "engine", registry.host, store)
+    engines = Engines(tmp_path, store, root, env)
+    daemon = subprocess.Popen([str(LAZYPULL), "--root", str(root), "daemon", "--store", str(store)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(store) and daemon.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert os.path.ismount(store)
+        out = engines.podman("run", "--rm", *RUN_FLAGS, lazy_image.ref, "cat", "/srv/motd")
+        assert out.stdout == "hi from the store\n"
+        assert len(list((engines.env_graph / "overlay").glob("*/additionallayer"))) == 2
+    finally:
+        engines.podman("rmi", "-a", "-f", check=False)
+        subprocess.run(["umount", "-R", str(engines.env_graph / "overlay")], capture_output=True)
+        remove_engine_dirs(tmp_path / "engine")
+        daemon.terminate()
+        daemon.wait(60)
+    assert not os.path.ismount(store)       # a stopping server unmounts its stores
