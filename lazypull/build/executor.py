@@ -18,6 +18,7 @@ import gzip
 import json
 import lzma
 import os
+import posixpath
 import re
 import tarfile
 import tempfile
@@ -149,6 +150,31 @@ def _duration(text: str, what: str) -> int:
     if pos != len(text) or not text:
         raise BuildError(f"{what}: invalid duration {text!r}")
     return total
+
+
+def _check_config(config: Mapping[str, Any], name: str) -> None:
+    """Refuse a base image config whose fields a build extends with the wrong types (the image's
+    author wrote it): one error naming the image and the field, never a traceback later."""
+    from lazypull.errors import ImageError
+    from lazypull.image.runconfig import run_config
+
+    run_config(config, name)            # User, Env, Entrypoint, Cmd, WorkingDir
+    inner = config.get("config")
+    if inner is not None and not isinstance(inner, dict):
+        raise ImageError(f"{name}: the image config's config is not an object")
+    for key, kind in (("Labels", dict), ("ExposedPorts", dict), ("Volumes", dict), ("OnBuild", list),
+                      ("Shell", list)):
+        value = (inner or {}).get(key)
+        if value is not None and not isinstance(value, kind):
+            what = "an object" if kind is dict else "a list"
+            raise ImageError(f"{name}: the image config's config.{key} is not {what}")
+    history = config.get("history")
+    if history is not None and not (isinstance(history, list)
+                                    and all(isinstance(h, dict) for h in history)):
+        raise ImageError(f"{name}: the image config's history is not a list of objects")
+    triggers = (inner or {}).get("OnBuild") or []
+    if not all(isinstance(t, str) for t in triggers):
+        raise ImageError(f"{name}: the image config's config.OnBuild holds a non-string")
 
 
 def _decompressed(raw: BinaryIO) -> IO[bytes]:
@@ -318,8 +344,9 @@ class Builder:
         else:
             try:
                 base = self._image(ref, ins.flags.get("platform") or self.options.platform)
+                _check_config(base.config, ref)
             except LazypullError as err:
-                raise self.df.error(ins, f"{ref}: {err}") from err
+                raise self.df.error(ins, str(err) if ref in str(err) else f"{ref}: {err}") from err
             stage.config = copy.deepcopy(base.config)
             stage.layers, stage.diff_ids = list(base.layers), list(base.diff_ids)
             stage.lowers = list(reversed(base.lowers_top_first))
@@ -638,9 +665,9 @@ class Builder:
                 if re.match(r"^[a-z][a-z0-9+.-]*://|^git@", source):
                     raise self.df.error(ins, f"ADD of a URL ({source}) is not supported: download it in a "
                                         "RUN step or into the context")
-        dest_abs = dest if dest.startswith("/") else os.path.join(self._workdir_of(stage), dest)
-        if dest.endswith("/") and not dest_abs.endswith("/"):
-            dest_abs += "/"
+        dest_abs = posixpath.normpath(posixpath.join(self._workdir_of(stage), dest))
+        if dest.endswith(("/", "/.")) or dest in (".", ".."):      # a directory, as Docker reads it
+            dest_abs = dest_abs.rstrip("/") + "/"
         from_ref = ins.flags.get("from")
         created_by = f"{ins.keyword} {' '.join(f'--{k}={v}' for k, v in ins.flags.items())} " \
                      f"{' '.join(sources)} {dest_abs} # buildkit".replace("  ", " ")

@@ -10,6 +10,7 @@ import pytest
 from lazypull.image import Store
 from lazypull.runtime.overlay import mountpoints
 from tests.build.conftest import lazypull
+from tests.helpers.registry import RegistryServer
 
 
 def _build(tmp_path: Path, dockerfile: str, *extra: str, files: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
@@ -134,3 +135,23 @@ def test_deep_tree_and_endless_line_from_run(tmp_path: Path, busybox_base: str) 
         from lazypull.build.fsops import remove_tree
 
         remove_tree(root / "snapshots")
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"config": {"Env": "PATH=/bin"}}, "Env"),
+    ({"config": {"Labels": ["a"]}}, "config.Labels is not an object"),
+    ({"config": {"OnBuild": [1]}}, "config.OnBuild holds a non-string"),
+    ({"config": {"Cmd": ["sh"]}, "history": "x"}, "history is not a list of objects"),
+], ids=["env", "labels", "onbuild", "history"])
+def test_hostile_base_config(tmp_path: Path, registry: RegistryServer, config: dict[str, object],
+                             message: str) -> None:
+    from tests.helpers.rootfs import busybox_specs, push_image_layers
+
+    name = f"{registry.host}/lazypull-build/hostile:{tmp_path.name[-12:].strip('_') or 'x'}"
+    push_image_layers(tmp_path / "image", name, [busybox_specs()], config=config)
+    root, ctx, result = _build(tmp_path, f"FROM {name}\nLABEL a=b\n")
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"lazypull: error: {ctx}/Dockerfile:1: FROM: ") and message in line, err
+    _nothing_left(root)
