@@ -96,12 +96,14 @@ def _cleanup(workdir: Path) -> None:
 @click.option("--no-cache", is_flag=True, help="Run every step again (the cache is neither read nor used).")
 @click.option("--estargz", is_flag=True, help="Write the new layers as eStargz.")
 @click.option("--zstdchunked", is_flag=True, help="Write the new layers as zstd:chunked.")
+@click.option("--output", "-o", "output", metavar="oci:DIR[:TAG]",
+              help="Also write the image into an OCI image layout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress; print the image id when done.")
 @global_options
 @click.argument("context", metavar="CONTEXT")
 def build(tags: Sequence[str], dockerfile: str | None, build_args: Sequence[str], target: str | None,
-          platform: str | None, no_cache: bool, estargz: bool, zstdchunked: bool, quiet: bool,
-          context: str) -> None:
+          platform: str | None, no_cache: bool, estargz: bool, zstdchunked: bool, output: str | None,
+          quiet: bool, context: str) -> None:
     """Build an image from a Dockerfile; its FROM images are mounted lazily."""
     import os
 
@@ -116,6 +118,12 @@ def build(tags: Sequence[str], dockerfile: str | None, build_args: Sequence[str]
 
     if estargz and zstdchunked:
         raise BuildError("--estargz and --zstdchunked cannot be combined")
+    if output is not None:
+        if not output.startswith("oci:"):
+            raise BuildError(f"--output {output}: only oci:DIR[:TAG] is supported")
+        from lazypull.image import Layout
+
+        Layout.from_reference(output)           # a malformed reference fails before the build
     layer_format: LayerFormat = "estargz" if estargz else "zstdchunked" if zstdchunked else "gzip"
     names = [normalize_name(tag) for tag in tags]
     args: dict[str, str] = {}
@@ -166,6 +174,14 @@ def build(tags: Sequence[str], dockerfile: str | None, build_args: Sequence[str]
     for name in names:
         progress.output(f"naming to {name}")
     progress.done()
+    if output is not None:
+        from lazypull.build.export import export_layout
+        from lazypull.cli.run import registry_client
+
+        progress.start(f"exporting to {output}")
+        with store.lease():
+            export_layout(store, result.manifest, result.source, output, lambda: registry_client(opts))
+        progress.done()
     if quiet:
         click.echo(result.config_digest)
 

@@ -86,3 +86,34 @@ def test_zstdchunked_output(tmp_path: Path, busybox_base: str, oracle: Oracle) -
     assert oracle.tree(blob)["z"]["size"] == 5
     ran = lazypull(root, "run", "--rm", "localhost/built:zstd", "cat", "/z")
     assert ran.stdout == b"zstd\n", ran.stderr.decode()
+
+
+def test_output_oci_layout_fetches_lazy_base_layers(tmp_path: Path,
+                                                    lazy_base: tuple[str, list[str]]) -> None:
+    import hashlib
+    import json
+
+    base, digests = lazy_base
+    layout = tmp_path / "layout"
+    root = tmp_path / "root"
+    result = lazypull(root, "--insecure-registry", "build", "--output", f"oci:{layout}:v1", "-",
+                      stdin=f"FROM {base}\nRUN echo x > /x\n".encode())
+    assert result.returncode == 0, result.stderr.decode()
+    index = json.loads((layout / "index.json").read_text())
+    entry = index["manifests"][0]
+    assert entry["annotations"]["org.opencontainers.image.ref.name"] == "v1"
+
+    def blob(digest: str) -> bytes:
+        data = (layout / "blobs" / "sha256" / digest.removeprefix("sha256:")).read_bytes()
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == digest
+        return data
+
+    manifest = json.loads(blob(entry["digest"]))
+    blob(manifest["config"]["digest"])
+    layers = [layer["digest"] for layer in manifest["layers"]]
+    assert layers[:2] == digests and len(layers) == 3
+    for digest in layers:
+        blob(digest)                        # the lazy base layers were fetched into the layout
+    assert Store(root).blob_path(digests[1]) is None          # ... not into the store
+    bad = lazypull(root, "build", "--output", "docker:x", "-", stdin=b"FROM scratch\n")
+    assert bad.returncode == 1 and b"only oci:DIR[:TAG] is supported" in bad.stderr
