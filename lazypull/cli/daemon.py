@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import click
 
-from lazypull.cli._options import get_options, global_options
+from lazypull.cli._options import DEFAULT_ROOT, get_options, global_options
 
 
 @click.group("daemon", invoke_without_command=True)
@@ -128,25 +129,78 @@ def status_command(as_json: bool) -> None:
         click.echo(f"{name + ':':<16}{value}")
 
 
+@daemon_command.command("ls")
+@global_options
+def ls_command() -> None:
+    """List the mount servers running on this machine, one per store root."""
+    from lazypull.errors import MountError
+    from lazypull.snapshot import MountClient
+
+    rows = [["PID", "ROOT", "UPTIME", "LAYERS", "HOLDERS"]]
+    for pid, root in find_servers():
+        uptime, layers, holders = "?", "?", "?"
+        try:
+            with MountClient(root, autostart=False, timeout=10.0) as client:
+                uptime = _duration(float(client.status().get("uptime") or 0))
+                mounts = client.list_mounts()
+            layers, holders = str(len(mounts)), str(len({h for m in mounts for h in m.holders}))
+        except MountError:
+            pass                # starting, stopping or wedged: still listed
+        rows.append([str(pid), str(root), uptime, layers, holders])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("   ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
 @daemon_command.command("stop")
+@click.option("--all", "every", is_flag=True, help="Stop every mount server of this machine (daemon ls).")
+@click.option("-f", "--force", is_flag=True,
+              help="Stop even while running containers read from its layers (their reads then fail).")
 @click.option("--keep-mounts", is_flag=True,
               help="Leave the layer mounts (they fail until the next server mounts them again).")
 @click.option("-t", "--timeout", type=float, default=30.0, show_default=True,
               help="Seconds to wait for the server to exit.")
 @global_options
-def stop_command(keep_mounts: bool, timeout: float) -> None:
-    """Stop the mount server of the store root (unmounting its layers) and wait until it is gone."""
-    import time
+def stop_command(every: bool, force: bool, keep_mounts: bool, timeout: float) -> None:
+    """Stop the mount server of the store root (unmounting its layers) and wait until it is gone.
 
+    Refused while running containers use its layers, unless --force.
+    """
     from lazypull.errors import MountError
-    from lazypull.snapshot import MountClient, daemon_pid
+    from lazypull.snapshot import daemon_pid
 
+    if every:
+        failed = []
+        for server_pid, server_root in find_servers():
+            try:
+                _stop(server_root, server_pid, force=force, keep_mounts=keep_mounts, timeout=timeout)
+            except MountError as err:
+                click.echo(f"lazypull: error: {err}", err=True)
+                failed.append(server_root)
+        if failed:
+            click.get_current_context().exit(1)
+        return
     root = get_options().root
     pid = daemon_pid(root)
     if pid is None:
         click.echo(f"no mount server is running for {root}")
         return
+    _stop(root, pid, force=force, keep_mounts=keep_mounts, timeout=timeout)
+
+
+def _stop(root: Path, pid: int, *, force: bool, keep_mounts: bool, timeout: float) -> None:
+    import time
+
+    from lazypull.errors import MountError
+    from lazypull.snapshot import MountClient
+
     with MountClient(root, autostart=False) as client:
+        if not force:
+            running = _running_holders(root, {h for m in client.list_mounts() for h in m.holders})
+            if running:
+                raise MountError(f"{len(running)} running container(s) of {root} read from the mount "
+                                 f"server's layers ({', '.join(c[:12] for c in running)}): stop them "
+                                 f"first, or use --force")
         client.shutdown(unmount=not keep_mounts)
     deadline = time.monotonic() + timeout
     while _alive(pid):
@@ -154,6 +208,56 @@ def stop_command(keep_mounts: bool, timeout: float) -> None:
             raise MountError(f"the mount server (pid {pid}) of {root} did not exit within {timeout:.0f}s")
         time.sleep(0.05)
     click.echo(f"stopped the mount server (pid {pid}) of {root}")
+
+
+def _running_holders(root: Path, holders: set[str]) -> list[str]:
+    """The holders that are containers of ``root`` running (or paused) now."""
+    from lazypull.runtime import Containers
+
+    ids = sorted(h for h in holders if re.fullmatch(r"[0-9a-f]{64}", h))
+    if not ids:
+        return []
+    runc = Containers(root).runc
+    return [c for c in ids if runc.status(c) in ("running", "paused")]
+
+
+def find_servers() -> list[tuple[int, Path]]:
+    """(pid, store root) of every mount server on this machine: processes running ``lazypull daemon``
+    (any other subcommand is not a server) whose root's pidfile names them."""
+    from lazypull.snapshot import daemon_pid
+
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        root = _server_root(int(entry), argv)
+        if root is not None and daemon_pid(root) == int(entry):
+            found.append((int(entry), root))
+    return sorted(found, key=lambda item: str(item[1]))
+
+
+def _server_root(pid: int, argv: list[str]) -> Path | None:
+    """The store root of ``lazypull [...] daemon [...]`` from its arguments or environment."""
+    names = [i for i, arg in enumerate(argv) if arg == "lazypull" or arg.endswith("/lazypull")]
+    if not names or "daemon" not in argv[names[0] + 1:]:
+        return None
+    for i, arg in enumerate(argv):
+        if arg == "--root" and i + 1 < len(argv):
+            return Path(argv[i + 1])
+        if arg.startswith("--root="):
+            return Path(arg.removeprefix("--root="))
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in environ:
+        if item.startswith(b"LAZYPULL_ROOT="):
+            return Path(item.removeprefix(b"LAZYPULL_ROOT=").decode(errors="replace"))
+    return Path(DEFAULT_ROOT)
 
 
 def _alive(pid: int) -> bool:

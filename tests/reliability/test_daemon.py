@@ -296,3 +296,34 @@ def test_daemon_status_metrics_and_stop(lazy_image: str, tmp_path: Path) -> None
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_daemon_ls_and_stop_refused_while_containers_run(lazy_image: str, tmp_path: Path) -> None:
+    """``daemon ls`` lists the servers of this machine by root (one ended up with 14 of them, with no
+    way to find them); ``daemon stop`` refuses while a running container reads from its layers."""
+    root = lazy_root(tmp_path / "root", lazy_image)
+    env = dict(os.environ, LAZYPULL_ROOT=str(root))
+
+    def lazypull(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "lazypull", *args], env=env, cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    try:
+        started = lazypull("--insecure-registry", "run", "-d", "--name", "busy", lazy_image, "sleep", "600")
+        assert started.returncode == 0, started.stderr
+        pid = daemon_pid(root)
+        listed = [line.split() for line in lazypull("daemon", "ls").stdout.splitlines()]
+        assert listed[0] == ["PID", "ROOT", "UPTIME", "LAYERS", "HOLDERS"]
+        assert [str(pid), str(root)] in [row[:2] for row in listed]
+        mine = next(row for row in listed if row[1] == str(root))
+        assert mine[-2:] == ["2", "1"], mine
+        refused = lazypull("daemon", "stop")
+        assert refused.returncode == 1 and "running container" in refused.stderr
+        assert pid is not None and not gone(pid) and len(lazypull_mounts(root)) == 2
+        assert lazypull("rm", "-f", "busy").returncode == 0
+        stopped = lazypull("daemon", "stop")
+        assert stopped.returncode == 0, stopped.stderr
+        assert gone(pid) and lazypull_mounts(root) == []
+    finally:
+        lazypull("rm", "-f", "busy")
+        MountClient(root, autostart=False).shutdown()
