@@ -1,5 +1,5 @@
 """``lazypull daemon``: run the mount server in the foreground (for systemd, or started by the CLI);
-``lazypull daemon status`` and ``lazypull daemon stop`` for the one running for a store root.
+``lazypull daemon status|stop`` for the one of a store root, ``daemon ls`` / ``stop --all`` for all.
 
 The systemd units and notes are in ``contrib/systemd/`` (see its README).
 """
