@@ -24,7 +24,7 @@ import tarfile
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol, cast
@@ -65,15 +65,24 @@ _DURATION_NS = {"ns": 1, "us": 1000, "µs": 1000, "ms": 10**6, "s": 10**9, "m": 
 
 @dataclass
 class BaseImage:
-    """What a stage starts from: the image's config document, layers and their lower directories."""
+    """What a stage starts from: the image's config document, layers, and how to get their lower
+    directories (``mount``, top first): called only when a step needs the tree, so a build whose
+    steps all come from the cache mounts nothing."""
 
     name: str
     key: str                             # the manifest digest (the cache chain's start)
     config: dict[str, Any]
     layers: list[Descriptor]
     diff_ids: list[str]
-    lowers_top_first: list[Path]
+    mount: Callable[[], list[Path]]
     source: str | None = None
+    _lowers: list[Path] | None = field(default=None, repr=False)
+
+    def lowers_top_first(self) -> list[Path]:
+        """The lower directories, mounted (or extracted) on the first call."""
+        if self._lowers is None:
+            self._lowers = self.mount()
+        return self._lowers
 
 
 class BaseProvider(Protocol):
@@ -112,7 +121,7 @@ class _Stage:
     config: dict[str, Any] = field(default_factory=dict)
     layers: list[Descriptor] = field(default_factory=list)
     diff_ids: list[str] = field(default_factory=list)
-    lowers: list[Path | Descriptor] = field(default_factory=list)      # bottom first
+    lowers: list[Path | Descriptor | BaseImage] = field(default_factory=list)      # bottom first
     history: list[dict[str, Any]] = field(default_factory=list)
     key: str = ""
     args: dict[str, str] = field(default_factory=dict)
@@ -349,7 +358,7 @@ class Builder:
                 raise self.df.error(ins, str(err) if ref in str(err) else f"{ref}: {err}") from err
             stage.config = copy.deepcopy(base.config)
             stage.layers, stage.diff_ids = list(base.layers), list(base.diff_ids)
-            stage.lowers = list(reversed(base.lowers_top_first))
+            stage.lowers = [base]
             stage.history = list(stage.config.get("history") or [])
             stage.key = step_key("", {"from": base.key, "format": self.options.layer_format})
             stage.source = base.source
@@ -541,6 +550,9 @@ class Builder:
 
         result: list[Path] = []
         for index, lower in enumerate(stage.lowers):
+            if isinstance(lower, BaseImage):
+                result.extend(reversed(lower.lowers_top_first()))
+                continue
             if isinstance(lower, Descriptor):
                 dest = snapshot_dir(self.root, lower.digest)
                 blob = self.store.blob_path(lower.digest)
@@ -744,7 +756,7 @@ class Builder:
             if ref.isdigit() or self._stage_named(ref, len(self.stages)) is not None:
                 raise self.df.error(ins, f"--from={ref}: a stage can only copy from an earlier stage")
             base = self._image(ref, self.options.platform)
-            source_stage = _Stage(-1, ref, [], ins, lowers=list(reversed(base.lowers_top_first)),
+            source_stage = _Stage(-1, ref, [], ins, lowers=[base],
                                   key=step_key("", {"from": base.key}))
         with self._mounted(source_stage) as (merged, _upper):
             yield SourceRoot(merged, strict=False, what=f"stage {ref}"), source_stage.key

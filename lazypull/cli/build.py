@@ -45,19 +45,23 @@ class _Bases:
         with QuietProgress() as progress:
             resolved = ensure_image(self.store, ref, opts=self.opts, pull="missing", platform=platform,
                                     lazy=lazy, progress=progress)
-        mounts = None
-        if lazy:
-            from lazypull.snapshot import MountClient
 
-            self.held.append(resolved.name)
-            with MountClient(self.opts.root) as client:
-                mounts = client.mount_image(resolved.name, insecure=self.opts.insecure_registries,
-                                            holder=self.build_id, wait_prefetch=False)
-        lowers = lower_dirs(self.opts.root, self.store, resolved, mounts, lambda: registry_client(self.opts))
+        def mount() -> list[Path]:
+            mounts = None
+            if lazy:
+                from lazypull.snapshot import MountClient
+
+                self.held.append(resolved.name)
+                with MountClient(self.opts.root) as client:
+                    mounts = client.mount_image(resolved.name, insecure=self.opts.insecure_registries,
+                                                holder=self.build_id, wait_prefetch=False)
+            return lower_dirs(self.opts.root, self.store, resolved, mounts,
+                              lambda: registry_client(self.opts))
+
         rootfs = resolved.config.get("rootfs") or {}
         diff_ids = list(resolved.diff_ids) or list(rootfs.get("diff_ids") or [])
         return BaseImage(name=resolved.name, key=resolved.manifest_digest, config=dict(resolved.config),
-                         layers=list(resolved.layers), diff_ids=diff_ids, lowers_top_first=lowers,
+                         layers=list(resolved.layers), diff_ids=diff_ids, mount=mount,
                          source=str(resolved.source) if resolved.source is not None else None)
 
     def release(self) -> None:

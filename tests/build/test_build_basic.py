@@ -6,6 +6,9 @@ import json
 import tarfile
 from pathlib import Path
 
+import pytest
+
+from lazypull.errors import LazypullError
 from lazypull.image import Store
 from lazypull.runtime.overlay import mountpoints
 from tests.build.conftest import lazypull
@@ -107,11 +110,16 @@ def test_build_instructions_layers_config_and_cache(tmp_path: Path, busybox_base
     assert ran.returncode == 0, ran.stderr.decode()
     assert ran.stdout == b"hello two words\n"
 
-    # a second build reuses every step
+    # a second build reuses every step, and mounts nothing (no mount server is even started)
+    from lazypull.snapshot import MountClient
+
+    MountClient(root, autostart=False).shutdown()
     again = lazypull(root, "--insecure-registry", "build", "-t", "example.com/app:2", "--build-arg",
                      f"BASE={busybox_base}", str(ctx))
     assert again.returncode == 0, again.stderr.decode()
     assert again.stderr.decode().count("CACHED") == 4
+    with pytest.raises(LazypullError):
+        MountClient(root, autostart=False).ping()
     assert store.resolve("example.com/app:2").layers == image.layers
     # a changed source file invalidates its step and the ones after it
     (ctx / "sub" / "deep" / "f").write_text("changed\n")
