@@ -66,12 +66,27 @@ def test_huge_hole_is_refused_before_hashing(tmp_path: Path) -> None:
 def test_file_bigger_than_the_declared_layer_is_refused_at_mount(tmp_path: Path) -> None:
     """A file bigger than the layer's uncompressed size cannot exist: the mount refuses the layer (and the
     mount server falls back to a full download), naming the layer and the entry."""
-    layer = toc_blob(tmp_path, [_hole(2 ** 50)], annotations={UNCOMPRESSED_SIZE: "4096"})
+    layer = toc_blob(tmp_path, [_hole(8192)], annotations={UNCOMPRESSED_SIZE: "4096"})
     with pytest.raises(MountError) as err:
         _open(tmp_path, layer)
     text = str(err.value)
     assert layer.digest in text and "'hole'" in text and "uncompressed size 4096" in text
     assert "\n" not in text
+
+
+@pytest.mark.parametrize("entries", [
+    [_hole(2 ** 50)],
+    [{"name": "f", "type": "reg", "size": 2 ** 40, "offset": 0, "chunkSize": 1024, "chunkDigest": "x"},
+     {"name": "f", "type": "chunk", "offset": 0, "chunkOffset": 1024, "chunkDigest": "x"}],
+], ids=["one-chunk", "last-chunk"])
+def test_oversized_chunks_are_refused_at_mount(tmp_path: Path, entries: list[dict[str, Any]]) -> None:
+    """When the tree is built, so that the mount server falls back to a full download instead of
+    mounting a layer whose reads would fail."""
+    layer = toc_blob(tmp_path, entries)
+    with pytest.raises(MountError) as err:
+        _open(tmp_path, layer)
+    text = str(err.value)
+    assert layer.digest in text and "exceeds the chunk size limit" in text and "\n" not in text
 
 
 def test_inflation_bomb_is_refused_before_decompressing(tmp_path: Path) -> None:
