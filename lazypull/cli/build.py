@@ -70,7 +70,8 @@ class _Bases:
             return
         from lazypull.snapshot import MountClient
 
-        with MountClient(self.opts.root) as client:
+        # Never start a server for this: if none runs, its holds went with it.
+        with contextlib.suppress(MountError, OSError), MountClient(self.opts.root, autostart=False) as client:
             for name in dict.fromkeys(self.held):
                 with contextlib.suppress(MountError):
                     client.release_image(name, holder=self.build_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -86,10 +87,7 @@ def test_bad_sources_and_instructions(tmp_path: Path, busybox_base: str, dockerf
 
 
 def test_terminated_build_leaves_nothing(tmp_path: Path, lazy_base: tuple[str, list[str]]) -> None:
-    import signal
-    import subprocess
     import sys
-    import time
 
     from tests.build.conftest import REPO_ROOT
 
@@ -101,6 +99,20 @@ def test_terminated_build_leaves_nothing(tmp_path: Path, lazy_base: tuple[str, l
     proc = subprocess.Popen([sys.executable, "-m", "lazypull", "--insecure-registry", "build", "-t",
                              "localhost/bad:1", str(ctx)], stderr=subprocess.PIPE, env=env, cwd=REPO_ROOT)
     assert proc.stderr is not None
+    try:
+        _terminate_during_run(proc, root)
+    finally:
+        if proc.poll() is None:     # the test failed before its signal: no build may outlive it
+            proc.kill()
+            proc.wait()
+    _nothing_left(root)
+
+
+def _terminate_during_run(proc: subprocess.Popen[bytes], root: Path) -> None:
+    import signal
+    import time
+
+    assert proc.stderr is not None
     seen = b""
     deadline = time.monotonic() + 120
     output = re.compile(rb"^#\d+ \d+\.\d+ started$", re.MULTILINE)      # the RUN's output, not its title
@@ -111,7 +123,6 @@ def test_terminated_build_leaves_nothing(tmp_path: Path, lazy_base: tuple[str, l
     proc.send_signal(signal.SIGTERM)
     _, rest = proc.communicate(timeout=60)
     assert proc.returncode != 0, (seen + rest).decode()
-    _nothing_left(root)
 
 
 def test_deep_tree_and_endless_line_from_run(tmp_path: Path, busybox_base: str) -> None:
