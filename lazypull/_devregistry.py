@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -43,18 +44,22 @@ def _free_port() -> int:
 
 
 class DevRegistry:
-    """``docker-registry serve`` with plain HTTP on 127.0.0.1, no auth."""
+    """``docker-registry serve`` with plain HTTP on 127.0.0.1, no auth. ``listen_host`` and
+    ``exec_prefix`` (e.g. ``ip netns exec NS``) run it elsewhere: the demo's shaped link."""
 
-    def __init__(self, binary: str = REGISTRY_BINARY) -> None:
+    def __init__(self, binary: str = REGISTRY_BINARY, *, listen_host: str = "127.0.0.1",
+                 exec_prefix: Sequence[str] = ()) -> None:
         self.binary = binary
+        self.listen_host = listen_host
+        self.exec_prefix = list(exec_prefix)
         self.workdir: Path | None = None
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def host(self) -> str:
-        """``127.0.0.1:PORT``, the registry part of image references."""
-        return f"127.0.0.1:{self.port}"
+        """``HOST:PORT`` (``127.0.0.1:PORT`` by default), the registry part of image references."""
+        return f"{self.listen_host}:{self.port}"
 
     @property
     def log_file(self) -> Path:
@@ -78,7 +83,7 @@ class DevRegistry:
             config_file = self.workdir / "config.yml"  # JSON is YAML
             config_file.write_text(json.dumps(config))
             with open(self.log_file, "ab") as log:
-                self._proc = subprocess.Popen([self.binary, "serve", str(config_file)],
+                self._proc = subprocess.Popen([*self.exec_prefix, self.binary, "serve", str(config_file)],
                                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
             if self._wait_ready(timeout):
                 return self
@@ -94,7 +99,7 @@ class DevRegistry:
             if self._proc.poll() is not None:
                 return False
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                with socket.create_connection((self.listen_host, self.port), timeout=0.5) as sock:
                     sock.sendall(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
                     if sock.recv(16).startswith(b"HTTP/1."):
                         return True

@@ -14,7 +14,12 @@ What it does, printing each step:
        lazypull --snapshotter=stargz    run --rm REG/demo/python:esgz python3 -c 'print("hi")'
 
    and prints both times, the bytes the registry served for each and the ratios;
-5. stops everything it started (mount server, registry) and deletes the temporary stores.
+5. does the same over the benchmark's ``wan`` link (100 Mbit/s, 20 ms RTT): a registry in a network
+   namespace behind a veth pair shaped with tc tbf (``bench.netshape``), reached through the delay
+   proxy (``bench.delayproxy``), as ``make bench`` measures; an unshaped loopback flatters the full
+   pull, which then costs little more than gunzip and disk writes. Skipped, saying why, where the
+   namespace cannot be made (or ``bench/`` is not importable: run from the repository);
+6. stops everything it started (mount servers, registries, namespace) and deletes the temporary stores.
 """
 
 from __future__ import annotations
@@ -248,15 +253,84 @@ def leftover_mounts(prefix: Path) -> list[str]:
         return [line.split()[4] for line in f if line.split()[4].startswith(str(prefix))]
 
 
-def report(full: RunResult, lazy: RunResult) -> None:
-    """The comparison table."""
-    say("")
-    say(f"{'':28}{'time':>10}{'fetched':>14}")
-    for label, result in (("overlayfs (full pull)", full), ("stargz (lazy pull)", lazy)):
-        say(f"{label:28}{result.seconds:>8.2f} s{result.fetched / (1 << 20):>10.1f} MiB")
-    speedup = full.seconds / lazy.seconds if lazy.seconds else float("inf")
-    fewer = full.fetched / lazy.fetched if lazy.fetched else float("inf")
-    say(f"lazy pulling: {speedup:.1f}x faster to the first output, {fewer:.1f}x fewer bytes fetched")
+@dataclass(frozen=True)
+class LinkResult:
+    """The two starts over one link, and what the link was."""
+
+    link: str
+    full: RunResult
+    lazy: RunResult
+
+
+LOOPBACK = "loopback: registry on 127.0.0.1, no bandwidth limit, no latency"
+
+
+def report(results: Sequence[LinkResult]) -> None:
+    """The comparison table: one block per link, saying what the link was."""
+    for result in results:
+        say("")
+        say(f"link: {result.link}")
+        say(f"    {'':28}{'time':>10}{'fetched':>14}")
+        for label, run in (("overlayfs (full pull)", result.full), ("stargz (lazy pull)", result.lazy)):
+            say(f"    {label:28}{run.seconds:>8.2f} s{run.fetched / (1 << 20):>10.1f} MiB")
+        speedup = result.full.seconds / result.lazy.seconds if result.lazy.seconds else float("inf")
+        fewer = result.full.fetched / result.lazy.fetched if result.lazy.fetched else float("inf")
+        say(f"    lazy pulling: {speedup:.1f}x faster to the first output, {fewer:.1f}x fewer bytes fetched")
+
+
+def both_runs(work: Path, refs: dict[str, str], registry: DevRegistry, label: str) -> tuple[RunResult,
+                                                                                               RunResult]:
+    """The full start, then the lazy one, each from an empty store under ``work``."""
+    with step(f"full pull ({label}): --snapshotter=overlayfs, empty store"):
+        full = timed_run(work / "full", "overlayfs", refs["org"], registry)
+    lazy_root = work / "lazy"
+    try:
+        with step(f"lazy pull ({label}): --snapshotter=stargz, empty store"):
+            lazy = timed_run(lazy_root, "stargz", refs["esgz"], registry)
+    finally:
+        stop_mount_server(lazy_root)
+    return full, lazy
+
+
+class LinkUnavailable(DemoError):
+    """The shaped link cannot be set up here (the demo goes on without it)."""
+
+
+def shaped_runs(build_root: Path, work: Path, profile_name: str = "wan") -> LinkResult:
+    """Both starts over the benchmark's shaped link ``profile_name``: the registry in a network
+    namespace behind a tbf-shaped veth pair, reached through the delay proxy (what bench/run.py does)."""
+    try:
+        from bench.delayproxy import DelayProxy
+        from bench.netshape import PROFILES, NetNamespace, NetShapeError
+    except ImportError as err:
+        raise LinkUnavailable(f"bench/ is not importable ({err}): run the demo from the repository "
+                              "(make demo)") from err
+    profile = PROFILES[profile_name]
+    link = (f"{profile.name}: {profile.rate_mbit:g} Mbit/s each way (tc tbf on a veth pair into a network "
+            f"namespace), {profile.rtt * 1000:g} ms round trip (delay proxy), as make bench")
+    with contextlib.ExitStack() as stack:
+        ns = NetNamespace()
+        stack.callback(ns.close)
+        try:
+            ns.create()
+        except NetShapeError as err:
+            raise LinkUnavailable(f"no network namespace here: {err}") from err
+        registry = stack.enter_context(DevRegistry(listen_host=ns.ns_ip, exec_prefix=ns.exec_prefix()))
+        with step(f"registry in network namespace {ns.name} on {registry.host}"):
+            pushed = push(build_root, registry)      # before the shaping: setting up is not measured
+        proxy = DelayProxy(ns.ns_ip, registry.port)
+        stack.callback(proxy.stop)
+        proxy.start()
+        try:
+            ns.shape(profile.rate_mbit)
+        except NetShapeError as err:
+            raise LinkUnavailable(f"cannot shape the link: {err}") from err
+        proxy.set_rtt(profile.rtt)
+        # through the proxy: 127.0.0.1 (plain HTTP as for any loopback registry), same repositories
+        refs = {tag: f"127.0.0.1:{proxy.port}/{ref.split('/', 1)[1]}" for tag, ref in pushed.items()}
+        say(f"==> link {link}")
+        full, lazy = both_runs(work, refs, registry, profile.name)
+    return LinkResult(link, full, lazy)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -276,21 +350,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             build_root = build_images(cache, tar)
         work = Path(tempfile.mkdtemp(prefix="lazypull-demo-", dir="/var/tmp"))
         try:
+            results = []
             with DevRegistry() as registry:
                 with step(f"local registry on {registry.host}"):
                     refs = push(build_root, registry)
-                with step("full pull: --snapshotter=overlayfs, empty store"):
-                    full = timed_run(work / "full", "overlayfs", refs["org"], registry)
-                lazy_root = work / "lazy"
-                try:
-                    with step("lazy pull: --snapshotter=stargz, empty store"):
-                        lazy = timed_run(lazy_root, "stargz", refs["esgz"], registry)
-                finally:
-                    stop_mount_server(lazy_root)
+                full, lazy = both_runs(work / "loopback", refs, registry, "loopback")
+                results.append(LinkResult(LOOPBACK, full, lazy))
+            try:
+                results.append(shaped_runs(build_root, work / "wan"))
+            except LinkUnavailable as err:
+                say(f"    shaped link skipped: {err}")
             left = leftover_mounts(work)
             if left:
                 raise DemoError(f"mounts left behind: {left}")
-            report(full, lazy)
+            report(results)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     except (LazypullError, subprocess.CalledProcessError) as err:
