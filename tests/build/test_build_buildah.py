@@ -38,6 +38,9 @@ COPY one.txt two.txt /app/many/
 RUN echo run > /app/run.txt && rm /srv/old && rm -r /srv/dir && mkdir -p /srv/dir/new \\
     && ln -s ../../app/run.txt /srv/dir/new/link && ln /app/run.txt /app/hard && chmod 4755 /app/run.txt
 USER alice
+WORKDIR /home/alice/work
+COPY one.txt ./
+RUN id -un > /tmp/who
 LABEL org.example.a="x y" b=c
 EXPOSE 80 53/udp
 VOLUME /data
@@ -158,6 +161,8 @@ def test_same_tree_and_config_as_buildah(tmp_path: Path, busybox_base: str, buil
     if dockerfile is DOCKERFILE:
         assert ours_tree["app/hard"] == ours_tree["app/run.txt"]
         assert ours_tree["app/owned.txt"][1:4] == (0o640, 1234, 2345)
+        assert ours_tree["tmp/who"][2:4] == (1234, 2345)               # RUN as USER alice
+        assert ours_tree["home/alice/work"][2:4] == (0, 0)             # WORKDIR made as root (as buildah)
     else:
         assert ours_tree["opt/app/pkg/README"][1:4] == (0o640, 7, 8)     # ADD keeps the tar's owners
         assert "rel/sub/here" in ours_tree
