@@ -67,6 +67,10 @@ class FsConfig:
     neighbour_window: int = 8 << 10
     """When a small file (up to 64 KiB compressed) misses, the small files stored within this many
     compressed bytes of it come in the same request (0: off). Default 8 KiB."""
+    learn_window: float = 10.0
+    """For this many seconds after a layer's first access, note which chunks are read, in order, and at
+    the layer's next mount with those chunks not cached fetch them first (``fs.layer.learned``; 0: off).
+    Default 10."""
     fetch_elf_deps: bool = True
     """When a program's first bytes had to be fetched, also fetch what the dynamic loader opens next (its
     interpreter, ld.so.cache, the libraries it needs, found in the image's layers), all at once.

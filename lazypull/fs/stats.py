@@ -59,6 +59,10 @@ class LayerStats:
     prefetch_bytes: int = 0
     prefetch_seconds: float | None = None   # None while running or when there is nothing to prefetch
     prefetch_state: str = "none"    # none | running | done | failed | skipped
+    learned_chunks: int = 0         # chunks of the learned record fetched at mount (fs.layer.learned)
+    learned_bytes: int = 0
+    learned_seconds: float | None = None
+    learned_state: str = "none"     # none | running | done | failed
     background_total: int = 0       # compressed bytes the background fetch has to cover
     background_done: int = 0        # ... of which already cached or fetched
     background_state: str = "off"   # off | waiting | running | done | failed

@@ -35,6 +35,10 @@ BACKGROUND_RETRY_MAX = 60.0
 # ones download, instead of everything after the last byte.
 PREFETCH_PIECE = 1 << 20
 PREFETCH_STREAMS = 2
+# The learned fetch (``learned``) goes in read order: a small first piece (the first files read wait for
+# it), then pieces of PREFETCH_PIECE, each one multi-range request, this many at a time.
+LEARNED_FIRST_PIECE = 256 << 10
+LEARNED_STREAMS = 3
 
 
 def pieces(chunks: list[Any], size: int) -> list[list[Any]]:
@@ -57,19 +61,42 @@ def pieces(chunks: list[Any], size: int) -> list[list[Any]]:
     return out
 
 
+def ordered_pieces(chunks: list[Any], first: int, size: int) -> list[list[Any]]:
+    """``chunks`` in the given order, cut into pieces of about ``first``, then ``size``, compressed
+    bytes (a unit counted once)."""
+    out: list[list[Any]] = []
+    piece: list[Any] = []
+    units: set[Unit] = set()
+    total = 0
+    for chunk in chunks:
+        unit = (chunk.offset, chunk.end)
+        if unit not in units:
+            if piece and total + unit[1] - unit[0] > (size if out else first):
+                out.append(piece)
+                piece, units, total = [], set(), 0
+            units.add(unit)
+            total += unit[1] - unit[0]
+        piece.append(chunk)
+    if piece:
+        out.append(piece)
+    return out
+
+
 class Background:
     """Runs the prefetch, then the background fetch, in its own threads."""
 
     def __init__(self, fetcher: ChunkFetcher, stats: LayerStats, config: FsConfig,
                  prefetch_range: tuple[int, int] | None,
                  on_progress: Callable[[], None] | None = None,
-                 index: Callable[[int | None], object] | None = None) -> None:
+                 index: Callable[[int | None], object] | None = None,
+                 learned: Callable[[], list[Any]] | None = None) -> None:
         self.fetcher = fetcher
         self.stats = stats
         self.config = config
         self.prefetch_range = prefetch_range
         self.on_progress = on_progress
         self.index = index
+        self.learned = learned
         self.prefetched = threading.Event()
         self.finished = threading.Event()
         self._stop = threading.Event()
@@ -92,6 +119,7 @@ class Background:
             if self.index is not None:      # the prefetch's files now, the rest when it is quiet
                 self.index(self.prefetch_range[1] if self.config.prefetch and self.prefetch_range else 0)
             self._prefetch()
+            self._learned()
         except Exception:
             log.exception("layer %s: prefetch failed", self.fetcher.digest)
             self.stats.set(prefetch_state="failed")
@@ -137,6 +165,35 @@ class Background:
                        prefetch_state="failed" if missing else "done")
         if self.on_progress:
             self.on_progress()
+
+    def _learned(self) -> None:
+        """Fetch what an earlier mount's workload read first (``learned``), in that order, before it
+        is asked for again; reads of those chunks meanwhile wait for this fetch, never fetch twice."""
+        if self.learned is None or self._stop.is_set():
+            return
+        chunks = self.learned()
+        if not chunks:
+            return
+        self.stats.set(learned_state="running")
+        began = time.monotonic()
+        before = self.stats.bytes_fetched
+        deadline = began + self.config.read_deadline
+        name = f"learned-{self.fetcher.digest[7:19]}"
+
+        def one(piece: list[Any]) -> None:
+            if self._stop.is_set():
+                return
+            mine = self.fetcher.claim_for_background(piece)   # at its turn: a read may have fetched some
+            if mine:
+                self.fetcher.run_group(mine, deadline, single_range=False)
+
+        with ACTIVITY.busy(), ThreadPoolExecutor(LEARNED_STREAMS, thread_name_prefix=name) as pool:
+            for piece in ordered_pieces(chunks, LEARNED_FIRST_PIECE, PREFETCH_PIECE):
+                pool.submit(one, piece)
+        missing = sum(1 for c in chunks if not self.fetcher.cache.contains(c.digest, c.chunk_size))
+        self.stats.set(learned_chunks=len(chunks), learned_bytes=self.stats.bytes_fetched - before,
+                       learned_seconds=round(time.monotonic() - began, 6),
+                       learned_state="failed" if missing else "done")
 
     def _background(self) -> None:
         self.stats.set(background_state="waiting")

@@ -87,6 +87,15 @@ def _walk(tree: Any, parts: list[str]) -> Any:
     return node
 
 
+def node_at(tree: Any, path: str) -> Any:
+    """The node at ``path`` (relative to the layer root, as TOC names are) in one tree, symlinks not
+    followed; None when missing or too deep to be a real name."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if len(parts) > MAX_STEPS // 8 or ".." in parts:
+        return None
+    return _walk(tree, parts)
+
+
 def resolve(trees: list[Any], path: str) -> tuple[Any, Any] | None:
     """(tree, node) of the regular file ``path`` names in the union of ``trees``, symlinks followed;
     None when it is missing, not a regular file with content, or the symlinks loop."""

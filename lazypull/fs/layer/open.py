@@ -10,6 +10,7 @@ from pathlib import Path
 from lazypull.errors import LazypullError, MountError
 from lazypull.fs.cache import DirectoryCache, digest_hex
 from lazypull.fs.config import FsConfig
+from lazypull.fs.layer import learned
 from lazypull.fs.layer.access import recorder_for
 from lazypull.fs.layer.activity import ACTIVITY
 from lazypull.fs.layer.toc import ExternalToc, open_toc, record_path
@@ -89,6 +90,9 @@ def open_layer_tree(digest: str, annotations: Mapping[str, str], source: RangeSo
             cache = DirectoryCache(config.chunk_dir(root), config.cache_max_bytes)
         tree = LayerTree(digest, reader, remote, cache.layer(digest), stats, config, ldir)
     tree.access = recorder_for(ldir)
+    if config.learn_window > 0:
+        tree.learned_record = learned.load(ldir)
+        tree.learner = learned.Learner(learned.record_path(ldir), config.learn_window)
     # What was read to find the TOC (often the end of the blob, sometimes all of it) serves chunks too.
     if sum(len(data) for _, data in src.pieces) <= PRELOAD_MAX:
         tree.fetcher.preloaded = list(src.pieces)

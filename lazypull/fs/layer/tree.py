@@ -25,7 +25,7 @@ from lazypull.format import FormatError
 from lazypull.fs.cache import ChunkStore
 from lazypull.fs.config import FsConfig
 from lazypull.fs.fuse.tree import Attr, FuseError, StatFs
-from lazypull.fs.layer import hints
+from lazypull.fs.layer import hints, learned
 from lazypull.fs.layer.access import AccessRecorder
 from lazypull.fs.layer.activity import ACTIVITY
 from lazypull.fs.layer.background import Background
@@ -57,6 +57,8 @@ class LayerTree:
     """Implements ``lazypull.fs.fuse.Tree`` for one layer. Thread-safe."""
 
     access: AccessRecorder | None = None   # set at mount when asked (``access.recorder_for``)
+    learner: learned.Learner | None = None  # notes the first reads for the next cold mount (``learned``)
+    learned_record: list[learned.LearnedFile] | None = None   # an earlier mount's notes: fetched at start
 
     def __init__(self, digest: str, reader: Any, remote: RemoteBlob, cache: ChunkStore, stats: LayerStats,
                  config: FsConfig, layer_dir: Path) -> None:
@@ -83,7 +85,8 @@ class LayerTree:
         # containers/storage zstd:chunked stores all-zero chunks as holes (no data to fetch)
         self.fetcher.zero_holes = getattr(reader, "footer_kind", "") == "zstd-64"
         self.background = Background(self.fetcher, stats, config,
-                                     reader.prefetch_range() if config.prefetch else None, index=self.index)
+                                     reader.prefetch_range() if config.prefetch else None, index=self.index,
+                                     learned=self.learned_chunks)
         self._readahead_lock = threading.Lock()
         self._last_end: dict[int, int] = {}       # ino -> where the last read of it ended
         self._readahead_next: dict[int, int] = {} # ino -> first chunk index not yet read ahead
@@ -192,6 +195,8 @@ class LayerTree:
         self._ahead_pool.shutdown(wait=False, cancel_futures=True)
         if self.access is not None:
             self.access.close()
+        if self.learner is not None:
+            self.learner.close()
 
     # -- Tree --
 
@@ -237,10 +242,62 @@ class LayerTree:
         if self.access is not None:
             self.access.note(ino, node.path)
         data, missed = self._read(node, offset, size)
+        if self.learner is not None and not self.learner.closed and data:
+            self._learn(ino, node, offset, offset + len(data))
         if missed and offset == 0 and self.config.fetch_elf_deps and (
                 data[:4] == ELF_MAGIC or (data[:2] == b"#!" and node.attr.mode & 0o111)):
             self._ahead_once(ino, hints.follow, self, ino)   # a program starting: what it loads next
         return data
+
+    def _learn(self, ino: int, node: Node, offset: int, end: int) -> None:
+        fc = self._files.get(ino)
+        if fc is None or self.learner is None:
+            return
+        i = max(0, bisect.bisect_right(fc.starts, offset) - 1)
+        j = bisect.bisect_left(fc.starts, end)
+        self.learner.note(ino, node.path, fc.starts[i:j])
+
+    def learned_chunks(self) -> list[Any]:
+        """The uncached chunks of the learned record (``learned_record``), in the order they were first read,
+        each once, up to ``learned.MAX_BYTES`` compressed: what the mount fetches first. Paths and
+        offsets are looked up in this layer's TOC; what is not found there is skipped. A mount that
+        finds some of them cached is not cold: its learner keeps the record as it is."""
+        record, self.learned_record = self.learned_record, None
+        if not record:
+            return []
+        out: list[Any] = []
+        seen: set[str] = set()
+        units: set[tuple[int, int]] = set()
+        budget = learned.MAX_BYTES
+        cached = 0
+        for item in record:
+            node = hints.node_at(self, item.path)
+            if node is None or node.entry is None or node.attr.size == 0:
+                continue
+            try:
+                fc = self._chunks_of(node.attr.ino)
+            except FuseError:
+                continue
+            if fc is None:
+                continue
+            wanted = set(item.offsets) if item.offsets is not None else None
+            for chunk in fc.chunks:
+                if (wanted is not None and chunk.chunk_offset not in wanted) or chunk.digest in seen:
+                    continue
+                seen.add(chunk.digest)
+                if self.cache.contains(chunk.digest, chunk.chunk_size):
+                    cached += 1
+                    continue
+                unit = (chunk.offset, chunk.end)
+                if unit not in units:
+                    if chunk.end - chunk.offset > budget:
+                        break
+                    budget -= chunk.end - chunk.offset
+                    units.add(unit)
+                out.append(chunk)
+        if cached and self.learner is not None:
+            self.learner.replace = False
+        return out
 
     def read_quiet(self, ino: int, offset: int, size: int) -> bytes:
         """``read`` for the server's own guesses: not recorded as an access, nothing followed."""
@@ -387,6 +444,12 @@ class LayerTree:
             return None
         if node is None or fc is None:
             return None
+        backing = self._backing_path(ino, fc, node)
+        if backing is not None and self.learner is not None and not self.learner.closed:
+            self.learner.note(ino, node.path, None)     # its reads will not reach the server
+        return backing
+
+    def _backing_path(self, ino: int, fc: _FileChunks, node: Node) -> str | None:
         if len(fc.chunks) == 1:     # the cached chunk is the whole file
             chunk = fc.chunks[0]
             with self._assemble_lock:

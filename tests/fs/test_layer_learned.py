@@ -1,0 +1,214 @@
+"""Fetch-ahead learned on the node (issue 14 item 2): the first mount of a layer notes what its workload
+read first; the next mount whose chunk cache lacks it fetches those chunks at mount, in read order, before
+they are asked for. The record steers what is fetched from the layer's own blob, never what is served."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from lazypull.fs.config import FsConfig
+from lazypull.fs.layer import LayerTree, background, learned
+from lazypull.fs.remote import FileRangeSource
+from tests.snapshot.layerkit import FILES, Blob, FaultySource, build_blob, lookup_path, open_tree, read_all
+
+# Nothing fetched but what is read: every request the test sees is the learned fetch or a read's own.
+LAZY = FsConfig(prefetch=False, background_fetch=False, read_deadline=5.0, warm_connections=0,
+                whole_file_max=0, readahead=0, neighbour_window=0, fetch_elf_deps=False, passthrough=False)
+CHUNK = 4096
+
+
+@pytest.fixture(scope="module")
+def blob(tmp_path_factory: pytest.TempPathFactory) -> Blob:
+    return build_blob(tmp_path_factory.mktemp("blob"))
+
+
+def _mount(blob: Blob, root: Path, config: FsConfig = LAZY) -> tuple[LayerTree, FaultySource]:
+    src = FaultySource(FileRangeSource(blob.path))
+    tree = open_tree(blob, root, config=config, source=src)
+    src.requests.clear()            # the TOC reads
+    tree.start()
+    assert tree.background.finished.wait(10), "the mount's start-up fetch did not finish"
+    return tree, src
+
+
+def _evict(root: Path) -> None:
+    """The chunk cache emptied (evicted or pruned), the layer's state dir kept."""
+    shutil.rmtree(LAZY.chunk_dir(root))
+
+
+def _first_run(tree: LayerTree) -> None:
+    """The workload: all of usr/lib/two, then two chunks of bin/huge."""
+    assert read_all(tree, lookup_path(tree, "usr/lib/two")) == FILES["usr/lib/two"]
+    huge = lookup_path(tree, "bin/huge")
+    assert tree.read(huge, 0, 100) == FILES["bin/huge"][:100]
+    assert tree.read(huge, 5 * CHUNK + 10, 100) == FILES["bin/huge"][5 * CHUNK + 10 : 5 * CHUNK + 110]
+
+
+def _units(tree: LayerTree, path: str, offsets: list[int] | None = None) -> list[tuple[int, int]]:
+    fc = tree._chunks_of(lookup_path(tree, path))
+    assert fc is not None
+    return [(c.offset, c.end) for c in fc.chunks if offsets is None or c.chunk_offset in offsets]
+
+
+def _covered(requests: list[list[tuple[int, int]]], unit: tuple[int, int]) -> bool:
+    return any(off <= unit[0] and unit[1] <= off + n for req in requests for off, n in req)
+
+
+def test_a_cold_mount_fetches_what_the_first_run_read_before_it_is_read(blob: Blob, tmp_path: Path) -> None:
+    tree, src = _mount(blob, tmp_path)
+    assert src.requests == [], "no record yet: the first mount fetches nothing at start"
+    _first_run(tree)
+    tree.close()
+    record = learned.record_path(tree.files_dir.parent)
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    doc = json.loads(record.read_text())
+    assert doc["files"] == [["usr/lib/two", [0]], ["bin/huge", [0, 5 * CHUNK]]]
+
+    _evict(tmp_path)
+    tree, src = _mount(blob, tmp_path)
+    learned_units = _units(tree, "usr/lib/two") + _units(tree, "bin/huge", [0, 5 * CHUNK])
+    assert len(src.requests) == 1, "the learned chunks came in one request, before any read"
+    assert all(_covered(src.requests, u) for u in learned_units)
+    assert tree.stats.learned_state == "done" and tree.stats.learned_chunks == 3
+    # what was not read the first time is not fetched
+    assert not any(tree.cache.contains(c.digest, c.chunk_size) for c in
+                   tree._chunks_of(lookup_path(tree, "bin/huge")).chunks[1:5])  # type: ignore[union-attr]
+    src.requests.clear()
+    _first_run(tree)
+    assert src.requests == [], "the second run's reads were all served from the learned fetch"
+    assert tree.stats.misses_waited == 0
+    tree.close()
+
+
+def test_the_fetch_follows_the_first_read_order(blob: Blob, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cut into one piece per unit and fetched one at a time, requests go out in first-read order (here
+    not the blob's: bin/huge is stored before usr/lib/one and read after it)."""
+    tree, _ = _mount(blob, tmp_path)
+    assert read_all(tree, lookup_path(tree, "usr/lib/one")) == FILES["usr/lib/one"]
+    huge = lookup_path(tree, "bin/huge")
+    assert tree.read(huge, 3 * CHUNK, 10) == FILES["bin/huge"][3 * CHUNK : 3 * CHUNK + 10]
+    assert tree.read(huge, 0, 10) == FILES["bin/huge"][:10]
+    tree.close()
+    _evict(tmp_path)
+    monkeypatch.setattr(background, "LEARNED_FIRST_PIECE", 1)
+    monkeypatch.setattr(background, "PREFETCH_PIECE", 1)
+    monkeypatch.setattr(background, "LEARNED_STREAMS", 1)
+    tree, src = _mount(blob, tmp_path)
+    expected = _units(tree, "usr/lib/one") + _units(tree, "bin/huge", [0, 3 * CHUNK])
+    assert src.requests == [[(off, end - off)] for off, end in expected]
+    tree.close()
+
+
+def test_a_warm_mount_keeps_the_record_and_a_cold_one_learns_again(blob: Blob, tmp_path: Path) -> None:
+    tree, _ = _mount(blob, tmp_path)
+    _first_run(tree)
+    tree.close()
+    record = learned.record_path(tree.files_dir.parent)
+    first = record.read_bytes()
+    # cache kept (warm): another workload does not replace what the cold start learned
+    tree, src = _mount(blob, tmp_path)
+    assert src.requests == []
+    assert read_all(tree, lookup_path(tree, "etc/hello.txt")) == FILES["etc/hello.txt"]
+    tree.close()
+    assert record.read_bytes() == first
+    # cache evicted (cold): the record follows the workload as it is now
+    _evict(tmp_path)
+    tree, src = _mount(blob, tmp_path)
+    assert len(src.requests) == 1
+    assert read_all(tree, lookup_path(tree, "etc/hello.txt")) == FILES["etc/hello.txt"]
+    tree.close()
+    assert json.loads(record.read_text())["files"] == [["etc/hello.txt", [0]]]
+
+
+def test_only_the_first_seconds_are_learned(blob: Blob, tmp_path: Path) -> None:
+    config = LAZY.replace(learn_window=0.2)
+    tree, _ = _mount(blob, tmp_path, config)
+    assert read_all(tree, lookup_path(tree, "usr/lib/one")) == FILES["usr/lib/one"]
+    time.sleep(0.3)
+    assert read_all(tree, lookup_path(tree, "usr/lib/two")) == FILES["usr/lib/two"]
+    record = learned.record_path(tree.files_dir.parent)
+    deadline = time.monotonic() + 5
+    while not record.exists():      # written when the window closed, before the unmount
+        assert time.monotonic() < deadline, "the record was not written when the window closed"
+        time.sleep(0.02)
+    assert json.loads(record.read_text())["files"] == [["usr/lib/one", [0]]]
+    tree.close()
+
+
+def test_learning_off(blob: Blob, tmp_path: Path) -> None:
+    tree, _ = _mount(blob, tmp_path, LAZY.replace(learn_window=0.0))
+    _first_run(tree)
+    tree.close()
+    assert not learned.record_path(tree.files_dir.parent).exists()
+
+
+@pytest.mark.parametrize("content", [
+    b"not json",
+    b'{"version": 2, "files": []}',
+    b'{"version": 1, "files": [["bin/huge", [-1]]]}',
+    b'{"version": 1, "files": [["bin/huge", [0.5]]]}',
+    b'{"version": 1, "files": [["bin/huge"]]}',
+    b'{"version": 1, "files": {"bin/huge": null}}',
+    b'{"version": 1, "files": [' + b",".join([b'["x", null]'] * (learned.MAX_FILES + 1)) + b"]}",
+    b" " * (learned.MAX_RECORD_SIZE + 1),
+    b"symlink",
+    b"fifo",
+], ids=["not-json", "version", "negative", "float", "short", "not-list", "too-many", "too-big", "symlink",
+        "fifo"])
+def test_an_unusable_record_is_ignored_and_learned_anew(blob: Blob, tmp_path: Path, content: bytes) -> None:
+    ldir = tmp_path / "snapshots" / blob.digest.removeprefix("sha256:")
+    ldir.mkdir(parents=True)
+    record = learned.record_path(ldir)
+    if content == b"symlink":
+        (tmp_path / "elsewhere").write_text('{"version": 1, "files": [["bin/huge", null]]}')
+        record.symlink_to(tmp_path / "elsewhere")
+    elif content == b"fifo":
+        os.mkfifo(record)
+    else:
+        record.write_bytes(content)
+    tree, src = _mount(blob, tmp_path)
+    assert src.requests == [], "nothing fetched on the word of an unusable record"
+    assert tree.stats.learned_state == "none"
+    if content in (b"symlink", b"fifo"):
+        record.unlink()
+    _first_run(tree)
+    tree.close()
+    assert json.loads(record.read_text())["files"][0] == ["usr/lib/two", [0]]
+
+
+def test_a_record_only_steers_fetches_of_the_layers_own_chunks(blob: Blob, tmp_path: Path) -> None:
+    """Paths the TOC does not have, escapes and offsets that start no chunk fetch nothing; what the
+    record names that exists is fetched from the blob and verified like any read."""
+    ldir = tmp_path / "snapshots" / blob.digest.removeprefix("sha256:")
+    ldir.mkdir(parents=True)
+    learned.record_path(ldir).write_text(json.dumps({"version": 1, "files": [
+        ["../../etc/hello.txt", None], ["nope/none", None], ["bin/huge", [1, 999_999_999]], ["bin", None],
+        ["etc/empty", None], ["/etc/hello.txt", [0]]]}))
+    tree, src = _mount(blob, tmp_path)
+    hello = _units(tree, "etc/hello.txt")
+    assert len(src.requests) == 1 and sum(n for _, n in src.requests[0]) == hello[0][1] - hello[0][0]
+    assert _covered(src.requests, hello[0])
+    assert tree.stats.learned_chunks == 1
+    tree.close()
+
+
+def test_a_corrupt_blob_region_is_not_served_from_a_learned_fetch(blob: Blob, tmp_path: Path) -> None:
+    tree, _ = _mount(blob, tmp_path)
+    _first_run(tree)
+    tree.close()
+    _evict(tmp_path)
+    src = FaultySource(FileRangeSource(blob.path), corrupt=1)
+    tree = open_tree(blob, tmp_path, config=LAZY, source=src)
+    tree.start()
+    assert tree.background.finished.wait(10)
+    assert tree.stats.verify_failures >= 1, "the damaged response was caught by the chunk digests"
+    _first_run(tree)            # correct bytes: the bad ones were fetched again, never served
+    tree.close()
