@@ -28,10 +28,15 @@ ROW_LABELS = {("containerd", "org"): "containerd (full pull)",
               ("lazypull-lazy", "esgz-noopt"): "lazypull eStargz (no prefetch)",
               ("lazypull-lazy", "esgz"): "lazypull eStargz (prioritized)",
               ("lazypull-lazy", "zstdchunked"): "lazypull zstd:chunked",
-              ("lazypull-lazy-nobg", "esgz"): "lazypull eStargz (prioritized, background fetch off)"}
+              ("lazypull-lazy-nobg", "esgz"): "lazypull eStargz (prioritized, background fetch off)",
+              ("lazypull-lazy-learned", "esgz-noopt"): "lazypull eStargz (no prefetch), learned record kept",
+              ("lazypull-lazy-evicted", "esgz-noopt"):
+                  "lazypull eStargz (no prefetch), learned and TOC records kept"}
 SHORT_LABELS = {("containerd", "org"): "containerd", ("lazypull-overlayfs", "org"): "lp-full",
                 ("lazypull-lazy", "esgz-noopt"): "esgz-noopt", ("lazypull-lazy", "esgz"): "esgz",
-                ("lazypull-lazy", "zstdchunked"): "zstdchunked", ("lazypull-lazy-nobg", "esgz"): "esgz-nobg"}
+                ("lazypull-lazy", "zstdchunked"): "zstdchunked", ("lazypull-lazy-nobg", "esgz"): "esgz-nobg",
+                ("lazypull-lazy-learned", "esgz-noopt"): "noopt-learned",
+                ("lazypull-lazy-evicted", "esgz-noopt"): "noopt-evicted"}
 ANALYSIS = Path(__file__).with_name("analysis.md")
 
 

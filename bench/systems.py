@@ -48,8 +48,12 @@ def _help(*sub: str) -> str:
 class LazypullSystem:
     """``lazypull pull --snapshotter=S`` then ``lazypull run --rm`` (or create + start when offered)."""
 
-    def __init__(self, root: Path, snapshotter: str, *, config: str = "", name: str | None = None) -> None:
+    def __init__(self, root: Path, snapshotter: str, *, config: str = "", name: str | None = None,
+                 keep: tuple[str, ...] = ()) -> None:
         self.root = root
+        # files of each layer's state dir (``snapshots/<hex>/``) kept from one sample to the next: a
+        # re-start after the chunk cache was evicted (everything else is wiped as for a first start)
+        self.keep = keep
         self.snapshotter = snapshotter
         self.config = config          # <root>/config.toml of the mount server ("" = defaults)
         self.name = name or ("lazypull-lazy" if snapshotter == "stargz" else f"lazypull-{snapshotter}")
@@ -63,9 +67,9 @@ class LazypullSystem:
     def reset_cold(self) -> None:
         """Wipe the store, caches and mounts, then start a fresh mount server (untimed, as
         stargz-snapshotter's benchmark restarts its snapshotter before each sample)."""
-        stop_lazypull(self.root)
+        stop_lazypull(self.root, keep=self.keep)
         os.sync()       # the previous sample's dirty pages (a full pull writes ~400 MB) are not this one's
-        self.root.mkdir(parents=True)
+        self.root.mkdir(parents=True, exist_ok=True)
         if self.config:
             (self.root / "config.toml").write_text(self.config)
         if self.snapshotter == "stargz":
@@ -108,15 +112,15 @@ class LazypullSystem:
     def quiesce(self) -> None:
         """Stop everything this system left running (the mount server's background fetch would
         otherwise compete with the next sample)."""
-        stop_lazypull(self.root)
+        stop_lazypull(self.root, keep=self.keep)
 
     def close(self) -> None:
         stop_lazypull(self.root)
 
 
-def stop_lazypull(root: Path) -> None:
+def stop_lazypull(root: Path, keep: tuple[str, ...] = ()) -> None:
     """Stop the mount server of ``root`` (its pid file names it), unmount everything below ``root``
-    and remove the directory."""
+    and remove the directory, but for the files named ``keep`` in each ``snapshots/<hex>/``."""
     if not root.exists():
         return
     with contextlib.suppress(Exception):
@@ -139,7 +143,15 @@ def stop_lazypull(root: Path) -> None:
                 break
     _kill_runc_containers(root)
     unmount_below(root)
+    saved = {}
+    for name in keep:
+        for path in root.glob(f"snapshots/*/{name}"):
+            saved[path.relative_to(root)] = path.read_bytes()
     shutil.rmtree(root, ignore_errors=True)
+    for rel, data in saved.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (root / rel).write_bytes(data)
+        (root / rel).chmod(0o600)
 
 
 def _alive(pid: int) -> bool:
