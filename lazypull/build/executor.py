@@ -161,6 +161,23 @@ def _duration(text: str, what: str) -> int:
     return total
 
 
+def _platform_args(platform: str | None) -> dict[str, str]:
+    """The platform arguments BuildKit and buildah predefine (TARGETPLATFORM, BUILDARCH, ...); a stage
+    sees them when it declares them (``ARG TARGETARCH``), FROM lines always."""
+    from lazypull.registry import Platform, default_platform
+
+    build = default_platform()
+    try:
+        target = Platform.parse(platform) if platform else build
+    except ValueError as err:
+        raise BuildError(f"--platform: {err}") from err
+    values: dict[str, str] = {}
+    for prefix, plat in (("BUILD", build), ("TARGET", target)):
+        values.update({f"{prefix}PLATFORM": str(plat), f"{prefix}OS": plat.os,
+                       f"{prefix}ARCH": plat.architecture, f"{prefix}VARIANT": plat.variant or ""})
+    return values
+
+
 def _check_config(config: Mapping[str, Any], name: str) -> None:
     """Refuse a base image config whose fields a build extends with the wrong types (the image's
     author wrote it): one error naming the image and the field, never a traceback later."""
@@ -233,7 +250,7 @@ class Builder:
         self.cache = BuildCache(root, store)
         self.containers = Containers(root)
         self.stages: list[_Stage] = []
-        self.global_args: dict[str, str] = {}
+        self.global_args: dict[str, str] = _platform_args(options.platform)
         self.used_args: set[str] = set()
         self._images: dict[str, BaseImage] = {}
         self._step = 0
@@ -260,7 +277,8 @@ class Builder:
                 if ins.keyword != "ARG":
                     raise self.df.error(ins, "only ARG may come before the first FROM")
                 for key, value in self._arg_pairs(ins, self.global_args):
-                    self.global_args[key] = value if value is not None else ""
+                    if value is not None or key not in self.global_args:   # TARGETARCH & co. keep theirs
+                        self.global_args[key] = value if value is not None else ""
             else:
                 current.instructions.append(ins)
         if not self.stages:

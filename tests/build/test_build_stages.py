@@ -33,6 +33,8 @@ EOF
 RUN cat <<EOT > /opt/second
 line one
 EOT
+ARG TARGETARCH
+RUN echo "$TARGETARCH $UNDECLARED" > /opt/arch
 
 FROM builder AS unused
 RUN exit 1
@@ -49,7 +51,7 @@ FROM final AS child
                       str(ctx))
     err = result.stderr.decode()
     assert result.returncode == 0, err
-    assert "[builder 2/4] ADD pkg.tar.gz /opt/" in err
+    assert "[builder 2/5] ADD pkg.tar.gz /opt/" in err
     assert "unused" not in err                              # stages the target does not need are skipped
     store = Store(root)
     image = store.resolve("localhost/multi:1")
@@ -65,6 +67,10 @@ FROM final AS child
     assert ran.stdout == b"built\nfrom the tar\n"
     second = lazypull(root, "run", "--rm", "localhost/multi:1", "/bin/sh", "-c", "cat /second")
     assert second.stdout == b"line one\n"
+    from lazypull.registry import default_platform
+
+    arch = lazypull(root, "run", "--rm", "localhost/multi:1", "/bin/sh", "-c", "cat /arch")
+    assert arch.stdout == f"{default_platform().architecture} \n".encode()      # predefined platform ARG
 
 
 def test_onbuild_trigger_runs_in_child_and_stdin_dockerfile(tmp_path: Path, busybox_base: str) -> None:
