@@ -186,7 +186,7 @@ def test_wait_line_ends_the_run_and_zstdchunked(tmp_path: Path, app_image: str) 
     assert b"SLEPT" not in result.stderr, "the workload ran to its end"
     assert CONF + b"from the host\nREADY\n" in result.stderr
     assert b"the awaited line appeared" in result.stderr
-    paths = [e["path"] for e in read_record(record_out)]
+    paths = [str(e["path"]) for e in read_record(record_out)]
     assert "etc/app/conf" in paths and "etc/app/unused" not in paths
     assert not any(p.startswith("data") for p in paths)        # the volume is no layer
     store = Store(root)
