@@ -204,8 +204,12 @@ class MountDaemon:
             self.manager.unmount_unused(only=premounted())
             raise
         metadata = time.monotonic()
-        layers = self.manager.mount_image(record.name, insecure=insecure,
-                                          platform=names[0] if names else None)
+        try:
+            layers = self.manager.mount_image(record.name, insecure=insecure,
+                                              platform=names[0] if names else None)
+        except BaseException:       # refused (a DiffID the config contradicts ...): no early mount stays
+            self.manager.unmount_unused(only=premounted())
+            raise
         now = time.monotonic()
         log.info("pulled %s lazily in %.3fs (manifest after %.3fs, stored after %.3fs, %d layers mounted "
                  "after %.3fs more)", ref, now - began, resolved - began, metadata - began,

@@ -4,7 +4,11 @@ descriptor declares an uncompressed digest (``containerd.io/uncompressed``) othe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,10 +17,13 @@ from lazypull.errors import ImageError
 from lazypull.fs.config import FsConfig
 from lazypull.image import Store, pull_image
 from lazypull.registry import RegistryClient
+from lazypull.runtime.overlay import mountpoints
+from lazypull.snapshot import MountClient
 from lazypull.snapshot.manager import LayerManager
 from tests.helpers.registry import RegistryServer
 from tests.snapshot.layerkit import build_blob, push_image
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 UNCOMPRESSED = "containerd.io/uncompressed"
 
@@ -45,3 +52,30 @@ def test_diff_id_annotation_must_match_the_config(registry: RegistryServer, tmp_
         assert [(m.digest, m.lazy) for m in mounts] == [(blob.digest, True)]
     finally:
         manager.close()
+
+
+def test_lazy_pull_of_a_self_contradicting_image_fails_cleanly(registry: RegistryServer,
+                                                                tmp_path: Path) -> None:
+    """Through the command and the mount server: one line naming the layer, no layer left mounted (the
+    server mounts an image's layers early, from its manifest, before it has read the config)."""
+    blob = build_blob(tmp_path)
+    wrong = "sha256:" + hashlib.sha256(b"another layer").hexdigest()
+    push_image(registry.url, "lazy/diffid-cli", "v1",
+               [(blob.path.read_bytes(), OCI_GZIP, {**blob.annotations, UNCOMPRESSED: wrong},
+                 blob.result.diff_id)])
+    root = tmp_path / "root"
+    env = dict(os.environ, LAZYPULL_ROOT=str(root))
+    try:
+        pulled = subprocess.run([sys.executable, "-m", "lazypull", "--snapshotter=stargz", "pull",
+                                 f"{registry.host}/lazy/diffid-cli:v1"], capture_output=True, text=True,
+                                env=env, cwd=REPO_ROOT, timeout=180)
+        assert pulled.returncode == 1
+        lines = pulled.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("lazypull: error:"), pulled.stderr
+        assert blob.digest in lines[0] and wrong in lines[0]
+        with MountClient(root, autostart=False) as client:
+            assert client.list_mounts() == []
+        assert not [m for m in mountpoints() if m.startswith(str(root) + "/")]
+    finally:
+        with contextlib.suppress(Exception), MountClient(root, autostart=False) as client:
+            client.shutdown()
