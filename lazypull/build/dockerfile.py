@@ -22,6 +22,7 @@ INSTRUCTIONS = frozenset({
     "VOLUME", "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL",
 })
 MAX_DOCKERFILE = 4 << 20       # bytes: a Dockerfile is text a person writes
+MAX_INSTRUCTIONS = 5000        # a build's config grows with each: bounded work for a hostile file
 _DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
 _HEREDOC = re.compile(r"<<(-?)\s*(['\"]?)([a-zA-Z_][a-zA-Z0-9_]*)\2")
 
@@ -168,4 +169,6 @@ def parse_dockerfile(text: str, where: str = "Dockerfile") -> Dockerfile:
                     body.append(body_line)
                 heredocs.append(Heredoc(match.group(3), "\n".join(body) + "\n", bool(match.group(1))))
         instructions.append(Instruction(upper, rest.strip(), start, flags, tuple(heredocs)))
+        if len(instructions) > MAX_INSTRUCTIONS:
+            raise DockerfileError(where, start, f"more than {MAX_INSTRUCTIONS} instructions")
     return Dockerfile(where, escape, directives, instructions)

@@ -129,6 +129,8 @@ class _Stage:
     source: str | None = None
     cmd_set: bool = False
     done: bool = False
+    numbers: dict[int, int] = field(default_factory=dict)      # id(instruction) -> k of "[k/n]"
+    total: int = 1
 
     @property
     def run_config(self) -> dict[str, Any]:
@@ -343,9 +345,12 @@ class Builder:
     # -- one stage ---------------------------------------------------------------------------------
 
     def _title(self, stage: _Stage, number: int, text: str) -> str:
-        total = 1 + sum(1 for ins in stage.instructions if ins.keyword in FILE_STEPS)
+        if not stage.numbers:           # once per stage: a Dockerfile may have many thousand steps
+            steps = [ins for ins in stage.instructions if ins.keyword in FILE_STEPS]
+            stage.numbers = {id(ins): n for n, ins in enumerate(steps, 2)}
+            stage.total = 1 + len(steps)
         label = f"{stage.name or f'stage-{stage.index}'} " if len(self.stages) > 1 else ""
-        return f"[{label}{number}/{total}] {text}"
+        return f"[{label}{number}/{stage.total}] {text}"
 
     def _run_stage(self, stage: _Stage) -> None:
         ins = stage.from_ins
@@ -441,18 +446,21 @@ class Builder:
 
     def _do_env(self, stage: _Stage, ins: Instruction) -> None:
         env = stage.env()
-        for key, value in key_values(ins.args, self._expand_env(stage), self.df.escape, "ENV"):
+        pairs = key_values(ins.args, self._expand_env(stage), self.df.escape, "ENV")
+        for key, value in pairs:
             env[key] = value
         stage.run_config["Env"] = [f"{k}={v}" for k, v in env.items()]
-        self._meta(stage, ins, "ENV " + " ".join(f"{k}={v}" for k, v in env.items()))
+        self._meta(stage, ins, "ENV " + " ".join(f"{k}={v}" for k, v in pairs))
 
     def _do_arg(self, stage: _Stage, ins: Instruction) -> None:
-        for key, value in self._arg_pairs(ins, self._expand_env(stage)):
+        pairs = self._arg_pairs(ins, self._expand_env(stage))
+        for key, value in pairs:
             if value is None and key in self.global_args:
                 value = self.global_args[key]
             if value is not None:
                 stage.args[key] = value
-        self._meta(stage, ins, "ARG " + " ".join(f"{k}={v}" for k, v in sorted(stage.args.items())))
+        self._meta(stage, ins, "ARG " + " ".join(f"{k}={stage.args[k]}" if k in stage.args else k
+                                                 for k, _ in pairs))
 
     def _do_label(self, stage: _Stage, ins: Instruction) -> None:
         labels = stage.run_config.get("Labels") or {}
@@ -558,8 +566,8 @@ class Builder:
     # -- filesystem steps ---------------------------------------------------------------------------
 
     def _next_number(self, stage: _Stage, ins: Instruction) -> int:
-        file_steps = [i for i in stage.instructions if i.keyword in FILE_STEPS]
-        return 2 + next((n for n, i in enumerate(file_steps) if i is ins), len(file_steps))
+        self._title(stage, 0, "")
+        return stage.numbers.get(id(ins), stage.total)      # an ONBUILD trigger: the stage's last
 
     def _lowers(self, stage: _Stage) -> list[Path]:
         """The stage's lower directories, top first, extracting cached layers not yet on disk."""

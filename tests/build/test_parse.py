@@ -46,6 +46,8 @@ def test_heredoc_and_errors() -> None:
         parse_dockerfile("FROM x\nRUN cat <<EOF\nhello\n", "Df")
     with pytest.raises(DockerfileError, match="invalid escape character"):
         parse_dockerfile("# escape=x\nFROM x\n", "Df")
+    with pytest.raises(DockerfileError, match=r"^Df:5001: more than 5000 instructions$"):
+        parse_dockerfile("FROM x\n" + "ENV a=b\n" * 6000, "Df")
 
 
 def test_word_expansion() -> None:
