@@ -166,11 +166,21 @@ class _Lexer:
 
 def expand_words(text: str, env: Mapping[str, str], escape: str = "\\") -> list[str]:
     """The words of ``text`` after expansion and quote removal (COPY sources, EXPOSE, VOLUME...)."""
-    return _Lexer(text, env, escape).words()
+    try:
+        return _Lexer(text, env, escape).words()
+    except RecursionError as err:        # ${A:-${A:-${A:-...}}} nested past Python's stack
+        raise BuildError(f"substitutions nested too deeply in {text[:80]!r}") from err
 
 
 def expand_word(text: str, env: Mapping[str, str], escape: str = "\\") -> str:
     """``text`` as one word: expanded, quotes removed, blanks kept (WORKDIR, USER, a value)."""
+    try:
+        return _expand_word(text, env, escape)
+    except RecursionError as err:
+        raise BuildError(f"substitutions nested too deeply in {text[:80]!r}") from err
+
+
+def _expand_word(text: str, env: Mapping[str, str], escape: str) -> str:
     lexer = _Lexer(text, env, escape)
     pieces: list[str] = []
     while lexer.pos < len(text):

@@ -57,6 +57,8 @@ def test_word_expansion() -> None:
     assert expand_word("'$A' \"$A\" \\$A", env) == "$A 1 $A"
     assert expand_words("$SP \"$SP\" '' $EMPTY end", env) == ["x", "y", "x y", "", "end"]
     assert expand_word("`$A", env, escape="`") == "$A"
+    with pytest.raises(BuildError, match="nested too deeply"):
+        expand_word("${A:-" * 5000 + "}" * 5000, env)
     with pytest.raises(BuildError, match="B: must be set"):
         expand_word("${B:?must be set}", env)
     assert key_values('K=v Q="a b" Z="$A c"', env, "\\", "ENV") == [("K", "v"), ("Q", "a b"), ("Z", "1 c")]
