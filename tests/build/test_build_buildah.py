@@ -121,6 +121,7 @@ def test_same_tree_and_config_as_buildah(tmp_path: Path, busybox_base: str, buil
     os.chmod(ctx / "files" / "sub" / "exec.sh", 0o755)
     os.symlink("top.txt", ctx / "files" / "alias")
     (ctx / "one.txt").write_text("one\n")
+    os.setxattr(ctx / "files" / "top.txt", "user.origin", b"context")
     (ctx / "two.txt").write_text("two\n")
     (ctx / "Dockerfile").write_text(dockerfile.format(base=busybox_base))
     with tarfile.open(ctx / "pkg.tar.gz", "w:gz") as tar:
@@ -162,6 +163,7 @@ def test_same_tree_and_config_as_buildah(tmp_path: Path, busybox_base: str, buil
         assert ours_tree["app/hard"] == ours_tree["app/run.txt"]
         assert ours_tree["app/owned.txt"][1:4] == (0o640, 1234, 2345)
         assert ours_tree["tmp/who"][2:4] == (1234, 2345)               # RUN as USER alice
+        assert ours_tree["app/top.txt"][5] == (("user.origin", b"context"),)   # xattrs kept
         assert ours_tree["home/alice/work"][2:4] == (0, 0)             # WORKDIR made as root (as buildah)
     else:
         assert ours_tree["opt/app/pkg/README"][1:4] == (0o640, 7, 8)     # ADD keeps the tar's owners
