@@ -7,11 +7,11 @@ way whichever snapshotter runs it, and what overlayfs is shown is the same.
 Refused (``UnsafeEntryError``, naming the entry): absolute names and names with a ``..`` component (a
 TOC reader would quietly fold them into the layer; extraction cannot), NUL bytes in names, link targets
 or xattr names, a component over ``NAME_MAX`` bytes or a name over ``PATH_MAX``, whiteouts of nothing
-(``.wh.``, ``.wh..``, ``.wh...``), a whiteout used as a directory, device numbers Linux cannot hold,
-xattr names or values over the kernel's limits. Dropped quietly: aufs metadata (``.wh..wh.*`` other
-than the opaque marker, and anything below it) and the xattrs overlayfs reads as instructions
-(``trusted.overlay.*``, ``user.overlay.*``): a layer must not forge a redirect, metacopy or opaque flag;
-opaque directories come only from the ``.wh..wh..opq`` marker.
+(``.wh.``, ``.wh..``, ``.wh...``), a whiteout used as a directory, owner ids and device numbers Linux
+cannot hold, xattr names or values over the kernel's limits. Dropped quietly: aufs metadata
+(``.wh..wh.*`` other than the opaque marker, and anything below it) and the xattrs overlayfs reads as
+instructions (``trusted.overlay.*``, ``user.overlay.*``): a layer must not forge a redirect, metacopy or
+opaque flag; opaque directories come only from the ``.wh..wh..opq`` marker.
 
 ``./a``, ``a/``, ``a//b`` and ``.`` stay acceptable spellings (tar files are written so).
 """
@@ -29,6 +29,8 @@ PATH_MAX = 4096
 """Bytes in a whole name, NUL included (Linux ``PATH_MAX``)."""
 XATTR_NAME_MAX = 255
 XATTR_SIZE_MAX = 65536
+ID_MAX = (1 << 32) - 2
+"""Largest uid/gid: ``uid_t`` is 32 bits, and ``(uid_t) -1`` means "unchanged" to chown."""
 DEV_MAJOR_MAX = (1 << 12) - 1
 DEV_MINOR_MAX = (1 << 20) - 1
 """Largest device major and minor the kernel keeps (``MINORBITS`` 20 of a 32-bit ``dev_t``)."""
@@ -112,6 +114,13 @@ def check_link_target(target: str, *, hardlink: bool) -> list[str] | None:
     if len(target) >= PATH_MAX // 4 and _bytes_len(target) >= PATH_MAX:
         raise UnsafeEntryError(f"symlink target is {_bytes_len(target)} bytes long")
     return None
+
+
+def check_owner(uid: int, gid: int) -> None:
+    """Refuse owner ids no file can have."""
+    for field, value in (("uid", uid), ("gid", gid)):
+        if not 0 <= value <= ID_MAX:
+            raise UnsafeEntryError(f"{field} {str(value)[:40]!r} is out of range")
 
 
 def check_device(major: int, minor: int) -> None:

@@ -249,7 +249,8 @@ class LayerReader:
             elif strict and ("\x00" in name or len(name) > entryrules.NAME_MAX // 4):
                 self._strict_check(index, e)
             if strict and (e.xattrs or (kind != "reg" and kind != "dir") or (
-                    kind == "reg" and self.max_file_size is not None and e.size > self.max_file_size)):
+                    kind == "reg" and self.max_file_size is not None and e.size > self.max_file_size)
+                    or not (0 <= e.uid <= entryrules.ID_MAX and 0 <= e.gid <= entryrules.ID_MAX)):
                 self._strict_check_other(index, e)
             if e.user_name:
                 unames[e.uid] = e.user_name
@@ -320,6 +321,7 @@ class LayerReader:
     def _strict_check_other(self, index: int, e: TOCEntry) -> None:
         """Refuse unsafe link targets, device numbers, xattrs and sizes beyond the declared layer size."""
         try:
+            entryrules.check_owner(e.uid, e.gid)
             if e.type in ("symlink", "hardlink"):
                 entryrules.check_link_target(e.link_name, hardlink=e.type == "hardlink")
             elif e.type in ("char", "block"):

@@ -111,8 +111,8 @@ def split_member_name(name: str) -> list[str]:
 
 # What a timespec holds (os.utime's range); outside it, the epoch, as containerd's archive does.
 _MTIME_NS_RANGE = range(-(2**63), 2**63)
-# uid_t and gid_t are 32 bits, and (uid_t) -1 means "unchanged" to chown.
-_ID_RANGE = range(0, 2**32 - 1)
+# uid_t and gid_t are 32 bits, and (uid_t) -1 means "unchanged" to chown (entryrules, as on the lazy path).
+_ID_RANGE = range(0, entryrules.ID_MAX + 1)
 
 
 def mtime_ns(member: tarfile.TarInfo) -> int:

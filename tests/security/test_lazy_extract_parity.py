@@ -35,6 +35,8 @@ REFUSED: dict[str, tuple[list[Member], str]] = {
     "hardlink-dotdot": ([Member("h", "hardlink", link="../etc/passwd")], "'..'"),
     "hardlink-absolute": ([Member("h", "hardlink", link="/etc/passwd")], "absolute"),
     "symlink-target-nul": ([Member("s", "symlink", link="a\x00b")], "NUL"),
+    "uid-too-big": ([Member("f", uid=2 ** 40)], "uid '1099511627776' is out of range"),
+    "uid-minus-one": ([Member("f", uid=-1)], "uid '-1' is out of range"),
     "xattr-value-too-big": ([Member("f", xattrs={"trusted.big": b"v" * 70000})], "65536"),
 }
 

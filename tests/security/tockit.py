@@ -33,6 +33,7 @@ class Member:
     type: str = "reg"
     link: str = ""
     mode: int = 0o644
+    uid: int = 0
     xattrs: dict[str, bytes] = field(default_factory=dict)
 
 
@@ -75,14 +76,15 @@ def metadata_blob(tmp: Path, members: list[Member], name: str = "layer") -> Laye
             info.mode = m.mode
             info.linkname = m.link
             info.mtime = 1609459200
-            pax = {"path": m.name}
+            info.uid = m.uid
+            pax = {"path": m.name, "uid": str(m.uid)}
             if m.link:
                 pax["linkpath"] = m.link
             for key, value in m.xattrs.items():
                 pax["SCHILY.xattr." + key] = value.decode("utf-8", "surrogateescape")
             info.pax_headers = pax
             tar.addfile(info)
-            entry: dict[str, Any] = {"name": m.name, "type": m.type, "mode": m.mode,
+            entry: dict[str, Any] = {"name": m.name, "type": m.type, "mode": m.mode, "uid": m.uid,
                                      "modtime": "2021-01-01T00:00:00Z"}
             if m.link:
                 entry["linkName"] = m.link
