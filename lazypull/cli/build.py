@@ -103,7 +103,8 @@ def _cleanup(workdir: Path) -> None:
 @click.option("--zstdchunked", is_flag=True, help="Write the new layers as zstd:chunked.")
 @click.option("--output", "-o", "output", metavar="oci:DIR[:TAG]",
               help="Also write the image into an OCI image layout.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress; print the image id when done.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress; print the image ID (manifest digest) when done.")
 @global_options
 @click.argument("context", metavar="CONTEXT")
 def build(tags: Sequence[str], dockerfile: str | None, build_args: Sequence[str], target: str | None,
@@ -175,7 +176,7 @@ def build(tags: Sequence[str], dockerfile: str | None, build_args: Sequence[str]
     for name in unused_build_args(builder):
         click.echo(f"lazypull: warning: build argument {name} was not consumed by any ARG", err=True)
     progress.start("exporting to image")
-    progress.output(f"writing image {result.config_digest} (manifest {result.manifest.digest})")
+    progress.output(f"writing image {result.manifest.digest} (config {result.config_digest})")
     for name in names:
         progress.output(f"naming to {name}")
     progress.done()
@@ -187,8 +188,11 @@ def build(tags: Sequence[str], dockerfile: str | None, build_args: Sequence[str]
         with store.lease():
             export_layout(store, result.manifest, result.source, output, lambda: registry_client(opts))
         progress.done()
+    if not names and output is None:
+        click.echo("lazypull: warning: no -t given: the image is stored unnamed (its layers serve the "
+                   "build cache) and `image prune` may remove it", err=True)
     if quiet:
-        click.echo(result.config_digest)
+        click.echo(result.manifest.digest)       # the image ID as `lazypull images` shows it
 
 
 COMMANDS: list[click.Command] = [build]

@@ -127,7 +127,7 @@ def test_build_instructions_layers_config_and_cache(tmp_path: Path, busybox_base
                      f"BASE={busybox_base}", str(ctx))
     assert third.returncode == 0, third.stderr.decode()
     assert third.stderr == b""
-    assert third.stdout.decode().strip() == store.resolve("example.com/app:3").config_digest
+    assert third.stdout.decode().strip() == store.resolve("example.com/app:3").manifest_digest
     layers3 = store.resolve("example.com/app:3").layers
     assert layers3[:3] == image.layers[:3] and layers3[3] != image.layers[3]
     # --no-cache runs everything again
