@@ -168,3 +168,19 @@ def test_hostile_base_config(tmp_path: Path, registry: RegistryServer, config: d
     line = err.strip().splitlines()[-1]
     assert line.startswith(f"lazypull: error: {ctx}/Dockerfile:1: FROM: ") and message in line, err
     _nothing_left(root)
+
+
+def test_destination_links_resolve_inside_the_image(tmp_path: Path, busybox_base: str) -> None:
+    """An absolute link in the image is the image's own path: COPY through it never writes on the host."""
+    marker = f"lazypull-build-test-{os.getpid()}"
+    host_target = Path("/tmp") / marker
+    assert not host_target.exists()
+    root, _ctx, result = _build(tmp_path, f"FROM {busybox_base}\n"
+                                "RUN ln -s /tmp /hostile && ln -s ../../../../../tmp /tmp/up\n"
+                                f"COPY a.txt /hostile/{marker}\n"
+                                f"COPY b.txt /tmp/up/up/{marker}.b\n", files={"a.txt": "a", "b.txt": "b"})
+    assert result.returncode == 0, result.stderr.decode()
+    assert not host_target.exists() and not Path(f"/tmp/{marker}.b").exists()
+    ran = lazypull(root, "run", "--rm", "localhost/bad:1", "/bin/sh", "-c",
+                   f"cat /tmp/{marker} /tmp/{marker}.b")
+    assert ran.stdout == b"ab", ran.stderr.decode()
