@@ -40,6 +40,10 @@ by default (containers/storage smaller still), so 16 times that leaves room for 
 MAX_MEMBER_SKIP = 2 * MAX_CHUNK_SIZE
 """Largest ``innerOffset`` (uncompressed bytes decoded and thrown away before a chunk starts: the small
 files packed in front of it in one member, each below the min-chunk-size)."""
+MAX_COMPRESSED_RANGE = 4 * MAX_CHUNK_SIZE
+"""Largest compressed range fetched (whole, into memory) for one chunk: its member holds the skipped
+small files, the chunk, and the tar headers of the entries without content that follow it (about 50
+compressed bytes each), never more than a few times the largest chunk."""
 DEFAULT_MAX_ENTRIES = 1_000_000
 """Most TOC entries a layer may have (``open_layer(max_entries=)``). Measured on a 100k-entry TOC of
 typical files (``name``, ``size``, ``mode``, ``modtime``, digests): the mount server keeps about
@@ -302,6 +306,14 @@ class LayerReader:
             if child.type == "dir":
                 pdir.num_link += 1
             siblings[base] = child
+        if strict:      # ranges chunks() would refuse when read: refused now, so a mount falls back
+            ends = self._ends()
+            for index, e in enumerate(self._entries):
+                if ends[index] - e.offset > MAX_COMPRESSED_RANGE and not e.end_offset and (
+                        e.type == "chunk" or (e.type == "reg" and e.size)):
+                    raise FormatError(f"TOC entry {index} ({e.name[:200]!r}): compressed range "
+                                      f"[{e.offset}, {ends[index]}) is over the limit "
+                                      f"({MAX_COMPRESSED_RANGE})")
 
     def _too_big(self, index: int, e: TOCEntry, rest: int) -> None:
         """Refuse, when the tree is built, a chunk :meth:`chunks` would refuse when it is read: a mount
@@ -434,6 +446,9 @@ class LayerReader:
             if not 0 <= ce.offset < end <= self.blob_size:
                 raise FormatError(f"{entry.name!r}: chunk at {coff} has invalid compressed range "
                                   f"[{ce.offset}, {end}) in a {self.blob_size}-byte blob")
+            if end - ce.offset > MAX_COMPRESSED_RANGE:
+                raise FormatError(f"{entry.name!r}: chunk at {coff} has a compressed range of "
+                                  f"{end - ce.offset} bytes, over the limit ({MAX_COMPRESSED_RANGE})")
             out.append(Chunk(name=entry.name, chunk_offset=coff, chunk_size=csize, digest=digest,
                              offset=ce.offset, inner_offset=ce.inner_offset, end=end,
                              compression=self.compression))

@@ -17,7 +17,7 @@ import pytest
 from lazypull.errors import MountError
 from lazypull.format import FileSource, FormatError, open_layer
 from lazypull.format.entryrules import UnsafeEntryError
-from lazypull.format.reader import DEFAULT_MAX_ENTRIES, MAX_CHUNK_SIZE, zeros_digest
+from lazypull.format.reader import DEFAULT_MAX_ENTRIES, MAX_CHUNK_SIZE, MAX_COMPRESSED_RANGE, zeros_digest
 from lazypull.fs.config import FsConfig
 from lazypull.fs.layer.inodes import InodeTable
 from lazypull.fs.layer.toc import open_toc
@@ -118,6 +118,21 @@ def test_inflation_bomb_is_refused_before_decompressing(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 8 << 20
+
+
+def test_huge_compressed_range_is_refused(tmp_path: Path) -> None:
+    """A 10-byte file whose compressed range runs on for 300 MiB (the TOC is that far): the range would be
+    fetched whole into memory; refused from the TOC instead (when read, and when a mount builds the tree)."""
+    layer = toc_blob(tmp_path, [{"name": "f", "type": "reg", "size": 10, "offset": 0,
+                                 "chunkDigest": _sha(b"0123456789")}],
+                     payload=gzip.compress(b"0123456789"), gap=MAX_COMPRESSED_RANGE + (44 << 20))
+    reader = open_layer(FileSource(layer.path))
+    with pytest.raises(FormatError, match=r"'f': chunk at 0 has a compressed range of \d+ bytes, over the "
+                                          r"limit"):
+        reader.chunks(_entry(reader, "f"))
+    with pytest.raises(MountError, match=r"TOC entry 0 \('f'\): compressed range \[0, \d+\) is over the "
+                                         r"limit"):
+        _open(tmp_path, layer)
 
 
 def test_huge_inner_offset_is_refused(tmp_path: Path) -> None:

@@ -54,15 +54,21 @@ def _toc_member(toc: bytes) -> bytes:
 
 
 def toc_blob(tmp: Path, entries: list[dict[str, Any]] | bytes, payload: bytes = b"", name: str = "layer",
-             annotations: dict[str, str] | None = None) -> Layer:
-    """An eStargz blob: ``payload`` (gzip members), then a TOC of ``entries`` (or these JSON bytes)."""
+             annotations: dict[str, str] | None = None, gap: int = 0) -> Layer:
+    """An eStargz blob: ``payload`` (gzip members), then a TOC of ``entries`` (or these JSON bytes).
+    ``gap``: that many zero bytes before the TOC (a sparse file: cheap however large)."""
     toc = entries if isinstance(entries, bytes) else json.dumps({"version": 1, "entries": entries}).encode()
     payload = payload or gzip.compress(b"\0" * 1024)
-    blob = payload + _toc_member(toc) + estargz_footer(len(payload))
+    tail = _toc_member(toc) + estargz_footer(len(payload) + gap)
     path = tmp / f"{name}.blob"
-    path.write_bytes(blob)
+    with open(path, "wb") as f:
+        f.write(payload)
+        f.seek(len(payload) + gap)
+        f.write(tail)
     notes = {TOC_DIGEST: "sha256:" + hashlib.sha256(toc).hexdigest(), **(annotations or {})}
-    return Layer(path, "sha256:" + hashlib.sha256(blob).hexdigest(), notes)
+    # the blob's digest; with a gap, a name only (hashing the gap's zeros would cost time for nothing)
+    named = payload + tail if not gap else payload + gap.to_bytes(8, "big") + tail
+    return Layer(path, "sha256:" + hashlib.sha256(named).hexdigest(), notes)
 
 
 def metadata_blob(tmp: Path, members: list[Member], name: str = "layer") -> Layer:
