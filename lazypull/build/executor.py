@@ -403,7 +403,7 @@ class Builder:
                 self._dispatch(stage, item)
             except RunError:
                 raise
-            except BuildError as err:
+            except LazypullError as err:        # a source, an archive, the runtime: name the line too
                 if str(err).startswith(f"{self.df.where}:"):
                     raise
                 raise self.df.error(item, str(err)) from err

@@ -184,3 +184,23 @@ def test_destination_links_resolve_inside_the_image(tmp_path: Path, busybox_base
     ran = lazypull(root, "run", "--rm", "localhost/bad:1", "/bin/sh", "-c",
                    f"cat /tmp/{marker} /tmp/{marker}.b")
     assert ran.stdout == b"ab", ran.stderr.decode()
+
+
+def test_add_of_a_hostile_tar_is_refused(tmp_path: Path, busybox_base: str) -> None:
+    import io
+    import tarfile
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    with tarfile.open(ctx / "evil.tar", "w") as tar:
+        info = tarfile.TarInfo("../../escape")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    root, ctx, result = _build(tmp_path, f"FROM {busybox_base}\nADD evil.tar /opt/\n")
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"lazypull: error: {ctx}/Dockerfile:2: ADD: ADD evil.tar"), err
+    assert "escape" in line
+    assert not (tmp_path / "escape").exists()
+    _nothing_left(root)
