@@ -162,6 +162,14 @@ def _parse_toc_tar(data: bytes, what: str) -> bytes:
     return data[512 : 512 + size]
 
 
+def _unusual(name: str) -> bool:
+    """Whether a name with no empty, ``.`` or ``..`` component (so neither absolute nor a whiteout
+    anywhere) still needs :func:`entryrules.split_name`: a NUL, or possibly too long (an ASCII name of
+    up to NAME_MAX characters has no component over NAME_MAX bytes)."""
+    return "\x00" in name or (len(name) > entryrules.NAME_MAX // 4
+                              and not (len(name) <= entryrules.NAME_MAX and name.isascii()))
+
+
 class LayerReader:
     """A verified TOC of one blob, with the file tree and the chunks of every file."""
 
@@ -246,11 +254,17 @@ class LayerReader:
             name = e.name
             if not (name and name[0] not in "./" and name[-1] != "/" and "//" not in name
                     and "/." not in name):
-                if strict and self._strict_check(index, e):
-                    after_reg = kind == "reg"               # (its chunks are skipped with it)
-                    continue                                # aufs metadata: not part of the tree
+                if strict:
+                    rest = name[2:] if name[:2] == "./" else name    # "./a/b/": as plain as "a/b"
+                    if rest[-1:] == "/":
+                        rest = rest[:-1]
+                    plain = (rest and rest[0] not in "./" and rest[-1] != "/" and "//" not in rest
+                             and "/." not in rest and not _unusual(rest))
+                    if not plain and self._strict_check(index, e):
+                        after_reg = kind == "reg"           # (its chunks are skipped with it)
+                        continue                            # aufs metadata: not part of the tree
                 e.name = name = clean_entry_name(name)      # (the test is clean_entry_name's fast path)
-            elif strict and ("\x00" in name or len(name) > entryrules.NAME_MAX // 4):
+            elif strict and _unusual(name):
                 self._strict_check(index, e)
             if strict and (e.xattrs or (kind != "reg" and kind != "dir") or (
                     kind == "reg" and self.max_file_size is not None and e.size > self.max_file_size)
