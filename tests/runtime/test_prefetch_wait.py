@@ -31,7 +31,7 @@ def prioritized_image(registry: RegistryServer, tmp_path_factory: pytest.TempPat
 
 
 def _prefetch_state(root: Path, digest: str) -> str:
-    out = lazypull(root, "stats", "--json")
+    out = lazypull(root, "fs", "stats", "--json")
     assert out.returncode == 0, out.stderr.decode()
     return str(json.loads(out.stdout)["layers"][digest]["prefetch_state"])
 

@@ -30,7 +30,7 @@ def test_program_hint_follows_the_runtime_rules() -> None:
 
 
 def _fetched_ahead(root: Path) -> int:
-    out = lazypull(root, "stats", "--json")
+    out = lazypull(root, "fs", "stats", "--json")
     assert out.returncode == 0, out.stderr.decode()
     return sum(int(layer["fetched_ahead"]) for layer in json.loads(out.stdout)["layers"].values())
 

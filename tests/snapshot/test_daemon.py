@@ -91,10 +91,10 @@ def test_mount_image_serves_lazy_layers(image: tuple[Path, str, str]) -> None:
     assert set(infos[0].holders) == {name, "container-1"}
     stats = mc.stats()["layers"][digest]
     assert stats["prefetch_state"] in ("done", "skipped") and stats["requests"] >= 2
-    cli = subprocess.run([sys.executable, "-m", "lazypull", "--root", str(root), "stats", "--json"],
+    cli = subprocess.run([sys.executable, "-m", "lazypull", "--root", str(root), "fs", "stats", "--json"],
                          capture_output=True, text=True, check=True)
     assert json.loads(cli.stdout)["layers"][digest]["bytes_fetched"] == stats["bytes_fetched"]
-    table = subprocess.run([sys.executable, "-m", "lazypull", "--root", str(root), "stats"],
+    table = subprocess.run([sys.executable, "-m", "lazypull", "--root", str(root), "fs", "stats"],
                            capture_output=True, text=True, check=True)
     assert digest[7:19] in table.stdout
     mc.close()
