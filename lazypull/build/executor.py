@@ -42,7 +42,7 @@ from lazypull.build.fsops import (
     remove_tree,
     scoped_path,
 )
-from lazypull.build.layer import BuiltLayer, LayerFormat, store_layer
+from lazypull.build.layer import BuiltLayer, LayerFormat, convert_blob, in_format, store_layer
 from lazypull.build.progress import Progress
 from lazypull.build.words import expand_word, expand_words, key_values, split_raw
 from lazypull.errors import LazypullError
@@ -89,6 +89,9 @@ class BaseProvider(Protocol):
     """Pulls (lazily if it can) and mounts an image named by a FROM or COPY --from."""
 
     def __call__(self, ref: str, platform: str | None) -> BaseImage: ...
+
+    def fetch(self, desc: Descriptor, source: str | None) -> None:
+        """Download a base layer blob into the store (from the image's ``source`` registry)."""
 
 
 @dataclass(frozen=True)
@@ -873,6 +876,32 @@ class Builder:
 
     # -- the image ----------------------------------------------------------------------------------
 
+    def convert_base_layers(self, stage: _Stage) -> None:
+        """With ``--estargz``/``--zstdchunked``, base layers not in that format are rewritten in it
+        (downloaded first if they were only mounted), so the whole image is lazily pullable; layers
+        already in it are kept as they are. Conversions are cached by blob digest."""
+        fmt = self.options.layer_format
+        for index, desc in enumerate(stage.layers):
+            if in_format(desc, fmt):
+                continue
+            key = step_key("", {"convert": desc.digest, "format": fmt})
+            self.progress.start(f"converting base layer {desc.digest} to {fmt}")
+            hit = None if self.options.no_cache else self.cache.get(key)
+            if hit is not None and hit.layer is not None and hit.diff_id:
+                self.progress.cached()
+                built = BuiltLayer(hit.layer, hit.diff_id)
+            else:
+                if self.store.blob_path(desc.digest) is None:
+                    self.provider.fetch(desc, stage.source)
+                blob = self.store.blob_path(desc.digest)
+                if blob is None:
+                    raise BuildError(f"base layer {desc.digest} is not in the store")
+                built = convert_blob(self.store, blob, fmt)
+                self.cache.put(key, CachedStep(built.descriptor, built.diff_id))
+                self.progress.done()
+            stage.layers[index] = built.descriptor
+            stage.diff_ids[index] = built.diff_id
+
     def image_documents(self, stage: _Stage) -> tuple[bytes, bytes]:
         """The config and manifest of a built stage (OCI media types)."""
         config = stage.config
@@ -902,6 +931,7 @@ def build_image(builder: Builder, names: Sequence[str]) -> BuildResult:
             stage = builder.build()
         except RecursionError as err:       # a source tree deeper than the copier's recursion
             raise BuildError("a directory tree being copied is nested too deeply") from err
+        builder.convert_base_layers(stage)
         _raw_config, raw_manifest = builder.image_documents(stage)
         manifest = builder.store.put_blob(raw_manifest)
         desc = Descriptor(mt.OCI_MANIFEST, manifest.digest, manifest.size)

@@ -47,10 +47,30 @@ def store_layer(store: Store, tar_path: Path, layer_format: LayerFormat) -> Buil
                 shutil.copyfileobj(src, gz, 1 << 20)
             info = writer.commit()
         return BuiltLayer(Descriptor(mt.OCI_LAYER_GZIP, info.digest, info.size), diff_id)
+    return _write_lazy(store, tar_path, layer_format)
+
+
+def in_format(desc: Descriptor, layer_format: LayerFormat) -> bool:
+    """Whether a layer already is what a build with ``layer_format`` writes (gzip: anything goes)."""
+    annotations = desc.annotations or {}
+    if layer_format == "estargz":
+        return mt.TOC_DIGEST in annotations and mt.layer_compression(desc.media_type) == "gzip"
+    if layer_format == "zstdchunked":
+        return mt.layer_compression(desc.media_type) == "zstd" and (
+            mt.TOC_DIGEST in annotations or mt.ZSTD_MANIFEST_CHECKSUM in annotations)
+    return True
+
+
+def convert_blob(store: Store, blob: Path, layer_format: LayerFormat) -> BuiltLayer:
+    """A stored layer blob (gzip, zstd or plain tar) rewritten as ``layer_format``, into the store."""
+    return _write_lazy(store, blob, layer_format)
+
+
+def _write_lazy(store: Store, path: Path, layer_format: LayerFormat) -> BuiltLayer:
     from lazypull.format import BuildOptions, FormatError, build
 
     zstd = layer_format == "zstdchunked"
-    with store.ingest() as writer, open(tar_path, "rb") as src:
+    with store.ingest() as writer, open(path, "rb") as src:
         try:
             result = build(src, cast(BinaryIO, writer), BuildOptions(compression="zstd" if zstd else "gzip"))
         except FormatError as err:

@@ -11,7 +11,7 @@ import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 import click
 
@@ -21,6 +21,7 @@ from lazypull.errors import MountError
 
 if TYPE_CHECKING:
     from lazypull.build.executor import BaseImage
+    from lazypull.registry import Descriptor
 
 
 class _Bases:
@@ -63,6 +64,18 @@ class _Bases:
         return BaseImage(name=resolved.name, key=resolved.manifest_digest, config=dict(resolved.config),
                          layers=list(resolved.layers), diff_ids=diff_ids, mount=mount,
                          source=str(resolved.source) if resolved.source is not None else None)
+
+    def fetch(self, desc: Descriptor, source: str | None) -> None:
+        """Download a base layer blob into the store (digest and size checked, all or nothing)."""
+        from lazypull.build.errors import BuildError
+        from lazypull.cli.run import registry_client
+        from lazypull.registry import parse_reference
+
+        if source is None:
+            raise BuildError(f"layer {desc.digest} is not in the store and its image has no source registry")
+        with registry_client(self.opts) as client, self.store.ingest(desc.digest, desc.size) as writer:
+            client.get_blob(parse_reference(source), desc.digest, cast(BinaryIO, writer), size=desc.size)
+            writer.commit()
 
     def release(self) -> None:
         """Drop the build's holds (layers nobody else holds are unmounted)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from lazypull.image import Store
 from lazypull.image import mediatypes as mt
 from lazypull.runtime.overlay import mountpoints
@@ -70,22 +72,39 @@ def test_lazy_base_fetches_what_run_reads_and_estargz_output(
     assert len(ran.stdout) == 100
 
 
-def test_zstdchunked_output(tmp_path: Path, busybox_base: str, oracle: Oracle) -> None:
+@pytest.mark.parametrize("fmt", ["estargz", "zstdchunked"])
+def test_gzip_base_converted_whole_image_lazy(tmp_path: Path, registry: RegistryServer, busybox_base: str,
+                                              oracle: Oracle, fmt: str) -> None:
+    """FROM a gzip image with --estargz/--zstdchunked: the base layer is rewritten too (cached), the
+    pushed image is lazily pullable in full, its DiffIDs check out on a full pull."""
     root = tmp_path / "root"
-    result = lazypull(root, "--insecure-registry", "build", "--zstdchunked", "-t", "localhost/built:zstd",
-                      "-",
-                      stdin=f"FROM {busybox_base}\nRUN echo zstd > /z\n".encode())
+    dockerfile = f"FROM {busybox_base}\nRUN echo {fmt} > /z\n".encode()
+    result = lazypull(root, "--insecure-registry", "build", f"--{fmt}", "-t", f"localhost/built:{fmt}", "-",
+                      stdin=dockerfile)
     assert result.returncode == 0, result.stderr.decode()
+    assert "converting base layer" in result.stderr.decode()
     store = Store(root)
-    image = store.resolve("localhost/built:zstd")
-    new = image.layers[-1]
-    assert new.media_type == mt.OCI_LAYER_ZSTD
-    assert image.layers[0].media_type == mt.OCI_LAYER_GZIP        # the base layer is kept as it is
-    blob = store.blob_path(new.digest)
-    assert blob is not None
-    assert oracle.tree(blob)["z"]["size"] == 5
-    ran = lazypull(root, "run", "--rm", "localhost/built:zstd", "cat", "/z")
-    assert ran.stdout == b"zstd\n", ran.stderr.decode()
+    image = store.resolve(f"localhost/built:{fmt}")
+    media = mt.OCI_LAYER_ZSTD if fmt == "zstdchunked" else mt.OCI_LAYER_GZIP
+    assert [d.media_type for d in image.layers] == [media, media]
+    assert all(mt.TOC_DIGEST in d.annotations for d in image.layers)
+    for desc in image.layers:
+        blob = store.blob_path(desc.digest)
+        assert blob is not None
+        tree = oracle.tree(blob)
+        assert ("z" in tree) if desc is image.layers[-1] else ("bin/busybox" in tree)
+    again = lazypull(root, "--insecure-registry", "build", f"--{fmt}", "-", stdin=dockerfile)
+    assert again.returncode == 0 and again.stderr.count(b"CACHED") == 2, again.stderr.decode()
+
+    dest = f"{registry.host}/lazypull-build/converted:{fmt}"
+    assert lazypull(root, "tag", f"localhost/built:{fmt}", dest).returncode == 0
+    pushed = lazypull(root, "--insecure-registry", "push", dest)
+    assert pushed.returncode == 0, pushed.stderr.decode()
+    fresh = tmp_path / "fresh"
+    pulled = lazypull(fresh, "--insecure-registry", "--snapshotter=overlayfs", "pull", dest)
+    assert pulled.returncode == 0, pulled.stderr.decode()         # DiffIDs verified against the blobs
+    ran = lazypull(fresh, "run", "--rm", "--snapshotter=overlayfs", dest, "cat", "/z")
+    assert ran.stdout == f"{fmt}\n".encode(), ran.stderr.decode()
 
 
 def test_output_oci_layout_fetches_lazy_base_layers(tmp_path: Path,
