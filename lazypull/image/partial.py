@@ -10,8 +10,10 @@ from __future__ import annotations
 import functools
 import json
 import zlib
+from collections.abc import Sequence
 from typing import Any, BinaryIO, ClassVar, Protocol
 
+from lazypull.format.annotations import UNCOMPRESSED_DIGEST_ANNOTATION
 from lazypull.image import mediatypes as mt
 from lazypull.image.compression import decompressed
 from lazypull.image.digest import check_digest, sha256_bytes
@@ -113,6 +115,21 @@ def parse_config(raw: bytes, desc: Descriptor) -> dict[str, Any]:
         for i, d in enumerate(rootfs.get("diff_ids", [])):
             check_digest(d, f"config {desc.digest} rootfs.diff_ids[{i}]")
     return doc
+
+
+def check_declared_diff_ids(layers: Sequence[Descriptor], diff_ids: Sequence[str]) -> None:
+    """Refuse an image whose layer descriptors declare a DiffID (``containerd.io/uncompressed``) other
+    than the config's ``rootfs.diff_ids`` entry for that layer.
+
+    A lazy pull never hashes whole layers, so the DiffID it cannot compute is checked where the image
+    states it twice: an image that contradicts itself is refused (by both pulls, before it is named),
+    as a full pull refuses a layer whose DiffID differs from the config's."""
+    for index, desc in enumerate(layers):
+        declared = (desc.annotations or {}).get(UNCOMPRESSED_DIGEST_ANNOTATION)
+        expected = diff_ids[index] if index < len(diff_ids) else None
+        if declared and expected and declared != expected:
+            raise ImageError(f"layer {desc.digest}: its {UNCOMPRESSED_DIGEST_ANNOTATION} annotation "
+                             f"{declared[:80]!r} does not match the config's DiffID {expected}")
 
 
 def diff_id_of(stream: BinaryIO, compression: str, what: str) -> tuple[str, int]:

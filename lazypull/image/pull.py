@@ -22,7 +22,14 @@ from lazypull.image import mediatypes as mt
 from lazypull.image.blobs import BlobWriter
 from lazypull.image.errors import DigestMismatchError, ImageError, PlatformNotFoundError
 from lazypull.image.model import Image, ImageIndex, Root
-from lazypull.image.partial import MAX_CONFIG_SIZE, BlobProvider, diff_id_of, parse_config, parse_manifest
+from lazypull.image.partial import (
+    MAX_CONFIG_SIZE,
+    BlobProvider,
+    check_declared_diff_ids,
+    diff_id_of,
+    parse_config,
+    parse_manifest,
+)
 from lazypull.image.platform import check_config_platform, host_platform, parse_platform
 from lazypull.image.progress import NULL_PROGRESS, Progress
 from lazypull.image.registry import remote_root
@@ -159,6 +166,8 @@ class _Copier:
         config = parse_config(raw_config, config_desc)
         if top and self.strict_platform and self.platforms is not None:
             check_config_platform(config, self.platforms, image.digest())
+        check_declared_diff_ids([layer.descriptor() for layer in layers],
+                                (config.get("rootfs") or {}).get("diff_ids") or [])
         self.put_bytes(config_desc, raw_config)
         if self.fetch_layers:
             diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []

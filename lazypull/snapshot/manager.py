@@ -29,7 +29,7 @@ from lazypull.fs.config import FsConfig
 from lazypull.fs.layer import LayerTree, hints, is_lazy, open_layer_tree
 from lazypull.fs.layer.activity import ACTIVITY
 from lazypull.fs.layer.open import prove_origin
-from lazypull.fs.layer.toc import check_diff_id, fetch_external_toc
+from lazypull.fs.layer.toc import fetch_external_toc
 from lazypull.fs.mount import mount_layer
 from lazypull.fs.remote import FileRangeSource, RangeSource, RegistryRangeSource
 from lazypull.fs.stats import COUNTERS
@@ -152,10 +152,10 @@ class LayerManager:
         store = self.store()
         resolved = store.resolve(image, platform)
         ACTIVITY.touch()        # a mount request: background fetch keeps quiet a while (stargz-snapshotter)
-        diff_ids = list(getattr(resolved, "diff_ids", None) or [])
-        for index, desc in enumerate(resolved.layers):      # before anything is mounted for the image
-            check_diff_id(desc.digest, desc.annotations or {},
-                          diff_ids[index] if index < len(diff_ids) else None)
+        from lazypull.image.partial import check_declared_diff_ids
+
+        # before anything is mounted (an image stored before pulls checked this, or loaded)
+        check_declared_diff_ids(resolved.layers, list(getattr(resolved, "diff_ids", None) or []))
 
         def one(desc: Any) -> LayerMount:
             annotations = dict(getattr(desc, "annotations", None) or {})

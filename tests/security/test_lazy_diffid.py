@@ -34,21 +34,19 @@ def test_diff_id_annotation_must_match_the_config(registry: RegistryServer, tmp_
     right = blob.result.diff_id
     root = tmp_path / "root"
     store = Store(root)
-    names = {}
     for tag, declared in (("lying", wrong), ("honest", right)):
         push_image(registry.url, "lazy/diffid", tag,
                    [(blob.path.read_bytes(), OCI_GZIP, {**blob.annotations, UNCOMPRESSED: declared}, right)])
-        with RegistryClient(insecure=True) as client:
-            names[tag] = pull_image(store, client, f"{registry.host}/lazy/diffid:{tag}",
-                                    fetch_layers=False).name
+    with RegistryClient(insecure=True) as client, pytest.raises(ImageError) as err:
+        pull_image(store, client, f"{registry.host}/lazy/diffid:lying", fetch_layers=False)
+    text = str(err.value)
+    assert blob.digest in text and wrong in text and right in text and "\n" not in text
+    assert store.find_image(f"{registry.host}/lazy/diffid:lying") is None       # never named
+    with RegistryClient(insecure=True) as client:
+        name = pull_image(store, client, f"{registry.host}/lazy/diffid:honest", fetch_layers=False).name
     manager = LayerManager(root, FsConfig(background_fetch=False, prefetch=False))
     try:
-        with pytest.raises(ImageError) as err:
-            manager.mount_image(names["lying"], insecure=True, holder="c1")
-        text = str(err.value)
-        assert blob.digest in text and wrong in text and right in text and "\n" not in text
-        assert manager.list_mounts() == []
-        mounts = manager.mount_image(names["honest"], insecure=True, holder="c2")
+        mounts = manager.mount_image(name, insecure=True, holder="c1")
         assert [(m.digest, m.lazy) for m in mounts] == [(blob.digest, True)]
     finally:
         manager.close()
@@ -56,8 +54,9 @@ def test_diff_id_annotation_must_match_the_config(registry: RegistryServer, tmp_
 
 def test_lazy_pull_of_a_self_contradicting_image_fails_cleanly(registry: RegistryServer,
                                                                 tmp_path: Path) -> None:
-    """Through the command and the mount server: one line naming the layer, no layer left mounted (the
-    server mounts an image's layers early, from its manifest, before it has read the config)."""
+    """Through the command (lazily, through the mount server, and in full): one line naming the layer, no
+    image named, no layer left mounted (the server mounts an image's layers early, from its manifest,
+    before it has read the config)."""
     blob = build_blob(tmp_path)
     wrong = "sha256:" + hashlib.sha256(b"another layer").hexdigest()
     push_image(registry.url, "lazy/diffid-cli", "v1",
@@ -65,14 +64,20 @@ def test_lazy_pull_of_a_self_contradicting_image_fails_cleanly(registry: Registr
                  blob.result.diff_id)])
     root = tmp_path / "root"
     env = dict(os.environ, LAZYPULL_ROOT=str(root))
+
+    def lazypull(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "lazypull", *args], capture_output=True, text=True,
+                              env=env, cwd=REPO_ROOT, timeout=180)
+
     try:
-        pulled = subprocess.run([sys.executable, "-m", "lazypull", "--snapshotter=stargz", "pull",
-                                 f"{registry.host}/lazy/diffid-cli:v1"], capture_output=True, text=True,
-                                env=env, cwd=REPO_ROOT, timeout=180)
-        assert pulled.returncode == 1
-        lines = pulled.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("lazypull: error:"), pulled.stderr
-        assert blob.digest in lines[0] and wrong in lines[0]
+        for snapshotter in ("stargz", "overlayfs"):         # the same verdict either way
+            pulled = lazypull(f"--snapshotter={snapshotter}", "pull", f"{registry.host}/lazy/diffid-cli:v1")
+            assert pulled.returncode == 1
+            lines = pulled.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("lazypull: error:"), pulled.stderr
+            assert blob.digest in lines[0] and wrong in lines[0]
+            images = lazypull("images")
+            assert images.returncode == 0 and "diffid-cli" not in images.stdout
         with MountClient(root, autostart=False) as client:
             assert client.list_mounts() == []
         assert not [m for m in mountpoints() if m.startswith(str(root) + "/")]

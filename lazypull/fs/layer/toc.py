@@ -15,9 +15,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from lazypull.errors import ImageError, MountError
+from lazypull.errors import MountError
 from lazypull.format import FormatError, open_layer
-from lazypull.format.annotations import UNCOMPRESSED_DIGEST_ANNOTATION as UNCOMPRESSED_DIGEST
 from lazypull.format.annotations import UNCOMPRESSED_SIZE_ANNOTATION as UNCOMPRESSED_SIZE
 from lazypull.fs.remote import RecordingSource
 
@@ -83,18 +82,6 @@ def toc_offset_hint(annotations: Mapping[str, str]) -> int | None:
             except ValueError as err:
                 raise MountError(f"malformed {key} annotation {value!r}") from err
     return None
-
-
-def check_diff_id(digest: str, annotations: Mapping[str, str], diff_id: str | None) -> None:
-    """Refuse a layer whose descriptor declares a DiffID other than the config's ``rootfs.diff_ids`` entry.
-
-    A lazy mount never hashes the whole layer, so the DiffID it cannot compute is checked where the image
-    states it twice: an image that contradicts itself is refused, as a full pull refuses a layer whose
-    DiffID differs from the config's."""
-    declared = annotations.get(UNCOMPRESSED_DIGEST)
-    if declared and diff_id and declared != diff_id:
-        raise ImageError(f"layer {digest}: its {UNCOMPRESSED_DIGEST} annotation {declared[:80]!r} does not "
-                         f"match the config's DiffID {diff_id}")
 
 
 def _declared_size(digest: str, annotations: Mapping[str, str]) -> int | None:
