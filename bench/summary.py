@@ -31,12 +31,14 @@ ROW_LABELS = {("containerd", "org"): "containerd (full pull)",
               ("lazypull-lazy-nobg", "esgz"): "lazypull eStargz (prioritized, background fetch off)",
               ("lazypull-lazy-learned", "esgz-noopt"): "lazypull eStargz (no prefetch), learned record kept",
               ("lazypull-lazy-evicted", "esgz-noopt"):
-                  "lazypull eStargz (no prefetch), learned and TOC records kept"}
+                  "lazypull eStargz (no prefetch), learned and TOC records kept",
+              ("lazypull-lazy-nolearn", "esgz-noopt"): "lazypull eStargz (no prefetch), learning off"}
 SHORT_LABELS = {("containerd", "org"): "containerd", ("lazypull-overlayfs", "org"): "lp-full",
                 ("lazypull-lazy", "esgz-noopt"): "esgz-noopt", ("lazypull-lazy", "esgz"): "esgz",
                 ("lazypull-lazy", "zstdchunked"): "zstdchunked", ("lazypull-lazy-nobg", "esgz"): "esgz-nobg",
                 ("lazypull-lazy-learned", "esgz-noopt"): "noopt-learned",
-                ("lazypull-lazy-evicted", "esgz-noopt"): "noopt-evicted"}
+                ("lazypull-lazy-evicted", "esgz-noopt"): "noopt-evicted",
+                ("lazypull-lazy-nolearn", "esgz-noopt"): "noopt-nolearn"}
 ANALYSIS = Path(__file__).with_name("analysis.md")
 
 
