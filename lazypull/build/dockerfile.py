@@ -4,9 +4,10 @@ Docker's own rules (BuildKit's ``dockerfile/parser``): directives (``# syntax=``
 before anything else; a line ending in the escape character (after trailing blanks) continues on the
 next; comment and empty lines inside a continuation are dropped; a continuation keeps its leading
 blanks; leading ``--name=value`` words are the instruction's flags; an argument that parses as a JSON
-array of strings is the exec form, anything else the shell form. ``RUN`` heredocs (``<<EOF``) take
-the lines up to their terminator. No library is used: the widely used ``dockerfile-parse`` keeps no
-exec/shell distinction of its own and the escape directive, flags and heredocs are what matter here.
+array of strings is the exec form, anything else the shell form. ``RUN``, ``COPY`` and ``ADD``
+heredocs (``<<EOF``) take the lines up to their terminator. No library is used: the widely used
+``dockerfile-parse`` keeps no exec/shell distinction of its own and the escape directive, flags and
+heredocs are what matter here.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Heredoc:
     name: str
     body: str
     strip_tabs: bool = False
+    quoted: bool = False        # <<"EOF": no variable expansion in COPY/ADD bodies
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ def parse_dockerfile(text: str, where: str = "Dockerfile") -> Dockerfile:
             raise DockerfileError(where, start, f"unknown instruction: {keyword}")
         flags, rest = _split_flags(rest)
         heredocs: list[Heredoc] = []
-        if upper == "RUN" and parse_json_form(rest) is None:
+        if upper in ("RUN", "COPY", "ADD") and parse_json_form(rest) is None:
             for match in _HEREDOC.finditer(rest):
                 body: list[str] = []
                 while True:
@@ -167,7 +169,8 @@ def parse_dockerfile(text: str, where: str = "Dockerfile") -> Dockerfile:
                     if check == match.group(3):
                         break
                     body.append(body_line)
-                heredocs.append(Heredoc(match.group(3), "\n".join(body) + "\n", bool(match.group(1))))
+                heredocs.append(Heredoc(match.group(3), "\n".join(body) + "\n", bool(match.group(1)),
+                                        quoted=bool(match.group(2))))
         instructions.append(Instruction(upper, rest.strip(), start, flags, tuple(heredocs)))
         if len(instructions) > MAX_INSTRUCTIONS:
             raise DockerfileError(where, start, f"more than {MAX_INSTRUCTIONS} instructions")

@@ -57,6 +57,8 @@ BUILD_LABEL = "lazypull.build"
 # Paths runc creates in a rootfs as mountpoints when the image lacks them: not the step's changes.
 MOUNT_STUBS = ("proc", "dev", "sys", "etc/resolv.conf", "etc/hosts", "etc/hostname")
 FILE_STEPS = frozenset({"RUN", "COPY", "ADD", "WORKDIR"})
+# Where a COPY's sources are, and a key standing for their content (None: hash them).
+_Sources = contextlib.AbstractContextManager[tuple[SourceRoot, "str | None"]]
 _OUTPUT_TAIL = 200            # lines of a failing RUN's output repeated in quiet mode
 _MAX_LINE = 64 << 10          # bytes of one output line held in memory
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
@@ -713,7 +715,10 @@ class Builder:
         created_by = f"{ins.keyword} {' '.join(f'--{k}={v}' for k, v in ins.flags.items())} " \
                      f"{' '.join(sources)} {dest_abs} # buildkit".replace("  ", " ")
         self.progress.start(self._title(stage, self._next_number(stage, ins), ins.text))
-        with self._source_root(stage, ins, from_ref) as (src_root, src_key):
+        heredoc_root: _Sources | None = None
+        if ins.heredocs:
+            sources, heredoc_root = self._heredoc_sources(stage, ins, sources)
+        with heredoc_root or self._source_root(stage, ins, from_ref) as (src_root, src_key):
             items = [item for source in sources for item in src_root.resolve(source)]
             if (len(items) > 1 or len(sources) > 1) and not dest_abs.endswith("/"):
                 raise self.df.error(ins, "with more than one source the destination must be a directory "
@@ -769,6 +774,42 @@ class Builder:
         real_parent = scoped_path(merged, parent)
         copier.copy(src, real_parent / os.path.basename(target.rstrip("/")))
 
+    def _heredoc_sources(self, stage: _Stage, ins: Instruction,
+                         sources: list[str]) -> tuple[list[str], _Sources]:
+        """``COPY <<EOF /dest``: each heredoc becomes a file named after it (variables expanded
+        unless the delimiter is quoted, leading tabs dropped for ``<<-``), in a directory of its own."""
+        docs = {doc.name: doc for doc in ins.heredocs}
+        names = []
+        for source in sources:
+            match = re.fullmatch(r"<<-?(['\"]?)(\w+)\1", source)
+            if match is None or match.group(2) not in docs:
+                raise self.df.error(ins, f"{source}: heredocs and other sources cannot be mixed")
+            names.append(match.group(2))
+        self._step += 1
+        directory = self.workdir / f"heredoc-{self._step}"
+        directory.mkdir()
+        env = self._expand_env(stage)
+        for name in names:
+            doc = docs[name]
+            body = doc.body
+            if doc.strip_tabs:
+                body = "".join(line.lstrip("\t") for line in body.splitlines(keepends=True))
+            if not doc.quoted:
+                body = re.sub(r"\\\$|\$\{(\w+)\}|\$(\w+)",
+                              lambda m: "$" if m.group(0) == "\\$" else env.get(m.group(1) or m.group(2), ""),
+                              body)
+            path = directory / name
+            path.write_text(body)
+            os.chmod(path, 0o644)
+
+        @contextlib.contextmanager
+        def root() -> Iterator[tuple[SourceRoot, str | None]]:
+            try:
+                yield SourceRoot(directory, strict=True, what="heredoc"), None
+            finally:
+                remove_tree(directory)
+        return names, root()
+
     @contextlib.contextmanager
     def _source_root(self, stage: _Stage, ins: Instruction,
                      from_ref: str | None) -> Iterator[tuple[SourceRoot, str | None]]:
@@ -801,7 +842,9 @@ class Builder:
         if form is not None:
             argv = form
         elif ins.heredocs and re.fullmatch(r"(<<-?\s*['\"]?\w+['\"]?\s*)+", ins.args):
-            argv = [*stage.shell, "".join(doc.body for doc in ins.heredocs)]
+            argv = [*stage.shell, "".join(
+                "".join(line.lstrip("\t") for line in doc.body.splitlines(keepends=True))
+                if doc.strip_tabs else doc.body for doc in ins.heredocs)]
         elif ins.heredocs:
             script = ins.args + "\n" + "".join(doc.body + doc.name + "\n" for doc in ins.heredocs)
             argv = [*stage.shell, script]

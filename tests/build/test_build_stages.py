@@ -35,6 +35,13 @@ line one
 EOT
 ARG TARGETARCH
 RUN echo "$TARGETARCH $UNDECLARED" > /opt/arch
+ARG GREETING=hey
+COPY <<EOF /opt/conf
+$GREETING ${{GREETING}} \\$GREETING
+EOF
+COPY <<"RAW" /opt/raw
+$GREETING
+RAW
 
 FROM builder AS unused
 RUN exit 1
@@ -51,7 +58,7 @@ FROM final AS child
                       str(ctx))
     err = result.stderr.decode()
     assert result.returncode == 0, err
-    assert "[builder 2/5] ADD pkg.tar.gz /opt/" in err
+    assert "[builder 2/7] ADD pkg.tar.gz /opt/" in err
     assert "unused" not in err                              # stages the target does not need are skipped
     store = Store(root)
     image = store.resolve("localhost/multi:1")
@@ -71,6 +78,8 @@ FROM final AS child
 
     arch = lazypull(root, "run", "--rm", "localhost/multi:1", "/bin/sh", "-c", "cat /arch")
     assert arch.stdout == f"{default_platform().architecture} \n".encode()      # predefined platform ARG
+    docs = lazypull(root, "run", "--rm", "localhost/multi:1", "/bin/sh", "-c", "cat /conf /raw")
+    assert docs.stdout == b"hey hey $GREETING\n$GREETING\n", docs.stderr.decode()   # COPY heredocs
 
 
 def test_onbuild_trigger_runs_in_child_and_stdin_dockerfile(tmp_path: Path, busybox_base: str) -> None:
