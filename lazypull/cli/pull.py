@@ -31,11 +31,12 @@ def _lazy_pull(opts: GlobalOptions, ref: str, platform: tuple[str, ...], all_pla
     import sys
 
     from lazypull.cli._lazy_notes import announce_fallbacks, fetched_lines
+    from lazypull.cli._pull_undo import previous_image
     from lazypull.image.store import Store
     from lazypull.snapshot.client import MountClient
 
     store = Store(opts.root)
-    before = _find(store, ref)       # what the name meant before, put back if this pull fails
+    before = previous_image(store, ref)      # what the name meant before, put back if this pull fails
     with MountClient(opts.root) as mounts:
         pulled = mounts.pull_image(ref, insecure=bool(opts.insecure_registries), platforms=platform,
                                    all_platforms=all_platforms)
@@ -66,35 +67,17 @@ def _lazy_pull(opts: GlobalOptions, ref: str, platform: tuple[str, ...], all_pla
     return pulled.digest
 
 
-def _find(store: Store, ref: str) -> ImageRecord | None:
-    from lazypull.errors import LazypullError
-
-    try:
-        return store.find_image(ref)
-    except LazypullError:       # not a valid name: the pull itself says so
-        return None
-
-
 def _undo_pull(store: Store, mounts: MountClient, name: str, before: ImageRecord | None) -> None:
-    """A pull that failed after the server named the image: no name (or the previous one again), no
-    hold (the next server would mount it again at every start), no blobs only it referenced."""
+    """A pull that failed after the server named the image: no hold (the next server would mount it
+    again at every start), then no name (or the previous one again) and no blobs only it referenced."""
     import contextlib
 
+    from lazypull.cli._pull_undo import undo_pull
     from lazypull.errors import LazypullError
 
     with contextlib.suppress(LazypullError):
         mounts.release_image(name)
-    with contextlib.suppress(LazypullError), store.lease():
-        record = store.find_image(name)
-        if record is None or (before is not None and record.target.digest == before.target.digest):
-            return
-        blobs = sorted(store.referenced_blobs(record.target))
-        if before is None:
-            store.remove(record.name)
-        else:
-            store.put_image(before.name, before.target, source=before.source, labels=before.labels,
-                            created=before.created)
-        store.discard_unreferenced(blobs)
+    undo_pull(store, name, before)
 
 
 def _full_pull(opts: GlobalOptions, ref: str, platform: tuple[str, ...], all_platforms: bool,

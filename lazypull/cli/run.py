@@ -145,6 +145,7 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
                      command: Sequence[str]) -> ContainerRecord:
     """Pull what is missing, mount or extract the layers, and create the container (rootfs mounted)."""
     from lazypull.cli._image_progress import QuietProgress, make_progress
+    from lazypull.cli._pull_undo import previous_image, undo_pull
     from lazypull.image import Store
     from lazypull.runtime.layers import lower_dirs
 
@@ -157,6 +158,7 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
         network=network, hostname=hostname, volumes=tuple(parse_volume(v) for v in volumes),
         read_only=read_only, labels={AUTO_REMOVE_LABEL: "true"} if remove else {}, volatile=remove)
     store = Store(root)
+    before = previous_image(store, image) if lazy else None   # put back if the layers' download fails
     with QuietProgress() if quiet else make_progress() as progress:
         resolved = ensure_image(store, image, opts=opts, pull=pull, platform=platform, lazy=lazy,
                                 progress=progress)
@@ -179,6 +181,7 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
                                             holder=container_id, wait_prefetch=False, program=program)
         except BaseException:       # interrupted after the server recorded the hold: drop it
             release_mounts(root, placeholder)
+            undo_pull(store, resolved.name, before)
             raise
     containers = Containers(root)
     if not quiet and lazy:
@@ -191,6 +194,12 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
     try:
         lowers = lower_dirs(root, store, resolved, mounts, lambda: registry_client(opts),
                             progress=None if quiet else _note)
+    except BaseException:       # the layers this lazy pull left to us did not come: no name either
+        release_mounts(root, placeholder)
+        if lazy:
+            undo_pull(store, resolved.name, before)
+        raise
+    try:
         record = containers.create(image=resolved.name, image_config=image_config,
                                    lowers_top_first=lowers, options=options, name=name,
                                    snapshotter=opts.snapshotter, container_id=container_id)

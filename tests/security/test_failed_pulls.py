@@ -138,3 +138,38 @@ def test_a_failed_pull_keeps_what_the_name_meant_before(root: Path, registry: Re
     assert again.returncode == 1
     inspect = lazypull(root, "image", "inspect", ref)
     assert inspect.returncode == 0 and first.stdout.strip() in inspect.stdout, inspect.stdout
+
+
+@pytest.mark.parametrize("kind", ["plain", "broken-estargz"])
+def test_failed_lazy_run_leaves_no_name_nor_hold(root: Path, registry: RegistryServer, tmp_path: Path,
+                                                 kind: str) -> None:
+    """``run`` pulls the metadata itself, then downloads the layers the server cannot mount: when that
+    download fails, the metadata-only name goes as it does for ``pull`` (the same clean-up)."""
+    repo = f"security/failed-run-{kind}"
+    ref, digest = (push_corrupt_plain(registry, repo) if kind == "plain"
+                   else push_corrupt_lazy(registry, repo, tmp_path))
+    run = lazypull(root, "--snapshotter=stargz", "run", "--rm", ref, "true")
+    assert run.returncode == 1
+    assert digest in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert repo not in listed(root)
+    assert [p.name for p in (root / "content" / "blobs" / "sha256").iterdir()] == []
+    assert [p.name for p in (root / "containers").iterdir() if p.name != ".lock"] == []
+    assert not any(repo in image for image in held_images(root)), held_images(root)
+    from lazypull.snapshot import MountClient
+
+    with MountClient(root, autostart=False) as client:
+        assert client.list_mounts() == []
+
+
+def test_a_failed_lazy_run_keeps_what_the_name_meant_before(root: Path, registry: RegistryServer) -> None:
+    """``run --pull=always`` of a tag moved to a corrupted image: the old image stays named."""
+    blob, diff_id = gzip_layer({"good.txt": b"good\n"})
+    push_image(registry.url, "security/failed-run-retag", "v1", [(blob, OCI_GZIP, {}, diff_id)])
+    ref = f"{registry.host}/security/failed-run-retag:v1"
+    first = lazypull(root, "--snapshotter=stargz", "pull", ref)
+    assert first.returncode == 0, first.stderr
+    push_corrupt_plain(registry, "security/failed-run-retag")
+    again = lazypull(root, "--snapshotter=stargz", "run", "--rm", "--pull=always", ref, "true")
+    assert again.returncode == 1 and "Traceback" not in again.stderr, again.stderr
+    inspect = lazypull(root, "image", "inspect", ref)
+    assert inspect.returncode == 0 and first.stdout.strip() in inspect.stdout, inspect.stdout
