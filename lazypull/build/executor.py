@@ -978,10 +978,24 @@ def build_image(builder: Builder, names: Sequence[str]) -> BuildResult:
         _raw_config, raw_manifest = builder.image_documents(stage)
         manifest = builder.store.put_blob(raw_manifest)
         desc = Descriptor(mt.OCI_MANIFEST, manifest.digest, manifest.size)
+        source = _blob_source(stage.source, desc.digest)
         for name in names:
-            builder.store.put_image(name, desc, source=stage.source)
+            builder.store.put_image(name, desc, source=source)
     config_digest = json.loads(raw_manifest)["config"]["digest"]
-    return BuildResult(desc, config_digest, stage.source, stage.name or f"stage-{stage.index}")
+    return BuildResult(desc, config_digest, source, stage.name or f"stage-{stage.index}")
+
+
+def _blob_source(base_source: str | None, manifest_digest: str) -> str | None:
+    """The built image's ``source``: where its blobs that are not in the store are (the lazily mounted
+    base layers, fetched by digest from the base image's repository; ``push`` mounts them from there).
+    It names this image's own manifest digest, which that repository does not have: whatever pulls
+    the source by reference finds nothing, rather than the base image under this image's name."""
+    if base_source is None:
+        return None
+    from lazypull.registry import parse_reference
+
+    ref = parse_reference(base_source)
+    return f"{ref.registry}/{ref.repository}@{manifest_digest}"
 
 
 def read_dockerfile(path: Path | None, text: str | None, where: str) -> Dockerfile:
