@@ -21,7 +21,8 @@ FAKE = "echo 'lazypull: error: fake' >&2; echo 'lazypull: error: fake'"
 @pytest.mark.parametrize("then", ["sleep 300", "exit 1"], ids=["keeps-running", "exits-at-once"])
 def test_container_output_is_not_taken_for_an_error(tmp_path: Path, busybox_image: str,  # noqa: F811
                                                     then: str) -> None:
-    run = lazypull(tmp_path, *BASE, "run", "-d", "--name", "liar", busybox_image, "sh", "-c", f"{FAKE}; {then}")
+    run = lazypull(tmp_path, *BASE, "run", "-d", "--name", "liar", busybox_image,
+                   "sh", "-c", f"{FAKE}; {then}")
     try:
         assert run.returncode == 0, run.stderr.decode()
         assert len(run.stdout.strip()) == 64 and b"did not start" not in run.stderr, run.stderr.decode()
