@@ -212,3 +212,16 @@ def test_a_corrupt_blob_region_is_not_served_from_a_learned_fetch(blob: Blob, tm
     assert tree.stats.verify_failures >= 1, "the damaged response was caught by the chunk digests"
     _first_run(tree)            # correct bytes: the bad ones were fetched again, never served
     tree.close()
+
+
+def test_passthrough_opens_are_learned_whole_and_guesses_are_not(blob: Blob, tmp_path: Path) -> None:
+    """With passthrough a cached file's reads never reach the server: its open is what is learned. The
+    server's own reads (``read_quiet``: fetched ahead for the loader) are not the workload's."""
+    tree, _ = _mount(blob, tmp_path, LAZY.replace(passthrough=True))
+    hello = lookup_path(tree, "etc/hello.txt")
+    assert tree.read_quiet(hello, 0, 100) == FILES["etc/hello.txt"]       # a guess: not learned
+    assert tree.read_quiet(lookup_path(tree, "usr/lib/one"), 0, 100) == FILES["usr/lib/one"][:100]
+    assert tree.backing_path(hello) is not None                          # the workload opens it
+    tree.close()
+    record = learned.record_path(tree.files_dir.parent)
+    assert json.loads(record.read_text())["files"] == [["etc/hello.txt", None]]
