@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml scripts/install-deps.sh
 demo: install
 	# byte-compiled first, as for bench: each lazypull command of the demo is a fresh process
 	$(PY) -m compileall -q lazypull
-	$(PY) -m lazypull.demo
+	$(PY) -m devtools.demo
 
 test: install lint oracle
 	$(PY) -m pytest -q tests
@@ -27,7 +27,7 @@ oracle: install
 	bash tests/oracle/build.sh
 
 lint: install
-	$(VENV)/bin/ruff check lazypull tests bench
+	$(VENV)/bin/ruff check lazypull devtools tests bench
 	$(VENV)/bin/mypy
 
 bench: install

@@ -36,9 +36,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.rootfs import build_rootfs, split_layers  # noqa: E402
+from devtools.containerd import Ctr, start_containerd, write_oci_archive  # noqa: E402
+from devtools.oracle import Oracle, build_oracle  # noqa: E402
 from lazypull.format import BuildOptions, build  # noqa: E402
-from tests.helpers.containerd import Ctr, start_containerd, write_oci_archive  # noqa: E402
-from tests.helpers.oracle import Oracle, build_oracle  # noqa: E402
 
 TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
 DEFAULT_PACKAGES = ["python3"]

@@ -5,8 +5,8 @@ on a shaped link (:mod:`bench.netshape` bandwidth, :mod:`bench.delayproxy` round
     .venv/bin/python -m bench.cri                           # python image, wan profile, 3 samples each
     .venv/bin/python -m bench.cri --images python --profile wan --samples 5
 
-What a kubelet does for a new pod, driven by our CRI client (``tests/helpers/cri.py``, containerd 1.6's
-CRI plugin started by ``tests/helpers/containerd.py``): the sandbox first (its pause image pulled
+What a kubelet does for a new pod, driven by our CRI client (``devtools/cri.py``, containerd 1.6's
+CRI plugin started by ``devtools/containerd.py``): the sandbox first (its pause image pulled
 untimed, as it is cached on a real node), then, timed, ``PullImage`` (``pull``), ``CreateContainer``
 (``create``) and ``StartContainer`` until the container exited with its expected output (``run``). The
 lazy row pulls through lazypull's CRI image service (``--cri-image-service``), as a node configured by
@@ -40,9 +40,9 @@ if str(REPO) not in sys.path:
 from bench import prepare as prep_mod  # noqa: E402
 from bench.delayproxy import DelayProxy  # noqa: E402
 from bench.netshape import PROFILES, NetNamespace  # noqa: E402
-from bench.registry import BenchRegistry  # noqa: E402
 from bench.systems import LAZYPULL, stop_lazypull  # noqa: E402
 from bench.workloads import Workload, parse_names  # noqa: E402
+from devtools.registry import RegistryServer, bench_registry  # noqa: E402
 
 ROWS = (("containerd-overlayfs", "org"), ("lazypull-cri", "esgz"))
 PAUSE = "lazypull-bench/pause"
@@ -62,7 +62,7 @@ class Node:
     plain_http: tuple[str, ...]
 
     def start(self) -> None:
-        from tests.helpers.containerd import CriContainerd
+        from devtools.containerd import CriContainerd
 
         self.base.mkdir(parents=True)
         self.root = self.base / "lazypull"
@@ -90,7 +90,7 @@ class Node:
         self.containerd.start()
 
     def stop(self) -> None:
-        from tests.helpers.cri import CriClient
+        from devtools.cri import CriClient
 
         containerd = getattr(self, "containerd", None)
         if containerd is not None and containerd.proc is not None:
@@ -105,10 +105,10 @@ class Node:
         subprocess.run(["rm", "-rf", str(self.base)], check=False)
 
 
-def sample(node: Node, ref: str, workload: Workload, proxy: DelayProxy, registry: BenchRegistry
+def sample(node: Node, ref: str, workload: Workload, proxy: DelayProxy, registry: RegistryServer
            ) -> dict[str, Any]:
     """One cold pod start; the phases in seconds, the bytes the registry sent, and the lazy mounts."""
-    from tests.helpers.cri import CriClient
+    from devtools.cri import CriClient
 
     cri = CriClient(node.containerd.socket, node.image_socket)
     try:
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         ns = NetNamespace()
         stack.callback(ns.close)
         ns.create()
-        registry = BenchRegistry(workdir, args.cache_dir / "registry", host=ns.ns_ip,
+        registry = bench_registry(workdir, args.cache_dir / "registry", listen_host=ns.ns_ip,
                                  exec_prefix=ns.exec_prefix())
         stack.callback(registry.stop)
         registry.start()
@@ -203,9 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(proxy.stop)
         proxy.start()
         ref_host = f"127.0.0.1:{proxy.port}"
-        from tests.helpers.rootfs import busybox_specs, push_image_layers
+        from devtools.rootfs import busybox_specs, push_image_layers
 
-        pause = f"{registry.address}/{PAUSE}:1"
+        pause = f"{registry.host}/{PAUSE}:1"
         push_image_layers(workdir / "pause", pause, [busybox_specs()],
                           config={"config": {"Entrypoint": ["/bin/sleep", "86400"]}})
         for w in workloads:
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, (w, system, variant) in enumerate(order):
             ref = f"{ref_host}/{w.name}:{variant}"
             node = Node(workdir / f"node-{i}", system == "lazypull-cri", pause,
-                        (ref_host, registry.address))
+                        (ref_host, registry.host))
             try:
                 node.start()
                 res = sample(node, ref, w, proxy, registry)

@@ -6,7 +6,7 @@ into an empty store each sample, then run ``python3 -c 'print("hi")'``:
 
 - lazypull: ``lazypull --snapshotter=overlayfs --insecure-registry pull REF`` (download, digest and
   DiffID check, unpack), then ``lazypull --snapshotter=overlayfs run --rm REF ...``;
-- containerd 1.6 (:mod:`bench.containerd`, private root/socket, cold restart each sample):
+- containerd 1.6 (:mod:`devtools.containerd`, private root/socket, cold restart each sample):
   ``ctr image pull --plain-http REF`` (fetch + unpack into its overlayfs snapshotter), then
   ``ctr run --rm REF ID ...``.
 
@@ -30,8 +30,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.containerd import Containerd, unmount_below
-from bench.registry import BenchRegistry
+from devtools.containerd import ContainerdDaemon, bench_containerd, unmount_below
+from devtools.registry import RegistryServer, bench_registry
 
 COMMAND = ["python3", "-c", 'print("hi")']
 REPO = "bench/python:org"
@@ -85,7 +85,7 @@ def lazypull_sample(work: Path, ref: str, tree: Path | None = None) -> Sample:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def containerd_sample(daemon: Containerd, ref: str, index: int) -> Sample:
+def containerd_sample(daemon: ContainerdDaemon, ref: str, index: int) -> Sample:
     """``ctr image pull`` + ``ctr run --rm`` after a cold restart (empty content and snapshots)."""
     daemon.restart_cold()
     subprocess.run(["sync"], check=True)
@@ -97,15 +97,15 @@ def containerd_sample(daemon: Containerd, ref: str, index: int) -> Sample:
     return Sample("containerd", pull, run)
 
 
-def prepare_image(registry: BenchRegistry, cache: Path) -> tuple[str, int]:
-    """Push the demo's legacy image (built and cached by :mod:`lazypull.demo`); its ref and size."""
-    from lazypull.demo import ORG_NAME, build_images, build_rootfs_tar
+def prepare_image(registry: RegistryServer, cache: Path) -> tuple[str, int]:
+    """Push the demo's legacy image (built and cached by :mod:`devtools.demo`); its ref and size."""
+    from devtools.demo import ORG_NAME, build_images, build_rootfs_tar
     from lazypull.image import Store, push_image
     from lazypull.registry import RegistryClient
 
     build_root = build_images(cache, build_rootfs_tar(cache))
     store = Store(build_root)
-    ref = f"{registry.address}/{REPO}"
+    ref = f"{registry.host}/{REPO}"
     with RegistryClient(insecure=True) as client:
         push_image(store, client, ORG_NAME, dest=ref)
     size = sum(d.size for d in store.resolve(ORG_NAME).layers)
@@ -186,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="lazypull-fullpull-", dir="/var/tmp"))
     samples: list[Sample] = []
     try:
-        with BenchRegistry(work / "registry", work / "registry-storage") as registry:
+        with bench_registry(work / "registry", work / "registry-storage") as registry:
             ref, size = prepare_image(registry, args.cache_dir)
-            daemon = Containerd(work / "containerd") if "containerd" in systems else None
+            daemon = bench_containerd(work / "containerd") if "containerd" in systems else None
             try:
                 for i in range(args.samples):
                     order = [s for s in ("containerd", "lazypull", "tree") if s in systems]

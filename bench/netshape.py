@@ -1,6 +1,6 @@
 """Bandwidth shaping for the benchmark: a private network namespace behind a veth pair, shaped with tc.
 
-The registry runs inside the namespace (see :mod:`bench.registry`); everything the host fetches from
+The registry runs inside the namespace (see :mod:`devtools.registry`); everything the host fetches from
 it crosses the veth pair, whose two ends each get a token-bucket filter (``tc qdisc ... tbf``) at the
 profile's rate. Nothing else on the machine is shaped: ``lo`` and other interfaces are left alone.
 This kernel has no netem, so latency comes from :mod:`bench.delayproxy` instead.

@@ -38,9 +38,9 @@ if str(REPO) not in sys.path:
 from bench import prepare as prep_mod  # noqa: E402
 from bench.delayproxy import DelayProxy  # noqa: E402
 from bench.netshape import PROFILES, NetNamespace  # noqa: E402
-from bench.registry import BenchRegistry  # noqa: E402
 from bench.systems import LAZYPULL, stop_lazypull  # noqa: E402
 from bench.workloads import Workload, parse_names  # noqa: E402
+from devtools.registry import bench_registry  # noqa: E402
 
 ROWS = (("podman", "org"), ("podman-lazypull-store", "esgz"))
 
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         ns = NetNamespace()
         stack.callback(ns.close)
         ns.create()
-        registry = BenchRegistry(workdir, args.cache_dir / "registry", host=ns.ns_ip,
+        registry = bench_registry(workdir, args.cache_dir / "registry", listen_host=ns.ns_ip,
                                  exec_prefix=ns.exec_prefix())
         stack.callback(registry.stop)
         registry.start()

@@ -25,10 +25,10 @@ import httpx
 
 from bench import ideal, images
 from bench.delayproxy import DelayProxy
-from bench.registry import BenchRegistry
 from bench.sample import Phase, run_phase, stop_process
 from bench.systems import LAZYPULL, stop_lazypull
 from bench.workloads import Workload
+from devtools.registry import RegistryServer
 
 VARIANTS = ("org", "esgz-noopt", "esgz", "zstdchunked")
 TRACE_CONFIG = "prefetch = false\nbackground_fetch = false\nmerge_gap = 0\n"
@@ -164,11 +164,11 @@ def variant_info(direct: str, storage: Path, workload: Workload, tag: str,
     return info
 
 
-def prepare(workload: Workload, *, cache_dir: Path, registry: BenchRegistry, proxy: DelayProxy,
+def prepare(workload: Workload, *, cache_dir: Path, registry: RegistryServer, proxy: DelayProxy,
             ref_host: str, workdir: Path, variants: tuple[str, ...] = VARIANTS,
             log: Any = print) -> Prepared:
     """Build, push, convert and trace one image (each step skipped when its result is cached)."""
-    direct, storage = registry.address, registry.storage_dir
+    direct, storage = registry.host, registry.storage_dir
     layout = images.build_layout(workload, cache_dir)
     info = images.layout_info(layout)
     prep = Prepared(workload.name, str(layout), int(str(info["compressed_size"])))

@@ -32,8 +32,8 @@ class RootfsError(Exception):
 
 def apt_mirror(suite: str = DEFAULT_SUITE, sources_dir: Path = SOURCES_DIR) -> str:
     """The URI apt uses for `suite` (deb822 `.sources` or one-line `.list` files); the demo's lookup."""
-    from lazypull.demo import DemoError
-    from lazypull.demo import apt_mirror as demo_apt_mirror
+    from devtools.demo import DemoError
+    from devtools.demo import apt_mirror as demo_apt_mirror
 
     try:
         return demo_apt_mirror(suite, sources_dir)

@@ -34,10 +34,10 @@ from bench import prepare as prep_mod
 from bench import summary
 from bench.delayproxy import DelayProxy
 from bench.netshape import PROFILES, NetNamespace, Profile
-from bench.registry import BenchRegistry, summarize
 from bench.sample import Sample, measure
 from bench.systems import ContainerdSystem, LazypullSystem
 from bench.workloads import parse_names
+from devtools.registry import RegistryServer, bench_registry, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 # (system key, variant tag): what each row of the results is.
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> Path:
         ns = NetNamespace()
         stack.callback(ns.close)
         ns.create()
-        registry = BenchRegistry(workdir, args.cache_dir / "registry", host=ns.ns_ip,
+        registry = bench_registry(workdir, args.cache_dir / "registry", listen_host=ns.ns_ip,
                                  exec_prefix=ns.exec_prefix())
         stack.callback(registry.stop)
         registry.start()
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> Path:
         stack.callback(proxy.stop)
         proxy.start()
         ref_host = f"127.0.0.1:{proxy.port}"
-        log(f"registry {registry.address} in netns {ns.name}; delay proxy {ref_host}")
+        log(f"registry {registry.host} in netns {ns.name}; delay proxy {ref_host}")
 
         prepared: dict[str, prep_mod.Prepared] = {}
         for w in args.workloads:
@@ -209,7 +209,7 @@ class _Counting:
     """Zeroes the proxy counters and marks the access log when a sample starts; reads both when the
     workload has finished."""
 
-    def __init__(self, proxy: DelayProxy, registry: BenchRegistry) -> None:
+    def __init__(self, proxy: DelayProxy, registry: RegistryServer) -> None:
         self.proxy, self.registry, self.mark = proxy, registry, 0
 
     def before(self) -> None:
@@ -224,7 +224,7 @@ class _Counting:
 
 
 def run_profile(args: argparse.Namespace, profile: Profile, ns: NetNamespace, proxy: DelayProxy,
-                registry: BenchRegistry, systems: dict[str, Any], ref_host: str, results: dict[str, Any],
+                registry: RegistryServer, systems: dict[str, Any], ref_host: str, results: dict[str, Any],
                 rng: random.Random, save: Any) -> None:
     """Every sample of one network profile, each round in shuffled order."""
     ns.shape(profile.rate_mbit)

@@ -36,7 +36,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.images import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST  # noqa: E402
-from bench.registry import BenchRegistry  # noqa: E402
+from devtools.registry import bench_registry  # noqa: E402
 
 HASHED = 30     # files each container hashes
 
@@ -208,8 +208,8 @@ def main() -> None:
     work.mkdir(parents=True)
     root = work / "root"
     results: dict[str, Any] = {"files": args.files}
-    with BenchRegistry(work / "registry", work / "registry-storage") as registry:
-        ref = f"{registry.address}/soak/busybox:esgz"
+    with bench_registry(work / "registry", work / "registry-storage") as registry:
+        ref = f"{registry.host}/soak/busybox:esgz"
         push(build_image(work, args.files), ref)
         print(f"image {ref}: one eStargz layer, busybox + {args.files} files; store root {root}")
         try:

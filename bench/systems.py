@@ -19,9 +19,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from bench.containerd import Containerd, unmount_below
 from bench.sample import Phase
 from bench.workloads import Workload
+from devtools.containerd import bench_containerd, unmount_below
 
 LAZYPULL = [sys.executable, "-m", "lazypull"]
 
@@ -186,7 +186,7 @@ class ContainerdSystem:
     name = "containerd"
 
     def __init__(self, base: Path) -> None:
-        self.daemon = Containerd(base)
+        self.daemon = bench_containerd(base)
 
     def reset_cold(self) -> None:
         self.daemon.restart_cold()
@@ -211,8 +211,7 @@ class ContainerdSystem:
 
     def quiesce(self) -> None:
         """Stop the daemon (its pulls and containers) until the next sample restarts it."""
-        self.daemon.stop()
+        self.daemon.halt()
 
     def close(self) -> None:
-        self.daemon.stop()
-        shutil.rmtree(self.daemon.base, ignore_errors=True)
+        self.daemon.stop()      # also removes its directory

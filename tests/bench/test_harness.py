@@ -24,9 +24,9 @@ import pytest
 from bench import ideal, images, summary
 from bench.delayproxy import DelayProxy, _HttpSniffer
 from bench.netshape import PROFILES, NetNamespace
-from bench.registry import parse_access_log
-from bench.registry import summarize as summarize_log
 from bench.sample import Phase, SampleError, run_phase
+from devtools.registry import parse_access_log
+from devtools.registry import summarize as summarize_log
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -22,8 +22,8 @@ from lazypull.fs.config import FsConfig
 from lazypull.fs.layer import LayerTree, open_layer_tree
 from lazypull.fs.remote import RegistryRangeSource
 from lazypull.registry import RegistryClient, RetryPolicy, parse_reference
-from tests.helpers.registry import RegistryServer
-from tests.snapshot.layerkit import FILES, Blob, FaultProxy, build_blob, push_blob
+from tests.helpers.registry import Fault, FaultProxy, RegistryServer
+from tests.snapshot.layerkit import FILES, Blob, build_blob, push_blob
 
 CONFIG = FsConfig(prefetch=False, background_fetch=False, read_deadline=1.0, retry_initial=0.05,
                   retry_max=0.2)
@@ -55,7 +55,7 @@ def mounted(tmp: Path, blob: Blob, host: str, repo: str,
 def test_mount_serves_the_tar_fetching_only_what_is_read(blob: Blob, registry: RegistryServer,
                                                           unique_repo: str, tmp_path: Path) -> None:
     push_blob(registry.url, unique_repo, blob.path.read_bytes())
-    proxy = FaultProxy(registry.url)
+    proxy = FaultProxy(registry).start()
     try:
         with mounted(tmp_path, blob, proxy.host, unique_repo) as (tree, mnt, fuse):
             assert len(proxy.blob_gets) == 1, "footer and TOC in one ranged request"
@@ -118,17 +118,17 @@ def test_overlay_applies_whiteouts_and_opaque_dirs(blob: Blob, registry: Registr
 def test_corrupted_blob_gives_eio_and_is_logged(blob: Blob, registry: RegistryServer, unique_repo: str,
                                                 tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     push_blob(registry.url, unique_repo, blob.path.read_bytes())
-    proxy = FaultProxy(registry.url)
+    proxy = FaultProxy(registry).start()
     caplog.set_level(logging.ERROR)
     try:
         with mounted(tmp_path, blob, proxy.host, unique_repo) as (tree, mnt, _fuse):
-            proxy.corrupt_blobs = True
+            corrupt = proxy.add(Fault("corrupt", method="GET", path_contains="/blobs/sha256:", times=-1))
             with pytest.raises(OSError) as err:
                 (mnt / "bin/huge").read_bytes()
             assert err.value.errno == errno.EIO
             assert tree.stats.verify_failures >= 2
             assert blob.digest in caplog.text and "bin/huge" in caplog.text
-            proxy.corrupt_blobs = False
+            proxy.remove(corrupt)
             assert (mnt / "bin/huge").read_bytes() == FILES["bin/huge"]
     finally:
         proxy.stop()
@@ -136,7 +136,7 @@ def test_corrupted_blob_gives_eio_and_is_logged(blob: Blob, registry: RegistrySe
 
 def test_registry_stopped_mid_run_then_back(blob: Blob, tmp_path: Path) -> None:
     server = RegistryServer(tmp_path / "reg").start()
-    proxy = FaultProxy(server.url)
+    proxy = FaultProxy(server).start()
     try:
         push_blob(server.url, "lazy/stop", blob.path.read_bytes())
         with mounted(tmp_path / "root", blob, proxy.host, "lazy/stop") as (tree, mnt, _fuse):
@@ -147,7 +147,7 @@ def test_registry_stopped_mid_run_then_back(blob: Blob, tmp_path: Path) -> None:
             assert err.value.errno == errno.EIO
             assert (mnt / "etc/hello.txt").read_bytes() == b"hello\n", "cached data still served"
             server.start()
-            proxy.upstream = server.host
+            proxy.upstream_port = server.port
             assert (mnt / "bin/big").read_bytes() == FILES["bin/big"]
             assert tree.stats.read_errors >= 1
     finally:
@@ -204,7 +204,7 @@ def test_external_toc_from_the_esgztoc_image(tmp_path: Path, registry: RegistryS
 def test_disjoint_ranges_are_one_multi_range_request_to_the_registry(
         blob: Blob, registry: RegistryServer, unique_repo: str, tmp_path: Path) -> None:
     push_blob(registry.url, unique_repo, blob.path.read_bytes())
-    proxy = FaultProxy(registry.url)
+    proxy = FaultProxy(registry).start()
     config = FsConfig(prefetch=False, background_fetch=False, merge_gap=0, readahead=0, whole_file_max=0,
                       warm_connections=0)
     try:

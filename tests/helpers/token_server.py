@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.registry import BackgroundHTTPServer, _QuietHandler
+from devtools.httpservers import BackgroundHTTPServer, _QuietHandler
 
 ISSUER = "lazypull-test-issuer"
 SERVICE = "lazypull-test-registry"

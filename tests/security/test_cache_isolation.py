@@ -30,8 +30,8 @@ from lazypull.fs.remote import FileRangeSource
 from lazypull.image import Store, pull_image
 from lazypull.registry import RegistryClient
 from lazypull.snapshot.manager import LayerManager
-from tests.helpers.registry import RegistryServer
-from tests.snapshot.layerkit import FaultProxy, build_blob, open_tree, push_image, read_all
+from tests.helpers.registry import FaultProxy, RegistryServer
+from tests.snapshot.layerkit import build_blob, open_tree, push_image, read_all
 
 OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
@@ -81,7 +81,7 @@ def test_hostile_toc_never_gets_another_images_cached_chunk(registry: RegistrySe
     push_image(registry.url, "iso/a", "v1",
                [(a.path.read_bytes(), OCI_GZIP, a.annotations, a.result.diff_id)])
     push_image(registry.url, "iso/b", "v1", [(b_blob, OCI_GZIP, b_notes, b_diff)])
-    proxy = FaultProxy(registry.url)            # B's registry traffic, counted
+    proxy = FaultProxy(registry).start()            # B's registry traffic, counted
     root = tmp_path / "root"
     store = Store(root)
     with RegistryClient(insecure=True) as client:

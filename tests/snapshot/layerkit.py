@@ -5,8 +5,6 @@ with ``lazypull.format.build``, a fault-injecting ``RangeSource`` and a fault-in
 from __future__ import annotations
 
 import hashlib
-import http.client
-import http.server
 import io
 import random
 import tarfile
@@ -206,77 +204,6 @@ def push_manifest(registry_url: str, repo: str, tag: str, manifest: dict[str, An
                        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
         r.raise_for_status()
     return "sha256:" + hashlib.sha256(raw).hexdigest()
-
-
-class FaultProxy:
-    """An HTTP proxy in front of a registry: counts blob requests, can corrupt blob bodies or be down."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream.removeprefix("http://").rstrip("/")
-        self.corrupt_blobs = False
-        self.down = False
-        self.blob_gets: list[str | None] = []     # Range header of each blob GET
-        self.lock = threading.Lock()
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _forward(self, method: str) -> None:
-                if proxy.down:
-                    self.send_response(503)
-                    self.send_header("Content-Length", "0")
-                    self.send_header("Connection", "close")
-                    self.end_headers()
-                    self.close_connection = True
-                    return
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
-                conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
-                conn.request(method, self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                is_blob = "/blobs/sha256:" in self.path and method == "GET"
-                if is_blob:
-                    with proxy.lock:
-                        proxy.blob_gets.append(self.headers.get("Range"))
-                    if proxy.corrupt_blobs and resp.status in (200, 206) and len(data) > 64:
-                        mutable = bytearray(data)
-                        for i in range(len(mutable) // 3, len(mutable) - 8, 97):
-                            mutable[i] ^= 0x55
-                        data = bytes(mutable)
-                self.send_response(resp.status)
-                for key, value in resp.getheaders():
-                    if key.lower() not in ("content-length", "connection", "transfer-encoding"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if method != "HEAD":
-                    self.wfile.write(data)
-                conn.close()
-
-            def do_GET(self) -> None:
-                self._forward("GET")
-
-            def do_HEAD(self) -> None:
-                self._forward("HEAD")
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def push_image(registry_url: str, repo: str, tag: str, layers: list[tuple[bytes, str, dict[str, str], str]]

@@ -40,7 +40,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lazypull._devregistry import DevRegistry
+from devtools.registry import RegistryError, RegistryServer
 from lazypull.errors import LazypullError
 from lazypull.selfexec import lazypull_argv
 
@@ -193,7 +193,7 @@ def build_images(cache: Path, tar: Path) -> Path:
     return root
 
 
-def push(build_root: Path, registry: DevRegistry) -> dict[str, str]:
+def push(build_root: Path, registry: RegistryServer) -> dict[str, str]:
     """Push both images to the registry; their references there."""
     from lazypull.image import Store, push_image
     from lazypull.registry import RegistryClient
@@ -221,11 +221,11 @@ class RunResult:
     output: str
 
 
-def timed_run(root: Path, snapshotter: str, ref: str, registry: DevRegistry) -> RunResult:
+def timed_run(root: Path, snapshotter: str, ref: str, registry: RegistryServer) -> RunResult:
     """``lazypull --snapshotter=S run --rm REF python3 -c 'print("hi")'`` from the empty store ``root``."""
     argv = ["lazypull", f"--snapshotter={snapshotter}", "--insecure-registry", "run", "--rm", ref, *COMMAND]
     say(f"    $ time {shlex.join(argv)}")
-    mark = len(registry.served())
+    mark = registry.log_mark()
     env = dict(os.environ, LAZYPULL_ROOT=str(root))
     start = time.monotonic()
     proc = subprocess.run(lazypull_argv(*argv[1:]), env=env, stdin=subprocess.DEVNULL,
@@ -278,7 +278,7 @@ def report(results: Sequence[LinkResult]) -> None:
         say(f"    lazy pulling: {speedup:.1f}x faster to the first output, {fewer:.1f}x fewer bytes fetched")
 
 
-def both_runs(work: Path, refs: dict[str, str], registry: DevRegistry, label: str) -> tuple[RunResult,
+def both_runs(work: Path, refs: dict[str, str], registry: RegistryServer, label: str) -> tuple[RunResult,
                                                                                                RunResult]:
     """The full start, then the lazy one, each from an empty store under ``work``."""
     with step(f"full pull ({label}): --snapshotter=overlayfs, empty store"):
@@ -315,7 +315,7 @@ def shaped_runs(build_root: Path, work: Path, profile_name: str = "wan") -> Link
             ns.create()
         except NetShapeError as err:
             raise LinkUnavailable(f"no network namespace here: {err}") from err
-        registry = stack.enter_context(DevRegistry(listen_host=ns.ns_ip, exec_prefix=ns.exec_prefix()))
+        registry = stack.enter_context(RegistryServer(listen_host=ns.ns_ip, exec_prefix=ns.exec_prefix()))
         with step(f"registry in network namespace {ns.name} on {registry.host}"):
             pushed = push(build_root, registry)      # before the shaping: setting up is not measured
         proxy = DelayProxy(ns.ns_ip, registry.port)
@@ -334,7 +334,7 @@ def shaped_runs(build_root: Path, work: Path, profile_name: str = "wan") -> Link
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lazypull.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                         help=f"where the rootfs and the built images are kept (default {DEFAULT_CACHE})")
     args = parser.parse_args(argv)
@@ -351,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(tempfile.mkdtemp(prefix="lazypull-demo-", dir="/var/tmp"))
         try:
             results = []
-            with DevRegistry() as registry:
+            with RegistryServer() as registry:
                 with step(f"local registry on {registry.host}"):
                     refs = push(build_root, registry)
                 full, lazy = both_runs(work / "loopback", refs, registry, "loopback")
@@ -366,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report(results)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    except (LazypullError, subprocess.CalledProcessError) as err:
+    except (LazypullError, RegistryError, subprocess.CalledProcessError) as err:
         say(f"demo failed: {err}")
         return 1
     except KeyboardInterrupt:
