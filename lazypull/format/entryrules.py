@@ -18,7 +18,6 @@ opaque flag; opaque directories come only from the ``.wh..wh..opq`` marker.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Literal
 
 from lazypull.format.errors import FormatError
@@ -143,13 +142,3 @@ def check_xattr(name: str, value: bytes) -> None:
         raise UnsafeEntryError(f"xattr name {name[:40]!r}... is over {XATTR_NAME_MAX} bytes")
     if len(value) > XATTR_SIZE_MAX:
         raise UnsafeEntryError(f"xattr {name!r} has a {len(value)}-byte value (limit {XATTR_SIZE_MAX})")
-
-
-def kept_xattrs(xattrs: Mapping[str, bytes]) -> dict[str, bytes]:
-    """The xattrs of an entry a reader shows: each checked, overlayfs's own dropped."""
-    out: dict[str, bytes] = {}
-    for name, value in xattrs.items():
-        check_xattr(name, value)
-        if not is_overlay_xattr(name):
-            out[name] = value
-    return out

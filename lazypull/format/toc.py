@@ -83,11 +83,6 @@ class TOCEntry(msgspec.Struct, rename="camel", forbid_unknown_fields=True, gc=Fa
     the JSON: decoding takes ``"numLink": 0`` (no change) and refuses other values, which sends the TOC
     down the general path (which ignores the key, as Go does)."""
 
-    @property
-    def is_data(self) -> bool:
-        """True for entries that own compressed payload (non-empty ``reg`` and ``chunk``)."""
-        return self.type == "chunk" or (self.type == "reg" and self.size > 0)
-
 
 class TOC:
     """A decoded TOC; ``entries`` are in stored order with names as stored (not normalised).

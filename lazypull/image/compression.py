@@ -39,16 +39,6 @@ class _Closing(io.RawIOBase):
         super().close()
 
 
-def sniff(head: bytes) -> Literal["none", "gzip", "zstd"]:
-    """Compression from a blob's first bytes (zstd frames or skippable frames; gzip; else plain)."""
-    if head[:2] == b"\x1f\x8b":
-        return "gzip"
-    if head[:4] == b"\x28\xb5\x2f\xfd" or (len(head) >= 4 and head[1:4] == b"\x2a\x4d\x18"
-                                            and 0x50 <= head[0] <= 0x5F):
-        return "zstd"
-    return "none"
-
-
 def decompressed(stream: BinaryIO, compression: Literal["none", "gzip", "zstd"], what: str) -> BinaryIO:
     """Wrap ``stream`` so reads return the uncompressed bytes; closing closes ``stream`` too."""
     import zstandard

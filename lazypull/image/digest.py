@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from typing import BinaryIO
 
 from lazypull.errors import ImageError
 
@@ -46,8 +45,3 @@ def sha256_chunks(chunks: Iterable[bytes]) -> tuple[str, int]:
         h.update(chunk)
         n += len(chunk)
     return "sha256:" + h.hexdigest(), n
-
-
-def sha256_file(fileobj: BinaryIO, bufsize: int = 1 << 20) -> tuple[str, int]:
-    """Digest and length of what remains in a file object."""
-    return sha256_chunks(iter(lambda: fileobj.read(bufsize), b""))

@@ -80,11 +80,6 @@ def is_layer(media_type: str) -> bool:
     return media_type in _LAYER_COMPRESSION
 
 
-def is_docker(media_type: str) -> bool:
-    """A Docker (not OCI) media type."""
-    return media_type.startswith("application/vnd.docker.")
-
-
 def layer_compression(media_type: str) -> Literal["none", "gzip", "zstd"]:
     """How a layer of this media type is compressed; raises KeyError for non-layer types."""
     return _LAYER_COMPRESSION[media_type]
@@ -108,8 +103,3 @@ def with_compression(media_type: str, compression: Literal["none", "gzip", "zstd
         return base if compression == "none" else f"{base}.{compression}"
     base = OCI_LAYER_ND if "nondistributable" in media_type else OCI_LAYER
     return base if compression == "none" else f"{base}+{compression}"
-
-
-def is_stargz_layer(annotations: dict[str, str] | None) -> bool:
-    """True when the layer descriptor says it is eStargz or zstd:chunked (lazily mountable)."""
-    return bool(annotations) and TOC_DIGEST in (annotations or {})

@@ -69,11 +69,6 @@ class OptimizeResult:
     entries: list[RecordEntry]
     manifest_digest: str
 
-    @property
-    def record_text(self) -> str:
-        """The record file (``--record-out``)."""
-        return "".join(e.to_json() for e in self.entries)
-
 
 def select_image(root: Root, platform: Platform, depth: int = 0) -> Image:
     """The image of ``root`` for ``platform`` (``root`` itself when it is a single manifest)."""

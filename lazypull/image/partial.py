@@ -310,8 +310,3 @@ def open_root(provider: BlobProvider, desc: Descriptor, raw: bytes | None = None
     if mt.is_manifest(desc.media_type):
         return ManifestImage(provider, desc, raw)
     raise UnsupportedMediaTypeError(f"{desc.digest}: unsupported manifest media type {desc.media_type!r}")
-
-
-def is_index_root(root: Root) -> bool:
-    """True for an index / manifest list."""
-    return mt.is_index(root.media_type())

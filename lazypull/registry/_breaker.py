@@ -105,8 +105,3 @@ class CircuitBreaker:
                 log.warning("registry %s is back", host)
             self._hosts.pop(host, None)
             return False
-
-    def is_down(self, host: str) -> bool:
-        with self._lock:
-            state = self._hosts.get(host)
-            return state is not None and state.down

@@ -27,8 +27,6 @@ from lazypull.registry._manifest import (
     ACCEPT_MANIFESTS,
     MAX_MANIFEST_SIZE,
     Descriptor,
-    ImageIndex,
-    ImageManifest,
     Platform,
     detect_media_type,
     is_index,
@@ -200,11 +198,6 @@ class RegistryClient:
             raise DigestMismatchError(f"registry stored manifest {ref} as", expected=digest, actual=answered,
                                       url=response.request.url)
         return digest
-
-    def get_index_or_manifest(self, ref: Reference | str) -> ImageIndex | ImageManifest:
-        """Parse what ``ref`` names: an index/manifest list or an image manifest."""
-        raw, media_type, _ = self.get_manifest(ref)
-        return parse_index(raw, media_type) if is_index(media_type) else parse_manifest(raw, media_type)
 
     def resolve_image(self, ref: Reference | str, platform: Platform | str | None = None,
                       ) -> tuple[bytes, str, str]:
@@ -600,11 +593,6 @@ class RegistryBlobSource:
             raise RegistryError(f"blob {self.digest} in {self.ref.name}: got {len(data)} bytes at "
                                 f"offset {offset}, expected {length}")
         return data
-
-    def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        """Several ranges in one round trip (clipped to the blob like :meth:`read_at`)."""
-        clipped = [(o, min(n, max(0, self._size - o))) for o, n in ranges]
-        return self.client.read_ranges(self.ref, self.digest, clipped)
 
     def __repr__(self) -> str:
         return f"RegistryBlobSource({self.ref.name}@{self.digest}, size={self._size})"

@@ -89,10 +89,6 @@ class Reference:
             raise ReferenceError_(f"invalid tag {tag!r}")
         return replace(self, tag=tag, digest=None)
 
-    def in_repository(self, repository: str) -> Reference:
-        """A reference to another repository on the same registry (for cross-repository mounts)."""
-        return parse_reference(f"{self.registry}/{repository}")
-
 
 def _valid_host(host: str) -> bool:
     name, sep, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
