@@ -29,6 +29,8 @@ from lazypull.registry.errors import AuthError, parse_diagnostics, redact_url
 CLIENT_ID = "lazypull"
 _TOKEN_MARGIN = 30.0            # refresh tokens this long before they expire...
 _MIN_TOKEN_LIFETIME = 60.0      # ... the default lifetime when the server does not say
+#: A token server's answer is read up to this many bytes (a JWT is a few KiB; the answer is held whole).
+MAX_TOKEN_ANSWER = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -273,21 +275,21 @@ class Authenticator:
             post = httpx.Request("POST", realm, content=body.encode(),
                                  headers={"Content-Type": "application/x-www-form-urlencoded"})
             response = yield post
-            response.read()
+            answer = _read_answer(response, realm)
             if response.status_code == 200:
-                return _parse_token(response, realm, refresh)
+                return _parse_token(answer, realm, refresh, "POST")
             if response.status_code not in (401, 404, 405) or (refresh and creds is None):
-                raise _token_error(response, realm)
+                raise _token_error(response, answer, realm)
         query: list[tuple[str, str | int | float | bool | None]] = [("service", service)] if service else []
         query += [("scope", s) for s in scopes]
         get = httpx.Request("GET", realm, params=httpx.QueryParams(query))
         if creds is not None and creds.identity_token is None:
             get.headers["Authorization"] = creds.basic_header()
         response = yield get
-        response.read()
+        answer = _read_answer(response, realm)
         if response.status_code != 200:
-            raise _token_error(response, realm)
-        return _parse_token(response, realm, None)
+            raise _token_error(response, answer, realm)
+        return _parse_token(answer, realm, None, "GET")
 
 
 def _parse_scope(scope: str) -> tuple[str, str, frozenset[str]]:
@@ -334,21 +336,35 @@ def _unusable(challenge: Challenge) -> str | None:
     return None
 
 
-def _token_error(response: httpx.Response, realm: str) -> AuthError:
+def _read_answer(response: httpx.Response, realm: str) -> bytes:
+    """A token server's answer, at most :data:`MAX_TOKEN_ANSWER` bytes (a hostile one may be endless)."""
+    body = bytearray()
+    for piece in response.iter_bytes():
+        body += piece
+        if len(body) > MAX_TOKEN_ANSWER:
+            raise AuthError(f"token server answer exceeds {MAX_TOKEN_ANSWER} bytes",
+                            method=response.request.method, url=realm)
+    return bytes(body)
+
+
+def _token_error(response: httpx.Response, answer: bytes, realm: str) -> AuthError:
     return AuthError("token request refused", status=response.status_code, method=response.request.method,
-                     url=realm, diagnostics=parse_diagnostics(response.content))
+                     url=realm, diagnostics=parse_diagnostics(answer))
 
 
-def _parse_token(response: httpx.Response, realm: str, refresh: str | None) -> _Token:
+def _parse_token(answer: bytes, realm: str, refresh: str | None, method: str) -> _Token:
     try:
-        doc = json.loads(response.content)
+        doc = json.loads(answer)
     except ValueError as err:
-        raise AuthError(f"token server answer is not JSON: {err}", url=realm) from err
+        raise AuthError(f"token server answer is not JSON: {err}", method=method, url=realm) from err
+    except RecursionError as err:       # [[[[... deeper than the interpreter's stack
+        raise AuthError("token server answer is not valid JSON: nested too deeply", method=method,
+                        url=realm) from err
     if not isinstance(doc, dict):
-        raise AuthError("token server answer is not a JSON object", url=realm)
+        raise AuthError("token server answer is not a JSON object", method=method, url=realm)
     value = doc.get("token") or doc.get("access_token")
     if not isinstance(value, str) or not value:
-        raise AuthError("token server answer has no token", url=realm)
+        raise AuthError("token server answer has no token", method=method, url=realm)
     expires_in = doc.get("expires_in")
     lifetime = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 \
         else _MIN_TOKEN_LIFETIME

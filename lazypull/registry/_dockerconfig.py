@@ -22,9 +22,13 @@ from typing import Any
 from lazypull.registry._auth import Credentials
 from lazypull.registry._reference import DOCKER_HUB
 from lazypull.registry.errors import CredentialsError
+from lazypull.smallfile import read_small
 
 DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
 _HELPER_TIMEOUT = 30.0
+#: A credentials file is read up to this many bytes (docker's own are a few KiB; a FIFO or /dev/zero
+#: put in its place must not hang or fill memory).
+MAX_CONFIG_SIZE = 4 << 20
 
 
 def default_config_path() -> Path:
@@ -72,10 +76,15 @@ class DockerConfigAuth:
         with self._lock:
             if self._cache and self._cache[0] == mtime:
                 return self._cache[1]
+        data = read_small(self.path, MAX_CONFIG_SIZE, "docker config", CredentialsError)
+        if data is None:
+            return {}
         try:
-            doc = json.loads(self.path.read_text())
-        except (OSError, ValueError, UnicodeDecodeError) as err:
+            doc = json.loads(data)
+        except ValueError as err:       # (UnicodeDecodeError too)
             raise CredentialsError(f"cannot read docker config {self.path}: {err}") from err
+        except RecursionError as err:   # [[[[... deeper than the interpreter's stack
+            raise CredentialsError(f"docker config {self.path} is not valid JSON: nested too deeply") from err
         if not isinstance(doc, dict):
             raise CredentialsError(f"docker config {self.path} is not a JSON object")
         with self._lock:
@@ -224,7 +233,7 @@ def helper_get(helper: str, server: str) -> Credentials | None:
         raise
     try:
         doc = json.loads(out)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise CredentialsError(f"credential helper docker-credential-{helper} answered non-JSON") from err
     if not isinstance(doc, dict) or not isinstance(doc.get("Secret"), str):
         raise CredentialsError(f"credential helper docker-credential-{helper} answered without Secret")
