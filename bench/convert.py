@@ -39,8 +39,8 @@ from bench.rootfs import build_rootfs, split_layers  # noqa: E402
 from devtools.containerd import Ctr, start_containerd, write_oci_archive  # noqa: E402
 from devtools.oracle import Oracle, build_oracle  # noqa: E402
 from lazypull.format import BuildOptions, build  # noqa: E402
+from lazypull.format.annotations import TOC_DIGEST_ANNOTATION as TOC_DIGEST  # noqa: E402
 
-TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
 DEFAULT_PACKAGES = ["python3"]
 # Groups for the multi-layer image: layer 1 = the Python runtime, layer 2 = shared data, rest = base.
 IMAGE_GROUPS = [["usr/lib/python3", "usr/lib/python3.11", "usr/bin/python3.11"], ["usr/share"]]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
+from lazypull.format.annotations import TOC_DIGEST_ANNOTATION
 from lazypull.format.compression import ZstdCompressor
 from lazypull.format.errors import FormatError
 from lazypull.format.footer import skippable_frame, zstd_footer
@@ -62,7 +63,7 @@ def toc_expectation(annotations: Mapping[str, str]) -> tuple[str | None, int | N
     ``toc.digest`` wins; otherwise the ``manifest-checksum`` of either prefix. The hint is the first
     number of ``manifest-position`` (either prefix), as the snapshotter uses it.
     """
-    digest = annotations.get("containerd.io/snapshot/stargz/toc.digest")
+    digest = annotations.get(TOC_DIGEST_ANNOTATION)
     if not digest:
         digest = (annotations.get(CS_MANIFEST_CHECKSUM_ANNOTATION)
                   or annotations.get(MANIFEST_CHECKSUM_ANNOTATION) or None)

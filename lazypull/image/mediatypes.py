@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from lazypull.format import annotations as _annotations
+
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -48,8 +50,8 @@ _DOCKER_TO_OCI = {
 }
 
 # Annotations (format.md 1.11, 2.3, 3.1).
-TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
-UNCOMPRESSED_SIZE = "io.containers.estargz.uncompressed-size"
+TOC_DIGEST = _annotations.TOC_DIGEST_ANNOTATION
+UNCOMPRESSED_SIZE = _annotations.UNCOMPRESSED_SIZE_ANNOTATION
 ZSTD_MANIFEST_CHECKSUM = "io.containers.zstd-chunked.manifest-checksum"
 ZSTD_MANIFEST_POSITION = "io.containers.zstd-chunked.manifest-position"
 TOC_LAYER_DIGEST = "containerd.io/snapshot/stargz/layer.digest"

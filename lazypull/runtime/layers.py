@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
 from lazypull.errors import ContainerError
+from lazypull.format.annotations import TOC_DIGEST_ANNOTATION
 from lazypull.runtime.overlay import is_mountpoint
 
 if TYPE_CHECKING:
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
 # `create` whose layers are all FUSE mounts needs none of it.
 
 log = logging.getLogger(__name__)
-
-STARGZ_TOC_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 
 
 class MountedLayer(Protocol):
@@ -80,7 +79,7 @@ def streaming_unpacker(root: Path) -> Callable[[Descriptor], StreamingExtraction
         dest = snapshot_dir(root, desc.digest)
         if _ready(dest):
             return None
-        estargz = bool((desc.annotations or {}).get(STARGZ_TOC_ANNOTATION))
+        estargz = bool((desc.annotations or {}).get(TOC_DIGEST_ANNOTATION))
         from lazypull.runtime.extract import StreamingExtraction
 
         return StreamingExtraction(dest, label=f"layer {desc.digest}", skip_estargz_metadata=estargz)
@@ -129,7 +128,7 @@ def lower_dirs(root: Path, store: Store, image: ResolvedImage, mounts: Sequence[
             blob = store.blob_path(desc.digest)
             assert blob is not None
             # An eStargz blob extracted in full: leave out the TOC and landmarks, as the lazy view does.
-            estargz = bool((desc.annotations or {}).get(STARGZ_TOC_ANNOTATION))
+            estargz = bool((desc.annotations or {}).get(TOC_DIGEST_ANNOTATION))
             jobs.append((blob, dest, f"layer {desc.digest}", estargz))
     finally:
         if client is not None:

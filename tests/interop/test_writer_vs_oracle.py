@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from lazypull.format import BuildOptions, BuildResult, build
+from lazypull.format.annotations import TOC_DIGEST_ANNOTATION as TOC_DIGEST
 from tests.helpers.oracle import Oracle
 from tests.interop import compare
 from tests.interop.tarcases import TarCase
 
-TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
 USIZE = "io.containers.estargz.uncompressed-size"
 ZSTD_CHECKSUM = "io.containers.zstd-chunked.manifest-checksum"
 ZSTD_POSITION = "io.containers.zstd-chunked.manifest-position"

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lazypull.format.annotations import TOC_DIGEST_ANNOTATION as TOC_DIGEST
 from lazypull.format.footer import estargz_footer
 
-TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
 _TAR_TYPES = {"reg": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
               "hardlink": tarfile.LNKTYPE, "char": tarfile.CHRTYPE, "fifo": tarfile.FIFOTYPE}
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from lazypull.format.annotations import TOC_DIGEST_ANNOTATION as TOC_DIGEST
 from lazypull.fs.config import FsConfig
 from lazypull.image import Store, pull_image
 from lazypull.registry import RegistryClient
@@ -18,7 +19,6 @@ from tests.helpers.registry import RegistryServer
 from tests.snapshot.layerkit import FILES, build_blob, push_image
 
 OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
 
 
 def test_layer_whose_toc_does_not_verify_falls_back_to_a_full_download(

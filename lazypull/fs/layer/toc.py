@@ -17,12 +17,12 @@ from typing import Any
 
 from lazypull.errors import MountError
 from lazypull.format import FormatError, open_layer
+from lazypull.format.annotations import TOC_DIGEST_ANNOTATION as TOC_DIGEST
 from lazypull.format.annotations import UNCOMPRESSED_SIZE_ANNOTATION as UNCOMPRESSED_SIZE
 from lazypull.fs.remote import RecordingSource
 
 log = logging.getLogger(__name__)
 
-TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
 LAYER_DIGEST = "containerd.io/snapshot/stargz/layer.digest"
 MANIFEST_POSITION = ("io.containers.zstd-chunked.manifest-position",
                      "io.github.containers.zstd-chunked.manifest-position")
