@@ -13,9 +13,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lazypull.errors import MountError
+
+if TYPE_CHECKING:
+    from lazypull.registry import NetLimits
 
 SYSTEM_CONFIG = Path("/etc/lazypull/config.toml")
 
@@ -82,10 +85,32 @@ class FsConfig:
     """Fetches in flight at once per layer (on-demand misses of different regions). Default 8."""
     passthrough: bool = True
     """Offer assembled local files to the FUSE server for passthrough reads. Default true."""
+    net_deadline: float = 0.0
+    """Seconds any registry request may take, plus its expected size at ``net_min_rate``
+    (``lazypull.registry.NetLimits``, whose defaults 0 keeps: here 60). Default 0."""
+    net_min_rate: float = 0.0
+    """Bytes per second a registry answer must keep up (0: NetLimits' default, 4096). Default 0."""
+    net_rate_window: float = 0.0
+    """Seconds over which ``net_min_rate`` is measured (0: NetLimits' default, 10). Default 0."""
+    net_down_failures: int = 0
+    """Failures in a row that mark a registry down, failing its requests at once (0: NetLimits'
+    default, 3). Default 0."""
+    net_down_after: float = 0.0
+    """...if they span at least this many seconds (0: NetLimits' default, 2). Default 0."""
+    net_probe_interval: float = 0.0
+    """Seconds between trial requests to a registry marked down (0: NetLimits' default, 0.5). Default 0."""
 
     def chunk_dir(self, root: Path) -> Path:
         """Where verified chunks are kept."""
         return Path(self.cache_dir) if self.cache_dir else root / "cache" / "chunks"
+
+    def net_limits(self) -> NetLimits:
+        """The mount server's registry clients' limits: the ``net_*`` settings, NetLimits' defaults
+        for those left at 0."""
+        from lazypull.registry import NetLimits
+
+        given = {f.name: getattr(self, f"net_{f.name}") for f in dataclasses.fields(NetLimits)}
+        return NetLimits(**{name: value for name, value in given.items() if value})
 
     def replace(self, **changes: Any) -> FsConfig:
         """A copy with some fields changed."""

@@ -81,18 +81,15 @@ def _default_store(root: Path) -> Any:
     return Store(root)
 
 
-def layer_client(insecure: bool, auth: Any = None) -> Any:
+def layer_client(insecure: bool, auth: Any = None, config: FsConfig | None = None) -> Any:
     """A registry client for layer reads: few retries of its own (the layer retries until its deadline).
-    ``auth``: a credential source (default: the node's docker config files)."""
+    ``auth``: a credential source (default: the node's docker config files); ``config``: the server's
+    settings, for its network limits (``FsConfig.net_limits``; default NetLimits')."""
     from lazypull.registry import DockerConfigAuth, RegistryClient, RetryPolicy
 
     return RegistryClient(insecure=insecure, auth=auth if auth is not None else DockerConfigAuth(),
-                          timeout=20.0,
+                          timeout=20.0, limits=config.net_limits() if config is not None else None,
                           retry=RetryPolicy(attempts=2, base_delay=0.05, max_delay=0.5, deadline=5.0))
-
-
-def _default_client(insecure: bool) -> Any:
-    return layer_client(insecure)
 
 
 class LayerManager:
@@ -100,13 +97,13 @@ class LayerManager:
 
     def __init__(self, root: Path, config: FsConfig, *,
                  store_factory: Callable[[Path], Any] = _default_store,
-                 client_factory: Callable[[bool], Any] = _default_client) -> None:
+                 client_factory: Callable[[bool], Any] | None = None) -> None:
         self.root = root
         self.paths = RunPaths(root)
         self.config = config
         self.cache = DirectoryCache(config.chunk_dir(root), config.cache_max_bytes)
         self._store_factory = store_factory
-        self._client_factory = client_factory
+        self._client_factory = client_factory or self.new_client
         self._clients: dict[bool, Any] = {}
         self._layers: dict[str, MountedLayer] = {}
         self._holds: dict[tuple[str, str], Hold] = {}
@@ -133,6 +130,10 @@ class LayerManager:
     def store(self) -> Any:
         """The content store of the root (manifests, configs, images.json)."""
         return self._store_factory(self.root)
+
+    def new_client(self, insecure: bool, auth: Any = None) -> Any:
+        """A new :func:`layer_client` with this server's configured network limits."""
+        return layer_client(insecure, auth, self.config)
 
     def registry_client(self, insecure: bool) -> Any:
         """The server's registry client for this TLS mode: kept for its lifetime, so its connections,

@@ -294,9 +294,8 @@ class MountDaemon:
             if self.cri_image_service is not None:
                 from lazypull.snapshot.cri.keychain import Keychain
                 from lazypull.snapshot.cri.service import ImageServiceProxy
-                from lazypull.snapshot.manager import layer_client
 
-                keychain = Keychain(layer_client)
+                keychain = Keychain(self.manager.new_client)
                 self._cri_service = ImageServiceProxy(keychain, *self.cri_image_service)
             snapshotter = Snapshotter(self.root, self.manager, insecure=self.insecure_registries,
                                       keychain=keychain)

@@ -30,7 +30,7 @@ from lazypull.fs.fuse.mount import mount_entry
 from lazypull.fs.fuse.mount import unmount as fuse_unmount
 from lazypull.fs.remote import RegistryRangeSource, RemoteBlob
 from lazypull.fs.stats import LayerStats
-from lazypull.snapshot.manager import MOUNT_PARALLELISM, LayerManager, layer_client
+from lazypull.snapshot.manager import MOUNT_PARALLELISM, LayerManager
 from lazypull.store.auth import ChainedAuth
 from lazypull.store.catalog import Catalog, StoreLayer
 from lazypull.store.names import encode_ref
@@ -80,7 +80,7 @@ class LayerStore:
         self.manager = manager
         self.spec = spec
         self._changed = changed                 # the counts changed: persist them
-        self.client = layer_client(spec.insecure, auth=ChainedAuth(spec.auth_files))
+        self.client = manager.new_client(spec.insecure, auth=ChainedAuth(spec.auth_files))
         self.catalog = Catalog(lambda: self.client)
         self.tree = StoreTree(self)
         self._lock = threading.Lock()
