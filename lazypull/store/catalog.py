@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from lazypull.errors import ImageError, LazypullError, MountError
-from lazypull.format.annotations import UNCOMPRESSED_SIZE_ANNOTATION
-from lazypull.fs.layer.toc import CHECKSUM_AND_POSITION, TOC_DIGEST, check_diff_id, is_lazy
+from lazypull.format.annotations import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION
+from lazypull.fs.layer.toc import CHECKSUM_AND_POSITION, is_lazy
+from lazypull.image.partial import check_declared_diff_ids
 from lazypull.store.names import COMPRESSION_GZIP, COMPRESSION_ZSTD, LayerInfo
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,8 @@ class ImageLayers:
 def toc_digest_of(annotations: dict[str, str]) -> str | None:
     """The layer's TOC digest as newer containers/image names it: eStargz ``toc.digest``, zstd:chunked
     ``manifest-checksum``."""
-    if annotations.get(TOC_DIGEST):
-        return annotations[TOC_DIGEST]
+    if annotations.get(TOC_DIGEST_ANNOTATION):
+        return annotations[TOC_DIGEST_ANNOTATION]
     for key, _ in CHECKSUM_AND_POSITION:
         if annotations.get(key):
             return annotations[key]
@@ -88,7 +89,7 @@ def image_layers(client: Any, ref: Any) -> ImageLayers:
         if not is_lazy(annotations):
             continue            # not here: podman downloads it
         try:
-            check_diff_id(desc.digest, annotations, diff_id)
+            check_declared_diff_ids([desc], [diff_id])
         except ImageError as err:
             # podman 4.3 trusts the store's diff-digest: an image contradicting itself is downloaded
             # (and its DiffID checked) by podman instead
