@@ -23,6 +23,17 @@ PRIVATE_MODE = 0o700
 TOP_DIRS = ("content", "snapshots", "cache", "containers", "run", "runc")
 
 
+def layer_dir(root: Path, hexpart: str) -> Path:
+    """``<root>/snapshots/<hex>/``: a layer's state (mountpoint, TOC record, learned reads...).
+    ``hexpart`` is the layer digest's hex, checked by the caller (each names its own error)."""
+    return root / "snapshots" / hexpart
+
+
+def layer_fs(root: Path, hexpart: str) -> Path:
+    """``<root>/snapshots/<hex>/fs``: where a layer is mounted (lazy) or extracted (full)."""
+    return layer_dir(root, hexpart) / "fs"
+
+
 def private_dir(path: Path) -> Path:
     """Make ``path`` a directory of mode 0700 (created so, or narrowed if it exists wider).
 

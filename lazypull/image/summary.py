@@ -23,6 +23,7 @@ from lazypull.image import mediatypes as mt
 from lazypull.image.errors import ImageError
 from lazypull.image.partial import ManifestIndex, parse_config, parse_manifest
 from lazypull.image.platform import config_platform, host_platform, platform_label
+from lazypull.image.rootdir import layer_fs
 from lazypull.image.store import ImageRecord, Store
 from lazypull.registry import Descriptor, Reference, parse_reference
 
@@ -127,7 +128,7 @@ def summarize(store: Store, record: ImageRecord,
                 config = parse_config(store.read_blob(config_desc.digest), config_desc)
                 platform = platform_label(config_platform(config))
             for d in layers:
-                unpacked = store.root / "snapshots" / d.digest.removeprefix("sha256:") / "fs"
+                unpacked = layer_fs(store.root, d.digest.removeprefix("sha256:"))
                 state = layer_state(unpacked)
                 full = layer_uncompressed_size(store, d, unpacked) if state != "absent" else 0
                 size += full

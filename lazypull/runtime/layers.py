@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
 from lazypull.errors import ContainerError
 from lazypull.format.annotations import TOC_DIGEST_ANNOTATION
+from lazypull.image.rootdir import layer_fs
 from lazypull.runtime.overlay import is_mountpoint
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def snapshot_dir(root: Path, digest: str) -> Path:
     algo, _, hexpart = digest.partition(":")
     if algo != "sha256" or len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
         raise ContainerError(f"not a sha256 layer digest: {digest!r}")
-    return root / "snapshots" / hexpart / "fs"
+    return layer_fs(root, hexpart)
 
 
 def _ready(path: Path) -> bool:

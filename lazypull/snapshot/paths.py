@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lazypull.fs.cache import digest_hex
+from lazypull.image.rootdir import layer_dir, layer_fs
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,8 @@ class RunPaths:
 
     def layer_dir(self, digest: str) -> Path:
         """Per-layer state: ``snapshots/<hex>/``."""
-        return self.root / "snapshots" / digest_hex(digest)
+        return layer_dir(self.root, digest_hex(digest))
 
     def mountpoint(self, digest: str) -> Path:
         """Where the layer's filesystem is mounted: ``snapshots/<hex>/fs``."""
-        return self.layer_dir(digest) / "fs"
+        return layer_fs(self.root, digest_hex(digest))
