@@ -12,7 +12,7 @@ import sys
 import click
 
 from lazypull.cli._options import get_options, global_options
-from lazypull.registry import Credentials, DockerConfigAuth, RegistryClient, StaticAuth, normalize_server
+from lazypull.registry import Credentials, RegistryClient, StaticAuth, default_auth, normalize_server
 
 DEFAULT_SERVER = "docker.io"
 
@@ -51,7 +51,7 @@ def login(server: str | None, username: str | None, password: str | None, passwo
     opts = get_options()
     with RegistryClient(insecure=opts.insecure_registries, auth=StaticAuth(username, password)) as client:
         client.check_login(host)
-    where = DockerConfigAuth().store(host, Credentials(username, password))
+    where = default_auth().store(host, Credentials(username, password))
     click.echo(f"Credentials saved in {where}")
     click.echo("Login Succeeded")
 
@@ -62,7 +62,7 @@ def login(server: str | None, username: str | None, password: str | None, passwo
 def logout(server: str | None) -> None:
     """Remove saved credentials for a registry (default Docker Hub)."""
     host = _server_host(server)
-    if DockerConfigAuth().erase(host):
+    if default_auth().erase(host):
         click.echo(f"Removing login credentials for {host}")
     else:
         click.echo(f"Not logged in to {host}")

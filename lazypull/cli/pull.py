@@ -52,14 +52,14 @@ def _lazy_pull(opts: GlobalOptions, ref: str, platform: tuple[str, ...], all_pla
             # Layers the server cannot serve (plain gzip, TOC missing) are fetched and unpacked now, as
             # stargz-snapshotter leaves them to containerd's normal unpack.
             from lazypull.image.platform import parse_platform
-            from lazypull.registry import DockerConfigAuth, RegistryClient
+            from lazypull.registry import RegistryClient, default_auth
             from lazypull.runtime.layers import lower_dirs
 
             try:
                 resolved = store.resolve(pulled.name, parse_platform(platform[0]) if platform else None)
                 announce_fallbacks(resolved, pulled.layers, say)
                 lower_dirs(opts.root, store, resolved, pulled.layers,
-                           lambda: RegistryClient(insecure=opts.insecure_registries, auth=DockerConfigAuth()),
+                           lambda: RegistryClient(insecure=opts.insecure_registries, auth=default_auth()),
                            progress=say)
             except BaseException:
                 _undo_pull(store, mounts, pulled.name, before)
@@ -86,7 +86,7 @@ def _full_pull(opts: GlobalOptions, ref: str, platform: tuple[str, ...], all_pla
     from lazypull.image.platform import parse_platform
     from lazypull.image.pull import pull_image
     from lazypull.image.store import Store
-    from lazypull.registry import DockerConfigAuth, RegistryClient, parse_reference
+    from lazypull.registry import RegistryClient, default_auth, parse_reference
     from lazypull.runtime.layers import lower_dirs, streaming_unpacker
     from lazypull.runtime.overlay import sync_filesystem
 
@@ -94,7 +94,7 @@ def _full_pull(opts: GlobalOptions, ref: str, platform: tuple[str, ...], all_pla
     plats = [parse_platform(p) for p in platform]     # none: this machine's (a single manifest: any)
     # One platform: its layers are extracted while they download (what lower_dirs then finds unpacked).
     unpack = streaming_unpacker(opts.root) if not all_platforms and len(plats) <= 1 else None
-    with RegistryClient(insecure=opts.insecure_registries, auth=DockerConfigAuth()) as client, \
+    with RegistryClient(insecure=opts.insecure_registries, auth=default_auth()) as client, \
             make_progress(quiet=quiet) as progress:
         record = pull_image(store, client, parse_reference(ref), platforms=plats or None,
                             all_platforms=all_platforms, fetch_layers=True, progress=progress,

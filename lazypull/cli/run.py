@@ -58,9 +58,9 @@ def _note(text: str) -> None:
 
 def registry_client(opts: GlobalOptions) -> RegistryClient:
     """A client with the global flags' TLS setting and docker's stored credentials."""
-    from lazypull.registry import DockerConfigAuth, RegistryClient
+    from lazypull.registry import RegistryClient, default_auth
 
-    return RegistryClient(insecure=opts.insecure_registries, auth=DockerConfigAuth())
+    return RegistryClient(insecure=opts.insecure_registries, auth=default_auth())
 
 
 def ensure_image(store: Store, image: str, *, opts: GlobalOptions, pull: str, platform: str | None,

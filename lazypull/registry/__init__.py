@@ -20,6 +20,7 @@ if typing.TYPE_CHECKING:
     from lazypull.registry._client import RegistryClient as RegistryClient
     from lazypull.registry._client import compute_digest as compute_digest
     from lazypull.registry._dockerconfig import DockerConfigAuth as DockerConfigAuth
+    from lazypull.registry._dockerconfig import default_auth as default_auth
     from lazypull.registry._dockerconfig import default_config_path as default_config_path
     from lazypull.registry._dockerconfig import normalize_server as normalize_server
     from lazypull.registry._manifest import ACCEPT_MANIFESTS as ACCEPT_MANIFESTS
@@ -92,6 +93,7 @@ __all__ = [
     "StaticAuth",
     "TooLargeError",
     "compute_digest",
+    "default_auth",
     "default_config_path",
     "default_platform",
     "detect_media_type",
@@ -143,6 +145,7 @@ _SOURCES: dict[str, str] = {
     "StaticAuth": "._auth",
     "TooLargeError": ".errors",
     "compute_digest": "._client",
+    "default_auth": "._dockerconfig",
     "default_config_path": "._dockerconfig",
     "default_platform": "._manifest",
     "detect_media_type": "._manifest",

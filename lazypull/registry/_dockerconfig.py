@@ -239,3 +239,10 @@ def helper_get(helper: str, server: str) -> Credentials | None:
         raise CredentialsError(f"credential helper docker-credential-{helper} answered without Secret")
     user = doc.get("Username")
     return Credentials(user if isinstance(user, str) else "", doc["Secret"])
+
+
+def default_auth() -> DockerConfigAuth:
+    """The credentials the CLI and the mount server use unless given others: docker's config file
+    (``$DOCKER_CONFIG``, else ``~/.docker``) and its credential helpers, as nerdctl. One home, so the
+    default is changed in one place."""
+    return DockerConfigAuth()

@@ -85,9 +85,9 @@ def layer_client(insecure: bool, auth: Any = None, config: FsConfig | None = Non
     """A registry client for layer reads: few retries of its own (the layer retries until its deadline).
     ``auth``: a credential source (default: the node's docker config files); ``config``: the server's
     settings, for its network limits (``FsConfig.net_limits``; default NetLimits')."""
-    from lazypull.registry import DockerConfigAuth, RegistryClient, RetryPolicy
+    from lazypull.registry import RegistryClient, RetryPolicy, default_auth
 
-    return RegistryClient(insecure=insecure, auth=auth if auth is not None else DockerConfigAuth(),
+    return RegistryClient(insecure=insecure, auth=auth if auth is not None else default_auth(),
                           timeout=20.0, limits=config.net_limits() if config is not None else None,
                           retry=RetryPolicy(attempts=2, base_delay=0.05, max_delay=0.5, deadline=5.0))
 

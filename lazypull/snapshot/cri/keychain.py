@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lazypull.errors import LazypullError
-from lazypull.registry import Credentials, CredentialSource, DockerConfigAuth, parse_reference
+from lazypull.registry import Credentials, CredentialSource, default_auth, parse_reference
 
 MAX_IMAGES = 1024     # images with credentials kept at once (oldest forgotten first)
 _IMAGE_ID = re.compile(r"(sha256:)?[0-9a-f]{64}")
@@ -63,7 +63,7 @@ class Keychain:
     def __init__(self, client_factory: Callable[[bool, CredentialSource], Any],
                  fallback: CredentialSource | None = None, *, max_images: int = MAX_IMAGES) -> None:
         self._factory = client_factory
-        self._fallback: CredentialSource = fallback if fallback is not None else DockerConfigAuth()
+        self._fallback: CredentialSource = fallback if fallback is not None else default_auth()
         self._max = max_images
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
