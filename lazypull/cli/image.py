@@ -22,7 +22,7 @@ from lazypull.cli._image_progress import make_progress
 from lazypull.cli._options import GlobalOptions, get_options, global_options
 from lazypull.cli.pull import pull_command
 from lazypull.errors import LazypullError
-from lazypull.image import Layout, Store, normalize_name, pull_image
+from lazypull.image import Layout, Store, complete_image, normalize_name, pull_image
 from lazypull.image import mediatypes as mt
 from lazypull.image.convert import ConvertOptions, ConvertResult, LayerFormat, convert_image
 from lazypull.image.errors import ImageError
@@ -330,29 +330,22 @@ def push_command(ref: str, platform: tuple[str, ...], all_platforms: bool, quiet
 def _source_root(store: Store, src: str, opts: GlobalOptions, platforms: list[Platform] | None) -> Root:
     """SRC as an image: an ``oci:`` layout, a stored image, or else a registry image pulled first.
 
-    A stored image pulled lazily (layers not local) is completed from its source registry first.
+    A stored image whose blobs are not all local (pulled lazily, or built on lazily mounted base
+    layers) is completed first: the missing blobs by digest from its source repository.
     """
     if src.startswith("oci:"):
         layout, tag = Layout.from_reference(src)
         return layout.root(tag)
     record = store.find_image(src)
-    if record is None or (record.source and _missing_layers(store, record.name, platforms)):
-        ref = record.source if record is not None and record.source else src
-        with _client(opts) as client, make_progress() as progress:
-            record = pull_image(store, client, ref, platforms=platforms, all_platforms=platforms is None,
-                                progress=progress, name=record.name if record is not None else None)
+    with contextlib.ExitStack() as clients, make_progress() as progress:
+        if record is None:
+            client = clients.enter_context(_client(opts))
+            record = pull_image(store, client, src, platforms=platforms, all_platforms=platforms is None,
+                                progress=progress)
+        else:
+            record = complete_image(store, record.name, lambda: clients.enter_context(_client(opts)),
+                                    platforms=platforms, progress=progress)
     return store.open(record.target)
-
-
-def _missing_layers(store: Store, name: str, platforms: list[Platform] | None) -> bool:
-    """True if a layer of the image (for these platforms) is not in the store."""
-    try:
-        for plat in platforms or [host_platform()]:
-            if not all(store.has_blob(d.digest) for d in store.resolve(name, plat).layers):
-                return True
-    except LazypullError:
-        return True
-    return False
 
 
 @click.command("convert")

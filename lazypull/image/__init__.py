@@ -27,6 +27,7 @@ if typing.TYPE_CHECKING:
     from lazypull.image.model import Root as Root
     from lazypull.image.progress import NULL_PROGRESS as NULL_PROGRESS
     from lazypull.image.progress import Progress as Progress
+    from lazypull.image.pull import complete_image as complete_image
     from lazypull.image.pull import copy_into_store as copy_into_store
     from lazypull.image.pull import pull_image as pull_image
     from lazypull.image.push import PushResult as PushResult
@@ -57,6 +58,7 @@ __all__ = [
     "Root",
     "Store",
     "UnsupportedMediaTypeError",
+    "complete_image",
     "convert_image",
     "copy_into_store",
     "layout_root",
@@ -89,6 +91,7 @@ _SOURCES: dict[str, str] = {
     "Store": ".store",
     "UnsupportedMediaTypeError": ".errors",
     "convert_image": ".convert",
+    "complete_image": ".pull",
     "copy_into_store": ".pull",
     "layout_root": ".layout",
     "normalize_name": ".store",

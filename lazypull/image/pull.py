@@ -18,21 +18,24 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, Protocol, cast
 
+from lazypull.errors import LazypullError, StoreError
 from lazypull.image import mediatypes as mt
 from lazypull.image.blobs import BlobWriter
-from lazypull.image.errors import DigestMismatchError, ImageError, PlatformNotFoundError
+from lazypull.image.errors import BlobNotFoundError, DigestMismatchError, ImageError, PlatformNotFoundError
 from lazypull.image.model import Image, ImageIndex, Root
 from lazypull.image.partial import (
     MAX_CONFIG_SIZE,
     BlobProvider,
     check_declared_diff_ids,
     diff_id_of,
+    kind_of,
+    open_root,
     parse_config,
     parse_manifest,
 )
 from lazypull.image.platform import check_config_platform, host_platform, parse_platform
 from lazypull.image.progress import NULL_PROGRESS, Progress
-from lazypull.image.registry import remote_root
+from lazypull.image.registry import RegistryProvider, remote_root
 from lazypull.image.store import ImageRecord, Store
 from lazypull.registry import Descriptor, Platform, Reference, RegistryClient, parse_reference
 
@@ -316,3 +319,76 @@ def pull_image(store: Store, client: RegistryClient, ref: Reference | str, *,
                            platforms=wanted, fetch_layers=fetch_layers, progress=progress,
                            workers=workers, unpack=unpack if fetch_layers else None,
                            strict_platform=explicit)
+
+
+class _StoreFirst:
+    """The store, and for the blobs it lacks the image's source repository, asked by digest only (the
+    registry provider checks each blob against its descriptor). The client is made on first need."""
+
+    def __init__(self, store: Store, name: str, source: Reference | None,
+                 client: Callable[[], RegistryClient]) -> None:
+        self.store = store
+        self.name = name
+        self.source = source
+        self._client = client
+        self._remote: RegistryProvider | None = None
+
+    def remote(self, desc: Descriptor) -> RegistryProvider:
+        if self.source is None:
+            raise BlobNotFoundError(f"{self.name}: {kind_of(desc)} {desc.digest} is not in the store and the "
+                                    "image has no source registry")
+        if self._remote is None:
+            self._remote = RegistryProvider(self._client(), self.source)
+        return self._remote
+
+    def read_blob(self, desc: Descriptor) -> bytes:
+        if self.store.has_blob(desc.digest):
+            return self.store.provider.read_blob(desc)
+        return self.remote(desc).read_blob(desc)
+
+    def open_blob(self, desc: Descriptor) -> BinaryIO:
+        if self.store.has_blob(desc.digest):
+            return self.store.provider.open_blob(desc)
+        return self.remote(desc).open_blob(desc)
+
+    def copy_blob(self, desc: Descriptor, dest: BinaryIO,
+                  progress: Callable[[int], None] | None = None) -> None:
+        self.remote(desc).copy_blob(desc, dest, progress)
+
+
+class _Completer(_Copier):
+    """A copier that leaves the layers the store has alone (their use checks what it reads)."""
+
+    def copy_layer(self, desc: Descriptor, diff_id: str) -> None:
+        if not self.store.has_blob(desc.digest):
+            super().copy_layer(desc, diff_id)
+
+
+def complete_image(store: Store, name: str, client: Callable[[], RegistryClient], *,
+                   platforms: Sequence[Platform] | None, progress: Progress = NULL_PROGRESS,
+                   workers: int = 3) -> ImageRecord:
+    """Download what the stored image ``name`` (for ``platforms``; None: all) lacks in the store.
+
+    A lazily pulled image's layers, a build's lazily mounted base layers, an index's other platforms:
+    each is fetched by digest from the repository recorded as the image's source (verified: digest,
+    then DiffID against the config), never by re-resolving a reference, so the image stays the one
+    stored (a tag moved since, or a build's source naming its own manifest, changes nothing).
+    ``client`` is called only if something is missing. The name and its record are left as they are.
+    """
+    record = store.get_image(name)
+    source: Reference | None = None
+    if record.source:
+        try:
+            source = parse_reference(record.source)
+        except LazypullError as err:
+            raise StoreError(f"{record.name}: recorded source {record.source!r} is invalid: {err}") from err
+    provider = _StoreFirst(store, record.name, source, client)
+    copier = _Completer(store, provider, platforms=platforms, fetch_layers=True, verify_diff_ids=True,
+                        progress=progress, workers=workers)
+    with store.lease():
+        try:
+            copier.copy_root(open_root(provider, record.target))
+        except BaseException:
+            store.discard_unreferenced(copier.added)
+            raise
+    return record

@@ -52,14 +52,13 @@ def test_lazy_base_fetches_what_run_reads_and_estargz_output(
     assert local.returncode == 0, local.stderr.decode()
     assert len(local.stdout) == 100
 
-    # converting it never replaces it with its base image (its source names the base's repository,
-    # where its lazily mounted layers are, with its own manifest digest)
+    # converting it never replaces it with its base image: the lazily mounted base layers are fetched
+    # by digest from the base's repository (tests/build/test_build_convert.py for the rest)
     before = Store(root).resolve("localhost/built:esgz").manifest_digest
     converted = lazypull(root, "--insecure-registry", "image", "convert", "--oci", "--zstdchunked",
                          "localhost/built:esgz", "localhost/built:conv")
-    assert Store(root).resolve("localhost/built:esgz").manifest_digest == before, converted.stderr.decode()
-    if converted.returncode != 0:       # image convert re-pulls an image's source for missing layers
-        assert converted.stderr.decode().count("\n") == 1, converted.stderr.decode()
+    assert converted.returncode == 0, converted.stderr.decode()
+    assert Store(root).resolve("localhost/built:esgz").manifest_digest == before
 
     # the same build with gzip layers does not take the eStargz steps from the cache
     gz = lazypull(root, "--insecure-registry", "build", "-t", "localhost/built:gz", str(ctx))
