@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from lazypull.fs.fuse import protocol
 from lazypull.fs.fuse.passthrough import BackingFiles
 from lazypull.fs.fuse.protocol import Op, Request
-from lazypull.fs.fuse.tree import Attr, FuseError, Tree, WriteObserver
+from lazypull.fs.fuse.tree import Attr, FuseError, Tree, WriteObserver, XattrAware
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +223,10 @@ class Operations:
         return 0, b""
 
     def getxattr(self, req: Request) -> Reply:
+        if isinstance(self.tree, XattrAware) and not self.tree.has_xattrs():
+            # The kernel then answers EOPNOTSUPP itself for this mount: no request per file. LISTXATTR
+            # still answers (an empty list, as an extracted layer gives), once per file asked.
+            return errno.ENOSYS, b""
         size = protocol.GETXATTR_IN.unpack_from(req.body)[0]
         name = protocol.cstring(req.body, protocol.GETXATTR_IN.size)
         value = self.tree.getxattr(req.nodeid, name)

@@ -105,3 +105,16 @@ class WriteObserver(Protocol):
     def refuse_write(self, op: str, parent: int, name: bytes) -> int:
         """The errno to answer (e.g. ENOENT for "noted, no such file")."""
         ...
+
+
+@runtime_checkable
+class XattrAware(Protocol):
+    """A tree that can say it has no extended attribute at all (any inode, ever). The session then
+    answers GETXATTR with ENOSYS, which the kernel remembers for the whole connection (this mount):
+    it answers EOPNOTSUPP itself from then on, so ``ls -l`` of a huge directory costs no round trip
+    per file (it asks two per file). LISTXATTR still answers (an empty list, as an extracted layer
+    gives). A tree must say False only if it never has one: the answer cannot be taken back."""
+
+    def has_xattrs(self) -> bool:
+        """Whether any inode has an extended attribute (including ones the tree adds, e.g. opaque)."""
+        ...

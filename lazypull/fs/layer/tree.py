@@ -75,6 +75,7 @@ class LayerTree:
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self._backing: dict[str, str] = {}      # chunk digest -> its file, pinned while it backs a file
         self.inodes = InodeTable(reader.entries())
+        self._has_xattrs: bool | None = None     # (has_xattrs: computed at the first xattr request)
         # Chunk lists are built on first use (a big TOC would otherwise delay the mount by seconds);
         # the background thread indexes every file before it prefetches.
         self._files: dict[int, _FileChunks] = {}
@@ -233,6 +234,14 @@ class LayerTree:
 
     def listxattr(self, ino: int) -> list[bytes]:
         return sorted(self._node(ino).xattrs)
+
+    def has_xattrs(self) -> bool:
+        """``XattrAware``: whether any inode has one (the TOC's, or an opaque directory's marker); the
+        inode table is complete and fixed from the start, so the answer is too. Computed once."""
+        found = self._has_xattrs
+        if found is None:
+            found = self._has_xattrs = any(node.xattrs for node in self.inodes.nodes.values())
+        return found
 
     def statfs(self) -> StatFs:
         return StatFs(blocks=(self._total_size + 4095) // 4096, files=len(self.inodes.nodes))
