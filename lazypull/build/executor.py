@@ -39,7 +39,6 @@ from lazypull.build.fsops import (
     TreeCopier,
     make_dirs,
     open_source_file,
-    remove_tree,
     scoped_path,
 )
 from lazypull.build.layer import BuiltLayer, LayerFormat, convert_blob, in_format, store_layer
@@ -50,6 +49,7 @@ from lazypull.image import Store
 from lazypull.image import mediatypes as mt
 from lazypull.registry import Descriptor
 from lazypull.runtime.overlay import is_mountpoint
+from lazypull.runtime.remove import remove_tree
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -892,9 +892,6 @@ class Builder:
                 raise RunError(f"{self.df.where}:{ins.line}: RUN {ins.args}: exit code {code}", code)
             self._commit_upper(stage, bundle / "upper", key, created_by, skip=stubs)
         finally:
-            with contextlib.suppress(OSError):
-                if not is_mountpoint(bundle / "rootfs"):
-                    remove_tree(bundle / "upper")       # iteratively: it may be deeper than rmtree goes
             self.containers.remove(record, force=True)
         self.progress.done()
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lazypull.build.errors import BuildError
+from lazypull.runtime.remove import remove_tree
 
 MAX_SYMLINKS = 40
 _SKIPPED_XATTR_PREFIXES = ("trusted.overlay.", "security.selinux")
@@ -128,30 +129,6 @@ def open_source_file(anchor: Path, path: Path) -> BinaryIO:
         raise BuildError(f"{path} is not a regular file")
     os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
-
-
-def remove_tree(top: Path) -> None:
-    """Delete ``top`` and everything below it without following links, iteratively (shutil.rmtree
-    recurses, and a build step can leave a tree deeper than Python's recursion limit)."""
-    try:
-        if not stat.S_ISDIR(os.lstat(top).st_mode):
-            os.unlink(top)
-            return
-    except FileNotFoundError:
-        return
-    stack = [(top, False)]
-    while stack:
-        directory, emptied = stack.pop()
-        if emptied:
-            os.rmdir(directory)
-            continue
-        stack.append((directory, True))
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append((Path(entry.path), False))
-                else:
-                    os.unlink(entry.path)
 
 
 def _remove(path: Path) -> None:

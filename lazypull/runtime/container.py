@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import socket
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from lazypull.image.runconfig import RunConfig
 from lazypull.runtime.hostfiles import write_host_files
 from lazypull.runtime.options import ContainerOptions
 from lazypull.runtime.overlay import is_mountpoint, mount_overlay, unmount
+from lazypull.runtime.remove import remove_tree
 from lazypull.runtime.runc import Runc, Stdio, console_size, signals_held
 from lazypull.runtime.spec import build_spec, process_args
 from lazypull.runtime.users import resolve_user
@@ -231,5 +231,4 @@ class Containers:
         unmount(rootfs)
         if is_mountpoint(rootfs):  # never delete through a mounted rootfs (it would reach the layers)
             raise ContainerError(f"{rootfs} is still mounted; not removing container {container_id}")
-        if bundle.exists():
-            shutil.rmtree(bundle)
+        remove_tree(bundle)     # a container can leave a tree deeper than shutil.rmtree's recursion

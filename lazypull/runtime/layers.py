@@ -54,13 +54,19 @@ def _ready(path: Path) -> bool:
     """A layer dir is usable when mounted, or extracted (non-empty; the rename made it complete)."""
     if not path.is_dir():
         return False
-    if is_mountpoint(path) or any(os.scandir(path)):
+    if is_mountpoint(path) or _has_entries(path):
         return True
     # An empty leftover mountpoint or an empty layer: (re-)extract, it is cheap. Someone else may
     # have just renamed a finished extraction into place: then it is ready after all.
     with contextlib.suppress(OSError):
         path.rmdir()
-    return path.is_dir() and any(os.scandir(path))
+    return path.is_dir() and _has_entries(path)
+
+
+def _has_entries(path: Path) -> bool:
+    """The directory is not empty (its scandir iterator closed at once, not left to the collector)."""
+    with os.scandir(path) as entries:
+        return any(True for _ in entries)
 
 
 def _download(store: Store, image: ResolvedImage, desc: Descriptor, client: RegistryClient) -> None:

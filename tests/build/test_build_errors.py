@@ -144,8 +144,8 @@ def test_deep_tree_and_endless_line_from_run(tmp_path: Path, busybox_base: str) 
         with tarfile.open(blob, "r:*") as tar:
             depth = max(m.name.count("/") for m in tar.getmembers())
         assert depth == 1199
-    finally:    # os.walk (the clean-up fixture) and pytest's rm_rf recurse: take the deep trees away
-        from lazypull.build.fsops import remove_tree
+    finally:    # pytest's rm_rf (shutil.rmtree) recurses: take the deep trees away
+        from lazypull.runtime.remove import remove_tree
 
         remove_tree(root / "snapshots")
 

@@ -37,10 +37,20 @@ def _no_leftovers(tmp_path: Path) -> Iterator[None]:
 
 def _find(top: Path, name: str, parent: str | None = None) -> list[Path]:
     """Paths named ``name`` (in a directory named ``parent``) below ``top``, not looking into mounts
-    (a layer or rootfs being unmounted while we walk) nor failing on what vanishes meanwhile."""
+    (a layer or rootfs being unmounted while we walk) nor failing on what vanishes meanwhile. A loop,
+    not os.walk: that recurses, and a test may leave a tree deeper than Python's recursion limit."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(top, onerror=lambda _err: None):
-        dirnames[:] = [d for d in dirnames if not os.path.ismount(os.path.join(dirpath, d))]
-        if name in dirnames + filenames and (parent is None or os.path.basename(dirpath) == parent):
-            found.append(Path(dirpath) / name)
+    pending = [top]
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    path = Path(entry.path)
+                    if entry.name == name and (parent is None or directory.name == parent):
+                        found.append(path)
+                    if entry.is_dir(follow_symlinks=False) and not os.path.ismount(path):
+                        pending.append(path)
+        except OSError:
+            continue
     return found
