@@ -4,23 +4,40 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lazypull.errors import MountError
 from lazypull.fs.fuse import FuseMount, Tree
 from lazypull.fs.fuse import unmount as fuse_unmount
 from lazypull.fs.fuse.mount import FSTYPE, mountinfo
 
+if TYPE_CHECKING:
+    from lazypull.fs.fuse.ops import Negotiated
+
 log = logging.getLogger(__name__)
 
 
 def mount_layer(tree: Tree, mountpoint: Path, *, fsname: str = "lazypull", passthrough: bool = True,
-                workers: tuple[int, int] = (1, 8)) -> FuseMount:
+                workers: tuple[int, int] = (1, 8), on_backing: Callable[[int, int], None] | None = None
+                ) -> FuseMount:
     """Serve ``tree`` at ``mountpoint`` (created if missing); returns the running mount."""
     mountpoint.mkdir(parents=True, exist_ok=True)
     if os.path.ismount(mountpoint) or _mounted_at(mountpoint):
         raise MountError(f"something is already mounted at {mountpoint}")
-    return FuseMount(tree, mountpoint, fsname=fsname, passthrough=passthrough, workers=workers).start()
+    mount = FuseMount(tree, mountpoint, fsname=fsname, passthrough=passthrough, workers=workers)
+    mount.on_backing = on_backing
+    return mount.start()
+
+
+def resume_layer(tree: Tree, mountpoint: Path, fd: int, state: Negotiated, backing: dict[int, int], *,
+                 fsname: str = "lazypull", passthrough: bool = True, workers: tuple[int, int] = (1, 8)
+                 ) -> FuseMount:
+    """Serve ``tree`` on the live connection ``fd`` of the mount at ``mountpoint`` (after a restart),
+    with the passthrough ids (``ino -> id``) the previous server registered on it."""
+    mount = FuseMount(tree, mountpoint, fsname=fsname, passthrough=passthrough, workers=workers)
+    return mount.resume(fd, state, backing)
 
 
 def unmount(mount: FuseMount) -> None:
@@ -40,10 +57,14 @@ def _mounted_at(path: Path) -> bool:
     return any(str(p) == target for p in lazypull_mounts())
 
 
-def clean_stale_mounts(under: Path) -> list[Path]:
-    """Detach every lazypull mount under ``under`` (left by a server that died); the paths detached."""
+def clean_stale_mounts(under: Path, keep: Collection[Path] = ()) -> list[Path]:
+    """Detach every lazypull mount under ``under`` (left by a server that died) but those in ``keep``
+    (live connections a new server takes over); the paths detached."""
     cleaned: list[Path] = []
+    kept = {os.path.realpath(p.parent) + "/" + p.name for p in keep}
     for point in sorted(lazypull_mounts(under), key=lambda p: len(str(p)), reverse=True):
+        if str(point) in kept:
+            continue
         try:
             fuse_unmount(str(point))
             cleaned.append(point)

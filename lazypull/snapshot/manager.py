@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lazypull.errors import ImageError, LazypullError, MountError
 from lazypull.format import FormatError
@@ -30,12 +30,15 @@ from lazypull.fs.layer import LayerTree, hints, is_lazy, open_layer_tree
 from lazypull.fs.layer.activity import ACTIVITY
 from lazypull.fs.layer.open import prove_origin
 from lazypull.fs.layer.toc import fetch_external_toc
-from lazypull.fs.mount import mount_layer
+from lazypull.fs.mount import mount_layer, resume_layer
 from lazypull.fs.remote import FileRangeSource, RangeSource, RegistryRangeSource
 from lazypull.fs.stats import COUNTERS
 from lazypull.snapshot.layerstate import prune_layer_state
 from lazypull.snapshot.paths import RunPaths
 from lazypull.snapshot.protocol import LayerMount, MountInfo
+
+if TYPE_CHECKING:
+    from lazypull.snapshot.keeper import KeeperClient, Kept
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +118,8 @@ class LayerManager:
         self._released_count = 0
         self._retired = dict.fromkeys(COUNTERS, 0)     # counters of the layers already unmounted
         self.started = time.time()
+        self.keeper: KeeperClient | None = None      # once adopt_kept() connected
+        self._recovered: dict[str, Kept] = {}       # live connections of a dead server, to serve again
 
     def warm_up(self) -> None:
         """Import and build now what the first pull and mount need (the image store and registry
@@ -438,6 +443,76 @@ class LayerManager:
                     self._holds.setdefault((hold.holder, hold.image), hold)
         self._save_state()
 
+    # -- live connections kept across restarts (lazypull.snapshot.keeper) --
+
+    def adopt_kept(self) -> list[Path]:
+        """Connect to the root's keeper (starting it) and take the live connections it holds; the
+        mountpoints a restored hold will serve again (the start-up clean-up must leave them)."""
+        from lazypull.fs.fuse.mount import mount_entry
+        from lazypull.snapshot.keeper import KeeperClient
+
+        try:
+            self.keeper = KeeperClient.connect(self.paths)
+            kept = self.keeper.take()
+        except (OSError, LazypullError) as err:
+            log.error("no FUSE connection keeper: running containers will lose their lazy layers "
+                      "if this server dies: %s", err)
+            self.keeper = None
+            return []
+        for item in kept:
+            entry = mount_entry(item.mountpoint)
+            if str(self.paths.mountpoint(item.digest)) != item.mountpoint or entry is None:
+                os.close(item.fd)
+                self._drop_kept(item.digest)
+                continue
+            self._recovered[item.digest] = item
+        return [Path(item.mountpoint) for item in self._recovered.values()]
+
+    def _take_kept(self, digest: str, path: Path) -> Kept | None:
+        with self._lock:
+            kept = self._recovered.pop(digest, None)
+        if kept is not None and kept.mountpoint != str(path):
+            os.close(kept.fd)
+            return None
+        return kept
+
+    def _keep(self, digest: str, path: Path, fuse: Any) -> None:
+        """Hand a copy of a new mount's ``/dev/fuse`` fd to the keeper (a failure costs only that)."""
+        state = getattr(fuse, "negotiated", None)
+        if self.keeper is None or state is None:
+            return
+        try:
+            self.keeper.put(digest, str(path), fuse.dev_fd, state)
+        except (OSError, LazypullError) as err:
+            log.warning("the FUSE connection keeper did not take layer %s: %s", digest, err)
+
+    def _backing_noter(self, digest: str) -> Callable[[int, int], None] | None:
+        """What tells the keeper of a mount's passthrough ids (see ``FuseMount.on_backing``)."""
+        keeper = self.keeper
+        if keeper is None:
+            return None
+        return functools.partial(keeper.note_backing, digest)
+
+    def _drop_kept(self, digest: str) -> None:
+        if self.keeper is not None:
+            with contextlib.suppress(OSError, LazypullError):
+                self.keeper.drop(digest)
+
+    def drop_unclaimed(self) -> None:
+        """After the restore: kept connections no hold claimed are let go (unmounted, like any stale
+        mount of a dead server; their readers get ENOTCONN)."""
+        from lazypull.fs.fuse.mount import unmount as fuse_unmount
+
+        with self._lock:
+            left = list(self._recovered.values())
+            self._recovered.clear()
+        for item in left:
+            log.warning("no hold claims the live mount of %s: detaching it", item.digest)
+            self._drop_kept(item.digest)
+            with contextlib.suppress(MountError):
+                fuse_unmount(item.mountpoint)
+            os.close(item.fd)
+
     # -- internals --
 
     def _layer_lock(self, digest: str) -> threading.Lock:
@@ -464,9 +539,17 @@ class LayerManager:
                 opened = time.monotonic()
                 # The prefetch downloads while the FUSE mount is set up (it needs the TOC, not the mount).
                 tree.start()
-                fuse = mount_layer(tree, path, fsname=f"lazypull-{digest_hex(digest)[:16]}",
-                                   passthrough=self.config.passthrough,
-                                   workers=(1, max(4, self.config.fetch_workers)))
+                kept = self._take_kept(digest, path)
+                fsname = f"lazypull-{digest_hex(digest)[:16]}"
+                workers = (1, max(4, self.config.fetch_workers))
+                if kept is not None:       # the connection outlived its server: serve it again
+                    fuse = resume_layer(tree, path, kept.fd, kept.state, kept.backing, fsname=fsname,
+                                        passthrough=self.config.passthrough, workers=workers)
+                    log.info("took over the live FUSE connection of layer %s at %s", digest, path)
+                else:
+                    fuse = mount_layer(tree, path, fsname=fsname, passthrough=self.config.passthrough,
+                                       workers=workers, on_backing=self._backing_noter(digest))
+                    self._keep(digest, path, fuse)
             except BaseException:
                 if tree is not None:
                     tree.close()
@@ -517,6 +600,11 @@ class LayerManager:
         deadline (a released layer's tree is closed after its mount: open files keep working until then)."""
         if stopping:
             layer.tree.close()
+        if self.keeper is not None:
+            try:
+                self.keeper.drop(layer.digest)
+            except (OSError, LazypullError) as err:
+                log.warning("the FUSE connection keeper did not drop layer %s: %s", layer.digest, err)
         try:
             layer.fuse.stop()
         except Exception as err:  # keep going: the others must still be unmounted

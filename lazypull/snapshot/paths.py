@@ -36,6 +36,15 @@ class RunPaths:
         return self.run_dir / "state.json"
 
     @property
+    def keeper_socket(self) -> Path:
+        """Where the keeper of live FUSE connections listens (``lazypull.snapshot.keeper``)."""
+        return self.run_dir / "keeper.sock"
+
+    @property
+    def keeper_lock(self) -> Path:
+        return self.run_dir / "keeper.lock"
+
+    @property
     def start_lock(self) -> Path:
         return self.run_dir / "start.lock"
 

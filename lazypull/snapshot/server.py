@@ -265,7 +265,9 @@ class MountDaemon:
         prepare_root(self.root)     # before the first mount: layers are served only under 0700 dirs
         private_dir(self.config.chunk_dir(self.root))
         self._lock_pidfile()
-        for point in clean_stale_mounts(self.root / "snapshots"):
+        # Mounts whose connection the keeper held through a restart are served again, not detached.
+        live = self.manager.adopt_kept()
+        for point in clean_stale_mounts(self.root / "snapshots", live):
             log.warning("detached stale mount %s left by a previous server", point)
         clean_all_partials(self.root)       # layers a killed full pull was extracting (issue 10 item 7)
         if self.metrics_address is not None:     # before listening: a bad address fails the start
@@ -321,6 +323,10 @@ class MountDaemon:
             self.manager.restore()
         except Exception:
             log.exception("restoring mounts failed")
+        try:
+            self.manager.drop_unclaimed()
+        except Exception:
+            log.exception("letting go of unclaimed live mounts failed")
         finally:
             self.restored.set()
 

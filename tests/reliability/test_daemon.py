@@ -19,6 +19,8 @@ import pytest
 from lazypull.fs.mount import lazypull_mounts
 from lazypull.registry import RegistryClient, parse_manifest
 from lazypull.snapshot import MountClient, daemon_pid
+from lazypull.snapshot.keeper import keeper_pid
+from lazypull.snapshot.paths import RunPaths
 from tests.helpers.registry import Fault, FaultProxy
 from tests.reliability.kit import REPO_ROOT, gone, lazy_root, wait_until
 
@@ -163,8 +165,9 @@ def _dead_pid() -> int:
 
 
 def test_commands_work_while_mounts_are_stale(lazy_image: str, tmp_path: Path) -> None:
-    """The server killed (-9) after a lazy pull: its FUSE mounts answer ENOTCONN. ``images`` and ``ps``
-    still work (``images`` failed on them), and the next server detaches them and mounts again."""
+    """The server and the keeper of its connections killed (-9) after a lazy pull: its FUSE mounts
+    answer ENOTCONN. ``images`` and ``ps`` still work (``images`` failed on them), and the next server
+    detaches them and mounts again."""
     root = tmp_path / "root"
     env = dict(os.environ, LAZYPULL_ROOT=str(root))
 
@@ -174,10 +177,11 @@ def test_commands_work_while_mounts_are_stale(lazy_image: str, tmp_path: Path) -
 
     try:
         assert lazypull("--insecure-registry", "pull", lazy_image).returncode == 0
-        pid = daemon_pid(root)
-        assert pid is not None
+        pid, keeper = daemon_pid(root), keeper_pid(RunPaths(root))
+        assert pid is not None and keeper is not None
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: gone(pid), "the killed server to be gone")
+        os.kill(keeper, signal.SIGKILL)         # the last fds of the connections: they end
+        wait_until(lambda: gone(pid) and gone(keeper), "the killed server and keeper to be gone")
         stale = lazypull_mounts(root)
         assert len(stale) == 2
         with pytest.raises(OSError):

@@ -4,7 +4,6 @@ killed server, which restores the mounts and reuses the chunk cache."""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -111,11 +110,10 @@ def test_killed_daemon_is_restarted_and_mounts_restored_with_cache(image: tuple[
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     assert _gone(pid, 5.0), "the server survived SIGKILL"
-    with pytest.raises(OSError) as err:
-        (path / "etc/hello.txt").read_bytes()
-    # the kernel ends a dead server's connection: ENOTCONN, or ECONNABORTED once it marked it aborted
-    assert err.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
-    infos = mc.list_mounts()              # restarts the server, which restores the mounts
+    # the keeper holds the connection: the mount stays (reads wait for the next server; without the
+    # keeper they failed with ENOTCONN, tests/reliability/test_daemon.py kills both)
+    assert len(_lazypull_mounts(root)) == 1
+    infos = mc.list_mounts()              # restarts the server, which serves the mount again
     assert daemon_pid(root) not in (None, pid)
     assert [i.digest for i in infos] == [digest]
     assert (path / "bin/big").read_bytes() == FILES["bin/big"]

@@ -46,6 +46,34 @@ Reply = tuple[int, bytes]  # (errno or 0, payload)
 _NAMED_WRITES: dict[int, int] = {Op.CREATE: 16, Op.MKNOD: 16, Op.MKDIR: 8, Op.RMDIR: 0, Op.UNLINK: 0}
 
 
+@dataclass(frozen=True)
+class Negotiated:
+    """What FUSE_INIT settled on a connection. The kernel never sends INIT again on it, so a server
+    taking over a live connection (``FuseMount.resume``, after a restart) starts from this."""
+
+    minor: int
+    passthrough: bool
+    no_open: bool
+    no_opendir: bool
+
+    def to_json(self) -> dict[str, int | bool]:
+        return {"minor": self.minor, "passthrough": self.passthrough, "no_open": self.no_open,
+                "no_opendir": self.no_opendir}
+
+    @classmethod
+    def from_json(cls, data: object) -> Negotiated:
+        """Parse what ``to_json`` wrote; ValueError if anything is missing or of the wrong type."""
+        if not isinstance(data, dict):
+            raise ValueError("negotiated FUSE state must be an object")
+        minor = data.get("minor")
+        flags = [data.get(k) for k in ("passthrough", "no_open", "no_opendir")]
+        if type(minor) is not int or not all(isinstance(f, bool) for f in flags):
+            raise ValueError(f"malformed negotiated FUSE state {data!r}")
+        if not protocol.MIN_MINOR <= minor <= protocol.MAX_MINOR:
+            raise ValueError(f"negotiated FUSE minor {minor} is not one this server speaks")
+        return cls(minor, *(bool(f) for f in flags))
+
+
 @dataclass
 class _File:
     ino: int
@@ -94,7 +122,10 @@ class Operations:
         self.backing = BackingFiles(dev_fd)
         self.last_errors: collections.deque[str] = collections.deque(maxlen=max_errors)
         self.minor = 0
-        self._fh = itertools.count(1)
+        self.resumed = False
+        # Handles start at the clock (ns): those of a server taking over the connection after a restart
+        # never collide with the ones its predecessor gave out, which the kernel still uses.
+        self._fh = itertools.count(time.time_ns())
         self._files: dict[int, _File] = {}
         self._dirs: dict[int, _Dir] = {}
         self._cached_opens: collections.Counter[int] = collections.Counter()
@@ -191,6 +222,20 @@ class Operations:
         )
         return 0, protocol.encode_init(out)
 
+    def negotiated(self) -> Negotiated:
+        return Negotiated(self.minor, self.passthrough_active, self.no_open, self.no_opendir)
+
+    def resume(self, state: Negotiated, backing: dict[int, int] | None = None) -> None:
+        """Serve a connection another process negotiated. Its file and directory handles are unknown
+        here: reads go by node id, listings by directory (``_entries``), RELEASE of them is a no-op.
+        ``backing``: the passthrough ids it registered (``ino -> id``), the only ones used from now on."""
+        self.backing.adopt(backing or {})
+        self.minor = state.minor
+        self.passthrough_active = state.passthrough and self.want_passthrough
+        self.no_open = state.no_open
+        self.no_opendir = state.no_opendir
+        self.resumed = True
+
     # -- metadata ---------------------------------------------------------------------------------
 
     def _note_parent(self, parent: int, attr: Attr) -> None:
@@ -249,7 +294,9 @@ class Operations:
             return errno.ENOSYS, b""  # from now on the kernel opens files itself (FOPEN_KEEP_CACHE)
         ino = req.nodeid
         path = None
-        if self.passthrough_active and not self.backing.is_open(ino):
+        # After a restart only the ids the previous server registered pass through: an inode it opened
+        # in cached mode may still be open, and the kernel refuses a passthrough open of it (EIO).
+        if self.passthrough_active and not self.backing.is_open(ino) and not self.resumed:
             path = self.tree.backing_path(ino)
         with self._open_lock:
             backing_id = 0
@@ -294,9 +341,10 @@ class Operations:
     def release(self, req: Request) -> Reply:
         fh = protocol.RELEASE_IN.unpack_from(req.body)[0]
         with self._open_lock:
-            f = self._files.pop(fh, None)
-            if f is None:
-                return 0, b""
+            f = self._files.get(fh)
+            if f is None or f.ino != req.nodeid:
+                return 0, b""       # a handle of the server before a restart
+            del self._files[fh]
             if not f.passthrough:
                 self._cached_opens[f.ino] -= 1
                 if self._cached_opens[f.ino] <= 0:
@@ -333,7 +381,10 @@ class Operations:
         fh, offset, size, *_ = protocol.READ_IN.unpack_from(req.body)
         with self._open_lock:
             d = self._dirs.get(fh)
-        if d is None and fh == 0 and self.no_opendir:
+        if d is not None and d.ino != req.nodeid:
+            d = None
+        if d is None and ((fh == 0 and self.no_opendir) or self.resumed):
+            # a handle of the server before a restart is served by the directory it was opened on
             return self._listing(req.nodeid), offset, size
         if d is None:
             raise FuseError(errno.EBADF, f"unknown directory handle {fh}")

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import re
 import struct
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lazypull.fs.fuse import protocol
+
+log = logging.getLogger(__name__)
 
 #: The first kernel whose FUSE has passthrough (FUSE_PASSTHROUGH in INIT, protocol 7.40).
 FIRST_KERNEL = (6, 9)
@@ -64,6 +68,16 @@ class BackingFiles:
         self._idle: OrderedDict[int, None] = OrderedDict()  # inodes whose id no open uses, oldest first
         self._idle_kept = idle_kept
         self._by_inode_lock = threading.Lock()
+        #: told of every id registered (ino, id) and, before it is unregistered, (ino, 0): a server taking
+        #: over the connection must answer opens of an inode in passthrough mode with that same id
+        self.on_change: Callable[[int, int], None] | None = None
+
+    def adopt(self, ids: dict[int, int]) -> None:
+        """Take over ids a previous server registered on this connection (``ino -> id``): opens of
+        those inodes pass through with them. Their open count is unknown, so they stay registered."""
+        with self._by_inode_lock:
+            for ino, backing_id in ids.items():
+                self._by_inode.setdefault(ino, _Backing(backing_id, 1))     # never back to 0: kept
 
     def __len__(self) -> int:
         with self._by_inode_lock:
@@ -96,6 +110,7 @@ class BackingFiles:
             if backing_id <= 0:
                 raise OSError(f"FUSE_DEV_IOC_BACKING_OPEN returned {backing_id} for {path}")
             self._by_inode[ino] = _Backing(backing_id, 1)
+            self._tell(ino, backing_id)
             return backing_id
 
     def release(self, ino: int) -> None:
@@ -111,6 +126,7 @@ class BackingFiles:
             self._idle[ino] = None
             while len(self._idle) > self._idle_kept:
                 old, _ = self._idle.popitem(last=False)
+                self._tell(old, 0)
                 self._close_id(self._by_inode.pop(old).backing_id)
 
     def in_use(self) -> int:
@@ -126,6 +142,13 @@ class BackingFiles:
             self._idle.clear()
             for entry in entries:
                 self._close_id(entry.backing_id)
+
+    def _tell(self, ino: int, backing_id: int) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(ino, backing_id)
+            except Exception:       # the keeper's loss: the next server serves that inode's reads itself
+                log.exception("noting backing id %d of inode %d failed", backing_id, ino)
 
     def _close_id(self, backing_id: int) -> None:
         arg = bytearray(struct.pack("=I", backing_id))

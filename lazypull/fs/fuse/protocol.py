@@ -215,6 +215,16 @@ def out_header(unique: int, error: int, payload_len: int) -> bytes:
     return OUT_HEADER.pack(OUT_HEADER.size + payload_len, -error, unique)
 
 
+#: ``enum fuse_notify_code``: a message from the server with unique 0 and this code as its error field.
+NOTIFY_RESEND = 7       # Linux 6.9+: requests read from the device but not answered are queued again
+
+
+def notify_resend() -> bytes:
+    """FUSE_NOTIFY_RESEND: a server taking over a live connection asks for what its predecessor read
+    and never answered (the kernel marks those requests' unique with bit 63; replies echo it)."""
+    return OUT_HEADER.pack(OUT_HEADER.size, NOTIFY_RESEND, 0)
+
+
 def cstring(body: bytes, offset: int = 0) -> bytes:
     """A NUL-terminated name starting at ``offset``."""
     end = body.find(b"\0", offset)

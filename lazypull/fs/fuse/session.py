@@ -20,7 +20,7 @@ from types import TracebackType
 from lazypull.errors import MountError
 from lazypull.fs.fuse import mount as _mount
 from lazypull.fs.fuse import protocol
-from lazypull.fs.fuse.ops import Operations
+from lazypull.fs.fuse.ops import Negotiated, Operations
 from lazypull.fs.fuse.passthrough import unavailable_reason
 from lazypull.fs.fuse.protocol import Op, Request
 from lazypull.fs.fuse.tree import Tree
@@ -189,6 +189,9 @@ class FuseMount:
         self._initialized = threading.Event()
         self._mounted = False
         self._fd_lock = threading.Lock()  # guards _fd, which stop() closes or points at /dev/null
+        #: told (ino, id) of each passthrough id registered, (ino, 0) before one is unregistered: what a
+        #: server taking over the connection needs (set before start)
+        self.on_backing: Callable[[int, int], None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -218,6 +221,7 @@ class FuseMount:
             os.close(self._fd)
             self._fd = -1
             raise
+        self._ops.backing.on_change = self.on_backing
         self._mounted = True
         entry = _mount.mount_entry(self.mountpoint)
         self._device = entry[2] if entry else ""
@@ -233,6 +237,56 @@ class FuseMount:
         if self._want_passthrough and not self.passthrough_active:
             _note_no_passthrough()
         return self
+
+    def resume(self, fd: int, state: Negotiated, backing: dict[int, int] | None = None) -> FuseMount:
+        """Serve the live connection ``fd`` (a ``/dev/fuse`` fd of the mount already at ``mountpoint``,
+        kept while its server was gone: ``lazypull.snapshot.keeper``) instead of mounting; takes ``fd``.
+
+        The kernel sends no INIT again: ``state`` is what it settled. Requests the previous server read
+        and never answered are asked for again (FUSE_NOTIFY_RESEND, Linux 6.9+; older kernels refuse
+        it, and those requests stay unanswered until the mount goes). ``backing``: the passthrough ids
+        the previous server registered (``ino -> id``, see ``on_backing``)."""
+        if self._pool is not None:
+            raise MountError(f"FUSE mount at {self.mountpoint} already started")
+        entry = _mount.mount_entry(self.mountpoint)
+        if entry is None or entry[0] != _mount.FSTYPE:
+            os.close(fd)
+            raise MountError(f"no lazypull FUSE mount at {self.mountpoint} to serve")
+        self._fd = fd
+        self._device = entry[2]
+        self._ops = Operations(
+            self.tree,
+            entry_timeout=self._entry_timeout,
+            attr_timeout=self._attr_timeout,
+            negative_timeout=self._negative_timeout,
+            passthrough=self._want_passthrough,
+            dev_fd=self._fd,
+            cache_symlinks=self._cache_symlinks,
+            no_open=self._readonly,
+        )
+        self._ops.resume(state, backing)
+        self._ops.backing.on_change = self.on_backing
+        self._mounted = True
+        self._initialized.set()
+        self._pool = _Readers(self._serve, self._fd, *self._workers)
+        self._pool.start()
+        try:
+            os.write(self._fd, protocol.notify_resend())
+        except OSError as err:
+            log.warning("%s: the kernel did not resend unanswered requests (%s): reads the previous "
+                        "server had taken may hang until the mount goes", self.mountpoint, err.strerror)
+        return self
+
+    @property
+    def negotiated(self) -> Negotiated | None:
+        """What INIT settled (None before it): with the fd, all a later server needs to take over."""
+        return self._ops.negotiated() if self._ops is not None and self._initialized.is_set() else None
+
+    @property
+    def dev_fd(self) -> int:
+        """The ``/dev/fuse`` fd (-1 once stopped)."""
+        with self._fd_lock:
+            return self._fd
 
     def stop(self, timeout: float = 5.0) -> None:
         """Unmount (detached) and stop the threads; a busy mount's connection is aborted after ``timeout``."""

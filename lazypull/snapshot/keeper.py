@@ -1,0 +1,346 @@
+"""The keeper of live FUSE connections: a small process per store root that holds a copy of each lazy
+layer mount's ``/dev/fuse`` fd, so that a killed, restarted or upgraded mount server does not end them.
+
+The kernel ends a FUSE connection when the last fd of it closes; its mounts then answer ENOTCONN, and
+running containers lose their lower layers. The server hands each mount's fd here right after the
+mount (SCM_RIGHTS over ``run/keeper.sock``) with what INIT negotiated; while no server runs, reads on
+the mounts wait. The next server takes the fds back (:meth:`KeeperClient.take`), serves each connection
+again (``FuseMount.resume``) and asks the kernel to resend what its predecessor read but never answered.
+
+The keeper holds fds and small JSON records only (no layer state), so it never needs upgrading with
+the server. It drops an fd whose connection the kernel aborted (the mount went), and exits when it holds
+none and no server is connected. Only root (or its own user) may talk to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import select
+import selectors
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lazypull.errors import MountError
+from lazypull.fs.fuse.ops import Negotiated
+from lazypull.snapshot.paths import RunPaths
+
+log = logging.getLogger(__name__)
+
+#: What a record means (inode numbering in TOC order, node-id served reads): a server that does not
+#: know the version found does not take the connection over (it lets it go, as before keepers).
+VERSION = 1
+MAX_MESSAGE = 64 << 10
+MAX_KEPT = 4096
+IDLE_EXIT = 2.0         # s with no fd kept and no server connected before the keeper exits
+START_WAIT = 10.0       # s a server waits for the keeper it started to listen
+REPLY_WAIT = 10.0       # s a server waits for a keeper's answer
+
+
+@dataclass
+class Kept:
+    """One connection the keeper holds: the layer, its mountpoint, a ``/dev/fuse`` fd, INIT's outcome."""
+
+    digest: str
+    mountpoint: str
+    fd: int
+    state: Negotiated
+    backing: dict[int, int]         # passthrough ids registered on the connection: ino -> id
+
+
+# -- the keeper process ---------------------------------------------------------------------------
+
+
+class _Keeper:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(sock, selectors.EVENT_READ)
+        self.clients: set[socket.socket] = set()
+        self.kept: dict[str, tuple[int, dict[str, object]]] = {}
+        self.backing: dict[str, dict[str, int]] = {}    # digest -> {ino: passthrough id}
+        self.idle_since = time.monotonic()
+
+    def run(self) -> None:
+        while True:
+            for key, _ in self.sel.select(1.0):
+                if key.fileobj is self.sock:
+                    self._accept()
+                else:
+                    assert isinstance(key.fileobj, socket.socket)
+                    self._serve(key.fileobj)
+            self._prune()
+            if self.kept or self.clients:
+                self.idle_since = time.monotonic()
+            elif time.monotonic() - self.idle_since > IDLE_EXIT:
+                return
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = self.sock.accept()
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            uid = struct.unpack("3i", creds)[1]
+            if uid not in (0, os.getuid()):
+                log.warning("keeper: refused a connection from uid %d", uid)
+                conn.close()
+                return
+            self.clients.add(conn)
+            self.sel.register(conn, selectors.EVENT_READ)
+
+    def _drop_client(self, conn: socket.socket) -> None:
+        self.sel.unregister(conn)
+        self.clients.discard(conn)
+        conn.close()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            data, fds, _, _ = socket.recv_fds(conn, MAX_MESSAGE, 1)
+        except OSError:
+            self._drop_client(conn)
+            return
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            self._drop_client(conn)
+            return
+        try:
+            reply = self._handle(data, fds)
+            for message, passed in reply:
+                if passed is None:
+                    conn.sendall(message)
+                else:
+                    socket.send_fds(conn, [message], [passed])
+        except (OSError, ValueError) as err:
+            log.warning("keeper: bad request: %s", err)
+            self._drop_client(conn)
+
+    def _handle(self, data: bytes, fds: list[int]) -> list[tuple[bytes, int | None]]:
+        try:
+            request = json.loads(data)
+            if not isinstance(request, dict):
+                raise ValueError("not an object")
+            op = request.get("op")
+            if op == "put":
+                digest = request.get("digest")
+                if len(fds) != 1 or not isinstance(digest, str) or len(self.kept) >= MAX_KEPT:
+                    raise ValueError("put needs one fd, a digest and room")
+                previous = self.kept.pop(digest, None)
+                if previous is not None:
+                    os.close(previous[0])
+                self.kept[digest] = (fds.pop(), {k: request.get(k) for k in
+                                                 ("digest", "mountpoint", "state", "version")})
+                return [(b'{"ok": true}', None)]
+            if op == "backing":     # ids noted before the put (registered meanwhile) are kept too
+                digest, ino, backing_id = request.get("digest"), request.get("ino"), request.get("id")
+                if not isinstance(digest, str) or type(ino) is not int or type(backing_id) is not int:
+                    raise ValueError("backing needs a digest, an inode and an id")
+                ids = self.backing.setdefault(digest, {})
+                if backing_id:
+                    ids[str(ino)] = backing_id
+                else:
+                    ids.pop(str(ino), None)
+                return [(b'{"ok": true}', None)]
+            if op == "drop":
+                gone = self.kept.pop(str(request.get("digest")), None)
+                self.backing.pop(str(request.get("digest")), None)
+                if gone is not None:
+                    os.close(gone[0])
+                return [(b'{"ok": true}', None)]
+            if op == "take":
+                self._prune()
+                out: list[tuple[bytes, int | None]] = [
+                    (json.dumps({**meta, "backing": self.backing.get(digest, {})}).encode(), fd)
+                    for digest, (fd, meta) in self.kept.items()]
+                return [*out, (json.dumps({"end": len(out)}).encode(), None)]
+            raise ValueError(f"unknown op {op!r}")
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _prune(self) -> None:
+        """Close the fds of connections the kernel ended (their mount went): poll says POLLERR."""
+        if not self.kept:
+            return
+        poller = select.poll()
+        by_fd = {fd: digest for digest, (fd, _) in self.kept.items()}
+        for fd in by_fd:
+            poller.register(fd, 0)
+        for fd, events in poller.poll(0):
+            if events & (select.POLLERR | select.POLLNVAL | select.POLLHUP):
+                digest = by_fd[fd]
+                del self.kept[digest]
+                self.backing.pop(digest, None)
+                os.close(fd)
+                log.info("keeper: the connection of %s ended", digest)
+
+
+def serve(root: Path) -> None:
+    """Run the keeper of ``root`` until it holds nothing and nobody is connected; one per root (lock)."""
+    paths = RunPaths(root)
+    lock = open(paths.keeper_lock, "a")  # noqa: SIM115 - held for the process's lifetime
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return                               # another keeper serves this root
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")          # for operators and tests: who holds the connections
+    lock.flush()
+    with contextlib.suppress(FileNotFoundError):
+        paths.keeper_socket.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    old_umask = os.umask(0o077)
+    try:
+        sock.bind(str(paths.keeper_socket))
+    finally:
+        os.umask(old_umask)
+    sock.listen(16)
+    try:
+        _Keeper(sock).run()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            paths.keeper_socket.unlink()
+        sock.close()
+
+
+# -- the server's side ----------------------------------------------------------------------------
+
+
+class KeeperClient:
+    """The mount server's connection to its root's keeper (started on first use); thread-safe."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+
+    @classmethod
+    def connect(cls, paths: RunPaths, *, start: bool = True) -> KeeperClient:
+        """Connect to the keeper of the root, starting one (a separate session) if none listens."""
+        try:
+            return cls(_connect(paths.keeper_socket))
+        except OSError:
+            if not start:
+                raise
+        from lazypull.selfexec import python_argv
+
+        with open(paths.logfile, "ab") as log_fh:
+            subprocess.Popen(python_argv("-m", "lazypull.snapshot.keeper", str(paths.root)),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_fh,
+                             start_new_session=True, cwd="/")
+        deadline = time.monotonic() + START_WAIT
+        while True:
+            try:
+                return cls(_connect(paths.keeper_socket))
+            except OSError as err:
+                if time.monotonic() > deadline:
+                    raise MountError(f"the FUSE connection keeper of {paths.root} did not start: "
+                                     f"{err.strerror or err}") from err
+                time.sleep(0.02)
+
+    def put(self, digest: str, mountpoint: str, fd: int, state: Negotiated) -> None:
+        """Keep a copy of ``fd`` (the caller keeps its own) with what a later server needs."""
+        message = json.dumps({"op": "put", "digest": digest, "mountpoint": mountpoint,
+                              "state": state.to_json(), "version": VERSION}).encode()
+        with self._lock:
+            socket.send_fds(self._sock, [message], [fd])
+            self._ack()
+
+    def note_backing(self, digest: str, ino: int, backing_id: int) -> None:
+        """The mount of ``digest`` registered passthrough id ``backing_id`` for ``ino`` (0: unregisters)."""
+        message = json.dumps({"op": "backing", "digest": digest, "ino": ino, "id": backing_id}).encode()
+        with self._lock:
+            self._sock.sendall(message)
+            self._ack()
+
+    def drop(self, digest: str) -> None:
+        """Let the keeper close its copy (the layer is being unmounted)."""
+        with self._lock:
+            self._sock.sendall(json.dumps({"op": "drop", "digest": digest}).encode())
+            self._ack()
+
+    def take(self) -> list[Kept]:
+        """Copies of every fd kept (the keeper keeps its own until :meth:`drop` or a new ``put``)."""
+        out: list[Kept] = []
+        with self._lock:
+            self._sock.sendall(b'{"op": "take"}')
+            while True:
+                data, fds, _, _ = socket.recv_fds(self._sock, MAX_MESSAGE, 1)
+                try:
+                    meta = json.loads(data)
+                except ValueError:
+                    meta = None
+                if not isinstance(meta, dict) or (not fds and "end" not in meta):
+                    for fd in fds:
+                        os.close(fd)
+                    raise MountError("the FUSE connection keeper answered nonsense")
+                if "end" in meta:
+                    return out
+                try:
+                    if meta.get("version") != VERSION:
+                        raise ValueError(f"record version {meta.get('version')!r}")
+                    backing = meta.get("backing") or {}
+                    if not isinstance(backing, dict):
+                        raise ValueError("malformed passthrough ids")
+                    out.append(Kept(str(meta["digest"]), str(meta["mountpoint"]), fds[0],
+                                    Negotiated.from_json(meta.get("state")),
+                                    {int(k): int(v) for k, v in backing.items()}))
+                except (KeyError, ValueError) as err:
+                    log.warning("not taking over the FUSE connection of %s: %s", meta.get("digest"), err)
+                    os.close(fds[0])
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    def _ack(self) -> None:
+        reply = self._sock.recv(MAX_MESSAGE)
+        if not reply.startswith(b'{"ok": true'):
+            raise MountError(f"the FUSE connection keeper refused: {reply[:200]!r}")
+
+
+def keeper_pid(paths: RunPaths) -> int | None:
+    """The pid of the root's keeper, if one runs (its lock is held)."""
+    try:
+        with open(paths.keeper_lock) as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = fh.read().strip()
+                return int(text) if text.isdigit() else None
+            return None
+    except FileNotFoundError:
+        return None
+
+
+def _connect(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(REPLY_WAIT)
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m lazypull.snapshot.keeper ROOT", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s keeper[%(process)d] %(message)s")
+    serve(Path(argv[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+
+__all__ = ["KeeperClient", "Kept", "keeper_pid", "serve"]

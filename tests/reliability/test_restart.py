@@ -1,0 +1,176 @@
+"""A killed (-9) mount server does not take running readers' lazy layers with it (issue 10 item 9): the
+keeper (``lazypull.snapshot.keeper``) holds each mount's FUSE connection, the next server serves it
+again, and what the dead server had read but not answered is resent (FUSE_NOTIFY_RESEND)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from lazypull.fs.mount import lazypull_mounts
+from lazypull.snapshot import MountClient, daemon_pid
+from lazypull.snapshot.keeper import keeper_pid
+from lazypull.snapshot.paths import RunPaths
+from tests.helpers.registry import Fault, FaultProxy
+from tests.helpers.rootfs import busybox_specs
+from tests.reliability.kit import REPO_ROOT, gone, lazy_root, wait_until
+
+# Reads every file of data/ in turn, each from the server (its page cache dropped after the read), by
+# names the kernel resolved before the restarts (node ids of the old server) and through a file opened
+# at the start; writes its progress and every wrong or failed read to the status file.
+READER = textwrap.dedent("""
+    import json, os, sys, time
+    top, status, stop = sys.argv[1:4]
+    kept = os.open(os.path.join(top, "data/0000.txt"), os.O_RDONLY)
+    done, bad = 0, []
+    while not os.path.exists(stop):
+        i = done % 400
+        want = ("file %d\\n" % i).encode() * 20
+        try:
+            fd = os.open(os.path.join(top, "data/%04d.txt" % i), os.O_RDONLY)
+            try:
+                got = os.pread(fd, 4096, 0)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+            if got != want:
+                bad.append("data/%04d.txt: wrong content" % i)
+            old = os.pread(kept, 4096, 0)
+            os.posix_fadvise(kept, 0, 0, os.POSIX_FADV_DONTNEED)
+            if old != b"file 0\\n" * 20:
+                bad.append("data/0000.txt (kept open): wrong content")
+        except OSError as err:
+            bad.append("data/%04d.txt: %s" % (i, err))
+            time.sleep(0.05)
+        done += 1
+        with open(status + ".tmp", "w") as f:
+            json.dump({"done": done, "bad": bad[:20], "nbad": len(bad)}, f)
+        os.replace(status + ".tmp", status)
+""")
+
+
+def _status(path: Path) -> tuple[int, int, list[str]]:
+    """The reader's (reads done, reads wrong or failed, the first of those)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return 0, 0, []
+    return int(data["done"]), int(data["nbad"]), [str(b) for b in data["bad"]]
+
+
+def _done(path: Path) -> int:
+    return _status(path)[0]
+
+
+def _went_on(path: Path, since: int) -> bool:
+    return _done(path) > since + 50
+
+
+def _fuse_fds(pid: int) -> int:
+    """How many /dev/fuse fds process ``pid`` holds."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fd_dir.iterdir() if os.readlink(fd) == "/dev/fuse")
+
+
+def _kill_server(root: Path) -> int:
+    pid = daemon_pid(root)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: gone(pid), "the killed server to be gone")
+    return pid
+
+
+def test_readers_survive_killed_servers(lazy_image: str, tmp_path: Path) -> None:
+    """A reader hashing lazily served files the whole time while the server is killed (-9) and started
+    again 5 times: every read returns the right bytes (through names looked up and a file opened before
+    the kills), none fails with ENOTCONN, and the keeper holds one connection per mounted layer."""
+    root = lazy_root(tmp_path / "root", lazy_image)
+    mc = MountClient(root)
+    layers = mc.mount_image(lazy_image, insecure=True, holder="reader", wait_prefetch=False)
+    tops = [lm.path for lm in layers if lm.path is not None and (lm.path / "data").is_dir()]
+    assert len(tops) == 1
+    status, stop = tmp_path / "status.json", tmp_path / "stop"
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(tops[0]), str(status), str(stop)],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: _done(status) > 50, "the reader to start")
+        mounts = sorted(lazypull_mounts(root))
+        servers = set()
+        for _ in range(5):
+            servers.add(_kill_server(root))
+            before = _done(status)
+            assert sorted(lazypull_mounts(root)) == mounts, "the mounts outlive their server"
+            assert len(MountClient(root).list_mounts()) == 2     # a new server, the restore done
+            wait_until(functools.partial(_went_on, status, before), "the reader to go on after the restart")
+            keeper = keeper_pid(RunPaths(root))
+            assert keeper is not None and _fuse_fds(keeper) == 2, "one kept connection per mounted layer"
+        assert len(servers | {daemon_pid(root)}) == 6
+        assert sorted(lazypull_mounts(root)) == mounts
+    finally:
+        stop.touch()
+        reader.wait(timeout=120)
+    _, nbad, bad = _status(status)
+    assert nbad == 0, bad
+    assert reader.returncode == 0, reader.stderr.read() if reader.stderr else ""
+    keeper, server = keeper_pid(RunPaths(root)), daemon_pid(root)
+    assert server is not None
+    MountClient(root, autostart=False).shutdown()
+    wait_until(lambda: gone(server), "the server to stop")
+    assert lazypull_mounts(root) == []
+    if keeper is not None:      # nothing left to keep: the keeper goes too
+        wait_until(lambda: gone(keeper), "the keeper to exit")
+
+
+class _Gate(threading.Event):
+    """A FaultProxy ``hold`` release that also tells when a request started waiting on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()
+        return super().wait(timeout)
+
+
+def test_read_pending_in_a_killed_server_is_resent(lazy_image: str, fault_proxy: FaultProxy,
+                                                   tmp_path: Path) -> None:
+    """A read the server took from the kernel and was fetching from the registry when it was killed
+    (-9) is answered by the next server (FUSE_NOTIFY_RESEND) with the right bytes: it neither fails
+    (ENOTCONN: the connection died with its server) nor waits for ever (read, never answered)."""
+    image = lazy_image.replace(lazy_image.split("/")[0], fault_proxy.host, 1)
+    root = lazy_root(tmp_path / "root", image, "read_deadline = 100.0\nprefetch = false\n")
+    want = next(spec.content for spec in busybox_specs() if spec.name.lstrip("./") == "bin/busybox")
+    gate = _Gate()
+    try:
+        bottom = MountClient(root).mount_image(image, insecure=True, holder="c1", wait_prefetch=False)[0].path
+        assert bottom is not None
+        fault_proxy.add(Fault("hold", method="GET", path_contains="/blobs/", times=-1, release=gate))
+        reader = subprocess.Popen(["cat", str(bottom / "bin/busybox")], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        wait_until(gate.waiting.is_set, "the read to reach the registry")
+        old = _kill_server(root)
+        assert reader.poll() is None, "the pending read waits for the next server"
+        assert MountClient(root).ping()["pid"] != old
+        gate.set()
+        out, err = reader.communicate(timeout=120)
+        assert reader.returncode == 0, err
+        assert hashlib.sha256(out).hexdigest() == hashlib.sha256(want).hexdigest()
+    finally:
+        gate.set()
+        MountClient(root, autostart=False).shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO_ROOT)
