@@ -225,3 +225,14 @@ def test_passthrough_opens_are_learned_whole_and_guesses_are_not(blob: Blob, tmp
     tree.close()
     record = learned.record_path(tree.files_dir.parent)
     assert json.loads(record.read_text())["files"] == [["etc/hello.txt", None]]
+
+
+def test_a_record_left_half_written_by_a_crash_is_removed_at_mount(blob: Blob, tmp_path: Path) -> None:
+    ldir = tmp_path / "snapshots" / blob.digest.removeprefix("sha256:")
+    ldir.mkdir(parents=True)
+    stale = ldir / (learned.TEMP_PREFIX + "x1y2z3")
+    stale.write_bytes(b'{"version": 1, "fi')
+    tree, src = _mount(blob, tmp_path)
+    assert not stale.exists()
+    assert src.requests == []
+    tree.close()

@@ -36,6 +36,7 @@ MAX_FILES = 4096                # files in a record (a start reading more is not
 MAX_OFFSETS = 4096              # chunk offsets per file (beyond: the file is fetched whole)
 MAX_RECORD_SIZE = 1 << 20       # bytes of the record file
 MAX_BYTES = 64 << 20            # compressed bytes one replay may fetch
+TEMP_PREFIX = f".{RECORD_NAME}."    # a record being written (left behind by a crash: removed at mount)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class Learner:
             log.info("learned record %s would take %d bytes; not written", self.path, len(data))
             return
         try:
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{RECORD_NAME}.")   # 0600
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=TEMP_PREFIX)   # 0600
             try:
                 with os.fdopen(fd, "wb") as out:
                     out.write(data)
@@ -127,8 +128,11 @@ def record_path(layer_dir: Path) -> Path:
 
 def load(layer_dir: Path) -> list[LearnedFile] | None:
     """The layer's learned record, or None when there is none or it cannot be used (logged: the mount
-    goes on without it, and learns a new one)."""
+    goes on without it, and learns a new one). Records a crashed server was writing are removed."""
     path = record_path(layer_dir)
+    with contextlib.suppress(OSError):
+        for stale in layer_dir.glob(TEMP_PREFIX + "*"):
+            stale.unlink(missing_ok=True)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -170,4 +174,5 @@ def parse(data: bytes) -> list[LearnedFile]:
     return out
 
 
-__all__ = ["MAX_BYTES", "RECORD_NAME", "LearnedFile", "Learner", "load", "parse", "record_path"]
+__all__ = ["MAX_BYTES", "RECORD_NAME", "TEMP_PREFIX", "LearnedFile", "Learner", "load", "parse",
+           "record_path"]

@@ -277,12 +277,14 @@ class LayerTree:
         out: list[Any] = []
         seen: set[str] = set()
         units: set[tuple[int, int]] = set()
+        files: set[int] = set()
         budget = learned.MAX_BYTES
         cached = 0
         for item in record:
             node = hints.node_at(self, item.path)
-            if node is None or node.entry is None or node.attr.size == 0:
-                continue
+            if node is None or node.entry is None or node.attr.size == 0 or node.attr.ino in files:
+                continue            # (a file named twice, or by two hardlinks, is looked at once)
+            files.add(node.attr.ino)
             try:
                 fc = self._chunks_of(node.attr.ino)
             except FuseError:
