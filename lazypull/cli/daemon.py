@@ -157,7 +157,8 @@ def ls_command() -> None:
 @click.option("-f", "--force", is_flag=True,
               help="Stop even while running containers read from its layers (their reads then fail).")
 @click.option("--keep-mounts", is_flag=True,
-              help="Leave the layer mounts (they fail until the next server mounts them again).")
+              help="Leave the layer mounts: their reads wait for the next server, which serves them "
+                   "again (an upgrade with running containers).")
 @click.option("-t", "--timeout", type=float, default=30.0, show_default=True,
               help="Seconds to wait for the server to exit.")
 @global_options

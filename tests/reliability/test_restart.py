@@ -131,6 +131,35 @@ def test_readers_survive_killed_servers(lazy_image: str, tmp_path: Path) -> None
         wait_until(lambda: gone(keeper), "the keeper to exit")
 
 
+def test_a_server_stopped_keeping_its_mounts_hands_them_to_the_next(lazy_image: str, tmp_path: Path) -> None:
+    """``daemon stop --keep-mounts`` (an upgrade with running containers): the next server serves the
+    same mounts, through a file opened before the stop and through new lookups (they failed with ENOTCONN:
+    the stopped server's connections died with it)."""
+    root = lazy_root(tmp_path / "root", lazy_image)
+    try:
+        layers = MountClient(root).mount_image(lazy_image, insecure=True, holder="c1", wait_prefetch=False)
+        top = next(lm.path for lm in layers if lm.path is not None and (lm.path / "data").is_dir())
+        kept = os.open(top / "data/0001.txt", os.O_RDONLY)
+        try:
+            assert os.pread(kept, 4096, 0) == b"file 1\n" * 20
+            mounts = sorted(lazypull_mounts(root))
+            pid = daemon_pid(root)
+            assert pid is not None
+            stop = subprocess.run([sys.executable, "-m", "lazypull", "--root", str(root), "daemon", "stop",
+                                   "--keep-mounts"], capture_output=True, text=True, timeout=120)
+            assert stop.returncode == 0, stop.stderr
+            wait_until(lambda: gone(pid), "the stopped server to be gone")
+            assert sorted(lazypull_mounts(root)) == mounts
+            assert [m.holders for m in MountClient(root).list_mounts()] == [["c1"], ["c1"]]
+            os.posix_fadvise(kept, 0, 0, os.POSIX_FADV_DONTNEED)
+            assert os.pread(kept, 4096, 0) == b"file 1\n" * 20
+            assert (top / "data/0002.txt").read_bytes() == b"file 2\n" * 20
+        finally:
+            os.close(kept)
+    finally:
+        MountClient(root, autostart=False).shutdown()
+
+
 class _Gate(threading.Event):
     """A FaultProxy ``hold`` release that also tells when a request started waiting on it."""
 
