@@ -49,7 +49,8 @@ EXTRA_ROWS = [("lazypull-lazy-nobg", "esgz"),
               # records kept (``learned.json``: what the previous start read), everything else wiped;
               # and the same with the TOC records kept too (a re-start after the chunk cache was evicted)
               ("lazypull-lazy-learned", "esgz-noopt"), ("lazypull-lazy-evicted", "esgz-noopt"),
-              # the first-start row with learning off (learn_window = 0): the code before it, for comparison
+              # the first-start row with learning and the passwd/group fetch off: the fetches of the code
+              # before issue 14 item 2, for comparison
               ("lazypull-lazy-nolearn", "esgz-noopt")]
 # What each system keeps of the layers' state dirs between samples (the others keep nothing).
 KEEP = {"lazypull-lazy-learned": ("learned.json",),
@@ -191,7 +192,8 @@ def run(args: argparse.Namespace) -> Path:
                                   ("lazypull-lazy-nobg", "stargz", "background_fetch = false\n"),
                                   ("lazypull-lazy-learned", "stargz", ""),
                                   ("lazypull-lazy-evicted", "stargz", ""),
-                                  ("lazypull-lazy-nolearn", "stargz", "learn_window = 0\n")):
+                                  ("lazypull-lazy-nolearn", "stargz",
+                                   "learn_window = 0\nfetch_user_db = false\n")):
             if any(s == key for s, _ in args.row_list):
                 systems[key] = LazypullSystem(workdir / f"root-{key}", snap, config=config, name=key,
                                               keep=KEEP.get(key, ()))

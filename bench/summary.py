@@ -32,7 +32,8 @@ ROW_LABELS = {("containerd", "org"): "containerd (full pull)",
               ("lazypull-lazy-learned", "esgz-noopt"): "lazypull eStargz (no prefetch), learned record kept",
               ("lazypull-lazy-evicted", "esgz-noopt"):
                   "lazypull eStargz (no prefetch), learned and TOC records kept",
-              ("lazypull-lazy-nolearn", "esgz-noopt"): "lazypull eStargz (no prefetch), learning off"}
+              ("lazypull-lazy-nolearn", "esgz-noopt"):
+                  "lazypull eStargz (no prefetch), learning and passwd/group fetch off"}
 SHORT_LABELS = {("containerd", "org"): "containerd", ("lazypull-overlayfs", "org"): "lp-full",
                 ("lazypull-lazy", "esgz-noopt"): "esgz-noopt", ("lazypull-lazy", "esgz"): "esgz",
                 ("lazypull-lazy", "zstdchunked"): "zstdchunked", ("lazypull-lazy-nobg", "esgz"): "esgz-nobg",

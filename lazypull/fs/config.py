@@ -70,6 +70,9 @@ class FsConfig:
     neighbour_window: int = 8 << 10
     """When a small file (up to 64 KiB compressed) misses, the small files stored within this many
     compressed bytes of it come in the same request (0: off). Default 8 KiB."""
+    fetch_user_db: bool = True
+    """At mount, fetch the layer's /etc/passwd and /etc/group (if small): every container start reads them
+    (``lazypull create`` to resolve the user, then runc). Default true."""
     learn_window: float = 10.0
     """For this many seconds after a layer's first access, note which chunks are read, in order, and at
     the layer's next mount with those chunks not cached fetch them first (``fs.layer.learned``; 0: off).

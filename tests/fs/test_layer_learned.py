@@ -4,10 +4,12 @@ they are asked for. The record steers what is fetched from the layer's own blob,
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import stat
+import tarfile
 import time
 from pathlib import Path
 
@@ -235,4 +237,62 @@ def test_a_record_left_half_written_by_a_crash_is_removed_at_mount(blob: Blob, t
     tree, src = _mount(blob, tmp_path)
     assert not stale.exists()
     assert src.requests == []
+    tree.close()
+
+
+# -- /etc/passwd and /etc/group at mount: every container start reads them --
+
+def _user_db_blob(tmp: Path, link: bool = False) -> Blob:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        files = {"etc/group": b"root:x:0:\n", "etc/hostname": b"box\n",
+                 "usr/bin/big": bytes(range(256)) * 400}
+        files["etc/passwd" if not link else "etc/passwd.real"] = b"root:x:0:0:root:/root:/bin/sh\n"
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if link:
+            info = tarfile.TarInfo("etc/passwd")
+            info.type = tarfile.SYMTYPE
+            info.linkname = "passwd.real"
+            tar.addfile(info)
+    return build_blob(tmp, buf.getvalue(), name="userdb-link" if link else "userdb")
+
+
+def test_a_mount_fetches_passwd_and_group_before_they_are_read(tmp_path: Path) -> None:
+    blob = _user_db_blob(tmp_path)
+    tree, src = _mount(blob, tmp_path / "on", LAZY.replace(fetch_user_db=True))
+    deadline = time.monotonic() + 5
+    while not all(tree.cache.contains(c.digest, c.chunk_size) for p in ("etc/passwd", "etc/group")
+                  for c in tree._chunks_of(lookup_path(tree, p)).chunks):  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "passwd and group were not fetched at mount"
+        time.sleep(0.02)
+    assert len(src.requests) == 1, "both in one request"
+    assert tree.stats.fetched_ahead == 2
+    hostname = tree._chunks_of(lookup_path(tree, "etc/hostname"))
+    assert hostname is not None
+    assert not tree.cache.contains(hostname.chunks[0].digest, hostname.chunks[0].chunk_size)
+    src.requests.clear()
+    assert read_all(tree, lookup_path(tree, "etc/passwd")) == b"root:x:0:0:root:/root:/bin/sh\n"
+    assert read_all(tree, lookup_path(tree, "etc/group")) == b"root:x:0:\n"
+    assert src.requests == []
+    tree.close()
+    tree, src = _mount(blob, tmp_path / "off", LAZY.replace(fetch_user_db=False))
+    assert src.requests == []
+    tree.close()
+
+
+def test_a_symlinked_passwd_is_not_fetched_at_mount(tmp_path: Path) -> None:
+    """Only the layer's own regular files of those names: a link is what the runtime resolves itself."""
+    blob = _user_db_blob(tmp_path, link=True)
+    tree, src = _mount(blob, tmp_path / "root", LAZY.replace(fetch_user_db=True))
+    deadline = time.monotonic() + 5
+    while not src.requests:
+        assert time.monotonic() < deadline, "group was not fetched at mount"
+        time.sleep(0.02)
+    group = tree._chunks_of(lookup_path(tree, "etc/group"))
+    real = tree._chunks_of(lookup_path(tree, "etc/passwd.real"))
+    assert group is not None and real is not None
+    assert src.requests == [[(group.chunks[0].offset, group.chunks[0].end - group.chunks[0].offset)]]
     tree.close()

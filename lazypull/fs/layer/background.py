@@ -89,7 +89,8 @@ class Background:
                  prefetch_range: tuple[int, int] | None,
                  on_progress: Callable[[], None] | None = None,
                  index: Callable[[int | None], object] | None = None,
-                 learned: Callable[[], list[Any]] | None = None) -> None:
+                 learned: Callable[[], list[Any]] | None = None,
+                 early: Callable[[], list[Any]] | None = None) -> None:
         self.fetcher = fetcher
         self.stats = stats
         self.config = config
@@ -97,6 +98,7 @@ class Background:
         self.on_progress = on_progress
         self.index = index
         self.learned = learned
+        self.early = early          # small files wanted by every start: fetched beside the prefetch
         self.prefetched = threading.Event()
         self.finished = threading.Event()
         self._stop = threading.Event()
@@ -118,6 +120,8 @@ class Background:
         try:
             if self.index is not None:      # the prefetch's files now, the rest when it is quiet
                 self.index(self.prefetch_range[1] if self.config.prefetch and self.prefetch_range else 0)
+            if self.early is not None and not self._stop.is_set() and (first := self.early()):
+                self.fetcher.fetch_async(first, deadline=time.monotonic() + self.config.read_deadline)
             self._prefetch()
             self._learned()
         except Exception:

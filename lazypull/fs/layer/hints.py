@@ -30,6 +30,9 @@ MAX_SYMLINKS = 40
 MAX_STEPS = 1024    # path components resolved per lookup (a hostile TOC's deep or long links stop here)
 LD_SO_CACHE = "/etc/ld.so.cache"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Read by every container start, before its program runs: ``lazypull create`` resolves the user through
+# them (``runtime.users``) and runc reads them again. Each layer that has them fetches them at mount.
+USER_DB = ("etc/passwd", "etc/group")
 HEAD = 256          # bytes of a file enough to tell an ELF file or a script and read its ``#!`` line
 
 _lock = threading.Lock()

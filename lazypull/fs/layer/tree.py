@@ -53,6 +53,12 @@ class _FileChunks:
         self.compressed = sum(end - off for off, end in {(c.offset, c.end) for c in self.chunks})
 
 
+def _has_content(node: Node | None) -> bool:
+    """A regular file with bytes (not a directory, symlink or device; a hardlink is its target)."""
+    return node is not None and node.entry is not None and node.children is None and not node.link \
+        and node.attr.size > 0 and (node.attr.mode & 0o170000) == 0o100000
+
+
 class LayerTree:
     """Implements ``lazypull.fs.fuse.Tree`` for one layer. Thread-safe."""
 
@@ -87,7 +93,8 @@ class LayerTree:
         self.fetcher.zero_holes = getattr(reader, "footer_kind", "") == "zstd-64"
         self.background = Background(self.fetcher, stats, config,
                                      reader.prefetch_range() if config.prefetch else None, index=self.index,
-                                     learned=self.learned_chunks)
+                                     learned=self.learned_chunks,
+                                     early=self.user_db_chunks if config.fetch_user_db else None)
         self._readahead_lock = threading.Lock()
         self._last_end: dict[int, int] = {}       # ino -> where the last read of it ended
         self._readahead_next: dict[int, int] = {} # ino -> first chunk index not yet read ahead
@@ -266,6 +273,26 @@ class LayerTree:
         j = bisect.bisect_left(fc.starts, end)
         self.learner.note(ino, node.path, fc.starts[i:j])
 
+    def user_db_chunks(self) -> list[Any]:
+        """Uncached chunks of this layer's ``hints.USER_DB`` files (regular files, small): fetched at mount,
+        so the container's create finds them here instead of waiting a round trip for each."""
+        out: list[Any] = []
+        for path in hints.USER_DB:
+            node = hints.node_at(self, path)
+            if not _has_content(node):
+                continue
+            try:
+                fc = self._chunks_of(node.attr.ino)
+            except FuseError:
+                continue
+            if fc is None or fc.compressed > SMALL_FILE:
+                continue
+            todo = [c for c in fc.chunks if not self.cache.contains(c.digest, c.chunk_size)]
+            if todo:
+                self.stats.add(fetched_ahead=1)
+                out += todo
+        return out
+
     def learned_chunks(self) -> list[Any]:
         """The uncached chunks of the learned record (``learned_record``), in the order they were first read,
         each once, up to ``learned.MAX_BYTES`` compressed: what the mount fetches first. Paths and
@@ -282,7 +309,7 @@ class LayerTree:
         cached = 0
         for item in record:
             node = hints.node_at(self, item.path)
-            if node is None or node.entry is None or node.attr.size == 0 or node.attr.ino in files:
+            if not _has_content(node) or node.attr.ino in files:
                 continue            # (a file named twice, or by two hardlinks, is looked at once)
             files.add(node.attr.ino)
             try:
