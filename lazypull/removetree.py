@@ -1,4 +1,5 @@
-"""Deleting a directory tree a container or a build step wrote: any depth, never through a link or a mount.
+"""Deleting a directory tree a container, a build step or a layer wrote: any depth, never through a link
+or a mount (usable by every layer above ``format``).
 
 ``shutil.rmtree`` recurses (Python 3.11: a tree a few thousand levels deep, which any ``RUN`` can
 make, raises RecursionError) and ``os.walk`` too; full paths stop working past PATH_MAX. Here the
@@ -18,18 +19,25 @@ from pathlib import Path
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def remove_tree(top: Path) -> None:
+def remove_tree(top: Path | str, *, dir_fd: int | None = None) -> None:
     """Delete ``top`` (a file, a link or a directory and everything below it); absent is fine.
+    ``dir_fd``: ``top`` is a name in that directory (as ``os.unlink``'s ``dir_fd``).
 
     Raises OSError if a directory below ``top`` is on another filesystem (a mount: nothing is
     deleted through it) or was moved while being emptied.
     """
+    top = Path(top)
     try:
-        st = os.lstat(top)
+        st = os.lstat(top, dir_fd=dir_fd)
     except FileNotFoundError:
         return
     if not stat.S_ISDIR(st.st_mode):
-        os.unlink(top)
+        os.unlink(top, dir_fd=dir_fd)
+        return
+    if dir_fd is not None:
+        if len(top.parts) != 1 or top.name in (".", ".."):
+            raise ValueError(f"remove_tree: {top} is not a name in the directory dir_fd")
+        _remove_below(dir_fd, top)
         return
     parent = os.open(top.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lazypull.build.errors import BuildError
-from lazypull.runtime.remove import remove_tree
+from lazypull.removetree import remove_tree
 
 MAX_SYMLINKS = 40
 _SKIPPED_XATTR_PREFIXES = ("trusted.overlay.", "security.selinux")

@@ -93,7 +93,7 @@ class _Bases:
 def _cleanup(workdir: Path) -> None:
     """Unmount what a build left mounted under its work directory, then delete it."""
     from lazypull.runtime.overlay import mountpoints, unmount
-    from lazypull.runtime.remove import remove_tree
+    from lazypull.removetree import remove_tree
 
     points = [m for m in mountpoints() if m.startswith(str(workdir) + "/")]
     for point in sorted(points, key=len, reverse=True):

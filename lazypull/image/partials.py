@@ -8,10 +8,12 @@ into the same directory and by the mount server at start (issue 10 item 7).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import shutil
 from pathlib import Path
+
+from lazypull.removetree import remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,8 @@ def clean_partials(parent: Path) -> list[Path]:
         if owner.isdigit() and (int(owner) == os.getpid() or os.path.exists(f"/proc/{owner}")):
             continue                     # in progress, here or in another process
         path = parent / name             # a dead process's, or named before pids were (no owner)
-        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):      # any depth: a layer's tree can be deeper than rmtree goes
+            remove_tree(path)
         if not os.path.lexists(path):
             removed.append(path)
             log.warning("removed %s, left by an interrupted extraction", path)

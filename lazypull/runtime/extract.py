@@ -26,7 +26,6 @@ import io
 import logging
 import os
 import queue
-import shutil
 import stat
 import tarfile
 import tempfile
@@ -43,6 +42,7 @@ from isal import igzip
 from lazypull.errors import ContainerError
 from lazypull.format import entryrules
 from lazypull.image.partials import clean_partials, partial_prefix
+from lazypull.removetree import remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ class _Extractor:
             if keep_dir:
                 return True
             self.forget()
-            shutil.rmtree(name, dir_fd=parent_fd)
+            remove_tree(name, dir_fd=parent_fd)
         else:
             os.unlink(name, dir_fd=parent_fd)
         return False
@@ -473,7 +473,7 @@ def _rename_into_place(tmp: Path, dest: Path, label: str) -> bool:
     except OSError as err:
         if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
             log.debug("%s: extracted concurrently by someone else", label)
-            shutil.rmtree(tmp)
+            remove_tree(tmp)
             return False
         raise
     return True
@@ -494,7 +494,8 @@ def extract_layer(blob: Path, dest: Path, *, label: str | None = None,
             stats = extract_tar(stream, tmp, label=label, skip_estargz_metadata=skip_estargz_metadata)
         return stats if _rename_into_place(tmp, dest, label) else None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_tree(tmp)
         raise
 
 
@@ -620,7 +621,8 @@ class StreamingExtraction:
         self._thread.join()
         tmp, self._tmp = self._tmp, None
         if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                remove_tree(tmp)
 
     def _end(self) -> None:
         if not self._ended:

@@ -20,6 +20,7 @@ from pathlib import Path
 from lazypull.fs.cache import DirectoryCache
 from lazypull.fs.config import FsConfig
 from lazypull.fs.mount import lazypull_mounts
+from lazypull.removetree import remove_tree
 from lazypull.snapshot.paths import RunPaths
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,8 @@ def prune_layer_state(root: Path, keep: set[str], config: FsConfig | None = None
         if cache is not None:
             cache.drop_layer(digest)
         shutil.rmtree(chunk_dir / hexpart, ignore_errors=True)
-        shutil.rmtree(snapshots / hexpart, ignore_errors=True)
+        with contextlib.suppress(OSError):      # any depth (a layer's own tree), never through a mount
+            remove_tree(snapshots / hexpart)
         freed.append(digest)
     if freed:
         log.info("freed the state and cached chunks of %d unused layer(s)", len(freed))

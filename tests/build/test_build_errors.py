@@ -145,7 +145,7 @@ def test_deep_tree_and_endless_line_from_run(tmp_path: Path, busybox_base: str) 
             depth = max(m.name.count("/") for m in tar.getmembers())
         assert depth == 1199
     finally:    # pytest's rm_rf (shutil.rmtree) recurses: take the deep trees away
-        from lazypull.runtime.remove import remove_tree
+        from lazypull.removetree import remove_tree
 
         remove_tree(root / "snapshots")
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from lazypull.removetree import remove_tree
 from lazypull.runtime import ContainerOptions, Containers, extract_layer
 from lazypull.runtime.layers import _ready
 from lazypull.runtime.overlay import mountpoints
-from lazypull.runtime.remove import remove_tree
 from tests.helpers.rootfs import busybox_tar
 
 
@@ -92,3 +92,36 @@ def test_layer_readiness_closes_its_directory_iterators(tmp_path: Path) -> None:
         assert _ready(layer)
         assert not _ready(empty)
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def test_prune_frees_a_very_deep_extracted_layer(tmp_path: Path) -> None:
+    """A layer 1500 directories deep, extracted by a full run, then unused: ``image prune`` deletes it."""
+    import sys
+
+    from lazypull.image import Store
+    from tests.helpers.images import TarEntrySpec, make_oci_layout
+    from tests.helpers.rootfs import busybox_specs
+
+    deep = "/".join(["d"] * 1500)
+    deep_layer = [TarEntrySpec(deep, "dir"), TarEntrySpec(deep + "/f", content=b"x")]
+    layout = make_oci_layout(tmp_path / "layout", [busybox_specs(), deep_layer],
+                             config={"config": {"Cmd": ["true"]}})
+    root = tmp_path / "root"
+    env = dict(os.environ, LAZYPULL_ROOT=str(root), PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+
+    def lazypull(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "lazypull", *args], capture_output=True, text=True,
+                              env=env, timeout=300)
+
+    steps: list[tuple[str, ...]] = [("image", "convert", "--oci", layout.ref, "local/deep:1"),
+                                    ("run", "--rm", "--snapshotter=overlayfs", "local/deep:1", "test", "-f",
+                                     f"/{deep}/f")]
+    for args in steps:
+        done = lazypull(*args)
+        assert done.returncode == 0, done.stderr
+    layer = Store(root).resolve("local/deep:1").layers[1].digest.removeprefix("sha256:")
+    assert (root / "snapshots" / layer / "fs" / "d" / "d").is_dir()
+    for args in [("rmi", "local/deep:1"), ("image", "prune")]:
+        done = lazypull(*args)
+        assert done.returncode == 0, done.stderr        # shutil.rmtree raised RecursionError in prune
+    assert not (root / "snapshots" / layer).exists()
