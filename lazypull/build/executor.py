@@ -48,8 +48,8 @@ from lazypull.errors import LazypullError
 from lazypull.image import Store
 from lazypull.image import mediatypes as mt
 from lazypull.registry import Descriptor
-from lazypull.runtime.overlay import is_mountpoint
 from lazypull.removetree import remove_tree
+from lazypull.runtime.overlay import is_mountpoint
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

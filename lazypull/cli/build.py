@@ -92,8 +92,8 @@ class _Bases:
 
 def _cleanup(workdir: Path) -> None:
     """Unmount what a build left mounted under its work directory, then delete it."""
-    from lazypull.runtime.overlay import mountpoints, unmount
     from lazypull.removetree import remove_tree
+    from lazypull.runtime.overlay import mountpoints, unmount
 
     points = [m for m in mountpoints() if m.startswith(str(workdir) + "/")]
     for point in sorted(points, key=len, reverse=True):

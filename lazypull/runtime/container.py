@@ -24,10 +24,10 @@ from typing import Any
 from lazypull.errors import ContainerError
 from lazypull.image.rootdir import prepare_root
 from lazypull.image.runconfig import RunConfig
+from lazypull.removetree import remove_tree
 from lazypull.runtime.hostfiles import write_host_files
 from lazypull.runtime.options import ContainerOptions
 from lazypull.runtime.overlay import is_mountpoint, mount_overlay, unmount
-from lazypull.removetree import remove_tree
 from lazypull.runtime.runc import Runc, Stdio, console_size, signals_held
 from lazypull.runtime.spec import build_spec, process_args
 from lazypull.runtime.users import resolve_user
