@@ -220,6 +220,9 @@ class KeeperClient:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._lock = threading.Lock()
+        #: set at the first failed exchange (the keeper died or hangs): later calls fail at once, so a
+        #: FUSE open never waits on it again (the connections it held died with it anyway)
+        self.broken = False
 
     @classmethod
     def connect(cls, paths: RunPaths, *, start: bool = True) -> KeeperClient:
@@ -247,24 +250,40 @@ class KeeperClient:
 
     def put(self, digest: str, mountpoint: str, fd: int, state: Negotiated) -> None:
         """Keep a copy of ``fd`` (the caller keeps its own) with what a later server needs."""
-        message = json.dumps({"op": "put", "digest": digest, "mountpoint": mountpoint,
-                              "state": state.to_json(), "version": VERSION}).encode()
-        with self._lock:
-            socket.send_fds(self._sock, [message], [fd])
-            self._ack()
+        self._exchange({"op": "put", "digest": digest, "mountpoint": mountpoint, "state": state.to_json(),
+                        "version": VERSION}, fd)
 
     def note_backing(self, digest: str, ino: int, backing_id: int) -> None:
-        """The mount of ``digest`` registered passthrough id ``backing_id`` for ``ino`` (0: unregisters)."""
-        message = json.dumps({"op": "backing", "digest": digest, "ino": ino, "id": backing_id}).encode()
-        with self._lock:
-            self._sock.sendall(message)
-            self._ack()
+        """The mount of ``digest`` registered passthrough id ``backing_id`` for ``ino`` (0: unregisters);
+        a keeper gone is not an error here (the FUSE open that registered it goes on)."""
+        with contextlib.suppress(MountError):
+            self._exchange({"op": "backing", "digest": digest, "ino": ino, "id": backing_id})
 
     def drop(self, digest: str) -> None:
         """Let the keeper close its copy (the layer is being unmounted)."""
+        self._exchange({"op": "drop", "digest": digest})
+
+    def _exchange(self, request: dict[str, object], fd: int | None = None) -> None:
+        message = json.dumps(request).encode()
         with self._lock:
-            self._sock.sendall(json.dumps({"op": "drop", "digest": digest}).encode())
-            self._ack()
+            if self.broken:
+                raise MountError("the FUSE connection keeper is gone")
+            try:
+                if fd is None:
+                    self._sock.sendall(message)
+                else:
+                    socket.send_fds(self._sock, [message], [fd])
+                reply = self._sock.recv(MAX_MESSAGE)
+            except OSError as err:
+                self.broken = True
+                log.error("the FUSE connection keeper is gone (%s): the layers' connections end with this "
+                          "server", err.strerror or err)
+                raise MountError(f"the FUSE connection keeper is gone: {err.strerror or err}") from err
+        if not reply:
+            self.broken = True
+            raise MountError("the FUSE connection keeper closed the connection")
+        if not reply.startswith(b'{"ok": true'):
+            raise MountError(f"the FUSE connection keeper refused: {reply[:200]!r}")
 
     def take(self) -> list[Kept]:
         """Copies of every fd kept (the keeper keeps its own until :meth:`drop` or a new ``put``)."""
@@ -299,11 +318,6 @@ class KeeperClient:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._sock.close()
-
-    def _ack(self) -> None:
-        reply = self._sock.recv(MAX_MESSAGE)
-        if not reply.startswith(b'{"ok": true'):
-            raise MountError(f"the FUSE connection keeper refused: {reply[:200]!r}")
 
 
 def keeper_pid(paths: RunPaths) -> int | None:
