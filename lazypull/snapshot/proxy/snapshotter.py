@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lazypull.errors import LazypullError
+from lazypull.removetree import remove_tree
 from lazypull.snapshot.manager import LayerManager
 from lazypull.snapshot.proxy.wire import KIND_ACTIVE, KIND_COMMITTED, KIND_VIEW
 
@@ -239,7 +240,8 @@ class Snapshotter:
                 raise SnapshotError("FAILED_PRECONDITION", f"snapshot {key} has children")
             del self._snaps[key]
             self._save()
-        shutil.rmtree(self.dir / "snapshots" / str(snap.id), ignore_errors=True)
+        with contextlib.suppress(OSError):      # any depth: a container can write a very deep tree
+            remove_tree(self.dir / "snapshots" / str(snap.id))
         if snap.lower:
             self.manager.release_holder(HOLDER_PREFIX + key)
 
@@ -277,11 +279,17 @@ class Snapshotter:
         if snap.lower:
             return 0, 0
         size = inodes = 0
-        for dirpath, dirnames, filenames in os.walk(self._fs(snap)):
-            inodes += len(dirnames) + len(filenames)
-            for name in filenames:
-                with contextlib.suppress(OSError):
-                    size += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+        pending = [self._fs(snap)]
+        while pending:      # a loop, not os.walk (which recurses: a container can write a very deep tree)
+            directory = pending.pop()
+            with contextlib.suppress(OSError), os.scandir(directory) as entries:
+                for entry in entries:
+                    inodes += 1
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(Path(entry.path))
+                        continue
+                    with contextlib.suppress(OSError):
+                        size += entry.stat(follow_symlinks=False).st_blocks * 512
         return size, inodes
 
     @staticmethod
