@@ -134,14 +134,20 @@ def test_readers_survive_killed_servers(lazy_image: str, tmp_path: Path) -> None
 def test_a_server_stopped_keeping_its_mounts_hands_them_to_the_next(lazy_image: str, tmp_path: Path) -> None:
     """``daemon stop --keep-mounts`` (an upgrade with running containers): the next server serves the
     same mounts, through a file opened before the stop and through new lookups (they failed with ENOTCONN:
-    the stopped server's connections died with it)."""
+    the stopped server's connections died with it). A file still open in passthrough mode opens again
+    (the kernel refuses an open of it in cached mode or with another backing id: EIO)."""
     root = lazy_root(tmp_path / "root", lazy_image)
     try:
         layers = MountClient(root).mount_image(lazy_image, insecure=True, holder="c1", wait_prefetch=False)
         top = next(lm.path for lm in layers if lm.path is not None and (lm.path / "data").is_dir())
         kept = os.open(top / "data/0001.txt", os.O_RDONLY)
+        # read once: its chunk is cached, so the next open passes through
+        assert (top / "data/0003.txt").read_bytes() == b"file 3\n" * 20
+        passing = os.open(top / "data/0003.txt", os.O_RDONLY)
         try:
             assert os.pread(kept, 4096, 0) == b"file 1\n" * 20
+            stats = MountClient(root).stats()["layers"]
+            assert sum(layer["passthrough_files"] for layer in stats.values()) == 1
             mounts = sorted(lazypull_mounts(root))
             pid = daemon_pid(root)
             assert pid is not None
@@ -154,8 +160,11 @@ def test_a_server_stopped_keeping_its_mounts_hands_them_to_the_next(lazy_image: 
             os.posix_fadvise(kept, 0, 0, os.POSIX_FADV_DONTNEED)
             assert os.pread(kept, 4096, 0) == b"file 1\n" * 20
             assert (top / "data/0002.txt").read_bytes() == b"file 2\n" * 20
+            assert (top / "data/0003.txt").read_bytes() == b"file 3\n" * 20
+            assert os.pread(passing, 4096, 0) == b"file 3\n" * 20
         finally:
             os.close(kept)
+            os.close(passing)
     finally:
         MountClient(root, autostart=False).shutdown()
 
