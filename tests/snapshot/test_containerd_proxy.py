@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from lazypull.snapshot import MountClient
-from tests.helpers.containerd import ContainerdDaemon, Ctr
+from tests.helpers.containerd import ContainerdDaemon, ContainerdError, Ctr
 from tests.helpers.registry import RegistryServer
 from tests.snapshot.layerkit import FILES, build_blob, gzip_layer, push_image
 
@@ -131,3 +131,63 @@ def test_ctr_run_on_a_lazily_pulled_image(setup: tuple[Ctr, Path, Path], registr
     assert out.decode().split() == ["ran", "1"]
     stats = MountClient(root, autostart=False).stats()["layers"]
     assert set(digests) <= set(stats)
+
+
+def test_a_killed_server_leaves_containerds_mounted_snapshot_readable(
+        setup: tuple[Ctr, Path, Path], registry: RegistryServer, unique_repo: str) -> None:
+    """Issue 10 item 9 through containerd: the server killed (-9) under a mounted container snapshot
+    whose lower is a remote snapshot; the next server (started as systemd would) serves the same lazy
+    mount, so a file opened before the kill and files read after it have the right bytes, and containerd
+    talks to the new server (the lower answered ENOTCONN for good before the keeper)."""
+    import os
+    import signal
+
+    from lazypull.snapshot import daemon_pid
+
+    ctr, root, base = setup
+    blob = build_blob(base, prioritized_files=["etc/hello.txt"])
+    push_image(registry.url, unique_repo, "v1", [(blob.path.read_bytes(), OCI_GZIP, blob.annotations,
+                                                  blob.result.diff_id)])
+    ref = f"{registry.host}/{unique_repo}:v1"
+    ctr.run(["image", "rpull", "--plain-http", "--snapshotter", "lazypull", ref], tool="ctr-remote",
+            timeout=120)
+    ctr.run(["snapshots", "--snapshotter", "lazypull", "prepare", "ctr-1", blob.result.diff_id])
+    target = base / "rootfs"
+    target.mkdir()
+    command = ctr.run(["snapshots", "--snapshotter", "lazypull", "mounts", str(target), "ctr-1"]).decode()
+    subprocess.run(shlex.split(command.strip()), check=True)
+    new: subprocess.Popen[bytes] | None = None
+    try:
+        assert (target / "etc/hello.txt").read_bytes() == FILES["etc/hello.txt"]
+        with open(target / "bin/big", "rb") as kept:
+            head = kept.read(1000)
+            pid = daemon_pid(root)
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while daemon_pid(root) == pid and time.monotonic() < deadline:
+                time.sleep(0.05)
+            argv = [sys.executable, "-m", "lazypull", "--root", str(root), "--insecure-registry", "daemon",
+                    "--containerd-socket", str(base / "sn.sock")]
+            new = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                   stderr=open(base / "daemon2.log", "wb"))  # noqa: SIM115
+            while daemon_pid(root) in (None, pid):
+                assert new.poll() is None and time.monotonic() < deadline + 30, "no new server"
+                time.sleep(0.05)
+            assert len(MountClient(root).list_mounts()) == 1      # listening and restored
+            assert head + kept.read() == FILES["bin/big"]
+        assert (target / "bin/big").read_bytes() == FILES["bin/big"]
+        deadline = time.monotonic() + 60
+        while True:         # containerd redials its proxy plugin after a backoff (grpc: up to seconds)
+            try:
+                listing = ctr.run(["snapshots", "--snapshotter", "lazypull", "ls"]).decode()
+                break
+            except ContainerdError:
+                assert time.monotonic() < deadline, "containerd did not reach the new server"
+                time.sleep(0.5)
+        assert blob.result.diff_id in listing
+    finally:
+        subprocess.run(["umount", str(target)], check=False)
+        if new is not None:
+            MountClient(root, autostart=False).shutdown()
+            new.wait(30)
