@@ -448,6 +448,7 @@ class LayerManager:
     def adopt_kept(self) -> list[Path]:
         """Connect to the root's keeper (starting it) and take the live connections it holds; the
         mountpoints a restored hold will serve again (the start-up clean-up must leave them)."""
+        from lazypull.fs.fuse.mount import FSTYPE as FUSE_FSTYPE
         from lazypull.fs.fuse.mount import mount_entry
         from lazypull.snapshot.keeper import KeeperClient
 
@@ -460,8 +461,12 @@ class LayerManager:
             self.keeper = None
             return []
         for item in kept:
-            entry = mount_entry(item.mountpoint)
-            if str(self.paths.mountpoint(item.digest)) != item.mountpoint or entry is None:
+            try:
+                expected = str(self.paths.mountpoint(item.digest))
+            except MountError:          # not a layer digest: nothing of ours
+                expected = None
+            entry = mount_entry(item.mountpoint) if expected == item.mountpoint else None
+            if entry is None or entry[0] != FUSE_FSTYPE:
                 os.close(item.fd)
                 self._drop_kept(item.digest)
                 continue
