@@ -436,7 +436,7 @@ def _supervise(container: str, notify_fd: int, keep_stdin: bool) -> None:
 
 @click.command("logs")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the container exits.")
-@click.option("-n", "--tail", default="all", show_default=True,
+@click.option("--tail", default="all", show_default=True,
               help="Only the last N lines of the output so far.")
 @global_options
 @click.argument("container")
