@@ -165,7 +165,7 @@ def ls_command() -> None:
 def stop_command(every: bool, force: bool, keep_mounts: bool, timeout: float) -> None:
     """Stop the mount server of the store root (unmounting its layers) and wait until it is gone.
 
-    Refused while running containers use its layers, unless --force.
+    Refused while running containers use its layers, unless --force or --keep-mounts.
     """
     from lazypull.errors import MountError
     from lazypull.snapshot import daemon_pid
@@ -196,7 +196,7 @@ def _stop(root: Path, pid: int, *, force: bool, keep_mounts: bool, timeout: floa
     from lazypull.snapshot import MountClient
 
     with MountClient(root, autostart=False) as client:
-        if not force:
+        if not force and not keep_mounts:      # kept mounts go on serving the containers' reads
             running = _running_holders(root, {h for m in client.list_mounts() for h in m.holders})
             if running:
                 raise MountError(f"{len(running)} running container(s) of {root} read from the mount "

@@ -305,7 +305,8 @@ def test_daemon_status_metrics_and_stop(lazy_image: str, tmp_path: Path) -> None
 
 def test_daemon_ls_and_stop_refused_while_containers_run(lazy_image: str, tmp_path: Path) -> None:
     """``daemon ls`` lists the servers of this machine by root (one ended up with 14 of them, with no
-    way to find them); ``daemon stop`` refuses while a running container reads from its layers."""
+    way to find them); ``daemon stop`` refuses while a running container reads from its layers, and
+    ``daemon stop --keep-mounts`` does not (the container goes on reading through the next server)."""
     root = lazy_root(tmp_path / "root", lazy_image)
     env = dict(os.environ, LAZYPULL_ROOT=str(root))
 
@@ -325,6 +326,16 @@ def test_daemon_ls_and_stop_refused_while_containers_run(lazy_image: str, tmp_pa
         refused = lazypull("daemon", "stop")
         assert refused.returncode == 1 and "running container" in refused.stderr
         assert pid is not None and not gone(pid) and len(lazypull_mounts(root)) == 2
+        # keeping the mounts (what the systemd unit's ExecStop does) breaks no container: not refused
+        mounts = sorted(lazypull_mounts(root))
+        kept = lazypull("daemon", "stop", "--keep-mounts")
+        assert kept.returncode == 0, kept.stderr
+        assert gone(pid) and sorted(lazypull_mounts(root)) == mounts
+        assert MountClient(root).list_mounts()        # the next server (started on demand) serves them
+        busy_reads = lazypull("exec", "busy", "cat", "/data/0123.txt")
+        assert busy_reads.returncode == 0, busy_reads.stderr
+        assert busy_reads.stdout == "file 123\n" * 20
+        pid = daemon_pid(root)
         assert lazypull("rm", "-f", "busy").returncode == 0
         stopped = lazypull("daemon", "stop")
         assert stopped.returncode == 0, stopped.stderr
