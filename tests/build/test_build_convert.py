@@ -32,6 +32,10 @@ def test_convert_optimize_push_of_a_build_on_lazy_base_layers(
     image = store.resolve("localhost/built:plain")
     assert [d.digest for d in image.layers[:2]] == digests
     assert all(store.blob_path(d) is None for d in digests)          # only mounted, never downloaded
+    listed = lazypull(root, "images")
+    assert listed.returncode == 0, listed.stderr.decode()
+    rows = [line.split()[:2] for line in listed.stdout.decode().splitlines()[1:]]
+    assert ["localhost/built", "plain"] in rows and [base.rsplit(":", 1)[0], "esgz"] in rows
 
     # image convert: the base layers are fetched by digest from the base repository, the built image
     # itself stays what it is (it was replaced by its base, or the convert failed, before)
