@@ -70,8 +70,9 @@ def _tar(files: int, seed: int = 1) -> bytes:
     return buf.getvalue()
 
 
-def build_image(work: Path, files: int) -> Path:
-    """An OCI layout holding one eStargz layer (lazypull's writer, TOC annotations kept)."""
+def build_image(work: Path, files: int, tar: bytes | None = None) -> Path:
+    """An OCI layout holding one eStargz layer (lazypull's writer, TOC annotations kept) of ``tar``,
+    default :func:`_tar` of ``files`` files."""
     from lazypull.format import BuildOptions, build
 
     layout = work / "layout"
@@ -84,7 +85,7 @@ def build_image(work: Path, files: int) -> Path:
         return {"digest": f"sha256:{digest}", "size": len(data)}
 
     out = io.BytesIO()
-    result = build(io.BytesIO(_tar(files)), out, BuildOptions())
+    result = build(io.BytesIO(_tar(files) if tar is None else tar), out, BuildOptions())
     layer = {"mediaType": OCI_LAYER_GZIP, **put(out.getvalue()), "annotations": dict(result.annotations)}
     config = {"architecture": "amd64", "os": "linux",
               "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/"},
