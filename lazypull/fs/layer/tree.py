@@ -287,11 +287,8 @@ class LayerTree:
                 continue
             if fc is None or fc.compressed > SMALL_FILE:
                 continue
-            todo = [c for c in fc.chunks if not self.cache.contains(c.digest, c.chunk_size)]
-            if todo:
-                self.stats.add(fetched_ahead=1)
-                out += todo
-        return out
+            out += [c for c in fc.chunks if not self.cache.contains(c.digest, c.chunk_size)]
+        return out      # (not counted as fetched_ahead: that counts guesses made for a container's start)
 
     def learned_chunks(self) -> list[Any]:
         """The uncached chunks of the learned record (``learned_record``), in the order they were first read,
