@@ -307,8 +307,12 @@ class RecordingSource:
             key = name.encode()
             out += (1 << 63 | len(key)).to_bytes(8, "little") + len(data).to_bytes(8, "little") + key + data
         tmp = self.record.with_suffix(".tmp")
-        tmp.write_bytes(bytes(out))
-        os.replace(tmp, self.record)
+        try:
+            tmp.write_bytes(bytes(out))
+            os.replace(tmp, self.record)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)       # a full disk leaves no half-written record behind
+            raise OSError(err.errno, f"writing {self.record}: {err.strerror}") from err
 
     def extra(self, name: str) -> bytes | None:
         """A named extra saved with the record."""

@@ -633,10 +633,17 @@ class LayerManager:
         with self._lock:
             data = {"version": 1, "holds": [h.to_json() for h in self._holds.values()]}
         with self._state_lock:
-            self.paths.run_dir.mkdir(parents=True, exist_ok=True)
             tmp = self.paths.state.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=1))
-            os.replace(tmp, self.paths.state)
+            try:
+                self.paths.run_dir.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(json.dumps(data, indent=1))
+                os.replace(tmp, self.paths.state)
+            except OSError as err:
+                # A full disk must not fail the mount or release asking: the holds stay right in memory
+                # and the next save writes them all; only a crash before then loses the newest ones.
+                tmp.unlink(missing_ok=True)
+                log.warning("could not save the mount server's holds to %s: %s", self.paths.state,
+                            err.strerror or err)
 
 
 class _Collector:

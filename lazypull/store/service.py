@@ -339,10 +339,14 @@ class Stores:
                 return
             data = [self._describe(s) for s in self._stores.values()]
         with self._file_lock:
-            self.file.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=1))
-            os.replace(tmp, self.file)
+            try:
+                self.file.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(json.dumps(data, indent=1))
+                os.replace(tmp, self.file)
+            except OSError as err:      # a full disk: the counts stay right in memory (next save)
+                tmp.unlink(missing_ok=True)
+                log.warning("could not save the layer stores to %s: %s", self.file, err.strerror or err)
 
 
 def _counts(data: Any) -> dict[str, int]:

@@ -271,3 +271,32 @@ def test_containerd_removing_a_remote_snapshot_frees_its_layer(registry: Registr
         assert manager.cache.size == 0
     finally:
         manager.close()
+
+
+def test_a_full_disk_fails_no_mount_and_the_warning_names_the_state_file(
+        registry: RegistryServer, tmp_path: Path, small_fs: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A disk filled by something else: the mount server's state file (its holds) cannot be written, and
+    `run --rm` failed with a bare ENOSPC (bench/diskfull.py: 3 of 11). The mount and release go on (the
+    holds are right in memory; the next save writes them) and the warning names the file."""
+    one = build_blob(tmp_path, name="one")
+    push_image(registry.url, "full/one", "v1",
+               [(one.path.read_bytes(), OCI_GZIP, one.annotations, one.result.diff_id)])
+    root = small_fs / "root"
+    with RegistryClient(insecure=True) as client:
+        name = pull_image(Store(root), client, f"{registry.host}/full/one:v1", fetch_layers=False).name
+    manager = LayerManager(root, FsConfig(background_fetch=False, prefetch=False, read_deadline=5.0))
+    caplog.set_level(logging.WARNING, logger="lazypull.snapshot.manager")
+    filler = _fill(small_fs)
+    try:
+        [m] = manager.mount_image(name, insecure=True, holder="c1")
+        assert m.path is not None and (m.path / "bin/big").read_bytes() == FILES["bin/big"]
+        warnings = [r.getMessage() for r in caplog.records if "holds" in r.getMessage()]
+        assert warnings and str(root / "run" / "state.json") in warnings[0], warnings
+        assert "No space left on device" in warnings[0]
+        manager.release_image(name, holder="c1")
+        assert not list((root / "run").glob("*.tmp")), "a half-written state file was left"
+        filler.unlink()                         # space again: the next save writes the holds
+        manager.mount_image(name, insecure=True, holder="c2")
+        assert "c2" in (root / "run" / "state.json").read_text()
+    finally:
+        manager.close()
