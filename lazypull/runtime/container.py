@@ -168,7 +168,11 @@ class Containers:
                 created=dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
                 snapshotter=snapshotter, tty=options.tty, lowers=[str(p) for p in lowers_top_first],
                 labels=dict(options.labels), volatile=options.volatile)
-            self.save(record)
+            try:
+                self.save(record)
+            except OSError as err:
+                self._destroy(container_id)
+                raise _named(err, container_id, bundle) from err
         try:
             lowers = list(lowers_top_first)
             if not lowers:  # an image without layers: overlay needs one lower dir
@@ -187,8 +191,10 @@ class Containers:
             record.command = process_args(image_config, options)
             self.save(record)
             return record
-        except BaseException:
+        except BaseException as err:
             self._destroy(container_id)
+            if isinstance(err, OSError) and err.filename is None:
+                raise _named(err, container_id, bundle) from err
             raise
 
     def run(self, record: ContainerRecord, *, tty: bool, stdio: Stdio | None = None) -> int:
@@ -232,3 +238,8 @@ class Containers:
         if is_mountpoint(rootfs):  # never delete through a mounted rootfs (it would reach the layers)
             raise ContainerError(f"{rootfs} is still mounted; not removing container {container_id}")
         remove_tree(bundle)     # a container can leave a tree deeper than shutil.rmtree's recursion
+
+
+def _named(err: OSError, container_id: str, bundle: Path) -> ContainerError:
+    """A write that failed without naming its file (ENOSPC from write(2)): say which container and where."""
+    return ContainerError(f"creating container {container_id[:12]} in {bundle}: {err.strerror or err}")

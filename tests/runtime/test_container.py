@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -250,3 +252,26 @@ def test_sync_filesystem(tmp_path: Path) -> None:
     sync_filesystem(tmp_path)
     with pytest.raises(NotADirectoryError):
         sync_filesystem(tmp_path / "written")
+
+
+def test_create_on_a_full_disk_names_the_container_and_leaves_nothing(tmp_path: Path,
+                                                                      busybox_layer: Path) -> None:
+    """A full disk fails the container's creation (its bundle cannot be written, as with docker), with a
+    line naming the container and where, not a bare "No space left on device", and nothing left."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(disk)], check=True)
+    try:
+        containers = Containers(disk / "root")
+        filler = disk / "filler"
+        with open(filler, "wb") as fh, contextlib.suppress(OSError):
+            fh.write(bytes(2 << 20))                     # ENOSPC at 1 MiB: the disk is full
+        with pytest.raises(ContainerError) as caught:
+            containers.create(image="test/busybox", lowers_top_first=[busybox_layer],
+                              options=ContainerOptions(command=("true",)), name="full")
+        message = str(caught.value)
+        assert "No space left on device" in message and str(disk / "root" / "containers") in message
+        assert [p.name for p in (disk / "root" / "containers").iterdir() if not p.name.startswith(".")] == []
+        assert not [m for m in mountpoints() if m.startswith(str(disk) + "/")], "a rootfs stayed mounted"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
