@@ -114,7 +114,7 @@ class ChunkStore(Protocol):
         ...
 
     def release(self) -> None:
-        """Undo every pin still held through this store (the layer is closed)."""
+        """Undo every pin still held through this store (the layer is closed); later puts cache nothing."""
         ...
 
     @property
@@ -423,6 +423,7 @@ class LayerChunks:
         self.layer = layer_hex
         self._pins: Counter[str] = Counter()
         self._pins_lock = threading.Lock()
+        self._released = False      # the layer is closed: a fetch finishing late caches nothing
 
     def _key(self, digest: str) -> _Key:
         return (self.layer, digest_hex(digest, "chunk digest"))
@@ -441,6 +442,8 @@ class LayerChunks:
         return self.cache._read(self._key(digest), size, offset, length)
 
     def put(self, digest: str, data: bytes) -> bool:
+        if self._released:          # its namespace may be gone already (rmi, containerd's GC)
+            return False
         return self.cache._put(self._key(digest), data)
 
     def pin(self, digest: str, size: int) -> str | None:
@@ -461,6 +464,7 @@ class LayerChunks:
 
     def release(self) -> None:
         with self._pins_lock:
+            self._released = True
             pins, self._pins = self._pins, Counter()
         for digest, n in pins.items():
             for _ in range(n):

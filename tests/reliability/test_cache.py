@@ -300,3 +300,18 @@ def test_a_full_disk_fails_no_mount_and_the_warning_names_the_state_file(
         assert "c2" in (root / "run" / "state.json").read_text()
     finally:
         manager.close()
+
+
+def test_a_closed_layer_caches_nothing_a_late_fetch_brings(tmp_path: Path) -> None:
+    """A fetch finishing after its layer was closed (a background fetch racing containerd's GC or rmi)
+    must not recreate the layer's freed namespace nor count bytes against the bound."""
+    cache = DirectoryCache(tmp_path / "chunks", max_bytes=1 << 20)
+    store = cache.layer("sha256:" + "a" * 64)
+    digest, data = _chunk(1)
+    assert store.put(digest, data) and cache.size > 0
+    store.release()                                   # the layer is closed, then its namespace dropped
+    cache.drop_layer("sha256:" + "a" * 64)
+    assert cache.size == 0
+    assert not store.put(*_chunk(2)), "a late fetch was cached for a closed layer"
+    assert cache.size == 0 and not (tmp_path / "chunks" / ("a" * 64)).exists()
+    assert cache.layer("sha256:" + "a" * 64).put(*_chunk(3)), "a new mount of the layer caches again"
