@@ -20,7 +20,8 @@ from pathlib import Path
 
 from lazypull.build.dockerignore import IgnoreRules
 from lazypull.build.errors import BuildError
-from lazypull.build.fsops import MAX_SYMLINKS, scoped_path
+from lazypull.build.fsops import scoped_path
+from lazypull.rootpath import LeavesRoot, TooManyLinks, resolve_in_root
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -65,35 +66,15 @@ class SourceRoot:
         """The real path of a context-relative path, links followed and checked to stay inside."""
         if not self.strict:
             return scoped_path(self.root, relative)
-        pending = [p for p in relative.split("/") if p not in ("", ".")]
-        pending.reverse()
-        current: list[str] = []
-        links = 0
-        while pending:
-            part = pending.pop()
-            if part == "..":
-                if not current:
-                    raise BuildError(f"{original}: a symlink on the way leaves the {self.what}")
-                current.pop()
-                continue
-            candidate = self.root.joinpath(*current, part)
-            try:
-                st = os.lstat(candidate)
-            except (FileNotFoundError, NotADirectoryError):
-                current.append(part)
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                links += 1
-                if links > MAX_SYMLINKS:
-                    raise BuildError(f"{original}: too many levels of symbolic links")
-                target = os.readlink(candidate)
-                if target.startswith("/"):
-                    raise BuildError(f"{original}: symlink {self._relative(candidate)} -> {target} "
-                                     f"leaves the {self.what}")
-                pending.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
-                continue
-            current.append(part)
-        result = self.root.joinpath(*current)
+        try:
+            result = resolve_in_root(self.root, relative, strict=True)
+        except TooManyLinks:
+            raise BuildError(f"{original}: too many levels of symbolic links") from None
+        except LeavesRoot as err:
+            if err.link is None:
+                raise BuildError(f"{original}: a symlink on the way leaves the {self.what}") from None
+            raise BuildError(f"{original}: symlink {self._relative(err.link)} -> {err.target} "
+                             f"leaves the {self.what}") from None
         real = os.path.realpath(result)
         if real != str(self.real_root) and not real.startswith(str(self.real_root) + "/"):
             raise BuildError(f"{original}: the path leaves the {self.what}")

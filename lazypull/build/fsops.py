@@ -18,43 +18,17 @@ from typing import BinaryIO
 
 from lazypull.build.errors import BuildError
 from lazypull.removetree import remove_tree
+from lazypull.rootpath import TooManyLinks, resolve_in_root
 
-MAX_SYMLINKS = 40
 _SKIPPED_XATTR_PREFIXES = ("trusted.overlay.", "security.selinux")
 
 
 def scoped_path(root: Path, path: str, *, follow_last: bool = True) -> Path:
     """``path`` inside ``root`` with symlinks resolved in ``root``; missing parts are appended as given."""
-    pending = [p for p in path.split("/") if p not in ("", ".")]
-    pending.reverse()
-    current: list[str] = []
-    links = 0
-    while pending:
-        part = pending.pop()
-        if part == "..":
-            if current:
-                current.pop()
-            continue
-        candidate = root.joinpath(*current, part)
-        if not pending and not follow_last:
-            current.append(part)
-            break
-        try:
-            st = os.lstat(candidate)
-        except (FileNotFoundError, NotADirectoryError):
-            current.append(part)
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > MAX_SYMLINKS:
-                raise BuildError(f"{path}: too many levels of symbolic links")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                current = []
-            pending.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
-            continue
-        current.append(part)
-    return root.joinpath(*current)
+    try:
+        return resolve_in_root(root, path, follow_last=follow_last)
+    except TooManyLinks:
+        raise BuildError(f"{path}: too many levels of symbolic links") from None
 
 
 def make_dirs(root: Path, path: str, *, uid: int = 0, gid: int = 0, mode: int = 0o755) -> Path:

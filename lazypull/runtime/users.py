@@ -14,9 +14,9 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from lazypull import rootpath
 from lazypull.errors import ContainerError
 
-_MAX_SYMLINKS = 40
 _MAX_FILE = 4 << 20
 # A uid or gid: ASCII digits only (str.isdigit() also takes "²" and "٣"), below 2**32 - 1 ((uid_t) -1).
 _ID = re.compile(r"[0-9]{1,10}")
@@ -34,35 +34,14 @@ class ProcessUser:
 
 def resolve_in_root(root: Path, path: str) -> Path | None:
     """``path`` as seen from inside ``root`` (symlinks scoped to ``root``), or None if missing."""
-    pending = [p for p in path.split("/") if p not in ("", ".")]
-    pending.reverse()
-    current: list[str] = []
-    links = 0
-    while pending:
-        part = pending.pop()
-        if part == "..":
-            if current:
-                current.pop()
-            continue
-        candidate = root.joinpath(*current, part)
-        try:
-            st = os.lstat(candidate)
-            if stat.S_ISLNK(st.st_mode):
-                links += 1
-                if links > _MAX_SYMLINKS:
-                    raise ContainerError(f"{path}: too many levels of symbolic links in the image")
-                target = os.readlink(candidate)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as err:  # a 300-byte name from a symlink: ENAMETOOLONG, ...
-            raise ContainerError(f"cannot read {path} in the image: {err.strerror}") from err
-        if stat.S_ISLNK(st.st_mode):
-            if target.startswith("/"):
-                current = []
-            pending.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
-            continue
-        current.append(part)
-    return root.joinpath(*current)
+    try:
+        return rootpath.resolve_in_root(root, path, keep_missing=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except rootpath.TooManyLinks:
+        raise ContainerError(f"{path}: too many levels of symbolic links in the image") from None
+    except OSError as err:  # a 300-byte name from a symlink: ENAMETOOLONG, ...
+        raise ContainerError(f"cannot read {path} in the image: {err.strerror}") from err
 
 
 def read_in_root(root: Path, path: str) -> str | None:
