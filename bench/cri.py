@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
 import shlex
@@ -39,10 +38,11 @@ if str(REPO) not in sys.path:
 
 from bench import prepare as prep_mod  # noqa: E402
 from bench.delayproxy import DelayProxy  # noqa: E402
-from bench.netshape import PROFILES, NetNamespace  # noqa: E402
+from bench.netshape import PROFILES  # noqa: E402
+from bench.sample import sample_shuffled  # noqa: E402
 from bench.systems import LAZYPULL, stop_lazypull  # noqa: E402
 from bench.workloads import Workload, parse_names  # noqa: E402
-from devtools.registry import RegistryServer, bench_registry  # noqa: E402
+from devtools.registry import RegistryServer  # noqa: E402
 
 ROWS = (("containerd-overlayfs", "org"), ("lazypull-cri", "esgz"))
 PAUSE = "lazypull-bench/pause"
@@ -191,18 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.cache_dir / f"cri-work-{os.getpid()}"
     rng = random.Random(args.seed)
     with contextlib.ExitStack() as stack:
-        stack.callback(lambda: subprocess.run(["rm", "-rf", str(workdir)], check=False))
-        ns = NetNamespace()
-        stack.callback(ns.close)
-        ns.create()
-        registry = bench_registry(workdir, args.cache_dir / "registry", listen_host=ns.ns_ip,
-                                 exec_prefix=ns.exec_prefix())
-        stack.callback(registry.stop)
-        registry.start()
-        proxy = DelayProxy(ns.ns_ip, registry.port)
-        stack.callback(proxy.stop)
-        proxy.start()
-        ref_host = f"127.0.0.1:{proxy.port}"
+        ns, registry, proxy, ref_host = prep_mod.serve(stack, workdir, args.cache_dir)
         from devtools.rootfs import busybox_specs, push_image_layers
 
         pause = f"{registry.host}/{PAUSE}:1"
@@ -214,26 +203,21 @@ def main(argv: list[str] | None = None) -> int:
                              workdir=workdir, variants=("org", "esgz"), log=log)
         ns.shape(profile.rate_mbit)
         proxy.set_rtt(profile.rtt)
-        order = [(w, system, variant) for w in workloads for system, variant in ROWS
-                 for _ in range(args.samples)]
-        rng.shuffle(order)
-        for i, (w, system, variant) in enumerate(order):
-            ref = f"{ref_host}/{w.name}:{variant}"
-            node = Node(workdir / f"node-{i}", system == "lazypull-cri", pause,
-                        (ref_host, registry.host))
+
+        def take(i: int, w: Workload, system: str, variant: str) -> dict[str, Any]:
+            node = Node(workdir / f"node-{i}", system == "lazypull-cri", pause, (ref_host, registry.host))
             try:
                 node.start()
-                res = sample(node, ref, w, proxy, registry)
-                results["samples"].append({"image": w.name, "system": system, "variant": variant, **res})
-                log(f"{w.name} {system}:{variant} total {res['total']:.2f}s (pull {res['pull']:.2f}, "
-                    f"create {res['create']:.2f}, run {res['run']:.2f}), "
-                    f"{res['bytes_fetched'] / 1e6:.1f} MB, {res['lazy_mounts']} lazy mounts")
-            except Exception as err:
-                log(f"{w.name} {system}:{variant} failed: {err}")
-                results["errors"].append(f"{w.name} {system}:{variant}: {err}")
+                return sample(node, f"{ref_host}/{w.name}:{variant}", w, proxy, registry)
             finally:
                 node.stop()
-            out_path.write_text(json.dumps(results, indent=1))
+
+        sample_shuffled(workloads, ROWS, args.samples, rng, take,
+                        lambda res: (f"total {res['total']:.2f}s (pull {res['pull']:.2f}, "
+                                     f"create {res['create']:.2f}, run {res['run']:.2f}), "
+                                     f"{res['bytes_fetched'] / 1e6:.1f} MB, "
+                                     f"{res['lazy_mounts']} lazy mounts"),
+                        results, out_path, log)
     print(table(results))
     log(f"results: {out_path}")
     return 0

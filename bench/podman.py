@@ -37,10 +37,10 @@ if str(REPO) not in sys.path:
 
 from bench import prepare as prep_mod  # noqa: E402
 from bench.delayproxy import DelayProxy  # noqa: E402
-from bench.netshape import PROFILES, NetNamespace  # noqa: E402
+from bench.netshape import PROFILES  # noqa: E402
+from bench.sample import sample_shuffled  # noqa: E402
 from bench.systems import LAZYPULL, stop_lazypull  # noqa: E402
 from bench.workloads import Workload, parse_names  # noqa: E402
-from devtools.registry import bench_registry  # noqa: E402
 
 ROWS = (("podman", "org"), ("podman-lazypull-store", "esgz"))
 
@@ -126,38 +126,22 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.cache_dir / f"podman-work-{os.getpid()}"
     rng = random.Random(args.seed)
     with contextlib.ExitStack() as stack:
-        stack.callback(lambda: subprocess.run(["rm", "-rf", str(workdir)], check=False))
-        ns = NetNamespace()
-        stack.callback(ns.close)
-        ns.create()
-        registry = bench_registry(workdir, args.cache_dir / "registry", listen_host=ns.ns_ip,
-                                 exec_prefix=ns.exec_prefix())
-        stack.callback(registry.stop)
-        registry.start()
-        proxy = DelayProxy(ns.ns_ip, registry.port)
-        stack.callback(proxy.stop)
-        proxy.start()
-        ref_host = f"127.0.0.1:{proxy.port}"
+        ns, registry, proxy, ref_host = prep_mod.serve(stack, workdir, args.cache_dir)
         for w in workloads:
             log(f"preparing {w.name}")
             prep_mod.prepare(w, cache_dir=args.cache_dir, registry=registry, proxy=proxy, ref_host=ref_host,
                              workdir=workdir, variants=("org", "esgz"), log=log)
         ns.shape(profile.rate_mbit)
         proxy.set_rtt(profile.rtt)
-        order = [(w, system, variant) for w in workloads for system, variant in ROWS
-                 for _ in range(args.samples)]
-        rng.shuffle(order)
-        for i, (w, system, variant) in enumerate(order):
-            ref = f"{ref_host}/{w.name}:{variant}"
-            try:
-                res = sample(workdir / f"node-{i}", system != "podman", ref, ref_host, w, proxy)
-                results["samples"].append({"image": w.name, "system": system, "variant": variant, **res})
-                log(f"{w.name} {system}:{variant} total {res['total']:.2f}s, "
-                    f"{res['bytes_fetched'] / 1e6:.1f} MB, {res['store_layers']} layers from the store")
-            except Exception as err:
-                log(f"{w.name} {system}:{variant} failed: {err}")
-                results["errors"].append(f"{w.name} {system}:{variant}: {err}")
-            out_path.write_text(json.dumps(results, indent=1))
+
+        def take(i: int, w: Workload, system: str, variant: str) -> dict[str, Any]:
+            return sample(workdir / f"node-{i}", system != "podman", f"{ref_host}/{w.name}:{variant}",
+                          ref_host, w, proxy)
+
+        sample_shuffled(workloads, ROWS, args.samples, rng, take,
+                        lambda res: (f"total {res['total']:.2f}s, {res['bytes_fetched'] / 1e6:.1f} MB, "
+                                     f"{res['store_layers']} layers from the store"),
+                        results, out_path, log)
     print(table(results))
     log(f"results: {out_path}")
     return 0

@@ -13,22 +13,24 @@ Registry storage persists under the cache dir, so all of this happens once per i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
 from bench import ideal, images
 from bench.delayproxy import DelayProxy
+from bench.netshape import NetNamespace
 from bench.sample import Phase, run_phase, stop_process
 from bench.systems import LAZYPULL, stop_lazypull
 from bench.workloads import Workload
-from devtools.registry import RegistryServer
+from devtools.registry import RegistryServer, bench_registry
 
 VARIANTS = ("org", "esgz-noopt", "esgz", "zstdchunked")
 TRACE_CONFIG = "prefetch = false\nbackground_fetch = false\nmerge_gap = 0\n"
@@ -162,6 +164,32 @@ def variant_info(direct: str, storage: Path, workload: Workload, tag: str,
             prefetch += layout.prefetch_end or 0
         info.update(toc_bytes=toc, w_bytes=w, prefetch_bytes=prefetch)
     return info
+
+
+class Served(NamedTuple):
+    """The benchmark's registry in its own network namespace, and the delay proxy in front of it."""
+
+    ns: NetNamespace
+    registry: RegistryServer
+    proxy: DelayProxy
+    ref_host: str  # what image references name: the proxy, so every pull crosses the shaped link
+
+
+def serve(stack: contextlib.ExitStack[Any], workdir: Path, cache_dir: Path) -> Served:
+    """Start the namespace, the registry (storage kept under ``cache_dir``) and the proxy; ``stack``
+    stops them, and removes ``workdir`` last. The link is shaped later, after the images are pushed."""
+    stack.callback(lambda: subprocess.run(["rm", "-rf", str(workdir)], check=False))
+    ns = NetNamespace()
+    stack.callback(ns.close)
+    ns.create()
+    registry = bench_registry(workdir, cache_dir / "registry", listen_host=ns.ns_ip,
+                              exec_prefix=ns.exec_prefix())
+    stack.callback(registry.stop)
+    registry.start()
+    proxy = DelayProxy(ns.ns_ip, registry.port)
+    stack.callback(proxy.stop)
+    proxy.start()
+    return Served(ns, registry, proxy, f"127.0.0.1:{proxy.port}")
 
 
 def prepare(workload: Workload, *, cache_dir: Path, registry: RegistryServer, proxy: DelayProxy,

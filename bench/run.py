@@ -37,7 +37,7 @@ from bench.netshape import PROFILES, NetNamespace, Profile
 from bench.sample import Sample, measure
 from bench.systems import ContainerdSystem, LazypullSystem
 from bench.workloads import parse_names
-from devtools.registry import RegistryServer, bench_registry, summarize
+from devtools.registry import RegistryServer, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 # (system key, variant tag): what each row of the results is.
@@ -154,18 +154,7 @@ def run(args: argparse.Namespace) -> Path:
     rng = random.Random(args.seed)
     variants = tuple(sorted({v for _, v in args.row_list}, key=prep_mod.VARIANTS.index))
     with contextlib.ExitStack() as stack:
-        stack.callback(lambda: subprocess.run(["rm", "-rf", str(workdir)], check=False))
-        ns = NetNamespace()
-        stack.callback(ns.close)
-        ns.create()
-        registry = bench_registry(workdir, args.cache_dir / "registry", listen_host=ns.ns_ip,
-                                 exec_prefix=ns.exec_prefix())
-        stack.callback(registry.stop)
-        registry.start()
-        proxy = DelayProxy(ns.ns_ip, registry.port)
-        stack.callback(proxy.stop)
-        proxy.start()
-        ref_host = f"127.0.0.1:{proxy.port}"
+        ns, registry, proxy, ref_host = prep_mod.serve(stack, workdir, args.cache_dir)
         log(f"registry {registry.host} in netns {ns.name}; delay proxy {ref_host}")
 
         prepared: dict[str, prep_mod.Prepared] = {}
