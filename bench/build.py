@@ -21,7 +21,6 @@ import contextlib
 import os
 import random
 import shlex
-import statistics
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from bench import prepare as prep_mod  # noqa: E402
 from bench.delayproxy import DelayProxy  # noqa: E402
 from bench.netshape import PROFILES  # noqa: E402
 from bench.sample import sample_shuffled  # noqa: E402
+from bench.summary import megabytes, row_table, seconds  # noqa: E402
 from bench.systems import LAZYPULL, stop_lazypull  # noqa: E402
 from bench.workloads import Workload, parse_names  # noqa: E402
 
@@ -145,16 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(results: dict[str, Any]) -> str:
     """Markdown rows: median (slowest) build time and MB fetched, per image and row."""
-    lines = ["| image | system | build s | MB fetched | n |", "|---|---|---|---|---|"]
-    keys = sorted({(s["image"], s["system"], s["variant"]) for s in results["samples"]})
-    for image, system, variant in keys:
-        rows = [s for s in results["samples"]
-                if (s["image"], s["system"], s["variant"]) == (image, system, variant)]
-        values = [r["total"] for r in rows]
-        mb = statistics.median(r["bytes_fetched"] for r in rows) / 1e6
-        lines.append(f"| {image} | {system}:{variant} | {statistics.median(values):.2f} ({max(values):.2f}) "
-                     f"| {mb:.1f} | {len(rows)} |")
-    return "\n".join(lines)
+    return row_table(results, [("build s", seconds("total")), ("MB fetched", megabytes)])
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import contextlib
 import os
 import random
 import shlex
-import statistics
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from bench import prepare as prep_mod  # noqa: E402
 from bench.delayproxy import DelayProxy  # noqa: E402
 from bench.netshape import PROFILES  # noqa: E402
 from bench.sample import sample_shuffled  # noqa: E402
+from bench.summary import megabytes, row_table, seconds  # noqa: E402
 from bench.systems import LAZYPULL, stop_lazypull  # noqa: E402
 from bench.workloads import Workload, parse_names  # noqa: E402
 from devtools.registry import RegistryServer  # noqa: E402
@@ -225,21 +225,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(results: dict[str, Any]) -> str:
     """Markdown rows: median (slowest) per phase, and MB fetched, per image and row."""
-    lines = ["| image | system | pull s | create s | run s | total s | MB fetched | n |",
-             "|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(s["image"], s["system"], s["variant"]) for s in results["samples"]})
-    for image, system, variant in keys:
-        rows = [s for s in results["samples"]
-                if (s["image"], s["system"], s["variant"]) == (image, system, variant)]
-
-        def cell(key: str, rows: list[dict[str, Any]] = rows) -> str:
-            values = [r[key] for r in rows]
-            return f"{statistics.median(values):.2f} ({max(values):.2f})"
-
-        mb = statistics.median(r["bytes_fetched"] for r in rows) / 1e6
-        lines.append(f"| {image} | {system}:{variant} | {cell('pull')} | {cell('create')} | {cell('run')} "
-                     f"| {cell('total')} | {mb:.1f} | {len(rows)} |")
-    return "\n".join(lines)
+    phases = ("pull", "create", "run", "total")
+    return row_table(results, [*((f"{phase} s", seconds(phase)) for phase in phases),
+                               ("MB fetched", megabytes)])
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import json
 import os
 import random
 import shlex
-import statistics
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from bench import prepare as prep_mod  # noqa: E402
 from bench.delayproxy import DelayProxy  # noqa: E402
 from bench.netshape import PROFILES  # noqa: E402
 from bench.sample import sample_shuffled  # noqa: E402
+from bench.summary import megabytes, row_table, seconds  # noqa: E402
 from bench.systems import LAZYPULL, stop_lazypull  # noqa: E402
 from bench.workloads import Workload, parse_names  # noqa: E402
 
@@ -149,17 +149,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(results: dict[str, Any]) -> str:
     """Markdown rows: median (slowest) run time and MB fetched, per image and row."""
-    lines = ["| image | system | podman run s | MB fetched | layers from store | n |",
-             "|---|---|---|---|---|---|"]
-    keys = sorted({(s["image"], s["system"], s["variant"]) for s in results["samples"]})
-    for image, system, variant in keys:
-        rows = [s for s in results["samples"]
-                if (s["image"], s["system"], s["variant"]) == (image, system, variant)]
-        values = [r["total"] for r in rows]
-        mb = statistics.median(r["bytes_fetched"] for r in rows) / 1e6
-        lines.append(f"| {image} | {system}:{variant} | {statistics.median(values):.2f} ({max(values):.2f}) "
-                     f"| {mb:.1f} | {rows[0]['store_layers']} | {len(rows)} |")
-    return "\n".join(lines)
+    return row_table(results, [("podman run s", seconds("total")), ("MB fetched", megabytes),
+                               ("layers from store", lambda rows: str(rows[0]["store_layers"]))])
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import json
 import math
 import statistics
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,36 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+Column = tuple[str, Callable[[list[dict[str, Any]]], str]]
+
+
+def seconds(key: str) -> Callable[[list[dict[str, Any]]], str]:
+    """A table cell: the median (slowest) of ``key`` over the samples, in seconds."""
+    def cell(rows: list[dict[str, Any]]) -> str:
+        values = [r[key] for r in rows]
+        return f"{statistics.median(values):.2f} ({max(values):.2f})"
+    return cell
+
+
+def megabytes(rows: list[dict[str, Any]]) -> str:
+    """A table cell: the median bytes the registry sent, in MB."""
+    return f"{statistics.median(r['bytes_fetched'] for r in rows) / 1e6:.1f}"
+
+
+def row_table(results: dict[str, Any], columns: Sequence[Column]) -> str:
+    """Markdown, one line per (image, system:variant) of a comparison benchmark's samples (bench/build.py,
+    cri.py, podman.py): the given ``(header, cell)`` columns, then the sample count."""
+    lines = ["| image | system | " + " | ".join(h for h, _ in columns) + " | n |",
+             "|---|---|" + "---|" * len(columns) + "---|"]
+    keys = sorted({(s["image"], s["system"], s["variant"]) for s in results["samples"]})
+    for image, system, variant in keys:
+        rows = [s for s in results["samples"]
+                if (s["image"], s["system"], s["variant"]) == (image, system, variant)]
+        lines.append(f"| {image} | {system}:{variant} | " + " | ".join(cell(rows) for _, cell in columns)
+                     + f" | {len(rows)} |")
+    return "\n".join(lines)
 
 
 def aggregate(results: dict[str, Any]) -> list[dict[str, Any]]:
