@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import random
-import shlex
 import subprocess
 import sys
 import time
@@ -36,20 +34,16 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import prepare as prep_mod  # noqa: E402
+from bench.compare import Comparison, Take, log  # noqa: E402
+from bench.compare import main as compare_main  # noqa: E402
 from bench.delayproxy import DelayProxy  # noqa: E402
-from bench.netshape import PROFILES  # noqa: E402
-from bench.sample import sample_shuffled  # noqa: E402
 from bench.summary import megabytes, row_table, seconds  # noqa: E402
 from bench.systems import LAZYPULL, stop_lazypull  # noqa: E402
-from bench.workloads import Workload, parse_names  # noqa: E402
+from bench.workloads import Workload  # noqa: E402
 from devtools.registry import RegistryServer  # noqa: E402
 
 ROWS = (("containerd-overlayfs", "org"), ("lazypull-cri", "esgz"))
 PAUSE = "lazypull-bench/pause"
-
-
-def log(msg: str) -> None:
-    print(time.strftime("%H:%M:%S"), msg, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -159,68 +153,36 @@ def _log_text(path: Path) -> str:
     return "\n".join(line.split(" ", 3)[3] if line.count(" ") >= 3 else line for line in lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", default="python")
-    p.add_argument("--profile", default="wan", choices=list(PROFILES))
-    p.add_argument("--samples", type=int, default=3)
-    p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("LAZYPULL_BENCH_CACHE",
-                                                                          "/var/tmp/lazypull-bench")))
-    p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
-    p.add_argument("--seed", type=int, default=None)
+def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--live-tree", action="store_true",
                    help="run the working tree's lazypull (default: HEAD's, pinned as bench/run.py does)")
-    args = p.parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench/cri.py needs root (network namespace, tc, FUSE, containerd)", file=sys.stderr)
-        return 2
-    profile = PROFILES[args.profile]
-    workloads = parse_names(args.images)
-    args.cache_dir = args.cache_dir.resolve()
-    args.results_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _start(args: argparse.Namespace) -> None:
     if not args.live_tree:
         from bench.run import pin_lazypull
 
         args.cache_dir.mkdir(parents=True, exist_ok=True)
         log(f"lazypull pinned at {pin_lazypull(args.cache_dir)[:12]} (HEAD)")
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    out_path = args.results_dir.resolve() / f"cri-{stamp}.json"
-    results: dict[str, Any] = {"kind": "cri-pod-start", "date": stamp,
-                               "command": " ".join(shlex.quote(a) for a in sys.argv),
-                               "profile": vars(profile), "samples": [], "errors": []}
-    workdir = args.cache_dir / f"cri-work-{os.getpid()}"
-    rng = random.Random(args.seed)
-    with contextlib.ExitStack() as stack:
-        ns, registry, proxy, ref_host = prep_mod.serve(stack, workdir, args.cache_dir)
-        from devtools.rootfs import busybox_specs, push_image_layers
 
-        pause = f"{registry.host}/{PAUSE}:1"
-        push_image_layers(workdir / "pause", pause, [busybox_specs()],
-                          config={"config": {"Entrypoint": ["/bin/sleep", "86400"]}})
-        for w in workloads:
-            log(f"preparing {w.name}")
-            prep_mod.prepare(w, cache_dir=args.cache_dir, registry=registry, proxy=proxy, ref_host=ref_host,
-                             workdir=workdir, variants=("org", "esgz"), log=log)
-        ns.shape(profile.rate_mbit)
-        proxy.set_rtt(profile.rtt)
 
-        def take(i: int, w: Workload, system: str, variant: str) -> dict[str, Any]:
-            node = Node(workdir / f"node-{i}", system == "lazypull-cri", pause, (ref_host, registry.host))
-            try:
-                node.start()
-                return sample(node, f"{ref_host}/{w.name}:{variant}", w, proxy, registry)
-            finally:
-                node.stop()
+def _setup(served: prep_mod.Served, workdir: Path) -> Take:
+    """The pause image pushed (before the link is shaped: a node has it cached), then the sampler."""
+    from devtools.rootfs import busybox_specs, push_image_layers
 
-        sample_shuffled(workloads, ROWS, args.samples, rng, take,
-                        lambda res: (f"total {res['total']:.2f}s (pull {res['pull']:.2f}, "
-                                     f"create {res['create']:.2f}, run {res['run']:.2f}), "
-                                     f"{res['bytes_fetched'] / 1e6:.1f} MB, "
-                                     f"{res['lazy_mounts']} lazy mounts"),
-                        results, out_path, log)
-    print(table(results))
-    log(f"results: {out_path}")
-    return 0
+    ref_host, registry = served.ref_host, served.registry
+    pause = f"{registry.host}/{PAUSE}:1"
+    push_image_layers(workdir / "pause", pause, [busybox_specs()],
+                      config={"config": {"Entrypoint": ["/bin/sleep", "86400"]}})
+
+    def take(i: int, w: Workload, system: str, variant: str) -> dict[str, Any]:
+        node = Node(workdir / f"node-{i}", system == "lazypull-cri", pause, (ref_host, registry.host))
+        try:
+            node.start()
+            return sample(node, f"{ref_host}/{w.name}:{variant}", w, served.proxy, registry)
+        finally:
+            node.stop()
+    return take
 
 
 def table(results: dict[str, Any]) -> str:
@@ -228,6 +190,18 @@ def table(results: dict[str, Any]) -> str:
     phases = ("pull", "create", "run", "total")
     return row_table(results, [*((f"{phase} s", seconds(phase)) for phase in phases),
                                ("MB fetched", megabytes)])
+
+
+COMPARISON = Comparison(
+    "cri", "cri-pod-start", "network namespace, tc, FUSE, containerd", ROWS,
+    lambda res: (f"total {res['total']:.2f}s (pull {res['pull']:.2f}, create {res['create']:.2f}, "
+                 f"run {res['run']:.2f}), {res['bytes_fetched'] / 1e6:.1f} MB, "
+                 f"{res['lazy_mounts']} lazy mounts"),
+    table, _setup, add_args=_add_args, start=_start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return compare_main(COMPARISON, __doc__.split("\n\n")[0], argv)
 
 
 if __name__ == "__main__":

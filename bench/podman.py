@@ -18,12 +18,9 @@ table on stdout (median and slowest). Needs root.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
-import random
-import shlex
 import subprocess
 import sys
 import time
@@ -35,18 +32,14 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import prepare as prep_mod  # noqa: E402
+from bench.compare import Comparison, Take  # noqa: E402
+from bench.compare import main as compare_main  # noqa: E402
 from bench.delayproxy import DelayProxy  # noqa: E402
-from bench.netshape import PROFILES  # noqa: E402
-from bench.sample import sample_shuffled  # noqa: E402
 from bench.summary import megabytes, row_table, seconds  # noqa: E402
 from bench.systems import LAZYPULL, stop_lazypull  # noqa: E402
-from bench.workloads import Workload, parse_names  # noqa: E402
+from bench.workloads import Workload  # noqa: E402
 
 ROWS = (("podman", "org"), ("podman-lazypull-store", "esgz"))
-
-
-def log(msg: str) -> None:
-    print(time.strftime("%H:%M:%S"), msg, file=sys.stderr, flush=True)
 
 
 def sample(base: Path, lazy: bool, ref: str, registry_host: str, workload: Workload, proxy: DelayProxy
@@ -101,56 +94,27 @@ def sample(base: Path, lazy: bool, ref: str, registry_host: str, workload: Workl
         subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", default="python")
-    p.add_argument("--profile", default="wan", choices=list(PROFILES))
-    p.add_argument("--samples", type=int, default=3)
-    p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("LAZYPULL_BENCH_CACHE",
-                                                                          "/var/tmp/lazypull-bench")))
-    p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
-    p.add_argument("--seed", type=int, default=None)
-    args = p.parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench/podman.py needs root (network namespace, tc, FUSE, podman)", file=sys.stderr)
-        return 2
-    profile = PROFILES[args.profile]
-    workloads = parse_names(args.images)
-    args.cache_dir = args.cache_dir.resolve()
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    out_path = args.results_dir.resolve() / f"podman-{stamp}.json"
-    results: dict[str, Any] = {"kind": "podman-run", "date": stamp,
-                               "command": " ".join(shlex.quote(a) for a in sys.argv),
-                               "profile": vars(profile), "samples": [], "errors": []}
-    workdir = args.cache_dir / f"podman-work-{os.getpid()}"
-    rng = random.Random(args.seed)
-    with contextlib.ExitStack() as stack:
-        ns, registry, proxy, ref_host = prep_mod.serve(stack, workdir, args.cache_dir)
-        for w in workloads:
-            log(f"preparing {w.name}")
-            prep_mod.prepare(w, cache_dir=args.cache_dir, registry=registry, proxy=proxy, ref_host=ref_host,
-                             workdir=workdir, variants=("org", "esgz"), log=log)
-        ns.shape(profile.rate_mbit)
-        proxy.set_rtt(profile.rtt)
-
-        def take(i: int, w: Workload, system: str, variant: str) -> dict[str, Any]:
-            return sample(workdir / f"node-{i}", system != "podman", f"{ref_host}/{w.name}:{variant}",
-                          ref_host, w, proxy)
-
-        sample_shuffled(workloads, ROWS, args.samples, rng, take,
-                        lambda res: (f"total {res['total']:.2f}s, {res['bytes_fetched'] / 1e6:.1f} MB, "
-                                     f"{res['store_layers']} layers from the store"),
-                        results, out_path, log)
-    print(table(results))
-    log(f"results: {out_path}")
-    return 0
+def _setup(served: prep_mod.Served, workdir: Path) -> Take:
+    def take(i: int, w: Workload, system: str, variant: str) -> dict[str, Any]:
+        return sample(workdir / f"node-{i}", system != "podman", f"{served.ref_host}/{w.name}:{variant}",
+                      served.ref_host, w, served.proxy)
+    return take
 
 
 def table(results: dict[str, Any]) -> str:
     """Markdown rows: median (slowest) run time and MB fetched, per image and row."""
     return row_table(results, [("podman run s", seconds("total")), ("MB fetched", megabytes),
                                ("layers from store", lambda rows: str(rows[0]["store_layers"]))])
+
+
+COMPARISON = Comparison(
+    "podman", "podman-run", "network namespace, tc, FUSE, podman", ROWS,
+    lambda res: (f"total {res['total']:.2f}s, {res['bytes_fetched'] / 1e6:.1f} MB, "
+                 f"{res['store_layers']} layers from the store"), table, _setup)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return compare_main(COMPARISON, __doc__.split("\n\n")[0], argv)
 
 
 if __name__ == "__main__":

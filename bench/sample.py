@@ -10,16 +10,13 @@ proxy's byte counters are captured at the moment the workload finished, before c
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import random
 import selectors
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from bench.workloads import Workload
@@ -174,26 +171,3 @@ def measure(system: System, ref: str, workload: Workload, sample: Sample, *,
             stop_process(running)
         system.cleanup(cid)
     return sample
-
-
-def sample_shuffled(workloads: Sequence[Workload], rows: Sequence[tuple[str, str]], samples: int,
-                    rng: random.Random, take: Callable[[int, Workload, str, str], dict[str, Any]],
-                    describe: Callable[[dict[str, Any]], str], results: dict[str, Any], out_path: Path,
-                    log: Callable[[str], None]) -> None:
-    """Every (workload, row) ``samples`` times in one shuffled order (drift spreads over all rows).
-
-    ``take(index, workload, system, variant)`` measures one; its result joins ``results["samples"]``
-    (logged with ``describe``), its exception ``results["errors"]``, and ``out_path`` is rewritten
-    after each, so an interrupted run keeps what it measured.
-    """
-    order = [(w, system, variant) for w in workloads for system, variant in rows for _ in range(samples)]
-    rng.shuffle(order)
-    for i, (w, system, variant) in enumerate(order):
-        try:
-            res = take(i, w, system, variant)
-            results["samples"].append({"image": w.name, "system": system, "variant": variant, **res})
-            log(f"{w.name} {system}:{variant} {describe(res)}")
-        except Exception as err:
-            log(f"{w.name} {system}:{variant} failed: {err}")
-            results["errors"].append(f"{w.name} {system}:{variant}: {err}")
-        out_path.write_text(json.dumps(results, indent=1))
