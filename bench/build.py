@@ -9,7 +9,7 @@ reads what the workload's start reads. Rows: ``lazypull-lazy`` builds FROM the e
 demand; the server is started before the clock, as bench/run.py does); ``lazypull-full`` builds FROM
 the gzip image (``org``) with ``--snapshotter=overlayfs`` (the base is downloaded and extracted first);
 ``buildah`` runs Debian's ``buildah bud`` FROM ``org`` with a fresh private containers-storage
-(tests/podman/engine.py). Each sample starts cold (fresh store, empty cache). Timed: the build command
+(devtools/podman.py). Each sample starts cold (fresh store, empty cache). Timed: the build command
 until it exits; bytes: what the registry sent through the delay proxy. Images are prepared by
 :mod:`bench.prepare`. Results: ``bench/results/build-<UTC time>.json`` and a table on stdout. Needs root.
 """
@@ -49,7 +49,7 @@ def _context(base: Path, ref: str, workload: Workload) -> Path:
 def sample(base: Path, system: str, ref: str, registry_host: str, workload: Workload,
            proxy: DelayProxy) -> dict[str, Any]:
     """One cold build: seconds and bytes the registry sent."""
-    from tests.podman.engine import remove_engine_dirs, write_engine_config
+    from devtools.podman import remove_engine_dirs, write_engine_config
 
     context = _context(base, ref, workload)
     root = base / "lazypull"

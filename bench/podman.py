@@ -8,7 +8,7 @@ Rows: ``podman`` runs the legacy gzip image (``org``) with no store configured: 
 unpacks every layer; ``podman-lazypull-store`` runs the eStargz image (``esgz``, prioritized) with
 ``additionallayerstores`` naming a store served by ``lazypull store``: podman takes the layers from the
 store and the container reads them on demand. Timed: ``podman run --rm IMAGE CMD`` from a cold,
-private containers-storage (graphroot, runroot under a fresh directory, tests/podman/engine.py) and, for
+private containers-storage (graphroot, runroot under a fresh directory, devtools/podman.py) and, for
 the lazy row, a fresh lazypull root (empty chunk cache) whose mount server and store were started
 before the clock; the workload's expected output is checked. Debian's podman 4.3 as root. lazypull is
 the working tree's (the store is new). Images are prepared (built, converted, pushed, cached) by
@@ -45,7 +45,7 @@ ROWS = (("podman", "org"), ("podman-lazypull-store", "esgz"))
 def sample(base: Path, lazy: bool, ref: str, registry_host: str, workload: Workload, proxy: DelayProxy
            ) -> dict[str, Any]:
     """One cold ``podman run``: seconds, bytes the registry sent, layers linked to the store."""
-    from tests.podman.engine import RUN_FLAGS, remove_engine_dirs, write_engine_config
+    from devtools.podman import RUN_FLAGS, remove_engine_dirs, write_engine_config
 
     root, store = base / "lazypull", base / "store"
     env = write_engine_config(base / "engine", registry_host, store if lazy else None)

@@ -1,6 +1,6 @@
 """The same Dockerfile built by ``lazypull build`` and Debian's ``buildah bud``: the same tree and config.
 
-buildah runs with a private storage (graphroot under the test's directory, tests/podman/engine.py's
+buildah runs with a private storage (graphroot under the test's directory, devtools/podman.py's
 configuration); the trees are compared by names, types, modes, owners, contents, symlink targets
 and extended attributes (times are not compared: each builder stamps its own).
 """
@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from devtools.podman import remove_engine_dirs, write_engine_config
 from lazypull.image import Store
 from lazypull.runtime.layers import lower_dirs
 from lazypull.runtime.overlay import mount_overlay, unmount
 from tests.build.conftest import lazypull
 from tests.helpers.registry import RegistryServer
-from tests.podman.engine import remove_engine_dirs, write_engine_config
 
 DOCKERFILE = """\
 FROM {base}

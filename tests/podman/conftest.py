@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.podman import remove_engine_dirs, write_engine_config
 from tests.helpers.images import TarEntrySpec, file
 from tests.helpers.registry import AccessLogEntry, RegistryServer
 from tests.helpers.rootfs import busybox_specs, push_image_layers, push_lazy_image
-from tests.podman.engine import remove_engine_dirs, write_engine_config
 
 LAZYPULL = Path(sys.executable).parent / "lazypull"
 BIG_SIZE = 6 << 20          # an incompressible file nobody reads: what lazy pulling saves

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from devtools.podman import RUN_FLAGS
 from lazypull.registry import StaticAuth
 from lazypull.store.names import encode_ref
 from tests.helpers.images import file
 from tests.helpers.registry import AuthRegistry
 from tests.helpers.rootfs import busybox_specs, push_lazy_image
 from tests.podman.conftest import open_engines
-from tests.podman.engine import RUN_FLAGS
 
 
 def test_layers_of_a_private_registry_use_podman_login(tmp_path: Path,

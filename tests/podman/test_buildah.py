@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from devtools.podman import RUN_FLAGS
 from tests.helpers.registry import RegistryServer
 from tests.podman.conftest import Engines, LazyImage, layer_bytes
-from tests.podman.engine import RUN_FLAGS
 
 BUILDAH_RUN = ("--network", "host")
 

@@ -7,11 +7,11 @@ import json
 import tarfile
 import time
 
+from devtools.podman import RUN_FLAGS
 from lazypull.format.annotations import TOC_DIGEST_ANNOTATION
 from lazypull.store.names import encode_ref
 from tests.helpers.registry import RegistryServer
 from tests.podman.conftest import GRACE, Engines, LazyImage, layer_bytes
-from tests.podman.engine import RUN_FLAGS
 
 
 def test_pull_and_run_fetch_a_small_fraction(engines: Engines, lazy_image: LazyImage,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.podman import RUN_FLAGS, remove_engine_dirs, write_engine_config
 from lazypull.snapshot import MountClient
 from lazypull.snapshot.client import daemon_pid
 from lazypull.store.names import encode_ref
@@ -22,7 +23,6 @@ from tests.helpers.images import file
 from tests.helpers.registry import RegistryServer
 from tests.helpers.rootfs import busybox_specs, push_lazy_image
 from tests.podman.conftest import GRACE, LAZYPULL, Engines, LazyImage
-from tests.podman.engine import RUN_FLAGS, remove_engine_dirs, write_engine_config
 
 
 def _errno(call: object, *args: object) -> int:
