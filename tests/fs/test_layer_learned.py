@@ -191,7 +191,7 @@ def test_a_record_only_steers_fetches_of_the_layers_own_chunks(blob: Blob, tmp_p
     record names that exists is fetched from the blob and verified like any read."""
     ldir = tmp_path / "snapshots" / blob.digest.removeprefix("sha256:")
     ldir.mkdir(parents=True)
-    learned.record_path(ldir).write_text(json.dumps({"version": 1, "files": [
+    learned.record_path(ldir).write_text(json.dumps({"version": 1, "origin": f"faulty:{blob.path}", "files": [
         ["../../etc/hello.txt", None], ["nope/none", None], ["bin/huge", [1, 999_999_999]], ["bin", None],
         ["etc/empty", None], ["/etc/hello.txt", [0]]]}))
     tree, src = _mount(blob, tmp_path)
@@ -295,3 +295,28 @@ def test_a_symlinked_passwd_is_not_fetched_at_mount(tmp_path: Path) -> None:
     assert group is not None and real is not None
     assert src.requests == [[(group.chunks[0].offset, group.chunks[0].end - group.chunks[0].offset)]]
     tree.close()
+
+
+def test_a_record_is_replayed_only_for_the_origin_it_was_learned_from(blob: Blob, tmp_path: Path) -> None:
+    """Another source of the same blob (another registry) gets no learned fetch: replaying the record
+    would show it what an earlier workload here read, in order. The first origin still gets it."""
+    tree, _ = _mount(blob, tmp_path)
+    _first_run(tree)
+    tree.close()
+    record = json.loads(learned.record_path(tree.files_dir.parent).read_text())
+    assert record["origin"] == f"faulty:{blob.path}"
+    _evict(tmp_path)
+    other = tmp_path / "mirror.blob"
+    shutil.copyfile(blob.path, other)             # the same bytes, served by someone else
+    src = FaultySource(FileRangeSource(other))
+    tree = open_tree(blob, tmp_path, config=LAZY, source=src)
+    src.requests.clear()
+    tree.start()
+    assert tree.background.finished.wait(10)
+    assert src.requests == [] and tree.stats.learned_state == "none"
+    tree.close()
+    _evict(tmp_path)
+    tree, src = _mount(blob, tmp_path)              # the origin it was learned from: fetched ahead again
+    assert len(src.requests) >= 1 and tree.stats.learned_chunks > 0
+    tree.close()
+

@@ -51,9 +51,10 @@ class LearnedFile:
 class Learner:
     """Notes the files of one layer a workload reads first; thread-safe, cheap once the window closed."""
 
-    def __init__(self, path: Path, window: float) -> None:
+    def __init__(self, path: Path, window: float, origin: str = "") -> None:
         self.path = path
         self.window = window
+        self.origin = origin        # who served the blob: the record is replayed for it only
         self.replace = True         # False: a record exists and this mount was not cold; keep it
         self._files: dict[int, tuple[str, set[int] | None]] = {}    # ino -> (path, offsets); in order
         self._first: float | None = None
@@ -101,7 +102,7 @@ class Learner:
         files = self.files()
         if not files or not self.replace:
             return
-        doc = {"version": VERSION,
+        doc = {"version": VERSION, "origin": self.origin,
                "files": [[f.path, None if f.offsets is None else list(f.offsets)] for f in files]}
         data = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape")
         if len(data) > MAX_RECORD_SIZE:
@@ -126,9 +127,12 @@ def record_path(layer_dir: Path) -> Path:
     return layer_dir / RECORD_NAME
 
 
-def load(layer_dir: Path) -> list[LearnedFile] | None:
+def load(layer_dir: Path, origin: str | None = None) -> list[LearnedFile] | None:
     """The layer's learned record, or None when there is none or it cannot be used (logged: the mount
-    goes on without it, and learns a new one). Records a crashed server was writing are removed."""
+    goes on without it, and learns a new one). Records a crashed server was writing are removed.
+
+    ``origin``: who serves the blob now; a record learned from another origin is not used (replaying it
+    would show that registry what an earlier workload on this node read, and in which order)."""
     path = record_path(layer_dir)
     with contextlib.suppress(OSError):
         for stale in layer_dir.glob(TEMP_PREFIX + "*"):
@@ -147,10 +151,21 @@ def load(layer_dir: Path) -> list[LearnedFile] | None:
             data = fh.read(MAX_RECORD_SIZE + 1)
         if len(data) > MAX_RECORD_SIZE:
             raise ValueError(f"larger than {MAX_RECORD_SIZE} bytes")
-        return parse(data)
+        files = parse(data)
+        if origin is not None and _origin(data) != origin:
+            log.info("learned record %s was learned from another origin; not used for %s", path, origin)
+            return None
+        return files
     except (OSError, ValueError) as err:
         log.warning("learned record %s: %s; ignored", path, err)
         return None
+
+
+def _origin(data: bytes) -> str:
+    """The origin a (parsed, so valid) record was learned from; "" for records that name none."""
+    doc = json.loads(data.decode("utf-8", "surrogateescape"))
+    origin = doc.get("origin", "")
+    return origin if isinstance(origin, str) else ""
 
 
 def parse(data: bytes) -> list[LearnedFile]:

@@ -91,8 +91,9 @@ def open_layer_tree(digest: str, annotations: Mapping[str, str], source: RangeSo
         tree = LayerTree(digest, reader, remote, cache.layer(digest), stats, config, ldir)
     tree.access = recorder_for(ldir)
     if config.learn_window > 0:
-        tree.learned_record = learned.load(ldir)
-        tree.learner = learned.Learner(learned.record_path(ldir), config.learn_window)
+        origin = origin_of(source)
+        tree.learned_record = learned.load(ldir, origin)
+        tree.learner = learned.Learner(learned.record_path(ldir), config.learn_window, origin)
     # What was read to find the TOC (often the end of the blob, sometimes all of it) serves chunks too.
     if sum(len(data) for _, data in src.pieces) <= PRELOAD_MAX:
         tree.fetcher.preloaded = list(src.pieces)
