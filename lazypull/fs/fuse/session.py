@@ -205,16 +205,7 @@ class FuseMount:
             self._fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
         except OSError as err:
             raise MountError(f"cannot open /dev/fuse for {self.mountpoint}: {err.strerror}") from err
-        self._ops = Operations(
-            self.tree,
-            entry_timeout=self._entry_timeout,
-            attr_timeout=self._attr_timeout,
-            negative_timeout=self._negative_timeout,
-            passthrough=self._want_passthrough,
-            dev_fd=self._fd,
-            cache_symlinks=self._cache_symlinks,
-            no_open=self._readonly,
-        )
+        self._ops = self._operations()
         try:
             _mount.mount_fuse(self._fd, self.mountpoint, self.fsname, readonly=self._readonly)
         except MountError:
@@ -238,6 +229,19 @@ class FuseMount:
             _note_no_passthrough()
         return self
 
+    def _operations(self) -> Operations:
+        """The request handlers over this mount's tree and ``/dev/fuse`` fd (a new or a resumed one)."""
+        return Operations(
+            self.tree,
+            entry_timeout=self._entry_timeout,
+            attr_timeout=self._attr_timeout,
+            negative_timeout=self._negative_timeout,
+            passthrough=self._want_passthrough,
+            dev_fd=self._fd,
+            cache_symlinks=self._cache_symlinks,
+            no_open=self._readonly,
+        )
+
     def resume(self, fd: int, state: Negotiated, backing: dict[int, int] | None = None) -> FuseMount:
         """Serve the live connection ``fd`` (a ``/dev/fuse`` fd of the mount already at ``mountpoint``,
         kept while its server was gone: ``lazypull.snapshot.keeper``) instead of mounting; takes ``fd``.
@@ -254,16 +258,7 @@ class FuseMount:
             raise MountError(f"no lazypull FUSE mount at {self.mountpoint} to serve")
         self._fd = fd
         self._device = entry[2]
-        self._ops = Operations(
-            self.tree,
-            entry_timeout=self._entry_timeout,
-            attr_timeout=self._attr_timeout,
-            negative_timeout=self._negative_timeout,
-            passthrough=self._want_passthrough,
-            dev_fd=self._fd,
-            cache_symlinks=self._cache_symlinks,
-            no_open=self._readonly,
-        )
+        self._ops = self._operations()
         self._ops.resume(state, backing)
         self._ops.backing.on_change = self.on_backing
         self._mounted = True
