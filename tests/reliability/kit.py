@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,3 +46,13 @@ def lazy_root(root: Path, image: str, config: str = "") -> Path:
     return root
 
 
+class Gate(threading.Event):
+    """A FaultProxy ``hold`` release that also tells when a request started waiting on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()
+        return super().wait(timeout)

@@ -22,7 +22,7 @@ from lazypull.snapshot import MountClient, daemon_pid
 from lazypull.snapshot.keeper import keeper_pid
 from lazypull.snapshot.paths import RunPaths
 from tests.helpers.registry import Fault, FaultProxy
-from tests.reliability.kit import REPO_ROOT, gone, lazy_root, wait_until
+from tests.reliability.kit import REPO_ROOT, Gate, gone, lazy_root, wait_until
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_sigterm_stops_at_once_and_no_second_server_starts_meanwhile(
     server starts once the old one is gone (both held the root before: the pidfile was unlinked)."""
     image = lazy_image.replace(lazy_image.split("/")[0], fault_proxy.host, 1)
     root = lazy_root(tmp_path / "root", image, "read_deadline = 100.0\nprefetch = false\n")
-    release = _Gate()
+    release = Gate()
     try:
         with MountClient(root) as mc:
             bottom = mc.mount_image(image, insecure=True, holder="c1", wait_prefetch=False)[0].path
@@ -95,18 +95,6 @@ def test_sigterm_stops_at_once_and_no_second_server_starts_meanwhile(
     assert lazypull_mounts(root) == []
 
 
-class _Gate(threading.Event):
-    """A FaultProxy ``hold`` release that also tells when a request started waiting on it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waiting = threading.Event()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.waiting.set()
-        return super().wait(timeout)
-
-
 def test_partial_extractions_of_killed_pulls_are_removed(lazy_image: str, fault_proxy: FaultProxy,
                                                          tmp_path: Path) -> None:
     """A full pull killed while it extracts a layer leaves ``snapshots/<hex>/.fs.partial-*`` (hundreds
@@ -115,7 +103,7 @@ def test_partial_extractions_of_killed_pulls_are_removed(lazy_image: str, fault_
     image = lazy_image.replace(lazy_image.split("/")[0], fault_proxy.host, 1)
     root = tmp_path / "root"
     env = dict(os.environ, LAZYPULL_ROOT=str(root))
-    gate = _Gate()
+    gate = Gate()
     with RegistryClient(insecure=True) as client:
         raw, media_type, _ = client.resolve_image(image)
     for layer in parse_manifest(raw, media_type).layers:     # the layers' downloads never answer
@@ -210,7 +198,7 @@ def test_killed_run_rm_cli_removes_its_container(lazy_image: str, fault_proxy: F
     image = lazy_image.replace(lazy_image.split("/")[0], fault_proxy.host, 1)
     root = lazy_root(tmp_path / "root", image)
     env = dict(os.environ, LAZYPULL_ROOT=str(root))
-    gate = _Gate()
+    gate = Gate()
     if phase == "mounting":
         with RegistryClient(insecure=True) as client:
             raw, media_type, _ = client.resolve_image(image)
@@ -336,6 +324,7 @@ def test_daemon_ls_and_stop_refused_while_containers_run(lazy_image: str, tmp_pa
         assert busy_reads.returncode == 0, busy_reads.stderr
         assert busy_reads.stdout == "file 123\n" * 20
         pid = daemon_pid(root)
+        assert pid is not None, "no server serves the kept mounts"
         assert lazypull("rm", "-f", "busy").returncode == 0
         stopped = lazypull("daemon", "stop")
         assert stopped.returncode == 0, stopped.stderr

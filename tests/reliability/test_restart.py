@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from lazypull.snapshot.keeper import keeper_pid
 from lazypull.snapshot.paths import RunPaths
 from tests.helpers.registry import Fault, FaultProxy
 from tests.helpers.rootfs import busybox_specs
-from tests.reliability.kit import REPO_ROOT, gone, lazy_root, wait_until
+from tests.reliability.kit import REPO_ROOT, Gate, gone, lazy_root, wait_until
 
 # Reads every file of data/ in turn, each from the server (its page cache dropped after the read), by
 # names the kernel resolved before the restarts (node ids of the old server) and through a file opened
@@ -169,18 +168,6 @@ def test_a_server_stopped_keeping_its_mounts_hands_them_to_the_next(lazy_image: 
         MountClient(root, autostart=False).shutdown()
 
 
-class _Gate(threading.Event):
-    """A FaultProxy ``hold`` release that also tells when a request started waiting on it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waiting = threading.Event()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.waiting.set()
-        return super().wait(timeout)
-
-
 def test_read_pending_in_a_killed_server_is_resent(lazy_image: str, fault_proxy: FaultProxy,
                                                    tmp_path: Path) -> None:
     """A read the server took from the kernel and was fetching from the registry when it was killed
@@ -189,7 +176,7 @@ def test_read_pending_in_a_killed_server_is_resent(lazy_image: str, fault_proxy:
     image = lazy_image.replace(lazy_image.split("/")[0], fault_proxy.host, 1)
     root = lazy_root(tmp_path / "root", image, "read_deadline = 100.0\nprefetch = false\n")
     want = next(spec.content for spec in busybox_specs() if spec.name.lstrip("./") == "bin/busybox")
-    gate = _Gate()
+    gate = Gate()
     try:
         bottom = MountClient(root).mount_image(image, insecure=True, holder="c1", wait_prefetch=False)[0].path
         assert bottom is not None
