@@ -28,7 +28,7 @@ def fetched_lines(store: Store, image: ResolvedImage) -> list[str]:
 
 def not_lazy_reason(image: ResolvedImage, digest: str) -> str:
     """Why the layer ``digest`` of ``image`` is not mounted lazily, as one line."""
-    from lazypull.fs.layer.toc import is_lazy  # here: only a fallback pays for the import
+    from lazypull.format.layerkind import is_lazy
 
     desc = next((d for d in image.layers if d.digest == digest), None)
     if desc is not None and is_lazy(desc.annotations):

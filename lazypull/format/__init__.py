@@ -9,6 +9,7 @@ import typing
 if typing.TYPE_CHECKING:
     from lazypull.format.errors import DigestMismatchError as DigestMismatchError
     from lazypull.format.errors import FormatError as FormatError
+    from lazypull.format.layerkind import LayerSpec as LayerSpec
     from lazypull.format.reader import Chunk as Chunk
     from lazypull.format.reader import LayerReader as LayerReader
     from lazypull.format.reader import decode_chunk as decode_chunk
@@ -34,6 +35,7 @@ __all__ = [
     "FileSource",
     "FormatError",
     "LayerReader",
+    "LayerSpec",
     "TOCEntry",
     "build",
     "decode_chunk",
@@ -53,6 +55,7 @@ _SOURCES: dict[str, str] = {
     "FileSource": ".source",
     "FormatError": ".errors",
     "LayerReader": ".reader",
+    "LayerSpec": ".layerkind",
     "TOC": ".toc",
     "TOCEntry": ".toc",
     "build": ".writer",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
 from lazypull.errors import ContainerError
-from lazypull.format.annotations import TOC_DIGEST_ANNOTATION
+from lazypull.format.layerkind import is_lazy
 from lazypull.image.rootdir import layer_fs
 from lazypull.runtime.overlay import is_mountpoint
 
@@ -79,6 +79,12 @@ def _download(store: Store, image: ResolvedImage, desc: Descriptor, client: Regi
         writer.commit()
 
 
+def _has_estargz_metadata(desc: Descriptor) -> bool:
+    """A lazy layer (eStargz or zstd:chunked) extracted in full leaves out the TOC and landmark entries,
+    as its lazy view does: the same tree either way."""
+    return is_lazy(desc.annotations)
+
+
 def streaming_unpacker(root: Path) -> Callable[[Descriptor], StreamingExtraction | None]:
     """For ``pull_image(unpack=...)``: each layer downloaded is extracted into ``snapshots/<hex>/fs``
     while it arrives (renamed into place once its digest and DiffID matched); None if already there."""
@@ -86,10 +92,10 @@ def streaming_unpacker(root: Path) -> Callable[[Descriptor], StreamingExtraction
         dest = snapshot_dir(root, desc.digest)
         if _ready(dest):
             return None
-        estargz = bool((desc.annotations or {}).get(TOC_DIGEST_ANNOTATION))
         from lazypull.runtime.extract import StreamingExtraction
 
-        return StreamingExtraction(dest, label=f"layer {desc.digest}", skip_estargz_metadata=estargz)
+        return StreamingExtraction(dest, label=f"layer {desc.digest}",
+                                   skip_estargz_metadata=_has_estargz_metadata(desc))
     return unpack
 
 
@@ -134,9 +140,7 @@ def lower_dirs(root: Path, store: Store, image: ResolvedImage, mounts: Sequence[
                 _download(store, image, desc, client)
             blob = store.blob_path(desc.digest)
             assert blob is not None
-            # An eStargz blob extracted in full: leave out the TOC and landmarks, as the lazy view does.
-            estargz = bool((desc.annotations or {}).get(TOC_DIGEST_ANNOTATION))
-            jobs.append((blob, dest, f"layer {desc.digest}", estargz))
+            jobs.append((blob, dest, f"layer {desc.digest}", _has_estargz_metadata(desc)))
     finally:
         if client is not None:
             client.close()

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lazypull.errors import ImageError, LazypullError, MountError
-from lazypull.format.annotations import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION
-from lazypull.fs.layer.toc import CHECKSUM_AND_POSITION, is_lazy
+from lazypull.format import FormatError
+from lazypull.format.layerkind import LayerSpec, is_lazy
 from lazypull.image.partial import check_declared_diff_ids
 from lazypull.store.names import COMPRESSION_GZIP, COMPRESSION_ZSTD, LayerInfo
 
@@ -52,17 +52,6 @@ class ImageLayers:
         return None
 
 
-def toc_digest_of(annotations: dict[str, str]) -> str | None:
-    """The layer's TOC digest as newer containers/image names it: eStargz ``toc.digest``, zstd:chunked
-    ``manifest-checksum``."""
-    if annotations.get(TOC_DIGEST_ANNOTATION):
-        return annotations[TOC_DIGEST_ANNOTATION]
-    for key, _ in CHECKSUM_AND_POSITION:
-        if annotations.get(key):
-            return annotations[key]
-    return None
-
-
 def image_layers(client: Any, ref: Any) -> ImageLayers:
     """Read the manifest and config of ``ref`` (a ``Reference``) and describe its lazy layers."""
     from lazypull.registry import parse_manifest
@@ -89,18 +78,21 @@ def image_layers(client: Any, ref: Any) -> ImageLayers:
         if not is_lazy(annotations):
             continue            # not here: podman downloads it
         try:
+            spec = LayerSpec.from_descriptor(desc.digest, desc.size, desc.media_type, annotations)
+        except FormatError as err:
+            log.warning("store: not serving a layer of %s: %s", ref, err)
+            continue
+        try:
             check_declared_diff_ids([desc], [diff_id])
         except ImageError as err:
             # podman 4.3 trusts the store's diff-digest: an image contradicting itself is downloaded
             # (and its DiffID checked) by podman instead
             log.warning("store: not serving a layer of %s: %s", ref, err)
             continue
-        toc = toc_digest_of(annotations)
-        try:
-            diff_size = int(annotations.get(UNCOMPRESSED_SIZE_ANNOTATION, "-1"))
-        except ValueError:
-            diff_size = -1
-        compression = COMPRESSION_ZSTD if "zstd" in desc.media_type else COMPRESSION_GZIP
+        # the TOC digest as newer containers/image names the layer: toc.digest, else manifest-checksum
+        toc = spec.toc_digest or spec.manifest_checksum
+        diff_size = spec.uncompressed_size if spec.uncompressed_size is not None else -1
+        compression = COMPRESSION_ZSTD if spec.kind == "zstdchunked" else COMPRESSION_GZIP
         layer = StoreLayer(ref, annotations,
                            LayerInfo(desc.digest, int(desc.size), diff_id, diff_size, compression, toc))
         by_digest[desc.digest] = layer

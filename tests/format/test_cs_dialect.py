@@ -82,7 +82,7 @@ def test_cs_wrong_checksum() -> None:
 
 def test_manifest_position_parsing() -> None:
     from lazypull.format import FormatError
-    from lazypull.format.zstdchunked import parse_manifest_position
+    from lazypull.format.layerkind import parse_manifest_position
 
     assert parse_manifest_position("258:335:771:1") == (258, 335, 771, 1)
     for bad in ("1:2:3", "a:b:c:d", "1:2:3:-1", ""):
@@ -90,17 +90,20 @@ def test_manifest_position_parsing() -> None:
             parse_manifest_position(bad)
 
 
-def test_toc_expectation_from_either_annotation_prefix(vectors: Path) -> None:
+def test_layer_spec_opens_either_annotation_prefix(vectors: Path) -> None:
     from lazypull.format import FileSource
-    from lazypull.format.zstdchunked import toc_expectation
+    from lazypull.format.layerkind import LayerSpec
 
     for build_json, blob in (("tiny.zstd.build.json", "tiny.zstd"), ("tiny.cs.build.json", "tiny.cs.zstd")):
         meta = json.loads((vectors / build_json).read_text())
         ann = dict(meta.get("annotations") or meta["metadata"])
         if "tocDigest" in meta:
             ann["containerd.io/snapshot/stargz/toc.digest"] = meta["tocDigest"]
-        digest, hint = toc_expectation(ann)
-        reader = open_layer(FileSource(vectors / blob), toc_digest=digest, toc_offset_hint=hint)
+        spec = LayerSpec.from_descriptor("sha256:" + "0" * 64, None, "", ann)
+        assert spec.kind == "zstdchunked"
+        digest = spec.toc_digest or spec.manifest_checksum
+        reader = open_layer(FileSource(vectors / blob), toc_digest=digest,
+                            toc_offset_hint=spec.toc_offset_hint)
         assert reader.verified_by == ("toc" if "tocDigest" in meta else "manifest")
-        assert hint == reader.footer.toc_offset
-    assert toc_expectation({}) == (None, None)
+        assert spec.toc_offset_hint == reader.footer.toc_offset
+        assert spec.toc_position is not None and spec.toc_position[0] == reader.footer.toc_offset

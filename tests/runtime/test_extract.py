@@ -331,3 +331,30 @@ def test_streaming_extraction_refuses_garbage_and_trailing_data(tmp_path: Path) 
             job.finish()
         job.abort()
         assert list((tmp_path / f"s-{name}").iterdir()) == []
+
+
+def test_every_lazy_kind_extracted_whole_leaves_out_the_landmarks(tmp_path: Path) -> None:
+    """The full extraction of a lazy layer shows the tree its lazy mount shows (no root landmark), whichever
+    annotation makes it lazy: eStargz's toc.digest or a zstd:chunked manifest-checksum alone."""
+    import io
+
+    from lazypull.format import BuildOptions, build
+    from lazypull.format.annotations import TOC_DIGEST_ANNOTATION
+    from lazypull.registry import Descriptor
+    from lazypull.runtime.layers import streaming_unpacker
+
+    raw = make_tar([Entry("a", data=b"1"), Entry("b", data=b"2")])
+    out = io.BytesIO()
+    res = build(io.BytesIO(raw), out, BuildOptions(compression="zstd", prioritized_files=["a"]))
+    zstd_keys = {k: v for k, v in res.annotations.items() if "zstd-chunked" in k}
+    assert zstd_keys and TOC_DIGEST_ANNOTATION not in zstd_keys
+    for name, keys in (("toc", {TOC_DIGEST_ANNOTATION: res.toc_digest}), ("checksum", zstd_keys),
+                       ("plain", {})):
+        desc = Descriptor("application/vnd.oci.image.layer.v1.tar+zstd", res.blob_digest,
+                          len(out.getvalue()), keys)
+        job = streaming_unpacker(tmp_path / name)(desc)
+        assert job is not None
+        job.feed(out.getvalue())
+        job.commit()
+        names = sorted(os.listdir(job.dest))
+        assert names == (["a", "b"] if keys else [".prefetch.landmark", "a", "b"]), name

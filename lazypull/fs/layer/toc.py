@@ -1,7 +1,7 @@
-"""Opening one layer's TOC before mounting: footer and TOC through the blob source, the TOC digest
-checked against the layer's ``containerd.io/snapshot/stargz/toc.digest`` annotation (no annotation, no
-lazy mount), the ``manifest-position`` hint of zstd:chunked, and external TOCs (format.md 2.3) fetched
-from the ``<tag>-esgztoc`` image on the same registry.
+"""Opening one layer's TOC before mounting: footer and TOC through the blob source, authenticated by
+what the layer's descriptor says (``format.layerkind.LayerSpec``: ``toc.digest``, or zstd:chunked's
+``manifest-checksum``; none, no lazy mount), the TOC-offset hint of zstd:chunked, and external TOCs
+(format.md 2.3), whose bytes the caller finds (``lazypull.image.tocimage``).
 """
 
 from __future__ import annotations
@@ -16,47 +16,25 @@ from pathlib import Path
 from typing import Any
 
 from lazypull.errors import MountError
-from lazypull.format import FormatError, open_layer
-from lazypull.format.annotations import TOC_DIGEST_ANNOTATION as TOC_DIGEST
-from lazypull.format.annotations import UNCOMPRESSED_SIZE_ANNOTATION as UNCOMPRESSED_SIZE
+from lazypull.format import FormatError, LayerReader, open_layer
+from lazypull.format.annotations import TOC_DIGEST_ANNOTATION, TOC_IMAGE_SUFFIX, TOC_LAYER_DIGEST_ANNOTATION
+from lazypull.format.layerkind import LayerSpec
 from lazypull.fs.remote import RecordingSource
 
 log = logging.getLogger(__name__)
 
-LAYER_DIGEST = "containerd.io/snapshot/stargz/layer.digest"
-MANIFEST_POSITION = ("io.containers.zstd-chunked.manifest-position",
-                     "io.github.containers.zstd-chunked.manifest-position")
-CHECKSUM_AND_POSITION = (
-    ("io.github.containers.zstd-chunked.manifest-checksum",
-     "io.github.containers.zstd-chunked.manifest-position"),
-    ("io.containers.zstd-chunked.manifest-checksum", "io.containers.zstd-chunked.manifest-position"),
-)
 EXTERNAL_MARK = b"STARGZEXTERNALTOC"
 TAIL_READ = 64 << 10
-TOC_IMAGE_SUFFIX = "-esgztoc"
 
 ExternalToc = Callable[[], bytes]
 
 
-def is_lazy(annotations: Mapping[str, str] | None) -> bool:
-    """Whether a layer can be mounted lazily: its TOC can be verified against an annotation
-    (``toc.digest``, or containers/storage's zstd:chunked ``manifest-checksum`` + ``manifest-position``)."""
-    if not annotations:
-        return False
-    return bool(annotations.get(TOC_DIGEST)) or _checksum(annotations) is not None
-
-
-def _checksum(annotations: Mapping[str, str]) -> tuple[str, int, int] | None:
-    """(checksum, TOC offset, compressed TOC length) of a containers/storage zstd:chunked layer."""
-    for key, pos_key in CHECKSUM_AND_POSITION:
-        checksum, position = annotations.get(key), annotations.get(pos_key)
-        if checksum and position:
-            parts = position.split(":")
-            try:
-                return checksum, int(parts[0]), int(parts[1])
-            except (IndexError, ValueError) as err:
-                raise MountError(f"malformed {pos_key} annotation {position!r}") from err
-    return None
+def layer_spec(digest: str, annotations: Mapping[str, str], size: int | None = None) -> LayerSpec:
+    """The descriptor's ``LayerSpec``; a malformed annotation is a ``MountError`` naming it."""
+    try:
+        return LayerSpec.from_descriptor(digest, size, "", annotations)
+    except FormatError as err:
+        raise MountError(str(err)) from err
 
 
 def _verify_manifest_checksum(digest: str, src: RecordingSource, checksum: str, offset: int,
@@ -72,47 +50,22 @@ def _verify_manifest_checksum(digest: str, src: RecordingSource, checksum: str, 
         raise MountError(f"layer {digest}: TOC checksum {got} does not match manifest-checksum {checksum}")
 
 
-def toc_offset_hint(annotations: Mapping[str, str]) -> int | None:
-    """The TOC offset from zstd:chunked's ``manifest-position`` (``offset:len:ulen:type``)."""
-    for key in MANIFEST_POSITION:
-        value = annotations.get(key)
-        if value:
-            try:
-                return int(value.split(":")[0])
-            except ValueError as err:
-                raise MountError(f"malformed {key} annotation {value!r}") from err
-    return None
-
-
-def _declared_size(digest: str, annotations: Mapping[str, str]) -> int | None:
-    """The layer's declared uncompressed size, which no file in it can exceed (None: not declared)."""
-    declared = annotations.get(UNCOMPRESSED_SIZE)
-    if not declared:
-        return None
-    try:
-        size = int(declared, 10)
-    except ValueError:
-        size = -1
-    if size < 0:
-        raise MountError(f"layer {digest}: malformed {UNCOMPRESSED_SIZE} annotation {declared[:40]!r}")
-    return size
-
-
-def open_toc(digest: str, annotations: Mapping[str, str], src: RecordingSource,
-             external_toc: ExternalToc | None) -> Any:
+def open_toc(digest: str, annotations: Mapping[str, str] | LayerSpec, src: RecordingSource,
+             external_toc: ExternalToc | None) -> LayerReader:
     """The verified ``LayerReader`` of a layer; records what it read for the next mount."""
-    toc_digest = annotations.get(TOC_DIGEST)
+    spec = annotations if isinstance(annotations, LayerSpec) else layer_spec(digest, annotations, src.size)
+    toc_digest = spec.toc_digest
     # A mount applies the entry rules extraction applies (strict), and bounds file sizes by the layer's.
-    max_size = _declared_size(digest, annotations)
-    hint = toc_offset_hint(annotations)
+    max_size = spec.uncompressed_size
+    hint = spec.toc_offset_hint
     if not toc_digest:
-        cs = _checksum(annotations)
-        if cs is None:
-            raise MountError(f"layer {digest} has no {TOC_DIGEST} annotation: its TOC cannot be verified, "
-                             f"refusing to mount it lazily")
-        _verify_manifest_checksum(digest, src, *cs)
+        if spec.manifest_checksum is None or spec.toc_position is None:
+            raise MountError(f"layer {digest} has no {TOC_DIGEST_ANNOTATION} annotation: its TOC cannot be "
+                             f"verified, refusing to mount it lazily")
+        offset, length = spec.toc_position
+        _verify_manifest_checksum(digest, src, spec.manifest_checksum, offset, length)
         try:
-            reader = open_layer(src, toc_offset_hint=cs[1], strict=True, max_file_size=max_size)
+            reader = open_layer(src, toc_offset_hint=offset, strict=True, max_file_size=max_size)
         except FormatError as err:
             raise MountError(f"layer {digest}: cannot open its TOC: {err}") from err
         src.save()
@@ -148,6 +101,7 @@ def open_toc(digest: str, annotations: Mapping[str, str], src: RecordingSource,
     return reader
 
 
+# Moved to lazypull.image.tocimage; kept here only until snapshot.manager imports it from there.
 def fetch_external_toc(client: Any, ref: Any, layer_digest: str) -> bytes:
     """The TOC blob of ``layer_digest`` from the ``<tag>-esgztoc`` image next to ``ref`` (format.md 2.3)."""
     if not getattr(ref, "tag", None):
@@ -162,7 +116,7 @@ def fetch_external_toc(client: Any, ref: Any, layer_digest: str) -> bytes:
         by_digest = dataclasses.replace(toc_ref, tag=None, digest=entries[0]["digest"])
         manifest = _json(client.get_manifest(by_digest)[0], by_digest)
     for layer in manifest.get("layers") or []:
-        if (layer.get("annotations") or {}).get(LAYER_DIGEST) == layer_digest:
+        if (layer.get("annotations") or {}).get(TOC_LAYER_DIGEST_ANNOTATION) == layer_digest:
             buf = io.BytesIO()
             client.get_blob(toc_ref, layer["digest"], buf)
             return buf.getvalue()
