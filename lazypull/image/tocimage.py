@@ -1,0 +1,42 @@
+"""The external-TOC image (format.md 2.3): an eStargz image converted with ``--estargz-external-toc``
+keeps each layer's TOC in a layer of the image tagged ``<tag>-esgztoc`` beside it, annotated with the
+digest of the layer it belongs to. The lazy filesystem is given the TOC bytes this module fetches; it
+knows nothing of references or manifests.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lazypull.errors import MountError
+from lazypull.format.annotations import TOC_IMAGE_SUFFIX, TOC_LAYER_DIGEST_ANNOTATION
+from lazypull.format.reader import DEFAULT_MAX_TOC_SIZE
+from lazypull.registry import is_index, parse_index, parse_manifest
+
+if TYPE_CHECKING:
+    from lazypull.registry import Reference, RegistryClient
+
+
+def toc_image_reference(ref: Reference) -> Reference:
+    """``reg/repo:tag`` -> ``reg/repo:tag-esgztoc``; ``MountError`` for a reference without a tag."""
+    if not ref.tag:
+        raise MountError(f"{ref} has no tag to find its {TOC_IMAGE_SUFFIX} image by")
+    return ref.with_tag(ref.tag + TOC_IMAGE_SUFFIX)
+
+
+def fetch_external_toc(client: RegistryClient, ref: Reference, layer_digest: str) -> bytes:
+    """The TOC blob of ``layer_digest`` from the ``<tag>-esgztoc`` image next to ``ref`` (digest checked
+    by the client, size bounded as a TOC is); ``MountError`` if that image does not list it."""
+    if not ref.tag:
+        raise MountError(f"layer {layer_digest} has an external TOC, but {ref} has no tag to find it by")
+    toc_ref = toc_image_reference(ref)
+    raw, media_type, _ = client.get_manifest(toc_ref)
+    if is_index(media_type):        # the TOC image has one manifest: take the first
+        entries = parse_index(raw, media_type).manifests
+        if not entries:
+            raise MountError(f"external TOC index {toc_ref} lists no manifest")
+        raw, media_type, _ = client.get_manifest(toc_ref.with_digest(entries[0].digest))
+    for layer in parse_manifest(raw, media_type).layers:
+        if layer.annotations.get(TOC_LAYER_DIGEST_ANNOTATION) == layer_digest:
+            return client.fetch_blob(toc_ref, layer.digest, max_size=DEFAULT_MAX_TOC_SIZE)
+    raise MountError(f"TOC of layer {layer_digest} not found in {toc_ref}")
