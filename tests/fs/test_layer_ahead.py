@@ -25,7 +25,8 @@ from lazypull.fs.remote import FileRangeSource, RegistryRangeSource
 from tests.fs.elfkit import make_elf
 from tests.snapshot.layerkit import FILES, Blob, FaultySource, build_blob, lookup_path, open_tree, read_all
 
-LAZY = FsConfig(prefetch=False, background_fetch=False, read_deadline=5.0, warm_connections=0)
+LAZY = FsConfig(prefetch=False, background_fetch=False, read_deadline=5.0, warm_connections=0,
+                blob_readahead=0)    # (tested in test_layer_readahead)
 
 
 @dataclass

@@ -1,0 +1,79 @@
+"""Blob-order read-ahead: on a demand miss of a small file, the small files stored after it in the blob.
+
+A layer's tar keeps a directory's files together, in the order its build wrote them, and a starting
+program reads many of them one after the other (the headers one ``#include`` pulls in, a package's
+modules, a server's catalog files), each a round trip of its own when nothing is known about the image
+(no prioritized files, no learned record). So a miss of a small file also asks for the small files that
+follow it within ``FsConfig.blob_readahead`` compressed bytes of blob: in a request of their own beside
+the miss, never waited for by the read that missed (the read's own answer is not delayed by bytes it
+did not ask for); a later read of one of them finds it cached or waits only for that request.
+
+Bounded: the window is ``budget`` compressed bytes after the miss (only small files wholly inside it,
+each at most ``small`` compressed bytes; a big file in the window is skipped, it is read on its own
+terms), at most ``MAX_FILES`` files are looked at per miss, and the chunks taken hold at most
+``1/CACHE_SHARE`` of the chunk cache's bound (uncompressed), so a read-ahead never evicts what a
+workload just read. Only chunks of the layer's own verified TOC are named; nothing is trusted from
+the image beyond that.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Sequence
+
+from lazypull.format import Chunk
+from lazypull.fs.fuse.tree import FuseError
+
+MAX_FILES = 256
+"""Files looked at per miss: bounds the CPU one miss spends on a window of tiny files."""
+CACHE_SHARE = 16
+"""A read-ahead takes at most this fraction (1/16) of the chunk cache's bound."""
+
+#: ``(offsets, inodes)``: the layer's regular files sorted by the blob offset of their data
+Table = tuple[list[int], list[int]]
+
+
+class BlobReadAhead:
+    """The read-ahead policy of one layer (stateless past its settings; thread-safe)."""
+
+    def __init__(self, budget: int, *, small: int, cache_bound: int = 0) -> None:
+        """``budget``: compressed bytes of blob after a miss (0: off); ``small``: the largest file (in
+        compressed bytes) that is fetched ahead; ``cache_bound``: the chunk cache's bound (0: unknown)."""
+        self.budget = max(0, budget)
+        self.small = small
+        self.max_plain = cache_bound // CACHE_SHARE if cache_bound > 0 else None
+
+    def following(self, missing: Sequence[Chunk], missing_file_size: int, table: Table | None,
+                  files: Callable[[int], Sequence[Chunk] | None],
+                  cached: Callable[[Chunk], bool]) -> list[Chunk]:
+        """Uncached chunks of the small files stored after ``missing`` (chunks of one file of
+        ``missing_file_size`` compressed bytes), in blob order; empty when the missed file is not small,
+        the layer's files are not located yet (``table`` None) or the policy is off."""
+        if not self.budget or not missing or table is None or missing_file_size > self.small:
+            return []
+        offsets, inos = table
+        start = max(c.end for c in missing)
+        stop = start + self.budget
+        missed = {c.digest for c in missing}
+        out: list[Chunk] = []
+        plain = 0
+        i = bisect.bisect_left(offsets, start)
+        end = min(len(offsets), i + MAX_FILES)
+        while i < end and offsets[i] < stop:
+            ino = inos[i]
+            i += 1
+            try:
+                chunks = files(ino)
+            except FuseError:
+                continue            # (logged where the file is read)
+            if not chunks or not all(start <= c.offset and c.end <= stop for c in chunks):
+                continue            # only whole files inside the window
+            if sum(e - s for s, e in {(c.offset, c.end) for c in chunks}) > self.small:
+                continue
+            todo = [c for c in chunks if c.digest not in missed and not cached(c)]
+            size = sum(c.chunk_size for c in todo)
+            if self.max_plain is not None and plain + size > self.max_plain:
+                break
+            plain += size
+            out += todo
+        return out
