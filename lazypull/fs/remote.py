@@ -1,15 +1,16 @@
-"""Byte ranges of one layer blob, from the registry or a local file, with retries until a deadline.
+"""The lazy layers' blob source: byte ranges of one layer blob with the read path's only retry loop.
 
-``RangeSource`` is the one I/O seam: ``read_ranges([(offset, length), ...])`` answers several disjoint
-ranges at once (one multi-range HTTP request for the registry). ``RemoteBlob`` adds what the lazy layer
-needs on top: the read path's only retry loop (exponential backoff until a deadline, then
-:class:`FetchError`, never a hang), for failed requests and for answers that do not verify alike,
-counters, and a record of on-demand activity that background fetching yields to.
+``RangeSource`` is the one I/O seam under it: ``read_ranges([(offset, length), ...], deadline)`` answers
+several disjoint ranges at once, tried once (``lazypull.registry.RegistryBlobSource``: one multi-range
+HTTP request, no retries in the client; :class:`FileRangeSource`: a local file). ``RemoteBlob`` is the
+blob source the lazy layer reads through (``format.BlobSource`` for the TOC, multi-range fetches for
+chunks): the only retry loop of a lazy read (exponential backoff until a deadline, then
+:class:`FetchError`, never a hang), for failed requests and for answers that do not verify alike, its
+counters, the record of on-demand activity that background fetching yields to, and connection warming.
 
-The registry source tries each request once (``retry=False``) within the caller's deadline; each request
-has its own deadline and minimum rate (``lazypull.registry.NetLimits``), so a stuck one is abandoned
-and the next try goes out on a new connection; a registry known to be down fails at once
-(``RegistryUnavailableError``), which is not retried.
+Each registry request has its own deadline and minimum rate (``lazypull.registry.NetLimits``), so a
+stuck one is abandoned and the next try goes out on a new connection; a registry known to be down fails
+at once (``RegistryUnavailableError``), which is not retried.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from lazypull.errors import LazypullError, MountError
 from lazypull.fs.config import FsConfig
@@ -34,25 +35,33 @@ class FetchError(MountError):
 
 
 class RangeSource(Protocol):
-    """Random access to a compressed blob, several ranges per call."""
+    """Random access to a compressed blob, several ranges per call, each call tried once."""
 
     @property
     def size(self) -> int: ...
 
-    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]: ...
+    def read_ranges(self, ranges: Sequence[tuple[int, int]], deadline: float | None = None) -> list[bytes]:
+        """Bytes of each ``(offset, length)``; no retries, nothing outliving ``deadline`` (monotonic)."""
+        ...
 
     def describe(self) -> str: ...
 
 
 @runtime_checkable
-class DeadlineRangeSource(Protocol):
-    """A source whose requests can be bound by the caller's deadline (tried once each: no retries)."""
+class WarmableSource(Protocol):
+    """A source whose connections can be opened ahead of a burst of requests (a registry's)."""
 
-    def read_ranges_until(self, ranges: Sequence[tuple[int, int]], deadline: float) -> list[bytes]: ...
+    def warm(self, connections: int, *, interval: float, if_idle: float | None = None) -> bool: ...
 
 
 #: ``accept(ranges, answers)`` takes what verifies of an answer and returns the ranges to ask again
 Accept = Callable[[list[tuple[int, int]], list[bytes]], Sequence[tuple[int, int]]]
+
+#: A registry client's connections are warmed at most once this often (the layers of an image share them).
+WARM_INTERVAL = 2.0
+#: A client idle this long has likely lost its keep-alive connections (the registry client keeps them
+#: 30 s): the next miss warms new ones beside its own request.
+REWARM_IDLE = 25.0
 
 
 class FileRangeSource:
@@ -67,7 +76,7 @@ class FileRangeSource:
     def size(self) -> int:
         return self._size
 
-    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    def read_ranges(self, ranges: Sequence[tuple[int, int]], deadline: float | None = None) -> list[bytes]:
         return [os.pread(self._fd, length, offset) for offset, length in ranges]
 
     def describe(self) -> str:
@@ -75,72 +84,6 @@ class FileRangeSource:
 
     def close(self) -> None:
         os.close(self._fd)
-
-
-class RegistryRangeSource:
-    """A blob in a registry, read with HTTP Range requests through ``lazypull.registry.RegistryClient``."""
-
-    def __init__(self, client: Any, ref: Any, digest: str, size: int) -> None:
-        self.client = client
-        self.ref = ref
-        self.digest = digest
-        self._size = size
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        try:
-            if len(ranges) == 1:
-                offset, length = ranges[0]
-                return [bytes(self.client.read_range(self.ref, self.digest, offset, length))]
-            return [bytes(b) for b in self.client.read_ranges(self.ref, self.digest, list(ranges))]
-        finally:
-            _used[id(self.client)] = time.monotonic()
-
-    def read_ranges_until(self, ranges: Sequence[tuple[int, int]], deadline: float) -> list[bytes]:
-        """One try (the caller retries), no request outliving ``deadline`` (monotonic)."""
-        try:
-            return [bytes(b) for b in self.client.read_ranges(self.ref, self.digest, list(ranges),
-                                                              deadline=deadline, retry=False)]
-        finally:
-            _used[id(self.client)] = time.monotonic()
-
-    def describe(self) -> str:
-        return f"{self.ref}@{self.digest}"
-
-    def warm(self, connections: int, *, if_idle: float | None = None) -> None:
-        """Have ``connections`` keep-alive connections to the registry open (concurrent HEADs of the
-        blob, in the background), so a burst of concurrent misses does not wait a handshake each.
-        Once per client within ``WARM_INTERVAL`` s: the layers of an image share its connections.
-        ``if_idle``: only when the client sent nothing for that long (its idle connections are gone)."""
-        now = time.monotonic()
-        key = id(self.client)
-        with _warm_lock:
-            if if_idle is not None and now - _used.get(key, now) < if_idle:
-                return
-            if now - _warmed.get(key, -WARM_INTERVAL) < WARM_INTERVAL:
-                return
-            _warmed[key] = _used[key] = now
-        for _ in range(connections):
-            threading.Thread(target=self._head, name="warm", daemon=True).start()
-
-    def _head(self) -> None:
-        try:
-            self.client.blob_size(self.ref, self.digest)
-        except Exception as err:     # only a head start: the reads report real failures
-            log.debug("warming a connection for %s failed: %s", self.describe(), err)
-        _used[id(self.client)] = time.monotonic()
-
-
-WARM_INTERVAL = 2.0
-#: A client idle this long has likely lost its keep-alive connections (the registry client keeps them
-#: 30 s): the next miss warms new ones beside its own request.
-REWARM_IDLE = 25.0
-_warm_lock = threading.Lock()
-_warmed: dict[int, float] = {}      # client id -> when it was last warmed
-_used: dict[int, float] = {}        # client id -> when it last sent a request for a lazy layer
 
 
 class RemoteBlob:
@@ -233,10 +176,7 @@ class RemoteBlob:
 
     def _read(self, ranges: list[tuple[int, int]], deadline: float) -> list[bytes]:
         """One request for ``ranges``, its answer checked for shape (count and lengths)."""
-        if isinstance(self.source, DeadlineRangeSource):
-            datas = self.source.read_ranges_until(ranges, deadline)
-        else:
-            datas = self.source.read_ranges(ranges)
+        datas = self.source.read_ranges(ranges, deadline)
         if len(datas) != len(ranges):
             raise FetchError(f"asked for {len(ranges)} ranges, got {len(datas)}")
         for (off, length), data in zip(ranges, datas, strict=True):
@@ -246,10 +186,11 @@ class RemoteBlob:
         return datas
 
     def warm(self, connections: int, *, if_idle: float | None = None) -> None:
-        """Open connections ahead of concurrent fetches, when the source has any (registries)."""
-        warm = getattr(self.source, "warm", None)
-        if warm is not None and connections > 0:
-            warm(connections, if_idle=if_idle)
+        """Open connections ahead of concurrent fetches, when the source has any (registries): at most
+        once per ``WARM_INTERVAL`` for the sources sharing a client; ``if_idle``: only when it sent
+        nothing for that long."""
+        if isinstance(self.source, WarmableSource) and connections > 0:
+            self.source.warm(connections, interval=WARM_INTERVAL, if_idle=if_idle)
 
     def read_at(self, offset: int, length: int) -> bytes:
         """``BlobSource.read_at`` for the format reader (TOC and footer), with the read deadline."""

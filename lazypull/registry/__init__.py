@@ -42,6 +42,7 @@ if typing.TYPE_CHECKING:
     from lazypull.registry._manifest import parse_manifest as parse_manifest
     from lazypull.registry._manifest import select_all as select_all
     from lazypull.registry._manifest import select_platform as select_platform
+    from lazypull.registry._ranges import merge_spans as merge_spans
     from lazypull.registry._reference import Reference as Reference
     from lazypull.registry._reference import parse_reference as parse_reference
     from lazypull.registry._transport import RetryPolicy as RetryPolicy
@@ -98,6 +99,7 @@ __all__ = [
     "default_platform",
     "detect_media_type",
     "is_index",
+    "merge_spans",
     "normalize_server",
     "parse_challenges",
     "parse_index",
@@ -150,6 +152,7 @@ _SOURCES: dict[str, str] = {
     "default_platform": "._manifest",
     "detect_media_type": "._manifest",
     "is_index": "._manifest",
+    "merge_spans": "._ranges",
     "normalize_server": "._dockerconfig",
     "parse_challenges": "._auth",
     "parse_index": "._manifest",

@@ -16,6 +16,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -36,6 +37,7 @@ from lazypull.registry._manifest import (
 )
 from lazypull.registry._ranges import (
     RangeResponseError,
+    merge_spans,
     parse_content_range,
     parse_range_response,
     unsatisfied_total,
@@ -97,6 +99,7 @@ class RegistryClient:
         self.chunk_size = chunk_size
         self._lock = threading.Lock()
         self._single_range_hosts: set[str] = set()   # answer multi-range requests with 200
+        self._warmed = float("-inf")                 # when warm() last opened connections (monotonic)
 
     def warm_up(self) -> None:
         """Load now what the first request would (see ``Transport.warm_up``): for long-lived clients."""
@@ -389,7 +392,7 @@ class RegistryClient:
     def _fetch_ranges(self, ref: Reference, digest: str, ranges: list[tuple[int, int]],
                       deadline: float | None, retry: bool) -> list[bytes]:
         # Merge overlapping/adjacent ranges: servers reject or collapse overlapping specs.
-        spans = _merge_spans(ranges)
+        spans = merge_spans((off, off + n) for off, n in ranges)
         if len(spans) > 1 and ref.api_host in self._single_range_hosts:
             answers = []
             for span in spans:
@@ -470,11 +473,36 @@ class RegistryClient:
         raise AssertionError("unreachable")
 
     def blob_source(self, ref: Reference | str, digest: str, size: int | None = None) -> RegistryBlobSource:
-        """Random access to a blob for ``lazypull.format.open_layer`` (size via HEAD if not given)."""
+        """One blob as a :class:`RegistryBlobSource` (size via HEAD if not given)."""
         ref = _as_ref(ref)
         if size is None:
             size = self.blob_size(ref, digest)
         return RegistryBlobSource(self, ref, digest, size)
+
+    def warm(self, ref: Reference | str, digest: str, connections: int, *, interval: float,
+             if_idle: float | None = None) -> bool:
+        """Have ``connections`` keep-alive connections to ``ref``'s registry open (concurrent HEADs of
+        the blob, in background threads), so a burst of concurrent requests does not wait a handshake
+        each. Not again within ``interval`` s (the layers of an image share the client's connections);
+        ``if_idle``: only when the client sent nothing for that long (its idle connections are gone).
+        Whether it started."""
+        ref = _as_ref(ref)
+        now = time.monotonic()
+        with self._lock:
+            if if_idle is not None and now - self.transport.last_used < if_idle:
+                return False
+            if now - self._warmed < interval:
+                return False
+            self._warmed = self.transport.last_used = now
+        for _ in range(connections):
+            threading.Thread(target=self._warm_one, args=(ref, digest), name="warm", daemon=True).start()
+        return True
+
+    def _warm_one(self, ref: Reference, digest: str) -> None:
+        try:
+            self.blob_size(ref, digest)
+        except Exception as err:     # only a head start: the reads report real failures
+            log.debug("warming a connection to %s failed: %s", ref.registry, err)
 
     # -- push ---------------------------------------------------------------------------------------
     def mount_blob(self, ref: Reference | str, digest: str, source_repository: str) -> bool:
@@ -572,7 +600,13 @@ class RegistryClient:
 
 
 class RegistryBlobSource:
-    """A blob in a registry as random-access bytes (the ``lazypull.format.BlobSource`` protocol)."""
+    """One blob in a registry, the only adapter from the client to byte-range reads.
+
+    ``read_at`` is the ``lazypull.format.BlobSource`` protocol, retried by the client like any request.
+    ``read_ranges`` (several ranges in one request) is the lazy layers' mode: each request is tried
+    once and none outlives the caller's deadline, because the caller (``lazypull.fs.remote.RemoteBlob``)
+    holds the one retry loop of a lazy read; ``warm`` opens connections ahead of a burst of them.
+    """
 
     def __init__(self, client: RegistryClient, ref: Reference, digest: str, size: int) -> None:
         self.client, self.ref, self.digest, self._size = client, ref, digest, size
@@ -580,6 +614,18 @@ class RegistryBlobSource:
     @property
     def size(self) -> int:
         return self._size
+
+    def describe(self) -> str:
+        return f"{self.ref}@{self.digest}"
+
+    def read_ranges(self, ranges: Sequence[tuple[int, int]], deadline: float | None = None) -> list[bytes]:
+        """Bytes of each ``(offset, length)`` range, short only at the end of the blob: one try (no
+        retries), no request outliving ``deadline`` (monotonic)."""
+        return self.client.read_ranges(self.ref, self.digest, ranges, deadline=deadline, retry=False)
+
+    def warm(self, connections: int, *, interval: float, if_idle: float | None = None) -> bool:
+        """``RegistryClient.warm`` for this blob's registry."""
+        return self.client.warm(self.ref, self.digest, connections, interval=interval, if_idle=if_idle)
 
     def read_at(self, offset: int, length: int) -> bytes:
         """``length`` bytes from ``offset``, short only at the end of the blob."""
@@ -596,17 +642,6 @@ class RegistryBlobSource:
 
     def __repr__(self) -> str:
         return f"RegistryBlobSource({self.ref.name}@{self.digest}, size={self._size})"
-
-
-def _merge_spans(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    spans = sorted((o, o + n) for o, n in ranges if n > 0)
-    merged: list[tuple[int, int]] = []
-    for s, e in spans:
-        if merged and s <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], e))
-        else:
-            merged.append((s, e))
-    return merged
 
 
 def _slice(parts: dict[int, bytes], offset: int, length: int, total: int | None) -> bytes:

@@ -1,4 +1,8 @@
-"""Parsing 206 answers: one ``Content-Range`` part, or ``multipart/byteranges`` (RFC 9110 14.6).
+"""Byte ranges over HTTP: merging the spans a request asks for, and parsing 206 answers (one
+``Content-Range`` part, or ``multipart/byteranges``, RFC 9110 14.6).
+
+:func:`merge_spans` is the one range merger: the registry client joins overlapping spans (servers reject
+or collapse them) and the lazy layers join neighbouring chunks into one request (``merge_gap``).
 
 A multipart body is read part by part using each part's own ``Content-Range`` for its length,
 so a payload that happens to contain the boundary string cannot confuse the parser.
@@ -13,6 +17,19 @@ _CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*\Z", re.IGNORECA
 _UNSATISFIED = re.compile(r"\s*bytes\s+\*/(\d+)\s*\Z", re.IGNORECASE)
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 MAX_PART_HEADERS = 8 << 10
+
+
+def merge_spans(spans: Iterable[tuple[int, int]], gap: int = 0) -> list[tuple[int, int]]:
+    """Sorted ``(start, end)`` spans covering ``spans``: overlapping ones, touching ones and ones less
+    than ``gap`` bytes apart joined."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1] + gap:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
 
 
 class RangeResponseError(ValueError):

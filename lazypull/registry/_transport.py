@@ -202,6 +202,9 @@ class Transport:
         self._lock = threading.Lock()
         self._host_locks: dict[str, threading.Lock] = {}
         self._system_ctx: ssl.SSLContext | None = None     # shared by hosts without CAs of their own
+        #: when a request last ended (monotonic): a transport idle longer than ``KEEPALIVE_EXPIRY`` has
+        #: lost its keep-alive connections
+        self.last_used = time.monotonic()
 
     def close(self) -> None:
         with self._lock:
@@ -399,6 +402,7 @@ class Transport:
                 return self._attempt(method, host, path_or_url, scopes, ok, what, params, headers, content,
                                      stream, retry, expected, until)
             except RegistryError as err:
+                self.last_used = time.monotonic()
                 attempt += 1
                 delay = self.retry.delay(attempt - 1, err.retry_after)
                 if not retry or not err.temporary or attempt >= self.retry.attempts \
@@ -422,6 +426,7 @@ class Transport:
                 raise self.breaker.unavailable(host) from err
             raise
         self.breaker.record(host, None, trial=trial)
+        self.last_used = time.monotonic()
         return response
 
     def _exchange(self, method: str, host: str, path_or_url: str, scopes: tuple[str, ...], ok: Sequence[int],

@@ -31,7 +31,7 @@ from lazypull.fs.layer.activity import ACTIVITY
 from lazypull.fs.layer.open import prove_origin
 from lazypull.fs.layer.toc import fetch_external_toc
 from lazypull.fs.mount import mount_layer, resume_layer
-from lazypull.fs.remote import FileRangeSource, RangeSource, RegistryRangeSource
+from lazypull.fs.remote import FileRangeSource, RangeSource
 from lazypull.fs.stats import COUNTERS
 from lazypull.snapshot.layerstate import prune_layer_state
 from lazypull.snapshot.paths import RunPaths
@@ -225,7 +225,7 @@ class LayerManager:
 
         def one(desc: Any) -> str | None:
             def make_source() -> tuple[RangeSource, Callable[[], bytes] | None]:
-                return (RegistryRangeSource(client, parsed, desc.digest, int(desc.size)),
+                return (client.blob_source(parsed, desc.digest, int(desc.size)),
                         lambda: fetch_external_toc(client, parsed, desc.digest))
             try:
                 self._ensure_mounted(desc.digest, dict(desc.annotations), make_source)
@@ -257,7 +257,7 @@ class LayerManager:
 
         def make_source() -> tuple[RangeSource, Callable[[], bytes] | None]:
             size = int(client.blob_size(parsed, digest))
-            return (RegistryRangeSource(client, parsed, digest, size),
+            return (client.blob_source(parsed, digest, size),
                     lambda: fetch_external_toc(client, parsed, digest))
 
         layer = self._ensure_mounted(digest, annotations, make_source)
@@ -597,7 +597,7 @@ class LayerManager:
         if client is None:
             raise MountError(f"layer {desc.digest} of {getattr(resolved, 'name', '?')} is neither in the "
                              f"content store nor from a known registry")
-        return RegistryRangeSource(client, ref, desc.digest, int(desc.size)), external
+        return client.blob_source(ref, desc.digest, int(desc.size)), external
 
     def _unmount(self, layer: MountedLayer, *, stopping: bool = False) -> None:
         """Stop serving the layer. ``stopping`` (the server exits): the tree is closed first, so that

@@ -28,7 +28,7 @@ from lazypull.errors import MountError
 from lazypull.fs.fuse import FuseMount
 from lazypull.fs.fuse.mount import mount_entry
 from lazypull.fs.fuse.mount import unmount as fuse_unmount
-from lazypull.fs.remote import RegistryRangeSource, RemoteBlob
+from lazypull.fs.remote import RemoteBlob
 from lazypull.fs.stats import LayerStats
 from lazypull.snapshot.manager import MOUNT_PARALLELISM, LayerManager
 from lazypull.store.auth import ChainedAuth
@@ -215,7 +215,7 @@ class LayerStore:
             window = self._windows.get(digest)
         if window is None or not window[0] <= offset < offset + size <= window[0] + len(window[1]):
             length = min(max(size, BLOB_WINDOW), layer.info.size - offset)
-            source = RegistryRangeSource(self.client, layer.ref, digest, layer.info.size)
+            source = self.client.blob_source(layer.ref, digest, layer.info.size)
             remote = RemoteBlob(source, LayerStats(digest), self.manager.config)
             data = remote.fetch([(offset, length)], time.monotonic() + self.manager.config.read_deadline)[0]
             window = (offset, data)

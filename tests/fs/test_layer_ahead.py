@@ -7,9 +7,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import os
 import tarfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,17 +19,28 @@ from lazypull.fs import remote
 from lazypull.fs.config import FsConfig
 from lazypull.fs.layer import LayerTree, background, elf, hints
 from lazypull.fs.layer.access import AccessRecorder
-from lazypull.fs.remote import FileRangeSource, RegistryRangeSource
+from lazypull.fs.remote import FileRangeSource, RemoteBlob
+from lazypull.fs.stats import LayerStats
+from lazypull.registry import RegistryClient, RetryPolicy, parse_reference
 from tests.fs.elfkit import make_elf
-from tests.snapshot.layerkit import FILES, Blob, FaultySource, build_blob, lookup_path, open_tree, read_all
+from tests.helpers.registry import FaultProxy
+from tests.snapshot.layerkit import (
+    FILES,
+    Blob,
+    FaultySource,
+    build_blob,
+    lookup_path,
+    open_tree,
+    push_blob,
+    read_all,
+)
 
-LAZY = FsConfig(prefetch=False, background_fetch=False, read_deadline=5.0, warm_connections=0,
-                blob_readahead=0)    # (tested in test_layer_readahead)
+LAZY = FsConfig(prefetch=False, background_fetch=False, read_deadline=5.0, warm_connections=0)
 
 
 @dataclass
 class ImageSource(FaultySource):
-    """A blob source that names the image it belongs to, as ``RegistryRangeSource`` does."""
+    """A blob source that names the image it belongs to, as ``RegistryBlobSource`` does."""
 
     ref: str = ""
 
@@ -283,65 +292,54 @@ def test_resolve_follows_symlinks_across_layers_and_stops_on_loops(
 
 # -- warm connections --
 
-class _CountingClient:
-    """The parts of a RegistryClient a RegistryRangeSource uses, the blob in a file, HEADs counted."""
-
-    def __init__(self, blob: Path | None = None) -> None:
-        self.heads = 0
-        self.lock = threading.Lock()
-        self.blob = blob
-
-    def blob_size(self, ref: str, digest: str) -> int:
-        with self.lock:
-            self.heads += 1
-        return 1
-
-    def read_range(self, ref: str, digest: str, offset: int, length: int) -> bytes:
-        return self.read_ranges(ref, digest, [(offset, length)])[0]
-
-    def read_ranges(self, ref: str, digest: str, ranges: list[tuple[int, int]], **_: object) -> list[bytes]:
-        assert self.blob is not None
-        fd = os.open(self.blob, os.O_RDONLY)
-        try:
-            return [os.pread(fd, n, off) for off, n in ranges]
-        finally:
-            os.close(fd)
+def _heads(proxy: FaultProxy) -> int:
+    return sum(1 for r in proxy.requests if r.method == "HEAD" and "/blobs/" in r.path)
 
 
-def test_warm_opens_connections_once_per_client_and_interval() -> None:
-    client = _CountingClient()
-    a = RegistryRangeSource(client, "registry.test/app:1", "sha256:" + "a" * 64, 10)
-    b = RegistryRangeSource(client, "registry.test/app:1", "sha256:" + "b" * 64, 10)
-    a.warm(3)
-    b.warm(3)                        # the same client: its connections are shared
-    _wait(lambda: client.heads >= 3, "three HEADs")
-    time.sleep(0.1)
-    assert client.heads == 3
-    a.warm(3, if_idle=remote.REWARM_IDLE)          # a miss soon after: the connections are still open
-    time.sleep(0.1)
-    assert client.heads == 3
-    remote._used[id(client)] -= 60                 # a minute without requests: they are gone
-    remote._warmed[id(client)] -= 60
-    b.warm(3, if_idle=remote.REWARM_IDLE)
-    _wait(lambda: client.heads >= 6, "three more HEADs")
+def test_warm_opens_connections_once_per_client_and_interval(fault_proxy: FaultProxy,
+                                                             unique_repo: str) -> None:
+    client = RegistryClient(insecure=True, retry=RetryPolicy(attempts=1))
+    ref = parse_reference(f"{fault_proxy.host}/{unique_repo}:1")
+    a = client.blob_source(ref, "sha256:" + "a" * 64, 10)
+    b = client.blob_source(ref, "sha256:" + "b" * 64, 10)
+    try:
+        RemoteBlob(a, LayerStats(a.digest), LAZY).warm(3)
+        RemoteBlob(b, LayerStats(b.digest), LAZY).warm(3)      # the same client: its connections are shared
+        _wait(lambda: _heads(fault_proxy) >= 3, "three HEADs")
+        time.sleep(0.1)
+        assert _heads(fault_proxy) == 3
+        a.warm(3, interval=remote.WARM_INTERVAL, if_idle=remote.REWARM_IDLE)   # soon after: still open
+        time.sleep(0.1)
+        assert _heads(fault_proxy) == 3
+        client.transport.last_used -= 60                 # a minute without requests: they are gone
+        client._warmed -= 60
+        b.warm(3, interval=remote.WARM_INTERVAL, if_idle=remote.REWARM_IDLE)
+        _wait(lambda: _heads(fault_proxy) >= 6, "three more HEADs")
+    finally:
+        client.close()
 
 
-def test_a_miss_after_a_long_pause_warms_connections(tmp_path: Path, blob: Blob) -> None:
-    client = _CountingClient(blob.path)
-    src = RegistryRangeSource(client, "registry.test/app:5", blob.digest, blob.result.blob_size)
+def test_a_miss_after_a_long_pause_warms_connections(tmp_path: Path, blob: Blob, fault_proxy: FaultProxy,
+                                                     unique_repo: str) -> None:
+    push_blob(f"http://127.0.0.1:{fault_proxy.upstream_port}", unique_repo, blob.path.read_bytes())
+    client = RegistryClient(insecure=True, retry=RetryPolicy(attempts=1))
+    src = client.blob_source(parse_reference(f"{fault_proxy.host}/{unique_repo}:5"), blob.digest,
+                             blob.result.blob_size)
     tree = open_tree(blob, tmp_path, config=LAZY.replace(warm_connections=2), source=src)
     try:
+        fault_proxy.clear()
         tree.read(lookup_path(tree, "etc/hello.txt"), 0, 100)
         time.sleep(0.1)
-        assert client.heads == 0, "the TOC was just read: the connection is open"
-        remote._used[id(client)] -= 60             # a container started a minute after its pull
+        assert _heads(fault_proxy) == 0, "the TOC was just read: the connection is open"
+        client.transport.last_used -= 60                 # a container started a minute after its pull
         tree.read(lookup_path(tree, "usr/lib/one"), 0, 100)
-        _wait(lambda: client.heads == 2, "two connections warmed beside the miss")
+        _wait(lambda: _heads(fault_proxy) == 2, "two connections warmed beside the miss")
         tree.read(lookup_path(tree, "bin/big"), 0, 100)
         time.sleep(0.1)
-        assert client.heads == 2, "not again while the connections are in use"
+        assert _heads(fault_proxy) == 2, "not again while the connections are in use"
     finally:
         tree.close()
+        client.close()
 
 
 # -- small neighbours --

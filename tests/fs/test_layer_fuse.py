@@ -20,13 +20,12 @@ from lazypull.fs import mount_layer
 from lazypull.fs.cache import DirectoryCache
 from lazypull.fs.config import FsConfig
 from lazypull.fs.layer import LayerTree, open_layer_tree
-from lazypull.fs.remote import RegistryRangeSource
 from lazypull.registry import RegistryClient, RetryPolicy, parse_reference
 from tests.helpers.registry import Fault, FaultProxy, RegistryServer
 from tests.snapshot.layerkit import FILES, Blob, build_blob, push_blob
 
 CONFIG = FsConfig(prefetch=False, background_fetch=False, read_deadline=1.0, retry_initial=0.05,
-                  retry_max=0.2, blob_readahead=0)    # (counted alone in test_layer_readahead)
+                  retry_max=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +38,7 @@ def mounted(tmp: Path, blob: Blob, host: str, repo: str,
             config: FsConfig = CONFIG) -> Iterator[tuple[LayerTree, Path, object]]:
     client = RegistryClient(insecure=True, retry=RetryPolicy(attempts=1), timeout=5.0)
     ref = parse_reference(f"{host}/{repo}:latest")
-    source = RegistryRangeSource(client, ref, blob.digest, blob.result.blob_size)
+    source = client.blob_source(ref, blob.digest, blob.result.blob_size)
     tree = open_layer_tree(blob.digest, blob.annotations, source, root=tmp, config=config,
                            cache=DirectoryCache(config.chunk_dir(tmp)))
     tree.start()
@@ -185,7 +184,7 @@ def test_external_toc_from_the_esgztoc_image(tmp_path: Path, registry: RegistryS
         return fetch_external_toc(client, ref, blob.digest)
 
     for attempt in range(2):     # the second open uses the TOC saved by the first
-        source = RegistryRangeSource(client, ref, blob.digest, blob.result.blob_size)
+        source = client.blob_source(ref, blob.digest, blob.result.blob_size)
         tree = open_layer_tree(blob.digest, blob.annotations, source, root=tmp_path / "root", config=CONFIG,
                                external_toc=external)
         ino = 1

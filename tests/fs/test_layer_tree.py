@@ -55,7 +55,7 @@ class GatedSource(FaultySource):
     def __post_init__(self) -> None:
         self.gate.set()
 
-    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    def read_ranges(self, ranges: Sequence[tuple[int, int]], deadline: float | None = None) -> list[bytes]:
         with self.lock:
             self.in_flight += 1
             self.peak = max(self.peak, self.in_flight)
@@ -64,7 +64,7 @@ class GatedSource(FaultySource):
         finally:
             with self.lock:
                 self.in_flight -= 1
-        return super().read_ranges(ranges)
+        return super().read_ranges(ranges, deadline)
 
 
 def _until(cond, timeout: float = 60.0) -> bool:  # type: ignore[no-untyped-def]

@@ -26,7 +26,7 @@ class _Flaky:
     def size(self) -> int:
         return len(BLOB)
 
-    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    def read_ranges(self, ranges: Sequence[tuple[int, int]], deadline: float | None = None) -> list[bytes]:
         self.calls += 1
         if self.errors:
             raise self.errors.pop(0)

@@ -19,7 +19,7 @@ import pytest
 from lazypull.fs.config import FsConfig
 from lazypull.fs.fuse import FuseError
 from lazypull.fs.layer import LayerTree
-from lazypull.fs.remote import FileRangeSource, RegistryRangeSource
+from lazypull.fs.remote import FileRangeSource
 from lazypull.registry import NetLimits, RegistryClient, RetryPolicy, parse_reference
 from tests.helpers.registry import Fault, FaultProxy
 from tests.snapshot.layerkit import FILES, Blob, FaultySource, build_blob, lookup_path, open_tree, push_blob
@@ -40,8 +40,8 @@ def tree(blob: Blob, fault_proxy: FaultProxy, unique_repo: str, tmp_path: Path) 
     """The layer served from the registry through the proxy; every chunk read is a request."""
     push_blob(f"http://127.0.0.1:{fault_proxy.upstream_port}", unique_repo, blob.path.read_bytes())
     client = RegistryClient(insecure=True, retry=RetryPolicy(attempts=1), limits=LIMITS)
-    source = RegistryRangeSource(client, parse_reference(f"{fault_proxy.host}/{unique_repo}:x"), blob.digest,
-                                 blob.result.blob_size)
+    source = client.blob_source(parse_reference(f"{fault_proxy.host}/{unique_repo}:x"), blob.digest,
+                                blob.result.blob_size)
     layer = open_tree(blob, tmp_path, config=CONFIG, source=source)
     fault_proxy.clear()
     yield layer

@@ -28,7 +28,7 @@ from lazypull.format.tarheader import TarHeader, encode_go_header
 from lazypull.fs.config import FsConfig
 from lazypull.fs.remote import FileRangeSource
 from lazypull.image import Store, pull_image
-from lazypull.registry import RegistryClient
+from lazypull.registry import NotFoundError, RegistryClient
 from lazypull.snapshot.manager import LayerManager
 from tests.helpers.registry import FaultProxy, RegistryServer
 from tests.snapshot.layerkit import build_blob, open_tree, push_image, read_all
@@ -125,8 +125,8 @@ def test_cached_layer_is_not_served_to_a_source_that_does_not_serve_its_blob(tmp
         open_tree(a, tmp_path / "root", source=_Renamed(FileRangeSource(other), "hostile/repo"))
 
     class Missing(_Renamed):
-        def read_ranges(self, ranges: Any) -> list[bytes]:
-            raise MountError("404 blob unknown to registry")
+        def read_ranges(self, ranges: Any, deadline: float | None = None) -> list[bytes]:
+            raise NotFoundError("404 blob unknown to registry")
 
     with pytest.raises(MountError, match="does not serve its blob"):
         open_tree(a, tmp_path / "root", source=Missing(FileRangeSource(a.path), "hostile/repo2"))
@@ -178,8 +178,8 @@ class _Renamed:
     def size(self) -> int:
         return self.inner.size
 
-    def read_ranges(self, ranges: Any) -> list[bytes]:
-        return self.inner.read_ranges(ranges)
+    def read_ranges(self, ranges: Any, deadline: float | None = None) -> list[bytes]:
+        return self.inner.read_ranges(ranges, deadline)
 
     def describe(self) -> str:
         return f"{self.ref.repository}@test"

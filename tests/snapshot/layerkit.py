@@ -122,14 +122,14 @@ class FaultySource:
     def describe(self) -> str:
         return "faulty:" + self.inner.describe()
 
-    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    def read_ranges(self, ranges: Sequence[tuple[int, int]], deadline: float | None = None) -> list[bytes]:
         with self.lock:
             self.requests.append(list(ranges))
         if self.delay:
             time.sleep(self.delay)
         if self.down:
             raise ConnectionRefusedError("registry is down (test)")
-        datas = self.inner.read_ranges(ranges)
+        datas = self.inner.read_ranges(ranges, deadline)
         with self.lock:
             if self.corrupt > 0 and datas and datas[0]:
                 self.corrupt -= 1

@@ -2,11 +2,11 @@
 possible, each region fetched once however many readers want it at the same moment.
 
 A *unit* is the compressed range ``[chunk.offset, chunk.end)`` that decodes to one or more chunks (several
-with min-chunk-size). Missing units of one read are merged into ranges (neighbours closer than
-``merge_gap`` become one range) and all ranges go out in one (multi-range) request. Each chunk digest has
-at most one fetch in flight (a future others wait on: singleflight). Every chunk is checked against its
-chunkDigest before it is cached or served; a mismatch is fetched again, like a failed request, until the
-read's deadline (the one retry loop is ``RemoteBlob.fetch_verified``).
+with min-chunk-size). Missing units of one read are merged into ranges (``lazypull.registry.merge_spans``:
+neighbours closer than ``merge_gap`` become one range) and all ranges go out in one (multi-range) request.
+Each chunk digest has at most one fetch in flight (a future others wait on: singleflight). Every chunk is
+checked against its chunkDigest before it is cached or served; a mismatch is fetched again, like a failed
+request, until the read's deadline (the one retry loop is ``RemoteBlob.fetch_verified``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from lazypull.fs.cache import ChunkStore
 from lazypull.fs.config import FsConfig
 from lazypull.fs.remote import FetchError, RemoteBlob
 from lazypull.fs.stats import LayerStats
+from lazypull.registry import merge_spans
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +49,6 @@ def _decoder() -> ThreadPoolExecutor:
 
 class ChunkUnavailable(Exception):
     """A chunk could not be had before the deadline, or never verified; the read becomes EIO."""
-
-
-def merge_ranges(units: Iterable[Unit], gap: int) -> list[Unit]:
-    """Sorted ``(start, end)`` ranges covering ``units``, neighbours within ``gap`` bytes joined."""
-    merged: list[list[int]] = []
-    for start, end in sorted(set(units)):
-        if merged and start <= merged[-1][1] + gap:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    return [(s, e) for s, e in merged]
 
 
 class ChunkFetcher:
@@ -288,7 +278,7 @@ class ChunkFetcher:
         def ranges_for(units: Iterable[Unit], single: bool) -> list[tuple[int, int]]:
             spans = list(units)
             merged = [(min(s for s, _ in spans), max(e for _, e in spans))] if single \
-                else merge_ranges(spans, self.config.merge_gap)
+                else merge_spans(spans, self.config.merge_gap)
             return [(s, e - s) for s, e in merged]
 
         def accept(asked: list[tuple[int, int]], datas: list[bytes]) -> list[tuple[int, int]]:

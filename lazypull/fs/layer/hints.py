@@ -8,8 +8,8 @@ image's layers (following symlinks, as the overlay mount will show them) and fet
 same time, each followed in turn for its own libraries. A guess that turns out wrong costs bytes,
 never correctness: the chunks fetched are verified and cached like any others.
 
-Layers are grouped by the image reference their blobs come from (``RegistryRangeSource.ref``); a tree
-from anywhere else forms a group of its own. A group's trees are searched in the order they joined,
+Layers are grouped by the image reference their blobs come from (``RegistryBlobSource.ref``); a
+tree from anywhere else forms a group of its own. A group's trees are searched in the order they joined,
 the tree that asked first.
 """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -37,12 +38,14 @@ def origin_of(source: RangeSource) -> str:
     return f"{getattr(ref, 'registry', '')}/{repository}" if repository else source.describe()
 
 
-def prove_origin(digest: str, source: RangeSource, ldir: Path, known_tail: bytes | None = None) -> None:
+def prove_origin(digest: str, source: RangeSource, ldir: Path, known_tail: bytes | None = None, *,
+                 config: FsConfig | None = None) -> None:
     """Refuse to serve a layer's cached chunks, TOC record or mount to a source that does not serve its
     blob (issue 9: a hostile image naming another image's layer digest, with an external TOC, would
     otherwise read that layer without its registry ever being asked). Sources that served the blob once
     are listed in ``<ldir>/origins``; a new one must answer a read of the blob's last bytes (equal to
-    ``known_tail`` when given)."""
+    ``known_tail`` when given), read through ``RemoteBlob`` (the one retry loop, until ``config``'s
+    read deadline)."""
     origin = origin_of(source)
     listed = ldir / ORIGINS
     with contextlib.suppress(FileNotFoundError):
@@ -50,7 +53,9 @@ def prove_origin(digest: str, source: RangeSource, ldir: Path, known_tail: bytes
             return
     n = min(PROBE, source.size)
     try:
-        tail = source.read_ranges([(source.size - n, n)])[0] if n else b""
+        remote = RemoteBlob(source, LayerStats(digest), config or FsConfig())
+        tail = remote.fetch([(source.size - n, n)], time.monotonic() + remote.config.read_deadline)[0] \
+            if n else b""
     except (LazypullError, OSError) as err:
         raise MountError(f"layer {digest}: {origin} does not serve its blob: {err}") from err
     if len(tail) != n or (known_tail is not None and tail != known_tail[-n:]):
@@ -85,7 +90,7 @@ def open_layer_tree(digest: str, annotations: Mapping[str, str], source: RangeSo
         if src.pieces:      # the TOC (verified) or its footer came from this source: it serves the blob
             note_origin(ldir, origin_of(source))
         else:               # all from the record or an external TOC: never asked for the blob itself
-            prove_origin(digest, source, ldir, src.tail(min(PROBE, source.size)))
+            prove_origin(digest, source, ldir, src.tail(min(PROBE, source.size)), config=config)
         if cache is None:
             cache = DirectoryCache(config.chunk_dir(root), config.cache_max_bytes)
         tree = LayerTree(digest, reader, remote, cache.layer(digest), stats, config, ldir)
