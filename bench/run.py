@@ -35,7 +35,7 @@ from bench import summary
 from bench.delayproxy import DelayProxy
 from bench.netshape import PROFILES, NetNamespace, Profile
 from bench.sample import Sample, measure
-from bench.systems import ContainerdSystem, LazypullSystem
+from bench.systems import LAZYPULL, ContainerdSystem, LazypullSystem
 from bench.workloads import parse_names
 from devtools.registry import RegistryServer, summarize
 
@@ -51,7 +51,9 @@ EXTRA_ROWS = [("lazypull-lazy-nobg", "esgz"),
               ("lazypull-lazy-learned", "esgz-noopt"), ("lazypull-lazy-evicted", "esgz-noopt"),
               # the first-start row with learning and the passwd/group fetch off: the fetches of the code
               # before issue 14 item 2, for comparison
-              ("lazypull-lazy-nolearn", "esgz-noopt")]
+              ("lazypull-lazy-nolearn", "esgz-noopt"),
+              # the first-start row with the blob-order read-ahead off (fs.layer.readahead), for comparison
+              ("lazypull-lazy-noahead", "esgz-noopt")]
 # What each system keeps of the layers' state dirs between samples (the others keep nothing).
 KEEP = {"lazypull-lazy-learned": ("learned.json",),
         "lazypull-lazy-evicted": ("learned.json", "toc.record", "origins")}
@@ -182,7 +184,8 @@ def run(args: argparse.Namespace) -> Path:
                                   ("lazypull-lazy-learned", "stargz", ""),
                                   ("lazypull-lazy-evicted", "stargz", ""),
                                   ("lazypull-lazy-nolearn", "stargz",
-                                   "learn_window = 0\nfetch_user_db = false\n")):
+                                   "learn_window = 0\nfetch_user_db = false\n"),
+                                  ("lazypull-lazy-noahead", "stargz", "blob_readahead = 0\n")):
             if any(s == key for s, _ in args.row_list):
                 systems[key] = LazypullSystem(workdir / f"root-{key}", snap, config=config, name=key,
                                               keep=KEEP.get(key, ()))
@@ -287,7 +290,28 @@ def pin_lazypull(cache_dir: Path) -> str:
     os.environ["PYTHONPATH"] = str(src) + (os.pathsep + old if old else "")
     sys.path.insert(0, str(src))
     sys.meta_path[:] = [f for f in sys.meta_path if "Editable" not in getattr(f, "__name__", "")]
+    # The mount server is started as `python -I -m lazypull daemon` (lazypull.selfexec), which ignores
+    # PYTHONPATH and would import the editable install, i.e. the working tree as it is when the server
+    # starts: an interpreter of its own whose site-packages lists the snapshot first, then this one's
+    # site-packages (the dependencies) as a plain path (its editable finder's .pth is not run).
+    python = _pinned_python(src)
+    sys.executable = str(python)        # what selfexec starts the mount server with (reset_cold's ping)
+    LAZYPULL[0] = str(python)           # what every CLI phase runs
     return commit
+
+
+def _pinned_python(src: Path) -> Path:
+    """``src/venv/bin/python``: an interpreter importing lazypull from ``src`` alone, even with ``-I``."""
+    venv = src / "venv"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    deps = subprocess.run([sys.executable, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(purelib, "lazypull-pin.pth").write_text(f"{src}\n{deps}\n")
+    return python
 
 
 def main(argv: list[str] | None = None) -> int:
