@@ -45,6 +45,7 @@ from lazypull.build.layer import BuiltLayer, LayerFormat, convert_blob, in_forma
 from lazypull.build.progress import Progress
 from lazypull.build.words import expand_word, expand_words, key_values, split_raw
 from lazypull.errors import LazypullError
+from lazypull.format.layerkind import is_lazy
 from lazypull.image import Store
 from lazypull.image import mediatypes as mt
 from lazypull.registry import Descriptor
@@ -591,7 +592,7 @@ class Builder:
                     if blob is None:
                         raise BuildError(f"layer {lower.digest} is not in the store")
                     extract_layer(blob, dest, label=f"layer {lower.digest}",
-                                  skip_estargz_metadata=mt.TOC_DIGEST in (lower.annotations or {}))
+                                  skip_estargz_metadata=is_lazy(lower.annotations))
                 stage.lowers[index] = dest
                 lower = dest
             result.append(lower)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal, cast
 
 from lazypull.build.errors import BuildError
+from lazypull.format.layerkind import layer_kind
 from lazypull.image import Store
 from lazypull.image import mediatypes as mt
 from lazypull.registry import Descriptor
@@ -52,13 +53,11 @@ def store_layer(store: Store, tar_path: Path, layer_format: LayerFormat) -> Buil
 
 def in_format(desc: Descriptor, layer_format: LayerFormat) -> bool:
     """Whether a layer already is what a build with ``layer_format`` writes (gzip: anything goes)."""
-    annotations = desc.annotations or {}
-    if layer_format == "estargz":
-        return mt.TOC_DIGEST in annotations and mt.layer_compression(desc.media_type) == "gzip"
-    if layer_format == "zstdchunked":
-        return mt.layer_compression(desc.media_type) == "zstd" and (
-            mt.TOC_DIGEST in annotations or mt.ZSTD_MANIFEST_CHECKSUM in annotations)
-    return True
+    if layer_format == "gzip":
+        return True
+    compression = "gzip" if layer_format == "estargz" else "zstd"
+    return (layer_kind(desc.annotations, desc.media_type) == layer_format
+            and mt.layer_compression(desc.media_type) == compression)
 
 
 def convert_blob(store: Store, blob: Path, layer_format: LayerFormat) -> BuiltLayer:

@@ -9,9 +9,15 @@ from typing import Literal
 
 from lazypull.format import annotations as _annotations
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+# Manifest, index and config types are registry's (re-exported here beside the layer types).
+from lazypull.registry import DOCKER_CONFIG as DOCKER_CONFIG
+from lazypull.registry import DOCKER_MANIFEST as DOCKER_MANIFEST
+from lazypull.registry import DOCKER_MANIFEST_LIST as DOCKER_MANIFEST_LIST
+from lazypull.registry import OCI_CONFIG as OCI_CONFIG
+from lazypull.registry import OCI_INDEX as OCI_INDEX
+from lazypull.registry import OCI_MANIFEST as OCI_MANIFEST
+from lazypull.registry import is_index as is_index
+
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
@@ -19,15 +25,11 @@ OCI_LAYER_ND = "application/vnd.oci.image.layer.nondistributable.v1.tar"
 OCI_LAYER_ND_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
 OCI_LAYER_ND_ZSTD = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
 
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 DOCKER_LAYER_ZSTD = "application/vnd.docker.image.rootfs.diff.tar.zstd"
 DOCKER_FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 
-INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 CONFIG_TYPES = frozenset({OCI_CONFIG, DOCKER_CONFIG})
 
@@ -49,27 +51,21 @@ _DOCKER_TO_OCI = {
     DOCKER_FOREIGN_LAYER: OCI_LAYER_ND_GZIP,
 }
 
-# Annotations (format.md 1.11, 2.3, 3.1).
+# Annotations (format.md 1.11, 2.3, 3.1): the layer ones are format.annotations'.
 TOC_DIGEST = _annotations.TOC_DIGEST_ANNOTATION
 UNCOMPRESSED_SIZE = _annotations.UNCOMPRESSED_SIZE_ANNOTATION
-ZSTD_MANIFEST_CHECKSUM = "io.containers.zstd-chunked.manifest-checksum"
-ZSTD_MANIFEST_POSITION = "io.containers.zstd-chunked.manifest-position"
-TOC_LAYER_DIGEST = "containerd.io/snapshot/stargz/layer.digest"
+ZSTD_MANIFEST_CHECKSUM = _annotations.MANIFEST_CHECKSUM_ANNOTATION
+ZSTD_MANIFEST_POSITION = _annotations.MANIFEST_POSITION_ANNOTATION
+TOC_LAYER_DIGEST = _annotations.TOC_LAYER_DIGEST_ANNOTATION
+TOC_IMAGE_SUFFIX = _annotations.TOC_IMAGE_SUFFIX
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_IMAGE_NAME = "io.containerd.image.name"
-
-TOC_IMAGE_SUFFIX = "-esgztoc"
 DOCKER_REFERENCE_TYPE = "vnd.docker.reference.type"    # buildx marks attestation manifests with it
 
 
 def is_attestation(annotations: dict[str, str] | None) -> bool:
     """An index entry that is a buildx attestation (in-toto layers), not a runnable image."""
     return (annotations or {}).get(DOCKER_REFERENCE_TYPE) == "attestation-manifest"
-
-
-def is_index(media_type: str) -> bool:
-    """An OCI index or a Docker manifest list."""
-    return media_type in INDEX_TYPES
 
 
 def is_manifest(media_type: str) -> bool:
