@@ -25,7 +25,6 @@ from lazypull.image.blobs import BlobDir, BlobInfo, BlobWriter, write_atomic
 from lazypull.image.errors import ImageError, ImageNotFoundError
 from lazypull.image.model import Root
 from lazypull.image.partial import (
-    MAX_MANIFEST_SIZE,
     kind_of,
     open_root,
     parse_index,
@@ -33,7 +32,7 @@ from lazypull.image.partial import (
     parse_manifest,
     verify_bytes,
 )
-from lazypull.registry import Descriptor, Reference, parse_reference
+from lazypull.registry import MAX_MANIFEST_SIZE, Descriptor, Reference, parse_reference
 from lazypull.smallfile import read_small
 
 LAYOUT_VERSION = "1.0.0"
@@ -177,7 +176,7 @@ class Layout:
         desc = self._index_desc(raw)
         if doc.get("mediaType") is None:
             doc["mediaType"] = mt.OCI_INDEX
-        _, entries = parse_index(json.dumps(doc).encode(), Descriptor(mt.OCI_INDEX, desc.digest, 0))
+        entries = parse_index(json.dumps(doc).encode(), Descriptor(mt.OCI_INDEX, desc.digest, 0))
         return entries
 
     def find(self, tag: str | None) -> Descriptor:
@@ -247,7 +246,7 @@ def _reach(layout: Layout, desc: Descriptor, live: set[str], depth: int = 0) -> 
         return
     try:
         if mt.is_index(desc.media_type):
-            _, entries = parse_index(layout.blobs.read_blob(desc.digest), desc)
+            entries = parse_index(layout.blobs.read_blob(desc.digest), desc)
             for entry in entries:
                 _reach(layout, entry, live, depth + 1)
         elif mt.is_manifest(desc.media_type):

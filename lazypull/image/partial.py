@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import zlib
-from collections.abc import Sequence
-from typing import Any, BinaryIO, ClassVar, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, BinaryIO, ClassVar, Protocol, TypeVar
 
 from lazypull.format.annotations import UNCOMPRESSED_DIGEST_ANNOTATION
 from lazypull.image import mediatypes as mt
@@ -20,10 +20,14 @@ from lazypull.image.digest import check_digest, sha256_bytes
 from lazypull.image.errors import DigestMismatchError, ImageError, UnsupportedMediaTypeError
 from lazypull.image.model import Image, ImageIndex, Layer, Root
 from lazypull.image.platform import config_platform
-from lazypull.registry import Descriptor, Platform
+from lazypull.registry import MAX_MANIFEST_SIZE, Descriptor, ManifestError, Platform
+from lazypull.registry import ImageIndex as RegistryIndex
+from lazypull.registry import ImageManifest as RegistryManifest
+from lazypull.registry import parse_index as registry_parse_index
+from lazypull.registry import parse_manifest as registry_parse_manifest
 
-MAX_MANIFEST_SIZE = 4 << 20   # what distribution accepts
 MAX_CONFIG_SIZE = 16 << 20
+_Parsed = TypeVar("_Parsed", RegistryManifest, RegistryIndex)
 
 
 class BlobProvider(Protocol):
@@ -71,38 +75,29 @@ def parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-def _check_media_type(doc: dict[str, Any], desc: Descriptor, what: str) -> None:
-    inner = doc.get("mediaType")
-    if inner is not None and inner != desc.media_type:
-        raise ImageError(f"{what} {desc.digest}: mediaType {inner!r} differs from descriptor's "
+def _checked(parse: Callable[[bytes, str | None], _Parsed], raw: bytes, desc: Descriptor,
+             what: str) -> _Parsed:
+    """``registry``'s structure check of a manifest or index, its errors naming the digest, and the
+    document's own ``mediaType`` checked against the descriptor that pointed at it."""
+    try:
+        parsed = parse(raw, desc.media_type)
+    except ManifestError as err:
+        raise ManifestError(f"{what} {desc.digest}: {err}") from err
+    if parsed.media_type != desc.media_type:
+        raise ImageError(f"{what} {desc.digest}: mediaType {parsed.media_type!r} differs from descriptor's "
                          f"{desc.media_type!r}")
-    if doc.get("schemaVersion") != 2:
-        raise UnsupportedMediaTypeError(f"{what} {desc.digest}: schemaVersion {doc.get('schemaVersion')!r} "
-                                        "is not supported (only 2)")
+    return parsed
 
 
 def parse_manifest(raw: bytes, desc: Descriptor) -> tuple[dict[str, Any], Descriptor, list[Descriptor]]:
     """Check an image manifest; returns (document, config descriptor, layer descriptors)."""
-    doc = parse_json_object(raw, f"manifest {desc.digest}")
-    _check_media_type(doc, desc, "manifest")
-    config = Descriptor.from_json(doc.get("config"), f"manifest {desc.digest} config")
-    layers_json = doc.get("layers")
-    if not isinstance(layers_json, list):
-        raise ImageError(f"manifest {desc.digest}: layers must be a list")
-    layers = [Descriptor.from_json(item, f"manifest {desc.digest} layer {i}")
-              for i, item in enumerate(layers_json)]
-    return doc, config, layers
+    manifest = _checked(registry_parse_manifest, raw, desc, "manifest")
+    return parse_json_object(raw, f"manifest {desc.digest}"), manifest.config, list(manifest.layers)
 
 
-def parse_index(raw: bytes, desc: Descriptor) -> tuple[dict[str, Any], list[Descriptor]]:
-    """Check an index / manifest list; returns (document, entries)."""
-    doc = parse_json_object(raw, f"index {desc.digest}")
-    _check_media_type(doc, desc, "index")
-    entries = doc.get("manifests")
-    if not isinstance(entries, list):
-        raise ImageError(f"index {desc.digest}: manifests must be a list")
-    return doc, [Descriptor.from_json(item, f"index {desc.digest} entry {i}")
-                 for i, item in enumerate(entries)]
+def parse_index(raw: bytes, desc: Descriptor) -> list[Descriptor]:
+    """Check an index / manifest list; returns its entries."""
+    return list(_checked(registry_parse_index, raw, desc, "index").manifests)
 
 
 def parse_config(raw: bytes, desc: Descriptor) -> dict[str, Any]:
@@ -290,11 +285,11 @@ class ManifestIndex(_ManifestBlob):
     _accepts = staticmethod(mt.is_index)
 
     @functools.cached_property
-    def _parsed(self) -> tuple[dict[str, Any], list[Descriptor]]:
+    def _parsed(self) -> list[Descriptor]:
         return parse_index(self.raw_manifest(), self._desc)
 
     def manifests(self) -> list[Descriptor]:
-        return list(self._parsed[1])
+        return list(self._parsed)
 
     def image(self, desc: Descriptor) -> Image:
         return ManifestImage(self._provider, desc)

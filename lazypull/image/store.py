@@ -269,7 +269,7 @@ class Store:
             return
         try:
             if mt.is_index(desc.media_type):
-                _, entries = parse_index(self.read_blob(desc.digest), desc)
+                entries = parse_index(self.read_blob(desc.digest), desc)
                 for entry in entries:
                     self._mark(entry, live)
             elif mt.is_manifest(desc.media_type):
