@@ -49,6 +49,8 @@ class MemTree:
         self.reads_waiting = 0
         #: method name -> exception raised by that method (for error-path tests)
         self.fail: dict[str, BaseException] = {}
+        #: False: the tree says its metadata may wait (not ``MetadataInMemory``), as the store's does
+        self.in_memory = True
 
     # -- building ---------------------------------------------------------------------------------
 
@@ -157,6 +159,9 @@ class MemTree:
                 with self._calls_lock:
                     self.reads_waiting -= 1
         return self._node(ino).data[offset : offset + size]
+
+    def metadata_in_memory(self) -> bool:
+        return self.in_memory
 
     def backing_path(self, ino: int) -> str | None:
         self._count("backing_path")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from lazypull.errors import MountError
-from lazypull.fs.fuse import FuseMount, is_mounted, unmount
+from lazypull.fs.fuse import FuseMount, is_mounted, unmount, workers
 from lazypull.fs.fuse.mount import mount_entry
 from tests.fs.memtree import MemTree
 
@@ -45,9 +45,7 @@ def _tree() -> MemTree:
     t.add_node("run/fifo", stat.S_IFIFO | 0o644)
     t.add_file("big", BIG)
     t.add_file("boom", b"never")
-    for i in range(8):
-        t.add_file(f"slow/{i}", bytes([i]) * 100)
-    t.add_file("slow/other", b"o")
+    t.add_dir("slow")
     for i in range(300):
         t.add_file(f"many/entry-with-a-long-name-{i:04d}", b"")
     return t
@@ -181,10 +179,21 @@ def test_concurrent_uncached_reads_get_their_own_bytes(served: tuple[MemTree, Fu
     assert tree.calls["read"] - before >= 100  # the reads really reached the server
 
 
-def test_reads_overlap_and_do_not_block_metadata(served: tuple[MemTree, FuseMount, Path]) -> None:
+@pytest.mark.parametrize("in_memory", [True, False], ids=["metadata-inline", "metadata-handed-over"])
+def test_reads_overlap_and_do_not_block_metadata(
+    served: tuple[MemTree, FuseMount, Path], in_memory: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Behaviour, not timing: all 8 READs are inside the tree at once, and a LOOKUP is answered while
-    they are all still held there; afterwards the pool shrinks back as requests come in."""
+    they are all still held there: by the reading thread itself when the tree's metadata is in memory,
+    else by one more thread; afterwards the idle threads end."""
     tree, m, mnt = served
+    monkeypatch.setattr(workers, "IDLE_SECONDS", 0.05)
+    held = f"slow/held-{in_memory}"  # fresh names and pages for each case
+    for i in range(8):
+        tree.add_file(f"{held}/{i}", bytes([i]) * 100)
+    tree.add_file(f"{held}/other", b"o")
+    tree.in_memory = in_memory
+    m._ops._metadata_inline = in_memory  # type: ignore[union-attr]  # (a tree's answer is read at mount)
     gate = threading.Event()
     tree.read_gate = gate
     results: dict[int, bytes] = {}
@@ -192,31 +201,30 @@ def test_reads_overlap_and_do_not_block_metadata(served: tuple[MemTree, FuseMoun
     try:
 
         def read(i: int) -> None:
-            results[i] = (mnt / "slow" / str(i)).read_bytes()
+            results[i] = (mnt / held / str(i)).read_bytes()
 
         threads = [threading.Thread(target=read, args=(i,)) for i in range(8)]
         for t in threads:
             t.start()
         assert _until(lambda: tree.reads_waiting == 8), f"only {tree.reads_waiting} of 8 READs overlap"
-        meta = threading.Thread(target=lambda: stats.append(os.stat(mnt / "slow" / "other")))
+        inline, handed, peak = m.inline_requests, m.handed_over, m.peak_workers
+        meta = threading.Thread(target=lambda: stats.append(os.stat(mnt / held / "other")))
         meta.start()  # a fresh LOOKUP while 8 READs are held in the tree
         meta.join(60)
         assert stats and not results, "the stat waited for the held reads"
+        assert m.inline_requests - inline == (1 if in_memory else 0)
+        assert m.handed_over - handed == (0 if in_memory else 1)
     finally:
         gate.set()
         tree.read_gate = None
+        tree.in_memory = True
+        m._ops._metadata_inline = True  # type: ignore[union-attr]
     for t in threads:
         t.join(60)
     assert results == {i: bytes([i]) * 100 for i in range(8)}
     assert stats[0].st_size == 1
-    assert m.peak_workers >= 9  # 8 held READs and the LOOKUP's thread
-    for i in range(400):  # each request served while others wait lets one surplus thread go
-        with pytest.raises(FileNotFoundError):
-            os.stat(mnt / "slow" / f"missing-{i}")
-        if m.workers <= 2:
-            break   # (a thread still on its way back to the device is not counted as waiting: on a
-            # loaded machine some requests more may be needed than the 7 surplus threads)
-    assert m.workers <= 2
+    assert peak >= 9  # 8 held READs and the reading thread
+    assert _until(lambda: m.workers == 1)  # idle followers end; the reading thread stays
 
 
 def test_tree_exception_gives_eio_and_mount_keeps_working(served: tuple[MemTree, FuseMount, Path]) -> None:

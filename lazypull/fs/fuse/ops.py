@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from lazypull.fs.fuse import protocol
 from lazypull.fs.fuse.passthrough import BackingFiles
 from lazypull.fs.fuse.protocol import Op, Request
-from lazypull.fs.fuse.tree import Attr, FuseError, Tree, WriteObserver, XattrAware
+from lazypull.fs.fuse.tree import Attr, FuseError, MetadataInMemory, Tree, WriteObserver, XattrAware
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,9 @@ MAX_STACK_DEPTH = 1
 Reply = tuple[int, bytes]  # (errno or 0, payload)
 #: Write requests naming an entry of the directory ``nodeid``: opcode -> bytes before the name.
 _NAMED_WRITES: dict[int, int] = {Op.CREATE: 16, Op.MKNOD: 16, Op.MKDIR: 8, Op.RMDIR: 0, Op.UNLINK: 0}
+#: Requests answered from the tree's metadata: quick when the tree is ``MetadataInMemory``.
+_METADATA = frozenset({Op.LOOKUP, Op.GETATTR, Op.READLINK, Op.OPENDIR, Op.READDIR, Op.READDIRPLUS,
+                       Op.STATFS, Op.GETXATTR, Op.LISTXATTR, Op.ACCESS})
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,8 @@ class Operations:
         self._cached_opens: collections.Counter[int] = collections.Counter()
         self._open_lock = threading.Lock()  # guards _files, _dirs, _cached_opens and the open-mode choice
         self._parents: dict[int, int] = {}
+        self._metadata_inline = isinstance(tree, MetadataInMemory) and tree.metadata_in_memory()
+        self._observed_writes = isinstance(tree, WriteObserver)
         self._handlers: dict[int, Callable[[Request], Reply]] = {
             Op.LOOKUP: self.lookup,
             Op.GETATTR: self.getattr,
@@ -153,6 +158,22 @@ class Operations:
         }
 
     # -- dispatch ---------------------------------------------------------------------------------
+
+    def inline(self, buf: bytes) -> bool:
+        """Whether the request ``buf`` (as read from the device) never waits, so the thread that read it
+        answers it before reading the next (``fuse.workers``). What may wait: READ (the network), an
+        OPEN that looks for and registers a backing file (it may assemble one), a write a
+        ``WriteObserver`` judges, and metadata unless the tree is ``MetadataInMemory``."""
+        opcode, nodeid = protocol.IN_OPCODE_NODEID.unpack_from(buf)
+        if opcode == Op.OPEN:
+            return not self.passthrough_active or self.no_open or self.resumed or self.backing.is_open(nodeid)
+        if opcode in _METADATA:
+            return self._metadata_inline
+        if opcode == Op.READ:
+            return False
+        if opcode in _NAMED_WRITES:
+            return not self._observed_writes
+        return True  # RELEASE, FLUSH, FORGET, INIT, other writes (EROFS), unknown ones (ENOSYS)
 
     def handle(self, req: Request) -> Reply | None:
         """The reply to ``req``; None for requests the kernel expects no answer to."""

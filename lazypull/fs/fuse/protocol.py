@@ -156,6 +156,8 @@ FUSE_DEV_IOC_BACKING_OPEN = _iow(1, BACKING_MAP.size)
 FUSE_DEV_IOC_BACKING_CLOSE = _iow(2, 4)
 
 IN_HEADER = struct.Struct("=IIQQIIIHH")
+#: Only the opcode and node id of ``fuse_in_header``: what deciding where a request is answered needs.
+IN_OPCODE_NODEID = struct.Struct("=4xI8xQ")
 OUT_HEADER = struct.Struct("=IiQ")
 ATTR = struct.Struct("=QQQQQQIIIIIIIIII")
 ENTRY_OUT_HEAD = struct.Struct("=QQQQII")

@@ -1,10 +1,10 @@
 """The request loop on ``/dev/fuse`` and the :class:`FuseMount` that owns it.
 
-A pool of threads per mount reads requests from the device (the kernel hands out one message per
-``read`` and wakes one waiting reader per request) and answers each itself, which saves a hand-off
-between threads on every request. The pool grows when every thread is busy and shrinks when enough
-wait (the way pyfuse3 sizes its tasks), so a READ waiting for the network never holds up a LOOKUP or
-GETATTR. Each reply is a single ``writev`` of header and payload, as the kernel requires.
+The threads of a mount (``workers.Readers``) take turns reading requests from the device: the one
+reading answers quick requests itself (a warm OPEN, RELEASE, metadata held in memory) and hands the
+reading to another thread before answering one that may wait (a READ fetching from the network), so
+such a READ never holds up a LOOKUP or an OPEN. Each reply is a single ``writev`` of header and
+payload, as the kernel requires.
 """
 
 from __future__ import annotations
@@ -24,108 +24,12 @@ from lazypull.fs.fuse.ops import Negotiated, Operations
 from lazypull.fs.fuse.passthrough import unavailable_reason
 from lazypull.fs.fuse.protocol import Op, Request
 from lazypull.fs.fuse.tree import Tree
+from lazypull.fs.fuse.workers import Readers
 
 log = logging.getLogger(__name__)
 
 #: Layers never change, so the kernel may cache names and attributes for a long time.
 DAY = 86400.0
-#: Requests that must pass after a thread was started before a surplus one may end (see _Readers).
-SHRINK_AFTER = 64
-
-
-class _Readers:
-    """The threads serving one ``/dev/fuse`` fd, each reading requests itself and answering them.
-
-    Sized the pyfuse3 way: a thread that takes a request while nobody else is waiting on the device
-    starts another (up to ``max_threads``), so a slow request never stalls the others; a thread that
-    finishes a request while more than ``min_threads`` others wait on the device exits, unless a thread
-    was started within the last ``SHRINK_AFTER`` requests: alternating requests (an OPEN and the
-    previous file's RELEASE) would otherwise start and end a thread for every other request.
-    """
-
-    def __init__(self, serve: Callable[[bytes], None], fd: int, min_threads: int, max_threads: int) -> None:
-        if max_threads < 1 or not 0 <= min_threads <= max_threads:
-            raise ValueError(f"invalid worker counts ({min_threads}, {max_threads})")
-        self._serve = serve
-        self._fd = fd
-        self._min = max(min_threads, 1)
-        self._max = max_threads
-        self._threads: set[threading.Thread] = set()
-        self._waiting = 0
-        self._since_spawn = 0  # requests taken since a thread was last started
-        self._lock = threading.Lock()  # guards _threads, _waiting and _since_spawn
-        self.peak = 0
-        self.started = 0
-        self.fatal: OSError | None = None
-        #: set by stop() when threads outlive it: the last one to end closes the fd
-        self.close_when_done = False
-
-    def start(self) -> None:
-        with self._lock:
-            for _ in range(self._min):
-                self._spawn()
-
-    @property
-    def size(self) -> int:
-        with self._lock:
-            return len(self._threads)
-
-    def threads(self) -> list[threading.Thread]:
-        with self._lock:
-            return list(self._threads)
-
-    def close_fd_when_done(self) -> None:
-        """Close the fd now if no thread is left, else let the last thread close it."""
-        with self._lock:
-            if self._threads:
-                self.close_when_done = True
-            else:
-                os.close(self._fd)
-
-    def _spawn(self) -> None:
-        self._since_spawn = 0
-        self.started += 1
-        t = threading.Thread(target=self._run, name="fuse-worker", daemon=True)
-        self._threads.add(t)
-        self.peak = max(self.peak, len(self._threads))
-        t.start()
-
-    def _run(self) -> None:
-        me = threading.current_thread()
-        buf = bytearray(protocol.READ_BUFFER)
-        view = memoryview(buf)
-        try:
-            while True:
-                with self._lock:
-                    self._waiting += 1
-                try:
-                    n = os.readv(self._fd, [buf])
-                except OSError as err:
-                    if err.errno in (errno.EINTR, errno.ENOENT, errno.EAGAIN):
-                        continue  # ENOENT: the request was interrupted before we read it
-                    if err.errno not in (errno.ENODEV, errno.ECONNABORTED, errno.EBADF):
-                        self.fatal = err
-                        log.error("reading /dev/fuse failed, FUSE thread stops: %s", err)
-                    return  # ENODEV: unmounted
-                finally:
-                    with self._lock:
-                        self._waiting -= 1
-                if n == 0:
-                    return
-                with self._lock:
-                    self._since_spawn += 1
-                    if self._waiting == 0 and len(self._threads) < self._max:
-                        self._spawn()
-                self._serve(bytes(view[:n]))
-                with self._lock:
-                    if self._waiting > self._min and self._since_spawn >= SHRINK_AFTER:
-                        return
-        finally:
-            with self._lock:
-                self._threads.discard(me)
-                if not self._threads and self.close_when_done:
-                    os.close(self._fd)
-                    self.close_when_done = False
 
 
 _no_passthrough_noted = threading.Event()
@@ -185,7 +89,7 @@ class FuseMount:
         self._fd = -1
         self._device = ""
         self._ops: Operations | None = None
-        self._pool: _Readers | None = None
+        self._pool: Readers | None = None
         self._initialized = threading.Event()
         self._mounted = False
         self._fd_lock = threading.Lock()  # guards _fd, which stop() closes or points at /dev/null
@@ -216,7 +120,7 @@ class FuseMount:
         self._mounted = True
         entry = _mount.mount_entry(self.mountpoint)
         self._device = entry[2] if entry else ""
-        self._pool = _Readers(self._serve, self._fd, *self._workers)
+        self._pool = Readers(self._serve, self._fd, *self._workers, inline=self._ops.inline)
         self._pool.start()
         deadline = time.monotonic() + self._init_timeout
         while not self._initialized.wait(0.05):
@@ -263,7 +167,7 @@ class FuseMount:
         self._ops.backing.on_change = self.on_backing
         self._mounted = True
         self._initialized.set()
-        self._pool = _Readers(self._serve, self._fd, *self._workers)
+        self._pool = Readers(self._serve, self._fd, *self._workers, inline=self._ops.inline)
         self._pool.start()
         try:
             os.write(self._fd, protocol.notify_resend())
@@ -380,6 +284,16 @@ class FuseMount:
     def passthrough_registered(self) -> int:
         """Inodes with a registered backing file: open now, or kept from an earlier open."""
         return len(self._ops.backing) if self._ops is not None else 0
+
+    @property
+    def inline_requests(self) -> int:
+        """Requests answered by the thread that read them, with no hand-over (diagnostics and tests)."""
+        return self._pool.inline if self._pool is not None else 0
+
+    @property
+    def handed_over(self) -> int:
+        """Requests that may wait, answered after the reading was handed to another thread."""
+        return self._pool.handed_over if self._pool is not None else 0
 
     @property
     def threads_started(self) -> int:

@@ -1,8 +1,9 @@
 """The read-only tree a FUSE session serves: the only thing the protocol code knows about a filesystem.
 
 The lazy layer (``lazypull.fs.layer``) implements :class:`Tree`; tests implement it over a dict.
-Inode 1 is the root. Methods may block (a read may wait for the network): the session calls them
-from worker threads, never from the thread reading ``/dev/fuse``.
+Inode 1 is the root. Methods may block (a read may wait for the network): the session hands such a
+request to another thread before calling them (``fuse.workers``), unless the tree says its metadata
+never waits (:class:`MetadataInMemory`).
 """
 
 from __future__ import annotations
@@ -117,4 +118,17 @@ class XattrAware(Protocol):
 
     def has_xattrs(self) -> bool:
         """Whether any inode has an extended attribute (including ones the tree adds, e.g. opaque)."""
+        ...
+
+
+@runtime_checkable
+class MetadataInMemory(Protocol):
+    """A tree whose metadata calls (``lookup``, ``getattr``, ``readdir``, ``readlink``, ``getxattr``,
+    ``listxattr``, ``statfs``) never wait: no I/O, no lock held for long. The session then answers
+    those requests on the thread reading ``/dev/fuse`` (``fuse.workers``), with no hand-over: a walk or
+    a warm open costs no thread wake-up in the server. A tree whose lookup may mount, fetch or wait
+    (the additional layer store's) must not say True."""
+
+    def metadata_in_memory(self) -> bool:
+        """Whether the metadata calls never wait (fixed for the tree's life)."""
         ...

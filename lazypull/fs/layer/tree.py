@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lazypull.format import FormatError
-from lazypull.fs.cache import ChunkStore
+from lazypull.fs.cache import ChunkStore, LayerChunks
 from lazypull.fs.config import FsConfig
 from lazypull.fs.fuse.tree import Attr, FuseError, StatFs
 from lazypull.fs.layer import hints, learned
@@ -32,6 +32,7 @@ from lazypull.fs.layer.background import Background
 from lazypull.fs.layer.elf import MAGIC as ELF_MAGIC
 from lazypull.fs.layer.fetch import ChunkFetcher, ChunkUnavailable, Unit
 from lazypull.fs.layer.inodes import InodeTable, Node
+from lazypull.fs.layer.readahead import BlobReadAhead
 from lazypull.fs.remote import REWARM_IDLE, RemoteBlob
 from lazypull.fs.stats import MISS_WAIT, LayerStats
 
@@ -89,6 +90,8 @@ class LayerTree:
         self._by_offset: tuple[list[int], list[int]] | None = None
         self._total_size = self.inodes.total_size()   # without making every regular file's Attr
         self.fetcher = ChunkFetcher(digest, remote, cache, stats, config, {})
+        self.blob_readahead = BlobReadAhead(config.blob_readahead, small=SMALL_FILE, cache_bound=(
+            cache.cache.max_bytes if isinstance(cache, LayerChunks) else 0))
         # containers/storage zstd:chunked stores all-zero chunks as holes (no data to fetch)
         self.fetcher.zero_holes = getattr(reader, "footer_kind", "") == "zstd-64"
         self.background = Background(self.fetcher, stats, config,
@@ -249,6 +252,11 @@ class LayerTree:
         if found is None:
             found = self._has_xattrs = any(node.xattrs for node in self.inodes.nodes.values())
         return found
+
+    def metadata_in_memory(self) -> bool:
+        """``MetadataInMemory``: lookups, attributes, listings, links and xattrs come from the inode
+        table, complete from the start; none waits (the session answers them on its reading thread)."""
+        return True
 
     def statfs(self) -> StatFs:
         return StatFs(blocks=(self._total_size + 4095) // 4096, files=len(self.inodes.nodes))
@@ -419,7 +427,8 @@ class LayerTree:
             try:
                 got = self.fetcher.get(missing, deadline=time.monotonic() + self.config.read_deadline,
                                        extra=self._neighbours(fc, missing),
-                                       ahead=self._rest_of_file(fc, missing))
+                                       ahead=self._rest_of_file(fc, missing)
+                                       + ([] if quiet else self._following(fc, missing)))
             except ChunkUnavailable as err:
                 self.stats.add(read_errors=1)
                 self.stats.error(f"read of {node.path!r} [{offset}, {end}): {err}")
@@ -449,6 +458,13 @@ class LayerTree:
         wanted = {c.digest for c in missing}
         return [c for c in fc.chunks
                 if c.digest not in wanted and not self.cache.contains(c.digest, c.chunk_size)]
+
+    def _following(self, fc: _FileChunks, missing: Sequence[Any]) -> list[Any]:
+        """The small files stored after a small file's missing chunks (``readahead``)."""
+        return self.blob_readahead.following(
+            missing, fc.compressed, self._by_offset,
+            lambda ino: (f.chunks if (f := self._chunks_of(ino)) else None),
+            lambda c: self.cache.contains(c.digest, c.chunk_size))
 
     def _read_ahead(self, ino: int, fc: _FileChunks, next_index: int, offset: int, end: int) -> None:
         """When a file is read sequentially, start fetching its next chunks before they are asked for."""
