@@ -35,7 +35,8 @@ from tests.snapshot.layerkit import (
     read_all,
 )
 
-LAZY = FsConfig(prefetch=False, background_fetch=False, read_deadline=5.0, warm_connections=0)
+LAZY = FsConfig(prefetch=False, background_fetch=False, read_deadline=5.0, warm_connections=0,
+                blob_readahead=0)    # (tested in test_layer_readahead)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from tests.helpers.registry import Fault, FaultProxy, RegistryServer
 from tests.snapshot.layerkit import FILES, Blob, build_blob, push_blob
 
 CONFIG = FsConfig(prefetch=False, background_fetch=False, read_deadline=1.0, retry_initial=0.05,
-                  retry_max=0.2)
+                  retry_max=0.2, blob_readahead=0)    # (counted alone in test_layer_readahead)
 
 
 @pytest.fixture(scope="module")
