@@ -253,6 +253,11 @@ class LayerTree:
             found = self._has_xattrs = any(node.xattrs for node in self.inodes.nodes.values())
         return found
 
+    def metadata_in_memory(self) -> bool:
+        """``MetadataInMemory``: lookups, attributes, listings, links and xattrs come from the inode
+        table, complete from the start; none waits (the session answers them on its reading thread)."""
+        return True
+
     def statfs(self) -> StatFs:
         return StatFs(blocks=(self._total_size + 4095) // 4096, files=len(self.inodes.nodes))
 
