@@ -1,6 +1,8 @@
 """The lazy filesystem: FUSE server (``fuse``), layer trees (``layer``), chunk cache, config, counters.
 
-``mount_layer`` / ``unmount`` are what the mount server (``lazypull.snapshot``) calls.
+This is its front door: the mount server (``lazypull.snapshot``) and the podman store
+(``lazypull.store``) import only the names below. ``LayerFs`` (``facade``) opens, serves and steers the
+layers of one server and owns what they share; the rest are the types and helpers around it.
 """
 
 import typing
@@ -8,18 +10,71 @@ import typing
 from lazypull._lazy import lazy_attributes as _lazy_attributes
 
 if typing.TYPE_CHECKING:
+    from lazypull.fs.cache import DirectoryCache as DirectoryCache
+    from lazypull.fs.cache import digest_hex as digest_hex
+    from lazypull.fs.config import FsConfig as FsConfig
+    from lazypull.fs.config import load_config as load_config
+    from lazypull.fs.facade import LayerFs as LayerFs
+    from lazypull.fs.facade import LiveConnection as LiveConnection
+    from lazypull.fs.fuse.mount import mount_entry as mount_entry
+    from lazypull.fs.fuse.ops import Negotiated as Negotiated
+    from lazypull.fs.fuse.session import FuseMount as FuseMount
+    from lazypull.fs.layer.tree import LayerTree as LayerTree
     from lazypull.fs.mount import clean_stale_mounts as clean_stale_mounts
+    from lazypull.fs.mount import detach as detach
+    from lazypull.fs.mount import is_layer_mount as is_layer_mount
     from lazypull.fs.mount import lazypull_mounts as lazypull_mounts
     from lazypull.fs.mount import mount_layer as mount_layer
     from lazypull.fs.mount import unmount as unmount
+    from lazypull.fs.remote import FileRangeSource as FileRangeSource
+    from lazypull.fs.remote import RangeSource as RangeSource
+    from lazypull.fs.stats import COUNTERS as COUNTERS
+    from lazypull.fs.stats import MISS_WAIT as MISS_WAIT
 
-__all__ = ["clean_stale_mounts", "lazypull_mounts", "mount_layer", "unmount"]
+__all__ = [
+    "COUNTERS",
+    "MISS_WAIT",
+    "DirectoryCache",
+    "FileRangeSource",
+    "FsConfig",
+    "FuseMount",
+    "LayerFs",
+    "LayerTree",
+    "LiveConnection",
+    "Negotiated",
+    "RangeSource",
+    "clean_stale_mounts",
+    "detach",
+    "digest_hex",
+    "is_layer_mount",
+    "lazypull_mounts",
+    "load_config",
+    "mount_entry",
+    "mount_layer",
+    "unmount",
+]
 
 # Public name -> the submodule defining it, imported on first use: the mount server's client needs
 # lazypull.fs.cache (layer paths) without loading the FUSE server that fs.mount imports.
 _SOURCES: dict[str, str] = {
+    "COUNTERS": ".stats",
+    "DirectoryCache": ".cache",
+    "FileRangeSource": ".remote",
+    "FsConfig": ".config",
+    "FuseMount": ".fuse.session",
+    "LayerFs": ".facade",
+    "LayerTree": ".layer.tree",
+    "LiveConnection": ".facade",
+    "MISS_WAIT": ".stats",
+    "Negotiated": ".fuse.ops",
+    "RangeSource": ".remote",
     "clean_stale_mounts": ".mount",
+    "detach": ".mount",
+    "digest_hex": ".cache",
+    "is_layer_mount": ".mount",
     "lazypull_mounts": ".mount",
+    "load_config": ".config",
+    "mount_entry": ".fuse.mount",
     "mount_layer": ".mount",
     "unmount": ".mount",
 }

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from lazypull.errors import MountError
 from lazypull.fs.fuse import FuseMount, Tree
 from lazypull.fs.fuse import unmount as fuse_unmount
-from lazypull.fs.fuse.mount import FSTYPE, mountinfo
+from lazypull.fs.fuse.mount import FSTYPE, mount_entry, mountinfo
 
 if TYPE_CHECKING:
     from lazypull.fs.fuse.ops import Negotiated
@@ -43,6 +43,17 @@ def resume_layer(tree: Tree, mountpoint: Path, fd: int, state: Negotiated, backi
 def unmount(mount: FuseMount) -> None:
     """Stop serving and detach the mount."""
     mount.stop()
+
+
+def detach(mountpoint: Path | str) -> None:
+    """Detach whatever FUSE mount is at ``mountpoint`` (one a dead server left; ``MountError``)."""
+    fuse_unmount(str(mountpoint))
+
+
+def is_layer_mount(mountpoint: Path | str) -> bool:
+    """Whether the topmost mount at ``mountpoint`` is a lazypull layer (live or left by a dead server)."""
+    entry = mount_entry(str(mountpoint))
+    return entry is not None and entry[0] == FSTYPE
 
 
 def lazypull_mounts(under: Path | None = None) -> list[Path]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lazypull.errors import MountError
-from lazypull.fs.fuse.ops import Negotiated
+from lazypull.fs import Negotiated
 from lazypull.snapshot.paths import RunPaths
 
 log = logging.getLogger(__name__)

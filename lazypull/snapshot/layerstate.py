@@ -17,9 +17,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from lazypull.fs.cache import DirectoryCache
-from lazypull.fs.config import FsConfig
-from lazypull.fs.mount import lazypull_mounts
+from lazypull.fs import DirectoryCache, FsConfig, lazypull_mounts
 from lazypull.removetree import remove_tree
 from lazypull.snapshot.paths import RunPaths
 

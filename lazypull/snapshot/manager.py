@@ -24,20 +24,27 @@ from typing import TYPE_CHECKING, Any
 
 from lazypull.errors import ImageError, LazypullError, MountError
 from lazypull.format import FormatError
-from lazypull.fs.cache import DirectoryCache, digest_hex
-from lazypull.fs.config import FsConfig
-from lazypull.fs.layer import LayerTree, hints, is_lazy, open_layer_tree
-from lazypull.fs.layer.activity import ACTIVITY
-from lazypull.fs.layer.open import prove_origin
-from lazypull.fs.layer.toc import fetch_external_toc
-from lazypull.fs.mount import mount_layer, resume_layer
-from lazypull.fs.remote import FileRangeSource, RangeSource
-from lazypull.fs.stats import COUNTERS
+from lazypull.format.layerkind import is_lazy
+from lazypull.fs import (
+    COUNTERS,
+    FileRangeSource,
+    FsConfig,
+    FuseMount,
+    LayerFs,
+    LayerTree,
+    RangeSource,
+    detach,
+    digest_hex,
+    is_layer_mount,
+)
+from lazypull.image.tocimage import fetch_external_toc
 from lazypull.snapshot.layerstate import prune_layer_state
 from lazypull.snapshot.paths import RunPaths
 from lazypull.snapshot.protocol import LayerMount, MountInfo
 
 if TYPE_CHECKING:
+    from lazypull.image import ResolvedImage, Store
+    from lazypull.registry import CredentialSource, Descriptor, RegistryClient
     from lazypull.snapshot.keeper import KeeperClient, Kept
 
 log = logging.getLogger(__name__)
@@ -55,7 +62,7 @@ class MountedLayer:
     digest: str
     path: Path
     tree: LayerTree
-    fuse: Any
+    fuse: FuseMount
     source: RangeSource
     mounted_at: float = field(default_factory=time.time)
 
@@ -78,13 +85,14 @@ class Hold:
         return data
 
 
-def _default_store(root: Path) -> Any:
+def _default_store(root: Path) -> Store:
     from lazypull.image import Store
 
     return Store(root)
 
 
-def layer_client(insecure: bool, auth: Any = None, config: FsConfig | None = None) -> Any:
+def layer_client(insecure: bool, auth: CredentialSource | None = None, config: FsConfig | None = None
+                 ) -> RegistryClient:
     """A registry client for layer reads: few retries of its own (the layer retries until its deadline).
     ``auth``: a credential source (default: the node's docker config files); ``config``: the server's
     settings, for its network limits (``FsConfig.net_limits``; default NetLimits')."""
@@ -99,15 +107,16 @@ class LayerManager:
     """Mounts, holds and unmounts layers; thread-safe (no lock held across mounting or network I/O)."""
 
     def __init__(self, root: Path, config: FsConfig, *,
-                 store_factory: Callable[[Path], Any] = _default_store,
-                 client_factory: Callable[[bool], Any] | None = None) -> None:
+                 store_factory: Callable[[Path], Store] = _default_store,
+                 client_factory: Callable[[bool], RegistryClient] | None = None) -> None:
         self.root = root
         self.paths = RunPaths(root)
         self.config = config
-        self.cache = DirectoryCache(config.chunk_dir(root), config.cache_max_bytes)
+        self.fs = LayerFs(root, config)     # what the layers share: cache, activity, image groups
+        self.cache = self.fs.cache
         self._store_factory = store_factory
         self._client_factory = client_factory or self.new_client
-        self._clients: dict[bool, Any] = {}
+        self._clients: dict[bool, RegistryClient] = {}
         self._layers: dict[str, MountedLayer] = {}
         self._holds: dict[tuple[str, str], Hold] = {}
         self._lock = threading.Lock()                    # guards _layers, _holds, _clients, _layer_locks
@@ -128,19 +137,19 @@ class LayerManager:
 
         self.store()
         for insecure in (False, True):
-            warm_up = getattr(self.registry_client(insecure), "warm_up", None)
+            warm_up = getattr(self.registry_client(insecure), "warm_up", None)   # (a test's client: none)
             if warm_up is not None:
                 warm_up()
 
-    def store(self) -> Any:
+    def store(self) -> Store:
         """The content store of the root (manifests, configs, images.json)."""
         return self._store_factory(self.root)
 
-    def new_client(self, insecure: bool, auth: Any = None) -> Any:
+    def new_client(self, insecure: bool, auth: CredentialSource | None = None) -> RegistryClient:
         """A new :func:`layer_client` with this server's configured network limits."""
         return layer_client(insecure, auth, self.config)
 
-    def registry_client(self, insecure: bool) -> Any:
+    def registry_client(self, insecure: bool) -> RegistryClient:
         """The server's registry client for this TLS mode: kept for its lifetime, so its connections,
         scheme and tokens serve every later pull and layer read."""
         with self._lock:
@@ -157,14 +166,14 @@ class LayerManager:
         one LayerMount per layer, bottom first."""
         store = self.store()
         resolved = store.resolve(image, platform)
-        ACTIVITY.touch()        # a mount request: background fetch keeps quiet a while (stargz-snapshotter)
+        self.fs.touch()         # a mount request: background fetch keeps quiet a while (stargz-snapshotter)
         from lazypull.image.partial import check_declared_diff_ids
 
         # before anything is mounted (an image stored before pulls checked this, or loaded)
         check_declared_diff_ids(resolved.layers, list(getattr(resolved, "diff_ids", None) or []))
 
-        def one(desc: Any) -> LayerMount:
-            annotations = dict(getattr(desc, "annotations", None) or {})
+        def one(desc: Descriptor) -> LayerMount:
+            annotations = dict(desc.annotations or {})
             if not is_lazy(annotations):
                 return LayerMount(desc.digest, False, None)
             try:
@@ -223,7 +232,7 @@ class LayerManager:
         if not wanted:
             return list, top
 
-        def one(desc: Any) -> str | None:
+        def one(desc: Descriptor) -> str | None:
             def make_source() -> tuple[RangeSource, Callable[[], bytes] | None]:
                 return (client.blob_source(parsed, desc.digest, int(desc.size)),
                         lambda: fetch_external_toc(client, parsed, desc.digest))
@@ -240,7 +249,7 @@ class LayerManager:
         return (lambda: [d for d in (f.result() for f in futures) if d is not None]), top
 
     def mount_registry_layer(self, ref: str, digest: str, annotations: dict[str, str], *, holder: str,
-                             insecure: bool = False, client: Any = None) -> Path:
+                             insecure: bool = False, client: RegistryClient | None = None) -> Path:
         """Mount one layer straight from a registry reference (containerd's remote snapshots); its path.
         ``client``: the registry client for its reads (one with the image's own credentials, from the CRI
         keychain), else the server's."""
@@ -256,8 +265,7 @@ class LayerManager:
             client = self.registry_client(insecure)
 
         def make_source() -> tuple[RangeSource, Callable[[], bytes] | None]:
-            size = int(client.blob_size(parsed, digest))
-            return (client.blob_source(parsed, digest, size),
+            return (client.blob_source(parsed, digest),
                     lambda: fetch_external_toc(client, parsed, digest))
 
         layer = self._ensure_mounted(digest, annotations, make_source)
@@ -337,8 +345,8 @@ class LayerManager:
             layers = [self._layers.get(m.digest) for m in reversed(mounts)]
         if any(layer is None for layer in layers):
             return False
-        return hints.expect_program([layer.tree for layer in layers if layer is not None], argv0,
-                                    path_env, cwd)
+        return self.fs.expect_program([layer.tree for layer in layers if layer is not None], argv0,
+                                      path_env, cwd)
 
     def wait_prefetch(self, digests: list[str], timeout: float) -> bool:
         """Wait for the prefetch of these layers, ``timeout`` s in all."""
@@ -354,7 +362,7 @@ class LayerManager:
         with self._lock:
             return [MountInfo(d, layer.path,
                               sorted({h.holder for h in self._holds.values() if d in h.digests}),
-                              layer.tree.background.prefetched.is_set())
+                              layer.tree.prefetched)
                     for d, layer in sorted(self._layers.items())]
 
     def stats(self) -> dict[str, Any]:
@@ -448,8 +456,6 @@ class LayerManager:
     def adopt_kept(self) -> list[Path]:
         """Connect to the root's keeper (starting it) and take the live connections it holds; the
         mountpoints a restored hold will serve again (the start-up clean-up must leave them)."""
-        from lazypull.fs.fuse.mount import FSTYPE as FUSE_FSTYPE
-        from lazypull.fs.fuse.mount import mount_entry
         from lazypull.snapshot.keeper import KeeperClient
 
         try:
@@ -465,8 +471,7 @@ class LayerManager:
                 expected = str(self.paths.mountpoint(item.digest))
             except MountError:          # not a layer digest: nothing of ours
                 expected = None
-            entry = mount_entry(item.mountpoint) if expected == item.mountpoint else None
-            if entry is None or entry[0] != FUSE_FSTYPE:
+            if expected != item.mountpoint or not is_layer_mount(item.mountpoint):
                 os.close(item.fd)
                 self._drop_kept(item.digest)
                 continue
@@ -481,7 +486,7 @@ class LayerManager:
             return None
         return kept
 
-    def _keep(self, digest: str, path: Path, fuse: Any) -> None:
+    def _keep(self, digest: str, path: Path, fuse: FuseMount) -> None:
         """Hand a copy of a new mount's ``/dev/fuse`` fd to the keeper (a failure costs only that)."""
         state = getattr(fuse, "negotiated", None)
         if self.keeper is None or state is None:
@@ -506,8 +511,6 @@ class LayerManager:
     def drop_unclaimed(self) -> None:
         """After the restore: kept connections no hold claimed are let go (unmounted, like any stale
         mount of a dead server; their readers get ENOTCONN)."""
-        from lazypull.fs.fuse.mount import unmount as fuse_unmount
-
         with self._lock:
             left = list(self._recovered.values())
             self._recovered.clear()
@@ -515,7 +518,7 @@ class LayerManager:
             log.warning("no hold claims the live mount of %s: detaching it", item.digest)
             self._drop_kept(item.digest)
             with contextlib.suppress(MountError):
-                fuse_unmount(item.mountpoint)
+                detach(item.mountpoint)
             os.close(item.fd)
 
     # -- internals --
@@ -539,21 +542,16 @@ class LayerManager:
             tree = None
             path = self.paths.mountpoint(digest)
             try:
-                tree = open_layer_tree(digest, annotations, source, root=self.root, config=self.config,
-                                       cache=self.cache, external_toc=external)
+                tree = self.fs.open_layer(digest, annotations, source, external_toc=external)
                 opened = time.monotonic()
                 # The prefetch downloads while the FUSE mount is set up (it needs the TOC, not the mount).
                 tree.start()
                 kept = self._take_kept(digest, path)
-                fsname = f"lazypull-{digest_hex(digest)[:16]}"
-                workers = (1, max(4, self.config.fetch_workers))
                 if kept is not None:       # the connection outlived its server: serve it again
-                    fuse = resume_layer(tree, path, kept.fd, kept.state, kept.backing, fsname=fsname,
-                                        passthrough=self.config.passthrough, workers=workers)
+                    fuse = self.fs.serve(tree, path, live=kept)
                     log.info("took over the live FUSE connection of layer %s at %s", digest, path)
                 else:
-                    fuse = mount_layer(tree, path, fsname=fsname, passthrough=self.config.passthrough,
-                                       workers=workers, on_backing=self._backing_noter(digest))
+                    fuse = self.fs.serve(tree, path, on_backing=self._backing_noter(digest))
                     self._keep(digest, path, fuse)
             except BaseException:
                 if tree is not None:
@@ -579,24 +577,30 @@ class LayerManager:
         a hostile image naming another image's layer digest must not get its mount)."""
         source, _ = make_source()
         try:
-            prove_origin(digest, source, self.paths.layer_dir(digest))
+            self.fs.check_origin(digest, source, self.paths.layer_dir(digest))
         finally:
             close = getattr(source, "close", None)
             if close is not None:
                 with contextlib.suppress(OSError):
                     close()
 
-    def _source(self, store: Any, resolved: Any, desc: Any, insecure: bool
+    def _source(self, store: Store, resolved: ResolvedImage, desc: Descriptor, insecure: bool
                 ) -> tuple[RangeSource, Callable[[], bytes] | None]:
-        ref = getattr(resolved, "source", None)
-        client = self.registry_client(insecure) if ref is not None else None
-        external = (lambda: fetch_external_toc(client, ref, desc.digest)) if client is not None else None
+        ref = resolved.source
+        if ref is None:
+            local = _local_blob(store, desc.digest)
+            if local is None:
+                raise MountError(f"layer {desc.digest} of {resolved.name} is neither in the content store "
+                                 f"nor from a known registry")
+            return FileRangeSource(local), None
+        client = self.registry_client(insecure)
+
+        def external() -> bytes:
+            return fetch_external_toc(client, ref, desc.digest)
+
         local = _local_blob(store, desc.digest)
         if local is not None:
             return FileRangeSource(local), external
-        if client is None:
-            raise MountError(f"layer {desc.digest} of {getattr(resolved, 'name', '?')} is neither in the "
-                             f"content store nor from a known registry")
         return client.blob_source(ref, desc.digest, int(desc.size)), external
 
     def _unmount(self, layer: MountedLayer, *, stopping: bool = False) -> None:
@@ -717,7 +721,7 @@ def _disk_usage(top: Path) -> int:
     return total
 
 
-def _local_blob(store: Any, digest: str) -> Path | None:
+def _local_blob(store: Store, digest: str) -> Path | None:
     """The layer blob's file in the content store, if it is there (a full pull left it)."""
     local = store.blob_path(digest) if hasattr(store, "blob_path") else None
     return Path(local) if local is not None and Path(local).is_file() else None

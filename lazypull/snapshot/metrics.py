@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from lazypull.errors import MountError
-from lazypull.fs.stats import MISS_WAIT
+from lazypull.fs import MISS_WAIT
 
 if TYPE_CHECKING:
     from lazypull.snapshot.manager import LayerManager

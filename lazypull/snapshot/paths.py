@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lazypull.fs.cache import digest_hex
+from lazypull.fs import digest_hex
 from lazypull.image.rootdir import layer_dir, layer_fs
 
 

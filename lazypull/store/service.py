@@ -25,11 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lazypull.errors import MountError
-from lazypull.fs.fuse import FuseMount
-from lazypull.fs.fuse.mount import mount_entry
-from lazypull.fs.fuse.mount import unmount as fuse_unmount
-from lazypull.fs.remote import RemoteBlob
-from lazypull.fs.stats import LayerStats
+from lazypull.fs import FuseMount, detach, mount_entry
 from lazypull.snapshot.manager import MOUNT_PARALLELISM, LayerManager
 from lazypull.store.auth import ChainedAuth
 from lazypull.store.catalog import Catalog, StoreLayer
@@ -99,7 +95,7 @@ class LayerStore:
         if entry is not None:
             if entry[1] != FSNAME:
                 raise MountError(f"{point} is already a mountpoint ({entry[0]} {entry[1]})")
-            fuse_unmount(str(point))        # a store of a server that died (ENOTCONN for podman)
+            detach(point)                   # a store of a server that died (ENOTCONN for podman)
             log.warning("detached the stale store mount at %s", point)
         point.mkdir(parents=True, exist_ok=True)
         self._fuse = FuseMount(self.tree, point, fsname=FSNAME, passthrough=False, workers=(2, 16),
@@ -216,8 +212,7 @@ class LayerStore:
         if window is None or not window[0] <= offset < offset + size <= window[0] + len(window[1]):
             length = min(max(size, BLOB_WINDOW), layer.info.size - offset)
             source = self.client.blob_source(layer.ref, digest, layer.info.size)
-            remote = RemoteBlob(source, LayerStats(digest), self.manager.config)
-            data = remote.fetch([(offset, length)], time.monotonic() + self.manager.config.read_deadline)[0]
+            data = self.manager.fs.read_blob(source, digest, offset, length)
             window = (offset, data)
             with self._lock:
                 self._windows[digest] = window

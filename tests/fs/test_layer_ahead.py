@@ -215,9 +215,13 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Blob, Blob, Blob]:
     return upper, lower, stranger
 
 
+# One server's image groups (``LayerFs.groups``), shared by the layers these tests open as the server's are.
+GROUPS = hints.Groups()
+
+
 def _layer(blob: Blob, root: Path, ref: str, config: FsConfig = LAZY) -> tuple[LayerTree, ImageSource]:
     src = ImageSource(FileRangeSource(blob.path), ref=ref)
-    return open_tree(blob, root, config=config, source=src), src
+    return open_tree(blob, root, config=config, source=src, groups=GROUPS), src
 
 
 def test_a_program_read_brings_its_interpreter_and_libraries_from_every_layer(
@@ -253,7 +257,7 @@ def test_a_program_read_brings_its_interpreter_and_libraries_from_every_layer(
     finally:
         for tree in (upper, lower, stranger):
             tree.close()
-    assert hints.members("registry.test/app:1", upper) == [upper], "closed trees leave their group"
+    assert GROUPS.members("registry.test/app:1", upper) == [upper], "closed trees leave their group"
 
 
 def test_following_can_be_switched_off(image: tuple[Blob, Blob, Blob], tmp_path: Path) -> None:
@@ -445,8 +449,8 @@ def test_expect_program_fetches_a_command_before_it_runs(image: tuple[Blob, Blob
         _wait(lambda: _cached(lower, "usr/lib/x86_64-linux-gnu/libbar.so"), "what it loads")
         assert _cached(lower, "usr/lib64/ld-linux-test.so.2"), "its interpreter"
         assert hints.expect_program([upper, lower], "/usr/bin/prog")
-        assert hints.trees_of("registry.test/app:4") == [upper, lower]
-        assert hints.trees_of("registry.test/none:1") == []
+        assert GROUPS.trees_of("registry.test/app:4") == [upper, lower]
+        assert GROUPS.trees_of("registry.test/none:1") == []
     finally:
         upper.close()
         lower.close()

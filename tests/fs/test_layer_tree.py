@@ -21,7 +21,6 @@ from lazypull.fs.cache import LayerChunks
 from lazypull.fs.config import FsConfig
 from lazypull.fs.fuse.tree import FuseError
 from lazypull.fs.layer import LayerTree
-from lazypull.fs.layer.activity import ACTIVITY
 from lazypull.fs.remote import FileRangeSource
 from tests.snapshot.layerkit import FILES, Blob, FaultySource, build_blob, lookup_path, open_tree, read_all
 
@@ -393,7 +392,7 @@ def test_background_fetch_waits_for_quiet_after_mounts(blob: Blob, tmp_path: Pat
     tree = open_tree(blob, tmp_path, config=config, source=src)   # opening the tree counts as activity
     src.requests.clear()
     tree.start()
-    with ACTIVITY.busy():                        # another layer's mount or prefetch in progress
+    with tree.activity.busy():                   # another layer's mount or prefetch in progress
         time.sleep(0.5)
         assert src.requests == [] and tree.stats.background_state == "waiting"
         busy_end = time.monotonic()

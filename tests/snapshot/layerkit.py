@@ -20,6 +20,7 @@ import httpx
 from lazypull.fs.cache import DirectoryCache
 from lazypull.fs.config import FsConfig
 from lazypull.fs.layer import LayerTree, open_layer_tree
+from lazypull.fs.layer.hints import Groups
 from lazypull.fs.remote import FileRangeSource, RangeSource
 
 MTIME = 1609459200  # 2021-01-01T00:00:00Z
@@ -141,7 +142,7 @@ class FaultySource:
 
 def open_tree(blob: Blob, root: Path, config: FsConfig | None = None, source: RangeSource | None = None,
               annotations: dict[str, str] | None = None, preload: bool = False,
-              digest: str | None = None) -> LayerTree:
+              digest: str | None = None, groups: Groups | None = None) -> LayerTree:
     """A LayerTree over a blob file (or ``source``) with its cache under ``root``.
 
     ``preload=False`` forgets the blob tail read with the TOC, so every chunk read goes to ``source``
@@ -151,7 +152,8 @@ def open_tree(blob: Blob, root: Path, config: FsConfig | None = None, source: Ra
     src = source or FileRangeSource(blob.path)
     notes = annotations if annotations is not None else blob.annotations
     tree = open_layer_tree(digest or blob.digest, notes, src, root=root, config=config,
-                           cache=DirectoryCache(config.chunk_dir(root), config.cache_max_bytes))
+                           cache=DirectoryCache(config.chunk_dir(root), config.cache_max_bytes),
+                           groups=groups)
     if not preload:
         tree.fetcher.preloaded = []
     return tree

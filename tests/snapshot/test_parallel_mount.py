@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+import lazypull.fs.facade as facade_mod
 from lazypull.fs.config import FsConfig
 from lazypull.image import Store, pull_image
 from lazypull.registry import RegistryClient
-from lazypull.snapshot import manager as manager_mod
 from lazypull.snapshot.manager import LayerManager
 from tests.helpers.registry import RegistryServer
 from tests.snapshot.layerkit import FILES, build_blob, push_image
@@ -44,7 +44,7 @@ def test_layers_mount_in_parallel_and_come_back_bottom_first(
             spans.append((began, time.monotonic()))
         return tree
 
-    monkeypatch.setattr(manager_mod, "open_layer_tree", slow_open)
+    monkeypatch.setattr(facade_mod, "open_layer_tree", slow_open)
     manager = LayerManager(root, FsConfig(background_fetch=False, prefetch=False))
     try:
         mounts = manager.mount_image(record.name, insecure=True, holder="c1")

@@ -1,5 +1,8 @@
 """When this server last did foreground work: a mount, a prefetch or an on-demand miss.
 
+One :class:`Activity` per server (``fs.facade.LayerFs``), shared by every layer it serves, as in
+stargz-snapshotter.
+
 Background fetch waits until there has been none for ``background_quiet`` seconds (stargz-snapshotter
 pauses its background fetcher while any Mount/Check runs and for 5 s after), so the bulk download of
 every layer does not compete for the CPUs and the link with the mounts and the container's start.
@@ -58,7 +61,3 @@ class Activity:
                 return not stop.is_set()
             if stop.wait(min(remaining, poll)):
                 return False
-
-
-ACTIVITY = Activity()
-"""The server's: every layer's mount, prefetch and misses count, as in stargz-snapshotter."""

@@ -8,7 +8,7 @@ start wait for it, up to a timeout.
 Background fetch: then the rest of the layer, a batch of neighbouring units per request, a few at a time,
 pausing while on-demand misses are being served (and ``background_pause`` after), so it only uses idle time;
 it starts and resumes only after ``background_quiet`` s without any mount, prefetch or miss in the server
-(``activity.ACTIVITY``), so it does not compete with a container's start.
+(the server's ``activity.Activity``), so it does not compete with a container's start.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from lazypull.fs.config import FsConfig
-from lazypull.fs.layer.activity import ACTIVITY
+from lazypull.fs.layer.activity import Activity
 from lazypull.fs.layer.fetch import ChunkFetcher, Unit
 from lazypull.fs.stats import LayerStats
 
@@ -90,8 +90,9 @@ class Background:
                  on_progress: Callable[[], None] | None = None,
                  index: Callable[[int | None], object] | None = None,
                  learned: Callable[[], list[Any]] | None = None,
-                 early: Callable[[], list[Any]] | None = None) -> None:
+                 early: Callable[[], list[Any]] | None = None, activity: Activity | None = None) -> None:
         self.fetcher = fetcher
+        self.activity = activity if activity is not None else Activity()   # the server's, shared
         self.stats = stats
         self.config = config
         self.prefetch_range = prefetch_range
@@ -160,7 +161,7 @@ class Background:
         before = self.stats.bytes_fetched
         deadline = time.monotonic() + self.config.read_deadline
         name = f"prefetch-{self.fetcher.digest[7:19]}"
-        with ACTIVITY.busy(), ThreadPoolExecutor(PREFETCH_STREAMS, thread_name_prefix=name) as pool:
+        with self.activity.busy(), ThreadPoolExecutor(PREFETCH_STREAMS, thread_name_prefix=name) as pool:
             for piece in pieces(mine, PREFETCH_PIECE):
                 pool.submit(self.fetcher.run_group, piece, deadline, single_range=True)
         missing = [c for c in mine if not self.fetcher.cache.contains(c.digest, c.chunk_size)]
@@ -191,7 +192,7 @@ class Background:
             if mine:
                 self.fetcher.run_group(mine, deadline, single_range=False)
 
-        with ACTIVITY.busy(), ThreadPoolExecutor(LEARNED_STREAMS, thread_name_prefix=name) as pool:
+        with self.activity.busy(), ThreadPoolExecutor(LEARNED_STREAMS, thread_name_prefix=name) as pool:
             for piece in ordered_pieces(chunks, LEARNED_FIRST_PIECE, PREFETCH_PIECE):
                 pool.submit(one, piece)
         missing = sum(1 for c in chunks if not self.fetcher.cache.contains(c.digest, c.chunk_size))
@@ -201,7 +202,7 @@ class Background:
 
     def _background(self) -> None:
         self.stats.set(background_state="waiting")
-        if not ACTIVITY.wait_quiet(self.config.background_quiet, self._stop):
+        if not self.activity.wait_quiet(self.config.background_quiet, self._stop):
             self.stats.set(background_state="stopped")
             return
         if self.index is not None:
@@ -214,7 +215,7 @@ class Background:
             self.stats.set(background_done=done)
             if not batches:
                 self.stats.set(background_state="done")
-                self.fetcher.preloaded = []
+                self.fetcher.drop_preloaded()
                 return
             self.stats.set(background_state="running" if attempt == 0 else "retrying")
             with ThreadPoolExecutor(self.config.background_concurrency,
@@ -227,7 +228,7 @@ class Background:
                 return
             if not failed:
                 self.stats.set(background_state="done", background_done=self.stats.background_total)
-                self.fetcher.preloaded = []     # everything is cached: the TOC tail bytes are not needed
+                self.fetcher.drop_preloaded()     # everything is cached: the TOC tail bytes are not needed
                 return
             log.warning("layer %s: %d background batch(es) failed; retrying in %.0fs",
                         self.fetcher.digest, failed, delay)
@@ -261,7 +262,7 @@ class Background:
         while not self.fetcher.remote.demand_quiet():
             if self._stop.wait(0.05):
                 return False
-        if not ACTIVITY.wait_quiet(self.config.background_quiet, self._stop):
+        if not self.activity.wait_quiet(self.config.background_quiet, self._stop):
             return False
         if self._stop.is_set():
             return False

@@ -55,7 +55,8 @@ class ChunkFetcher:
     """Verified chunks of one layer; thread-safe. Blocking calls never hold the table lock."""
 
     def __init__(self, digest: str, remote: RemoteBlob, cache: ChunkStore, stats: LayerStats,
-                 config: FsConfig, units: dict[Unit, list[Any]]) -> None:
+                 config: FsConfig, units: dict[Unit, list[Any]], *,
+                 preloaded: Sequence[tuple[int, bytes]] = (), zero_holes: bool = False) -> None:
         self.digest = digest
         self.remote = remote
         self.cache = cache                       # this layer's namespace: only bytes from its own blob
@@ -67,10 +68,14 @@ class ChunkFetcher:
         self._pool = ThreadPoolExecutor(max_workers=config.fetch_workers,
                                         thread_name_prefix=f"fetch-{digest[7:19]}")
         # Blob bytes already in memory (the tail read with the TOC): ranges inside them need no request.
-        self.preloaded: list[tuple[int, bytes]] = []
+        self.preloaded: list[tuple[int, bytes]] = list(preloaded)
         # containers/storage zstd:chunked holes: chunks of zeros stored as no data at all.
-        self.zero_holes = False
+        self.zero_holes = zero_holes
         self._zero_digest_by_size: dict[int, str] = {}
+
+    def drop_preloaded(self) -> None:
+        """Forget the preloaded blob bytes (everything is cached: they are not needed any more)."""
+        self.preloaded = []
 
     def close(self) -> None:
         self.remote.closed.set()

@@ -8,8 +8,8 @@ image's layers (following symlinks, as the overlay mount will show them) and fet
 same time, each followed in turn for its own libraries. A guess that turns out wrong costs bytes,
 never correctness: the chunks fetched are verified and cached like any others.
 
-Layers are grouped by the image reference their blobs come from (``RegistryBlobSource.ref``); a
-tree from anywhere else forms a group of its own. A group's trees are searched in the order they joined,
+Layers are grouped by the image reference their blobs come from (the ``ref`` of their registry source); a tree
+from anywhere else forms a group of its own. A group's trees are searched in the order they joined,
 the tree that asked first.
 """
 
@@ -19,10 +19,16 @@ import logging
 import posixpath
 import threading
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING
 
 from lazypull.fs.fuse.tree import ROOT_INODE
 from lazypull.fs.layer import elf
+
+if TYPE_CHECKING:
+    from lazypull.fs.layer.inodes import Node
+    from lazypull.fs.layer.tree import LayerTree
+
+    Hit = tuple[LayerTree, Node]     # a file found in the union of an image's layers: (layer, its node)
 
 log = logging.getLogger(__name__)
 
@@ -35,44 +41,45 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 USER_DB = ("etc/passwd", "etc/group")
 HEAD = 256          # bytes of a file enough to tell an ELF file or a script and read its ``#!`` line
 
-_lock = threading.Lock()
-_groups: dict[str, list[Any]] = {}
+class Groups:
+    """The layers of each image, by the image reference their blobs come from (one per mount server,
+    ``fs.facade.LayerFs``); thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._groups: dict[str, list[LayerTree]] = {}
+
+    def join(self, key: str | None, tree: LayerTree) -> None:
+        """Make ``tree`` part of group ``key`` (None: a group of its own)."""
+        if key is None:
+            return
+        with self._lock:
+            self._groups.setdefault(key, []).append(tree)
+
+    def leave(self, key: str | None, tree: LayerTree) -> None:
+        if key is None:
+            return
+        with self._lock:
+            members = self._groups.get(key, [])
+            if tree in members:
+                members.remove(tree)
+            if not members:
+                self._groups.pop(key, None)
+
+    def members(self, key: str | None, tree: LayerTree) -> list[LayerTree]:
+        """The trees to search for a path needed by ``tree``'s files: ``tree`` first."""
+        with self._lock:
+            others = [t for t in self._groups.get(key, []) if t is not tree] if key is not None else []
+        return [tree, *others]
+
+    def trees_of(self, key: str) -> list[LayerTree]:
+        """The mounted trees of group ``key`` (an image reference as its layers' sources name it), in
+        the order they joined: what a caller without its own list passes to :func:`expect_program`."""
+        with self._lock:
+            return list(self._groups.get(key, []))
 
 
-def join(key: str | None, tree: Any) -> None:
-    """Make ``tree`` (a ``LayerTree``) part of group ``key`` (None: a group of its own)."""
-    if key is None:
-        return
-    with _lock:
-        _groups.setdefault(key, []).append(tree)
-
-
-def leave(key: str | None, tree: Any) -> None:
-    if key is None:
-        return
-    with _lock:
-        members = _groups.get(key, [])
-        if tree in members:
-            members.remove(tree)
-        if not members:
-            _groups.pop(key, None)
-
-
-def members(key: str | None, tree: Any) -> list[Any]:
-    """The trees to search for a path needed by ``tree``'s files: ``tree`` first."""
-    with _lock:
-        others = [t for t in _groups.get(key, []) if t is not tree] if key is not None else []
-    return [tree, *others]
-
-
-def trees_of(key: str) -> list[Any]:
-    """The mounted trees of group ``key`` (an image reference as its layers' sources name it), in the
-    order they joined: what a caller without its own list passes to :func:`expect_program`."""
-    with _lock:
-        return list(_groups.get(key, []))
-
-
-def _child(tree: Any, ino: int, name: str) -> Any:
+def _child(tree: LayerTree, ino: int, name: str) -> Node | None:
     node = tree.inodes.get(ino)
     if node is None or node.children is None:
         return None
@@ -80,7 +87,7 @@ def _child(tree: Any, ino: int, name: str) -> Any:
     return None if child is None else tree.inodes.get(child)
 
 
-def _walk(tree: Any, parts: list[str]) -> Any:
+def _walk(tree: LayerTree, parts: list[str]) -> Node | None:
     """The node at ``parts`` in one tree, without following symlinks (None when missing)."""
     node = tree.inodes.get(ROOT_INODE)
     for part in parts:
@@ -90,7 +97,7 @@ def _walk(tree: Any, parts: list[str]) -> Any:
     return node
 
 
-def node_at(tree: Any, path: str) -> Any:
+def node_at(tree: LayerTree, path: str) -> Node | None:
     """The node at ``path`` (relative to the layer root, as TOC names are) in one tree, symlinks not
     followed; None when missing or too deep to be a real name."""
     parts = [p for p in path.split("/") if p not in ("", ".")]
@@ -99,7 +106,7 @@ def node_at(tree: Any, path: str) -> Any:
     return _walk(tree, parts)
 
 
-def resolve(trees: list[Any], path: str) -> tuple[Any, Any] | None:
+def resolve(trees: list[LayerTree], path: str) -> Hit | None:
     """(tree, node) of the regular file ``path`` names in the union of ``trees``, symlinks followed;
     None when it is missing, not a regular file with content, or the symlinks loop."""
     todo = deque(p for p in path.split("/"))
@@ -145,7 +152,7 @@ def resolve(trees: list[Any], path: str) -> tuple[Any, Any] | None:
     return None
 
 
-def loader_files(trees: list[Any], info: elf.DynamicInfo) -> list[tuple[Any, Any]]:
+def loader_files(trees: list[LayerTree], info: elf.DynamicInfo) -> list[Hit]:
     """(tree, node) of a starting program's interpreter and, for glibc's, the cache it reads first."""
     if not info.interpreter:
         return []
@@ -155,8 +162,8 @@ def loader_files(trees: list[Any], info: elf.DynamicInfo) -> list[tuple[Any, Any
     return [hit for name in wanted if (hit := resolve(trees, name)) is not None]
 
 
-def dependencies(trees: list[Any], path: str, info: elf.DynamicInfo, *, program: bool = True
-                 ) -> list[tuple[Any, Any]]:
+def dependencies(trees: list[LayerTree], path: str, info: elf.DynamicInfo, *, program: bool = True
+                 ) -> list[Hit]:
     """(tree, node) of the files the loader opens after ``path``: the libraries, and for a program being
     started its interpreter and cache (a library's own ``PT_INTERP``, libc's, is not loaded again)."""
     found = loader_files(trees, info) if program else []
@@ -187,8 +194,8 @@ def script_programs(head: bytes) -> list[str]:
     return found
 
 
-def find_program(trees: list[Any], name: str, path_env: str | None = None, cwd: str = "/"
-                 ) -> tuple[Any, Any] | None:
+def find_program(trees: list[LayerTree], name: str, path_env: str | None = None, cwd: str = "/"
+                 ) -> Hit | None:
     """(tree, node) of the program ``name`` as ``execvp`` finds it: a path, else through PATH."""
     if "/" in name:
         return resolve(trees, posixpath.join(cwd, name))
@@ -200,7 +207,7 @@ def find_program(trees: list[Any], name: str, path_env: str | None = None, cwd: 
     return None
 
 
-def expect_program(trees: list[Any], argv0: str, path_env: str | None = None, cwd: str = "/") -> bool:
+def expect_program(trees: list[LayerTree], argv0: str, path_env: str | None = None, cwd: str = "/") -> bool:
     """Start fetching a program about to be run over these layers (upper first), and then what it
     loads, before the container asks: for a runtime that knows the command while the container is
     still being set up. False when the program is not found in them (nothing is fetched)."""
@@ -212,7 +219,7 @@ def expect_program(trees: list[Any], argv0: str, path_env: str | None = None, cw
     return True
 
 
-def follow(tree: Any, ino: int, *, program: bool = True) -> None:
+def follow(tree: LayerTree, ino: int, *, program: bool = True) -> None:
     """Fetch ahead what is opened after the file ``ino`` of ``tree`` (run in a worker): for an ELF file
     what the loader opens, for a script its interpreter. ``program`` is being started, else it is a
     library being loaded."""
@@ -223,7 +230,7 @@ def follow(tree: Any, ino: int, *, program: bool = True) -> None:
         head = tree.read_quiet(ino, 0, HEAD)
         if head[:2] == b"#!":
             if program:
-                trees = members(tree.group, tree)
+                trees = tree.groups.members(tree.group, tree)
                 for name in script_programs(head):
                     hit = find_program(trees, name)
                     if hit is not None:
@@ -231,7 +238,7 @@ def follow(tree: Any, ino: int, *, program: bool = True) -> None:
             return
         if head[:4] != elf.MAGIC:
             return
-        trees = members(tree.group, tree)
+        trees = tree.groups.members(tree.group, tree)
 
         def interpreter_first(known: elf.DynamicInfo) -> None:   # the loader's first open: start it now
             if program:

@@ -11,9 +11,9 @@ from pathlib import Path
 from lazypull.errors import LazypullError, MountError
 from lazypull.fs.cache import DirectoryCache, digest_hex
 from lazypull.fs.config import FsConfig
-from lazypull.fs.layer import learned
+from lazypull.fs.layer import hints, learned
 from lazypull.fs.layer.access import recorder_for
-from lazypull.fs.layer.activity import ACTIVITY
+from lazypull.fs.layer.activity import Activity
 from lazypull.fs.layer.toc import ExternalToc, open_toc, record_path
 from lazypull.fs.layer.tree import LayerTree
 from lazypull.fs.remote import RangeSource, RecordingSource, RemoteBlob
@@ -77,15 +77,19 @@ def note_origin(ldir: Path, origin: str) -> None:
 
 def open_layer_tree(digest: str, annotations: Mapping[str, str], source: RangeSource, *, root: Path,
                     config: FsConfig, cache: DirectoryCache | None = None,
-                    external_toc: ExternalToc | None = None) -> LayerTree:
+                    external_toc: ExternalToc | None = None, activity: Activity | None = None,
+                    groups: hints.Groups | None = None) -> LayerTree:
     """Fetch and verify the layer's TOC and build its tree; call ``start()`` on it to begin prefetch.
-    The tree reads and writes only the layer's own namespace of ``cache`` (default: the root's)."""
+    The tree reads and writes only the layer's own namespace of ``cache`` (default: the root's).
+    ``activity`` and ``groups``: the server's, shared by its layers (``fs.facade.LayerFs``; default:
+    the tree's own)."""
+    activity = activity if activity is not None else Activity()
     stats = LayerStats(digest)
     remote = RemoteBlob(source, stats, config)
     ldir = layer_dir(root, digest)
     ldir.mkdir(parents=True, exist_ok=True)
     src = RecordingSource(remote, record_path(ldir))
-    with ACTIVITY.busy():       # background fetch of the other layers waits for the mounts
+    with activity.busy():       # background fetch of the other layers waits for the mounts
         reader = open_toc(digest, annotations, src, external_toc)
         if src.pieces:      # the TOC (verified) or its footer came from this source: it serves the blob
             note_origin(ldir, origin_of(source))
@@ -93,13 +97,20 @@ def open_layer_tree(digest: str, annotations: Mapping[str, str], source: RangeSo
             prove_origin(digest, source, ldir, src.tail(min(PROBE, source.size)), config=config)
         if cache is None:
             cache = DirectoryCache(config.chunk_dir(root), config.cache_max_bytes)
-        tree = LayerTree(digest, reader, remote, cache.layer(digest), stats, config, ldir)
-    tree.access = recorder_for(ldir)
-    if config.learn_window > 0:
-        origin = origin_of(source)
-        tree.learned_record = learned.load(ldir, origin)
-        tree.learner = learned.Learner(learned.record_path(ldir), config.learn_window, origin)
-    # What was read to find the TOC (often the end of the blob, sometimes all of it) serves chunks too.
-    if sum(len(data) for _, data in src.pieces) <= PRELOAD_MAX:
-        tree.fetcher.preloaded = list(src.pieces)
+        learner = record = None
+        if config.learn_window > 0:
+            origin = origin_of(source)
+            record = learned.load(ldir, origin)
+            learner = learned.Learner(learned.record_path(ldir), config.learn_window, origin)
+        # What was read to find the TOC (often the end of the blob, sometimes all of it) serves chunks too.
+        preloaded = list(src.pieces) if sum(len(data) for _, data in src.pieces) <= PRELOAD_MAX else []
+        access = recorder_for(ldir)
+        try:
+            tree = LayerTree(digest, reader, remote, cache.layer(digest), stats, config, ldir,
+                             activity=activity, groups=groups, access=access, learner=learner,
+                             learned_record=record, preloaded=preloaded)
+        except BaseException:
+            if access is not None:
+                access.close()
+            raise
     return tree

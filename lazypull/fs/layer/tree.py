@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from lazypull.format import FormatError
 from lazypull.fs.cache import ChunkStore, LayerChunks
@@ -27,7 +27,7 @@ from lazypull.fs.config import FsConfig
 from lazypull.fs.fuse.tree import Attr, FuseError, StatFs
 from lazypull.fs.layer import hints, learned
 from lazypull.fs.layer.access import AccessRecorder
-from lazypull.fs.layer.activity import ACTIVITY
+from lazypull.fs.layer.activity import Activity
 from lazypull.fs.layer.background import Background
 from lazypull.fs.layer.elf import MAGIC as ELF_MAGIC
 from lazypull.fs.layer.fetch import ChunkFetcher, ChunkUnavailable, Unit
@@ -35,6 +35,9 @@ from lazypull.fs.layer.inodes import InodeTable, Node
 from lazypull.fs.layer.readahead import BlobReadAhead
 from lazypull.fs.remote import REWARM_IDLE, RemoteBlob
 from lazypull.fs.stats import MISS_WAIT, LayerStats
+
+if TYPE_CHECKING:
+    from lazypull.format import LayerReader
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +57,34 @@ class _FileChunks:
         self.compressed = sum(end - off for off, end in {(c.offset, c.end) for c in self.chunks})
 
 
-def _has_content(node: Node | None) -> bool:
+def _has_content(node: Node | None) -> TypeGuard[Node]:
     """A regular file with bytes (not a directory, symlink or device; a hardlink is its target)."""
     return node is not None and node.entry is not None and node.children is None and not node.link \
         and node.attr.size > 0 and (node.attr.mode & 0o170000) == 0o100000
 
 
 class LayerTree:
-    """Implements ``lazypull.fs.fuse.Tree`` for one layer. Thread-safe."""
+    """Implements ``lazypull.fs.fuse.Tree`` for one layer. Thread-safe.
 
-    access: AccessRecorder | None = None   # set at mount when asked (``access.recorder_for``)
-    learner: learned.Learner | None = None  # notes the first reads for the next cold mount (``learned``)
-    learned_record: list[learned.LearnedFile] | None = None   # an earlier mount's notes: fetched at start
+    ``activity`` and ``groups`` are the server's, shared by its layers (``fs.facade.LayerFs``; a tree
+    made without them has its own). ``access`` records the files read (``access.recorder_for``),
+    ``learner`` notes the first reads for the next cold mount and ``learned_record`` is an earlier
+    mount's notes, fetched at start (``learned``). ``preloaded``: blob bytes already read (with the
+    TOC), which serve the chunks inside them without a request.
+    """
 
-    def __init__(self, digest: str, reader: Any, remote: RemoteBlob, cache: ChunkStore, stats: LayerStats,
-                 config: FsConfig, layer_dir: Path) -> None:
+    def __init__(self, digest: str, reader: LayerReader, remote: RemoteBlob, cache: ChunkStore,
+                 stats: LayerStats, config: FsConfig, layer_dir: Path, *, activity: Activity | None = None,
+                 groups: hints.Groups | None = None, access: AccessRecorder | None = None,
+                 learner: learned.Learner | None = None,
+                 learned_record: list[learned.LearnedFile] | None = None,
+                 preloaded: Sequence[tuple[int, bytes]] = ()) -> None:
         self.digest = digest
+        self.activity = activity if activity is not None else Activity()
+        self.groups = groups if groups is not None else hints.Groups()
+        self.access = access
+        self.learner = learner
+        self.learned_record = learned_record
         self.reader = reader
         self.remote = remote
         self.cache = cache
@@ -89,15 +104,20 @@ class LayerTree:
         # regular files by blob offset (offsets, inodes), for fetching neighbours of small files
         self._by_offset: tuple[list[int], list[int]] | None = None
         self._total_size = self.inodes.total_size()   # without making every regular file's Attr
-        self.fetcher = ChunkFetcher(digest, remote, cache, stats, config, {})
+        # unit -> its chunks, each digest once: grown by index(), read by the fetcher (siblings) and
+        # the background fetch
+        self._units: dict[Unit, list[Any]] = {}
+        self._indexed: set[str] = set()          # chunk digests in _units
+        # containers/storage zstd:chunked stores all-zero chunks as holes (no data to fetch)
+        self.fetcher = ChunkFetcher(digest, remote, cache, stats, config, self._units, preloaded=preloaded,
+                                    zero_holes=getattr(reader, "footer_kind", "") == "zstd-64")
         self.blob_readahead = BlobReadAhead(config.blob_readahead, small=SMALL_FILE, cache_bound=(
             cache.cache.max_bytes if isinstance(cache, LayerChunks) else 0))
-        # containers/storage zstd:chunked stores all-zero chunks as holes (no data to fetch)
-        self.fetcher.zero_holes = getattr(reader, "footer_kind", "") == "zstd-64"
         self.background = Background(self.fetcher, stats, config,
                                      reader.prefetch_range() if config.prefetch else None, index=self.index,
                                      learned=self.learned_chunks,
-                                     early=self.user_db_chunks if config.fetch_user_db else None)
+                                     early=self.user_db_chunks if config.fetch_user_db else None,
+                                     activity=self.activity)
         self._readahead_lock = threading.Lock()
         self._last_end: dict[int, int] = {}       # ino -> where the last read of it ended
         self._readahead_next: dict[int, int] = {} # ino -> first chunk index not yet read ahead
@@ -110,7 +130,7 @@ class LayerTree:
         self._ahead_pool = ThreadPoolExecutor(4, thread_name_prefix=f"ahead-{digest[7:19]}")
         ref = getattr(remote.source, "ref", None)
         self.group: str | None = str(ref) if ref is not None else None
-        hints.join(self.group, self)
+        self.groups.join(self.group, self)
 
     def _chunks_of(self, ino: int) -> _FileChunks | None:
         """The chunks of a regular file with content (None for anything else)."""
@@ -134,11 +154,12 @@ class LayerTree:
         return fc
 
     def index(self, below: int | None = None) -> dict[Unit, list[Any]]:
-        """Chunks of every file by compressed range (each chunk digest once); also given to the fetcher.
-        ``below``: only files whose data starts before that blob offset (what the prefetch needs; the
-        whole index costs ~0.1 s of CPU per 5000 files)."""
-        units: dict[Unit, list[Any]] = {}
-        seen: set[str] = set()
+        """Chunks of every file by compressed range (each chunk digest once), the fetcher's too; grown
+        in place (only the background thread calls it), never rebuilt. ``below``: only files whose data
+        starts before that blob offset (what the prefetch needs; the whole index costs ~0.1 s of CPU per
+        5000 files)."""
+        units = self._units
+        seen = self._indexed
         located: list[tuple[int, int]] = []
         for node in list(self.inodes.regular_files()):
             offset = getattr(node.entry, "offset", 0)
@@ -153,7 +174,6 @@ class LayerTree:
                 if chunk.digest not in seen:
                     seen.add(chunk.digest)
                     units.setdefault((chunk.offset, chunk.end), []).append(chunk)
-        self.fetcher.units = units
         if self._by_offset is None:
             located.sort()
             self._by_offset = ([off for off, _ in located], [ino for _, ino in located])
@@ -196,9 +216,14 @@ class LayerTree:
         """Wait up to ``timeout`` s for the prefetch to finish."""
         return self.background.wait_prefetch(timeout)
 
+    @property
+    def prefetched(self) -> bool:
+        """Whether the prefetch is over (done, failed or stopped), without waiting."""
+        return self.background.prefetched.is_set()
+
     def close(self) -> None:
         """Stop background work and pending fetches."""
-        hints.leave(self.group, self)
+        self.groups.leave(self.group, self)
         self.background.stop()
         self.fetcher.close()
         self.cache.release()
@@ -369,12 +394,12 @@ class LayerTree:
                 if todo:
                     self.stats.add(fetched_ahead=1)
                     self.remote.demand_begin()
-                    ACTIVITY.begin()
+                    self.activity.begin()
                     try:
                         self.fetcher.get(todo, deadline=time.monotonic() + self.config.read_deadline)
                     finally:
                         self.remote.demand_end()
-                        ACTIVITY.end()
+                        self.activity.end()
             if self.config.fetch_elf_deps:
                 hints.follow(self, ino, program=program)
         except (FuseError, ChunkUnavailable) as err:
@@ -422,7 +447,7 @@ class LayerTree:
                 # first miss should not wait for new connections either
                 self.remote.warm(self.config.warm_connections, if_idle=REWARM_IDLE)
             self.remote.demand_begin()
-            ACTIVITY.begin()
+            self.activity.begin()
             waited = time.monotonic()
             try:
                 got = self.fetcher.get(missing, deadline=time.monotonic() + self.config.read_deadline,
@@ -437,7 +462,7 @@ class LayerTree:
                 raise FuseError(errno.EIO, str(err)) from err
             finally:
                 self.remote.demand_end()
-                ACTIVITY.end()
+                self.activity.end()
                 if not quiet:
                     MISS_WAIT.observe(time.monotonic() - waited)
             for k, (chunk, lo, hi) in enumerate(wanted):
