@@ -1,7 +1,7 @@
-"""Blob-order read-ahead (``fs.layer.readahead``): a miss of a small file brings the small files stored
-after it, within the budget, in a request of its own; big files, a budget of 0 and the cache bound
-stop it; what is read stays byte-identical. Over the tree, and through a real FUSE mount (served reads
-and passthrough of the files read ahead)."""
+"""Blob-order read-ahead (``fs.layer.readahead``): a miss of a small file near a recent one (a walk through
+a directory) brings the small files stored after it, within the budget, in a request of its own; a lone
+miss, big files, a budget of 0 and the cache bound stop it; what is read stays byte-identical. Over the
+tree, and through a real FUSE mount (served reads and passthrough of the files read ahead)."""
 
 from __future__ import annotations
 
@@ -82,54 +82,64 @@ def _span(tree: LayerTree, path: str) -> tuple[int, int]:
     return min(c.offset for c in fc.chunks), max(c.end for c in fc.chunks)
 
 
-def test_a_small_file_miss_brings_the_small_files_after_it(blob: Blob, tmp_path: Path) -> None:
+def _read(tree: LayerTree, name: str) -> None:
+    assert tree.read(lookup_path(tree, name), 0, 1 << 20) == FILES[name]
+
+
+def test_a_walk_through_small_files_brings_the_ones_after_it(blob: Blob, tmp_path: Path) -> None:
     probe, _ = _tree(blob, tmp_path / "probe", LAZY.replace(blob_readahead=0))
-    first_end = _span(probe, "pkg/mod03.pyc")[1]
-    budget = _span(probe, "pkg/mod09.pyc")[1] - first_end     # mod04..mod09 fit, mod10 does not
+    first_end = _span(probe, "pkg/mod04.pyc")[1]
+    budget = _span(probe, "pkg/mod10.pyc")[1] - first_end     # mod05..mod10 fit, mod11 does not
     probe.close()
     tree, src = _tree(blob, tmp_path / "root", LAZY.replace(blob_readahead=budget))
-    assert tree.read(lookup_path(tree, "pkg/mod03.pyc"), 0, 1 << 20) == FILES["pkg/mod03.pyc"]
-    _wait(lambda: len(src.requests) == 2 and _cached(tree, "pkg/mod09.pyc"), "read ahead")
-    assert [_cached(tree, f"pkg/mod{i:02}.pyc") for i in range(20)] == [i in range(3, 10) for i in range(20)]
-    ahead = src.requests[1]
+    _read(tree, "pkg/mod03.pyc")
+    time.sleep(0.2)
+    assert len(src.requests) == 1, "a lone miss reads nothing ahead"
+    _read(tree, "pkg/mod04.pyc")            # a second miss near the first: a walk
+    _wait(lambda: len(src.requests) == 3 and _cached(tree, "pkg/mod10.pyc"), "read ahead")
+    assert [_cached(tree, f"pkg/mod{i:02}.pyc") for i in range(20)] == [i in range(3, 11) for i in range(20)]
+    ahead = src.requests[2]
     assert min(o for o, _ in ahead) >= first_end and max(o + n for o, n in ahead) <= first_end + budget
-    for i in range(4, 10):                  # served from the cache: no request, the tar's bytes
-        name = f"pkg/mod{i:02}.pyc"
-        assert tree.read(lookup_path(tree, name), 0, 1 << 20) == FILES[name]
-    assert len(src.requests) == 2
-    assert tree.read(lookup_path(tree, "pkg/mod10.pyc"), 0, 1 << 20) == FILES["pkg/mod10.pyc"]
-    assert len(src.requests) >= 3, "beyond the budget: a miss of its own"
+    for i in range(5, 11):                  # served from the cache: no request, the tar's bytes
+        _read(tree, f"pkg/mod{i:02}.pyc")
+    assert len(src.requests) == 3
+    _read(tree, "pkg/mod11.pyc")
+    assert len(src.requests) >= 4, "beyond the budget: a miss of its own"
     tree.close()
 
 
 def test_a_big_file_in_the_window_is_skipped_and_a_big_miss_reads_nothing_ahead(
         blob: Blob, tmp_path: Path) -> None:
     tree, src = _tree(blob, tmp_path, LAZY.replace(blob_readahead=1 << 20))
-    assert tree.read(lookup_path(tree, "pkg/mod19.pyc"), 0, 1 << 20) == FILES["pkg/mod19.pyc"]
+    _read(tree, "pkg/mod18.pyc")
+    _read(tree, "pkg/mod19.pyc")
     _wait(lambda: all(_cached(tree, f"pkg/zz{i}.pyc") for i in range(3)), "small files after the big one")
     assert not _cached(tree, "pkg/zbig.so"), "a big file is not read ahead"
     tree.close()
     tree, src = _tree(blob, tmp_path / "big", LAZY.replace(blob_readahead=1 << 20))
+    _read(tree, "pkg/mod19.pyc")
     assert tree.read(lookup_path(tree, "pkg/zbig.so"), 0, 4096) == FILES["pkg/zbig.so"][:4096]
     time.sleep(0.2)
-    assert len(src.requests) == 1 and not _cached(tree, "pkg/zz0.pyc"), "a big file's miss reads no more"
+    assert len(src.requests) == 2 and not _cached(tree, "pkg/zz0.pyc"), "a big file's miss reads no more"
     tree.close()
 
 
 def test_budget_zero_is_off(blob: Blob, tmp_path: Path) -> None:
     tree, src = _tree(blob, tmp_path, LAZY.replace(blob_readahead=0))
-    assert tree.read(lookup_path(tree, "pkg/mod03.pyc"), 0, 1 << 20) == FILES["pkg/mod03.pyc"]
+    _read(tree, "pkg/mod03.pyc")
+    _read(tree, "pkg/mod04.pyc")
     time.sleep(0.2)
-    assert len(src.requests) == 1
-    assert not any(_cached(tree, f"pkg/mod{i:02}.pyc") for i in range(4, 20))
+    assert len(src.requests) == 2
+    assert not any(_cached(tree, f"pkg/mod{i:02}.pyc") for i in range(5, 20))
     tree.close()
 
 
 def test_read_ahead_takes_at_most_a_sixteenth_of_the_cache_bound(blob: Blob, tmp_path: Path) -> None:
     bound = 16 * (2 * SMALL + 100)          # room for two small files' chunks, not three
     tree, src = _tree(blob, tmp_path, LAZY.replace(blob_readahead=1 << 20, cache_max_bytes=bound))
-    assert tree.read(lookup_path(tree, "pkg/mod03.pyc"), 0, 1 << 20) == FILES["pkg/mod03.pyc"]
-    _wait(lambda: len(src.requests) == 2, "read ahead")
+    _read(tree, "pkg/mod02.pyc")
+    _read(tree, "pkg/mod03.pyc")
+    _wait(lambda: len(src.requests) == 3, "read ahead")
     _wait(lambda: _cached(tree, "pkg/mod05.pyc"), "two files read ahead")
     assert [_cached(tree, f"pkg/mod{i:02}.pyc") for i in range(4, 8)] == [True, True, False, False]
     tree.close()
@@ -151,10 +161,11 @@ def test_through_fuse_served_then_passthrough(blob: Blob, tmp_path: Path) -> Non
             _wait(lambda t=tree: t._by_offset is not None, "files located")     # type: ignore[misc]
             first = len(src.requests)
             assert (root / "mnt/pkg/mod00.pyc").read_bytes() == FILES["pkg/mod00.pyc"]
-            _wait(lambda t=tree: _cached(t, "pkg/mod05.pyc"), "read ahead")      # type: ignore[misc]
+            assert (root / "mnt/pkg/mod01.pyc").read_bytes() == FILES["pkg/mod01.pyc"]
+            _wait(lambda t=tree: _cached(t, "pkg/mod06.pyc"), "read ahead")      # type: ignore[misc]
             fetched = len(src.requests)
-            assert fetched - first == 2, "the miss and one read-ahead request"
-            for i in range(1, 6):
+            assert fetched - first == 3, "two misses and one read-ahead request"
+            for i in range(2, 7):
                 name = f"pkg/mod{i:02}.pyc"
                 with open(root / "mnt" / name, "rb") as fh:
                     assert fh.read() == FILES[name]
