@@ -45,6 +45,7 @@ from lazypull.build.layer import BuiltLayer, LayerFormat, convert_blob, in_forma
 from lazypull.build.progress import Progress
 from lazypull.build.words import expand_word, expand_words, key_values, split_raw
 from lazypull.errors import LazypullError
+from lazypull.format.compression import detect_compression
 from lazypull.format.layerkind import is_lazy
 from lazypull.image import Store
 from lazypull.image import mediatypes as mt
@@ -211,15 +212,18 @@ def _check_config(config: Mapping[str, Any], name: str) -> None:
         raise ImageError(f"{name}: the image config's config.OnBuild holds a non-string")
 
 
+BZIP2_MAGIC, XZ_MAGIC = b"BZh", b"\xfd7zXZ\x00"     # ADD unpacks these too (gzip: format's sniffer)
+
+
 def _decompressed(raw: BinaryIO) -> IO[bytes]:
     """The tar stream of a local archive ADD unpacks (gzip, bzip2, xz or plain)."""
     head = raw.read(6)
     raw.seek(0)
-    if head.startswith(b"\x1f\x8b"):
+    if detect_compression(head) == "gzip":
         return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
-    if head.startswith(b"BZh"):
+    if head.startswith(BZIP2_MAGIC):
         return cast(IO[bytes], bz2.BZ2File(raw, "rb"))
-    if head.startswith(b"\xfd7zXZ\x00"):
+    if head.startswith(XZ_MAGIC):
         return cast(IO[bytes], lzma.LZMAFile(raw, "rb"))
     return raw
 
@@ -229,7 +233,7 @@ def _is_archive(anchor: Path, path: Path) -> bool:
     try:
         with open_source_file(anchor, path) as f:
             head = f.read(512)
-            if not head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")):
+            if detect_compression(head) != "gzip" and not head.startswith((BZIP2_MAGIC, XZ_MAGIC)):
                 return len(head) >= 262 and head[257:262] == b"ustar"
             f.seek(0)
             with _decompressed(f) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Iterator
-from typing import Protocol, cast
+from typing import Literal, Protocol, cast
 
 import zstandard
 from isal import isal_zlib
@@ -26,6 +26,10 @@ from lazypull.format.errors import FormatError
 
 _ZSTD_ERROR = cast(type[Exception], zstandard.ZstdError)
 _ISAL_ERROR = cast(type[Exception], isal_zlib.error)
+
+Compression = Literal["none", "gzip", "zstd"]
+GZIP_MAGIC = b"\x1f\x8b"                 # RFC 1952 ID1 ID2
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"         # RFC 8878 frame magic, little endian 0xFD2FB528
 
 GZIP_DEFAULT_LEVEL = 9
 ZSTD_DEFAULT_LEVEL = 3
@@ -70,7 +74,7 @@ class _GzipMember:
             self._obj = isal_zlib.compressobj(1, isal_zlib.DEFLATED, -15)
         else:
             self._obj = zlib_ng.compressobj(level, zlib_ng.DEFLATED, -15, 9)
-        self._header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + bytes([xfl]) + b"\xff"
+        self._header = GZIP_MAGIC + b"\x08\x00\x00\x00\x00\x00" + bytes([xfl]) + b"\xff"
         self._crc = 0
         self._size = 0
 
@@ -270,10 +274,11 @@ def decompressor(name: str) -> Decompressor:
     raise FormatError(f"unknown compression {name!r}")
 
 
-def detect(head: bytes) -> str:
-    """``"gzip"``, ``"zstd"`` or ``"tar"`` from the first bytes of a stream."""
-    if head[:3] == b"\x1f\x8b\x08":
+def detect_compression(head: bytes) -> Compression:
+    """``"gzip"``, ``"zstd"`` or ``"none"`` (a plain tar, or anything else) from the first 4 bytes of a
+    blob: the one sniffer of layer blobs (the writer's input, extraction, pulls of unknown media type)."""
+    if head.startswith(GZIP_MAGIC):
         return "gzip"
-    if head[:4] == b"\x28\xb5\x2f\xfd":
+    if head.startswith(ZSTD_MAGIC):
         return "zstd"
-    return "tar"
+    return "none"

@@ -48,7 +48,7 @@ from lazypull.format.compression import (
     GzipCompressor,
     MemberEncoder,
     ZstdCompressor,
-    detect,
+    detect_compression,
 )
 from lazypull.format.errors import FormatError
 from lazypull.format.footer import estargz_footer, external_toc_footer
@@ -174,9 +174,9 @@ def _mapped(inp: _Input) -> Iterator[_Input]:
 def _open_input(src: BinaryIO) -> Iterator[_Input]:
     """A plain tar readable with pread: the caller's file itself, or a decompressed spool."""
     head = src.read(4)
-    kind = detect(head)
+    kind = detect_compression(head)
     direct: _Input | None = None
-    if kind == "tar":
+    if kind == "none":
         with contextlib.suppress(OSError, AttributeError, io.UnsupportedOperation):
             if src.seekable():
                 fd = src.fileno()

@@ -41,6 +41,7 @@ from isal import igzip
 
 from lazypull.errors import ContainerError
 from lazypull.format import entryrules
+from lazypull.format.compression import detect_compression
 from lazypull.image.partials import clean_partials, partial_prefix
 from lazypull.removetree import remove_tree
 
@@ -50,8 +51,6 @@ OPAQUE_XATTR = "trusted.overlay.opaque"
 # Files eStargz adds at the layer root for the lazy reader; a full extraction leaves them out.
 ESTARGZ_METADATA = frozenset({"stargz.index.json", ".prefetch.landmark", ".no.prefetch.landmark"})
 
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _COPY_BUFFER = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_CACHE_SIZE = 128
@@ -69,15 +68,6 @@ class ExtractStats:
     bytes_written: int
     whiteouts: int
     opaque_dirs: int
-
-
-def detect_compression(head: bytes) -> str:
-    """``"gzip"``, ``"zstd"`` or ``"none"`` from the first bytes of a blob."""
-    if head.startswith(_GZIP_MAGIC):
-        return "gzip"
-    if head.startswith(_ZSTD_MAGIC):
-        return "zstd"
-    return "none"
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from lazypull.format.compression import (
     GzipDecompressor,
     ZstdCompressor,
     ZstdDecompressor,
-    detect,
+    detect_compression,
 )
 from lazypull.format.errors import FormatError
 from lazypull.format.testing import check_compression
@@ -39,6 +39,6 @@ def test_bad_levels_and_detection() -> None:
         GzipCompressor(10)
     with pytest.raises(FormatError):
         ZstdCompressor(0)
-    assert detect(b"\x1f\x8b\x08\x00") == "gzip"
-    assert detect(b"\x28\xb5\x2f\xfd") == "zstd"
-    assert detect(b"ustar") == "tar"
+    assert detect_compression(b"\x1f\x8b\x08\x00") == "gzip"
+    assert detect_compression(b"\x28\xb5\x2f\xfd") == "zstd"
+    assert detect_compression(b"ustar") == "none"

@@ -17,7 +17,6 @@ from lazypull.runtime.extract import (
     OPAQUE_XATTR,
     LayerExtractError,
     StreamingExtraction,
-    detect_compression,
     extract_layer,
     extract_layers,
     split_member_name,
@@ -162,12 +161,6 @@ def test_parallel_extraction(tmp_path: Path) -> None:
     extract_layers(jobs, parallelism=2)
     for i in range(4):
         assert (tmp_path / f"s{i}" / "fs" / f"f{i}").read_bytes() == bytes([i]) * 1000
-
-
-def test_compression_detection() -> None:
-    assert detect_compression(b"\x1f\x8b\x08\x00") == "gzip"
-    assert detect_compression(b"\x28\xb5\x2f\xfd") == "zstd"
-    assert detect_compression(b"usr/") == "none"
 
 
 @pytest.mark.parametrize("name,expected", [
