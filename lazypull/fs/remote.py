@@ -21,11 +21,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from lazypull.errors import LazypullError, MountError
 from lazypull.fs.config import FsConfig
 from lazypull.fs.stats import LayerStats
+
+if TYPE_CHECKING:
+    from lazypull.fs.layer.activity import Activity
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +90,19 @@ class FileRangeSource:
 
 
 class RemoteBlob:
-    """Retrying, counted range reads of one blob; thread-safe, holds no lock while fetching."""
+    """Retrying, counted range reads of one blob; thread-safe, holds no lock while fetching.
 
-    def __init__(self, source: RangeSource, stats: LayerStats, config: FsConfig) -> None:
+    ``activity``: the server's foreground work (``fs.layer.activity``, shared by its layers), which this
+    layer's on-demand misses are part of: ``demand_begin``/``demand_end`` count them in both.
+    """
+
+    def __init__(self, source: RangeSource, stats: LayerStats, config: FsConfig, *,
+                 activity: Activity | None = None) -> None:
         self.source = source
         self.stats = stats
         self.config = config
-        self._demand_lock = threading.Lock()
+        self.activity = activity
+        self._demand_lock = threading.Lock()     # this layer's misses, which its background fetch yields to
         self._demand_active = 0
         self._demand_last = 0.0
         self.closed = threading.Event()
@@ -105,13 +114,18 @@ class RemoteBlob:
     # -- on-demand activity, which background fetching yields to --
 
     def demand_begin(self) -> None:
+        """An on-demand miss starts (counted for this layer and in the server's activity)."""
         with self._demand_lock:
             self._demand_active += 1
+        if self.activity is not None:
+            self.activity.begin()
 
     def demand_end(self) -> None:
         with self._demand_lock:
             self._demand_active -= 1
             self._demand_last = time.monotonic()
+        if self.activity is not None:
+            self.activity.end()
 
     def demand_quiet(self) -> bool:
         """True when no on-demand miss is being served and none was for ``background_pause`` s."""

@@ -1,4 +1,6 @@
-"""RemoteBlob.fetch: which failures are retried until the deadline, and which pass straight through."""
+"""RemoteBlob.fetch: which failures are retried until the deadline, and which pass straight through; a
+registry blob's reads are tried once each by the client (RemoteBlob's loop is the only one); a miss
+counts in the server's activity."""
 
 from __future__ import annotations
 
@@ -9,8 +11,12 @@ import httpx
 import pytest
 
 from lazypull.fs.config import FsConfig
-from lazypull.fs.remote import FetchError, RemoteBlob
+from lazypull.fs.layer.activity import Activity
+from lazypull.fs.remote import FetchError, RangeSource, RemoteBlob
 from lazypull.fs.stats import LayerStats
+from lazypull.registry import RegistryClient, RegistryError, parse_reference
+from tests.helpers.registry import Fault, FaultProxy
+from tests.snapshot.layerkit import push_blob
 
 BLOB = bytes(range(256)) * 16
 
@@ -36,7 +42,7 @@ class _Flaky:
         return "flaky-blob"
 
 
-def _remote(source: _Flaky) -> tuple[RemoteBlob, LayerStats]:
+def _remote(source: RangeSource) -> tuple[RemoteBlob, LayerStats]:
     stats = LayerStats("sha256:" + "a" * 64)
     return RemoteBlob(source, stats, FsConfig(retry_initial=0.01, retry_max=0.02)), stats
 
@@ -68,3 +74,40 @@ def test_programming_errors_are_not_retried() -> None:
     with pytest.raises(KeyError):
         remote.fetch([(0, 10)], time.monotonic() + 5)
     assert source.calls == 1 and stats.retries == 0
+
+
+def test_registry_reads_are_retried_by_remote_blob_alone(fault_proxy: FaultProxy, unique_repo: str) -> None:
+    """The client's own policy retries a 503 up to 5 times; on the lazy path each of RemoteBlob's tries is
+    one GET, so two 503s cost three GETs, all counted in the layer's stats (and the origin probe reads the
+    same way)."""
+    digest = push_blob(f"http://127.0.0.1:{fault_proxy.upstream_port}", unique_repo, BLOB)
+    client = RegistryClient(insecure=True)
+    source = client.blob_source(parse_reference(f"{fault_proxy.host}/{unique_repo}:x"), digest, len(BLOB))
+    remote, stats = _remote(source)
+    try:
+        fault_proxy.clear()
+        fault_proxy.add(Fault("status", method="GET", path_contains="/blobs/", status=503, times=2))
+        assert remote.fetch([(10, 5), (300, 7)], time.monotonic() + 10) == [BLOB[10:15], BLOB[300:307]]
+        gets = [r for r in fault_proxy.requests if r.method == "GET" and "/blobs/" in r.path]
+        assert len(gets) == 3 and stats.requests == 3 and stats.retries == 2
+        fault_proxy.clear()
+        fault_proxy.add(Fault("status", method="GET", path_contains="/blobs/", status=503, times=1))
+        with pytest.raises(RegistryError, match="503"):
+            source.read_ranges([(0, 4)])            # the source itself: one try
+        assert len([r for r in fault_proxy.requests if r.method == "GET"]) == 1
+    finally:
+        client.close()
+
+
+def test_a_miss_counts_in_the_servers_activity() -> None:
+    """One begin/end pair counts a miss for the layer (its background fetch yields) and for the server
+    (every layer's background fetch waits for quiet)."""
+    activity = Activity()
+    remote = RemoteBlob(_Flaky(), LayerStats("sha256:" + "a" * 64), FsConfig(background_pause=60.0),
+                        activity=activity)
+    assert remote.demand_quiet() and activity.quiet_remaining(5.0) == 0
+    remote.demand_begin()
+    assert not remote.demand_quiet() and activity.quiet_remaining(5.0) > 0
+    remote.demand_end()
+    assert not remote.demand_quiet(), "quiet only background_pause after the miss"
+    assert 0 < activity.quiet_remaining(5.0) <= 5.0
