@@ -10,7 +10,9 @@ its ``chunkDigest`` when it is decoded.
 Tree semantics follow stargz-snapshotter's reader (format.md 1.6, 4.2, 5): names normalised, missing
 parent directories created (mode 0755), ``chunk`` entries attached to the preceding ``reg``, user/group
 names filled from the last name seen for the id, hardlinks resolved (the target's ``num_link`` grows),
-later duplicates replace earlier ones.
+later duplicates replace earlier ones. This is the one place a layer's tree is built: the lazy mount's
+inode table (``lazypull.fs.layer.inodes``) takes it as it is (``entries``, ``directories``,
+``resolve``, ``link_count``).
 """
 
 from __future__ import annotations
@@ -188,9 +190,12 @@ class LayerReader:
         """``toc``: freshly decoded from ``toc_json``; its entries become the reader's (names normalised).
 
         ``strict``: refuse what :mod:`lazypull.format.entryrules` refuses (names as stored, before they
-        are normalised) and leave out aufs metadata, as extraction does; without it, Go's reader rules
-        (hostile names folded into the layer). ``max_file_size``: the layer's declared uncompressed size,
-        which no file can exceed (strict only).
+        are normalised) and leave out aufs metadata and overlayfs's own xattrs, as extraction does; refuse
+        the hardlinks extraction cannot make (to a directory, to a name no earlier entry has) and a
+        hardlink's target replaced by a later entry (extraction links the earlier one), so that what a
+        strict reader accepts shows the tree extraction makes. Without it, Go's reader rules (hostile
+        names folded into the layer, a hardlink's target found in the whole TOC). ``max_file_size``: the
+        layer's declared uncompressed size, which no file can exceed (strict only).
         """
         self.strict = strict
         self.max_file_size = max_file_size
@@ -214,6 +219,8 @@ class LayerReader:
         self._map: dict[str, TOCEntry] = {}
         self._children: dict[str, dict[str, TOCEntry]] = {}
         self._first: dict[int, int] = {}     # id of a reg entry -> its index in _entries (chunks follow it)
+        self._targets: dict[int, TOCEntry] = {}  # id of a hardlink entry of the tree -> its target
+        self._root_listed = False       # the TOC has an entry for the root (Go counts one link less)
         self._ends_list: list[int] | None = None
         self._build_tree()
 
@@ -244,6 +251,8 @@ class LayerReader:
         after_reg = False
         strict = self.strict
         file_size = 0
+        targets = self._targets
+        linked: set[str] = set()        # strict: names a hardlink points to (a later entry may not replace)
         for index, e in enumerate(self._entries):
             kind = e.type
             if kind == "chunk":
@@ -286,6 +295,9 @@ class LayerReader:
                 gnames[e.gid] = e.group_name
             elif gnames:
                 e.group_name = gnames.get(e.gid, "")
+            if linked and name in linked:
+                raise entryrules.UnsafeEntryError(f"TOC entry {index} ({name[:200]!r}): replaces the "
+                                                  f"target of an earlier hardlink")
             if kind == "reg":
                 after_reg = True
                 first[id(e)] = index
@@ -296,8 +308,12 @@ class LayerReader:
                 if kind == "dir":
                     e.num_link = 1
                 elif kind == "hardlink":
-                    e.link_name = clean_entry_name(e.link_name)
+                    e.link_name = link = clean_entry_name(e.link_name)
+                    if strict:      # as extraction links it: to the entry the name has at this point
+                        targets[id(e)] = self._strict_target(index, e, by_name.get(link))
+                        linked.add(link)
             by_name[name] = e
+        self._root_listed = "" in by_name
         root = by_name.get("") or TOCEntry(name="", type="dir", mode=0o755, num_link=2)
         if root.type != "dir":
             raise FormatError("the TOC's root entry is not a directory")
@@ -337,6 +353,19 @@ class LayerReader:
                                       f"[{e.offset}, {ends[index]}) is over the limit "
                                       f"({MAX_COMPRESSED_RANGE})")
 
+    def _strict_target(self, index: int, e: TOCEntry, target: TOCEntry | None) -> TOCEntry:
+        """The entry a strict reader's hardlink ``e`` points to: ``target`` (its link name's entry so
+        far), itself resolved; refused when extraction could not link it (UnsafeEntryError)."""
+        problem = "is not in the layer (yet)"
+        if target is not None:
+            if target.type == "hardlink":
+                target = self._targets[id(target)]      # resolved when it came: one step, not a chain
+            if target.type != "dir":
+                return target
+            problem = "is a directory"
+        raise entryrules.UnsafeEntryError(f"TOC entry {index} ({e.name[:200]!r}): hardlink target "
+                                          f"{e.link_name[:200]!r} {problem}")
+
     def _too_big(self, index: int, e: TOCEntry, rest: int) -> None:
         """Refuse, when the tree is built, a chunk :meth:`chunks` would refuse when it is read: a mount
         then falls back to a full download instead of failing reads."""
@@ -353,7 +382,8 @@ class LayerReader:
         return entryrules.is_dropped(parts)
 
     def _strict_check_other(self, index: int, e: TOCEntry) -> None:
-        """Refuse unsafe link targets, device numbers, xattrs and sizes beyond the declared layer size."""
+        """Refuse unsafe link targets, device numbers, xattrs and sizes beyond the declared layer size;
+        leave out overlayfs's own xattrs."""
         try:
             entryrules.check_owner(e.uid, e.gid)
             if e.type in ("symlink", "hardlink"):
@@ -367,6 +397,8 @@ class LayerReader:
                 entryrules.check_xattr(xname, value)
         except entryrules.UnsafeEntryError as err:
             raise entryrules.UnsafeEntryError(f"TOC entry {index} ({e.name[:200]!r}): {err}") from err
+        if any(entryrules.is_overlay_xattr(xname) for xname in e.xattrs):     # dropped, as extraction does
+            e.xattrs = {k: v for k, v in e.xattrs.items() if not entryrules.is_overlay_xattr(k)} or _NO_XATTRS
 
     def _dir(self, name: str) -> TOCEntry:
         """The directory ``name``, creating it and missing ancestors (iteratively: names can be deep)."""
@@ -392,16 +424,30 @@ class LayerReader:
         return parent
 
     def _resolve(self, e: TOCEntry) -> TOCEntry:
-        seen = 0
+        """The target of hardlink ``e`` of the tree (Go's rule: the entry its link name has in the whole
+        TOC), remembered for every hardlink on the way: a chain of n hardlinks costs n steps, not n**2."""
+        targets = self._targets
+        found = targets.get(id(e))
+        if found is not None:
+            return found
+        chain: list[TOCEntry] = []
+        on_chain: set[int] = set()
         org = e
         while org.type == "hardlink":
+            known = targets.get(id(org))
+            if known is not None:
+                org = known
+                break
+            chain.append(org)
+            on_chain.add(id(org))
             target = self._map.get(org.link_name)
             if target is None:
                 raise FormatError(f"{e.name!r} is a hardlink but the linkname {org.link_name!r} isn't found")
-            org = target
-            seen += 1
-            if seen > len(self._map):
+            if id(target) in on_chain:
                 raise FormatError(f"hardlink {e.name!r} is part of a loop")
+            org = target
+        for link in chain:
+            targets[id(link)] = org
         return org
 
     # -- tree ---------------------------------------------------------------------------------------------
@@ -415,8 +461,27 @@ class LayerReader:
         yield from self._map.values()
 
     def resolve(self, entry: TOCEntry) -> TOCEntry:
-        """The entry a hardlink points to (itself for anything else)."""
-        return self._resolve(entry) if entry.type == "hardlink" else entry
+        """The entry a hardlink of this reader's tree points to (itself for anything else)."""
+        if entry.type != "hardlink":
+            return entry
+        if self._map.get(entry.name) is not entry:
+            raise FormatError(f"{entry.name!r} is not an entry of this layer")
+        return self._targets[id(entry)]        # (every hardlink of the tree was resolved when it was built)
+
+    def directories(self) -> Iterator[tuple[TOCEntry, dict[str, TOCEntry]]]:
+        """Every directory with children, root first: its entry and its children by base name (hardlinks
+        resolved to their target). The reader's own dicts, not copies: callers must not change them."""
+        by_name = self._map
+        for name, kids in self._children.items():
+            yield by_name[name], kids
+
+    def link_count(self, entry: TOCEntry) -> int:
+        """The link count a file system shows for an entry of the tree: its names (hardlinks included);
+        for a directory 2 and one per subdirectory. ``num_link`` is Go's count, one less for a root the
+        TOC lists (Go counts no parent link for it)."""
+        if self._root_listed and entry.name == "" and self._map[""] is entry:
+            return entry.num_link + 1
+        return entry.num_link
 
     def lookup(self, name: str) -> TOCEntry | None:
         """The entry for ``name`` (any spelling), hardlinks resolved to their target, or None."""

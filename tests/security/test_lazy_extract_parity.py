@@ -34,6 +34,10 @@ REFUSED: dict[str, tuple[list[Member], str]] = {
     "whiteout-as-directory": ([Member(".wh.x/y")], "used as a directory"),
     "hardlink-dotdot": ([Member("h", "hardlink", link="../etc/passwd")], "'..'"),
     "hardlink-absolute": ([Member("h", "hardlink", link="/etc/passwd")], "absolute"),
+    "hardlink-to-directory": ([Member("d/", "dir", mode=0o755), Member("h", "hardlink", link="d")],
+                              "hardlink target 'd' is a directory"),
+    "hardlink-forward": ([Member("h", "hardlink", link="f"), Member("f")],
+                         "hardlink target 'f' is not in the layer (yet)"),
     "symlink-target-nul": ([Member("s", "symlink", link="a\x00b")], "NUL"),
     "uid-too-big": ([Member("f", uid=2 ** 40)], "uid '1099511627776' is out of range"),
     "uid-minus-one": ([Member("f", uid=-1)], "uid '-1' is out of range"),
@@ -60,7 +64,7 @@ def lazy_tree(tmp: Path, layer: Layer) -> InodeTable:
     config = FsConfig(prefetch=False, background_fetch=False)
     remote = RemoteBlob(FileRangeSource(layer.path), LayerStats(layer.digest), config)
     reader = open_toc(layer.digest, layer.annotations, RecordingSource(remote, tmp / "toc.record"), None)
-    return InodeTable(reader.entries())
+    return InodeTable(reader)
 
 
 def lazy_view(table: InodeTable) -> dict[str, tuple[int, dict[bytes, bytes]]]:
@@ -125,3 +129,18 @@ def test_overlay_xattrs_from_the_toc_are_not_shown(tmp_path: Path) -> None:
                                                          name="opaque")))
     assert opaque["d"][1] == {b"trusted.overlay.opaque": b"y"}
     assert stat.S_ISCHR(opaque["e/gone"][0])
+
+
+def test_a_hardlink_target_replaced_later_is_not_mounted_lazily(tmp_path: Path) -> None:
+    """Extraction links ``h`` to the first ``f``, which the second ``f`` then replaces (two files); a
+    lazy tree would give both names the second one. The lazy path refuses the layer (the mount server
+    then extracts it), so no view of it disagrees with extraction."""
+    layer = metadata_blob(tmp_path, [Member("f", mode=0o600), Member("h", "hardlink", link="f"),
+                                     Member("f", mode=0o644)])
+    with pytest.raises(LazypullError) as lazy:
+        lazy_tree(tmp_path, layer)
+    text = str(lazy.value)
+    assert "TOC entry 2 ('f'): replaces the target of an earlier hardlink" in text and layer.digest in text
+    extract_layer(layer.path, tmp_path / "fs", skip_estargz_metadata=True)
+    f, h = os.lstat(tmp_path / "fs" / "f"), os.lstat(tmp_path / "fs" / "h")
+    assert f.st_ino != h.st_ino and stat.S_IMODE(h.st_mode) == 0o600 and stat.S_IMODE(f.st_mode) == 0o644

@@ -1,11 +1,12 @@
-"""The inode table of one layer, built from its TOC: what ``stat``, ``lookup`` and ``readdir`` show.
+"""The inode table of one layer, made from its reader's tree: what ``stat``, ``lookup`` and ``readdir`` show.
 
-Overlayfs conventions are applied here, as stargz-snapshotter's FUSE layer does: a ``.wh.NAME`` entry
-becomes a character device 0/0 named NAME (unless a real NAME exists in the same directory), an opaque
-marker ``.wh..wh..opq`` is hidden and its directory reports ``trusted.overlay.opaque=y``, and the
-landmark files in the root are hidden. Hardlinks share their target's inode. What a layer may hold is
-``lazypull.format.entryrules``'s to say, as for extraction: overlayfs's own xattrs from the TOC are
-dropped (only the opaque marker sets one), and so is aufs metadata (``.wh..wh.*``).
+The tree itself (names, implied directories, hardlink targets, link counts, what the entry rules let in)
+is the strict ``LayerReader``'s, the one place it is built; this module numbers its inodes, makes their
+attributes and applies the overlayfs conventions, as stargz-snapshotter's FUSE layer does: a ``.wh.NAME``
+entry becomes a character device 0/0 named NAME (unless a real NAME exists in the same directory), an
+opaque marker ``.wh..wh..opq`` is hidden and its directory reports ``trusted.overlay.opaque=y``, and the
+landmark files in the root are hidden. Hardlinks share their target's inode. overlayfs's own xattrs and
+aufs metadata never reach it (the strict reader leaves them out, as extraction does).
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ import os
 import posixpath
 import stat
 from collections.abc import Iterable
-from typing import Any
+from datetime import datetime
 
 from lazypull.errors import MountError
 from lazypull.format import entryrules
+from lazypull.format.landmarks import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from lazypull.format.reader import LayerReader
+from lazypull.format.toc import TOCEntry
 from lazypull.fs.fuse.tree import ROOT_INODE, Attr
 
-WHITEOUT_PREFIX = b".wh."
-OPAQUE_MARKER = b".wh..wh..opq"
-LANDMARKS = (b".prefetch.landmark", b".no.prefetch.landmark")
+WHITEOUT_PREFIX = entryrules.WHITEOUT_PREFIX.encode()
+LANDMARKS = (PREFETCH_LANDMARK.encode(), NO_PREFETCH_LANDMARK.encode())
 OPAQUE_XATTR = b"trusted.overlay.opaque"
 
 _NO_XATTRS: dict[bytes, bytes] = {}
@@ -41,9 +44,11 @@ class Node:
 
     __slots__ = ("_attr", "_ino", "_nlink", "_src", "children", "entry", "link", "path", "xattrs")
 
-    def __init__(self, attr: Attr | None, path: str, entry: Any = None, link: bytes = b"",
+    _src: TOCEntry | None               # the TOC entry ``attr`` is made from, while it is not made
+
+    def __init__(self, attr: Attr, path: str, entry: TOCEntry | None = None, link: bytes = b"",
                  xattrs: dict[bytes, bytes] | None = None, children: dict[bytes, int] | None = None) -> None:
-        self._attr = attr
+        self._attr: Attr | None = attr
         self.path = path                # first name it was found under (for messages)
         self.entry = entry              # the TOCEntry holding its content (regular files)
         self.link = link
@@ -51,28 +56,27 @@ class Node:
         self.children = children
         self._ino = 0
         self._nlink = 1
-        self._src: Any = None           # the TOC entry ``attr`` is made from, while it is not made
+        self._src = None
 
     @property
     def attr(self) -> Attr:
         attr = self._attr
         if attr is None:
             e = self._src
+            assert e is not None
             kind = e.type
             attr = self._attr = Attr(ino=self._ino, mode=_TYPE_BITS[kind] | (e.mode & 0o7777),
                                      nlink=self._nlink, uid=e.uid, gid=e.gid,
                                      size=e.size if kind == "reg" else len(self.link), mtime_ns=_mtime_ns(e))
         return attr
 
-    @attr.setter
-    def attr(self, value: Attr) -> None:
-        self._attr = value
-
-    def _set_nlink(self, nlink: int) -> None:
-        if self._attr is None:
-            self._nlink = nlink
-        elif self._attr.nlink != nlink:
-            self._attr = _replace(self._attr, nlink=nlink)
+    def _one_link_less(self) -> None:
+        """A subdirectory of this directory is not shown (the overlayfs conventions took it)."""
+        attr = self._attr
+        if attr is None:
+            self._nlink -= 1
+        else:
+            self._attr = _replace(attr, nlink=attr.nlink - 1)
 
     @property
     def is_dir(self) -> bool:
@@ -88,10 +92,10 @@ class _RegularNode(Node):
 
     __slots__ = ()
 
-    def __init__(self, ino: int, path: str, entry: Any) -> None:     # sets every slot: no super()
+    def __init__(self, ino: int, path: str, entry: TOCEntry) -> None:     # sets every slot: no super()
         self._attr = None
         self._ino = ino
-        self._nlink = 1
+        self._nlink = entry.num_link    # its names: the reader counted the hardlinks to it
         self._src = entry
         self.path = path
         self.entry = entry
@@ -105,7 +109,7 @@ class _LazyNode(Node):
 
     __slots__ = ()
 
-    def __init__(self, ino: int, path: str, src: Any, link: bytes, children: dict[bytes, int] | None,
+    def __init__(self, ino: int, path: str, src: TOCEntry, link: bytes, children: dict[bytes, int] | None,
                  nlink: int) -> None:   # sets every slot: no super()
         self._attr = None
         self._ino = ino
@@ -118,17 +122,10 @@ class _LazyNode(Node):
         self.children = children
 
 
-def normalise(name: str) -> str:
-    """TOC name -> path relative to the root, as readers normalise it (root is ``""``)."""
-    if name and name[0] not in "./" and name[-1] != "/" and "//" not in name and "/." not in name:
-        return name     # already normal (what LayerReader.entries() yields): skip normpath
-    return posixpath.normpath("/" + name).lstrip("/") if name not in ("", ".", "./", "/") else ""
-
-
-def _mtime_ns(entry: Any, cache: dict[Any, int] | None = None) -> int:
+def _mtime_ns(entry: TOCEntry, cache: dict[datetime, int] | None = None) -> int:
     """Whole seconds of ``entry.modtime`` in ns; ``cache`` maps modtimes already converted (a layer has
     few distinct ones, and ``datetime.timestamp`` is the costly part)."""
-    modtime = getattr(entry, "modtime", None)
+    modtime = entry.modtime
     if modtime is None:
         return 0
     if cache is None:
@@ -139,10 +136,8 @@ def _mtime_ns(entry: Any, cache: dict[Any, int] | None = None) -> int:
     return ns
 
 
-def _attr_for(entry: Any, ino: int, mtimes: dict[Any, int] | None = None, nlink: int = 1) -> Attr:
+def _attr_for(entry: TOCEntry, ino: int, mtimes: dict[datetime, int], nlink: int) -> Attr:
     kind = entry.type
-    if kind not in _TYPE_BITS:
-        raise MountError(f"TOC entry {entry.name!r} has unsupported type {kind!r}")
     rdev = 0
     if kind in ("char", "block"):
         rdev = os.makedev(entry.dev_major, entry.dev_minor)
@@ -152,154 +147,75 @@ def _attr_for(entry: Any, ino: int, mtimes: dict[Any, int] | None = None, nlink:
 
 
 class InodeTable:
-    """Inodes numbered from 1 (the root) in TOC order."""
+    """Inodes numbered from 1 (the root) in the reader's order (``LayerReader.entries``)."""
 
-    def __init__(self, entries: Iterable[Any]) -> None:
-        self.nodes: dict[int, Node] = {}
-        root_attr = Attr(ino=ROOT_INODE, mode=stat.S_IFDIR | 0o755, nlink=2)
-        self.nodes[ROOT_INODE] = Node(root_attr, "", children={})
-        by_name: dict[str, int] = {"": ROOT_INODE}
-        hardlinks: list[tuple[str, str]] = []
-        next_ino = ROOT_INODE + 1
-        mtimes: dict[Any, int] = {}
-        nodes = self.nodes
-        type_bits = _TYPE_BITS
+    def __init__(self, reader: LayerReader) -> None:
+        """The tree of a strict ``reader`` (the mount's): names, implied directories, hardlink targets,
+        link counts and the entry rules are the reader's; this adds inode numbers, attributes and the
+        overlayfs conventions."""
+        if not reader.strict:
+            raise ValueError("an inode table shows a strict reader's tree (the entry rules applied)")
+        nodes: dict[int, Node] = {}
+        self.nodes = nodes
+        ino_of: dict[str, int] = {}     # name of an entry of the tree (not a hardlink) -> its inode
+        mtimes: dict[datetime, int] = {}
+        next_ino: int = ROOT_INODE
         regular = _RegularNode
-        for entry in entries:           # hot loop (one pass per TOC entry): _attr_for inlined
+        lazy = _LazyNode
+        for entry in reader.entries():  # hot loop (one pass per entry): root first
             kind = entry.type
-            if kind == "chunk":
-                continue
-            name = entry.name
-            if not (name and name[0] not in "./" and name[-1] != "/" and "//" not in name
-                    and "/." not in name):
-                name = normalise(name)
-            if kind == "reg" and name and not entry.xattrs:    # the common case: attr made on first use
-                ino = by_name.get(name)
-                if ino is None:         # a later duplicate replaces the earlier entry in place
-                    ino = next_ino
-                    next_ino += 1
-                    by_name[name] = ino
-                nodes[ino] = regular(ino, name, entry)
-                continue
             if kind == "hardlink":
-                hardlinks.append((name, normalise(entry.link_name)))
-                continue
-            if name == "":
-                if kind == "dir":
-                    node = nodes[ROOT_INODE]
-                    node.attr = _attr_for(entry, ROOT_INODE, mtimes, nlink=2)
-                    node.xattrs = _node_xattrs(entry.xattrs)
-                continue
-            bits = type_bits.get(kind)
-            if bits is None:
-                raise MountError(f"TOC entry {entry.name!r} has unsupported type {kind!r}")
-            ino = by_name.get(name)
-            if ino is None:             # a later duplicate replaces the earlier entry in place
-                ino = next_ino
-                next_ino += 1
-                by_name[name] = ino
+                continue                # its target's inode, under another name (``directories``)
+            ino = next_ino
+            next_ino += 1
+            name = entry.name
+            ino_of[name] = ino
             xattrs = entry.xattrs
-            if not xattrs:              # directories and symlinks: attr made on first use too
-                if kind == "dir":       # nlink 2 (+ subdirectories, counted below)
-                    old = nodes.get(ino)
-                    nodes[ino] = _LazyNode(ino, name, entry, b"",
-                                           old.children if old is not None and old.children is not None
-                                           else {}, 2)
+            if not xattrs:              # the common cases: attr made on first use
+                if kind == "reg":
+                    nodes[ino] = regular(ino, name, entry)
+                    continue
+                if kind == "dir":
+                    nodes[ino] = lazy(ino, name, entry, b"", {}, reader.link_count(entry))
                     continue
                 if kind == "symlink":
-                    nodes[ino] = _LazyNode(ino, name, entry, entry.link_name.encode(), None, 1)
+                    nodes[ino] = lazy(ino, name, entry, entry.link_name.encode(), None, entry.num_link)
                     continue
-            modtime = entry.modtime
-            mtime_ns: int | None = mtimes.get(modtime) if modtime is not None else 0
-            if mtime_ns is None:        # a modtime not seen yet (a layer has few distinct ones)
-                mtime_ns = mtimes[modtime] = int(modtime.timestamp()) * 1_000_000_000
-            node_xattrs = _node_xattrs(xattrs)
-            if kind == "reg":
-                node = Node(Attr(ino=ino, mode=bits | (entry.mode & 0o7777), nlink=1, uid=entry.uid,
-                                 gid=entry.gid, size=entry.size, mtime_ns=mtime_ns),
-                            name, entry, b"", node_xattrs)
-            elif kind == "dir":         # nlink 2 (+ subdirectories, counted below)
-                old = nodes.get(ino)
-                node = Node(Attr(ino=ino, mode=bits | (entry.mode & 0o7777), nlink=2, uid=entry.uid,
-                                 gid=entry.gid, mtime_ns=mtime_ns),
-                            name, None, b"", node_xattrs,
-                            old.children if old is not None and old.children is not None else {})
-            elif kind == "symlink":
-                link = entry.link_name.encode()
-                node = Node(Attr(ino=ino, mode=bits | (entry.mode & 0o7777), nlink=1, uid=entry.uid,
-                                 gid=entry.gid, size=len(link), mtime_ns=mtime_ns),
-                            name, None, link, node_xattrs)
-            else:
-                node = Node(_attr_for(entry, ino, mtimes), name, None, b"", node_xattrs)
-            nodes[ino] = node
+            nodes[ino] = Node(_attr_for(entry, ino, mtimes, reader.link_count(entry)), name,
+                              entry if kind == "reg" else None,
+                              entry.link_name.encode() if kind == "symlink" else b"", _node_xattrs(xattrs),
+                              {} if kind == "dir" else None)
         self._next_ino = next_ino
-        links: dict[int, int] = {}
-        link_targets = dict(hardlinks)
-        for name, target in hardlinks:
-            seen = {name}
-            while target not in by_name:
-                nxt = link_targets.get(target)
-                if nxt is None or target in seen:
-                    raise MountError(f"hardlink {name!r} points to {target!r}, which is not in the layer")
-                seen.add(target)
-                target = nxt
-            ino = by_name[target]
-            if self.nodes[ino].is_dir:
-                raise MountError(f"hardlink {name!r} points to directory {target!r}")
-            by_name[name] = ino
-            links[ino] = links.get(ino, 1) + 1
-        last_parent: str | None = None
-        children: dict[bytes, int] | None = None
-        for name, ino in list(by_name.items()):     # names in TOC order (hardlinks after), root first
-            if not name:
-                continue
-            parent_name, _, base = name.rpartition("/")
-            if parent_name != last_parent:          # a directory's entries mostly come together
-                parent_ino = by_name.get(parent_name)
-                children = nodes[parent_ino].children if parent_ino is not None else None
-                if children is None:    # implied or not a directory: the slow path creates or refuses
-                    children = nodes[self._ensure_dir(parent_name, by_name)].children
-                    assert children is not None
-                last_parent = parent_name
+        for directory, kids in reader.directories():
+            children = nodes[ino_of[directory.name]].children
             assert children is not None
-            children[base.encode("utf-8", "surrogateescape")] = ino
-        for ino, count in links.items():
-            self.nodes[ino]._set_nlink(count)
+            for base, child in kids.items():
+                children[base.encode("utf-8", "surrogateescape")] = ino_of[child.name]
         self._apply_overlay_conventions()
-        for node in nodes.values():
-            if node.children is not None:
-                node._set_nlink(2 + sum(1 for c in node.children.values() if nodes[c].children is not None))
 
-    def _ensure_dir(self, name: str, by_name: dict[str, int]) -> int:
-        """The inode of directory ``name``, creating implied parents (mode 0755) as readers do."""
-        ino = by_name.get(name)
-        if ino is not None:
-            if not self.nodes[ino].is_dir:
-                raise MountError(f"{name!r} is used as a directory but is not one")
-            return ino
-        parent = self._ensure_dir(posixpath.dirname(name), by_name)
-        ino = self._next_ino
-        self._next_ino += 1
-        self.nodes[ino] = Node(Attr(ino=ino, mode=stat.S_IFDIR | 0o755, nlink=2), name, children={})
-        by_name[name] = ino
-        children = self.nodes[parent].children
-        assert children is not None
-        children[posixpath.basename(name).encode("utf-8", "surrogateescape")] = ino
-        return ino
+    def _hide(self, node: Node, name: bytes) -> Node:
+        """Take child ``name`` out of directory ``node`` (which then counts one subdirectory less if it
+        was one); the child's node."""
+        assert node.children is not None
+        child = self.nodes[node.children.pop(name)]
+        if child.is_dir:
+            node._one_link_less()
+        return child
 
     def _apply_overlay_conventions(self) -> None:
         root = self.nodes[ROOT_INODE]
         assert root.children is not None
         for landmark in LANDMARKS:
-            root.children.pop(landmark, None)
+            if landmark in root.children:
+                self._hide(root, landmark)
         for node in list(self.nodes.values()):
             if node.children is None:
                 continue
             for name in sorted(n for n in node.children if n[:4] == WHITEOUT_PREFIX):
-                source = self.nodes[node.children.pop(name)]
+                source = self._hide(node, name)
                 try:
                     kind = entryrules.whiteout_kind(name.decode("utf-8", "surrogateescape"))
-                except entryrules.UnsafeEntryError as err:
+                except entryrules.UnsafeEntryError as err:     # (a strict reader refused it already)
                     raise MountError(f"{source.path!r}: {err}") from err
                 if kind == "opaque":
                     node.xattrs = {**node.xattrs, OPAQUE_XATTR: b"y"}   # (a node may share an empty dict)

@@ -96,7 +96,7 @@ class LayerTree:
         shutil.rmtree(self.files_dir, ignore_errors=True)
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self._backing: dict[str, str] = {}      # chunk digest -> its file, pinned while it backs a file
-        self.inodes = InodeTable(reader.entries())
+        self.inodes = InodeTable(reader)
         self._has_xattrs: bool | None = None     # (has_xattrs: computed at the first xattr request)
         # Chunk lists are built on first use (a big TOC would otherwise delay the mount by seconds);
         # the background thread indexes every file before it prefetches.
