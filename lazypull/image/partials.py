@@ -13,6 +13,7 @@ import logging
 import os
 from pathlib import Path
 
+from lazypull.layerdir import snapshots_dir
 from lazypull.removetree import remove_tree
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def clean_all_partials(root: Path) -> list[Path]:
     """:func:`clean_partials` in every ``snapshots/<hex>/`` of the store root."""
     removed: list[Path] = []
     try:
-        layers = list(os.scandir(root / "snapshots"))
+        layers = list(os.scandir(snapshots_dir(root)))
     except OSError:
         return removed
     for entry in layers:

@@ -15,23 +15,17 @@ import stat
 from pathlib import Path
 
 from lazypull.errors import StoreError
+from lazypull.layerdir import SNAPSHOTS
+
+# A layer's directory (``snapshots/<hex>/``) is the shared leaf lazypull.layerdir's (fs builds it too).
+from lazypull.layerdir import layer_dir as layer_dir
+from lazypull.layerdir import layer_fs as layer_fs
 
 PRIVATE_MODE = 0o700
 
 # The top-level directories of a store (docs/architecture.md): made before anything below them, so
 # the ``mkdir(parents=True)`` of a deeper path never creates one of them with the umask's mode.
-TOP_DIRS = ("content", "snapshots", "cache", "containers", "run", "runc")
-
-
-def layer_dir(root: Path, hexpart: str) -> Path:
-    """``<root>/snapshots/<hex>/``: a layer's state (mountpoint, TOC record, learned reads...).
-    ``hexpart`` is the layer digest's hex, checked by the caller (each names its own error)."""
-    return root / "snapshots" / hexpart
-
-
-def layer_fs(root: Path, hexpart: str) -> Path:
-    """``<root>/snapshots/<hex>/fs``: where a layer is mounted (lazy) or extracted (full)."""
-    return layer_dir(root, hexpart) / "fs"
+TOP_DIRS = ("content", SNAPSHOTS, "cache", "containers", "run", "runc")
 
 
 def private_dir(path: Path) -> Path:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
 from lazypull.errors import ContainerError
 from lazypull.format.layerkind import is_lazy
-from lazypull.image.rootdir import layer_fs
+from lazypull.layerdir import layer_fs
 from lazypull.runtime.overlay import is_mountpoint
 
 if TYPE_CHECKING:
