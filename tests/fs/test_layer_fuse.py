@@ -157,7 +157,7 @@ def test_registry_stopped_mid_run_then_back(blob: Blob, tmp_path: Path) -> None:
 
 def test_external_toc_from_the_esgztoc_image(tmp_path: Path, registry: RegistryServer,
                                              unique_repo: str) -> None:
-    from lazypull.fs.layer.toc import fetch_external_toc
+    from lazypull.image.tocimage import fetch_external_toc
     from tests.snapshot.layerkit import push_manifest
 
     blob = build_blob(tmp_path, external_toc=True)

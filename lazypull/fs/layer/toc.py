@@ -6,18 +6,14 @@ what the layer's descriptor says (``format.layerkind.LayerSpec``: ``toc.digest``
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import io
-import json
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from lazypull.errors import MountError
 from lazypull.format import FormatError, LayerReader, open_layer
-from lazypull.format.annotations import TOC_DIGEST_ANNOTATION, TOC_IMAGE_SUFFIX, TOC_LAYER_DIGEST_ANNOTATION
+from lazypull.format.annotations import TOC_DIGEST_ANNOTATION
 from lazypull.format.layerkind import LayerSpec
 from lazypull.fs.remote import RecordingSource
 
@@ -99,38 +95,6 @@ def open_toc(digest: str, annotations: Mapping[str, str] | LayerSpec, src: Recor
     except OSError as err:
         log.warning("layer %s: could not save its TOC for the next mount: %s", digest, err)
     return reader
-
-
-# Moved to lazypull.image.tocimage; kept here only until snapshot.manager imports it from there.
-def fetch_external_toc(client: Any, ref: Any, layer_digest: str) -> bytes:
-    """The TOC blob of ``layer_digest`` from the ``<tag>-esgztoc`` image next to ``ref`` (format.md 2.3)."""
-    if not getattr(ref, "tag", None):
-        raise MountError(f"layer {layer_digest} has an external TOC, but {ref} has no tag to find it by")
-    toc_ref = dataclasses.replace(ref, tag=ref.tag + TOC_IMAGE_SUFFIX, digest=None)
-    raw = client.get_manifest(toc_ref)[0]
-    manifest = _json(raw, toc_ref)
-    if "manifests" in manifest:       # an index: take the first manifest (the TOC image has one)
-        entries = manifest.get("manifests") or []
-        if not entries:
-            raise MountError(f"external TOC index {toc_ref} lists no manifest")
-        by_digest = dataclasses.replace(toc_ref, tag=None, digest=entries[0]["digest"])
-        manifest = _json(client.get_manifest(by_digest)[0], by_digest)
-    for layer in manifest.get("layers") or []:
-        if (layer.get("annotations") or {}).get(TOC_LAYER_DIGEST_ANNOTATION) == layer_digest:
-            buf = io.BytesIO()
-            client.get_blob(toc_ref, layer["digest"], buf)
-            return buf.getvalue()
-    raise MountError(f"TOC of layer {layer_digest} not found in {toc_ref}")
-
-
-def _json(raw: bytes, ref: Any) -> dict[str, Any]:
-    try:
-        doc = json.loads(raw)
-    except ValueError as err:
-        raise MountError(f"manifest of {ref} is not JSON") from err
-    if not isinstance(doc, dict):
-        raise MountError(f"manifest of {ref} is not a JSON object")
-    return doc
 
 
 def record_path(layer_dir: Path) -> Path:
