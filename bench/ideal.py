@@ -24,10 +24,11 @@ from typing import Any
 
 import zstandard
 
+from lazypull.format.annotations import CS_MANIFEST_POSITION_ANNOTATION, MANIFEST_POSITION_ANNOTATION
+
 ESTARGZ_FOOTER = 51
 TOC_TAR_NAME = "stargz.index.json"
-ZSTD_POSITION_KEYS = ("io.github.containers.zstd-chunked.manifest-position",
-                      "io.containers.zstd-chunked.manifest-position")
+ZSTD_POSITION_KEYS = (CS_MANIFEST_POSITION_ANNOTATION, MANIFEST_POSITION_ANNOTATION)
 # TCP connect, manifest, config, footer+TOC tail read (layers in parallel), the chunk stream request.
 K_ROUND_TRIPS = 5
 
