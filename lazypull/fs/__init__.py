@@ -19,6 +19,10 @@ if typing.TYPE_CHECKING:
     from lazypull.fs.fuse.mount import mount_entry as mount_entry
     from lazypull.fs.fuse.ops import Negotiated as Negotiated
     from lazypull.fs.fuse.session import FuseMount as FuseMount
+    from lazypull.fs.fuse.tree import ROOT_INODE as ROOT_INODE
+    from lazypull.fs.fuse.tree import Attr as Attr
+    from lazypull.fs.fuse.tree import FuseError as FuseError
+    from lazypull.fs.fuse.tree import StatFs as StatFs
     from lazypull.fs.layer.tree import LayerTree as LayerTree
     from lazypull.fs.mount import clean_stale_mounts as clean_stale_mounts
     from lazypull.fs.mount import detach as detach
@@ -34,15 +38,19 @@ if typing.TYPE_CHECKING:
 __all__ = [
     "COUNTERS",
     "MISS_WAIT",
+    "ROOT_INODE",
+    "Attr",
     "DirectoryCache",
     "FileRangeSource",
     "FsConfig",
+    "FuseError",
     "FuseMount",
     "LayerFs",
     "LayerTree",
     "LiveConnection",
     "Negotiated",
     "RangeSource",
+    "StatFs",
     "clean_stale_mounts",
     "detach",
     "digest_hex",
@@ -57,17 +65,21 @@ __all__ = [
 # Public name -> the submodule defining it, imported on first use: the mount server's client needs
 # lazypull.fs.cache (layer paths) without loading the FUSE server that fs.mount imports.
 _SOURCES: dict[str, str] = {
+    "Attr": ".fuse.tree",
     "COUNTERS": ".stats",
     "DirectoryCache": ".cache",
     "FileRangeSource": ".remote",
     "FsConfig": ".config",
+    "FuseError": ".fuse.tree",
     "FuseMount": ".fuse.session",
     "LayerFs": ".facade",
     "LayerTree": ".layer.tree",
     "LiveConnection": ".facade",
     "MISS_WAIT": ".stats",
     "Negotiated": ".fuse.ops",
+    "ROOT_INODE": ".fuse.tree",
     "RangeSource": ".remote",
+    "StatFs": ".fuse.tree",
     "clean_stale_mounts": ".mount",
     "detach": ".mount",
     "digest_hex": ".cache",

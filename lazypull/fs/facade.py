@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from lazypull.format.layerkind import LayerSpec
 from lazypull.fs.cache import DirectoryCache, digest_hex
 from lazypull.fs.config import FsConfig
 from lazypull.fs.layer.activity import Activity
@@ -53,10 +54,11 @@ class LayerFs:
         self.activity = Activity()      # mounts, prefetches and misses of every layer: background waits
         self.groups = Groups()          # layers by image: where a starting program's libraries are looked up
 
-    def open_layer(self, digest: str, annotations: Mapping[str, str], source: RangeSource, *,
+    def open_layer(self, spec: LayerSpec, source: RangeSource, *,
                    external_toc: Callable[[], bytes] | None = None) -> LayerTree:
-        """Fetch and verify the layer's TOC and build its tree (``start()`` it to begin the prefetch)."""
-        return open_layer_tree(digest, annotations, source, root=self.root, config=self.config,
+        """Fetch and verify the TOC of the layer ``spec`` describes (its blob read from ``source``, an
+        external TOC from ``external_toc``) and build its tree (``start()`` it to begin the prefetch)."""
+        return open_layer_tree(spec.digest, spec, source, root=self.root, config=self.config,
                                cache=self.cache, external_toc=external_toc, activity=self.activity,
                                groups=self.groups)
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from lazypull.errors import ImageError, LazypullError, MountError
 from lazypull.format import FormatError
-from lazypull.format.layerkind import is_lazy
+from lazypull.format.layerkind import LayerSpec, is_lazy
 from lazypull.fs import (
     COUNTERS,
     FileRangeSource,
@@ -38,6 +38,7 @@ from lazypull.fs import (
     is_layer_mount,
 )
 from lazypull.image.tocimage import fetch_external_toc
+from lazypull.registry.errors import DigestMismatchError
 from lazypull.snapshot.layerstate import prune_layer_state
 from lazypull.snapshot.paths import RunPaths
 from lazypull.snapshot.protocol import LayerMount, MountInfo
@@ -178,7 +179,8 @@ class LayerManager:
                 return LayerMount(desc.digest, False, None)
             try:
                 layer = self._ensure_mounted(desc.digest, annotations,
-                                             functools.partial(self._source, store, resolved, desc, insecure))
+                                             functools.partial(self._source, store, resolved, desc, insecure),
+                                             desc.media_type)
             except (LazypullError, FormatError) as err:
                 # As stargz-snapshotter does: a layer that cannot be prepared as a remote snapshot
                 # (TOC image missing, TOC digest mismatch, registry refusing ranges ...) is downloaded
@@ -237,7 +239,7 @@ class LayerManager:
                 return (client.blob_source(parsed, desc.digest, int(desc.size)),
                         lambda: fetch_external_toc(client, parsed, desc.digest))
             try:
-                self._ensure_mounted(desc.digest, dict(desc.annotations), make_source)
+                self._ensure_mounted(desc.digest, dict(desc.annotations), make_source, desc.media_type)
             except (LazypullError, FormatError) as err:
                 log.debug("early mount of %s failed (the mount proper retries it): %s", desc.digest, err)
                 return None
@@ -439,9 +441,11 @@ class LayerManager:
                 self.mount_image(str(item["image"]), insecure=bool(item.get("insecure")),
                                  holder=str(item["holder"]))
                 log.info("restored mounts of %s for %s", item["image"], item["holder"])
-            except ImageError as err:       # the image is gone (removed while no server ran): drop the hold
-                log.warning("dropping the hold of %s on %s: %s", item.get("holder"), item.get("image"), err)
             except (LazypullError, KeyError, OSError) as err:
+                if _image_gone(err, layer_hold=isinstance(item.get("layer"), dict)):
+                    log.warning("dropping the hold of %s on %s: %s", item.get("holder"), item.get("image"),
+                                err)
+                    continue
                 log.error("could not restore mounts of %s for %s: %s",
                           item.get("image"), item.get("holder"), err)
                 with self._lock:   # keep the hold so a later request can retry
@@ -528,8 +532,8 @@ class LayerManager:
             return self._layer_locks.setdefault(digest, threading.Lock())
 
     def _ensure_mounted(self, digest: str, annotations: dict[str, str],
-                        make_source: Callable[[], tuple[RangeSource, Callable[[], bytes] | None]]
-                        ) -> MountedLayer:
+                        make_source: Callable[[], tuple[RangeSource, Callable[[], bytes] | None]],
+                        media_type: str = "") -> MountedLayer:
         digest_hex(digest)
         with self._layer_lock(digest):
             with self._lock:
@@ -542,7 +546,8 @@ class LayerManager:
             tree = None
             path = self.paths.mountpoint(digest)
             try:
-                tree = self.fs.open_layer(digest, annotations, source, external_toc=external)
+                tree = self.fs.open_layer(_layer_spec(digest, source.size, media_type, annotations), source,
+                                          external_toc=external)
                 opened = time.monotonic()
                 # The prefetch downloads while the FUSE mount is set up (it needs the TOC, not the mount).
                 tree.start()
@@ -650,6 +655,14 @@ class LayerManager:
                             err.strerror or err)
 
 
+def _image_gone(err: BaseException, *, layer_hold: bool) -> bool:
+    """Whether a hold's restore failed because its image is gone or unusable here (an ``ImageError``:
+    removed while no server ran, a stored manifest no longer matching its digest): the hold is dropped.
+    Content from the registry that did not verify this time (a layer hold's external TOC) keeps it, for
+    a later request to retry."""
+    return isinstance(err, ImageError) and not (layer_hold and isinstance(err, DigestMismatchError))
+
+
 class _Collector:
     """Frees what released layers leave as cyclic garbage, while keeping live layers' objects frozen.
 
@@ -719,6 +732,14 @@ def _disk_usage(top: Path) -> int:
         except OSError:
             continue
     return total
+
+
+def _layer_spec(digest: str, size: int, media_type: str, annotations: dict[str, str]) -> LayerSpec:
+    """The layer's ``LayerSpec``; a malformed annotation is a ``MountError`` naming the layer and key."""
+    try:
+        return LayerSpec.from_descriptor(digest, size, media_type, annotations)
+    except FormatError as err:
+        raise MountError(str(err)) from err
 
 
 def _local_blob(store: Store, digest: str) -> Path | None:

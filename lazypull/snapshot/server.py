@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lazypull.errors import LazypullError, MountError
-from lazypull.fs.config import FsConfig, load_config
-from lazypull.fs.mount import clean_stale_mounts
+from lazypull.fs import FsConfig, clean_stale_mounts, load_config
 from lazypull.image.partials import clean_all_partials
 from lazypull.image.rootdir import prepare_root, private_dir
 from lazypull.snapshot.manager import LayerManager

@@ -21,7 +21,7 @@ from typing import Protocol
 
 from lazypull.errors import LazypullError
 from lazypull.format import FormatError
-from lazypull.fs.fuse.tree import ROOT_INODE, Attr, FuseError, StatFs
+from lazypull.fs import ROOT_INODE, Attr, FuseError, StatFs
 from lazypull.store.catalog import StoreLayer
 from lazypull.store.names import BLOB, DIFF, INFO, USE, StoreNameError, decode_ref, parse_digest_name
 

@@ -18,8 +18,8 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
+from lazypull.format import Chunk
 from lazypull.fs.config import FsConfig
 from lazypull.fs.layer.activity import Activity
 from lazypull.fs.layer.fetch import ChunkFetcher, Unit
@@ -41,13 +41,13 @@ LEARNED_FIRST_PIECE = 256 << 10
 LEARNED_STREAMS = 3
 
 
-def pieces(chunks: list[Any], size: int) -> list[list[Any]]:
+def pieces(chunks: list[Chunk], size: int) -> list[list[Chunk]]:
     """``chunks`` in blob order, cut between compressed units into pieces of about ``size`` bytes."""
-    by_unit: dict[Unit, list[Any]] = {}
+    by_unit: dict[Unit, list[Chunk]] = {}
     for chunk in chunks:
         by_unit.setdefault((chunk.offset, chunk.end), []).append(chunk)
-    out: list[list[Any]] = []
-    piece: list[Any] = []
+    out: list[list[Chunk]] = []
+    piece: list[Chunk] = []
     piece_start = 0
     for (start, end), group in sorted(by_unit.items()):
         if piece and end - piece_start > size:
@@ -61,11 +61,11 @@ def pieces(chunks: list[Any], size: int) -> list[list[Any]]:
     return out
 
 
-def ordered_pieces(chunks: list[Any], first: int, size: int) -> list[list[Any]]:
+def ordered_pieces(chunks: list[Chunk], first: int, size: int) -> list[list[Chunk]]:
     """``chunks`` in the given order, cut into pieces of about ``first``, then ``size``, compressed
     bytes (a unit counted once)."""
-    out: list[list[Any]] = []
-    piece: list[Any] = []
+    out: list[list[Chunk]] = []
+    piece: list[Chunk] = []
     units: set[Unit] = set()
     total = 0
     for chunk in chunks:
@@ -89,8 +89,8 @@ class Background:
                  prefetch_range: tuple[int, int] | None,
                  on_progress: Callable[[], None] | None = None,
                  index: Callable[[int | None], object] | None = None,
-                 learned: Callable[[], list[Any]] | None = None,
-                 early: Callable[[], list[Any]] | None = None, activity: Activity | None = None) -> None:
+                 learned: Callable[[], list[Chunk]] | None = None,
+                 early: Callable[[], list[Chunk]] | None = None, activity: Activity | None = None) -> None:
         self.fetcher = fetcher
         self.activity = activity if activity is not None else Activity()   # the server's, shared
         self.stats = stats
@@ -185,7 +185,7 @@ class Background:
         deadline = began + self.config.read_deadline
         name = f"learned-{self.fetcher.digest[7:19]}"
 
-        def one(piece: list[Any]) -> None:
+        def one(piece: list[Chunk]) -> None:
             if self._stop.is_set():
                 return
             mine = self.fetcher.claim_for_background(piece)   # at its turn: a read may have fetched some
@@ -239,10 +239,11 @@ class Background:
             delay = min(delay * 2, BACKGROUND_RETRY_MAX)
         self.stats.set(background_state="failed")
 
-    def _batches(self, units: list[tuple[Unit, list[Any]]]) -> tuple[list[list[tuple[Unit, list[Any]]]], int]:
+    def _batches(self, units: list[tuple[Unit, list[Chunk]]]
+                 ) -> tuple[list[list[tuple[Unit, list[Chunk]]]], int]:
         """Neighbouring uncached units in batches of ``background_batch`` bytes; bytes already cached."""
-        batches: list[list[tuple[Unit, list[Any]]]] = []
-        batch: list[tuple[Unit, list[Any]]] = []
+        batches: list[list[tuple[Unit, list[Chunk]]]] = []
+        batch: list[tuple[Unit, list[Chunk]]] = []
         size = 0
         done = 0
         for unit, group in units:
@@ -258,7 +259,7 @@ class Background:
             batches.append(batch)
         return batches, done
 
-    def _one_batch(self, batch: list[tuple[Unit, list[Any]]]) -> bool:
+    def _one_batch(self, batch: list[tuple[Unit, list[Chunk]]]) -> bool:
         while not self.fetcher.remote.demand_quiet():
             if self._stop.wait(0.05):
                 return False

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from lazypull.errors import LazypullError, MountError
+from lazypull.format.layerkind import LayerSpec
 from lazypull.fs.cache import DirectoryCache, digest_hex
 from lazypull.fs.config import FsConfig
 from lazypull.fs.layer import hints, learned
@@ -75,8 +76,8 @@ def note_origin(ldir: Path, origin: str) -> None:
         log.warning("layer %s: cannot write %s: %s", ldir.name, ldir / ORIGINS, err.strerror or err)
 
 
-def open_layer_tree(digest: str, annotations: Mapping[str, str], source: RangeSource, *, root: Path,
-                    config: FsConfig, cache: DirectoryCache | None = None,
+def open_layer_tree(digest: str, annotations: Mapping[str, str] | LayerSpec, source: RangeSource, *,
+                    root: Path, config: FsConfig, cache: DirectoryCache | None = None,
                     external_toc: ExternalToc | None = None, activity: Activity | None = None,
                     groups: hints.Groups | None = None) -> LayerTree:
     """Fetch and verify the layer's TOC and build its tree; call ``start()`` on it to begin prefetch.

@@ -16,12 +16,12 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, TypeGuard
 
-from lazypull.format import FormatError
+from lazypull.format import Chunk, FormatError
 from lazypull.fs.cache import ChunkStore, LayerChunks
 from lazypull.fs.config import FsConfig
 from lazypull.fs.fuse.tree import Attr, FuseError, StatFs
@@ -50,7 +50,7 @@ class _FileChunks:
 
     __slots__ = ("chunks", "compressed", "starts")
 
-    def __init__(self, chunks: Sequence[Any]) -> None:
+    def __init__(self, chunks: Sequence[Chunk]) -> None:
         self.chunks = list(chunks)
         self.starts = [c.chunk_offset for c in self.chunks]
         # compressed bytes of the whole file (each compressed range once)
@@ -106,7 +106,7 @@ class LayerTree:
         self._total_size = self.inodes.total_size()   # without making every regular file's Attr
         # unit -> its chunks, each digest once: grown by index(), read by the fetcher (siblings) and
         # the background fetch
-        self._units: dict[Unit, list[Any]] = {}
+        self._units: dict[Unit, list[Chunk]] = {}
         self._indexed: set[str] = set()          # chunk digests in _units
         # containers/storage zstd:chunked stores all-zero chunks as holes (no data to fetch)
         self.fetcher = ChunkFetcher(digest, remote, cache, stats, config, self._units, preloaded=preloaded,
@@ -153,7 +153,7 @@ class LayerTree:
         fc = self._files.setdefault(ino, _FileChunks(chunks))
         return fc
 
-    def index(self, below: int | None = None) -> dict[Unit, list[Any]]:
+    def index(self, below: int | None = None) -> dict[Unit, list[Chunk]]:
         """Chunks of every file by compressed range (each chunk digest once), the fetcher's too; grown
         in place (only the background thread calls it), never rebuilt. ``below``: only files whose data
         starts before that blob offset (what the prefetch needs; the whole index costs ~0.1 s of CPU per
@@ -179,7 +179,7 @@ class LayerTree:
             self._by_offset = ([off for off, _ in located], [ino for _, ino in located])
         return units
 
-    def _neighbours(self, fc: _FileChunks, missing: Sequence[Any]) -> list[Any]:
+    def _neighbours(self, fc: _FileChunks, missing: Sequence[Chunk]) -> list[Chunk]:
         """Uncached chunks of the small files stored wholly within ``neighbour_window`` compressed bytes of
         a small file's missing chunks: a directory's files are stored together and are often read one
         after the other (a package's modules), each a round trip otherwise."""
@@ -190,7 +190,7 @@ class LayerTree:
         offsets, inos = table
         lo = min(c.offset for c in missing) - window
         hi = max(c.end for c in missing) + window
-        out: list[Any] = []
+        out: list[Chunk] = []
         i = bisect.bisect_left(offsets, lo)
         while i < len(offsets) and offsets[i] < hi:
             ino = inos[i]
@@ -306,10 +306,10 @@ class LayerTree:
         j = bisect.bisect_left(fc.starts, end)
         self.learner.note(ino, node.path, fc.starts[i:j])
 
-    def user_db_chunks(self) -> list[Any]:
+    def user_db_chunks(self) -> list[Chunk]:
         """Uncached chunks of this layer's ``hints.USER_DB`` files (regular files, small): fetched at mount,
         so the container's create finds them here instead of waiting a round trip for each."""
-        out: list[Any] = []
+        out: list[Chunk] = []
         for path in hints.USER_DB:
             node = hints.node_at(self, path)
             if not _has_content(node):
@@ -323,7 +323,7 @@ class LayerTree:
             out += [c for c in fc.chunks if not self.cache.contains(c.digest, c.chunk_size)]
         return out      # (not counted as fetched_ahead: that counts guesses made for a container's start)
 
-    def learned_chunks(self) -> list[Any]:
+    def learned_chunks(self) -> list[Chunk]:
         """The uncached chunks of the learned record (``learned_record``), in the order they were first read,
         each once, up to ``learned.MAX_BYTES`` compressed: what the mount fetches first. Paths and
         offsets are looked up in this layer's TOC; what is not found there is skipped. A mount that
@@ -331,7 +331,7 @@ class LayerTree:
         record, self.learned_record = self.learned_record, None
         if not record:
             return []
-        out: list[Any] = []
+        out: list[Chunk] = []
         seen: set[str] = set()
         units: set[tuple[int, int]] = set()
         files: set[int] = set()
@@ -376,7 +376,7 @@ class LayerTree:
         an ELF file's libraries, a program's interpreter); at most once per file, in the background."""
         self._ahead_once(ino, self._fetch_and_follow, ino, program)
 
-    def _ahead_once(self, ino: int, fn: Any, *args: Any) -> None:
+    def _ahead_once(self, ino: int, fn: Callable[..., object], *args: object) -> None:
         with self._ahead_lock:
             if ino in self._ahead:
                 return
@@ -421,7 +421,7 @@ class LayerTree:
         if fc is None:
             return b"", False
         i = max(0, bisect.bisect_right(fc.starts, offset) - 1)
-        wanted: list[tuple[Any, int, int]] = []
+        wanted: list[tuple[Chunk, int, int]] = []
         while i < len(fc.chunks) and fc.chunks[i].chunk_offset < end:
             chunk = fc.chunks[i]
             lo = max(offset, chunk.chunk_offset) - chunk.chunk_offset
@@ -429,7 +429,7 @@ class LayerTree:
             wanted.append((chunk, lo, hi))
             i += 1
         pieces: list[bytes | None] = []
-        missing: list[Any] = []
+        missing: list[Chunk] = []
         for chunk, lo, hi in wanted:
             data = self.fetcher.read_slice(chunk, lo, hi - lo)
             if data is None or len(data) != hi - lo:
@@ -474,7 +474,7 @@ class LayerTree:
             self._read_ahead(ino, fc, i, offset, end)
         return b"".join(p for p in pieces if p is not None), bool(missing)
 
-    def _rest_of_file(self, fc: _FileChunks, missing: Sequence[Any]) -> list[Any]:
+    def _rest_of_file(self, fc: _FileChunks, missing: Sequence[Chunk]) -> list[Chunk]:
         """The file's other uncached chunks when the whole file is small enough to fetch at its first
         miss (``whole_file_max``): a program reading a file mostly reads all of it, and fetching the rest
         beside the chunks asked for saves a round trip per later miss."""
@@ -484,7 +484,7 @@ class LayerTree:
         return [c for c in fc.chunks
                 if c.digest not in wanted and not self.cache.contains(c.digest, c.chunk_size)]
 
-    def _following(self, fc: _FileChunks, missing: Sequence[Any]) -> list[Any]:
+    def _following(self, fc: _FileChunks, missing: Sequence[Chunk]) -> list[Chunk]:
         """The small files stored after a small file's missing chunks (``readahead``)."""
         return self.blob_readahead.following(
             missing, fc.compressed, self._by_offset,
