@@ -53,7 +53,17 @@ EXTRA_ROWS = [("lazypull-lazy-nobg", "esgz"),
               # before issue 14 item 2, for comparison
               ("lazypull-lazy-nolearn", "esgz-noopt"),
               # the first-start row with the blob-order read-ahead off (fs.layer.readahead), for comparison
-              ("lazypull-lazy-noahead", "esgz-noopt")]
+              ("lazypull-lazy-noahead", "esgz-noopt"),
+              # issue 14 item 3: `lazypull run --rm` as one command (it pulls; all timed as the run
+              # phase), with the mount server started before the clock, and without (the command starts it)
+              ("lazypull-run", "esgz"), ("lazypull-run-cold", "esgz")]
+# With --base-python: the same rows by another lazypull (the interpreter of a tree before a change),
+# interleaved with these in one run.
+BASE_ROWS = [("lazypull-lazy-base", "esgz"), ("lazypull-run-base", "esgz"),
+             ("lazypull-run-cold-base", "esgz")]
+# Which systems time `run` as one command, and which start no mount server before the clock.
+ONE_COMMAND = ("lazypull-run", "lazypull-run-cold")
+COLD_SERVER = ("lazypull-run-cold",)
 # What each system keeps of the layers' state dirs between samples (the others keep nothing).
 KEEP = {"lazypull-lazy-learned": ("learned.json",),
         "lazypull-lazy-evicted": ("learned.json", "toc.record", "origins")}
@@ -103,6 +113,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--live-tree", action="store_true",
                    help="run lazypull from the working tree as it changes (default: from a snapshot of HEAD, "
                         "so edits made while the benchmark runs do not leak into it)")
+    p.add_argument("--base-python", default=None, metavar="PY",
+                   help="the interpreter of another lazypull (e.g. a venv whose path has an older tree) for "
+                        "the *-base rows (lazypull-lazy-base, lazypull-run-base, lazypull-run-cold-base)")
     p.add_argument("--prepare-only", action="store_true",
                    help="build, push, convert and trace the images (cached for later runs), measure nothing")
     args = p.parse_args(argv)
@@ -123,11 +136,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.row_list = ROWS + EXTRA_ROWS
     else:
         args.row_list = []
+        known = ROWS + EXTRA_ROWS + (BASE_ROWS if args.base_python else [])
         for item in args.rows.split(","):
             system, _, variant = item.strip().partition(":")
-            if (system, variant) not in ROWS + EXTRA_ROWS:
-                p.error(f"unknown row {item!r}; choose from "
-                        f"{', '.join(f'{s}:{v}' for s, v in ROWS + EXTRA_ROWS)}")
+            if (system, variant) not in known:
+                p.error(f"unknown row {item!r}; choose from {', '.join(f'{s}:{v}' for s, v in known)}")
             args.row_list.append((system, variant))
     return args
 
@@ -185,11 +198,16 @@ def run(args: argparse.Namespace) -> Path:
                                   ("lazypull-lazy-evicted", "stargz", ""),
                                   ("lazypull-lazy-nolearn", "stargz",
                                    "learn_window = 0\nfetch_user_db = false\n"),
-                                  ("lazypull-lazy-noahead", "stargz", "blob_readahead = 0\n")):
-            if any(s == key for s, _ in args.row_list):
-                systems[key] = LazypullSystem(workdir / f"root-{key}", snap, config=config, name=key,
-                                              keep=KEEP.get(key, ()))
-                stack.callback(systems[key].close)
+                                  ("lazypull-lazy-noahead", "stargz", "blob_readahead = 0\n"),
+                                  ("lazypull-run", "stargz", ""), ("lazypull-run-cold", "stargz", "")):
+            for suffix, python in (("", sys.executable), ("-base", args.base_python)):
+                if python is None or not any(s == key + suffix for s, _ in args.row_list):
+                    continue
+                systems[key + suffix] = LazypullSystem(
+                    workdir / f"root-{key}{suffix}", snap, config=config, name=key + suffix,
+                    keep=KEEP.get(key, ()), one_command=key in ONE_COMMAND,
+                    warm_server=key not in COLD_SERVER, python=python)
+                stack.callback(systems[key + suffix].close)
 
         for profile in args.profile_list:
             run_profile(args, profile, ns, proxy, registry, systems, ref_host, results, rng, save)

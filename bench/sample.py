@@ -43,7 +43,7 @@ class System(Protocol):
     name: str
 
     def reset_cold(self) -> None: ...
-    def pull(self, ref: str) -> Phase: ...
+    def pull(self, ref: str) -> Phase | None: ...
     def create(self, ref: str, cid: str, workload: Workload) -> Phase | None: ...
     def run(self, ref: str, cid: str, workload: Workload) -> Phase: ...
     def cleanup(self, cid: str) -> None: ...
@@ -152,7 +152,9 @@ def measure(system: System, ref: str, workload: Workload, sample: Sample, *,
     running: subprocess.Popen[bytes] | None = None
     output = ""
     try:
-        sample.pull, _, _ = run_phase(system.pull(ref))
+        pull = system.pull(ref)
+        if pull is not None:        # None: the run phase pulls (``lazypull run`` as one command)
+            sample.pull, _, _ = run_phase(pull)
         create = system.create(ref, cid, workload)
         if create is not None:
             sample.create, _, _ = run_phase(create)

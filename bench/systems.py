@@ -46,11 +46,19 @@ def _help(*sub: str) -> str:
 
 
 class LazypullSystem:
-    """``lazypull pull --snapshotter=S`` then ``lazypull run --rm`` (or create + start when offered)."""
+    """``lazypull pull --snapshotter=S`` then ``lazypull run --rm`` (or create + start when offered).
+
+    ``one_command``: ``lazypull run --rm`` alone (it pulls), all of it timed as the run phase;
+    ``warm_server`` False: the mount server is not started before the clock (the command starts it);
+    ``python``: the interpreter running lazypull, and so which lazypull (another tree's, to compare)."""
 
     def __init__(self, root: Path, snapshotter: str, *, config: str = "", name: str | None = None,
-                 keep: tuple[str, ...] = ()) -> None:
+                 keep: tuple[str, ...] = (), one_command: bool = False, warm_server: bool = True,
+                 python: str = sys.executable) -> None:
         self.root = root
+        self.one_command = one_command
+        self.warm_server = warm_server
+        self.lazypull = [python, "-m", "lazypull"]
         # files of each layer's state dir (``snapshots/<hex>/``) kept from one sample to the next: a
         # re-start after the chunk cache was evicted (everything else is wiped as for a first start)
         self.keep = keep
@@ -62,7 +70,7 @@ class LazypullSystem:
         self.has_stats = "stats" in commands
 
     def _base(self, *args: str) -> list[str]:
-        return [*LAZYPULL, "--root", str(self.root), "--insecure-registry", *args]
+        return [*self.lazypull, "--root", str(self.root), "--insecure-registry", *args]
 
     def reset_cold(self) -> None:
         """Wipe the store, caches and mounts, then start a fresh mount server (untimed, as
@@ -72,23 +80,23 @@ class LazypullSystem:
         self.root.mkdir(parents=True, exist_ok=True)
         if self.config:
             (self.root / "config.toml").write_text(self.config)
-        if self.snapshotter == "stargz":
-            from lazypull.snapshot import MountClient
+        if self.snapshotter == "stargz" and self.warm_server:   # by this system's own lazypull
+            subprocess.run([self.lazypull[0], "-c", "import sys\nfrom lazypull.snapshot import MountClient\n"
+                            "MountClient(sys.argv[1]).ping()", str(self.root)], check=True)
 
-            with MountClient(self.root) as mc:
-                mc.ping()
-
-    def pull(self, ref: str) -> Phase:
+    def pull(self, ref: str) -> Phase | None:
+        if self.one_command:
+            return None
         return Phase(self._base("pull", f"--snapshotter={self.snapshotter}", ref))
 
     def create(self, ref: str, cid: str, workload: Workload) -> Phase | None:
-        if not self.has_create:
+        if not self.has_create or self.one_command:
             return None
         return Phase(self._base("create", f"--snapshotter={self.snapshotter}", "--name", cid, ref,
                                 *workload.command))
 
     def run(self, ref: str, cid: str, workload: Workload) -> Phase:
-        if self.has_create:
+        if self.has_create and not self.one_command:
             return Phase(self._base("start", "--attach", cid), until=workload.ready)
         return Phase(self._base("run", "--rm", f"--snapshotter={self.snapshotter}", "--name", cid, ref,
                                 *workload.command), until=workload.ready)

@@ -6,15 +6,21 @@ The systemd units and notes are in ``contrib/systemd/`` (see its README).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from lazypull.cli._options import DEFAULT_ROOT, get_options, global_options
+
+if TYPE_CHECKING:
+    from lazypull.snapshot.manager import LayerManager
+    from lazypull.snapshot.server import StoreService
 
 
 @click.group("daemon", invoke_without_command=True)
@@ -48,11 +54,12 @@ def daemon_command(containerd_socket: str | None, cri_image_service: str | None,
         return
     if cri_image_service and not containerd_socket:
         raise click.UsageError("--cri-image-service needs --containerd-socket (the snapshotter it serves)")
+    opts = get_options()
+    _start_keeper_early(opts.root)
     from lazypull.fs.config import load_config
     from lazypull.image.rootdir import prepare_root
     from lazypull.snapshot.server import run_daemon
 
-    opts = get_options()
     logging.basicConfig(level=logging.DEBUG if opts.debug else logging.INFO, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not opts.debug:   # one line per range request is too much for the log
@@ -70,7 +77,34 @@ def daemon_command(containerd_socket: str | None, cri_image_service: str | None,
                            "auth_files": files} for d in stores]
     run_daemon(opts.root.resolve(), config, containerd_socket=socket,
                insecure_registries=opts.insecure_registries, cri_image_service=cri,
-               metrics_address=metrics_address, stores=store_requests)
+               metrics_address=metrics_address, stores=store_requests, store_service=_stores)
+
+
+def _start_keeper_early(root: Path) -> None:
+    """Have the root's FUSE connection keeper start (if it does not run) while this process imports
+    the server: the server takes its connections back before serving its first mount, and a keeper
+    started only then cost the first request ~80 ms (issue 14). Only when the CLI started us (its
+    ``run/`` exists); a keeper that answers late is started by the server as before."""
+    import threading
+
+    def connect() -> None:
+        from lazypull.snapshot.keeper import KeeperClient
+        from lazypull.snapshot.paths import RunPaths
+
+        paths = RunPaths(root.resolve())
+        if paths.run_dir.is_dir():
+            with contextlib.suppress(Exception):    # the server's own attempt reports what fails
+                KeeperClient.connect(paths).close()
+
+    threading.Thread(target=connect, name="keeper-start", daemon=True).start()
+
+
+def _stores(manager: LayerManager) -> StoreService:
+    """The server's additional layer stores, wired here (the one place importing both snapshot and
+    store), and imported only once a store is served."""
+    from lazypull.store.service import Stores
+
+    return Stores(manager)
 
 
 def _duration(seconds: float) -> str:

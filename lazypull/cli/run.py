@@ -41,6 +41,7 @@ from lazypull.selfexec import lazypull_argv
 if TYPE_CHECKING:
     from lazypull.image import Progress, ResolvedImage, Store
     from lazypull.registry import RegistryClient
+    from lazypull.snapshot.protocol import LayerMount
 
 # The image, registry and progress modules (httpx, rich, the format package) are imported where they
 # are used: `start`, `ps`, `rm`, `stop` and `logs` need none of them, and every container start runs
@@ -79,6 +80,33 @@ def ensure_image(store: Store, image: str, *, opts: GlobalOptions, pull: str, pl
                        unpack=None if lazy else streaming_unpacker(opts.root))
     elif not present:
         raise ContainerError(f"image {image} is not in the store and --pull=never was given")
+    return _resolved(store, name, platform)
+
+
+def lazy_image(store: Store, image: str, *, opts: GlobalOptions, pull: str, platform: str | None,
+               holder: str) -> tuple[ResolvedImage, list[LayerMount] | None]:
+    """The image resolved from the store, pulled first as ``--pull`` says by the mount server, as
+    ``lazypull pull`` does: its registry connection and modules are warm, the layers start mounting
+    as soon as the manifest is read, held by ``holder``, and this process imports neither the registry
+    client nor the pull (issue 14: ``run`` as one process costs no more than ``create`` + ``start``).
+    The layers' mounts when it pulled, else None (the caller mounts them)."""
+    from lazypull.image import normalize_name
+    from lazypull.snapshot import MountClient
+
+    name = normalize_name(image)
+    present = store.find_image(name) is not None
+    mounts = None
+    if pull == "always" or (pull == "missing" and not present):
+        with MountClient(opts.root) as client:
+            pulled = client.pull_image(image, insecure=bool(opts.insecure_registries),
+                                       platforms=[platform] if platform else None, holder=holder)
+        name, mounts = pulled.name, pulled.layers
+    elif not present:
+        raise ContainerError(f"image {image} is not in the store and --pull=never was given")
+    return _resolved(store, name, platform), mounts
+
+
+def _resolved(store: Store, name: str, platform: str | None) -> ResolvedImage:
     resolved = store.resolve(name, platform)
     if platform is not None:        # a single-manifest image is for one platform only (its config says)
         from lazypull.image.platform import check_config_platform, parse_platform
@@ -159,30 +187,39 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
         read_only=read_only, labels={AUTO_REMOVE_LABEL: "true"} if remove else {}, volatile=remove)
     store = Store(root)
     before = previous_image(store, image) if lazy else None   # put back if the layers' download fails
-    with QuietProgress() if quiet else make_progress() as progress:
-        resolved = ensure_image(store, image, opts=opts, pull=pull, platform=platform, lazy=lazy,
-                                progress=progress)
-    from lazypull.image.runconfig import run_config
-
-    image_config = run_config(resolved.config, resolved.name)  # checked before anything is mounted
     container_id = new_container_id()
-    placeholder = ContainerRecord(id=container_id, name="", image=resolved.name, command=[], created="",
+    # Whose holds to drop if this fails (found by holder until the image's stored name is known).
+    placeholder = ContainerRecord(id=container_id, name="", image=image, command=[], created="",
                                   snapshotter=opts.snapshotter)
     mounts = None
     if lazy:
+        from lazypull.image import normalize_name
+        from lazypull.image.runconfig import run_config
         from lazypull.runtime.spec import program_hint
         from lazypull.snapshot import MountClient
 
-        # The server starts fetching the command (and its libraries) while the container is set up.
-        program = program_hint(image_config, options)
         try:
+            resolved, mounts = lazy_image(store, image, opts=opts, pull=pull, platform=platform,
+                                          holder=container_id)
+            placeholder.image = resolved.name
+            image_config = run_config(resolved.config, resolved.name)  # checked before it is started
+            # The server starts fetching the command (and its libraries) while the container is set
+            # up; the layers a pull just mounted for this holder are not mounted again.
+            program = program_hint(image_config, options)
             with MountClient(root) as client:
                 mounts = client.mount_image(resolved.name, insecure=opts.insecure_registries,
                                             holder=container_id, wait_prefetch=False, program=program)
         except BaseException:       # interrupted after the server recorded the hold: drop it
             release_mounts(root, placeholder)
-            undo_pull(store, resolved.name, before)
+            undo_pull(store, normalize_name(placeholder.image), before)
             raise
+    else:
+        with QuietProgress() if quiet else make_progress() as progress:
+            resolved = ensure_image(store, image, opts=opts, pull=pull, platform=platform, lazy=lazy,
+                                    progress=progress)
+        from lazypull.image.runconfig import run_config
+
+        image_config = run_config(resolved.config, resolved.name)  # checked before anything is mounted
     containers = Containers(root)
     if not quiet and lazy:
         from lazypull.cli._lazy_notes import announce_fallbacks, fetched_lines

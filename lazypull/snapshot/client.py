@@ -55,11 +55,12 @@ class MountClient:
     # -- the API (docs/architecture.md, "snapshot") --
 
     def pull_image(self, ref: str, *, insecure: bool = False, platforms: Sequence[str] | None = None,
-                   all_platforms: bool = False) -> PulledImage:
+                   all_platforms: bool = False, holder: str | None = None) -> PulledImage:
         """Pull ``ref`` lazily in the server (manifests and config into the store) and mount its lazy
-        layers, held by the image itself as :meth:`mount_image` does without a holder."""
+        layers, held by ``holder`` (default: the image itself, as :meth:`mount_image` without one)."""
         result = self._call("pull_image", ref=ref, insecure=insecure,
-                            platforms=list(platforms) if platforms else None, all_platforms=all_platforms)
+                            platforms=list(platforms) if platforms else None, all_platforms=all_platforms,
+                            holder=holder)
         if not isinstance(result, dict):
             raise MountError("mount server returned a malformed pull result")
         return PulledImage.from_json(result)

@@ -48,6 +48,11 @@ class RunPaths:
     def start_lock(self) -> Path:
         return self.run_dir / "start.lock"
 
+    @property
+    def stores(self) -> Path:
+        """The additional layer stores served and their use counts (``lazypull.store.service``)."""
+        return self.run_dir / "stores.json"
+
     def layer_dir(self, digest: str) -> Path:
         """Per-layer state: ``snapshots/<hex>/``."""
         return layer_dir(self.root, digest_hex(digest))

@@ -1,9 +1,13 @@
 """``lazypull daemon``: the mount server process. Serves the JSON-lines API on ``run/lazypull.sock``.
 
-On start it takes the pidfile lock (one server per root), detaches lazypull FUSE mounts a dead
-predecessor left under the root (they answer ENOTCONN), starts listening, then mounts again what
-``run/state.json`` lists. SIGTERM/SIGINT unmount everything and exit; the state file stays, so the
-next server restores the mounts.
+On start it takes the pidfile lock (one server per root) and starts listening; then, while a ping
+is already answered, it takes back the live connections the keeper holds, detaches lazypull FUSE
+mounts a dead predecessor left under the root (they answer ENOTCONN) and mounts again what
+``run/state.json`` lists; every other request waits for that. SIGTERM/SIGINT unmount everything and
+exit; the state file stays, so the next server restores the mounts.
+
+The additional layer stores (``lazypull.store``) run here too, but this package does not import them:
+whoever starts the server hands it a :data:`StoreServiceFactory` (``lazypull.cli.daemon`` does).
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from lazypull.errors import LazypullError, MountError
 from lazypull.fs import FsConfig, clean_stale_mounts, load_config
@@ -33,6 +37,28 @@ log = logging.getLogger(__name__)
 
 RESTORE_WAIT = 120.0
 LOCK_WAIT = 2.0          # s a starting server retries the pidfile lock (probes hold it for a moment)
+STORE_OPS = ("serve_store", "stop_store", "list_stores")
+
+
+class StoreService(Protocol):
+    """The additional layer stores this server serves (``lazypull.store.service.Stores``)."""
+
+    def request(self, op: str, args: dict[str, Any]) -> Any:
+        """A client's request, one of :data:`STORE_OPS`; its result."""
+
+    def restore(self) -> None:
+        """Serve again what the previous server served (``run/stores.json``)."""
+
+    def ensure(self, request: Any) -> Any:
+        """Serve the store ``request`` (wire form) unless it is served already."""
+
+    def close(self) -> None:
+        """Unmount every store (the server stops)."""
+
+
+#: Makes the stores of a server's layer manager, on their first use (a server without stores never
+#: imports them: ~50 ms of a first start).
+StoreServiceFactory = Callable[[LayerManager], StoreService]
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -78,9 +104,10 @@ class MountDaemon:
     def __init__(self, root: Path, config: FsConfig | None = None, *, containerd_socket: Path | None = None,
                  insecure_registries: bool = False, cri_image_service: tuple[Path, Path] | None = None,
                  metrics_address: str | None = None, stores: Sequence[dict[str, Any]] = (),
-                 **manager_args: Any) -> None:
+                 store_service: StoreServiceFactory | None = None, **manager_args: Any) -> None:
         self.root = root
         self.store_requests = list(stores)      # additional layer stores to serve (``daemon --store``)
+        self._store_service = store_service
         self.containerd_socket = containerd_socket
         self.insecure_registries = insecure_registries
         self.cri_image_service = cri_image_service        # (our socket, containerd's CRI socket)
@@ -90,12 +117,14 @@ class MountDaemon:
         self.config = config or load_config(root)
         self.manager = LayerManager(root, self.config, **manager_args)
         self.restored = threading.Event()
+        self._start_error: str | None = None      # why the clean-up before the restore failed
         self._server: _Server | None = None
         self._pidfile: Any = None
         self._unmount_on_exit = True
         self.metrics_address = metrics_address      # HOST:PORT of the Prometheus endpoint, if any
         self._metrics: Any = None
-        self._stores: Any = None            # lazypull.store.service.Stores, made on first use
+        self._stores: StoreService | None = None    # made on first use
+        self._stores_lock = threading.Lock()
 
     def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -119,6 +148,8 @@ class MountDaemon:
             threading.Thread(target=self.stop, daemon=True).start()
             return {"ok": True, "result": None}
         self.restored.wait(RESTORE_WAIT)
+        if self._start_error is not None:
+            raise MountError(self._start_error)
         m = self.manager
         result: Any
         if op == "pull_image":
@@ -157,19 +188,20 @@ class MountDaemon:
         elif op == "stats":
             result = m.stats()
             result["pid"] = os.getpid()
-        elif op in ("serve_store", "stop_store", "list_stores"):
-            result = self._store_request(op, args)
+        elif op in STORE_OPS:
+            result = self.stores().request(op, args)
         else:
             raise MountError(f"unknown request {op!r}")
         return {"ok": True, "result": result}
 
     def abandoned(self, request: dict[str, Any]) -> None:
         """The client went away before the reply (a ``run`` killed while its layers were mounted): a
-        hold it took is dropped, as nobody knows of it (its own release may have come first)."""
+        hold it took is dropped, as nobody knows of it (its own release may have come first). A pull's
+        hold is found by its holder (the image's stored name is in the reply only)."""
         args = request.get("args")
-        if request.get("op") != "mount_image" or not isinstance(args, dict):
+        if request.get("op") not in ("mount_image", "pull_image") or not isinstance(args, dict):
             return
-        holder, image = args.get("holder"), args.get("image")
+        holder, image = args.get("holder"), args.get("image", args.get("ref"))
         if isinstance(holder, str) and isinstance(image, str):
             with contextlib.suppress(LazypullError):
                 self.manager.release_image(image, holder=holder)
@@ -178,11 +210,13 @@ class MountDaemon:
     def _pull_image(self, args: dict[str, Any]) -> dict[str, Any]:
         """A lazy pull done here rather than in the CLI process: manifests and config into the store
         with the server's warm registry client (its connection then serves the TOC reads), then the
-        image's layers mounted. Returns the stored name, the manifest digest and the layer mounts."""
+        image's layers mounted, held by ``holder`` (a container ``run`` creates) or else by the image
+        itself. Returns the stored name, the manifest digest and the layer mounts."""
         from lazypull.image.platform import parse_platform
         from lazypull.image.pull import pull_image
 
         ref = _str(args, "ref")
+        holder = _opt_str(args, "holder")
         insecure = bool(args.get("insecure"))
         names = args.get("platforms")
         if names is not None and (not isinstance(names, list)
@@ -204,7 +238,7 @@ class MountDaemon:
             raise
         metadata = time.monotonic()
         try:
-            layers = self.manager.mount_image(record.name, insecure=insecure,
+            layers = self.manager.mount_image(record.name, insecure=insecure, holder=holder,
                                               platform=names[0] if names else None)
         except BaseException:       # refused (a DiffID the config contradicts ...): no early mount stays
             self.manager.unmount_unused(only=premounted())
@@ -216,23 +250,14 @@ class MountDaemon:
         return {"name": record.name, "digest": record.target.digest,
                 "layers": [lm.to_json() for lm in layers]}
 
-    def stores(self) -> Any:
+    def stores(self) -> StoreService:
         """The additional layer stores served here (``lazypull store``, docs/podman.md)."""
-        from lazypull.store.service import Stores
-
-        if self._stores is None:
-            self._stores = Stores(self.manager)
-        return self._stores
-
-    def _store_request(self, op: str, args: dict[str, Any]) -> Any:
-        from lazypull.store.service import StoreSpec
-
-        if op == "serve_store":
-            return self.stores().serve(StoreSpec.from_json(args))
-        if op == "stop_store":
-            self.stores().stop(_str(args, "mountpoint"))
-            return None
-        return self.stores().list()
+        with self._stores_lock:
+            if self._stores is None:
+                if self._store_service is None:
+                    raise MountError("this mount server was started without additional layer stores")
+                self._stores = self._store_service(self.manager)
+            return self._stores
 
     def _lock_pidfile(self) -> None:
         self.paths.run_dir.mkdir(parents=True, exist_ok=True)
@@ -260,15 +285,19 @@ class MountDaemon:
         self._pidfile = fh
 
     def start(self) -> None:
-        """Lock, clean up, warm up, listen and restore (in the background); returns once listening."""
+        """Lock, listen, then clean up, warm up and restore in the background; returns once listening.
+
+        The clean-up (the keeper's connections taken back, which may start the keeper: ~80 ms, stale
+        mounts detached, partial layers removed) runs after listening, before the restore: every
+        request but ``ping``, ``status`` and ``shutdown`` waits for the restore (issue 14: a first
+        request is served sooner). Not with the containerd services, which use the layers without
+        waiting: then it runs first, as it did."""
         prepare_root(self.root)     # before the first mount: layers are served only under 0700 dirs
         private_dir(self.config.chunk_dir(self.root))
         self._lock_pidfile()
-        # Mounts whose connection the keeper held through a restart are served again, not detached.
-        live = self.manager.adopt_kept()
-        for point in clean_stale_mounts(self.root / "snapshots", live):
-            log.warning("detached stale mount %s left by a previous server", point)
-        clean_all_partials(self.root)       # layers a killed full pull was extracting (issue 10 item 7)
+        serves_containerd = self.containerd_socket is not None
+        if serves_containerd:
+            self._clean_up()
         if self.metrics_address is not None:     # before listening: a bad address fails the start
             from lazypull.snapshot.metrics import MetricsServer
 
@@ -285,7 +314,8 @@ class MountDaemon:
         # After listening (issue 14: a first request is answered ~0.1 s sooner); a request that needs
         # what it imports meanwhile waits on the same import locks, never imports twice.
         threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
-        threading.Thread(target=self._restore, name="restore", daemon=True).start()
+        threading.Thread(target=self._restore, args=(not serves_containerd,), name="restore",
+                         daemon=True).start()
         log.info("mount server %d listening on %s", os.getpid(), sock_path)
         if self.containerd_socket is not None:
             from lazypull.snapshot.proxy.service import SnapshotService
@@ -311,11 +341,31 @@ class MountDaemon:
         except Exception:       # only a head start: the first pull imports and connects itself
             log.exception("warming up failed")
 
-    def _restore(self) -> None:
+    def _clean_up(self) -> None:
+        """What a previous server left: its live connections (from the keeper) taken back, its other
+        mounts detached, the layers a killed full pull was extracting removed (issue 10 item 7)."""
+        # Mounts whose connection the keeper held through a restart are served again, not detached.
+        live = self.manager.adopt_kept()
+        for point in clean_stale_mounts(self.root / "snapshots", live):
+            log.warning("detached stale mount %s left by a previous server", point)
+        clean_all_partials(self.root)
+
+    def _restore(self, clean_up: bool) -> None:
+        try:
+            if clean_up:
+                self._clean_up()
+        except Exception as err:    # as when it failed the start: no request is served, the server stops
+            log.exception("cleaning up after the previous server failed")
+            self._start_error = f"the mount server could not start: {err}"
+            self.restored.set()
+            self.stop()
+            return
         try:                # the additional layer stores first: podman commands wait on them
-            self.stores().restore()
-            for request in self.store_requests:
-                self.stores().ensure(request)
+            if self.store_requests or self.paths.stores.exists():
+                stores = self.stores()
+                stores.restore()
+                for request in self.store_requests:
+                    stores.ensure(request)
         except Exception:
             log.exception("serving the additional layer stores failed")
         try:
@@ -363,14 +413,16 @@ class MountDaemon:
 
 def run_daemon(root: Path, config: FsConfig | None = None, *, containerd_socket: Path | None = None,
                insecure_registries: bool = False, cri_image_service: tuple[Path, Path] | None = None,
-               metrics_address: str | None = None, stores: Sequence[dict[str, Any]] = ()) -> None:
+               metrics_address: str | None = None, stores: Sequence[dict[str, Any]] = (),
+               store_service: StoreServiceFactory | None = None) -> None:
     """Run the server in the foreground until SIGTERM/SIGINT or a shutdown request.
 
     ``containerd_socket``: also serve containerd's snapshots API there (proxy plugin).
     ``cri_image_service``: (socket, containerd's CRI socket): also serve the CRI image service there,
     forwarding to containerd and keeping pull credentials for the snapshotter (needs containerd_socket).
     ``metrics_address``: HOST:PORT where Prometheus metrics are served (lazypull.snapshot.metrics).
-    ``stores``: additional layer stores to serve (``StoreSpec`` wire forms; docs/podman.md).
+    ``stores``: additional layer stores to serve (``StoreSpec`` wire forms; docs/podman.md), by
+    ``store_service`` (without it, store requests are refused).
     """
     if cri_image_service is not None and containerd_socket is None:
         raise MountError("the CRI image service serves the containerd snapshotter: "
@@ -379,7 +431,7 @@ def run_daemon(root: Path, config: FsConfig | None = None, *, containerd_socket:
     os.chdir("/")              # do not keep the caller's working directory busy
     daemon = MountDaemon(root, config, containerd_socket=containerd_socket,
                          insecure_registries=insecure_registries, cri_image_service=cri_image_service,
-                         metrics_address=metrics_address, stores=stores)
+                         metrics_address=metrics_address, stores=stores, store_service=store_service)
     daemon.start()
     notify_systemd(f"READY=1\nMAINPID={os.getpid()}")
 
@@ -444,4 +496,4 @@ def _opt_str(args: dict[str, Any], key: str) -> str | None:
     return value
 
 
-__all__ = ["MountDaemon", "run_daemon"]
+__all__ = ["STORE_OPS", "MountDaemon", "StoreService", "StoreServiceFactory", "run_daemon"]

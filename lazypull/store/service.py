@@ -38,7 +38,6 @@ FSNAME = "lazypull-store"
 DEFAULT_GRACE = 60.0          # s a released layer stays mounted (a pull's lookups release and use again)
 TIMEOUT = 1.0                 # s the kernel caches the store's names (as stargz-store)
 BLOB_WINDOW = 4 << 20         # bytes fetched per blob read (podman save reads the blob in order)
-STORES_FILE = "stores.json"
 PREMOUNT_EVERY = 60.0         # s between early mounts of one image's layers
 
 
@@ -253,7 +252,7 @@ class Stores:
 
     def __init__(self, manager: LayerManager) -> None:
         self.manager = manager
-        self.file = manager.paths.run_dir / STORES_FILE
+        self.file = manager.paths.stores
         self._lock = threading.Lock()           # guards _stores; never held while a store starts or stops
         self._file_lock = threading.Lock()
         self._closed = False                    # the server stops: the file stays as it is
@@ -272,6 +271,21 @@ class Stores:
             self._stores[spec.mountpoint] = store
         self._save()
         return self._describe(store)
+
+    def request(self, op: str, args: dict[str, Any]) -> Any:
+        """A client's request (``MountClient.store_request``): ``serve_store``, ``stop_store`` or
+        ``list_stores``; its result."""
+        if op == "serve_store":
+            return self.serve(StoreSpec.from_json(args))
+        if op == "stop_store":
+            point = args.get("mountpoint")
+            if not isinstance(point, str) or not point:
+                raise MountError("request needs a non-empty string 'mountpoint'")
+            self.stop(point)
+            return None
+        if op == "list_stores":
+            return self.list()
+        raise MountError(f"not a store request: {op!r}")
 
     def ensure(self, request: Any) -> dict[str, Any]:
         """Serve the store ``request`` (wire form) unless it is served already with these settings."""

@@ -109,6 +109,26 @@ def test_lazy_create_start_ps_rm_import_only_what_they_use(tmp_path: Path, regis
             MountClient(root, autostart=False).shutdown()
 
 
+def test_lazy_run_pulls_through_the_server_importing_only_what_it_uses(tmp_path: Path,
+                                                                      registry: RegistryServer) -> None:
+    """``run --rm`` of a lazy image not in the store: the mount server pulls it (as ``pull`` asks it
+    to), so ``run``, one process for pull, create and start, costs no more than ``create``."""
+    name, _ = push_lazy_image(tmp_path / "build", f"{registry.host}/lazypull-cli/import-cost:run",
+                              [busybox_specs()])
+    root = tmp_path / "root"
+    root.mkdir()
+    try:
+        ran, heavy = _run(root, "--insecure-registry", "run", "--rm", name, "/bin/busybox", "echo", "hi")
+        assert (ran.returncode, ran.stdout) == (0, "hi\n"), ran.stderr
+        assert heavy == [], f"run imported {heavy}"
+        assert "fetching sha256:" in ran.stderr         # nerdctl's lines, off a terminal, as before
+    finally:
+        from lazypull.snapshot import MountClient
+
+        with contextlib.suppress(Exception):
+            MountClient(root, autostart=False).shutdown()
+
+
 @pytest.mark.parametrize("package", ["lazypull.image", "lazypull.registry", "lazypull.runtime",
                                      "lazypull.format", "lazypull.fs", "lazypull.fs.fuse"])
 def test_lazy_packages_resolve_every_name_to_its_submodule(package: str) -> None:
