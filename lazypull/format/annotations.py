@@ -24,3 +24,9 @@ TOC_LAYER_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/layer.digest"
 """On a layer of an external-TOC image: the digest of the layer whose TOC it holds."""
 TOC_IMAGE_SUFFIX = "-esgztoc"
 """``<tag>-esgztoc`` is the image holding the external TOCs of the image ``<tag>``."""
+
+BLOB_LAYOUT_ANNOTATIONS = (TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION, MANIFEST_CHECKSUM_ANNOTATION,
+                           MANIFEST_POSITION_ANNOTATION, CS_MANIFEST_CHECKSUM_ANNOTATION,
+                           CS_MANIFEST_POSITION_ANNOTATION, CS_TARSPLIT_POSITION_ANNOTATION)
+"""The keys describing one blob's bytes (its TOC, where things are in it): stale once a conversion
+rewrites the blob, so never carried over to the new one."""

@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, Literal, Protocol, cast
 import zstandard
 from zlib_ng import zlib_ng
 
+from lazypull.format.annotations import BLOB_LAYOUT_ANNOTATIONS, UNCOMPRESSED_DIGEST_ANNOTATION
 from lazypull.image import mediatypes as mt
 from lazypull.image.blobs import BlobInfo, BlobWriter
 from lazypull.image.digest import sha256_bytes
@@ -240,13 +241,12 @@ class _Converter:
         if o.estargz_keep_diff_id and res.diff_id != layer.diff_id():
             raise DigestMismatchError(f"converting layer {desc.digest} losslessly changed its DiffID "
                                       f"from {layer.diff_id()} to {res.diff_id}")
-        annotations = dict(desc.annotations)
-        for stale in (mt.TOC_DIGEST, mt.UNCOMPRESSED_SIZE, mt.ZSTD_MANIFEST_CHECKSUM,
-                      mt.ZSTD_MANIFEST_POSITION):
-            annotations.pop(stale, None)
+        annotations = {k: v for k, v in desc.annotations.items() if k not in BLOB_LAYOUT_ANNOTATIONS}
         annotations.update(res.annotations)
         annotations[mt.TOC_DIGEST] = res.toc_digest
         annotations[mt.UNCOMPRESSED_SIZE] = str(res.uncompressed_size)
+        if UNCOMPRESSED_DIGEST_ANNOTATION in annotations and not o.estargz_keep_diff_id:
+            annotations[UNCOMPRESSED_DIGEST_ANNOTATION] = res.diff_id     # the new blob's DiffID
         if zstd:
             media = mt.OCI_LAYER_ZSTD
         else:
@@ -295,9 +295,7 @@ class _Converter:
         media = mt.with_compression(desc.media_type, compression)
         if self.options.oci:
             media = mt.to_oci(media)
-        annotations = {k: v for k, v in desc.annotations.items()
-                       if k not in (mt.TOC_DIGEST, mt.UNCOMPRESSED_SIZE, mt.ZSTD_MANIFEST_CHECKSUM,
-                                    mt.ZSTD_MANIFEST_POSITION)}
+        annotations = {k: v for k, v in desc.annotations.items() if k not in BLOB_LAYOUT_ANNOTATIONS}
         return ConvertedLayer(desc, Descriptor(media, info.digest, info.size, annotations, None, desc.urls),
                               None)
 

@@ -19,7 +19,7 @@ from lazypull.image import mediatypes as mt
 from lazypull.image.convert import ConvertOptions, ConvertResult, convert_image
 from lazypull.image.errors import DigestMismatchError, ImageError
 from lazypull.image.record import parse_record
-from lazypull.registry import Platform
+from lazypull.registry import Descriptor, Platform
 from tests.helpers.images import BuiltLayout, file, make_oci_layout, sample_layers, sha256
 
 OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -277,3 +277,33 @@ def test_layout_tag_lookup_errors(tmp_path: Path) -> None:
         layout.root("v2")
     with pytest.raises(ImageError, match="not an OCI image layout"):
         Layout(tmp_path / "missing").root(None)
+
+
+@pytest.mark.parametrize("layer_format", ["estargz", "zstdchunked", "gzip"])
+def test_a_converted_layer_carries_no_annotation_of_its_old_blob(tmp_path: Path, layer_format: str) -> None:
+    """Keys describing the source blob (both zstd:chunked spellings, containers/storage's tar-split) are
+    not carried onto the rewritten blob (a plain result would look lazy with another blob's TOC), and a
+    declared DiffID follows the new blob (else the converted image fails its own DiffID check)."""
+    from lazypull.format.annotations import UNCOMPRESSED_DIGEST_ANNOTATION
+    from lazypull.format.layerkind import layer_kind
+    from lazypull.image.partial import check_declared_diff_ids
+
+    probe = make_oci_layout(tmp_path / "probe", sample_layers()[:1], tag="v1")
+    stale = {"io.github.containers.zstd-chunked.manifest-checksum": "sha256:" + "1" * 64,
+             "io.github.containers.zstd-chunked.manifest-position": "10:20:30:1",
+             "io.github.containers.zstd-chunked.tarsplit-position": "40:50:60:1",
+             UNCOMPRESSED_DIGEST_ANNOTATION: probe.image.diff_ids[0], "org.example.kept": "yes"}
+    built = make_oci_layout(tmp_path / "layout", sample_layers()[:1], tag="v1", layer_annotations=[stale])
+    assert built.image.diff_ids == probe.image.diff_ids
+    store = Store(tmp_path / "root")
+    result = _convert(store, built, ConvertOptions(layer_format, oci=True))  # type: ignore[arg-type]
+    manifest = _json(store, result.root.digest)
+    layer = manifest["layers"][0]
+    annotations = layer["annotations"]
+    assert not any(k.startswith("io.github.containers") for k in annotations), annotations
+    assert annotations["org.example.kept"] == "yes"
+    expected_kind = "plain" if layer_format == "gzip" else layer_format
+    assert layer_kind(annotations, layer["mediaType"]) == expected_kind
+    config = _json(store, manifest["config"]["digest"])
+    assert annotations[UNCOMPRESSED_DIGEST_ANNOTATION] == config["rootfs"]["diff_ids"][0]
+    check_declared_diff_ids([Descriptor.from_json(layer)], config["rootfs"]["diff_ids"])
