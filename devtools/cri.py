@@ -1,5 +1,5 @@
 """A CRI client of our own (``runtime.v1``) for tests against containerd's CRI plugin: the few messages a
-pod's life needs, on lazypull's protobuf wire codec (``lazypull.snapshot.proxy.wire``), field numbers
+pod's life needs, on lazypull's protobuf wire codec (``lazypull.snapshot.protobuf``), field numbers
 from the public ``api.proto``. There is no kubelet or crictl on Debian; this plays the kubelet.
 
 Pods are host-network (no CNI). ``image_socket`` is where image calls go: containerd's own socket, or
@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 
 from lazypull.snapshot.cri import messages
-from lazypull.snapshot.proxy.wire import LEN, VARINT, enc_int, enc_map, enc_msg, enc_str, fields, text
+from lazypull.snapshot.protobuf import enc_int, enc_map, enc_msg, enc_str, fields, text
 
 RUNTIME = "runtime.v1.RuntimeService"
 IMAGES = "runtime.v1.ImageService"
@@ -24,7 +24,7 @@ CONTAINER_RUNNING, CONTAINER_EXITED = 1, 2
 
 
 def _first_string(raw: bytes, number: int = 1) -> str:
-    return next((text(v) for n, w, v in fields(raw) if n == number and w == LEN), "")
+    return next((text(v) for n, _, v in fields(raw) if n == number and isinstance(v, bytes)), "")
 
 
 @dataclass(frozen=True)
@@ -98,16 +98,16 @@ class CriClient:
         self.runtime("StartContainer", enc_str(1, container))
 
     def container_status(self, container: str) -> Status:
-        raw = next((v for n, w, v in fields(self.runtime("ContainerStatus", enc_str(1, container)))
-                    if n == 1 and w == LEN), b"")
+        raw = next((v for n, _, v in fields(self.runtime("ContainerStatus", enc_str(1, container)))
+                    if n == 1 and isinstance(v, bytes)), b"")
         state = exit_code = 0
         log_path = ""
-        for number, wtype, value in fields(raw):
-            if number == 3 and wtype == VARINT:
+        for number, _, value in fields(raw):
+            if number == 3 and isinstance(value, int):
                 state = value
-            elif number == 7 and wtype == VARINT:
+            elif number == 7 and isinstance(value, int):
                 exit_code = value - (1 << 64) if value >= 1 << 63 else value
-            elif number == 15 and wtype == LEN:
+            elif number == 15 and isinstance(value, bytes):
                 log_path = text(value)
         return Status(state, exit_code, log_path)
 
@@ -128,7 +128,7 @@ class CriClient:
     def list_pods(self) -> list[str]:
         """ListPodSandboxResponse: items=1 (PodSandbox.id=1)."""
         raw = self.runtime("ListPodSandbox", b"")
-        return [_first_string(v) for n, w, v in fields(raw) if n == 1 and w == LEN]
+        return [_first_string(v) for n, _, v in fields(raw) if n == 1 and isinstance(v, bytes)]
 
     def remove_pod(self, pod: str) -> None:
         self.runtime("StopPodSandbox", enc_str(1, pod))
@@ -153,4 +153,4 @@ class CriClient:
     def list_image_ids(self) -> list[str]:
         """ListImagesResponse: images=1 (Image.id=1)."""
         raw = self.images("ListImages", b"")
-        return [_first_string(v) for n, w, v in fields(raw) if n == 1 and w == LEN]
+        return [_first_string(v) for n, _, v in fields(raw) if n == 1 and isinstance(v, bytes)]

@@ -2,20 +2,26 @@
 
 Request: ``{"op": "<name>", "args": {...}}``. Response: ``{"ok": true, "result": ...}`` or
 ``{"ok": false, "error": {"type": "<exception class>", "message": "..."}}``. One connection may carry
-any number of requests, answered in order. The types below are what the results decode to.
+any number of requests, answered in order. The types below are what the results decode to; a result
+that does not have their shape is a ``MountError`` naming what is wrong.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lazypull.errors import ContainerError, ImageError, LazypullError, MountError, StoreError
 
 SOCKET_NAME = "lazypull.sock"
 MAX_LINE = 16 << 20
+
+T = TypeVar("T")
+Json = dict[str, object]
+"""A JSON object as this protocol writes it."""
 
 # Exception classes the server may name in an error reply, re-raised as such by the client.
 _ERRORS: dict[str, type[LazypullError]] = {
@@ -31,15 +37,17 @@ class LayerMount:
     lazy: bool
     path: Path | None  # FUSE mountpoint (lower dir) when lazy; None: the runtime extracts the layer
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> Json:
         """Wire form."""
         return {"digest": self.digest, "lazy": self.lazy, "path": str(self.path) if self.path else None}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> LayerMount:
+    def from_json(cls, data: object) -> LayerMount:
         """Parse the wire form."""
-        path = data.get("path")
-        return cls(digest=str(data["digest"]), lazy=bool(data["lazy"]), path=Path(path) if path else None)
+        obj = _object(data, "layer")
+        path = _field(obj, "path", str, "layer", required=False)
+        return cls(digest=_field(obj, "digest", str, "layer"), lazy=_field(obj, "lazy", bool, "layer"),
+                   path=Path(path) if path else None)
 
 
 @dataclass(frozen=True)
@@ -51,13 +59,11 @@ class PulledImage:
     layers: list[LayerMount]    # of this machine's platform, bottom first
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PulledImage:
+    def from_json(cls, data: object) -> PulledImage:
         """Parse the wire form."""
-        try:
-            return cls(name=str(data["name"]), digest=str(data["digest"]),
-                       layers=[LayerMount.from_json(item) for item in data["layers"]])
-        except (KeyError, TypeError) as err:
-            raise MountError(f"mount server returned a malformed pull result: {err}") from err
+        obj, what = _object(data, "pull result"), "pull result"
+        return cls(name=_field(obj, "name", str, what), digest=_field(obj, "digest", str, what),
+                   layers=[LayerMount.from_json(item) for item in _field(obj, "layers", list, what)])
 
 
 @dataclass(frozen=True)
@@ -69,27 +75,45 @@ class MountInfo:
     holders: list[str] = field(default_factory=list)
     prefetch_done: bool = False
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> Json:
         """Wire form."""
-        data = asdict(self)
-        data["path"] = str(self.path)
-        return data
+        return {"digest": self.digest, "path": str(self.path), "holders": list(self.holders),
+                "prefetch_done": self.prefetch_done}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> MountInfo:
+    def from_json(cls, data: object) -> MountInfo:
         """Parse the wire form."""
-        return cls(digest=str(data["digest"]), path=Path(data["path"]),
-                   holders=[str(h) for h in data.get("holders", [])],
-                   prefetch_done=bool(data.get("prefetch_done", False)))
+        obj = _object(data, "mount")
+        holders = _field(obj, "holders", list, "mount", required=False) or []
+        return cls(digest=_field(obj, "digest", str, "mount"), path=Path(_field(obj, "path", str, "mount")),
+                   holders=[str(h) for h in holders],
+                   prefetch_done=bool(_field(obj, "prefetch_done", bool, "mount", required=False)))
 
 
-def encode(message: dict[str, Any]) -> bytes:
+def _object(data: object, what: str) -> Mapping[str, object]:
+    if not isinstance(data, dict):
+        raise MountError(f"mount server returned a malformed {what}: {type(data).__name__}, not an object")
+    return data
+
+
+def _field(obj: Mapping[str, object], key: str, kind: type[T], what: str, *, required: bool = True) -> T:
+    """``obj[key]`` if it is a ``kind`` (absent and not ``required``: ``kind()``), else MountError."""
+    value = obj.get(key)
+    if value is None and not required:
+        return kind()
+    if not isinstance(value, kind):
+        raise MountError(f"mount server returned a malformed {what}: {key!r} is not a {kind.__name__}")
+    return value
+
+
+def encode(message: Mapping[str, object]) -> bytes:
     """One message as one line."""
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
 def decode(line: bytes) -> dict[str, Any]:
-    """Parse one line; anything but a JSON object is a protocol error."""
+    """Parse one line; anything but a JSON object is a protocol error. (Its values are what JSON holds:
+    each reader checks the ones it takes, hence ``Any``.)"""
     try:
         message = json.loads(line)
     except ValueError as err:
@@ -99,7 +123,7 @@ def decode(line: bytes) -> dict[str, Any]:
     return message
 
 
-def error_reply(err: BaseException) -> dict[str, Any]:
+def error_reply(err: BaseException) -> Json:
     """The reply for a failed request: named by the nearest class the client knows (a registry's
     ``NotFoundError`` becomes a ``LazypullError``); anything not lazypull's is a ``MountError``."""
     known = [c.__name__ for c in type(err).__mro__ if _ERRORS.get(c.__name__) is c]
@@ -107,7 +131,8 @@ def error_reply(err: BaseException) -> dict[str, Any]:
     return {"ok": False, "error": {"type": name, "message": str(err) or repr(err)}}
 
 
-def raise_error(error: dict[str, Any]) -> None:
+def raise_error(error: object) -> None:
     """Re-raise an error reply as the exception the server named."""
-    cls = _ERRORS.get(str(error.get("type")), MountError)
-    raise cls(str(error.get("message", "mount server error")))
+    reply = error if isinstance(error, dict) else {}
+    cls = _ERRORS.get(str(reply.get("type")), MountError)
+    raise cls(str(reply.get("message", "mount server error")))

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from lazypull.registry import StaticAuth
-from lazypull.snapshot.proxy.wire import fields
+from lazypull.snapshot.protobuf import fields
 from tests.helpers.cri import Auth, CriClient
 from tests.helpers.images import TarEntrySpec
 from tests.helpers.registry import AuthRegistry, RegistryServer

@@ -11,7 +11,7 @@ import pytest
 from lazypull.registry import Credentials, CredentialSource, StaticAuth
 from lazypull.snapshot.cri import messages
 from lazypull.snapshot.cri.keychain import Keychain, normalise
-from lazypull.snapshot.proxy.wire import WireError, enc_msg, enc_str
+from lazypull.snapshot.protobuf import WireError, enc_msg, enc_str
 from tests.helpers.cri import Auth
 
 

@@ -1,15 +1,17 @@
-"""The hand-written protobuf codec of the containerd snapshotter API: round trips and hostile bytes."""
+"""The hand-written protobuf codec and the containerd snapshotter API on it: round trips and hostile bytes."""
 
 from __future__ import annotations
 
 import pytest
 
+from lazypull.snapshot import protobuf
 from lazypull.snapshot.proxy import wire
 
 
 def test_request_fields_and_labels() -> None:
-    raw = (wire.enc_str(1, "lazypull") + wire.enc_str(2, "key-1") + wire.enc_str(3, "parent")
-           + wire.enc_map(4, {"a": "1", "containerd.io/snapshot.ref": "sha256:x"}) + wire.enc_int(9, 7))
+    labels = {"a": "1", "containerd.io/snapshot.ref": "sha256:x"}
+    raw = (protobuf.enc_str(1, "lazypull") + protobuf.enc_str(2, "key-1") + protobuf.enc_str(3, "parent")
+           + protobuf.enc_map(4, labels) + protobuf.enc_int(9, 7))
     req = wire.decode_request(raw)
     assert req["strings"][2] == "key-1" and req["strings"][3] == "parent"
     assert req["labels"] == {"a": "1", "containerd.io/snapshot.ref": "sha256:x"}
@@ -20,15 +22,15 @@ def test_info_round_trip_and_field_mask() -> None:
             "created": 1700000000.5, "updated": 1700000001.0}
     back = wire.decode_info(wire.enc_info(info))
     assert (back["name"], back["parent"], back["kind"], back["labels"]) == ("n", "p", 3, {"k": "v"})
-    mask = wire.enc_str(1, "labels.k") + wire.enc_str(1, "labels")
+    mask = protobuf.enc_str(1, "labels.k") + protobuf.enc_str(1, "labels")
     assert wire.decode_field_mask(mask) == ["labels.k", "labels"]
 
 
 def test_mounts_encoding() -> None:
     raw = wire.enc_mounts([{"type": "overlay", "source": "overlay", "options": ["lowerdir=/a:/b"]}])
-    [(number, _, mount)] = list(wire.fields(raw))
+    [(number, _, mount)] = list(protobuf.fields(raw))
     assert number == 1
-    assert [(n, v) for n, _, v in wire.fields(mount)] == [(1, b"overlay"), (2, b"overlay"),
+    assert [(n, v) for n, _, v in protobuf.fields(mount)] == [(1, b"overlay"), (2, b"overlay"),
                                                           (4, b"lowerdir=/a:/b")]
 
 
@@ -36,7 +38,7 @@ def test_mounts_encoding() -> None:
                          ids=["truncated-string", "truncated-varint", "field-zero", "bad-wire-type",
                               "truncated-label"])
 def test_hostile_bytes_are_refused(raw: bytes) -> None:
-    with pytest.raises(wire.WireError):
+    with pytest.raises(protobuf.WireError):
         wire.decode_request(raw)
 
 

@@ -15,10 +15,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from lazypull.errors import LazypullError
-from lazypull.registry import Credentials, CredentialSource, default_auth, parse_reference
+from lazypull.registry import Credentials, CredentialSource, RegistryClient, default_auth, parse_reference
 
 MAX_IMAGES = 1024     # images with credentials kept at once (oldest forgotten first)
 _IMAGE_ID = re.compile(r"(sha256:)?[0-9a-f]{64}")
@@ -53,14 +52,14 @@ class _ImageAuth:
 class _Entry:
     repository: str          # registry/repository, for labels naming the image another way
     creds: Credentials
-    clients: dict[bool, Any]
+    clients: dict[bool, RegistryClient]   # by ``insecure``
 
 
 class Keychain:
     """Thread-safe map of normalised image reference -> credentials (and a registry client per TLS mode
     built from them, kept while the image is, so its connections and tokens serve every layer)."""
 
-    def __init__(self, client_factory: Callable[[bool, CredentialSource], Any],
+    def __init__(self, client_factory: Callable[[bool, CredentialSource], RegistryClient],
                  fallback: CredentialSource | None = None, *, max_images: int = MAX_IMAGES) -> None:
         self._factory = client_factory
         self._fallback: CredentialSource = fallback if fallback is not None else default_auth()
@@ -104,7 +103,7 @@ class Keychain:
         with self._lock:
             return list(self._entries)
 
-    def client(self, ref: str, insecure: bool) -> Any:
+    def client(self, ref: str, insecure: bool) -> RegistryClient | None:
         """A registry client with ``ref``'s credentials, or None when none were recorded for it."""
         key = normalise(ref)
         if key is None:

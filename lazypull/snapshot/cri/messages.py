@@ -1,5 +1,5 @@
 """The few CRI ``runtime.v1`` (and identical ``v1alpha2``) ImageService messages the credential path reads,
-on the protobuf wire codec of :mod:`lazypull.snapshot.proxy.wire` (no generated code). Everything else
+on the protobuf wire codec of :mod:`lazypull.snapshot.protobuf` (no generated code). Everything else
 passes through as bytes. Field numbers are those of the public ``api.proto``, written beside each codec.
 """
 
@@ -10,7 +10,7 @@ import binascii
 from dataclasses import dataclass, field
 
 from lazypull.registry import Credentials
-from lazypull.snapshot.proxy.wire import LEN, WireError, enc_msg, enc_str, fields, text
+from lazypull.snapshot.protobuf import WireError, enc_msg, enc_str, fields, text
 
 SERVICES = ("runtime.v1.ImageService", "runtime.v1alpha2.ImageService")
 METHODS = ("ListImages", "ImageStatus", "PullImage", "RemoveImage", "ImageFsInfo")
@@ -57,8 +57,8 @@ class PullImageRequest:
 
 def _strings(raw: bytes, numbers: dict[int, str]) -> dict[str, str]:
     out: dict[str, str] = {}
-    for number, wtype, value in fields(raw):
-        if number in numbers and wtype == LEN:
+    for number, _, value in fields(raw):
+        if number in numbers and isinstance(value, bytes):
             out[numbers[number]] = text(value)
     return out
 
@@ -72,16 +72,17 @@ def spec_of(raw: bytes) -> str:
     """The image named by a request whose field 1 is an ImageSpec: PullImageRequest, RemoveImageRequest,
     ImageStatusRequest."""
     spec = b""
-    for number, wtype, value in fields(raw):
-        if number == 1 and wtype == LEN:
+    for number, _, value in fields(raw):
+        if number == 1 and isinstance(value, bytes):
             spec = value
     return image_spec(spec)
 
 
 def decode_pull_request(raw: bytes) -> PullImageRequest:
-    spec = auth = None
-    for number, wtype, value in fields(raw):
-        if wtype != LEN:
+    spec: bytes | None = None
+    auth: bytes | None = None
+    for number, _, value in fields(raw):
+        if not isinstance(value, bytes):
             continue
         if number == 1:
             spec = value
@@ -116,15 +117,15 @@ class ImageNames:
 
 def decode_image_status_response(raw: bytes) -> ImageNames | None:
     """ImageStatusResponse: image=1 (absent: no such image), info=2 (not read)."""
-    image = None
-    for number, wtype, value in fields(raw):
-        if number == 1 and wtype == LEN:
+    image: bytes | None = None
+    for number, _, value in fields(raw):
+        if number == 1 and isinstance(value, bytes):
             image = value
     if image is None:
         return None
     ident, tags, digests = "", [], []
-    for number, wtype, value in fields(image):
-        if wtype != LEN:
+    for number, _, value in fields(image):
+        if not isinstance(value, bytes):
             continue
         if number == 1:
             ident = text(value)

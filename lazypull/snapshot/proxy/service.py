@@ -14,13 +14,14 @@ import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import grpc
 
 from lazypull.errors import LazypullError
+from lazypull.snapshot.protobuf import enc_msg
 from lazypull.snapshot.proxy import wire
 from lazypull.snapshot.proxy.snapshotter import SnapshotError, Snapshotter
+from lazypull.snapshot.proxy.wire import Request
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ SERVICE = "containerd.services.snapshots.v1.Snapshots"
 DEFAULT_SOCKET = Path("/run/containerd-lazypull-grpc/containerd-lazypull-grpc.sock")
 
 
-def _guard(func: Callable[[Snapshotter, dict[str, Any]], bytes], sn: Snapshotter
+def _guard(func: Callable[[Snapshotter, Request], bytes], sn: Snapshotter
            ) -> Callable[[bytes, grpc.ServicerContext], bytes]:
     def handler(request: bytes, context: grpc.ServicerContext) -> bytes:
         try:
@@ -45,50 +46,50 @@ def _guard(func: Callable[[Snapshotter, dict[str, Any]], bytes], sn: Snapshotter
     return handler
 
 
-def _s(req: dict[str, Any], number: int) -> str:
-    return str(req["strings"].get(number, ""))
+def _s(req: Request, number: int) -> str:
+    return req["strings"].get(number, "")
 
 
-def _prepare(sn: Snapshotter, req: dict[str, Any]) -> bytes:
+def _prepare(sn: Snapshotter, req: Request) -> bytes:
     return wire.enc_mounts(sn.prepare(_s(req, 2), _s(req, 3), req["labels"]))
 
 
-def _view(sn: Snapshotter, req: dict[str, Any]) -> bytes:
+def _view(sn: Snapshotter, req: Request) -> bytes:
     return wire.enc_mounts(sn.view(_s(req, 2), _s(req, 3), req["labels"]))
 
 
-def _mounts(sn: Snapshotter, req: dict[str, Any]) -> bytes:
+def _mounts(sn: Snapshotter, req: Request) -> bytes:
     return wire.enc_mounts(sn.mounts(_s(req, 2)))
 
 
-def _commit(sn: Snapshotter, req: dict[str, Any]) -> bytes:
+def _commit(sn: Snapshotter, req: Request) -> bytes:
     sn.commit(_s(req, 2), _s(req, 3), req["labels"])
     return b""
 
 
-def _remove(sn: Snapshotter, req: dict[str, Any]) -> bytes:
+def _remove(sn: Snapshotter, req: Request) -> bytes:
     sn.remove(_s(req, 2))
     return b""
 
 
-def _stat(sn: Snapshotter, req: dict[str, Any]) -> bytes:
-    return wire.enc_msg(1, wire.enc_info(sn.stat(_s(req, 2))))
+def _stat(sn: Snapshotter, req: Request) -> bytes:
+    return enc_msg(1, wire.enc_info(sn.stat(_s(req, 2))))
 
 
-def _update(sn: Snapshotter, req: dict[str, Any]) -> bytes:
+def _update(sn: Snapshotter, req: Request) -> bytes:
     raw_info = req["messages"].get(2)
     if raw_info is None:
         raise SnapshotError("INVALID_ARGUMENT", "update without info")
     mask = req["messages"].get(3)
     paths = wire.decode_field_mask(mask) if mask else []
-    return wire.enc_msg(1, wire.enc_info(sn.update(wire.decode_info(raw_info), paths)))
+    return enc_msg(1, wire.enc_info(sn.update(wire.decode_info(raw_info), paths)))
 
 
-def _usage(sn: Snapshotter, req: dict[str, Any]) -> bytes:
+def _usage(sn: Snapshotter, req: Request) -> bytes:
     return wire.enc_usage(*sn.usage(_s(req, 2)))
 
 
-def _cleanup(sn: Snapshotter, req: dict[str, Any]) -> bytes:
+def _cleanup(sn: Snapshotter, req: Request) -> bytes:
     return b""
 
 
@@ -96,7 +97,7 @@ def _list(sn: Snapshotter) -> Callable[[bytes, grpc.ServicerContext], Iterator[b
     def handler(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         infos = sn.list_snapshots()
         for start in range(0, len(infos), 100):
-            yield b"".join(wire.enc_msg(1, wire.enc_info(i)) for i in infos[start : start + 100])
+            yield b"".join(enc_msg(1, wire.enc_info(i)) for i in infos[start : start + 100])
 
     return handler
 

@@ -8,10 +8,10 @@ answers *already exists*, so containerd skips downloading and applying it. Refer
 the ``containerd.io/snapshot/remote/stargz.{reference,digest}`` labels that ``ctr-remote rpull``'s handler
 attaches, or from the ``containerd.io/snapshot/cri.{image-ref,layer-digest}`` labels of containerd's CRI
 plugin (with ``disable_snapshot_annotations = false``, which also passes the layer's
-``containerd.io/snapshot/stargz/toc.digest`` annotation). With a
-:class:`~lazypull.snapshot.cri.keychain.Keychain`, the registry credentials a CRI ``PullImage`` carried
-for that image serve its lazy reads. Everything else is an ordinary overlay snapshotter: active snapshots
-get an upper and work dir, committed ones become lower dirs.
+``containerd.io/snapshot/stargz/toc.digest`` annotation). With a :class:`ImageClients` (the CRI
+keychain, ``lazypull.snapshot.cri.keychain.Keychain``), the registry credentials a CRI ``PullImage``
+carried for that image serve its lazy reads. Everything else is an ordinary overlay snapshotter: active
+snapshots get an upper and work dir, committed ones become lower dirs.
 
 State (snapshot names, kinds, parents, labels) is kept in ``<root>/containerd/snapshots.json``.
 """
@@ -26,15 +26,13 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
 from lazypull.errors import LazypullError
+from lazypull.registry import RegistryClient
 from lazypull.removetree import remove_tree
 from lazypull.snapshot.manager import LayerManager
-from lazypull.snapshot.proxy.wire import KIND_ACTIVE, KIND_COMMITTED, KIND_VIEW
-
-if TYPE_CHECKING:
-    from lazypull.snapshot.cri.keychain import Keychain
+from lazypull.snapshot.proxy.wire import KIND_ACTIVE, KIND_COMMITTED, KIND_VIEW, Info, LabelUpdate, Mount
 
 TARGET_LABEL = "containerd.io/snapshot.ref"
 REMOTE_LABEL = "containerd.io/snapshot/remote"
@@ -44,6 +42,13 @@ CRI_REF_LABEL = "containerd.io/snapshot/cri.image-ref"        # containerd's CRI
 CRI_DIGEST_LABEL = "containerd.io/snapshot/cri.layer-digest"
 INSECURE_LABEL = "containerd.io/snapshot/remote/lazypull.insecure"
 HOLDER_PREFIX = "containerd:"
+
+
+class ImageClients(Protocol):
+    """Registry clients with an image's own credentials (the CRI keychain): ``None`` when none are kept
+    for that image (the server's client then reads its layers)."""
+
+    def client(self, ref: str, insecure: bool) -> RegistryClient | None: ...
 
 
 class SnapshotError(LazypullError):
@@ -72,7 +77,7 @@ class Snapshotter:
     """Thread-safe; one instance per mount server."""
 
     def __init__(self, root: Path, manager: LayerManager, *, insecure: bool = False,
-                 keychain: Keychain | None = None) -> None:
+                 keychain: ImageClients | None = None) -> None:
         self.dir = root / "containerd"
         self.keychain = keychain
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -126,7 +131,7 @@ class Snapshotter:
             parent = snap.parent
         return out
 
-    def _mounts(self, snap: Snapshot) -> list[dict[str, Any]]:
+    def _mounts(self, snap: Snapshot) -> list[Mount]:
         lowers = self._lowers(snap.parent)
         if snap.kind == KIND_VIEW:
             if not lowers:
@@ -160,7 +165,7 @@ class Snapshotter:
 
     # -- the Snapshots API --
 
-    def prepare(self, key: str, parent: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+    def prepare(self, key: str, parent: str, labels: dict[str, str]) -> list[Mount]:
         target = labels.get(TARGET_LABEL)
         remote = _remote_layer(labels)
         if target and remote is not None:
@@ -207,11 +212,11 @@ class Snapshotter:
             self._save()
         raise SnapshotError("ALREADY_EXISTS", f"target snapshot {target} already exists (remote)")
 
-    def view(self, key: str, parent: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+    def view(self, key: str, parent: str, labels: dict[str, str]) -> list[Mount]:
         with self._lock:
             return self._mounts(self._create(KIND_VIEW, key, parent, labels))
 
-    def mounts(self, key: str) -> list[dict[str, Any]]:
+    def mounts(self, key: str) -> list[Mount]:
         with self._lock:
             snap = self._get(key)
             if snap.kind == KIND_COMMITTED:
@@ -245,11 +250,11 @@ class Snapshotter:
         if snap.lower:
             self.manager.release_holder(HOLDER_PREFIX + key)
 
-    def stat(self, key: str) -> dict[str, Any]:
+    def stat(self, key: str) -> Info:
         with self._lock:
             return self._info(self._get(key))
 
-    def update(self, info: dict[str, Any], paths: list[str]) -> dict[str, Any]:
+    def update(self, info: LabelUpdate, paths: list[str]) -> Info:
         with self._lock:
             snap = self._get(info["name"])
             if not paths:
@@ -269,7 +274,7 @@ class Snapshotter:
             self._save()
             return self._info(snap)
 
-    def list_snapshots(self) -> list[dict[str, Any]]:
+    def list_snapshots(self) -> list[Info]:
         with self._lock:
             return [self._info(s) for s in self._snaps.values()]
 
@@ -293,7 +298,7 @@ class Snapshotter:
         return size, inodes
 
     @staticmethod
-    def _info(snap: Snapshot) -> dict[str, Any]:
+    def _info(snap: Snapshot) -> Info:
         return {"name": snap.name, "parent": snap.parent, "kind": snap.kind, "labels": snap.labels,
                 "created": snap.created, "updated": snap.updated}
 
