@@ -39,7 +39,7 @@ def pt(tmp_path_factory: pytest.TempPathFactory, fuse_path: str) -> Iterator[tup
     backing = base / "backing"
     backing.mkdir()
     tree = MemTree()
-    for name in ("a", "b", "c", "mm"):
+    for name in ("a", "b", "c", "d", "mm"):
         (backing / name).write_bytes(DATA)
         tree.add_file(name, DATA, backing=str(backing / name))
     tree.add_file("served", DATA[:5000])
@@ -110,6 +110,37 @@ def test_one_backing_id_shared_by_opens_of_an_inode(pt: Mounted, fuse_path: str)
     assert _wait(lambda: m.passthrough_files == 0)
     assert tree.backing_path(tree.ino("b"))  # the tree still offers it: a new open registers again
     assert (mnt / "b").read_bytes() == DATA
+
+
+def test_reopen_is_answered_by_the_reading_thread_with_the_same_id(pt: Mounted, fuse_path: str) -> None:
+    """A warm open costs no hand-over to another server thread: the thread reading /dev/fuse answers the
+    OPEN (with the backing id the first open registered) and the RELEASE itself (fuse.workers)."""
+    tree, m, mnt = pt
+    assert m._ops is not None
+    ino = tree.ino("d")
+
+    def read() -> bytes:  # os-level: Python's open() adds an isatty ioctl (an IOCTL request) per file
+        fd = os.open(mnt / "d", os.O_RDONLY)
+        try:
+            return os.read(fd, len(DATA) + 1)
+        finally:
+            os.close(fd)
+
+    assert read() == DATA
+    assert _wait(lambda: m.open_files == 0)
+    first = m._ops.backing._by_inode.get(ino)  # passthrough: kept registered after the last close
+    looked, reads = tree.calls["backing_path"], tree.calls["read"]
+    inline, handed = m.inline_requests, m.handed_over
+    for _ in range(3):
+        assert read() == DATA
+    assert _wait(lambda: m.open_files == 0)
+    assert m.handed_over == handed, "a warm open went to another thread"
+    assert tree.calls["backing_path"] == looked and tree.calls["read"] == reads
+    if fuse_path == "passthrough":
+        assert first is not None and m._ops.backing._by_inode[ino].backing_id == first.backing_id
+        assert m.inline_requests - inline == 6  # 3 OPENs and 3 RELEASEs
+    else:
+        assert m.inline_requests == inline  # the kernel opens files itself and reads its page cache
 
 
 def test_files_without_backing_are_served(pt: tuple[MemTree, FuseMount, Path]) -> None:
