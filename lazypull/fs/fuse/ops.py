@@ -44,6 +44,8 @@ MAX_STACK_DEPTH = 1
 Reply = tuple[int, bytes]  # (errno or 0, payload)
 #: Write requests naming an entry of the directory ``nodeid``: opcode -> bytes before the name.
 _NAMED_WRITES: dict[int, int] = {Op.CREATE: 16, Op.MKNOD: 16, Op.MKDIR: 8, Op.RMDIR: 0, Op.UNLINK: 0}
+#: OPEN reply flags of a passthrough open (nothing is ever written: no FLUSH at close).
+_PASSTHROUGH_OPEN = protocol.FOPEN_PASSTHROUGH | protocol.FOPEN_NOFLUSH
 #: Requests answered from the tree's metadata: quick when the tree is ``MetadataInMemory``.
 _METADATA = frozenset({Op.LOOKUP, Op.GETATTR, Op.READLINK, Op.OPENDIR, Op.READDIR, Op.READDIRPLUS,
                        Op.STATFS, Op.GETXATTR, Op.LISTXATTR, Op.ACCESS})
@@ -314,6 +316,13 @@ class Operations:
         if self.no_open:
             return errno.ENOSYS, b""  # from now on the kernel opens files itself (FOPEN_KEEP_CACHE)
         ino = req.nodeid
+        if self.passthrough_active:
+            with self._open_lock:  # a warm open: the inode's id is kept and it has no cached-mode open
+                backing_id = 0 if ino in self._cached_opens else self.backing.reuse(ino)
+                if backing_id:
+                    fh = next(self._fh)
+                    self._files[fh] = _File(ino, True)
+                    return 0, protocol.OPEN_OUT.pack(fh, _PASSTHROUGH_OPEN, backing_id)
         path = None
         # After a restart only the ids the previous server registered pass through: an inode it opened
         # in cached mode may still be open, and the kernel refuses a passthrough open of it (EIO).
@@ -340,9 +349,7 @@ class Operations:
             fh = next(self._fh)
             if backing_id:
                 self._files[fh] = _File(ino, True)
-                return 0, protocol.OPEN_OUT.pack(
-                    fh, protocol.FOPEN_PASSTHROUGH | protocol.FOPEN_NOFLUSH, backing_id
-                )
+                return 0, protocol.OPEN_OUT.pack(fh, _PASSTHROUGH_OPEN, backing_id)
             self._cached_opens[ino] += 1
             self._files[fh] = _File(ino, False)
         return 0, protocol.OPEN_OUT.pack(fh, protocol.FOPEN_KEEP_CACHE | protocol.FOPEN_NOFLUSH, 0)

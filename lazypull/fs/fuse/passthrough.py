@@ -88,6 +88,16 @@ class BackingFiles:
         with self._by_inode_lock:
             return ino in self._by_inode
 
+    def reuse(self, ino: int) -> int:
+        """The id of ``ino`` for one more open if it has one (open or kept), else 0 (nothing taken)."""
+        with self._by_inode_lock:
+            entry = self._by_inode.get(ino)
+            if entry is None:
+                return 0
+            entry.opens += 1
+            self._idle.pop(ino, None)
+            return entry.backing_id
+
     def acquire(self, ino: int, path: str | None) -> int:
         """The backing id for one more open of ``ino``; registers ``path`` when the inode has none.
 

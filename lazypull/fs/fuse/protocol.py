@@ -20,6 +20,7 @@ import stat
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from lazypull.fs.fuse.tree import Attr, StatFs
 
@@ -186,9 +187,9 @@ class ProtocolError(Exception):
     """The kernel sent bytes we cannot parse (a bug here or an unsupported kernel)."""
 
 
-@dataclass(frozen=True)
-class Request:
-    """One message read from ``/dev/fuse``: the header fields and the opcode-specific rest."""
+class Request(NamedTuple):
+    """One message read from ``/dev/fuse``: the header fields and the opcode-specific rest (a tuple:
+    made for every request, the cheapest immutable record)."""
 
     opcode: int
     unique: int
