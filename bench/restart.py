@@ -9,7 +9,12 @@ it), wait until it serves the layers again, drop the page cache (so the containe
 new server), wait for both readers to make progress. Reports per kill the time until the new server
 had restored the mounts and the readers' stall; at the end, wrong or failed reads, the keeper's fds.
 
+``--no-resend``: the servers do not ask the kernel to resend what a killed one had read and not
+answered (FUSE_NOTIFY_RESEND, Linux 6.9+) but answer it from the request journal, the path of older
+kernels (``LAZYPULL_FUSE_RESEND=0``); the results then count the requests taken up that way.
+
     python bench/restart.py --kills 50 --json restart.json
+    python bench/restart.py --kills 50 --no-resend --json restart-noresend.json
 """
 
 from __future__ import annotations
@@ -100,7 +105,21 @@ def _fuse_fds(pid: int) -> int:
     return sum(1 for fd in Path(f"/proc/{pid}/fd").iterdir() if os.readlink(fd) == "/dev/fuse")
 
 
-def run(work: Path, kills: int, files: int) -> dict[str, Any]:
+def _journal_counts(root: Path) -> tuple[int, int]:
+    """From the servers' log: (requests answered from the journal, requests answered EIO there)."""
+    from lazypull.snapshot.paths import RunPaths
+
+    taken = failed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for line in RunPaths(root).logfile.read_text(errors="replace").splitlines():
+            if "requests the previous server had read and not answered" in line:
+                taken += int(line.split(": answering ")[1].split()[0])
+            elif "answered EIO: read by a server" in line or "unreadable in the journal" in line:
+                failed += 1
+    return taken, failed
+
+
+def run(work: Path, kills: int, files: int, resend: bool = True) -> dict[str, Any]:
     import io
     import tarfile
 
@@ -119,7 +138,7 @@ def run(work: Path, kills: int, files: int) -> dict[str, Any]:
     listing = "".join(f"{sums[n]}  /{n}\n" for n in sorted(sums))
     want_pass = hashlib.sha256(listing.encode()).hexdigest()
     (work / "sums.json").write_text(json.dumps(sums))
-    result: dict[str, Any] = {"kills": kills, "files": files, "per_kill": []}
+    result: dict[str, Any] = {"kills": kills, "files": files, "resend": resend, "per_kill": []}
     with bench_registry(work / "registry", work / "registry-storage") as registry:
         ref = f"{registry.host}/restart/busybox:esgz"
         push(build_image(work, files), ref)
@@ -150,14 +169,15 @@ def run(work: Path, kills: int, files: int) -> dict[str, Any]:
                 host_after = time.monotonic() - killed
                 cont_ok = _wait(lambda b=passes_before: len(_passes(root, "reader")) >= b + 2)
                 keeper = keeper_pid(RunPaths(root))
+                taken, _ = _journal_counts(root)
                 row = {"kill": k + 1, "restored_s": round(restored, 3),
                        "host_reads_on_s": round(host_after, 3), "host_went_on": host_ok,
                        "container_went_on": cont_ok, "mounts": mounts,
-                       "keeper_fuse_fds": _fuse_fds(keeper) if keeper else 0}
+                       "keeper_fuse_fds": _fuse_fds(keeper) if keeper else 0, "journal_taken_so_far": taken}
                 result["per_kill"].append(row)
                 print(f"  kill {k + 1:3d}: restored after {restored:.2f} s, host reads on after "
                       f"{host_after:.2f} s, container {'on' if cont_ok else 'STUCK'}, "
-                      f"keeper fds {row['keeper_fuse_fds']}", flush=True)
+                      f"keeper fds {row['keeper_fuse_fds']}, from the journal so far {taken}", flush=True)
         finally:
             stop.touch()
             host.wait(timeout=120)
@@ -167,7 +187,9 @@ def run(work: Path, kills: int, files: int) -> dict[str, Any]:
     final = _status(status)
     wrong = [p for p in passes if p.split()[2] != want_pass]
     times = [float(r["restored_s"]) for r in result["per_kill"]]
-    result.update(container_passes=len(passes), container_wrong_passes=wrong[:5],
+    taken, failed = _journal_counts(root)
+    result.update(journal_taken=taken, journal_eio=failed,
+                  container_passes=len(passes), container_wrong_passes=wrong[:5],
                   container_nwrong=len(wrong), host_reads=final["done"], host_bad=final["bad"][:10],
                   host_nbad=final["nbad"], host_longest_gaps_s=[g[1] for g in final["gaps"][:10]],
                   restored_median_s=statistics.median(times) if times else None,
@@ -181,15 +203,20 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=1000, help="files in the image's layer")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--no-resend", action="store_true",
+                        help="answer a killed server's unanswered requests from the journal (kernels < 6.9)")
     args = parser.parse_args()
+    if args.no_resend:      # inherited by every server this run starts (through the CLI or MountClient)
+        os.environ["LAZYPULL_FUSE_RESEND"] = "0"
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lazypull-restart-"))
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    result = run(work, args.kills, args.files)
+    result = run(work, args.kills, args.files, resend=not args.no_resend)
     print(f"container: {result['container_passes']} passes, {result['container_nwrong']} wrong; host: "
           f"{result['host_reads']} reads, {result['host_nbad']} wrong or failed; restore median "
           f"{result['restored_median_s']} s, max {result['restored_max_s']} s; longest host gaps "
-          f"{result['host_longest_gaps_s'][:5]}")
+          f"{result['host_longest_gaps_s'][:5]}; requests answered from the journal "
+          f"{result['journal_taken']}, answered EIO there {result['journal_eio']}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     if not args.workdir:

@@ -42,6 +42,9 @@ class LiveConnection(Protocol):
     @property
     def backing(self) -> Mapping[int, int]: ...
 
+    @property
+    def journal(self) -> int | None: ...
+
 
 class LayerFs:
     """Opens, serves and steers the lazy layers of one mount server. Thread-safe."""
@@ -70,7 +73,7 @@ class LayerFs:
         workers = (1, max(4, self.config.fetch_workers))
         if live is not None:
             return resume_layer(tree, mountpoint, live.fd, live.state, dict(live.backing), fsname=fsname,
-                                passthrough=self.config.passthrough, workers=workers)
+                                passthrough=self.config.passthrough, workers=workers, journal=live.journal)
         return mount_layer(tree, mountpoint, fsname=fsname, passthrough=self.config.passthrough,
                            workers=workers, on_backing=on_backing)
 

@@ -32,12 +32,13 @@ def mount_layer(tree: Tree, mountpoint: Path, *, fsname: str = "lazypull", passt
 
 
 def resume_layer(tree: Tree, mountpoint: Path, fd: int, state: Negotiated, backing: dict[int, int], *,
-                 fsname: str = "lazypull", passthrough: bool = True, workers: tuple[int, int] = (1, 8)
-                 ) -> FuseMount:
+                 fsname: str = "lazypull", passthrough: bool = True, workers: tuple[int, int] = (1, 8),
+                 journal: int | None = None) -> FuseMount:
     """Serve ``tree`` on the live connection ``fd`` of the mount at ``mountpoint`` (after a restart),
-    with the passthrough ids (``ino -> id``) the previous server registered on it."""
+    with the passthrough ids (``ino -> id``) the previous server registered on it and its request
+    journal's memfd ``journal`` (what it read and did not answer is answered from there)."""
     mount = FuseMount(tree, mountpoint, fsname=fsname, passthrough=passthrough, workers=workers)
-    return mount.resume(fd, state, backing)
+    return mount.resume(fd, state, backing, journal)
 
 
 def unmount(mount: FuseMount) -> None:

@@ -3,9 +3,11 @@ layer mount's ``/dev/fuse`` fd, so that a killed, restarted or upgraded mount se
 
 The kernel ends a FUSE connection when the last fd of it closes; its mounts then answer ENOTCONN, and
 running containers lose their lower layers. The server hands each mount's fd here right after the
-mount (SCM_RIGHTS over ``run/keeper.sock``) with what INIT negotiated; while no server runs, reads on
-the mounts wait. The next server takes the fds back (:meth:`KeeperClient.take`), serves each connection
-again (``FuseMount.resume``) and asks the kernel to resend what its predecessor read but never answered.
+mount (SCM_RIGHTS over ``run/keeper.sock``) with what INIT negotiated, and the memfd of the mount's
+request journal (``lazypull.fs.fuse.journal``); while no server runs, reads on the mounts wait. The
+next server takes the fds back (:meth:`KeeperClient.take`), serves each connection again
+(``FuseMount.resume``) and answers what its predecessor read but never answered (the kernel resends
+it, 6.9+, or the journal holds it).
 
 The keeper holds fds and small JSON records only (no layer state), so it never needs upgrading with
 the server. It drops an fd whose connection the kernel aborted (the mount went), and exits when it holds
@@ -19,6 +21,7 @@ import fcntl
 import json
 import logging
 import os
+import resource
 import select
 import selectors
 import socket
@@ -55,6 +58,11 @@ class Kept:
     fd: int
     state: Negotiated
     backing: dict[int, int]         # passthrough ids registered on the connection: ino -> id
+    journal: int | None = None      # the request journal's memfd (None: kept by a server without one)
+
+    def close(self) -> None:
+        """Close this copy of the connection (and of its journal): the keeper keeps its own."""
+        _close_all([self.fd] if self.journal is None else [self.fd, self.journal])
 
 
 # -- the keeper process ---------------------------------------------------------------------------
@@ -66,7 +74,7 @@ class _Keeper:
         self.sel = selectors.DefaultSelector()
         self.sel.register(sock, selectors.EVENT_READ)
         self.clients: set[socket.socket] = set()
-        self.kept: dict[str, tuple[int, dict[str, object]]] = {}
+        self.kept: dict[str, tuple[list[int], dict[str, object]]] = {}   # [fuse fd, journal fd?]
         self.backing: dict[str, dict[str, int]] = {}    # digest -> {ino: passthrough id}
         self.idle_since = time.monotonic()
 
@@ -103,7 +111,7 @@ class _Keeper:
 
     def _serve(self, conn: socket.socket) -> None:
         try:
-            data, fds, _, _ = socket.recv_fds(conn, MAX_MESSAGE, 1)
+            data, fds, _, _ = socket.recv_fds(conn, MAX_MESSAGE, 2)
         except OSError:
             self._drop_client(conn)
             return
@@ -115,15 +123,15 @@ class _Keeper:
         try:
             reply = self._handle(data, fds)
             for message, passed in reply:
-                if passed is None:
+                if not passed:
                     conn.sendall(message)
                 else:
-                    socket.send_fds(conn, [message], [passed])
+                    socket.send_fds(conn, [message], passed)
         except (OSError, ValueError) as err:
             log.warning("keeper: bad request: %s", err)
             self._drop_client(conn)
 
-    def _handle(self, data: bytes, fds: list[int]) -> list[tuple[bytes, int | None]]:
+    def _handle(self, data: bytes, fds: list[int]) -> list[tuple[bytes, list[int]]]:
         try:
             request = json.loads(data)
             if not isinstance(request, dict):
@@ -131,14 +139,15 @@ class _Keeper:
             op = request.get("op")
             if op == "put":
                 digest = request.get("digest")
-                if len(fds) != 1 or not isinstance(digest, str) or len(self.kept) >= MAX_KEPT:
-                    raise ValueError("put needs one fd, a digest and room")
+                if len(fds) not in (1, 2) or not isinstance(digest, str) or len(self.kept) >= MAX_KEPT:
+                    raise ValueError("put needs a FUSE fd (and a journal fd), a digest and room")
                 previous = self.kept.pop(digest, None)
                 if previous is not None:
-                    os.close(previous[0])
-                self.kept[digest] = (fds.pop(), {k: request.get(k) for k in
-                                                 ("digest", "mountpoint", "state", "version")})
-                return [(b'{"ok": true}', None)]
+                    _close_all(previous[0])
+                self.kept[digest] = (fds[:], {k: request.get(k) for k in
+                                              ("digest", "mountpoint", "state", "version")})
+                fds.clear()
+                return [(b'{"ok": true}', [])]
             if op == "backing":     # ids noted before the put (registered meanwhile) are kept too
                 digest, ino, backing_id = request.get("digest"), request.get("ino"), request.get("id")
                 if not isinstance(digest, str) or type(ino) is not int or type(backing_id) is not int:
@@ -148,19 +157,19 @@ class _Keeper:
                     ids[str(ino)] = backing_id
                 else:
                     ids.pop(str(ino), None)
-                return [(b'{"ok": true}', None)]
+                return [(b'{"ok": true}', [])]
             if op == "drop":
                 gone = self.kept.pop(str(request.get("digest")), None)
                 self.backing.pop(str(request.get("digest")), None)
                 if gone is not None:
-                    os.close(gone[0])
-                return [(b'{"ok": true}', None)]
+                    _close_all(gone[0])
+                return [(b'{"ok": true}', [])]
             if op == "take":
                 self._prune()
-                out: list[tuple[bytes, int | None]] = [
-                    (json.dumps({**meta, "backing": self.backing.get(digest, {})}).encode(), fd)
-                    for digest, (fd, meta) in self.kept.items()]
-                return [*out, (json.dumps({"end": len(out)}).encode(), None)]
+                out: list[tuple[bytes, list[int]]] = [
+                    (json.dumps({**meta, "backing": self.backing.get(digest, {})}).encode(), held)
+                    for digest, (held, meta) in self.kept.items()]
+                return [*out, (json.dumps({"end": len(out)}).encode(), [])]
             raise ValueError(f"unknown op {op!r}")
         finally:
             for fd in fds:
@@ -171,16 +180,32 @@ class _Keeper:
         if not self.kept:
             return
         poller = select.poll()
-        by_fd = {fd: digest for digest, (fd, _) in self.kept.items()}
+        by_fd = {held[0]: digest for digest, (held, _) in self.kept.items()}
         for fd in by_fd:
             poller.register(fd, 0)
         for fd, events in poller.poll(0):
             if events & (select.POLLERR | select.POLLNVAL | select.POLLHUP):
                 digest = by_fd[fd]
-                del self.kept[digest]
+                _close_all(self.kept.pop(digest)[0])
                 self.backing.pop(digest, None)
-                os.close(fd)
                 log.info("keeper: the connection of %s ended", digest)
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _raise_fd_limit() -> None:
+    """Two fds per kept connection (FUSE device, journal): up to MAX_KEPT of them need more than the
+    usual soft limit of 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 2 * MAX_KEPT + 64
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard) if hard != resource.RLIM_INFINITY
+                                                        else want, hard))
 
 
 def serve(root: Path) -> None:
@@ -194,6 +219,7 @@ def serve(root: Path) -> None:
     lock.truncate(0)
     lock.write(f"{os.getpid()}\n")          # for operators and tests: who holds the connections
     lock.flush()
+    _raise_fd_limit()
     with contextlib.suppress(FileNotFoundError):
         paths.keeper_socket.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -248,10 +274,11 @@ class KeeperClient:
                                      f"{err.strerror or err}") from err
                 time.sleep(0.02)
 
-    def put(self, digest: str, mountpoint: str, fd: int, state: Negotiated) -> None:
-        """Keep a copy of ``fd`` (the caller keeps its own) with what a later server needs."""
+    def put(self, digest: str, mountpoint: str, fd: int, state: Negotiated, journal: int = -1) -> None:
+        """Keep a copy of ``fd`` and of the request journal's memfd ``journal`` (-1: none; the caller
+        keeps its own) with what a later server needs; replaces what was kept for ``digest``."""
         self._exchange({"op": "put", "digest": digest, "mountpoint": mountpoint, "state": state.to_json(),
-                        "version": VERSION}, fd)
+                        "version": VERSION}, [fd] if journal < 0 else [fd, journal])
 
     def note_backing(self, digest: str, ino: int, backing_id: int) -> None:
         """The mount of ``digest`` registered passthrough id ``backing_id`` for ``ino`` (0: unregisters);
@@ -263,16 +290,16 @@ class KeeperClient:
         """Let the keeper close its copy (the layer is being unmounted)."""
         self._exchange({"op": "drop", "digest": digest})
 
-    def _exchange(self, request: dict[str, object], fd: int | None = None) -> None:
+    def _exchange(self, request: dict[str, object], fds: list[int] | None = None) -> None:
         message = json.dumps(request).encode()
         with self._lock:
             if self.broken:
                 raise MountError("the FUSE connection keeper is gone")
             try:
-                if fd is None:
+                if not fds:
                     self._sock.sendall(message)
                 else:
-                    socket.send_fds(self._sock, [message], [fd])
+                    socket.send_fds(self._sock, [message], fds)
                 reply = self._sock.recv(MAX_MESSAGE)
             except OSError as err:
                 self.broken = True
@@ -291,14 +318,13 @@ class KeeperClient:
         with self._lock:
             self._sock.sendall(b'{"op": "take"}')
             while True:
-                data, fds, _, _ = socket.recv_fds(self._sock, MAX_MESSAGE, 1)
+                data, fds, _, _ = socket.recv_fds(self._sock, MAX_MESSAGE, 2)
                 try:
                     meta = json.loads(data)
                 except ValueError:
                     meta = None
-                if not isinstance(meta, dict) or (not fds and "end" not in meta):
-                    for fd in fds:
-                        os.close(fd)
+                if not isinstance(meta, dict) or (not fds and "end" not in meta) or ("end" in meta and fds):
+                    _close_all(fds)
                     raise MountError("the FUSE connection keeper answered nonsense")
                 if "end" in meta:
                     return out
@@ -310,10 +336,11 @@ class KeeperClient:
                         raise ValueError("malformed passthrough ids")
                     out.append(Kept(str(meta["digest"]), str(meta["mountpoint"]), fds[0],
                                     Negotiated.from_json(meta.get("state")),
-                                    {int(k): int(v) for k, v in backing.items()}))
+                                    {int(k): int(v) for k, v in backing.items()},
+                                    fds[1] if len(fds) > 1 else None))
                 except (KeyError, ValueError) as err:
                     log.warning("not taking over the FUSE connection of %s: %s", meta.get("digest"), err)
-                    os.close(fds[0])
+                    _close_all(fds)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

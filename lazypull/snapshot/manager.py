@@ -476,7 +476,7 @@ class LayerManager:
             except MountError:          # not a layer digest: nothing of ours
                 expected = None
             if expected != item.mountpoint or not is_layer_mount(item.mountpoint):
-                os.close(item.fd)
+                item.close()
                 self._drop_kept(item.digest)
                 continue
             self._recovered[item.digest] = item
@@ -486,7 +486,7 @@ class LayerManager:
         with self._lock:
             kept = self._recovered.pop(digest, None)
         if kept is not None and kept.mountpoint != str(path):
-            os.close(kept.fd)
+            kept.close()
             return None
         return kept
 
@@ -496,7 +496,7 @@ class LayerManager:
         if self.keeper is None or state is None:
             return
         try:
-            self.keeper.put(digest, str(path), fuse.dev_fd, state)
+            self.keeper.put(digest, str(path), fuse.dev_fd, state, fuse.journal_fd)
         except (OSError, LazypullError) as err:
             log.warning("the FUSE connection keeper did not take layer %s: %s", digest, err)
 
@@ -523,7 +523,7 @@ class LayerManager:
             self._drop_kept(item.digest)
             with contextlib.suppress(MountError):
                 detach(item.mountpoint)
-            os.close(item.fd)
+            item.close()
 
     # -- internals --
 
@@ -557,7 +557,7 @@ class LayerManager:
                     log.info("took over the live FUSE connection of layer %s at %s", digest, path)
                 else:
                     fuse = self.fs.serve(tree, path, on_backing=self._backing_noter(digest))
-                    self._keep(digest, path, fuse)
+                self._keep(digest, path, fuse)      # after a take-over too: its journal may be new
             except BaseException:
                 if tree is not None:
                     tree.close()

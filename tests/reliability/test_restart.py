@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from lazypull.fs.fuse.journal import MAX_REPLAYS
 from lazypull.fs.mount import lazypull_mounts
 from lazypull.snapshot import MountClient, daemon_pid
 from lazypull.snapshot.keeper import keeper_pid
@@ -194,6 +195,98 @@ def test_read_pending_in_a_killed_server_is_resent(lazy_image: str, fault_proxy:
     finally:
         gate.set()
         MountClient(root, autostart=False).shutdown()
+
+
+# No fetch but the reads' own: the registry request a test holds is a FUSE READ's.
+QUIET = ("read_deadline = 100.0\nprefetch = false\nfetch_user_db = false\nfetch_elf_deps = false\n"
+         "learn_window = 0.0\nwarm_connections = 0\n")
+
+
+def _held_reads(fault_proxy: FaultProxy, image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                commands: list[list[str]]) -> tuple[Path, list[Gate], list[subprocess.Popen[bytes]], bytes]:
+    """A root whose servers answer what a killed predecessor read from the request journal (no
+    FUSE_NOTIFY_RESEND, as on kernels before 6.9), its image mounted, and readers of busybox
+    (``commands``, BUSYBOX standing for its path) whose READs wait at a held registry request; the bytes
+    of busybox."""
+    monkeypatch.setenv("LAZYPULL_FUSE_RESEND", "0")       # inherited by the servers the client starts
+    root = lazy_root(tmp_path / "root", image, QUIET)
+    layers = MountClient(root).mount_image(image, insecure=True, holder="c1", wait_prefetch=False)
+    busybox = layers[0].path / "bin/busybox" if layers[0].path is not None else None
+    assert busybox is not None
+    gates = [Gate()]
+    fault_proxy.add(Fault("hold", method="GET", path_contains=layers[0].digest, times=-1, release=gates[0]))
+    readers = [subprocess.Popen([arg.replace("BUSYBOX", str(busybox)) for arg in command],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE) for command in commands]
+    _wait_held(gates, "the reads to reach the registry")
+    want = next(spec.content for spec in busybox_specs() if spec.name.lstrip("./") == "bin/busybox")
+    return root, gates, readers, want
+
+
+def _wait_held(gates: list[Gate], what: str) -> None:
+    wait_until(lambda: all(gate.waiting.is_set() for gate in gates), what)
+
+
+def _release(gates: list[Gate], readers: list[subprocess.Popen[bytes]], root: Path) -> None:
+    for gate in gates:
+        gate.set()
+    for r in readers:
+        r.kill()
+        r.wait()
+    MountClient(root, autostart=False).shutdown()
+
+
+def test_reads_pending_in_a_killed_server_are_answered_from_the_journal(
+        lazy_image: str, fault_proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without FUSE_NOTIFY_RESEND (kernels before 6.9; forced here): READs the server had taken and
+    was fetching when it was killed (-9) are answered by the next server from the request journal,
+    with the right bytes (before: they waited for ever, their callers unkillable)."""
+    image = lazy_image.replace(lazy_image.split("/")[0], fault_proxy.host, 1)
+    root, gates, readers, want = _held_reads(fault_proxy, image, tmp_path, monkeypatch, [
+        ["cat", "BUSYBOX"], ["dd", "if=BUSYBOX", "bs=64k", "skip=16", "status=none"]])
+    try:
+        old = _kill_server(root)
+        assert all(r.poll() is None for r in readers), "the pending reads wait for the next server"
+        assert MountClient(root).ping()["pid"] != old
+        wait_until(lambda: "requests the previous server had read and not answered (from the journal)"
+                   in RunPaths(root).logfile.read_text(errors="replace"), "the next server to take them up")
+        for gate in gates:
+            gate.set()
+        outs = [r.communicate(timeout=120) for r in readers]
+        assert [r.returncode for r in readers] == [0, 0], [err for _, err in outs]
+        assert hashlib.sha256(outs[0][0]).hexdigest() == hashlib.sha256(want).hexdigest()
+        assert hashlib.sha256(outs[1][0]).hexdigest() == hashlib.sha256(want[16 << 16:]).hexdigest()
+    finally:
+        _release(gates, readers, root)
+
+
+def test_a_read_every_next_server_dies_on_is_answered_eio(
+        lazy_image: str, fault_proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The floor: a journaled request that MAX_REPLAYS servers in a row took up again and died on
+    (here: each killed while its fetch waits) is answered EIO by the next one, which names why; the
+    caller gets a clear error, not a hang, and the mounts go on serving. (An O_DIRECT read: the EIO of
+    a page cache readahead is retried by the kernel as a new read, which the next server serves.)"""
+    image = lazy_image.replace(lazy_image.split("/")[0], fault_proxy.host, 1)
+    root, gates, readers, _ = _held_reads(fault_proxy, image, tmp_path, monkeypatch, [
+        ["dd", "if=BUSYBOX", "iflag=direct", "bs=64k", "skip=16", "status=none"]])
+    try:
+        for _ in range(MAX_REPLAYS):
+            for gate in gates:
+                gate.waiting.clear()
+            old = _kill_server(root)
+            assert MountClient(root).ping()["pid"] != old
+            _wait_held(gates, "the next server's replayed reads to reach the registry")
+            assert all(r.poll() is None for r in readers)
+        _kill_server(root)
+        MountClient(root).ping()
+        outs = [r.communicate(timeout=120) for r in readers]
+        assert [r.returncode for r in readers] == [1], outs
+        assert all(b"Input/output error" in err for _, err in outs), outs
+        log = RunPaths(root).logfile.read_text(errors="replace")
+        assert f"answered EIO: read by a server and taken up again by {MAX_REPLAYS} more" in log
+        top = next(m.path for m in MountClient(root).list_mounts() if (m.path / "data").is_dir())
+        assert len(os.listdir(top / "data")) == 400      # the same connections go on serving
+    finally:
+        _release(gates, readers, root)
 
 
 @pytest.fixture(autouse=True)
