@@ -402,6 +402,7 @@ def run_image(
         "kernel": os.uname().release,
         "cpus": os.cpu_count(),
         "load_average": load,
+        "load_average_end": os.getloadavg()[0],
         "tar": str(tar),
         "image_mb": sum(e.stat(follow_symlinks=False).st_size for e in _walk_files(host)) / 1e6,
         "files": files,
@@ -438,7 +439,8 @@ def image_markdown(report: dict[str, object], command: str) -> str:
         f"({report['image_mb']:.0f} MB in {report['files']} files, one eStargz layer) mounted lazily from a "
         f"fully cached local chunk cache, vs the extracted tree on the host fs; cold = after "
         f"`echo 3 > /proc/sys/vm/drop_caches`, warm = right after. Kernel {report['kernel']}, "
-        f"{report['cpus']} CPUs shared with other work (load average {report['load_average']:.1f}), "
+        f"{report['cpus']} CPUs shared with other work (load average {report['load_average']:.1f} at the "
+        f"start, {report.get('load_average_end', report['load_average']):.1f} at the end), "
         f"{report['date']}. Seconds, medians of {report['rounds']} rounds (targets rotated each round); "
         "ratio = lazypull / host.",
         "",
@@ -457,8 +459,9 @@ def image_markdown(report: dict[str, object], command: str) -> str:
         "and directories itself (the server answered the first OPEN/OPENDIR with ENOSYS), so a warm read "
         "never reaches the server; a cold one costs one READ round trip per file (per MiB) through it.",
         "- *passthrough*: the kernel reads the backing file, but every open is an OPEN round trip (its "
-        "reply carries the backing id: the kernel has no passthrough without OPEN) and an asynchronous "
-        "RELEASE; the backing id is kept across opens, so a re-open registers nothing.",
+        "reply carries the backing id: Linux 6.18 has no passthrough without OPEN) and an asynchronous "
+        "RELEASE; the backing id is kept across opens, so a re-open registers nothing, and the thread "
+        "reading `/dev/fuse` answers both itself (`fuse.workers`: no hand-over to another thread).",
         "- `find -ls`: every READDIRPLUS page carries its entries' attributes (no LOOKUP per entry); after "
         "the drop each symlink's target is one READLINK, then cached (CACHE_SYMLINKS).",
         "",
