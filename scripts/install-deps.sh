@@ -11,6 +11,7 @@ packages=(
   golang-github-opencontainers-go-digest-dev golang-github-vbatts-tar-split-dev
   golang-golang-x-sync-dev                       # the Go oracle (GOPATH mode)
   busybox-static debootstrap iproute2 zstd kmod util-linux
+  systemd                                        # systemd-analyze verify of contrib/systemd (no running systemd)
 )
 missing=()
 for p in "${packages[@]}"; do
