@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lazypull.errors import ImageError, StoreError
+from lazypull.registry.errors import DigestMismatchError  # the one class for registry and image content
 
 
 class ImageNotFoundError(ImageError):
@@ -11,10 +12,6 @@ class ImageNotFoundError(ImageError):
 
 class BlobNotFoundError(StoreError):
     """A blob the operation needs is not in the store or layout."""
-
-
-class DigestMismatchError(ImageError):
-    """Content does not hash to the digest (or size) it was announced with."""
 
 
 class UnsupportedMediaTypeError(ImageError):

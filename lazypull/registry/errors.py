@@ -9,12 +9,17 @@
         ├── NotFoundError          404 / *_UNKNOWN codes
         ├── AuthError              401 / 403, bad credentials, token server refusal
         │   └── CredentialsError   the docker config or a credential helper failed
-        ├── DigestMismatchError    content does not hash to the digest it was asked for
+        ├── DigestMismatchError (ImageError)  content does not hash to (or have the size of) its digest
         ├── TooLargeError          a manifest or error body over the size limit
         └── RegistryConnectionError  connection refused/reset, TLS failure, timeout, truncated body
             └── RegistryUnavailableError  the host is known to be down: not asked (circuit breaker)
 
 ``RegistryError.temporary`` says whether trying again may help; the retry loop relies on it.
+
+``DigestMismatchError`` is the one class for content above ``lazypull.format`` that does not match its
+digest, fetched, pushed or stored: a ``RegistryError`` and an ``ImageError`` (``lazypull.image`` exports
+it). ``lazypull.format`` keeps its own for the TOCs and chunks it verifies, as it imports nothing of
+lazypull.
 """
 
 from __future__ import annotations
@@ -140,14 +145,17 @@ class CredentialsError(AuthError):
     """Credentials could not be read or stored (docker config, credential helper)."""
 
 
-class DigestMismatchError(RegistryError):
-    """Content did not hash to the digest it was fetched or pushed by."""
+class DigestMismatchError(RegistryError, ImageError):
+    """Content (a blob, manifest or config; fetched, pushed or stored) did not hash to the digest, or
+    have the size, it is known by. ``expected``/``actual``: the digests, when the message does not say."""
 
-    def __init__(self, message: str, *, expected: str, actual: str, url: object = None,
-                 method: str | None = None) -> None:
+    def __init__(self, message: str, *, expected: str | None = None, actual: str | None = None,
+                 url: object = None, method: str | None = None) -> None:
         self.expected = expected
         self.actual = actual
-        super().__init__(f"{message}: expected {expected}, got {actual}", url=url, method=method)
+        if expected is not None or actual is not None:
+            message = f"{message}: expected {expected}, got {actual}"
+        super().__init__(message, url=url, method=method)
 
 
 class TooLargeError(RegistryError):
