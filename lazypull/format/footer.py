@@ -37,6 +37,8 @@ CS_FOOTER_SIZE = 72  # skippable frame header + 64
 MAX_FOOTER_SIZE = CS_FOOTER_SIZE
 
 SKIPPABLE_MAGIC = b"\x50\x2a\x4d\x18"
+EXTERNAL_TOC_MARK = b"STARGZEXTERNALTOC"      # in the footer of a blob whose TOC is in another image
+_EXTERNAL_EXTRA = b"\x15\x00SG\x11\x00" + EXTERNAL_TOC_MARK
 ZSTD_FOOTER_MAGIC = b"GnUlInUx"
 CS_FOOTER_MAGIC = b"GNUlInUx"
 MANIFEST_TYPE_CRFS = 1
@@ -82,7 +84,7 @@ def legacy_footer(toc_offset: int) -> bytes:
 
 def external_toc_footer() -> bytes:
     """The 46-byte footer saying the TOC is in a separate blob."""
-    return _GZIP_EXTRA_HEADER + b"\x15\x00SG\x11\x00STARGZEXTERNALTOC" + _EMPTY_DEFLATE_TRAILER
+    return _GZIP_EXTRA_HEADER + _EXTERNAL_EXTRA + _EMPTY_DEFLATE_TRAILER
 
 
 def skippable_frame(content: bytes) -> bytes:
@@ -127,7 +129,7 @@ def _external(tail: bytes, blob_size: int) -> Footer | None:
     p = tail[-EXTERNAL_FOOTER_SIZE:]
     if len(p) != EXTERNAL_FOOTER_SIZE or p[:4] != b"\x1f\x8b\x08\x04":
         return None
-    if p[10:33] != b"\x15\x00SG\x11\x00STARGZEXTERNALTOC":
+    if p[10:33] != _EXTERNAL_EXTRA:
         return None
     return Footer(kind="external", size=EXTERNAL_FOOTER_SIZE, toc_offset=-1, toc_length=0)
 

@@ -14,12 +14,12 @@ from pathlib import Path
 from lazypull.errors import MountError
 from lazypull.format import FormatError, LayerReader, open_layer
 from lazypull.format.annotations import TOC_DIGEST_ANNOTATION
+from lazypull.format.footer import EXTERNAL_TOC_MARK
 from lazypull.format.layerkind import LayerSpec
 from lazypull.fs.remote import RecordingSource
 
 log = logging.getLogger(__name__)
 
-EXTERNAL_MARK = b"STARGZEXTERNALTOC"
 TAIL_READ = 64 << 10
 
 ExternalToc = Callable[[], bytes]
@@ -77,7 +77,7 @@ def open_toc(digest: str, annotations: Mapping[str, str] | LayerSpec, src: Recor
         src.forget_saved()
         tail = src.tail(64) or src.read_at(max(0, src.size - 64), 64)
         try:
-            if EXTERNAL_MARK in tail:
+            if EXTERNAL_TOC_MARK in tail:
                 if external_toc is None:
                     raise MountError(f"layer {digest} keeps its TOC in a separate image, and no registry "
                                      f"reference is known to find it") from first
