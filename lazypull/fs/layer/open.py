@@ -86,7 +86,7 @@ def open_layer_tree(digest: str, annotations: Mapping[str, str] | LayerSpec, sou
     the tree's own)."""
     activity = activity if activity is not None else Activity()
     stats = LayerStats(digest)
-    remote = RemoteBlob(source, stats, config)
+    remote = RemoteBlob(source, stats, config, activity=activity)   # its misses count in ``activity``
     ldir = layer_dir(root, digest)
     ldir.mkdir(parents=True, exist_ok=True)
     src = RecordingSource(remote, record_path(ldir))

@@ -394,12 +394,10 @@ class LayerTree:
                 if todo:
                     self.stats.add(fetched_ahead=1)
                     self.remote.demand_begin()
-                    self.activity.begin()
                     try:
                         self.fetcher.get(todo, deadline=time.monotonic() + self.config.read_deadline)
                     finally:
                         self.remote.demand_end()
-                        self.activity.end()
             if self.config.fetch_elf_deps:
                 hints.follow(self, ino, program=program)
         except (FuseError, ChunkUnavailable) as err:
@@ -447,7 +445,6 @@ class LayerTree:
                 # first miss should not wait for new connections either
                 self.remote.warm(self.config.warm_connections, if_idle=REWARM_IDLE)
             self.remote.demand_begin()
-            self.activity.begin()
             waited = time.monotonic()
             try:
                 got = self.fetcher.get(missing, deadline=time.monotonic() + self.config.read_deadline,
@@ -462,7 +459,6 @@ class LayerTree:
                 raise FuseError(errno.EIO, str(err)) from err
             finally:
                 self.remote.demand_end()
-                self.activity.end()
                 if not quiet:
                     MISS_WAIT.observe(time.monotonic() - waited)
             for k, (chunk, lo, hi) in enumerate(wanted):
