@@ -19,9 +19,8 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
 
-from lazypull.format import FormatError, decode_chunks
+from lazypull.format import Chunk, FormatError, decode_chunks
 from lazypull.format.reader import zeros_digest
 from lazypull.fs.cache import ChunkStore
 from lazypull.fs.config import FsConfig
@@ -55,7 +54,7 @@ class ChunkFetcher:
     """Verified chunks of one layer; thread-safe. Blocking calls never hold the table lock."""
 
     def __init__(self, digest: str, remote: RemoteBlob, cache: ChunkStore, stats: LayerStats,
-                 config: FsConfig, units: dict[Unit, list[Any]], *,
+                 config: FsConfig, units: dict[Unit, list[Chunk]], *,
                  preloaded: Sequence[tuple[int, bytes]] = (), zero_holes: bool = False) -> None:
         self.digest = digest
         self.remote = remote
@@ -83,12 +82,12 @@ class ChunkFetcher:
 
     # -- reading --
 
-    def read_slice(self, chunk: Any, offset: int, length: int) -> bytes | None:
+    def read_slice(self, chunk: Chunk, offset: int, length: int) -> bytes | None:
         """Bytes ``[offset, offset+length)`` of a cached chunk, or None when it is not cached."""
         return self.cache.read(chunk.digest, chunk.chunk_size, offset, length)
 
-    def get(self, chunks: Sequence[Any], *, deadline: float, extra: Sequence[Any] = (),
-            ahead: Sequence[Any] = ()) -> dict[str, bytes]:
+    def get(self, chunks: Sequence[Chunk], *, deadline: float, extra: Sequence[Chunk] = (),
+            ahead: Sequence[Chunk] = ()) -> dict[str, bytes]:
         """Fetch the given (uncached) chunks, waiting until ``deadline``; digest -> bytes.
 
         Uncached chunks likely wanted soon are fetched too, when nobody fetches them yet, but not waited
@@ -111,7 +110,7 @@ class ChunkFetcher:
             self.fetch_async([c for c in ahead if c.digest not in waits], deadline=deadline)
         return self._wait(waits, deadline)
 
-    def _fail(self, chunks: Sequence[Any], err: Exception) -> None:
+    def _fail(self, chunks: Sequence[Chunk], err: Exception) -> None:
         with self._inflight_lock:
             futures = [self._inflight.pop(c.digest, None) for c in chunks]
         for fut in futures:
@@ -119,7 +118,7 @@ class ChunkFetcher:
                 with contextlib.suppress(InvalidStateError):
                     fut.set_exception(err)
 
-    def fetch_async(self, chunks: Sequence[Any], *, deadline: float) -> int:
+    def fetch_async(self, chunks: Sequence[Chunk], *, deadline: float) -> int:
         """Start fetching chunks nobody fetches yet (readahead); returns how many were claimed."""
         mine = self.claim_for_background(chunks)
         if mine:
@@ -129,11 +128,11 @@ class ChunkFetcher:
                 self._fail(mine, ChunkUnavailable(f"layer {self.digest} is being unmounted"))
         return len(mine)
 
-    def _claim(self, chunks: Sequence[Any], *, with_siblings: bool
-               ) -> tuple[dict[str, Future[bytes]], list[Any]]:
+    def _claim(self, chunks: Sequence[Chunk], *, with_siblings: bool
+               ) -> tuple[dict[str, Future[bytes]], list[Chunk]]:
         """Futures for the chunks' digests; the chunks this caller must fetch (not in flight yet)."""
         waits: dict[str, Future[bytes]] = {}
-        mine: list[Any] = []
+        mine: list[Chunk] = []
         with self._inflight_lock:
             for chunk in chunks:
                 if chunk.digest in waits:
@@ -153,10 +152,10 @@ class ChunkFetcher:
                         mine.append(sib)
         return waits, mine
 
-    def _resolve_from_cache(self, chunks: Sequence[Any]) -> list[Any]:
+    def _resolve_from_cache(self, chunks: Sequence[Chunk]) -> list[Chunk]:
         """Complete the claims of the chunks the cache has; the others (still claimed)."""
         found: dict[str, bytes] = {}
-        rest: list[Any] = []
+        rest: list[Chunk] = []
         for chunk in chunks:
             data = (self.cache.get(chunk.digest, chunk.chunk_size)
                     if self.cache.contains(chunk.digest, chunk.chunk_size) else None)
@@ -171,7 +170,7 @@ class ChunkFetcher:
                 fut.set_result(found[digest])
         return rest
 
-    def claim_for_background(self, chunks: Sequence[Any]) -> list[Any]:
+    def claim_for_background(self, chunks: Sequence[Chunk]) -> list[Chunk]:
         """Claim the chunks nobody fetches yet and that are not cached (background/prefetch)."""
         todo = [c for c in chunks if not self.cache.contains(c.digest, c.chunk_size)]
         return self._claim(todo, with_siblings=False)[1]
@@ -192,11 +191,11 @@ class ChunkFetcher:
 
     # -- fetching a claimed group --
 
-    def run_group(self, chunks: Sequence[Any], deadline: float, *, single_range: bool) -> None:
+    def run_group(self, chunks: Sequence[Chunk], deadline: float, *, single_range: bool) -> None:
         """Fetch and verify claimed chunks in this thread (prefetch and background use it directly)."""
         self._run_group(chunks, deadline, single_range)
 
-    def _run_group(self, chunks: Sequence[Any], deadline: float, single_range: bool) -> None:
+    def _run_group(self, chunks: Sequence[Chunk], deadline: float, single_range: bool) -> None:
         results: dict[str, bytes] = {}
         errors: dict[str, BaseException] = {}
         unverified: dict[str, FormatError] = {}      # chunks whose latest bytes did not match their digest
@@ -236,7 +235,7 @@ class ChunkFetcher:
             with contextlib.suppress(InvalidStateError):     # failed meanwhile (the layer is closing)
                 fut.set_result(data)
 
-    def _is_zero(self, chunk: Any) -> bool:
+    def _is_zero(self, chunk: Chunk) -> bool:
         """Whether a chunk is all zeros (by its digest), for layers that store such chunks as holes."""
         if not self.zero_holes:
             return False
@@ -252,11 +251,11 @@ class ChunkFetcher:
                 return data[start - off : end - off]
         return None
 
-    def _decode_local(self, chunks: Sequence[Any], results: dict[str, bytes],
-                      unverified: dict[str, FormatError]) -> list[Any]:
+    def _decode_local(self, chunks: Sequence[Chunk], results: dict[str, bytes],
+                      unverified: dict[str, FormatError]) -> list[Chunk]:
         """Serve what needs no request (zero holes, bytes read with the TOC); the chunks still to fetch."""
-        pending: list[Any] = []
-        local: dict[Unit, list[Any]] = {}
+        pending: list[Chunk] = []
+        local: dict[Unit, list[Chunk]] = {}
         for chunk in chunks:
             if self._is_zero(chunk):
                 plain = bytes(chunk.chunk_size)
@@ -272,11 +271,11 @@ class ChunkFetcher:
             pending.append(chunk)                   # the copy in memory was bad: ask the registry
         return pending
 
-    def _fetch_remote(self, chunks: Sequence[Any], deadline: float, single_range: bool,
+    def _fetch_remote(self, chunks: Sequence[Chunk], deadline: float, single_range: bool,
                       results: dict[str, bytes], unverified: dict[str, FormatError]) -> None:
         """Fetch and verify ``chunks``; what does not verify is asked again within the same deadline as
         failed requests (``RemoteBlob.fetch_verified``: one retry loop for every fault)."""
-        by_unit: dict[Unit, list[Any]] = {}
+        by_unit: dict[Unit, list[Chunk]] = {}
         for chunk in chunks:
             by_unit.setdefault((chunk.offset, chunk.end), []).append(chunk)
 
@@ -287,7 +286,7 @@ class ChunkFetcher:
             return [(s, e - s) for s, e in merged]
 
         def accept(asked: list[tuple[int, int]], datas: list[bytes]) -> list[tuple[int, int]]:
-            work: list[tuple[list[Any], bytes]] = []
+            work: list[tuple[list[Chunk], bytes]] = []
             for (offset, end), group in by_unit.items():
                 for (start, length), data in zip(asked, datas, strict=True):
                     if start <= offset and end <= start + length:
@@ -311,10 +310,10 @@ class ChunkFetcher:
 
         self.remote.fetch_verified(ranges_for(by_unit, single_range), deadline, accept)
 
-    def _decode(self, work: list[tuple[list[Any], bytes]], results: dict[str, bytes]
-                ) -> list[tuple[Any, FormatError]]:
+    def _decode(self, work: list[tuple[list[Chunk], bytes]], results: dict[str, bytes]
+                ) -> list[tuple[Chunk, FormatError]]:
         """Decode, verify and store each unit's chunks; the chunks that failed verification."""
-        failed: list[tuple[Any, FormatError]] = []
+        failed: list[tuple[Chunk, FormatError]] = []
         if len(work) > 1 and sum(len(c) for _, c in work) >= PARALLEL_DECODE_MIN:
             # decompression and hashing release the GIL: the other units on the other CPUs, the first
             # (what the read that asked is waiting for) here
@@ -328,11 +327,11 @@ class ChunkFetcher:
                 failed += self._store(group, compressed, results)
         return failed
 
-    def _store(self, group: list[Any], compressed: bytes, results: dict[str, bytes]
-               ) -> list[tuple[Any, FormatError]]:
+    def _store(self, group: list[Chunk], compressed: bytes, results: dict[str, bytes]
+               ) -> list[tuple[Chunk, FormatError]]:
         """Decode and verify the chunks of one compressed unit, cache them and hand them to their waiters;
         the chunks that failed verification."""
-        failed: list[tuple[Any, FormatError]] = []
+        failed: list[tuple[Chunk, FormatError]] = []
         # chunks sharing a member (min-chunk-size) are decompressed together, once
         for chunk, decoded in zip(group, decode_chunks(group, compressed), strict=True):
             if isinstance(decoded, FormatError):
