@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lazypull.fs import DirectoryCache, FsConfig, lazypull_mounts
+from lazypull.layerdir import snapshots_dir
 from lazypull.removetree import remove_tree
 from lazypull.snapshot.paths import RunPaths
 
@@ -37,7 +38,7 @@ def layers_in_use(root: Path, lower_dirs: Iterable[str] = ()) -> set[str]:
         if m is not None:
             used.add("sha256:" + m.group(1))
 
-    for point in lazypull_mounts(root / "snapshots"):
+    for point in lazypull_mounts(snapshots_dir(root)):
         note(str(point))
     for path in lower_dirs:
         note(os.path.realpath(path) if os.path.exists(path) else path)
@@ -62,7 +63,7 @@ def prune_layer_state(root: Path, keep: set[str], config: FsConfig | None = None
     server's own cache object, whose index is updated too."""
     config = config or FsConfig()
     used = keep | layers_in_use(root)
-    snapshots = root / "snapshots"
+    snapshots = snapshots_dir(root)
     chunk_dir = config.chunk_dir(root)
     found: set[str] = set()
     for parent in (snapshots, chunk_dir):
