@@ -33,11 +33,9 @@ if typing.TYPE_CHECKING:
     from lazypull.fs.remote import FileRangeSource as FileRangeSource
     from lazypull.fs.remote import RangeSource as RangeSource
     from lazypull.fs.stats import COUNTERS as COUNTERS
-    from lazypull.fs.stats import MISS_WAIT as MISS_WAIT
 
 __all__ = [
     "COUNTERS",
-    "MISS_WAIT",
     "ROOT_INODE",
     "Attr",
     "DirectoryCache",
@@ -75,7 +73,6 @@ _SOURCES: dict[str, str] = {
     "LayerFs": ".facade",
     "LayerTree": ".layer.tree",
     "LiveConnection": ".facade",
-    "MISS_WAIT": ".stats",
     "Negotiated": ".fuse.ops",
     "ROOT_INODE": ".fuse.tree",
     "RangeSource": ".remote",

@@ -1,8 +1,9 @@
 """``LayerFs``: the lazy filesystem as the mount server uses it, one object per server.
 
 What the layers of one server share lives here, built once, rather than in module globals: the chunk
-cache, the clock of foreground work that background fetching waits on (``layer.activity``) and the
-groups of layers one image's program loader searches (``layer.hints``). The mount server
+cache, the clock of foreground work that background fetching waits on (``layer.activity``), the
+groups of layers one image's program loader searches (``layer.hints``) and the histogram of how long
+reads that missed the cache waited (the metrics endpoint's). The mount server
 (``lazypull.snapshot``) and the podman store (``lazypull.store``) reach the filesystem through this
 module and the names ``lazypull.fs`` lists, never through its submodules.
 """
@@ -22,7 +23,7 @@ from lazypull.fs.layer.hints import Groups, expect_program
 from lazypull.fs.layer.open import open_layer_tree, prove_origin
 from lazypull.fs.mount import mount_layer, resume_layer
 from lazypull.fs.remote import RangeSource, RemoteBlob
-from lazypull.fs.stats import LayerStats
+from lazypull.fs.stats import MISS_WAIT_BOUNDS, LatencyHistogram, LayerStats
 
 if TYPE_CHECKING:
     from lazypull.fs.fuse.ops import Negotiated
@@ -56,6 +57,7 @@ class LayerFs:
                                                                     config.cache_max_bytes)
         self.activity = Activity()      # mounts, prefetches and misses of every layer: background waits
         self.groups = Groups()          # layers by image: where a starting program's libraries are looked up
+        self.miss_wait = LatencyHistogram(MISS_WAIT_BOUNDS)   # how long reads that missed waited (metrics)
 
     def open_layer(self, spec: LayerSpec, source: RangeSource, *,
                    external_toc: Callable[[], bytes] | None = None) -> LayerTree:
@@ -63,7 +65,7 @@ class LayerFs:
         external TOC from ``external_toc``) and build its tree (``start()`` it to begin the prefetch)."""
         return open_layer_tree(spec.digest, spec, source, root=self.root, config=self.config,
                                cache=self.cache, external_toc=external_toc, activity=self.activity,
-                               groups=self.groups)
+                               groups=self.groups, miss_wait=self.miss_wait)
 
     def serve(self, tree: LayerTree, mountpoint: Path, *, live: LiveConnection | None = None,
               on_backing: Callable[[int, int], None] | None = None) -> FuseMount:

@@ -38,8 +38,9 @@ class LatencyHistogram:
         return cumulative, total, running
 
 
-# How long reads that missed the cache waited for the network, in this process (all layers).
-MISS_WAIT = LatencyHistogram((0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+# Buckets (s) of how long reads that missed the cache waited for the network: one histogram per server
+# (``fs.facade.LayerFs.miss_wait``), all its layers' reads.
+MISS_WAIT_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 @dataclass

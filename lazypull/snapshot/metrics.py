@@ -2,7 +2,7 @@
 
 Text exposition format served by ``prometheus_client`` on its own thread. Values are read from the
 server at each scrape (no second set of counters to keep in step): the layers' counters summed over
-the server's life (``LayerManager.totals``), the cache-miss wait histogram (``lazypull.fs.stats``),
+the server's life (``LayerManager.totals``), the cache-miss wait histogram (``LayerFs.miss_wait``),
 the chunk cache's size, and the process's own memory and CPU (``process_*``, for leak watching).
 As stargz-snapshotter's ``--metrics-address``, it is meant for a loopback or node-local address.
 """
@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from lazypull.errors import MountError
-from lazypull.fs import MISS_WAIT
 
 if TYPE_CHECKING:
     from lazypull.snapshot.manager import LayerManager
@@ -62,7 +61,7 @@ class _Collector:
             yield GaugeMetricFamily(name, text, value=totals[key])
         yield GaugeMetricFamily("lazypull_cache_size_bytes", "Disk space the chunk cache takes.",
                                 value=self.manager.cache_bytes())
-        buckets, total, _ = MISS_WAIT.snapshot()
+        buckets, total, _ = self.manager.fs.miss_wait.snapshot()
         yield HistogramMetricFamily(
             "lazypull_read_miss_wait_seconds", "How long reads that missed the cache waited on the network.",
             buckets=[("+Inf" if b == float("inf") else repr(b), n) for b, n in buckets], sum_value=total)

@@ -34,7 +34,7 @@ from lazypull.fs.layer.fetch import ChunkFetcher, ChunkUnavailable, Unit
 from lazypull.fs.layer.inodes import InodeTable, Node
 from lazypull.fs.layer.readahead import BlobReadAhead
 from lazypull.fs.remote import REWARM_IDLE, RemoteBlob
-from lazypull.fs.stats import MISS_WAIT, LayerStats
+from lazypull.fs.stats import MISS_WAIT_BOUNDS, LatencyHistogram, LayerStats
 
 if TYPE_CHECKING:
     from lazypull.format import LayerReader
@@ -70,7 +70,8 @@ class LayerTree:
     made without them has its own). ``access`` records the files read (``access.recorder_for``),
     ``learner`` notes the first reads for the next cold mount and ``learned_record`` is an earlier
     mount's notes, fetched at start (``learned``). ``preloaded``: blob bytes already read (with the
-    TOC), which serve the chunks inside them without a request.
+    TOC), which serve the chunks inside them without a request. ``miss_wait``: the server's histogram
+    of how long reads that missed waited.
     """
 
     def __init__(self, digest: str, reader: LayerReader, remote: RemoteBlob, cache: ChunkStore,
@@ -78,8 +79,10 @@ class LayerTree:
                  groups: hints.Groups | None = None, access: AccessRecorder | None = None,
                  learner: learned.Learner | None = None,
                  learned_record: list[learned.LearnedFile] | None = None,
-                 preloaded: Sequence[tuple[int, bytes]] = ()) -> None:
+                 preloaded: Sequence[tuple[int, bytes]] = (), miss_wait: LatencyHistogram | None = None
+                 ) -> None:
         self.digest = digest
+        self.miss_wait = miss_wait if miss_wait is not None else LatencyHistogram(MISS_WAIT_BOUNDS)
         self.activity = activity if activity is not None else Activity()
         self.groups = groups if groups is not None else hints.Groups()
         self.access = access
@@ -460,7 +463,7 @@ class LayerTree:
             finally:
                 self.remote.demand_end()
                 if not quiet:
-                    MISS_WAIT.observe(time.monotonic() - waited)
+                    self.miss_wait.observe(time.monotonic() - waited)
             for k, (chunk, lo, hi) in enumerate(wanted):
                 if pieces[k] is None:
                     pieces[k] = got[chunk.digest][lo:hi]
