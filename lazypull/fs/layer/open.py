@@ -8,7 +8,6 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from lazypull import layerdir
 from lazypull.errors import LazypullError, MountError
 from lazypull.format.layerkind import LayerSpec
 from lazypull.fs.cache import DirectoryCache, digest_hex
@@ -19,7 +18,7 @@ from lazypull.fs.layer.activity import Activity
 from lazypull.fs.layer.toc import ExternalToc, open_toc, record_path
 from lazypull.fs.layer.tree import LayerTree
 from lazypull.fs.remote import RangeSource, RecordingSource, RemoteBlob
-from lazypull.fs.stats import LayerStats
+from lazypull.fs.stats import LatencyHistogram, LayerStats
 
 PRELOAD_MAX = 4 << 20
 PROBE = 64                  # bytes read from a blob's end to see that a source serves it
@@ -30,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def layer_dir(root: Path, digest: str) -> Path:
     """``<root>/snapshots/<hex>`` (the digest is checked: it names a directory)."""
-    return layerdir.layer_dir(root, digest_hex(digest, "layer digest"))
+    return root / "snapshots" / digest_hex(digest, "layer digest")
 
 
 def origin_of(source: RangeSource) -> str:
@@ -80,11 +79,12 @@ def note_origin(ldir: Path, origin: str) -> None:
 def open_layer_tree(digest: str, annotations: Mapping[str, str] | LayerSpec, source: RangeSource, *,
                     root: Path, config: FsConfig, cache: DirectoryCache | None = None,
                     external_toc: ExternalToc | None = None, activity: Activity | None = None,
-                    groups: hints.Groups | None = None) -> LayerTree:
+                    groups: hints.Groups | None = None, miss_wait: LatencyHistogram | None = None
+                    ) -> LayerTree:
     """Fetch and verify the layer's TOC and build its tree; call ``start()`` on it to begin prefetch.
     The tree reads and writes only the layer's own namespace of ``cache`` (default: the root's).
-    ``activity`` and ``groups``: the server's, shared by its layers (``fs.facade.LayerFs``; default:
-    the tree's own)."""
+    ``activity``, ``groups`` and ``miss_wait``: the server's, shared by its layers
+    (``fs.facade.LayerFs``; default: the tree's own)."""
     activity = activity if activity is not None else Activity()
     stats = LayerStats(digest)
     remote = RemoteBlob(source, stats, config, activity=activity)   # its misses count in ``activity``
@@ -110,7 +110,7 @@ def open_layer_tree(digest: str, annotations: Mapping[str, str] | LayerSpec, sou
         try:
             tree = LayerTree(digest, reader, remote, cache.layer(digest), stats, config, ldir,
                              activity=activity, groups=groups, access=access, learner=learner,
-                             learned_record=record, preloaded=preloaded)
+                             learned_record=record, preloaded=preloaded, miss_wait=miss_wait)
         except BaseException:
             if access is not None:
                 access.close()
