@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from lazypull import layerdir
 from lazypull.errors import LazypullError, MountError
 from lazypull.format.layerkind import LayerSpec
 from lazypull.fs.cache import DirectoryCache, digest_hex
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def layer_dir(root: Path, digest: str) -> Path:
     """``<root>/snapshots/<hex>`` (the digest is checked: it names a directory)."""
-    return root / "snapshots" / digest_hex(digest, "layer digest")
+    return layerdir.layer_dir(root, digest_hex(digest, "layer digest"))
 
 
 def origin_of(source: RangeSource) -> str:
