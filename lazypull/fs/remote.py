@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from lazypull.errors import LazypullError, MountError
+from lazypull.format.source import FileSource
 from lazypull.fs.config import FsConfig
 from lazypull.fs.stats import LayerStats
 
@@ -67,26 +68,18 @@ WARM_INTERVAL = 2.0
 REWARM_IDLE = 25.0
 
 
-class FileRangeSource:
-    """A blob in a local file (the content store, or a test)."""
+class FileRangeSource(FileSource):
+    """A blob in a local file (the content store, or a test): ``format.FileSource`` with range reads."""
 
     def __init__(self, path: Path) -> None:
+        super().__init__(path)
         self.path = path
-        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        self._size = os.fstat(self._fd).st_size
-
-    @property
-    def size(self) -> int:
-        return self._size
 
     def read_ranges(self, ranges: Sequence[tuple[int, int]], deadline: float | None = None) -> list[bytes]:
-        return [os.pread(self._fd, length, offset) for offset, length in ranges]
+        return [self.read_at(offset, length) for offset, length in ranges]
 
     def describe(self) -> str:
         return str(self.path)
-
-    def close(self) -> None:
-        os.close(self._fd)
 
 
 class RemoteBlob:

@@ -20,8 +20,8 @@ MAX_PART_HEADERS = 8 << 10
 
 
 def merge_spans(spans: Iterable[tuple[int, int]], gap: int = 0) -> list[tuple[int, int]]:
-    """Sorted ``(start, end)`` spans covering ``spans``: overlapping ones, touching ones and ones less
-    than ``gap`` bytes apart joined."""
+    """Sorted ``(start, end)`` spans covering ``spans``: overlapping ones, touching ones and ones at most
+    ``gap`` bytes apart joined."""
     merged: list[tuple[int, int]] = []
     for start, end in sorted(spans):
         if merged and start <= merged[-1][1] + gap:

@@ -6,6 +6,7 @@ import pytest
 
 from lazypull.registry._ranges import (
     RangeResponseError,
+    merge_spans,
     parse_content_range,
     parse_range_response,
     unsatisfied_total,
@@ -57,3 +58,14 @@ def test_multipart_with_boundary_inside_payload() -> None:
 def test_hostile_multipart(content_type: str, body: bytes, message: str) -> None:
     with pytest.raises(RangeResponseError, match=message):
         parse_range_response(content_type, None, [body])
+
+
+def test_merge_spans_joins_overlaps_touching_and_gaps() -> None:
+    """The one range merger: the client joins overlapping and touching spans (gap 0: servers reject or
+    collapse overlapping Range specs), the lazy layer also neighbours closer than its merge_gap."""
+    spans = [(50, 60), (0, 10), (10, 20), (5, 8), (0, 10), (30, 40), (61, 70)]
+    assert merge_spans(spans) == [(0, 20), (30, 40), (50, 60), (61, 70)]
+    assert merge_spans(spans, gap=1) == [(0, 20), (30, 40), (50, 70)]
+    assert merge_spans(spans, gap=9) == [(0, 20), (30, 40), (50, 70)]
+    assert merge_spans(spans, gap=10) == [(0, 70)]
+    assert merge_spans([]) == []
