@@ -29,6 +29,7 @@ from lazypull.errors import LazypullError, MountError
 from lazypull.fs import FsConfig, clean_stale_mounts, load_config
 from lazypull.image.partials import clean_all_partials
 from lazypull.image.rootdir import prepare_root, private_dir
+from lazypull.layerdir import snapshots_dir
 from lazypull.snapshot.manager import LayerManager
 from lazypull.snapshot.paths import RunPaths
 from lazypull.snapshot.protocol import MAX_LINE, decode, encode, error_reply
@@ -346,7 +347,7 @@ class MountDaemon:
         mounts detached, the layers a killed full pull was extracting removed (issue 10 item 7)."""
         # Mounts whose connection the keeper held through a restart are served again, not detached.
         live = self.manager.adopt_kept()
-        for point in clean_stale_mounts(self.root / "snapshots", live):
+        for point in clean_stale_mounts(snapshots_dir(self.root), live):
             log.warning("detached stale mount %s left by a previous server", point)
         clean_all_partials(self.root)
 
