@@ -101,6 +101,14 @@ def _wait(predicate: Any, seconds: float = 120.0) -> bool:
     return True
 
 
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` exited (a zombie counts)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
 def _fuse_fds(pid: int) -> int:
     return sum(1 for fd in Path(f"/proc/{pid}/fd").iterdir() if os.readlink(fd) == "/dev/fuse")
 
@@ -159,8 +167,7 @@ def run(work: Path, kills: int, files: int, resend: bool = True) -> dict[str, An
                 host_before, passes_before = _status(status)["done"], len(_passes(root, "reader"))
                 killed = time.monotonic()
                 os.kill(pid, signal.SIGKILL)
-                _wait(lambda p=pid: not Path(f"/proc/{p}").exists() or
-                      Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z")
+                _wait(lambda p=pid: _gone(p))
                 with MountClient(root) as mc:
                     mounts = len(mc.list_mounts())         # the next server, once it restored
                 restored = time.monotonic() - killed

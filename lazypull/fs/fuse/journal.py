@@ -84,9 +84,12 @@ class Journal:
         """Map the journal ``fd`` a previous server of the connection wrote (takes ``fd``)."""
         try:
             try:
+                seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+            except OSError:
+                seals = 0                   # not a memfd
+            try:
                 size = os.fstat(fd).st_size
                 head = os.pread(fd, _HEAD.size, 0)
-                seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
             except OSError as err:
                 raise JournalError(f"FUSE request journal unreadable: {err.strerror}") from err
             if len(head) < _HEAD.size or not seals & fcntl.F_SEAL_SHRINK:
