@@ -70,7 +70,8 @@ def test_footer_and_toc_in_one_read(roomy: tuple[bytes, str, int]) -> None:
     whole = open_layer(BytesSource(blob), toc_digest=digest)
     assert reader.toc_json == whole.toc_json and reader.verified_by == "toc"
     small = [e for e in reader.entries() if e.type == "reg" and e.name.startswith("d/")][:3]
-    assert [reader.read_file(e) for e in small] == [whole.read_file(whole.lookup(e.name)) for e in small]
+    twins = [whole.lookup(e.name) for e in small]
+    assert [reader.read_file(e) for e in small] == [whole.read_file(t) for t in twins if t is not None]
 
 
 def test_a_toc_bigger_than_the_tail_costs_one_more_read_of_what_is_missing() -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from lazypull.fs import mount_layer
 from lazypull.fs.config import FsConfig
-from lazypull.fs.layer import LayerTree
+from lazypull.fs.layer import LayerTree, readahead
 from lazypull.fs.remote import FileRangeSource
 from tests.snapshot.layerkit import Blob, FaultySource, build_blob, lookup_path, open_tree
 
@@ -109,7 +109,8 @@ def test_a_walk_through_small_files_brings_the_ones_after_it(blob: Blob, tmp_pat
 
 
 def test_a_big_file_in_the_window_is_skipped_and_a_big_miss_reads_nothing_ahead(
-        blob: Blob, tmp_path: Path) -> None:
+        blob: Blob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(readahead, "FIRST_WINDOW", 1 << 20)      # the whole budget at once
     tree, src = _tree(blob, tmp_path, LAZY.replace(blob_readahead=1 << 20))
     _read(tree, "pkg/mod18.pyc")
     _read(tree, "pkg/mod19.pyc")
@@ -121,6 +122,33 @@ def test_a_big_file_in_the_window_is_skipped_and_a_big_miss_reads_nothing_ahead(
     assert tree.read(lookup_path(tree, "pkg/zbig.so"), 0, 4096) == FILES["pkg/zbig.so"][:4096]
     time.sleep(0.2)
     assert len(src.requests) == 2 and not _cached(tree, "pkg/zz0.pyc"), "a big file's miss reads no more"
+    tree.close()
+
+
+def test_the_window_doubles_while_the_walk_goes_on(tmp_path: Path) -> None:
+    names = [f"lib/m{i:03}.py" for i in range(160)]
+    files = {name: _random(SMALL, 1000 + i) for i, name in enumerate(names)}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    walk = build_blob(tmp_path, buf.getvalue(), name="walk", chunk_size=1 << 20)
+    tree, src = _tree(walk, tmp_path / "root", LAZY.replace(blob_readahead=1 << 20))
+    sizes: list[int] = []
+    for name in names[:2]:
+        assert tree.read(lookup_path(tree, name), 0, 1 << 20) == files[name]
+    for step in range(3):
+        expected = 3 + 2 * step                 # each miss and its read-ahead, after the first miss
+        _wait(lambda n=expected: len(src.requests) == n and not tree.fetcher._inflight,
+              "read ahead")
+        sizes.append(sum(n for _, n in src.requests[-1]))
+        name = next(n for n in names if not _cached(tree, n))   # the walk goes on just after the window
+        assert tree.read(lookup_path(tree, name), 0, 1 << 20) == files[name]
+    window = readahead.FIRST_WINDOW
+    assert [window // 2 < n <= window * k for k, n in zip((1, 2, 4), sizes, strict=True)] == [True] * 3
+    assert sizes[0] < sizes[1] < sizes[2], sizes
     tree.close()
 
 
@@ -158,11 +186,11 @@ def test_through_fuse_served_then_passthrough(blob: Blob, tmp_path: Path) -> Non
         tree.start()
         fuse = mount_layer(tree, root / "mnt", passthrough=passthrough)
         try:
-            _wait(lambda t=tree: t._by_offset is not None, "files located")     # type: ignore[misc]
+            _wait(lambda t=tree: t._by_offset is not None, "files located")
             first = len(src.requests)
             assert (root / "mnt/pkg/mod00.pyc").read_bytes() == FILES["pkg/mod00.pyc"]
             assert (root / "mnt/pkg/mod01.pyc").read_bytes() == FILES["pkg/mod01.pyc"]
-            _wait(lambda t=tree: _cached(t, "pkg/mod06.pyc"), "read ahead")      # type: ignore[misc]
+            _wait(lambda t=tree: _cached(t, "pkg/mod06.pyc"), "read ahead")
             fetched = len(src.requests)
             assert fetched - first == 3, "two misses and one read-ahead request"
             for i in range(2, 7):
