@@ -117,3 +117,40 @@ def test_a_mount_journals_requests_until_answered(tmp_path: Path) -> None:
     finally:
         gate.set()
         mount.stop()
+
+
+def test_a_replayed_request_the_kernel_no_longer_waits_for_is_dropped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reply written just before a kill leaves its request in the journal (the slot is cleared after
+    the write): the next server answers it again, the kernel refuses the reply (ENOENT: no such request),
+    and the file handle that OPEN gave out is released again (no file counted open for ever)."""
+    monkeypatch.setenv("LAZYPULL_FUSE_RESEND", "0")
+    tree = MemTree()
+    tree.add_file("f", b"x")
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    # readonly=False: the kernel asks OPEN of the server (a read-only mount opens files itself)
+    first = FuseMount(tree, mnt, passthrough=False, readonly=False).start()
+    second = FuseMount(tree, mnt, passthrough=False, readonly=False)
+    left = Journal.create(2)        # what a killed server of the connection left
+    try:
+        attr = tree.lookup(1, b"f")
+        assert attr is not None and first.negotiated is not None
+        body = protocol.OPEN_IN.pack(os.O_RDONLY, 0)
+        stale = protocol.IN_HEADER.pack(protocol.IN_HEADER.size + len(body), protocol.Op.OPEN, 1 << 40,
+                                        attr.ino, 0, 0, 0, 0, 0) + body
+        slot = left.acquire()
+        assert slot is not None
+        left.buffer(slot)[:len(stale)] = stale
+        second.resume(os.dup(first.dev_fd), first.negotiated, {}, os.dup(left.fd))
+        for _ in range(1200):
+            if not left.unique(slot):
+                break
+            time.sleep(0.05)
+        assert left.unique(slot) == 0, "the replayed OPEN was answered"
+        assert (second.replayed, second.replay_failed, second.open_files) == (1, 0, 0)
+        assert (mnt / "f").read_bytes() == b"x"       # the connection is unharmed
+    finally:
+        left.close()
+        second.stop()
+        first.stop()
