@@ -309,6 +309,8 @@ sys.stdin.read()
 mount.stop()
 tree.close()
 """
+#: The timed measures (seconds), in table order.
+MEASURES = ("read_cold", "read_warm", "walk_cold", "walk_warm")
 #: What is timed: the shell commands a user would run over the mounted image.
 READ_ALL = "find {dir} -type f -print0 | xargs -0 cat > /dev/null"
 WALK = "find {dir} -ls > /dev/null"
@@ -341,6 +343,12 @@ def _timed(command: str, directory: Path) -> float:
     return time.perf_counter() - start
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process (all its threads) used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_image(
     tar: Path, cache_dir: Path, trees: dict[str, Path], rounds: int, workdir: Path
 ) -> dict[str, object]:
@@ -352,6 +360,7 @@ def run_image(
     host.mkdir()
     subprocess.run(["tar", "-xf", str(tar), "-C", str(host)], check=True)
     targets: dict[str, Path] = {"host": host}
+    servers: dict[str, int] = {}  # label -> the serving process
     active: dict[str, bool] = {}
     with ExitStack() as stack:
         for name, tree_dir in trees.items():
@@ -376,6 +385,7 @@ def run_image(
                 if not line:
                     raise SystemExit(f"the {label} server did not start")
                 active[label] = json.loads(line)["passthrough_active"]
+                servers[label] = proc.pid
                 # Fill the chunk cache (and, with passthrough, the assembled backing files): twice, so
                 # files assembled in the background after the first read are backing files by then.
                 for _ in range(2):
@@ -383,7 +393,8 @@ def run_image(
                     time.sleep(1)
                 targets[label] = mnt
         samples: dict[str, dict[str, list[float]]] = {
-            t: {"read_cold": [], "read_warm": [], "walk_cold": [], "walk_warm": []} for t in targets
+            t: {"read_cold": [], "read_warm": [], "walk_cold": [], "walk_warm": [], "server_cpu_warm": []}
+            for t in targets
         }
         order = list(targets)
         for r in range(rounds):
@@ -391,7 +402,10 @@ def run_image(
                 d = targets[label]
                 _drop_caches()
                 samples[label]["read_cold"].append(_timed(READ_ALL, d))
+                pid = servers.get(label)
+                cpu = _cpu_seconds(pid) if pid else 0.0
                 samples[label]["read_warm"].append(_timed(READ_ALL, d))
+                samples[label]["server_cpu_warm"].append(_cpu_seconds(pid) - cpu if pid else 0.0)
                 _drop_caches()
                 samples[label]["walk_cold"].append(_timed(WALK, d))
                 samples[label]["walk_warm"].append(_timed(WALK, d))
@@ -410,6 +424,9 @@ def run_image(
         "passthrough_active": active,
         "samples": samples,
         "medians": {t: {k: statistics.median(v) for k, v in s.items()} for t, s in samples.items()},
+        # each round's target / host, its median: robust to the load drifting between rounds
+        "round_ratios": {t: {k: statistics.median(x / h for x, h in zip(v, samples["host"][k], strict=True))
+                             for k, v in s.items() if k in MEASURES} for t, s in samples.items()},
     }
 
 
@@ -428,10 +445,12 @@ def _walk_files(top: Path) -> list[os.DirEntry[str]]:
 
 def image_markdown(report: dict[str, object], command: str) -> str:
     medians: dict[str, dict[str, float]] = report["medians"]  # type: ignore[assignment]
+    ratios: dict[str, dict[str, float]] | None = report.get("round_ratios")  # type: ignore[assignment]
     active: dict[str, bool] = report["passthrough_active"]  # type: ignore[assignment]
     host = medians["host"]
     cols = [("read_cold", "read, cold"), ("read_warm", "read, warm"), ("walk_cold", "`find -ls`, cold"),
             ("walk_warm", "`find -ls`, warm")]
+    cpu = "server_cpu_warm" in host
     lines = [
         IMAGE_SECTION,
         "",
@@ -442,16 +461,22 @@ def image_markdown(report: dict[str, object], command: str) -> str:
         f"{report['cpus']} CPUs shared with other work (load average {report['load_average']:.1f} at the "
         f"start, {report.get('load_average_end', report['load_average']):.1f} at the end), "
         f"{report['date']}. Seconds, medians of {report['rounds']} rounds (targets rotated each round); "
-        "ratio = lazypull / host.",
+        + ("ratio = the median over rounds of lazypull / host in the same round (the load drifts between "
+           "rounds)" if ratios else "ratio = lazypull / host")
+        + ("; server CPU = CPU seconds the serving process used during the warm read." if cpu else "."),
         "",
-        "| target | passthrough | " + " | ".join(f"{c} (s) | ratio" for _, c in cols) + " |",
-        "|---|---|" + "---:|---:|" * len(cols),
+        "| target | passthrough | " + " | ".join(f"{c} (s) | ratio" for _, c in cols)
+        + (" | server CPU, warm read (s) |" if cpu else " |"),
+        "|---|---|" + "---:|---:|" * len(cols) + ("---:|" if cpu else ""),
     ]
     for label, m in medians.items():
         pt = "—" if label == "host" else ("on" if active.get(label) else "off")
         cells = []
         for key, _ in cols:
-            cells += [f"{m[key]:.2f}", f"{m[key] / host[key]:.2f}x"]
+            ratio = ratios[label][key] if ratios else m[key] / host[key]
+            cells += [f"{m[key]:.2f}", f"{ratio:.2f}x"]
+        if cpu:
+            cells.append("—" if label == "host" else f"{m['server_cpu_warm']:.2f}")
         lines.append(f"| {label} | {pt} | " + " | ".join(cells) + " |")
     lines += [
         "",
