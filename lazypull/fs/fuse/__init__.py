@@ -1,6 +1,7 @@
 """A FUSE server speaking the kernel protocol on ``/dev/fuse`` directly (no libfuse), serving a read-only
-:class:`Tree`: ``protocol`` (bytes), ``session`` (the loop), ``ops`` (requests -> Tree calls), ``mount``
-(mount(2)/umount2), ``passthrough`` (backing files for FUSE passthrough).
+:class:`Tree`: ``protocol`` (bytes), ``session`` (the mount and its replies), ``workers`` (the threads
+reading requests), ``ops`` (requests -> Tree calls), ``mount`` (mount(2)/umount2), ``passthrough``
+(backing files for FUSE passthrough).
 """
 
 import typing
