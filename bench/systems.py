@@ -137,7 +137,7 @@ def stop_lazypull(root: Path, keep: tuple[str, ...] = ()) -> None:
         with MountClient(root, autostart=False, timeout=30) as mc:
             mc.shutdown(unmount=True)
     pidfile = root / "run" / "daemon.pid"
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, IndexError):     # (emptied by a server that stopped)
         pid = int(pidfile.read_text().split()[0])
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:

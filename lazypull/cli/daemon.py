@@ -87,14 +87,19 @@ def _start_keeper_early(root: Path) -> None:
     ``run/`` exists); a keeper that answers late is started by the server as before."""
     import threading
 
-    def connect() -> None:
-        from lazypull.snapshot.keeper import KeeperClient
-        from lazypull.snapshot.paths import RunPaths
+    # Imported here, not in the thread: two threads importing modules that import each other can
+    # fail one of them (the import system's deadlock detection), and this one imports the server next.
+    import lazypull.selfexec  # noqa: F401 - what KeeperClient.connect imports when it starts one
+    from lazypull.snapshot.keeper import KeeperClient
+    from lazypull.snapshot.paths import RunPaths
 
-        paths = RunPaths(root.resolve())
-        if paths.run_dir.is_dir():
-            with contextlib.suppress(Exception):    # the server's own attempt reports what fails
-                KeeperClient.connect(paths).close()
+    paths = RunPaths(root.resolve())
+    if not paths.run_dir.is_dir():
+        return
+
+    def connect() -> None:
+        with contextlib.suppress(Exception):    # the server's own attempt reports what fails
+            KeeperClient.connect(paths).close()
 
     threading.Thread(target=connect, name="keeper-start", daemon=True).start()
 

@@ -84,7 +84,7 @@ def ensure_image(store: Store, image: str, *, opts: GlobalOptions, pull: str, pl
 
 
 def lazy_image(store: Store, image: str, *, opts: GlobalOptions, pull: str, platform: str | None,
-               holder: str) -> tuple[ResolvedImage, list[LayerMount] | None]:
+               holder: str, progress: Progress) -> tuple[ResolvedImage, list[LayerMount] | None]:
     """The image resolved from the store, pulled first as ``--pull`` says by the mount server, as
     ``lazypull pull`` does: its registry connection and modules are warm, the layers start mounting
     as soon as the manifest is read, held by ``holder``, and this process imports neither the registry
@@ -97,9 +97,11 @@ def lazy_image(store: Store, image: str, *, opts: GlobalOptions, pull: str, plat
     present = store.find_image(name) is not None
     mounts = None
     if pull == "always" or (pull == "missing" and not present):
+        progress.start(name, name, None)    # the line an in-process pull shows (a terminal's only)
         with MountClient(opts.root) as client:
             pulled = client.pull_image(image, insecure=bool(opts.insecure_registries),
                                        platforms=[platform] if platform else None, holder=holder)
+        progress.finish(name, "resolved")
         name, mounts = pulled.name, pulled.layers
     elif not present:
         raise ContainerError(f"image {image} is not in the store and --pull=never was given")
@@ -199,8 +201,9 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
         from lazypull.snapshot import MountClient
 
         try:
-            resolved, mounts = lazy_image(store, image, opts=opts, pull=pull, platform=platform,
-                                          holder=container_id)
+            with QuietProgress() if quiet else make_progress() as progress:
+                resolved, mounts = lazy_image(store, image, opts=opts, pull=pull, platform=platform,
+                                              holder=container_id, progress=progress)
             placeholder.image = resolved.name
             image_config = run_config(resolved.config, resolved.name)  # checked before it is started
             # The server starts fetching the command (and its libraries) while the container is set
