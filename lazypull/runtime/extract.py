@@ -42,6 +42,8 @@ from isal import igzip
 from lazypull.errors import ContainerError
 from lazypull.format import entryrules
 from lazypull.format.compression import detect_compression
+from lazypull.format.landmarks import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from lazypull.format.toc import TOC_TAR_NAME
 from lazypull.image.partials import clean_partials, partial_prefix
 from lazypull.removetree import remove_tree
 
@@ -49,7 +51,7 @@ log = logging.getLogger(__name__)
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
 # Files eStargz adds at the layer root for the lazy reader; a full extraction leaves them out.
-ESTARGZ_METADATA = frozenset({"stargz.index.json", ".prefetch.landmark", ".no.prefetch.landmark"})
+ESTARGZ_METADATA = frozenset({TOC_TAR_NAME, PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK})
 
 _COPY_BUFFER = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
