@@ -11,13 +11,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from lazypull.errors import ImageError, LazypullError, MountError
 from lazypull.format import FormatError
 from lazypull.format.layerkind import LayerSpec, is_lazy
 from lazypull.image.partial import check_declared_diff_ids
 from lazypull.store.names import COMPRESSION_GZIP, COMPRESSION_ZSTD, LayerInfo
+
+if TYPE_CHECKING:
+    from lazypull.registry import Reference, RegistryClient
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,7 @@ MAX_CONFIG = 4 << 20        # bytes of an image config read
 class StoreLayer:
     """One lazily mountable layer of an image, as the store presents it."""
 
-    ref: Any                           # lazypull.registry.Reference of the image
+    ref: Reference                     # the image's
     annotations: dict[str, str]
     info: LayerInfo
 
@@ -52,8 +55,8 @@ class ImageLayers:
         return None
 
 
-def image_layers(client: Any, ref: Any) -> ImageLayers:
-    """Read the manifest and config of ``ref`` (a ``Reference``) and describe its lazy layers."""
+def image_layers(client: RegistryClient, ref: Reference) -> ImageLayers:
+    """Read the manifest and config of ``ref`` and describe its lazy layers."""
     from lazypull.registry import parse_manifest
 
     raw, media_type, _ = client.resolve_image(ref)
@@ -104,7 +107,7 @@ def image_layers(client: Any, ref: Any) -> ImageLayers:
 class Catalog:
     """``image_layers`` per reference, cached ``CACHE_SECONDS``; concurrent asks share one fetch."""
 
-    def __init__(self, client_for: Callable[[], Any]) -> None:
+    def __init__(self, client_for: Callable[[], RegistryClient]) -> None:
         self._client_for = client_for
         self._lock = threading.Lock()
         self._images: OrderedDict[str, ImageLayers] = OrderedDict()
