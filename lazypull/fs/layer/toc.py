@@ -61,7 +61,10 @@ def open_toc(digest: str, annotations: Mapping[str, str] | LayerSpec, src: Recor
         offset, length = spec.toc_position
         _verify_manifest_checksum(digest, src, spec.manifest_checksum, offset, length)
         try:
-            reader = open_layer(src, toc_offset_hint=offset, strict=True, max_file_size=max_size)
+            # The reader checks the TOC it parses (found by the footer) against the checksum too: the
+            # footer may point elsewhere than manifest-position.
+            reader = open_layer(src, toc_digest=spec.manifest_checksum, toc_offset_hint=offset, strict=True,
+                                max_file_size=max_size)
         except FormatError as err:
             raise MountError(f"layer {digest}: cannot open its TOC: {err}") from err
         src.save()
