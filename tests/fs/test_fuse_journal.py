@@ -154,3 +154,34 @@ def test_a_replayed_request_the_kernel_no_longer_waits_for_is_dropped(
         left.close()
         second.stop()
         first.stop()
+
+
+def test_with_resend_the_journals_copies_are_dropped(tmp_path: Path) -> None:
+    """Where the kernel takes FUSE_NOTIFY_RESEND (6.9+: this one), it queues the unanswered requests
+    again itself: the journal's copies are dropped, not answered (that would answer them twice)."""
+    tree = MemTree()
+    tree.add_file("f", b"x")
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    first = FuseMount(tree, mnt, passthrough=False).start()
+    second = FuseMount(tree, mnt, passthrough=False, workers=(1, 2))
+    left = Journal.create(2)
+    try:
+        assert first.negotiated is not None
+        slots = [left.acquire(), left.acquire()]
+        for slot, unique in zip(slots, (1 << 40, (1 << 40) + 2), strict=True):
+            assert slot is not None
+            left.buffer(slot)[:len(_request(unique))] = _request(unique)
+        second.resume(os.dup(first.dev_fd), first.negotiated, {}, os.dup(left.fd))
+        assert [left.unique(slot) for slot in range(2)] == [0, 0]
+        assert (second.replayed, second.replay_failed) == (0, 0)
+        peer = Journal.adopt(os.dup(left.fd))
+        try:
+            assert peer.held() == []
+        finally:
+            peer.close()
+        assert (mnt / "f").read_bytes() == b"x"
+    finally:
+        left.close()
+        second.stop()
+        first.stop()

@@ -231,6 +231,7 @@ class FuseMount:
         if resent and self._journal is not None:   # queued again: the copies would be answered twice
             for slot in held:
                 self._journal.clear(slot)
+                self._journal.release(slot)     # free for this server's threads
             held = []
         elif held:
             log.info("%s: answering %d requests the previous server had read and not answered (from the "
