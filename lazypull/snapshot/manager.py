@@ -171,7 +171,7 @@ class LayerManager:
         from lazypull.image.partial import check_declared_diff_ids
 
         # before anything is mounted (an image stored before pulls checked this, or loaded)
-        check_declared_diff_ids(resolved.layers, list(getattr(resolved, "diff_ids", None) or []))
+        check_declared_diff_ids(resolved.layers, list(resolved.diff_ids))
 
         def one(desc: Descriptor) -> LayerMount:
             annotations = dict(desc.annotations or {})
@@ -198,7 +198,7 @@ class LayerManager:
         else:
             result = [one(desc) for desc in layers]
         digests = [m.digest for m in result if m.lazy]
-        name = str(getattr(resolved, "name", image) or image)
+        name = resolved.name or image
         hold = Hold(holder or name, name, digests, insecure)
         with self._lock:
             self._holds[(hold.holder, hold.image)] = hold
@@ -375,7 +375,7 @@ class LayerManager:
             data = layer.tree.stats.snapshot()
             data["path"] = str(layer.path)
             data["source"] = layer.source.describe()
-            data["passthrough_files"] = getattr(layer.fuse, "passthrough_files", 0)
+            data["passthrough_files"] = layer.fuse.passthrough_files
             out[digest] = data
         return {"layers": out, "cache_dir": str(self.cache.dir), "cache": self.cache.stats(),
                 "released_trees": {"released": self._released_count, "alive": len(self._released)}}
@@ -385,9 +385,8 @@ class LayerManager:
         return max(0.0, time.time() - self.started)
 
     def cache_bytes(self) -> int:
-        """Disk space the chunk cache takes (the cache's own count when it keeps one, else a walk)."""
-        size = getattr(self.cache, "size", None)
-        return size if isinstance(size, int) else _disk_usage(self.cache.dir)
+        """Disk space the chunk cache takes (its own count, in filesystem blocks)."""
+        return self.cache.size
 
     def totals(self) -> dict[str, int]:
         """The layers' counters summed over the server's life (unmounted layers included, so that they
@@ -492,7 +491,7 @@ class LayerManager:
 
     def _keep(self, digest: str, path: Path, fuse: FuseMount) -> None:
         """Hand a copy of a new mount's ``/dev/fuse`` fd to the keeper (a failure costs only that)."""
-        state = getattr(fuse, "negotiated", None)
+        state = fuse.negotiated
         if self.keeper is None or state is None:
             return
         try:
@@ -714,24 +713,6 @@ class _Collector:
 
 
 _COLLECTOR = _Collector()
-
-
-def _disk_usage(top: Path) -> int:
-    """Bytes of the files under ``top`` on disk (allocated blocks; vanishing files are skipped)."""
-    total = 0
-    stack = [str(top)]
-    while stack:
-        try:
-            with os.scandir(stack.pop()) as entries:
-                for entry in entries:
-                    with contextlib.suppress(OSError):
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append(entry.path)
-                        else:
-                            total += entry.stat(follow_symlinks=False).st_blocks * 512
-        except OSError:
-            continue
-    return total
 
 
 def _layer_spec(digest: str, size: int, media_type: str, annotations: dict[str, str]) -> LayerSpec:
