@@ -82,6 +82,12 @@ def _fuse_fds(pid: int) -> int:
     return sum(1 for fd in fd_dir.iterdir() if os.readlink(fd) == "/dev/fuse")
 
 
+def _journal_fds(pid: int) -> int:
+    """How many request journal memfds (``lazypull.fs.fuse.journal``) process ``pid`` holds."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fd_dir.iterdir() if os.readlink(fd).startswith("/memfd:lazypull-journal"))
+
+
 def _kill_server(root: Path) -> int:
     pid = daemon_pid(root)
     assert pid is not None
@@ -114,6 +120,7 @@ def test_readers_survive_killed_servers(lazy_image: str, tmp_path: Path) -> None
             wait_until(functools.partial(_went_on, status, before), "the reader to go on after the restart")
             keeper = keeper_pid(RunPaths(root))
             assert keeper is not None and _fuse_fds(keeper) == 2, "one kept connection per mounted layer"
+            assert _journal_fds(keeper) == 2, "one request journal per kept connection, none left behind"
         assert len(servers | {daemon_pid(root)}) == 6
         assert sorted(lazypull_mounts(root)) == mounts
     finally:
