@@ -200,8 +200,8 @@ def run(args: argparse.Namespace) -> Path:
                                    "learn_window = 0\nfetch_user_db = false\n"),
                                   ("lazypull-lazy-noahead", "stargz", "blob_readahead = 0\n"),
                                   ("lazypull-run", "stargz", ""), ("lazypull-run-cold", "stargz", "")):
-            for suffix, python in (("", sys.executable), ("-base", args.base_python)):
-                if python is None or not any(s == key + suffix for s, _ in args.row_list):
+            for suffix, python in (("", None), ("-base", args.base_python)):
+                if (suffix and python is None) or not any(s == key + suffix for s, _ in args.row_list):
                     continue
                 systems[key + suffix] = LazypullSystem(
                     workdir / f"root-{key}{suffix}", snap, config=config, name=key + suffix,

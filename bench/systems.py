@@ -50,15 +50,17 @@ class LazypullSystem:
 
     ``one_command``: ``lazypull run --rm`` alone (it pulls), all of it timed as the run phase;
     ``warm_server`` False: the mount server is not started before the clock (the command starts it);
-    ``python``: the interpreter running lazypull, and so which lazypull (another tree's, to compare)."""
+    ``python``: the interpreter running lazypull, and so which lazypull (another tree's, to compare;
+    default ``LAZYPULL``'s, the pinned snapshot's when bench/run.py pinned one)."""
 
     def __init__(self, root: Path, snapshotter: str, *, config: str = "", name: str | None = None,
                  keep: tuple[str, ...] = (), one_command: bool = False, warm_server: bool = True,
-                 python: str = sys.executable) -> None:
+                 python: str | None = None) -> None:
         self.root = root
         self.one_command = one_command
         self.warm_server = warm_server
-        self.lazypull = [python, "-m", "lazypull"]
+        # -I: that interpreter's own lazypull, not the PYTHONPATH of a pinned run (bench/run.py)
+        self.lazypull = [python, "-I", "-m", "lazypull"] if python is not None else LAZYPULL
         # files of each layer's state dir (``snapshots/<hex>/``) kept from one sample to the next: a
         # re-start after the chunk cache was evicted (everything else is wiped as for a first start)
         self.keep = keep
@@ -81,8 +83,8 @@ class LazypullSystem:
         if self.config:
             (self.root / "config.toml").write_text(self.config)
         if self.snapshotter == "stargz" and self.warm_server:   # by this system's own lazypull
-            subprocess.run([self.lazypull[0], "-c", "import sys\nfrom lazypull.snapshot import MountClient\n"
-                            "MountClient(sys.argv[1]).ping()", str(self.root)], check=True)
+            ping = "import sys\nfrom lazypull.snapshot import MountClient\nMountClient(sys.argv[1]).ping()"
+            subprocess.run([self.lazypull[0], "-I", "-c", ping, str(self.root)], check=True)
 
     def pull(self, ref: str) -> Phase | None:
         if self.one_command:
