@@ -181,3 +181,45 @@ def test_a_walk_stats_every_entry_without_a_lookup(tmp_path: Path, fuse_path: st
                              check=True, timeout=120).stdout
         assert len(out.splitlines()) == 1 + 300 * 2
         assert tree.calls["lookup"] == lookups
+
+
+def _raw(opcode: int, nodeid: int = 1) -> bytes:
+    return protocol.IN_HEADER.pack(protocol.IN_HEADER.size, opcode, 7, nodeid, 0, 0, 1, 0, 0)
+
+
+class _Observer(MemTree):
+    def refuse_write(self, op: str, parent: int, name: bytes) -> int:
+        return errno.ENOENT
+
+
+def test_what_the_reading_thread_answers_itself() -> None:
+    """Operations.inline: only requests that never wait are answered by the thread reading /dev/fuse."""
+    ops = _ops(no_open=False)
+    for op in (Op.RELEASE, Op.FLUSH, Op.FORGET, Op.RELEASEDIR, Op.INIT, Op.SETATTR, Op.IOCTL, 4242):
+        assert ops.inline(_raw(op)), op
+    assert not ops.inline(_raw(Op.READ))  # may fetch from the network
+    assert ops.inline(_raw(Op.OPEN))  # no passthrough: a cached-mode open touches no tree
+    for op in (Op.LOOKUP, Op.GETATTR, Op.READDIRPLUS, Op.READLINK, Op.GETXATTR, Op.STATFS):
+        assert ops.inline(_raw(op)), op  # MemTree says its metadata is in memory
+    tree = MemTree()
+    tree.in_memory = False  # like the additional layer store's tree, which may mount on lookup
+    waits = Operations(tree, entry_timeout=10, attr_timeout=10, passthrough=False, dev_fd=-1)
+    assert not waits.inline(_raw(Op.LOOKUP)) and not waits.inline(_raw(Op.READDIRPLUS))
+    observed = Operations(_Observer(), entry_timeout=10, attr_timeout=10, passthrough=False, dev_fd=-1)
+    assert not observed.inline(_raw(Op.CREATE)) and observed.inline(_raw(Op.SETATTR))
+    assert ops.inline(b"\0" * 10)  # too short to parse: the session logs it, nothing waits
+
+
+def test_a_passthrough_open_is_quick_once_its_backing_id_is_kept() -> None:
+    tree = MemTree()
+    ino = tree.add_file("f", b"x")
+    ops = Operations(tree, entry_timeout=10, attr_timeout=10, passthrough=True, dev_fd=-1)
+    ops.passthrough_active = True
+    assert not ops.inline(_raw(Op.OPEN, ino))  # it looks for a backing file, maybe assembling one
+    ops.backing.adopt({ino: 5})
+    assert ops.inline(_raw(Op.OPEN, ino))
+    reply = ops.handle(_req(Op.OPEN, protocol.OPEN_IN.pack(os.O_RDONLY, 0), nodeid=ino))
+    assert reply is not None and reply[0] == 0
+    _, flags, backing_id = protocol.OPEN_OUT.unpack(reply[1])
+    assert backing_id == 5 and flags & protocol.FOPEN_PASSTHROUGH
+    assert ops.backing.in_use() == 1 and tree.calls["backing_path"] == 0

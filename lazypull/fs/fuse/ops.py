@@ -166,6 +166,8 @@ class Operations:
         answers it before reading the next (``fuse.workers``). What may wait: READ (the network), an
         OPEN that looks for and registers a backing file (it may assemble one), a write a
         ``WriteObserver`` judges, and metadata unless the tree is ``MetadataInMemory``."""
+        if len(buf) < protocol.IN_HEADER.size:
+            return True  # unparsable: the session logs it and answers nothing
         opcode, nodeid = protocol.IN_OPCODE_NODEID.unpack_from(buf)
         if opcode == Op.OPEN:
             return not self.passthrough_active or self.no_open or self.resumed or self.backing.is_open(nodeid)

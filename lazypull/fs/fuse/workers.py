@@ -189,7 +189,12 @@ class Readers:
                 self._end()
                 return None
             request = bytes(view[:n])
-            if not self._inline(request):
+            try:
+                quick = self._inline(request)
+            except Exception:  # a bug there must not end the reading: the request is served as slow
+                log.exception("deciding where to answer a FUSE request failed")
+                quick = False
+            if not quick:
                 self.handed_over += 1
                 self._hand_over()
                 return request
