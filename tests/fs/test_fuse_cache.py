@@ -223,3 +223,8 @@ def test_a_passthrough_open_is_quick_once_its_backing_id_is_kept() -> None:
     _, flags, backing_id = protocol.OPEN_OUT.unpack(reply[1])
     assert backing_id == 5 and flags & protocol.FOPEN_PASSTHROUGH
     assert ops.backing.in_use() == 1 and tree.calls["backing_path"] == 0
+    assert ops.inline(_raw(Op.RELEASE, ino))
+    ops.backing._idle_kept = 0  # the next last close unregisters an id ...
+    assert ops.inline(_raw(Op.RELEASE, ino))  # ... which nobody is told of: quick
+    ops.backing.on_change = lambda ino, backing_id: None  # the keeper is told: a socket round trip
+    assert not ops.inline(_raw(Op.RELEASE, ino))

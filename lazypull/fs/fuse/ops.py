@@ -164,7 +164,8 @@ class Operations:
     def inline(self, buf: bytes) -> bool:
         """Whether the request ``buf`` (as read from the device) never waits, so the thread that read it
         answers it before reading the next (``fuse.workers``). What may wait: READ (the network), an
-        OPEN that looks for and registers a backing file (it may assemble one), a write a
+        OPEN that looks for and registers a backing file (it may assemble one; registering tells the
+        keeper), a RELEASE that may unregister an idle id (tells the keeper), a write a
         ``WriteObserver`` judges, and metadata unless the tree is ``MetadataInMemory``."""
         if len(buf) < protocol.IN_HEADER.size:
             return True  # unparsable: the session logs it and answers nothing
@@ -175,6 +176,8 @@ class Operations:
             return self._metadata_inline
         if opcode == Op.READ:
             return False
+        if opcode == Op.RELEASE:
+            return not self.backing.release_may_wait()
         if opcode in _NAMED_WRITES:
             return not self._observed_writes
         return True  # RELEASE, FLUSH, FORGET, INIT, other writes (EROFS), unknown ones (ENOSYS)

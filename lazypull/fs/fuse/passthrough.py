@@ -139,6 +139,12 @@ class BackingFiles:
                 self._tell(old, 0)
                 self._close_id(self._by_inode.pop(old).backing_id)
 
+    def release_may_wait(self) -> bool:
+        """Whether the next last-close may unregister an idle id and tell ``on_change`` of it (the
+        keeper: a socket round trip), so a RELEASE is not one the FUSE reading thread answers itself."""
+        with self._by_inode_lock:
+            return self.on_change is not None and len(self._idle) >= self._idle_kept
+
     def in_use(self) -> int:
         """Inodes with passthrough opens now (diagnostics and tests)."""
         with self._by_inode_lock:
