@@ -56,7 +56,7 @@ def daemon_command(containerd_socket: str | None, cri_image_service: str | None,
         raise click.UsageError("--cri-image-service needs --containerd-socket (the snapshotter it serves)")
     opts = get_options()
     _start_keeper_early(opts.root)
-    from lazypull.fs.config import load_config
+    from lazypull.fs import load_config
     from lazypull.image.rootdir import prepare_root
     from lazypull.snapshot.server import run_daemon
 

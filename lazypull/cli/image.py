@@ -146,8 +146,7 @@ def _list(quiet: bool, no_trunc: bool, names: tuple[str, ...]) -> None:
 
 def _chunk_cache_usage(root: Path) -> Callable[[str], int]:
     """Bytes a layer (by digest) holds in the mount server's chunk cache (where config.toml puts it)."""
-    from lazypull.fs.cache import stored_bytes
-    from lazypull.fs.config import FsConfig, load_config
+    from lazypull.fs import FsConfig, load_config, stored_bytes
 
     try:
         config = load_config(root)
@@ -250,7 +249,7 @@ def _free_layers(root: Path) -> Callable[[set[str]], object]:
     """For ``Store.prune``: free the per-layer state and cached chunks of the layers no image, container,
     hold or mount uses any more (``snapshot.layerstate``)."""
     def free(live: set[str]) -> object:
-        from lazypull.fs.config import load_config
+        from lazypull.fs import load_config
         from lazypull.runtime import Containers
         from lazypull.snapshot.layerstate import layers_in_use, prune_layer_state
 

@@ -164,7 +164,7 @@ class _Watch:
 def run_workload(root: Path, store: Store, image: str, digests: list[str], options: ContainerOptions, *,
                  period: float, wait_line: str | None) -> dict[str, list[tuple[str, int]]]:
     """Run ``image`` with its layers' access recorders on; the accesses per layer digest."""
-    from lazypull.fs.layer.access import is_recording, read_access_log, request_recording, withdraw_request
+    from lazypull.fs import is_recording, read_access_log, request_recording, withdraw_request
     from lazypull.runtime.layers import lower_dirs
     from lazypull.snapshot import MountClient
     from lazypull.snapshot.paths import RunPaths

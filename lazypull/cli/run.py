@@ -261,7 +261,7 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
 
 def _waits_for_prefetch(root: Path) -> bool:
     """The filesystem config's ``prefetch_wait`` (see lazypull.fs.config)."""
-    from lazypull.fs.config import load_config
+    from lazypull.fs import load_config
 
     return load_config(root).prefetch_wait
 

@@ -12,6 +12,7 @@ from lazypull._lazy import lazy_attributes as _lazy_attributes
 if typing.TYPE_CHECKING:
     from lazypull.fs.cache import DirectoryCache as DirectoryCache
     from lazypull.fs.cache import digest_hex as digest_hex
+    from lazypull.fs.cache import stored_bytes as stored_bytes
     from lazypull.fs.config import FsConfig as FsConfig
     from lazypull.fs.config import load_config as load_config
     from lazypull.fs.facade import LayerFs as LayerFs
@@ -23,6 +24,10 @@ if typing.TYPE_CHECKING:
     from lazypull.fs.fuse.tree import Attr as Attr
     from lazypull.fs.fuse.tree import FuseError as FuseError
     from lazypull.fs.fuse.tree import StatFs as StatFs
+    from lazypull.fs.layer.access import is_recording as is_recording
+    from lazypull.fs.layer.access import read_access_log as read_access_log
+    from lazypull.fs.layer.access import request_recording as request_recording
+    from lazypull.fs.layer.access import withdraw_request as withdraw_request
     from lazypull.fs.layer.tree import LayerTree as LayerTree
     from lazypull.fs.mount import clean_stale_mounts as clean_stale_mounts
     from lazypull.fs.mount import detach as detach
@@ -53,11 +58,16 @@ __all__ = [
     "detach",
     "digest_hex",
     "is_layer_mount",
+    "is_recording",
     "lazypull_mounts",
     "load_config",
     "mount_entry",
     "mount_layer",
+    "read_access_log",
+    "request_recording",
+    "stored_bytes",
     "unmount",
+    "withdraw_request",
 ]
 
 # Public name -> the submodule defining it, imported on first use: the mount server's client needs
@@ -81,11 +91,16 @@ _SOURCES: dict[str, str] = {
     "detach": ".mount",
     "digest_hex": ".cache",
     "is_layer_mount": ".mount",
+    "is_recording": ".layer.access",
     "lazypull_mounts": ".mount",
     "load_config": ".config",
     "mount_entry": ".fuse.mount",
     "mount_layer": ".mount",
+    "read_access_log": ".layer.access",
+    "request_recording": ".layer.access",
+    "stored_bytes": ".cache",
     "unmount": ".mount",
+    "withdraw_request": ".layer.access",
 }
 
 if not typing.TYPE_CHECKING:     # mypy sees the imports above, so a misspelt name stays an error
