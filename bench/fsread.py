@@ -350,7 +350,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def run_image(
-    tar: Path, cache_dir: Path, trees: dict[str, Path], rounds: int, workdir: Path
+    tar: Path, cache_dir: Path, trees: dict[str, Path], rounds: int, workdir: Path, warm_only: bool = False
 ) -> dict[str, object]:
     """Cold and warm whole-image reads and metadata walks: the extracted tree on the host fs vs lazy
     mounts of the same layer, fully cached locally, served and with passthrough, for each code tree."""
@@ -392,22 +392,26 @@ def run_image(
                     _timed(READ_ALL, mnt)
                     time.sleep(1)
                 targets[label] = mnt
-        samples: dict[str, dict[str, list[float]]] = {
-            t: {"read_cold": [], "read_warm": [], "walk_cold": [], "walk_warm": [], "server_cpu_warm": []}
-            for t in targets
-        }
+        keys = [k for k in MEASURES if not (warm_only and k.endswith("_cold"))] + ["server_cpu_warm"]
+        samples: dict[str, dict[str, list[float]]] = {t: {k: [] for k in keys} for t in targets}
         order = list(targets)
         for r in range(rounds):
             for label in order[r % len(order):] + order[: r % len(order)]:  # rotate who goes first
                 d = targets[label]
-                _drop_caches()
-                samples[label]["read_cold"].append(_timed(READ_ALL, d))
+                if warm_only:
+                    _timed(READ_ALL, d)  # whatever ran before: warm again, unmeasured
+                else:
+                    _drop_caches()
+                    samples[label]["read_cold"].append(_timed(READ_ALL, d))
                 pid = servers.get(label)
                 cpu = _cpu_seconds(pid) if pid else 0.0
                 samples[label]["read_warm"].append(_timed(READ_ALL, d))
                 samples[label]["server_cpu_warm"].append(_cpu_seconds(pid) - cpu if pid else 0.0)
-                _drop_caches()
-                samples[label]["walk_cold"].append(_timed(WALK, d))
+                if warm_only:
+                    _timed(WALK, d)
+                else:
+                    _drop_caches()
+                    samples[label]["walk_cold"].append(_timed(WALK, d))
                 samples[label]["walk_warm"].append(_timed(WALK, d))
             print(f"round {r + 1}/{rounds} done", file=sys.stderr)
     files = sum(len(fs) for _, _, fs in os.walk(host))
@@ -450,6 +454,7 @@ def image_markdown(report: dict[str, object], command: str) -> str:
     host = medians["host"]
     cols = [("read_cold", "read, cold"), ("read_warm", "read, warm"), ("walk_cold", "`find -ls`, cold"),
             ("walk_warm", "`find -ls`, warm")]
+    cols = [c for c in cols if c[0] in host]  # --warm-only: no cold columns
     cpu = "server_cpu_warm" in host
     lines = [
         IMAGE_SECTION,
@@ -505,7 +510,7 @@ def image_main(args: argparse.Namespace) -> None:
     if args.compare_tree:
         trees = {"old": args.compare_tree.resolve(), "new": ROOT}
     with tempfile.TemporaryDirectory(prefix="lazypull-fsimage-", dir=args.workdir) as tmp:
-        report = run_image(Path(tar), args.cache_dir, trees, args.rounds, Path(tmp))
+        report = run_image(Path(tar), args.cache_dir, trees, args.rounds, Path(tmp), args.warm_only)
     command = ".venv/bin/python -m bench.fsread " + " ".join(sys.argv[1:])
     print(json.dumps(report, indent=2))
     if args.json:
@@ -527,11 +532,16 @@ def main() -> None:
                         help="with --image: also serve from this lazypull tree (e.g. a git archive of an "
                         "older commit), interleaved")
     parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--warm-only", action="store_true",
+                        help="with --image: only the warm read and walk (no drop_caches; quicker, and kinder "
+                        "to a shared machine); prints the table, does not write the docs")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--random-reads", type=int, default=50_000)
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--write-docs", action="store_true", help="update the section in docs/benchmarks.md")
     args = parser.parse_args()
+    if args.warm_only and (args.write_docs or not args.image):
+        parser.error("--warm-only goes with --image and without --write-docs (the docs keep the full table)")
     if args.image:
         image_main(args)
         return
