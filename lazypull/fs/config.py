@@ -71,10 +71,10 @@ class FsConfig:
     """When a small file (up to 64 KiB compressed) misses, the small files stored within this many
     compressed bytes of it come in the same request (0: off). Default 8 KiB."""
     blob_readahead: int = 512 << 10
-    """When a small file misses near another recent miss (a workload walking through a directory), the
-    small files stored after it are fetched too, in a request of their own that the read does not wait
-    for: 64 KiB of blob, doubled while the walk goes on, up to this many compressed bytes
-    (``fs.layer.readahead``; at most 1/16 of the cache bound; 0: off). Default 512 KiB."""
+    """When a small file misses within 64 KiB of another recent miss (a workload walking through a
+    directory), the small files stored after it within this many compressed bytes are fetched too, in a
+    request of their own that the read does not wait for (``fs.layer.readahead``; at most 1/16 of the
+    cache bound; 0: off). Default 512 KiB."""
     fetch_user_db: bool = True
     """At mount, fetch the layer's /etc/passwd and /etc/group (if small): every container start reads them
     (``lazypull create`` to resolve the user, then runc). Default true."""

@@ -1,7 +1,8 @@
 """Blob-order read-ahead (``fs.layer.readahead``): a miss of a small file near a recent one (a walk through
 a directory) brings the small files stored after it, within the budget, in a request of its own; a lone
-miss, big files, a budget of 0 and the cache bound stop it; what is read stays byte-identical. Over the
-tree, and through a real FUSE mount (served reads and passthrough of the files read ahead)."""
+miss, a second miss far from the first, big files, a budget of 0 and the cache bound stop it; what is
+read stays byte-identical. Over the tree, and through a real FUSE mount (served reads and passthrough of
+the files read ahead)."""
 
 from __future__ import annotations
 
@@ -109,8 +110,7 @@ def test_a_walk_through_small_files_brings_the_ones_after_it(blob: Blob, tmp_pat
 
 
 def test_a_big_file_in_the_window_is_skipped_and_a_big_miss_reads_nothing_ahead(
-        blob: Blob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(readahead, "FIRST_WINDOW", 1 << 20)      # the whole budget at once
+        blob: Blob, tmp_path: Path) -> None:
     tree, src = _tree(blob, tmp_path, LAZY.replace(blob_readahead=1 << 20))
     _read(tree, "pkg/mod18.pyc")
     _read(tree, "pkg/mod19.pyc")
@@ -125,7 +125,7 @@ def test_a_big_file_in_the_window_is_skipped_and_a_big_miss_reads_nothing_ahead(
     tree.close()
 
 
-def test_the_window_doubles_while_the_walk_goes_on(tmp_path: Path) -> None:
+def test_two_misses_far_apart_are_no_walk(tmp_path: Path) -> None:
     names = [f"lib/m{i:03}.py" for i in range(160)]
     files = {name: _random(SMALL, 1000 + i) for i, name in enumerate(names)}
     buf = io.BytesIO()
@@ -134,21 +134,16 @@ def test_the_window_doubles_while_the_walk_goes_on(tmp_path: Path) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    walk = build_blob(tmp_path, buf.getvalue(), name="walk", chunk_size=1 << 20)
-    tree, src = _tree(walk, tmp_path / "root", LAZY.replace(blob_readahead=1 << 20))
-    sizes: list[int] = []
-    for name in names[:2]:
+    far = build_blob(tmp_path, buf.getvalue(), name="far", chunk_size=1 << 20)
+    tree, src = _tree(far, tmp_path / "root", LAZY.replace(blob_readahead=1 << 20))
+    assert _span(tree, names[100])[0] - _span(tree, names[0])[1] > readahead.WALK_GAP
+    for name in (names[0], names[100]):         # one package's two files, far apart: no walk
         assert tree.read(lookup_path(tree, name), 0, 1 << 20) == files[name]
-    for step in range(3):
-        expected = 3 + 2 * step                 # each miss and its read-ahead, after the first miss
-        _wait(lambda n=expected: len(src.requests) == n and not tree.fetcher._inflight,
-              "read ahead")
-        sizes.append(sum(n for _, n in src.requests[-1]))
-        name = next(n for n in names if not _cached(tree, n))   # the walk goes on just after the window
-        assert tree.read(lookup_path(tree, name), 0, 1 << 20) == files[name]
-    window = readahead.FIRST_WINDOW
-    assert [window // 2 < n <= window * k for k, n in zip((1, 2, 4), sizes, strict=True)] == [True] * 3
-    assert sizes[0] < sizes[1] < sizes[2], sizes
+    time.sleep(0.2)
+    assert len(src.requests) == 2 and not _cached(tree, names[102])
+    assert tree.read(lookup_path(tree, names[101]), 0, 1 << 20) == files[names[101]]
+    _wait(lambda: len(src.requests) == 4 and _cached(tree, names[159]), "a walk from the next file on")
+    assert not _cached(tree, names[50])
     tree.close()
 
 

@@ -4,15 +4,14 @@ A layer's tar keeps a directory's files together, in the order its build wrote t
 program reads many of them one after the other (the headers one ``#include`` pulls in, a package's
 modules, a server's catalog files), each a round trip of its own when nothing is known about the image
 (no prioritized files, no learned record). So once a workload shows it is walking through a region of
-the blob (a miss of a small file within ``budget`` bytes of one of the last ``RECENT`` such misses), the
-miss also asks for the small files that follow it within ``FsConfig.blob_readahead`` compressed bytes:
+the blob (a miss of a small file within ``WALK_GAP`` bytes of one of the last ``RECENT`` such misses),
+the miss also asks for the small files that follow it within ``FsConfig.blob_readahead`` compressed bytes:
 in a request of their own beside the miss, never waited for by the read that missed (the read's own
 answer is not delayed by bytes it did not ask for); a later read of one of them finds it cached or
 waits only for that request. A lone miss (a locale file, a time zone, a program's one data file) reads
 nothing ahead: guessing there costs transfer and decoding (measured: python's start, seven misses in
-seven places, was slower with a read-ahead at every miss) and finds nothing. Like the kernel's file
-read-ahead, the window starts small (``FIRST_WINDOW``) and doubles, up to ``budget``, while the walk's
-next miss lands in or right after the last window (two files of one package cost 64 KiB, not the budget).
+seven places, was slower with a read-ahead at every miss) and finds nothing; neither do two files of one
+package read one after the other far apart (python's ``encodings/__init__`` and ``utf_8``, 273 kB).
 
 Bounded: the window is ``budget`` compressed bytes after the miss (only small files wholly inside it,
 each at most ``small`` compressed bytes; a big file in the window is skipped, it is read on its own
@@ -38,8 +37,11 @@ CACHE_SHARE = 16
 """A read-ahead takes at most this fraction (1/16) of the chunk cache's bound."""
 RECENT = 8
 """Small-file misses remembered, to tell a walk through a region from a lone miss."""
-FIRST_WINDOW = 64 << 10
-"""Compressed bytes read ahead when a walk is first seen; doubled while it goes on."""
+WALK_GAP = 64 << 10
+"""Two small-file misses this close in the blob make a walk. gcc's first two header misses
+(``stdc-predef.h``, ``stdio.h``) are 11 kB apart; a window ramped from this size on every walk miss
+left 9 of its 12 serial header misses (the headers are read in ``#include`` order, back and forth
+through 0.5 MB), the whole budget at once 6."""
 
 #: ``(offsets, inodes)``: the layer's regular files sorted by the blob offset of their data
 Table = tuple[list[int], list[int]]
@@ -55,23 +57,14 @@ class BlobReadAhead:
         self.small = small
         self.max_plain = cache_bound // CACHE_SHARE if cache_bound > 0 else None
         self._recent: deque[int] = deque(maxlen=RECENT)     # blob offsets of recent small-file misses
-        self._last = (0, 0)                                 # the last window read ahead [start, stop)
         self._lock = threading.Lock()
 
-    def _window(self, offset: int, start: int) -> int:
-        """Note a small-file miss at ``offset`` (its data ending at ``start``); the bytes to read ahead
-        from ``start``: 0 unless one of the last misses was near it, more while a walk goes on."""
+    def _walking(self, offset: int) -> bool:
+        """Note a small-file miss at ``offset``; whether one of the last misses was near it."""
         with self._lock:
-            near = any(abs(offset - seen) < self.budget for seen in self._recent)
+            near = any(abs(offset - seen) < WALK_GAP for seen in self._recent)
             self._recent.append(offset)
-            if not near:
-                return 0
-            last_start, last_stop = self._last
-            size = last_stop - last_start
-            going_on = last_start <= offset < last_stop + size
-            size = min(self.budget, 2 * size if going_on else FIRST_WINDOW)
-            self._last = (start, start + size)
-            return size
+        return near
 
     def following(self, missing: Sequence[Chunk], missing_file_size: int, table: Table | None,
                   files: Callable[[int], Sequence[Chunk] | None],
@@ -82,12 +75,11 @@ class BlobReadAhead:
         near this one."""
         if not self.budget or not missing or table is None or missing_file_size > self.small:
             return []
-        start = max(c.end for c in missing)
-        window = self._window(min(c.offset for c in missing), start)
-        if not window:
+        if not self._walking(min(c.offset for c in missing)):
             return []
         offsets, inos = table
-        stop = start + window
+        start = max(c.end for c in missing)
+        stop = start + self.budget
         missed = {c.digest for c in missing}
         out: list[Chunk] = []
         plain = 0
