@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from lazypull.errors import ImageError
+from lazypull.errors import ImageError, MountError
 from lazypull.fs.config import FsConfig
 from lazypull.snapshot import MountClient
 from lazypull.snapshot.server import MountDaemon
@@ -44,5 +44,72 @@ def test_requests_are_answered_while_the_warm_up_still_runs(tmp_path: Path) -> N
         assert not gate.is_set()        # all of that while the warm-up was still running
     finally:
         gate.set()
+        d.stop()
+        d.cleanup()
+
+
+def test_a_ping_is_answered_before_the_clean_up_and_other_requests_wait_for_it(tmp_path: Path) -> None:
+    """Taking back the keeper's connections (which may start the keeper) runs after listening: a ping
+    is answered meanwhile; a request that uses the layers waits until it is done."""
+    d = MountDaemon(tmp_path, FsConfig(), store_factory=lambda _root: _NoImages(),
+                    client_factory=lambda _insecure: None)
+    gate = threading.Event()
+    cleaning = threading.Event()
+    adopt = d.manager.adopt_kept
+
+    def slow_adopt() -> list[Path]:
+        cleaning.set()
+        gate.wait(60)
+        return adopt()
+
+    d.manager.adopt_kept = slow_adopt  # type: ignore[method-assign]
+    starter = threading.Thread(target=d.start, daemon=True)
+    starter.start()
+    starter.join(30)
+    try:
+        assert not starter.is_alive(), "start() waited for the clean-up"
+        threading.Thread(target=d.serve_forever, daemon=True).start()
+        assert cleaning.wait(30)
+        with MountClient(tmp_path, autostart=False) as mc:
+            assert mc.ping()["restored"] is False
+        listed: list[object] = []
+        lister = threading.Thread(target=lambda: listed.append(MountClient(tmp_path, autostart=False)
+                                                               .list_mounts()), daemon=True)
+        lister.start()
+        lister.join(0.5)
+        assert lister.is_alive() and listed == [], "list_mounts did not wait for the clean-up"
+        gate.set()
+        lister.join(30)
+        assert listed == [[]]
+    finally:
+        gate.set()
+        d.stop()
+        d.cleanup()
+
+
+def test_a_failed_clean_up_stops_the_server_and_says_why(tmp_path: Path) -> None:
+    """As when it failed the start: the waiting requests get the reason, and the server stops."""
+    d = MountDaemon(tmp_path, FsConfig(), store_factory=lambda _root: _NoImages(),
+                    client_factory=lambda _insecure: None)
+
+    def broken_adopt() -> list[Path]:
+        raise OSError(5, "Input/output error", str(tmp_path / "snapshots"))
+
+    d.manager.adopt_kept = broken_adopt  # type: ignore[method-assign]
+    d.start()
+    server = threading.Thread(target=d.serve_forever, daemon=True)
+    server.start()
+    try:
+        with MountClient(tmp_path, autostart=False) as mc:
+            try:
+                mc.list_mounts()
+            except MountError as err:
+                assert "the mount server could not start" in str(err)
+                assert "Input/output error" in str(err)
+            else:
+                raise AssertionError("list_mounts answered after a failed clean-up")
+        server.join(30)
+        assert not server.is_alive(), "the server kept serving"
+    finally:
         d.stop()
         d.cleanup()
