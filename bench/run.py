@@ -52,8 +52,8 @@ EXTRA_ROWS = [("lazypull-lazy-nobg", "esgz"),
               # the first-start row with learning and the passwd/group fetch off: the fetches of the code
               # before issue 14 item 2, for comparison
               ("lazypull-lazy-nolearn", "esgz-noopt"),
-              # the first-start row with the blob-order read-ahead off (fs.layer.readahead), for comparison
-              ("lazypull-lazy-noahead", "esgz-noopt"),
+              # the first-start row with the blob-order read-ahead on (fs.layer.readahead; off by default)
+              ("lazypull-lazy-readahead", "esgz-noopt"),
               # issue 14 item 3: `lazypull run --rm` as one command (it pulls; all timed as the run
               # phase), with the mount server started before the clock, and without (the command starts it)
               ("lazypull-run", "esgz"), ("lazypull-run-cold", "esgz")]
@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> Path:
                                   ("lazypull-lazy-evicted", "stargz", ""),
                                   ("lazypull-lazy-nolearn", "stargz",
                                    "learn_window = 0\nfetch_user_db = false\n"),
-                                  ("lazypull-lazy-noahead", "stargz", "blob_readahead = 0\n"),
+                                  ("lazypull-lazy-readahead", "stargz", "blob_readahead = 524288\n"),
                                   ("lazypull-run", "stargz", ""), ("lazypull-run-cold", "stargz", "")):
             for suffix, python in (("", None), ("-base", args.base_python)):
                 if (suffix and python is None) or not any(s == key + suffix for s, _ in args.row_list):

@@ -35,14 +35,14 @@ ROW_LABELS = {("containerd", "org"): "containerd (full pull)",
                   "lazypull eStargz (no prefetch), learned and TOC records kept",
               ("lazypull-lazy-nolearn", "esgz-noopt"):
                   "lazypull eStargz (no prefetch), learning and passwd/group fetch off",
-              ("lazypull-lazy-noahead", "esgz-noopt"): "lazypull eStargz (no prefetch), read-ahead off"}
+              ("lazypull-lazy-readahead", "esgz-noopt"): "lazypull eStargz (no prefetch), read-ahead 512 KiB"}
 SHORT_LABELS = {("containerd", "org"): "containerd", ("lazypull-overlayfs", "org"): "lp-full",
                 ("lazypull-lazy", "esgz-noopt"): "esgz-noopt", ("lazypull-lazy", "esgz"): "esgz",
                 ("lazypull-lazy", "zstdchunked"): "zstdchunked", ("lazypull-lazy-nobg", "esgz"): "esgz-nobg",
                 ("lazypull-lazy-learned", "esgz-noopt"): "noopt-learned",
                 ("lazypull-lazy-evicted", "esgz-noopt"): "noopt-evicted",
                 ("lazypull-lazy-nolearn", "esgz-noopt"): "noopt-nolearn",
-                ("lazypull-lazy-noahead", "esgz-noopt"): "noopt-noahead"}
+                ("lazypull-lazy-readahead", "esgz-noopt"): "noopt-readahead"}
 ANALYSIS = Path(__file__).with_name("analysis.md")
 
 

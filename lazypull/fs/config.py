@@ -70,11 +70,12 @@ class FsConfig:
     neighbour_window: int = 8 << 10
     """When a small file (up to 64 KiB compressed) misses, the small files stored within this many
     compressed bytes of it come in the same request (0: off). Default 8 KiB."""
-    blob_readahead: int = 512 << 10
+    blob_readahead: int = 0
     """When a small file misses within 64 KiB of another recent miss (a workload walking through a
     directory), the small files stored after it within this many compressed bytes are fetched too, in a
     request of their own that the read does not wait for (``fs.layer.readahead``; at most 1/16 of the
-    cache bound; 0: off). Default 512 KiB."""
+    cache bound; 0: off). Default 0: with 512 KiB, gcc's first start on a 100 Mbit/s link was 0.2 s
+    slower (its read-ahead delays cc1's own chunks), postgres's 0.07 s faster (docs/benchmarks.md)."""
     fetch_user_db: bool = True
     """At mount, fetch the layer's /etc/passwd and /etc/group (if small): every container start reads them
     (``lazypull create`` to resolve the user, then runc). Default true."""
