@@ -69,42 +69,45 @@ def ensure_image(store: Store, image: str, *, opts: GlobalOptions, pull: str, pl
     """The image resolved from the store, pulled first as ``--pull`` says (metadata only if lazy)."""
     from lazypull.image import normalize_name
 
-    name = normalize_name(image)
-    present = store.find_image(name) is not None
-    if pull == "always" or (pull == "missing" and not present):
+    if pull_needed(store, image, pull):
         from lazypull.image import pull_image
         from lazypull.runtime.layers import streaming_unpacker
 
         with registry_client(opts) as client:
             pull_image(store, client, image, platform=platform, fetch_layers=not lazy, progress=progress,
                        unpack=None if lazy else streaming_unpacker(opts.root))
-    elif not present:
+    return _resolved(store, normalize_name(image), platform)
+
+
+def pull_needed(store: Store, image: str, pull: str) -> bool:
+    """Whether ``--pull`` (``pull``) asks to pull ``image`` now; an error if it is absent and may not be."""
+    from lazypull.image import normalize_name
+
+    present = store.find_image(normalize_name(image)) is not None
+    if not present and pull == "never":
         raise ContainerError(f"image {image} is not in the store and --pull=never was given")
-    return _resolved(store, name, platform)
+    return pull == "always" or not present
 
 
-def lazy_image(store: Store, image: str, *, opts: GlobalOptions, pull: str, platform: str | None,
+def lazy_image(store: Store, image: str, *, opts: GlobalOptions, pull: bool, platform: str | None,
                holder: str, progress: Progress) -> tuple[ResolvedImage, list[LayerMount] | None]:
-    """The image resolved from the store, pulled first as ``--pull`` says by the mount server, as
-    ``lazypull pull`` does: its registry connection and modules are warm, the layers start mounting
-    as soon as the manifest is read, held by ``holder``, and this process imports neither the registry
-    client nor the pull (issue 14: ``run`` as one process costs no more than ``create`` + ``start``).
-    The layers' mounts when it pulled, else None (the caller mounts them)."""
+    """The image resolved from the store, pulled first if ``pull`` (:func:`pull_needed`) by the mount
+    server, as ``lazypull pull`` does: its registry connection and modules are warm, the layers start
+    mounting as soon as the manifest is read, held by ``holder``, and this process imports neither the
+    registry client nor the pull (issue 14: ``run`` as one process costs no more than ``create`` +
+    ``start``). The layers' mounts when it pulled, else None (the caller mounts them)."""
     from lazypull.image import normalize_name
     from lazypull.snapshot import MountClient
 
     name = normalize_name(image)
-    present = store.find_image(name) is not None
     mounts = None
-    if pull == "always" or (pull == "missing" and not present):
+    if pull:
         progress.start(name, name, None)    # the line an in-process pull shows (a terminal's only)
         with MountClient(opts.root) as client:
             pulled = client.pull_image(image, insecure=bool(opts.insecure_registries),
                                        platforms=[platform] if platform else None, holder=holder)
         progress.finish(name, "resolved")
         name, mounts = pulled.name, pulled.layers
-    elif not present:
-        raise ContainerError(f"image {image} is not in the store and --pull=never was given")
     return _resolved(store, name, platform), mounts
 
 
@@ -200,9 +203,10 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
         from lazypull.runtime.spec import program_hint
         from lazypull.snapshot import MountClient
 
+        needed = pull_needed(store, image, pull)    # (before the server is asked for, or started)
         try:
             with QuietProgress() if quiet else make_progress() as progress:
-                resolved, mounts = lazy_image(store, image, opts=opts, pull=pull, platform=platform,
+                resolved, mounts = lazy_image(store, image, opts=opts, pull=needed, platform=platform,
                                               holder=container_id, progress=progress)
             placeholder.image = resolved.name
             image_config = run_config(resolved.config, resolved.name)  # checked before it is started

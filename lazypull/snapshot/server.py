@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 RESTORE_WAIT = 120.0
 LOCK_WAIT = 2.0          # s a starting server retries the pidfile lock (probes hold it for a moment)
 STORE_OPS = ("serve_store", "stop_store", "list_stores")
+ANSWER_GRACE = 0.5       # s a server that cannot start keeps answering why before it stops
 
 
 class StoreService(Protocol):
@@ -361,7 +362,8 @@ class MountDaemon:
             log.exception("cleaning up after the previous server failed")
             self._start_error = f"the mount server could not start: {err}"
             self.restored.set()
-            self.stop()
+            # the requests that waited for the restore are answered (with that) before it stops
+            threading.Timer(ANSWER_GRACE, self.stop).start()
             return
         cleaned = time.monotonic()
         try:                # the additional layer stores first: podman commands wait on them

@@ -73,6 +73,7 @@ def test_missing_image_fails_before_anything_heavy(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "example.com/absent:1 is not in the store" in result.stderr
     assert heavy == []
+    assert not (tmp_path / "run" / "daemon.pid").exists(), "a mount server was started for nothing"
 
 
 def test_lazy_create_start_ps_rm_import_only_what_they_use(tmp_path: Path, registry: RegistryServer) -> None:

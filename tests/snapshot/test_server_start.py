@@ -87,29 +87,52 @@ def test_a_ping_is_answered_before_the_clean_up_and_other_requests_wait_for_it(t
         d.cleanup()
 
 
+class _WatchedEvent(threading.Event):
+    """An Event that says when someone waits on it (a request waiting for the restore)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiter = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiter.set()
+        return super().wait(timeout)
+
+
 def test_a_failed_clean_up_stops_the_server_and_says_why(tmp_path: Path) -> None:
-    """As when it failed the start: the waiting requests get the reason, and the server stops."""
+    """As when it failed the start: a request waiting for it gets the reason, and the server stops."""
     d = MountDaemon(tmp_path, FsConfig(), store_factory=lambda _root: _NoImages(),
                     client_factory=lambda _insecure: None)
+    d.restored = _WatchedEvent()
+    gate = threading.Event()
 
     def broken_adopt() -> list[Path]:
+        gate.wait(60)
         raise OSError(5, "Input/output error", str(tmp_path / "snapshots"))
 
     d.manager.adopt_kept = broken_adopt  # type: ignore[method-assign]
     d.start()
     server = threading.Thread(target=d.serve_forever, daemon=True)
     server.start()
+    errors: list[str] = []
+
+    def list_mounts() -> None:
+        try:
+            MountClient(tmp_path, autostart=False, timeout=60).list_mounts()
+        except MountError as err:
+            errors.append(str(err))
+
+    client = threading.Thread(target=list_mounts, daemon=True)
     try:
-        with MountClient(tmp_path, autostart=False) as mc:
-            try:
-                mc.list_mounts()
-            except MountError as err:
-                assert "the mount server could not start" in str(err)
-                assert "Input/output error" in str(err)
-            else:
-                raise AssertionError("list_mounts answered after a failed clean-up")
+        client.start()
+        assert d.restored.waiter.wait(30), "the request did not reach the server"
+        gate.set()
+        client.join(30)
+        assert not client.is_alive() and len(errors) == 1, errors
+        assert "the mount server could not start" in errors[0] and "Input/output error" in errors[0]
         server.join(30)
         assert not server.is_alive(), "the server kept serving"
     finally:
+        gate.set()
         d.stop()
         d.cleanup()
