@@ -15,6 +15,7 @@ at once (``RegistryUnavailableError``), which is not retried.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -36,6 +37,27 @@ log = logging.getLogger(__name__)
 
 class FetchError(MountError):
     """The blob's bytes could not be fetched before the deadline."""
+
+
+class BlobCorruptError(FetchError):
+    """The blob itself is corrupt: the same wrong bytes came twice for a range; not retried."""
+
+    temporary = False
+
+
+#: Bytes a re-asked range is grown by, so that two answers come from requests of different shapes (two
+#: and not one: a corruption at every k-th byte from a third of the body on must not line up again).
+RESHAPE = 2
+
+
+def _answer_digest(r: tuple[int, int], asked: Sequence[tuple[int, int]], datas: Sequence[bytes]
+                   ) -> bytes | None:
+    """sha256 of the bytes of range ``r`` in an answer to ``asked``; None if no asked range holds it."""
+    off, length = r
+    for (start, size), data in zip(asked, datas, strict=True):
+        if start <= off and off + length <= start + size:
+            return hashlib.sha256(data[off - start : off - start + length]).digest()
+    return None
 
 
 class RangeSource(Protocol):
@@ -151,11 +173,14 @@ class RemoteBlob:
                                  f"of {self.size} bytes")
         delay = self.config.retry_initial
         attempt = 0
+        failed: dict[tuple[int, int], bytes] = {}     # range -> sha256 of its last answer that did not verify
+        reshape = False
         while True:
             attempt += 1
             cause: BaseException | None = None
+            asked = self._reshaped(pending) if reshape else pending
             try:
-                datas = self._read(pending, deadline)
+                datas = self._read(asked, deadline)
             except Exception as err:
                 # ours, the OS's, and the HTTP library's own errors if the client let one through
                 if not isinstance(err, (LazypullError, OSError, EOFError, ValueError)) and \
@@ -168,9 +193,17 @@ class RemoteBlob:
                 cause, problem = err, str(err)
             else:
                 self.stats.add(requests=1, bytes_fetched=sum(len(d) for d in datas))
-                pending = list(accept(pending, datas))
+                pending = list(accept(asked, datas))
                 if not pending:
                     return
+                now = {r: h for r in pending if (h := _answer_digest(r, asked, datas)) is not None}
+                for (off, length), h in now.items():
+                    if failed.get((off, length)) == h:
+                        raise BlobCorruptError(
+                            f"blob {self.source.describe()} is corrupt at {off}+{length}: two answers to "
+                            f"requests of different shapes were the same bytes and did not verify")
+                failed = now
+                reshape = not reshape       # the next answer comes from a request of another shape
                 problem = f"{len(pending)} range(s) did not verify"
             if self.closed.is_set() or time.monotonic() + delay >= deadline:
                 raise FetchError(f"fetching {len(pending)} range(s) of {self.source.describe()} "
@@ -180,6 +213,23 @@ class RemoteBlob:
             if self.closed.wait(delay):
                 raise FetchError(f"layer {self.source.describe()} closed during fetch") from cause
             delay = min(delay * 2, self.config.retry_max)
+
+    def _reshaped(self, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """``ranges``, each grown by ``RESHAPE`` bytes before (or else after) it where that overlaps no
+        neighbour: the same bytes asked in another request shape. A fault that corrupts an answer
+        where it is (a proxy flipping bytes at body offsets) then corrupts the range differently,
+        while a blob that is corrupt gives the same bytes whatever the shape."""
+        out: list[tuple[int, int]] = []
+        for i, (off, length) in enumerate(ranges):
+            prev_end = ranges[i - 1][0] + ranges[i - 1][1] if i else 0
+            next_start = ranges[i + 1][0] if i + 1 < len(ranges) else self.size
+            if off - RESHAPE >= prev_end:
+                out.append((off - RESHAPE, length + RESHAPE))
+            elif off + length + RESHAPE <= next_start:
+                out.append((off, length + RESHAPE))
+            else:
+                out.append((off, length))
+        return out
 
     def _read(self, ranges: list[tuple[int, int]], deadline: float) -> list[bytes]:
         """One request for ``ranges``, its answer checked for shape (count and lengths)."""
