@@ -204,6 +204,7 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
         from lazypull.snapshot import MountClient
 
         needed = pull_needed(store, image, pull)    # (before the server is asked for, or started)
+        asked = needed      # whether the server may hold the layers for this container
         try:
             with QuietProgress() if quiet else make_progress() as progress:
                 resolved, mounts = lazy_image(store, image, opts=opts, pull=needed, platform=platform,
@@ -213,11 +214,13 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
             # The server starts fetching the command (and its libraries) while the container is set
             # up; the layers a pull just mounted for this holder are not mounted again.
             program = program_hint(image_config, options)
+            asked = True
             with MountClient(root) as client:
                 mounts = client.mount_image(resolved.name, insecure=opts.insecure_registries,
                                             holder=container_id, wait_prefetch=False, program=program)
         except BaseException:       # interrupted after the server recorded the hold: drop it
-            release_mounts(root, placeholder)
+            if asked:               # (else no server is started just to be told nothing)
+                release_mounts(root, placeholder)
             undo_pull(store, normalize_name(placeholder.image), before)
             raise
     else:

@@ -130,6 +130,25 @@ def test_lazy_run_pulls_through_the_server_importing_only_what_it_uses(tmp_path:
             MountClient(root, autostart=False).shutdown()
 
 
+def test_run_refused_before_its_layers_are_asked_for_starts_no_server(tmp_path: Path,
+                                                                    registry: RegistryServer) -> None:
+    """A pulled image run for a platform it is not for: refused from the store alone, and no mount
+    server is started to release a hold nobody took."""
+    from lazypull.snapshot import daemon_pid
+
+    name, _ = push_lazy_image(tmp_path / "build", f"{registry.host}/lazypull-cli/import-cost:platform",
+                              [busybox_specs()])
+    root = tmp_path / "root"
+    root.mkdir()
+    pulled, _ = _run(root, "--insecure-registry", "pull", name, probe=False)
+    assert pulled.returncode == 0, pulled.stderr
+    stopped, _ = _run(root, "daemon", "stop", probe=False)
+    assert stopped.returncode == 0 and daemon_pid(root) is None, stopped.stdout + stopped.stderr
+    ran, _ = _run(root, "run", "--rm", "--pull=never", "--platform", "linux/s390x", name, "true", probe=False)
+    assert ran.returncode == 1 and "no match for platform" in ran.stderr, ran.stderr
+    assert daemon_pid(root) is None, "a mount server was started for nothing"
+
+
 @pytest.mark.parametrize("package", ["lazypull.image", "lazypull.registry", "lazypull.runtime",
                                      "lazypull.format", "lazypull.fs", "lazypull.fs.fuse"])
 def test_lazy_packages_resolve_every_name_to_its_submodule(package: str) -> None:
