@@ -8,8 +8,12 @@ another image therefore cannot be served that image's bytes, nor learn whether t
 the namespace, as stargz-snapshotter's per-layer cache does.
 
 The cache is bounded (``FsConfig.cache_max_bytes``): past the bound, the least recently read chunks that
-no open file pins are deleted. A write that fails (disk full, I/O error) is logged with its path and
-skipped: the chunk is still served from memory, so reads go on while the disk is full.
+no open file pins are deleted. The whole-file copies a layer assembles from its chunks for FUSE
+passthrough (``snapshots/<hex>/files/<ino>``) use the same disk, so they count against the same bound
+and are evicted the same way (:meth:`ChunkStore.keep_file`), except while a passthrough open may hold
+them. A write that fails for want of space evicts about what it needs (plus a few chunks) and is tried
+again; one that still fails (disk full of other things, I/O error) is logged with its path and skipped:
+the chunk is still served from memory, so reads go on while the disk is full.
 
 Files are written to a temporary name and renamed, without fsync (a sync per chunk would cost every
 miss): instead every chunk found on disk when the cache opens (written by an earlier server, maybe before
@@ -42,6 +46,8 @@ _HEX = re.compile(r"[0-9a-f]{64}")
 AUTO_FRACTION = 0.10            # default bound: this share of the cache's filesystem ...
 AUTO_CAP = 10 << 30             # ... but at most 10 GiB
 LOW_WATER = 0.9                 # eviction goes down to this share of the bound (not one chunk per write)
+ROOM_FACTOR = 4                 # disk full: free what the failed write needs times this (a few chunks)
+ROOM_TRIES = 4                  # ... and try the write again up to this many times
 BLOCK = 4096                    # chunks are counted in whole filesystem blocks, as they use the disk
 
 _Key = tuple[str, str]          # (layer hex, chunk hex)
@@ -114,7 +120,21 @@ class ChunkStore(Protocol):
         ...
 
     def release(self) -> None:
-        """Undo every pin still held through this store (the layer is closed); later puts cache nothing."""
+        """Undo every pin still held through this store (the layer is closed); later puts cache nothing.
+        Whole-file copies are no longer counted (the next mount of the layer makes its own)."""
+        ...
+
+    def keep_file(self, name: str, path: Path, *, pinned: bool) -> None:
+        """Count ``path``, a whole-file copy assembled from this layer's chunks and just written, against
+        the bound; evicted (deleted) like a chunk once unpinned. ``pinned``: pinned once already."""
+        ...
+
+    def pin_file(self, name: str) -> str | None:
+        """Keep a counted copy from eviction (a passthrough open may hold it) and give its path; None when
+        it is not counted (never kept, or evicted). Each pin is undone by one :meth:`unpin_file`."""
+        ...
+
+    def unpin_file(self, name: str) -> None:
         ...
 
     @property
@@ -137,6 +157,7 @@ class DirectoryCache:
         self._lru: OrderedDict[_Key, int] = OrderedDict()   # oldest access first; value: bytes on disk
         self._unverified: set[_Key] = set()                 # found on disk at start, not hashed yet
         self._pins: Counter[_Key] = Counter()
+        self._files: dict[_Key, Path] = {}                  # counted whole-file copies, not chunks
         self._total = 0
         self.evicted = 0            # chunks deleted to stay under the bound
         self.write_errors = 0       # chunks that could not be written (served from memory)
@@ -165,6 +186,7 @@ class DirectoryCache:
         with self._lock:
             keys = [k for k in self._lru if k[0] == lhex]
             pinned = {k for k in keys if self._pins[k] > 0}
+            paths = {k: self._path(k) for k in keys}
             freed = 0
             for key in keys:
                 if key not in pinned:
@@ -173,7 +195,7 @@ class DirectoryCache:
             for key in keys:
                 if key not in pinned:
                     with contextlib.suppress(OSError):
-                        os.unlink(self._path(key))
+                        os.unlink(paths[key])
             return freed
         shutil.rmtree(self.dir / lhex, ignore_errors=True)
         return freed
@@ -185,14 +207,54 @@ class DirectoryCache:
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return {"bytes": self._total, "max_bytes": self.max_bytes, "chunks": len(self._lru),
+            return {"bytes": self._total, "max_bytes": self.max_bytes,
+                    "chunks": len(self._lru) - len(self._files), "files": len(self._files),
                     "pinned": sum(1 for n in self._pins.values() if n > 0), "evicted": self.evicted,
                     "write_errors": self.write_errors, "corrupt": self.corrupt}
 
     # -- per chunk (LayerChunks calls these) --
 
     def _path(self, key: _Key) -> Path:
-        return self.dir / key[0] / key[1]
+        return self._files.get(key) or self.dir / key[0] / key[1]
+
+    # -- whole-file copies (LayerChunks calls these) --
+
+    def _keep_file(self, key: _Key, path: Path, pinned: bool) -> None:
+        try:
+            size = _blocks(path.stat().st_size)
+        except FileNotFoundError:
+            return
+        with self._lock:
+            if pinned:
+                self._pins[key] += 1
+            self._files[key] = path
+            old = self._lru.pop(key, None)
+            self._total += size - (old or 0)
+            self._lru[key] = size
+            over = self._total > self.max_bytes
+        if over:
+            self._evict(int(self.max_bytes * LOW_WATER))
+
+    def _pin_file(self, key: _Key) -> str | None:
+        with self._lock:
+            path = self._files.get(key)
+            if path is None or key not in self._lru:
+                return None
+            self._pins[key] += 1
+            self._lru.move_to_end(key)
+        if not path.exists():       # deleted under us (another process, a prune): not there any more
+            self._unpin(key)
+            self._vanished(key)
+            return None
+        return str(path)
+
+    def _forget_files(self, layer_hex: str) -> None:
+        """The layer is closed: its copies are no longer counted nor pinned (they stay on disk until its
+        next mount replaces them or its state is removed)."""
+        with self._lock:
+            for key in [k for k in self._files if k[0] == layer_hex]:
+                self._pins.pop(key, None)
+                self._forget(key)
 
     def _contains(self, key: _Key, size: int) -> bool:
         try:
@@ -286,13 +348,14 @@ class DirectoryCache:
             except FileNotFoundError:
                 pass
         need = _blocks(len(data))
-        for attempt in range(2):
+        for attempt in range(ROOM_TRIES + 1):
             try:
                 self._write(final, data)
                 break
             except OSError as err:
-                if err.errno in (errno.ENOSPC, errno.EDQUOT) and attempt == 0 and self._make_room(need):
-                    continue        # freed some of our own chunks: try once more
+                if err.errno in (errno.ENOSPC, errno.EDQUOT) and attempt < ROOM_TRIES \
+                        and self._make_room(need):
+                    continue        # freed some of our own chunks: try again
                 with self._lock:
                     self.write_errors += 1
                     first = self.write_errors == 1 or self.write_errors % 1000 == 0
@@ -330,6 +393,7 @@ class DirectoryCache:
         size = self._lru.pop(key, 0)
         self._total -= size
         self._unverified.discard(key)
+        self._files.pop(key, None)
         return size
 
     def _vanished(self, key: _Key) -> None:
@@ -347,10 +411,21 @@ class DirectoryCache:
             path.unlink()
 
     def _make_room(self, need: int) -> bool:
-        """The disk is full: evict enough of our chunks for ``need`` bytes and a margin; False when there
-        was nothing to evict."""
-        target = max(0, min(self._total, self.max_bytes) - max(need, self.max_bytes // 10))
-        return self._evict(target) > 0
+        """The disk is full: evict the least recently read of our files until ``need`` bytes and a
+        margin of a few more writes like it are free (as statvfs says; at least ``need`` bytes are
+        evicted, as the space may be a quota's); False when there was nothing to evict.
+
+        Only that much: the bound may be larger than the disk (or the disk full of other things), and
+        emptying the cache for one chunk would make every later read a miss."""
+        want = need * ROOM_FACTOR
+        try:
+            st = os.statvfs(self.dir)
+            free = st.f_bavail * st.f_frsize
+        except OSError:
+            free = 0
+        with self._lock:
+            target = self._total - max(need, want - free)
+        return self._evict(max(0, target)) > 0
 
     def _evict(self, target: int) -> int:
         """Delete the least recently used unpinned chunks until at most ``target`` bytes are stored;
@@ -366,15 +441,17 @@ class DirectoryCache:
                     continue
                 victims.append(key)
                 self._total -= self._lru[key]
+            paths = {key: self._path(key) for key in victims}
             for key in victims:
                 del self._lru[key]
                 self._unverified.discard(key)
+                self._files.pop(key, None)
             for key in in_use:      # pinned = in use: the next scan need not step over them again
                 self._lru.move_to_end(key)
             self.evicted += len(victims)
         for key in victims:
             with contextlib.suppress(OSError):
-                os.unlink(self._path(key))
+                os.unlink(paths[key])
         if victims:
             log.info("chunk cache: evicted %d chunk(s), %d bytes stored (bound %d)",
                      len(victims), self._total, self.max_bytes)
@@ -469,6 +546,21 @@ class LayerChunks:
         for digest, n in pins.items():
             for _ in range(n):
                 self.cache._unpin(self._key(digest))
+        self.cache._forget_files(self.layer)
+
+    def _file_key(self, name: str) -> _Key:
+        return (self.layer, "file:" + name)     # never a chunk's hex: no clash with a chunk's key
+
+    def keep_file(self, name: str, path: Path, *, pinned: bool) -> None:
+        if self._released:
+            return
+        self.cache._keep_file(self._file_key(name), path, pinned)
+
+    def pin_file(self, name: str) -> str | None:
+        return self.cache._pin_file(self._file_key(name))
+
+    def unpin_file(self, name: str) -> None:
+        self.cache._unpin(self._file_key(name))
 
     @property
     def size(self) -> int:

@@ -125,6 +125,9 @@ class LayerTree:
         self._last_end: dict[int, int] = {}       # ino -> where the last read of it ended
         self._readahead_next: dict[int, int] = {} # ino -> first chunk index not yet read ahead
         self._assembling: set[int] = set()
+        # inodes whose files/<ino> was handed out for passthrough: pinned in the cache until the layer
+        # closes (the kernel holds a registered backing file until unmount, so deleting it frees nothing)
+        self._file_pins: set[int] = set()
         self._assemble_lock = threading.Lock()
         self._assembler = ThreadPoolExecutor(1, thread_name_prefix=f"assemble-{digest[7:19]}")
         # files fetched ahead for the dynamic loader (``hints``), each once; the image's layers are a group
@@ -534,15 +537,29 @@ class LayerTree:
                     if backing is not None:
                         self._backing[chunk.digest] = backing
             return backing
-        path = self.files_dir / str(ino)
-        if path.exists():
-            return str(path)
+        kept = self._pin_assembled(ino)
+        if kept is not None:
+            return kept
         if not self._complete(fc):
             return None
         if node.attr.size <= ASSEMBLE_INLINE_MAX:
-            return str(path) if self._assemble(ino) else None
+            return str(self.files_dir / str(ino)) if self._assemble(ino, pinned=True) else None
         self._maybe_assemble_later(ino)
         return None
+
+    def _pin_assembled(self, ino: int) -> str | None:
+        """``files/<ino>`` pinned until the layer closes, if it is there and counted in the cache."""
+        with self._assemble_lock:
+            path = self.files_dir / str(ino)
+            if ino in self._file_pins:
+                if path.exists():
+                    return str(path)
+                self._file_pins.discard(ino)        # removed under us (the layer's state was freed)
+                self.cache.unpin_file(str(ino))
+            kept = self.cache.pin_file(str(ino))
+            if kept is not None:
+                self._file_pins.add(ino)
+            return kept
 
     # -- complete files --
 
@@ -569,8 +586,9 @@ class LayerTree:
             with self._assemble_lock:
                 self._assembling.discard(ino)
 
-    def _assemble(self, ino: int) -> bool:
-        """Concatenate the cached chunks into ``files/<ino>`` (atomically); False if one is missing."""
+    def _assemble(self, ino: int, *, pinned: bool = False) -> bool:
+        """Concatenate the cached chunks into ``files/<ino>`` (atomically) and count it in the cache
+        (``pinned``: for a passthrough open, until the layer closes); False if one is missing."""
         final = self.files_dir / str(ino)
         fd, tmp = tempfile.mkstemp(dir=self.files_dir, prefix=".tmp-")
         try:
@@ -594,6 +612,11 @@ class LayerTree:
                 return False
             os.chmod(tmp, 0o444)
             os.replace(tmp, final)
+            if pinned:
+                with self._assemble_lock:
+                    pinned = ino not in self._file_pins     # one pin per inode
+                    self._file_pins.add(ino)
+            self.cache.keep_file(str(ino), final, pinned=pinned)
             return True
         except OSError as err:
             log.warning("layer %s: assembling inode %d failed: %s", self.digest, ino, err)

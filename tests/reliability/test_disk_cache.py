@@ -1,0 +1,74 @@
+"""Issue 10 item 6, the bound as a bound: the whole-file copies assembled for FUSE passthrough count
+against the cache's bound and are evicted like chunks unless handed out for a passthrough open; and a
+full disk evicts about what the failed write needs, not the whole cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lazypull.fs.cache import BLOCK, ROOM_FACTOR, DirectoryCache
+from lazypull.fs.config import FsConfig
+from tests.reliability.test_cache import _chunk, _chunks, _fill, _on_disk, blob, small_fs
+from tests.snapshot.layerkit import FILES, Blob, lookup_path, open_tree, read_all
+
+__all__ = ["blob", "small_fs"]     # fixtures
+
+
+def test_assembled_copies_count_against_the_bound_and_only_pinned_ones_stay(blob: Blob, tmp_path: Path
+                                                                            ) -> None:
+    bound = 16 * BLOCK      # bin/big: 5 chunks (and a copy of 5 blocks); bin/huge: 37 chunks
+    config = FsConfig(prefetch=False, background_fetch=False, read_deadline=5.0, cache_max_bytes=bound,
+                      readahead=0, whole_file_max=0, neighbour_window=0, fetch_elf_deps=False)
+    # (nothing fetched ahead: no fetch finishes while the test counts the disk)
+    tree = open_tree(blob, tmp_path, config)
+    files = tmp_path / "snapshots" / blob.digest[7:] / "files"
+    chunks = tmp_path / "cache" / "chunks"
+    try:
+        cache = _chunks(tree).cache
+        big, huge = lookup_path(tree, "bin/big"), lookup_path(tree, "bin/huge")
+        assert read_all(tree, big) == FILES["bin/big"]      # read to its end: assembled in the background
+        tree._assembler.submit(lambda: None).result(timeout=60)
+        copy = files / str(big)
+        assert copy.exists() and cache.stats()["files"] == 1
+        assert cache.size == _on_disk(chunks) + _on_disk(files), "the copy is not counted"
+        assert read_all(tree, huge) == FILES["bin/huge"]    # more than the bound: evicts
+        tree._assembler.submit(lambda: None).result(timeout=60)
+        assert not copy.exists(), "an assembled copy no open holds outlived the chunks read after it"
+        assert _on_disk(chunks) + _on_disk(files) <= bound
+        # handed out for a passthrough open: pinned (the kernel holds it) until the layer closes
+        assert tree.backing_path(big) is None                # its chunks were evicted too
+        assert read_all(tree, big) == FILES["bin/big"]
+        backing = tree.backing_path(big)
+        assert backing == str(copy) and copy.read_bytes() == FILES["bin/big"]
+        for _ in range(2):
+            assert read_all(tree, huge) == FILES["bin/huge"]
+            assert copy.read_bytes() == FILES["bin/big"], "a copy backing a passthrough open was evicted"
+            tree._assembler.submit(lambda: None).result(timeout=60)     # (its temporary file gone)
+            assert cache.size == _on_disk(chunks) + _on_disk(files) <= bound
+        assert tree.backing_path(big) == str(copy)          # the same copy, pinned once
+        assert cache.stats()["pinned"] == 1
+    finally:
+        tree.close()
+    assert cache.stats()["files"] == 0 and cache.stats()["pinned"] == 0
+    assert cache.size == _on_disk(chunks), "a closed layer's copies are still counted"
+
+
+def test_a_full_disk_evicts_what_the_write_needs_not_the_cache(small_fs: Path) -> None:
+    """The bound (64 MiB) is larger than the disk (1 MiB): the disk fills before the bound is reached."""
+    cache = DirectoryCache(small_fs / "chunks", max_bytes=64 << 20)
+    store = cache.layer("sha256:" + "cd" * 32)
+    stored = [_chunk(i) for i in range(100)]
+    for digest, data in stored:
+        assert store.put(digest, data)
+    _fill(small_fs)
+    digest, data = _chunk(1000)
+    assert store.put(digest, data), "the write failed although the cache had chunks to evict"
+    assert store.get(digest, len(data)) == data
+    assert 1 <= cache.evicted <= ROOM_FACTOR, f"{cache.evicted} of 100 chunks evicted for one"
+    kept = [d for d, c in stored if store.contains(d, len(c))]
+    assert len(kept) == 100 - cache.evicted
+    assert [d for d, _ in stored[cache.evicted:]] == kept, "not the least recently used ones"
+    # the next writes evict only as they need, too
+    for i in range(1001, 1011):
+        assert store.put(*_chunk(i))
+    assert cache.evicted <= 10 + ROOM_FACTOR
