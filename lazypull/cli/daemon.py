@@ -6,21 +6,14 @@ The systemd units and notes are in ``contrib/systemd/`` (see its README).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
 from lazypull.cli._options import DEFAULT_ROOT, get_options, global_options
-
-if TYPE_CHECKING:
-    from lazypull.snapshot.manager import LayerManager
-    from lazypull.snapshot.server import StoreService
 
 
 @click.group("daemon", invoke_without_command=True)
@@ -55,61 +48,13 @@ def daemon_command(containerd_socket: str | None, cri_image_service: str | None,
     if cri_image_service and not containerd_socket:
         raise click.UsageError("--cri-image-service needs --containerd-socket (the snapshotter it serves)")
     opts = get_options()
-    _start_keeper_early(opts.root)
-    from lazypull.fs import load_config
-    from lazypull.image.rootdir import prepare_root
-    from lazypull.snapshot.server import run_daemon
+    from lazypull.cli._serve import serve
 
-    logging.basicConfig(level=logging.DEBUG if opts.debug else logging.INFO, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not opts.debug:   # one line per range request is too much for the log
-        logging.getLogger("httpx").setLevel(logging.WARNING)
-    prepare_root(opts.root)     # 0700 from the start (the server narrows an older store again)
-    config = load_config(opts.root, Path(config_file) if config_file else None)
-    socket = Path(containerd_socket) if containerd_socket else None
-    cri = (Path(cri_image_service), Path(cri_containerd_socket)) if cri_image_service else None
-    store_requests = []
-    if stores:
-        from lazypull.store.auth import auth_files
-
-        files = [str(f) for f in auth_files()]
-        store_requests = [{"mountpoint": os.path.abspath(d), "insecure": opts.insecure_registries,
-                           "auth_files": files} for d in stores]
-    run_daemon(opts.root.resolve(), config, containerd_socket=socket,
-               insecure_registries=opts.insecure_registries, cri_image_service=cri,
-               metrics_address=metrics_address, stores=store_requests, store_service=_stores)
-
-
-def _start_keeper_early(root: Path) -> None:
-    """Have the root's FUSE connection keeper start (if it does not run) while this process imports
-    the server: the server takes its connections back before serving its first mount, and a keeper
-    started only then cost the first request ~80 ms (issue 14). Only when the CLI started us (its
-    ``run/`` exists); a keeper that answers late is started by the server as before."""
-    import threading
-
-    # Imported here, not in the thread: two threads importing modules that import each other can
-    # fail one of them (the import system's deadlock detection), and this one imports the server next.
-    import lazypull.selfexec  # noqa: F401 - what KeeperClient.connect imports when it starts one
-    from lazypull.snapshot.keeper import KeeperClient
-    from lazypull.snapshot.paths import RunPaths
-
-    paths = RunPaths(root.resolve())
-    if not paths.run_dir.is_dir():
-        return
-
-    def connect() -> None:
-        with contextlib.suppress(Exception):    # the server's own attempt reports what fails
-            KeeperClient.connect(paths).close()
-
-    threading.Thread(target=connect, name="keeper-start", daemon=True).start()
-
-
-def _stores(manager: LayerManager) -> StoreService:
-    """The server's additional layer stores, wired here (the one place importing both snapshot and
-    store), and imported only once a store is served."""
-    from lazypull.store.service import Stores
-
-    return Stores(manager)
+    serve(opts.root, debug=opts.debug, insecure=opts.insecure_registries,
+          config_file=Path(config_file) if config_file else None,
+          containerd_socket=Path(containerd_socket) if containerd_socket else None,
+          cri=(Path(cri_image_service), Path(cri_containerd_socket)) if cri_image_service else None,
+          metrics_address=metrics_address, stores=stores)
 
 
 def _duration(seconds: float) -> str:

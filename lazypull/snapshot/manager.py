@@ -39,13 +39,14 @@ from lazypull.fs import (
 )
 from lazypull.image.tocimage import fetch_external_toc
 from lazypull.registry.errors import DigestMismatchError
+from lazypull.snapshot.deferred import DeferredSource
 from lazypull.snapshot.layerstate import prune_layer_state
 from lazypull.snapshot.paths import RunPaths
 from lazypull.snapshot.protocol import LayerMount, MountInfo
 
 if TYPE_CHECKING:
     from lazypull.image import ResolvedImage, Store
-    from lazypull.registry import CredentialSource, Descriptor, RegistryClient
+    from lazypull.registry import CredentialSource, Descriptor, RegistryBlobSource, RegistryClient
     from lazypull.snapshot.keeper import KeeperClient, Kept
 
 log = logging.getLogger(__name__)
@@ -597,15 +598,19 @@ class LayerManager:
                 raise MountError(f"layer {desc.digest} of {resolved.name} is neither in the content store "
                                  f"nor from a known registry")
             return FileRangeSource(local), None
-        client = self.registry_client(insecure)
 
+        # The registry client only when a read needs it: a layer whose TOC is recorded on disk mounts
+        # without a request, and a fresh server's first mount need not import httpx (snapshot.deferred).
         def external() -> bytes:
-            return fetch_external_toc(client, ref, desc.digest)
+            return fetch_external_toc(self.registry_client(insecure), ref, desc.digest)
+
+        def make() -> RegistryBlobSource:
+            return self.registry_client(insecure).blob_source(ref, desc.digest, int(desc.size))
 
         local = _local_blob(store, desc.digest)
         if local is not None:
             return FileRangeSource(local), external
-        return client.blob_source(ref, desc.digest, int(desc.size)), external
+        return DeferredSource(make, ref, desc.digest, int(desc.size)), external
 
     def _unmount(self, layer: MountedLayer, *, stopping: bool = False) -> None:
         """Stop serving the layer. ``stopping`` (the server exits): the tree is closed first, so that

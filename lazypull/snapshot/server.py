@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
+import resource
 import signal
 import socket
 import socketserver
@@ -40,6 +42,8 @@ RESTORE_WAIT = 120.0
 LOCK_WAIT = 2.0          # s a starting server retries the pidfile lock (probes hold it for a moment)
 STORE_OPS = ("serve_store", "stop_store", "list_stores")
 ANSWER_GRACE = 0.5       # s a server that cannot start keeps answering why before it stops
+#: s after listening a server that got no request (past the restore) warms up anyway
+WARM_UP_DELAY = 1.0
 
 
 class StoreService(Protocol):
@@ -119,6 +123,7 @@ class MountDaemon:
         self.config = config or load_config(root)
         self.manager = LayerManager(root, self.config, **manager_args)
         self.restored = threading.Event()
+        self._answered = threading.Event()     # a request past the restore was handled: warm up now
         self._start_error: str | None = None      # why the clean-up before the restore failed
         self._server: _Server | None = None
         self._pidfile: Any = None
@@ -150,6 +155,13 @@ class MountDaemon:
             threading.Thread(target=self.stop, daemon=True).start()
             return {"ok": True, "result": None}
         self.restored.wait(RESTORE_WAIT)
+        try:
+            return self._dispatch_restored(op, args)
+        finally:
+            self._answered.set()
+
+    def _dispatch_restored(self, op: object, args: dict[str, Any]) -> dict[str, Any]:
+        """The requests that wait for the restore."""
         if self._start_error is not None:
             raise MountError(self._start_error)
         m = self.manager
@@ -339,6 +351,10 @@ class MountDaemon:
                 self._cri_service.start()
 
     def _warm_up(self) -> None:
+        """After the first request (or ``WARM_UP_DELAY`` without one): beside it, the warm-up's CPU
+        (httpx, the image and pull modules, two TLS set-ups: ~0.1 s) delayed a first mount that needs
+        none of it (its TOC recorded on disk; issue 14), and a first pull imports what it needs itself."""
+        self._answered.wait(WARM_UP_DELAY)
         try:
             self.manager.warm_up()
         except Exception:       # only a head start: the first pull imports and connects itself
@@ -367,7 +383,7 @@ class MountDaemon:
             return
         cleaned = time.monotonic()
         try:                # the additional layer stores first: podman commands wait on them
-            if self.store_requests or self.paths.stores.exists():
+            if self.store_requests or _stores_listed(self.paths.stores):
                 stores = self.stores()
                 stores.restore()
                 for request in self.store_requests:
@@ -422,6 +438,35 @@ class MountDaemon:
                 self._pidfile.flush()
 
 
+def _stores_listed(path: Path) -> bool:
+    """Whether ``run/stores.json`` lists a store to serve again: the one a server without stores leaves
+    (``[]``) does not, and the store code (~50 ms to import) is not loaded for it. What cannot be read
+    goes to the stores' restore, which says what is wrong with it."""
+    try:
+        return bool(json.loads(path.read_bytes()) != [])
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True
+
+
+def raise_fd_limit() -> None:
+    """The soft limit of open files up to the hard one: each mounted layer holds a FUSE device and a
+    request journal (and its cache files, the keeper's connection ...), so a server started from a
+    shell's 1024 ran out with a few hundred layers. systemd's unit sets its own limit; as the keeper."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard
+    if hard == resource.RLIM_INFINITY:      # no soft limit may exceed the kernel's ceiling
+        with contextlib.suppress(OSError, ValueError):
+            want = int(Path("/proc/sys/fs/nr_open").read_text())
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError) as err:
+        log.warning("cannot raise the open files limit from %d to %d: %s", soft, want, err)
+
+
 def run_daemon(root: Path, config: FsConfig | None = None, *, containerd_socket: Path | None = None,
                insecure_registries: bool = False, cri_image_service: tuple[Path, Path] | None = None,
                metrics_address: str | None = None, stores: Sequence[dict[str, Any]] = (),
@@ -440,6 +485,7 @@ def run_daemon(root: Path, config: FsConfig | None = None, *, containerd_socket:
                          "it needs containerd_socket")
     root = root.resolve()
     os.chdir("/")              # do not keep the caller's working directory busy
+    raise_fd_limit()
     daemon = MountDaemon(root, config, containerd_socket=containerd_socket,
                          insecure_registries=insecure_registries, cri_image_service=cri_image_service,
                          metrics_address=metrics_address, stores=stores, store_service=store_service)

@@ -1,0 +1,110 @@
+"""What a fresh mount server does before its first mount (issue 14 item 3): no click, no registry
+client (httpx) for a layer whose TOC is recorded on disk until a read misses, no store code for an
+empty ``run/stores.json``; and its open files limit raised to the hard limit.
+
+The server is the real one, started as the CLI starts it (``python -I -m lazypull daemon --root R``),
+with ``-X importtime``: what it imported is on its stderr, in order, as it happened.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+from lazypull.snapshot import MountClient, daemon_pid
+from lazypull.snapshot.keeper import keeper_pid
+from lazypull.snapshot.paths import RunPaths
+from tests.reliability.kit import REPO_ROOT, lazy_root, wait_until
+
+
+def _imported(log: Path) -> set[str]:
+    """The modules ``-X importtime`` reported so far."""
+    names = set()
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("import time:") and "|" in line:
+            names.add(line.rsplit("|", 1)[1].strip())
+    return names
+
+
+def _spawn(root: Path, log: Path, *, nofile: int | None = None) -> subprocess.Popen[bytes]:
+    def limit() -> None:
+        if nofile is not None:
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
+
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-X", "importtime", "-I", "-m", "lazypull", "daemon",
+                                 "--root", str(root)], stdin=subprocess.DEVNULL, stdout=fh, stderr=fh,
+                                cwd=REPO_ROOT, start_new_session=True, preexec_fn=limit)
+    wait_until(lambda: RunPaths(root).socket.exists() and daemon_pid(root) == proc.pid,
+               "the server to listen")
+    return proc
+
+
+def _stop(root: Path, proc: subprocess.Popen[bytes]) -> None:
+    MountClient(root, autostart=False).shutdown()
+    proc.wait(60)
+
+
+def test_a_recorded_layer_mounts_without_click_or_a_registry_client(tmp_path: Path, lazy_image: str) -> None:
+    root = lazy_root(tmp_path / "root", lazy_image)
+    with MountClient(root) as mc:     # the first mount records the layers' footer and TOC, and origins
+        mc.mount_image(lazy_image, insecure=True, holder="first")
+        mc.release_image(lazy_image, holder="first")
+        mc.shutdown()
+    wait_until(lambda: daemon_pid(root) is None and keeper_pid(RunPaths(root)) is None,
+               "the first server and its keeper to exit")
+
+    log = tmp_path / "server.log"
+    proc = _spawn(root, log)
+    try:
+        with MountClient(root, autostart=False) as mc:
+            layers = mc.mount_image(lazy_image, insecure=True, holder="second", wait_prefetch=False)
+            imported = _imported(log)
+            assert "click" not in imported
+            assert "httpx" not in imported, "a registry client was made for layers recorded on disk"
+            assert "lazypull.fs.fuse.session" in imported     # (the probe sees the server's imports)
+            top = layers[-1].path
+            assert top is not None
+            # a miss makes the client then, and the read is served through it
+            assert (top / "data/0123.txt").read_bytes() == b"file 123\n" * 20
+            assert "httpx" in _imported(log)
+            mc.release_image(lazy_image, holder="second")
+    finally:
+        _stop(root, proc)
+
+
+def test_an_empty_store_list_loads_no_store_code_and_the_fd_limit_is_raised(
+        tmp_path: Path, lazy_image: str) -> None:
+    root = lazy_root(tmp_path / "root", lazy_image)
+    RunPaths(root).run_dir.mkdir(parents=True, exist_ok=True)
+    RunPaths(root).stores.write_text("[]")       # what a server that served no store leaves
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    log = tmp_path / "server.log"
+    proc = _spawn(root, log, nofile=256)
+    try:
+        with MountClient(root, autostart=False) as mc:
+            assert mc.list_mounts() == []          # waits for the restore
+        assert not {m for m in _imported(log) if m.startswith("lazypull.store")}
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        line = next(row for row in limits.splitlines() if row.startswith("Max open files"))
+        soft = line.split()[3]
+        want = hard if hard != resource.RLIM_INFINITY else int(Path("/proc/sys/fs/nr_open").read_text())
+        assert int(soft) == want, line
+    finally:
+        _stop(root, proc)
+
+
+def test_daemon_help_and_flags_still_go_through_the_cli(tmp_path: Path) -> None:
+    """Only the plain form the CLI starts skips click: ``--help`` and the other flags work as before."""
+    env = dict(os.environ, LAZYPULL_ROOT=str(tmp_path))
+    run = subprocess.run([sys.executable, "-I", "-m", "lazypull", "daemon", "--help"], capture_output=True,
+                         text=True, env=env, cwd=REPO_ROOT, timeout=60)
+    assert run.returncode == 0 and "--containerd-socket" in run.stdout and "--store" in run.stdout
+    run = subprocess.run([sys.executable, "-I", "-m", "lazypull", "daemon", "--root", str(tmp_path),
+                          "--cri-image-service", str(tmp_path / "cri.sock")], capture_output=True, text=True,
+                         env=env, cwd=REPO_ROOT, timeout=60)
+    assert run.returncode == 2 and "--cri-image-service needs --containerd-socket" in run.stderr
