@@ -124,9 +124,10 @@ class ChunkStore(Protocol):
         Whole-file copies are no longer counted (the next mount of the layer makes its own)."""
         ...
 
-    def keep_file(self, name: str, path: Path, *, pinned: bool) -> None:
-        """Count ``path``, a whole-file copy assembled from this layer's chunks and just written, against
-        the bound; evicted (deleted) like a chunk once unpinned. ``pinned``: pinned once already."""
+    def keep_file(self, name: str, written: Path, final: Path, *, pinned: bool) -> bool:
+        """Rename ``written``, a whole-file copy just assembled from this layer's chunks, to ``final``
+        and count it against the bound; evicted (deleted) like a chunk while unpinned. ``pinned``: pinned
+        once already. False (nothing renamed) when the layer is closed."""
         ...
 
     def pin_file(self, name: str) -> str | None:
@@ -219,15 +220,13 @@ class DirectoryCache:
 
     # -- whole-file copies (LayerChunks calls these) --
 
-    def _keep_file(self, key: _Key, path: Path, pinned: bool) -> None:
-        try:
-            size = _blocks(path.stat().st_size)
-        except FileNotFoundError:
-            return
-        with self._lock:
+    def _keep_file(self, key: _Key, written: Path, final: Path, pinned: bool) -> None:
+        size = _blocks(written.stat().st_size)
+        with self._lock:        # renamed and counted at once: an eviction never sees one without the other
+            os.replace(written, final)
             if pinned:
                 self._pins[key] += 1
-            self._files[key] = path
+            self._files[key] = final
             old = self._lru.pop(key, None)
             self._total += size - (old or 0)
             self._lru[key] = size
@@ -441,17 +440,24 @@ class DirectoryCache:
                     continue
                 victims.append(key)
                 self._total -= self._lru[key]
-            paths = {key: self._path(key) for key in victims}
+            chunk_paths = []
             for key in victims:
                 del self._lru[key]
                 self._unverified.discard(key)
-                self._files.pop(key, None)
+                copy = self._files.pop(key, None)
+                if copy is None:
+                    chunk_paths.append(self._path(key))
+                else:
+                    # now, not after the lock: a copy assembled again and pinned meanwhile (the same
+                    # path) must not be deleted by this stale choice
+                    with contextlib.suppress(OSError):
+                        os.unlink(copy)
             for key in in_use:      # pinned = in use: the next scan need not step over them again
                 self._lru.move_to_end(key)
             self.evicted += len(victims)
-        for key in victims:
+        for path in chunk_paths:
             with contextlib.suppress(OSError):
-                os.unlink(paths[key])
+                os.unlink(path)
         if victims:
             log.info("chunk cache: evicted %d chunk(s), %d bytes stored (bound %d)",
                      len(victims), self._total, self.max_bytes)
@@ -551,10 +557,11 @@ class LayerChunks:
     def _file_key(self, name: str) -> _Key:
         return (self.layer, "file:" + name)     # never a chunk's hex: no clash with a chunk's key
 
-    def keep_file(self, name: str, path: Path, *, pinned: bool) -> None:
+    def keep_file(self, name: str, written: Path, final: Path, *, pinned: bool) -> bool:
         if self._released:
-            return
-        self.cache._keep_file(self._file_key(name), path, pinned)
+            return False
+        self.cache._keep_file(self._file_key(name), written, final, pinned)
+        return True
 
     def pin_file(self, name: str) -> str | None:
         return self.cache._pin_file(self._file_key(name))

@@ -611,12 +611,13 @@ class LayerTree:
                 os.unlink(tmp)
                 return False
             os.chmod(tmp, 0o444)
-            os.replace(tmp, final)
-            if pinned:
-                with self._assemble_lock:
-                    pinned = ino not in self._file_pins     # one pin per inode
+            with self._assemble_lock:
+                pin = pinned and ino not in self._file_pins     # one pin per inode
+                if not self.cache.keep_file(str(ino), Path(tmp), final, pinned=pin):
+                    os.unlink(tmp)                              # the layer is closed
+                    return False
+                if pinned:
                     self._file_pins.add(ino)
-            self.cache.keep_file(str(ino), final, pinned=pinned)
             return True
         except OSError as err:
             log.warning("layer %s: assembling inode %d failed: %s", self.digest, ino, err)
