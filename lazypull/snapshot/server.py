@@ -42,7 +42,7 @@ RESTORE_WAIT = 120.0
 LOCK_WAIT = 2.0          # s a starting server retries the pidfile lock (probes hold it for a moment)
 STORE_OPS = ("serve_store", "stop_store", "list_stores")
 ANSWER_GRACE = 0.5       # s a server that cannot start keeps answering why before it stops
-#: s after listening a server that got no request (past the restore) warms up anyway
+#: s after listening a server that got no request (but ping and status) warms up anyway
 WARM_UP_DELAY = 1.0
 
 
@@ -123,7 +123,8 @@ class MountDaemon:
         self.config = config or load_config(root)
         self.manager = LayerManager(root, self.config, **manager_args)
         self.restored = threading.Event()
-        self._answered = threading.Event()     # a request past the restore was handled: warm up now
+        self._requested = threading.Event()    # a request that waits for the restore came ...
+        self._answered = threading.Event()     # ... and was answered: the warm-up may run
         self._start_error: str | None = None      # why the clean-up before the restore failed
         self._server: _Server | None = None
         self._pidfile: Any = None
@@ -154,6 +155,7 @@ class MountDaemon:
             self._unmount_on_exit = bool(args.get("unmount", True))
             threading.Thread(target=self.stop, daemon=True).start()
             return {"ok": True, "result": None}
+        self._requested.set()
         self.restored.wait(RESTORE_WAIT)
         try:
             return self._dispatch_restored(op, args)
@@ -354,7 +356,8 @@ class MountDaemon:
         """After the first request (or ``WARM_UP_DELAY`` without one): beside it, the warm-up's CPU
         (httpx, the image and pull modules, two TLS set-ups: ~0.1 s) delayed a first mount that needs
         none of it (its TOC recorded on disk; issue 14), and a first pull imports what it needs itself."""
-        self._answered.wait(WARM_UP_DELAY)
+        if self._requested.wait(WARM_UP_DELAY):
+            self._answered.wait(RESTORE_WAIT)
         try:
             self.manager.warm_up()
         except Exception:       # only a head start: the first pull imports and connects itself
