@@ -108,3 +108,8 @@ def test_daemon_help_and_flags_still_go_through_the_cli(tmp_path: Path) -> None:
                           "--cri-image-service", str(tmp_path / "cri.sock")], capture_output=True, text=True,
                          env=env, cwd=REPO_ROOT, timeout=60)
     assert run.returncode == 2 and "--cri-image-service needs --containerd-socket" in run.stderr
+    # the plain form reports what is wrong in one line, as the CLI does
+    (tmp_path / "file").write_text("")
+    run = subprocess.run([sys.executable, "-I", "-m", "lazypull", "daemon", "--root", str(tmp_path / "file")],
+                         capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=60)
+    assert (run.returncode, run.stderr) == (1, f"lazypull: error: {tmp_path / 'file'} is not a directory\n")
