@@ -204,6 +204,38 @@ class Runc:
             _libc().prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 
     def _run_tty_reaping(self, container_id: str, bundle: Path, log_file: Path, stdio: Stdio) -> int:
+        # Signals are ours to forward from before runc starts: the container is listed (and can be
+        # signalled by a user who sees it) before runc returns; one arriving meanwhile waits for it.
+        stop_requested: list[float] = []
+        pending: list[signal.Signals] = []
+        started: list[bool] = []
+
+        def forward(sig: signal.Signals) -> None:
+            stop_requested.append(time.monotonic())
+            if not started:
+                pending.append(sig)
+                return
+            self.kill(container_id, str(int(sig)), all_processes=False)
+
+        def insist() -> None:
+            if stop_requested and time.monotonic() - stop_requested[0] > STOP_GRACE:
+                self.kill(container_id, "KILL")
+                stop_requested.clear()
+
+        with _forwarding_signals(forward):
+            master, pid = self._start_tty(container_id, bundle, log_file)
+            try:
+                started.append(True)
+                for sig in pending:
+                    self.kill(container_id, str(int(sig)), all_processes=False)
+                _copy_console(master, pid, stdio, tick=insist)
+            finally:
+                os.close(master)
+        status = _reap(pid)
+        return exit_code(status)
+
+    def _start_tty(self, container_id: str, bundle: Path, log_file: Path) -> tuple[int, int]:
+        """``runc run --detach`` with a console socket: the pty master and the container's pid."""
         with tempfile.TemporaryDirectory(prefix="lazypull-console-") as tmp:
             sock_path = os.path.join(tmp, "console.sock")
             pid_file = Path(tmp) / "init.pid"
@@ -226,25 +258,7 @@ class Runc:
                 raise ContainerError(f"runc could not run container {container_id}: {error}")
             if master is None:
                 raise ContainerError(f"runc did not send the console of container {container_id}")
-            pid = int(pid_file.read_text().strip())
-        try:
-            stop_requested: list[float] = []
-
-            def forward(sig: signal.Signals) -> None:
-                stop_requested.append(time.monotonic())
-                self.kill(container_id, str(int(sig)), all_processes=False)
-
-            def insist() -> None:
-                if stop_requested and time.monotonic() - stop_requested[0] > STOP_GRACE:
-                    self.kill(container_id, "KILL")
-                    stop_requested.clear()
-
-            with _forwarding_signals(forward):
-                _copy_console(master, pid, stdio, tick=insist)
-        finally:
-            os.close(master)
-        status = _reap(pid)
-        return exit_code(status)
+            return master, int(pid_file.read_text().strip())
 
 
 def exec_process(runc: Runc, container_id: str, argv: Sequence[str], *, tty: bool, stdin: bool,
