@@ -1,6 +1,7 @@
 """What a fresh mount server does before its first mount (issue 14 item 3): no click, no registry
 client (httpx) for a layer whose TOC is recorded on disk until a read misses, no store code for an
-empty ``run/stores.json``; and its open files limit raised to the hard limit.
+empty ``run/stores.json``; and its open files limit raised to the hard limit. The connection keeper it
+starts beside it does not load the mount server's client.
 
 The server is the real one, started as the CLI starts it (``python -I -m lazypull daemon --root R``),
 with ``-X importtime``: what it imported is on its stderr, in order, as it happened.
@@ -14,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lazypull.selfexec import python_argv
 from lazypull.snapshot import MountClient, daemon_pid
 from lazypull.snapshot.keeper import keeper_pid
 from lazypull.snapshot.paths import RunPaths
@@ -113,3 +115,26 @@ def test_daemon_help_and_flags_still_go_through_the_cli(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-I", "-m", "lazypull", "daemon", "--root", str(tmp_path / "file")],
                          capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=60)
     assert (run.returncode, run.stderr) == (1, f"lazypull: error: {tmp_path / 'file'} is not a directory\n")
+
+
+def test_the_keeper_does_not_load_the_mount_client(tmp_path: Path) -> None:
+    """The keeper starts while the server starts (same argv as the server uses): the client and the
+    server's protocol are ~30 ms of imports it never uses (the ``lazypull.snapshot`` package used to
+    import them)."""
+    root = tmp_path / "root"
+    RunPaths(root).run_dir.mkdir(parents=True)
+    log = tmp_path / "keeper.log"
+    argv = python_argv("-m", "lazypull.snapshot.keeper", str(root))
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([argv[0], "-X", "importtime", *argv[1:]], stdin=subprocess.DEVNULL,
+                                stdout=fh, stderr=fh, cwd=REPO_ROOT, start_new_session=True)
+    try:
+        wait_until(lambda: keeper_pid(RunPaths(root)) == proc.pid, "the keeper to listen")
+        imported = _imported(log)
+        assert "lazypull.snapshot.paths" in imported      # (the probe sees the keeper's imports)
+        assert not imported & {"lazypull.snapshot.client", "lazypull.snapshot.protocol", "httpx"}
+        assert proc.wait(60) == 0       # nothing kept, no server: it exits on its own
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
