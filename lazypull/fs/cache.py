@@ -130,6 +130,11 @@ class ChunkStore(Protocol):
         once already. False (nothing renamed) when the layer is closed."""
         ...
 
+    def make_room(self, size: int) -> bool:
+        """The disk is full: evict the least recently read chunks and copies no one pins until ``size``
+        bytes are free (for a copy being assembled); False when there was nothing to evict."""
+        ...
+
     def pin_file(self, name: str) -> str | None:
         """Keep a counted copy from eviction (a passthrough open may hold it) and give its path; None when
         it is not counted (never kept, or evicted). Each pin is undone by one :meth:`unpin_file`."""
@@ -409,14 +414,15 @@ class DirectoryCache:
         with contextlib.suppress(OSError):
             path.unlink()
 
-    def _make_room(self, need: int) -> bool:
-        """The disk is full: evict the least recently read of our files until ``need`` bytes and a
-        margin of a few more writes like it are free (as statvfs says; at least ``need`` bytes are
-        evicted, as the space may be a quota's); False when there was nothing to evict.
+    def _make_room(self, need: int, want: int = 0) -> bool:
+        """The disk is full: evict the least recently read of our files until ``want`` bytes (default:
+        ``need`` and a margin of a few more writes like it) are free (as statvfs says; at least
+        ``need`` bytes are evicted, as the space may be a quota's); False when there was nothing to
+        evict.
 
         Only that much: the bound may be larger than the disk (or the disk full of other things), and
         emptying the cache for one chunk would make every later read a miss."""
-        want = need * ROOM_FACTOR
+        want = want or need * ROOM_FACTOR
         try:
             st = os.statvfs(self.dir)
             free = st.f_bavail * st.f_frsize
@@ -562,6 +568,9 @@ class LayerChunks:
             return False
         self.cache._keep_file(self._file_key(name), written, final, pinned)
         return True
+
+    def make_room(self, size: int) -> bool:
+        return self.cache._make_room(_blocks(size), _blocks(size))
 
     def pin_file(self, name: str) -> str | None:
         return self.cache._pin_file(self._file_key(name))

@@ -72,3 +72,29 @@ def test_a_full_disk_evicts_what_the_write_needs_not_the_cache(small_fs: Path) -
     for i in range(1001, 1011):
         assert store.put(*_chunk(i))
     assert cache.evicted <= 10 + ROOM_FACTOR
+
+
+def test_a_copy_for_passthrough_makes_room_on_a_full_disk(blob: Blob, small_fs: Path) -> None:
+    """The disk fills with chunks of other files: assembling a copy evicts the least recently read of
+    them, not the file's own chunks, and the copy is made (before: no copy, no passthrough)."""
+    config = FsConfig(prefetch=False, background_fetch=False, read_deadline=5.0, cache_max_bytes=64 << 20,
+                      readahead=0, whole_file_max=0, neighbour_window=0, fetch_elf_deps=False)
+    tree = open_tree(blob, small_fs / "root", config)
+    try:
+        cache = _chunks(tree).cache
+        big, huge = lookup_path(tree, "bin/big"), lookup_path(tree, "bin/huge")
+        assert read_all(tree, huge) == FILES["bin/huge"]
+        tree._assembler.submit(lambda: None).result(timeout=60)
+        assert read_all(tree, big) == FILES["bin/big"]
+        tree._assembler.submit(lambda: None).result(timeout=60)
+        copy = small_fs / "root" / "snapshots" / blob.digest[7:] / "files" / str(big)
+        copy.unlink()       # (assembled in the background: gone, as if evicted by another process)
+        _fill(small_fs, leave=BLOCK)                   # room for one block; the copy needs 5
+        evicted = cache.evicted
+        backing = tree.backing_path(big)
+        assert backing == str(copy) and copy.read_bytes() == FILES["bin/big"]
+        assert cache.evicted > evicted
+        fc = tree._chunks_of(big)
+        assert fc is not None and all(tree.cache.contains(c.digest, c.chunk_size) for c in fc.chunks)
+    finally:
+        tree.close()

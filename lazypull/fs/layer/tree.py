@@ -588,7 +588,20 @@ class LayerTree:
 
     def _assemble(self, ino: int, *, pinned: bool = False) -> bool:
         """Concatenate the cached chunks into ``files/<ino>`` (atomically) and count it in the cache
-        (``pinned``: for a passthrough open, until the layer closes); False if one is missing."""
+        (``pinned``: for a passthrough open, until the layer closes); False if one is missing. A full
+        disk evicts the cache's least recently read chunks and copies for it, once."""
+        size = self.inodes.nodes[ino].attr.size
+        for attempt in range(2):
+            try:
+                return self._assemble_once(ino, pinned)
+            except OSError as err:
+                if attempt == 0 and err.errno in (errno.ENOSPC, errno.EDQUOT) and self.cache.make_room(size):
+                    continue
+                log.warning("layer %s: assembling inode %d failed: %s", self.digest, ino, err)
+                return False
+        return False
+
+    def _assemble_once(self, ino: int, pinned: bool) -> bool:
         final = self.files_dir / str(ino)
         fd, tmp = tempfile.mkstemp(dir=self.files_dir, prefix=".tmp-")
         try:
@@ -619,8 +632,7 @@ class LayerTree:
                 if pinned:
                     self._file_pins.add(ino)
             return True
-        except OSError as err:
-            log.warning("layer %s: assembling inode %d failed: %s", self.digest, ino, err)
+        except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            return False
+            raise
