@@ -48,6 +48,8 @@ AUTO_CAP = 10 << 30             # ... but at most 10 GiB
 LOW_WATER = 0.9                 # eviction goes down to this share of the bound (not one chunk per write)
 ROOM_FACTOR = 4                 # disk full: free what the failed write needs times this (a few chunks)
 ROOM_TRIES = 4                  # ... and try the write again up to this many times
+RESERVE_FRACTION = 0.02         # a write never takes the filesystem's free space below this share ...
+RESERVE_CAP = 1 << 30           # ... (at most 1 GiB): it is left to the containers' own writes
 BLOCK = 4096                    # chunks are counted in whole filesystem blocks, as they use the disk
 
 _Key = tuple[str, str]          # (layer hex, chunk hex)
@@ -352,6 +354,9 @@ class DirectoryCache:
             except FileNotFoundError:
                 pass
         need = _blocks(len(data))
+        if not self._keep_reserve(need):
+            return self._not_written(final, f"{os.strerror(errno.ENOSPC)} (beyond the reserve left "
+                                            "to other writers)")
         for attempt in range(ROOM_TRIES + 1):
             try:
                 self._write(final, data)
@@ -360,14 +365,7 @@ class DirectoryCache:
                 if err.errno in (errno.ENOSPC, errno.EDQUOT) and attempt < ROOM_TRIES \
                         and self._make_room(need):
                     continue        # freed some of our own chunks: try again
-                with self._lock:
-                    self.write_errors += 1
-                    first = self.write_errors == 1 or self.write_errors % 1000 == 0
-                # the chunk is served from memory all the same; say so once in a while, naming the path
-                log.log(logging.WARNING if first else logging.DEBUG,
-                        "chunk cache: cannot write %s (%s); serving the chunk without caching it "
-                        "(%d chunk(s) not cached so far)", final, err.strerror or err, self.write_errors)
-                return False
+                return self._not_written(final, err.strerror or str(err))
         with self._lock:
             self._unverified.discard(key)
             old = self._lru.pop(key, None)
@@ -413,6 +411,35 @@ class DirectoryCache:
             self._forget(key)
         with contextlib.suppress(OSError):
             path.unlink()
+
+    def _not_written(self, final: Path, why: str) -> bool:
+        """A chunk not cached: it is served from memory all the same; say so once in a while, naming
+        the path. False, for ``put``."""
+        with self._lock:
+            self.write_errors += 1
+            first = self.write_errors == 1 or self.write_errors % 1000 == 0
+        log.log(logging.WARNING if first else logging.DEBUG,
+                "chunk cache: cannot write %s (%s); serving the chunk without caching it "
+                "(%d chunk(s) not cached so far)", final, why, self.write_errors)
+        return False
+
+    def _keep_reserve(self, need: int) -> bool:
+        """Whether a write of ``need`` bytes leaves the reserve free (evicting our oldest files first if
+        it would not). With a bound larger than the free space the cache would otherwise fill the disk
+        to its last block, and the next container to write its upper directory or bundle would fail."""
+        try:
+            st = os.statvfs(self.dir)
+        except OSError:
+            return True
+        reserve = min(RESERVE_CAP, int(st.f_blocks * st.f_frsize * RESERVE_FRACTION))
+        if st.f_bavail * st.f_frsize - need >= reserve:
+            return True
+        self._make_room(need, reserve + need * ROOM_FACTOR)
+        try:
+            st = os.statvfs(self.dir)
+        except OSError:
+            return True
+        return st.f_bavail * st.f_frsize - need >= reserve
 
     def _make_room(self, need: int, want: int = 0) -> bool:
         """The disk is full: evict the least recently read of our files until ``want`` bytes (default:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lazypull.fs.cache import BLOCK, ROOM_FACTOR, DirectoryCache
+from lazypull.fs.cache import BLOCK, RESERVE_FRACTION, ROOM_FACTOR, DirectoryCache
 from lazypull.fs.config import FsConfig
 from tests.reliability.test_cache import _chunk, _chunks, _fill, _on_disk, blob, small_fs
 from tests.snapshot.layerkit import FILES, Blob, lookup_path, open_tree, read_all
@@ -64,14 +64,27 @@ def test_a_full_disk_evicts_what_the_write_needs_not_the_cache(small_fs: Path) -
     digest, data = _chunk(1000)
     assert store.put(digest, data), "the write failed although the cache had chunks to evict"
     assert store.get(digest, len(data)) == data
-    assert 1 <= cache.evicted <= ROOM_FACTOR, f"{cache.evicted} of 100 chunks evicted for one"
+    # what the write needs, a few more like it, and the reserve left to the containers' own writes
+    reserve = -(-int((1 << 20) * RESERVE_FRACTION) // BLOCK)
+    assert 1 <= cache.evicted <= ROOM_FACTOR + reserve + 1, f"{cache.evicted} of 100 chunks evicted for one"
     kept = [d for d, c in stored if store.contains(d, len(c))]
     assert len(kept) == 100 - cache.evicted
     assert [d for d, _ in stored[cache.evicted:]] == kept, "not the least recently used ones"
     # the next writes evict only as they need, too
     for i in range(1001, 1011):
         assert store.put(*_chunk(i))
-    assert cache.evicted <= 10 + ROOM_FACTOR
+    assert cache.evicted <= 10 + ROOM_FACTOR + reserve + 1
+
+
+def test_the_cache_leaves_a_reserve_of_the_disk_to_other_writers(small_fs: Path) -> None:
+    """A bound larger than the disk: the cache stops short of filling it (another writer still can)."""
+    cache = DirectoryCache(small_fs / "chunks", max_bytes=64 << 20)
+    store = cache.layer("sha256:" + "ce" * 32)
+    for i in range(400):            # 1.6 MiB of chunks for a 1 MiB disk
+        assert store.put(*_chunk(i))
+    # before the reserve, the cache left at most the few blocks a failed write evicts (ROOM_FACTOR)
+    (small_fs / "other-writer").write_bytes(b"x" * (int((1 << 20) * RESERVE_FRACTION) - BLOCK))
+    assert cache.evicted > 0
 
 
 def test_a_copy_for_passthrough_makes_room_on_a_full_disk(blob: Blob, small_fs: Path) -> None:
