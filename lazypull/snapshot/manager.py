@@ -121,6 +121,7 @@ class LayerManager:
         self._clients: dict[bool, RegistryClient] = {}
         self._layers: dict[str, MountedLayer] = {}
         self._holds: dict[tuple[str, str], Hold] = {}
+        self._closed = False                             # close() began: a mount finishing now is undone
         self._lock = threading.Lock()                    # guards _layers, _holds, _clients, _layer_locks
         self._layer_locks: dict[str, threading.Lock] = {}
         self._state_lock = threading.Lock()
@@ -407,8 +408,10 @@ class LayerManager:
     def close(self) -> None:
         """Unmount everything (the holds stay in the state file for the next server)."""
         with self._lock:
+            self._closed = True
             layers = list(self._layers.values())
             self._layers.clear()
+            making = list(self._layer_locks.values())
         # In parallel: a busy mount takes up to two FUSE stop timeouts (detach, then abort); a server
         # stopping must not pay that once per layer. Bounded: what is still stuck is detached already.
         threads = [threading.Thread(target=self._unmount, args=(layer,), kwargs={"stopping": True},
@@ -418,6 +421,11 @@ class LayerManager:
         deadline = time.monotonic() + CLOSE_TIMEOUT
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        # A mount still being made finishes, and undoes itself (``_closed``), before the process may
+        # exit: cut short after the FUSE mount, its connection would stay with the keeper for good.
+        for lock in making:
+            if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                lock.release()
 
     # -- restore after a restart --
 
@@ -538,6 +546,8 @@ class LayerManager:
         with self._layer_lock(digest):
             with self._lock:
                 layer = self._layers.get(digest)
+                if self._closed:
+                    raise MountError(f"layer {digest}: the mount server is stopping")
             if layer is not None:
                 self._check_origin(digest, make_source)
                 return layer
@@ -567,7 +577,12 @@ class LayerManager:
                 raise
             layer = MountedLayer(digest, path, tree, fuse, source)
             with self._lock:
-                self._layers[digest] = layer
+                closed = self._closed
+                if not closed:
+                    self._layers[digest] = layer
+            if closed:      # the server stopped while this mount was being made: leave nothing mounted
+                self._unmount(layer, stopping=True)
+                raise MountError(f"layer {digest}: the mount server is stopping")
             # The TOC objects live as long as the mount: keep the cyclic GC from rescanning them on every
             # later mount (with 5 layers alive it made each next mount ~2x slower); see _Collector.
             _COLLECTOR.freeze()

@@ -92,7 +92,7 @@ def test_sigterm_stops_at_once_and_no_second_server_starts_meanwhile(
     finally:
         release.set()
         MountClient(root, autostart=False).shutdown()
-    assert lazypull_mounts(root) == []
+    wait_until(lambda: lazypull_mounts(root) == [], "the layer mounts to go (none kept by the keeper)")
 
 
 def test_partial_extractions_of_killed_pulls_are_removed(lazy_image: str, fault_proxy: FaultProxy,
@@ -234,7 +234,12 @@ def test_killed_run_rm_cli_removes_its_container(lazy_image: str, fault_proxy: F
         with MountClient(root, autostart=False) as mc:
             wait_until(lambda: [m.holders for m in mc.list_mounts()] == [], "the container's hold to go")
     finally:
+        pid = daemon_pid(root)
         MountClient(root, autostart=False).shutdown()
+    # a stopped server leaves no mount behind, not even one it was still making when told to stop
+    if pid is not None:
+        wait_until(lambda: gone(pid), "the server to exit")
+    wait_until(lambda: lazypull_mounts(root) == [], "the layer mounts to go (none kept by the keeper)")
 
 
 def test_daemon_status_metrics_and_stop(lazy_image: str, tmp_path: Path) -> None:
@@ -281,7 +286,7 @@ def test_daemon_status_metrics_and_stop(lazy_image: str, tmp_path: Path) -> None
         assert stopped.returncode == 0 and f"pid {server.pid}" in stopped.stdout, stopped.stderr
         assert server.wait(timeout=30) == 0
         assert notify.recv(4096) == b"STOPPING=1"
-        assert lazypull_mounts(root) == []
+        wait_until(lambda: lazypull_mounts(root) == [], "the layer mounts to go (none kept by the keeper)")
         assert lazypull("daemon", "status").returncode == 1
         assert "no mount server" in lazypull("daemon", "stop").stdout
     finally:
