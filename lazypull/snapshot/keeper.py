@@ -26,16 +26,20 @@ import select
 import selectors
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lazypull.errors import MountError
-from lazypull.fs import Negotiated
 from lazypull.snapshot.paths import RunPaths
+
+if TYPE_CHECKING:
+    # The keeper's own process never builds one (it keeps INIT's outcome as JSON): only the server,
+    # which has it loaded anyway, and the keeper starts beside every fresh server (issue 14).
+    from lazypull.fs import Negotiated
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +262,8 @@ class KeeperClient:
         except OSError:
             if not start:
                 raise
+        import subprocess
+
         from lazypull.selfexec import python_argv
 
         with open(paths.logfile, "ab") as log_fh:
@@ -328,6 +334,8 @@ class KeeperClient:
                     raise MountError("the FUSE connection keeper answered nonsense")
                 if "end" in meta:
                     return out
+                from lazypull.fs import Negotiated
+
                 try:
                     if meta.get("version") != VERSION:
                         raise ValueError(f"record version {meta.get('version')!r}")
