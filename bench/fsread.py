@@ -158,7 +158,7 @@ def _child(dirs: dict[str, Path], rounds: int, random_reads: int) -> dict[str, d
     )
     arg = json.dumps({mode: str(d) for mode, d in dirs.items()})
     out = subprocess.run(
-        [sys.executable, "-c", code, arg, str(rounds), str(random_reads)],
+        [sys.executable, "-I", "-c", code, arg, str(rounds), str(random_reads)],
         cwd=ROOT,
         check=True,
         capture_output=True,
@@ -369,7 +369,7 @@ def run_image(
                 root = workdir / f"root-{name}-{mode}"
                 mnt = workdir / f"mnt-{name}-{mode}"
                 proc = subprocess.Popen(
-                    [sys.executable, "-c", SERVE_CODE, str(tree_dir), str(blob), digest,
+                    [sys.executable, "-I", "-c", SERVE_CODE, str(tree_dir), str(blob), digest,
                      json.dumps(annotations), str(root), str(mnt), mode],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=workdir,
                 )

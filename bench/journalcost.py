@@ -97,7 +97,7 @@ def main() -> None:
             mounts[name] = FuseMount(tree, work / name, passthrough=False, journal=name == "journal").start()
         for rnd in range(args.rounds):
             for name in (("journal", "none") if rnd % 2 == 0 else ("none", "journal")):
-                out = subprocess.run([sys.executable, "-c", READER, str(work / name), str(args.seconds),
+                out = subprocess.run([sys.executable, "-I", "-c", READER, str(work / name), str(args.seconds),
                                       str(FILES)], capture_output=True, text=True, check=True).stdout
                 results[name].append(float(out))
                 load = " ".join(Path("/proc/loadavg").read_text().split()[:3])

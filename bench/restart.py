@@ -157,7 +157,7 @@ def run(work: Path, kills: int, files: int, resend: bool = True) -> dict[str, An
         status, stop = work / "status.json", work / "stop"
         with MountClient(root) as mc:
             top = next(m.path for m in mc.list_mounts())
-        host = subprocess.Popen([sys.executable, "-c", HOST_READER, str(top), str(work / "sums.json"),
+        host = subprocess.Popen([sys.executable, "-I", "-c", HOST_READER, str(top), str(work / "sums.json"),
                                  str(status), str(stop)])
         try:
             _wait(lambda: len(_passes(root, "reader")) >= 1 and _status(status)["done"] > 100)
