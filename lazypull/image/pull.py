@@ -14,6 +14,7 @@ DiffID both matched, and aborted (deleted) otherwise.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, Protocol, cast
@@ -332,14 +333,16 @@ class _StoreFirst:
         self.source = source
         self._client = client
         self._remote: RegistryProvider | None = None
+        self._lock = threading.Lock()   # layer workers ask at once: one client, made once
 
     def remote(self, desc: Descriptor) -> RegistryProvider:
         if self.source is None:
             raise BlobNotFoundError(f"{self.name}: {kind_of(desc)} {desc.digest} is not in the store and the "
                                     "image has no source registry")
-        if self._remote is None:
-            self._remote = RegistryProvider(self._client(), self.source)
-        return self._remote
+        with self._lock:
+            if self._remote is None:
+                self._remote = RegistryProvider(self._client(), self.source)
+            return self._remote
 
     def read_blob(self, desc: Descriptor) -> bytes:
         if self.store.has_blob(desc.digest):
