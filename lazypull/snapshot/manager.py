@@ -412,6 +412,7 @@ class LayerManager:
             layers = list(self._layers.values())
             self._layers.clear()
             making = list(self._layer_locks.values())
+        self.drop_unclaimed()       # live connections taken back from the keeper that no mount claimed yet
         # In parallel: a busy mount takes up to two FUSE stop timeouts (detach, then abort); a server
         # stopping must not pay that once per layer. Bounded: what is still stuck is detached already.
         threads = [threading.Thread(target=self._unmount, args=(layer,), kwargs={"stopping": True},
@@ -470,14 +471,17 @@ class LayerManager:
         mountpoints a restored hold will serve again (the start-up clean-up must leave them)."""
         from lazypull.snapshot.keeper import KeeperClient
 
+        keeper: KeeperClient | None = None
         try:
-            self.keeper = KeeperClient.connect(self.paths)
-            kept = self.keeper.take()
+            keeper = KeeperClient.connect(self.paths)
+            kept = keeper.take()
         except (OSError, LazypullError) as err:
             log.error("no FUSE connection keeper: running containers will lose their lazy layers "
                       "if this server dies: %s", err)
-            self.keeper = None
+            if keeper is not None:      # connected: a client left open would keep the keeper waiting
+                keeper.close()
             return []
+        self.keeper = keeper
         for item in kept:
             try:
                 expected = str(self.paths.mountpoint(item.digest))
@@ -554,6 +558,7 @@ class LayerManager:
             began = time.monotonic()
             source, external = make_source()
             tree = None
+            kept: Kept | None = None
             path = self.paths.mountpoint(digest)
             try:
                 tree = self.fs.open_layer(_layer_spec(digest, source.size, media_type, annotations), source,
@@ -569,6 +574,10 @@ class LayerManager:
                     fuse = self.fs.serve(tree, path, on_backing=self._backing_noter(digest))
                 self._keep(digest, path, fuse)      # after a take-over too: its journal may be new
             except BaseException:
+                if kept is not None:    # a take-over that failed: nobody serves that connection now
+                    self._drop_kept(digest)
+                    with contextlib.suppress(MountError):
+                        detach(str(path))
                 if tree is not None:
                     tree.close()
                 close = getattr(source, "close", None)
