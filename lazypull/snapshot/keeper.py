@@ -321,6 +321,15 @@ class KeeperClient:
     def take(self) -> list[Kept]:
         """Copies of every fd kept (the keeper keeps its own until :meth:`drop` or a new ``put``)."""
         out: list[Kept] = []
+        try:
+            return self._take(out)
+        except BaseException:   # what came before the failure is closed; the exchange is out of step
+            for item in out:
+                item.close()
+            self.broken = True
+            raise
+
+    def _take(self, out: list[Kept]) -> list[Kept]:
         with self._lock:
             self._sock.sendall(b'{"op": "take"}')
             while True:

@@ -13,6 +13,7 @@ import pytest
 
 from lazypull.fs.fuse import protocol
 from lazypull.fs.fuse.journal import HEADER_SIZE, MAX_REPLAYS, Journal, JournalError
+from lazypull.fs.fuse.passthrough import kernel_version
 from lazypull.fs.fuse.session import FuseMount
 from tests.fs.memtree import MemTree
 
@@ -156,6 +157,9 @@ def test_a_replayed_request_the_kernel_no_longer_waits_for_is_dropped(
         first.stop()
 
 
+@pytest.mark.skipif((kernel_version() or (0, 0)) < (6, 9),
+                    reason="FUSE_NOTIFY_RESEND needs Linux 6.9+ (before it, the journal answers: "
+                           "the tests above)")
 def test_with_resend_the_journals_copies_are_dropped(tmp_path: Path) -> None:
     """Where the kernel takes FUSE_NOTIFY_RESEND (6.9+: this one), it queues the unanswered requests
     again itself: the journal's copies are dropped, not answered (that would answer them twice)."""

@@ -190,6 +190,7 @@ class FuseMount:
         with their original unique (:meth:`_replay`). Without a journal and without RESEND they stay
         unanswered until the mount goes."""
         if self._pool is not None:
+            os.close(fd)
             if journal is not None:
                 os.close(journal)
             raise MountError(f"FUSE mount at {self.mountpoint} already started")

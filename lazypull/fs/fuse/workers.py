@@ -134,11 +134,17 @@ class Readers:
             slot = self._journal.acquire()
             if slot is None:
                 return False
-        self.started += 1
         t = threading.Thread(target=self._run, args=(reader, slot, replay), name="fuse-worker", daemon=True)
+        try:
+            t.start()
+        except RuntimeError as err:     # no thread to be had (RLIMIT_NPROC, memory): this one stays
+            log.warning("cannot start another FUSE thread: %s", err)
+            if slot is not None and self._journal is not None:
+                self._journal.release(slot)
+            return False
+        self.started += 1
         self._threads.add(t)
         self.peak = max(self.peak, len(self._threads))
-        t.start()
         return True
 
     def _run(self, reader: bool, slot: int | None, replay: bool) -> None:
