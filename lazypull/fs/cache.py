@@ -32,6 +32,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Protocol
@@ -50,6 +51,8 @@ ROOM_FACTOR = 4                 # disk full: free what the failed write needs ti
 ROOM_TRIES = 4                  # ... and try the write again up to this many times
 RESERVE_FRACTION = 0.02         # a write never takes the filesystem's free space below this share ...
 RESERVE_CAP = 1 << 30           # ... (at most 1 GiB): it is left to the containers' own writes
+RESERVE_SLACK = 64 << 20        # free space this far above the reserve is trusted for what we write ...
+RESERVE_RECHECK = 1.0           # ... for this many seconds, without asking statvfs again
 BLOCK = 4096                    # chunks are counted in whole filesystem blocks, as they use the disk
 
 _Key = tuple[str, str]          # (layer hex, chunk hex)
@@ -167,6 +170,7 @@ class DirectoryCache:
         self._pins: Counter[_Key] = Counter()
         self._files: dict[_Key, Path] = {}                  # counted whole-file copies, not chunks
         self._total = 0
+        self._room = (0, 0.0)       # free space beyond reserve + slack at the last statvfs, and when
         self.evicted = 0            # chunks deleted to stay under the bound
         self.write_errors = 0       # chunks that could not be written (served from memory)
         self.corrupt = 0            # chunks found damaged on disk and deleted
@@ -426,13 +430,23 @@ class DirectoryCache:
     def _keep_reserve(self, need: int) -> bool:
         """Whether a write of ``need`` bytes leaves the reserve free (evicting our oldest files first if
         it would not). With a bound larger than the free space the cache would otherwise fill the disk
-        to its last block, and the next container to write its upper directory or bundle would fail."""
+        to its last block, and the next container to write its upper directory or bundle would fail.
+        Far from the reserve, one statvfs a second (not one per chunk) tells."""
+        now = time.monotonic()
+        with self._lock:
+            room, when = self._room
+            if need <= room and now - when < RESERVE_RECHECK:
+                self._room = (room - need, when)
+                return True
         try:
             st = os.statvfs(self.dir)
         except OSError:
             return True
         reserve = min(RESERVE_CAP, int(st.f_blocks * st.f_frsize * RESERVE_FRACTION))
-        if st.f_bavail * st.f_frsize - need >= reserve:
+        free = st.f_bavail * st.f_frsize
+        with self._lock:
+            self._room = (max(0, free - reserve - RESERVE_SLACK - need), now)
+        if free - need >= reserve:
             return True
         self._make_room(need, reserve + need * ROOM_FACTOR)
         try:

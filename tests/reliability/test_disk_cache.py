@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from lazypull.fs.cache import BLOCK, RESERVE_FRACTION, ROOM_FACTOR, DirectoryCache
 from lazypull.fs.config import FsConfig
 from tests.reliability.test_cache import _chunk, _chunks, _fill, _on_disk, blob, small_fs
@@ -111,3 +113,30 @@ def test_a_copy_for_passthrough_makes_room_on_a_full_disk(blob: Blob, small_fs: 
         assert fc is not None and all(tree.cache.contains(c.digest, c.chunk_size) for c in fc.chunks)
     finally:
         tree.close()
+
+
+def test_far_from_the_reserve_a_write_does_not_ask_statvfs_each_time(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reserve check is on the fetch path: with plenty of room (more than the slack) one statvfs
+    covers many chunk writes."""
+    import os
+
+    import lazypull.fs.cache as cache_module
+
+    st = os.statvfs(tmp_path)
+    if st.f_bavail * st.f_frsize < 2 * cache_module.RESERVE_SLACK:
+        pytest.skip("the test directory's filesystem has too little room")
+    calls: list[str] = []
+    real = os.statvfs
+
+    def counting(path: object) -> os.statvfs_result:
+        calls.append(str(path))
+        return real(path)       # type: ignore[arg-type]
+
+    cache = DirectoryCache(tmp_path / "chunks", max_bytes=64 << 20)
+    store = cache.layer("sha256:" + "cf" * 32)
+    monkeypatch.setattr(cache_module.os, "statvfs", counting)
+    monkeypatch.setattr(cache_module, "RESERVE_RECHECK", 3600.0)
+    for i in range(50):
+        assert store.put(*_chunk(i))
+    assert len(calls) == 1, f"{len(calls)} statvfs calls for 50 chunk writes"
