@@ -59,8 +59,8 @@ EXTRA_ROWS = [("lazypull-lazy-nobg", "esgz"),
               ("lazypull-run", "esgz"), ("lazypull-run-cold", "esgz")]
 # With --base-python: the same rows by another lazypull (the interpreter of a tree before a change),
 # interleaved with these in one run.
-BASE_ROWS = [("lazypull-lazy-base", "esgz"), ("lazypull-run-base", "esgz"),
-             ("lazypull-run-cold-base", "esgz")]
+BASE_ROWS = [(system + "-base", variant) for system, variant in ROWS + EXTRA_ROWS
+             if system.startswith("lazypull-")]
 # Which systems time `run` as one command, and which start no mount server before the clock.
 ONE_COMMAND = ("lazypull-run", "lazypull-run-cold")
 COLD_SERVER = ("lazypull-run-cold",)
@@ -115,7 +115,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "so edits made while the benchmark runs do not leak into it)")
     p.add_argument("--base-python", default=None, metavar="PY",
                    help="the interpreter of another lazypull (e.g. a venv whose path has an older tree) for "
-                        "the *-base rows (lazypull-lazy-base, lazypull-run-base, lazypull-run-cold-base)")
+                        "the *-base rows (any lazypull row with -base, e.g. lazypull-lazy-base:esgz)")
     p.add_argument("--prepare-only", action="store_true",
                    help="build, push, convert and trace the images (cached for later runs), measure nothing")
     args = p.parse_args(argv)
