@@ -59,8 +59,12 @@ class LazypullSystem:
         self.root = root
         self.one_command = one_command
         self.warm_server = warm_server
-        # -I: that interpreter's own lazypull, not the PYTHONPATH of a pinned run (bench/run.py)
-        self.lazypull = [python, "-I", "-m", "lazypull"] if python is not None else LAZYPULL
+        # -I: that interpreter's own lazypull, not the PYTHONPATH of a pinned run (bench/run.py); and
+        # neither for what it starts: trees from before the mount server was started with -I ran the
+        # server from the current directory or PYTHONPATH, i.e. the pinned tree instead of their own
+        self.interpreter = (["env", "-u", "PYTHONPATH", "-C", "/", python] if python is not None
+                            else LAZYPULL[:1])
+        self.lazypull = [*self.interpreter, "-I", "-m", "lazypull"] if python is not None else LAZYPULL
         # files of each layer's state dir (``snapshots/<hex>/``) kept from one sample to the next: a
         # re-start after the chunk cache was evicted (everything else is wiped as for a first start)
         self.keep = keep
@@ -84,7 +88,7 @@ class LazypullSystem:
             (self.root / "config.toml").write_text(self.config)
         if self.snapshotter == "stargz" and self.warm_server:   # by this system's own lazypull
             ping = "import sys\nfrom lazypull.snapshot import MountClient\nMountClient(sys.argv[1]).ping()"
-            subprocess.run([self.lazypull[0], "-I", "-c", ping, str(self.root)], check=True)
+            subprocess.run([*self.interpreter, "-I", "-c", ping, str(self.root)], check=True)
 
     def pull(self, ref: str) -> Phase | None:
         if self.one_command:
