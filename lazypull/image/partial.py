@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import zlib
-from collections.abc import Callable, Sequence
-from typing import Any, BinaryIO, ClassVar, Protocol, TypeVar
+from collections.abc import Sequence
+from typing import Any, BinaryIO, ClassVar, Protocol
 
 from lazypull.format.annotations import UNCOMPRESSED_DIGEST_ANNOTATION
 from lazypull.image import mediatypes as mt
@@ -21,13 +21,10 @@ from lazypull.image.errors import DigestMismatchError, ImageError, UnsupportedMe
 from lazypull.image.model import Image, ImageIndex, Layer, Root
 from lazypull.image.platform import config_platform
 from lazypull.registry import MAX_MANIFEST_SIZE, Descriptor, ManifestError, Platform
-from lazypull.registry import ImageIndex as RegistryIndex
-from lazypull.registry import ImageManifest as RegistryManifest
 from lazypull.registry import parse_index as registry_parse_index
-from lazypull.registry import parse_manifest as registry_parse_manifest
+from lazypull.registry import parse_manifest_document as registry_parse_manifest_document
 
 MAX_CONFIG_SIZE = 16 << 20
-_Parsed = TypeVar("_Parsed", RegistryManifest, RegistryIndex)
 
 
 class BlobProvider(Protocol):
@@ -75,29 +72,37 @@ def parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-def _checked(parse: Callable[[bytes, str | None], _Parsed], raw: bytes, desc: Descriptor,
-             what: str) -> _Parsed:
-    """``registry``'s structure check of a manifest or index, its errors naming the digest, and the
-    document's own ``mediaType`` checked against the descriptor that pointed at it."""
-    try:
-        parsed = parse(raw, desc.media_type)
-    except ManifestError as err:
-        raise ManifestError(f"{what} {desc.digest}: {err}") from err
-    if parsed.media_type != desc.media_type:
-        raise ImageError(f"{what} {desc.digest}: mediaType {parsed.media_type!r} differs from descriptor's "
+def _structure_error(err: ManifestError, desc: Descriptor, what: str) -> ManifestError:
+    """``registry``'s structure error, naming the document's digest."""
+    return ManifestError(f"{what} {desc.digest}: {err}")
+
+
+def _check_media_type(media_type: str, desc: Descriptor, what: str) -> None:
+    """The document's own ``mediaType`` must be the one of the descriptor that pointed at it."""
+    if media_type != desc.media_type:
+        raise ImageError(f"{what} {desc.digest}: mediaType {media_type!r} differs from descriptor's "
                          f"{desc.media_type!r}")
-    return parsed
 
 
 def parse_manifest(raw: bytes, desc: Descriptor) -> tuple[dict[str, Any], Descriptor, list[Descriptor]]:
-    """Check an image manifest; returns (document, config descriptor, layer descriptors)."""
-    manifest = _checked(registry_parse_manifest, raw, desc, "manifest")
-    return parse_json_object(raw, f"manifest {desc.digest}"), manifest.config, list(manifest.layers)
+    """Check an image manifest; returns (document, config descriptor, layer descriptors). The JSON is
+    decoded once: the document returned is the one ``registry`` checked."""
+    try:
+        manifest, document = registry_parse_manifest_document(raw, desc.media_type)
+    except ManifestError as err:
+        raise _structure_error(err, desc, "manifest") from err
+    _check_media_type(manifest.media_type, desc, "manifest")
+    return document, manifest.config, list(manifest.layers)
 
 
 def parse_index(raw: bytes, desc: Descriptor) -> list[Descriptor]:
     """Check an index / manifest list; returns its entries."""
-    return list(_checked(registry_parse_index, raw, desc, "index").manifests)
+    try:
+        index = registry_parse_index(raw, desc.media_type)
+    except ManifestError as err:
+        raise _structure_error(err, desc, "index") from err
+    _check_media_type(index.media_type, desc, "index")
+    return list(index.manifests)
 
 
 def parse_config(raw: bytes, desc: Descriptor) -> dict[str, Any]:

@@ -40,6 +40,7 @@ if typing.TYPE_CHECKING:
     from lazypull.registry._manifest import is_index as is_index
     from lazypull.registry._manifest import parse_index as parse_index
     from lazypull.registry._manifest import parse_manifest as parse_manifest
+    from lazypull.registry._manifest import parse_manifest_document as parse_manifest_document
     from lazypull.registry._manifest import select_all as select_all
     from lazypull.registry._manifest import select_platform as select_platform
     from lazypull.registry._ranges import merge_spans as merge_spans
@@ -104,6 +105,7 @@ __all__ = [
     "parse_challenges",
     "parse_index",
     "parse_manifest",
+    "parse_manifest_document",
     "parse_reference",
     "select_all",
     "select_platform",
@@ -157,6 +159,7 @@ _SOURCES: dict[str, str] = {
     "parse_challenges": "._auth",
     "parse_index": "._manifest",
     "parse_manifest": "._manifest",
+    "parse_manifest_document": "._manifest",
     "parse_reference": "._reference",
     "select_all": "._manifest",
     "select_platform": "._manifest",

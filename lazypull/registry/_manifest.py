@@ -229,13 +229,20 @@ def _load_v2(raw: bytes, media_type: str | None, accepted: tuple[str, ...], not_
 
 def parse_manifest(raw: bytes, media_type: str | None = None) -> ImageManifest:
     """Validate an image manifest (OCI or Docker schema 2)."""
+    return parse_manifest_document(raw, media_type)[0]
+
+
+def parse_manifest_document(raw: bytes, media_type: str | None = None
+                            ) -> tuple[ImageManifest, dict[str, Any]]:
+    """:func:`parse_manifest`, and the decoded JSON document too: for callers that keep the document,
+    so the manifest is decoded once (a 4 MiB manifest costs its parse)."""
     kind, doc, layers, annotations = _load_v2(raw, media_type, MANIFEST_TYPES,
                                               "unsupported manifest media type", "layers", "manifest")
     subject = Descriptor.from_json(doc["subject"], "subject") if doc.get("subject") else None
     return ImageManifest(
         kind, Descriptor.from_json(doc.get("config"), "config"),
         tuple(Descriptor.from_json(layer, f"layer {i}") for i, layer in enumerate(layers)),
-        annotations, subject)
+        annotations, subject), doc
 
 
 def parse_index(raw: bytes, media_type: str | None = None) -> ImageIndex:
