@@ -14,9 +14,12 @@ from lazypull.smallfile import read_small
 NETWORK_MODES = ("host", "none")
 # An --env-file is a few KEY=VALUE lines; a bound keeps `--env-file /dev/zero` from eating memory.
 MAX_ENV_FILE = 1 << 20
-# RFC 1123 labels (letters, digits, inner hyphens; 1-63 characters), dot-separated; at most 64 in all,
-# what the kernel's sethostname accepts (__NEW_UTS_LEN).
-_HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+# Dot-separated labels of letters, digits and underscores with inner hyphens (1-63 characters); at most
+# 64 in all, what the kernel's sethostname accepts (__NEW_UTS_LEN). The kernel and runc take any bytes and
+# Docker passes underscores through (``my_app``, a compose service's name): RFC 1123 without ``_`` refused
+# names that work everywhere else. Refused still: what would add names or lines to the container's
+# /etc/hosts (spaces, newlines, ``#``) or is no name at all (empty labels, edge hyphens, other symbols).
+_HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 MAX_HOSTNAME = 64
 
 
@@ -68,7 +71,7 @@ class ContainerOptions:
 
 
 def check_hostname(name: str) -> str:
-    """``name`` if it is a valid host name (RFC 1123, at most 64 characters), else ContainerError.
+    """``name`` if it is a valid host name (RFC 1123 and ``_``, at most 64 characters), else ContainerError.
 
     It is written into the container's /etc/hosts and /etc/hostname: a newline or a space there
     would add lines or names of the caller's choosing.
@@ -76,7 +79,7 @@ def check_hostname(name: str) -> str:
     if not name or len(name) > MAX_HOSTNAME or not all(
             _HOSTNAME_LABEL.fullmatch(label) for label in name.split(".")):
         shown = repr(name) if len(name) <= 80 else repr(name[:80]) + "..."
-        raise ContainerError(f"invalid hostname {shown}: use letters, digits, '-' and '.' (RFC 1123), "
+        raise ContainerError(f"invalid hostname {shown}: use letters, digits, '_', '-' and '.', "
                              f"at most {MAX_HOSTNAME} characters")
     return name
 
