@@ -28,7 +28,7 @@ from lazypull.fs.fuse.tree import Attr, FuseError, StatFs
 from lazypull.fs.layer import hints, learned
 from lazypull.fs.layer.access import AccessRecorder
 from lazypull.fs.layer.activity import Activity
-from lazypull.fs.layer.background import Background
+from lazypull.fs.layer.background import PREFETCH_PIECE, Background, pieces
 from lazypull.fs.layer.elf import MAGIC as ELF_MAGIC
 from lazypull.fs.layer.fetch import ChunkFetcher, ChunkUnavailable, Unit
 from lazypull.fs.layer.inodes import InodeTable, Node
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 ASSEMBLE_INLINE_MAX = 64 << 20   # complete files up to this size are assembled during open()
 SMALL_FILE = 64 << 10            # compressed size up to which a file's neighbours come with it
+PROGRAM_CACHE_SHARE = 8          # a program fetched whole when started takes at most 1/8 of the cache bound
 
 
 class _FileChunks:
@@ -114,8 +115,9 @@ class LayerTree:
         # containers/storage zstd:chunked stores all-zero chunks as holes (no data to fetch)
         self.fetcher = ChunkFetcher(digest, remote, cache, stats, config, self._units, preloaded=preloaded,
                                     zero_holes=getattr(reader, "footer_kind", "") == "zstd-64")
-        self.blob_readahead = BlobReadAhead(config.blob_readahead, small=SMALL_FILE, cache_bound=(
-            cache.cache.max_bytes if isinstance(cache, LayerChunks) else 0))
+        cache_bound = cache.cache.max_bytes if isinstance(cache, LayerChunks) else 0
+        self.blob_readahead = BlobReadAhead(config.blob_readahead, small=SMALL_FILE, cache_bound=cache_bound)
+        self._program_max = cache_bound // PROGRAM_CACHE_SHARE if cache_bound else 0
         self.background = Background(self.fetcher, stats, config,
                                      reader.prefetch_range() if config.prefetch else None, index=self.index,
                                      learned=self.learned_chunks,
@@ -301,8 +303,15 @@ class LayerTree:
             self._learn(ino, node, offset, offset + len(data))
         if missed and offset == 0 and self.config.fetch_elf_deps and (
                 data[:4] == ELF_MAGIC or (data[:2] == b"#!" and node.attr.mode & 0o111)):
-            self._ahead_once(ino, hints.follow, self, ino)   # a program starting: what it loads next
+            self._ahead_once(ino, self._started, ino)       # a program starting: what it loads next
         return data
+
+    def _started(self, ino: int) -> None:
+        """A file's first bytes were read and are an ELF header or a ``#!`` line (the kernel starting a
+        program, or the loader opening a library): the rest of a big program, then what it loads."""
+        with contextlib.suppress(FuseError):
+            self._fetch_program(ino)
+        hints.follow(self, ino)
 
     def _learn(self, ino: int, node: Node, offset: int, end: int) -> None:
         fc = self._files.get(ino)
@@ -395,6 +404,8 @@ class LayerTree:
             fc = self._chunks_of(ino)
             if fc is None:
                 return
+            if program:
+                self._fetch_program(ino)
             if fc.compressed <= self.config.whole_file_max:
                 todo = [c for c in fc.chunks if not self.cache.contains(c.digest, c.chunk_size)]
                 if todo:
@@ -410,6 +421,27 @@ class LayerTree:
             log.debug("layer %s: fetching inode %d ahead failed: %s", self.digest, ino, err)
         except Exception:
             log.exception("layer %s: fetching inode %d ahead failed", self.digest, ino)
+
+    def _fetch_program(self, ino: int) -> None:
+        """Start fetching all of a program too big for ``whole_file_max`` that is being started (an
+        executable file): in pieces of ``PREFETCH_PIECE`` compressed bytes, in file order, each its own
+        request, all at once over the registry's connections, each readable as it arrives. A program
+        faults its pages in wherever its code runs, one miss at a time (gcc's 12 MB ``cc1``, all of it
+        read, four 4 MiB chunks one after the other): fetched whole, the link stays busy through its start.
+        Bounded: the file holds at most ``1/PROGRAM_CACHE_SHARE`` of the chunk cache's bound (none when the
+        bound is unknown); returns without waiting."""
+        node = self.inodes.get(ino)
+        fc = self._chunks_of(ino)
+        if node is None or fc is None or not node.attr.mode & 0o111 \
+                or fc.compressed <= self.config.whole_file_max or node.attr.size > self._program_max:
+            return
+        todo = [c for c in fc.chunks if not self.cache.contains(c.digest, c.chunk_size)]
+        if not todo:
+            return
+        self.stats.add(fetched_ahead=1)
+        deadline = time.monotonic() + self.config.read_deadline
+        for piece in pieces(todo, PREFETCH_PIECE):
+            self.fetcher.fetch_async(piece, deadline=deadline)
 
     def _read(self, node: Node, offset: int, size: int, *, quiet: bool = False) -> tuple[bytes, bool]:
         """Bytes ``[offset, offset+size)`` of a file, and whether any had to be fetched. ``quiet``: the

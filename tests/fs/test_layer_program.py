@@ -1,0 +1,148 @@
+"""A big program being started is fetched whole at once (``LayerTree._fetch_program``): in pieces of
+``PREFETCH_PIECE`` compressed bytes, in file order, each its own request to the real registry, instead of
+one miss per chunk as the program faults its pages in. Requests and ranges are counted in the registry
+proxy's log."""
+
+from __future__ import annotations
+
+import io
+import random
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lazypull.fs.config import FsConfig
+from lazypull.fs.layer import LayerTree, hints
+from lazypull.fs.layer.background import PREFETCH_PIECE
+from lazypull.registry import RegistryClient, RetryPolicy, parse_reference
+from tests.fs.elfkit import make_elf
+from tests.helpers.registry import FaultProxy
+from tests.snapshot.layerkit import Blob, build_blob, lookup_path, open_tree, push_blob
+
+# whole_file_max far below the program: it is "big"; no other guess (read-ahead, neighbours) in the way
+CONFIG = FsConfig(prefetch=False, background_fetch=False, read_deadline=10.0, warm_connections=0,
+                  readahead=0, blob_readahead=0, whole_file_max=64 << 10, learn_window=0,
+                  fetch_user_db=False)
+CHUNK = 256 << 10
+PROG = make_elf(pad=3_000_000)                   # ~3 MB of random bytes: 12 chunks, 3 pieces of 1 MiB
+DATA = PROG[:64] + random.Random(7).randbytes(1_000_000)     # ELF-looking, not executable
+
+
+def _tar() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data, mode in (("usr/bin/prog", PROG, 0o755), ("usr/share/data.bin", DATA, 0o644)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = mode
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def blob(tmp_path_factory: pytest.TempPathFactory) -> Blob:
+    return build_blob(tmp_path_factory.mktemp("blob"), _tar(), name="program", chunk_size=CHUNK)
+
+
+@pytest.fixture
+def tree(blob: Blob, tmp_path: Path, fault_proxy: FaultProxy, unique_repo: str) -> Iterator[LayerTree]:
+    push_blob(f"http://127.0.0.1:{fault_proxy.upstream_port}", unique_repo, blob.path.read_bytes())
+    client = RegistryClient(insecure=True, retry=RetryPolicy(attempts=1))
+    ref = parse_reference(f"{fault_proxy.host}/{unique_repo}:1")
+    src = client.blob_source(ref, blob.digest, blob.result.blob_size)
+    layer = open_tree(blob, tmp_path, config=CONFIG, source=src)
+    fault_proxy.clear()
+    try:
+        yield layer
+    finally:
+        layer.close()
+        client.close()
+
+
+def _wait(predicate: Any, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def _cached(tree: LayerTree, path: str) -> bool:
+    fc = tree._chunks_of(lookup_path(tree, path))
+    assert fc is not None
+    return all(tree.cache.contains(c.digest, c.chunk_size) for c in fc.chunks)
+
+
+def _ranges(header: str | None) -> list[tuple[int, int]]:
+    """``bytes=a-b,c-d`` -> [(a, b + 1), ...]"""
+    assert header is not None and header.startswith("bytes=")
+    return [(int(a), int(b) + 1) for a, b in (part.split("-") for part in header[6:].split(","))]
+
+
+def _spans(tree: LayerTree, path: str) -> list[tuple[int, int]]:
+    """The compressed units of a file, in file order."""
+    fc = tree._chunks_of(lookup_path(tree, path))
+    assert fc is not None
+    return sorted({(c.offset, c.end) for c in fc.chunks})
+
+
+def _expected_pieces(units: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Consecutive units cut as ``background.pieces`` cuts them: one span per request."""
+    out: list[tuple[int, int]] = []
+    for start, end in units:
+        if out and end - out[-1][0] <= PREFETCH_PIECE:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
+
+
+def test_the_exec_read_of_a_big_program_fetches_it_whole_in_pieces(tree: LayerTree,
+                                                                  fault_proxy: FaultProxy) -> None:
+    units = _spans(tree, "usr/bin/prog")
+    assert len(units) == 12 and units[-1][1] - units[0][0] > 2 * PREFETCH_PIECE
+    ino = lookup_path(tree, "usr/bin/prog")
+    assert tree.read(ino, 0, 4096) == PROG[:4096]       # the kernel reading the program's ELF header
+    _wait(lambda: _cached(tree, "usr/bin/prog"), "the whole program cached")
+    gets = [_ranges(h) for h in fault_proxy.blob_gets]
+    assert gets[0] == [units[0]], "the read's own chunk first, alone"
+    rest = sorted(r for g in gets[1:] for r in g)
+    assert rest == _expected_pieces(units[1:]), "the rest in pieces of PREFETCH_PIECE, one request each"
+    assert len(gets) == 1 + len(_expected_pieces(units[1:])) >= 3
+    assert tree.stats.fetched_ahead == 1
+    fault_proxy.clear()
+    assert tree.read(ino, 2_000_000, 100_000) == PROG[2_000_000:2_100_000]
+    assert fault_proxy.blob_gets == [], "later faults find the program cached"
+
+
+def test_the_create_hint_fetches_a_big_program_whole(tree: LayerTree, fault_proxy: FaultProxy) -> None:
+    assert hints.expect_program([tree], "prog", "/usr/bin")
+    _wait(lambda: _cached(tree, "usr/bin/prog"), "the whole program cached")
+    units = _spans(tree, "usr/bin/prog")
+    gets = [_ranges(h) for h in fault_proxy.blob_gets]
+    assert sorted(r for g in gets for r in g) == _expected_pieces(units)
+    assert len(gets) == len(_expected_pieces(units)), "each piece one request, the ELF read waits for one"
+
+
+def test_only_an_executable_within_an_eighth_of_the_cache_bound_is_fetched_whole(
+        blob: Blob, tree: LayerTree, fault_proxy: FaultProxy, tmp_path: Path) -> None:
+    data = lookup_path(tree, "usr/share/data.bin")
+    assert tree.read(data, 0, 4096) == DATA[:4096]         # ELF magic, but mode 0644: not a program
+    time.sleep(0.3)
+    assert [_ranges(h) for h in fault_proxy.blob_gets] == [[_spans(tree, "usr/share/data.bin")[0]]]
+    assert tree.read(lookup_path(tree, "usr/bin/prog"), 0, 4096) == PROG[:4096]
+    _wait(lambda: _cached(tree, "usr/bin/prog"), "the program (3 MB) cached whole")
+    # the same program where the chunk cache is bounded to 16 MiB: 3 MB > 16 MiB / 8, read as it faults
+    small = open_tree(blob, tmp_path / "small", config=CONFIG.replace(cache_max_bytes=16 << 20),
+                      source=tree.remote.source)
+    try:
+        fault_proxy.clear()
+        assert small.read(lookup_path(small, "usr/bin/prog"), 0, 4096) == PROG[:4096]
+        time.sleep(0.3)
+        assert [_ranges(h) for h in fault_proxy.blob_gets] == [[_spans(small, "usr/bin/prog")[0]]]
+        assert small.stats.fetched_ahead == 0
+    finally:
+        small.close()
