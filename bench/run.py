@@ -45,10 +45,13 @@ ROWS = [("containerd", "org"), ("lazypull-overlayfs", "org"), ("lazypull-lazy", 
         ("lazypull-lazy", "esgz"), ("lazypull-lazy", "zstdchunked")]
 # Ablation, only when asked for: the prioritized eStargz with the mount server's background fetch off.
 EXTRA_ROWS = [("lazypull-lazy-nobg", "esgz"),
-              # issue 14 item 2: eStargz without prioritized files, re-started with the layers' learned
-              # records kept (``learned.json``: what the previous start read), everything else wiped;
-              # and the same with the TOC records kept too (a re-start after the chunk cache was evicted)
-              ("lazypull-lazy-learned", "esgz-noopt"), ("lazypull-lazy-evicted", "esgz-noopt"),
+              # issue 14 item 2: eStargz without prioritized files, the image removed and pulled again
+              # (everything wiped as for a first-ever start but the node's learned store, ``learned/``:
+              # what the previous start read), the same with create waiting for the prefetch
+              # (``prefetch_wait``, as the containerd proxy does), and the layers' TOC records kept too
+              # (a re-start after the chunk cache was evicted, the image still there)
+              ("lazypull-lazy-repull", "esgz-noopt"), ("lazypull-lazy-repull-wait", "esgz-noopt"),
+              ("lazypull-lazy-evicted", "esgz-noopt"),
               # the first-start row with learning and the passwd/group fetch off: the fetches of the code
               # before issue 14 item 2, for comparison
               ("lazypull-lazy-nolearn", "esgz-noopt"),
@@ -64,9 +67,10 @@ BASE_ROWS = [(system + "-base", variant) for system, variant in ROWS + EXTRA_ROW
 # Which systems time `run` as one command, and which start no mount server before the clock.
 ONE_COMMAND = ("lazypull-run", "lazypull-run-cold")
 COLD_SERVER = ("lazypull-run-cold",)
-# What each system keeps of the layers' state dirs between samples (the others keep nothing).
-KEEP = {"lazypull-lazy-learned": ("learned.json",),
-        "lazypull-lazy-evicted": ("learned.json", "toc.record", "origins")}
+# What each system keeps of its store root between samples (globs under the root; the others keep
+# nothing). The -base twins keep the same.
+KEEP = {"lazypull-lazy-repull": ("learned",), "lazypull-lazy-repull-wait": ("learned",),
+        "lazypull-lazy-evicted": ("learned", "snapshots/*/toc.record", "snapshots/*/origins")}
 
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -194,7 +198,8 @@ def run(args: argparse.Namespace) -> Path:
             stack.callback(systems["containerd"].close)
         for key, snap, config in (("lazypull-overlayfs", "overlayfs", ""), ("lazypull-lazy", "stargz", ""),
                                   ("lazypull-lazy-nobg", "stargz", "background_fetch = false\n"),
-                                  ("lazypull-lazy-learned", "stargz", ""),
+                                  ("lazypull-lazy-repull", "stargz", ""),
+                                  ("lazypull-lazy-repull-wait", "stargz", "prefetch_wait = true\n"),
                                   ("lazypull-lazy-evicted", "stargz", ""),
                                   ("lazypull-lazy-nolearn", "stargz",
                                    "learn_window = 0\nfetch_user_db = false\n"),
@@ -247,7 +252,7 @@ def run_profile(args: argparse.Namespace, profile: Profile, ns: NetNamespace, pr
                 continue            # its preparation failed (see results["errors"])
             jobs = [(s, v) for s, v in args.row_list]
             for system_key, variant in jobs:     # the start that the kept rows learn from: untimed
-                if KEEP.get(system_key):
+                if KEEP.get(system_key.removesuffix("-base")):
                     for other in systems.values():
                         other.quiesce()
                     primer = Sample(workload.name, variant, system_key, profile.name, -1)

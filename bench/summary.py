@@ -31,6 +31,10 @@ ROW_LABELS = {("containerd", "org"): "containerd (full pull)",
               ("lazypull-lazy", "zstdchunked"): "lazypull zstd:chunked",
               ("lazypull-lazy-nobg", "esgz"): "lazypull eStargz (prioritized, background fetch off)",
               ("lazypull-lazy-learned", "esgz-noopt"): "lazypull eStargz (no prefetch), learned record kept",
+              ("lazypull-lazy-repull", "esgz-noopt"):
+                  "lazypull eStargz (no prefetch), image removed and pulled again",
+              ("lazypull-lazy-repull-wait", "esgz-noopt"):
+                  "lazypull eStargz (no prefetch), removed and pulled again, create waits for the prefetch",
               ("lazypull-lazy-evicted", "esgz-noopt"):
                   "lazypull eStargz (no prefetch), learned and TOC records kept",
               ("lazypull-lazy-nolearn", "esgz-noopt"):
@@ -40,6 +44,8 @@ SHORT_LABELS = {("containerd", "org"): "containerd", ("lazypull-overlayfs", "org
                 ("lazypull-lazy", "esgz-noopt"): "esgz-noopt", ("lazypull-lazy", "esgz"): "esgz",
                 ("lazypull-lazy", "zstdchunked"): "zstdchunked", ("lazypull-lazy-nobg", "esgz"): "esgz-nobg",
                 ("lazypull-lazy-learned", "esgz-noopt"): "noopt-learned",
+                ("lazypull-lazy-repull", "esgz-noopt"): "noopt-repull",
+                ("lazypull-lazy-repull-wait", "esgz-noopt"): "noopt-repull-wait",
                 ("lazypull-lazy-evicted", "esgz-noopt"): "noopt-evicted",
                 ("lazypull-lazy-nolearn", "esgz-noopt"): "noopt-nolearn",
                 ("lazypull-lazy-readahead", "esgz-noopt"): "noopt-readahead"}

@@ -65,8 +65,9 @@ class LazypullSystem:
         self.interpreter = (["env", "-u", "PYTHONPATH", "-C", "/", python] if python is not None
                             else LAZYPULL[:1])
         self.lazypull = [*self.interpreter, "-I", "-m", "lazypull"] if python is not None else LAZYPULL
-        # files of each layer's state dir (``snapshots/<hex>/``) kept from one sample to the next: a
-        # re-start after the chunk cache was evicted (everything else is wiped as for a first start)
+        # what is kept of the root from one sample to the next (globs under it, a directory with its
+        # files): e.g. the node's learned store for an image removed and pulled again, everything
+        # else wiped as for a first start
         self.keep = keep
         self.snapshotter = snapshotter
         self.config = config          # <root>/config.toml of the mount server ("" = defaults)
@@ -134,7 +135,7 @@ class LazypullSystem:
 
 def stop_lazypull(root: Path, keep: tuple[str, ...] = ()) -> None:
     """Stop the mount server of ``root`` (its pid file names it), unmount everything below ``root``
-    and remove the directory, but for the files named ``keep`` in each ``snapshots/<hex>/``."""
+    and remove the directory, but for what the globs ``keep`` name under it (a directory: its files)."""
     if not root.exists():
         return
     with contextlib.suppress(Exception):
@@ -158,9 +159,10 @@ def stop_lazypull(root: Path, keep: tuple[str, ...] = ()) -> None:
     _kill_runc_containers(root)
     unmount_below(root)
     saved = {}
-    for name in keep:
-        for path in root.glob(f"snapshots/*/{name}"):
-            saved[path.relative_to(root)] = path.read_bytes()
+    for pattern in keep:
+        for path in root.glob(pattern):
+            for file in (p for p in path.rglob("*") if p.is_file()) if path.is_dir() else (path,):
+                saved[file.relative_to(root)] = file.read_bytes()
     shutil.rmtree(root, ignore_errors=True)
     for rel, data in saved.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -1,5 +1,7 @@
 """``<root>/snapshots/<hex>/``: one layer's directory under the store root, and ``fs`` in it (the layer
-mounted lazily, or extracted whole), beside the layer's TOC record, learned reads and origins.
+mounted lazily, or extracted whole), beside the layer's TOC record and origins; and
+``<root>/learned/<hex>.json``, what the layer's first run on this node read (kept when the layer's
+directory goes with its image: the next cold start of that layer uses it).
 
 The one home of that layout: image, runtime and snapshot build these paths, and so does fs, which may
 not import image; hence a shared leaf. The caller checks the digest's hex first (each names its own
@@ -11,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 SNAPSHOTS = "snapshots"
+LEARNED = "learned"
 
 
 def snapshots_dir(root: Path) -> Path:
@@ -26,3 +29,13 @@ def layer_dir(root: Path, hexpart: str) -> Path:
 def layer_fs(root: Path, hexpart: str) -> Path:
     """``<root>/snapshots/<hex>/fs``: where a layer is mounted (lazy) or extracted (full)."""
     return layer_dir(root, hexpart) / "fs"
+
+
+def learned_dir(root: Path) -> Path:
+    """``<root>/learned``: the node's learned records, one per layer (``fs.layer.learned``)."""
+    return root / LEARNED
+
+
+def learned_record(root: Path, hexpart: str) -> Path:
+    """``<root>/learned/<hex>.json``: what a layer's workload read first, for its next cold mount."""
+    return learned_dir(root) / f"{hexpart}.json"

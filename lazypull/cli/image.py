@@ -288,12 +288,20 @@ def tag_command(source: str, target: str) -> None:
 
 
 @click.command("prune")
+@click.option("--learned", is_flag=True,
+              help="Also forget what the node learned of every layer's first reads (the fetch-ahead of "
+                   "the next cold start; kept by rmi and prune otherwise).")
 @global_options
-def prune_command() -> None:
+def prune_command(learned: bool) -> None:
     """Delete blobs no named image uses, and the layer state and cached chunks no image uses."""
     opts = get_options()
     for digest in _store(opts).prune(also=_free_layers(opts.root)):
         click.echo(f"Deleted: {digest}")
+    if learned:
+        from lazypull.fs.layer.learned import forget
+        from lazypull.layerdir import learned_dir
+
+        click.echo(f"Forgot the learned reads of {forget(learned_dir(opts.root))} layer(s)")
 
 
 # ---- pull / push --------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import stat
 from pathlib import Path
 
 from lazypull.errors import StoreError
-from lazypull.layerdir import SNAPSHOTS
+from lazypull.layerdir import LEARNED, SNAPSHOTS
 
 # A layer's directory (``snapshots/<hex>/``) is the shared leaf lazypull.layerdir's (fs builds it too).
 from lazypull.layerdir import layer_dir as layer_dir
@@ -25,7 +25,7 @@ PRIVATE_MODE = 0o700
 
 # The top-level directories of a store (docs/architecture.md): made before anything below them, so
 # the ``mkdir(parents=True)`` of a deeper path never creates one of them with the umask's mode.
-TOP_DIRS = ("content", SNAPSHOTS, "cache", "containers", "run", "runc")
+TOP_DIRS = ("content", SNAPSHOTS, LEARNED, "cache", "containers", "run", "runc")
 
 
 def private_dir(path: Path) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 import stat
@@ -68,7 +69,7 @@ def test_a_cold_mount_fetches_what_the_first_run_read_before_it_is_read(blob: Bl
     assert src.requests == [], "no record yet: the first mount fetches nothing at start"
     _first_run(tree)
     tree.close()
-    record = learned.record_path(tree.files_dir.parent)
+    record = learned.record_path(tmp_path, blob.digest)
     assert stat.S_IMODE(record.stat().st_mode) == 0o600
     doc = json.loads(record.read_text())
     assert doc["files"] == [["usr/lib/two", [0]], ["bin/huge", [0, 5 * CHUNK]]]
@@ -113,7 +114,7 @@ def test_a_warm_mount_keeps_the_record_and_a_cold_one_learns_again(blob: Blob, t
     tree, _ = _mount(blob, tmp_path)
     _first_run(tree)
     tree.close()
-    record = learned.record_path(tree.files_dir.parent)
+    record = learned.record_path(tmp_path, blob.digest)
     first = record.read_bytes()
     # cache kept (warm): another workload does not replace what the cold start learned
     tree, src = _mount(blob, tmp_path)
@@ -136,7 +137,7 @@ def test_only_the_first_seconds_are_learned(blob: Blob, tmp_path: Path) -> None:
     assert read_all(tree, lookup_path(tree, "usr/lib/one")) == FILES["usr/lib/one"]
     time.sleep(0.3)
     assert read_all(tree, lookup_path(tree, "usr/lib/two")) == FILES["usr/lib/two"]
-    record = learned.record_path(tree.files_dir.parent)
+    record = learned.record_path(tmp_path, blob.digest)
     deadline = time.monotonic() + 5
     while not record.exists():      # written when the window closed, before the unmount
         assert time.monotonic() < deadline, "the record was not written when the window closed"
@@ -149,7 +150,7 @@ def test_learning_off(blob: Blob, tmp_path: Path) -> None:
     tree, _ = _mount(blob, tmp_path, LAZY.replace(learn_window=0.0))
     _first_run(tree)
     tree.close()
-    assert not learned.record_path(tree.files_dir.parent).exists()
+    assert not learned.record_path(tmp_path, blob.digest).exists()
 
 
 @pytest.mark.parametrize("content", [
@@ -165,10 +166,10 @@ def test_learning_off(blob: Blob, tmp_path: Path) -> None:
     b"fifo",
 ], ids=["not-json", "version", "negative", "float", "short", "not-list", "too-many", "too-big", "symlink",
         "fifo"])
-def test_an_unusable_record_is_ignored_and_learned_anew(blob: Blob, tmp_path: Path, content: bytes) -> None:
-    ldir = tmp_path / "snapshots" / blob.digest.removeprefix("sha256:")
-    ldir.mkdir(parents=True)
-    record = learned.record_path(ldir)
+def test_an_unusable_record_is_ignored_and_learned_anew(blob: Blob, tmp_path: Path, content: bytes,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    record = learned.record_path(tmp_path, blob.digest)
+    record.parent.mkdir(parents=True)
     if content == b"symlink":
         (tmp_path / "elsewhere").write_text('{"version": 1, "files": [["bin/huge", null]]}')
         record.symlink_to(tmp_path / "elsewhere")
@@ -176,7 +177,11 @@ def test_an_unusable_record_is_ignored_and_learned_anew(blob: Blob, tmp_path: Pa
         os.mkfifo(record)
     else:
         record.write_bytes(content)
-    tree, src = _mount(blob, tmp_path)
+    with caplog.at_level(logging.WARNING, logger=learned.__name__):
+        tree, src = _mount(blob, tmp_path)
+    warnings = [r.getMessage() for r in caplog.records if r.name == learned.__name__]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    assert warnings[0].startswith(f"learned record {record}: ") and warnings[0].endswith("; ignored")
     assert src.requests == [], "nothing fetched on the word of an unusable record"
     assert tree.stats.learned_state == "none"
     if content in (b"symlink", b"fifo"):
@@ -189,9 +194,9 @@ def test_an_unusable_record_is_ignored_and_learned_anew(blob: Blob, tmp_path: Pa
 def test_a_record_only_steers_fetches_of_the_layers_own_chunks(blob: Blob, tmp_path: Path) -> None:
     """Paths the TOC does not have, escapes and offsets that start no chunk fetch nothing; what the
     record names that exists is fetched from the blob and verified like any read."""
-    ldir = tmp_path / "snapshots" / blob.digest.removeprefix("sha256:")
-    ldir.mkdir(parents=True)
-    learned.record_path(ldir).write_text(json.dumps({"version": 1, "origin": f"faulty:{blob.path}", "files": [
+    record = learned.record_path(tmp_path, blob.digest)
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"version": 1, "origin": f"faulty:{blob.path}", "files": [
         ["../../etc/hello.txt", None], ["nope/none", None], ["bin/huge", [1, 999_999_999]], ["bin", None],
         ["etc/empty", None], ["/etc/hello.txt", [0]]]}))
     tree, src = _mount(blob, tmp_path)
@@ -225,14 +230,14 @@ def test_passthrough_opens_are_learned_whole_and_guesses_are_not(blob: Blob, tmp
     assert tree.read_quiet(lookup_path(tree, "usr/lib/one"), 0, 100) == FILES["usr/lib/one"][:100]
     assert tree.backing_path(hello) is not None                          # the workload opens it
     tree.close()
-    record = learned.record_path(tree.files_dir.parent)
+    record = learned.record_path(tmp_path, blob.digest)
     assert json.loads(record.read_text())["files"] == [["etc/hello.txt", None]]
 
 
 def test_a_record_left_half_written_by_a_crash_is_removed_at_mount(blob: Blob, tmp_path: Path) -> None:
-    ldir = tmp_path / "snapshots" / blob.digest.removeprefix("sha256:")
-    ldir.mkdir(parents=True)
-    stale = ldir / (learned.TEMP_PREFIX + "x1y2z3")
+    record = learned.record_path(tmp_path, blob.digest)
+    record.parent.mkdir(parents=True)
+    stale = record.with_name(f".{record.name}.x1y2z3")
     stale.write_bytes(b'{"version": 1, "fi')
     tree, src = _mount(blob, tmp_path)
     assert not stale.exists()
@@ -303,7 +308,7 @@ def test_a_record_is_replayed_only_for_the_origin_it_was_learned_from(blob: Blob
     tree, _ = _mount(blob, tmp_path)
     _first_run(tree)
     tree.close()
-    record = json.loads(learned.record_path(tree.files_dir.parent).read_text())
+    record = json.loads(learned.record_path(tmp_path, blob.digest).read_text())
     assert record["origin"] == f"faulty:{blob.path}"
     _evict(tmp_path)
     other = tmp_path / "mirror.blob"
@@ -320,3 +325,57 @@ def test_a_record_is_replayed_only_for_the_origin_it_was_learned_from(blob: Blob
     assert len(src.requests) >= 1 and tree.stats.learned_chunks > 0
     tree.close()
 
+
+
+# -- the node's store: bounded, least recently used first; records of older versions adopted --
+
+def _fake_record(root: Path, n: int, mtime: float, size: int = 0) -> Path:
+    path = learned.record_path(root, "sha256:" + f"{n:064x}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"version": 1, "origin": "x", "files": [["a" * size, None]]}))
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_the_store_keeps_the_most_recently_used_records_within_its_bounds(
+        blob: Blob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record written prunes the store: by count, then by bytes, the least recently used first, and a
+    record a mount used counts as used then (the oldest written here, kept)."""
+    now = time.time()
+    others = [_fake_record(tmp_path, n, now - 1000 + n) for n in range(1, 6)]   # 1 oldest .. 5 newest
+    mine = learned.record_path(tmp_path, blob.digest)
+    tree, _ = _mount(blob, tmp_path)
+    _first_run(tree)
+    tree.close()
+    used = _fake_record(tmp_path, 9, now - 5000)          # the oldest, but a mount reads it now
+    assert learned.load(used, "x") is not None
+    monkeypatch.setattr(learned, "MAX_RECORDS", 4)
+    _evict(tmp_path)
+    tree, _ = _mount(blob, tmp_path)
+    _first_run(tree)
+    tree.close()                # writes this layer's record again: the store is pruned to 4
+    kept = {p.name for p in mine.parent.iterdir()}
+    assert kept == {mine.name, used.name, others[4].name, others[3].name}
+    monkeypatch.setattr(learned, "MAX_STORE_BYTES", mine.stat().st_size + used.stat().st_size + 10)
+    big = _fake_record(tmp_path, 7, now + 10, size=learned.MAX_STORE_BYTES)    # the newest, too big
+    _evict(tmp_path)
+    tree, _ = _mount(blob, tmp_path)
+    _first_run(tree)
+    tree.close()
+    assert {p.name for p in mine.parent.iterdir()} == {mine.name, used.name}, "bytes bound the store too"
+    assert not big.exists()
+
+
+def test_a_record_an_older_version_kept_beside_the_layer_is_moved_into_the_store(blob: Blob,
+                                                                               tmp_path: Path) -> None:
+    tree, _ = _mount(blob, tmp_path)
+    _first_run(tree)
+    tree.close()
+    record = learned.record_path(tmp_path, blob.digest)
+    legacy = tmp_path / "snapshots" / blob.digest[7:] / learned.LEGACY_NAME
+    record.replace(legacy)
+    _evict(tmp_path)
+    tree, src = _mount(blob, tmp_path)
+    assert tree.stats.learned_state == "done" and len(src.requests) == 1
+    assert record.exists() and not legacy.exists()
+    tree.close()

@@ -4,15 +4,21 @@ An image nobody optimized has no prioritized files, so its start is a string of 
 round trip each. The first run of it on a node shows which chunks it reads: a :class:`Learner` notes,
 for the first ``learn_window`` seconds after the layer's first access, each regular file read (the
 offsets of the chunks read) or opened whole for passthrough, in first-access order. It is written, at
-the end of the window or at unmount, to :data:`RECORD_NAME` in the layer's state dir
-(``snapshots/<hex>/``, beside ``toc.record``; 0600, atomically, bounded). The next mount whose cache
-lacks those chunks (the cache was evicted or pruned, the state dir kept) fetches them at mount time,
-in the order they were first read (``Background``), as stargz-snapshotter's prioritized files would.
+the end of the window or at unmount, to the node's learned store, ``<root>/learned/<hex>.json``
+(``lazypull.layerdir``; 0700 directory, 0600 records, atomically). The next mount whose cache lacks
+those chunks fetches them at mount time, in the order they were first read (``Background``), as
+stargz-snapshotter's prioritized files would.
+
+The store is keyed by layer digest and is not the layer's state dir, because ``rmi`` / ``image prune``
+(and kubelet's image GC, all the time) delete that dir: the next cold start of the image, pulled
+again, is exactly the start the record helps. It is bounded (:data:`MAX_RECORDS`,
+:data:`MAX_STORE_BYTES`; the least recently used records go first) and emptied by
+``lazypull image prune --learned``.
 
 The record only steers *what* is fetched: each (path, chunk offset) is looked up in the layer's
 verified TOC, and only that layer's own chunks, from its own blob, verified by digest, are ever
-fetched; nothing in the record is served. A damaged or hostile record can at worst make a mount fetch
-up to :data:`MAX_BYTES` of its layer early.
+fetched; nothing in the record is served. A damaged or hostile record is ignored with a warning; at
+worst it makes a mount fetch up to :data:`MAX_BYTES` of its layer early.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import stat
 import tempfile
 import threading
@@ -28,15 +35,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lazypull.fs.cache import digest_hex
+from lazypull.layerdir import learned_record
+
 log = logging.getLogger(__name__)
 
-RECORD_NAME = "learned.json"
 VERSION = 1
 MAX_FILES = 4096                # files in a record (a start reading more is not a start)
 MAX_OFFSETS = 4096              # chunk offsets per file (beyond: the file is fetched whole)
 MAX_RECORD_SIZE = 1 << 20       # bytes of the record file
 MAX_BYTES = 64 << 20            # compressed bytes one replay may fetch
-TEMP_PREFIX = f".{RECORD_NAME}."    # a record being written (left behind by a crash: removed at mount)
+MAX_RECORDS = 1024              # records in the node's store (least recently used removed first)
+MAX_STORE_BYTES = 64 << 20      # bytes of all records in the store
+TEMP_MAX_AGE = 600.0            # a record being written this long ago was left by a crash
+LEGACY_NAME = "learned.json"    # where records were kept before the store: snapshots/<hex>/, moved at mount
+_RECORD = re.compile(r"[0-9a-f]{64}\.json")
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,14 @@ class LearnedFile:
 
     path: str
     offsets: tuple[int, ...] | None
+
+
+@dataclass(frozen=True)
+class Record:
+    """A parsed record: who served the blob it was learned from ("" if it names none), and its files."""
+
+    origin: str
+    files: list[LearnedFile]
 
 
 class Learner:
@@ -98,7 +119,8 @@ class Learner:
             self.save()
 
     def save(self) -> None:
-        """Write the record (atomically, 0600), unless there is nothing to write or it must be kept."""
+        """Write the record (atomically, 0600), unless there is nothing to write or it must be kept;
+        then prune the store to its bounds."""
         files = self.files()
         if not files or not self.replace:
             return
@@ -109,7 +131,8 @@ class Learner:
             log.info("learned record %s would take %d bytes; not written", self.path, len(data))
             return
         try:
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=TEMP_PREFIX)   # 0600
+            _private_dir(self.path.parent)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=_temp_prefix(self.path))   # 0600
             try:
                 with os.fdopen(fd, "wb") as out:
                     out.write(data)
@@ -120,23 +143,96 @@ class Learner:
                 raise
         except OSError as err:       # a full disk costs the next start its hint, nothing else
             log.warning("cannot write learned record %s: %s", self.path, err)
+            return
+        prune(self.path.parent)
 
 
-def record_path(layer_dir: Path) -> Path:
-    """Where a layer's learned record is kept."""
-    return layer_dir / RECORD_NAME
+def _temp_prefix(path: Path) -> str:
+    """Names of ``path``'s record being written (one left by a crash is removed at the next mount)."""
+    return f".{path.name}."
 
 
-def load(layer_dir: Path, origin: str | None = None) -> list[LearnedFile] | None:
-    """The layer's learned record, or None when there is none or it cannot be used (logged: the mount
-    goes on without it, and learns a new one). Records a crashed server was writing are removed.
+def _private_dir(path: Path) -> None:
+    """The store's directory, 0700 (created so, or narrowed): the records show what workloads read."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(f"{path} is not a directory") from None
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            os.chmod(path, 0o700)
+
+
+def prune(store: Path, max_records: int | None = None, max_bytes: int | None = None) -> int:
+    """Remove the least recently used records (by mtime: a record is touched when a mount uses it)
+    until at most ``max_records`` (default :data:`MAX_RECORDS`) of at most ``max_bytes`` (default
+    :data:`MAX_STORE_BYTES`) in all are left, and records a crash left half-written; how many went."""
+    max_records = MAX_RECORDS if max_records is None else max_records
+    max_bytes = MAX_STORE_BYTES if max_bytes is None else max_bytes
+    records: list[tuple[float, int, str]] = []
+    removed = 0
+    now = time.time()
+    try:
+        with os.scandir(store) as entries:
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if _RECORD.fullmatch(entry.name) and stat.S_ISREG(st.st_mode):
+                    records.append((st.st_mtime, st.st_size, entry.name))
+                elif entry.name.startswith(".") and now - st.st_mtime > TEMP_MAX_AGE:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+    except OSError:
+        return 0
+    records.sort(reverse=True)          # most recently used first: what is kept, while it fits
+    kept = total = 0
+    for _, size, name in records:
+        if kept < max_records and total + size <= max_bytes:
+            kept += 1
+            total += size
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            (store / name).unlink()
+            removed += 1
+    if removed:
+        log.info("learned store %s: %d least recently used record(s) removed", store, removed)
+    return removed
+
+
+def forget(store: Path) -> int:
+    """Remove every record of the store (``lazypull image prune --learned``); how many there were."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError), os.scandir(store) as entries:
+        for entry in entries:
+            record = _RECORD.fullmatch(entry.name) is not None
+            if record or entry.name.startswith("."):    # (and any record being written)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += record
+    return removed
+
+
+def record_path(root: Path, digest: str) -> Path:
+    """Where the layer ``digest``'s learned record is kept (``lazypull.layerdir``)."""
+    return learned_record(root, digest_hex(digest, "layer digest"))
+
+
+def load(path: Path, origin: str | None = None, legacy: Path | None = None) -> list[LearnedFile] | None:
+    """The record at ``path``, or None when there is none or it cannot be used (a one-line warning: the
+    mount goes on without it, and learns a new one). Records a crashed server was writing are removed;
+    a record used is marked recently used (its mtime), so the store's bound removes others first.
 
     ``origin``: who serves the blob now; a record learned from another origin is not used (replaying it
-    would show that registry what an earlier workload on this node read, and in which order)."""
-    path = record_path(layer_dir)
+    would show that registry what an earlier workload on this node read, and in which order).
+    ``legacy``: the layer's state dir, where older versions kept its record: moved into the store."""
     with contextlib.suppress(OSError):
-        for stale in layer_dir.glob(TEMP_PREFIX + "*"):
+        for stale in path.parent.glob(_temp_prefix(path) + "*"):
             stale.unlink(missing_ok=True)
+    if legacy is not None:
+        _adopt(legacy, path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -149,30 +245,47 @@ def load(layer_dir: Path, origin: str | None = None) -> list[LearnedFile] | None
             if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
                 raise ValueError("not a regular file")
             data = fh.read(MAX_RECORD_SIZE + 1)
-        if len(data) > MAX_RECORD_SIZE:
-            raise ValueError(f"larger than {MAX_RECORD_SIZE} bytes")
-        files = parse(data)
-        if origin is not None and _origin(data) != origin:
-            log.info("learned record %s was learned from another origin; not used for %s", path, origin)
-            return None
-        return files
+            if len(data) > MAX_RECORD_SIZE:
+                raise ValueError(f"larger than {MAX_RECORD_SIZE} bytes")
+            record = parse(data)
+            if origin is not None and record.origin != origin:
+                log.info("learned record %s was learned from another origin; not used for %s", path, origin)
+                return None
+            with contextlib.suppress(OSError):
+                os.utime(fh.fileno())       # recently used: kept by the store's bound
+        return record.files
     except (OSError, ValueError) as err:
         log.warning("learned record %s: %s; ignored", path, err)
         return None
 
 
-def _origin(data: bytes) -> str:
-    """The origin a (parsed, so valid) record was learned from; "" for records that name none."""
-    doc = json.loads(data.decode("utf-8", "surrogateescape"))
-    origin = doc.get("origin", "")
-    return origin if isinstance(origin, str) else ""
+def _adopt(layer_dir: Path, path: Path) -> None:
+    """Move a record an older version kept in the layer's state dir into the store (unless the store
+    has one already), and drop what that version left half-written."""
+    old = layer_dir / LEGACY_NAME
+    with contextlib.suppress(OSError):
+        for stale in layer_dir.glob(f".{LEGACY_NAME}.*"):
+            stale.unlink(missing_ok=True)
+    try:
+        if not os.path.lexists(old):
+            return
+        if os.path.lexists(path) or not stat.S_ISREG(os.lstat(old).st_mode):
+            old.unlink()
+            return
+        _private_dir(path.parent)
+        os.replace(old, path)
+    except OSError as err:
+        log.warning("learned record %s: cannot move it to %s: %s", old, path, err.strerror or err)
 
 
-def parse(data: bytes) -> list[LearnedFile]:
-    """The files of a record; ValueError naming what is wrong."""
+def parse(data: bytes) -> Record:
+    """A record's origin and files; ValueError naming what is wrong."""
     doc = json.loads(data.decode("utf-8", "surrogateescape"))
     if not isinstance(doc, dict) or doc.get("version") != VERSION:
         raise ValueError(f"not a version {VERSION} learned record")
+    origin = doc.get("origin", "")
+    if not isinstance(origin, str):
+        raise ValueError("'origin' is not a string")
     items = doc.get("files")
     if not isinstance(items, list) or len(items) > MAX_FILES:
         raise ValueError(f"'files' must be a list of at most {MAX_FILES} entries")
@@ -186,8 +299,8 @@ def parse(data: bytes) -> list[LearnedFile]:
             raise ValueError(f"offsets of {item[0][:100]!r} are not a list of at most {MAX_OFFSETS} "
                              f"non-negative integers")
         out.append(LearnedFile(item[0], None if offsets is None else tuple(offsets)))
-    return out
+    return Record(origin, out)
 
 
-__all__ = ["MAX_BYTES", "RECORD_NAME", "TEMP_PREFIX", "LearnedFile", "Learner", "load", "parse",
-           "record_path"]
+__all__ = ["MAX_BYTES", "MAX_RECORDS", "MAX_STORE_BYTES", "LearnedFile", "Learner", "Record", "forget",
+           "load", "parse", "prune", "record_path"]

@@ -103,8 +103,9 @@ def open_layer_tree(digest: str, annotations: Mapping[str, str] | LayerSpec, sou
         learner = record = None
         if config.learn_window > 0:
             origin = origin_of(source)
-            record = learned.load(ldir, origin)
-            learner = learned.Learner(learned.record_path(ldir), config.learn_window, origin)
+            path = learned.record_path(root, digest)    # the node's store: kept when the image goes
+            record = learned.load(path, origin, legacy=ldir)
+            learner = learned.Learner(path, config.learn_window, origin)
         # What was read to find the TOC (often the end of the blob, sometimes all of it) serves chunks too.
         preloaded = list(src.pieces) if sum(len(data) for _, data in src.pieces) <= PRELOAD_MAX else []
         access = recorder_for(ldir)
