@@ -10,6 +10,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,3 +229,108 @@ def test_exec_a_binary_from_the_mount(tmp_path: Path, fuse_path: str) -> None:
         out = subprocess.run(["/bin/sh", "-c", cmd], capture_output=True, text=True, timeout=30)
         assert out.returncode == 0 and out.stdout == "hello from lazypull\n"
         assert (tree.calls["read"] == 0) == (fuse_path == "passthrough") == m.passthrough_active
+
+
+def _notes_mount(tmp_path: Path, names: list[str]) -> tuple[MemTree, Path]:
+    backing = tmp_path / "backing"
+    backing.mkdir()
+    tree = MemTree()
+    for name in names:
+        (backing / name).write_bytes(DATA[:70_000])
+        tree.add_file(name, DATA[:70_000], backing=str(backing / name))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    return tree, mnt
+
+
+def test_a_hung_keeper_holds_up_only_the_open_that_tells_it(tmp_path: Path, fuse_path: str) -> None:
+    """The keeper (``on_backing``: a socket round trip) hanging while a cold open tells it of a new id
+    holds up that open only: the thread reading /dev/fuse answers a warm open of another file meanwhile.
+    Before, the note was sent under the lock that thread needs, and the whole mount waited (up to the
+    keeper's 10 s reply timeout)."""
+    if fuse_path != "passthrough":
+        pytest.skip("only passthrough registers backing ids")
+    tree, mnt = _notes_mount(tmp_path, ["cold", "warm"])
+    cold = tree.ino("cold")
+    entered, go_on = threading.Event(), threading.Event()
+    hung_out: list[int] = []
+
+    def on_backing(ino: int, backing_id: int) -> None:
+        if ino == cold and backing_id:
+            entered.set()
+            if not go_on.wait(20):      # only if the warm open below waited for this note
+                hung_out.append(ino)
+
+    got: list[bytes] = []
+    mount = FuseMount(tree, mnt, passthrough=True)
+    mount.on_backing = on_backing
+    with mount as m:
+        assert m.passthrough_active
+        assert (mnt / "warm").read_bytes() == DATA[:70_000]       # registered and told: kept warm
+        assert _wait(lambda: m.open_files == 0)
+        opener = threading.Thread(target=lambda: got.append((mnt / "cold").read_bytes()))
+        opener.start()
+        try:
+            assert entered.wait(30), "the cold open did not tell of its id"
+            handed = m.handed_over
+            fd = os.open(mnt / "warm", os.O_RDONLY)     # answered while the keeper hangs
+            try:
+                assert os.read(fd, 100) == DATA[:100]
+            finally:
+                os.close(fd)
+            assert not hung_out, "the warm open waited for the keeper's answer to another open"
+            assert not got, "the cold open was answered before its id was told"
+        finally:
+            go_on.set()
+            opener.join(60)
+        assert m.handed_over == handed, "the warm open went to another thread"
+        assert got == [DATA[:70_000]]
+
+
+def test_the_notes_of_an_inode_keep_their_order(tmp_path: Path, fuse_path: str) -> None:
+    """Opens and closes racing in two threads, each id evicted soon (1 idle kept): per inode the notes
+    alternate (id, 0, id, 0 ...), and an open returns only once its id was told."""
+    if fuse_path != "passthrough":
+        pytest.skip("only passthrough registers backing ids")
+    names = [f"f{i}" for i in range(6)]
+    tree, mnt = _notes_mount(tmp_path, names)
+    notes: list[tuple[int, int]] = []
+    notes_lock = threading.Lock()
+    wrong: list[str] = []
+
+    def on_backing(ino: int, backing_id: int) -> None:
+        time.sleep(0.001)       # a round trip: lets the other thread's notes queue meanwhile
+        with notes_lock:
+            notes.append((ino, backing_id))
+
+    mount = FuseMount(tree, mnt, passthrough=True)
+    mount.on_backing = on_backing
+    with mount as m:
+        assert m._ops is not None
+        m._ops.backing._idle_kept = 1
+
+        def churn(mine: list[str]) -> None:
+            for _ in range(30):
+                for name in mine:
+                    fd = os.open(mnt / name, os.O_RDONLY)
+                    try:
+                        ino = tree.ino(name)
+                        with notes_lock:
+                            last = [b for i, b in notes if i == ino][-1:]
+                        if not last or last[0] == 0:
+                            wrong.append(f"{name} open with its id not told: {last}")
+                        if os.pread(fd, 10, 5) != DATA[5:15]:
+                            wrong.append(f"{name}: wrong bytes")
+                    finally:
+                        os.close(fd)
+
+        threads = [threading.Thread(target=churn, args=(names[i::2],)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert _wait(lambda: m.open_files == 0)
+    assert not wrong, wrong[:5]
+    for name in names:
+        ids = [b for i, b in notes if i == tree.ino(name)]
+        assert len(ids) > 2 and all((b != 0) == (k % 2 == 0) for k, b in enumerate(ids)), (name, ids)

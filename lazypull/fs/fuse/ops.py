@@ -171,7 +171,7 @@ class Operations:
             return True  # unparsable: the session logs it and answers nothing
         opcode, nodeid = protocol.IN_OPCODE_NODEID.unpack_from(buf)
         if opcode == Op.OPEN:
-            return not self.passthrough_active or self.no_open or self.resumed or self.backing.is_open(nodeid)
+            return not self.passthrough_active or self.no_open or self.resumed or self.backing.is_warm(nodeid)
         if opcode in _METADATA:
             return self._metadata_inline
         if opcode == Op.READ:
@@ -354,9 +354,12 @@ class Operations:
             fh = next(self._fh)
             if backing_id:
                 self._files[fh] = _File(ino, True)
-                return 0, protocol.OPEN_OUT.pack(fh, _PASSTHROUGH_OPEN, backing_id)
-            self._cached_opens[ino] += 1
-            self._files[fh] = _File(ino, False)
+            else:
+                self._cached_opens[ino] += 1
+                self._files[fh] = _File(ino, False)
+        if backing_id:      # the keeper is told of the id outside _open_lock (warm opens need it)
+            self.backing.announce(ino)
+            return 0, protocol.OPEN_OUT.pack(fh, _PASSTHROUGH_OPEN, backing_id)
         return 0, protocol.OPEN_OUT.pack(fh, protocol.FOPEN_KEEP_CACHE | protocol.FOPEN_NOFLUSH, 0)
 
     def read(self, req: Request) -> Reply:

@@ -18,7 +18,7 @@ import os
 import re
 import struct
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,11 +56,21 @@ def unavailable_reason(release: str | None = None) -> str:
 class _Backing:
     backing_id: int
     opens: int
+    note: int = 0       # the number of the note telling ``on_change`` of this id (0: none to tell)
 
 
 class BackingFiles:
     """Backing ids of the inodes open in passthrough mode (or opened so lately that their id is kept),
-    for one ``/dev/fuse`` fd."""
+    for one ``/dev/fuse`` fd.
+
+    ``on_change`` (the keeper: a socket round trip, up to its reply timeout when it hangs) is never
+    called under a lock a FUSE thread needs: registering and unregistering queue a numbered note, and
+    the thread that queued it tells the queue in order (:meth:`announce`, or ``release`` itself) after
+    letting go of its locks; one thread tells at a time, so the notes of one inode (id, 0, next id...)
+    arrive in the order they happened. An id waiting to be told is not reused by a warm open (the
+    thread reading /dev/fuse answers those and must not wait), and an evicted id stays registered
+    until its removal is told (the keeper never holds an id the kernel already forgot).
+    """
 
     def __init__(self, dev_fd: int, idle_kept: int = IDLE_KEPT) -> None:
         self._dev_fd = dev_fd
@@ -68,6 +78,12 @@ class BackingFiles:
         self._idle: OrderedDict[int, None] = OrderedDict()  # inodes whose id no open uses, oldest first
         self._idle_kept = idle_kept
         self._by_inode_lock = threading.Lock()
+        self._told_cond = threading.Condition(self._by_inode_lock)
+        #: notes not yet told, oldest first: (number, inode, id or 0, id to unregister once told or 0)
+        self._notes: deque[tuple[int, int, int, int]] = deque()
+        self._queued = 0            # notes numbered so far
+        self._told = 0              # every note up to this number has been told
+        self._telling = False       # a thread is telling the queue
         #: told of every id registered (ino, id) and, before it is unregistered, (ino, 0): a server taking
         #: over the connection must answer opens of an inode in passthrough mode with that same id
         self.on_change: Callable[[int, int], None] | None = None
@@ -88,11 +104,18 @@ class BackingFiles:
         with self._by_inode_lock:
             return ino in self._by_inode
 
-    def reuse(self, ino: int) -> int:
-        """The id of ``ino`` for one more open if it has one (open or kept), else 0 (nothing taken)."""
+    def is_warm(self, ino: int) -> bool:
+        """Whether an open of ``ino`` is answered at once by :meth:`reuse` (its id is told)."""
         with self._by_inode_lock:
             entry = self._by_inode.get(ino)
-            if entry is None:
+            return entry is not None and entry.note <= self._told
+
+    def reuse(self, ino: int) -> int:
+        """The id of ``ino`` for one more open if it has one (open or kept) that is told, else 0
+        (nothing taken: :meth:`acquire` then :meth:`announce`)."""
+        with self._by_inode_lock:
+            entry = self._by_inode.get(ino)
+            if entry is None or entry.note > self._told:
                 return 0
             entry.opens += 1
             self._idle.pop(ino, None)
@@ -100,6 +123,7 @@ class BackingFiles:
 
     def acquire(self, ino: int, path: str | None) -> int:
         """The backing id for one more open of ``ino``; registers ``path`` when the inode has none.
+        The caller then calls :meth:`announce` without holding its own locks.
 
         Raises OSError when the file cannot be opened or the kernel refuses it (no passthrough).
         """
@@ -119,13 +143,21 @@ class BackingFiles:
                 os.close(fd)  # the kernel holds its own reference to the file
             if backing_id <= 0:
                 raise OSError(f"FUSE_DEV_IOC_BACKING_OPEN returned {backing_id} for {path}")
-            self._by_inode[ino] = _Backing(backing_id, 1)
-            self._tell(ino, backing_id)
+            self._by_inode[ino] = _Backing(backing_id, 1, self._note(ino, backing_id))
             return backing_id
+
+    def announce(self, ino: int) -> None:
+        """Return once ``on_change`` has been told of the id of ``ino`` (telling the queue if no other
+        thread is): before the OPEN reply that uses it, so a server taking over knows every id in use."""
+        with self._by_inode_lock:
+            entry = self._by_inode.get(ino)
+            note = 0 if entry is None else entry.note
+        self._tell_until(note)
 
     def release(self, ino: int) -> None:
         """One open of ``ino`` ended; after the last one the id is kept idle, and the oldest idle id past
         ``idle_kept`` is unregistered (never one in use: the kernel binds it to its inode while open)."""
+        note = 0
         with self._by_inode_lock:
             entry = self._by_inode.get(ino)
             if entry is None:
@@ -136,8 +168,8 @@ class BackingFiles:
             self._idle[ino] = None
             while len(self._idle) > self._idle_kept:
                 old, _ = self._idle.popitem(last=False)
-                self._tell(old, 0)
-                self._close_id(self._by_inode.pop(old).backing_id)
+                note = self._note(old, 0, self._by_inode.pop(old).backing_id)
+        self._tell_until(note)
 
     def release_may_wait(self) -> bool:
         """Whether the next last-close may unregister an idle id and tell ``on_change`` of it (the
@@ -151,13 +183,53 @@ class BackingFiles:
             return len(self._by_inode) - len(self._idle)
 
     def close_all(self) -> None:
-        """Unregister everything (session end)."""
+        """Unregister everything (session end); notes not yet told are dropped (nobody serves on)."""
         with self._by_inode_lock:
-            entries = list(self._by_inode.values())
+            ids = [entry.backing_id for entry in self._by_inode.values()]
+            ids += [unregister for _, _, _, unregister in self._notes if unregister]
             self._by_inode.clear()
             self._idle.clear()
-            for entry in entries:
-                self._close_id(entry.backing_id)
+            self._notes.clear()
+            self._told = self._queued
+            self._told_cond.notify_all()
+            for backing_id in ids:
+                self._close_id(backing_id)
+
+    def _note(self, ino: int, backing_id: int, unregister: int = 0) -> int:
+        """Queue the note ``(ino, backing_id)`` (under the lock) and its number; with nobody to tell,
+        ``unregister`` is unregistered now and there is nothing to wait for (0)."""
+        if self.on_change is None:
+            if unregister:
+                self._close_id(unregister)
+            return 0
+        self._queued += 1
+        self._notes.append((self._queued, ino, backing_id, unregister))
+        return self._queued
+
+    def _tell_until(self, note: int) -> None:
+        """Return once every note up to ``note`` is told; the first thread waiting tells them all."""
+        with self._told_cond:
+            while self._told < note and self._telling:
+                self._told_cond.wait()
+            if self._told >= note:
+                return
+            self._telling = True
+        try:
+            while True:
+                with self._told_cond:
+                    if not self._notes:
+                        return
+                    number, ino, backing_id, unregister = self._notes.popleft()
+                self._tell(ino, backing_id)
+                if unregister:
+                    self._close_id(unregister)
+                with self._told_cond:
+                    self._told = max(self._told, number)
+                    self._told_cond.notify_all()
+        finally:
+            with self._told_cond:
+                self._telling = False
+                self._told_cond.notify_all()
 
     def _tell(self, ino: int, backing_id: int) -> None:
         if self.on_change is not None:
