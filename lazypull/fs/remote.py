@@ -51,12 +51,13 @@ RESHAPE = 2
 
 
 def _answer_digest(r: tuple[int, int], asked: Sequence[tuple[int, int]], datas: Sequence[bytes]
-                   ) -> bytes | None:
-    """sha256 of the bytes of range ``r`` in an answer to ``asked``; None if no asked range holds it."""
+                   ) -> tuple[tuple[int, int], bytes] | None:
+    """The asked range that holds range ``r`` in an answer to ``asked`` (the shape ``r`` was asked in)
+    and the sha256 of ``r``'s bytes in it; None if no asked range holds it."""
     off, length = r
     for (start, size), data in zip(asked, datas, strict=True):
         if start <= off and off + length <= start + size:
-            return hashlib.sha256(data[off - start : off - start + length]).digest()
+            return (start, size), hashlib.sha256(data[off - start : off - start + length]).digest()
     return None
 
 
@@ -173,7 +174,8 @@ class RemoteBlob:
                                  f"of {self.size} bytes")
         delay = self.config.retry_initial
         attempt = 0
-        failed: dict[tuple[int, int], bytes] = {}     # range -> sha256 of its last answer that did not verify
+        # range -> (the range it was asked as, sha256 of its bytes) in the last answer that did not verify
+        failed: dict[tuple[int, int], tuple[tuple[int, int], bytes]] = {}
         reshape = False
         while True:
             attempt += 1
@@ -197,8 +199,11 @@ class RemoteBlob:
                 if not pending:
                     return
                 now = {r: h for r in pending if (h := _answer_digest(r, asked, datas)) is not None}
-                for (off, length), h in now.items():
-                    if failed.get((off, length)) == h:
+                for (off, length), (shape, h) in now.items():
+                    before = failed.get((off, length))
+                    # the same bytes twice prove the blob corrupt only from requests of different shapes:
+                    # a range ``_reshaped`` could not grow (the whole blob) was asked the same way twice
+                    if before is not None and before[1] == h and before[0] != shape:
                         raise BlobCorruptError(
                             f"blob {self.source.describe()} is corrupt at {off}+{length}: two answers to "
                             f"requests of different shapes were the same bytes and did not verify")
@@ -218,7 +223,8 @@ class RemoteBlob:
         """``ranges``, each grown by ``RESHAPE`` bytes before (or else after) it where that overlaps no
         neighbour: the same bytes asked in another request shape. A fault that corrupts an answer
         where it is (a proxy flipping bytes at body offsets) then corrupts the range differently,
-        while a blob that is corrupt gives the same bytes whatever the shape."""
+        while a blob that is corrupt gives the same bytes whatever the shape. A range with no room on
+        either side (the whole blob) keeps its shape: its answers prove nothing (``fetch_verified``)."""
         out: list[tuple[int, int]] = []
         for i, (off, length) in enumerate(ranges):
             prev_end = ranges[i - 1][0] + ranges[i - 1][1] if i else 0

@@ -111,3 +111,31 @@ def test_a_miss_counts_in_the_servers_activity() -> None:
     remote.demand_end()
     assert not remote.demand_quiet(), "quiet only background_pause after the miss"
     assert 0 < activity.quiet_remaining(5.0) <= 5.0
+
+
+def test_a_flip_in_a_range_asked_the_same_way_twice_is_no_proof_of_a_corrupt_blob(
+        fault_proxy: FaultProxy, unique_repo: str) -> None:
+    """The whole blob in one range cannot be grown into another request shape (``_reshaped``): two
+    answers with the proxy's flip at the same body offset are the same wrong bytes, yet the blob is fine.
+    It is asked again (not failed as corrupt in the blob) and the third, clean answer is served."""
+    digest = push_blob(f"http://127.0.0.1:{fault_proxy.upstream_port}", unique_repo, BLOB)
+    client = RegistryClient(insecure=True)
+    source = client.blob_source(parse_reference(f"{fault_proxy.host}/{unique_repo}:x"), digest, len(BLOB))
+    remote, stats = _remote(source)
+    got: list[bytes] = []
+
+    def accept(asked: list[tuple[int, int]], datas: list[bytes]) -> list[tuple[int, int]]:
+        if datas[0] != BLOB:
+            return asked
+        got.append(datas[0])
+        return []
+
+    try:
+        fault_proxy.clear()
+        fault_proxy.add(Fault("flip", method="GET", path_contains="/blobs/", offset=1000, times=2))
+        remote.fetch_verified([(0, len(BLOB))], time.monotonic() + 10, accept)
+        assert got == [BLOB]
+        assert fault_proxy.blob_gets == ["bytes=0-4095"] * 3, "asked three times, the same way"
+        assert stats.requests == 3 and stats.retries == 2
+    finally:
+        client.close()
