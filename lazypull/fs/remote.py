@@ -199,11 +199,11 @@ class RemoteBlob:
                 if not pending:
                     return
                 now = {r: h for r in pending if (h := _answer_digest(r, asked, datas)) is not None}
-                for (off, length), (shape, h) in now.items():
+                for (off, length), (shape, digest) in now.items():
                     before = failed.get((off, length))
                     # the same bytes twice prove the blob corrupt only from requests of different shapes:
                     # a range ``_reshaped`` could not grow (the whole blob) was asked the same way twice
-                    if before is not None and before[1] == h and before[0] != shape:
+                    if before is not None and before[1] == digest and before[0] != shape:
                         raise BlobCorruptError(
                             f"blob {self.source.describe()} is corrupt at {off}+{length}: two answers to "
                             f"requests of different shapes were the same bytes and did not verify")
