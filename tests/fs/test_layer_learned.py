@@ -11,7 +11,9 @@ import os
 import shutil
 import stat
 import tarfile
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -87,6 +89,53 @@ def test_a_cold_mount_fetches_what_the_first_run_read_before_it_is_read(blob: Bl
     _first_run(tree)
     assert src.requests == [], "the second run's reads were all served from the learned fetch"
     assert tree.stats.misses_waited == 0
+    tree.close()
+
+
+class _Gated:
+    """A source whose reads wait for ``gate`` (the same origin as the FaultySource it wraps)."""
+
+    def __init__(self, inner: FaultySource) -> None:
+        self.inner, self.gate = inner, threading.Event()
+
+    @property
+    def size(self) -> int:
+        return self.inner.size
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    def read_ranges(self, ranges: Sequence[tuple[int, int]], deadline: float | None = None) -> list[bytes]:
+        assert self.gate.wait(10), "the gate was never opened"
+        return self.inner.read_ranges(ranges, deadline)
+
+
+def test_a_start_does_not_wait_for_the_learned_fetch(blob: Blob, tmp_path: Path) -> None:
+    """``wait_prefetch`` (create with ``prefetch_wait``, the containerd proxy) is over once the prefetch
+    is: the learned fetch comes in read order and a read of its chunks waits for it, so the container's
+    set-up overlaps it instead of waiting for all of it."""
+    tree, _ = _mount(blob, tmp_path)
+    _first_run(tree)
+    tree.close()
+    _evict(tmp_path)
+    src = _Gated(FaultySource(FileRangeSource(blob.path)))
+    src.gate.set()
+    tree = open_tree(blob, tmp_path, config=LAZY, source=src)
+    src.gate.clear()            # the learned fetch's requests wait
+    tree.start()
+    try:
+        deadline = time.monotonic() + 10
+        while tree.stats.learned_state != "running":
+            assert time.monotonic() < deadline, "the learned fetch did not start"
+            time.sleep(0.01)
+        assert tree.wait_prefetch(0), "the start waits for the learned fetch"
+    finally:
+        src.gate.set()
+    assert tree.background.finished.wait(10)
+    assert tree.stats.learned_state == "done"
+    src.inner.requests.clear()
+    _first_run(tree)
+    assert src.inner.requests == []
     tree.close()
 
 

@@ -2,8 +2,9 @@
 
 Prefetch: at mount, the blob range before ``.prefetch.landmark`` (the files the image author said are
 needed first) is fetched in one request, and every chunk in it decoded, verified and cached. Readers that
-need one of those chunks meanwhile wait for it rather than fetching it again. ``wait`` lets the container
-start wait for it, up to a timeout.
+need one of those chunks meanwhile wait for it rather than fetching it again. ``wait_prefetch`` lets the
+container start wait for it, up to a timeout. Then what the layer's first run on this node read
+(``learned``), in read order; a start does not wait for that.
 
 Background fetch: then the rest of the layer, a batch of neighbouring units per request, a few at a time,
 pausing while on-demand misses are being served (and ``background_pause`` after), so it only uses idle time;
@@ -124,12 +125,19 @@ class Background:
             if self.early is not None and not self._stop.is_set() and (first := self.early()):
                 self.fetcher.fetch_async(first, deadline=time.monotonic() + self.config.read_deadline)
             self._prefetch()
-            self._learned()
         except Exception:
             log.exception("layer %s: prefetch failed", self.fetcher.digest)
             self.stats.set(prefetch_state="failed")
         finally:
             self.prefetched.set()
+        # Not waited for by a start (``wait_prefetch``): it comes in the order the workload reads it, and
+        # a read of a chunk it is fetching waits for that fetch, so the container's set-up overlaps it
+        # (docs/benchmarks.md, "Without prefetch: learned fetch-ahead").
+        try:
+            self._learned()
+        except Exception:
+            log.exception("layer %s: learned fetch failed", self.fetcher.digest)
+            self.stats.set(learned_state="failed")
         if not self._stop.is_set():     # a container starts next: its misses should not wait handshakes
             self.fetcher.remote.warm(self.config.warm_connections)
         try:
