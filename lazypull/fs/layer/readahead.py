@@ -26,7 +26,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from lazypull.format import Chunk
 from lazypull.fs.fuse.tree import FuseError
@@ -45,6 +45,8 @@ through 0.5 MB), the whole budget at once 6."""
 
 #: ``(offsets, inodes)``: the layer's regular files sorted by the blob offset of their data
 Table = tuple[list[int], list[int]]
+#: an inode's chunks in file order and their compressed bytes (None: no content)
+Files = Callable[[int], tuple[Sequence[Chunk], int] | None]
 
 
 class BlobReadAhead:
@@ -67,8 +69,7 @@ class BlobReadAhead:
         return near
 
     def following(self, missing: Sequence[Chunk], missing_file_size: int, table: Table | None,
-                  files: Callable[[int], Sequence[Chunk] | None],
-                  cached: Callable[[Chunk], bool]) -> list[Chunk]:
+                  files: Files, cached: Callable[[Chunk], bool]) -> list[Chunk]:
         """Uncached chunks of the small files stored after ``missing`` (chunks of one file of
         ``missing_file_size`` compressed bytes), in blob order; empty when the missed file is not small,
         the layer's files are not located yet (``table`` None), the policy is off, or no recent miss was
@@ -77,25 +78,11 @@ class BlobReadAhead:
             return []
         if not self._walking(min(c.offset for c in missing)):
             return []
-        offsets, inos = table
         start = max(c.end for c in missing)
-        stop = start + self.budget
         missed = {c.digest for c in missing}
         out: list[Chunk] = []
         plain = 0
-        i = bisect.bisect_left(offsets, start)
-        end = min(len(offsets), i + MAX_FILES)
-        while i < end and offsets[i] < stop:
-            ino = inos[i]
-            i += 1
-            try:
-                chunks = files(ino)
-            except FuseError:
-                continue            # (logged where the file is read)
-            if not chunks or not all(start <= c.offset and c.end <= stop for c in chunks):
-                continue            # only whole files inside the window
-            if sum(e - s for s, e in {(c.offset, c.end) for c in chunks}) > self.small:
-                continue
+        for chunks in small_files(table, start, start + self.budget, self.small, files):
             todo = [c for c in chunks if c.digest not in missed and not cached(c)]
             size = sum(c.chunk_size for c in todo)
             if self.max_plain is not None and plain + size > self.max_plain:
@@ -103,3 +90,25 @@ class BlobReadAhead:
             plain += size
             out += todo
         return out
+
+
+def small_files(table: Table, lo: int, hi: int, small: int, files: Files) -> Iterator[Sequence[Chunk]]:
+    """The chunks of each file stored wholly within blob bytes ``[lo, hi)`` and at most ``small``
+    compressed bytes, in blob order (half a file is no use to anyone; a big one is read on its own
+    terms); at most ``MAX_FILES`` files are looked at. The one scan of the small-file guesses: a small
+    file's neighbours (``LayerTree._neighbours``) and the read-ahead after a walk (``following``)."""
+    offsets, inos = table
+    i = bisect.bisect_left(offsets, lo)
+    end = min(len(offsets), i + MAX_FILES)
+    while i < end and offsets[i] < hi:
+        ino = inos[i]
+        i += 1
+        try:
+            found = files(ino)
+        except FuseError:
+            continue            # (logged where the file is read)
+        if found is None:
+            continue
+        chunks, compressed = found
+        if chunks and compressed <= small and all(lo <= c.offset and c.end <= hi for c in chunks):
+            yield chunks

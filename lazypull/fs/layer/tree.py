@@ -32,7 +32,7 @@ from lazypull.fs.layer.background import PREFETCH_PIECE, Background, pieces
 from lazypull.fs.layer.elf import MAGIC as ELF_MAGIC
 from lazypull.fs.layer.fetch import ChunkFetcher, ChunkUnavailable, Unit
 from lazypull.fs.layer.inodes import InodeTable, Node
-from lazypull.fs.layer.readahead import BlobReadAhead
+from lazypull.fs.layer.readahead import BlobReadAhead, small_files
 from lazypull.fs.remote import REWARM_IDLE, RemoteBlob
 from lazypull.fs.stats import MISS_WAIT_BOUNDS, LatencyHistogram, LayerStats
 
@@ -195,23 +195,15 @@ class LayerTree:
         table = self._by_offset     # built by index() at mount; until then, no guesses
         if not window or table is None or fc.compressed > SMALL_FILE:
             return []
-        offsets, inos = table
         lo = min(c.offset for c in missing) - window
         hi = max(c.end for c in missing) + window
-        out: list[Chunk] = []
-        i = bisect.bisect_left(offsets, lo)
-        while i < len(offsets) and offsets[i] < hi:
-            ino = inos[i]
-            i += 1
-            try:
-                other = self._chunks_of(ino)
-            except FuseError:
-                continue
-            if other is None or other is fc or other.compressed > SMALL_FILE \
-                    or not all(lo <= c.offset and c.end <= hi for c in other.chunks):
-                continue          # only whole files: half a neighbour is no use to anyone
-            out += [c for c in other.chunks if not self.cache.contains(c.digest, c.chunk_size)]
-        return out
+        return [c for chunks in small_files(table, lo, hi, SMALL_FILE, self._located)
+                if chunks is not fc.chunks for c in chunks if not self.cache.contains(c.digest, c.chunk_size)]
+
+    def _located(self, ino: int) -> tuple[Sequence[Chunk], int] | None:
+        """An inode's chunks and compressed size, for the scans of ``readahead.small_files``."""
+        fc = self._chunks_of(ino)
+        return None if fc is None else (fc.chunks, fc.compressed)
 
     # -- lifecycle --
 
@@ -520,10 +512,8 @@ class LayerTree:
 
     def _following(self, fc: _FileChunks, missing: Sequence[Chunk]) -> list[Chunk]:
         """The small files stored after a small file's missing chunks (``readahead``)."""
-        return self.blob_readahead.following(
-            missing, fc.compressed, self._by_offset,
-            lambda ino: (f.chunks if (f := self._chunks_of(ino)) else None),
-            lambda c: self.cache.contains(c.digest, c.chunk_size))
+        return self.blob_readahead.following(missing, fc.compressed, self._by_offset, self._located,
+                                             lambda c: self.cache.contains(c.digest, c.chunk_size))
 
     def _read_ahead(self, ino: int, fc: _FileChunks, next_index: int, offset: int, end: int) -> None:
         """When a file is read sequentially, start fetching its next chunks before they are asked for."""
