@@ -90,12 +90,15 @@ def pull_needed(store: Store, image: str, pull: str) -> bool:
 
 
 def lazy_image(store: Store, image: str, *, opts: GlobalOptions, pull: bool, platform: str | None,
-               holder: str, progress: Progress) -> tuple[ResolvedImage, list[LayerMount] | None]:
+               holder: str, progress: Progress, run: dict[str, object] | None = None
+               ) -> tuple[ResolvedImage, list[LayerMount] | None]:
     """The image resolved from the store, pulled first if ``pull`` (:func:`pull_needed`) by the mount
     server, as ``lazypull pull`` does: its registry connection and modules are warm, the layers start
     mounting as soon as the manifest is read, held by ``holder``, and this process imports neither the
     registry client nor the pull (issue 14: ``run`` as one process costs no more than ``create`` +
-    ``start``). The layers' mounts when it pulled, else None (the caller mounts them)."""
+    ``start``). ``run`` (``runtime.spec.run_request``): the container's flags, for the server to fetch
+    its program ahead in the same request. The layers' mounts when it pulled, else None (the caller
+    mounts them)."""
     from lazypull.image import normalize_name
     from lazypull.snapshot import MountClient
 
@@ -105,7 +108,7 @@ def lazy_image(store: Store, image: str, *, opts: GlobalOptions, pull: bool, pla
         progress.start(name, name, None)    # the line an in-process pull shows (a terminal's only)
         with MountClient(opts.root) as client:
             pulled = client.pull_image(image, insecure=bool(opts.insecure_registries),
-                                       platforms=[platform] if platform else None, holder=holder)
+                                       platforms=[platform] if platform else None, holder=holder, run=run)
         progress.finish(name, "resolved")
         name, mounts = pulled.name, pulled.layers
     return _resolved(store, name, platform), mounts
@@ -200,24 +203,26 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
     if lazy:
         from lazypull.image import normalize_name
         from lazypull.image.runconfig import run_config
-        from lazypull.runtime.spec import program_hint
+        from lazypull.runtime.spec import program_hint, run_request
         from lazypull.snapshot import MountClient
 
         needed = pull_needed(store, image, pull)    # (before the server is asked for, or started)
         asked = needed      # whether the server may hold the layers for this container
         try:
+            # The server starts fetching the command (and its libraries) while the container is set up:
+            # a pull names it in its own request (one round trip), a stored image in its mount.
             with QuietProgress() if quiet else make_progress() as progress:
                 resolved, mounts = lazy_image(store, image, opts=opts, pull=needed, platform=platform,
-                                              holder=container_id, progress=progress)
+                                              holder=container_id, progress=progress,
+                                              run=run_request(options))
             placeholder.image = resolved.name
             image_config = run_config(resolved.config, resolved.name)  # checked before it is started
-            # The server starts fetching the command (and its libraries) while the container is set
-            # up; the layers a pull just mounted for this holder are not mounted again.
-            program = program_hint(image_config, options)
-            asked = True
-            with MountClient(root) as client:
-                mounts = client.mount_image(resolved.name, insecure=opts.insecure_registries,
-                                            holder=container_id, wait_prefetch=False, program=program)
+            if mounts is None:
+                asked = True
+                with MountClient(root) as client:
+                    mounts = client.mount_image(resolved.name, insecure=opts.insecure_registries,
+                                                holder=container_id, wait_prefetch=False,
+                                                program=program_hint(image_config, options))
         except BaseException:       # interrupted after the server recorded the hold: drop it
             if asked:               # (else no server is started just to be told nothing)
                 release_mounts(root, placeholder)

@@ -73,6 +73,37 @@ def program_hint(image_config: RunConfig, options: ContainerOptions) -> dict[str
     return {"argv0": argv0, "path": path, "cwd": options.workdir or image_config.working_dir or "/"}
 
 
+def run_request(options: ContainerOptions) -> dict[str, object]:
+    """The run flags that decide what a container executes, for a mount server's ``pull_image``: it
+    reads the image config it has just stored and names the program (:func:`requested_program`) in that
+    same request, where a ``run`` that pulls would otherwise send ``mount_image`` again only for that."""
+    return {"entrypoint": list(options.entrypoint) if options.entrypoint is not None else None,
+            "command": list(options.command) if options.command is not None else None,
+            "env": list(options.env), "workdir": options.workdir}
+
+
+def requested_program(config: Mapping[str, Any], image: str, request: Mapping[str, object]
+                      ) -> dict[str, str] | None:
+    """:func:`program_hint` of an image config document and a :func:`run_request`; ContainerError (or
+    the config's ImageError) naming what is malformed."""
+    from lazypull.image.runconfig import run_config
+
+    def strings(key: str) -> tuple[str, ...] | None:
+        value = request.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ContainerError(f"run request: {key} must be a list of strings")
+        return tuple(value)
+
+    workdir = request.get("workdir")
+    if workdir is not None and not isinstance(workdir, str):
+        raise ContainerError("run request: workdir must be a string")
+    options = ContainerOptions(command=strings("command"), entrypoint=strings("entrypoint"),
+                               env=strings("env") or (), workdir=workdir)
+    return program_hint(run_config(config, image), options)
+
+
 def process_env(image_config: RunConfig, options: ContainerOptions, user: ProcessUser,
                 hostname: str) -> list[str]:
     """Image Env, then our defaults where missing, then ``-e`` values."""

@@ -55,12 +55,15 @@ class MountClient:
     # -- the API (docs/architecture.md, "snapshot") --
 
     def pull_image(self, ref: str, *, insecure: bool = False, platforms: Sequence[str] | None = None,
-                   all_platforms: bool = False, holder: str | None = None) -> PulledImage:
+                   all_platforms: bool = False, holder: str | None = None,
+                   run: dict[str, object] | None = None) -> PulledImage:
         """Pull ``ref`` lazily in the server (manifests and config into the store) and mount its lazy
-        layers, held by ``holder`` (default: the image itself, as :meth:`mount_image` without one)."""
+        layers, held by ``holder`` (default: the image itself, as :meth:`mount_image` without one).
+        ``run`` (``runtime.spec.run_request``): the flags of the container this pull is for; the server
+        starts fetching the program it will execute, as :meth:`mount_image`'s ``program`` does."""
         result = self._call("pull_image", ref=ref, insecure=insecure,
                             platforms=list(platforms) if platforms else None, all_platforms=all_platforms,
-                            holder=holder)
+                            holder=holder, run=run)
         if not isinstance(result, dict):
             raise MountError("mount server returned a malformed pull result")
         return PulledImage.from_json(result)

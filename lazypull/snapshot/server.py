@@ -240,6 +240,9 @@ class MountDaemon:
             raise MountError("pull_image: platforms must be a list of non-empty strings")
         all_platforms = bool(args.get("all_platforms"))
         platforms = [parse_platform(n) for n in names] if names else None
+        run = args.get("run")       # a container's run flags (runtime.spec.run_request): its program
+        if run is not None and not isinstance(run, dict):
+            raise MountError("pull_image: run must be an object")
         began = time.monotonic()
         # The layers' TOC reads start as soon as the manifest is known, beside the config's fetch.
         premounted, manifest = self.manager.premount(ref, insecure=insecure,
@@ -259,12 +262,27 @@ class MountDaemon:
         except BaseException:       # refused (a DiffID the config contradicts ...): no early mount stays
             self.manager.unmount_unused(only=premounted())
             raise
+        hint = self._run_program(record.name, names[0] if names else None, run) if run is not None else None
+        if hint is not None:
+            self.manager.expect_program(layers, hint["argv0"], hint["path"], hint["cwd"])
         now = time.monotonic()
         log.info("pulled %s lazily in %.3fs (manifest after %.3fs, stored after %.3fs, %d layers mounted "
                  "after %.3fs more)", ref, now - began, resolved - began, metadata - began,
                  sum(lm.lazy for lm in layers), now - metadata)
         return {"name": record.name, "digest": record.target.digest,
                 "layers": [lm.to_json() for lm in layers]}
+
+    def _run_program(self, name: str, platform: str | None, run: dict[str, Any]) -> dict[str, str] | None:
+        """What the container ``run`` describes will execute, to fetch ahead in the pull's own request
+        (as ``mount_image``'s ``program``); None if there is none or it cannot be told (a head start
+        only: the client checks the config itself)."""
+        from lazypull.runtime.spec import requested_program
+
+        try:
+            return requested_program(self.manager.store().resolve(name, platform).config, name, run)
+        except LazypullError as err:
+            log.debug("no program fetched ahead for %s: %s", name, err)
+            return None
 
     def stores(self) -> StoreService:
         """The additional layer stores served here (``lazypull store``, docs/podman.md)."""
