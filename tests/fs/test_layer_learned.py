@@ -211,10 +211,12 @@ def test_learning_off(blob: Blob, tmp_path: Path) -> None:
     b'{"version": 1, "files": {"bin/huge": null}}',
     b'{"version": 1, "files": [' + b",".join([b'["x", null]'] * (learned.MAX_FILES + 1)) + b"]}",
     b" " * (learned.MAX_RECORD_SIZE + 1),
+    b'{"version": 1, "origin": ["faulty:x"], "files": [["bin/huge", null]]}',
     b"symlink",
     b"fifo",
-], ids=["not-json", "version", "negative", "float", "short", "not-list", "too-many", "too-big", "symlink",
-        "fifo"])
+    b"directory",
+], ids=["not-json", "version", "negative", "float", "short", "not-list", "too-many", "too-big", "origin",
+        "symlink", "fifo", "directory"])
 def test_an_unusable_record_is_ignored_and_learned_anew(blob: Blob, tmp_path: Path, content: bytes,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     record = learned.record_path(tmp_path, blob.digest)
@@ -224,6 +226,8 @@ def test_an_unusable_record_is_ignored_and_learned_anew(blob: Blob, tmp_path: Pa
         record.symlink_to(tmp_path / "elsewhere")
     elif content == b"fifo":
         os.mkfifo(record)
+    elif content == b"directory":
+        record.mkdir()
     else:
         record.write_bytes(content)
     with caplog.at_level(logging.WARNING, logger=learned.__name__):
@@ -235,6 +239,8 @@ def test_an_unusable_record_is_ignored_and_learned_anew(blob: Blob, tmp_path: Pa
     assert tree.stats.learned_state == "none"
     if content in (b"symlink", b"fifo"):
         record.unlink()
+    elif content == b"directory":
+        record.rmdir()
     _first_run(tree)
     tree.close()
     assert json.loads(record.read_text())["files"][0] == ["usr/lib/two", [0]]
