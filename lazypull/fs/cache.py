@@ -16,9 +16,18 @@ again; one that still fails (disk full of other things, I/O error) is logged wit
 the chunk is still served from memory, so reads go on while the disk is full.
 
 Files are written to a temporary name and renamed, without fsync (a sync per chunk would cost every
-miss): instead every chunk found on disk when the cache opens (written by an earlier server, maybe before
-a power loss) is hashed at its first use, and a chunk that does not match its digest is deleted and
-fetched again. Chunks written by this process were verified before they were written.
+miss): instead every chunk this process did not write (an earlier server's, maybe from before a power
+loss, or another process's) is hashed at its first use, and a chunk that does not match its digest is
+deleted and fetched again. Chunks written by this process were verified before they were written.
+
+Opening the cache does not wait for its directory to be read: a walk in the background (seconds with
+100k chunks on a cold disk) indexes what an earlier server left, oldest first, and until it is done the
+bound applies to what is indexed (what this server wrote and read, and what the walk found so far), the
+free-space reserve to the disk itself. The same walk deletes the copies a killed server left behind.
+
+Nothing large is deleted under the cache's lock (every read takes it): an evicted or released copy is
+renamed to a ``.trash-`` name under the lock and unlinked after it; a crash in between leaves only
+``.trash-`` names, which the next start deletes.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -54,6 +64,9 @@ RESERVE_CAP = 1 << 30           # ... (at most 1 GiB): it is left to the contain
 RESERVE_SLACK = 64 << 20        # free space this far above the reserve is trusted for what we write ...
 RESERVE_RECHECK = 1.0           # ... for this many seconds, without asking statvfs again
 BLOCK = 4096                    # chunks are counted in whole filesystem blocks, as they use the disk
+MERGE_BATCH = 4096              # the start walk adds what it found this many entries per lock hold
+TRASH = ".trash-"               # a file or directory being deleted (renamed under the lock)
+FILES = "files"                 # <layer dir>/files/<ino>: the whole-file copies (fs/layer/tree makes them)
 
 _Key = tuple[str, str]          # (layer hex, chunk hex)
 
@@ -126,7 +139,7 @@ class ChunkStore(Protocol):
 
     def release(self) -> None:
         """Undo every pin still held through this store (the layer is closed); later puts cache nothing.
-        Whole-file copies are no longer counted (the next mount of the layer makes its own)."""
+        Its whole-file copies are deleted (the next mount of the layer makes its own)."""
         ...
 
     def keep_file(self, name: str, written: Path, final: Path, *, pinned: bool) -> bool:
@@ -158,29 +171,46 @@ class DirectoryCache:
     """``<dir>/<layer hex>/<chunk hex>`` files with a size bound, LRU eviction, pins and verification.
 
     One per mount server (its in-memory index is the server's); other processes using the same directory
-    are tolerated: a file deleted under it is noticed and dropped from the index at its next use."""
+    are tolerated: a file deleted under it is noticed and dropped from the index at its next use.
+    ``copies``: the directory of the layers' state (``<root>/snapshots``) whose ``<hex>/files/`` hold the
+    whole-file copies; given, the start walk deletes the copies of every layer not opened here (a killed
+    server's: a layer's next mount assembles its own again)."""
 
-    def __init__(self, directory: Path, max_bytes: int = 0) -> None:
+    def __init__(self, directory: Path, max_bytes: int = 0, *, copies: Path | None = None) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.max_bytes = max_bytes or default_max_bytes(self.dir)
+        self._copies = copies
         self._lock = threading.Lock()
         self._lru: OrderedDict[_Key, int] = OrderedDict()   # oldest access first; value: bytes on disk
         self._unverified: set[_Key] = set()                 # found on disk at start, not hashed yet
         self._pins: Counter[_Key] = Counter()
         self._files: dict[_Key, Path] = {}                  # counted whole-file copies, not chunks
+        self._open: Counter[str] = Counter()                # layers opened here (their copies are live)
+        self._dropped: set[_Key] | None = set()             # forgotten while the start walk runs
         self._total = 0
+        self._trash_seq = 0
         self._room = (0, 0.0)       # free space beyond reserve + slack at the last statvfs, and when
         self.evicted = 0            # chunks deleted to stay under the bound
         self.write_errors = 0       # chunks that could not be written (served from memory)
         self.corrupt = 0            # chunks found damaged on disk and deleted
-        self._scan()
+        self._scanned = threading.Event()
+        self._tmp = f".tmp-{os.getpid()}-"  # this process's temporary files (the start walk spares them)
+        threading.Thread(target=self._start, name="chunk-cache-walk", daemon=True).start()
 
     # -- the namespaces --
 
     def layer(self, digest: str) -> LayerChunks:
-        """The chunk store of one layer blob (``sha256:<hex>``)."""
-        return LayerChunks(self, digest_hex(digest, "layer digest"))
+        """The chunk store of one layer blob (``sha256:<hex>``); its copies are live until it is
+        released (the start walk leaves them alone)."""
+        lhex = digest_hex(digest, "layer digest")
+        with self._lock:
+            self._open[lhex] += 1
+        return LayerChunks(self, lhex)
+
+    def wait_scanned(self, timeout: float | None = None) -> bool:
+        """Wait until the start walk indexed the directory (and deleted what a killed server left)."""
+        return self._scanned.wait(timeout)
 
     def layer_dir(self, digest: str) -> Path:
         return self.dir / digest_hex(digest, "layer digest")
@@ -193,8 +223,10 @@ class DirectoryCache:
         return []
 
     def drop_layer(self, digest: str) -> int:
-        """Delete a layer's namespace (its image is gone); bytes freed (pinned chunks are kept)."""
+        """Delete a layer's namespace (its image is gone); bytes freed (pinned chunks are kept). Waits
+        for the start walk (what it has not indexed yet could not be told from what is pinned)."""
         lhex = digest_hex(digest, "layer digest")
+        self._scanned.wait()
         with self._lock:
             keys = [k for k in self._lru if k[0] == lhex]
             pinned = {k for k in keys if self._pins[k] > 0}
@@ -258,13 +290,21 @@ class DirectoryCache:
             return None
         return str(path)
 
-    def _forget_files(self, layer_hex: str) -> None:
-        """The layer is closed: its copies are no longer counted nor pinned (they stay on disk until its
-        next mount replaces them or its state is removed)."""
+    def _release_layer(self, layer_hex: str) -> None:
+        """The layer is closed: its copies are deleted (nothing of ours reads them any more; a
+        passthrough id the kernel still holds keeps its own reference to the file), so none stays on
+        disk uncounted; its next mount assembles them again."""
         with self._lock:
+            self._open[layer_hex] -= 1
+            if self._open[layer_hex] <= 0:
+                del self._open[layer_hex]
+            trash = []
             for key in [k for k in self._files if k[0] == layer_hex]:
+                path = self._files[key]
                 self._pins.pop(key, None)
                 self._forget(key)
+                trash.append(self._detach(path))
+        _unlink_all(trash)
 
     def _contains(self, key: _Key, size: int) -> bool:
         try:
@@ -290,8 +330,8 @@ class DirectoryCache:
                 os.close(fd)
                 self._damaged(key, f"{size} bytes expected")
                 return None
-            with self._lock:
-                unverified = key in self._unverified
+            with self._lock:    # not indexed: left by an earlier server (not walked yet) or another process
+                unverified = key in self._unverified or key not in self._lru
             if unverified:
                 h = hashlib.sha256()
                 for off in range(0, size, 1 << 20):
@@ -304,7 +344,7 @@ class DirectoryCache:
                 self._unverified.discard(key)
                 if key in self._lru:
                     self._lru.move_to_end(key)
-                else:       # written by another process: count it from now on
+                else:       # not walked yet, or another process's: counted from now on
                     self._lru[key] = _blocks(size)
                     self._total += _blocks(size)
             return fd
@@ -382,7 +422,7 @@ class DirectoryCache:
 
     def _write(self, final: Path, data: bytes) -> None:
         final.parent.mkdir(exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=self._tmp)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
@@ -400,7 +440,22 @@ class DirectoryCache:
         self._total -= size
         self._unverified.discard(key)
         self._files.pop(key, None)
+        if self._dropped is not None:   # the start walk must not index it again from a stale listing
+            self._dropped.add(key)
         return size
+
+    def _detach(self, path: Path) -> Path | None:
+        """Rename ``path`` (a copy) to a ``.trash-`` name beside it (lock held; a rename is quick, an
+        unlink of a big file is not); what to unlink after the lock, None if there is nothing."""
+        self._trash_seq += 1
+        trash = path.with_name(f"{TRASH}{os.getpid()}-{self._trash_seq}")
+        try:
+            os.rename(path, trash)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return path         # cannot rename (?): unlinked after the lock all the same
+        return trash
 
     def _vanished(self, key: _Key) -> None:
         with self._lock:
@@ -479,40 +534,67 @@ class DirectoryCache:
         victims: list[_Key] = []
         in_use: list[_Key] = []
         with self._lock:
+            total = self._total
             for key in self._lru:
-                if self._total <= target:
+                if total <= target:
                     break
                 if self._pins[key] > 0:
                     in_use.append(key)
                     continue
                 victims.append(key)
-                self._total -= self._lru[key]
-            chunk_paths = []
+                total -= self._lru[key]
+            doomed: list[Path | None] = []
             for key in victims:
-                del self._lru[key]
-                self._unverified.discard(key)
-                copy = self._files.pop(key, None)
-                if copy is None:
-                    chunk_paths.append(self._path(key))
+                if key in self._files:
+                    # renamed now, not unlinked after the lock: a copy assembled again and pinned
+                    # meanwhile (the same path) must not be deleted by this stale choice
+                    doomed.append(self._detach(self._files[key]))
                 else:
-                    # now, not after the lock: a copy assembled again and pinned meanwhile (the same
-                    # path) must not be deleted by this stale choice
-                    with contextlib.suppress(OSError):
-                        os.unlink(copy)
+                    doomed.append(self._path(key))
+                self._forget(key)
             for key in in_use:      # pinned = in use: the next scan need not step over them again
                 self._lru.move_to_end(key)
             self.evicted += len(victims)
-        for path in chunk_paths:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        _unlink_all(doomed)
         if victims:
             log.info("chunk cache: evicted %d chunk(s), %d bytes stored (bound %d)",
                      len(victims), self._total, self.max_bytes)
         return len(victims)
 
+    def _start(self) -> None:
+        """The start walk (a thread): delete what a killed server left, index the rest."""
+        try:
+            self._sweep_copies()
+            self._scan()
+        except Exception:       # (an I/O error): what is not indexed is hashed and counted at first use
+            log.exception("chunk cache: reading %s at start failed", self.dir)
+        finally:
+            with self._lock:
+                self._dropped = None
+            self._scanned.set()
+
+    def _sweep_copies(self) -> None:
+        """Delete the copies of the layers not opened here, and ``.trash-`` names (a crash between a
+        rename and its unlink). A layer's ``files`` is renamed under the lock, so a mount of that layer
+        starting meanwhile cannot lose a copy it just made."""
+        if self._copies is None:
+            return
+        with contextlib.suppress(OSError), os.scandir(self._copies) as layers:
+            for top in layers:
+                if not (_HEX.fullmatch(top.name) and top.is_dir(follow_symlinks=False)):
+                    continue
+                with self._lock:
+                    opened = top.name in self._open
+                    doomed = None if opened else self._detach(Path(top.path) / FILES)
+                _remove(doomed)
+                for parent in (top.path,) if opened else (top.path, os.path.join(top.path, FILES)):
+                    with contextlib.suppress(OSError), os.scandir(parent) as entries:
+                        _remove_all([Path(e.path) for e in entries if e.name.startswith(TRASH)])
+
     def _scan(self) -> None:
-        """Index what an earlier server left (unverified, oldest first by mtime); remove temporary files
-        and the flat ``<chunk hex>`` files of the old layout, which say nothing of their layer."""
+        """Index what an earlier server left (unverified, oldest first by mtime, in front of what this
+        server stored meanwhile); remove temporary files and the flat ``<chunk hex>`` files of the old
+        layout, which say nothing of their layer."""
         found: list[tuple[float, _Key, int]] = []
         legacy = 0
         for top in os.scandir(self.dir):
@@ -524,25 +606,63 @@ class DirectoryCache:
                 continue
             if not (_HEX.fullmatch(top.name) and top.is_dir(follow_symlinks=False)):
                 continue
-            for entry in os.scandir(top.path):
-                if entry.name.startswith(".tmp-"):
+            with contextlib.suppress(OSError), os.scandir(top.path) as entries:
+                for entry in entries:
+                    if entry.name.startswith(".tmp-"):
+                        if not entry.name.startswith(self._tmp):    # (not one a write of ours fills)
+                            with contextlib.suppress(OSError):
+                                os.unlink(entry.path)
+                        continue
+                    if not _HEX.fullmatch(entry.name):
+                        continue
                     with contextlib.suppress(OSError):
-                        os.unlink(entry.path)
-                    continue
-                if not _HEX.fullmatch(entry.name):
-                    continue
-                with contextlib.suppress(OSError):
-                    st = entry.stat(follow_symlinks=False)
-                    found.append((st.st_mtime, (top.name, entry.name), _blocks(st.st_size)))
+                        st = entry.stat(follow_symlinks=False)
+                        found.append((st.st_mtime, (top.name, entry.name), _blocks(st.st_size)))
         if legacy:
             log.info("chunk cache: removed %d file(s) of the old shared layout from %s", legacy, self.dir)
-        found.sort()
-        for _, key, size in found:
-            self._lru[key] = size
-            self._unverified.add(key)
-            self._total += size
-        if self._total > self.max_bytes:
+        found.sort(reverse=True)        # newest first: each goes to the front, so the oldest ends first
+        for i in range(0, len(found), MERGE_BATCH):
+            self._index_found(found[i:i + MERGE_BATCH])
+        with self._lock:
+            over = self._total > self.max_bytes
+        if over:
             self._evict(int(self.max_bytes * LOW_WATER))
+
+    def _index_found(self, found: Iterable[tuple[float, _Key, int]]) -> None:
+        """Index what the start walk found, unless this server stored, read or dropped it meanwhile."""
+        with self._lock:
+            dropped = self._dropped or set()
+            for _, key, size in found:
+                if key in self._lru or key in dropped:
+                    continue
+                self._lru[key] = size
+                self._lru.move_to_end(key, last=False)
+                self._unverified.add(key)
+                self._total += size
+
+
+def _remove(path: Path | None) -> None:
+    """Delete a file or a directory tree (absent is fine)."""
+    if path is None:
+        return
+    try:
+        os.unlink(path)
+    except IsADirectoryError:
+        shutil.rmtree(path, ignore_errors=True)
+    except OSError:
+        pass
+
+
+def _remove_all(paths: Iterable[Path | None]) -> None:
+    for path in paths:
+        _remove(path)
+
+
+def _unlink_all(paths: Iterable[Path | None]) -> None:
+    for path in paths:
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 class LayerChunks:
@@ -594,12 +714,13 @@ class LayerChunks:
 
     def release(self) -> None:
         with self._pins_lock:
-            self._released = True
+            released, self._released = self._released, True
             pins, self._pins = self._pins, Counter()
         for digest, n in pins.items():
             for _ in range(n):
                 self.cache._unpin(self._key(digest))
-        self.cache._forget_files(self.layer)
+        if not released:
+            self.cache._release_layer(self.layer)
 
     def _file_key(self, name: str) -> _Key:
         return (self.layer, "file:" + name)     # never a chunk's hex: no clash with a chunk's key

@@ -24,6 +24,7 @@ from lazypull.fs.layer.open import open_layer_tree, prove_origin
 from lazypull.fs.mount import mount_layer, resume_layer
 from lazypull.fs.remote import RangeSource, RemoteBlob
 from lazypull.fs.stats import MISS_WAIT_BOUNDS, LatencyHistogram, LayerStats
+from lazypull.layerdir import snapshots_dir
 
 if TYPE_CHECKING:
     from lazypull.fs.fuse.ops import Negotiated
@@ -53,8 +54,8 @@ class LayerFs:
     def __init__(self, root: Path, config: FsConfig, *, cache: DirectoryCache | None = None) -> None:
         self.root = root
         self.config = config
-        self.cache = cache if cache is not None else DirectoryCache(config.chunk_dir(root),
-                                                                    config.cache_max_bytes)
+        self.cache = cache if cache is not None else DirectoryCache(
+            config.chunk_dir(root), config.cache_max_bytes, copies=snapshots_dir(root))
         self.activity = Activity()      # mounts, prefetches and misses of every layer: background waits
         self.groups = Groups()          # layers by image: where a starting program's libraries are looked up
         self.miss_wait = LatencyHistogram(MISS_WAIT_BOUNDS)   # how long reads that missed waited (metrics)
