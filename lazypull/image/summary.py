@@ -26,6 +26,7 @@ from lazypull.image.platform import config_platform, host_platform, platform_lab
 from lazypull.image.rootdir import layer_fs
 from lazypull.image.store import ImageRecord, Store
 from lazypull.registry import Descriptor, Reference, parse_reference
+from lazypull.treeusage import tree_usage
 
 
 @dataclass(frozen=True)
@@ -72,24 +73,7 @@ def layer_uncompressed_size(store: Store, desc: Descriptor, unpacked: Path | Non
     info = store.uncompressed_info(desc.digest)
     if info:
         return info[1]
-    return _tree_size(unpacked) if unpacked is not None else 0
-
-
-def _tree_size(top: Path) -> int:
-    """Sum of file sizes under ``top`` (not following symlinks)."""
-    total = 0
-    stack = [str(top)]
-    while stack:
-        try:
-            with os.scandir(stack.pop()) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    else:
-                        total += entry.stat(follow_symlinks=False).st_size
-        except OSError:
-            continue
-    return total
+    return tree_usage(unpacked).apparent if unpacked is not None else 0
 
 
 LayerState = Literal["mounted", "extracted", "absent"]

@@ -33,6 +33,7 @@ from lazypull.registry import RegistryClient
 from lazypull.removetree import remove_tree
 from lazypull.snapshot.manager import LayerManager
 from lazypull.snapshot.proxy.wire import KIND_ACTIVE, KIND_COMMITTED, KIND_VIEW, Info, LabelUpdate, Mount
+from lazypull.treeusage import tree_usage
 
 TARGET_LABEL = "containerd.io/snapshot.ref"
 REMOTE_LABEL = "containerd.io/snapshot/remote"
@@ -283,19 +284,8 @@ class Snapshotter:
             snap = self._get(key)
         if snap.lower:
             return 0, 0
-        size = inodes = 0
-        pending = [self._fs(snap)]
-        while pending:      # a loop, not os.walk (which recurses: a container can write a very deep tree)
-            directory = pending.pop()
-            with contextlib.suppress(OSError), os.scandir(directory) as entries:
-                for entry in entries:
-                    inodes += 1
-                    if entry.is_dir(follow_symlinks=False):
-                        pending.append(Path(entry.path))
-                        continue
-                    with contextlib.suppress(OSError):
-                        size += entry.stat(follow_symlinks=False).st_blocks * 512
-        return size, inodes
+        usage = tree_usage(self._fs(snap))     # any depth: a container can write a very deep tree
+        return usage.disk, usage.inodes
 
     @staticmethod
     def _info(snap: Snapshot) -> Info:
