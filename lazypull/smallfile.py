@@ -30,11 +30,16 @@ def read_small(path: str | Path, limit: int, what: str, error: type[LazypullErro
         return None
     except OSError as err:
         raise error(f"cannot read {named}: {err.strerror}") from err
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as err:
+        os.close(fd)
+        raise error(f"cannot read {named}: {err.strerror}") from err
+    if not (stat.S_ISREG(mode) or (pipes and stat.S_ISFIFO(mode))):
+        os.close(fd)        # (before fdopen, which refuses a directory with its own error)
+        raise error(f"{named} is not a regular file")
     with os.fdopen(fd, "rb") as f:
         try:
-            mode = os.fstat(fd).st_mode
-            if not (stat.S_ISREG(mode) or (pipes and stat.S_ISFIFO(mode))):
-                raise error(f"{named} is not a regular file")
             os.set_blocking(fd, True)
             data = f.read(limit + 1)
         except OSError as err:

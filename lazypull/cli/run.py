@@ -157,6 +157,15 @@ _CONTAINER_OPTIONS = [
     click.option("-u", "--user", help="User: name|uid[:group|gid] (names from the image's /etc/passwd)."),
     click.option("--hostname", help="Container host name."),
     click.option("--read-only", is_flag=True, help="Mount the container's root filesystem read-only."),
+    click.option("--cap-add", multiple=True, metavar="CAP[,CAP...]",
+                 help="Add Linux capabilities (names with or without CAP_, or ALL)."),
+    click.option("--cap-drop", multiple=True, metavar="CAP[,CAP...]",
+                 help="Drop Linux capabilities (names with or without CAP_, or ALL)."),
+    click.option("--security-opt", "security_opt", multiple=True,
+                 metavar="seccomp=unconfined|PATH|no-new-privileges[=BOOL]|systempaths=unconfined",
+                 help="Security options (default: Docker's seccomp profile, no-new-privileges off)."),
+    click.option("--privileged", is_flag=True,
+                 help="All capabilities and host devices, no seccomp, no masked paths (as docker run)."),
     click.option("--platform", help="Platform of the image, e.g. linux/amd64."),
     click.option("--pull", type=click.Choice(PULL_POLICIES), default="missing", show_default=True,
                  help="When to pull the image."),
@@ -177,12 +186,14 @@ def container_options(func: F) -> F:
 def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | None, env: Sequence[str],
                      env_file: Sequence[str], workdir: str | None, entrypoint: str | None, network: str,
                      volumes: Sequence[str], user: str | None, hostname: str | None, read_only: bool,
-                     platform: str | None, pull: str, quiet: bool, image: str,
+                     cap_add: Sequence[str], cap_drop: Sequence[str], security_opt: Sequence[str],
+                     privileged: bool, platform: str | None, pull: str, quiet: bool, image: str,
                      command: Sequence[str]) -> ContainerRecord:
     """Pull what is missing, mount or extract the layers, and create the container (rootfs mounted)."""
     from lazypull.cli._image_progress import QuietProgress, make_progress
     from lazypull.cli._pull_undo import previous_image, undo_pull
     from lazypull.image import Store
+    from lazypull.runtime.confinement import parse_confinement
     from lazypull.runtime.layers import lower_dirs
 
     opts = get_options()
@@ -192,7 +203,9 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
         command=tuple(command) or None, entrypoint=(entrypoint,) if entrypoint is not None else None,
         env=parse_env(env, env_file), workdir=workdir, user=user, tty=tty, stdin=interactive,
         network=network, hostname=hostname, volumes=tuple(parse_volume(v) for v in volumes),
-        read_only=read_only, labels={AUTO_REMOVE_LABEL: "true"} if remove else {}, volatile=remove)
+        read_only=read_only, labels={AUTO_REMOVE_LABEL: "true"} if remove else {}, volatile=remove,
+        confinement=parse_confinement(privileged=privileged, cap_add=cap_add, cap_drop=cap_drop,
+                                      security_opts=security_opt))
     store = Store(root)
     before = previous_image(store, image) if lazy else None   # put back if the layers' download fails
     container_id = new_container_id()

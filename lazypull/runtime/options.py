@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lazypull.errors import ContainerError
+from lazypull.runtime.confinement import Confinement
 from lazypull.smallfile import read_small
 
 NETWORK_MODES = ("host", "none")
@@ -49,6 +50,7 @@ class ContainerOptions:
     ``volatile``: the writable layer need not survive a host crash (``--rm``, as podman does): the
     overlay is mounted ``volatile``, so its unmount does not sync the whole upper filesystem (which
     holds the chunk cache's fresh writes too). Default false.
+    ``confinement``: capabilities, seccomp, no_new_privs, masked paths (default: Docker's).
     """
 
     command: tuple[str, ...] | None = None
@@ -64,6 +66,7 @@ class ContainerOptions:
     read_only: bool = False
     labels: Mapping[str, str] = field(default_factory=dict)
     volatile: bool = False
+    confinement: Confinement = field(default_factory=Confinement)
 
     def __post_init__(self) -> None:
         if self.hostname is not None:

@@ -1,7 +1,8 @@
 """The OCI runtime spec (runc's ``config.json``) of a container, from the image config and run options.
 
-Mounts, masked and read-only paths follow runc's own default spec (``runc spec``); capabilities are
-Docker's default set. No seccomp profile or LSM is applied (runc without a profile).
+Mounts follow runc's own default spec (``runc spec``); capabilities, seccomp, no_new_privs, masked
+and read-only paths and devices are Docker's defaults or what the run flags ask
+(:mod:`lazypull.runtime.confinement`). No LSM profile (AppArmor, SELinux) is applied.
 """
 
 from __future__ import annotations
@@ -12,24 +13,17 @@ from typing import Any
 
 from lazypull.errors import ContainerError
 from lazypull.image.runconfig import RunConfig
+from lazypull.runtime.confinement import host_devices
 from lazypull.runtime.options import ContainerOptions, merge_env
 from lazypull.runtime.users import ProcessUser
 
 OCI_VERSION = "1.0.2-dev"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-DEFAULT_CAPABILITIES = [
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT",
-    "CAP_KILL", "CAP_AUDIT_WRITE",
-]
-MASKED_PATHS = [
-    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-    "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
-]
-READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 
 
-def _default_mounts() -> list[dict[str, Any]]:
+def _default_mounts(privileged: bool) -> list[dict[str, Any]]:
+    """runc's default mounts; /sys and the cgroup tree are read-only unless privileged (as Docker)."""
+    ro = [] if privileged else ["ro"]
     return [
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
@@ -41,9 +35,9 @@ def _default_mounts() -> list[dict[str, Any]]:
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
          "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-         "options": ["nosuid", "noexec", "nodev", "ro"]},
+         "options": ["nosuid", "noexec", "nodev", *ro]},
         {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-         "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+         "options": ["nosuid", "noexec", "nodev", "relatime", *ro]},
     ]
 
 
@@ -131,21 +125,23 @@ def build_spec(*, image_config: RunConfig, options: ContainerOptions, user: Proc
     cwd = options.workdir or image_config.working_dir or "/"
     if not cwd.startswith("/"):
         raise ContainerError(f"working directory {cwd!r} is not an absolute path")
+    confinement = options.confinement
+    capabilities = confinement.capabilities()
     process: dict[str, Any] = {
         "terminal": options.tty,
         "user": {"uid": user.uid, "gid": user.gid},
         "args": process_args(image_config, options),
         "env": process_env(image_config, options, user, hostname),
         "cwd": cwd,
-        "capabilities": {name: list(DEFAULT_CAPABILITIES) for name in ("bounding", "effective", "permitted")},
-        "noNewPrivileges": False,
+        "capabilities": {name: list(capabilities) for name in ("bounding", "effective", "permitted")},
+        "noNewPrivileges": confinement.no_new_privileges,
     }
     if user.additional_gids:
         process["user"]["additionalGids"] = list(user.additional_gids)
     if options.tty and console_size is not None:
         process["consoleSize"] = {"height": console_size[0], "width": console_size[1]}
 
-    mounts = _default_mounts()
+    mounts = _default_mounts(confinement.privileged)
     for destination, source in host_files.items():
         mounts.append({"destination": destination, "type": "bind", "source": str(source),
                        "options": ["rbind", "rprivate"]})
@@ -160,6 +156,17 @@ def build_spec(*, image_config: RunConfig, options: ContainerOptions, user: Proc
     elif options.network != "host":
         raise ContainerError(f"unsupported network {options.network!r}: use host or none")
 
+    linux: dict[str, Any] = {
+        "resources": {"devices": [{"allow": confinement.privileged, "access": "rwm"}]},
+        "namespaces": namespaces,
+        "maskedPaths": confinement.masked_paths(),
+        "readonlyPaths": confinement.readonly_paths(),
+    }
+    if confinement.privileged:
+        linux["devices"] = host_devices()
+    seccomp = confinement.seccomp_spec(capabilities)
+    if seccomp is not None:
+        linux["seccomp"] = seccomp
     return {
         "ociVersion": OCI_VERSION,
         "process": process,
@@ -167,10 +174,5 @@ def build_spec(*, image_config: RunConfig, options: ContainerOptions, user: Proc
         "hostname": hostname,
         "mounts": mounts,
         "annotations": dict(options.labels),
-        "linux": {
-            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-            "namespaces": namespaces,
-            "maskedPaths": list(MASKED_PATHS),
-            "readonlyPaths": list(READONLY_PATHS),
-        },
+        "linux": linux,
     }
