@@ -991,13 +991,15 @@ def _blob_source(base_source: str | None, manifest_digest: str) -> str | None:
     """The built image's ``source``: where its blobs that are not in the store are (the lazily mounted
     base layers, fetched by digest from the base image's repository; ``push`` mounts them from there).
     It names this image's own manifest digest, which that repository does not have: whatever pulls
-    the source by reference finds nothing, rather than the base image under this image's name."""
+    the source by reference finds nothing, rather than the base image under this image's name. The
+    base's tag stays beside the digest: a base layer whose TOC is external is found in the base's
+    ``<tag>-esgztoc`` image (``image.tocimage``), which a digest alone cannot name."""
     if base_source is None:
         return None
     from lazypull.registry import parse_reference
 
-    ref = parse_reference(base_source)
-    return f"{ref.registry}/{ref.repository}@{manifest_digest}"
+    ref = parse_reference(base_source, default_tag=None)
+    return str(ref.with_digest(manifest_digest))
 
 
 def read_dockerfile(path: Path | None, text: str | None, where: str) -> Dockerfile:

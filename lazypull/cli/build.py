@@ -21,7 +21,7 @@ from lazypull.errors import MountError
 
 if TYPE_CHECKING:
     from lazypull.build.executor import BaseImage
-    from lazypull.registry import Descriptor
+    from lazypull.registry import Descriptor, RegistryClient
 
 
 class _Bases:
@@ -35,6 +35,7 @@ class _Bases:
         self.build_id = build_id
         self.quiet = quiet
         self.held: list[str] = []
+        self._client: RegistryClient | None = None     # for the base layer downloads (made at the first)
 
     def __call__(self, ref: str, platform: str | None) -> BaseImage:
         from lazypull.build.executor import BaseImage
@@ -66,19 +67,27 @@ class _Bases:
                          source=str(resolved.source) if resolved.source is not None else None)
 
     def fetch(self, desc: Descriptor, source: str | None) -> None:
-        """Download a base layer blob into the store (digest and size checked, all or nothing)."""
+        """Download a base layer blob into the store (digest and size checked, all or nothing), with the
+        build's one registry client: its tokens and connections serve every layer (a client per layer
+        paid a token exchange and a connection each)."""
         from lazypull.build.errors import BuildError
         from lazypull.cli.run import registry_client
         from lazypull.registry import parse_reference
 
         if source is None:
             raise BuildError(f"layer {desc.digest} is not in the store and its image has no source registry")
-        with registry_client(self.opts) as client, self.store.ingest(desc.digest, desc.size) as writer:
+        if self._client is None:
+            self._client = registry_client(self.opts)
+        client = self._client
+        with self.store.ingest(desc.digest, desc.size) as writer:
             client.get_blob(parse_reference(source), desc.digest, cast(BinaryIO, writer), size=desc.size)
             writer.commit()
 
     def release(self) -> None:
-        """Drop the build's holds (layers nobody else holds are unmounted)."""
+        """Drop the build's holds (layers nobody else holds are unmounted) and its registry client."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         if not self.held:
             return
         from lazypull.snapshot import MountClient
