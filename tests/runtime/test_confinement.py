@@ -247,6 +247,15 @@ def test_cli_flags_reach_the_container(tmp_path: Path, registry: RegistryServer)
     assert result.returncode == 0, result.stderr
     assert status(result.stdout) == {"CapEff": mask(["CAP_KILL", "CAP_CHOWN"]), "NoNewPrivs": "1",
                                      "Seccomp": "2"}
+    started = lazypull("run", "-d", "--snapshotter=overlayfs", "--name", "c", "--cap-drop", "chown", name,
+                       "sleep", "600")
+    assert started.returncode == 0, started.stderr
+    try:        # a process exec'd into the container is confined as its first one
+        shown = lazypull("exec", "c", "sh", "-c", SHOW)
+        assert status(shown.stdout) == {"CapEff": mask(c for c in DEFAULT_CAPABILITIES if c != "CAP_CHOWN"),
+                                        "NoNewPrivs": "0", "Seccomp": "2"}, shown.stderr
+    finally:
+        lazypull("rm", "-f", "c")
     bad = lazypull("run", "--rm", "--security-opt", "seccomp=/nonexistent.json", name, "true")
     assert bad.returncode == 1
     assert bad.stderr == ('lazypull: error: cannot load seccomp profile "/nonexistent.json": '
