@@ -12,6 +12,10 @@ it, 6.9+, or the journal holds it).
 The keeper holds fds and small JSON records only (no layer state), so it never needs upgrading with
 the server. It drops an fd whose connection the kernel aborted (the mount went), and exits when it holds
 none and no server is connected. Only root (or its own user) may talk to it.
+
+Passthrough ids are filed per connection (``conn``, a token the server makes at mount and keeps across
+take-overs), not per layer: a note that arrives after its mount was dropped (a cold open while the layer
+is being unmounted) is never handed with a later connection of the same layer, whose ids are its own.
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ import fcntl
 import json
 import logging
 import os
-import resource
 import select
 import selectors
 import socket
+import stat
 import struct
 import sys
 import threading
@@ -34,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lazypull.errors import MountError
+from lazypull.fdlimit import raise_fd_limit
 from lazypull.snapshot.paths import RunPaths
 
 if TYPE_CHECKING:
@@ -47,7 +52,7 @@ log = logging.getLogger(__name__)
 #: know the version found does not take the connection over (it lets it go, as before keepers).
 VERSION = 1
 MAX_MESSAGE = 64 << 10
-MAX_KEPT = 4096
+MAX_KEPT = 4096         # connections kept; a put past it is refused (that layer is not kept)
 IDLE_EXIT = 2.0         # s with no fd kept and no server connected before the keeper exits
 START_WAIT = 10.0       # s a server waits for the keeper it started to listen
 REPLY_WAIT = 10.0       # s a server waits for a keeper's answer
@@ -63,6 +68,7 @@ class Kept:
     state: Negotiated
     backing: dict[int, int]         # passthrough ids registered on the connection: ino -> id
     journal: int | None = None      # the request journal's memfd (None: kept by a server without one)
+    conn: str = ""                  # the connection's token ("": kept by a server without them)
 
     def close(self) -> None:
         """Close this copy of the connection (and of its journal): the keeper keeps its own."""
@@ -73,13 +79,19 @@ class Kept:
 
 
 class _Keeper:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, max_kept: int = MAX_KEPT) -> None:
         self.sock = sock
+        self.max_kept = max_kept
         self.sel = selectors.DefaultSelector()
         self.sel.register(sock, selectors.EVENT_READ)
+        #: the kept FUSE fds with no event asked: epoll still reports EPOLLERR, which /dev/fuse raises
+        #: when the kernel ends the connection, so only an ending costs the keeper any work
+        self.ended = select.epoll()
+        self.sel.register(self.ended, selectors.EVENT_READ)
         self.clients: set[socket.socket] = set()
         self.kept: dict[str, tuple[list[int], dict[str, object]]] = {}   # [fuse fd, journal fd?]
-        self.backing: dict[str, dict[str, int]] = {}    # digest -> {ino: passthrough id}
+        self.by_fd: dict[int, str] = {}                 # kept FUSE fd -> digest
+        self.backing: dict[str, dict[str, dict[str, int]]] = {}    # digest -> conn -> {ino: id}
         self.idle_since = time.monotonic()
 
     def run(self) -> None:
@@ -87,14 +99,24 @@ class _Keeper:
             for key, _ in self.sel.select(1.0):
                 if key.fileobj is self.sock:
                     self._accept()
+                elif key.fileobj is self.ended:
+                    self._release_ended()
                 else:
                     assert isinstance(key.fileobj, socket.socket)
                     self._serve(key.fileobj)
-            self._prune()
             if self.kept or self.clients:
                 self.idle_since = time.monotonic()
             elif time.monotonic() - self.idle_since > IDLE_EXIT:
                 return
+
+    def close(self) -> None:
+        """Let go of everything (the keeper exits; in a test, its process goes on)."""
+        for digest in list(self.kept):
+            self._forget(digest)
+        for conn in list(self.clients):
+            self._drop_client(conn)
+        self.sel.close()
+        self.ended.close()
 
     def _accept(self) -> None:
         with contextlib.suppress(OSError):
@@ -141,37 +163,44 @@ class _Keeper:
             if not isinstance(request, dict):
                 raise ValueError("not an object")
             op = request.get("op")
+            conn = request.get("conn", "")
+            if not isinstance(conn, str):
+                raise ValueError("conn is not a string")
             if op == "put":
                 digest = request.get("digest")
-                if len(fds) not in (1, 2) or not isinstance(digest, str) or len(self.kept) >= MAX_KEPT:
-                    raise ValueError("put needs a FUSE fd (and a journal fd), a digest and room")
-                previous = self.kept.pop(digest, None)
-                if previous is not None:
-                    _close_all(previous[0])
+                if len(fds) not in (1, 2) or not isinstance(digest, str) or not _is_fuse_device(fds[0]):
+                    raise ValueError("put needs a /dev/fuse fd (and a journal fd) and a digest")
+                if digest not in self.kept and len(self.kept) >= self.max_kept:
+                    # a refusal, not a bad request: the server keeps its connection here for the others
+                    return [(json.dumps({"ok": False, "error": f"it keeps {len(self.kept)} connections "
+                                         f"already, its most"}).encode(), [])]
+                ids = self.backing.get(digest, {}).get(conn, {})    # noted before the put, or kept
+                self._forget(digest)
+                self.ended.register(fds[0], 0)
                 self.kept[digest] = (fds[:], {k: request.get(k) for k in
-                                              ("digest", "mountpoint", "state", "version")})
+                                              ("digest", "mountpoint", "state", "version", "conn")})
+                self.by_fd[fds[0]] = digest
+                self.backing[digest] = {conn: ids}
                 fds.clear()
                 return [(b'{"ok": true}', [])]
             if op == "backing":     # ids noted before the put (registered meanwhile) are kept too
                 digest, ino, backing_id = request.get("digest"), request.get("ino"), request.get("id")
                 if not isinstance(digest, str) or type(ino) is not int or type(backing_id) is not int:
                     raise ValueError("backing needs a digest, an inode and an id")
-                ids = self.backing.setdefault(digest, {})
+                ids = self.backing.setdefault(digest, {}).setdefault(conn, {})
                 if backing_id:
                     ids[str(ino)] = backing_id
                 else:
                     ids.pop(str(ino), None)
                 return [(b'{"ok": true}', [])]
             if op == "drop":
-                gone = self.kept.pop(str(request.get("digest")), None)
-                self.backing.pop(str(request.get("digest")), None)
-                if gone is not None:
-                    _close_all(gone[0])
+                self._forget(str(request.get("digest")))
                 return [(b'{"ok": true}', [])]
             if op == "take":
-                self._prune()
+                self._release_ended()
                 out: list[tuple[bytes, list[int]]] = [
-                    (json.dumps({**meta, "backing": self.backing.get(digest, {})}).encode(), held)
+                    (json.dumps({**meta, "backing": self.backing.get(digest, {}).get(str(meta["conn"] or ""),
+                                                                                      {})}).encode(), held)
                     for digest, (held, meta) in self.kept.items()]
                 return [*out, (json.dumps({"end": len(out)}).encode(), [])]
             raise ValueError(f"unknown op {op!r}")
@@ -179,20 +208,32 @@ class _Keeper:
             for fd in fds:
                 os.close(fd)
 
-    def _prune(self) -> None:
-        """Close the fds of connections the kernel ended (their mount went): poll says POLLERR."""
-        if not self.kept:
-            return
-        poller = select.poll()
-        by_fd = {held[0]: digest for digest, (held, _) in self.kept.items()}
-        for fd in by_fd:
-            poller.register(fd, 0)
-        for fd, events in poller.poll(0):
-            if events & (select.POLLERR | select.POLLNVAL | select.POLLHUP):
-                digest = by_fd[fd]
-                _close_all(self.kept.pop(digest)[0])
-                self.backing.pop(digest, None)
+    def _forget(self, digest: str) -> None:
+        """Close what is kept for ``digest`` and forget its passthrough ids (of every connection)."""
+        self.backing.pop(digest, None)
+        gone = self.kept.pop(digest, None)
+        if gone is not None:
+            self.by_fd.pop(gone[0][0], None)
+            with contextlib.suppress(OSError, ValueError):
+                self.ended.unregister(gone[0][0])
+            _close_all(gone[0])
+
+    def _release_ended(self) -> None:
+        """Close the fds of connections the kernel ended (their mount went)."""
+        for fd, _ in self.ended.poll(0):
+            digest = self.by_fd.get(fd)
+            if digest is not None:
+                self._forget(digest)
                 log.info("keeper: the connection of %s ended", digest)
+
+
+def _is_fuse_device(fd: int) -> bool:
+    """Whether ``fd`` is open on the FUSE device (misc 10:229), the only fd a put may hand."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(10, 229)
 
 
 def _close_all(fds: list[int]) -> None:
@@ -201,44 +242,36 @@ def _close_all(fds: list[int]) -> None:
             os.close(fd)
 
 
-def _raise_fd_limit() -> None:
-    """Two fds per kept connection (FUSE device, journal): up to MAX_KEPT of them need more than the
-    usual soft limit of 1024."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 2 * MAX_KEPT + 64
-    if soft != resource.RLIM_INFINITY and soft < want:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard) if hard != resource.RLIM_INFINITY
-                                                        else want, hard))
-
-
-def serve(root: Path) -> None:
-    """Run the keeper of ``root`` until it holds nothing and nobody is connected; one per root (lock)."""
+def serve(root: Path, *, max_kept: int = MAX_KEPT) -> None:
+    """Run the keeper of ``root`` until it holds nothing and nobody is connected; one per root (lock).
+    ``max_kept``: connections kept at most (tests)."""
     paths = RunPaths(root)
-    lock = open(paths.keeper_lock, "a")  # noqa: SIM115 - held for the process's lifetime
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return                               # another keeper serves this root
-    lock.truncate(0)
-    lock.write(f"{os.getpid()}\n")          # for operators and tests: who holds the connections
-    lock.flush()
-    _raise_fd_limit()
-    with contextlib.suppress(FileNotFoundError):
-        paths.keeper_socket.unlink()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    old_umask = os.umask(0o077)
-    try:
-        sock.bind(str(paths.keeper_socket))
-    finally:
-        os.umask(old_umask)
-    sock.listen(16)
-    try:
-        _Keeper(sock).run()
-    finally:
+    with open(paths.keeper_lock, "a") as lock:      # held while this keeper runs
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return                               # another keeper serves this root
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")          # for operators and tests: who holds the connections
+        lock.flush()
+        raise_fd_limit()        # two fds per kept connection (FUSE device, journal), up to MAX_KEPT
         with contextlib.suppress(FileNotFoundError):
             paths.keeper_socket.unlink()
-        sock.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        old_umask = os.umask(0o077)
+        try:
+            sock.bind(str(paths.keeper_socket))
+        finally:
+            os.umask(old_umask)
+        sock.listen(16)
+        keeper = _Keeper(sock, max_kept)
+        try:
+            keeper.run()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                paths.keeper_socket.unlink()
+            keeper.close()
+            sock.close()
 
 
 # -- the server's side ----------------------------------------------------------------------------
@@ -280,17 +313,20 @@ class KeeperClient:
                                      f"{err.strerror or err}") from err
                 time.sleep(0.02)
 
-    def put(self, digest: str, mountpoint: str, fd: int, state: Negotiated, journal: int = -1) -> None:
+    def put(self, digest: str, mountpoint: str, fd: int, state: Negotiated, journal: int = -1,
+            conn: str = "") -> None:
         """Keep a copy of ``fd`` and of the request journal's memfd ``journal`` (-1: none; the caller
-        keeps its own) with what a later server needs; replaces what was kept for ``digest``."""
+        keeps its own) with what a later server needs; replaces what was kept for ``digest``. ``conn``:
+        the connection's token (:func:`new_conn`; a take-over puts the one it took). A keeper that keeps
+        its most refuses (``MountError``), and this client stays usable."""
         self._exchange({"op": "put", "digest": digest, "mountpoint": mountpoint, "state": state.to_json(),
-                        "version": VERSION}, [fd] if journal < 0 else [fd, journal])
+                        "version": VERSION, "conn": conn}, [fd] if journal < 0 else [fd, journal])
 
-    def note_backing(self, digest: str, ino: int, backing_id: int) -> None:
-        """The mount of ``digest`` registered passthrough id ``backing_id`` for ``ino`` (0: unregisters);
-        a keeper gone is not an error here (the FUSE open that registered it goes on)."""
+    def note_backing(self, digest: str, conn: str, ino: int, backing_id: int) -> None:
+        """Connection ``conn`` of the layer ``digest`` registered passthrough id ``backing_id`` for
+        ``ino`` (0: unregisters); a keeper gone is not an error here (the FUSE open goes on)."""
         with contextlib.suppress(MountError):
-            self._exchange({"op": "backing", "digest": digest, "ino": ino, "id": backing_id})
+            self._exchange({"op": "backing", "digest": digest, "conn": conn, "ino": ino, "id": backing_id})
 
     def drop(self, digest: str) -> None:
         """Let the keeper close its copy (the layer is being unmounted)."""
@@ -316,7 +352,11 @@ class KeeperClient:
             self.broken = True
             raise MountError("the FUSE connection keeper closed the connection")
         if not reply.startswith(b'{"ok": true'):
-            raise MountError(f"the FUSE connection keeper refused: {reply[:200]!r}")
+            try:
+                why = str(json.loads(reply)["error"])
+            except (ValueError, KeyError, TypeError):
+                why = repr(reply[:200])
+            raise MountError(f"the FUSE connection keeper refused: {why[:300]}")
 
     def take(self) -> list[Kept]:
         """Copies of every fd kept (the keeper keeps its own until :meth:`drop` or a new ``put``)."""
@@ -354,7 +394,7 @@ class KeeperClient:
                     out.append(Kept(str(meta["digest"]), str(meta["mountpoint"]), fds[0],
                                     Negotiated.from_json(meta.get("state")),
                                     {int(k): int(v) for k, v in backing.items()},
-                                    fds[1] if len(fds) > 1 else None))
+                                    fds[1] if len(fds) > 1 else None, str(meta.get("conn") or "")))
                 except (KeyError, ValueError) as err:
                     log.warning("not taking over the FUSE connection of %s: %s", meta.get("digest"), err)
                     _close_all(fds)
@@ -362,6 +402,11 @@ class KeeperClient:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._sock.close()
+
+
+def new_conn() -> str:
+    """A token naming one FUSE connection for the keeper (its passthrough ids are filed under it)."""
+    return os.urandom(8).hex()
 
 
 def keeper_pid(paths: RunPaths) -> int | None:
@@ -401,4 +446,4 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
 
-__all__ = ["KeeperClient", "Kept", "keeper_pid", "serve"]
+__all__ = ["KeeperClient", "Kept", "keeper_pid", "new_conn", "serve"]

@@ -502,22 +502,23 @@ class LayerManager:
             return None
         return kept
 
-    def _keep(self, digest: str, path: Path, fuse: FuseMount) -> None:
+    def _keep(self, digest: str, path: Path, fuse: FuseMount, conn: str) -> None:
         """Hand a copy of a new mount's ``/dev/fuse`` fd to the keeper (a failure costs only that)."""
         state = fuse.negotiated
         if self.keeper is None or state is None:
             return
         try:
-            self.keeper.put(digest, str(path), fuse.dev_fd, state, fuse.journal_fd)
+            self.keeper.put(digest, str(path), fuse.dev_fd, state, fuse.journal_fd, conn)
         except (OSError, LazypullError) as err:
             log.warning("the FUSE connection keeper did not take layer %s: %s", digest, err)
 
-    def _backing_noter(self, digest: str) -> Callable[[int, int], None] | None:
-        """What tells the keeper of a mount's passthrough ids (see ``FuseMount.on_backing``)."""
+    def _backing_noter(self, digest: str, conn: str) -> Callable[[int, int], None] | None:
+        """What tells the keeper of the passthrough ids of a mount's connection ``conn``
+        (see ``FuseMount.on_backing``)."""
         keeper = self.keeper
         if keeper is None:
             return None
-        return functools.partial(keeper.note_backing, digest)
+        return functools.partial(keeper.note_backing, digest, conn)
 
     def _drop_kept(self, digest: str) -> None:
         if self.keeper is not None:
@@ -568,11 +569,15 @@ class LayerManager:
                 tree.start()
                 kept = self._take_kept(digest, path)
                 if kept is not None:       # the connection outlived its server: serve it again
+                    conn = kept.conn
                     fuse = self.fs.serve(tree, path, live=kept)
                     log.info("took over the live FUSE connection of layer %s at %s", digest, path)
                 else:
-                    fuse = self.fs.serve(tree, path, on_backing=self._backing_noter(digest))
-                self._keep(digest, path, fuse)      # after a take-over too: its journal may be new
+                    from lazypull.snapshot.keeper import new_conn
+
+                    conn = new_conn()
+                    fuse = self.fs.serve(tree, path, on_backing=self._backing_noter(digest, conn))
+                self._keep(digest, path, fuse, conn)    # after a take-over too: its journal may be new
             except BaseException:
                 if kept is not None:    # a take-over that failed: nobody serves that connection now
                     self._drop_kept(digest)

@@ -17,7 +17,6 @@ import fcntl
 import json
 import logging
 import os
-import resource
 import signal
 import socket
 import socketserver
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lazypull.errors import LazypullError, MountError
+from lazypull.fdlimit import raise_fd_limit
 from lazypull.fs import FsConfig, clean_stale_mounts, load_config
 from lazypull.image.partials import clean_all_partials
 from lazypull.image.rootdir import prepare_root, private_dir
@@ -469,23 +469,6 @@ def _stores_listed(path: Path) -> bool:
         return False
     except (OSError, ValueError):
         return True
-
-
-def raise_fd_limit() -> None:
-    """The soft limit of open files up to the hard one: each mounted layer holds a FUSE device and a
-    request journal (and its cache files, the keeper's connection ...), so a server started from a
-    shell's 1024 ran out with a few hundred layers. systemd's unit sets its own limit; as the keeper."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard
-    if hard == resource.RLIM_INFINITY:      # no soft limit may exceed the kernel's ceiling
-        with contextlib.suppress(OSError, ValueError):
-            want = int(Path("/proc/sys/fs/nr_open").read_text())
-    if soft == resource.RLIM_INFINITY or soft >= want:
-        return
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    except (ValueError, OSError) as err:
-        log.warning("cannot raise the open files limit from %d to %d: %s", soft, want, err)
 
 
 def run_daemon(root: Path, config: FsConfig | None = None, *, containerd_socket: Path | None = None,

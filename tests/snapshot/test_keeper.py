@@ -1,0 +1,225 @@
+"""The keeper of live FUSE connections (``lazypull.snapshot.keeper``) on its own: which passthrough ids
+it hands a taking-over server, what it does at its limit, how it lets ended connections go, its open
+files limit. Real FUSE mounts (tests/fs/memtree.py trees), the real keeper over its real socket."""
+
+from __future__ import annotations
+
+import functools
+import os
+import resource
+import select
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lazypull.errors import MountError
+from lazypull.fs.fuse import FuseMount
+from lazypull.selfexec import python_argv
+from lazypull.snapshot import keeper as keeper_mod
+from lazypull.snapshot.keeper import KeeperClient, keeper_pid, new_conn
+from lazypull.snapshot.paths import RunPaths
+from tests.fs.fusepath import kernel_offers_passthrough
+from tests.fs.memtree import MemTree
+from tests.reliability.kit import REPO_ROOT, gone, wait_until
+
+DIGEST = "sha256:" + "ab" * 32
+OTHER = "sha256:" + "cd" * 32
+
+
+def _tree(tmp_path: Path, names: tuple[str, ...] = ("f",)) -> MemTree:
+    backing = tmp_path / "backing"
+    backing.mkdir(exist_ok=True)
+    tree = MemTree()
+    for name in names:
+        (backing / name).write_bytes(b"bytes of " + name.encode())
+        tree.add_file(name, b"bytes of " + name.encode(), backing=str(backing / name))
+    return tree
+
+
+def _mount(tree: MemTree, mnt: Path, on_backing: object = None) -> FuseMount:
+    mnt.mkdir(exist_ok=True)
+    mount = FuseMount(tree, mnt, passthrough=True)
+    mount.on_backing = on_backing  # type: ignore[assignment]
+    return mount.start()
+
+
+def _put(client: KeeperClient, digest: str, mount: FuseMount, conn: str) -> None:
+    state = mount.negotiated
+    assert state is not None
+    client.put(digest, mount.mountpoint, mount.dev_fd, state, mount.journal_fd, conn)
+
+
+def _kept(client: KeeperClient) -> list[str]:
+    """The digests the keeper keeps (the copies it hands are closed again)."""
+    kept = client.take()
+    for item in kept:
+        item.close()
+    return [item.digest for item in kept]
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> Iterator[RunPaths]:
+    paths = RunPaths(tmp_path / "root")
+    paths.run_dir.mkdir(parents=True)
+    yield paths
+    pid = keeper_pid(paths)
+    if pid is not None and pid != os.getpid():   # nothing kept, nobody connected: it exits on its own
+        wait_until(lambda: gone(pid), "the keeper to exit")
+
+
+@pytest.fixture
+def small_keeper(paths: RunPaths) -> Iterator[RunPaths]:
+    """A keeper of at most 1 connection, run in this process (``serve``) so its limit can be small."""
+    thread = threading.Thread(target=functools.partial(keeper_mod.serve, paths.root, max_kept=1))
+    thread.start()
+    wait_until(paths.keeper_socket.exists, "the keeper to listen")
+    yield paths
+    thread.join(60)
+    assert not thread.is_alive(), "the keeper did not exit once idle"
+
+
+def test_ids_noted_after_a_drop_are_not_handed_with_the_next_connection(tmp_path: Path,
+                                                                        paths: RunPaths) -> None:
+    """The unmount's window: the keeper dropped the layer, then a cold open registers an id (and tells
+    the keeper) before the FUSE session stops. The next mount of that layer (a new connection, whose
+    ids start again at 1) is taken over by a restarted server without that id: it belonged to the
+    connection that ended (before, ids were filed per layer and the next server passed opens of that
+    inode through with it: EIO, or another file's id)."""
+    if not kernel_offers_passthrough():
+        pytest.skip("the kernel registers no backing ids (no FUSE passthrough)")
+    tree = _tree(tmp_path, ("cold", "warm"))
+    client = KeeperClient.connect(paths)
+    try:
+        first = new_conn()
+        mount = _mount(tree, tmp_path / "mnt", functools.partial(client.note_backing, DIGEST, first))
+        try:
+            assert mount.passthrough_active
+            _put(client, DIGEST, mount, first)
+            client.drop(DIGEST)                 # LayerManager._unmount: the keeper first ...
+            assert (Path(mount.mountpoint) / "cold").read_bytes() == b"bytes of cold"  # the window
+        finally:
+            mount.stop()                        # ... then the session
+        second = new_conn()
+        mount = _mount(tree, tmp_path / "mnt", functools.partial(client.note_backing, DIGEST, second))
+        try:
+            _put(client, DIGEST, mount, second)
+            assert (Path(mount.mountpoint) / "warm").read_bytes() == b"bytes of warm"
+            assert mount._ops is not None
+            warm_id = mount._ops.backing._by_inode[tree.ino("warm")].backing_id
+            restarted = KeeperClient.connect(paths, start=False)     # a server taking over
+            try:
+                kept = restarted.take()
+                try:
+                    assert [(k.digest, k.conn) for k in kept] == [(DIGEST, second)]
+                    assert kept[0].backing == {tree.ino("warm"): warm_id}, "another connection's ids"
+                finally:
+                    for item in kept:
+                        item.close()
+            finally:
+                restarted.close()
+            client.drop(DIGEST)
+        finally:
+            mount.stop()
+    finally:
+        client.close()
+
+
+def test_a_put_past_the_limit_is_refused_and_the_client_goes_on(tmp_path: Path,
+                                                                small_keeper: RunPaths) -> None:
+    """At its limit the keeper refuses that one layer with a one-line reason and keeps serving the
+    client (before: it hung up, and every later put, note and drop of that server failed)."""
+    client = KeeperClient.connect(small_keeper, start=False)
+    a = _mount(MemTree(), tmp_path / "ma")
+    b = _mount(MemTree(), tmp_path / "mb")
+    try:
+        _put(client, DIGEST, a, "a")
+        _put(client, DIGEST, a, "a")        # a layer kept already may be put again (a take-over)
+        with pytest.raises(MountError) as refused:
+            _put(client, OTHER, b, "b")
+        assert str(refused.value) == ("the FUSE connection keeper refused: "
+                                      "it keeps 1 connections already, its most")
+        assert not client.broken
+        client.note_backing(DIGEST, "a", 2, 7)
+        client.drop(DIGEST)
+        _put(client, OTHER, b, "b")         # room again
+        kept = client.take()
+        assert [(k.digest, k.conn, k.backing) for k in kept] == [(OTHER, "b", {})]
+        for item in kept:
+            item.close()
+        client.drop(OTHER)
+    finally:
+        client.close()
+        a.stop()
+        b.stop()
+
+
+def test_an_ended_connection_is_let_go_without_polling_every_fd_per_message(
+        tmp_path: Path, small_keeper: RunPaths, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keeper learns that a connection ended from the kernel (EPOLLERR on its fd) instead of
+    polling every kept fd after every message (before: one poll of all of them per note)."""
+    polls = []
+    real_poll = select.poll
+
+    def counted() -> select.poll:
+        polls.append(1)
+        return real_poll()
+
+    monkeypatch.setattr(select, "poll", counted)
+    client = KeeperClient.connect(small_keeper, start=False)
+    mount = _mount(MemTree(), tmp_path / "mnt")
+    try:
+        _put(client, DIGEST, mount, "c")
+        for ino in range(2, 202):
+            client.note_backing(DIGEST, "c", ino, ino)
+        assert len(polls) < 10, f"{len(polls)} polls of the kept fds for 201 messages"
+    finally:
+        mount.stop()        # the connection ends: the keeper closes its copy and forgets the layer
+    try:
+        wait_until(lambda: _kept(client) == [], "the keeper to let the ended connection go")
+    finally:
+        client.close()
+
+
+def test_the_keeper_raises_its_open_files_limit_as_the_server_does(tmp_path: Path, paths: RunPaths) -> None:
+    """Started from a shell's low soft limit, the keeper raises it to the hard one
+    (``lazypull.fdlimit``, the server's too; before, the keeper had its own lower target)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        hard = int(Path("/proc/sys/fs/nr_open").read_text())
+
+    def low() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    proc = subprocess.Popen(python_argv("-m", "lazypull.snapshot.keeper", str(paths.root)),
+                            stdin=subprocess.DEVNULL, cwd=REPO_ROOT, start_new_session=True, preexec_fn=low)
+    try:
+        wait_until(lambda: keeper_pid(paths) == proc.pid, "the keeper to listen")
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        line = next(row for row in limits.splitlines() if row.startswith("Max open files"))
+        assert int(line.split()[3]) == hard, line
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_put_of_anything_but_a_fuse_device_is_refused(tmp_path: Path, small_keeper: RunPaths) -> None:
+    """Only a /dev/fuse fd is kept (the keeper waits for the kernel's end of it): another fd is a bad
+    request, and the keeper hangs up on it."""
+    client = KeeperClient.connect(small_keeper, start=False)
+    mount = _mount(MemTree(), tmp_path / "mnt")
+    state = mount.negotiated
+    assert state is not None
+    fd = os.open(os.devnull, os.O_RDONLY)
+    try:
+        with pytest.raises(MountError, match="closed the connection"):
+            client.put(DIGEST, mount.mountpoint, fd, state)
+        assert client.broken
+    finally:
+        os.close(fd)
+        client.close()
+        mount.stop()
