@@ -15,9 +15,9 @@ import json
 import os
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lazypull.errors import ContainerError
 from lazypull.runtime.seccomp import SeccompProfile, default_profile, load_profile, resolve
@@ -57,9 +57,9 @@ ALL = "ALL"
 class Confinement:
     """How a container is confined; each default is Docker's.
 
-    ``cap_add``/``cap_drop``: canonical names (``CAP_...``) or ``ALL``. ``seccomp``: the profile, None
-    for ``unconfined`` (default: the built-in profile). ``builtin_seccomp``: ``seccomp`` is the built-in
-    profile (refused on a machine it does not cover). ``system_paths``: mask and make read-only
+    ``cap_add``/``cap_drop``: canonical names (``CAP_...``) or ``ALL``. ``seccomp``: a profile read from a
+    file, ``unconfined``, or ``builtin`` (the default profile, read when a spec needs it; refused on a
+    machine it does not cover). ``system_paths``: mask and make read-only
     Docker's /proc and /sys paths (``systempaths=unconfined`` turns it off). ``privileged``: every
     capability, no seccomp, no masked paths, /sys and cgroups writable, every host device.
     """
@@ -67,8 +67,7 @@ class Confinement:
     privileged: bool = False
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
-    seccomp: SeccompProfile | None = field(default_factory=default_profile)
-    builtin_seccomp: bool = True
+    seccomp: SeccompProfile | Literal["builtin", "unconfined"] = "builtin"
     no_new_privileges: bool = False
     system_paths: bool = True
 
@@ -83,9 +82,11 @@ class Confinement:
 
     def seccomp_spec(self, capabilities: Iterable[str]) -> dict[str, Any] | None:
         """``linux.seccomp`` for a container holding ``capabilities``; None when unconfined."""
-        if self.privileged or self.seccomp is None:
+        if self.privileged or self.seccomp == "unconfined":
             return None
-        return resolve(self.seccomp, set(capabilities), builtin=self.builtin_seccomp)
+        if self.seccomp == "builtin":
+            return resolve(default_profile(), set(capabilities), builtin=True)
+        return resolve(self.seccomp, set(capabilities))
 
     def masked_paths(self) -> list[str]:
         if self.privileged or not self.system_paths:
@@ -164,14 +165,14 @@ def parse_confinement(*, privileged: bool = False, cap_add: Iterable[str] = (), 
     """The :class:`Confinement` that ``run``/``create`` flags ask for (the seccomp profile file is read
     and checked here, before anything is pulled)."""
     options = parse_security_opts(security_opts)
-    seccomp: SeccompProfile | None = default_profile()
-    builtin = True
-    if "seccomp" in options and options["seccomp"] != "builtin":
-        value = options["seccomp"]
-        if not value:
-            raise ContainerError('invalid security-opt "seccomp"')
-        seccomp = None if value == "unconfined" else load_profile(value)
-        builtin = False
+    seccomp: SeccompProfile | Literal["builtin", "unconfined"] = "builtin"
+    value = options.get("seccomp", "builtin")
+    if not value:
+        raise ContainerError('invalid security-opt "seccomp"')
+    if value not in ("builtin", "unconfined"):
+        seccomp = load_profile(value)
+    elif value == "unconfined":
+        seccomp = "unconfined"
     nnp_value = options.get("no-new-privileges")
     if nnp_value is None or nnp_value in _FALSE:
         no_new_privileges = False
@@ -185,7 +186,7 @@ def parse_confinement(*, privileged: bool = False, cap_add: Iterable[str] = (), 
             raise ContainerError('invalid security-opt "systempaths=unconfined"')
         system_paths = False
     return Confinement(privileged=privileged, cap_add=normalize_capabilities(cap_add),
-                       cap_drop=normalize_capabilities(cap_drop), seccomp=seccomp, builtin_seccomp=builtin,
+                       cap_drop=normalize_capabilities(cap_drop), seccomp=seccomp,
                        no_new_privileges=no_new_privileges, system_paths=system_paths)
 
 

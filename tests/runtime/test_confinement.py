@@ -260,3 +260,13 @@ def test_cli_flags_reach_the_container(tmp_path: Path, registry: RegistryServer)
     assert bad.returncode == 1
     assert bad.stderr == ('lazypull: error: cannot load seccomp profile "/nonexistent.json": '
                           "No such file or directory\n")
+
+
+def test_last_security_opt_wins_and_builtin_names_the_default() -> None:
+    assert parse_confinement(security_opts=["seccomp=unconfined", "seccomp=builtin"]).seccomp == "builtin"
+    assert parse_confinement(security_opts=["seccomp=builtin", "seccomp=unconfined"]).seccomp == "unconfined"
+    nnp = parse_confinement(security_opts=["no-new-privileges", "no-new-privileges=0"])
+    assert nnp.no_new_privileges is False
+    default = resolve(default_profile(), DEFAULT_CAPABILITIES, builtin=True)
+    assert Confinement().seccomp_spec(DEFAULT_CAPABILITIES) == default
+    assert Confinement(privileged=True).seccomp_spec(DEFAULT_CAPABILITIES) is None
