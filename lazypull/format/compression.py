@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Iterator
-from typing import Literal, Protocol, cast
+from typing import BinaryIO, Literal, Protocol, cast
 
 import zstandard
 from isal import isal_zlib
@@ -272,6 +272,27 @@ def decompressor(name: str) -> Decompressor:
     if name == "zstd":
         return ZstdDecompressor()
     raise FormatError(f"unknown compression {name!r}")
+
+
+#: What reading a damaged stream from :func:`decompressing` raises: gzip's OSError (bad header), EOFError
+#: (truncated) or ISA-L's error (bad deflate data), zstd's ZstdError. Callers name the layer in their own
+#: error for any of them.
+DECOMPRESS_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, _ISAL_ERROR, _ZSTD_ERROR)
+
+
+def decompressing(stream: BinaryIO, kind: Compression) -> BinaryIO:
+    """A reader of ``stream``'s uncompressed bytes: gzip every member (an eStargz blob is many), zstd
+    every frame (skippable frames skipped), ``"none"`` the stream itself. Closing it leaves ``stream``
+    open. The one way whole layers are decompressed: DiffIDs and conversions (image), extraction
+    (runtime) and the writer's input; reads raise :data:`DECOMPRESS_ERRORS` on damaged input."""
+    if kind == "gzip":
+        from isal import igzip  # (loads gzip's own module: only what decompresses a layer pays it)
+
+        return cast(BinaryIO, igzip.GzipFile(fileobj=stream, mode="rb"))  # type: ignore[no-untyped-call]
+    if kind == "zstd":
+        return cast(BinaryIO, zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True,
+                                                                         closefd=False))
+    return stream
 
 
 def detect_compression(head: bytes) -> Compression:

@@ -38,16 +38,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, BinaryIO, Literal
 
-import zstandard
-from isal import igzip
-
 from lazypull.format.annotations import TOC_DIGEST_ANNOTATION as TOC_DIGEST_ANNOTATION
 from lazypull.format.annotations import UNCOMPRESSED_SIZE_ANNOTATION as UNCOMPRESSED_SIZE_ANNOTATION
 from lazypull.format.compression import (
+    DECOMPRESS_ERRORS,
     Compressor,
     GzipCompressor,
     MemberEncoder,
     ZstdCompressor,
+    decompressing,
     detect_compression,
 )
 from lazypull.format.errors import FormatError
@@ -189,15 +188,8 @@ def _open_input(src: BinaryIO) -> Iterator[_Input]:
     stream: BinaryIO = io.BufferedReader(_Prefixed(head, src))
     with tempfile.TemporaryFile(prefix="lazypull-tar-") as spool:
         try:
-            if kind == "gzip":
-                with igzip.GzipFile(fileobj=stream, mode="rb") as gz:  # type: ignore[no-untyped-call]
-                    shutil.copyfileobj(gz, spool, _READ_BLOCK)
-            elif kind == "zstd":
-                reader = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
-                shutil.copyfileobj(reader, spool, _READ_BLOCK)
-            else:
-                shutil.copyfileobj(stream, spool, _READ_BLOCK)
-        except (OSError, EOFError, zstandard.ZstdError) as err:
+            shutil.copyfileobj(decompressing(stream, kind), spool, _READ_BLOCK)
+        except DECOMPRESS_ERRORS as err:
             raise FormatError(f"cannot decompress the {kind} input layer: {err}") from err
         spool.flush()
         with _mapped(_Input(spool.fileno(), 0, spool.tell())) as mapped:

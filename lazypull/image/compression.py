@@ -1,14 +1,15 @@
-"""Decompressing layer blobs into tar streams (gzip: every member; zstd: every frame, skippable skipped)."""
+"""Layer blobs as tar streams that close their blob (``format.compression`` decompresses them)."""
 
 from __future__ import annotations
 
 import io
-from typing import BinaryIO, Literal, cast
+from typing import TYPE_CHECKING, BinaryIO, cast
 
-from lazypull.image.errors import ImageError
+if TYPE_CHECKING:
+    from lazypull.format.compression import Compression
 
-# zstandard and zlib_ng (whose gzip module loads argparse, bz2 and lzma) are imported by
-# `decompressed`: the store imports this module, and resolving an image decompresses nothing.
+# format.compression (zstandard, ISA-L, zlib-ng) is imported by `decompressed`: the store imports this
+# module, and resolving an image decompresses nothing.
 
 
 class _Closing(io.RawIOBase):
@@ -39,20 +40,10 @@ class _Closing(io.RawIOBase):
         super().close()
 
 
-def decompressed(stream: BinaryIO, compression: Literal["none", "gzip", "zstd"], what: str) -> BinaryIO:
-    """Wrap ``stream`` so reads return the uncompressed bytes; closing closes ``stream`` too."""
-    import zstandard
-    from zlib_ng import gzip_ng
+def decompressed(stream: BinaryIO, compression: Compression) -> BinaryIO:
+    """Wrap ``stream`` so reads return the uncompressed bytes (``format.compression.decompressing``);
+    closing closes ``stream`` too. Reads raise ``DECOMPRESS_ERRORS`` on damaged input."""
+    from lazypull.format.compression import decompressing
 
-    try:
-        if compression == "gzip":
-            gz = cast(BinaryIO, gzip_ng.GzipNGFile(fileobj=stream, mode="rb"))  # type: ignore[no-untyped-call]
-            return cast(BinaryIO, _Closing(gz, stream))
-        if compression == "zstd":
-            reader = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True,
-                                                                 closefd=True)
-            return cast(BinaryIO, _Closing(cast(BinaryIO, reader)))
-        return stream
-    except (OSError, zstandard.ZstdError) as err:
-        stream.close()
-        raise ImageError(f"{what}: cannot decompress ({compression}): {err}") from err
+    reader = decompressing(stream, compression)
+    return stream if reader is stream else cast(BinaryIO, _Closing(reader, stream))

@@ -20,12 +20,10 @@ import json
 import logging
 import os
 import threading
-import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal, Protocol, cast
 
-import zstandard
 from zlib_ng import zlib_ng
 
 from lazypull.format.annotations import BLOB_LAYOUT_ANNOTATIONS, UNCOMPRESSED_DIGEST_ANNOTATION
@@ -268,6 +266,7 @@ class _Converter:
         compression: Literal["none", "gzip"] = "none" if fmt == "uncompress" else "gzip"
         h = hashlib.sha256()
         n = 0
+        from lazypull.format.compression import DECOMPRESS_ERRORS
         from lazypull.image.compression import decompressed
 
         with self.sink.ingest() as writer:
@@ -275,13 +274,12 @@ class _Converter:
             comp = zlib_ng.compressobj(self.options.gzip_level, zlib_ng.DEFLATED, 31) \
                 if compression == "gzip" else None
             try:
-                with decompressed(self._source(layer), mt.layer_compression(desc.media_type),
-                                  f"layer {desc.digest}") as tar:
+                with decompressed(self._source(layer), mt.layer_compression(desc.media_type)) as tar:
                     while chunk := tar.read(1 << 20):
                         h.update(chunk)
                         n += len(chunk)
                         w.write(comp.compress(chunk) if comp else chunk)
-            except (OSError, EOFError, zlib.error, zstandard.ZstdError) as err:
+            except DECOMPRESS_ERRORS as err:
                 raise ImageError(f"layer {desc.digest}: cannot decompress: {err}") from err
             if comp:
                 w.write(comp.flush())

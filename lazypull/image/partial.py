@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import zlib
 from collections.abc import Sequence
 from typing import Any, BinaryIO, ClassVar, Protocol
 
@@ -136,17 +135,17 @@ def diff_id_of(stream: BinaryIO, compression: str, what: str) -> tuple[str, int]
     """DiffID and uncompressed size of a compressed layer stream (the stream is closed)."""
     import hashlib
 
-    import zstandard
+    from lazypull.format.compression import DECOMPRESS_ERRORS
 
     h = hashlib.sha256()
     n = 0
-    reader = decompressed(stream, compression, what)  # type: ignore[arg-type]
+    reader = decompressed(stream, compression)  # type: ignore[arg-type]
     try:
         with reader:
             while chunk := reader.read(1 << 20):
                 h.update(chunk)
                 n += len(chunk)
-    except (OSError, EOFError, zlib.error, zstandard.ZstdError) as err:
+    except DECOMPRESS_ERRORS as err:
         raise ImageError(f"{what}: cannot decompress: {err}") from err
     return "sha256:" + h.hexdigest(), n
 
@@ -187,8 +186,7 @@ class BlobLayer:
         return self._provider.open_blob(self._desc)
 
     def uncompressed(self) -> BinaryIO:
-        return decompressed(self.compressed(), mt.layer_compression(self._desc.media_type),
-                            f"layer {self._desc.digest}")
+        return decompressed(self.compressed(), mt.layer_compression(self._desc.media_type))
 
 
 class _ManifestBlob:

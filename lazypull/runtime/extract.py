@@ -36,12 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
-import zstandard
-from isal import igzip
-
 from lazypull.errors import ContainerError
 from lazypull.format import entryrules
-from lazypull.format.compression import detect_compression
+from lazypull.format.compression import DECOMPRESS_ERRORS, Compression, decompressing, detect_compression
 from lazypull.format.landmarks import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from lazypull.format.toc import TOC_TAR_NAME
 from lazypull.image.partials import clean_partials, partial_prefix
@@ -56,6 +53,9 @@ ESTARGZ_METADATA = frozenset({TOC_TAR_NAME, PREFETCH_LANDMARK, NO_PREFETCH_LANDM
 _COPY_BUFFER = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_CACHE_SIZE = 128
+# What reading a damaged layer raises (a corrupt compressed stream or tar), named as the layer's error.
+_STREAM_ERRORS: tuple[type[Exception], ...] = (tarfile.TarError, *DECOMPRESS_ERRORS)
+_MEMBER_ERRORS: tuple[type[Exception], ...] = (ValueError, OverflowError, *_STREAM_ERRORS)
 
 
 class LayerExtractError(ContainerError):
@@ -78,15 +78,7 @@ def open_decompressed(path: Path) -> Iterator[IO[bytes]]:
     with open(path, "rb") as raw:
         kind = detect_compression(raw.read(4))
         raw.seek(0)
-        if kind == "gzip":
-            # isal's igzip: fast, and reads multi-member gzip (eStargz blobs are many members).
-            with igzip.GzipFile(fileobj=raw, mode="rb") as stream:  # type: ignore[no-untyped-call]
-                yield cast(IO[bytes], stream)
-        elif kind == "zstd":
-            with zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as stream:
-                yield cast(IO[bytes], stream)
-        else:
-            yield raw
+        yield decompressing(raw, kind)
 
 
 def split_member_name(name: str) -> list[str]:
@@ -241,7 +233,7 @@ class _Extractor:
                 self.member(tar, member)
             except LayerExtractError:
                 raise
-            except (OSError, ValueError, OverflowError, tarfile.TarError, EOFError) as err:
+            except _MEMBER_ERRORS as err:
                 raise LayerExtractError(f"{self.label}: member {member.name!r}: {err}") from err
         self.finish_dirs()
 
@@ -438,7 +430,7 @@ def extract_tar(stream: BinaryIO | IO[bytes], dest: Path, *, label: str = "layer
                 extractor.extract(tar)
         except LayerExtractError:
             raise
-        except (tarfile.TarError, EOFError, OSError, zstandard.ZstdError) as err:
+        except _STREAM_ERRORS as err:
             raise LayerExtractError(f"{label}: not a valid tar stream: {err}") from err
         finally:
             extractor.forget()
@@ -627,18 +619,12 @@ class StreamingExtraction:
             assert self._tmp is not None
             buffered = io.BufferedReader(reader, _COPY_BUFFER)
             kind = self.compression or detect_compression(buffered.peek(4)[:4])
+            if kind not in ("gzip", "zstd", "none"):
+                raise LayerExtractError(f"{self.label}: unknown compression {kind!r}")
             with contextlib.ExitStack() as stack:
-                stream: IO[bytes]
-                if kind == "gzip":
-                    gz = igzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[no-untyped-call]
-                    stream = stack.enter_context(cast(IO[bytes], gz))
-                elif kind == "zstd":
-                    stream = stack.enter_context(zstandard.ZstdDecompressor().stream_reader(
-                        buffered, read_across_frames=True, closefd=False))
-                elif kind == "none":
-                    stream = buffered
-                else:
-                    raise LayerExtractError(f"{self.label}: unknown compression {kind!r}")
+                stream = decompressing(buffered, cast(Compression, kind))
+                if stream is not buffered:
+                    stack.callback(stream.close)
                 hashing = _HashingReader(stream)
                 stats = extract_tar(hashing, self._tmp, label=self.label,  # type: ignore[arg-type]
                                     skip_estargz_metadata=self.skip_estargz_metadata)
