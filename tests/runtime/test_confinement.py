@@ -41,6 +41,46 @@ def busybox_layer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base / "fs"
 
 
+# A static probe of calls busybox has no applet for; each line: the call, its result or errno.
+PROBE_C = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <sys/personality.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static void *nothing(void *arg) { return arg; }
+static void show(const char *name, long result) { printf("%s=%ld\n", name, result < 0 ? -errno : 0L); }
+int main(void) {
+    pthread_t thread;
+    int created = pthread_create(&thread, NULL, nothing, NULL);
+    if (created == 0) pthread_join(thread, NULL);
+    printf("pthread=%d\n", created);
+    show("keyctl", syscall(SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3 /* session */, 0));
+    show("vsock", socket(40 /* AF_VSOCK */, SOCK_STREAM, 0));
+    show("inet", socket(AF_INET, SOCK_STREAM, 0));
+    show("noaslr", personality(ADDR_NO_RANDOMIZE));
+    show("clone3", syscall(435 /* clone3 */, NULL, 0));
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def probe_layer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """busybox plus ``/bin/probe``, the static program above (gcc, from scripts/install-deps.sh)."""
+    base = tmp_path_factory.mktemp("probe-layer")
+    (base / "probe.c").write_text(PROBE_C)
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(base / "probe"), str(base / "probe.c"), "-lpthread"],
+                   check=True, capture_output=True)
+    probe = Entry("bin/probe", data=(base / "probe").read_bytes(), mode=0o755)
+    (base / "blob.tar").write_bytes(busybox_tar(extra=[probe]))
+    extract_layer(base / "blob.tar", base / "fs")
+    return base / "fs"
+
+
 def run(root: Path, layer: Path, script: str, confinement: Confinement | None = None) -> tuple[int, str, str]:
     """Run ``sh -c script`` in a container confined as asked; exit status, stdout, stderr."""
     containers = Containers(root)
@@ -86,6 +126,20 @@ def test_default_is_dockers_confinement(tmp_path: Path, busybox_layer: Path) -> 
     rest = [line for line in out.splitlines() if ":" not in line]
     assert rest == ["hi", "unshare=1", "0", "0", "sysrq=1"]  # masked files read empty; read-only /proc
     assert "unshare(0x10000000): Operation not permitted" in err
+
+
+def test_calls_docker_blocks_and_what_still_works(tmp_path: Path, probe_layer: Path) -> None:
+    """keyctl (keyrings are not namespaced), AF_VSOCK, turning ASLR off: EPERM; clone3: ENOSYS, so
+    the C library's threads fall back to clone and still work; unconfined, the same calls pass."""
+    code, out, err = run(tmp_path, probe_layer, "/bin/probe")
+    assert code == 0, err
+    assert out.splitlines() == ["pthread=0", "keyctl=-1", "vsock=-1", "inet=0", "noaslr=-1", "clone3=-38"]
+    code, out, err = run(tmp_path, probe_layer, "/bin/probe",
+                         parse_confinement(security_opts=["seccomp=unconfined"]))
+    assert code == 0, err
+    lines = dict(line.split("=") for line in out.splitlines())
+    assert lines["keyctl"] != "-1", "not EPERM (0 here; ENOSYS on a kernel without keyrings)"
+    assert (lines["noaslr"], lines["clone3"]) == ("0", "-22")     # clone3: EINVAL, it had no arguments
 
 
 def test_unconfined_lets_the_blocked_call_through(tmp_path: Path, busybox_layer: Path) -> None:
