@@ -161,9 +161,9 @@ _CONTAINER_OPTIONS = [
                  help="Add Linux capabilities (names with or without CAP_, or ALL)."),
     click.option("--cap-drop", multiple=True, metavar="CAP[,CAP...]",
                  help="Drop Linux capabilities (names with or without CAP_, or ALL)."),
-    click.option("--security-opt", "security_opt", multiple=True,
-                 metavar="seccomp=unconfined|PATH|no-new-privileges[=BOOL]|systempaths=unconfined",
-                 help="Security options (default: Docker's seccomp profile, no-new-privileges off)."),
+    click.option("--security-opt", "security_opt", multiple=True, metavar="KEY[=VALUE]",
+                 help="seccomp=unconfined|builtin|PATH (default builtin: Docker's profile), "
+                      "no-new-privileges[=BOOL], systempaths=unconfined."),
     click.option("--privileged", is_flag=True,
                  help="All capabilities and host devices, no seccomp, no masked paths (as docker run)."),
     click.option("--platform", help="Platform of the image, e.g. linux/amd64."),
