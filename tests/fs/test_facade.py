@@ -35,10 +35,22 @@ def test_background_fetch_waits_for_its_own_servers_foreground_work_only(tmp_pat
     blob = build_blob(tmp_path)
     mine, other = LayerFs(tmp_path / "a", CONFIG), LayerFs(tmp_path / "b", CONFIG)
     tree, src = _open(mine, blob, "registry.test/app:1")
+    told: list[float] = []          # what the background fetch was told each time it asked to start
+    ask = mine.activity.quiet_remaining
+
+    def asked(quiet: float) -> float:
+        told.append(ask(quiet))
+        return told[-1]
+
+    mine.activity.quiet_remaining = asked  # type: ignore[method-assign]
     try:
         with mine.activity.busy():                  # a mount of this server in progress
             tree.start()
-            time.sleep(1.5)                         # (longer than background_quiet: only a lower bound)
+            deadline = time.monotonic() + 60
+            while len(told) < 2:                    # it asked, was told to wait, and asked again
+                assert time.monotonic() < deadline, "the background fetch never asked to start"
+                time.sleep(0.02)
+            assert all(wait > 0 for wait in told)
             assert src.requests == [] and tree.stats.background_state == "waiting"
         with other.activity.busy():                 # another server's work does not hold this one back
             assert tree.background.finished.wait(60)

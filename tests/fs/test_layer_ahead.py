@@ -23,6 +23,7 @@ from lazypull.fs.remote import FileRangeSource, RemoteBlob
 from lazypull.fs.stats import LayerStats
 from lazypull.registry import RegistryClient, RetryPolicy, parse_reference
 from tests.fs.elfkit import make_elf
+from tests.fs.settle import idle, settle, watch
 from tests.helpers.registry import FaultProxy
 from tests.snapshot.layerkit import (
     FILES,
@@ -230,6 +231,7 @@ def test_a_program_read_brings_its_interpreter_and_libraries_from_every_layer(
     upper, _ = _layer(upper_blob, tmp_path, "registry.test/app:1")
     lower, _ = _layer(lower_blob, tmp_path, "registry.test/app:1")
     stranger, stranger_src = _layer(stranger_blob, tmp_path, "registry.test/other:1")
+    pending = watch(upper, lower, stranger)
     upper.access = AccessRecorder(tmp_path / "upper-access.jsonl")
     lower.access = AccessRecorder(tmp_path / "lower-access.jsonl")
     try:
@@ -243,7 +245,7 @@ def test_a_program_read_brings_its_interpreter_and_libraries_from_every_layer(
                     (lower, "usr/lib/x86_64-linux-gnu/libbar.so")]          # libfoo's own DT_NEEDED
         for tree, path in expected:
             _wait(lambda tree=tree, path=path: _cached(tree, path), f"{path} fetched ahead")
-        time.sleep(0.2)
+        settle(pending, upper, lower, stranger)        # every guess made: what follows was never asked for
         assert not _cached(lower, "usr/lib/x86_64-linux-gnu/libunused.so")
         assert not _cached(lower, "usr/lib64/ld-linux-other.so.2"), "a library's interpreter is not loaded"
         assert not _cached(lower, "etc/ld.so.cache"), "the upper layer's copy is the one the loader reads"
@@ -265,11 +267,12 @@ def test_following_can_be_switched_off(image: tuple[Blob, Blob, Blob], tmp_path:
     off = LAZY.replace(fetch_elf_deps=False)
     upper, _ = _layer(upper_blob, tmp_path, "registry.test/app:2", off)
     lower, lower_src = _layer(lower_blob, tmp_path, "registry.test/app:2", off)
+    pending = watch(upper, lower)
     try:
         lower_src.requests.clear()
         prog = lookup_path(upper, "usr/bin/prog")
         assert upper.read(prog, 0, 4096) == PROG[:4096]
-        time.sleep(0.3)
+        settle(pending, upper, lower)
         assert lower_src.requests == []
     finally:
         upper.close()
@@ -301,25 +304,42 @@ def _heads(proxy: FaultProxy) -> int:
     return sum(1 for r in proxy.requests if r.method == "HEAD" and "/blobs/" in r.path)
 
 
+def _count_warms(client: RegistryClient) -> list[bool]:
+    """Whether each ``client.warm`` call started warming (its HEADs, from threads of their own, come
+    later: a call that started none is known at once, not by waiting to see that none came)."""
+    started: list[bool] = []
+    real = client.warm
+
+    def warm(*args: Any, **kwargs: Any) -> bool:
+        result = real(*args, **kwargs)
+        started.append(result)
+        return result
+
+    client.warm = warm      # type: ignore[method-assign]
+    return started
+
+
 def test_warm_opens_connections_once_per_client_and_interval(fault_proxy: FaultProxy,
                                                              unique_repo: str) -> None:
     client = RegistryClient(insecure=True, retry=RetryPolicy(attempts=1))
+    started = _count_warms(client)
     ref = parse_reference(f"{fault_proxy.host}/{unique_repo}:1")
     a = client.blob_source(ref, "sha256:" + "a" * 64, 10)
     b = client.blob_source(ref, "sha256:" + "b" * 64, 10)
     try:
         RemoteBlob(a, LayerStats(a.digest), LAZY).warm(3)
         RemoteBlob(b, LayerStats(b.digest), LAZY).warm(3)      # the same client: its connections are shared
+        assert started == [True, False]
         _wait(lambda: _heads(fault_proxy) >= 3, "three HEADs")
-        time.sleep(0.1)
         assert _heads(fault_proxy) == 3
         a.warm(3, interval=remote.WARM_INTERVAL, if_idle=remote.REWARM_IDLE)   # soon after: still open
-        time.sleep(0.1)
-        assert _heads(fault_proxy) == 3
+        assert started == [True, False, False]
         client.transport.last_used -= 60                 # a minute without requests: they are gone
         client._warmed -= 60
         b.warm(3, interval=remote.WARM_INTERVAL, if_idle=remote.REWARM_IDLE)
+        assert started == [True, False, False, True]
         _wait(lambda: _heads(fault_proxy) >= 6, "three more HEADs")
+        assert _heads(fault_proxy) == 6
     finally:
         client.close()
 
@@ -331,17 +351,18 @@ def test_a_miss_after_a_long_pause_warms_connections(tmp_path: Path, blob: Blob,
     src = client.blob_source(parse_reference(f"{fault_proxy.host}/{unique_repo}:5"), blob.digest,
                              blob.result.blob_size)
     tree = open_tree(blob, tmp_path, config=LAZY.replace(warm_connections=2), source=src)
+    started = _count_warms(client)
     try:
         fault_proxy.clear()
         tree.read(lookup_path(tree, "etc/hello.txt"), 0, 100)
-        time.sleep(0.1)
-        assert _heads(fault_proxy) == 0, "the TOC was just read: the connection is open"
+        assert started == [False], "the TOC was just read: the connection is open"
         client.transport.last_used -= 60                 # a container started a minute after its pull
         tree.read(lookup_path(tree, "usr/lib/one"), 0, 100)
-        _wait(lambda: _heads(fault_proxy) == 2, "two connections warmed beside the miss")
+        assert started == [False, True]
+        _wait(lambda: _heads(fault_proxy) >= 2, "two connections warmed beside the miss")
         tree.read(lookup_path(tree, "bin/big"), 0, 100)
-        time.sleep(0.1)
-        assert _heads(fault_proxy) == 2, "not again while the connections are in use"
+        assert started == [False, True, False], "not again while the connections are in use"
+        assert _heads(fault_proxy) == 2
     finally:
         tree.close()
         client.close()
@@ -390,7 +411,7 @@ def test_no_neighbours_before_the_index_or_when_switched_off(tmp_path: Path) -> 
         if index:
             tree.index(0)
         tree.read(lookup_path(tree, "pkg/mod3.pyc"), 0, 4096)
-        time.sleep(0.1)
+        idle(tree)                          # a neighbour would be in the read's own request
         assert not _cached(tree, "pkg/mod2.pyc") and not _cached(tree, "pkg/mod4.pyc")
         tree.close()
 
@@ -438,11 +459,12 @@ def test_expect_program_fetches_a_command_before_it_runs(image: tuple[Blob, Blob
     upper_blob, lower_blob, _ = image
     upper, upper_src = _layer(upper_blob, tmp_path, "registry.test/app:4")
     lower, _ = _layer(lower_blob, tmp_path, "registry.test/app:4")
+    pending = watch(upper, lower)
     try:
         upper_src.requests.clear()
         assert not hints.expect_program([upper, lower], "missing", "/usr/bin:/bin")
         assert not hints.expect_program([upper, lower], "prog", "/opt/bin")
-        time.sleep(0.1)
+        settle(pending, upper, lower)
         assert upper_src.requests == []
         assert hints.expect_program([upper, lower], "prog", "relative:/usr/bin")
         _wait(lambda: _cached(upper, "usr/bin/prog"), "the program")

@@ -20,6 +20,7 @@ from lazypull.fs import mount_layer
 from lazypull.fs.config import FsConfig
 from lazypull.fs.layer import LayerTree, readahead
 from lazypull.fs.remote import FileRangeSource
+from tests.fs.settle import idle
 from tests.snapshot.layerkit import Blob, FaultySource, build_blob, lookup_path, open_tree
 
 # everything else that fetches ahead off: only the read-ahead under test adds requests
@@ -94,7 +95,7 @@ def test_a_walk_through_small_files_brings_the_ones_after_it(blob: Blob, tmp_pat
     probe.close()
     tree, src = _tree(blob, tmp_path / "root", LAZY.replace(blob_readahead=budget))
     _read(tree, "pkg/mod03.pyc")
-    time.sleep(0.2)
+    idle(tree)                      # every request the reads set off has been made
     assert len(src.requests) == 1, "a lone miss reads nothing ahead"
     _read(tree, "pkg/mod04.pyc")            # a second miss near the first: a walk
     _wait(lambda: len(src.requests) == 3 and _cached(tree, "pkg/mod10.pyc"), "read ahead")
@@ -120,7 +121,7 @@ def test_a_big_file_in_the_window_is_skipped_and_a_big_miss_reads_nothing_ahead(
     tree, src = _tree(blob, tmp_path / "big", LAZY.replace(blob_readahead=1 << 20))
     _read(tree, "pkg/mod19.pyc")
     assert tree.read(lookup_path(tree, "pkg/zbig.so"), 0, 4096) == FILES["pkg/zbig.so"][:4096]
-    time.sleep(0.2)
+    idle(tree)                      # every request the reads set off has been made
     assert len(src.requests) == 2 and not _cached(tree, "pkg/zz0.pyc"), "a big file's miss reads no more"
     tree.close()
 
@@ -139,7 +140,7 @@ def test_two_misses_far_apart_are_no_walk(tmp_path: Path) -> None:
     assert _span(tree, names[100])[0] - _span(tree, names[0])[1] > readahead.WALK_GAP
     for name in (names[0], names[100]):         # one package's two files, far apart: no walk
         assert tree.read(lookup_path(tree, name), 0, 1 << 20) == files[name]
-    time.sleep(0.2)
+    idle(tree)                      # every request the reads set off has been made
     assert len(src.requests) == 2 and not _cached(tree, names[102])
     assert tree.read(lookup_path(tree, names[101]), 0, 1 << 20) == files[names[101]]
     _wait(lambda: len(src.requests) == 4 and _cached(tree, names[159]), "a walk from the next file on")
@@ -151,7 +152,7 @@ def test_budget_zero_is_off(blob: Blob, tmp_path: Path) -> None:
     tree, src = _tree(blob, tmp_path, LAZY.replace(blob_readahead=0))
     _read(tree, "pkg/mod03.pyc")
     _read(tree, "pkg/mod04.pyc")
-    time.sleep(0.2)
+    idle(tree)                      # every request the reads set off has been made
     assert len(src.requests) == 2
     assert not any(_cached(tree, f"pkg/mod{i:02}.pyc") for i in range(5, 20))
     tree.close()

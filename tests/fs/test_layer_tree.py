@@ -22,6 +22,7 @@ from lazypull.fs.config import FsConfig
 from lazypull.fs.fuse.tree import FuseError
 from lazypull.fs.layer import LayerTree
 from lazypull.fs.remote import FileRangeSource
+from tests.fs.settle import idle
 from tests.snapshot.layerkit import FILES, Blob, FaultySource, build_blob, lookup_path, open_tree, read_all
 
 
@@ -369,14 +370,26 @@ def test_tail_read_with_the_toc_serves_chunks_without_requests(tmp_path: Path) -
 
 def test_background_fetch_yields_to_on_demand_reads(blob: Blob, tmp_path: Path) -> None:
     src = _faulty(blob)
-    config = FsConfig(prefetch=False, background_fetch=True, background_pause=0.6, background_batch=8192,
+    config = FsConfig(prefetch=False, background_fetch=True, background_pause=2.0, background_batch=8192,
                       background_concurrency=2, read_deadline=5.0, background_quiet=0.0, whole_file_max=0)
     tree = open_tree(blob, tmp_path, config=config, source=src)
     ino = lookup_path(tree, "bin/big")
     src.requests.clear()
-    tree.read(ino, 0, 100)                       # an on-demand miss: background must wait 0.6 s after it
+    told: list[bool] = []           # what the background fetch was told each time it asked to go on
+    ask = tree.fetcher.remote.demand_quiet
+
+    def asked() -> bool:
+        told.append(ask())
+        return told[-1]
+
+    tree.fetcher.remote.demand_quiet = asked  # type: ignore[method-assign]
+    tree.read(ino, 0, 100)                       # an on-demand miss: background must wait 2 s after it
     tree.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 60
+    while len(told) < 2:                         # it asked, was told to wait, and asked again
+        assert time.monotonic() < deadline, "the background fetch never asked"
+        time.sleep(0.02)
+    assert told[:2] == [False, False]
     assert len(src.requests) == 1 and tree.stats.background_state in ("waiting", "running")
     assert tree.background.finished.wait(20)
     assert tree.stats.background_state == "done"
@@ -391,9 +404,21 @@ def test_background_fetch_waits_for_quiet_after_mounts(blob: Blob, tmp_path: Pat
                       read_deadline=5.0)
     tree = open_tree(blob, tmp_path, config=config, source=src)   # opening the tree counts as activity
     src.requests.clear()
-    tree.start()
+    told: list[float] = []          # what the background fetch was told each time it asked to start
+    ask = tree.activity.quiet_remaining
+
+    def asked(quiet: float) -> float:
+        told.append(ask(quiet))
+        return told[-1]
+
+    tree.activity.quiet_remaining = asked  # type: ignore[method-assign]
     with tree.activity.busy():                   # another layer's mount or prefetch in progress
-        time.sleep(0.5)
+        tree.start()
+        deadline = time.monotonic() + 60
+        while len(told) < 2:                     # it asked, was told to wait, and asked again
+            assert time.monotonic() < deadline, "the background fetch never asked to start"
+            time.sleep(0.02)
+        assert all(wait > 0 for wait in told)
         assert src.requests == [] and tree.stats.background_state == "waiting"
         busy_end = time.monotonic()
     # Only lower bounds on time (a busy machine makes them longer, never shorter): nothing is fetched
@@ -424,8 +449,10 @@ def test_only_the_prefetched_files_are_indexed_before_the_quiet_period(tmp_path:
 def test_background_fetch_stops_while_waiting_for_quiet(blob: Blob, tmp_path: Path) -> None:
     config = FsConfig(prefetch=False, background_fetch=True, background_quiet=60.0, read_deadline=5.0)
     tree = open_tree(blob, tmp_path, config=config).start()
-    time.sleep(0.2)
-    assert tree.stats.background_state == "waiting"
+    deadline = time.monotonic() + 30
+    while tree.stats.background_state != "waiting":
+        assert time.monotonic() < deadline, tree.stats.background_state
+        time.sleep(0.02)
     tree.close()
     assert tree.background.finished.wait(5)
     assert tree.stats.background_state == "stopped"
@@ -486,7 +513,7 @@ def test_sequential_reads_fetch_ahead(blob: Blob, tmp_path: Path) -> None:
     ino = lookup_path(tree, "bin/huge")
     chunks = _chunks(tree, ino)
     tree.read(ino, 0, 4096)                        # a lone read: nothing ahead
-    time.sleep(0.2)
+    idle(tree)
     assert [tree.cache.contains(c.digest, c.chunk_size) for c in chunks[:3]] == [True, False, False]
     tree.read(ino, 4096, 4096)                     # sequential: the next 5 chunks come ahead
     deadline = time.monotonic() + 5
@@ -500,7 +527,7 @@ def test_sequential_reads_fetch_ahead(blob: Blob, tmp_path: Path) -> None:
     while not tree.cache.contains(chunks[7].digest, chunks[7].chunk_size):   # the next read-ahead
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    time.sleep(0.1)
+    idle(tree)
     assert len(src.requests) == before + 1, "the read itself was served from the cache"
     tree.close()
 
