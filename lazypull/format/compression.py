@@ -290,9 +290,98 @@ def decompressing(stream: BinaryIO, kind: Compression) -> BinaryIO:
 
         return cast(BinaryIO, igzip.GzipFile(fileobj=stream, mode="rb"))  # type: ignore[no-untyped-call]
     if kind == "zstd":
-        return cast(BinaryIO, zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True,
+        checked = cast(BinaryIO, _FramesChecked(stream))
+        return cast(BinaryIO, zstandard.ZstdDecompressor().stream_reader(checked, read_across_frames=True,
                                                                          closefd=False))
     return stream
+
+
+_ZSTD_FRAME = 0xFD2FB528
+_SKIPPABLE_FRAMES = range(0x184D2A50, 0x184D2A60)
+_FCS_SIZES = (0, 2, 4, 8)       # Frame_Content_Size bytes by its flag (flag 0: 1 byte if single-segment)
+_DID_SIZES = (0, 1, 2, 4)       # Dictionary_ID bytes by its flag
+
+
+class _ZstdFrameWalk:
+    """Follows a zstd stream's frames as its bytes go by (RFC 8878 headers only; block bodies are passed
+    over by their sizes), to tell a stream that ends inside a frame from one that ends after it:
+    python-zstandard's stream reader ends quietly where its input ends, so a truncated layer read as a
+    shorter one. What it does not know (a legacy frame, a reserved block type) is left to libzstd."""
+
+    def __init__(self) -> None:
+        self._state = "magic"
+        self._need = 4          # bytes of the next header field
+        self._field = b""       # what of it has come
+        self._skip = 0          # bytes to pass over first (a header's rest, a block body, a checksum)
+        self._checksum = False
+        self.unknown = False
+
+    @property
+    def at_frame_end(self) -> bool:
+        return self.unknown or (self._state == "magic" and not self._field and not self._skip)
+
+    def feed(self, data: bytes) -> None:
+        pos, end = 0, len(data)
+        while pos < end and not self.unknown:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            take = min(self._need - len(self._field), end - pos)
+            self._field += data[pos:pos + take]
+            pos += take
+            if len(self._field) == self._need:
+                field, self._field = self._field, b""
+                self._next(field)
+
+    def _next(self, field: bytes) -> None:
+        value = int.from_bytes(field, "little")
+        if self._state == "magic":
+            if value == _ZSTD_FRAME:
+                self._state, self._need = "descriptor", 1
+            elif value in _SKIPPABLE_FRAMES:
+                self._state, self._need = "skippable", 4
+            else:
+                self.unknown = True
+        elif self._state == "skippable":
+            self._skip, self._state, self._need = value, "magic", 4
+        elif self._state == "descriptor":
+            single = value >> 5 & 1
+            fcs = _FCS_SIZES[value >> 6] or single
+            self._checksum = bool(value & 4)
+            self._skip = (1 - single) + _DID_SIZES[value & 3] + fcs     # window descriptor, DID, FCS
+            self._state, self._need = "block", 3
+        else:                   # a block header: last-block bit, type, size
+            kind, size = value >> 1 & 3, value >> 3
+            if kind == 3:
+                self.unknown = True
+                return
+            self._skip = 1 if kind == 1 else size       # an RLE block's body is its one byte
+            if value & 1:
+                self._skip += 4 if self._checksum else 0
+                self._state, self._need = "magic", 4
+
+
+class _FramesChecked(io.RawIOBase):
+    """The compressed stream as read, refusing (EOFError) to end inside a zstd frame."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._walk = _ZstdFrameWalk()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        data = self._stream.read(len(buffer))
+        if not data:
+            if not self._walk.at_frame_end:
+                raise EOFError("the zstd stream ends inside a frame (truncated)")
+            return 0
+        self._walk.feed(data)
+        buffer[:len(data)] = data
+        return len(data)
 
 
 def detect_compression(head: bytes) -> Compression:

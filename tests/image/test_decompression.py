@@ -77,3 +77,19 @@ def test_a_corrupt_layer_is_each_readers_own_error(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
     with pytest.raises(FormatError, match=r"^cannot decompress the gzip input layer: .*deflate"):
         build(io.BytesIO(damaged), io.BytesIO(), BuildOptions())
+
+
+@pytest.mark.parametrize("keep", [-5, 60], ids=["last-block", "first-frame"])
+def test_a_truncated_zstd_layer_is_refused_not_read_short(keep: int, tmp_path: Path) -> None:
+    """libzstd's stream reader ends quietly where its input ends: a zstd layer cut inside a frame read as
+    a shorter (or empty) one, with a DiffID and a conversion of its own."""
+    truncated = BLOBS["zstd-frames"][:keep]
+    with pytest.raises(ImageError, match=r"^layer sha256:x: cannot decompress: the zstd stream ends inside "
+                                         r"a frame \(truncated\)$"):
+        diff_id_of(io.BytesIO(truncated), "zstd", "layer sha256:x")
+    with pytest.raises(FormatError, match=r"^cannot decompress the zstd input layer: .*truncated"):
+        build(io.BytesIO(truncated), io.BytesIO(), BuildOptions())
+    (tmp_path / "blob").write_bytes(truncated)
+    with pytest.raises(LayerExtractError, match=r"^layer x: "):
+        extract_layer(tmp_path / "blob", tmp_path / "out", label="layer x")
+    assert not (tmp_path / "out").exists()
