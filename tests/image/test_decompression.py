@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import random
 import struct
 import tarfile
 from pathlib import Path
@@ -93,3 +94,38 @@ def test_a_truncated_zstd_layer_is_refused_not_read_short(keep: int, tmp_path: P
     with pytest.raises(LayerExtractError, match=r"^layer x: "):
         extract_layer(tmp_path / "blob", tmp_path / "out", label="layer x")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_frame_check_reads_every_kind_of_zstd_stream_whole() -> None:
+    """The frame walk behind the truncation check must never refuse a whole stream: frames with and
+    without checksums and content sizes, streamed (several blocks, no size), empty, RLE-friendly and
+    incompressible data, skippable frames between; and a cut anywhere inside a frame is refused."""
+    from lazypull.format.compression import decompressing
+
+    rnd = random.Random(7)
+    for _ in range(40):
+        parts, want = [], b""
+        for _ in range(rnd.randint(1, 3)):
+            size = rnd.choice([0, 1, 3000, 300_000])
+            data = rnd.randbytes(size // 2) + b"a" * (size - size // 2)
+            compressor = zstandard.ZstdCompressor(level=rnd.choice([1, 3, 19]),
+                                                  write_checksum=rnd.random() < 0.5,
+                                                  write_content_size=rnd.random() < 0.5)
+            if rnd.random() < 0.4:
+                out = io.BytesIO()
+                with compressor.stream_writer(out, closefd=False) as writer:
+                    writer.write(data)
+                parts.append(out.getvalue())
+            else:
+                parts.append(compressor.compress(data))
+            want += data
+            if rnd.random() < 0.3:
+                parts.append(SKIPPABLE)
+        blob = b"".join(parts)
+        assert decompressing(io.BytesIO(blob), "zstd").read() == want
+        ends = {sum(len(p) for p in parts[:i]) for i in range(len(parts) + 1)}
+        for cut in rnd.sample(range(1, len(blob)), min(5, len(blob) - 1)):
+            if cut in ends:
+                continue
+            with pytest.raises((EOFError, zstandard.ZstdError)):
+                decompressing(io.BytesIO(blob[:cut]), "zstd").read()
