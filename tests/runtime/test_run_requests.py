@@ -86,14 +86,15 @@ def test_a_pulling_create_is_one_request_that_fetches_the_program(tmp_path: Path
 
 
 def test_the_run_request_gives_the_program_hint() -> None:
-    config = {"config": {"Env": ["PATH=/opt/bin"], "Entrypoint": ["tini"], "Cmd": ["app"], "WorkingDir": "/srv"}}
+    config = {"config": {"Env": ["PATH=/opt/bin"], "Entrypoint": ["tini"], "Cmd": ["app"],
+                         "WorkingDir": "/srv"}}
     image = RunConfig(env=("PATH=/opt/bin",), entrypoint=("tini",), cmd=("app",), working_dir="/srv")
     for options in (ContainerOptions(), ContainerOptions(command=("sh",), env=("PATH=/x",), workdir="/w"),
                     ContainerOptions(entrypoint=("python3",), command=("-c", "1"))):
         request = json.loads(json.dumps(run_request(options)))      # as it crosses the socket
         assert requested_program(config, "img", request) == program_hint(image, options)
     assert requested_program({}, "img", run_request(ContainerOptions())) is None, "no command: nothing"
-    with pytest.raises(ContainerError, match="^run request: env must be a list of strings$"):
+    with pytest.raises(ContainerError, match=r"^run request: env must be a list of strings$"):
         requested_program(config, "img", {"env": "PATH=/x"})
-    with pytest.raises(ContainerError, match="^run request: workdir must be a string$"):
+    with pytest.raises(ContainerError, match=r"^run request: workdir must be a string$"):
         requested_program(config, "img", {"workdir": 1})
