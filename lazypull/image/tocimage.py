@@ -6,12 +6,13 @@ knows nothing of references or manifests.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from lazypull.errors import MountError
 from lazypull.format.annotations import TOC_IMAGE_SUFFIX, TOC_LAYER_DIGEST_ANNOTATION
 from lazypull.format.reader import DEFAULT_MAX_TOC_SIZE
-from lazypull.registry import is_index, parse_index, parse_manifest
+from lazypull.registry import ManifestError, NotFoundError, is_index, parse_index, parse_manifest
 
 if TYPE_CHECKING:
     from lazypull.registry import Reference, RegistryClient
@@ -24,12 +25,37 @@ def toc_image_reference(ref: Reference) -> Reference:
     return ref.with_tag(ref.tag + TOC_IMAGE_SUFFIX)
 
 
+#: ``-esgztoc`` images of a repository a digest-pinned reference's lookup opens at most.
+MAX_TOC_IMAGES = 16
+
+
 def fetch_external_toc(client: RegistryClient, ref: Reference, layer_digest: str) -> bytes:
     """The TOC blob of ``layer_digest`` from the ``<tag>-esgztoc`` image next to ``ref`` (digest checked
-    by the client, size bounded as a TOC is); ``MountError`` if that image does not list it."""
-    if not ref.tag:
-        raise MountError(f"layer {layer_digest} has an external TOC, but {ref} has no tag to find it by")
-    toc_ref = toc_image_reference(ref)
+    by the client, size bounded as a TOC is); ``MountError`` if that image does not list it.
+
+    A reference pinned by digest alone names no TOC image (a base pulled as ``repo@sha256:...``, or
+    an image built on one): the repository's ``-esgztoc`` images are searched for the layer instead, at
+    most ``MAX_TOC_IMAGES`` of them. What is found there is trusted no more than what a tag finds: the
+    mount verifies the TOC against the layer's own ``toc.digest``."""
+    if ref.tag:
+        toc_ref = toc_image_reference(ref)
+        toc = _toc_in(client, toc_ref, layer_digest)
+        if toc is None:
+            raise MountError(f"TOC of layer {layer_digest} not found in {toc_ref}")
+        return toc
+    tags = sorted(t for t in client.list_tags(ref) if t.endswith(TOC_IMAGE_SUFFIX))
+    for tag in tags[:MAX_TOC_IMAGES]:
+        with contextlib.suppress(MountError, ManifestError, NotFoundError):     # another image's
+            toc = _toc_in(client, ref.with_tag(tag), layer_digest)
+            if toc is not None:
+                return toc
+    raise MountError(f"layer {layer_digest} has an external TOC, but {ref} has no tag to find it by and "
+                     f"none of the {min(len(tags), MAX_TOC_IMAGES)} {TOC_IMAGE_SUFFIX} images of "
+                     f"{ref.name} looked at lists it")
+
+
+def _toc_in(client: RegistryClient, toc_ref: Reference, layer_digest: str) -> bytes | None:
+    """The layer's TOC blob from the TOC image ``toc_ref``; None if that image does not list it."""
     raw, media_type, _ = client.get_manifest(toc_ref)
     if is_index(media_type):        # the TOC image has one manifest: take the first
         entries = parse_index(raw, media_type).manifests
@@ -39,4 +65,4 @@ def fetch_external_toc(client: RegistryClient, ref: Reference, layer_digest: str
     for layer in parse_manifest(raw, media_type).layers:
         if layer.annotations.get(TOC_LAYER_DIGEST_ANNOTATION) == layer_digest:
             return client.fetch_blob(toc_ref, layer.digest, max_size=DEFAULT_MAX_TOC_SIZE)
-    raise MountError(f"TOC of layer {layer_digest} not found in {toc_ref}")
+    return None

@@ -1,6 +1,7 @@
 """A build FROM an image whose TOCs are external (``--estargz-external-toc``: in ``<tag>-esgztoc`` beside
 it): the built image's base layers stay lazy when they are mounted again without their recorded TOCs,
-found in the base's TOC image through the base's tag kept in the built image's source."""
+found in the base's TOC image through the base's tag kept in the built image's source; FROM the base
+pinned by digest, among the repository's TOC images."""
 
 from __future__ import annotations
 
@@ -61,7 +62,21 @@ def test_a_built_image_finds_its_bases_external_tocs(tmp_path: Path, registry: R
             assert Store(root).blob_path(digest) is None, "not downloaded whole"
         shown = lazypull(root, "exec", "c", "cat", "/etc/motd", "/built")
         assert (shown.returncode, shown.stdout) == (0, b"hi\nbuilt\n"), shown.stderr.decode()
+
+        # FROM the base pinned by digest: no tag names its TOC image; the repository's are looked through
+        pinned_root = tmp_path / "pinned"
+        pinned = f"{registry.host}/lazypull-build/extoc@{Store(converter).resolve(base).manifest_digest}"
+        (ctx / "Dockerfile").write_text(f"FROM {pinned}\nRUN cat /etc/motd > /seen\n")
+        built = lazypull(pinned_root, "--insecure-registry", "build", "-t", "localhost/pinned:1", str(ctx))
+        assert built.returncode == 0, built.stderr.decode()
+        assert b"TOC could not be read" not in built.stderr, built.stderr.decode()
+        for digest in base_layers:
+            assert Store(pinned_root).blob_path(digest) is None, "mounted lazily, not downloaded whole"
+        shown = lazypull(pinned_root, "--insecure-registry", "run", "--rm", "localhost/pinned:1",
+                         "cat", "/seen")
+        assert (shown.returncode, shown.stdout) == (0, b"hi\n"), shown.stderr.decode()
+        assert b"TOC could not be read" not in shown.stderr, shown.stderr.decode()
     finally:
         lazypull(root, "rm", "-f", "c")
-        lazypull(root, "daemon", "stop")
-        lazypull(converter, "daemon", "stop")
+        for store_root in (root, tmp_path / "pinned", converter):
+            lazypull(store_root, "daemon", "stop")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -40,8 +39,26 @@ def test_the_toc_of_the_layer_named_by_its_annotation(registry: RegistryServer, 
         missing = "sha256:" + "3" * 64
         with pytest.raises(MountError, match=f"TOC of layer {missing} not found in .*v1-esgztoc"):
             fetch_external_toc(client, ref, missing)
-        with pytest.raises(MountError, match="has no tag"):
-            fetch_external_toc(client, dataclasses.replace(ref, tag=None), LAYER)
+
+
+def test_a_digest_pinned_reference_finds_its_toc_among_the_repositorys_toc_images(
+        registry: RegistryServer, unique_repo: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``repo@sha256:...`` names no ``-esgztoc`` image (a base pinned by digest, an image built on one):
+    the repository's TOC images are looked through, at most MAX_TOC_IMAGES of them."""
+    for tag, tocs in (("a-esgztoc", {OTHER: b"other toc"}), ("b-esgztoc", {LAYER: b"the toc"})):
+        push_manifest(registry.url, unique_repo, tag, _toc_manifest(registry.url, unique_repo, tocs))
+    push_manifest(registry.url, unique_repo, "c", _toc_manifest(registry.url, unique_repo, {}))
+    pinned = parse_reference(f"{registry.host}/{unique_repo}@sha256:" + "9" * 64)
+    missing = "sha256:" + "3" * 64
+    with RegistryClient(insecure=True) as client:
+        assert fetch_external_toc(client, pinned, LAYER) == b"the toc"
+        assert fetch_external_toc(client, pinned, OTHER) == b"other toc"
+        with pytest.raises(MountError, match=rf"^layer {missing} has an external TOC, but .* has no tag to "
+                                             r"find it by and none of the 2 -esgztoc images of .* lists it$"):
+            fetch_external_toc(client, pinned, missing)
+        monkeypatch.setattr("lazypull.image.tocimage.MAX_TOC_IMAGES", 1)      # only a-esgztoc is looked at
+        with pytest.raises(MountError, match="none of the 1 -esgztoc images"):
+            fetch_external_toc(client, pinned, LAYER)
 
 
 def test_an_index_is_followed_to_its_first_manifest(registry: RegistryServer, unique_repo: str) -> None:
