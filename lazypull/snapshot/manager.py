@@ -37,7 +37,6 @@ from lazypull.fs import (
     digest_hex,
     is_layer_mount,
 )
-from lazypull.image.tocimage import fetch_external_toc
 from lazypull.registry.errors import DigestMismatchError
 from lazypull.snapshot.deferred import DeferredSource
 from lazypull.snapshot.layerstate import prune_layer_state
@@ -46,7 +45,7 @@ from lazypull.snapshot.protocol import LayerMount, MountInfo
 
 if TYPE_CHECKING:
     from lazypull.image import ResolvedImage, Store
-    from lazypull.registry import CredentialSource, Descriptor, RegistryBlobSource, RegistryClient
+    from lazypull.registry import CredentialSource, Descriptor, Reference, RegistryBlobSource, RegistryClient
     from lazypull.snapshot.keeper import KeeperClient, Kept
 
 log = logging.getLogger(__name__)
@@ -755,6 +754,14 @@ def _layer_spec(digest: str, size: int, media_type: str, annotations: dict[str, 
         return LayerSpec.from_descriptor(digest, size, media_type, annotations)
     except FormatError as err:
         raise MountError(str(err)) from err
+
+
+def fetch_external_toc(client: RegistryClient, ref: Reference, digest: str) -> bytes:
+    """``image.tocimage``'s, imported only for a layer whose TOC is in a separate image: it loads the
+    manifest parsers, which a server mounting layers recorded on disk does not need (issue 14)."""
+    from lazypull.image.tocimage import fetch_external_toc as fetch
+
+    return fetch(client, ref, digest)
 
 
 def _local_blob(store: Store, digest: str) -> Path | None:

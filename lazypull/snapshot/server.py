@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -391,6 +392,16 @@ class MountDaemon:
         clean_all_partials(self.root)
 
     def _restore(self, clean_up: bool) -> None:
+        try:
+            self._restore_mounts(clean_up)
+        finally:
+            # ``lazypull.__main__`` starts the server with the collector off: its imports (~150k objects)
+            # set off full collections, ~5 ms before the first mount (issue 14); the restore's mounts
+            # froze what is alive by now (``gc.freeze``), so the next collections do not rescan it.
+            gc.enable()
+            self.restored.set()
+
+    def _restore_mounts(self, clean_up: bool) -> None:
         began = time.monotonic()
         try:
             if clean_up:
@@ -398,7 +409,6 @@ class MountDaemon:
         except Exception as err:    # as when it failed the start: no request is served, the server stops
             log.exception("cleaning up after the previous server failed")
             self._start_error = f"the mount server could not start: {err}"
-            self.restored.set()
             # the requests that waited for the restore are answered (with that) before it stops
             threading.Timer(ANSWER_GRACE, self.stop).start()
             return
@@ -420,8 +430,6 @@ class MountDaemon:
             self.manager.drop_unclaimed()
         except Exception:
             log.exception("letting go of unclaimed live mounts failed")
-        finally:
-            self.restored.set()
         # Where a first request's wait went (issue 14): the process's age says what came before.
         log.info("serving %.3fs after the process started: previous server's leftovers %.3fs, stores "
                  "%.3fs, mounts restored %.3fs", _process_age(), cleaned - began, stored - cleaned,

@@ -1,6 +1,7 @@
 """What a fresh mount server does before its first mount (issue 14 item 3): no click, no registry
-client (httpx) for a layer whose TOC is recorded on disk until a read misses, no store code for an
-empty ``run/stores.json``; and its open files limit raised to the hard limit. The connection keeper it
+client (httpx) for a layer whose TOC is recorded on disk until a read misses, no ldconfig run, no
+external-TOC lookup, no store code for an empty ``run/stores.json``; and its open files limit raised
+to the hard limit. The connection keeper it
 starts beside it does not load the mount server's client.
 
 The server is the real one, started as the CLI starts it (``python -I -m lazypull daemon --root R``),
@@ -68,6 +69,10 @@ def test_a_recorded_layer_mounts_without_click_or_a_registry_client(tmp_path: Pa
             imported = _imported(log)
             assert "click" not in imported
             assert "httpx" not in imported, "a registry client was made for layers recorded on disk"
+            # libc's mount(2) from the process's own symbols: find_library("c") imports subprocess
+            # and runs ldconfig; the external-TOC lookup (and its manifest parsers) only when a TOC is
+            # in a separate image
+            assert not imported & {"ctypes.util", "lazypull.image.tocimage"}
             assert "lazypull.fs.fuse.session" in imported     # (the probe sees the server's imports)
             top = layers[-1].path
             assert top is not None

@@ -3,6 +3,7 @@ modules, TLS contexts) runs after, beside the first requests, and an autostarted
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from pathlib import Path
@@ -83,6 +84,36 @@ def test_a_ping_is_answered_before_the_clean_up_and_other_requests_wait_for_it(t
         assert listed == [[]]
     finally:
         gate.set()
+        d.stop()
+        d.cleanup()
+
+
+def test_the_collector_is_on_again_once_the_mounts_are_restored(tmp_path: Path) -> None:
+    """``lazypull.__main__`` starts the server with the garbage collector off (its imports set off
+    full collections before the first mount); the restore turns it on again: a server left without it
+    would never free cyclic garbage (a released layer's tree)."""
+    d = MountDaemon(tmp_path, FsConfig(), store_factory=lambda _root: _NoImages(),
+                    client_factory=lambda _insecure: None)
+    gate = threading.Event()
+    adopt = d.manager.adopt_kept
+
+    def slow_adopt() -> list[Path]:
+        gate.wait(60)
+        return adopt()
+
+    d.manager.adopt_kept = slow_adopt  # type: ignore[method-assign]
+    gc.disable()
+    try:
+        d.start()
+        threading.Thread(target=d.serve_forever, daemon=True).start()
+        assert not gc.isenabled()       # listening, still restoring
+        gate.set()
+        with MountClient(tmp_path, autostart=False) as mc:
+            assert mc.list_mounts() == []       # waits for the restore
+        assert gc.isenabled()
+    finally:
+        gate.set()
+        gc.enable()
         d.stop()
         d.cleanup()
 
