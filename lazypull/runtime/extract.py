@@ -78,7 +78,8 @@ def open_decompressed(path: Path) -> Iterator[IO[bytes]]:
     with open(path, "rb") as raw:
         kind = detect_compression(raw.read(4))
         raw.seek(0)
-        yield decompressing(raw, kind)
+        with contextlib.closing(decompressing(raw, kind)) as stream:
+            yield stream
 
 
 def split_member_name(name: str) -> list[str]:
