@@ -10,9 +10,11 @@ the namespace, as stargz-snapshotter's per-layer cache does.
 The cache is bounded (``FsConfig.cache_max_bytes``): past the bound, the least recently read chunks that
 no open file pins are deleted. The whole-file copies a layer assembles from its chunks for FUSE
 passthrough (``snapshots/<hex>/files/<ino>``) use the same disk, so they count against the same bound
-and are evicted the same way (:meth:`ChunkStore.keep_file`), except while a passthrough open may hold
-them. A write that fails for want of space evicts about what it needs (plus a few chunks) and is tried
-again; one that still fails (disk full of other things, I/O error) is logged with its path and skipped:
+and are evicted the same way (:meth:`ChunkStore.keep_file`), except while a passthrough id may hold
+them; a closed layer's are deleted. The files the kernel holds for ids a restarted server adopted are
+counted too (:meth:`ChunkStore.hold`): deleted or not, their blocks stay allocated. A write that
+fails for want of space evicts about what it needs (plus a few chunks) and is tried again; one that
+still fails (disk full of other things, I/O error) is logged with its path and skipped:
 the chunk is still served from memory, so reads go on while the disk is full.
 
 Files are written to a temporary name and renamed, without fsync (a sync per chunk would cost every
@@ -161,6 +163,16 @@ class ChunkStore(Protocol):
     def unpin_file(self, name: str) -> None:
         ...
 
+    def hold(self, name: str, size: int) -> None:
+        """Count ``size`` bytes the kernel holds for the file ``name`` (a backing file an earlier server
+        registered for passthrough: its blocks stay allocated, deleted or not, while the id lasts),
+        never evicted, until :meth:`unhold` or the layer is released."""
+        ...
+
+    def unhold(self, name: str) -> None:
+        """The kernel let go of what :meth:`hold` counted (absent: nothing)."""
+        ...
+
     @property
     def size(self) -> int:
         """Bytes stored for this layer (in filesystem blocks)."""
@@ -186,8 +198,10 @@ class DirectoryCache:
         self._unverified: set[_Key] = set()                 # found on disk at start, not hashed yet
         self._pins: Counter[_Key] = Counter()
         self._files: dict[_Key, Path] = {}                  # counted whole-file copies, not chunks
+        self._held: set[_Key] = set()                       # bytes the kernel holds (see hold), pinned
         self._open: Counter[str] = Counter()                # layers opened here (their copies are live)
         self._dropped: set[_Key] | None = set()             # forgotten while the start walk runs
+        self._dropped_layers: set[str] | None = set()       # namespaces deleted meanwhile
         self._total = 0
         self._trash_seq = 0
         self._room = (0, 0.0)       # free space beyond reserve + slack at the last statvfs, and when
@@ -223,11 +237,12 @@ class DirectoryCache:
         return []
 
     def drop_layer(self, digest: str) -> int:
-        """Delete a layer's namespace (its image is gone); bytes freed (pinned chunks are kept). Waits
-        for the start walk (what it has not indexed yet could not be told from what is pinned)."""
+        """Delete a layer's namespace (its image is gone); bytes freed (pinned chunks are kept: a pin
+        indexes its chunk, so what the start walk has not indexed yet is not pinned)."""
         lhex = digest_hex(digest, "layer digest")
-        self._scanned.wait()
         with self._lock:
+            if self._dropped_layers is not None:    # the start walk must not index what it listed
+                self._dropped_layers.add(lhex)
             keys = [k for k in self._lru if k[0] == lhex]
             pinned = {k for k in keys if self._pins[k] > 0}
             paths = {k: self._path(k) for k in keys}
@@ -252,7 +267,8 @@ class DirectoryCache:
     def stats(self) -> dict[str, int]:
         with self._lock:
             return {"bytes": self._total, "max_bytes": self.max_bytes,
-                    "chunks": len(self._lru) - len(self._files), "files": len(self._files),
+                    "chunks": len(self._lru) - len(self._files) - len(self._held),
+                    "files": len(self._files), "held": len(self._held),
                     "pinned": sum(1 for n in self._pins.values() if n > 0), "evicted": self.evicted,
                     "write_errors": self.write_errors, "corrupt": self.corrupt}
 
@@ -304,7 +320,28 @@ class DirectoryCache:
                 self._pins.pop(key, None)
                 self._forget(key)
                 trash.append(self._detach(path))
+            for key in [k for k in self._held if k[0] == layer_hex]:
+                self._pins.pop(key, None)
+                self._forget(key)
         _unlink_all(trash)
+
+    def _hold(self, key: _Key, size: int) -> None:
+        with self._lock:
+            if key in self._lru:
+                return
+            self._held.add(key)
+            self._pins[key] += 1
+            self._lru[key] = _blocks(size)
+            self._total += _blocks(size)
+            over = self._total > self.max_bytes
+        if over:
+            self._evict(int(self.max_bytes * LOW_WATER))
+
+    def _unhold(self, key: _Key) -> None:
+        with self._lock:
+            if key in self._held:
+                self._pins.pop(key, None)
+                self._forget(key)
 
     def _contains(self, key: _Key, size: int) -> bool:
         try:
@@ -440,6 +477,7 @@ class DirectoryCache:
         self._total -= size
         self._unverified.discard(key)
         self._files.pop(key, None)
+        self._held.discard(key)
         if self._dropped is not None:   # the start walk must not index it again from a stale listing
             self._dropped.add(key)
         return size
@@ -570,7 +608,7 @@ class DirectoryCache:
             log.exception("chunk cache: reading %s at start failed", self.dir)
         finally:
             with self._lock:
-                self._dropped = None
+                self._dropped = self._dropped_layers = None
             self._scanned.set()
 
     def _sweep_copies(self) -> None:
@@ -631,9 +669,9 @@ class DirectoryCache:
     def _index_found(self, found: Iterable[tuple[float, _Key, int]]) -> None:
         """Index what the start walk found, unless this server stored, read or dropped it meanwhile."""
         with self._lock:
-            dropped = self._dropped or set()
+            dropped, layers = self._dropped or set(), self._dropped_layers or set()
             for _, key, size in found:
-                if key in self._lru or key in dropped:
+                if key in self._lru or key in dropped or key[0] in layers:
                     continue
                 self._lru[key] = size
                 self._lru.move_to_end(key, last=False)
@@ -733,6 +771,13 @@ class LayerChunks:
 
     def make_room(self, size: int) -> bool:
         return self.cache._make_room(_blocks(size), _blocks(size))
+
+    def hold(self, name: str, size: int) -> None:
+        if not self._released:
+            self.cache._hold((self.layer, "held:" + name), size)
+
+    def unhold(self, name: str) -> None:
+        self.cache._unhold((self.layer, "held:" + name))
 
     def pin_file(self, name: str) -> str | None:
         return self.cache._pin_file(self._file_key(name))

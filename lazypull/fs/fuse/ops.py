@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from lazypull.fs.fuse import protocol
 from lazypull.fs.fuse.passthrough import BackingFiles
 from lazypull.fs.fuse.protocol import Op, Request
-from lazypull.fs.fuse.tree import Attr, FuseError, MetadataInMemory, Tree, WriteObserver, XattrAware
+from lazypull.fs.fuse.tree import (
+    Attr,
+    BackingAware,
+    FuseError,
+    MetadataInMemory,
+    Tree,
+    WriteObserver,
+    XattrAware,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +133,8 @@ class Operations:
         self.passthrough_active = False
         self._passthrough_warned = False
         self.backing = BackingFiles(dev_fd)
+        if isinstance(tree, BackingAware):      # (the chunk cache counts what the kernel holds)
+            self.backing.on_closed = tree.backing_closed
         self.last_errors: collections.deque[str] = collections.deque(maxlen=max_errors)
         self.minor = 0
         self.resumed = False
@@ -258,6 +268,8 @@ class Operations:
         here: reads go by node id, listings by directory (``_entries``), RELEASE of them is a no-op.
         ``backing``: the passthrough ids it registered (``ino -> id``), the only ones used from now on."""
         self.backing.adopt(backing or {})
+        if backing and isinstance(self.tree, BackingAware):
+            self.tree.backing_adopted(list(backing))
         self.minor = state.minor
         self.passthrough_active = state.passthrough and self.want_passthrough
         self.no_open = state.no_open

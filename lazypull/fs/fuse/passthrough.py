@@ -87,6 +87,9 @@ class BackingFiles:
         #: told of every id registered (ino, id) and, before it is unregistered, (ino, 0): a server taking
         #: over the connection must answer opens of an inode in passthrough mode with that same id
         self.on_change: Callable[[int, int], None] | None = None
+        #: told of each inode whose idle id was unregistered (after it was): the kernel holds its
+        #: backing file no more (the tree lets the chunk cache evict it again)
+        self.on_closed: Callable[[int], None] | None = None
 
     def adopt(self, ids: dict[int, int]) -> None:
         """Take over ids a previous server registered on this connection (``ino -> id``): opens of
@@ -158,6 +161,7 @@ class BackingFiles:
         """One open of ``ino`` ended; after the last one the id is kept idle, and the oldest idle id past
         ``idle_kept`` is unregistered (never one in use: the kernel binds it to its inode while open)."""
         note = 0
+        closed = []
         with self._by_inode_lock:
             entry = self._by_inode.get(ino)
             if entry is None:
@@ -169,7 +173,11 @@ class BackingFiles:
             while len(self._idle) > self._idle_kept:
                 old, _ = self._idle.popitem(last=False)
                 note = self._note(old, 0, self._by_inode.pop(old).backing_id)
+                closed.append(old)
         self._tell_until(note)
+        for old in closed:      # (unregistered by now: by _note, or by the telling of the notes)
+            if self.on_closed is not None:
+                self.on_closed(old)
 
     def release_may_wait(self) -> bool:
         """Whether the next last-close may unregister an idle id and tell ``on_change`` of it (the

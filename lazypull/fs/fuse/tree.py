@@ -9,6 +9,7 @@ never waits (:class:`MetadataInMemory`).
 from __future__ import annotations
 
 import errno
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import NewType, Protocol, runtime_checkable
 
@@ -105,6 +106,20 @@ class WriteObserver(Protocol):
 
     def refuse_write(self, op: str, parent: int, name: bytes) -> int:
         """The errno to answer (e.g. ENOENT for "noted, no such file")."""
+        ...
+
+
+@runtime_checkable
+class BackingAware(Protocol):
+    """A tree told when the kernel holds or lets go of passthrough backing files: it holds one while
+    its id is registered, deleted or not, so its blocks stay allocated (the chunk cache counts them)."""
+
+    def backing_adopted(self, inos: Collection[int]) -> None:
+        """A previous server registered backing files for these inodes on the connection served now."""
+        ...
+
+    def backing_closed(self, ino: int) -> None:
+        """The id of ``ino``'s backing file was unregistered: the kernel holds the file no more."""
         ...
 
 
