@@ -46,7 +46,7 @@ class _Bases:
         lazy = self.opts.snapshotter == "stargz"
         with QuietProgress() as progress:
             resolved = ensure_image(self.store, ref, opts=self.opts, pull="missing", platform=platform,
-                                    lazy=lazy, progress=progress)
+                                    lazy=lazy, progress=progress, shared_client=self._registry)
 
         def mount() -> list[Path]:
             mounts = None
@@ -71,17 +71,23 @@ class _Bases:
         build's one registry client: its tokens and connections serve every layer (a client per layer
         paid a token exchange and a connection each)."""
         from lazypull.build.errors import BuildError
-        from lazypull.cli.run import registry_client
         from lazypull.registry import parse_reference
 
         if source is None:
             raise BuildError(f"layer {desc.digest} is not in the store and its image has no source registry")
-        if self._client is None:
-            self._client = registry_client(self.opts)
-        client = self._client
+        client = self._registry()
         with self.store.ingest(desc.digest, desc.size) as writer:
             client.get_blob(parse_reference(source), desc.digest, cast(BinaryIO, writer), size=desc.size)
             writer.commit()
+
+    def _registry(self) -> RegistryClient:
+        """The build's one registry client, for its base images' pulls and its layer downloads (made at
+        the first: a build whose bases are all stored makes none)."""
+        if self._client is None:
+            from lazypull.cli.run import registry_client
+
+            self._client = registry_client(self.opts)
+        return self._client
 
     def release(self) -> None:
         """Drop the build's holds (layers nobody else holds are unmounted) and its registry client."""

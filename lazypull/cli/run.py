@@ -65,15 +65,18 @@ def registry_client(opts: GlobalOptions) -> RegistryClient:
 
 
 def ensure_image(store: Store, image: str, *, opts: GlobalOptions, pull: str, platform: str | None,
-                 lazy: bool, progress: Progress) -> ResolvedImage:
-    """The image resolved from the store, pulled first as ``--pull`` says (metadata only if lazy)."""
+                 lazy: bool, progress: Progress,
+                 shared_client: Callable[[], RegistryClient] | None = None) -> ResolvedImage:
+    """The image resolved from the store, pulled first as ``--pull`` says (metadata only if lazy).
+    ``shared_client``: gives the client to pull with, which its caller keeps (a build's, for all its
+    bases and downloads: one token exchange); default: one made for the pull."""
     from lazypull.image import normalize_name
 
     if pull_needed(store, image, pull):
         from lazypull.image import pull_image
         from lazypull.runtime.layers import streaming_unpacker
 
-        with registry_client(opts) as client:
+        with contextlib.nullcontext(shared_client()) if shared_client else registry_client(opts) as client:
             pull_image(store, client, image, platform=platform, fetch_layers=not lazy, progress=progress,
                        unpack=None if lazy else streaming_unpacker(opts.root))
     return _resolved(store, normalize_name(image), platform)
