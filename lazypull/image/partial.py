@@ -240,6 +240,12 @@ class ManifestImage(_ManifestBlob):
     def _parsed(self) -> tuple[dict[str, Any], Descriptor, list[Descriptor]]:
         return parse_manifest(self.raw_manifest(), self._desc)
 
+    def parsed_manifest(self) -> tuple[dict[str, Any], Descriptor, list[Descriptor]]:
+        """:func:`parse_manifest` of this image, done once for all its accessors: (document, config
+        descriptor, layer descriptors)."""
+        document, config, layers = self._parsed
+        return document, config, list(layers)
+
     def config_descriptor(self) -> Descriptor:
         return self._parsed[1]
 

@@ -463,8 +463,8 @@ class Store:
             platform = parse_platform(platform)
         record = self.get_image(name)
         image = self._select(record.name, record.target, platform or host_platform())
-        manifest = parse_manifest(image.raw_manifest(), image.descriptor())
-        config = parse_config(image.raw_config(), image.config_descriptor())
+        manifest = image.parsed_manifest()
+        config = parse_config(image.raw_config(), manifest[1])
         source: Reference | None = None
         if record.source:
             try:

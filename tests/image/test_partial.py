@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lazypull.image import Layout, Store, copy_into_store
 from lazypull.image import mediatypes as mt
 from lazypull.image.digest import sha256_bytes
 from lazypull.image.errors import ImageError
 from lazypull.image.partial import parse_index, parse_manifest
 from lazypull.registry import Descriptor, ManifestError
+from tests.helpers.images import make_oci_layout, sample_layers
 
 CONFIG = {"mediaType": mt.OCI_CONFIG, "digest": "sha256:" + "c" * 64, "size": 2}
 LAYER = {"mediaType": mt.OCI_LAYER_GZIP, "digest": "sha256:" + "1" * 64, "size": 10,
@@ -57,3 +60,23 @@ def test_errors_name_the_document() -> None:
     assert [d.digest for d in parse_index(index, _desc(index, mt.OCI_INDEX))] == [_desc(raw).digest]
     with pytest.raises(ManifestError, match=r"^index sha256:[0-9a-f]{64}: not an index"):
         parse_index(raw, _desc(raw, mt.OCI_INDEX))
+
+
+def test_resolving_a_stored_image_decodes_its_manifest_once(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    built = make_oci_layout(tmp_path / "layout", sample_layers()[:2], tag="v1")
+    layout = Layout(built.path)
+    store = Store(tmp_path / "root")
+    copy_into_store(store, layout.root("v1"), layout, "example.com/once:1", source=None, platforms=None)
+    manifest = store.read_blob(built.images[0].manifest_digest)
+    decoded: list[bytes] = []
+    real = json.loads
+
+    def counting(data: Any, *args: Any, **kwargs: Any) -> Any:
+        decoded.append(data)
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(json, "loads", counting)
+    resolved = store.resolve("example.com/once:1")
+    assert decoded.count(manifest) == 1
+    assert resolved.manifest == real(manifest) and len(resolved.layers) == 2
