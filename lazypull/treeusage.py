@@ -21,7 +21,8 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 @dataclass(frozen=True)
 class Usage:
     """What a tree holds below its top: ``disk`` bytes in allocated blocks, ``apparent`` bytes (the sum
-    of the regular files' sizes) and ``inodes`` (a file with several links counted once)."""
+    of the regular files' and symlinks' sizes, as a layer's files count) and ``inodes`` (a file with
+    several links counted once)."""
 
     disk: int = 0
     apparent: int = 0
@@ -57,7 +58,7 @@ def tree_usage(top: Path | str) -> Usage:
                 if is_dir:
                     if st.st_dev == device:
                         subdirs.append(entry.name)
-                elif stat.S_ISREG(st.st_mode):
+                elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
                     apparent += st.st_size
         return subdirs
 
