@@ -212,11 +212,12 @@ def test_learning_off(blob: Blob, tmp_path: Path) -> None:
     b'{"version": 1, "files": [' + b",".join([b'["x", null]'] * (learned.MAX_FILES + 1)) + b"]}",
     b" " * (learned.MAX_RECORD_SIZE + 1),
     b'{"version": 1, "origin": ["faulty:x"], "files": [["bin/huge", null]]}',
+    b"[" * 200_000,
     b"symlink",
     b"fifo",
     b"directory",
 ], ids=["not-json", "version", "negative", "float", "short", "not-list", "too-many", "too-big", "origin",
-        "symlink", "fifo", "directory"])
+        "deep", "symlink", "fifo", "directory"])
 def test_an_unusable_record_is_ignored_and_learned_anew(blob: Blob, tmp_path: Path, content: bytes,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     record = learned.record_path(tmp_path, blob.digest)

@@ -280,7 +280,10 @@ def _adopt(layer_dir: Path, path: Path) -> None:
 
 def parse(data: bytes) -> Record:
     """A record's origin and files; ValueError naming what is wrong."""
-    doc = json.loads(data.decode("utf-8", "surrogateescape"))
+    try:
+        doc = json.loads(data.decode("utf-8", "surrogateescape"))
+    except RecursionError:      # (not a ValueError: nested deeper than the decoder goes)
+        raise ValueError("nested too deeply") from None
     if not isinstance(doc, dict) or doc.get("version") != VERSION:
         raise ValueError(f"not a version {VERSION} learned record")
     origin = doc.get("origin", "")
