@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lazypull.fs import digest_hex
 from lazypull.image.rootdir import layer_dir, layer_fs
 
 
@@ -55,8 +54,16 @@ class RunPaths:
 
     def layer_dir(self, digest: str) -> Path:
         """Per-layer state: ``snapshots/<hex>/``."""
-        return layer_dir(self.root, digest_hex(digest))
+        return layer_dir(self.root, _hex(digest))
 
     def mountpoint(self, digest: str) -> Path:
         """Where the layer's filesystem is mounted: ``snapshots/<hex>/fs``."""
-        return layer_fs(self.root, digest_hex(digest))
+        return layer_fs(self.root, _hex(digest))
+
+
+def _hex(digest: str) -> str:
+    """``fs.digest_hex``, imported on first use: the connection keeper imports this module, and the
+    chunk cache's modules (hashlib, shutil, tempfile) were ~10 ms of its start (issue 14)."""
+    from lazypull.fs import digest_hex
+
+    return digest_hex(digest)

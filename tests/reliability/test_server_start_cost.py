@@ -125,7 +125,8 @@ def test_daemon_help_and_flags_still_go_through_the_cli(tmp_path: Path) -> None:
 def test_the_keeper_does_not_load_the_mount_client(tmp_path: Path) -> None:
     """The keeper starts while the server starts (same argv as the server uses), and the server's
     first mount waits for it to listen: the client, the server's protocol, the FUSE protocol tables
-    (it keeps INIT's outcome as JSON) and subprocess are imports it never uses (~10 ms of its start)."""
+    (it keeps INIT's outcome as JSON), subprocess and the chunk cache are imports it never uses (~10 ms
+    of its start each)."""
     root = tmp_path / "root"
     RunPaths(root).run_dir.mkdir(parents=True)
     log = tmp_path / "keeper.log"
@@ -138,7 +139,9 @@ def test_the_keeper_does_not_load_the_mount_client(tmp_path: Path) -> None:
         imported = _imported(log)
         assert "lazypull.snapshot.paths" in imported      # (the probe sees the keeper's imports)
         assert not imported & {"lazypull.snapshot.client", "lazypull.snapshot.protocol", "httpx",
-                               "lazypull.fs.fuse.ops", "lazypull.fs.fuse.protocol", "subprocess"}
+                               "lazypull.fs.fuse.ops", "lazypull.fs.fuse.protocol", "subprocess",
+                               # the chunk cache (snapshot.paths' digest_hex, only for layer paths)
+                               "lazypull.fs.cache", "hashlib", "tempfile"}
         assert proc.wait(60) == 0       # nothing kept, no server: it exits on its own
     finally:
         if proc.poll() is None:
