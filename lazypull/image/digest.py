@@ -45,3 +45,13 @@ def sha256_chunks(chunks: Iterable[bytes]) -> tuple[str, int]:
         h.update(chunk)
         n += len(chunk)
     return "sha256:" + h.hexdigest(), n
+
+
+def check_diff_id(label: str, actual: str, expected: str) -> None:
+    """Refuse a layer whose uncompressed stream (``actual``, hashed to its end) is not the one the image
+    config names: the one text of every path that hashes a whole layer (pulls, both extractions)."""
+    if actual != expected:
+        from lazypull.image.errors import DigestMismatchError
+
+        raise DigestMismatchError(f"{label}: uncompressed content has digest {actual}, "
+                                  f"config says diff_id {expected}")

@@ -22,7 +22,8 @@ from typing import BinaryIO, Protocol, cast
 from lazypull.errors import LazypullError, StoreError
 from lazypull.image import mediatypes as mt
 from lazypull.image.blobs import BlobWriter
-from lazypull.image.errors import BlobNotFoundError, DigestMismatchError, ImageError, PlatformNotFoundError
+from lazypull.image.digest import check_diff_id
+from lazypull.image.errors import BlobNotFoundError, ImageError, PlatformNotFoundError
 from lazypull.image.model import Image, ImageIndex, Root
 from lazypull.image.partial import (
     MAX_CONFIG_SIZE,
@@ -238,18 +239,14 @@ class _Copier:
         if self.verify_diff_ids and (known is None or known[0] != diff_id):
             actual, size = diff_id_of(self.store.open_blob(desc.digest),
                                       mt.layer_compression(desc.media_type), f"layer {desc.digest}")
-            if actual != diff_id:
-                raise DigestMismatchError(f"layer {desc.digest}: uncompressed content has digest {actual}, "
-                                          f"config says diff_id {diff_id}")
+            check_diff_id(f"layer {desc.digest}", actual, diff_id)
             self.store.record_uncompressed(desc.digest, actual, size)
 
 
     def _commit_unpacked(self, desc: Descriptor, diff_id: str, unpack: LayerUnpack) -> None:
         """The blob digest matched: check the DiffID the unpacker computed, then make it visible."""
         actual, size = unpack.finish()
-        if actual != diff_id:
-            raise DigestMismatchError(f"layer {desc.digest}: uncompressed content has digest {actual}, "
-                                      f"config says diff_id {diff_id}")
+        check_diff_id(f"layer {desc.digest}", actual, diff_id)
         self.store.record_uncompressed(desc.digest, actual, size)
         unpack.commit()
 

@@ -30,17 +30,17 @@ import stat
 import tarfile
 import tempfile
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, Any, BinaryIO, NamedTuple, cast
 
 from lazypull.errors import ContainerError
 from lazypull.format import entryrules
 from lazypull.format.compression import DECOMPRESS_ERRORS, Compression, decompressing, detect_compression
 from lazypull.format.landmarks import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from lazypull.format.toc import TOC_TAR_NAME
+from lazypull.image.digest import check_diff_id
 from lazypull.image.partials import clean_partials, partial_prefix
 from lazypull.removetree import remove_tree
 
@@ -70,16 +70,6 @@ class ExtractStats:
     bytes_written: int
     whiteouts: int
     opaque_dirs: int
-
-
-@contextlib.contextmanager
-def open_decompressed(path: Path) -> Iterator[IO[bytes]]:
-    """The uncompressed stream of a layer blob, whatever its compression (detected by magic)."""
-    with open(path, "rb") as raw:
-        kind = detect_compression(raw.read(4))
-        raw.seek(0)
-        with contextlib.closing(decompressing(raw, kind)) as stream:
-            yield stream
 
 
 def split_member_name(name: str) -> list[str]:
@@ -464,10 +454,55 @@ def _rename_into_place(tmp: Path, dest: Path, label: str) -> bool:
     return True
 
 
-def extract_layer(blob: Path, dest: Path, *, label: str | None = None,
-                  skip_estargz_metadata: bool = False) -> ExtractStats | None:
+class _HashingReader:
+    """Reads through ``stream``, hashing what passes (the layer's DiffID) and counting it: the hash is
+    taken as tar reads, not in a second pass over the layer."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self.hash.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        """Hash what tar did not read (what follows its end-of-archive blocks), to the end of the stream."""
+        while self.read(_COPY_BUFFER):
+            pass
+
+
+def _unpack(raw: BinaryIO | IO[bytes], kind: Compression, dest: Path, label: str,
+            skip_estargz_metadata: bool) -> tuple[str, int, ExtractStats]:
+    """Decompress ``raw``, extract its tar into ``dest`` and hash the whole uncompressed stream in the
+    same pass: the DiffID and size of everything the blob holds, what follows the tar's end-of-archive
+    blocks included (an eStargz layer's TOC, bytes a lossless conversion kept), as containerd's applier
+    reads its layers. Both extraction paths read a layer this way, so they accept and refuse alike."""
+    with contextlib.ExitStack() as stack:
+        stream = decompressing(cast(BinaryIO, raw), kind)
+        if stream is not raw:
+            stack.callback(stream.close)
+        hashing = _HashingReader(stream)
+        stats = extract_tar(hashing, dest, label=label,  # type: ignore[arg-type]
+                            skip_estargz_metadata=skip_estargz_metadata)
+        try:
+            hashing.drain()
+        except DECOMPRESS_ERRORS as err:
+            raise LayerExtractError(f"{label}: cannot decompress what follows its tar: {err}") from err
+        if raw.read(1):
+            raise LayerExtractError(f"{label}: data after the end of the compressed stream")
+    return "sha256:" + hashing.hash.hexdigest(), hashing.size, stats
+
+
+def extract_layer(blob: Path, dest: Path, *, label: str | None = None, skip_estargz_metadata: bool = False,
+                  diff_id: str | None = None) -> ExtractStats | None:
     """Extract the layer blob ``blob`` (gzip, zstd or plain tar) to ``dest`` atomically.
 
+    ``diff_id`` (the image config's): the uncompressed stream, read to its end, must hash to it, or
+    the extraction is refused (``DigestMismatchError``) and nothing appears at ``dest``.
     Returns ``None`` if ``dest`` already exists (extracted before, maybe by another process).
     """
     if dest.exists():
@@ -475,8 +510,12 @@ def extract_layer(blob: Path, dest: Path, *, label: str | None = None,
     label = label or f"layer {blob.name}"
     tmp = _temp_dir(dest)
     try:
-        with open_decompressed(blob) as stream:
-            stats = extract_tar(stream, tmp, label=label, skip_estargz_metadata=skip_estargz_metadata)
+        with open(blob, "rb") as raw:
+            kind = detect_compression(raw.read(4))
+            raw.seek(0)
+            actual, _, stats = _unpack(raw, kind, tmp, label, skip_estargz_metadata)
+        if diff_id is not None:
+            check_diff_id(label, actual, diff_id)
         return stats if _rename_into_place(tmp, dest, label) else None
     except BaseException:
         with contextlib.suppress(OSError):
@@ -522,26 +561,6 @@ class _QueueReader(io.RawIOBase):
             self._pending = memoryview(b"")
             if self._chunks.get() is None:
                 self._eof = True
-
-
-class _HashingReader:
-    """Reads through ``stream``, hashing what passes (the layer's DiffID) and counting it."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._stream = stream
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        self.hash.update(data)
-        self.size += len(data)
-        return data
-
-    def drain(self) -> None:
-        """Hash what tar did not read (the end-of-archive padding), to the end of the stream."""
-        while self.read(_COPY_BUFFER):
-            pass
 
 
 class StreamingExtraction:
@@ -622,32 +641,33 @@ class StreamingExtraction:
             kind = self.compression or detect_compression(buffered.peek(4)[:4])
             if kind not in ("gzip", "zstd", "none"):
                 raise LayerExtractError(f"{self.label}: unknown compression {kind!r}")
-            with contextlib.ExitStack() as stack:
-                stream = decompressing(buffered, cast(Compression, kind))
-                if stream is not buffered:
-                    stack.callback(stream.close)
-                hashing = _HashingReader(stream)
-                stats = extract_tar(hashing, self._tmp, label=self.label,  # type: ignore[arg-type]
-                                    skip_estargz_metadata=self.skip_estargz_metadata)
-                hashing.drain()
-                if buffered.read(1) or reader.read(1):
-                    raise LayerExtractError(f"{self.label}: data after the end of the compressed stream")
-            self._result = ("sha256:" + hashing.hash.hexdigest(), hashing.size, stats)
+            self._result = _unpack(buffered, cast(Compression, kind), self._tmp, self.label,
+                                   self.skip_estargz_metadata)
         except BaseException as err:  # reported by finish(); the feeding thread must not block
             self._error = err
         finally:
             reader.drain()
 
 
-def extract_layers(jobs: list[tuple[Path, Path, str, bool]], *, parallelism: int | None = None) -> None:
-    """Extract ``(blob, dest, label, skip_estargz_metadata)`` layers in parallel (decompression drops
-    the GIL)."""
-    pending = [job for job in jobs if not job[1].exists()]
+class ExtractJob(NamedTuple):
+    """One layer for :func:`extract_layers`; ``diff_id`` as in :func:`extract_layer`."""
+
+    blob: Path
+    dest: Path
+    label: str
+    skip_estargz_metadata: bool
+    diff_id: str | None
+
+
+def extract_layers(jobs: list[ExtractJob], *, parallelism: int | None = None) -> None:
+    """Extract layers in parallel (decompression and hashing drop the GIL)."""
+    pending = [job for job in jobs if not job.dest.exists()]
     if not pending:
         return
     workers = max(1, min(len(pending), parallelism or os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract") as pool:
-        futures = [pool.submit(extract_layer, blob, dest, label=label, skip_estargz_metadata=skip)
-                   for blob, dest, label, skip in pending]
+        futures = [pool.submit(extract_layer, job.blob, job.dest, label=job.label,
+                               skip_estargz_metadata=job.skip_estargz_metadata, diff_id=job.diff_id)
+                   for job in pending]
         for future in futures:
             future.result()

@@ -113,7 +113,7 @@ def lower_dirs(root: Path, store: Store, image: ResolvedImage, mounts: Sequence[
         raise ContainerError(f"{image.name}: the mount server returned {len(mounts)} layers, "
                              f"the image has {len(layers)}")
     result: list[Path] = []
-    jobs: list[tuple[Path, Path, str, bool]] = []
+    jobs: list[ExtractJob] = []
     client: RegistryClient | None = None
     try:
         for index, desc in enumerate(layers):
@@ -130,6 +130,9 @@ def lower_dirs(root: Path, store: Store, image: ResolvedImage, mounts: Sequence[
             result.append(dest)
             if _ready(dest):
                 continue
+            if len(image.diff_ids) != len(layers):     # each extraction checks its layer's DiffID
+                raise ContainerError(f"{image.name}: {len(layers)} layers but its config lists "
+                                     f"{len(image.diff_ids)} diff_ids")
             if store.blob_path(desc.digest) is None:
                 if client is None:
                     if client_factory is None:
@@ -140,7 +143,10 @@ def lower_dirs(root: Path, store: Store, image: ResolvedImage, mounts: Sequence[
                 _download(store, image, desc, client)
             blob = store.blob_path(desc.digest)
             assert blob is not None
-            jobs.append((blob, dest, f"layer {desc.digest}", _has_estargz_metadata(desc)))
+            from lazypull.runtime.extract import ExtractJob
+
+            jobs.append(ExtractJob(blob, dest, f"layer {desc.digest}", _has_estargz_metadata(desc),
+                                   image.diff_ids[index]))
     finally:
         if client is not None:
             client.close()

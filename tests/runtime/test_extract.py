@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from lazypull.runtime.extract import (
     OPAQUE_XATTR,
+    ExtractJob,
     LayerExtractError,
     StreamingExtraction,
     extract_layer,
@@ -157,7 +158,8 @@ def test_parallel_extraction(tmp_path: Path) -> None:
     jobs = []
     for i in range(4):
         blob = write_blob(tmp_path / f"b{i}", [Entry(f"f{i}", data=bytes([i]) * 1000)], "zstd")
-        jobs.append((blob, tmp_path / f"s{i}" / "fs", f"layer {i}", False))
+        diff_id = "sha256:" + hashlib.sha256(make_tar([Entry(f"f{i}", data=bytes([i]) * 1000)])).hexdigest()
+        jobs.append(ExtractJob(blob, tmp_path / f"s{i}" / "fs", f"layer {i}", False, diff_id))
     extract_layers(jobs, parallelism=2)
     for i in range(4):
         assert (tmp_path / f"s{i}" / "fs" / f"f{i}").read_bytes() == bytes([i]) * 1000
