@@ -154,7 +154,11 @@ class ZstdCompressor:
 
 
 def gunzip_member(data: bytes, limit: int, what: str) -> bytes:
-    """Decompress the single gzip member at the start of ``data``, refusing more than ``limit`` bytes."""
+    """Decompress the single gzip member that ``data`` is, refusing more than ``limit`` bytes.
+
+    Bytes after the member are refused: an eStargz TOC member ends where the footer starts, and what a
+    lazy mount never reads but a full extraction does (a damaged member) must not pass one and not the
+    other."""
     obj = isal_zlib.decompressobj(31)
     try:
         out = obj.decompress(data, limit + 1)
@@ -164,6 +168,8 @@ def gunzip_member(data: bytes, limit: int, what: str) -> bytes:
         raise FormatError(f"{what} decompresses to more than {limit} bytes")
     if not obj.eof:
         raise FormatError(f"{what} is a truncated gzip member")
+    if obj.unused_data:
+        raise FormatError(f"{what}: {len(obj.unused_data)} bytes follow its gzip member")
     return out
 
 
