@@ -88,7 +88,11 @@ class LazypullSystem:
         if self.config:
             (self.root / "config.toml").write_text(self.config)
         if self.snapshotter == "stargz" and self.warm_server:   # by this system's own lazypull
-            ping = "import sys\nfrom lazypull.snapshot import MountClient\nMountClient(sys.argv[1]).ping()"
+            # warm: answered once its warm-up is done, as a server started long before the pull (a
+            # server warms up after its first request or 1 s); a tree whose server warmed up before it
+            # listened has no such ping (TypeError) and any ping finds it warm
+            ping = ("import sys\nfrom lazypull.snapshot import MountClient\nc = MountClient(sys.argv[1])\n"
+                    "try:\n    c.ping(warm=True)\nexcept TypeError:\n    c.ping()")
             subprocess.run([*self.interpreter, "-I", "-c", ping, str(self.root)], check=True)
 
     def pull(self, ref: str) -> Phase | None:

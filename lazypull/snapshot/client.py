@@ -117,9 +117,11 @@ class MountClient:
             raise MountError(f"not a store request: {op!r}")
         return self._call(op, **args)
 
-    def ping(self) -> dict[str, Any]:
-        """The server's pid and root; starts it if needed."""
-        result = self._call("ping")
+    def ping(self, *, warm: bool = False) -> dict[str, Any]:
+        """The server's pid and root; starts it if needed. ``warm``: answered once the server has
+        warmed up (registry and pull modules imported, clients made; otherwise done after its first
+        request or 1 s), so a request sent next finds it as a server started long before would."""
+        result = self._call("ping", warm=True) if warm else self._call("ping")
         return result if isinstance(result, dict) else {}
 
     def status(self) -> dict[str, Any]:

@@ -126,6 +126,8 @@ class MountDaemon:
         self.restored = threading.Event()
         self._requested = threading.Event()    # a request that waits for the restore came ...
         self._answered = threading.Event()     # ... and was answered: the warm-up may run
+        self._warmed = threading.Event()       # the warm-up is done (once: its thread or a ping asking)
+        self._warm_lock = threading.Lock()
         self._start_error: str | None = None      # why the clean-up before the restore failed
         self._server: _Server | None = None
         self._pidfile: Any = None
@@ -142,9 +144,15 @@ class MountDaemon:
         if not isinstance(args, dict):
             raise MountError("request args must be an object")
         if op == "ping":
+            warm = args.get("warm", False)
+            if not isinstance(warm, bool):
+                raise MountError(f"ping: warm must be true or false, not {warm!r}")
+            if warm:        # answered once warm, as a server started long before is (bench's reset)
+                self._warm()
             metrics = self._metrics
             return {"ok": True, "result": {
                 "pid": os.getpid(), "root": str(self.root), "restored": self.restored.is_set(),
+                "warm": self._warmed.is_set(),
                 "uptime": self.manager.uptime(),
                 "metrics": f"{metrics.host}:{metrics.port}" if metrics is not None else None}}
         if op == "status":       # lazypull daemon status: no waiting for the restore
@@ -377,10 +385,19 @@ class MountDaemon:
         none of it (its TOC recorded on disk; issue 14), and a first pull imports what it needs itself."""
         if self._requested.wait(WARM_UP_DELAY):
             self._answered.wait(RESTORE_WAIT)
-        try:
-            self.manager.warm_up()
-        except Exception:       # only a head start: the first pull imports and connects itself
-            log.exception("warming up failed")
+        self._warm()
+
+    def _warm(self) -> None:
+        """The warm-up, once: by its thread, or first by a ``ping`` that asked to be answered warm."""
+        with self._warm_lock:
+            if self._warmed.is_set():
+                return
+            try:
+                self.manager.warm_up()
+            except Exception:       # only a head start: the first pull imports and connects itself
+                log.exception("warming up failed")
+            finally:
+                self._warmed.set()
 
     def _clean_up(self) -> None:
         """What a previous server left: its live connections (from the keeper) taken back, its other
