@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeGuard
@@ -100,6 +100,7 @@ class LayerTree:
         shutil.rmtree(self.files_dir, ignore_errors=True)
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self._backing: dict[str, str] = {}      # chunk digest -> its file, pinned while it backs a file
+        self._backed_by: dict[str, set[int]] = {}   # chunk digest -> the inodes it backs
         self.inodes = InodeTable(reader)
         self._has_xattrs: bool | None = None     # (has_xattrs: computed at the first xattr request)
         # Chunk lists are built on first use (a big TOC would otherwise delay the mount by seconds);
@@ -420,8 +421,8 @@ class LayerTree:
         request, all at once over the registry's connections, each readable as it arrives. A program
         faults its pages in wherever its code runs, one miss at a time (gcc's 12 MB ``cc1``, all of it
         read, four 4 MiB chunks one after the other): fetched whole, the link stays busy through its start.
-        Bounded: the file holds at most ``1/PROGRAM_CACHE_SHARE`` of the chunk cache's bound (none when the
-        bound is unknown); returns without waiting."""
+        Bounded: only a file of at most ``1/PROGRAM_CACHE_SHARE`` of the chunk cache's bound (none when
+        the bound is unknown); returns without waiting."""
         node = self.inodes.get(ino)
         fc = self._chunks_of(ino)
         if node is None or fc is None or not node.attr.mode & 0o111 \
@@ -554,10 +555,12 @@ class LayerTree:
             chunk = fc.chunks[0]
             with self._assemble_lock:
                 backing = self._backing.get(chunk.digest)
-                if backing is None:     # verified now if an earlier server wrote it; kept until unmount
+                if backing is None:     # verified now if an earlier server wrote it; kept while it backs
                     backing = self.cache.pin(chunk.digest, chunk.chunk_size)
                     if backing is not None:
                         self._backing[chunk.digest] = backing
+                if backing is not None:
+                    self._backed_by.setdefault(chunk.digest, set()).add(ino)
             return backing
         kept = self._pin_assembled(ino)
         if kept is not None:
@@ -568,6 +571,32 @@ class LayerTree:
             return str(self.files_dir / str(ino)) if self._assemble(ino, pinned=True) else None
         self._maybe_assemble_later(ino)
         return None
+
+    def backing_adopted(self, inos: Collection[int]) -> None:
+        """A previous server registered these inodes' backing files on the connection this tree serves
+        now (a restart): the kernel holds those files (this tree deleted the copies, or the cache may
+        evict the chunk) until their ids go, so the cache counts their bytes until then."""
+        for ino in inos:
+            node = self.inodes.get(ino)
+            if node is not None:
+                self.cache.hold(str(ino), node.attr.size)
+
+    def backing_closed(self, ino: int) -> None:
+        """The kernel let go of ``ino``'s backing file (its idle id was unregistered): the copy it held
+        is no longer pinned (evicted like any other), what an adopted id held is no longer counted."""
+        fc = self._files.get(ino)
+        with self._assemble_lock:
+            if ino in self._file_pins:
+                self._file_pins.discard(ino)
+                self.cache.unpin_file(str(ino))
+            if fc is not None and len(fc.chunks) == 1:      # its chunk, unless it backs another inode
+                digest = fc.chunks[0].digest
+                inos = self._backed_by.get(digest, set())
+                inos.discard(ino)
+                if not inos and self._backing.pop(digest, None) is not None:
+                    self._backed_by.pop(digest, None)
+                    self.cache.unpin(digest)
+        self.cache.unhold(str(ino))
 
     def _pin_assembled(self, ino: int) -> str | None:
         """``files/<ino>`` pinned until the layer closes, if it is there and counted in the cache."""
