@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -61,9 +62,9 @@ def damaged(member: bytes) -> bytes:
     return member[:at] + bytes([member[at] ^ 0xFF]) + member[at + 1:]
 
 
-def streamed(blob: Path, dest: Path, label: str) -> StreamingExtraction:
+def streamed(blob: Path, dest: Path, label: str, skip_estargz_metadata: bool = False) -> StreamingExtraction:
     """A streaming extraction fed ``blob`` in download-sized pieces."""
-    job = StreamingExtraction(dest, label=label)
+    job = StreamingExtraction(dest, label=label, skip_estargz_metadata=skip_estargz_metadata)
     data = blob.read_bytes()
     step = 16 << 10
     for i in range(0, len(data), step):
@@ -177,7 +178,7 @@ def test_an_estargz_layer_whose_tar_is_followed_by_bytes_is_one_tree(tmp_path: P
     lazy = lazy_view(lazy_table(tmp_path, layer.path, layer.digest, layer.annotations, layer.result.toc_blob))
     extract_layer(layer.path, tmp_path / "whole" / "fs", skip_estargz_metadata=True,
                   diff_id=layer.result.diff_id)
-    job = streamed(layer.path, tmp_path / "streamed" / "fs", f"layer {layer.digest}")
+    job = streamed(layer.path, tmp_path / "streamed" / "fs", f"layer {layer.digest}", True)
     assert job.finish() == (layer.result.diff_id, len(tar + AFTER))
     job.commit()
     assert lazy == extracted_view(tmp_path / "whole" / "fs") == extracted_view(tmp_path / "streamed" / "fs")
@@ -211,3 +212,27 @@ def test_bytes_between_the_toc_and_the_footer_are_left_to_the_full_extraction(tm
         with pytest.raises(LayerExtractError, match="cannot decompress what follows its tar"):
             extract_layer(path, dest, skip_estargz_metadata=True, diff_id=layer.result.diff_id)
         assert nothing_left(dest)
+
+
+GO_LAYERS = {      # Go-written layers (tests/data/vectors) and the DiffID Go computed for each
+    "tiny.esgz": "tiny.build.json",              # TOC entry and end-of-archive in the TOC member
+    "many-min.esgz": "many-min.build.json",
+    "tiny-ext.esgz": "tiny-ext.build.json",      # external TOC: no end-of-archive blocks at all
+    "tiny-legacy.stargz": "tiny.build.json",
+    "tiny.zstd": "tiny.zstd.build.json",         # zstd:chunked: skippable frames are not in the stream
+    "tiny-ll-ext.esgz": "tiny.tar",              # lossless: the source tar, its trailing zeros kept
+    "tiny.cs.zstd": "tiny.tar",
+}
+
+
+@pytest.mark.parametrize("name", sorted(GO_LAYERS))
+def test_go_written_layers_have_the_diff_id_go_computed(vectors: Path, tmp_path: Path, name: str) -> None:
+    source = vectors / GO_LAYERS[name]
+    diff_id = (sha256(source.read_bytes()) if source.suffix == ".tar"
+               else json.loads(source.read_text())["diffID"])
+    dest = tmp_path / "whole" / "fs"
+    assert extract_layer(vectors / name, dest, skip_estargz_metadata=True, diff_id=diff_id) is not None
+    job = streamed(vectors / name, tmp_path / "streamed" / "fs", f"layer {name}", skip_estargz_metadata=True)
+    assert job.finish()[0] == diff_id
+    job.commit()
+    assert extracted_view(dest) == extracted_view(tmp_path / "streamed" / "fs") != {}
