@@ -8,10 +8,13 @@ followed by anything but the footer (never read lazily, so the full extraction d
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,11 +33,13 @@ from lazypull.image.errors import DigestMismatchError
 from lazypull.registry import RegistryClient
 from lazypull.runtime.extract import LayerExtractError, StreamingExtraction, extract_layer
 from lazypull.runtime.layers import lower_dirs, snapshot_dir, streaming_unpacker
+from lazypull.snapshot import MountClient
 from tests.helpers.registry import RegistryServer
 from tests.helpers.rootfs import Entry, make_tar
 from tests.security.test_lazy_extract_parity import extracted_view, lazy_view
 from tests.snapshot.layerkit import build_blob, push_image
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 ENTRIES = [Entry("etc/", "dir", mode=0o755), Entry("etc/motd", data=b"hello\n"),
            Entry("bin/tool", data=os.urandom(20_000), mode=0o755),
@@ -236,3 +241,32 @@ def test_go_written_layers_have_the_diff_id_go_computed(vectors: Path, tmp_path:
     assert job.finish()[0] == diff_id
     job.commit()
     assert extracted_view(dest) == extracted_view(tmp_path / "streamed" / "fs") != {}
+
+
+def test_both_snapshotters_refuse_a_plain_layer_with_a_wrong_diff_id(registry: RegistryServer,
+                                                                     tmp_path: Path) -> None:
+    """Through the command: ``--snapshotter=stargz pull`` unpacks a layer the server cannot mount (plain
+    gzip) from the stored blob, and used to name the image without a DiffID check; now both snapshotters
+    print the same line, name no image and leave no layer extracted."""
+    tar = make_tar(ENTRIES)
+    data = gzip.compress(tar + AFTER, mtime=0)
+    push_image(registry.url, "diffid/cli", "v1", [(data, OCI_GZIP, {}, sha256(tar))])
+    root = tmp_path / "root"
+    env = dict(os.environ, LAZYPULL_ROOT=str(root))
+
+    def lazypull(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "lazypull", *args], capture_output=True, text=True,
+                              env=env, cwd=REPO_ROOT, timeout=180)
+
+    expected = (f"lazypull: error: layer {sha256(data)}: uncompressed content has digest "
+                f"{sha256(tar + AFTER)}, config says diff_id {sha256(tar)}")
+    try:
+        for snapshotter in ("stargz", "overlayfs"):
+            pulled = lazypull(f"--snapshotter={snapshotter}", "pull", "-q", f"{registry.host}/diffid/cli:v1")
+            assert (pulled.returncode, pulled.stderr.strip().splitlines()) == (1, [expected]), pulled.stderr
+            images = lazypull("images")
+            assert images.returncode == 0 and "diffid/cli" not in images.stdout
+            assert nothing_left(snapshot_dir(root, sha256(data)))
+    finally:
+        with contextlib.suppress(Exception), MountClient(root, autostart=False) as client:
+            client.shutdown()
