@@ -270,3 +270,22 @@ def test_both_snapshotters_refuse_a_plain_layer_with_a_wrong_diff_id(registry: R
     finally:
         with contextlib.suppress(Exception), MountClient(root, autostart=False) as client:
             client.shutdown()
+
+
+def test_an_image_without_a_diff_id_per_layer_is_refused_before_any_download(tmp_path: Path) -> None:
+    """Nothing to check a layer against: refused as a full pull refuses it, before fetching anything."""
+    from types import SimpleNamespace
+
+    from lazypull.errors import ContainerError
+    from lazypull.registry import Descriptor
+
+    digest = sha256(b"a layer")
+    image = SimpleNamespace(name="test/no-diff-ids:1", source=None, diff_ids=[], layers=[
+        Descriptor(media_type=OCI_GZIP, digest=digest, size=7)])
+
+    def no_client() -> RegistryClient:
+        raise AssertionError("nothing may be downloaded")
+
+    with pytest.raises(ContainerError, match="1 layers but its config lists 0 diff_ids"):
+        lower_dirs(tmp_path / "root", Store(tmp_path / "root"), image, None, no_client)  # type: ignore[arg-type]
+    assert nothing_left(snapshot_dir(tmp_path / "root", digest))
