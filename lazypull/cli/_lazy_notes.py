@@ -6,24 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from lazypull.image import mediatypes as mt
-
 if TYPE_CHECKING:
-    from lazypull.image.store import ResolvedImage, Store
+    from lazypull.image.store import ResolvedImage
     from lazypull.snapshot.protocol import LayerMount
 
-def fetched_lines(store: Store, image: ResolvedImage) -> list[str]:
-    """``fetching sha256:2ea0dd96... <media type>`` for the index (if any), manifest and config."""
-    record = store.get_image(image.name)
-    descs = []
-    if record.target.digest != image.manifest_digest:
-        descs.append((record.target.digest, record.target.media_type))
-    manifest_type = image.manifest_descriptor.media_type if image.manifest_descriptor else mt.OCI_MANIFEST
-    descs.append((image.manifest_digest, manifest_type))
-    config = image.manifest.get("config") if isinstance(image.manifest, dict) else None
-    media = config.get("mediaType") if isinstance(config, dict) else None
-    descs.append((image.config_digest, str(media or mt.OCI_CONFIG)))
-    return [f"fetching {digest[:15]}... {media_type}" for digest, media_type in descs]
+
+def fetched_lines(metadata: Sequence[tuple[str, str]]) -> list[str]:
+    """``fetching sha256:2ea0dd96... <media type>`` per (digest, media type): the index (if any),
+    manifest and config (``Store.metadata_of``, or what the mount server's pull reply listed)."""
+    return [f"fetching {digest[:15]}... {media_type}" for digest, media_type in metadata]
 
 
 def not_lazy_reason(image: ResolvedImage, digest: str) -> str:

@@ -256,7 +256,7 @@ def create_container(*, remove: bool, interactive: bool, tty: bool, name: str | 
         from lazypull.cli._lazy_notes import announce_fallbacks, fetched_lines
 
         if not sys.stderr.isatty():
-            for line in fetched_lines(store, resolved):
+            for line in fetched_lines(store.metadata_of(resolved)):
                 _note(line)
         announce_fallbacks(resolved, mounts, _note)
     try:

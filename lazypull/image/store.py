@@ -484,3 +484,17 @@ class Store:
             manifest_descriptor=image.descriptor(),
             diff_ids=list((config.get("rootfs") or {}).get("diff_ids") or []),
         )
+
+    def metadata_of(self, image: ResolvedImage) -> list[tuple[str, str]]:
+        """(digest, media type) of what a pull of ``image`` fetched besides its layers, as nerdctl's
+        ``fetching`` lines list them: the index its name points at (if any), its manifest and config."""
+        record = self.get_image(image.name)
+        out = []
+        if record.target.digest != image.manifest_digest:
+            out.append((record.target.digest, record.target.media_type))
+        out.append((image.manifest_digest,
+                    image.manifest_descriptor.media_type if image.manifest_descriptor else mt.OCI_MANIFEST))
+        config = image.manifest.get("config") if isinstance(image.manifest, dict) else None
+        media = config.get("mediaType") if isinstance(config, dict) else None
+        out.append((image.config_digest, str(media or mt.OCI_CONFIG)))
+        return out

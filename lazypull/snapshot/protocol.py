@@ -57,13 +57,32 @@ class PulledImage:
     name: str
     digest: str                 # of the manifest (or index) pulled
     layers: list[LayerMount]    # of this machine's platform, bottom first
+    # (digest, media type) of the index (if any), manifest and config stored (``Store.metadata_of``), for
+    # nerdctl's ``fetching`` lines without the client reading the store; None: not listed (all platforms)
+    metadata: list[tuple[str, str]] | None = None
+    # what the name meant before this pull (``{"name": ..., "record": <images.json record>}``, None: nothing),
+    # put back if the client's download of a layer the server cannot serve fails
+    previous: Json | None = None
+    previous_known: bool = False    # False: the server did not say (an older one): the name is left alone
 
     @classmethod
     def from_json(cls, data: object) -> PulledImage:
         """Parse the wire form."""
         obj, what = _object(data, "pull result"), "pull result"
+        listed = obj.get("metadata")
+        metadata = None
+        if isinstance(listed, list) and all(isinstance(m, list) and len(m) == 2
+                                            and all(isinstance(x, str) for x in m) for m in listed):
+            metadata = [(str(m[0]), str(m[1])) for m in listed]
+        elif listed is not None:
+            raise MountError(f"mount server returned a malformed {what}: 'metadata' is not a list of "
+                             "[digest, media type]")
+        previous = obj.get("previous")
+        if previous is not None and not isinstance(previous, dict):
+            raise MountError(f"mount server returned a malformed {what}: 'previous' is not an object")
         return cls(name=_field(obj, "name", str, what), digest=_field(obj, "digest", str, what),
-                   layers=[LayerMount.from_json(item) for item in _field(obj, "layers", list, what)])
+                   layers=[LayerMount.from_json(item) for item in _field(obj, "layers", list, what)],
+                   metadata=metadata, previous=previous, previous_known="previous" in obj)
 
 
 @dataclass(frozen=True)

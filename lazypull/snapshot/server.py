@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lazypull.errors import LazypullError, MountError
 from lazypull.fdlimit import raise_fd_limit
@@ -36,6 +36,9 @@ from lazypull.layerdir import snapshots_dir
 from lazypull.snapshot.manager import LayerManager
 from lazypull.snapshot.paths import RunPaths
 from lazypull.snapshot.protocol import MAX_LINE, decode, encode, error_reply
+
+if TYPE_CHECKING:
+    from lazypull.image.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -257,8 +260,10 @@ class MountDaemon:
         premounted, manifest = self.manager.premount(ref, insecure=insecure,
                                                      platform=names[0] if names else None)
         resolved = time.monotonic()
+        store = self.manager.store()
+        previous = _named(store, ref)       # before the pull names it: the client may have to put it back
         try:
-            record = pull_image(self.manager.store(), self.manager.registry_client(insecure), ref,
+            record = pull_image(store, self.manager.registry_client(insecure), ref,
                                 platforms=platforms, all_platforms=all_platforms, fetch_layers=False,
                                 manifest=manifest)
         except BaseException:
@@ -274,12 +279,17 @@ class MountDaemon:
         hint = self._run_program(record.name, names[0] if names else None, run) if run is not None else None
         if hint is not None:
             self.manager.expect_program(layers, hint["argv0"], hint["path"], hint["cwd"])
+        listed = None
+        if not all_platforms:       # the client's ``fetching`` lines, so that it need not read the store
+            with contextlib.suppress(LazypullError):    # (it then reads it, and says what is wrong)
+                listed = store.metadata_of(store.resolve(record.name, names[0] if names else None))
         now = time.monotonic()
         log.info("pulled %s lazily in %.3fs (manifest after %.3fs, stored after %.3fs, %d layers mounted "
                  "after %.3fs more)", ref, now - began, resolved - began, metadata - began,
                  sum(lm.lazy for lm in layers), now - metadata)
         return {"name": record.name, "digest": record.target.digest,
-                "layers": [lm.to_json() for lm in layers]}
+                "layers": [lm.to_json() for lm in layers], "previous": previous,
+                "metadata": [list(m) for m in listed] if listed is not None else None}
 
     def _run_program(self, name: str, platform: str | None, run: dict[str, Any]) -> dict[str, str] | None:
         """What the container ``run`` describes will execute, to fetch ahead in the pull's own request
@@ -494,6 +504,16 @@ def _stores_listed(path: Path) -> bool:
         return False
     except (OSError, ValueError):
         return True
+
+
+def _named(store: Store, ref: str) -> dict[str, Any] | None:
+    """What ``ref`` names in ``store`` now, in a pull reply's wire form; None if nothing or not a valid
+    name (the pull itself says so)."""
+    try:
+        record = store.find_image(ref)
+    except LazypullError:
+        return None
+    return None if record is None else {"name": record.name, "record": record.to_json()}
 
 
 def run_daemon(root: Path, config: FsConfig | None = None, *, containerd_socket: Path | None = None,
