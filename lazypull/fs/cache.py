@@ -612,22 +612,29 @@ class DirectoryCache:
             self._scanned.set()
 
     def _sweep_copies(self) -> None:
-        """Delete the copies of the layers not opened here, and ``.trash-`` names (a crash between a
-        rename and its unlink). A layer's ``files`` is renamed under the lock, so a mount of that layer
-        starting meanwhile cannot lose a copy it just made."""
+        """Delete the copies of the layers not opened here (their ``files`` with what a crash between a
+        rename and its unlink left in it), and ``.trash-`` names a killed sweep left. Each ``files`` is
+        moved out of its layer's directory under the lock: a mount of that layer starting meanwhile
+        keeps a copy it just made, and a prune of it (:meth:`drop_layer` first) finds it gone or
+        untouched, never moving under its removal."""
         if self._copies is None:
             return
+        doomed: list[Path | None] = []
         with contextlib.suppress(OSError), os.scandir(self._copies) as layers:
             for top in layers:
+                if top.name.startswith(TRASH):
+                    doomed.append(Path(top.path))
+                    continue
                 if not (_HEX.fullmatch(top.name) and top.is_dir(follow_symlinks=False)):
                     continue
                 with self._lock:
-                    opened = top.name in self._open
-                    doomed = None if opened else self._detach(Path(top.path) / FILES)
-                _remove(doomed)
-                for parent in (top.path,) if opened else (top.path, os.path.join(top.path, FILES)):
-                    with contextlib.suppress(OSError), os.scandir(parent) as entries:
-                        _remove_all([Path(e.path) for e in entries if e.name.startswith(TRASH)])
+                    if top.name not in self._open and top.name not in (self._dropped_layers or ()):
+                        self._trash_seq += 1
+                        trash = self._copies / f"{TRASH}{os.getpid()}-{self._trash_seq}"
+                        with contextlib.suppress(OSError):     # (none: nothing to delete)
+                            os.rename(Path(top.path) / FILES, trash)
+                            doomed.append(trash)
+        _remove_all(doomed)
 
     def _scan(self) -> None:
         """Index what an earlier server left (unverified, oldest first by mtime, in front of what this

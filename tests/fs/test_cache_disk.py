@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from lazypull.fs.cache import BLOCK, DirectoryCache
+from lazypull.fs.cache import BLOCK, DirectoryCache, LayerChunks
+from lazypull.fs.fuse.ops import Negotiated, Operations
+from lazypull.fs.mount import mount_layer
 from tests.reliability.test_cache import _chunk, _on_disk
+from tests.snapshot.layerkit import FILES, Blob, build_blob, lookup_path, open_tree, read_all
 
 LAYER = "sha256:" + "cd" * 32
 OTHER = "sha256:" + "ef" * 32
@@ -135,15 +138,19 @@ def test_a_killed_servers_copies_and_trash_go_at_start_a_live_layers_stay(
     snapshots = tmp_path / "snapshots"
     gone = [snapshots / OTHER[7:] / "files" / "5",             # a copy of a layer not mounted (yet)
             snapshots / OTHER[7:] / "files" / ".trash-1-1",     # killed between rename and unlink
-            snapshots / LAYER[7:] / ".trash-2-2" / "9",         # killed while deleting a layer's copies
+            snapshots / ".trash-2-2" / "9",                     # killed while deleting a layer's copies
             tmp_path / "chunks" / LAYER[7:] / ".tmp-1-abc"]     # killed while writing a chunk
     for path in gone:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x" * 100)
     held, go = held_walk
     held.add(str(snapshots))
+    pruned = snapshots / ("ab" * 32) / "files" / "7"
+    pruned.parent.mkdir(parents=True)
+    pruned.write_bytes(b"p")
     cache = _open_in_thread(directory=tmp_path / "chunks", max_bytes=1 << 20, copies=snapshots)
     store = cache.layer(LAYER)          # mounted before the walk reaches it: its copies are its own
+    cache.drop_layer("sha256:" + "ab" * 32)     # being pruned: its removal must not find it moving
     written, live = _copy(snapshots / LAYER[7:] / "files", "6", BLOCK)
     assert store.keep_file("6", written, live, pinned=True)
     go.set()
@@ -152,3 +159,98 @@ def test_a_killed_servers_copies_and_trash_go_at_start_a_live_layers_stay(
     assert live.exists() and cache.size == BLOCK
     assert sorted(p.name for p in (snapshots / OTHER[7:]).iterdir()) == []
     assert sorted(p.name for p in (snapshots / LAYER[7:]).iterdir()) == ["files"]
+    assert pruned.exists(), "moved from under a prune"
+    assert sorted(p.name for p in snapshots.iterdir()) == sorted([LAYER[7:], OTHER[7:], "ab" * 32])
+
+
+@pytest.fixture(scope="module")
+def blob(tmp_path_factory: pytest.TempPathFactory) -> Blob:
+    return build_blob(tmp_path_factory.mktemp("blob"))
+
+
+def test_an_unregistered_backing_id_unpins_what_it_held(blob: Blob, tmp_path: Path, fuse_path: str) -> None:
+    """Each idle id past the kept ones is unregistered: its copy (or chunk) may be evicted again, instead
+    of staying pinned, beyond the bound's reach, until the layer is unmounted."""
+    if fuse_path != "passthrough":
+        pytest.skip("only passthrough registers backing ids")
+    tree = open_tree(blob, tmp_path)
+    cache = tree.cache
+    assert isinstance(cache, LayerChunks)
+    for name in ("bin/big", "etc/hello.txt"):       # 5 chunks (a copy) and 1 (the chunk itself)
+        assert read_all(tree, lookup_path(tree, name)) == FILES[name]
+    fuse = mount_layer(tree, tmp_path / "mnt", passthrough=True)
+    try:
+        assert fuse._ops is not None
+        fuse._ops.backing._idle_kept = 0         # each last close unregisters its id
+        for name in ("bin/big", "etc/hello.txt"):
+            fd = os.open(tmp_path / "mnt" / name, os.O_RDONLY)
+            try:
+                assert fuse._ops.backing.is_open(lookup_path(tree, name)), "not a passthrough open"
+                assert cache.cache.stats()["pinned"] == 1, f"{name}: its backing file is not pinned"
+                assert os.pread(fd, 5, 0) == FILES[name][:5]
+            finally:
+                os.close(fd)
+            deadline = 600
+            while fuse._ops.backing.is_open(lookup_path(tree, name)) and deadline:   # (RELEASE is async)
+                deadline -= 1
+                threading.Event().wait(0.05)
+            assert cache.cache.stats()["pinned"] == 0, f"{name}: still pinned after its id went"
+    finally:
+        fuse.stop()
+        tree.close()
+
+
+def test_ids_a_previous_server_registered_are_counted_until_they_go(blob: Blob, tmp_path: Path) -> None:
+    """After a restart the kernel still holds the backing files the previous server registered (the
+    copies deleted since, or chunks the cache may evict): their bytes count against the bound."""
+    tree = open_tree(blob, tmp_path)
+    cache = tree.cache
+    assert isinstance(cache, LayerChunks)
+    big, hello = lookup_path(tree, "bin/big"), lookup_path(tree, "etc/hello.txt")
+    ops = Operations(tree, entry_timeout=1.0, attr_timeout=1.0, passthrough=True, dev_fd=-1)
+    try:
+        ops.resume(Negotiated(minor=41, passthrough=True, no_open=False, no_opendir=False),
+                   {big: 7, hello: 8})
+        held = cache.cache.stats()
+        assert held["held"] == 2 and cache.size == 5 * BLOCK + BLOCK, "the adopted ids are not counted"
+        tree.backing_closed(big)
+        assert cache.cache.stats()["held"] == 1 and cache.size == BLOCK
+    finally:
+        tree.close()
+    assert cache.cache.stats()["held"] == 0 and cache.cache.size == 0
+
+
+def test_a_layer_dropped_while_the_walk_runs_is_not_indexed_from_its_listing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """prune or containerd's remove during the start walk: what the walk listed of that layer is gone."""
+    directory = tmp_path / "chunks"
+    first = DirectoryCache(directory, max_bytes=1 << 20)
+    for n, layer in enumerate((LAYER, OTHER)):
+        for i in range(3):
+            assert first.layer(layer).put(*_chunk(10 * n + i))
+    assert first.wait_scanned(60)
+    listed: list[str] = []
+    go = threading.Event()
+    real = os.scandir
+
+    def scandir(path: object = ".") -> object:
+        if isinstance(path, str) and os.path.dirname(path) == str(directory):
+            listed.append(os.path.basename(path))
+            if len(listed) == 2:        # the first layer listed, not indexed yet: held here
+                go.wait(120)
+        return real(path)   # type: ignore[call-overload]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    cache = DirectoryCache(directory, max_bytes=1 << 20)
+    try:
+        for _ in range(1200):
+            if len(listed) == 2:
+                break
+            threading.Event().wait(0.05)
+        assert len(listed) == 2, "the walk did not reach the second layer"
+        cache.drop_layer("sha256:" + listed[0])
+    finally:
+        go.set()
+    assert cache.wait_scanned(60)
+    assert cache.size == 3 * BLOCK == _on_disk(directory), "the dropped layer's listing was indexed"
+    assert cache.stats()["chunks"] == 3
