@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 #: know the version found does not take the connection over (it lets it go, as before keepers).
 VERSION = 1
 MAX_MESSAGE = 64 << 10
+#: a record from a keeper before IDS_PER_MESSAGE came whole, up to its socket's send buffer (~200 KiB)
+MAX_RECORD = 1 << 20
+IDS_PER_MESSAGE = 1024  # passthrough ids per message of a take (at most ~37 KiB of JSON)
+MAX_IDS = 1 << 18       # passthrough ids kept per connection (a note past it is refused)
 MAX_KEPT = 4096         # connections kept; a put past it is refused (that layer is not kept)
 IDLE_EXIT = 2.0         # s with no fd kept and no server connected before the keeper exits
 START_WAIT = 10.0       # s a server waits for the keeper it started to listen
@@ -188,6 +192,9 @@ class _Keeper:
                 if not isinstance(digest, str) or type(ino) is not int or type(backing_id) is not int:
                     raise ValueError("backing needs a digest, an inode and an id")
                 ids = self.backing.setdefault(digest, {}).setdefault(conn, {})
+                if backing_id and str(ino) not in ids and len(ids) >= MAX_IDS:
+                    return [(json.dumps({"ok": False, "error": f"it keeps {MAX_IDS} passthrough ids of "
+                                         f"layer {digest} already, its most"}).encode(), [])]
                 if backing_id:
                     ids[str(ino)] = backing_id
                 else:
@@ -196,13 +203,17 @@ class _Keeper:
             if op == "drop":
                 self._forget(str(request.get("digest")))
                 return [(b'{"ok": true}', [])]
-            if op == "take":
+            if op == "take":    # per connection: its record and fds, then ``more`` messages of its ids
                 self._release_ended()
-                out: list[tuple[bytes, list[int]]] = [
-                    (json.dumps({**meta, "backing": self.backing.get(digest, {}).get(str(meta["conn"] or ""),
-                                                                                      {})}).encode(), held)
-                    for digest, (held, meta) in self.kept.items()]
-                return [*out, (json.dumps({"end": len(out)}).encode(), [])]
+                out: list[tuple[bytes, list[int]]] = []
+                for digest, (held, meta) in self.kept.items():
+                    pairs = list(self.backing.get(digest, {}).get(str(meta["conn"] or ""), {}).items())
+                    step = IDS_PER_MESSAGE
+                    parts = [dict(pairs[i:i + step]) for i in range(0, len(pairs), step)] or [{}]
+                    out.append((json.dumps({**meta, "backing": parts[0], "more": len(parts) - 1}).encode(),
+                                held))
+                    out += [(json.dumps({"backing": part}).encode(), []) for part in parts[1:]]
+                return [*out, (json.dumps({"end": len(self.kept)}).encode(), [])]
             raise ValueError(f"unknown op {op!r}")
         finally:
             for fd in fds:
@@ -373,7 +384,7 @@ class KeeperClient:
         with self._lock:
             self._sock.sendall(b'{"op": "take"}')
             while True:
-                data, fds, _, _ = socket.recv_fds(self._sock, MAX_MESSAGE, 2)
+                data, fds, _, _ = socket.recv_fds(self._sock, MAX_RECORD, 2)
                 try:
                     meta = json.loads(data)
                 except ValueError:
@@ -383,21 +394,52 @@ class KeeperClient:
                     raise MountError("the FUSE connection keeper answered nonsense")
                 if "end" in meta:
                     return out
+                try:
+                    backing = self._more_ids(meta)
+                except BaseException:
+                    _close_all(fds)
+                    raise
                 from lazypull.fs import Negotiated
 
                 try:
                     if meta.get("version") != VERSION:
                         raise ValueError(f"record version {meta.get('version')!r}")
-                    backing = meta.get("backing") or {}
-                    if not isinstance(backing, dict):
+                    if backing is None:
                         raise ValueError("malformed passthrough ids")
                     out.append(Kept(str(meta["digest"]), str(meta["mountpoint"]), fds[0],
                                     Negotiated.from_json(meta.get("state")),
-                                    {int(k): int(v) for k, v in backing.items()},
+                                    backing,
                                     fds[1] if len(fds) > 1 else None, str(meta.get("conn") or "")))
                 except (KeyError, ValueError) as err:
                     log.warning("not taking over the FUSE connection of %s: %s", meta.get("digest"), err)
                     _close_all(fds)
+
+    def _more_ids(self, meta: dict[str, object]) -> dict[int, int] | None:
+        """The passthrough ids (``ino -> id``) of the record ``meta``: its own, and those of the ``more``
+        messages after it (read here, so the exchange stays in step); None when they are malformed."""
+        more = meta.get("more", 0)
+        if type(more) is not int or not 0 <= more <= MAX_IDS // IDS_PER_MESSAGE:
+            raise MountError("the FUSE connection keeper answered nonsense")
+        parts = [meta.get("backing") or {}]
+        for _ in range(more):
+            data, fds, _, _ = socket.recv_fds(self._sock, MAX_MESSAGE, 2)
+            try:
+                part = json.loads(data)
+            except ValueError:
+                part = None
+            if fds or not isinstance(part, dict) or "backing" not in part:
+                _close_all(fds)
+                raise MountError("the FUSE connection keeper answered nonsense")
+            parts.append(part["backing"])
+        ids: dict[int, int] = {}
+        for part in parts:
+            if not isinstance(part, dict):
+                return None
+            try:
+                ids.update((int(str(k)), int(str(v))) for k, v in part.items())
+            except ValueError:
+                return None
+        return ids
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

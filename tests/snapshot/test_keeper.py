@@ -156,6 +156,32 @@ def test_a_put_past_the_limit_is_refused_and_the_client_goes_on(tmp_path: Path,
         b.stop()
 
 
+def test_a_connection_with_thousands_of_ids_is_taken_over_whole(tmp_path: Path,
+                                                                 small_keeper: RunPaths) -> None:
+    """A mount keeps up to 16384 idle passthrough ids: they come in several messages of the take
+    (before, one record past ~64 KiB of JSON was cut short and the whole take-over failed, every kept
+    connection with it: "answered nonsense")."""
+    client = KeeperClient.connect(small_keeper, start=False)
+    mount = _mount(MemTree(), tmp_path / "mnt")
+    try:
+        _put(client, DIGEST, mount, "c")
+        ids = {ino: ino + 7 for ino in range(1_000_000, 1_005_000)}
+        for ino, backing_id in ids.items():
+            client.note_backing(DIGEST, "c", ino, backing_id)
+        kept = client.take()
+        try:
+            assert [(k.digest, k.conn) for k in kept] == [(DIGEST, "c")]
+            assert kept[0].backing == ids
+        finally:
+            for item in kept:
+                item.close()
+        assert _kept(client) == [DIGEST], "the exchange is still in step"
+        client.drop(DIGEST)
+    finally:
+        client.close()
+        mount.stop()
+
+
 def test_an_ended_connection_is_let_go_without_polling_every_fd_per_message(
         tmp_path: Path, small_keeper: RunPaths, monkeypatch: pytest.MonkeyPatch) -> None:
     """The keeper learns that a connection ended from the kernel (EPOLLERR on its fd) instead of
