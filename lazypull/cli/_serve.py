@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,7 +70,7 @@ def serve(root: Path, *, debug: bool = False, insecure: bool = False, config_fil
           metrics_address: str | None = None, stores: Sequence[str] = ()) -> None:
     """Run the mount server of ``root`` in the foreground (``lazypull daemon``; its flags' meanings
     are in ``cli.daemon``)."""
-    _start_keeper_early(root)
+    keeper_starting = _start_keeper_early(root)
     from lazypull.fs import load_config
     from lazypull.image.rootdir import prepare_root
     from lazypull.snapshot.server import run_daemon
@@ -90,32 +90,37 @@ def serve(root: Path, *, debug: bool = False, insecure: bool = False, config_fil
                            "auth_files": files} for d in stores]
     run_daemon(root.resolve(), config, containerd_socket=containerd_socket, insecure_registries=insecure,
                cri_image_service=cri, metrics_address=metrics_address, stores=store_requests,
-               store_service=_stores)
+               store_service=_stores, keeper_starting=keeper_starting)
 
 
-def _start_keeper_early(root: Path) -> None:
+def _start_keeper_early(root: Path) -> Callable[[], None] | None:
     """Have the root's FUSE connection keeper start (if it does not run) while this process imports
     the server: the server takes its connections back before serving its first mount, and a keeper
     started only then cost the first request ~80 ms (issue 14). Only when the CLI started us (its
-    ``run/`` exists); a keeper that answers late is started by the server as before."""
+    ``run/`` exists); a keeper that answers late is started by the server as before. Returns what
+    waits for that start (the server's clean-up calls it first: a keeper not listening yet when the
+    server wanted it was started a second time, in about half the fresh starts on a busy machine)."""
     import contextlib
+    import functools
     import threading
 
     # Imported here, not in the thread: two threads importing modules that import each other can
     # fail one of them (the import system's deadlock detection), and this one imports the server next.
     import lazypull.selfexec  # noqa: F401 - what KeeperClient.connect imports when it starts one
-    from lazypull.snapshot.keeper import KeeperClient
+    from lazypull.snapshot.keeper import START_WAIT, KeeperClient
     from lazypull.snapshot.paths import RunPaths
 
     paths = RunPaths(root.resolve())
     if not paths.run_dir.is_dir():
-        return
+        return None
 
     def connect() -> None:
         with contextlib.suppress(Exception):    # the server's own attempt reports what fails
             KeeperClient.connect(paths).close()
 
-    threading.Thread(target=connect, name="keeper-start", daemon=True).start()
+    thread = threading.Thread(target=connect, name="keeper-start", daemon=True)
+    thread.start()
+    return functools.partial(thread.join, START_WAIT)
 
 
 def _stores(manager: LayerManager) -> StoreService:

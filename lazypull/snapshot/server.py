@@ -114,8 +114,12 @@ class MountDaemon:
     def __init__(self, root: Path, config: FsConfig | None = None, *, containerd_socket: Path | None = None,
                  insecure_registries: bool = False, cri_image_service: tuple[Path, Path] | None = None,
                  metrics_address: str | None = None, stores: Sequence[dict[str, Any]] = (),
-                 store_service: StoreServiceFactory | None = None, **manager_args: Any) -> None:
+                 store_service: StoreServiceFactory | None = None,
+                 keeper_starting: Callable[[], None] | None = None, **manager_args: Any) -> None:
         self.root = root
+        #: waits for a keeper start already under way (``cli._serve``'s): the clean-up would otherwise
+        #: start a second keeper when the first does not listen yet (issue 14)
+        self._keeper_starting = keeper_starting
         self.store_requests = list(stores)      # additional layer stores to serve (``daemon --store``)
         self._store_service = store_service
         self.containerd_socket = containerd_socket
@@ -413,6 +417,8 @@ class MountDaemon:
         """What a previous server left: its live connections (from the keeper) taken back, its other
         mounts detached, the layers a killed full pull was extracting removed (issue 10 item 7)."""
         # Mounts whose connection the keeper held through a restart are served again, not detached.
+        if self._keeper_starting is not None:
+            self._keeper_starting()
         live = self.manager.adopt_kept()
         for point in clean_stale_mounts(snapshots_dir(self.root), live):
             log.warning("detached stale mount %s left by a previous server", point)
@@ -519,7 +525,8 @@ def _named(store: Store, ref: str) -> dict[str, Any] | None:
 def run_daemon(root: Path, config: FsConfig | None = None, *, containerd_socket: Path | None = None,
                insecure_registries: bool = False, cri_image_service: tuple[Path, Path] | None = None,
                metrics_address: str | None = None, stores: Sequence[dict[str, Any]] = (),
-               store_service: StoreServiceFactory | None = None) -> None:
+               store_service: StoreServiceFactory | None = None,
+               keeper_starting: Callable[[], None] | None = None) -> None:
     """Run the server in the foreground until SIGTERM/SIGINT or a shutdown request.
 
     ``containerd_socket``: also serve containerd's snapshots API there (proxy plugin).
@@ -527,7 +534,8 @@ def run_daemon(root: Path, config: FsConfig | None = None, *, containerd_socket:
     forwarding to containerd and keeping pull credentials for the snapshotter (needs containerd_socket).
     ``metrics_address``: HOST:PORT where Prometheus metrics are served (lazypull.snapshot.metrics).
     ``stores``: additional layer stores to serve (``StoreSpec`` wire forms; docs/podman.md), by
-    ``store_service`` (without it, store requests are refused).
+    ``store_service`` (without it, store requests are refused). ``keeper_starting``: waits for a
+    start of the root's keeper under way (see ``MountDaemon``).
     """
     if cri_image_service is not None and containerd_socket is None:
         raise MountError("the CRI image service serves the containerd snapshotter: "
@@ -537,7 +545,8 @@ def run_daemon(root: Path, config: FsConfig | None = None, *, containerd_socket:
     raise_fd_limit()
     daemon = MountDaemon(root, config, containerd_socket=containerd_socket,
                          insecure_registries=insecure_registries, cri_image_service=cri_image_service,
-                         metrics_address=metrics_address, stores=stores, store_service=store_service)
+                         metrics_address=metrics_address, stores=stores, store_service=store_service,
+                         keeper_starting=keeper_starting)
     daemon.start()
     notify_systemd(f"READY=1\nMAINPID={os.getpid()}")
 

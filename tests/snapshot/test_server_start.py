@@ -118,6 +118,43 @@ def test_the_collector_is_on_again_once_the_mounts_are_restored(tmp_path: Path) 
         d.cleanup()
 
 
+def test_the_clean_up_waits_for_a_keeper_start_under_way(tmp_path: Path) -> None:
+    """``cli._serve`` starts the keeper while the server imports; the clean-up waits for that start
+    before taking the keeper's connections, instead of starting a second keeper when the first does
+    not listen yet."""
+    order: list[str] = []
+    started = threading.Event()
+    gate = threading.Event()
+
+    def keeper_starting() -> None:
+        started.set()
+        gate.wait(60)
+        order.append("keeper started")
+
+    d = MountDaemon(tmp_path, FsConfig(), store_factory=lambda _root: _NoImages(),
+                    client_factory=lambda _insecure: None, keeper_starting=keeper_starting)
+    adopt = d.manager.adopt_kept
+
+    def recorded_adopt() -> list[Path]:
+        order.append("adopt")
+        return adopt()
+
+    d.manager.adopt_kept = recorded_adopt  # type: ignore[method-assign]
+    try:
+        d.start()
+        threading.Thread(target=d.serve_forever, daemon=True).start()
+        assert started.wait(30)
+        assert order == [] and not d.restored.is_set()
+        gate.set()
+        with MountClient(tmp_path, autostart=False) as mc:
+            assert mc.list_mounts() == []       # waits for the restore
+        assert order == ["keeper started", "adopt"]
+    finally:
+        gate.set()
+        d.stop()
+        d.cleanup()
+
+
 class _WatchedEvent(threading.Event):
     """An Event that says when someone waits on it (a request waiting for the restore)."""
 
