@@ -101,13 +101,12 @@ def _start_keeper_early(root: Path) -> Callable[[], None] | None:
     waits for that start (the server's clean-up calls it first: a keeper not listening yet when the
     server wanted it was started a second time, in about half the fresh starts on a busy machine)."""
     import contextlib
-    import functools
     import threading
 
     # Imported here, not in the thread: two threads importing modules that import each other can
     # fail one of them (the import system's deadlock detection), and this one imports the server next.
     import lazypull.selfexec  # noqa: F401 - what KeeperClient.connect imports when it starts one
-    from lazypull.snapshot.keeper import START_WAIT, KeeperClient
+    from lazypull.snapshot.keeper import KeeperClient
     from lazypull.snapshot.paths import RunPaths
 
     paths = RunPaths(root.resolve())
@@ -118,9 +117,17 @@ def _start_keeper_early(root: Path) -> Callable[[], None] | None:
         with contextlib.suppress(Exception):    # the server's own attempt reports what fails
             KeeperClient.connect(paths).close()
 
+    def wait() -> None:
+        # the start polls every 20 ms; this waiter looks every 5 ms (the first mount waits for it)
+        while thread.is_alive():
+            with contextlib.suppress(OSError):
+                KeeperClient.connect(paths, start=False).close()
+                return
+            thread.join(0.005)
+
     thread = threading.Thread(target=connect, name="keeper-start", daemon=True)
     thread.start()
-    return functools.partial(thread.join, START_WAIT)
+    return wait
 
 
 def _stores(manager: LayerManager) -> StoreService:
