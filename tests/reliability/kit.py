@@ -33,9 +33,9 @@ def gone(pid: int) -> bool:
     """Whether process ``pid`` has exited (a zombie counts: its threads and files are gone)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
+        return state == "Z" and len(os.listdir(f"/proc/{pid}/task")) <= 1
+    except (FileNotFoundError, ProcessLookupError):    # reaped, also between the two reads
         return True
-    return state == "Z" and len(os.listdir(f"/proc/{pid}/task")) <= 1
 
 
 def lazy_root(root: Path, image: str, config: str = "") -> Path:
