@@ -5,7 +5,8 @@ lazypull runs containers as root on shared nodes, so a container gets Docker's d
 unless asked otherwise: Docker's 14 capabilities, its default seccomp profile (resolved against those
 capabilities), its masked and read-only paths, and only the default devices. ``--cap-add``/
 ``--cap-drop``, ``--security-opt seccomp=|no-new-privileges|systempaths=`` and ``--privileged`` change
-that the way ``docker run``/``nerdctl run`` do, with their error texts for bad values.
+that the way ``docker run``/``nerdctl run`` do, with their error texts for bad values
+(``apparmor=unconfined`` and ``label=disable`` are accepted: no LSM profile is applied anyway).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysr
 _SKIPPED_DEV_DIRS = frozenset({"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"})
 _TRUE = ("1", "t", "T", "TRUE", "true", "True")      # what Go's strconv.ParseBool reads, as nerdctl
 _FALSE = ("0", "f", "F", "FALSE", "false", "False")
+# --security-opt values asking for no AppArmor profile or SELinux label: what every container gets here.
+_NO_LSM = frozenset({("apparmor", "unconfined"), ("label", "disable")})
 ALL = "ALL"
 
 
@@ -148,15 +151,29 @@ def normalize_capabilities(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(result))
 
 
-def parse_security_opts(values: Iterable[str]) -> dict[str, str]:
-    """``--security-opt KEY[=VALUE]`` as a mapping (the last one given for a key wins, as nerdctl)."""
-    options: dict[str, str] = {}
+def parse_security_opts(values: Iterable[str]) -> dict[str, str | None]:
+    """``--security-opt KEY[=VALUE]`` as a mapping (the last one given for a key wins, as nerdctl);
+    a key given without a value maps to None.
+
+    ``KEY:VALUE`` is read as Docker reads it (its older separator, still written by compose files)
+    when the option holds no ``=``. ``apparmor=unconfined`` and ``label=disable`` ask for no LSM
+    profile, which is what every container here gets: accepted, and left out of the mapping; any
+    other AppArmor profile or SELinux label is refused, as there is no LSM to apply it.
+    """
+    options: dict[str, str | None] = {}
     for value in values:
-        key, _, rest = value.partition("=")
+        separator = "=" if "=" in value else ":"
+        key, found, rest = value.partition(separator)
+        if (key, rest) in _NO_LSM:
+            continue
+        if key in ("apparmor", "label"):
+            raise ContainerError(f"unsupported security-opt: {_quoted(value)} (lazypull applies no "
+                                 "AppArmor or SELinux profile: only apparmor=unconfined and label=disable)")
         if key not in ("seccomp", "no-new-privileges", "systempaths"):
             raise ContainerError(f"unknown security-opt: {_quoted(key)} (lazypull supports seccomp=, "
-                                 "no-new-privileges and systempaths=unconfined)")
-        options[key] = rest
+                                 "no-new-privileges, systempaths=unconfined, apparmor=unconfined and "
+                                 "label=disable)")
+        options[key] = rest if found else None
     return options
 
 
@@ -167,18 +184,18 @@ def parse_confinement(*, privileged: bool = False, cap_add: Iterable[str] = (), 
     options = parse_security_opts(security_opts)
     seccomp: SeccompProfile | Literal["builtin", "unconfined"] = "builtin"
     value = options.get("seccomp", "builtin")
-    if not value:
+    if not value:       # seccomp= and a bare seccomp
         raise ContainerError('invalid security-opt "seccomp"')
     if value not in ("builtin", "unconfined"):
         seccomp = load_profile(value)
     elif value == "unconfined":
         seccomp = "unconfined"
-    nnp_value = options.get("no-new-privileges")
-    if nnp_value is None or nnp_value in _FALSE:
+    nnp_value = options.get("no-new-privileges", "false")
+    if nnp_value in _FALSE:
         no_new_privileges = False
-    elif nnp_value == "" or nnp_value in _TRUE:
+    elif nnp_value is None or nnp_value in _TRUE:     # a bare no-new-privileges means true
         no_new_privileges = True
-    else:
+    else:       # what Go's ParseBool refuses, the empty value of no-new-privileges= too
         raise ContainerError(f'invalid "no-new-privileges" value: {_quoted(nnp_value)}: use true or false')
     system_paths = True
     if "systempaths" in options:

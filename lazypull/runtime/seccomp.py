@@ -3,10 +3,11 @@
 Docker's profile format is what users' profiles (``--security-opt seccomp=PATH``) are written in, and
 the default profile (``seccomp_default.json``, beside this module) is one too: an allowlist whose rules
 may apply only on some architectures (``includes.arches``, Docker's names: amd64, x86, x32, arm64,
-arm), only when the container holds some capabilities (``includes.caps``; ``excludes.caps`` for the
-opposite), or from a kernel version on (``minKernel``). runc knows none of that, so a profile is
-resolved here, once the container's capabilities are known, into the plain OCI form runc reads. A
-profile already in the plain OCI form (``architectures``, no conditions) passes through unchanged.
+arm, ppc64le, s390, s390x, riscv64), only when the container holds some capabilities
+(``includes.caps``; ``excludes.caps`` for the opposite), or from a kernel version on
+(``minKernel``). runc knows none of that, so a profile is resolved here, once the container's
+capabilities are known, into the plain OCI form runc reads. A profile already in the plain OCI
+form (``architectures``, no conditions) passes through unchanged.
 
 The profile is checked when it is read (types, actions, operators, argument indexes), so a bad file
 is one line naming the field, before anything is pulled or mounted, not a runc failure at start.
@@ -150,8 +151,8 @@ def resolve(profile: SeccompProfile, capabilities: Collection[str], *, host_mach
     """The runtime spec's ``linux.seccomp`` for a container holding ``capabilities`` (its bounding set).
 
     Rules whose conditions do not hold here are left out; ``archMap`` becomes the native architecture
-    and its companions (x86-64 also runs i386 and x32 code, arm64 also arm). With ``builtin``, a
-    machine the profile has no ``archMap`` entry for is refused: its rules were written for the
+    and its companions (x86-64 also runs i386 and x32 code, arm64 also arm, s390x also s390). With
+    ``builtin``, a machine the profile has no ``archMap`` entry for is refused: its rules were written for the
     machines listed (an argument rule may differ elsewhere, as clone's does on s390).
     """
     host_machine = host_machine or machine()
