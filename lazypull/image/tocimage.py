@@ -9,10 +9,16 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
-from lazypull.errors import MountError
+from lazypull.errors import LazypullError, MountError
 from lazypull.format.annotations import TOC_IMAGE_SUFFIX, TOC_LAYER_DIGEST_ANNOTATION
 from lazypull.format.reader import DEFAULT_MAX_TOC_SIZE
-from lazypull.registry import ManifestError, NotFoundError, is_index, parse_index, parse_manifest
+from lazypull.registry import (
+    ReferenceError_,
+    RegistryConnectionError,
+    is_index,
+    parse_index,
+    parse_manifest,
+)
 
 if TYPE_CHECKING:
     from lazypull.registry import Reference, RegistryClient
@@ -27,6 +33,8 @@ def toc_image_reference(ref: Reference) -> Reference:
 
 #: ``-esgztoc`` images of a repository a digest-pinned reference's lookup opens at most.
 MAX_TOC_IMAGES = 16
+#: ``tags/list`` pages that lookup reads at most (a registry may paginate without end).
+MAX_TAG_PAGES = 4
 
 
 def fetch_external_toc(client: RegistryClient, ref: Reference, layer_digest: str) -> bytes:
@@ -35,23 +43,43 @@ def fetch_external_toc(client: RegistryClient, ref: Reference, layer_digest: str
 
     A reference pinned by digest alone names no TOC image (a base pulled as ``repo@sha256:...``, or
     an image built on one): the repository's ``-esgztoc`` images are searched for the layer instead, at
-    most ``MAX_TOC_IMAGES`` of them. What is found there is trusted no more than what a tag finds: the
-    mount verifies the TOC against the layer's own ``toc.digest``."""
+    most ``MAX_TOC_IMAGES`` of them from ``MAX_TAG_PAGES`` pages of tags. One that fails (a bad
+    manifest or blob, a tag it cannot be fetched by) is passed over for the next: the registry's
+    other images are not to be judged by it; a registry that cannot be reached ends the search. What
+    is found there is trusted no more than what a tag finds: the mount verifies the TOC against the
+    layer's own ``toc.digest``."""
     if ref.tag:
         toc_ref = toc_image_reference(ref)
         toc = _toc_in(client, toc_ref, layer_digest)
         if toc is None:
             raise MountError(f"TOC of layer {layer_digest} not found in {toc_ref}")
         return toc
-    tags = sorted(t for t in client.list_tags(ref) if t.endswith(TOC_IMAGE_SUFFIX))
-    for tag in tags[:MAX_TOC_IMAGES]:
-        with contextlib.suppress(MountError, ManifestError, NotFoundError):     # another image's
-            toc = _toc_in(client, ref.with_tag(tag), layer_digest)
-            if toc is not None:
-                return toc
+    candidates = _toc_images(ref, client.list_tags(ref, max_pages=MAX_TAG_PAGES))[:MAX_TOC_IMAGES]
+    failed: list[str] = []
+    for candidate in candidates:
+        try:
+            toc = _toc_in(client, candidate, layer_digest)
+        except RegistryConnectionError:
+            raise
+        except LazypullError as err:        # another image's trouble: look at the next one
+            failed.append(f"{candidate.tag}: {err}")
+            continue
+        if toc is not None:
+            return toc
+    failures = f" ({len(failed)} could not be read; first: {failed[0]})" if failed else ""
     raise MountError(f"layer {layer_digest} has an external TOC, but {ref} has no tag to find it by and "
-                     f"none of the {min(len(tags), MAX_TOC_IMAGES)} {TOC_IMAGE_SUFFIX} images of "
-                     f"{ref.name} looked at lists it")
+                     f"none of the {len(candidates)} {TOC_IMAGE_SUFFIX} images of {ref.name} looked at "
+                     f"lists it{failures}")
+
+
+def _toc_images(ref: Reference, tags: list[str]) -> list[Reference]:
+    """The repository's ``-esgztoc`` images in tag order; a tag that is not a valid tag name (the
+    registry's list is not trusted) is left out."""
+    images = []
+    for tag in sorted({t for t in tags if t.endswith(TOC_IMAGE_SUFFIX)}):
+        with contextlib.suppress(ReferenceError_):
+            images.append(ref.with_tag(tag))
+    return images
 
 
 def _toc_in(client: RegistryClient, toc_ref: Reference, layer_digest: str) -> bytes | None:

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, BinaryIO
 
+import msgspec
+
 from lazypull.registry._auth import Authenticator, CredentialSource, repository_scopes
 from lazypull.registry._budget import NetLimits
 from lazypull.registry._httpx import httpx
@@ -59,6 +61,8 @@ log.addHandler(logging.NullHandler())
 CHUNK_SIZE = 8 << 20               # upload chunk (PATCH) size; smaller blobs go in one PUT
 MAX_RANGES_PER_REQUEST = 64        # keeps the Range header well under server limits
 WHOLE_BODY_LIMIT = 1 << 20         # read a 200 answer to a multi-range request only this far
+MAX_TAG_LIST_SIZE = 1 << 20        # one tags/list page: 1000 tags of up to 128 characters fit well
+MAX_TAG_PAGES = 1000               # tags/list pages list_tags follows by default
 _DIGEST = re.compile(r"(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})\Z")
 
 
@@ -220,19 +224,36 @@ class RegistryClient:
         parse_manifest(raw, media_type)
         return raw, media_type, digest
 
-    def list_tags(self, ref: Reference | str) -> list[str]:
-        """All tags of ``ref``'s repository (following ``Link`` pagination)."""
+    def list_tags(self, ref: Reference | str, *, max_pages: int = MAX_TAG_PAGES) -> list[str]:
+        """The tags of ``ref``'s repository, following ``Link`` pagination for at most ``max_pages``
+        pages (the tags of the pages read, when there are more).
+
+        Each page is read to at most ``MAX_TAG_LIST_SIZE`` bytes (TooLargeError beyond) and must be
+        the spec's document, an object whose ``tags`` is a list of strings (or null): anything else is
+        a RegistryError naming what the page was.
+        """
         ref = _as_ref(ref)
         tags: list[str] = []
         path = self._repo_path(ref, "tags", "list")
         params: dict[str, str] | None = {"n": "1000"}
-        for _ in range(1000):
-            response = self._request(ref, "GET", path, params=params, what=f"listing tags of {ref.name}")
+        what = f"listing tags of {ref.name}"
+        for _ in range(max_pages):
+            response = self._request(ref, "GET", path, params=params, what=what, stream=True)
             try:
-                doc = response.json()
-            except ValueError as err:
-                raise RegistryError(f"tag list of {ref.name} is not JSON", url=response.request.url) from err
-            tags.extend(t for t in (doc.get("tags") or []) if isinstance(t, str))
+                declared = response.headers.get("Content-Length")
+                if declared and declared.isdigit() and int(declared) > MAX_TAG_LIST_SIZE:
+                    raise TooLargeError(f"{what}: a page of {declared} bytes exceeds {MAX_TAG_LIST_SIZE}",
+                                        url=response.request.url)
+                body = bytearray()
+                with translate_errors("GET", response.request.url):
+                    for chunk in response.iter_bytes():
+                        body += chunk
+                        if len(body) > MAX_TAG_LIST_SIZE:
+                            raise TooLargeError(f"{what}: a page exceeds {MAX_TAG_LIST_SIZE} bytes",
+                                                url=response.request.url)
+            finally:
+                response.close()
+            tags.extend(_tag_page(bytes(body), ref.name, response.request.url))
             link = response.links.get("next", {}).get("url")
             if not link:
                 break
@@ -677,6 +698,21 @@ def _location(response: httpx.Response, what: str) -> str:
     if not location:
         raise RegistryError(f"{what}: upload response has no Location", url=response.request.url)
     return str(response.request.url.join(location))
+
+
+class _TagList(msgspec.Struct):
+    """A ``tags/list`` page as the distribution spec has it (its ``name`` is not needed)."""
+
+    tags: list[str] | None = None
+
+
+def _tag_page(body: bytes, name: str, url: object) -> list[str]:
+    """The tags of one ``tags/list`` page; RegistryError naming what is wrong when it is not the
+    spec's ``{"name": ..., "tags": [...]}`` (msgspec bounds the nesting it reads)."""
+    try:
+        return msgspec.json.decode(body, type=_TagList).tags or []
+    except msgspec.DecodeError as err:     # ValidationError too: the page's shape
+        raise RegistryError(f"tag list of {name} is not the registry API's document: {err}", url=url) from err
 
 
 def _read_exact(src: BinaryIO, n: int, what: str) -> bytes:

@@ -8,9 +8,9 @@ import pytest
 
 from lazypull.errors import MountError
 from lazypull.format.annotations import TOC_LAYER_DIGEST_ANNOTATION
-from lazypull.image.tocimage import fetch_external_toc, toc_image_reference
-from lazypull.registry import RegistryClient, TooLargeError, parse_reference
-from tests.helpers.registry import RegistryServer
+from lazypull.image.tocimage import MAX_TAG_PAGES, fetch_external_toc, toc_image_reference
+from lazypull.registry import RegistryClient, RegistryError, TooLargeError, parse_reference
+from tests.helpers.registry import Fault, FaultProxy, RegistryServer
 from tests.snapshot.layerkit import push_blob, push_manifest
 
 LAYER = "sha256:" + "1" * 64
@@ -96,3 +96,60 @@ def _push_index(url: str, repo: str, tag: str, index: dict[str, object]) -> None
     with httpx.Client(base_url=url, timeout=30) as http:
         http.put(f"/v2/{repo}/manifests/{tag}", content=json.dumps(index).encode(),
                  headers={"Content-Type": "application/vnd.oci.image.index.v1+json"}).raise_for_status()
+
+
+def _tag_list(fault_proxy: FaultProxy, body: bytes, headers: dict[str, str] | None = None) -> None:
+    """The proxy answers every tags/list request with ``body`` (200, JSON), the rest as the registry."""
+    fault_proxy.add(Fault("status", method="GET", path_contains="/tags/list", times=-1, status=200, body=body,
+                          headers={"Content-Type": "application/json", **(headers or {})}))
+
+
+@pytest.mark.parametrize(("body", "error", "message"), [
+    (b"[]", RegistryError, r"tag list of .* is not the registry API's document: Expected `object`, "
+                           r"got `array`"),
+    (b'{"tags": {"a-esgztoc": 1}}', RegistryError, r"Expected `array \| null`, got `object` - at `\$\.tags`"),
+    (b'{"tags": ["a-esgztoc", 7]}', RegistryError, r"Expected `str`, got `int` - at `\$\.tags\[1\]`"),
+    (b"[" * 100_000, RegistryError, "is not the registry API's document"),
+    (b'{"tags": ["' + b"x" * (1 << 20) + b'"]}', TooLargeError, r"listing tags of .* exceeds 1048576"),
+])
+def test_a_hostile_tag_list_is_one_registry_error(fault_proxy: FaultProxy, unique_repo: str, body: bytes,
+                                                  error: type[Exception], message: str) -> None:
+    """The digest-pinned lookup reads the registry's tag list: a page that is not the spec's document,
+    or is over 1 MiB, is a RegistryError naming it (the mount then downloads the layer whole), not
+    an AttributeError that failed the whole request."""
+    _tag_list(fault_proxy, body)
+    pinned = parse_reference(f"{fault_proxy.host}/{unique_repo}@sha256:" + "9" * 64)
+    with RegistryClient(insecure=True) as client, pytest.raises(error, match=message) as caught:
+        fetch_external_toc(client, pinned, LAYER)
+    assert "\n" not in str(caught.value)
+
+
+def test_the_lookup_reads_a_few_pages_of_tags(fault_proxy: FaultProxy, unique_repo: str) -> None:
+    """A registry whose every tags/list page links to a next one: MAX_TAG_PAGES pages are read."""
+    _tag_list(fault_proxy, b'{"tags": ["a-esgztoc"]}',
+              {"Link": f'</v2/{unique_repo}/tags/list?n=1000&last=a>; rel="next"'})
+    pinned = parse_reference(f"{fault_proxy.host}/{unique_repo}@sha256:" + "9" * 64)
+    with RegistryClient(insecure=True) as client, pytest.raises(MountError, match="none of the 1 -esgztoc"):
+        fetch_external_toc(client, pinned, LAYER)
+    listed = [r for r in fault_proxy.requests if "/tags/list" in r.path]
+    assert len(listed) == MAX_TAG_PAGES
+
+
+def test_one_bad_toc_image_does_not_end_the_search(registry: RegistryServer, fault_proxy: FaultProxy,
+                                                  unique_repo: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tag that is no valid tag name is left out; a TOC image whose TOC is too large (an error of
+    its own) is passed over: the next image that lists the layer is still found."""
+    unlisted = "sha256:" + "3" * 64         # only in a-esgztoc, too large there too
+    push_manifest(registry.url, unique_repo, "a-esgztoc",
+                  _toc_manifest(registry.url, unique_repo, {unlisted: b"a TOC of 22 bytes ....",
+                                                            LAYER: b"a TOC of 21 bytes ..."}))
+    push_manifest(registry.url, unique_repo, "b-esgztoc",
+                  _toc_manifest(registry.url, unique_repo, {LAYER: b"the toc"}))
+    _tag_list(fault_proxy, json.dumps({"tags": ["a b-esgztoc", "a-esgztoc", "b-esgztoc"]}).encode())
+    monkeypatch.setattr("lazypull.image.tocimage.DEFAULT_MAX_TOC_SIZE", 16)
+    pinned = parse_reference(f"{fault_proxy.host}/{unique_repo}@sha256:" + "9" * 64)
+    with RegistryClient(insecure=True) as client:
+        assert fetch_external_toc(client, pinned, LAYER) == b"the toc"
+        with pytest.raises(MountError, match=r"none of the 2 -esgztoc images .* lists it \(1 could not be "
+                                             r"read; first: a-esgztoc: .*exceeds 16 bytes"):
+            fetch_external_toc(client, pinned, unlisted)
