@@ -1,5 +1,6 @@
 """``<root>/snapshots/<hex>/``: one layer's directory under the store root, and ``fs`` in it (the layer
-mounted lazily, or extracted whole), beside the layer's TOC record and origins; and
+mounted lazily, or extracted whole), beside the layer's TOC record and origins and ``files/`` (the
+whole-file copies for passthrough: the layer tree makes them, the chunk cache counts and sweeps them); and
 ``<root>/learned/<hex>.json``, what the layer's first run on this node read (kept when the layer's
 directory goes with its image: the next cold start of that layer uses it).
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 SNAPSHOTS = "snapshots"
 LEARNED = "learned"
+FILES = "files"
 
 
 def snapshots_dir(root: Path) -> Path:
@@ -29,6 +31,12 @@ def layer_dir(root: Path, hexpart: str) -> Path:
 def layer_fs(root: Path, hexpart: str) -> Path:
     """``<root>/snapshots/<hex>/fs``: where a layer is mounted (lazy) or extracted (full)."""
     return layer_dir(root, hexpart) / "fs"
+
+
+def files_dir(layer: Path) -> Path:
+    """``<layer dir>/files``: the layer's whole-file copies, ``files/<ino>`` (from a layer's directory,
+    which is all the layer tree and the cache's start walk have)."""
+    return layer / FILES
 
 
 def learned_dir(root: Path) -> Path:

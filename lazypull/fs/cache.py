@@ -49,6 +49,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
+from lazypull import layerdir
 from lazypull.errors import MountError
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,6 @@ RESERVE_RECHECK = 1.0           # ... for this many seconds, without asking stat
 BLOCK = 4096                    # chunks are counted in whole filesystem blocks, as they use the disk
 MERGE_BATCH = 4096              # the start walk adds what it found this many entries per lock hold
 TRASH = ".trash-"               # a file or directory being deleted (renamed under the lock)
-FILES = "files"                 # <layer dir>/files/<ino>: the whole-file copies (fs/layer/tree makes them)
 
 _Key = tuple[str, str]          # (layer hex, chunk hex)
 
@@ -163,10 +163,12 @@ class ChunkStore(Protocol):
     def unpin_file(self, name: str) -> None:
         ...
 
-    def hold(self, name: str, size: int) -> None:
+    def hold(self, name: str, size: int, chunk: str | None = None) -> None:
         """Count ``size`` bytes the kernel holds for the file ``name`` (a backing file an earlier server
         registered for passthrough: its blocks stay allocated, deleted or not, while the id lasts),
-        never evicted, until :meth:`unhold` or the layer is released."""
+        never evicted, until :meth:`unhold` or the layer is released. ``chunk``: the file is that
+        chunk of this layer (a one-chunk file is backed by the chunk's own file): pinned if stored, so
+        its blocks count once, not as a chunk and again as held."""
         ...
 
     def unhold(self, name: str) -> None:
@@ -279,9 +281,11 @@ class DirectoryCache:
 
     # -- whole-file copies (LayerChunks calls these) --
 
-    def _keep_file(self, key: _Key, written: Path, final: Path, pinned: bool) -> None:
+    def _keep_file(self, store: LayerChunks, key: _Key, written: Path, final: Path, pinned: bool) -> bool:
         size = _blocks(written.stat().st_size)
         with self._lock:        # renamed and counted at once: an eviction never sees one without the other
+            if store._released:     # (set under this lock: a release in between deleted the others)
+                return False
             os.replace(written, final)
             if pinned:
                 self._pins[key] += 1
@@ -292,6 +296,7 @@ class DirectoryCache:
             over = self._total > self.max_bytes
         if over:
             self._evict(int(self.max_bytes * LOW_WATER))
+        return True
 
     def _pin_file(self, key: _Key) -> str | None:
         with self._lock:
@@ -325,9 +330,9 @@ class DirectoryCache:
                 self._forget(key)
         _unlink_all(trash)
 
-    def _hold(self, key: _Key, size: int) -> None:
+    def _hold(self, store: LayerChunks, key: _Key, size: int) -> None:
         with self._lock:
-            if key in self._lru:
+            if key in self._lru or store._released:     # (a released layer's holds are dropped)
                 return
             self._held.add(key)
             self._pins[key] += 1
@@ -485,8 +490,7 @@ class DirectoryCache:
     def _detach(self, path: Path) -> Path | None:
         """Rename ``path`` (a copy) to a ``.trash-`` name beside it (lock held; a rename is quick, an
         unlink of a big file is not); what to unlink after the lock, None if there is nothing."""
-        self._trash_seq += 1
-        trash = path.with_name(f"{TRASH}{os.getpid()}-{self._trash_seq}")
+        trash = self._trash_path(path.parent)
         try:
             os.rename(path, trash)
         except FileNotFoundError:
@@ -494,6 +498,15 @@ class DirectoryCache:
         except OSError:
             return path         # cannot rename (?): unlinked after the lock all the same
         return trash
+
+    def _trash_path(self, parent: Path) -> Path:
+        """A ``.trash-<pid>-<n>`` name free in ``parent`` (lock held): one an earlier boot's process
+        of the same pid left (a directory not empty refuses the rename) is stepped over."""
+        while True:
+            self._trash_seq += 1
+            trash = parent / f"{TRASH}{os.getpid()}-{self._trash_seq}"
+            if not os.path.lexists(trash):
+                return trash
 
     def _vanished(self, key: _Key) -> None:
         with self._lock:
@@ -629,10 +642,9 @@ class DirectoryCache:
                     continue
                 with self._lock:
                     if top.name not in self._open and top.name not in (self._dropped_layers or ()):
-                        self._trash_seq += 1
-                        trash = self._copies / f"{TRASH}{os.getpid()}-{self._trash_seq}"
+                        trash = self._trash_path(self._copies)
                         with contextlib.suppress(OSError):     # (none: nothing to delete)
-                            os.rename(Path(top.path) / FILES, trash)
+                            os.rename(layerdir.files_dir(Path(top.path)), trash)
                             doomed.append(trash)
         _remove_all(doomed)
 
@@ -718,7 +730,9 @@ class LayerChunks:
         self.layer = layer_hex
         self._pins: Counter[str] = Counter()
         self._pins_lock = threading.Lock()
-        self._released = False      # the layer is closed: a fetch finishing late caches nothing
+        self._released = False      # the layer is closed: a fetch finishing late caches nothing (set
+        #                             under the cache's lock, which keep_file and hold check it under)
+        self._held_chunks: dict[str, str] = {}     # hold()'s name -> the chunk it pinned instead
 
     def _key(self, digest: str) -> _Key:
         return (self.layer, digest_hex(digest, "chunk digest"))
@@ -759,8 +773,10 @@ class LayerChunks:
 
     def release(self) -> None:
         with self._pins_lock:
-            released, self._released = self._released, True
+            with self.cache._lock:
+                released, self._released = self._released, True
             pins, self._pins = self._pins, Counter()
+            self._held_chunks.clear()
         for digest, n in pins.items():
             for _ in range(n):
                 self.cache._unpin(self._key(digest))
@@ -771,20 +787,28 @@ class LayerChunks:
         return (self.layer, "file:" + name)     # never a chunk's hex: no clash with a chunk's key
 
     def keep_file(self, name: str, written: Path, final: Path, *, pinned: bool) -> bool:
-        if self._released:
-            return False
-        self.cache._keep_file(self._file_key(name), written, final, pinned)
-        return True
+        return self.cache._keep_file(self, self._file_key(name), written, final, pinned)
 
     def make_room(self, size: int) -> bool:
         return self.cache._make_room(_blocks(size), _blocks(size))
 
-    def hold(self, name: str, size: int) -> None:
-        if not self._released:
-            self.cache._hold((self.layer, "held:" + name), size)
+    def hold(self, name: str, size: int, chunk: str | None = None) -> None:
+        if chunk is not None and self.pin(chunk, size) is not None:
+            with self._pins_lock:
+                if not self._released and name not in self._held_chunks:
+                    self._held_chunks[name] = chunk
+                    return
+            self.unpin(chunk)       # released meanwhile (its pins are undone), or held already
+            return
+        self.cache._hold(self, (self.layer, "held:" + name), size)
 
     def unhold(self, name: str) -> None:
-        self.cache._unhold((self.layer, "held:" + name))
+        with self._pins_lock:
+            chunk = self._held_chunks.pop(name, None)
+        if chunk is not None:
+            self.unpin(chunk)
+        else:
+            self.cache._unhold((self.layer, "held:" + name))
 
     def pin_file(self, name: str) -> str | None:
         return self.cache._pin_file(self._file_key(name))

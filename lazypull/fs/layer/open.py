@@ -109,11 +109,13 @@ def open_layer_tree(digest: str, annotations: Mapping[str, str] | LayerSpec, sou
         # What was read to find the TOC (often the end of the blob, sometimes all of it) serves chunks too.
         preloaded = list(src.pieces) if sum(len(data) for _, data in src.pieces) <= PRELOAD_MAX else []
         access = recorder_for(ldir)
+        chunks = cache.layer(digest)    # the layer counts as open (its copies live) until released
         try:
-            tree = LayerTree(digest, reader, remote, cache.layer(digest), stats, config, ldir,
+            tree = LayerTree(digest, reader, remote, chunks, stats, config, ldir,
                              activity=activity, groups=groups, access=access, learner=learner,
                              learned_record=record, preloaded=preloaded, miss_wait=miss_wait)
         except BaseException:
+            chunks.release()
             if access is not None:
                 access.close()
             raise
