@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeGuard
 
+from lazypull import layerdir
 from lazypull.format import Chunk, FormatError
 from lazypull.fs.cache import ChunkStore, LayerChunks
 from lazypull.fs.config import FsConfig
@@ -94,7 +95,7 @@ class LayerTree:
         self.cache = cache
         self.stats = stats
         self.config = config
-        self.files_dir = layer_dir / "files"
+        self.files_dir = layerdir.files_dir(layer_dir)
         # Files assembled by an earlier server were never verified since (no fsync, maybe a power loss):
         # they are assembled again from chunks, which the cache verifies at first use.
         shutil.rmtree(self.files_dir, ignore_errors=True)
@@ -575,11 +576,17 @@ class LayerTree:
     def backing_adopted(self, inos: Collection[int]) -> None:
         """A previous server registered these inodes' backing files on the connection this tree serves
         now (a restart): the kernel holds those files (this tree deleted the copies, or the cache may
-        evict the chunk) until their ids go, so the cache counts their bytes until then."""
+        evict the chunk) until their ids go, so the cache counts their bytes until the layer closes (their
+        open count is unknown: ``BackingFiles`` never lets them go idle, so no ``backing_closed``)."""
         for ino in inos:
             node = self.inodes.get(ino)
-            if node is not None:
-                self.cache.hold(str(ino), node.attr.size)
+            if node is not None:    # a one-chunk file's backing file is its chunk's: counted once
+                try:
+                    fc = self._chunks_of(ino)
+                except FuseError:   # (logged) its size is counted all the same
+                    fc = None
+                one = fc.chunks[0].digest if fc is not None and len(fc.chunks) == 1 else None
+                self.cache.hold(str(ino), node.attr.size, one)
 
     def backing_closed(self, ino: int) -> None:
         """The kernel let go of ``ino``'s backing file (its idle id was unregistered): the copy it held
