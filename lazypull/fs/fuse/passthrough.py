@@ -175,6 +175,8 @@ class BackingFiles:
                 note = self._note(old, 0, self._by_inode.pop(old).backing_id)
                 closed.append(old)
         self._tell_until(note)
+        with self._by_inode_lock:   # one opened again meanwhile has a new id: its file is held again
+            closed = [old for old in closed if old not in self._by_inode]
         for old in closed:      # (unregistered by now: by _note, or by the telling of the notes)
             if self.on_closed is not None:
                 self.on_closed(old)
