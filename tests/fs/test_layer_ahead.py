@@ -557,3 +557,24 @@ def test_resolve_gives_up_on_hostile_depth(tmp_path: Path) -> None:
         assert hints.resolve([tree], "/" + "/".join(["d"] * 20)) is None, "a directory"
     finally:
         tree.close()
+
+
+def test_a_neighbour_scan_looks_at_no_more_than_max_files(tmp_path: Path) -> None:
+    """Many tiny files packed around a miss (an image author can pack thousands in a few kB): the scan for
+    neighbours stops after ``readahead.MAX_FILES`` files, like the read-ahead's (one scan for both)."""
+    from lazypull.fs.layer import readahead
+
+    files = {f"many/f{i:04}": i.to_bytes(2, "big") for i in range(3 * readahead.MAX_FILES)}   # all distinct
+    blob = build_blob(tmp_path, _tar(files), name="many", chunk_size=1 << 20)
+    tree = open_tree(blob, tmp_path / "root", config=LAZY.replace(neighbour_window=1 << 20))
+    tree.index(0)
+    first = "many/f0000"
+    assert tree.read(lookup_path(tree, first), 0, 10) == files[first]
+
+    def cached() -> int:
+        return sum(_cached(tree, name) for name in files)
+
+    _wait(lambda: cached() >= readahead.MAX_FILES - 1, "the miss and its neighbours within the bound fetched")
+    time.sleep(0.3)
+    assert cached() <= readahead.MAX_FILES, f"{cached()} files fetched for one miss"
+    tree.close()
