@@ -1,0 +1,182 @@
+"""The chunk cache's counting where the kernel, a closing layer and the start walk cross: a file opened
+again while its old backing id goes stays pinned, a copy kept or a hold taken as its layer is released is
+not left behind, an adopted one-chunk file counts once, a layer whose tree failed to open is not left
+open, and a stale ``.trash-`` name of the same pid does not keep a killed server's copies."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from lazypull.fs.cache import BLOCK, DirectoryCache, LayerChunks
+from lazypull.fs.config import FsConfig
+from lazypull.fs.fuse.ops import Negotiated, Operations
+from lazypull.fs.layer.open import open_layer_tree
+from lazypull.fs.mount import mount_layer
+from lazypull.fs.remote import FileRangeSource
+from tests.snapshot.layerkit import FILES, Blob, build_blob, lookup_path, open_tree, read_all
+
+LAYER = "sha256:" + "cd" * 32
+OTHER = "sha256:" + "ef" * 32
+RESUMED = Negotiated(minor=41, passthrough=True, no_open=False, no_opendir=False)
+
+
+@pytest.fixture(scope="module")
+def blob(tmp_path_factory: pytest.TempPathFactory) -> Blob:
+    return build_blob(tmp_path_factory.mktemp("blob"))
+
+
+def _copy(files: Path, name: str, size: int) -> tuple[Path, Path]:
+    """A whole-file copy just assembled (``.tmp-`` name) and its final name."""
+    files.mkdir(parents=True, exist_ok=True)
+    written = files / f".tmp-{name}"
+    written.write_bytes(b"c" * size)
+    return written, files / name
+
+
+def test_a_file_opened_again_while_its_id_goes_stays_pinned(
+        blob: Blob, tmp_path: Path, fuse_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last close unregisters the idle id and tells the tree after the lock: an open in between
+    registered a new id for the same copy, and the stale news unpinned it while the kernel held it."""
+    if fuse_path != "passthrough":
+        pytest.skip("only passthrough registers backing ids")
+    tree = open_tree(blob, tmp_path)
+    cache = tree.cache
+    assert isinstance(cache, LayerChunks)
+    big = lookup_path(tree, "bin/big")
+    assert read_all(tree, big) == FILES["bin/big"]
+    path = tmp_path / "mnt" / "bin/big"
+    fuse = mount_layer(tree, tmp_path / "mnt", passthrough=True)
+    try:
+        assert fuse._ops is not None
+        backing = fuse._ops.backing
+        backing._idle_kept = 0         # each last close unregisters its id
+        acquired, released = threading.Event(), threading.Event()
+        again: list[int] = []
+        real_acquire, real_release = backing.acquire, backing.release
+
+        def acquire(ino: int, backing_path: str | None) -> int:
+            try:
+                return real_acquire(ino, backing_path)
+            finally:
+                acquired.set()
+
+        def release(ino: int) -> None:
+            real_release(ino)
+            released.set()
+
+        def told(ino: int, backing_id: int) -> None:
+            if ino == big and backing_id == 0 and not again:    # its old id is going: open it again
+                threading.Thread(target=lambda: again.append(os.open(path, os.O_RDONLY)),
+                                 daemon=True).start()
+                assert acquired.wait(60), "the second open did not register an id"
+
+        monkeypatch.setattr(backing, "acquire", acquire)
+        monkeypatch.setattr(backing, "release", release)
+        backing.on_change = told
+        fd = os.open(path, os.O_RDONLY)
+        assert backing.is_open(big) and cache.cache.stats()["pinned"] == 1, "not a passthrough open"
+        acquired.clear()
+        os.close(fd)
+        assert released.wait(60), "no RELEASE"
+        for _ in range(1200):       # (the second OPEN's reply waits for the told note)
+            if again:
+                break
+            threading.Event().wait(0.05)
+        assert again and backing.is_open(big)
+        try:
+            assert cache.cache.stats()["pinned"] == 1, "the copy the kernel holds again was unpinned"
+            assert os.pread(again[0], 8, 100) == FILES["bin/big"][100:108]
+        finally:
+            os.close(again[0])
+    finally:
+        fuse.stop()
+        tree.close()
+
+
+def test_a_copy_kept_as_its_layer_is_released_is_not_left(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """keep_file checked ``released`` without the cache's lock: a release between the check and the
+    rename left the copy on disk, counted and (for passthrough) pinned for good."""
+    cache = DirectoryCache(tmp_path / "chunks", max_bytes=1 << 20)
+    assert cache.wait_scanned(60)
+    store = cache.layer(LAYER)
+    written, final = _copy(tmp_path / "snapshots" / LAYER[7:] / "files", "7", 3 * BLOCK)
+    real = cache._keep_file
+
+    def late(*args: object) -> object:      # the layer is released between the check and the lock
+        store.release()
+        return real(*args)      # type: ignore[arg-type]
+
+    monkeypatch.setattr(cache, "_keep_file", late)
+    assert not store.keep_file("7", written, final, pinned=True)
+    assert not final.exists(), "a released layer's copy was kept"
+    assert cache.size == 0 and cache.stats()["files"] == 0 and cache.stats()["pinned"] == 0
+
+
+def test_a_hold_taken_as_its_layer_is_released_is_not_counted(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = DirectoryCache(tmp_path / "chunks", max_bytes=1 << 20)
+    assert cache.wait_scanned(60)
+    store = cache.layer(LAYER)
+    real = cache._hold
+
+    def late(*args: object) -> None:
+        store.release()
+        real(*args)     # type: ignore[arg-type]
+
+    monkeypatch.setattr(cache, "_hold", late)
+    store.hold("9", 3 * BLOCK)
+    assert cache.size == 0 and cache.stats()["held"] == 0 and cache.stats()["pinned"] == 0, \
+        "a released layer's hold is counted (and pinned) for good"
+
+
+def test_an_adopted_one_chunk_file_is_counted_once(blob: Blob, tmp_path: Path) -> None:
+    """Its backing file is the chunk's own file: counted as the chunk, pinned while the id may last."""
+    tree = open_tree(blob, tmp_path)
+    cache = tree.cache
+    assert isinstance(cache, LayerChunks)
+    hello = lookup_path(tree, "etc/hello.txt")
+    assert read_all(tree, hello) == FILES["etc/hello.txt"]      # its chunk is stored
+    assert cache.size == BLOCK
+    ops = Operations(tree, entry_timeout=1.0, attr_timeout=1.0, passthrough=True, dev_fd=-1)
+    try:
+        ops.resume(RESUMED, {hello: 8})
+        stats = cache.cache.stats()
+        assert cache.size == BLOCK, "the chunk the kernel holds is counted twice"
+        assert stats["held"] == 0 and stats["pinned"] == 1 and stats["chunks"] == 1
+    finally:
+        tree.close()
+    assert cache.cache.stats()["pinned"] == 0
+
+
+def test_a_layer_whose_tree_fails_to_open_is_not_left_open(blob: Blob, tmp_path: Path) -> None:
+    """The layer's open count was taken before the tree's constructor ran: its failure left the layer
+    open for good (its copies never swept by a later start walk of this cache)."""
+    config = FsConfig(prefetch=False, background_fetch=False, read_deadline=5.0)
+    cache = DirectoryCache(config.chunk_dir(tmp_path), config.cache_max_bytes)
+    files = tmp_path / "snapshots" / blob.digest[7:] / "files"
+    files.parent.mkdir(parents=True)
+    files.write_bytes(b"not a directory")           # the tree cannot make its files/ directory
+    with pytest.raises(OSError):
+        open_layer_tree(blob.digest, blob.annotations, FileRangeSource(blob.path), root=tmp_path,
+                        config=config, cache=cache)
+    assert blob.digest[7:] not in cache._open, "the layer stays open"
+
+
+def test_a_stale_trash_name_of_the_same_pid_does_not_keep_a_killed_servers_copies(tmp_path: Path) -> None:
+    """A ``.trash-<pid>-1`` left by an earlier boot's process of this pid: renaming ``files/`` onto it
+    failed (ENOTEMPTY), so the copies stayed on disk, uncounted."""
+    snapshots = tmp_path / "snapshots"
+    stale = snapshots / f".trash-{os.getpid()}-1" / "5"
+    copy = snapshots / OTHER[7:] / "files" / "5"
+    for path in (stale, copy):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"x" * 100)
+    cache = DirectoryCache(tmp_path / "chunks", max_bytes=1 << 20, copies=snapshots)
+    assert cache.wait_scanned(60)
+    assert not copy.exists(), "a killed server's copy stayed"
+    assert sorted(p.name for p in snapshots.iterdir()) == [OTHER[7:]]
