@@ -4,6 +4,7 @@ files limit. Real FUSE mounts (tests/fs/memtree.py trees), the real keeper over 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import resource
@@ -195,18 +196,32 @@ def test_an_ended_connection_is_let_go_without_polling_every_fd_per_message(
 
     monkeypatch.setattr(select, "poll", counted)
     client = KeeperClient.connect(small_keeper, start=False)
+    before = _fuse_fds()
     mount = _mount(MemTree(), tmp_path / "mnt")
     try:
         _put(client, DIGEST, mount, "c")
+        assert _fuse_fds() == before + 2        # the mount's and the keeper's copy (this process)
         for ino in range(2, 202):
             client.note_backing(DIGEST, "c", ino, ino)
         assert len(polls) < 10, f"{len(polls)} polls of the kept fds for 201 messages"
     finally:
         mount.stop()        # the connection ends: the keeper closes its copy and forgets the layer
     try:
-        wait_until(lambda: _kept(client) == [], "the keeper to let the ended connection go")
+        # by itself (no take, which looks again): the kernel's end of the connection woke the keeper
+        wait_until(lambda: _fuse_fds() == before, "the keeper to close the ended connection's fd")
+        assert _kept(client) == []
     finally:
         client.close()
+
+
+def _fuse_fds() -> int:
+    """The /dev/fuse fds of this process (the in-process keeper's copies among them)."""
+    fds = Path("/proc/self/fd")
+    count = 0
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd) == "/dev/fuse"
+    return count
 
 
 def test_the_keeper_raises_its_open_files_limit_as_the_server_does(tmp_path: Path, paths: RunPaths) -> None:
