@@ -10,8 +10,10 @@ next server takes the fds back (:meth:`KeeperClient.take`), serves each connecti
 it, 6.9+, or the journal holds it).
 
 The keeper holds fds and small JSON records only (no layer state), so it never needs upgrading with
-the server. It drops an fd whose connection the kernel aborted (the mount went), and exits when it holds
-none and no server is connected. Only root (or its own user) may talk to it.
+the server. It drops an fd whose connection the kernel ended (the mount went: the fd's EPOLLERR wakes
+it, so nothing is polled per message), and exits when it holds none and no server is connected. Only
+root (or its own user) may talk to it. It keeps at most MAX_KEPT connections: a put past them is refused
+(that layer is not kept, the server goes on).
 
 Passthrough ids are filed per connection (``conn``, a token the server makes at mount and keeps across
 take-overs), not per layer: a note that arrives after its mount was dropped (a cold open while the layer
