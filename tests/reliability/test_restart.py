@@ -4,6 +4,7 @@ again, and what the dead server had read but not answered is resent (FUSE_NOTIFY
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -303,3 +305,16 @@ def test_a_read_every_next_server_dies_on_is_answered_eio(
 @pytest.fixture(autouse=True)
 def _repo_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO_ROOT)
+
+
+@pytest.fixture(autouse=True)
+def _kept_connections_end(tmp_path: Path) -> Iterator[None]:
+    """After a test that failed with its server killed: the keeper's connections are ended (the keeper
+    killed), else the clean-up's walk (``_no_leftovers``) waits for ever on mounts nobody serves."""
+    yield
+    for run_dir in tmp_path.glob("*/run"):
+        keeper, server = keeper_pid(RunPaths(run_dir.parent)), daemon_pid(run_dir.parent)
+        if keeper is not None and (server is None or gone(server)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(keeper, signal.SIGKILL)
+            wait_until(functools.partial(gone, keeper), "the keeper of a root without a server to go")
