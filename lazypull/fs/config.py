@@ -90,6 +90,14 @@ class FsConfig:
     warm_connections: int = 6
     """Keep-alive connections opened to the registry once a layer is mounted (and its prefetch done), so
     the concurrent fetches of a starting container need no handshakes (0: none). Default 6."""
+    program_max: int = 64 << 20
+    """A program bigger than ``whole_file_max`` that is being started (its exec read, or ``create``'s
+    program hint) is fetched whole in the background when it has at most this many bytes (0: never;
+    ``LayerTree._fetch_program``). Never above 1/8 of the cache bound. Default 64 MiB."""
+    program_budget: int = 256 << 20
+    """Bytes each layer fetches at most for programs fetched whole (``program_max``), over its mount:
+    a workload starting many big executables (``file /usr/bin/*``) does not pull them all in. Never
+    above 1/8 of the cache bound. Default 256 MiB."""
     fetch_workers: int = 8
     """Fetches in flight at once per layer (on-demand misses of different regions). Default 8."""
     passthrough: bool = True

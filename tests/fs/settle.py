@@ -1,7 +1,8 @@
 """Waiting until a layer tree's guesses are done, so a test can assert that something was *not* fetched
 without sleeping first (a sleep passes whenever the guess is late, and makes every run slower).
 
-The fetch-ahead work of a tree (``hints`` following a program, ``fetch_ahead``) runs on its ahead pool;
+The fetch-ahead work of a tree (``hints`` following a program, ``fetch_ahead``) runs on its ahead pool
+(a program fetched whole on its program pool);
 a task there may submit to another tree's pool before it ends. :class:`Pending` counts the tasks of all
 the watched trees together, so it reaches zero only once the whole chain has run; after that nothing
 submits more, and the chunks still claimed in the trees' fetchers (read-ahead, neighbours, the rest of a
@@ -54,6 +55,10 @@ def watch(*trees: LayerTree) -> Pending:
     for tree in trees:
         old = tree._ahead_pool
         tree._ahead_pool = _CountingPool(pending, old._max_workers, f"ahead-{tree.digest[7:19]}")
+        old.shutdown(wait=True)
+        # a program's pieces are claimed only at their turn: not in flight while they wait there
+        old = tree._program_pool
+        tree._program_pool = _CountingPool(pending, old._max_workers, f"program-{tree.digest[7:19]}")
         old.shutdown(wait=True)
     return pending
 

@@ -1,13 +1,15 @@
-"""A big program being started is fetched whole at once (``LayerTree._fetch_program``): in pieces of
+"""A big program being started is fetched whole (``LayerTree._fetch_program``): in pieces of
 ``PREFETCH_PIECE`` compressed bytes, in file order, each its own request to the real registry, instead of
-one miss per chunk as the program faults its pages in. Requests and ranges are counted in the registry
-proxy's log."""
+one miss per chunk as the program faults its pages in; on streams of its own, so demand reads never queue
+behind its pieces; within a per-program cap and a per-layer budget. Requests and ranges are counted in the
+registry proxy's log."""
 
 from __future__ import annotations
 
 import io
 import random
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,24 +20,30 @@ import pytest
 from lazypull.fs.config import FsConfig
 from lazypull.fs.layer import LayerTree, hints
 from lazypull.fs.layer.background import PREFETCH_PIECE
+from lazypull.fs.layer.tree import PROGRAM_STREAMS
 from lazypull.registry import RegistryClient, RetryPolicy, parse_reference
 from tests.fs.elfkit import make_elf
-from tests.helpers.registry import FaultProxy
+from tests.fs.settle import settle, watch
+from tests.helpers.registry import Fault, FaultProxy
 from tests.snapshot.layerkit import Blob, build_blob, lookup_path, open_tree, push_blob
 
-# whole_file_max far below the program: it is "big"; no other guess (read-ahead, neighbours) in the way
+# whole_file_max far below the program: it is "big"; no other guess (read-ahead, neighbours) in the way;
+# as many demand workers as the program has streams (with 8, the pieces of a 3 MB program could not fill
+# the demand reads' pool, as a big program's did when they shared it)
 CONFIG = FsConfig(prefetch=False, background_fetch=False, read_deadline=10.0, warm_connections=0,
                   readahead=0, blob_readahead=0, whole_file_max=64 << 10, learn_window=0,
-                  fetch_user_db=False)
+                  fetch_user_db=False, fetch_workers=PROGRAM_STREAMS)
 CHUNK = 256 << 10
 PROG = make_elf(pad=3_000_000)                   # ~3 MB of random bytes: 12 chunks, 3 pieces of 1 MiB
+PROG2 = make_elf(pad=2_500_000)                  # another program, for the per-layer budget
 DATA = PROG[:64] + random.Random(7).randbytes(1_000_000)     # ELF-looking, not executable
 
 
 def _tar() -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data, mode in (("usr/bin/prog", PROG, 0o755), ("usr/share/data.bin", DATA, 0o644)):
+        for name, data, mode in (("usr/bin/prog", PROG, 0o755), ("usr/share/data.bin", DATA, 0o644),
+                                 ("usr/bin/prog2", PROG2, 0o755)):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             info.mode = mode
@@ -129,9 +137,10 @@ def test_the_create_hint_fetches_a_big_program_whole(tree: LayerTree, fault_prox
 
 def test_only_an_executable_within_an_eighth_of_the_cache_bound_is_fetched_whole(
         blob: Blob, tree: LayerTree, fault_proxy: FaultProxy, tmp_path: Path) -> None:
+    pending = watch(tree)
     data = lookup_path(tree, "usr/share/data.bin")
     assert tree.read(data, 0, 4096) == DATA[:4096]         # ELF magic, but mode 0644: not a program
-    time.sleep(0.3)
+    settle(pending, tree)
     assert [_ranges(h) for h in fault_proxy.blob_gets] == [[_spans(tree, "usr/share/data.bin")[0]]]
     assert tree.read(lookup_path(tree, "usr/bin/prog"), 0, 4096) == PROG[:4096]
     _wait(lambda: _cached(tree, "usr/bin/prog"), "the program (3 MB) cached whole")
@@ -140,9 +149,76 @@ def test_only_an_executable_within_an_eighth_of_the_cache_bound_is_fetched_whole
                       source=tree.remote.source)
     try:
         fault_proxy.clear()
+        pending = watch(small)
         assert small.read(lookup_path(small, "usr/bin/prog"), 0, 4096) == PROG[:4096]
-        time.sleep(0.3)
+        settle(pending, small)
         assert [_ranges(h) for h in fault_proxy.blob_gets] == [[_spans(small, "usr/bin/prog")[0]]]
         assert small.stats.fetched_ahead == 0
     finally:
         small.close()
+
+
+def _gets(fault_proxy: FaultProxy) -> list[list[tuple[int, int]]]:
+    return [_ranges(h) for h in fault_proxy.blob_gets]
+
+
+def test_demand_reads_are_not_queued_behind_the_program_pieces(tree: LayerTree,
+                                                              fault_proxy: FaultProxy) -> None:
+    """The review's repro (a 64 MiB program: a 1 KB read of another file answered after 87 of its
+    requests): with the program's first pieces held in flight by the proxy, a read of another file and
+    a fault of the program's own last chunk are answered at once, before any of the program's pieces."""
+    units = _spans(tree, "usr/bin/prog")
+    parts = _expected_pieces(units[1:])
+    assert len(parts) > PROGRAM_STREAMS and units[-1][0] > parts[PROGRAM_STREAMS - 1][1]
+    release = threading.Event()
+    held = "|".join(str(start) for start, _ in parts[:PROGRAM_STREAMS])
+    fault_proxy.add(Fault("hold", method="GET", path_contains="/blobs/", times=-1, release=release,
+                          range_pattern=f"^bytes=({held})-"))
+    fc = tree._chunks_of(lookup_path(tree, "usr/bin/prog"))
+    assert fc is not None
+    first = {c.digest for c in fc.chunks if units[1][0] <= c.offset < parts[PROGRAM_STREAMS - 1][1]}
+    try:
+        pending = watch(tree)
+        prog = lookup_path(tree, "usr/bin/prog")
+        assert tree.read(prog, 0, 4096) == PROG[:4096]      # the exec read: the rest is queued
+        _wait(lambda: first <= tree.fetcher._inflight.keys(), "the first pieces in flight")
+        data = lookup_path(tree, "usr/share/data.bin")
+        assert tree.read(data, 0, 1000) == DATA[:1000]      # before the fix: EIO after read_deadline
+        tail = fc.chunks[-1]
+        assert tree.read(prog, tail.chunk_offset, 100) == PROG[tail.chunk_offset:tail.chunk_offset + 100]
+        assert _gets(fault_proxy) == [[units[0]], [_spans(tree, "usr/share/data.bin")[0]], [units[-1]]]
+    finally:
+        release.set()
+    settle(pending, tree)
+    assert _cached(tree, "usr/bin/prog")
+    gets = _gets(fault_proxy)
+    assert sorted(r for g in gets[3:] for r in g) == \
+        _expected_pieces(units[1:-1]), "then the pieces, without the chunk the fault fetched"
+
+
+def test_programs_fetched_whole_stay_within_the_cap_and_the_layer_budget(
+        blob: Blob, tree: LayerTree, fault_proxy: FaultProxy, tmp_path: Path) -> None:
+    """``program_budget``: the first program fits, the second one no longer does (read as it faults);
+    ``program_max`` below the program's size: not fetched whole."""
+    configs = {"budget": CONFIG.replace(program_budget=len(PROG)),
+               "cap": CONFIG.replace(program_max=len(PROG) - 1)}
+    for name, config in configs.items():
+        layer = open_tree(blob, tmp_path / name, config=config, source=tree.remote.source)
+        try:
+            fault_proxy.clear()
+            pending = watch(layer)
+            prog, prog2 = lookup_path(layer, "usr/bin/prog"), lookup_path(layer, "usr/bin/prog2")
+            assert layer.read(prog, 0, 4096) == PROG[:4096]
+            settle(pending, layer)
+            if name == "budget":
+                assert _cached(layer, "usr/bin/prog") and layer.stats.fetched_ahead == 1
+                fault_proxy.clear()
+                assert layer.read(prog2, 0, 4096) == PROG2[:4096]
+                settle(pending, layer)
+                assert _gets(fault_proxy) == [[_spans(layer, "usr/bin/prog2")[0]]], "over the budget"
+                assert layer.stats.fetched_ahead == 1
+            else:
+                assert _gets(fault_proxy) == [[_spans(layer, "usr/bin/prog")[0]]], "over the cap"
+                assert layer.stats.fetched_ahead == 0
+        finally:
+            layer.close()

@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 
 ASSEMBLE_INLINE_MAX = 64 << 20   # complete files up to this size are assembled during open()
 SMALL_FILE = 64 << 10            # compressed size up to which a file's neighbours come with it
-PROGRAM_CACHE_SHARE = 8          # a program fetched whole when started takes at most 1/8 of the cache bound
+PROGRAM_CACHE_SHARE = 8          # programs fetched whole when started take at most 1/8 of the cache bound
+PROGRAM_STREAMS = 2              # requests in flight for programs fetched whole (not the demand reads' pool)
 
 
 class _FileChunks:
@@ -119,7 +120,12 @@ class LayerTree:
                                     zero_holes=getattr(reader, "footer_kind", "") == "zstd-64")
         cache_bound = cache.cache.max_bytes if isinstance(cache, LayerChunks) else 0
         self.blob_readahead = BlobReadAhead(config.blob_readahead, small=SMALL_FILE, cache_bound=cache_bound)
-        self._program_max = cache_bound // PROGRAM_CACHE_SHARE if cache_bound else 0
+        share = cache_bound // PROGRAM_CACHE_SHARE if cache_bound else 0
+        self._program_max = min(config.program_max, share)
+        self._program_budget = min(config.program_budget, share)   # bytes left (under _ahead_lock)
+        # programs fetched whole go through streams of their own: the demand reads' pool (the fetcher's)
+        # never waits behind their pieces
+        self._program_pool = ThreadPoolExecutor(PROGRAM_STREAMS, thread_name_prefix=f"program-{digest[7:19]}")
         self.background = Background(self.fetcher, stats, config,
                                      reader.prefetch_range() if config.prefetch else None, index=self.index,
                                      learned=self.learned_chunks,
@@ -231,6 +237,7 @@ class LayerTree:
         self.cache.release()
         self._assembler.shutdown(wait=False, cancel_futures=True)
         self._ahead_pool.shutdown(wait=False, cancel_futures=True)
+        self._program_pool.shutdown(wait=False, cancel_futures=True)
         if self.access is not None:
             self.access.close()
         if self.learner is not None:
@@ -419,23 +426,40 @@ class LayerTree:
     def _fetch_program(self, ino: int) -> None:
         """Start fetching all of a program too big for ``whole_file_max`` that is being started (an
         executable file): in pieces of ``PREFETCH_PIECE`` compressed bytes, in file order, each its own
-        request, all at once over the registry's connections, each readable as it arrives. A program
-        faults its pages in wherever its code runs, one miss at a time (gcc's 12 MB ``cc1``, all of it
-        read, four 4 MiB chunks one after the other): fetched whole, the link stays busy through its start.
-        Bounded: only a file of at most ``1/PROGRAM_CACHE_SHARE`` of the chunk cache's bound (none when
-        the bound is unknown); returns without waiting."""
+        request, ``PROGRAM_STREAMS`` at a time on a pool of their own, each readable as it arrives. A
+        program faults its pages in wherever its code runs, one miss at a time (gcc's 12 MB ``cc1``, all of
+        it read, four 4 MiB chunks one after the other): fetched whole, the link stays busy through its
+        start. A piece is claimed only when its turn comes, so a demand read (of this program or any other
+        file) never queues behind the pieces: a chunk not yet claimed is fetched by the read itself at
+        once, one already claimed waits for its piece only. Bounded: a program of at most ``program_max``
+        bytes, at most ``program_budget`` bytes per layer, each at most ``1/PROGRAM_CACHE_SHARE`` of the
+        chunk cache's bound (none when the bound is unknown); returns without waiting."""
         node = self.inodes.get(ino)
         fc = self._chunks_of(ino)
         if node is None or fc is None or not node.attr.mode & 0o111 \
                 or fc.compressed <= self.config.whole_file_max or node.attr.size > self._program_max:
             return
         todo = [c for c in fc.chunks if not self.cache.contains(c.digest, c.chunk_size)]
-        if not todo:
-            return
+        cost = sum(c.chunk_size for c in {c.digest: c for c in todo}.values())
+        with self._ahead_lock:
+            if not todo or cost > self._program_budget:
+                return
+            self._program_budget -= cost
         self.stats.add(fetched_ahead=1)
-        deadline = time.monotonic() + self.config.read_deadline
         for piece in pieces(todo, PREFETCH_PIECE):
-            self.fetcher.fetch_async(piece, deadline=deadline)
+            try:
+                self._program_pool.submit(self._program_piece, piece)
+            except RuntimeError:        # closing
+                return
+
+    def _program_piece(self, piece: list[Chunk]) -> None:
+        """One piece of a program fetched whole, at its turn: what nobody has fetched or claimed since
+        (its deadline from then: a 64 MiB program's last pieces start long after its first)."""
+        if self.fetcher.remote.closed.is_set():
+            return
+        mine = self.fetcher.claim_for_background(piece)
+        if mine:    # (a demand read may have taken chunks out of the middle: no range over them)
+            self.fetcher.run_group(mine, time.monotonic() + self.config.read_deadline, single_range=False)
 
     def _read(self, node: Node, offset: int, size: int, *, quiet: bool = False) -> tuple[bytes, bool]:
         """Bytes ``[offset, offset+size)`` of a file, and whether any had to be fetched. ``quiet``: the
