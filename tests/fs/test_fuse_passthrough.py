@@ -287,6 +287,45 @@ def test_a_hung_keeper_holds_up_only_the_open_that_tells_it(tmp_path: Path, fuse
         assert got == [DATA[:70_000]]
 
 
+def test_a_hung_keeper_holds_up_only_the_release_that_evicts(tmp_path: Path, fuse_path: str) -> None:
+    """The same for an idle id unregistered at a last close (told to the keeper as id 0): while that
+    note hangs, the thread reading /dev/fuse answers a warm open of another file."""
+    if fuse_path != "passthrough":
+        pytest.skip("only passthrough registers backing ids")
+    tree, mnt = _notes_mount(tmp_path, ["evicted", "warm"])
+    evicted = tree.ino("evicted")
+    entered, go_on = threading.Event(), threading.Event()
+    hung_out: list[int] = []
+
+    def on_backing(ino: int, backing_id: int) -> None:
+        if ino == evicted and not backing_id:
+            entered.set()
+            if not go_on.wait(20):      # only if the warm open below waited for this note
+                hung_out.append(ino)
+
+    mount = FuseMount(tree, mnt, passthrough=True)
+    mount.on_backing = on_backing
+    with mount as m:
+        assert m.passthrough_active and m._ops is not None
+        m._ops.backing._idle_kept = 0       # a last close unregisters the id
+        held = os.open(mnt / "warm", os.O_RDONLY)     # in use: its id stays, later opens are warm
+        try:
+            assert (mnt / "evicted").read_bytes() == DATA[:70_000]    # its RELEASE tells the keeper
+            try:
+                assert entered.wait(30), "the last close did not tell of the unregistered id"
+                fd = os.open(mnt / "warm", os.O_RDONLY)
+                try:
+                    assert os.read(fd, 100) == DATA[:100]
+                finally:
+                    os.close(fd)
+                assert not hung_out, "the warm open waited for the keeper's answer to a release"
+            finally:
+                go_on.set()
+        finally:
+            os.close(held)
+        assert _wait(lambda: m.passthrough_files == 0)
+
+
 def test_the_notes_of_an_inode_keep_their_order(tmp_path: Path, fuse_path: str) -> None:
     """Opens and closes racing in two threads, each id evicted soon (1 idle kept): per inode the notes
     alternate (id, 0, id, 0 ...), and an open returns only once its id was told."""
