@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import random
+import subprocess
 import tarfile
 import threading
 import time
@@ -18,11 +19,13 @@ from typing import Any
 import pytest
 
 from lazypull.fs.config import FsConfig
+from lazypull.fs.fuse import FuseMount
 from lazypull.fs.layer import LayerTree, hints
 from lazypull.fs.layer.background import PREFETCH_PIECE
 from lazypull.fs.layer.tree import PROGRAM_STREAMS
 from lazypull.registry import RegistryClient, RetryPolicy, parse_reference
 from tests.fs.elfkit import make_elf
+from tests.fs.memtree import MemTree
 from tests.fs.settle import settle, watch
 from tests.helpers.registry import Fault, FaultProxy
 from tests.snapshot.layerkit import Blob, build_blob, lookup_path, open_tree, push_blob
@@ -113,7 +116,7 @@ def test_the_exec_read_of_a_big_program_fetches_it_whole_in_pieces(tree: LayerTr
     units = _spans(tree, "usr/bin/prog")
     assert len(units) == 12 and units[-1][1] - units[0][0] > 2 * PREFETCH_PIECE
     ino = lookup_path(tree, "usr/bin/prog")
-    assert tree.read(ino, 0, 4096) == PROG[:4096]       # the kernel reading the program's ELF header
+    assert tree.read_exec(ino, 0, 4096) == PROG[:4096]       # the kernel reading the program's ELF header
     _wait(lambda: _cached(tree, "usr/bin/prog"), "the whole program cached")
     gets = [_ranges(h) for h in fault_proxy.blob_gets]
     assert gets[0] == [units[0]], "the read's own chunk first, alone"
@@ -122,7 +125,7 @@ def test_the_exec_read_of_a_big_program_fetches_it_whole_in_pieces(tree: LayerTr
     assert len(gets) == 1 + len(_expected_pieces(units[1:])) >= 3
     assert tree.stats.fetched_ahead == 1
     fault_proxy.clear()
-    assert tree.read(ino, 2_000_000, 100_000) == PROG[2_000_000:2_100_000]
+    assert tree.read_exec(ino, 2_000_000, 100_000) == PROG[2_000_000:2_100_000]
     assert fault_proxy.blob_gets == [], "later faults find the program cached"
 
 
@@ -142,7 +145,7 @@ def test_only_an_executable_within_an_eighth_of_the_cache_bound_is_fetched_whole
     assert tree.read(data, 0, 4096) == DATA[:4096]         # ELF magic, but mode 0644: not a program
     settle(pending, tree)
     assert [_ranges(h) for h in fault_proxy.blob_gets] == [[_spans(tree, "usr/share/data.bin")[0]]]
-    assert tree.read(lookup_path(tree, "usr/bin/prog"), 0, 4096) == PROG[:4096]
+    assert tree.read_exec(lookup_path(tree, "usr/bin/prog"), 0, 4096) == PROG[:4096]
     _wait(lambda: _cached(tree, "usr/bin/prog"), "the program (3 MB) cached whole")
     # the same program where the chunk cache is bounded to 16 MiB: 3 MB > 16 MiB / 8, read as it faults
     small = open_tree(blob, tmp_path / "small", config=CONFIG.replace(cache_max_bytes=16 << 20),
@@ -150,7 +153,7 @@ def test_only_an_executable_within_an_eighth_of_the_cache_bound_is_fetched_whole
     try:
         fault_proxy.clear()
         pending = watch(small)
-        assert small.read(lookup_path(small, "usr/bin/prog"), 0, 4096) == PROG[:4096]
+        assert small.read_exec(lookup_path(small, "usr/bin/prog"), 0, 4096) == PROG[:4096]
         settle(pending, small)
         assert [_ranges(h) for h in fault_proxy.blob_gets] == [[_spans(small, "usr/bin/prog")[0]]]
         assert small.stats.fetched_ahead == 0
@@ -180,12 +183,13 @@ def test_demand_reads_are_not_queued_behind_the_program_pieces(tree: LayerTree,
     try:
         pending = watch(tree)
         prog = lookup_path(tree, "usr/bin/prog")
-        assert tree.read(prog, 0, 4096) == PROG[:4096]      # the exec read: the rest is queued
+        assert tree.read_exec(prog, 0, 4096) == PROG[:4096]      # the exec read: the rest is queued
         _wait(lambda: first <= tree.fetcher._inflight.keys(), "the first pieces in flight")
         data = lookup_path(tree, "usr/share/data.bin")
         assert tree.read(data, 0, 1000) == DATA[:1000]      # before the fix: EIO after read_deadline
         tail = fc.chunks[-1]
-        assert tree.read(prog, tail.chunk_offset, 100) == PROG[tail.chunk_offset:tail.chunk_offset + 100]
+        assert tree.read_exec(prog, tail.chunk_offset, 100) == \
+            PROG[tail.chunk_offset:tail.chunk_offset + 100]         # the program's own later fault
         assert _gets(fault_proxy) == [[units[0]], [_spans(tree, "usr/share/data.bin")[0]], [units[-1]]]
     finally:
         release.set()
@@ -208,12 +212,12 @@ def test_programs_fetched_whole_stay_within_the_cap_and_the_layer_budget(
             fault_proxy.clear()
             pending = watch(layer)
             prog, prog2 = lookup_path(layer, "usr/bin/prog"), lookup_path(layer, "usr/bin/prog2")
-            assert layer.read(prog, 0, 4096) == PROG[:4096]
+            assert layer.read_exec(prog, 0, 4096) == PROG[:4096]
             settle(pending, layer)
             if name == "budget":
                 assert _cached(layer, "usr/bin/prog") and layer.stats.fetched_ahead == 1
                 fault_proxy.clear()
-                assert layer.read(prog2, 0, 4096) == PROG2[:4096]
+                assert layer.read_exec(prog2, 0, 4096) == PROG2[:4096]
                 settle(pending, layer)
                 assert _gets(fault_proxy) == [[_spans(layer, "usr/bin/prog2")[0]]], "over the budget"
                 assert layer.stats.fetched_ahead == 1
@@ -222,3 +226,47 @@ def test_programs_fetched_whole_stay_within_the_cap_and_the_layer_budget(
                 assert layer.stats.fetched_ahead == 0
         finally:
             layer.close()
+
+
+def test_a_plain_read_of_an_executable_elf_is_not_a_program_start(tree: LayerTree,
+                                                                 fault_proxy: FaultProxy) -> None:
+    """A mode-0755 ELF read without the kernel's exec flag (a library the loader maps, as RHEL/UBI
+    images ship them, ``file``, ``ldconfig``): only the chunk read, nothing fetched whole."""
+    pending = watch(tree)
+    prog = lookup_path(tree, "usr/bin/prog")
+    assert tree.read(prog, 0, 4096) == PROG[:4096]
+    settle(pending, tree)
+    assert _gets(fault_proxy) == [[_spans(tree, "usr/bin/prog")[0]]]
+    assert tree.stats.fetched_ahead == 0
+
+
+class _ExecTree(MemTree):
+    """A MemTree that tells the reads made for an execve (``fuse.tree.ExecAware``) from the others."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exec_reads: list[int] = []
+
+    def read_exec(self, ino: int, offset: int, size: int) -> bytes:
+        self.exec_reads.append(ino)
+        return self.read(ino, offset, size)
+
+
+def test_the_kernel_marks_the_reads_of_an_execve(tmp_path: Path) -> None:
+    """Through a real FUSE mount: the reads of a file being executed reach ``read_exec`` (the READ's
+    file flags hold FMODE_EXEC); the same kind of file read by a shell or ``cat`` reaches ``read``."""
+    tree = _ExecTree()
+    script = b"#!/bin/sh\nexit 7\n"
+    for name in ("run.sh", "sourced.sh", "cat.sh"):
+        tree.add_file(name, script, mode=0o755)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with FuseMount(tree, mnt, fsname="lazypull-test", workers=(1, 4)):
+        ino = {name: (mnt / name).stat().st_ino for name in ("run.sh", "sourced.sh", "cat.sh")}
+        # (never a child exec'd straight from the serving process: through /bin/sh, see fuse.session)
+        assert subprocess.run(["/bin/sh", "-c", f"exec '{mnt}/run.sh'"], check=False).returncode == 7
+        assert subprocess.run(["/bin/sh", f"{mnt}/sourced.sh"], check=False).returncode == 7
+        out = subprocess.run(["/bin/sh", "-c", f"exec cat '{mnt}/cat.sh'"], check=True, capture_output=True)
+        assert out.stdout == script
+    assert set(tree.exec_reads) == {ino["run.sh"]}
+    assert tree.calls["read"] >= 3

@@ -24,6 +24,7 @@ from lazypull.fs.fuse.protocol import Op, Request
 from lazypull.fs.fuse.tree import (
     Attr,
     BackingAware,
+    ExecAware,
     FuseError,
     MetadataInMemory,
     Tree,
@@ -148,6 +149,7 @@ class Operations:
         self._parents: dict[int, int] = {}
         self._metadata_inline = isinstance(tree, MetadataInMemory) and tree.metadata_in_memory()
         self._observed_writes = isinstance(tree, WriteObserver)
+        self._read_exec = tree.read_exec if isinstance(tree, ExecAware) else None
         self._handlers: dict[int, Callable[[Request], Reply]] = {
             Op.LOOKUP: self.lookup,
             Op.GETATTR: self.getattr,
@@ -375,8 +377,11 @@ class Operations:
         return 0, protocol.OPEN_OUT.pack(fh, protocol.FOPEN_KEEP_CACHE | protocol.FOPEN_NOFLUSH, 0)
 
     def read(self, req: Request) -> Reply:
-        _, offset, size, *_ = protocol.READ_IN.unpack_from(req.body)
-        data = self.tree.read(req.nodeid, offset, size)
+        _, offset, size, _, _, flags, _ = protocol.READ_IN.unpack_from(req.body)
+        if flags & protocol.FMODE_EXEC and self._read_exec is not None:
+            data = self._read_exec(req.nodeid, offset, size)
+        else:
+            data = self.tree.read(req.nodeid, offset, size)
         if len(data) < size:
             # The kernel takes a short read as the end of the file and would shrink its idea of the size.
             file_size = self.tree.getattr(req.nodeid).size

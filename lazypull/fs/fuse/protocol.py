@@ -137,6 +137,10 @@ NO_OPENDIR_SUPPORT = 1 << 24
 INIT_EXT = 1 << 30
 PASSTHROUGH = 1 << 37
 
+# In the file flags of OPEN and READ (``fuse_read_in.flags``): the file was opened by execve (the kernel's
+# ``__FMODE_EXEC``).
+FMODE_EXEC = 0o40
+
 # OPEN reply flags.
 FOPEN_KEEP_CACHE = 1 << 1
 FOPEN_CACHE_DIR = 1 << 3

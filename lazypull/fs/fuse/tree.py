@@ -124,6 +124,17 @@ class BackingAware(Protocol):
 
 
 @runtime_checkable
+class ExecAware(Protocol):
+    """A tree told which reads are the kernel's for a program being executed: the READ's file flags hold
+    ``FMODE_EXEC`` (what execve opens, as 6.18 sends it); a library the loader opens, ``cat`` or
+    ``file`` of the same file have none."""
+
+    def read_exec(self, ino: int, offset: int, size: int) -> bytes:
+        """``read`` of a file being executed."""
+        ...
+
+
+@runtime_checkable
 class XattrAware(Protocol):
     """A tree that can say it has no extended attribute at all (any inode, ever). The session then
     answers GETXATTR with ENOSYS, which the kernel remembers for the whole connection (this mount):

@@ -142,6 +142,7 @@ class LayerTree:
         self._assembler = ThreadPoolExecutor(1, thread_name_prefix=f"assemble-{digest[7:19]}")
         # files fetched ahead for the dynamic loader (``hints``), each once; the image's layers are a group
         self._ahead: set[int] = set()
+        self._programs: set[int] = set()          # executables looked at for a whole fetch, each once
         self._ahead_lock = threading.Lock()
         self._ahead_pool = ThreadPoolExecutor(4, thread_name_prefix=f"ahead-{digest[7:19]}")
         ref = getattr(remote.source, "ref", None)
@@ -296,23 +297,42 @@ class LayerTree:
         return StatFs(blocks=(self._total_size + 4095) // 4096, files=len(self.inodes.nodes))
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
+        return self._served(ino, offset, size, executing=False)
+
+    def read_exec(self, ino: int, offset: int, size: int) -> bytes:
+        """``read`` for the kernel executing the file (``fuse.tree.ExecAware``): its first miss also
+        starts fetching the rest of a big program (``_fetch_program``). A library the loader maps, ``file``
+        or ``ldconfig`` reading an executable ELF, read with ``read``, do not."""
+        return self._served(ino, offset, size, executing=True)
+
+    def _served(self, ino: int, offset: int, size: int, *, executing: bool) -> bytes:
         node = self._node(ino)
         if self.access is not None:
             self.access.note(ino, node.path)
         data, missed = self._read(node, offset, size)
         if self.learner is not None and not self.learner.closed and data:
             self._learn(ino, node, offset, offset + len(data))
+        if missed and executing and self._program_once(ino):
+            with contextlib.suppress(RuntimeError):         # closing
+                self._ahead_pool.submit(self._started, ino)
         if missed and offset == 0 and self.config.fetch_elf_deps and (
                 data[:4] == ELF_MAGIC or (data[:2] == b"#!" and node.attr.mode & 0o111)):
-            self._ahead_once(ino, self._started, ino)       # a program starting: what it loads next
+            # a program starting, or the loader opening a library: what it loads next
+            self._ahead_once(ino, hints.follow, self, ino)
         return data
 
     def _started(self, ino: int) -> None:
-        """A file's first bytes were read and are an ELF header or a ``#!`` line (the kernel starting a
-        program, or the loader opening a library): the rest of a big program, then what it loads."""
+        """A program is being executed (``read_exec``): the rest of it if big."""
         with contextlib.suppress(FuseError):
             self._fetch_program(ino)
-        hints.follow(self, ino)
+
+    def _program_once(self, ino: int) -> bool:
+        """Whether ``ino`` is to be looked at for a whole fetch now (the first time only)."""
+        with self._ahead_lock:
+            if ino in self._programs:
+                return False
+            self._programs.add(ino)
+            return True
 
     def _learn(self, ino: int, node: Node, offset: int, end: int) -> None:
         fc = self._files.get(ino)
@@ -405,7 +425,7 @@ class LayerTree:
             fc = self._chunks_of(ino)
             if fc is None:
                 return
-            if program:
+            if program and self._program_once(ino):
                 self._fetch_program(ino)
             if fc.compressed <= self.config.whole_file_max:
                 todo = [c for c in fc.chunks if not self.cache.contains(c.digest, c.chunk_size)]
