@@ -146,6 +146,7 @@ class Operations:
         self._dirs: dict[int, _Dir] = {}
         self._cached_opens: collections.Counter[int] = collections.Counter()
         self._open_lock = threading.Lock()  # guards _files, _dirs, _cached_opens and the open-mode choice
+        self._inline_open = threading.local()   # .ino: the OPEN this reading thread answers itself
         self._parents: dict[int, int] = {}
         self._metadata_inline = isinstance(tree, MetadataInMemory) and tree.metadata_in_memory()
         self._observed_writes = isinstance(tree, WriteObserver)
@@ -183,7 +184,10 @@ class Operations:
             return True  # unparsable: the session logs it and answers nothing
         opcode, nodeid = protocol.IN_OPCODE_NODEID.unpack_from(buf)
         if opcode == Op.OPEN:
-            return not self.passthrough_active or self.no_open or self.resumed or self.backing.is_warm(nodeid)
+            inline = (not self.passthrough_active or self.no_open or self.resumed
+                      or self.backing.is_warm(nodeid))
+            self._inline_open.ino = nodeid if inline else 0
+            return inline
         if opcode in _METADATA:
             return self._metadata_inline
         if opcode == Op.READ:
@@ -335,6 +339,8 @@ class Operations:
         if self.no_open:
             return errno.ENOSYS, b""  # from now on the kernel opens files itself (FOPEN_KEEP_CACHE)
         ino = req.nodeid
+        inline = getattr(self._inline_open, "ino", 0) == ino
+        self._inline_open.ino = 0
         if self.passthrough_active:
             with self._open_lock:  # a warm open: the inode's id is kept and it has no cached-mode open
                 backing_id = 0 if ino in self._cached_opens else self.backing.reuse(ino)
@@ -345,8 +351,11 @@ class Operations:
         path = None
         # After a restart only the ids the previous server registered pass through: an inode it opened
         # in cached mode may still be open, and the kernel refuses a passthrough open of it (EIO).
-        if self.passthrough_active and not self.backing.is_open(ino) and not self.resumed:
-            path = self.tree.backing_path(ino)
+        if self.passthrough_active and not self.resumed:
+            if not inline:      # its id being unregistered: the tree's pin goes with it, then pins again
+                self.backing.wait_closed(ino)   # (the reading thread does not wait: cached mode)
+            if not self.backing.is_open(ino):
+                path = self.tree.backing_path(ino)
         with self._open_lock:
             backing_id = 0
             # The kernel refuses to mix cached and passthrough opens of one inode: follow the current mode.

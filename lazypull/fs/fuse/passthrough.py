@@ -57,6 +57,7 @@ class _Backing:
     backing_id: int
     opens: int
     note: int = 0       # the number of the note telling ``on_change`` of this id (0: none to tell)
+    closing: bool = False   # unregistered, ``on_closed`` not told yet: no open takes it, none replaces it
 
 
 class BackingFiles:
@@ -69,7 +70,10 @@ class BackingFiles:
     letting go of its locks; one thread tells at a time, so the notes of one inode (id, 0, next id...)
     arrive in the order they happened. An id waiting to be told is not reused by a warm open (the
     thread reading /dev/fuse answers those and must not wait), and an evicted id stays registered
-    until its removal is told (the keeper never holds an id the kernel already forgot).
+    until its removal is told (the keeper never holds an id the kernel already forgot). An evicted
+    inode stays "closing" until ``on_closed`` has run: an id registered meanwhile would hold a file
+    the stale news unpins, so an open waits for it (:meth:`wait_closed`, never on the reading thread)
+    or, if it cannot wait, gets no id (:meth:`acquire` returns 0: served in cached mode).
     """
 
     def __init__(self, dev_fd: int, idle_kept: int = IDLE_KEPT) -> None:
@@ -84,6 +88,7 @@ class BackingFiles:
         self._queued = 0            # notes numbered so far
         self._told = 0              # every note up to this number has been told
         self._telling = False       # a thread is telling the queue
+        self._closing = 0           # entries of _by_inode marked closing
         #: told of every id registered (ino, id) and, before it is unregistered, (ino, 0): a server taking
         #: over the connection must answer opens of an inode in passthrough mode with that same id
         self.on_change: Callable[[int, int], None] | None = None
@@ -103,22 +108,37 @@ class BackingFiles:
             return len(self._by_inode)
 
     def is_open(self, ino: int) -> bool:
-        """Whether ``ino`` has a backing id (open or kept): new opens pass through with it."""
+        """Whether ``ino`` has a backing id (open, kept or closing): an open does not ask the tree
+        for a backing file (:meth:`acquire` reuses the id or, closing, refuses)."""
         with self._by_inode_lock:
             return ino in self._by_inode
+
+    def is_closing(self, ino: int) -> bool:
+        """Whether the id of ``ino`` is being unregistered (the tree not told yet): open it in cached
+        mode, neither with that id nor with a new one."""
+        with self._by_inode_lock:
+            entry = self._by_inode.get(ino)
+            return entry is not None and entry.closing
+
+    def wait_closed(self, ino: int) -> None:
+        """Return once the id of ``ino`` is not closing (its unregister and ``on_closed`` are done):
+        then the tree is asked for its backing file afresh (it pins it again)."""
+        with self._told_cond:
+            while (entry := self._by_inode.get(ino)) is not None and entry.closing:
+                self._told_cond.wait()
 
     def is_warm(self, ino: int) -> bool:
         """Whether an open of ``ino`` is answered at once by :meth:`reuse` (its id is told)."""
         with self._by_inode_lock:
             entry = self._by_inode.get(ino)
-            return entry is not None and entry.note <= self._told
+            return entry is not None and not entry.closing and entry.note <= self._told
 
     def reuse(self, ino: int) -> int:
         """The id of ``ino`` for one more open if it has one (open or kept) that is told, else 0
         (nothing taken: :meth:`acquire` then :meth:`announce`)."""
         with self._by_inode_lock:
             entry = self._by_inode.get(ino)
-            if entry is None or entry.note > self._told:
+            if entry is None or entry.closing or entry.note > self._told:
                 return 0
             entry.opens += 1
             self._idle.pop(ino, None)
@@ -126,18 +146,21 @@ class BackingFiles:
 
     def acquire(self, ino: int, path: str | None) -> int:
         """The backing id for one more open of ``ino``; registers ``path`` when the inode has none.
-        The caller then calls :meth:`announce` without holding its own locks.
+        The caller then calls :meth:`announce` without holding its own locks. 0 (nothing taken: serve
+        the open in cached mode) when the inode's id is closing or it has none and ``path`` is None.
 
         Raises OSError when the file cannot be opened or the kernel refuses it (no passthrough).
         """
         with self._by_inode_lock:
             entry = self._by_inode.get(ino)
+            if entry is not None and entry.closing:
+                return 0    # (a caller that may wait called wait_closed first)
             if entry is not None:
                 entry.opens += 1
                 self._idle.pop(ino, None)
                 return entry.backing_id
             if path is None:
-                raise FileNotFoundError(f"inode {ino} has no backing file")
+                return 0
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 arg = bytearray(protocol.BACKING_MAP.pack(fd, 0, 0))
@@ -161,10 +184,10 @@ class BackingFiles:
         """One open of ``ino`` ended; after the last one the id is kept idle, and the oldest idle id past
         ``idle_kept`` is unregistered (never one in use: the kernel binds it to its inode while open)."""
         note = 0
-        closed = []
+        closed: list[tuple[int, _Backing]] = []
         with self._by_inode_lock:
             entry = self._by_inode.get(ino)
-            if entry is None:
+            if entry is None or entry.closing:
                 return
             entry.opens -= 1
             if entry.opens > 0:
@@ -172,14 +195,23 @@ class BackingFiles:
             self._idle[ino] = None
             while len(self._idle) > self._idle_kept:
                 old, _ = self._idle.popitem(last=False)
-                note = self._note(old, 0, self._by_inode.pop(old).backing_id)
-                closed.append(old)
-        self._tell_until(note)
-        with self._by_inode_lock:   # one opened again meanwhile has a new id: its file is held again
-            closed = [old for old in closed if old not in self._by_inode]
-        for old in closed:      # (unregistered by now: by _note, or by the telling of the notes)
-            if self.on_closed is not None:
-                self.on_closed(old)
+                gone = self._by_inode[old]
+                gone.closing = True     # kept until on_closed ran: no open registers a new id before
+                self._closing += 1
+                note = self._note(old, 0, gone.backing_id)
+                closed.append((old, gone))
+        try:
+            self._tell_until(note)
+            for old, _ in closed:   # (unregistered by now: by _note, or by the telling of the notes)
+                if self.on_closed is not None:
+                    self.on_closed(old)
+        finally:
+            with self._by_inode_lock:
+                for old, gone in closed:
+                    if self._by_inode.get(old) is gone:     # (close_all may have cleared it)
+                        del self._by_inode[old]
+                        self._closing -= 1
+                self._told_cond.notify_all()    # (wait_closed)
 
     def release_may_wait(self) -> bool:
         """Whether the next last-close may unregister an idle id and tell ``on_change`` of it (the
@@ -190,15 +222,17 @@ class BackingFiles:
     def in_use(self) -> int:
         """Inodes with passthrough opens now (diagnostics and tests)."""
         with self._by_inode_lock:
-            return len(self._by_inode) - len(self._idle)
+            return len(self._by_inode) - len(self._idle) - self._closing
 
     def close_all(self) -> None:
         """Unregister everything (session end); notes not yet told are dropped (nobody serves on)."""
         with self._by_inode_lock:
-            ids = [entry.backing_id for entry in self._by_inode.values()]
+            # (a closing id is its note's to unregister, or unregistered already: never closed twice)
+            ids = [entry.backing_id for entry in self._by_inode.values() if not entry.closing]
             ids += [unregister for _, _, _, unregister in self._notes if unregister]
             self._by_inode.clear()
             self._idle.clear()
+            self._closing = 0
             self._notes.clear()
             self._told = self._queued
             self._told_cond.notify_all()
