@@ -429,7 +429,9 @@ class DirectoryCache:
             if self._pins[key] <= 0:
                 del self._pins[key]
 
-    def _put(self, key: _Key, data: bytes) -> bool:
+    def _put(self, key: _Key, data: bytes, store: LayerChunks | None = None) -> bool:
+        """Write and count a chunk; not for ``store`` released meanwhile (checked under the lock its
+        release sets the flag under: its namespace may be deleted next)."""
         final = self._path(key)
         with self._lock:
             present = key in self._lru and key not in self._unverified
@@ -453,11 +455,18 @@ class DirectoryCache:
                     continue        # freed some of our own chunks: try again
                 return self._not_written(final, err.strerror or str(err))
         with self._lock:
-            self._unverified.discard(key)
-            old = self._lru.pop(key, None)
-            self._total += need - (old or 0)
-            self._lru[key] = need
-            over = self._total > self.max_bytes
+            released = store is not None and store._released
+            if released:    # not counted, and not left on disk uncounted
+                trash = None if key in self._lru else self._detach(final)
+            else:
+                self._unverified.discard(key)
+                old = self._lru.pop(key, None)
+                self._total += need - (old or 0)
+                self._lru[key] = need
+                over = self._total > self.max_bytes
+        if released:
+            _unlink_all([trash])
+            return False
         if over:
             self._evict(int(self.max_bytes * LOW_WATER))
         return True
@@ -753,14 +762,18 @@ class LayerChunks:
     def put(self, digest: str, data: bytes) -> bool:
         if self._released:          # its namespace may be gone already (rmi, containerd's GC)
             return False
-        return self.cache._put(self._key(digest), data)
+        return self.cache._put(self._key(digest), data, self)
 
     def pin(self, digest: str, size: int) -> str | None:
         path = self.cache._pin(self._key(digest), size)
-        if path is not None:
-            with self._pins_lock:
+        if path is None:
+            return None
+        with self._pins_lock:   # (release swaps _pins and sets _released under it: one or the other)
+            if not self._released:
                 self._pins[digest] += 1
-        return path
+                return path
+        self.cache._unpin(self._key(digest))    # released: nobody would undo this pin
+        return None
 
     def unpin(self, digest: str) -> None:
         with self._pins_lock:

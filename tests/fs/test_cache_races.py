@@ -5,6 +5,7 @@ open, and a stale ``.trash-`` name of the same pid does not keep a killed server
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -37,10 +38,13 @@ def _copy(files: Path, name: str, size: int) -> tuple[Path, Path]:
     return written, files / name
 
 
-def test_a_file_opened_again_while_its_id_goes_stays_pinned(
-        blob: Blob, tmp_path: Path, fuse_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The last close unregisters the idle id and tells the tree after the lock: an open in between
-    registered a new id for the same copy, and the stale news unpinned it while the kernel held it."""
+@pytest.mark.parametrize("window", ["keeper note", "tree news"])
+def test_a_file_opened_again_while_its_id_goes_is_never_held_unpinned(
+        blob: Blob, tmp_path: Path, fuse_path: str, window: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last close unregisters the idle id, tells the keeper, then tells the tree (which unpins the
+    copy): an open in between registered a new id for the same copy (the tree, still pinning it, did
+    nothing), and the stale news unpinned it while the kernel held it. Now that open waits until the
+    news is told, then asks the tree again (which pins the copy again)."""
     if fuse_path != "passthrough":
         pytest.skip("only passthrough registers backing ids")
     tree = open_tree(blob, tmp_path)
@@ -51,44 +55,63 @@ def test_a_file_opened_again_while_its_id_goes_stays_pinned(
     path = tmp_path / "mnt" / "bin/big"
     fuse = mount_layer(tree, tmp_path / "mnt", passthrough=True)
     try:
-        assert fuse._ops is not None
-        backing = fuse._ops.backing
+        ops = fuse._ops
+        assert ops is not None
+        backing = ops.backing
         backing._idle_kept = 0         # each last close unregisters its id
-        acquired, released = threading.Event(), threading.Event()
+        reached, released = threading.Event(), threading.Event()
         again: list[int] = []
-        real_acquire, real_release = backing.acquire, backing.release
+        real_acquire, real_release, real_closed = backing.acquire, backing.release, backing.on_closed
+        real_wait = backing.wait_closed
+        assert real_closed is not None
 
         def acquire(ino: int, backing_path: str | None) -> int:
-            try:
-                return real_acquire(ino, backing_path)
-            finally:
-                acquired.set()
+            reached.set()
+            return real_acquire(ino, backing_path)
+
+        def wait_closed(ino: int) -> None:
+            if ino == big and backing.is_closing(ino):
+                reached.set()
+            real_wait(ino)
 
         def release(ino: int) -> None:
             real_release(ino)
             released.set()
 
-        def told(ino: int, backing_id: int) -> None:
-            if ino == big and backing_id == 0 and not again:    # its old id is going: open it again
+        def open_again(ino: int) -> None:
+            if ino == big and not again:    # its old id is going: open it again
                 threading.Thread(target=lambda: again.append(os.open(path, os.O_RDONLY)),
                                  daemon=True).start()
-                assert acquired.wait(60), "the second open did not register an id"
+                assert reached.wait(60), "the second open did not get as far as the backing ids"
+
+        def told(ino: int, backing_id: int) -> None:
+            if window == "keeper note" and backing_id == 0:
+                open_again(ino)
+
+        def closed(ino: int) -> None:
+            if window == "tree news":
+                open_again(ino)
+            real_closed(ino)
 
         monkeypatch.setattr(backing, "acquire", acquire)
         monkeypatch.setattr(backing, "release", release)
+        monkeypatch.setattr(backing, "wait_closed", wait_closed)
         backing.on_change = told
+        backing.on_closed = closed
         fd = os.open(path, os.O_RDONLY)
         assert backing.is_open(big) and cache.cache.stats()["pinned"] == 1, "not a passthrough open"
-        acquired.clear()
+        reached.clear()
         os.close(fd)
         assert released.wait(60), "no RELEASE"
-        for _ in range(1200):       # (the second OPEN's reply waits for the told note)
+        for _ in range(1200):
             if again:
                 break
             threading.Event().wait(0.05)
-        assert again and backing.is_open(big)
+        assert again, "the second open was not answered"
         try:
-            assert cache.cache.stats()["pinned"] == 1, "the copy the kernel holds again was unpinned"
+            pinned = cache.cache.stats()["pinned"]
+            assert pinned == backing.is_open(big), "the kernel holds a copy the cache may evict"
+            assert backing.is_open(big), "not a passthrough open"
             assert os.pread(again[0], 8, 100) == FILES["bin/big"][100:108]
         finally:
             os.close(again[0])
@@ -132,6 +155,49 @@ def test_a_hold_taken_as_its_layer_is_released_is_not_counted(tmp_path: Path,
     store.hold("9", 3 * BLOCK)
     assert cache.size == 0 and cache.stats()["held"] == 0 and cache.stats()["pinned"] == 0, \
         "a released layer's hold is counted (and pinned) for good"
+
+
+def test_a_pin_taken_as_its_layer_is_released_is_undone(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """pin checked nothing about the release: one between the cache's pin and the layer's count was
+    in neither the swapped-out counts (undone) nor the new ones (never undone): the chunk stayed
+    pinned, never evicted."""
+    cache = DirectoryCache(tmp_path / "chunks", max_bytes=1 << 20)
+    assert cache.wait_scanned(60)
+    store = cache.layer(LAYER)
+    digest = "sha256:" + hashlib.sha256(b"p" * 100).hexdigest()
+    assert store.put(digest, b"p" * 100)
+    real = cache._pin
+
+    def late(*args: object) -> str | None:     # the layer is released once the cache pinned it
+        path = real(*args)      # type: ignore[arg-type]
+        store.release()
+        return path
+
+    monkeypatch.setattr(cache, "_pin", late)
+    assert store.pin(digest, 100) is None, "a released layer's chunk was pinned"
+    assert cache.stats()["pinned"] == 0, "a pin nothing undoes"
+    assert cache.stats()["chunks"] == 1, "the chunk itself stays cached (evictable)"
+
+
+def test_a_chunk_put_as_its_layer_is_released_is_not_counted(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """put checked ``released`` before writing: a release meanwhile (its namespace deleted next)
+    still had the chunk written and counted."""
+    cache = DirectoryCache(tmp_path / "chunks", max_bytes=1 << 20)
+    assert cache.wait_scanned(60)
+    store = cache.layer(LAYER)
+    digest = "sha256:" + hashlib.sha256(b"q" * 100).hexdigest()
+    real = cache._write
+
+    def late(final: Path, data: bytes) -> None:     # released while the chunk is being written
+        store.release()
+        real(final, data)
+
+    monkeypatch.setattr(cache, "_write", late)
+    assert not store.put(digest, b"q" * 100), "a released layer's chunk was cached"
+    assert cache.size == 0 and cache.stats()["chunks"] == 0
+    assert not store.path(digest).exists(), "left on disk uncounted"
 
 
 def test_an_adopted_one_chunk_file_is_counted_once(blob: Blob, tmp_path: Path) -> None:
