@@ -435,3 +435,56 @@ def test_a_record_an_older_version_kept_beside_the_layer_is_moved_into_the_store
     assert tree.stats.learned_state == "done" and len(src.requests) == 1
     assert record.exists() and not legacy.exists()
     tree.close()
+
+
+def test_a_chunk_a_read_still_fetches_is_not_counted_missing(blob: Blob, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A learned chunk a read was already fetching is left to that read; the learned fetch, over
+    before it, counted the chunk missing and said "failed" though the read then served and cached it
+    (1 of 15 gcc repulls). It now waits for that read's fetch."""
+    tree, _ = _mount(blob, tmp_path)
+    _first_run(tree)
+    tree.close()
+    _evict(tmp_path)
+    src = FaultySource(FileRangeSource(blob.path))
+    tree = open_tree(blob, tmp_path, config=LAZY, source=src)
+    two = lookup_path(tree, "usr/lib/two")
+    unit = _units(tree, "usr/lib/two")[0]
+    first = tree._chunks_of(two).chunks[0]  # type: ignore[union-attr]
+    asked, gate, counting = threading.Event(), threading.Event(), threading.Event()
+    real_read = src.read_ranges
+
+    def read_ranges(ranges: Sequence[tuple[int, int]], deadline: float | None = None) -> list[bytes]:
+        if any(off <= unit[0] < off + n for off, n in ranges):     # the read's own fetch
+            asked.set()
+            assert gate.wait(30), "the read's fetch was never let through"
+        return real_read(ranges, deadline)
+
+    store = tree.cache
+    real_contains = store.contains
+
+    def contains(digest: str, size: int) -> bool:
+        name = threading.current_thread().name
+        if name.startswith("learned-"):
+            counting.set()      # the learned fetch began: the next look from its own thread counts
+        found = real_contains(digest, size)
+        if digest == first.digest and counting.is_set() and name.startswith("prefetch-"):
+            gate.set()          # the count looked: the read's fetch finishes now
+        return found
+
+    monkeypatch.setattr(src, "read_ranges", read_ranges)
+    monkeypatch.setattr(store, "contains", contains)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(tree.read(two, 0, 100)))
+    reader.start()
+    try:
+        assert asked.wait(30), "the read did not fetch its chunk"
+        tree.start()
+        assert tree.background.finished.wait(30), "the mount's start-up fetch did not finish"
+    finally:
+        gate.set()
+        reader.join(30)
+    assert got == [FILES["usr/lib/two"][:100]]
+    assert tree.stats.learned_state == "done", "a chunk a read fetched counted as missing"
+    assert tree.stats.learned_chunks == 3
+    tree.close()

@@ -14,6 +14,7 @@ it starts and resumes only after ``background_quiet`` s without any mount, prefe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -23,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from lazypull.format import Chunk
 from lazypull.fs.config import FsConfig
 from lazypull.fs.layer.activity import Activity
-from lazypull.fs.layer.fetch import ChunkFetcher, Unit
+from lazypull.fs.layer.fetch import ChunkFetcher, ChunkUnavailable, Unit
 from lazypull.fs.stats import LayerStats
 
 log = logging.getLogger(__name__)
@@ -203,10 +204,22 @@ class Background:
         with self.activity.busy(), ThreadPoolExecutor(LEARNED_STREAMS, thread_name_prefix=name) as pool:
             for piece in ordered_pieces(chunks, LEARNED_FIRST_PIECE, PREFETCH_PIECE):
                 pool.submit(one, piece)
-        missing = sum(1 for c in chunks if not self.fetcher.cache.contains(c.digest, c.chunk_size))
+        missing = self._uncached(chunks)
         self.stats.set(learned_chunks=len(chunks), learned_bytes=self.stats.bytes_fetched - before,
                        learned_seconds=round(time.monotonic() - began, 6),
                        learned_state="failed" if missing else "done")
+
+    def _uncached(self, chunks: list[Chunk]) -> list[Chunk]:
+        """Of ``chunks`` (the learned fetch is over), those still not cached: a chunk a read was
+        fetching when its piece was claimed is left to that read, whose fetch may still be under way,
+        so it is waited for (``get``) before it is counted missing; one nobody fetches (failed, or
+        evicted since) is asked for once more, within a read deadline."""
+        missing = [c for c in chunks if not self.fetcher.cache.contains(c.digest, c.chunk_size)]
+        if missing and not self._stop.is_set():
+            with contextlib.suppress(ChunkUnavailable):
+                self.fetcher.get(missing, deadline=time.monotonic() + self.config.read_deadline)
+            missing = [c for c in missing if not self.fetcher.cache.contains(c.digest, c.chunk_size)]
+        return missing
 
     def _background(self) -> None:
         self.stats.set(background_state="waiting")
