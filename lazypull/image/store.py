@@ -52,6 +52,7 @@ from lazypull.image.partial import (
 )
 from lazypull.image.platform import config_platform, host_platform, parse_platform, platform_label
 from lazypull.image.rootdir import prepare_root
+from lazypull.lockfile import flocked as _flocked
 from lazypull.registry import Descriptor, Platform, Reference, parse_reference
 
 log = logging.getLogger(__name__)
@@ -120,25 +121,6 @@ class ResolvedImage:
     platform: str
     manifest_descriptor: Descriptor | None = None
     diff_ids: list[str] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def _flocked(path: Path, operation: int) -> Iterator[bool]:
-    """Hold ``flock(operation)`` on ``path`` (created if missing) for the block.
-
-    Yields False instead of blocking when ``operation`` has LOCK_NB and the lock is taken.
-    """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, operation)
-        except BlockingIOError:
-            held = False
-        else:
-            held = True
-        yield held
-    finally:
-        os.close(fd)
 
 
 class StoreProvider:

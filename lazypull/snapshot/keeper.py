@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 from lazypull.errors import MountError
 from lazypull.fdlimit import raise_fd_limit
+from lazypull.lockfile import flocked
 from lazypull.snapshot.paths import RunPaths
 
 if TYPE_CHECKING:
@@ -60,7 +61,9 @@ IDS_PER_MESSAGE = 1024  # passthrough ids per message of a take (at most ~37 KiB
 MAX_IDS = 1 << 18       # passthrough ids kept per connection (a note past it is refused)
 MAX_KEPT = 4096         # connections kept; a put past it is refused (that layer is not kept)
 IDLE_EXIT = 2.0         # s with no fd kept and no server connected before the keeper exits
-START_WAIT = 10.0       # s a server waits for the keeper it started to listen
+START_WAIT = 10.0       # s a server waits for the keeper it started (or found starting) to listen
+START_POLL = 0.005      # s between looks for the socket while a start is under way
+MAX_LAUNCHES = 3        # keepers started in one start (one that found another's lock held exits: again)
 REPLY_WAIT = 10.0       # s a server waits for a keeper's answer
 
 
@@ -263,7 +266,9 @@ def serve(root: Path, *, max_kept: int = MAX_KEPT) -> None:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return                               # another keeper serves this root
+            log.info("keeper: another keeper serves %s", root)
+            return
+        log.info("keeper: serving %s", root)
         lock.truncate(0)
         lock.write(f"{os.getpid()}\n")          # for operators and tests: who holds the connections
         lock.flush()
@@ -302,29 +307,14 @@ class KeeperClient:
 
     @classmethod
     def connect(cls, paths: RunPaths, *, start: bool = True) -> KeeperClient:
-        """Connect to the keeper of the root, starting one (a separate session) if none listens."""
+        """Connect to the keeper of the root, starting one (a separate session) if none listens; a start
+        under way (another thread's, another process's) is waited for, not doubled."""
         try:
             return cls(_connect(paths.keeper_socket))
         except OSError:
             if not start:
                 raise
-        import subprocess
-
-        from lazypull.selfexec import python_argv
-
-        with open(paths.logfile, "ab") as log_fh:
-            subprocess.Popen(python_argv("-m", "lazypull.snapshot.keeper", str(paths.root)),
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_fh,
-                             start_new_session=True, cwd="/")
-        deadline = time.monotonic() + START_WAIT
-        while True:
-            try:
-                return cls(_connect(paths.keeper_socket))
-            except OSError as err:
-                if time.monotonic() > deadline:
-                    raise MountError(f"the FUSE connection keeper of {paths.root} did not start: "
-                                     f"{err.strerror or err}") from err
-                time.sleep(0.02)
+        return cls(_start(paths))
 
     def put(self, digest: str, mountpoint: str, fd: int, state: Negotiated, journal: int = -1,
             conn: str = "") -> None:
@@ -465,6 +455,85 @@ def keeper_pid(paths: RunPaths) -> int | None:
             return None
     except FileNotFoundError:
         return None
+
+
+def _start(paths: RunPaths) -> socket.socket:
+    """A connection to the root's keeper, started here unless a start is under way: one start at a time
+    per root (the threads of a process queue on a lock, processes on ``keeper_start_lock``), so two
+    callers racing never start two keepers, and a start that fails or whose starter was killed leaves
+    nothing that blocks the next one (an exception releases both, the kernel a dead holder's flock)."""
+    deadline = time.monotonic() + START_WAIT
+    in_process = _start_lock(paths.root)
+    if not in_process.acquire(timeout=START_WAIT):
+        raise MountError(f"the FUSE connection keeper of {paths.root} did not start within "
+                         f"{START_WAIT:.0f}s (another thread's start of it)")
+    try:
+        while True:
+            with contextlib.suppress(OSError):
+                return _connect(paths.keeper_socket)    # the start this caller waited for ended
+            try:
+                with flocked(paths.keeper_start_lock, fcntl.LOCK_EX | fcntl.LOCK_NB) as held:
+                    if held:
+                        return _launch(paths, deadline)
+            except OSError as err:      # BlockingIOError is a held lock (False), not this
+                raise MountError(f"cannot lock {paths.keeper_start_lock}: {err.strerror or err}") from err
+            if time.monotonic() > deadline:
+                raise MountError(f"the FUSE connection keeper of {paths.root} did not start within "
+                                 f"{START_WAIT:.0f}s (another process's start of it)")
+            time.sleep(START_POLL)
+    finally:
+        in_process.release()
+
+
+_start_locks_guard = threading.Lock()
+_start_locks: dict[Path, threading.Lock] = {}
+
+
+def _start_lock(root: Path) -> threading.Lock:
+    """The lock this process's starts of ``root``'s keeper queue on (one per root for the process)."""
+    with _start_locks_guard:
+        return _start_locks.setdefault(root, threading.Lock())
+
+
+def _launch(paths: RunPaths, deadline: float) -> socket.socket:
+    """Start the keeper (the caller holds both start locks) and connect to it once it listens. A keeper
+    that exits with status 0 found another's lock held (one exiting idle: its socket is gone already) and
+    is started again, at most MAX_LAUNCHES times; one that fails is reported at once."""
+    import subprocess
+
+    from lazypull.selfexec import python_argv
+
+    def launch() -> subprocess.Popen[bytes]:
+        with open(paths.logfile, "ab") as log_fh:
+            return subprocess.Popen(python_argv("-m", "lazypull.snapshot.keeper", str(paths.root)),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_fh,
+                                    start_new_session=True, cwd="/")
+
+    def reap(proc: subprocess.Popen[bytes]) -> None:
+        """No zombie when the keeper exits while this (long-lived) caller runs."""
+        threading.Thread(target=proc.wait, name="keeper-reaper", daemon=True).start()
+
+    proc = launch()
+    launches = 1
+    while True:
+        try:
+            sock = _connect(paths.keeper_socket)
+        except OSError as err:
+            why = err.strerror or str(err)
+        else:
+            reap(proc)
+            return sock
+        status = proc.poll()
+        if status:
+            raise MountError(f"the FUSE connection keeper of {paths.root} exited as it started "
+                             f"(status {status}); see {paths.logfile}")
+        if status == 0 and launches < MAX_LAUNCHES:
+            proc = launch()
+            launches += 1
+        elif time.monotonic() > deadline or status == 0:
+            reap(proc)
+            raise MountError(f"the FUSE connection keeper of {paths.root} did not start: {why}")
+        time.sleep(START_POLL)
 
 
 def _connect(path: Path) -> socket.socket:

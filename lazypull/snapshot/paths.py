@@ -48,6 +48,12 @@ class RunPaths:
         return self.run_dir / "start.lock"
 
     @property
+    def keeper_start_lock(self) -> Path:
+        """Held by whoever starts the keeper, until it listens (not ``start_lock``: the server that
+        lock waits for starts the keeper itself)."""
+        return self.run_dir / "keeper-start.lock"
+
+    @property
     def stores(self) -> Path:
         """The additional layer stores served and their use counts (``lazypull.store.service``)."""
         return self.run_dir / "stores.json"

@@ -264,3 +264,138 @@ def test_a_put_of_anything_but_a_fuse_device_is_refused(tmp_path: Path, small_ke
         os.close(fd)
         client.close()
         mount.stop()
+
+
+# -- one keeper start at a time -------------------------------------------------------------------
+
+
+def _keepers_started(paths: RunPaths) -> int:
+    """How many keeper processes ran for the root: each logs that it serves it, or that another does."""
+    if not paths.logfile.exists():
+        return 0
+    text = paths.logfile.read_text(errors="replace")
+    return text.count("keeper: serving ") + text.count("keeper: another keeper serves ")
+
+
+def test_two_threads_asking_at_once_start_one_keeper(paths: RunPaths) -> None:
+    """Threads of one server asking for the keeper at once (none listens yet): one starts it, the other
+    waits for that start and connects to the same keeper (before, each started one)."""
+    barrier = threading.Barrier(3)
+    clients: list[KeeperClient] = []
+    errors: list[BaseException] = []
+
+    def ask() -> None:
+        barrier.wait()
+        try:
+            clients.append(KeeperClient.connect(paths))
+        except BaseException as err:   # reported by the test
+            errors.append(err)
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert not errors
+        assert len(clients) == 3
+        pid = keeper_pid(paths)
+        assert pid is not None
+        assert all(_kept(client) == [] for client in clients)
+    finally:
+        for client in clients:
+            client.close()
+    _assert_one_keeper_ran(paths, pid)
+
+
+def _assert_one_keeper_ran(paths: RunPaths, pid: int) -> None:
+    """Once keeper ``pid`` has exited (IDLE_EXIT after its last client), any other keeper started with it
+    has logged too (it exits as soon as it finds the lock held): exactly one keeper ran."""
+    wait_until(lambda: gone(pid), "the keeper to exit")
+    assert _keepers_started(paths) == 1, paths.logfile.read_text()
+
+
+_ASK = """
+import sys
+from pathlib import Path
+from lazypull.snapshot.keeper import KeeperClient, keeper_pid
+from lazypull.snapshot.paths import RunPaths
+paths = RunPaths(Path(sys.argv[1]))
+print("ready", flush=True)
+sys.stdin.readline()
+client = KeeperClient.connect(paths)
+print(keeper_pid(paths), flush=True)
+sys.stdin.readline()
+client.close()
+"""
+
+
+def test_two_processes_asking_at_once_start_one_keeper(paths: RunPaths) -> None:
+    """Two processes (a server and a CLI-started one racing at start) asking at once: one keeper starts,
+    both connect to it (the other waited on the root's keeper start lock)."""
+    procs = [subprocess.Popen(python_argv("-c", _ASK, str(paths.root)), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, cwd=REPO_ROOT, text=True) for _ in range(2)]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        pids = {proc.stdout.readline().strip() for proc in procs if proc.stdout is not None}
+        pid = keeper_pid(paths)
+        assert pid is not None and pids == {str(pid)}
+    finally:
+        for proc in procs:
+            with contextlib.suppress(OSError):
+                proc.communicate("bye\n", timeout=60)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    _assert_one_keeper_ran(paths, pid)
+
+
+def test_a_start_that_fails_is_reported_and_lets_the_next_start_work(paths: RunPaths) -> None:
+    """A keeper that dies as it starts (its socket's path is taken by a directory) is reported at once
+    with its status and log, not after START_WAIT as a missing socket; the start lock goes with the
+    failure, so the next caller's start (in another thread) works."""
+    paths.keeper_socket.mkdir()
+    with pytest.raises(MountError, match=r"exited as it started \(status 1\); see .*daemon\.log"):
+        KeeperClient.connect(paths)
+    assert "IsADirectoryError" in paths.logfile.read_text()
+    paths.keeper_socket.rmdir()
+    clients: list[KeeperClient] = []
+    thread = threading.Thread(target=lambda: clients.append(KeeperClient.connect(paths)))
+    thread.start()
+    thread.join()
+    assert len(clients) == 1
+    try:
+        assert keeper_pid(paths) is not None
+        assert _kept(clients[0]) == []
+        assert _keepers_started(paths) == 2     # the one that failed, then this one
+    finally:
+        clients[0].close()
+
+
+def test_a_start_lock_left_by_a_killed_starter_does_not_block(paths: RunPaths) -> None:
+    """A starter killed while it held the start lock leaves the lock file, not the lock (flock: the
+    kernel lets go with the holder's fds): the next caller starts the keeper."""
+    holder = subprocess.Popen(python_argv("-c", "import fcntl, sys, time\n"
+                                          "fh = open(sys.argv[1], 'a')\n"
+                                          "fcntl.flock(fh, fcntl.LOCK_EX)\n"
+                                          "print('held', flush=True)\n"
+                                          "time.sleep(600)\n", str(paths.keeper_start_lock)),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert paths.keeper_start_lock.exists()
+    client = KeeperClient.connect(paths)
+    try:
+        assert keeper_pid(paths) is not None
+        assert _kept(client) == []
+        assert _keepers_started(paths) == 1
+    finally:
+        client.close()
