@@ -118,7 +118,7 @@ def _start_keeper_early(root: Path) -> Callable[[], None] | None:
             KeeperClient.connect(paths).close()
 
     def wait() -> None:
-        # the start polls every 20 ms; this waiter looks every 5 ms (the first mount waits for it)
+        # looks every 5 ms, as the start itself does (the first mount waits for it)
         while thread.is_alive():
             with contextlib.suppress(OSError):
                 KeeperClient.connect(paths, start=False).close()

@@ -5,12 +5,14 @@ files limit. Real FUSE mounts (tests/fs/memtree.py trees), the real keeper over 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import os
 import resource
 import select
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -399,3 +401,34 @@ def test_a_start_lock_left_by_a_killed_starter_does_not_block(paths: RunPaths) -
         assert _keepers_started(paths) == 1
     finally:
         client.close()
+
+
+def test_a_keeper_started_as_the_last_one_exits_is_started_again(paths: RunPaths) -> None:
+    """A keeper started while the last one is exiting idle (its socket gone, its lock still held) finds
+    the lock held and exits (status 0): the start starts another rather than waiting START_WAIT for a
+    socket nobody will make (before: 'did not start' after 10 s). The test holds the lock as the exiting
+    keeper would, and lets go once the first keeper started found it held."""
+    clients: list[KeeperClient] = []
+    errors: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            clients.append(KeeperClient.connect(paths))
+        except BaseException as err:   # reported by the test
+            errors.append(err)
+
+    with open(paths.keeper_lock, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        thread = threading.Thread(target=ask)
+        thread.start()
+        while "keeper: another keeper serves" not in (paths.logfile.read_text(errors="replace")
+                                                        if paths.logfile.exists() else ""):
+            assert thread.is_alive(), errors
+            time.sleep(0.005)
+    thread.join()
+    assert not errors
+    try:
+        assert keeper_pid(paths) is not None
+        assert _kept(clients[0]) == []
+    finally:
+        clients[0].close()
