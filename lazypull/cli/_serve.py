@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,7 +70,7 @@ def serve(root: Path, *, debug: bool = False, insecure: bool = False, config_fil
           metrics_address: str | None = None, stores: Sequence[str] = ()) -> None:
     """Run the mount server of ``root`` in the foreground (``lazypull daemon``; its flags' meanings
     are in ``cli.daemon``)."""
-    keeper_starting = _start_keeper_early(root)
+    _start_keeper_early(root)
     from lazypull.fs import load_config
     from lazypull.image.rootdir import prepare_root
     from lazypull.snapshot.server import run_daemon
@@ -90,16 +90,16 @@ def serve(root: Path, *, debug: bool = False, insecure: bool = False, config_fil
                            "auth_files": files} for d in stores]
     run_daemon(root.resolve(), config, containerd_socket=containerd_socket, insecure_registries=insecure,
                cri_image_service=cri, metrics_address=metrics_address, stores=store_requests,
-               store_service=_stores, keeper_starting=keeper_starting)
+               store_service=_stores)
 
 
-def _start_keeper_early(root: Path) -> Callable[[], None] | None:
+def _start_keeper_early(root: Path) -> None:
     """Have the root's FUSE connection keeper start (if it does not run) while this process imports
     the server: the server takes its connections back before serving its first mount, and a keeper
     started only then cost the first request ~80 ms (issue 14). Only when the CLI started us (its
-    ``run/`` exists); a keeper that answers late is started by the server as before. Returns what
-    waits for that start (the server's clean-up calls it first: a keeper not listening yet when the
-    server wanted it was started a second time, in about half the fresh starts on a busy machine)."""
+    ``run/`` exists); a keeper that answers late is started by the server as before. Nothing waits
+    for this start: the server's own ``KeeperClient.connect`` waits for a start under way (its
+    per-root locks), so it never starts a second keeper (545baac)."""
     import contextlib
     import threading
 
@@ -111,23 +111,13 @@ def _start_keeper_early(root: Path) -> Callable[[], None] | None:
 
     paths = RunPaths(root.resolve())
     if not paths.run_dir.is_dir():
-        return None
+        return
 
     def connect() -> None:
         with contextlib.suppress(Exception):    # the server's own attempt reports what fails
             KeeperClient.connect(paths).close()
 
-    def wait() -> None:
-        # looks every 5 ms, as the start itself does (the first mount waits for it)
-        while thread.is_alive():
-            with contextlib.suppress(OSError):
-                KeeperClient.connect(paths, start=False).close()
-                return
-            thread.join(0.005)
-
-    thread = threading.Thread(target=connect, name="keeper-start", daemon=True)
-    thread.start()
-    return wait
+    threading.Thread(target=connect, name="keeper-start", daemon=True).start()
 
 
 def _stores(manager: LayerManager) -> StoreService:

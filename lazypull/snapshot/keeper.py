@@ -63,8 +63,13 @@ MAX_KEPT = 4096         # connections kept; a put past it is refused (that layer
 IDLE_EXIT = 2.0         # s with no fd kept and no server connected before the keeper exits
 START_WAIT = 10.0       # s a server waits for the keeper it started (or found starting) to listen
 START_POLL = 0.005      # s between looks for the socket while a start is under way
-MAX_LAUNCHES = 3        # keepers started in one start (one that found another's lock held exits: again)
+MAX_LAUNCHES = 3        # keepers started in one start (one that found an older keeper's lock held: again)
 REPLY_WAIT = 10.0       # s a server waits for a keeper's answer
+LISTEN_BACKLOG = 16
+
+
+def _step(name: str) -> None:
+    """Called at each step of an idle exit and of a start's wait (tests replace it to act there)."""
 
 
 @dataclass
@@ -117,6 +122,22 @@ class _Keeper:
                 self.idle_since = time.monotonic()
             elif time.monotonic() - self.idle_since > IDLE_EXIT:
                 return
+
+    def accept_waiting(self) -> bool:
+        """Accept the connections waiting (made before the socket was unlinked); whether one is open."""
+        for _ in range(LISTEN_BACKLOG + 1):     # bounded: an accept that fails leaves its connection
+            if not select.select([self.sock], [], [], 0)[0]:
+                break
+            self._accept()
+        return bool(self.clients)
+
+    def listen_on(self, sock: socket.socket) -> None:
+        """Serve ``sock`` (bound again at the socket's path) instead of the unlinked one."""
+        self.sel.unregister(self.sock)
+        self.sock.close()
+        self.sock = sock
+        self.sel.register(sock, selectors.EVENT_READ)
+        self.idle_since = time.monotonic()
 
     def close(self) -> None:
         """Let go of everything (the keeper exits; in a test, its process goes on)."""
@@ -275,21 +296,62 @@ def serve(root: Path, *, max_kept: int = MAX_KEPT) -> None:
         raise_fd_limit()        # two fds per kept connection (FUSE device, journal), up to MAX_KEPT
         with contextlib.suppress(FileNotFoundError):
             paths.keeper_socket.unlink()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        old_umask = os.umask(0o077)
+        keeper = _Keeper(_listen(paths.keeper_socket), max_kept)
         try:
-            sock.bind(str(paths.keeper_socket))
-        finally:
-            os.umask(old_umask)
-        sock.listen(16)
-        keeper = _Keeper(sock, max_kept)
-        try:
-            keeper.run()
-        finally:
-            with contextlib.suppress(FileNotFoundError):
+            while True:
+                keeper.run()
+                if _exit_idle(paths, keeper, lock.fileno()):
+                    return
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):    # still ours: this keeper holds its lock
                 paths.keeper_socket.unlink()
             keeper.close()
-            sock.close()
+            keeper.sock.close()
+            raise
+
+
+def _listen(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    old_umask = os.umask(0o077)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    sock.listen(LISTEN_BACKLOG)
+    return sock
+
+
+def _exit_idle(paths: RunPaths, keeper: _Keeper, lock_fd: int) -> bool:
+    """Exit idle, unless someone asked meanwhile; whether this keeper is gone (its socket and lock).
+
+    All of it under ``keeper_start_lock``, so it is never seen half done: a start finds either this
+    keeper listening or none, never the lock held with no socket (the keeper it started found the lock
+    and exited, c43fc37). A start under way (the lock taken) connects here: this keeper stays. A client
+    connecting before the unlink (that one takes no lock) is accepted and served, on the path bound
+    again."""
+    _step("idle")
+    with contextlib.ExitStack() as stack:
+        try:
+            held = stack.enter_context(flocked(paths.keeper_start_lock, fcntl.LOCK_EX | fcntl.LOCK_NB))
+        except OSError as err:      # BlockingIOError is a held lock (False), not this: exit unlocked
+            log.warning("keeper: cannot lock %s: %s", paths.keeper_start_lock, err.strerror or err)
+            held = True
+        if not held:
+            keeper.idle_since = time.monotonic()
+            return False
+        _step("start locked")
+        with contextlib.suppress(FileNotFoundError):
+            paths.keeper_socket.unlink()
+        _step("unlinked")
+        if keeper.accept_waiting():
+            keeper.listen_on(_listen(paths.keeper_socket))
+            return False
+        keeper.close()
+        keeper.sock.close()     # what connects now is refused: its client starts a keeper
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        _step("unlocked")
+    log.info("keeper: exits idle")
+    return True
 
 
 # -- the server's side ----------------------------------------------------------------------------
@@ -480,6 +542,7 @@ def _start(paths: RunPaths) -> socket.socket:
             if time.monotonic() > deadline:
                 raise MountError(f"the FUSE connection keeper of {paths.root} did not start within "
                                  f"{START_WAIT:.0f}s (another process's start of it)")
+            _step("start waits")
             time.sleep(START_POLL)
     finally:
         in_process.release()
@@ -497,8 +560,10 @@ def _start_lock(root: Path) -> threading.Lock:
 
 def _launch(paths: RunPaths, deadline: float) -> socket.socket:
     """Start the keeper (the caller holds both start locks) and connect to it once it listens. A keeper
-    that exits with status 0 found another's lock held (one exiting idle: its socket is gone already) and
-    is started again, at most MAX_LAUNCHES times; one that fails is reported at once."""
+    that exits with status 0 found another's lock held and is started again, at most MAX_LAUNCHES times;
+    one that fails is reported at once. A keeper exits idle under the start lock (``_exit_idle``), so
+    this happens only with one that does not: a keeper outlives server upgrades, and one from before
+    that exits in the old order (its socket gone, its lock still held for a moment)."""
     import subprocess
 
     from lazypull.selfexec import python_argv

@@ -432,3 +432,67 @@ def test_a_keeper_started_as_the_last_one_exits_is_started_again(paths: RunPaths
         assert _kept(clients[0]) == []
     finally:
         clients[0].close()
+
+
+# -- an idle exit is never seen half done ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("step", ["idle", "start locked", "unlinked", "unlocked"])
+def test_a_client_asking_during_an_idle_exit_connects_to_one_keeper(paths: RunPaths, step: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client asks for the keeper while it exits idle, at each step of that exit: it connects to
+    exactly one keeper, started at most once. Before the socket goes it gets the exiting keeper, which
+    stays; after, it waits for the exit (under the start lock) and starts one keeper, which finds the
+    keeper lock free (before: the exit unlinked the socket, then let go of the lock with no start lock
+    held, and a keeper started in between found the lock held and exited: two started)."""
+    monkeypatch.setattr(keeper_mod, "IDLE_EXIT", 0.0)
+    clients: list[KeeperClient] = []
+    errors: list[BaseException] = []
+    asking: list[threading.Thread] = []
+    answered = threading.Event()     # the client connected, or waits for the exit to end
+
+    def ask() -> None:
+        try:
+            clients.append(KeeperClient.connect(paths))
+        except BaseException as err:   # reported by the test
+            errors.append(err)
+        finally:
+            answered.set()
+
+    def at(name: str) -> None:
+        if name == "start waits":
+            answered.set()
+        elif name == step and not asking:
+            thread = threading.Thread(target=ask)
+            thread.start()
+            asking.append(thread)       # started: the test joins it
+            assert answered.wait(60)
+
+    monkeypatch.setattr(keeper_mod, "_step", at)
+    exiting = threading.Thread(target=keeper_mod.serve, args=(paths.root,))
+    exiting.start()
+    try:
+        while not asking:           # the keeper thread starts the client at the step
+            exiting.join(0.05)
+            assert exiting.is_alive() or asking, "the keeper exited without the step"
+        asking[0].join()
+        assert not errors, errors
+        assert len(clients) == 1
+        assert _kept(clients[0]) == []
+        pid = keeper_pid(paths)
+        if step in ("idle", "start locked"):   # connected before the unlink: served by the exiting one
+            assert pid == os.getpid()
+            assert exiting.is_alive()
+            assert _keepers_started(paths) == 0
+        else:
+            exiting.join()
+            assert pid is not None and pid != os.getpid()
+            assert paths.logfile.read_text().count("keeper: serving ") == 1
+            assert "another keeper serves" not in paths.logfile.read_text()
+    finally:
+        for client in clients:
+            client.close()
+    exiting.join()      # it exits idle once the client has gone
+    if step not in ("idle", "start locked"):
+        assert pid is not None
+        _assert_one_keeper_ran(paths, pid)
