@@ -464,3 +464,30 @@ def test_an_open_refused_while_its_id_closes_keeps_the_warning_for_a_real_failur
     assert open_(other) == (0, 0)       # the kernel's refusal: a real failure
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and f"inode {other} " in warnings[0], warnings
+
+
+def test_a_warm_open_whose_id_went_meanwhile_is_served_cached_by_the_reading_thread(
+        tmp_path: Path, not_fuse: int) -> None:
+    """The reading thread takes a warm OPEN itself (``inline``); if the whole eviction of that id ends
+    before it runs, it neither asks the tree for the backing file (it may pin and assemble one), nor
+    registers an id, nor waits for the keeper to be told: it serves the open in cached mode."""
+    (tmp_path / "f").write_bytes(b"x")
+    tree = MemTree()
+    ino = tree.add_file("f", b"x", backing=str(tmp_path / "f"))
+    ops = Operations(tree, entry_timeout=10, attr_timeout=10, passthrough=True, dev_fd=not_fuse)
+    ops.passthrough_active = True
+    ops.backing.adopt({ino: 5})
+    ops.backing._idle_kept = 0
+    told: list[tuple[int, int]] = []
+    ops.backing.on_change = lambda i, backing_id: told.append((i, backing_id))
+    header = protocol.IN_HEADER.pack(protocol.IN_HEADER.size, Op.OPEN, 1, ino, 0, 0, 1, 0, 0)
+    assert ops.inline(header), "a warm open is answered by the reading thread"
+    ops.backing.release(ino)    # the whole eviction: unregistered, the keeper told, on_closed run
+    assert not ops.backing.is_open(ino) and told == [(ino, 0)]
+    before = tree.calls.get("backing_path", 0)
+    reply = ops.handle(Request(Op.OPEN, 1, ino, 0, 0, 0, protocol.OPEN_IN.pack(os.O_RDONLY, 0)))
+    assert reply is not None and reply[0] == 0
+    _, flags, backing_id = protocol.OPEN_OUT.unpack(reply[1])
+    assert (flags & protocol.FOPEN_PASSTHROUGH, backing_id) == (0, 0), "not served in cached mode"
+    assert tree.calls.get("backing_path", 0) == before, "the reading thread asked the tree"
+    assert not ops.backing.is_open(ino) and told == [(ino, 0)], "an id registered or announced"

@@ -351,9 +351,10 @@ class Operations:
         path = None
         # After a restart only the ids the previous server registered pass through: an inode it opened
         # in cached mode may still be open, and the kernel refuses a passthrough open of it (EIO).
-        if self.passthrough_active and not self.resumed:
-            if not inline:      # its id being unregistered: the tree's pin goes with it, then pins again
-                self.backing.wait_closed(ino)   # (the reading thread does not wait: cached mode)
+        # The reading thread (inline) neither waits nor asks the tree (it may pin and assemble a file):
+        # a warm id gone between inline() and here (a whole eviction) leaves it cached mode.
+        if self.passthrough_active and not self.resumed and not inline:
+            self.backing.wait_closed(ino)   # its id being unregistered: the tree's pin goes, then pins again
             if not self.backing.is_open(ino):
                 path = self.tree.backing_path(ino)
         with self._open_lock:
@@ -361,6 +362,7 @@ class Operations:
             # The kernel refuses to mix cached and passthrough opens of one inode: follow the current mode.
             if (
                 self.passthrough_active
+                and not inline      # (acquire may register an id and announce waits for the keeper)
                 and self._cached_opens[ino] == 0
                 and (path or self.backing.is_open(ino))
             ):
