@@ -536,7 +536,10 @@ def _start(paths: RunPaths) -> socket.socket:
             try:
                 with flocked(paths.keeper_start_lock, fcntl.LOCK_EX | fcntl.LOCK_NB) as held:
                     if held:
-                        return _launch(paths, deadline)
+                        with contextlib.suppress(OSError):
+                            return _connect(paths.keeper_socket)    # a start that ended since the look above
+                        # Its own START_WAIT: the wait behind another's start may have used this one up.
+                        return _launch(paths, time.monotonic() + START_WAIT)
             except OSError as err:      # BlockingIOError is a held lock (False), not this
                 raise MountError(f"cannot lock {paths.keeper_start_lock}: {err.strerror or err}") from err
             if time.monotonic() > deadline:

@@ -5,11 +5,13 @@ files limit. Real FUSE mounts (tests/fs/memtree.py trees), the real keeper over 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import os
 import resource
 import select
+import socket
 import subprocess
 import threading
 import time
@@ -432,6 +434,87 @@ def test_a_keeper_started_as_the_last_one_exits_is_started_again(paths: RunPaths
         assert _kept(clients[0]) == []
     finally:
         clients[0].close()
+
+
+class _Clock:
+    """The keeper module's ``time`` with a monotonic clock a test moves on (``skip``): the wait for a
+    start is then a matter of steps, not seconds."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.sleep = time.sleep
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+
+def test_a_start_after_a_long_wait_behind_another_gets_its_own_start_wait(
+        paths: RunPaths, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller waits behind another process's start (its start lock held) for most of START_WAIT; that
+    starter dies (the kernel lets go of its lock), and this caller starts the keeper: it gets a whole
+    START_WAIT for it (before: the rest of its wait, none, and 'did not start' while its keeper came up)."""
+    clock = _Clock()
+    monkeypatch.setattr(keeper_mod, "time", clock)
+    waits: list[str] = []
+    with open(paths.keeper_start_lock, "a") as lock:    # the other starter's (flock: per open file)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+
+        def at(name: str) -> None:
+            if name == "start waits" and not waits:
+                waits.append(name)
+                clock.offset += keeper_mod.START_WAIT   # the wait used up, then the starter dies
+                lock.close()
+
+        monkeypatch.setattr(keeper_mod, "_step", at)
+        client = KeeperClient.connect(paths)
+    try:
+        assert waits == ["start waits"]
+        assert _kept(client) == []
+        assert _keepers_started(paths) == 1
+    finally:
+        client.close()
+
+
+def test_a_start_that_ended_before_the_start_lock_was_taken_is_connected_to(
+        paths: RunPaths, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller finds no keeper listening, and before it takes the start lock another process's start
+    ends (its keeper listens, the lock is free): the caller connects to that keeper, it starts no second
+    one (before: it launched one, which found the keeper lock held and exited)."""
+    real_connect = keeper_mod._connect
+    others: list[subprocess.Popen[bytes]] = []
+    looks: list[Path] = []
+
+    def connect(path: Path) -> socket.socket:
+        looks.append(path)
+        if len(looks) == 1:     # KeeperClient.connect's look: none listens
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+        if len(looks) == 2:     # _start's look finds none; meanwhile another start runs to its end
+            with open(paths.logfile, "ab") as log_fh:
+                others.append(subprocess.Popen(python_argv("-m", "lazypull.snapshot.keeper",
+                                                           str(paths.root)),
+                                               stdin=subprocess.DEVNULL, stderr=log_fh, cwd=REPO_ROOT))
+            wait_until(paths.keeper_socket.exists, "the other start's keeper to listen")
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+        return real_connect(path)
+
+    real_launch = keeper_mod._launch
+    launched: list[float] = []
+
+    def launch(paths: RunPaths, deadline: float) -> socket.socket:
+        launched.append(deadline)
+        return real_launch(paths, deadline)
+
+    monkeypatch.setattr(keeper_mod, "_connect", connect)
+    monkeypatch.setattr(keeper_mod, "_launch", launch)
+    client = KeeperClient.connect(paths)
+    try:
+        assert launched == [], "a second keeper was launched"
+        assert keeper_pid(paths) == others[0].pid
+        assert _kept(client) == []
+        assert _keepers_started(paths) == 1, paths.logfile.read_text()
+    finally:
+        client.close()
+        assert others[0].wait(60) == 0      # it exits idle once the client has gone
 
 
 # -- an idle exit is never seen half done ---------------------------------------------------------
