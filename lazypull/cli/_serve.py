@@ -95,8 +95,8 @@ def serve(root: Path, *, debug: bool = False, insecure: bool = False, config_fil
 
 def _start_keeper_early(root: Path) -> None:
     """Have the root's FUSE connection keeper start (if it does not run) while this process imports
-    the server: the server takes its connections back before serving its first mount, and a keeper
-    started only then cost the first request ~80 ms (issue 14). Only when the CLI started us (its
+    the server: a keeper started only when the server needs it (the first mount's connection, kept
+    once the keeper is up) comes ~80 ms later (issue 14). Only when the CLI started us (its
     ``run/`` exists); a keeper that answers late is started by the server as before. Nothing waits
     for this start: the server's own ``KeeperClient.connect`` waits for a start under way (its
     per-root locks), so it never starts a second keeper (545baac)."""

@@ -86,6 +86,19 @@ class Hold:
         return data
 
 
+@dataclass
+class _Keeping:
+    """What a mount tells the keeper, queued while it is being connected to: its connection (a put:
+    ``path`` and ``fuse``), or a passthrough id of it (a note: ``ino`` and ``backing_id``)."""
+
+    digest: str
+    path: Path | None
+    fuse: FuseMount | None
+    conn: str
+    ino: int | None = None
+    backing_id: int = 0
+
+
 def _default_store(root: Path) -> Store:
     from lazypull.image import Store
 
@@ -130,6 +143,10 @@ class LayerManager:
         self._retired = dict.fromkeys(COUNTERS, 0)     # counters of the layers already unmounted
         self.started = time.time()
         self.keeper: KeeperClient | None = None      # once adopt_kept() connected
+        #: while a keeper that held nothing is connected to in the background (adopt_kept): what the
+        #: mounts made meanwhile tell it, in order; sent once it is up. Guarded by ``_keep_lock``.
+        self._keep_queue: list[_Keeping] | None = None
+        self._keep_lock = threading.Lock()
         self._recovered: dict[str, Kept] = {}       # live connections of a dead server, to serve again
 
     def warm_up(self) -> None:
@@ -467,7 +484,48 @@ class LayerManager:
 
     def adopt_kept(self) -> list[Path]:
         """Connect to the root's keeper (starting it) and take the live connections it holds; the
-        mountpoints a restored hold will serve again (the start-up clean-up must leave them)."""
+        mountpoints a restored hold will serve again (the start-up clean-up must leave them).
+
+        With no keeper running (its lock free), it holds nothing to take back (issue 14): the keeper is
+        connected to (started) in the background, and what mounts made meanwhile tell it is queued until
+        then, so a fresh server's first mount does not wait for the keeper's start. The caller holds the
+        server's pidfile: no other server can hand a keeper connections meanwhile."""
+        from lazypull.snapshot.keeper import keeper_pid
+
+        try:
+            running = keeper_pid(self.paths) is not None
+        except OSError:         # cannot tell: take back first, as always
+            running = True
+        if not running:
+            with self._keep_lock:
+                self._keep_queue = []
+            threading.Thread(target=self._connect_keeper, name="keeper-connect", daemon=True).start()
+            return []
+        return self._adopt_kept()
+
+    def _connect_keeper(self) -> None:
+        """adopt_kept's background half: connect, then send what was queued, in order."""
+        self._adopt_kept()
+        with self._lock:    # none expected (no keeper ran); their mounts were detached as stale anyway
+            unexpected = list(self._recovered.values())
+            self._recovered.clear()
+        for kept in unexpected:
+            log.warning("the FUSE connection keeper held layer %s after all: letting it go", kept.digest)
+            self._drop_kept(kept.digest)
+            kept.close()
+        with self._keep_lock:
+            queue, self._keep_queue = self._keep_queue or [], None
+            keeper = self.keeper
+            if keeper is None:      # reported by _adopt_kept: these mounts are not kept
+                return
+            for item in queue:
+                if item.ino is None:
+                    self._put(keeper, item.digest, item.path, item.fuse, item.conn)
+                else:
+                    with contextlib.suppress(OSError, LazypullError):
+                        keeper.note_backing(item.digest, item.conn, item.ino, item.backing_id)
+
+    def _adopt_kept(self) -> list[Path]:
         from lazypull.snapshot.keeper import KeeperClient
 
         keeper: KeeperClient | None = None
@@ -502,22 +560,45 @@ class LayerManager:
         return kept
 
     def _keep(self, digest: str, path: Path, fuse: FuseMount, conn: str) -> None:
-        """Hand a copy of a new mount's ``/dev/fuse`` fd to the keeper (a failure costs only that)."""
-        state = fuse.negotiated
-        if self.keeper is None or state is None:
+        """Hand a copy of a new mount's ``/dev/fuse`` fd to the keeper (a failure costs only that);
+        queued while the keeper is being connected to (see adopt_kept)."""
+        with self._keep_lock:
+            if self._keep_queue is not None:
+                self._keep_queue.append(_Keeping(digest, path, fuse, conn))
+                return
+            keeper = self.keeper
+        if keeper is not None:
+            self._put(keeper, digest, path, fuse, conn)
+
+    @staticmethod
+    def _put(keeper: KeeperClient, digest: str, path: Path | None, fuse: FuseMount | None, conn: str) -> None:
+        state = fuse.negotiated if fuse is not None else None
+        if fuse is None or state is None:
             return
         try:
-            self.keeper.put(digest, str(path), fuse.dev_fd, state, fuse.journal_fd, conn)
+            keeper.put(digest, str(path), fuse.dev_fd, state, fuse.journal_fd, conn)
         except (OSError, LazypullError) as err:
             log.warning("the FUSE connection keeper did not take layer %s: %s", digest, err)
 
     def _backing_noter(self, digest: str, conn: str) -> Callable[[int, int], None] | None:
         """What tells the keeper of the passthrough ids of a mount's connection ``conn``
-        (see ``FuseMount.on_backing``)."""
-        keeper = self.keeper
+        (see ``FuseMount.on_backing``); queued like the mount's put while the keeper is awaited."""
+        with self._keep_lock:
+            if self._keep_queue is not None:
+                return functools.partial(self._note_backing, digest, conn)
+            keeper = self.keeper
         if keeper is None:
             return None
         return functools.partial(keeper.note_backing, digest, conn)
+
+    def _note_backing(self, digest: str, conn: str, ino: int, backing_id: int) -> None:
+        with self._keep_lock:
+            if self._keep_queue is not None:
+                self._keep_queue.append(_Keeping(digest, None, None, conn, ino, backing_id))
+                return
+            keeper = self.keeper
+        if keeper is not None:
+            keeper.note_backing(digest, conn, ino, backing_id)
 
     def _drop_kept(self, digest: str) -> None:
         if self.keeper is not None:
@@ -646,9 +727,13 @@ class LayerManager:
         deadline (a released layer's tree is closed after its mount: open files keep working until then)."""
         if stopping:
             layer.tree.close()
-        if self.keeper is not None:
+        with self._keep_lock:       # a queued put must not send the fd of a connection ended here
+            if self._keep_queue is not None:
+                self._keep_queue[:] = [item for item in self._keep_queue if item.digest != layer.digest]
+            keeper = self.keeper
+        if keeper is not None:
             try:
-                self.keeper.drop(layer.digest)
+                keeper.drop(layer.digest)
             except (OSError, LazypullError) as err:
                 log.warning("the FUSE connection keeper did not drop layer %s: %s", layer.digest, err)
         try:

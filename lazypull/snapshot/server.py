@@ -115,11 +115,8 @@ class MountDaemon:
                  insecure_registries: bool = False, cri_image_service: tuple[Path, Path] | None = None,
                  metrics_address: str | None = None, stores: Sequence[dict[str, Any]] = (),
                  store_service: StoreServiceFactory | None = None,
-                 keeper_starting: Callable[[], None] | None = None, **manager_args: Any) -> None:
+                 **manager_args: Any) -> None:
         self.root = root
-        #: waits for a keeper start already under way (``cli._serve``'s): the clean-up would otherwise
-        #: start a second keeper when the first does not listen yet (issue 14)
-        self._keeper_starting = keeper_starting
         self.store_requests = list(stores)      # additional layer stores to serve (``daemon --store``)
         self._store_service = store_service
         self.containerd_socket = containerd_socket
@@ -344,8 +341,9 @@ class MountDaemon:
     def start(self) -> None:
         """Lock, listen, then clean up, warm up and restore in the background; returns once listening.
 
-        The clean-up (the keeper's connections taken back, which may start the keeper: ~80 ms, stale
-        mounts detached, partial layers removed) runs after listening, before the restore: every
+        The clean-up (a running keeper's connections taken back; with none running, nothing is to take
+        back and the keeper is started beside the first mounts: ~80 ms; stale mounts detached, partial
+        layers removed) runs after listening, before the restore: every
         request but ``ping``, ``status`` and ``shutdown`` waits for the restore (issue 14: a first
         request is served sooner). Not with the containerd services, which use the layers without
         waiting: then it runs first, as it did."""
@@ -417,8 +415,6 @@ class MountDaemon:
         """What a previous server left: its live connections (from the keeper) taken back, its other
         mounts detached, the layers a killed full pull was extracting removed (issue 10 item 7)."""
         # Mounts whose connection the keeper held through a restart are served again, not detached.
-        if self._keeper_starting is not None:
-            self._keeper_starting()
         live = self.manager.adopt_kept()
         for point in clean_stale_mounts(snapshots_dir(self.root), live):
             log.warning("detached stale mount %s left by a previous server", point)
@@ -525,8 +521,7 @@ def _named(store: Store, ref: str) -> dict[str, Any] | None:
 def run_daemon(root: Path, config: FsConfig | None = None, *, containerd_socket: Path | None = None,
                insecure_registries: bool = False, cri_image_service: tuple[Path, Path] | None = None,
                metrics_address: str | None = None, stores: Sequence[dict[str, Any]] = (),
-               store_service: StoreServiceFactory | None = None,
-               keeper_starting: Callable[[], None] | None = None) -> None:
+               store_service: StoreServiceFactory | None = None) -> None:
     """Run the server in the foreground until SIGTERM/SIGINT or a shutdown request.
 
     ``containerd_socket``: also serve containerd's snapshots API there (proxy plugin).
@@ -534,8 +529,7 @@ def run_daemon(root: Path, config: FsConfig | None = None, *, containerd_socket:
     forwarding to containerd and keeping pull credentials for the snapshotter (needs containerd_socket).
     ``metrics_address``: HOST:PORT where Prometheus metrics are served (lazypull.snapshot.metrics).
     ``stores``: additional layer stores to serve (``StoreSpec`` wire forms; docs/podman.md), by
-    ``store_service`` (without it, store requests are refused). ``keeper_starting``: waits for a
-    start of the root's keeper under way (see ``MountDaemon``).
+    ``store_service`` (without it, store requests are refused).
     """
     if cri_image_service is not None and containerd_socket is None:
         raise MountError("the CRI image service serves the containerd snapshotter: "
@@ -545,8 +539,7 @@ def run_daemon(root: Path, config: FsConfig | None = None, *, containerd_socket:
     raise_fd_limit()
     daemon = MountDaemon(root, config, containerd_socket=containerd_socket,
                          insecure_registries=insecure_registries, cri_image_service=cri_image_service,
-                         metrics_address=metrics_address, stores=stores, store_service=store_service,
-                         keeper_starting=keeper_starting)
+                         metrics_address=metrics_address, stores=stores, store_service=store_service)
     daemon.start()
     notify_systemd(f"READY=1\nMAINPID={os.getpid()}")
 

@@ -10,12 +10,14 @@ with ``-X importtime``: what it imported is on its stderr, in order, as it happe
 
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
 import subprocess
 import sys
 from pathlib import Path
 
+from lazypull.lockfile import flocked
 from lazypull.selfexec import python_argv
 from lazypull.snapshot import MountClient, daemon_pid
 from lazypull.snapshot.keeper import keeper_pid
@@ -147,3 +149,57 @@ def test_the_keeper_does_not_load_the_mount_client(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _fuse_fds(pid: int) -> int:
+    """How many /dev/fuse fds process ``pid`` holds."""
+    return sum(1 for fd in Path(f"/proc/{pid}/fd").iterdir() if os.readlink(fd) == "/dev/fuse")
+
+
+def test_with_no_keeper_running_a_mount_is_served_before_the_keeper_listens_and_kept_after(
+        tmp_path: Path, lazy_image: str) -> None:
+    """A fresh server whose root has no keeper running has no connection to take back: its first mount
+    does not wait for the keeper's start (here held back by its start lock, as a start under way
+    holds it). The mount's connection goes to the keeper once it is up: a server stopped keeping its
+    mounts hands them to the next one, through a file opened before."""
+    root = lazy_root(tmp_path / "root", lazy_image)
+    paths = RunPaths(root)
+    with MountClient(root) as mc:     # records the layers' TOCs: the next mount reads no registry
+        mc.mount_image(lazy_image, insecure=True, holder="first")
+        mc.release_image(lazy_image, holder="first")
+        mc.shutdown()
+    wait_until(lambda: daemon_pid(root) is None and keeper_pid(paths) is None,
+               "the first server and its keeper to exit")
+    events: list[str] = []
+    proc = None
+    try:
+        with flocked(paths.keeper_start_lock, fcntl.LOCK_EX) as held:     # no keeper may start
+            assert held
+            proc = _spawn(root, tmp_path / "server.log")
+            with MountClient(root, autostart=False) as mc:
+                layers = mc.mount_image(lazy_image, insecure=True, holder="c1", wait_prefetch=False)
+            events.append("mounted")
+            assert keeper_pid(paths) is None
+        wait_until(lambda: keeper_pid(paths) is not None, "the keeper to start")
+        events.append("keeper listens")
+        keeper = keeper_pid(paths)
+        assert keeper is not None
+        wait_until(lambda: _fuse_fds(keeper) == len(layers), "the keeper to hold both connections")
+        assert events == ["mounted", "keeper listens"]
+        top = next(lm.path for lm in layers if lm.path is not None and (lm.path / "data").is_dir())
+        kept = os.open(top / "data/0001.txt", os.O_RDONLY)
+        try:
+            MountClient(root, autostart=False).shutdown(unmount=False)
+            proc.wait(60)
+            # the next server takes the kept connections back: the open file reads on
+            with MountClient(root) as mc:
+                assert [m.holders for m in mc.list_mounts()] == [["c1"], ["c1"]]
+            os.posix_fadvise(kept, 0, 0, os.POSIX_FADV_DONTNEED)
+            assert os.pread(kept, 4096, 0) == b"file 1\n" * 20
+            assert (top / "data/0002.txt").read_bytes() == b"file 2\n" * 20
+        finally:
+            os.close(kept)
+    finally:
+        MountClient(root, autostart=False).shutdown()
+        if proc is not None and proc.poll() is None:
+            proc.wait(60)

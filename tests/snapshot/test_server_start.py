@@ -12,6 +12,8 @@ from typing import Any
 from lazypull.errors import ImageError, MountError
 from lazypull.fs.config import FsConfig
 from lazypull.snapshot import MountClient
+from lazypull.snapshot.keeper import KeeperClient
+from lazypull.snapshot.paths import RunPaths
 from lazypull.snapshot.server import MountDaemon
 
 
@@ -118,41 +120,40 @@ def test_the_collector_is_on_again_once_the_mounts_are_restored(tmp_path: Path) 
         d.cleanup()
 
 
-def test_the_clean_up_waits_for_a_keeper_start_under_way(tmp_path: Path) -> None:
-    """``cli._serve`` starts the keeper while the server imports; the clean-up waits for that start
-    before taking the keeper's connections, instead of starting a second keeper when the first does
-    not listen yet."""
-    order: list[str] = []
-    started = threading.Event()
-    gate = threading.Event()
-
-    def keeper_starting() -> None:
-        started.set()
-        gate.wait(60)
-        order.append("keeper started")
-
+def test_with_a_keeper_running_its_connections_are_taken_back_before_the_restore(tmp_path: Path) -> None:
+    """A running keeper may hold a previous server's connections: they are taken back first, in the
+    restore's own line, so the restore serves them again rather than mounting anew and the clean-up
+    leaves their mounts (with no keeper running the take-back is not waited for: see
+    tests/reliability/test_server_start_cost.py)."""
+    paths = RunPaths(tmp_path)
+    paths.run_dir.mkdir(parents=True)
+    client = KeeperClient.connect(paths)        # a keeper runs (connected: it does not exit idle)
+    order: list[tuple[str, str]] = []
     d = MountDaemon(tmp_path, FsConfig(), store_factory=lambda _root: _NoImages(),
-                    client_factory=lambda _insecure: None, keeper_starting=keeper_starting)
-    adopt = d.manager.adopt_kept
+                    client_factory=lambda _insecure: None)
+    take_back, restore = d.manager._adopt_kept, d.manager.restore
 
-    def recorded_adopt() -> list[Path]:
-        order.append("adopt")
-        return adopt()
+    def recorded_take_back() -> list[Path]:
+        order.append(("take back", threading.current_thread().name))
+        return take_back()
 
-    d.manager.adopt_kept = recorded_adopt  # type: ignore[method-assign]
+    def recorded_restore() -> None:
+        order.append(("restore", threading.current_thread().name))
+        restore()
+
+    d.manager._adopt_kept = recorded_take_back  # type: ignore[method-assign]
+    d.manager.restore = recorded_restore  # type: ignore[method-assign]
     try:
         d.start()
         threading.Thread(target=d.serve_forever, daemon=True).start()
-        assert started.wait(30)
-        assert order == [] and not d.restored.is_set()
-        gate.set()
         with MountClient(tmp_path, autostart=False) as mc:
             assert mc.list_mounts() == []       # waits for the restore
-        assert order == ["keeper started", "adopt"]
+        assert order == [("take back", "restore"), ("restore", "restore")]
+        assert d.manager.keeper is not None
     finally:
-        gate.set()
         d.stop()
         d.cleanup()
+        client.close()
 
 
 class _WatchedEvent(threading.Event):
