@@ -533,15 +533,17 @@ def _start(paths: RunPaths) -> socket.socket:
         while True:
             with contextlib.suppress(OSError):
                 return _connect(paths.keeper_socket)    # the start this caller waited for ended
-            try:
-                with flocked(paths.keeper_start_lock, fcntl.LOCK_EX | fcntl.LOCK_NB) as held:
-                    if held:
-                        with contextlib.suppress(OSError):
-                            return _connect(paths.keeper_socket)    # a start that ended since the look above
-                        # Its own START_WAIT: the wait behind another's start may have used this one up.
-                        return _launch(paths, time.monotonic() + START_WAIT)
-            except OSError as err:      # BlockingIOError is a held lock (False), not this
-                raise MountError(f"cannot lock {paths.keeper_start_lock}: {err.strerror or err}") from err
+            with contextlib.ExitStack() as stack:
+                try:
+                    held = stack.enter_context(
+                        flocked(paths.keeper_start_lock, fcntl.LOCK_EX | fcntl.LOCK_NB))
+                except OSError as err:      # BlockingIOError is a held lock (False), not this
+                    raise MountError(f"cannot lock {paths.keeper_start_lock}: {err.strerror or err}") from err
+                if held:
+                    with contextlib.suppress(OSError):
+                        return _connect(paths.keeper_socket)    # a start that ended since the look above
+                    # Its own START_WAIT: the wait behind someone else's start may have used this one up.
+                    return _launch(paths, time.monotonic() + START_WAIT)
             if time.monotonic() > deadline:
                 raise MountError(f"the FUSE connection keeper of {paths.root} did not start within "
                                  f"{START_WAIT:.0f}s (another process's start of it)")
@@ -572,10 +574,14 @@ def _launch(paths: RunPaths, deadline: float) -> socket.socket:
     from lazypull.selfexec import python_argv
 
     def launch() -> subprocess.Popen[bytes]:
-        with open(paths.logfile, "ab") as log_fh:
-            return subprocess.Popen(python_argv("-m", "lazypull.snapshot.keeper", str(paths.root)),
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_fh,
-                                    start_new_session=True, cwd="/")
+        try:
+            with open(paths.logfile, "ab") as log_fh:
+                return subprocess.Popen(python_argv("-m", "lazypull.snapshot.keeper", str(paths.root)),
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_fh,
+                                        start_new_session=True, cwd="/")
+        except OSError as err:      # the log not openable, no process to be had (EAGAIN, EMFILE)
+            raise MountError(f"cannot start the FUSE connection keeper of {paths.root}: "
+                             f"{err.strerror or err} (log {paths.logfile})") from err
 
     def reap(proc: subprocess.Popen[bytes]) -> None:
         """No zombie when the keeper exits while this (long-lived) caller runs."""

@@ -517,6 +517,20 @@ def test_a_start_that_ended_before_the_start_lock_was_taken_is_connected_to(
         assert others[0].wait(60) == 0      # it exits idle once the client has gone
 
 
+def test_a_keeper_that_cannot_be_launched_is_reported_as_such(paths: RunPaths) -> None:
+    """The keeper's log cannot be opened (a directory there): the error says the keeper could not be
+    started and names the log (before: 'cannot lock .../keeper-start.lock: Is a directory')."""
+    paths.logfile.mkdir()
+    with pytest.raises(MountError) as err:
+        KeeperClient.connect(paths)
+    assert str(err.value) == (f"cannot start the FUSE connection keeper of {paths.root}: "
+                              f"Is a directory (log {paths.logfile})")
+    assert keeper_pid(paths) is None
+    paths.logfile.rmdir()
+    client = KeeperClient.connect(paths)    # the start lock went with the failure
+    client.close()
+
+
 # -- an idle exit is never seen half done ---------------------------------------------------------
 
 
