@@ -488,3 +488,24 @@ def test_a_chunk_a_read_still_fetches_is_not_counted_missing(blob: Blob, tmp_pat
     assert tree.stats.learned_state == "done", "a chunk a read fetched counted as missing"
     assert tree.stats.learned_chunks == 3
     tree.close()
+
+
+def test_a_learned_chunk_nobody_fetches_is_counted_missing_not_fetched_again(
+        blob: Blob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the learned fetch is over (the mount counts as idle again), a learned chunk still not cached
+    and that nobody fetches is counted missing ("failed"); it is not claimed and fetched once more on the
+    read pool for another read deadline (a read asks for it when it wants it). Here the learned fetch
+    finds the pieces claimed by nobody it sees (as after a read's fetch that failed)."""
+    tree, _ = _mount(blob, tmp_path)
+    _first_run(tree)
+    tree.close()
+    _evict(tmp_path)
+    src = FaultySource(FileRangeSource(blob.path))
+    tree = open_tree(blob, tmp_path, config=LAZY, source=src)
+    monkeypatch.setattr(tree.fetcher, "claim_for_background", lambda chunks: [])
+    src.requests.clear()
+    tree.start()
+    assert tree.background.finished.wait(30), "the mount's start-up fetch did not finish"
+    assert src.requests == [], "the count fetched what the learned fetch left"
+    assert tree.stats.learned_state == "failed" and tree.stats.learned_chunks == 3
+    tree.close()

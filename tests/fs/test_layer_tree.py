@@ -21,6 +21,7 @@ from lazypull.fs.cache import LayerChunks
 from lazypull.fs.config import FsConfig
 from lazypull.fs.fuse.tree import FuseError
 from lazypull.fs.layer import LayerTree
+from lazypull.fs.layer.fetch import ChunkUnavailable
 from lazypull.fs.remote import FileRangeSource
 from tests.fs.settle import idle
 from tests.snapshot.layerkit import FILES, Blob, FaultySource, build_blob, lookup_path, open_tree, read_all
@@ -570,3 +571,42 @@ def test_damaged_cache_file_is_refetched_and_replaced(blob: Blob, tmp_path: Path
     assert read_all(tree, ino) == FILES["bin/big"]
     assert len(src.requests) == 1 and path.stat().st_size == first.chunk_size
     tree.close()
+
+
+def test_closing_fails_the_claims_of_queued_and_running_fetches_at_once(blob: Blob, tmp_path: Path) -> None:
+    """The layer closes (unmount) while one read's fetch runs (held) and another's waits in the queue
+    behind it: both readers get 'being unmounted' at once (before, the queued group was cancelled with
+    its claim left pending, and its reader sat out the whole read deadline)."""
+    src = GatedSource(FileRangeSource(blob.path))
+    config = FsConfig(prefetch=False, background_fetch=False, read_deadline=60.0, whole_file_max=0,
+                      neighbour_window=0, fetch_workers=1)
+    tree = open_tree(blob, tmp_path, config=config, source=src)
+    fetcher = tree.fetcher
+    running = _chunks(tree, lookup_path(tree, "etc/hello.txt"))
+    queued = _chunks(tree, lookup_path(tree, "bin/big"))
+    src.gate.clear()
+    errors: dict[str, str] = {}
+
+    def get(name: str, chunks: list[Any]) -> None:
+        try:
+            fetcher.get(chunks, deadline=time.monotonic() + 60)
+        except ChunkUnavailable as err:
+            errors[name] = str(err)
+
+    threads = [threading.Thread(target=get, args=("running", running))]
+    threads[0].start()
+    assert _until(lambda: src.in_flight == 1), "the first fetch did not start"
+    threads.append(threading.Thread(target=get, args=("queued", queued)))
+    threads[1].start()
+    assert _until(lambda: all(c.digest in fetcher._inflight for c in queued)), "not claimed"
+    fetcher.close()
+    threads[1].join(30)
+    threads[0].join(30)
+    src.gate.set()
+    try:
+        assert not any(t.is_alive() for t in threads), "a reader still waits after the close"
+        assert errors == {name: f"layer {blob.digest} is being unmounted" for name in ("running", "queued")}
+    finally:
+        for t in threads:
+            t.join(60)
+        tree.close()

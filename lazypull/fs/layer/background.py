@@ -14,7 +14,6 @@ it starts and resumes only after ``background_quiet`` s without any mount, prefe
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -24,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from lazypull.format import Chunk
 from lazypull.fs.config import FsConfig
 from lazypull.fs.layer.activity import Activity
-from lazypull.fs.layer.fetch import ChunkFetcher, ChunkUnavailable, Unit
+from lazypull.fs.layer.fetch import ChunkFetcher, Unit
 from lazypull.fs.stats import LayerStats
 
 log = logging.getLogger(__name__)
@@ -212,12 +211,11 @@ class Background:
     def _uncached(self, chunks: list[Chunk]) -> list[Chunk]:
         """Of ``chunks`` (the learned fetch is over), those still not cached: a chunk a read was
         fetching when its piece was claimed is left to that read, whose fetch may still be under way,
-        so it is waited for (``get``) before it is counted missing; one nobody fetches (failed, or
-        evicted since) is asked for once more, within a read deadline."""
+        so it is waited for before it is counted missing. Only waited for: one nobody fetches (failed,
+        or evicted since) is not asked for again (``activity.busy`` is over: it is a read's to fetch)."""
         missing = [c for c in chunks if not self.fetcher.cache.contains(c.digest, c.chunk_size)]
         if missing and not self._stop.is_set():
-            with contextlib.suppress(ChunkUnavailable):
-                self.fetcher.get(missing, deadline=time.monotonic() + self.config.read_deadline)
+            self.fetcher.wait_fetching(missing, deadline=time.monotonic() + self.config.read_deadline)
             missing = [c for c in missing if not self.fetcher.cache.contains(c.digest, c.chunk_size)]
         return missing
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as wait_futures
 
 from lazypull.format import Chunk, FormatError, decode_chunks
 from lazypull.format.reader import zeros_digest
@@ -77,8 +78,25 @@ class ChunkFetcher:
         self.preloaded = []
 
     def close(self) -> None:
+        """Stop fetching: the queued groups are cancelled, and every claim still in flight fails at
+        once (a waiter would sit out its deadline for a group that never runs)."""
         self.remote.closed.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._inflight_lock:
+            futures = list(self._inflight.values())
+            self._inflight.clear()
+        err = ChunkUnavailable(f"layer {self.digest} is being unmounted")
+        for fut in futures:
+            with contextlib.suppress(InvalidStateError):
+                fut.set_exception(err)
+
+    def wait_fetching(self, chunks: Sequence[Chunk], *, deadline: float) -> None:
+        """Return once the fetches of ``chunks`` already in flight are over (or at ``deadline``);
+        claims nothing, so nothing is fetched for this wait."""
+        with self._inflight_lock:
+            futures = [fut for c in chunks if (fut := self._inflight.get(c.digest)) is not None]
+        if futures:
+            wait_futures(futures, timeout=max(0.0, deadline - time.monotonic()))
 
     # -- reading --
 
