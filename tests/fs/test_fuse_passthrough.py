@@ -491,3 +491,29 @@ def test_a_warm_open_whose_id_went_meanwhile_is_served_cached_by_the_reading_thr
     assert (flags & protocol.FOPEN_PASSTHROUGH, backing_id) == (0, 0), "not served in cached mode"
     assert tree.calls.get("backing_path", 0) == before, "the reading thread asked the tree"
     assert not ops.backing.is_open(ino) and told == [(ino, 0)], "an id registered or announced"
+
+
+def test_a_failing_on_closed_does_not_skip_the_other_evicted_inodes(
+        not_fuse: int, caplog: pytest.LogCaptureFixture) -> None:
+    """One release evicts several idle ids; telling the tree of the first fails: the others are told
+    still (else their pins stay until the layer closes), the failure is logged, the RELEASE goes on."""
+    backing = BackingFiles(not_fuse, idle_kept=2)
+    backing.adopt({7: 3, 8: 4})
+    backing.release(7)
+    backing.release(8)      # both idle, kept
+    told: list[int] = []
+
+    def closed(ino: int) -> None:
+        told.append(ino)
+        if ino == 7:
+            raise RuntimeError("the tree's unpin failed (test)")
+
+    backing.on_closed = closed
+    backing._idle_kept = 0
+    backing.adopt({9: 5})
+    caplog.set_level(logging.ERROR, logger="lazypull.fs.fuse.passthrough")
+    backing.release(9)      # evicts 7, 8 and 9 at once
+    assert told == [7, 8, 9]
+    assert not any(backing.is_open(ino) for ino in (7, 8, 9)) and len(backing) == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "telling the tree that inode 7's backing id closed failed"]

@@ -204,7 +204,10 @@ class BackingFiles:
             self._tell_until(note)
             for old, _ in closed:   # (unregistered by now: by _note, or by the telling of the notes)
                 if self.on_closed is not None:
-                    self.on_closed(old)
+                    try:
+                        self.on_closed(old)
+                    except Exception:   # one inode's news lost, not the others' (their pins) nor the RELEASE
+                        log.exception("telling the tree that inode %d's backing id closed failed", old)
         finally:
             with self._by_inode_lock:
                 for old, gone in closed:
