@@ -456,8 +456,9 @@ class DirectoryCache:
                 return self._not_written(final, err.strerror or str(err))
         with self._lock:
             released = store is not None and store._released
-            if released:    # not counted, and not left on disk uncounted
-                trash = None if key in self._lru else self._detach(final)
+            if released:    # not counted, and not left on disk uncounted (unless the layer was
+                #             opened again: the file may be its new store's, written but not counted yet)
+                trash = None if key in self._lru or self._open[key[0]] else self._detach(final)
             else:
                 self._unverified.discard(key)
                 old = self._lru.pop(key, None)

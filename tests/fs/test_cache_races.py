@@ -207,6 +207,50 @@ def test_a_chunk_put_as_its_layer_is_released_is_not_counted(tmp_path: Path,
     assert not store.path(digest).exists(), "left on disk uncounted"
 
 
+def test_a_late_put_of_a_released_layer_leaves_the_file_of_the_layer_opened_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer is released while a put of it writes a chunk, and opened again at once; its new store
+    writes the same chunk and counts it after the late put looked: the late put leaves the file (before,
+    it moved it to the trash, and the new store counted a chunk no longer on disk)."""
+    cache = DirectoryCache(tmp_path / "chunks", max_bytes=1 << 20)
+    assert cache.wait_scanned(60)
+    old = cache.layer(LAYER)
+    digest = "sha256:" + hashlib.sha256(b"q" * 100).hexdigest()
+    real = cache._write
+    written, go = threading.Event(), threading.Event()
+    again: list[LayerChunks] = []
+    results: list[bool] = []
+
+    def put_again() -> None:
+        results.append(again[0].put(digest, b"q" * 100))
+
+    def late(final: Path, data: bytes) -> None:
+        if threading.current_thread().name == "put-again":
+            real(final, data)       # the new store's copy, counted once the late put has looked
+            written.set()
+            assert go.wait(60)
+            return
+        old.release()
+        again.append(cache.layer(LAYER))
+        threading.Thread(target=put_again, name="put-again").start()
+        assert written.wait(60)
+        real(final, data)           # the late put's own write (the same bytes)
+
+    monkeypatch.setattr(cache, "_write", late)
+    try:
+        assert not old.put(digest, b"q" * 100), "a released layer's chunk was cached"
+    finally:
+        go.set()
+    for thread in threading.enumerate():
+        if thread.name == "put-again":
+            thread.join(60)
+    assert results == [True]
+    assert cache.stats()["chunks"] == 1
+    assert again[0].path(digest).exists(), "the chunk the layer opened again counts is not on disk"
+    assert again[0].get(digest, 100) == b"q" * 100
+    again[0].release()
+
+
 def test_an_adopted_one_chunk_file_is_counted_once(blob: Blob, tmp_path: Path) -> None:
     """Its backing file is the chunk's own file: counted as the chunk, pinned while the id may last."""
     tree = open_tree(blob, tmp_path)
