@@ -593,3 +593,14 @@ def test_a_client_asking_during_an_idle_exit_connects_to_one_keeper(paths: RunPa
     if step not in ("idle", "start locked"):
         assert pid is not None
         _assert_one_keeper_ran(paths, pid)
+
+
+def test_a_closed_keeper_lets_go_of_its_selector_and_its_epoll() -> None:
+    """``_Keeper.close`` (an idle exit; a keeper run in a test's process goes on) closes the selector
+    and the epoll of kept connections, not only what they watch: two fds each exit otherwise."""
+    listening, other = socket.socketpair()
+    with listening, other:
+        keeper = keeper_mod._Keeper(listening)
+        keeper.close()
+        assert keeper.ended.closed
+        assert keeper.sel.get_map() is None
