@@ -153,17 +153,7 @@ class RegistryClient:
         response = self._request(ref, "GET", self._repo_path(ref, "manifests", ref.identifier),
                                  what=what, headers={"Accept": ACCEPT_MANIFESTS}, stream=True)
         try:
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > MAX_MANIFEST_SIZE:
-                raise TooLargeError(f"{what}: manifest of {declared} bytes exceeds {MAX_MANIFEST_SIZE}",
-                                    url=response.request.url)
-            raw = b""
-            with translate_errors("GET", response.request.url):
-                for chunk in response.iter_bytes():
-                    raw += chunk
-                    if len(raw) > MAX_MANIFEST_SIZE:
-                        raise TooLargeError(f"{what}: manifest exceeds {MAX_MANIFEST_SIZE} bytes",
-                                            url=response.request.url)
+            raw = _read_limited(response, MAX_MANIFEST_SIZE, what, "manifest")
         finally:
             response.close()
         algorithm = (ref.digest or "sha256:").split(":", 1)[0]
@@ -240,20 +230,10 @@ class RegistryClient:
         for _ in range(max_pages):
             response = self._request(ref, "GET", path, params=params, what=what, stream=True)
             try:
-                declared = response.headers.get("Content-Length")
-                if declared and declared.isdigit() and int(declared) > MAX_TAG_LIST_SIZE:
-                    raise TooLargeError(f"{what}: a page of {declared} bytes exceeds {MAX_TAG_LIST_SIZE}",
-                                        url=response.request.url)
-                body = bytearray()
-                with translate_errors("GET", response.request.url):
-                    for chunk in response.iter_bytes():
-                        body += chunk
-                        if len(body) > MAX_TAG_LIST_SIZE:
-                            raise TooLargeError(f"{what}: a page exceeds {MAX_TAG_LIST_SIZE} bytes",
-                                                url=response.request.url)
+                body = _read_limited(response, MAX_TAG_LIST_SIZE, what, "a page")
             finally:
                 response.close()
-            tags.extend(_tag_page(bytes(body), ref.name, response.request.url))
+            tags.extend(_tag_page(body, ref.name, response.request.url))
             link = response.links.get("next", {}).get("url")
             if not link:
                 break
@@ -705,6 +685,20 @@ class _TagList(msgspec.Struct):
 
     tags: list[str] | None = None
 
+
+
+def _read_limited(response: httpx.Response, limit: int, what: str, noun: str) -> bytes:
+    """A streamed body of at most ``limit`` bytes: a registry may declare or send any size."""
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise TooLargeError(f"{what}: {noun} of {declared} bytes exceeds {limit}", url=response.request.url)
+    body = bytearray()
+    with translate_errors("GET", response.request.url):
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise TooLargeError(f"{what}: {noun} exceeds {limit} bytes", url=response.request.url)
+    return bytes(body)
 
 def _tag_page(body: bytes, name: str, url: object) -> list[str]:
     """The tags of one ``tags/list`` page; RegistryError naming what is wrong when it is not the
