@@ -147,6 +147,7 @@ class LayerManager:
         #: mounts made meanwhile tell it, in order; sent once it is up. Guarded by ``_keep_lock``.
         self._keep_queue: list[_Keeping] | None = None
         self._keep_lock = threading.Lock()
+        self._keeping: threading.Thread | None = None     # adopt_kept's background connect, if any
         self._recovered: dict[str, Kept] = {}       # live connections of a dead server, to serve again
 
     def warm_up(self) -> None:
@@ -499,12 +500,39 @@ class LayerManager:
         if not running:
             with self._keep_lock:
                 self._keep_queue = []
-            threading.Thread(target=self._connect_keeper, name="keeper-connect", daemon=True).start()
+            self._keeping = threading.Thread(target=self._connect_keeper, name="keeper-connect", daemon=True)
+            self._keeping.start()
             return []
         return self._adopt_kept()
 
+    def wait_keeping(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for adopt_kept's background connect to hand the keeper what was
+        queued; whether it did. A server stopping without unmounting must: the queued connections die
+        with the process otherwise, and the running containers' mounts with them."""
+        thread = self._keeping
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    def unkept(self) -> list[str]:
+        """The layers whose connection is still queued for the keeper (see adopt_kept), for a message:
+        read without ``_keep_lock``, which a hand-over stuck on the keeper holds."""
+        queue = list(self._keep_queue or [])
+        return sorted({item.digest for item in queue if item.ino is None})
+
     def _connect_keeper(self) -> None:
-        """adopt_kept's background half: connect, then send what was queued, in order."""
+        """adopt_kept's background half: connect, then send what was queued, in order. Whatever goes
+        wrong, the queue is ended: left set, puts and notes would be queued and never sent."""
+        try:
+            self._hand_queued()
+        except Exception:
+            log.exception("the FUSE connection keeper's background connect failed")
+        finally:
+            with self._keep_lock:
+                self._keep_queue = None
+
+    def _hand_queued(self) -> None:
         self._adopt_kept()
         with self._lock:    # none expected (no keeper ran); their mounts were detached as stale anyway
             unexpected = list(self._recovered.values())
@@ -514,16 +542,20 @@ class LayerManager:
             self._drop_kept(kept.digest)
             kept.close()
         with self._keep_lock:
-            queue, self._keep_queue = self._keep_queue or [], None
+            queue = self._keep_queue or []
             keeper = self.keeper
             if keeper is None:      # reported by _adopt_kept: these mounts are not kept
+                self._keep_queue = None
                 return
-            for item in queue:
+            while queue:            # each item leaves the queue once sent: unkept() names what is left
+                item = queue[0]
                 if item.ino is None:
                     self._put(keeper, item.digest, item.path, item.fuse, item.conn)
                 else:
                     with contextlib.suppress(OSError, LazypullError):
                         keeper.note_backing(item.digest, item.conn, item.ino, item.backing_id)
+                del queue[0]
+            self._keep_queue = None
 
     def _adopt_kept(self) -> list[Path]:
         from lazypull.snapshot.keeper import KeeperClient

@@ -489,6 +489,12 @@ class MountDaemon:
             self._stores.close()
         if self._unmount_on_exit:
             self.manager.close()
+        else:       # the mounts stay: their connections must reach the keeper before the process ends
+            from lazypull.snapshot.keeper import REPLY_WAIT, START_WAIT
+
+            if not self.manager.wait_keeping(2 * START_WAIT + REPLY_WAIT):
+                log.error("stopping before the FUSE connection keeper took layers %s: their mounts end "
+                          "with this server", ", ".join(self.manager.unkept()) or "(none)")
         if self._pidfile is not None:
             # Emptied (no pid to find) but kept open and locked until the process ends: see _lock_pidfile.
             with contextlib.suppress(OSError):

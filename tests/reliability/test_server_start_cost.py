@@ -203,3 +203,45 @@ def test_with_no_keeper_running_a_mount_is_served_before_the_keeper_listens_and_
         MountClient(root, autostart=False).shutdown()
         if proc is not None and proc.poll() is None:
             proc.wait(60)
+
+
+def test_a_keep_mounts_stop_before_the_keeper_is_up_still_hands_it_the_mounts(
+        tmp_path: Path, lazy_image: str) -> None:
+    """A fresh server stopped keeping its mounts while its keeper is still starting (its start lock held
+    here) waits for the keeper to take the queued connections before it exits: the next server takes
+    them back, and a file opened before the stop reads on."""
+    root = lazy_root(tmp_path / "root", lazy_image)
+    paths = RunPaths(root)
+    with MountClient(root) as mc:     # records the layers' TOCs: the next mount reads no registry
+        mc.mount_image(lazy_image, insecure=True, holder="first")
+        mc.release_image(lazy_image, holder="first")
+        mc.shutdown()
+    wait_until(lambda: daemon_pid(root) is None and keeper_pid(paths) is None,
+               "the first server and its keeper to exit")
+    proc = None
+    kept = None
+    try:
+        with flocked(paths.keeper_start_lock, fcntl.LOCK_EX) as held:     # no keeper may start
+            assert held
+            proc = _spawn(root, tmp_path / "server.log")
+            with MountClient(root, autostart=False) as mc:
+                layers = mc.mount_image(lazy_image, insecure=True, holder="c1", wait_prefetch=False)
+            top = next(lm.path for lm in layers if lm.path is not None and (lm.path / "data").is_dir())
+            kept = os.open(top / "data/0001.txt", os.O_RDONLY)
+            MountClient(root, autostart=False).shutdown(unmount=False)
+            assert keeper_pid(paths) is None
+        proc.wait(60)       # exits only once the keeper, started after the lock's release, has them
+        keeper = keeper_pid(paths)
+        assert keeper is not None
+        assert _fuse_fds(keeper) == len(layers)
+        with MountClient(root) as mc:
+            assert [m.holders for m in mc.list_mounts()] == [["c1"], ["c1"]]
+        os.posix_fadvise(kept, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert os.pread(kept, 4096, 0) == b"file 1\n" * 20
+        assert (top / "data/0002.txt").read_bytes() == b"file 2\n" * 20
+    finally:
+        if kept is not None:
+            os.close(kept)
+        MountClient(root, autostart=False).shutdown()
+        if proc is not None and proc.poll() is None:
+            proc.wait(60)
