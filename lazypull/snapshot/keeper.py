@@ -526,9 +526,10 @@ def _start(paths: RunPaths) -> socket.socket:
     nothing that blocks the next one (an exception releases both, the kernel a dead holder's flock)."""
     deadline = time.monotonic() + START_WAIT
     in_process = _start_lock(paths.root)
-    if not in_process.acquire(timeout=START_WAIT):
+    # Twice START_WAIT: the thread starting it may wait that long (behind another process, then its own).
+    if not in_process.acquire(timeout=2 * START_WAIT):
         raise MountError(f"the FUSE connection keeper of {paths.root} did not start within "
-                         f"{START_WAIT:.0f}s (another thread's start of it)")
+                         f"{2 * START_WAIT:.0f}s (another thread's start of it)")
     try:
         while True:
             with contextlib.suppress(OSError):
