@@ -54,14 +54,21 @@ def _stop(root: Path, proc: subprocess.Popen[bytes]) -> None:
     proc.wait(60)
 
 
-def test_a_recorded_layer_mounts_without_click_or_a_registry_client(tmp_path: Path, lazy_image: str) -> None:
+def _recorded_root(tmp_path: Path, lazy_image: str) -> Path:
+    """A root whose image was mounted once by a server now stopped with its keeper: the layers' footer,
+    TOC and origins are recorded, so the next mount reads no registry."""
     root = lazy_root(tmp_path / "root", lazy_image)
-    with MountClient(root) as mc:     # the first mount records the layers' footer and TOC, and origins
+    with MountClient(root) as mc:
         mc.mount_image(lazy_image, insecure=True, holder="first")
         mc.release_image(lazy_image, holder="first")
         mc.shutdown()
     wait_until(lambda: daemon_pid(root) is None and keeper_pid(RunPaths(root)) is None,
                "the first server and its keeper to exit")
+    return root
+
+
+def test_a_recorded_layer_mounts_without_click_or_a_registry_client(tmp_path: Path, lazy_image: str) -> None:
+    root = _recorded_root(tmp_path, lazy_image)
 
     log = tmp_path / "server.log"
     proc = _spawn(root, log)
@@ -162,14 +169,8 @@ def test_with_no_keeper_running_a_mount_is_served_before_the_keeper_listens_and_
     does not wait for the keeper's start (here held back by its start lock, as a start under way
     holds it). The mount's connection goes to the keeper once it is up: a server stopped keeping its
     mounts hands them to the next one, through a file opened before."""
-    root = lazy_root(tmp_path / "root", lazy_image)
+    root = _recorded_root(tmp_path, lazy_image)
     paths = RunPaths(root)
-    with MountClient(root) as mc:     # records the layers' TOCs: the next mount reads no registry
-        mc.mount_image(lazy_image, insecure=True, holder="first")
-        mc.release_image(lazy_image, holder="first")
-        mc.shutdown()
-    wait_until(lambda: daemon_pid(root) is None and keeper_pid(paths) is None,
-               "the first server and its keeper to exit")
     events: list[str] = []
     proc = None
     try:
@@ -210,14 +211,8 @@ def test_a_keep_mounts_stop_before_the_keeper_is_up_still_hands_it_the_mounts(
     """A fresh server stopped keeping its mounts while its keeper is still starting (its start lock held
     here) waits for the keeper to take the queued connections before it exits: the next server takes
     them back, and a file opened before the stop reads on."""
-    root = lazy_root(tmp_path / "root", lazy_image)
+    root = _recorded_root(tmp_path, lazy_image)
     paths = RunPaths(root)
-    with MountClient(root) as mc:     # records the layers' TOCs: the next mount reads no registry
-        mc.mount_image(lazy_image, insecure=True, holder="first")
-        mc.release_image(lazy_image, holder="first")
-        mc.shutdown()
-    wait_until(lambda: daemon_pid(root) is None and keeper_pid(paths) is None,
-               "the first server and its keeper to exit")
     proc = None
     kept = None
     try:
