@@ -12,22 +12,8 @@ import pytest
 
 from lazypull.snapshot.proxy.snapshotter import Snapshotter
 from lazypull.treeusage import tree_usage
+from tests.helpers.trees import make_deep_tree
 from tests.snapshot.test_proxy_snapshotter import _Manager
-
-
-def _deep(top: Path, levels: int, name: str = "d" * 200) -> None:
-    """``levels`` nested directories of a long name, a file of 8 KiB at the bottom (past PATH_MAX)."""
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(levels):
-            os.mkdir(name, dir_fd=fd)
-            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = child
-        with os.fdopen(os.open("f", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd), "wb") as f:
-            f.write(b"x" * 8192)
-    finally:
-        os.close(fd)
 
 
 def test_the_snapshotters_usage_counts_links_once_and_the_whole_of_a_deep_tree(tmp_path: Path) -> None:
@@ -37,7 +23,7 @@ def test_the_snapshotters_usage_counts_links_once_and_the_whole_of_a_deep_tree(t
     (fs / "big").write_bytes(b"y" * (1 << 20))
     for i in range(4):
         os.link(fs / "big", fs / f"link{i}")
-    _deep(fs, 40)                   # 40 * 201 bytes of path: past PATH_MAX (4096)
+    make_deep_tree(fs, 40, "d" * 200)                   # 40 * 201 bytes of path: past PATH_MAX (4096)
     size, inodes = sn.usage("a")
     assert inodes == 1 + 40 + 1, "a file with 5 links counted more than once, or the deep file missed"
     assert (1 << 20) + 8192 <= size < 2 * (1 << 20), "the links' blocks counted 5 times"

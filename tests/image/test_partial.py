@@ -30,16 +30,25 @@ def _desc(raw: bytes, media_type: str = mt.OCI_MANIFEST) -> Descriptor:
     return Descriptor(media_type, sha256_bytes(raw), len(raw))
 
 
-def test_a_manifest_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    raw = _doc(annotations={"org.example": "x"})
+_REAL_LOADS = json.loads
+
+
+def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every document ``json.loads`` decodes from now on, in order."""
     decoded: list[bytes] = []
-    real = json.loads
 
     def counting(data: Any, *args: Any, **kwargs: Any) -> Any:
         decoded.append(data)
-        return real(data, *args, **kwargs)
+        return _REAL_LOADS(data, *args, **kwargs)
 
     monkeypatch.setattr(json, "loads", counting)
+    return decoded
+
+
+def test_a_manifest_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = _doc(annotations={"org.example": "x"})
+    decoded = _count_decodes(monkeypatch)
+    real = _REAL_LOADS
     document, config, layers = parse_manifest(raw, _desc(raw))
     assert decoded == [raw]
     assert document == real(raw)
@@ -69,14 +78,8 @@ def test_resolving_a_stored_image_decodes_its_manifest_once(tmp_path: Path,
     store = Store(tmp_path / "root")
     copy_into_store(store, layout.root("v1"), layout, "example.com/once:1", source=None, platforms=None)
     manifest = store.read_blob(built.images[0].manifest_digest)
-    decoded: list[bytes] = []
-    real = json.loads
-
-    def counting(data: Any, *args: Any, **kwargs: Any) -> Any:
-        decoded.append(data)
-        return real(data, *args, **kwargs)
-
-    monkeypatch.setattr(json, "loads", counting)
+    decoded = _count_decodes(monkeypatch)
+    real = _REAL_LOADS
     resolved = store.resolve("example.com/once:1")
     assert decoded.count(manifest) == 1
     assert resolved.manifest == real(manifest) and len(resolved.layers) == 2

@@ -3,10 +3,10 @@ it and ``remove`` deletes it (os.walk and shutil.rmtree recursed: RecursionError
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from lazypull.snapshot.proxy.snapshotter import Snapshotter
+from tests.helpers.trees import make_deep_tree
 from tests.snapshot.test_proxy_snapshotter import _Manager
 
 
@@ -15,17 +15,7 @@ def test_usage_and_remove_of_a_very_deep_active_snapshot(tmp_path: Path) -> None
     sn = Snapshotter(tmp_path, manager)  # type: ignore[arg-type]
     sn.prepare("a-active", "", {})
     fs = tmp_path / "containerd" / "snapshots" / "1" / "fs"
-    fd = os.open(fs, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(1500):
-            os.mkdir("d", dir_fd=fd)
-            child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = child
-        with os.fdopen(os.open("f", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd), "wb") as f:
-            f.write(b"x" * 8192)
-    finally:
-        os.close(fd)
+    make_deep_tree(fs, 1500)
     size, inodes = sn.usage("a-active")
     assert inodes == 1501 and size >= 8192
     sn.remove("a-active")
