@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -56,3 +57,12 @@ class Gate(threading.Event):
     def wait(self, timeout: float | None = None) -> bool:
         self.waiting.set()
         return super().wait(timeout)
+
+
+def fuse_fds(pid: int) -> int:
+    """How many /dev/fuse fds process ``pid`` holds (an fd closed while they are listed is not one)."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            count += os.readlink(fd) == "/dev/fuse"
+    return count

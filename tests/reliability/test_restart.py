@@ -25,7 +25,7 @@ from lazypull.snapshot.keeper import keeper_pid
 from lazypull.snapshot.paths import RunPaths
 from tests.helpers.registry import Fault, FaultProxy
 from tests.helpers.rootfs import busybox_specs
-from tests.reliability.kit import REPO_ROOT, Gate, gone, lazy_root, wait_until
+from tests.reliability.kit import REPO_ROOT, Gate, fuse_fds, gone, lazy_root, wait_until
 
 # Reads every file of data/ in turn, each from the server (its page cache dropped after the read), by
 # names the kernel resolved before the restarts (node ids of the old server) and through a file opened
@@ -78,12 +78,6 @@ def _went_on(path: Path, since: int) -> bool:
     return _done(path) > since + 50
 
 
-def _fuse_fds(pid: int) -> int:
-    """How many /dev/fuse fds process ``pid`` holds."""
-    fd_dir = Path(f"/proc/{pid}/fd")
-    return sum(1 for fd in fd_dir.iterdir() if os.readlink(fd) == "/dev/fuse")
-
-
 def _journal_fds(pid: int) -> int:
     """How many request journal memfds (``lazypull.fs.fuse.journal``) process ``pid`` holds."""
     fd_dir = Path(f"/proc/{pid}/fd")
@@ -121,7 +115,7 @@ def test_readers_survive_killed_servers(lazy_image: str, tmp_path: Path) -> None
             assert len(MountClient(root).list_mounts()) == 2     # a new server, the restore done
             wait_until(functools.partial(_went_on, status, before), "the reader to go on after the restart")
             keeper = keeper_pid(RunPaths(root))
-            assert keeper is not None and _fuse_fds(keeper) == 2, "one kept connection per mounted layer"
+            assert keeper is not None and fuse_fds(keeper) == 2, "one kept connection per mounted layer"
             assert _journal_fds(keeper) == 2, "one request journal per kept connection, none left behind"
         assert len(servers | {daemon_pid(root)}) == 6
         assert sorted(lazypull_mounts(root)) == mounts

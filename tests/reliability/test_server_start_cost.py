@@ -22,7 +22,7 @@ from lazypull.selfexec import python_argv
 from lazypull.snapshot import MountClient, daemon_pid
 from lazypull.snapshot.keeper import keeper_pid
 from lazypull.snapshot.paths import RunPaths
-from tests.reliability.kit import REPO_ROOT, lazy_root, wait_until
+from tests.reliability.kit import REPO_ROOT, fuse_fds, lazy_root, wait_until
 
 
 def _imported(log: Path) -> set[str]:
@@ -158,11 +158,6 @@ def test_the_keeper_does_not_load_the_mount_client(tmp_path: Path) -> None:
             proc.wait()
 
 
-def _fuse_fds(pid: int) -> int:
-    """How many /dev/fuse fds process ``pid`` holds."""
-    return sum(1 for fd in Path(f"/proc/{pid}/fd").iterdir() if os.readlink(fd) == "/dev/fuse")
-
-
 def test_with_no_keeper_running_a_mount_is_served_before_the_keeper_listens_and_kept_after(
         tmp_path: Path, lazy_image: str) -> None:
     """A fresh server whose root has no keeper running has no connection to take back: its first mount
@@ -185,7 +180,7 @@ def test_with_no_keeper_running_a_mount_is_served_before_the_keeper_listens_and_
         events.append("keeper listens")
         keeper = keeper_pid(paths)
         assert keeper is not None
-        wait_until(lambda: _fuse_fds(keeper) == len(layers), "the keeper to hold both connections")
+        wait_until(lambda: fuse_fds(keeper) == len(layers), "the keeper to hold both connections")
         assert events == ["mounted", "keeper listens"]
         top = next(lm.path for lm in layers if lm.path is not None and (lm.path / "data").is_dir())
         kept = os.open(top / "data/0001.txt", os.O_RDONLY)
@@ -228,7 +223,7 @@ def test_a_keep_mounts_stop_before_the_keeper_is_up_still_hands_it_the_mounts(
         proc.wait(60)       # exits only once the keeper, started after the lock's release, has them
         keeper = keeper_pid(paths)
         assert keeper is not None
-        assert _fuse_fds(keeper) == len(layers)
+        assert fuse_fds(keeper) == len(layers)
         with MountClient(root) as mc:
             assert [m.holders for m in mc.list_mounts()] == [["c1"], ["c1"]]
         os.posix_fadvise(kept, 0, 0, os.POSIX_FADV_DONTNEED)
