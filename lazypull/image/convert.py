@@ -29,7 +29,7 @@ from zlib_ng import zlib_ng
 from lazypull.format.annotations import BLOB_LAYOUT_ANNOTATIONS, UNCOMPRESSED_DIGEST_ANNOTATION
 from lazypull.image import mediatypes as mt
 from lazypull.image.blobs import BlobInfo, BlobWriter
-from lazypull.image.digest import sha256_bytes
+from lazypull.image.digest import check_diff_id, sha256_bytes
 from lazypull.image.errors import DigestMismatchError, ImageError, PlatformNotFoundError
 from lazypull.image.model import Image, ImageIndex, Layer, Root
 from lazypull.image.progress import NULL_PROGRESS, Progress, counting_reader
@@ -287,9 +287,7 @@ class _Converter:
         with self._lock:
             self.added.append(info.digest)
         diff_id = "sha256:" + h.hexdigest()
-        if diff_id != layer.diff_id():
-            raise DigestMismatchError(f"layer {desc.digest}: uncompressed content has digest {diff_id}, "
-                                      f"config says {layer.diff_id()}")
+        check_diff_id(f"layer {desc.digest}", diff_id, layer.diff_id())
         media = mt.with_compression(desc.media_type, compression)
         if self.options.oci:
             media = mt.to_oci(media)

@@ -34,7 +34,7 @@ def toc_image_reference(ref: Reference) -> Reference:
 #: ``-esgztoc`` images of a repository a digest-pinned reference's lookup opens at most.
 MAX_TOC_IMAGES = 16
 #: ``tags/list`` pages that lookup reads at most (a registry may paginate without end).
-MAX_TAG_PAGES = 4
+TOC_TAG_PAGES = 4
 
 
 def fetch_external_toc(client: RegistryClient, ref: Reference, layer_digest: str) -> bytes:
@@ -43,7 +43,7 @@ def fetch_external_toc(client: RegistryClient, ref: Reference, layer_digest: str
 
     A reference pinned by digest alone names no TOC image (a base pulled as ``repo@sha256:...``, or
     an image built on one): the repository's ``-esgztoc`` images are searched for the layer instead, at
-    most ``MAX_TOC_IMAGES`` of them from ``MAX_TAG_PAGES`` pages of tags. One that fails (a bad
+    most ``MAX_TOC_IMAGES`` of them from ``TOC_TAG_PAGES`` pages of tags. One that fails (a bad
     manifest or blob, a tag it cannot be fetched by) is passed over for the next: the registry's
     other images are not to be judged by it; a registry that cannot be reached ends the search. What
     is found there is trusted no more than what a tag finds: the mount verifies the TOC against the
@@ -54,7 +54,7 @@ def fetch_external_toc(client: RegistryClient, ref: Reference, layer_digest: str
         if toc is None:
             raise MountError(f"TOC of layer {layer_digest} not found in {toc_ref}")
         return toc
-    candidates = _toc_images(ref, client.list_tags(ref, max_pages=MAX_TAG_PAGES))[:MAX_TOC_IMAGES]
+    candidates = _toc_images(ref, client.list_tags(ref, max_pages=TOC_TAG_PAGES))[:MAX_TOC_IMAGES]
     failed: list[str] = []
     for candidate in candidates:
         try:

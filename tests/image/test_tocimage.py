@@ -8,7 +8,7 @@ import pytest
 
 from lazypull.errors import MountError
 from lazypull.format.annotations import TOC_LAYER_DIGEST_ANNOTATION
-from lazypull.image.tocimage import MAX_TAG_PAGES, fetch_external_toc, toc_image_reference
+from lazypull.image.tocimage import TOC_TAG_PAGES, fetch_external_toc, toc_image_reference
 from lazypull.registry import RegistryClient, RegistryError, TooLargeError, parse_reference
 from tests.helpers.registry import Fault, FaultProxy, RegistryServer
 from tests.snapshot.layerkit import push_blob, push_manifest
@@ -125,14 +125,14 @@ def test_a_hostile_tag_list_is_one_registry_error(fault_proxy: FaultProxy, uniqu
 
 
 def test_the_lookup_reads_a_few_pages_of_tags(fault_proxy: FaultProxy, unique_repo: str) -> None:
-    """A registry whose every tags/list page links to a next one: MAX_TAG_PAGES pages are read."""
+    """A registry whose every tags/list page links to a next one: TOC_TAG_PAGES pages are read."""
     _tag_list(fault_proxy, b'{"tags": ["a-esgztoc"]}',
               {"Link": f'</v2/{unique_repo}/tags/list?n=1000&last=a>; rel="next"'})
     pinned = parse_reference(f"{fault_proxy.host}/{unique_repo}@sha256:" + "9" * 64)
     with RegistryClient(insecure=True) as client, pytest.raises(MountError, match="none of the 1 -esgztoc"):
         fetch_external_toc(client, pinned, LAYER)
     listed = [r for r in fault_proxy.requests if "/tags/list" in r.path]
-    assert len(listed) == MAX_TAG_PAGES
+    assert len(listed) == TOC_TAG_PAGES
 
 
 def test_one_bad_toc_image_does_not_end_the_search(registry: RegistryServer, fault_proxy: FaultProxy,
