@@ -63,8 +63,8 @@ class DeferredSource:
                 warm = None
             source = self._source
         if warm is not None:
-            connections, interval, _ = warm
-            source.warm(connections, interval=interval)
+            connections, interval, if_idle = warm
+            source.warm(connections, interval=interval, if_idle=if_idle)
         return source
 
     def __repr__(self) -> str:
