@@ -228,3 +228,31 @@ def test_a_passthrough_open_is_quick_once_its_backing_id_is_kept() -> None:
     assert ops.inline(_raw(Op.RELEASE, ino))  # ... which nobody is told of: quick
     ops.backing.on_change = lambda ino, backing_id: None  # the keeper is told: a socket round trip
     assert not ops.inline(_raw(Op.RELEASE, ino))
+
+
+class _ExecTree(MemTree):
+    """Records which reads came to ``read_exec`` (the kernel's exec reads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exec_reads: list[int] = []
+
+    def read_exec(self, ino: int, offset: int, size: int) -> bytes:
+        self.exec_reads.append(ino)
+        return self.read(ino, offset, size)
+
+
+def test_a_read_flagged_fmode_exec_goes_to_read_exec_and_others_to_read() -> None:
+    """The FUSE READ of an execve carries FMODE_EXEC in its flags: only that one reaches the tree's
+    ``read_exec`` (a big program is fetched whole then)."""
+    tree = _ExecTree()
+    ino = tree.add_file("prog", b"x" * 100)
+    ops = Operations(tree, entry_timeout=10, attr_timeout=10, passthrough=False, dev_fd=-1)
+
+    def read(flags: int) -> Request:
+        body = protocol.READ_IN.pack(0, 0, 100, 0, 0, flags, 0)
+        raw = protocol.IN_HEADER.pack(protocol.IN_HEADER.size + len(body), Op.READ, 7, ino, 0, 0, 1, 0, 0)
+        return protocol.parse_request(raw + body)
+
+    assert ops.handle(read(0))[0] == 0 and tree.exec_reads == []
+    assert ops.handle(read(protocol.FMODE_EXEC))[0] == 0 and tree.exec_reads == [ino]
