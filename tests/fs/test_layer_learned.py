@@ -509,3 +509,16 @@ def test_a_learned_chunk_nobody_fetches_is_counted_missing_not_fetched_again(
     assert src.requests == [], "the count fetched what the learned fetch left"
     assert tree.stats.learned_state == "failed" and tree.stats.learned_chunks == 3
     tree.close()
+
+
+def test_forgetting_the_store_passes_over_what_it_cannot_remove(tmp_path: Path) -> None:
+    """``image prune --learned`` removes every record and leaves a directory or anything else it cannot
+    unlink (it raised IsADirectoryError before, a traceback instead of the prune)."""
+    store = tmp_path / "learned"
+    store.mkdir()
+    (store / ".odd").mkdir()
+    hexes = ["a" * 64, "b" * 64]
+    for name in hexes:
+        (store / f"{name}.json").write_text("{}")
+    assert learned.forget(store) == 2
+    assert sorted(p.name for p in store.iterdir()) == [".odd"]

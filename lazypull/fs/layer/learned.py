@@ -209,7 +209,7 @@ def forget(store: Path) -> int:
         for entry in entries:
             record = _RECORD.fullmatch(entry.name) is not None
             if record or entry.name.startswith("."):    # (and any record being written)
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):      # gone, or not a file: not ours to remove
                     os.unlink(entry.path)
                     removed += record
     return removed
