@@ -7,7 +7,7 @@ per run, the seconds until the constructor returned (the server can serve) and u
 index was complete (``wait_scanned``, where the cache has it). The page cache is warm after the first
 run (the inodes were just written): a cold disk only makes the walk longer.
 
-    python -m bench.cachestart --dir /work/scratch/x/cache --files 100000 --runs 5
+    python -m bench.cachestart --dir /tmp/cache --files 100000 --runs 5
 """
 
 from __future__ import annotations

@@ -153,12 +153,12 @@ def measure(dirs: dict[str, str], rounds: int, random_reads: int) -> dict[str, d
 
 def _child(dirs: dict[str, Path], rounds: int, random_reads: int) -> dict[str, dict[str, float]]:
     code = (
-        "import json, sys; from bench.fsread import measure; "
+        "import json, sys; sys.path.insert(0, sys.argv[4]); from bench.fsread import measure; "
         "print(json.dumps(measure(json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))))"
     )
     arg = json.dumps({mode: str(d) for mode, d in dirs.items()})
     out = subprocess.run(
-        [sys.executable, "-I", "-c", code, arg, str(rounds), str(random_reads)],
+        [sys.executable, "-I", "-c", code, arg, str(rounds), str(random_reads), str(ROOT)],
         cwd=ROOT,
         check=True,
         capture_output=True,

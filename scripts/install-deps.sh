@@ -3,7 +3,7 @@
 # only called when a package is missing, so `make install` is quick on a machine that has them.
 set -euo pipefail
 packages=(
-  python3 python3-venv python3-dev gcc make git ca-certificates
+  python3 python3-venv python3-dev gcc libc6-dev make git ca-certificates  # libc6-dev: gcc -static probes
   docker-registry apache2-utils openssl          # registry, htpasswd, test CA
   runc containerd stargz-snapshotter skopeo      # runtime and interoperability peers
   podman buildah                                 # additional layer store clients (tests/podman)
