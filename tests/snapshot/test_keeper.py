@@ -604,3 +604,27 @@ def test_a_closed_keeper_lets_go_of_its_selector_and_its_epoll() -> None:
         keeper.close()
         assert keeper.ended.closed
         assert keeper.sel.get_map() is None
+
+
+def test_a_note_past_the_ids_limit_of_a_connection_is_refused(tmp_path: Path, small_keeper: RunPaths,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection's passthrough ids are bounded (MAX_IDS): a new inode past it is refused (the client
+    leaves the open alone and stays usable), an inode already kept may still change its id."""
+    monkeypatch.setattr(keeper_mod, "MAX_IDS", 2)
+    client = KeeperClient.connect(small_keeper, start=False)
+    mount = _mount(MemTree(), tmp_path / "mnt")
+    try:
+        _put(client, DIGEST, mount, "c")
+        client.note_backing(DIGEST, "c", 10, 1)
+        client.note_backing(DIGEST, "c", 11, 2)
+        client.note_backing(DIGEST, "c", 12, 3)     # past the limit: refused
+        client.note_backing(DIGEST, "c", 11, 4)     # a kept inode's new id
+        assert not client.broken
+        kept = client.take()
+        assert [(k.digest, k.backing) for k in kept] == [(DIGEST, {10: 1, 11: 4})]
+        for item in kept:
+            item.close()
+        client.drop(DIGEST)
+    finally:
+        client.close()
+        mount.stop()
